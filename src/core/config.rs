@@ -1,0 +1,151 @@
+//! Configuration of one shard replica, validated before a replica is built: every bad value is
+//! refused with its own message, so a typo never becomes a stuck cluster.
+
+use super::types::{ClusterId, NodeId};
+
+/// How one shard replica behaves. Times are in ticks: the runtime decides how long a tick is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The cluster this replica belongs to.
+    pub cluster_id: ClusterId,
+    /// This replica's node.
+    pub node: NodeId,
+    /// Nodes that store the log and vote.
+    pub voters: Vec<NodeId>,
+    /// Nodes that only learn chosen values; never in a quorum.
+    pub learners: Vec<NodeId>,
+    /// A leader sends a heartbeat at least this often.
+    pub heartbeat_interval_ticks: u32,
+    /// A follower that hears no leader for this long (plus a random part of it) stands for
+    /// election; a voter that heard a leader within this long refuses to help depose it.
+    pub election_timeout_ticks: u32,
+    /// Proposals (Accept runs) a leader keeps in flight before it waits.
+    pub pipeline_depth_max: usize,
+    /// Largest encoded batch.
+    pub batch_bytes_max: usize,
+    /// Most commands in one batch.
+    pub batch_commands_max: usize,
+    /// Most slots one skip may cover.
+    pub skip_slots_max: u64,
+    /// Most runs in one Promise or Chosen message.
+    pub message_runs_max: usize,
+    /// Most slots an acceptor accepts beyond its commit position; bounds its memory.
+    pub accept_ahead_slots_max: u64,
+    /// Seeds the replica's random source (election jitter). Give each replica its own.
+    pub random_seed: u64,
+}
+
+impl Config {
+    /// Sane defaults for `node` among `voters`.
+    #[must_use]
+    pub fn new(cluster_id: ClusterId, node: NodeId, voters: Vec<NodeId>) -> Config {
+        Config {
+            cluster_id,
+            node,
+            voters,
+            learners: Vec::new(),
+            heartbeat_interval_ticks: 2,
+            election_timeout_ticks: 10,
+            pipeline_depth_max: 32,
+            batch_bytes_max: 1 << 20,
+            batch_commands_max: 4096,
+            skip_slots_max: 4096,
+            message_runs_max: 256,
+            accept_ahead_slots_max: 1 << 20,
+            random_seed: u64::from(node.0),
+        }
+    }
+
+    /// True if this replica is a learner.
+    #[must_use]
+    pub fn is_learner(&self) -> bool {
+        self.learners.contains(&self.node)
+    }
+
+    /// Checks every value and returns the first problem found.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the bad value and why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use ConfigError::*;
+        if self.voters.is_empty() {
+            return Err(NoVoters);
+        }
+        if self.voters.len() > 64 {
+            return Err(TooManyVoters(self.voters.len()));
+        }
+        let mut all: Vec<NodeId> = self.voters.iter().chain(&self.learners).copied().collect();
+        all.sort();
+        if let Some(pair) = all.windows(2).find(|w| w[0] == w[1]) {
+            return Err(DuplicateNode(pair[0].0));
+        }
+        if !all.contains(&self.node) {
+            return Err(UnknownSelf(self.node.0));
+        }
+        if self.heartbeat_interval_ticks == 0 {
+            return Err(Zero("heartbeat_interval_ticks"));
+        }
+        if self.election_timeout_ticks <= self.heartbeat_interval_ticks.saturating_mul(2) {
+            return Err(ElectionTimeoutTooShort {
+                election_timeout_ticks: self.election_timeout_ticks,
+                heartbeat_interval_ticks: self.heartbeat_interval_ticks,
+            });
+        }
+        for (name, value) in [
+            ("pipeline_depth_max", self.pipeline_depth_max),
+            ("batch_commands_max", self.batch_commands_max),
+            ("message_runs_max", self.message_runs_max),
+        ] {
+            if value == 0 {
+                return Err(Zero(name));
+            }
+        }
+        if self.skip_slots_max == 0 {
+            return Err(Zero("skip_slots_max"));
+        }
+        if self.batch_bytes_max < super::batch::COMMAND_HEADER_BYTES {
+            return Err(BatchTooSmall(self.batch_bytes_max));
+        }
+        if self.accept_ahead_slots_max < self.skip_slots_max * self.pipeline_depth_max as u64 {
+            return Err(AcceptAheadTooSmall(self.accept_ahead_slots_max));
+        }
+        Ok(())
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No voters at all.
+    #[error("the voter list is empty: a shard needs at least one voter")]
+    NoVoters,
+    /// More voters than the acknowledgement masks hold.
+    #[error("{0} voters: at most 64 are supported")]
+    TooManyVoters(usize),
+    /// A node id listed twice.
+    #[error("node {0} is listed more than once among voters and learners")]
+    DuplicateNode(u16),
+    /// This node is not in the cluster.
+    #[error("this node ({0}) is neither a voter nor a learner of the cluster")]
+    UnknownSelf(u16),
+    /// A value that must be positive is zero.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// Elections would start between heartbeats.
+    #[error(
+        "election_timeout_ticks ({election_timeout_ticks}) must exceed twice \
+         heartbeat_interval_ticks ({heartbeat_interval_ticks}), or a live leader looks dead"
+    )]
+    ElectionTimeoutTooShort {
+        /// The configured election timeout.
+        election_timeout_ticks: u32,
+        /// The configured heartbeat interval.
+        heartbeat_interval_ticks: u32,
+    },
+    /// A batch could not hold one command.
+    #[error("batch_bytes_max ({0}) is smaller than one command header")]
+    BatchTooSmall(usize),
+    /// Acceptors would refuse a full pipeline of skips.
+    #[error("accept_ahead_slots_max ({0}) must be at least skip_slots_max × pipeline_depth_max")]
+    AcceptAheadTooSmall(u64),
+}

@@ -1,0 +1,208 @@
+//! Messages between the replicas of one shard, and what the replica asks its runtime to do.
+//! Plain Rust types: the wire encoding comes with the transport (protocol.md §2 lists each
+//! message with the rules that govern it).
+
+use super::batch::Value;
+use super::types::{Ballot, ClusterId, NodeId, PersistSeq, Slot};
+
+/// A run of consecutive slots holding one value under one ballot. Only no-ops span more than
+/// one slot (a skip, or a filled hole); a batch run has `count == 1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotRun {
+    /// The first slot of the run.
+    pub first_slot: Slot,
+    /// How many slots the run covers, at least one.
+    pub count: u64,
+    /// The ballot the value was accepted in (`Ballot::ZERO` where only the value matters).
+    pub ballot: Ballot,
+    /// The value of every slot in the run.
+    pub value: Value,
+    /// True if the sender knows the value is chosen (protocol.md §3.2).
+    pub chosen: bool,
+}
+
+impl SlotRun {
+    /// The slot after the run.
+    #[must_use]
+    pub fn end_slot(&self) -> Slot {
+        self.first_slot.plus(self.count)
+    }
+}
+
+/// A message between two replicas of a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Pre-vote: would you take part in an election for a ballot of `round`? Changes nothing at
+    /// the receiver, so a node cut off from the leader cannot raise ballots (protocol.md §3.1).
+    Probe {
+        /// The round the candidate would use.
+        round: u64,
+    },
+    /// The answer to a [`Message::Probe`].
+    ProbeReply {
+        /// The round probed.
+        round: u64,
+        /// False if the sender still hears a live leader (stickiness).
+        granted: bool,
+        /// The sender's promised ballot, so the candidate picks a round above it.
+        promised: Ballot,
+    },
+    /// Phase 1a: promise `ballot` and report what you accepted from `from_slot` on.
+    Prepare {
+        /// The candidate's ballot.
+        ballot: Ballot,
+        /// The first slot to report.
+        from_slot: Slot,
+    },
+    /// Phase 1b, sent only once the promise is durable. Reports at most a bounded number of
+    /// runs; `next_slot` asks the candidate to prepare again from there for the rest.
+    Promise {
+        /// The ballot promised.
+        ballot: Ballot,
+        /// The first slot this report covers.
+        from_slot: Slot,
+        /// Accepted (or known chosen) values from `from_slot` on, in slot order.
+        runs: Vec<SlotRun>,
+        /// `None` if this is the last part of the report.
+        next_slot: Option<Slot>,
+    },
+    /// Phase 2a: accept `value` in `count` slots from `first_slot` under `ballot`.
+    Accept {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The first slot.
+        first_slot: Slot,
+        /// How many slots, more than one only for a no-op.
+        count: u64,
+        /// The value.
+        value: Value,
+        /// Every slot below this is chosen (the leader's commit position, piggybacked).
+        commit_index: Slot,
+    },
+    /// Phase 2b, sent only once the acceptance is durable.
+    Accepted {
+        /// The ballot accepted in.
+        ballot: Ballot,
+        /// The first slot.
+        first_slot: Slot,
+        /// How many slots.
+        count: u64,
+    },
+    /// A prepare or accept under `ballot` was refused because `promised` is higher.
+    Rejected {
+        /// The refused ballot.
+        ballot: Ballot,
+        /// The higher ballot the sender has promised.
+        promised: Ballot,
+    },
+    /// The leader is alive; every slot below `commit_index` is chosen.
+    Heartbeat {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's commit position.
+        commit_index: Slot,
+    },
+    /// A voter hears the leader of `ballot` (keeps the leader's quorum check alive).
+    HeartbeatAck {
+        /// The leader's ballot.
+        ballot: Ballot,
+    },
+    /// Send me chosen values from `from_slot` on.
+    CatchUpRequest {
+        /// The first slot the sender lacks.
+        from_slot: Slot,
+    },
+    /// Chosen values, in slot order without gaps, from the first run's slot.
+    Chosen {
+        /// The runs, each with `chosen == true`.
+        runs: Vec<SlotRun>,
+        /// The sender's commit position: more may follow up to here.
+        commit_index: Slot,
+    },
+}
+
+impl Message {
+    /// A short name for traces and errors.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Probe { .. } => "probe",
+            Message::ProbeReply { .. } => "probe-reply",
+            Message::Prepare { .. } => "prepare",
+            Message::Promise { .. } => "promise",
+            Message::Accept { .. } => "accept",
+            Message::Accepted { .. } => "accepted",
+            Message::Rejected { .. } => "rejected",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::HeartbeatAck { .. } => "heartbeat-ack",
+            Message::CatchUpRequest { .. } => "catch-up-request",
+            Message::Chosen { .. } => "chosen",
+        }
+    }
+}
+
+/// A message with its sender and cluster, as the runtime hands it in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The cluster the sender belongs to; a mismatch is refused.
+    pub cluster_id: ClusterId,
+    /// The sender.
+    pub from: NodeId,
+    /// The message.
+    pub message: Message,
+}
+
+/// What a replica writes to its log. Recovery replays these (protocol.md §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// The replica promised `ballot`: it will accept nothing lower.
+    Promised {
+        /// The ballot.
+        ballot: Ballot,
+    },
+    /// The replica accepted `value` in `count` slots from `first_slot` under `ballot`; this also
+    /// promises `ballot`.
+    Accepted {
+        /// The ballot.
+        ballot: Ballot,
+        /// The first slot.
+        first_slot: Slot,
+        /// How many slots.
+        count: u64,
+        /// The value.
+        value: Value,
+    },
+}
+
+/// What the replica asks its runtime to do. Drained after every input, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `message` to `to`. Never addressed to this replica itself.
+    Send {
+        /// The receiver.
+        to: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// Append `record` to the log. Once it and every earlier persist are durable, the runtime
+    /// calls `on_persisted(seq)` and then delivers `then_send` (to this replica itself too,
+    /// through `on_message`): a reply that may only leave after a disk write carries it here.
+    Persist {
+        /// Persists are numbered from one, in the order they are issued.
+        seq: PersistSeq,
+        /// What to write.
+        record: Record,
+        /// The reply held until the record is durable.
+        then_send: Option<(NodeId, Message)>,
+    },
+    /// `count` slots from `first_slot` are chosen with `value`: apply them. Commits come in slot
+    /// order, each slot exactly once per replica lifetime.
+    Commit {
+        /// The first slot.
+        first_slot: Slot,
+        /// How many slots (more than one only for no-ops).
+        count: u64,
+        /// The value.
+        value: Value,
+    },
+}

@@ -1,0 +1,1042 @@
+//! One replica of one shard: acceptor, proposer and learner of Multi-Paxos in one pure state
+//! machine. Inputs are method calls; outputs are [`Action`]s the runtime drains. No I/O, no
+//! clock, no threads: time is the tick count, randomness a seeded generator (protocol.md §1).
+//!
+//! The rules, numbered in `docs/protocol.md`:
+//! - I1 ballots are unique per node and a replica's promise never decreases;
+//! - I2 a leader proposes at most one value per slot per ballot, and in a slot that may hold a
+//!   chosen value it proposes that value (phase 1 recovery);
+//! - I3 a replica acknowledges an acceptance or promise only after it is durable;
+//! - I4 a slot commits on a majority of durable acceptances under the leader's own ballot;
+//! - I5 commits are emitted in slot order, once each;
+//! - I6 queues are bounded: a full pipeline with a full batch answers `Busy`;
+//! - I7 learners never vote and never count in a quorum.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::batch::{BatchBuilder, Value};
+use super::config::{Config, ConfigError};
+use super::election::ElectionTimer;
+use super::log::Log;
+use super::message::{Action, Envelope, Message, Record, SlotRun};
+use super::quorum::{VoteSet, Voters};
+use super::types::{Ballot, NodeId, PersistSeq, RequestId, Slot};
+
+/// The role of a replica in its shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleKind {
+    /// Accepts what the leader proposes.
+    Follower,
+    /// Pre-voting or running phase 1.
+    Candidate,
+    /// Owns a ballot and proposes.
+    Leader,
+    /// Only learns chosen values.
+    Learner,
+}
+
+/// Why a proposal was not taken. Expected outcomes, not failures (STYLE.md, Errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This replica does not lead; `hint` is the leader it last heard, if any.
+    #[error("not the leader (leader hint: {hint:?})")]
+    NotLeader {
+        /// The leader this replica last heard.
+        hint: Option<NodeId>,
+    },
+    /// The pipeline and the open batch are full: try again shortly.
+    #[error("busy: the pipeline and the open batch are full")]
+    Busy,
+    /// The command can never fit in a batch.
+    #[error("command of {payload_bytes} bytes exceeds the batch limit of {batch_bytes_max} bytes")]
+    TooLarge {
+        /// The payload's size.
+        payload_bytes: usize,
+        /// The configured batch limit.
+        batch_bytes_max: usize,
+    },
+    /// A skip longer than configured.
+    #[error("skip of {slots} slots exceeds skip_slots_max ({skip_slots_max})")]
+    SkipTooLong {
+        /// Slots asked for.
+        slots: u64,
+        /// The configured limit.
+        skip_slots_max: u64,
+    },
+}
+
+/// A message the replica refused before looking at its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedMessage {
+    /// It came from another cluster.
+    #[error("message from cluster {got} refused: this is cluster {expected}")]
+    WrongCluster {
+        /// The sender's cluster id.
+        got: u64,
+        /// This replica's cluster id.
+        expected: u64,
+    },
+    /// It came from a node this shard does not know.
+    #[error("message from unknown node {0} refused")]
+    UnknownNode(u16),
+}
+
+/// An Accept run the leader has sent and not yet seen chosen.
+#[derive(Clone, Debug)]
+struct Proposal {
+    first_slot: Slot,
+    count: u64,
+    value: Value,
+    acks: VoteSet,
+    sent_tick: u64,
+    chosen: bool,
+}
+
+#[derive(Debug)]
+struct LeaderState {
+    ballot: Ballot,
+    next_slot: Slot,
+    in_flight: VecDeque<Proposal>,
+    /// Runs recovered in phase 1, proposed before any new batch.
+    recovery: VecDeque<SlotRun>,
+    /// The tick each voter was last heard from (check-quorum).
+    heard_tick: Vec<u64>,
+    heartbeat_due_tick: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PromiseProgress {
+    Waiting,
+    Partial,
+    Complete,
+}
+
+#[derive(Debug)]
+struct PrepareState {
+    ballot: Ballot,
+    from_slot: Slot,
+    progress: Vec<PromiseProgress>,
+    /// Per slot: the highest-ballot value reported, and whether a reporter knew it chosen.
+    recovered: BTreeMap<Slot, (Ballot, Value, bool)>,
+    resend_tick: u64,
+}
+
+#[derive(Debug)]
+enum Role {
+    Follower,
+    Learner,
+    Probing { round: u64, granted: VoteSet },
+    Preparing(Box<PrepareState>),
+    Leader(Box<LeaderState>),
+}
+
+/// One shard replica. See the module docs.
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    voters: Voters,
+    /// The other voters, in id order (no allocation to iterate them).
+    peers: Vec<NodeId>,
+    rng: Xoshiro256PlusPlus,
+    now_tick: u64,
+    role: Role,
+    /// The leader last heard, for redirects.
+    leader_hint: Option<NodeId>,
+    /// Highest round seen anywhere; a new ballot goes above it.
+    round_seen_max: u64,
+    election: ElectionTimer,
+    promised: Ballot,
+    promised_durable: Ballot,
+    /// Persists whose ballot becomes durable with them.
+    pending_promises: VecDeque<(PersistSeq, Ballot)>,
+    log: Log,
+    /// Every slot below is chosen here and its commit was emitted.
+    commit_index: Slot,
+    /// The highest commit position a leader or peer has told us of.
+    known_commit_index: Slot,
+    catch_up_due_tick: u64,
+    persist_seq_next: u64,
+    persisted: PersistSeq,
+    batch: BatchBuilder,
+    actions: Vec<Action>,
+}
+
+impl Replica {
+    /// A replica with an empty log.
+    ///
+    /// # Errors
+    /// The configuration's first bad value.
+    pub fn new(config: Config) -> Result<Replica, ConfigError> {
+        Replica::restore(config, std::iter::empty())
+    }
+
+    /// A replica rebuilt from the records its log kept, in the order they were written.
+    ///
+    /// # Errors
+    /// The configuration's first bad value.
+    pub fn restore<'a>(
+        config: Config,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<Replica, ConfigError> {
+        config.validate()?;
+        let voters = Voters::new(config.voters.clone());
+        let peers: Vec<NodeId> = voters.ids().iter().copied().filter(|node| *node != config.node).collect();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.random_seed);
+        let election = ElectionTimer::new(config.election_timeout_ticks, 0, &mut rng);
+        let role = if config.is_learner() { Role::Learner } else { Role::Follower };
+        let mut replica = Replica {
+            batch: BatchBuilder::new(config.batch_bytes_max),
+            voters,
+            peers,
+            rng,
+            now_tick: 0,
+            role,
+            leader_hint: None,
+            round_seen_max: 0,
+            election,
+            promised: Ballot::ZERO,
+            promised_durable: Ballot::ZERO,
+            pending_promises: VecDeque::with_capacity(config.pipeline_depth_max * 2),
+            log: Log::default(),
+            commit_index: Slot(0),
+            known_commit_index: Slot(0),
+            catch_up_due_tick: 0,
+            persist_seq_next: 1,
+            persisted: PersistSeq(0),
+            actions: Vec::with_capacity(config.pipeline_depth_max * 4),
+            config,
+        };
+        for record in records {
+            match record {
+                Record::Promised { ballot } => replica.raise_promise(*ballot),
+                Record::Accepted { ballot, first_slot, count, value } => {
+                    replica.raise_promise(*ballot);
+                    replica.log.accept(*first_slot, *count, *ballot, value);
+                }
+            }
+        }
+        replica.promised_durable = replica.promised;
+        replica.round_seen_max = replica.promised.round;
+        Ok(replica)
+    }
+
+    // ----- Observers ---------------------------------------------------------------------
+
+    /// This replica's node.
+    #[must_use]
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current role.
+    #[must_use]
+    pub fn role(&self) -> RoleKind {
+        match self.role {
+            Role::Follower => RoleKind::Follower,
+            Role::Learner => RoleKind::Learner,
+            Role::Probing { .. } | Role::Preparing(_) => RoleKind::Candidate,
+            Role::Leader(_) => RoleKind::Leader,
+        }
+    }
+
+    /// The leader's ballot if this replica leads.
+    #[must_use]
+    pub fn leader_ballot(&self) -> Option<Ballot> {
+        match &self.role {
+            Role::Leader(leader) => Some(leader.ballot),
+            _ => None,
+        }
+    }
+
+    /// The leader this replica last heard (itself if it leads).
+    #[must_use]
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        self.leader_hint
+    }
+
+    /// The highest ballot promised (in memory; durable once its persist completes).
+    #[must_use]
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    /// Every slot below this is committed here.
+    #[must_use]
+    pub fn commit_index(&self) -> Slot {
+        self.commit_index
+    }
+
+    /// The log's in-memory image.
+    #[must_use]
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Moves the actions produced so far onto the end of `out` (no allocation once `out` has
+    /// grown to its working size).
+    pub fn take_actions(&mut self, out: &mut Vec<Action>) {
+        out.append(&mut self.actions);
+    }
+
+    // ----- Inputs ------------------------------------------------------------------------
+
+    /// One tick of time has passed.
+    pub fn on_tick(&mut self) {
+        self.now_tick += 1;
+        let now = self.now_tick;
+        match &mut self.role {
+            Role::Follower => {
+                if self.election.expired(now) {
+                    self.start_probe();
+                }
+            }
+            Role::Learner => {}
+            Role::Probing { .. } => {
+                if self.election.expired(now) {
+                    self.start_probe();
+                }
+            }
+            Role::Preparing(prepare) => {
+                if self.election.expired(now) {
+                    self.start_probe();
+                } else if now >= prepare.resend_tick {
+                    prepare.resend_tick = now + u64::from(self.config.heartbeat_interval_ticks);
+                    let (ballot, from_slot) = (prepare.ballot, prepare.from_slot);
+                    let waiting: Vec<NodeId> = prepare
+                        .progress
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, progress)| **progress == PromiseProgress::Waiting)
+                        .map(|(index, _)| self.voters.ids()[index])
+                        .filter(|node| *node != self.config.node)
+                        .collect();
+                    for node in waiting {
+                        self.send(node, Message::Prepare { ballot, from_slot });
+                    }
+                }
+            }
+            Role::Leader(_) => self.leader_tick(),
+        }
+        self.maybe_request_catch_up();
+    }
+
+    /// A message arrived.
+    ///
+    /// # Errors
+    /// If it came from another cluster or an unknown node; the replica is unchanged.
+    pub fn on_message(&mut self, envelope: Envelope) -> Result<(), RefusedMessage> {
+        if envelope.cluster_id != self.config.cluster_id {
+            return Err(RefusedMessage::WrongCluster {
+                got: envelope.cluster_id.0,
+                expected: self.config.cluster_id.0,
+            });
+        }
+        let from = envelope.from;
+        if !self.voters.contains(from) && !self.config.learners.contains(&from) {
+            return Err(RefusedMessage::UnknownNode(from.0));
+        }
+        self.dispatch(from, envelope.message);
+        Ok(())
+    }
+
+    /// Every persist up to and including `seq` is durable.
+    pub fn on_persisted(&mut self, seq: PersistSeq) {
+        assert!(seq.0 < self.persist_seq_next, "persisted {seq:?} never issued");
+        if seq <= self.persisted {
+            return;
+        }
+        self.persisted = seq;
+        while let Some(&(pending, ballot)) = self.pending_promises.front() {
+            if pending > seq {
+                break;
+            }
+            self.pending_promises.pop_front();
+            self.promised_durable = self.promised_durable.max(ballot);
+        }
+    }
+
+    /// Proposes one command. It goes into the open batch, which leaves when the pipeline has
+    /// room (at once, or at the next [`flush`](Self::flush)).
+    ///
+    /// # Errors
+    /// `NotLeader`, `Busy` or `TooLarge`; nothing is changed then.
+    pub fn propose(&mut self, id: RequestId, payload: &[u8]) -> Result<(), ProposeError> {
+        if !matches!(self.role, Role::Leader(_)) {
+            return Err(ProposeError::NotLeader { hint: self.leader_hint });
+        }
+        if payload.len().saturating_add(super::batch::COMMAND_HEADER_BYTES) > self.config.batch_bytes_max {
+            return Err(ProposeError::TooLarge {
+                payload_bytes: payload.len(),
+                batch_bytes_max: self.config.batch_bytes_max,
+            });
+        }
+        let full = !self.batch.fits(payload.len()) || self.batch.commands() >= self.config.batch_commands_max;
+        if full {
+            self.maybe_send_proposals();
+            if !self.batch.is_empty() {
+                return Err(ProposeError::Busy);
+            }
+        }
+        self.batch.push(id, payload);
+        if self.batch.commands() >= self.config.batch_commands_max {
+            self.maybe_send_proposals();
+        }
+        Ok(())
+    }
+
+    /// Proposes a no-op over the next `slots` slots (a skip), after the open batch.
+    ///
+    /// # Errors
+    /// `NotLeader`, `Busy` (pipeline full) or `SkipTooLong`.
+    pub fn propose_skip(&mut self, slots: u64) -> Result<Slot, ProposeError> {
+        if !matches!(self.role, Role::Leader(_)) {
+            return Err(ProposeError::NotLeader { hint: self.leader_hint });
+        }
+        if slots == 0 || slots > self.config.skip_slots_max {
+            return Err(ProposeError::SkipTooLong { slots, skip_slots_max: self.config.skip_slots_max });
+        }
+        self.maybe_send_proposals();
+        if !self.batch.is_empty() || !self.pipeline_has_room() {
+            return Err(ProposeError::Busy);
+        }
+        let Role::Leader(leader) = &self.role else { unreachable!("checked above") };
+        let first_slot = leader.next_slot;
+        self.send_proposal(first_slot, slots, Value::Noop);
+        Ok(first_slot)
+    }
+
+    /// Sends the open batch if the pipeline has room. The runtime calls this once it has fed in
+    /// every input that arrived together, so that they share a batch (natural batching).
+    pub fn flush(&mut self) {
+        self.maybe_send_proposals();
+    }
+
+    // ----- Dispatch ----------------------------------------------------------------------
+
+    fn dispatch(&mut self, from: NodeId, message: Message) {
+        let learner = self.config.is_learner();
+        match message {
+            Message::Probe { round } if !learner => self.on_probe(from, round),
+            Message::ProbeReply { round, granted, promised } => {
+                self.on_probe_reply(from, round, granted, promised)
+            }
+            Message::Prepare { ballot, from_slot } if !learner => self.on_prepare(from, ballot, from_slot),
+            Message::Promise { ballot, from_slot, runs, next_slot } => {
+                self.on_promise(from, ballot, from_slot, runs, next_slot)
+            }
+            Message::Accept { ballot, first_slot, count, value, commit_index } if !learner => {
+                self.on_accept(from, ballot, first_slot, count, value, commit_index)
+            }
+            Message::Accepted { ballot, first_slot, count } => {
+                self.on_accepted(from, ballot, first_slot, count)
+            }
+            Message::Rejected { ballot, promised } => self.on_rejected(ballot, promised),
+            Message::Heartbeat { ballot, commit_index } => self.on_heartbeat(from, ballot, commit_index),
+            Message::HeartbeatAck { ballot } => self.on_heartbeat_ack(from, ballot),
+            Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
+            Message::Chosen { runs, commit_index } => self.on_chosen(runs, commit_index),
+            // Learners never vote (I7): probes, prepares and accepts to them are dropped.
+            Message::Probe { .. } | Message::Prepare { .. } | Message::Accept { .. } => {}
+        }
+    }
+
+    // ----- Election: pre-vote (protocol.md §3.1) -----------------------------------------
+
+    fn start_probe(&mut self) {
+        assert!(!self.config.is_learner(), "a learner never stands for election");
+        self.step_down_quietly();
+        self.leader_hint = None;
+        self.election.forget_leader();
+        self.election.restart(self.now_tick, &mut self.rng);
+        let round = self.round_seen_max.max(self.promised.round) + 1;
+        let mut granted = VoteSet::EMPTY;
+        granted.insert(self.my_voter_index());
+        self.role = Role::Probing { round, granted };
+        for index in 0..self.peers.len() {
+            self.send(self.peers[index], Message::Probe { round });
+        }
+        self.maybe_finish_probe();
+    }
+
+    fn on_probe(&mut self, from: NodeId, round: u64) {
+        let leading = matches!(self.role, Role::Leader(_));
+        // Stickiness: a live leader is not deposed by a node that merely lost touch with it.
+        let granted = !leading && !self.election.hears_live_leader(self.now_tick);
+        self.send(from, Message::ProbeReply { round, granted, promised: self.promised });
+    }
+
+    fn on_probe_reply(&mut self, from: NodeId, round: u64, granted: bool, promised: Ballot) {
+        self.round_seen_max = self.round_seen_max.max(promised.round);
+        let Some(index) = self.voters.index_of(from) else { return };
+        if let Role::Probing { round: probing, granted: set } = &mut self.role {
+            if *probing == round && granted {
+                set.insert(index);
+                self.maybe_finish_probe();
+            }
+        }
+    }
+
+    fn maybe_finish_probe(&mut self) {
+        let Role::Probing { granted, .. } = &self.role else { return };
+        if self.voters.is_quorum(*granted) {
+            self.start_prepare();
+        }
+    }
+
+    // ----- Phase 1 (protocol.md §3.2) ----------------------------------------------------
+
+    fn start_prepare(&mut self) {
+        let round = self.round_seen_max.max(self.promised.round) + 1;
+        self.round_seen_max = round;
+        let ballot = Ballot::new(round, self.config.node);
+        let from_slot = self.commit_index;
+        self.role = Role::Preparing(Box::new(PrepareState {
+            ballot,
+            from_slot,
+            progress: vec![PromiseProgress::Waiting; self.voters.len()],
+            recovered: BTreeMap::new(),
+            resend_tick: self.now_tick + u64::from(self.config.heartbeat_interval_ticks),
+        }));
+        for index in 0..self.peers.len() {
+            self.send(self.peers[index], Message::Prepare { ballot, from_slot });
+        }
+        // The candidate's own acceptor promises through the same durable path (I3).
+        self.on_prepare(self.config.node, ballot, from_slot);
+    }
+
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+        if ballot < self.promised {
+            self.send(from, Message::Rejected { ballot, promised: self.promised });
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(ballot);
+            if from != self.config.node {
+                // A higher ballot won a majority of pre-votes: whatever we led or ran is over.
+                self.step_down();
+            }
+        }
+        let (runs, next_slot) =
+            self.log.runs_from(from_slot, self.log.end_slot(), self.config.message_runs_max);
+        let promise = Message::Promise { ballot, from_slot, runs, next_slot };
+        if self.promised_durable >= ballot {
+            self.send_or_deliver(from, promise);
+        } else {
+            self.persist(Record::Promised { ballot }, Some((from, promise)));
+        }
+    }
+
+    fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        from_slot: Slot,
+        runs: Vec<SlotRun>,
+        next_slot: Option<Slot>,
+    ) {
+        let Some(index) = self.voters.index_of(from) else { return };
+        let Role::Preparing(prepare) = &mut self.role else { return };
+        if prepare.ballot != ballot || prepare.progress[index] == PromiseProgress::Complete {
+            return;
+        }
+        for run in runs {
+            if run.end_slot() <= prepare.from_slot || run.first_slot < from_slot {
+                continue;
+            }
+            for offset in 0..run.count {
+                let slot = run.first_slot.plus(offset);
+                if slot < prepare.from_slot {
+                    continue;
+                }
+                let replace = match prepare.recovered.get(&slot) {
+                    None => true,
+                    Some((_, _, true)) => false,
+                    Some((known, _, false)) => run.chosen || run.ballot > *known,
+                };
+                if replace {
+                    prepare.recovered.insert(slot, (run.ballot, run.value.clone(), run.chosen));
+                }
+            }
+        }
+        match next_slot {
+            Some(next) => {
+                prepare.progress[index] = PromiseProgress::Partial;
+                if from == self.config.node {
+                    self.on_prepare(from, ballot, next);
+                } else {
+                    self.send(from, Message::Prepare { ballot, from_slot: next });
+                }
+            }
+            None => {
+                prepare.progress[index] = PromiseProgress::Complete;
+                let complete = prepare
+                    .progress
+                    .iter()
+                    .filter(|progress| **progress == PromiseProgress::Complete)
+                    .count();
+                if complete >= self.voters.majority() {
+                    self.become_leader();
+                }
+            }
+        }
+    }
+
+    fn become_leader(&mut self) {
+        let Role::Preparing(prepare) = std::mem::replace(&mut self.role, Role::Follower) else {
+            unreachable!("become_leader outside phase 1")
+        };
+        let PrepareState { ballot, from_slot, recovered, .. } = *prepare;
+        assert_eq!(self.promised, ballot, "leading a ballot not promised");
+        // Recovery (I2): every slot a majority reported on gets the highest-ballot value seen,
+        // chosen values as they are, and holes a no-op.
+        let next_slot =
+            recovered.keys().next_back().map_or(from_slot, |last| last.plus(1)).max(self.commit_index);
+        let mut recovery: VecDeque<SlotRun> = VecDeque::new();
+        let mut slot = self.commit_index;
+        while slot < next_slot {
+            match recovered.get(&slot) {
+                Some((known, value, true)) => self.log.choose(slot, 1, *known, value),
+                Some((_, value, false)) => push_run(&mut recovery, slot, value, self.config.skip_slots_max),
+                None => push_run(&mut recovery, slot, &Value::Noop, self.config.skip_slots_max),
+            }
+            slot = slot.plus(1);
+        }
+        let now = self.now_tick;
+        self.role = Role::Leader(Box::new(LeaderState {
+            ballot,
+            next_slot,
+            in_flight: VecDeque::with_capacity(self.config.pipeline_depth_max),
+            recovery,
+            heard_tick: vec![now; self.voters.len()],
+            heartbeat_due_tick: now,
+        }));
+        self.leader_hint = Some(self.config.node);
+        self.maybe_advance_commit();
+        self.leader_tick();
+        self.maybe_send_proposals();
+    }
+
+    // ----- Phase 2 (protocol.md §3.3) ----------------------------------------------------
+
+    fn pipeline_has_room(&self) -> bool {
+        match &self.role {
+            Role::Leader(leader) => leader.in_flight.len() < self.config.pipeline_depth_max,
+            _ => false,
+        }
+    }
+
+    fn maybe_send_proposals(&mut self) {
+        while self.pipeline_has_room() {
+            let Role::Leader(leader) = &mut self.role else { return };
+            if let Some(run) = leader.recovery.pop_front() {
+                self.send_proposal(run.first_slot, run.count, run.value);
+            } else if !self.batch.is_empty() {
+                let next_slot = leader.next_slot;
+                let bytes = self.batch.take();
+                self.send_proposal(next_slot, 1, Value::Batch(bytes));
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn send_proposal(&mut self, first_slot: Slot, count: u64, value: Value) {
+        let Role::Leader(leader) = &mut self.role else { unreachable!("proposal outside leadership") };
+        assert!(
+            leader.in_flight.back().is_none_or(|last| last.first_slot.plus(last.count) <= first_slot),
+            "proposals out of slot order"
+        );
+        let ballot = leader.ballot;
+        leader.next_slot = leader.next_slot.max(first_slot.plus(count));
+        leader.in_flight.push_back(Proposal {
+            first_slot,
+            count,
+            value: value.clone(),
+            acks: VoteSet::EMPTY,
+            sent_tick: self.now_tick,
+            chosen: false,
+        });
+        let commit_index = self.commit_index;
+        for index in 0..self.peers.len() {
+            let accept = Message::Accept { ballot, first_slot, count, value: value.clone(), commit_index };
+            self.send(self.peers[index], accept);
+        }
+        // The leader's own acceptance goes through the durable path like any other (I3, I4).
+        self.on_accept(self.config.node, ballot, first_slot, count, value, commit_index);
+    }
+
+    fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        count: u64,
+        value: Value,
+        commit_index: Slot,
+    ) {
+        if ballot < self.promised {
+            self.send(from, Message::Rejected { ballot, promised: self.promised });
+            return;
+        }
+        if count == 0 || (count > 1 && !value.is_noop()) {
+            return; // Malformed run: not something a correct leader sends.
+        }
+        if first_slot.plus(count) > self.commit_index.plus(self.config.accept_ahead_slots_max) {
+            return; // Too far ahead: catch up first; the leader retransmits.
+        }
+        self.follow(ballot, false);
+        for offset in 0..count {
+            if let Some(entry) = self.log.get(first_slot.plus(offset)) {
+                if entry.chosen {
+                    // I2, believed: a later ballot re-proposes a chosen value unchanged.
+                    assert_eq!(entry.value.as_ref(), Some(&value), "slot {} chosen, re-proposed differently", first_slot.0 + offset);
+                }
+            }
+        }
+        self.log.accept(first_slot, count, ballot, &value);
+        let record = Record::Accepted { ballot, first_slot, count, value };
+        self.persist(record, Some((from, Message::Accepted { ballot, first_slot, count })));
+        self.learn_commit_index(ballot, commit_index);
+    }
+
+    fn on_accepted(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot, count: u64) {
+        let Some(index) = self.voters.index_of(from) else { return };
+        let now = self.now_tick;
+        let Role::Leader(leader) = &mut self.role else { return };
+        // I4: only acceptances under this leader's own ballot count towards a quorum.
+        if ballot != leader.ballot {
+            return;
+        }
+        leader.heard_tick[index] = now;
+        let Ok(position) = leader.in_flight.binary_search_by_key(&first_slot, |proposal| proposal.first_slot)
+        else {
+            return;
+        };
+        let proposal = &mut leader.in_flight[position];
+        if proposal.count != count || proposal.chosen {
+            return;
+        }
+        proposal.acks.insert(index);
+        if !self.voters.is_quorum(proposal.acks) {
+            return;
+        }
+        proposal.chosen = true;
+        let (first_slot, count, value) = (proposal.first_slot, proposal.count, proposal.value.clone());
+        self.log.choose(first_slot, count, ballot, &value);
+        let Role::Leader(leader) = &mut self.role else { unreachable!() };
+        while leader.in_flight.front().is_some_and(|proposal| proposal.chosen) {
+            leader.in_flight.pop_front();
+        }
+        self.maybe_advance_commit();
+        self.maybe_send_proposals();
+    }
+
+    fn on_rejected(&mut self, ballot: Ballot, promised: Ballot) {
+        self.round_seen_max = self.round_seen_max.max(promised.round);
+        if promised <= ballot {
+            return;
+        }
+        let ours = match &self.role {
+            Role::Leader(leader) => leader.ballot == ballot,
+            Role::Preparing(prepare) => prepare.ballot == ballot,
+            _ => false,
+        };
+        if ours {
+            self.step_down();
+        }
+    }
+
+    // ----- Leadership upkeep -------------------------------------------------------------
+
+    fn leader_tick(&mut self) {
+        let now = self.now_tick;
+        let my_index = self.my_voter_index();
+        let timeout = self.election.timeout_ticks();
+        let Role::Leader(leader) = &mut self.role else { return };
+        // Check-quorum: a leader that has not heard a majority within an election timeout
+        // steps down, so its clients are redirected rather than left waiting.
+        leader.heard_tick[my_index] = now;
+        let heard = leader.heard_tick.iter().filter(|tick| now < **tick + timeout).count();
+        if heard < self.voters.majority() {
+            self.step_down();
+            return;
+        }
+        if now < leader.heartbeat_due_tick {
+            return;
+        }
+        let interval = u64::from(self.config.heartbeat_interval_ticks);
+        leader.heartbeat_due_tick = now + interval;
+        let ballot = leader.ballot;
+        let commit_index = self.commit_index;
+        // Retransmit Accepts that a voter has not acknowledged for a heartbeat interval: the
+        // network may lose them, and a restarted voter may have lost them unsynced.
+        let mut resend: Vec<(NodeId, Message)> = Vec::new();
+        for proposal in leader.in_flight.iter_mut().filter(|p| !p.chosen && p.sent_tick + interval <= now) {
+            proposal.sent_tick = now;
+            for (index, node) in self.voters.ids().iter().enumerate() {
+                if index != my_index && !proposal.acks.contains(index) {
+                    let message = Message::Accept {
+                        ballot,
+                        first_slot: proposal.first_slot,
+                        count: proposal.count,
+                        value: proposal.value.clone(),
+                        commit_index,
+                    };
+                    resend.push((*node, message));
+                }
+            }
+        }
+        for (node, message) in resend {
+            self.send(node, message);
+        }
+        for index in 0..self.peers.len() + self.config.learners.len() {
+            let node = self.peers.get(index).copied().unwrap_or_else(|| self.config.learners[index - self.peers.len()]);
+            self.send(node, Message::Heartbeat { ballot, commit_index });
+        }
+    }
+
+    fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_index: Slot) {
+        if self.config.is_learner() {
+            self.leader_hint = Some(ballot.node);
+            self.learn_commit_index(Ballot::ZERO, commit_index);
+            return;
+        }
+        if ballot < self.promised {
+            self.send(from, Message::Rejected { ballot, promised: self.promised });
+            return;
+        }
+        self.follow(ballot, true);
+        self.send(from, Message::HeartbeatAck { ballot });
+        self.learn_commit_index(ballot, commit_index);
+    }
+
+    fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot) {
+        let now = self.now_tick;
+        let Some(index) = self.voters.index_of(from) else { return };
+        if let Role::Leader(leader) = &mut self.role {
+            if leader.ballot == ballot {
+                leader.heard_tick[index] = now;
+            }
+        }
+    }
+
+    // ----- Commit and catch-up (protocol.md §3.4, §3.5) ----------------------------------
+
+    /// A leader of `ballot` says every slot below `commit_index` is chosen. A slot we accepted
+    /// under that same ballot holds the leader's one value for it (I2), so it is chosen here too;
+    /// anything else must come by catch-up.
+    fn learn_commit_index(&mut self, ballot: Ballot, commit_index: Slot) {
+        self.known_commit_index = self.known_commit_index.max(commit_index);
+        if ballot != Ballot::ZERO {
+            let mut slot = self.commit_index;
+            while slot < commit_index {
+                let Some(entry) = self.log.get(slot) else { break };
+                if !entry.chosen {
+                    if entry.ballot != ballot || entry.value.is_none() {
+                        break;
+                    }
+                    let value = entry.value.clone().expect("checked above");
+                    self.log.choose(slot, 1, ballot, &value);
+                }
+                slot = slot.plus(1);
+            }
+        }
+        self.maybe_advance_commit();
+        self.maybe_request_catch_up();
+    }
+
+    fn maybe_advance_commit(&mut self) {
+        loop {
+            let Some(entry) = self.log.get(self.commit_index) else { break };
+            if !entry.chosen {
+                break;
+            }
+            let value = entry.value.clone().expect("a chosen slot holds a value");
+            let first_slot = self.commit_index;
+            let mut count = 1;
+            if value.is_noop() {
+                while let Some(next) = self.log.get(first_slot.plus(count)) {
+                    if !(next.chosen && next.value.as_ref().is_some_and(Value::is_noop)) {
+                        break;
+                    }
+                    count += 1;
+                }
+            }
+            self.commit_index = first_slot.plus(count);
+            self.known_commit_index = self.known_commit_index.max(self.commit_index);
+            if let Role::Leader(_) = self.role {
+                for learner in self.config.learners.clone() {
+                    let run = SlotRun { first_slot, count, ballot: Ballot::ZERO, value: value.clone(), chosen: true };
+                    self.send(learner, Message::Chosen { runs: vec![run], commit_index: self.commit_index });
+                }
+            }
+            self.actions.push(Action::Commit { first_slot, count, value });
+        }
+    }
+
+    fn maybe_request_catch_up(&mut self) {
+        if self.commit_index >= self.known_commit_index || self.now_tick < self.catch_up_due_tick {
+            return;
+        }
+        let Some(target) = self.leader_hint.filter(|leader| *leader != self.config.node) else { return };
+        self.catch_up_due_tick = self.now_tick + u64::from(self.config.heartbeat_interval_ticks);
+        self.send(target, Message::CatchUpRequest { from_slot: self.commit_index });
+    }
+
+    fn on_catch_up_request(&mut self, from: NodeId, from_slot: Slot) {
+        if from_slot >= self.commit_index {
+            return;
+        }
+        let (runs, _) = self.log.runs_from(from_slot, self.commit_index, self.config.message_runs_max);
+        self.send(from, Message::Chosen { runs, commit_index: self.commit_index });
+    }
+
+    fn on_chosen(&mut self, runs: Vec<SlotRun>, commit_index: Slot) {
+        let before = self.commit_index;
+        for run in runs {
+            if !run.chosen || run.count == 0 || (run.count > 1 && !run.value.is_noop()) {
+                continue; // Malformed: only chosen runs are ever sent here.
+            }
+            if run.end_slot() <= self.commit_index {
+                continue;
+            }
+            if run.end_slot() > self.commit_index.plus(self.config.accept_ahead_slots_max) {
+                break;
+            }
+            self.log.choose(run.first_slot, run.count, run.ballot, &run.value);
+        }
+        self.known_commit_index = self.known_commit_index.max(commit_index);
+        self.maybe_advance_commit();
+        if self.commit_index > before {
+            // Progress: ask for the next part at once rather than at the next tick.
+            self.catch_up_due_tick = self.now_tick;
+        }
+        self.maybe_request_catch_up();
+    }
+
+    // ----- Helpers -----------------------------------------------------------------------
+
+    fn raise_promise(&mut self, ballot: Ballot) {
+        // I1: a promise never decreases.
+        assert!(ballot >= self.promised, "promise would fall from {} to {ballot}", self.promised);
+        self.promised = ballot;
+        self.round_seen_max = self.round_seen_max.max(ballot.round);
+    }
+
+    /// A leader of `ballot`, at least our promise, spoke: promise it, leave any candidacy or
+    /// older leadership, and restart the election timer. A leader we never promised won phase 1
+    /// elsewhere; following it is safe, since a promise only narrows what we accept.
+    fn follow(&mut self, ballot: Ballot, persist_promise: bool) {
+        assert!(ballot >= self.promised, "following {ballot} below promise {}", self.promised);
+        if ballot.node == self.config.node {
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(ballot);
+            if persist_promise {
+                self.persist(Record::Promised { ballot }, None);
+            }
+        }
+        if !matches!(self.role, Role::Follower | Role::Learner) {
+            self.step_down();
+        }
+        self.leader_hint = Some(ballot.node);
+        self.election.heard_leader(self.now_tick, &mut self.rng);
+    }
+
+    /// Leaves any candidacy or leadership for the follower role.
+    fn step_down(&mut self) {
+        self.step_down_quietly();
+        if !self.config.is_learner() {
+            self.election.restart(self.now_tick, &mut self.rng);
+        }
+    }
+
+    fn step_down_quietly(&mut self) {
+        if matches!(self.role, Role::Leader(_)) {
+            // Commands never proposed are dropped; their clients time out and retry (I9 keeps
+            // the retry from applying twice).
+            let _ = self.batch.take();
+            self.leader_hint = None;
+        }
+        self.role = if self.config.is_learner() { Role::Learner } else { Role::Follower };
+    }
+
+    fn persist(&mut self, record: Record, then_send: Option<(NodeId, Message)>) {
+        let seq = PersistSeq(self.persist_seq_next);
+        self.persist_seq_next += 1;
+        match &record {
+            Record::Promised { ballot } | Record::Accepted { ballot, .. } => {
+                self.pending_promises.push_back((seq, *ballot));
+            }
+        }
+        self.actions.push(Action::Persist { seq, record, then_send });
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        assert_ne!(to, self.config.node, "a replica does not send to itself");
+        self.actions.push(Action::Send { to, message });
+    }
+
+    fn send_or_deliver(&mut self, to: NodeId, message: Message) {
+        if to == self.config.node {
+            self.dispatch(to, message);
+        } else {
+            self.send(to, message);
+        }
+    }
+
+    fn my_voter_index(&self) -> usize {
+        self.voters.index_of(self.config.node).expect("only voters take part in elections")
+    }
+
+
+    /// Checks the invariants of this replica's own state. With `whole_log` false it looks at
+    /// the uncommitted tail only (cheap enough for the simulator to call after every step).
+    pub fn check_invariants(&self, whole_log: bool) {
+        assert!(self.promised_durable <= self.promised, "durable promise above promise");
+        assert!(self.commit_index <= self.known_commit_index, "commit index above known");
+        assert!(self.commit_index <= self.log.end_slot(), "commit index beyond the log");
+        let from_slot = if whole_log { Slot(0) } else { Slot(self.commit_index.0.saturating_sub(1)) };
+        self.log.check_invariants(from_slot, self.commit_index, self.promised);
+        match &self.role {
+            Role::Leader(leader) => {
+                assert_eq!(leader.ballot, self.promised, "leader's ballot is not its promise");
+                assert!(leader.in_flight.len() <= self.config.pipeline_depth_max, "pipeline overfull");
+                assert!(leader.next_slot >= self.commit_index, "next slot below commit index");
+                for pair in leader.in_flight.iter().collect::<Vec<_>>().windows(2) {
+                    assert!(pair[0].first_slot.plus(pair[0].count) <= pair[1].first_slot, "in-flight overlap");
+                }
+            }
+            Role::Preparing(prepare) => {
+                assert!(prepare.ballot <= self.promised, "preparing above promise");
+            }
+            Role::Learner => assert!(self.config.is_learner(), "learner role on a voter"),
+            Role::Follower | Role::Probing { .. } => {
+                assert!(!self.config.is_learner(), "voter role on a learner")
+            }
+        }
+    }
+}
+
+/// Appends a slot's recovered value to the recovery queue, merging neighbouring no-ops.
+fn push_run(recovery: &mut VecDeque<SlotRun>, slot: Slot, value: &Value, skip_slots_max: u64) {
+    if value.is_noop() {
+        if let Some(last) = recovery.back_mut() {
+            if last.value.is_noop() && last.end_slot() == slot && last.count < skip_slots_max {
+                last.count += 1;
+                return;
+            }
+        }
+    }
+    recovery.push_back(SlotRun { first_slot: slot, count: 1, ballot: Ballot::ZERO, value: value.clone(), chosen: false });
+}

@@ -1,0 +1,9 @@
+//! Quorum: a high-throughput batched replication engine.
+//!
+//! A cluster's log is split into shards, each a Multi-Paxos instance run by its own core. This
+//! crate holds the protocol core ([`core`]), the deterministic simulator that proves it
+//! ([`sim`]), and the state machine interface ([`state_machine`]). See `ARCHITECTURE.md`.
+
+pub mod core;
+pub mod sim;
+pub mod state_machine;

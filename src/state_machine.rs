@@ -1,0 +1,357 @@
+//! The contract between Quorum and the database it replicates, and the built-in key-value store.
+//!
+//! A committed batch is applied through an [`Applier`], which keeps the client session table:
+//! a retried request (same [`RequestId`]) gets the reply of its first application and is never
+//! applied twice (protocol.md, I9). The table is itself replicated state: every replica builds
+//! the same one from the same log.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::core::{BatchReader, MalformedBatch, RequestId};
+
+/// What a database implements to be replicated by Quorum.
+///
+/// # Correctness
+/// `apply` must be deterministic: the same commands in the same order give the same state and
+/// the same replies on every replica. It must not read clocks, randomness or local files.
+pub trait StateMachine {
+    /// The reply to one command.
+    type Reply: Clone;
+
+    /// Applies one committed command and returns its reply.
+    fn apply(&mut self, command: &[u8]) -> Self::Reply;
+}
+
+/// What became of one command of a committed batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome<R> {
+    /// Applied now, with this reply.
+    Applied(R),
+    /// Applied before under the same request id; this is the reply it got then.
+    Duplicate(R),
+    /// Too old to tell whether it was applied (its session window moved past it); not applied.
+    Expired,
+}
+
+/// The replies a client's recent requests got, newest last.
+#[derive(Debug, Default)]
+struct Session<R> {
+    replies: VecDeque<(u64, R)>,
+}
+
+/// Applies committed batches to a state machine exactly once per request id.
+#[derive(Debug)]
+pub struct Applier<S: StateMachine> {
+    machine: S,
+    sessions: HashMap<u64, Session<S::Reply>>,
+    session_window: usize,
+    applied_commands: u64,
+}
+
+impl<S: StateMachine> Applier<S> {
+    /// An applier remembering the last `session_window` replies of each client.
+    pub fn new(machine: S, session_window: usize) -> Applier<S> {
+        assert!(session_window > 0, "session window must hold at least one reply");
+        Applier { machine, sessions: HashMap::new(), session_window, applied_commands: 0 }
+    }
+
+    /// The state machine.
+    pub fn machine(&self) -> &S {
+        &self.machine
+    }
+
+    /// Commands applied so far (duplicates and expired ones not counted).
+    pub fn applied_commands(&self) -> u64 {
+        self.applied_commands
+    }
+
+    /// Applies every command of an encoded batch in order, calling `on_outcome` for each.
+    ///
+    /// # Errors
+    /// A malformed batch; the commands before the damage were applied. A batch is validated
+    /// when it enters the system, so this means a bug or corruption that got past the checks.
+    pub fn apply_batch(
+        &mut self,
+        batch: &[u8],
+        mut on_outcome: impl FnMut(RequestId, Outcome<S::Reply>),
+    ) -> Result<(), MalformedBatch> {
+        for command in BatchReader::new(batch) {
+            let (id, payload) = command?;
+            let outcome = self.apply_one(id, payload);
+            on_outcome(id, outcome);
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, id: RequestId, payload: &[u8]) -> Outcome<S::Reply> {
+        let window = self.session_window;
+        let session = self.sessions.entry(id.client).or_insert_with(|| Session { replies: VecDeque::new() });
+        if let Some((_, reply)) = session.replies.iter().find(|(sequence, _)| *sequence == id.sequence) {
+            return Outcome::Duplicate(reply.clone());
+        }
+        let oldest = session.replies.front().map(|(sequence, _)| *sequence);
+        if session.replies.len() == window && oldest.is_some_and(|oldest| id.sequence < oldest) {
+            return Outcome::Expired;
+        }
+        let reply = self.machine.apply(payload);
+        self.applied_commands += 1;
+        let position = session.replies.partition_point(|(sequence, _)| *sequence < id.sequence);
+        session.replies.insert(position, (id.sequence, reply.clone()));
+        if session.replies.len() > window {
+            session.replies.pop_front();
+        }
+        Outcome::Applied(reply)
+    }
+}
+
+/// The shard a key belongs to: a stable hash, the same on every node and every build.
+#[must_use]
+pub fn shard_for_key(key: &[u8], shards: usize) -> usize {
+    assert!(shards > 0, "no shards");
+    (xxhash_rust::xxh3::xxh3_64(key) % shards as u64) as usize
+}
+
+/// A key-value command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvCommand {
+    /// Read a key.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Set a key.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Remove a key.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Set a key to `new` only if it holds `expected` (`None`: only if absent).
+    CompareAndSet {
+        /// The key.
+        key: Vec<u8>,
+        /// The value the key must hold.
+        expected: Option<Vec<u8>>,
+        /// The value to set.
+        new: Vec<u8>,
+    },
+}
+
+/// The reply to a [`KvCommand`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvReply {
+    /// A put or delete took effect.
+    Done,
+    /// The value read (`None`: absent).
+    Value(Option<Vec<u8>>),
+    /// A compare-and-set: whether it took effect, and the value the key held before.
+    CompareAndSet {
+        /// True if the value matched and was replaced.
+        succeeded: bool,
+        /// The value the key held when the command applied.
+        previous: Option<Vec<u8>>,
+    },
+    /// The command did not decode; nothing changed.
+    Invalid,
+}
+
+const GET: u8 = 1;
+const PUT: u8 = 2;
+const DELETE: u8 = 3;
+const CAS: u8 = 4;
+
+impl KvCommand {
+    /// Encodes the command: a tag byte, then length-prefixed (u32 little-endian) fields;
+    /// `expected` carries a presence byte first.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+            out.extend_from_slice(&u32::try_from(bytes.len()).expect("field fits u32").to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        let mut out = Vec::new();
+        match self {
+            KvCommand::Get { key } => {
+                out.push(GET);
+                field(&mut out, key);
+            }
+            KvCommand::Put { key, value } => {
+                out.push(PUT);
+                field(&mut out, key);
+                field(&mut out, value);
+            }
+            KvCommand::Delete { key } => {
+                out.push(DELETE);
+                field(&mut out, key);
+            }
+            KvCommand::CompareAndSet { key, expected, new } => {
+                out.push(CAS);
+                field(&mut out, key);
+                match expected {
+                    Some(expected) => {
+                        out.push(1);
+                        field(&mut out, expected);
+                    }
+                    None => out.push(0),
+                }
+                field(&mut out, new);
+            }
+        }
+        out
+    }
+
+    /// Decodes a command; `None` if the bytes are not one.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<KvCommand> {
+        fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+            let (length, tail) = rest.split_first_chunk::<4>()?;
+            let length = u32::from_le_bytes(*length) as usize;
+            if tail.len() < length {
+                return None;
+            }
+            let (value, tail) = tail.split_at(length);
+            *rest = tail;
+            Some(value)
+        }
+        let (&tag, mut rest) = bytes.split_first()?;
+        let command = match tag {
+            GET => KvCommand::Get { key: field(&mut rest)?.to_vec() },
+            PUT => KvCommand::Put { key: field(&mut rest)?.to_vec(), value: field(&mut rest)?.to_vec() },
+            DELETE => KvCommand::Delete { key: field(&mut rest)?.to_vec() },
+            CAS => {
+                let key = field(&mut rest)?.to_vec();
+                let (&present, tail) = rest.split_first()?;
+                rest = tail;
+                let expected = match present {
+                    0 => None,
+                    1 => Some(field(&mut rest)?.to_vec()),
+                    _ => return None,
+                };
+                KvCommand::CompareAndSet { key, expected, new: field(&mut rest)?.to_vec() }
+            }
+            _ => return None,
+        };
+        rest.is_empty().then_some(command)
+    }
+}
+
+/// The built-in replicated key-value store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvStore {
+    entries: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl KvStore {
+    /// The value of `key`, read locally (not linearizable on its own).
+    #[must_use]
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.entries.get(key).map(Vec::as_slice)
+    }
+
+    /// How many keys are set.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if no key is set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl StateMachine for KvStore {
+    type Reply = KvReply;
+
+    fn apply(&mut self, command: &[u8]) -> KvReply {
+        match KvCommand::decode(command) {
+            None => KvReply::Invalid,
+            Some(KvCommand::Get { key }) => KvReply::Value(self.entries.get(&key).cloned()),
+            Some(KvCommand::Put { key, value }) => {
+                self.entries.insert(key, value);
+                KvReply::Done
+            }
+            Some(KvCommand::Delete { key }) => {
+                self.entries.remove(&key);
+                KvReply::Done
+            }
+            Some(KvCommand::CompareAndSet { key, expected, new }) => {
+                let previous = self.entries.get(&key).cloned();
+                let succeeded = previous == expected;
+                if succeeded {
+                    self.entries.insert(key, new);
+                }
+                KvReply::CompareAndSet { succeeded, previous }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::BatchBuilder;
+
+    fn id(client: u64, sequence: u64) -> RequestId {
+        RequestId { client, sequence }
+    }
+
+    #[test]
+    fn retried_request_is_applied_once_and_gets_its_first_reply() {
+        let mut applier = Applier::new(KvStore::default(), 4);
+        let put = KvCommand::Put { key: b"k".to_vec(), value: b"1".to_vec() }.encode();
+        let cas = KvCommand::CompareAndSet { key: b"k".to_vec(), expected: Some(b"1".to_vec()), new: b"2".to_vec() }.encode();
+        let mut builder = BatchBuilder::new(4096);
+        builder.push(id(7, 1), &put);
+        builder.push(id(7, 2), &cas);
+        builder.push(id(7, 2), &cas);
+        let batch = builder.take();
+        let mut outcomes = Vec::new();
+        applier.apply_batch(&batch, |id, outcome| outcomes.push((id, outcome))).unwrap();
+        let first = KvReply::CompareAndSet { succeeded: true, previous: Some(b"1".to_vec()) };
+        assert_eq!(outcomes[1].1, Outcome::Applied(first.clone()));
+        assert_eq!(outcomes[2].1, Outcome::Duplicate(first));
+        assert_eq!(applier.applied_commands(), 2);
+        assert_eq!(applier.machine().get(b"k"), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn request_older_than_the_session_window_is_not_applied() {
+        let mut applier = Applier::new(KvStore::default(), 2);
+        let put = KvCommand::Put { key: b"k".to_vec(), value: b"v".to_vec() }.encode();
+        let mut builder = BatchBuilder::new(4096);
+        for sequence in [5, 6, 7, 1] {
+            builder.push(id(1, sequence), &put);
+        }
+        let batch = builder.take();
+        let mut outcomes = Vec::new();
+        applier.apply_batch(&batch, |_, outcome| outcomes.push(outcome)).unwrap();
+        assert_eq!(outcomes[3], Outcome::Expired);
+        assert_eq!(applier.applied_commands(), 3);
+    }
+
+    #[test]
+    fn kv_commands_round_trip_and_garbage_is_invalid() {
+        let commands = [
+            KvCommand::Get { key: b"a".to_vec() },
+            KvCommand::Put { key: b"a".to_vec(), value: vec![0; 9] },
+            KvCommand::Delete { key: vec![] },
+            KvCommand::CompareAndSet { key: b"a".to_vec(), expected: None, new: b"x".to_vec() },
+            KvCommand::CompareAndSet { key: b"a".to_vec(), expected: Some(vec![]), new: b"x".to_vec() },
+        ];
+        for command in commands {
+            assert_eq!(KvCommand::decode(&command.encode()), Some(command.clone()));
+            let encoded = command.encode();
+            for cut in 0..encoded.len() {
+                assert_eq!(KvCommand::decode(&encoded[..cut]), None);
+            }
+        }
+        assert_eq!(KvStore::default().apply(&[9, 9, 9]), KvReply::Invalid);
+    }
+}
