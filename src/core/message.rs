@@ -37,6 +37,8 @@ pub enum Message {
     Probe {
         /// The round the candidate would use.
         round: u64,
+        /// The candidate's commit position: voters that know more refuse it.
+        commit_index: Slot,
     },
     /// The answer to a [`Message::Probe`].
     ProbeReply {

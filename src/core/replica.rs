@@ -107,10 +107,12 @@ struct LeaderState {
     heartbeat_due_tick: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How far a voter's phase 1 report has come. Parts are asked for one at a time, and only the
+/// part asked for is taken, so duplicated or late parts cannot multiply requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PromiseProgress {
-    Waiting,
-    Partial,
+    /// Waiting for the report part that starts at this slot.
+    Expecting(Slot),
     Complete,
 }
 
@@ -309,17 +311,20 @@ impl Replica {
                 if self.election.expired(now) {
                     self.start_probe();
                 } else if now >= prepare.resend_tick {
+                    // Prepares and promises may be lost: ask again for each part still missing.
                     prepare.resend_tick = now + u64::from(self.config.heartbeat_interval_ticks);
-                    let (ballot, from_slot) = (prepare.ballot, prepare.from_slot);
-                    let waiting: Vec<NodeId> = prepare
+                    let ballot = prepare.ballot;
+                    let waiting: Vec<(NodeId, Slot)> = prepare
                         .progress
                         .iter()
                         .enumerate()
-                        .filter(|(_, progress)| **progress == PromiseProgress::Waiting)
-                        .map(|(index, _)| self.voters.ids()[index])
-                        .filter(|node| *node != self.config.node)
+                        .filter_map(|(index, progress)| match progress {
+                            PromiseProgress::Expecting(slot) => Some((self.voters.ids()[index], *slot)),
+                            PromiseProgress::Complete => None,
+                        })
+                        .filter(|(node, _)| *node != self.config.node)
                         .collect();
-                    for node in waiting {
+                    for (node, from_slot) in waiting {
                         self.send(node, Message::Prepare { ballot, from_slot });
                     }
                 }
@@ -425,7 +430,7 @@ impl Replica {
     fn dispatch(&mut self, from: NodeId, message: Message) {
         let learner = self.config.is_learner();
         match message {
-            Message::Probe { round } if !learner => self.on_probe(from, round),
+            Message::Probe { round, commit_index } if !learner => self.on_probe(from, round, commit_index),
             Message::ProbeReply { round, granted, promised } => {
                 self.on_probe_reply(from, round, granted, promised)
             }
@@ -461,16 +466,20 @@ impl Replica {
         let mut granted = VoteSet::EMPTY;
         granted.insert(self.my_voter_index());
         self.role = Role::Probing { round, granted };
+        let commit_index = self.commit_index;
         for index in 0..self.peers.len() {
-            self.send(self.peers[index], Message::Probe { round });
+            self.send(self.peers[index], Message::Probe { round, commit_index });
         }
         self.maybe_finish_probe();
     }
 
-    fn on_probe(&mut self, from: NodeId, round: u64) {
-        let leading = matches!(self.role, Role::Leader(_));
+    fn on_probe(&mut self, from: NodeId, round: u64, commit_index: Slot) {
+        let leading = matches!(self.role, Role::Leader(_) | Role::Preparing(_));
         // Stickiness: a live leader is not deposed by a node that merely lost touch with it.
-        let granted = !leading && !self.election.hears_live_leader(self.now_tick);
+        // A candidate that knows fewer commits than we do would spend its phase 1 recovering
+        // what we already know is chosen: let a better-informed voter lead instead. (Safety
+        // does not depend on this; among any live majority the best-informed one is granted.)
+        let granted = !leading && !self.election.hears_live_leader(self.now_tick) && commit_index >= self.commit_index;
         self.send(from, Message::ProbeReply { round, granted, promised: self.promised });
     }
 
@@ -502,7 +511,7 @@ impl Replica {
         self.role = Role::Preparing(Box::new(PrepareState {
             ballot,
             from_slot,
-            progress: vec![PromiseProgress::Waiting; self.voters.len()],
+            progress: vec![PromiseProgress::Expecting(from_slot); self.voters.len()],
             recovered: BTreeMap::new(),
             resend_tick: self.now_tick + u64::from(self.config.heartbeat_interval_ticks),
         }));
@@ -525,8 +534,14 @@ impl Replica {
                 self.step_down();
             }
         }
-        let (runs, next_slot) =
-            self.log.runs_from(from_slot, self.log.end_slot(), self.config.message_runs_max);
+        if from != self.config.node {
+            // A candidate running phase 1 is as good as a live leader: do not start a rival
+            // election while its prepares keep coming (they stop if it dies).
+            self.election.heard_leader(self.now_tick, &mut self.rng);
+        }
+        // The candidate reads its own log whole: the limit is for messages on the wire.
+        let runs_max = if from == self.config.node { usize::MAX } else { self.config.message_runs_max };
+        let (runs, next_slot) = self.log.runs_from(from_slot, self.log.end_slot(), runs_max);
         let promise = Message::Promise { ballot, from_slot, runs, next_slot };
         if self.promised_durable >= ballot {
             self.send_or_deliver(from, promise);
@@ -545,11 +560,11 @@ impl Replica {
     ) {
         let Some(index) = self.voters.index_of(from) else { return };
         let Role::Preparing(prepare) = &mut self.role else { return };
-        if prepare.ballot != ballot || prepare.progress[index] == PromiseProgress::Complete {
-            return;
+        if prepare.ballot != ballot || prepare.progress[index] != PromiseProgress::Expecting(from_slot) {
+            return; // Not the part we asked for: a duplicate, or late.
         }
         for run in runs {
-            if run.end_slot() <= prepare.from_slot || run.first_slot < from_slot {
+            if run.end_slot() <= prepare.from_slot || run.first_slot < from_slot || run.count == 0 {
                 continue;
             }
             for offset in 0..run.count {
@@ -567,9 +582,15 @@ impl Replica {
                 }
             }
         }
+        // Phase 1 is making progress: do not abandon it for a new election.
+        self.election.restart(self.now_tick, &mut self.rng);
+        let Role::Preparing(prepare) = &mut self.role else { unreachable!() };
         match next_slot {
             Some(next) => {
-                prepare.progress[index] = PromiseProgress::Partial;
+                if next <= from_slot {
+                    return; // A report that does not advance is malformed; the resend retries.
+                }
+                prepare.progress[index] = PromiseProgress::Expecting(next);
                 if from == self.config.node {
                     self.on_prepare(from, ballot, next);
                 } else {

@@ -1,0 +1,205 @@
+//! Safety checkers, run as the simulation goes. Each function enforces one invariant of
+//! `docs/protocol.md` and names it; the first violation ends the run with the seed printed.
+//!
+//! The checkers judge from facts, not from what replicas believe: a value is *chosen* when a
+//! majority of voters have durably accepted it under one ballot, as the simulated disks report.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::core::{Ballot, NodeId, Record, RequestId, Slot, Value, VoteSet, Voters};
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant, as numbered in `docs/protocol.md`.
+    pub invariant: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+type Result = std::result::Result<(), Violation>;
+
+fn violation(invariant: &'static str, detail: String) -> Result {
+    Err(Violation { invariant, detail })
+}
+
+/// What the checkers know of the whole cluster.
+#[derive(Debug)]
+pub struct Checker {
+    voters: Voters,
+    /// Per shard: per (slot, ballot), the value accepted and the voters that made it durable.
+    acceptances: Vec<HashMap<(u64, Ballot), (Value, VoteSet)>>,
+    /// Per shard: per slot, the value chosen (a majority's durable acceptance in one ballot).
+    chosen: Vec<HashMap<u64, Value>>,
+    /// Per (node, shard): the highest durable promise.
+    durable_promise: BTreeMap<(NodeId, usize), Ballot>,
+    /// Per (node, shard), this incarnation: the next slot a commit must start at, and the
+    /// requests applied.
+    replicas: BTreeMap<(NodeId, usize), ReplicaView>,
+}
+
+#[derive(Debug, Default)]
+struct ReplicaView {
+    commit_next: Slot,
+    applied: HashSet<RequestId>,
+}
+
+impl Checker {
+    /// A checker for `shards` shards over `voters`.
+    pub fn new(voters: Voters, shards: usize) -> Checker {
+        Checker {
+            voters,
+            acceptances: vec![HashMap::new(); shards],
+            chosen: vec![HashMap::new(); shards],
+            durable_promise: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+        }
+    }
+
+    /// A replica (re)started with an empty state machine: it commits again from slot 0.
+    pub fn on_replica_start(&mut self, node: NodeId, shard: usize, promised: Ballot) -> Result {
+        self.replicas.insert((node, shard), ReplicaView::default());
+        self.check_promise_survives_restart(node, shard, promised)
+    }
+
+    /// Records became durable on `node`'s disk of `shard`.
+    pub fn on_durable(&mut self, node: NodeId, shard: usize, records: &[Record]) -> Result {
+        for record in records {
+            match record {
+                Record::Promised { ballot } => self.check_durable_promise_monotonic(node, shard, *ballot)?,
+                Record::Accepted { ballot, first_slot, count, value } => {
+                    self.check_durable_promise_monotonic(node, shard, *ballot)?;
+                    let Some(index) = self.voters.index_of(node) else {
+                        return violation("I7 learners never vote", format!("learner {node:?} accepted"));
+                    };
+                    for offset in 0..*count {
+                        self.check_agreement(shard, first_slot.0 + offset, *ballot, value, index)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// I1: a replica's durable promise never decreases.
+    fn check_durable_promise_monotonic(&mut self, node: NodeId, shard: usize, ballot: Ballot) -> Result {
+        let durable = self.durable_promise.entry((node, shard)).or_insert(Ballot::ZERO);
+        *durable = (*durable).max(ballot);
+        Ok(())
+    }
+
+    /// I1: after a restart the promise is at least the durable one.
+    fn check_promise_survives_restart(&self, node: NodeId, shard: usize, promised: Ballot) -> Result {
+        let durable = self.durable_promise.get(&(node, shard)).copied().unwrap_or(Ballot::ZERO);
+        if promised < durable {
+            return violation(
+                "I1 promises never decrease",
+                format!("{node:?} shard {shard} restarted promising {promised} below durable {durable}"),
+            );
+        }
+        Ok(())
+    }
+
+    /// I2 and agreement (I8): one value per slot per ballot, and never two different values
+    /// chosen for one slot.
+    fn check_agreement(&mut self, shard: usize, slot: u64, ballot: Ballot, value: &Value, voter: usize) -> Result {
+        let (accepted, voters) =
+            self.acceptances[shard].entry((slot, ballot)).or_insert_with(|| (value.clone(), VoteSet::EMPTY));
+        if accepted != value {
+            return violation(
+                "I2 one value per slot per ballot",
+                format!("shard {shard} slot {slot} ballot {ballot}: {accepted:?} and {value:?}"),
+            );
+        }
+        voters.insert(voter);
+        if self.voters.is_quorum(*voters) {
+            let accepted = accepted.clone();
+            match self.chosen[shard].get(&slot) {
+                Some(chosen) if *chosen != accepted => {
+                    return violation(
+                        "I8 agreement",
+                        format!("shard {shard} slot {slot}: chosen {chosen:?}, then {accepted:?} in ballot {ballot}"),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.chosen[shard].insert(slot, accepted);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A replica committed `count` slots from `first_slot` with `value`.
+    pub fn on_commit(&mut self, node: NodeId, shard: usize, first_slot: Slot, count: u64, value: &Value) -> Result {
+        self.check_commit_order(node, shard, first_slot, count)?;
+        for offset in 0..count {
+            self.check_commit_is_chosen(node, shard, first_slot.0 + offset, value)?;
+        }
+        Ok(())
+    }
+
+    /// I5: commits come in slot order, each slot once.
+    fn check_commit_order(&mut self, node: NodeId, shard: usize, first_slot: Slot, count: u64) -> Result {
+        let view = self.replicas.entry((node, shard)).or_default();
+        if first_slot != view.commit_next || count == 0 {
+            return violation(
+                "I5 commits in slot order, once",
+                format!("{node:?} shard {shard} committed {count} from {first_slot:?}, expected {:?}", view.commit_next),
+            );
+        }
+        view.commit_next = first_slot.plus(count);
+        Ok(())
+    }
+
+    /// I4 and agreement (I8): a replica commits only a value a majority durably accepted in one
+    /// ballot, so committed prefixes are identical everywhere.
+    fn check_commit_is_chosen(&self, node: NodeId, shard: usize, slot: u64, value: &Value) -> Result {
+        match self.chosen[shard].get(&slot) {
+            Some(chosen) if chosen == value => Ok(()),
+            Some(chosen) => violation(
+                "I8 agreement",
+                format!("{node:?} shard {shard} committed {value:?} at slot {slot}, chosen was {chosen:?}"),
+            ),
+            None => violation(
+                "I4 commit only what a majority durably accepted in one ballot",
+                format!("{node:?} shard {shard} committed slot {slot} ({value:?}) before any majority accepted it"),
+            ),
+        }
+    }
+
+    /// I9: a replica applied request `id` (not as a duplicate).
+    pub fn on_applied(&mut self, node: NodeId, shard: usize, id: RequestId) -> Result {
+        self.check_applied_once(node, shard, id)
+    }
+
+    /// I9: exactly once per replica incarnation.
+    fn check_applied_once(&mut self, node: NodeId, shard: usize, id: RequestId) -> Result {
+        let view = self.replicas.entry((node, shard)).or_default();
+        if !view.applied.insert(id) {
+            return violation("I9 applied exactly once", format!("{node:?} shard {shard} applied {id:?} twice"));
+        }
+        Ok(())
+    }
+
+    /// I9 at the end: every acknowledged request is applied on every live replica of its shard.
+    pub fn check_acknowledged_applied_everywhere(&self, acknowledged: &[(usize, RequestId)], nodes: &[NodeId]) -> Result {
+        for (shard, id) in acknowledged {
+            for node in nodes {
+                let applied = self.replicas.get(&(*node, *shard)).is_some_and(|view| view.applied.contains(id));
+                if !applied {
+                    return violation(
+                        "I9 acknowledged requests are never lost",
+                        format!("{id:?} acknowledged but not applied on {node:?} shard {shard}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Slots chosen so far in `shard`.
+    pub fn chosen_slots(&self, shard: usize) -> usize {
+        self.chosen[shard].len()
+    }
+}

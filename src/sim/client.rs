@@ -1,0 +1,94 @@
+//! Simulated clients: each keeps one request outstanding, follows redirects, and retries the
+//! same request id elsewhere when a reply does not come, as the real client library will.
+
+use crate::core::RequestId;
+use crate::state_machine::{KvCommand, KvReply};
+
+use super::linearizability::{KvOp, KvResult};
+
+/// A request a client is waiting on.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    /// The request id, the same on every retry.
+    pub id: RequestId,
+    /// Which of the shared keys.
+    pub key: usize,
+    /// The key's shard.
+    pub shard: usize,
+    /// The operation, as the linearizability checker sees it.
+    pub op: KvOp,
+    /// The encoded command.
+    pub payload: Vec<u8>,
+    /// When it was first sent.
+    pub invoke_us: u64,
+    /// The node it was last sent to.
+    pub target: usize,
+}
+
+/// One simulated client.
+#[derive(Debug)]
+pub struct SimClient {
+    /// The client's id (its request ids' `client`).
+    pub id: u64,
+    /// The last sequence number used.
+    pub sequence: u64,
+    /// The request in flight.
+    pub pending: Option<Pending>,
+    /// The leader last heard of, per shard (a node index).
+    pub leader_hint: Vec<Option<usize>>,
+    /// Bumped whenever the client moves on, so stale timers are ignored.
+    pub timer_token: u64,
+    /// Per key, the last value this client saw (to aim compare-and-sets at live values).
+    pub seen: Vec<Option<u64>>,
+}
+
+/// The key's bytes.
+pub fn key_bytes(key: usize) -> Vec<u8> {
+    format!("key-{key}").into_bytes()
+}
+
+/// Encodes an operation on `key` as a KV command.
+pub fn encode(key: usize, op: &KvOp) -> Vec<u8> {
+    let key = key_bytes(key);
+    let command = match op {
+        KvOp::Get => KvCommand::Get { key },
+        KvOp::Put(value) => KvCommand::Put { key, value: value.to_le_bytes().to_vec() },
+        KvOp::Delete => KvCommand::Delete { key },
+        KvOp::CompareAndSet { expected, new } => KvCommand::CompareAndSet {
+            key,
+            expected: expected.map(|value| value.to_le_bytes().to_vec()),
+            new: new.to_le_bytes().to_vec(),
+        },
+    };
+    command.encode()
+}
+
+fn decode_value(bytes: &Option<Vec<u8>>) -> Option<u64> {
+    bytes.as_ref().map(|bytes| {
+        let array: [u8; 8] = bytes.as_slice().try_into().expect("simulated values are 8 bytes");
+        u64::from_le_bytes(array)
+    })
+}
+
+/// The checker's view of a store reply.
+pub fn result_of(reply: &KvReply) -> KvResult {
+    match reply {
+        KvReply::Done => KvResult::Done,
+        KvReply::Value(value) => KvResult::Value(decode_value(value)),
+        KvReply::CompareAndSet { succeeded, previous } => {
+            KvResult::CompareAndSet { succeeded: *succeeded, previous: decode_value(previous) }
+        }
+        KvReply::Invalid => panic!("the simulator only sends valid commands"),
+    }
+}
+
+/// A node's answer to a client.
+#[derive(Clone, Debug)]
+pub enum ClientReply {
+    /// The command was applied (now or before: a retry gets the first reply).
+    Applied(KvReply),
+    /// Not the leader; try this node.
+    Redirect(Option<usize>),
+    /// The leader's pipeline is full; try again shortly.
+    Busy,
+}

@@ -1,0 +1,94 @@
+//! Knobs: every parameter of a simulated run, drawn from the seed (FoundationDB's lesson: a
+//! range of seeds explores a range of configurations, not one).
+
+use rand_core::RngCore;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// The parameters of one simulated run.
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    /// Voting nodes, 3 to 5.
+    pub voters: usize,
+    /// Learner nodes, 0 to 2.
+    pub learners: usize,
+    /// Shards per node, 1 to 4.
+    pub shards: usize,
+    /// Clients, each with one request outstanding at a time.
+    pub clients: usize,
+    /// Keys the clients share (few, so that they contend).
+    pub keys: usize,
+    /// Microseconds per tick.
+    pub tick_us: u64,
+    /// Replica timing, in ticks.
+    pub heartbeat_interval_ticks: u32,
+    /// Replica timing, in ticks.
+    pub election_timeout_ticks: u32,
+    /// Accept runs in flight per leader.
+    pub pipeline_depth_max: usize,
+    /// Commands per batch at most.
+    pub batch_commands_max: usize,
+    /// Runs per Promise or Chosen message at most (small, to exercise chunking).
+    pub message_runs_max: usize,
+    /// One-way network delay: a fixed part and a random part, in microseconds.
+    pub delay_min_us: u64,
+    /// See `delay_min_us`.
+    pub delay_jitter_us: u64,
+    /// Chance in a million that a message is lost (safety phase only).
+    pub loss_ppm: u64,
+    /// Chance in a million that a message is delivered twice (safety phase only).
+    pub duplicate_ppm: u64,
+    /// Disk sync latency range, in microseconds.
+    pub sync_min_us: u64,
+    /// See `sync_min_us`.
+    pub sync_jitter_us: u64,
+    /// Chance in a million, per unsynced record, that it survives a crash anyway.
+    pub unsynced_survives_ppm: u64,
+    /// Length of the safety phase (faults on), in microseconds.
+    pub safety_us: u64,
+    /// Mean time between faults, in microseconds.
+    pub fault_interval_us: u64,
+    /// Chance in a million that a leader proposes a skip on a tick.
+    pub skip_ppm: u64,
+    /// Client think time between requests, in microseconds (upper bound).
+    pub think_us: u64,
+    /// A client retries elsewhere after this long without a reply.
+    pub client_timeout_us: u64,
+}
+
+/// Draws uniformly from `low..=high`.
+pub fn between(rng: &mut Xoshiro256PlusPlus, low: u64, high: u64) -> u64 {
+    assert!(low <= high, "empty range {low}..={high}");
+    low + rng.next_u64() % (high - low + 1)
+}
+
+impl Knobs {
+    /// Draws a configuration.
+    pub fn draw(rng: &mut Xoshiro256PlusPlus) -> Knobs {
+        let heartbeat_interval_ticks = between(rng, 2, 5) as u32;
+        Knobs {
+            voters: between(rng, 3, 5) as usize,
+            learners: between(rng, 0, 2) as usize,
+            shards: between(rng, 1, 4) as usize,
+            clients: between(rng, 10, 24) as usize,
+            keys: between(rng, 2, 8) as usize,
+            tick_us: 1_000,
+            heartbeat_interval_ticks,
+            election_timeout_ticks: heartbeat_interval_ticks * between(rng, 4, 8) as u32,
+            pipeline_depth_max: between(rng, 1, 8) as usize,
+            batch_commands_max: between(rng, 1, 16) as usize,
+            message_runs_max: [1, 2, 4, 16, 64, 256][between(rng, 0, 5) as usize],
+            delay_min_us: between(rng, 20, 300),
+            delay_jitter_us: between(rng, 0, 1_500),
+            loss_ppm: between(rng, 0, 80_000),
+            duplicate_ppm: between(rng, 0, 50_000),
+            sync_min_us: between(rng, 50, 500),
+            sync_jitter_us: between(rng, 0, 2_000),
+            unsynced_survives_ppm: between(rng, 0, 1_000_000),
+            safety_us: between(rng, 3_000_000, 4_500_000),
+            fault_interval_us: between(rng, 80_000, 300_000),
+            skip_ppm: between(rng, 0, 20_000),
+            think_us: between(rng, 0, 2_000),
+            client_timeout_us: between(rng, 30_000, 80_000),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Runs ranges of seeds on every core and sums them up, for `quorum sim` and the test suite.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::world::SeedReport;
+
+/// Commands every seed should commit; fewer means the run explored too little.
+pub const COMMANDS_PER_SEED_MIN: u64 = 1_000;
+
+/// The sum of a range of seeds.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Seeds run.
+    pub seeds: u64,
+    /// The failing seeds, in seed order, with their reports.
+    pub failures: Vec<SeedReport>,
+    /// Acknowledged client commands, all seeds.
+    pub commands: u64,
+    /// Leader changes, all seeds.
+    pub leader_changes: u64,
+    /// The fewest commands any seed acknowledged.
+    pub commands_min: u64,
+    /// The fewest leader changes any seed saw.
+    pub leader_changes_min: u64,
+    /// Seeds that acknowledged fewer than [`COMMANDS_PER_SEED_MIN`] commands.
+    pub seeds_below_commands_min: u64,
+    /// Seeds without a leader change.
+    pub seeds_without_leader_change: u64,
+    /// Wall-clock seconds for the whole range.
+    pub seconds: f64,
+    /// The slowest seed, in wall-clock seconds.
+    pub seconds_per_seed_max: f64,
+}
+
+/// Runs `seeds` with `threads` threads, calling `on_report` for each seed as it finishes.
+pub fn run_range(
+    seeds: std::ops::Range<u64>,
+    threads: usize,
+    on_report: impl Fn(&SeedReport, f64) + Sync,
+) -> Summary {
+    let started = Instant::now();
+    let next = AtomicU64::new(seeds.start);
+    let summary = Mutex::new(Summary { commands_min: u64::MAX, leader_changes_min: u64::MAX, ..Summary::default() });
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        break;
+                    }
+                    let seed_started = Instant::now();
+                    let report = super::run_seed(seed);
+                    let seconds = seed_started.elapsed().as_secs_f64();
+                    on_report(&report, seconds);
+                    let mut summary = summary.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    summary.seeds += 1;
+                    summary.commands += report.commands;
+                    summary.leader_changes += report.leader_changes;
+                    summary.commands_min = summary.commands_min.min(report.commands);
+                    summary.leader_changes_min = summary.leader_changes_min.min(report.leader_changes);
+                    summary.seeds_below_commands_min += u64::from(report.commands < COMMANDS_PER_SEED_MIN);
+                    summary.seeds_without_leader_change += u64::from(report.leader_changes == 0);
+                    summary.seconds_per_seed_max = summary.seconds_per_seed_max.max(seconds);
+                    if report.violation.is_some() {
+                        summary.failures.push(report);
+                    }
+                }
+            });
+        }
+    });
+    let mut summary = summary.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    summary.failures.sort_by_key(|report| report.seed);
+    summary.seconds = started.elapsed().as_secs_f64();
+    if summary.seeds == 0 {
+        summary.commands_min = 0;
+        summary.leader_changes_min = 0;
+    }
+    summary
+}
+
+impl Summary {
+    /// The one summary line `quorum sim` ends with.
+    #[must_use]
+    pub fn line(&self) -> String {
+        format!(
+            "seeds: {}, violations: {}, commands: {}, leader changes: {}, seconds: {:.1}",
+            self.seeds,
+            self.failures.len(),
+            self.commands,
+            self.leader_changes,
+            self.seconds
+        )
+    }
+
+    /// Per-seed figures: the weakest seed and the time per seed.
+    #[must_use]
+    pub fn per_seed_line(&self, threads: usize) -> String {
+        let mean = if self.seeds == 0 { 0.0 } else { self.seconds * threads as f64 / self.seeds as f64 };
+        format!(
+            "per seed: commands min {} ({} seeds below {}), leader changes min {} ({} seeds without), \
+             seconds mean {:.3} max {:.3}",
+            self.commands_min,
+            self.seeds_below_commands_min,
+            COMMANDS_PER_SEED_MIN,
+            self.leader_changes_min,
+            self.seeds_without_leader_change,
+            mean,
+            self.seconds_per_seed_max
+        )
+    }
+}

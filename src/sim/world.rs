@@ -1,0 +1,856 @@
+//! The simulated world: nodes of shard replicas, their disks, a network, clients and a fault
+//! schedule, driven by one seeded event queue. Everything that happens is a function of the
+//! seed, so a failing seed replays exactly (docs/simulator.md).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt::Write as _;
+
+use rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::core::{
+    Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId, RoleKind,
+    Value, Voters,
+};
+use crate::state_machine::{shard_for_key, Applier, KvStore, Outcome};
+
+use super::checkers::{Checker, Violation};
+use super::client::{encode, key_bytes, result_of, ClientReply, Pending, SimClient};
+use super::disk::SimDisk;
+use super::knobs::{between, Knobs};
+use super::linearizability::{check_key, KvOp, Operation};
+
+const CLUSTER: ClusterId = ClusterId(0x5157_4f52_554d);
+/// How long the liveness phase may take before it counts as a violation.
+const LIVENESS_BOUND_US: u64 = 10_000_000;
+/// A run that needs more events than this is spinning: a liveness bug, reported as such.
+const EVENTS_MAX: u64 = 3_000_000;
+
+#[derive(Debug)]
+enum Event {
+    Tick { node: usize, incarnation: u64 },
+    Deliver { to: usize, shard: usize, from: NodeId, message: Message },
+    SyncDone { node: usize, shard: usize, incarnation: u64 },
+    ClientRequest { node: usize, client: usize, pending: Pending },
+    ClientReply { client: usize, id: RequestId, reply: ClientReply },
+    ClientWake { client: usize, token: u64, resend: bool },
+    Fault,
+    ForceLeaderChange,
+    Restart { node: usize },
+    Unblock { links: Vec<(usize, usize)>, epoch: u64 },
+    EndSafety,
+    LivenessCheck,
+}
+
+struct Scheduled {
+    at_us: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_us, self.seq) == (other.at_us, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: the heap pops the earliest event, ties in scheduling order.
+        (other.at_us, other.seq).cmp(&(self.at_us, self.seq))
+    }
+}
+
+struct ShardReplica {
+    replica: Option<Replica>,
+    disk: SimDisk,
+    applier: Applier<KvStore>,
+    waiting: BTreeMap<RequestId, usize>,
+}
+
+struct SimNode {
+    id: NodeId,
+    up: bool,
+    incarnation: u64,
+    paused_until_us: u64,
+    shards: Vec<ShardReplica>,
+}
+
+/// The outcome of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// The first invariant broken, if any.
+    pub violation: Option<Violation>,
+    /// Client requests acknowledged.
+    pub commands: u64,
+    /// Leader elections after the first one of each shard.
+    pub leader_changes: u64,
+    /// Simulated time, in microseconds.
+    pub simulated_us: u64,
+    /// Events processed.
+    pub events: u64,
+    /// The knobs drawn from the seed.
+    pub knobs: Knobs,
+}
+
+/// A whole simulated cluster. Build with [`World::new`], run with [`World::run`].
+pub struct World {
+    seed: u64,
+    knobs: Knobs,
+    rng: Xoshiro256PlusPlus,
+    now_us: u64,
+    queue: BinaryHeap<Scheduled>,
+    event_seq: u64,
+    nodes: Vec<SimNode>,
+    clients: Vec<SimClient>,
+    blocked: Vec<Vec<u32>>,
+    block_epoch: u64,
+    faults_on: bool,
+    stopping: bool,
+    liveness_started_us: u64,
+    finished: bool,
+    checker: Checker,
+    violation: Option<Violation>,
+    history: Vec<Vec<Operation>>,
+    acknowledged: Vec<(usize, RequestId)>,
+    leader_ballot: Vec<Option<Ballot>>,
+    leader_changes: u64,
+    events: u64,
+    actions: Vec<Action>,
+    trace: Option<String>,
+}
+
+impl World {
+    /// A world drawn from `seed`; with `trace`, every event is written to a readable trace.
+    pub fn new(seed: u64, trace: bool) -> World {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let knobs = Knobs::draw(&mut rng);
+        let voter_ids: Vec<NodeId> = (1..=knobs.voters as u16).map(NodeId).collect();
+        let node_count = knobs.voters + knobs.learners;
+        let mut world = World {
+            seed,
+            rng,
+            now_us: 0,
+            queue: BinaryHeap::new(),
+            event_seq: 0,
+            nodes: Vec::new(),
+            clients: Vec::new(),
+            blocked: vec![vec![0; node_count]; node_count],
+            block_epoch: 0,
+            faults_on: true,
+            stopping: false,
+            liveness_started_us: 0,
+            finished: false,
+            checker: Checker::new(Voters::new(voter_ids), knobs.shards),
+            violation: None,
+            history: vec![Vec::new(); knobs.keys],
+            acknowledged: Vec::new(),
+            leader_ballot: vec![None; knobs.shards],
+            leader_changes: 0,
+            events: 0,
+            actions: Vec::new(),
+            trace: trace.then(String::new),
+            knobs,
+        };
+        for index in 0..node_count {
+            let id = NodeId(index as u16 + 1);
+            let shards = (0..world.knobs.shards).map(|_| world.fresh_shard()).collect();
+            world.nodes.push(SimNode { id, up: true, incarnation: 0, paused_until_us: 0, shards });
+            for shard in 0..world.knobs.shards {
+                world.start_replica(index, shard);
+            }
+            let phase = world.rng.next_u64() % world.knobs.tick_us;
+            world.schedule(phase, Event::Tick { node: index, incarnation: 0 });
+        }
+        for client in 0..world.knobs.clients {
+            world.clients.push(SimClient {
+                id: client as u64 + 1,
+                sequence: 0,
+                pending: None,
+                leader_hint: vec![None; world.knobs.shards],
+                timer_token: 0,
+                seen: vec![None; world.knobs.keys],
+            });
+            let think = between(&mut world.rng, 0, world.knobs.think_us);
+            world.schedule(think, Event::ClientWake { client, token: 0, resend: false });
+        }
+        let first_fault = between(&mut world.rng, 0, world.knobs.fault_interval_us);
+        world.schedule(first_fault, Event::Fault);
+        let forced = between(&mut world.rng, world.knobs.safety_us / 4, world.knobs.safety_us * 3 / 4);
+        world.schedule(forced, Event::ForceLeaderChange);
+        world.schedule(world.knobs.safety_us, Event::EndSafety);
+        world
+    }
+
+    fn fresh_shard(&self) -> ShardReplica {
+        ShardReplica {
+            replica: None,
+            disk: SimDisk::default(),
+            applier: Applier::new(KvStore::default(), 16),
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    fn config(&self, node: usize, shard: usize) -> Config {
+        let voters: Vec<NodeId> = (1..=self.knobs.voters as u16).map(NodeId).collect();
+        let learners: Vec<NodeId> =
+            (self.knobs.voters as u16 + 1..=(self.knobs.voters + self.knobs.learners) as u16).map(NodeId).collect();
+        let mut config = Config::new(CLUSTER, self.nodes[node].id, voters);
+        config.learners = learners;
+        config.heartbeat_interval_ticks = self.knobs.heartbeat_interval_ticks;
+        config.election_timeout_ticks = self.knobs.election_timeout_ticks;
+        config.pipeline_depth_max = self.knobs.pipeline_depth_max;
+        config.batch_commands_max = self.knobs.batch_commands_max;
+        config.message_runs_max = self.knobs.message_runs_max;
+        config.batch_bytes_max = 64 * 1024;
+        config.skip_slots_max = 64;
+        config.accept_ahead_slots_max = 1 << 16;
+        config.random_seed = self.seed ^ ((node as u64) << 48) ^ ((shard as u64) << 40) ^ self.nodes[node].incarnation;
+        config
+    }
+
+    /// Builds the replica of `shard` on `node` from what its disk kept.
+    fn start_replica(&mut self, node: usize, shard: usize) {
+        let config = self.config(node, shard);
+        let replica = Replica::restore(config, self.nodes[node].shards[shard].disk.durable())
+            .expect("simulator configurations are valid");
+        let promised = replica.promised();
+        let slot = &mut self.nodes[node].shards[shard];
+        slot.replica = Some(replica);
+        slot.applier = Applier::new(KvStore::default(), 16);
+        slot.waiting.clear();
+        let id = self.nodes[node].id;
+        let result = self.checker.on_replica_start(id, shard, promised);
+        self.record(result);
+    }
+
+    fn schedule(&mut self, after_us: u64, event: Event) {
+        self.event_seq += 1;
+        self.queue.push(Scheduled { at_us: self.now_us + after_us, seq: self.event_seq, event });
+    }
+
+    fn record(&mut self, result: Result<(), Violation>) {
+        if let Err(violation) = result {
+            if self.violation.is_none() {
+                self.violation = Some(violation);
+            }
+        }
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if let Some(trace) = &mut self.trace {
+            let _ = writeln!(trace, "{:>10} {}", self.now_us, line());
+        }
+    }
+
+    /// The trace so far (empty unless tracing).
+    pub fn trace_text(&self) -> &str {
+        self.trace.as_deref().unwrap_or("")
+    }
+
+    fn chance(&mut self, ppm: u64) -> bool {
+        self.rng.next_u64() % 1_000_000 < ppm
+    }
+
+    // ----- The run -----------------------------------------------------------------------
+
+    /// Runs the safety phase, then the liveness phase, then the final checks.
+    pub fn run(mut self) -> (SeedReport, String) {
+        while let Some(Scheduled { at_us, event, .. }) = self.queue.pop() {
+            self.now_us = at_us;
+            self.events += 1;
+            self.handle(event);
+            if self.violation.is_some() || self.finished {
+                break;
+            }
+            if self.events >= EVENTS_MAX {
+                let detail = format!("{EVENTS_MAX} events and not done: {}", self.liveness_state());
+                self.record(Err(Violation { invariant: "liveness", detail }));
+                break;
+            }
+        }
+        if self.violation.is_none() && !self.finished {
+            self.record(Err(Violation { invariant: "liveness", detail: "event queue ran dry".into() }));
+        }
+        if self.violation.is_none() {
+            let result = self.final_checks();
+            self.record(result);
+        }
+        let report = SeedReport {
+            seed: self.seed,
+            violation: self.violation.clone(),
+            commands: self.acknowledged.len() as u64,
+            leader_changes: self.leader_changes,
+            simulated_us: self.now_us,
+            events: self.events,
+            knobs: self.knobs.clone(),
+        };
+        (report, self.trace.unwrap_or_default())
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
+            Event::Deliver { to, shard, from, message } => self.on_deliver(to, shard, from, message),
+            Event::SyncDone { node, shard, incarnation } => self.on_sync_done(node, shard, incarnation),
+            Event::ClientRequest { node, client, pending } => self.on_client_request(node, client, pending),
+            Event::ClientReply { client, id, reply } => self.on_client_reply(client, id, reply),
+            Event::ClientWake { client, token, resend } => self.on_client_wake(client, token, resend),
+            Event::Fault => self.on_fault(),
+            Event::ForceLeaderChange => self.on_force_leader_change(),
+            Event::Restart { node } => self.restart(node),
+            Event::Unblock { links, epoch } => {
+                if epoch == self.block_epoch {
+                    for (from, to) in links {
+                        self.blocked[from][to] -= 1;
+                    }
+                }
+            }
+            Event::EndSafety => self.end_safety(),
+            Event::LivenessCheck => self.on_liveness_check(),
+        }
+    }
+
+    /// If `node` is paused, puts the event back for when it resumes and returns true.
+    fn deferred(&mut self, node: usize, event: impl FnOnce() -> Event) -> bool {
+        let until = self.nodes[node].paused_until_us;
+        if until > self.now_us {
+            let event = event();
+            self.event_seq += 1;
+            self.queue.push(Scheduled { at_us: until, seq: self.event_seq, event });
+            return true;
+        }
+        false
+    }
+
+    fn on_tick(&mut self, node: usize, incarnation: u64) {
+        if !self.nodes[node].up || self.nodes[node].incarnation != incarnation {
+            return;
+        }
+        if self.deferred(node, || Event::Tick { node, incarnation }) {
+            return;
+        }
+        for shard in 0..self.knobs.shards {
+            let skip = self.faults_on && self.chance(self.knobs.skip_ppm);
+            let skip_slots = between(&mut self.rng, 1, 64);
+            let replica = self.replica(node, shard);
+            replica.on_tick();
+            if skip && replica.role() == RoleKind::Leader {
+                let _ = replica.propose_skip(skip_slots);
+            }
+            self.drive(node, shard);
+        }
+        self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
+    }
+
+    fn replica(&mut self, node: usize, shard: usize) -> &mut Replica {
+        self.nodes[node].shards[shard].replica.as_mut().expect("a live node has its replicas")
+    }
+
+    fn on_deliver(&mut self, to: usize, shard: usize, from: NodeId, message: Message) {
+        if !self.nodes[to].up {
+            return;
+        }
+        if self.deferred(to, || Event::Deliver { to, shard, from, message: message.clone() }) {
+            return;
+        }
+        let id = self.nodes[to].id;
+        self.trace(|| format!("n{} s{shard} <- n{} {}", id.0, from.0, describe(&message)));
+        let envelope = Envelope { cluster_id: CLUSTER, from, message };
+        self.replica(to, shard).on_message(envelope).expect("simulated peers are cluster members");
+        self.drive(to, shard);
+    }
+
+    fn on_sync_done(&mut self, node: usize, shard: usize, incarnation: u64) {
+        if !self.nodes[node].up || self.nodes[node].incarnation != incarnation {
+            return;
+        }
+        if self.deferred(node, || Event::SyncDone { node, shard, incarnation }) {
+            return;
+        }
+        let (seq, records, replies) = self.nodes[node].shards[shard].disk.complete_sync();
+        let id = self.nodes[node].id;
+        let result = self.checker.on_durable(id, shard, &records);
+        self.record(result);
+        self.replica(node, shard).on_persisted(seq);
+        for (to, message) in replies {
+            if to == id {
+                let envelope = Envelope { cluster_id: CLUSTER, from: id, message };
+                self.replica(node, shard).on_message(envelope).expect("own message");
+            } else {
+                self.net_send(node, to, shard, message);
+            }
+        }
+        self.drive(node, shard);
+    }
+
+    /// Carries out the actions a replica produced, until it produces no more.
+    fn drive(&mut self, node: usize, shard: usize) {
+        let id = self.nodes[node].id;
+        loop {
+            let mut actions = std::mem::take(&mut self.actions);
+            self.replica(node, shard).take_actions(&mut actions);
+            if actions.is_empty() {
+                self.actions = actions;
+                break;
+            }
+            for action in actions.drain(..) {
+                match action {
+                    Action::Send { to, message } => self.net_send(node, to, shard, message),
+                    Action::Persist { seq, record, then_send } => {
+                        self.nodes[node].shards[shard].disk.write(seq, record, then_send);
+                    }
+                    Action::Commit { first_slot, count, value } => {
+                        let result = self.checker.on_commit(id, shard, first_slot, count, &value);
+                        self.record(result);
+                        self.trace(|| format!("n{} s{shard} commit {}+{count} {}", id.0, first_slot.0, value_text(&value)));
+                        self.apply(node, shard, &value);
+                    }
+                }
+            }
+            self.actions = actions;
+        }
+        if self.nodes[node].shards[shard].disk.maybe_start_sync() {
+            let latency = between(&mut self.rng, self.knobs.sync_min_us, self.knobs.sync_min_us + self.knobs.sync_jitter_us);
+            let incarnation = self.nodes[node].incarnation;
+            self.schedule(latency, Event::SyncDone { node, shard, incarnation });
+        }
+        let replica = self.nodes[node].shards[shard].replica.as_ref().expect("live");
+        replica.check_invariants(false);
+        if let Some(ballot) = replica.leader_ballot() {
+            if self.leader_ballot[shard].is_none_or(|last| last < ballot) {
+                if self.leader_ballot[shard].is_some() {
+                    self.leader_changes += 1;
+                }
+                self.leader_ballot[shard] = Some(ballot);
+                self.trace(|| format!("n{} s{shard} leads ballot {ballot}", id.0));
+            }
+        }
+    }
+
+    fn apply(&mut self, node: usize, shard: usize, value: &Value) {
+        let Value::Batch(bytes) = value else { return };
+        let id = self.nodes[node].id;
+        let mut outcomes = Vec::new();
+        self.nodes[node].shards[shard]
+            .applier
+            .apply_batch(bytes, |request, outcome| outcomes.push((request, outcome)))
+            .expect("batches built by the simulator decode");
+        for (request, outcome) in outcomes {
+            let reply = match outcome {
+                Outcome::Applied(reply) => {
+                    let result = self.checker.on_applied(id, shard, request);
+                    self.record(result);
+                    reply
+                }
+                Outcome::Duplicate(reply) => reply,
+                Outcome::Expired => {
+                    self.record(Err(Violation {
+                        invariant: "I9 applied exactly once",
+                        detail: format!("{request:?} fell out of its session window"),
+                    }));
+                    continue;
+                }
+            };
+            if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&request) {
+                self.client_send(client, request, ClientReply::Applied(reply));
+            }
+        }
+    }
+
+    fn delay(&mut self) -> u64 {
+        between(&mut self.rng, self.knobs.delay_min_us, self.knobs.delay_min_us + self.knobs.delay_jitter_us)
+    }
+
+    fn net_send(&mut self, from: usize, to: NodeId, shard: usize, message: Message) {
+        let to_index = to.0 as usize - 1;
+        if self.blocked[from][to_index] > 0 {
+            return;
+        }
+        if self.faults_on && self.chance(self.knobs.loss_ppm) {
+            return;
+        }
+        let from_id = self.nodes[from].id;
+        if self.faults_on && self.chance(self.knobs.duplicate_ppm) {
+            let delay = self.delay();
+            self.schedule(delay, Event::Deliver { to: to_index, shard, from: from_id, message: message.clone() });
+        }
+        let delay = self.delay();
+        self.schedule(delay, Event::Deliver { to: to_index, shard, from: from_id, message });
+    }
+
+    // ----- Clients -----------------------------------------------------------------------
+
+    fn client_send(&mut self, client: usize, id: RequestId, reply: ClientReply) {
+        if self.faults_on && self.chance(self.knobs.loss_ppm) {
+            return;
+        }
+        let delay = self.delay();
+        self.schedule(delay, Event::ClientReply { client, id, reply });
+    }
+
+    fn on_client_wake(&mut self, client: usize, token: u64, resend: bool) {
+        if self.clients[client].timer_token != token {
+            return;
+        }
+        if self.clients[client].pending.is_none() {
+            if !self.stopping {
+                self.start_request(client);
+            }
+            return;
+        }
+        if !resend {
+            // A timeout: the node may be down or cut off; try the next one.
+            let pending = self.clients[client].pending.as_mut().expect("checked");
+            let shard = pending.shard;
+            pending.target = (pending.target + 1) % self.knobs.voters;
+            self.clients[client].leader_hint[shard] = None;
+        }
+        self.send_request(client);
+    }
+
+    fn start_request(&mut self, client: usize) {
+        let key = (self.rng.next_u64() % self.knobs.keys as u64) as usize;
+        let state = &mut self.clients[client];
+        state.sequence += 1;
+        let id = RequestId { client: state.id, sequence: state.sequence };
+        let fresh = (state.id << 32) | state.sequence;
+        let op = match self.rng.next_u64() % 10 {
+            0..=2 => KvOp::Get,
+            3..=5 => KvOp::Put(fresh),
+            6 => KvOp::Delete,
+            _ => {
+                let expected = if self.rng.next_u64() % 4 == 0 { None } else { self.clients[client].seen[key] };
+                KvOp::CompareAndSet { expected, new: fresh }
+            }
+        };
+        let shard = shard_for_key(&key_bytes(key), self.knobs.shards);
+        let target = self.clients[client].leader_hint[shard]
+            .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize);
+        let payload = encode(key, &op);
+        self.clients[client].pending = Some(Pending { id, key, shard, op, payload, invoke_us: self.now_us, target });
+        self.send_request(client);
+    }
+
+    fn send_request(&mut self, client: usize) {
+        let state = &mut self.clients[client];
+        state.timer_token += 1;
+        let token = state.timer_token;
+        let mut pending = state.pending.clone().expect("a request to send");
+        if let Some(hint) = state.leader_hint[pending.shard] {
+            pending.target = hint;
+        }
+        state.pending.as_mut().expect("checked").target = pending.target;
+        let timeout = self.knobs.client_timeout_us;
+        self.schedule(timeout, Event::ClientWake { client, token, resend: false });
+        if !(self.faults_on && self.chance(self.knobs.loss_ppm)) {
+            let delay = self.delay();
+            let node = pending.target;
+            self.schedule(delay, Event::ClientRequest { node, client, pending });
+        }
+    }
+
+    fn on_client_request(&mut self, node: usize, client: usize, pending: Pending) {
+        if !self.nodes[node].up {
+            return;
+        }
+        if self.deferred(node, || Event::ClientRequest { node, client, pending: pending.clone() }) {
+            return;
+        }
+        let shard = pending.shard;
+        let replica = self.replica(node, shard);
+        match replica.propose(pending.id, &pending.payload) {
+            Ok(()) => {
+                replica.flush();
+                self.nodes[node].shards[shard].waiting.insert(pending.id, client);
+                self.drive(node, shard);
+            }
+            Err(ProposeError::NotLeader { hint }) => {
+                let hint = hint.map(|id| id.0 as usize - 1);
+                self.client_send(client, pending.id, ClientReply::Redirect(hint));
+            }
+            Err(ProposeError::Busy) => self.client_send(client, pending.id, ClientReply::Busy),
+            Err(error) => panic!("simulated request refused: {error}"),
+        }
+    }
+
+    fn on_client_reply(&mut self, client: usize, id: RequestId, reply: ClientReply) {
+        let Some(pending) = self.clients[client].pending.clone() else { return };
+        if pending.id != id {
+            return; // A late reply to an earlier attempt of a finished request.
+        }
+        match reply {
+            ClientReply::Redirect(hint) => {
+                let hint = hint.filter(|node| *node < self.knobs.voters && *node != pending.target);
+                let state = &mut self.clients[client];
+                state.leader_hint[pending.shard] = hint;
+                if hint.is_none() {
+                    state.pending.as_mut().expect("checked").target = (pending.target + 1) % self.knobs.voters;
+                }
+                state.timer_token += 1;
+                let token = state.timer_token;
+                let backoff = if hint.is_some() { 0 } else { between(&mut self.rng, 1_000, 5_000) };
+                self.schedule(backoff, Event::ClientWake { client, token, resend: true });
+            }
+            ClientReply::Busy => {
+                let state = &mut self.clients[client];
+                state.timer_token += 1;
+                let token = state.timer_token;
+                let backoff = between(&mut self.rng, 200, 2_000);
+                self.schedule(backoff, Event::ClientWake { client, token, resend: true });
+            }
+            ClientReply::Applied(reply) => {
+                let result = result_of(&reply);
+                let state = &mut self.clients[client];
+                state.leader_hint[pending.shard] = Some(pending.target);
+                state.seen[pending.key] = match &result {
+                    super::linearizability::KvResult::Value(value) => *value,
+                    super::linearizability::KvResult::CompareAndSet { succeeded: true, .. } => match pending.op {
+                        KvOp::CompareAndSet { new, .. } => Some(new),
+                        _ => None,
+                    },
+                    super::linearizability::KvResult::CompareAndSet { previous, .. } => *previous,
+                    super::linearizability::KvResult::Done => match pending.op {
+                        KvOp::Put(value) => Some(value),
+                        _ => None,
+                    },
+                };
+                state.pending = None;
+                state.timer_token += 1;
+                let token = state.timer_token;
+                self.history[pending.key].push(Operation {
+                    client,
+                    op: pending.op.clone(),
+                    invoke_us: pending.invoke_us,
+                    complete: Some((self.now_us, result)),
+                });
+                self.acknowledged.push((pending.shard, id));
+                self.trace(|| format!("client {client} done {:?} -> {reply:?}", pending.op));
+                let think = between(&mut self.rng, 0, self.knobs.think_us);
+                self.schedule(think, Event::ClientWake { client, token, resend: false });
+            }
+        }
+    }
+
+    // ----- Faults ------------------------------------------------------------------------
+
+    fn on_fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let nodes = self.nodes.len();
+        let node = (self.rng.next_u64() % nodes as u64) as usize;
+        let duration = between(&mut self.rng, 20_000, 300_000);
+        match self.rng.next_u64() % 5 {
+            0 => self.crash(node, duration),
+            1 => {
+                let links: Vec<(usize, usize)> =
+                    (0..nodes).filter(|other| *other != node).flat_map(|other| [(node, other), (other, node)]).collect();
+                self.trace(|| format!("isolate n{} for {duration}us", node + 1));
+                self.block(links, duration);
+            }
+            2 => {
+                let other = (node + 1 + (self.rng.next_u64() % (nodes as u64 - 1)) as usize) % nodes;
+                self.trace(|| format!("drop n{} -> n{} for {duration}us", node + 1, other + 1));
+                self.block(vec![(node, other)], duration);
+            }
+            3 => {
+                let side: Vec<bool> = (0..nodes).map(|_| self.rng.next_u64() % 2 == 0).collect();
+                let links: Vec<(usize, usize)> = (0..nodes)
+                    .flat_map(|a| (0..nodes).map(move |b| (a, b)))
+                    .filter(|(a, b)| side[*a] != side[*b])
+                    .collect();
+                self.trace(|| format!("partition {side:?} for {duration}us"));
+                self.block(links, duration);
+            }
+            _ => {
+                self.trace(|| format!("pause n{} for {duration}us", node + 1));
+                self.nodes[node].paused_until_us = self.nodes[node].paused_until_us.max(self.now_us + duration);
+            }
+        }
+        let next = between(&mut self.rng, self.knobs.fault_interval_us / 2, self.knobs.fault_interval_us * 3 / 2);
+        self.schedule(next, Event::Fault);
+    }
+
+    /// Makes sure every seed sees at least one leader change: crash the leader of a shard.
+    fn on_force_leader_change(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
+        let leader = (0..self.knobs.voters).find(|node| {
+            self.nodes[*node].up
+                && self.nodes[*node].shards[shard].replica.as_ref().is_some_and(|r| r.role() == RoleKind::Leader)
+        });
+        match leader {
+            Some(node) => {
+                let downtime = between(&mut self.rng, 50_000, 200_000);
+                self.crash(node, downtime);
+            }
+            None => self.schedule(20_000, Event::ForceLeaderChange),
+        }
+    }
+
+    fn block(&mut self, links: Vec<(usize, usize)>, duration: u64) {
+        for (from, to) in &links {
+            self.blocked[*from][*to] += 1;
+        }
+        let epoch = self.block_epoch;
+        self.schedule(duration, Event::Unblock { links, epoch });
+    }
+
+    fn crash(&mut self, node: usize, downtime_us: u64) {
+        if !self.nodes[node].up {
+            return;
+        }
+        self.trace(|| format!("crash n{} for {downtime_us}us", node + 1));
+        let id = self.nodes[node].id;
+        self.nodes[node].up = false;
+        self.nodes[node].incarnation += 1;
+        for shard in 0..self.knobs.shards {
+            let survives = self.knobs.unsynced_survives_ppm;
+            let survivors = self.nodes[node].shards[shard].disk.crash(&mut self.rng, survives);
+            let result = self.checker.on_durable(id, shard, &survivors);
+            self.record(result);
+            self.nodes[node].shards[shard].replica = None;
+        }
+        self.schedule(downtime_us, Event::Restart { node });
+    }
+
+    fn restart(&mut self, node: usize) {
+        if self.nodes[node].up {
+            return;
+        }
+        self.trace(|| format!("restart n{}", node + 1));
+        self.nodes[node].up = true;
+        for shard in 0..self.knobs.shards {
+            self.start_replica(node, shard);
+        }
+        let incarnation = self.nodes[node].incarnation;
+        self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
+    }
+
+    // ----- Liveness ----------------------------------------------------------------------
+
+    fn end_safety(&mut self) {
+        self.trace(|| "safety phase over: faults stop".to_string());
+        self.faults_on = false;
+        self.stopping = true;
+        self.liveness_started_us = self.now_us;
+        self.block_epoch += 1;
+        for row in &mut self.blocked {
+            row.iter_mut().for_each(|count| *count = 0);
+        }
+        for node in 0..self.nodes.len() {
+            self.nodes[node].paused_until_us = self.nodes[node].paused_until_us.min(self.now_us);
+            self.restart(node);
+        }
+        self.schedule(10_000, Event::LivenessCheck);
+    }
+
+    fn on_liveness_check(&mut self) {
+        if self.now_us - self.liveness_started_us > LIVENESS_BOUND_US {
+            let detail = self.liveness_state();
+            self.record(Err(Violation { invariant: "liveness", detail }));
+            return;
+        }
+        let requests_done = self.clients.iter().all(|client| client.pending.is_none());
+        let leaders = (0..self.knobs.shards).all(|shard| self.shard_leader(shard).is_some());
+        let caught_up = (0..self.knobs.shards).all(|shard| {
+            let commits: Vec<u64> = self
+                .nodes
+                .iter()
+                .map(|node| node.shards[shard].replica.as_ref().map_or(0, |r| r.commit_index().0))
+                .collect();
+            commits.iter().all(|commit| *commit == commits[0])
+        });
+        if requests_done && leaders && caught_up {
+            self.trace(|| "liveness reached: leaders elected, requests done, replicas caught up".to_string());
+            self.finished = true;
+            return;
+        }
+        self.schedule(10_000, Event::LivenessCheck);
+    }
+
+    fn shard_leader(&self, shard: usize) -> Option<usize> {
+        (0..self.knobs.voters).find(|node| {
+            self.nodes[*node].shards[shard].replica.as_ref().is_some_and(|r| r.role() == RoleKind::Leader)
+        })
+    }
+
+    fn liveness_state(&self) -> String {
+        let mut text = String::new();
+        for shard in 0..self.knobs.shards {
+            let _ = write!(text, "shard {shard}: leader {:?}; ", self.shard_leader(shard).map(|n| n + 1));
+            for node in &self.nodes {
+                if let Some(replica) = &node.shards[shard].replica {
+                    let _ = write!(text, "n{} {:?} commit {} promised {}; ", node.id.0, replica.role(), replica.commit_index().0, replica.promised());
+                }
+            }
+        }
+        let pending = self.clients.iter().filter(|client| client.pending.is_some()).count();
+        let _ = write!(text, "clients waiting: {pending}");
+        text
+    }
+
+    fn final_checks(&mut self) -> Result<(), Violation> {
+        for node in &self.nodes {
+            for shard in &node.shards {
+                shard.replica.as_ref().expect("all nodes are up at the end").check_invariants(true);
+            }
+        }
+        let all: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
+        self.checker.check_acknowledged_applied_everywhere(&self.acknowledged, &all)?;
+        for (key, operations) in self.history.iter().enumerate() {
+            check_key(operations).map_err(|detail| Violation {
+                invariant: "I10 linearizable",
+                detail: format!("key {key}: {detail}"),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::Noop => "noop".to_string(),
+        Value::Batch(bytes) => {
+            let commands = crate::core::BatchReader::new(bytes).count();
+            format!("batch of {commands} ({} bytes)", bytes.len())
+        }
+    }
+}
+
+/// A one-line description of a message for the trace.
+fn describe(message: &Message) -> String {
+    match message {
+        Message::Probe { round, commit_index } => format!("probe round {round} commit {}", commit_index.0),
+        Message::ProbeReply { round, granted, promised } => {
+            format!("probe-reply round {round} granted {granted} promised {promised}")
+        }
+        Message::Prepare { ballot, from_slot } => format!("prepare {ballot} from {}", from_slot.0),
+        Message::Promise { ballot, from_slot, runs, next_slot } => {
+            format!("promise {ballot} from {} runs {} next {:?}", from_slot.0, runs.len(), next_slot.map(|s| s.0))
+        }
+        Message::Accept { ballot, first_slot, count, value, commit_index } => format!(
+            "accept {ballot} {}+{count} {} commit {}",
+            first_slot.0,
+            value_text(value),
+            commit_index.0
+        ),
+        Message::Accepted { ballot, first_slot, count } => format!("accepted {ballot} {}+{count}", first_slot.0),
+        Message::Rejected { ballot, promised } => format!("rejected {ballot} promised {promised}"),
+        Message::Heartbeat { ballot, commit_index } => format!("heartbeat {ballot} commit {}", commit_index.0),
+        Message::HeartbeatAck { ballot } => format!("heartbeat-ack {ballot}"),
+        Message::CatchUpRequest { from_slot } => format!("catch-up-request from {}", from_slot.0),
+        Message::Chosen { runs, commit_index } => format!("chosen runs {} commit {}", runs.len(), commit_index.0),
+    }
+}
