@@ -76,7 +76,7 @@ impl Knobs {
             election_timeout_ticks: heartbeat_interval_ticks * between(rng, 4, 8) as u32,
             pipeline_depth_max: between(rng, 1, 8) as usize,
             batch_commands_max: between(rng, 1, 16) as usize,
-            message_runs_max: [1, 2, 4, 16, 64, 256][between(rng, 0, 5) as usize],
+            message_runs_max: [2, 4, 16, 64, 256][between(rng, 0, 4) as usize],
             delay_min_us: between(rng, 20, 300),
             delay_jitter_us: between(rng, 0, 1_500),
             loss_ppm: between(rng, 0, 80_000),

@@ -741,6 +741,13 @@ impl World {
     // ----- Liveness ----------------------------------------------------------------------
 
     fn end_safety(&mut self) {
+        // A run too faulty to commit a meaningful history is given more time under faults,
+        // so that every seed exercises the protocol, not just the election timer.
+        let commands = self.acknowledged.len() as u64;
+        if commands < super::runner::COMMANDS_PER_SEED_MIN && self.now_us < 4 * self.knobs.safety_us {
+            self.schedule(500_000, Event::EndSafety);
+            return;
+        }
         self.trace(|| "safety phase over: faults stop".to_string());
         self.faults_on = false;
         self.stopping = true;
