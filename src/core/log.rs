@@ -78,6 +78,19 @@ impl Log {
         }
     }
 
+    /// Marks every slot below `end_slot` chosen with the value it holds, as a durable
+    /// `Record::Committed` says. Stops at the first slot without a value: that cannot follow from
+    /// records written in order, so it is left for catch-up rather than trusted.
+    pub fn choose_prefix(&mut self, end_slot: Slot) {
+        let end = usize::try_from(end_slot.0).unwrap_or(usize::MAX).min(self.entries.len());
+        for entry in self.entries.iter_mut().take(end) {
+            if entry.value.is_none() {
+                return;
+            }
+            entry.chosen = true;
+        }
+    }
+
     /// The runs of slots from `from_slot` on that hold a value, no-op neighbours under one ballot
     /// merged, at most `runs_max` of them. Returns the runs and the slot to continue from, if
     /// the limit cut the report short.

@@ -157,6 +157,23 @@ pub struct Envelope {
 /// What a replica writes to its log. Recovery replays these (protocol.md §4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
+    /// The replica learned that `value` is chosen in `count` slots from `first_slot`, from a
+    /// peer, with a value its own log did not hold. Not a vote: it lets a restart keep what it
+    /// knew without asking again.
+    Chosen {
+        /// The first slot.
+        first_slot: Slot,
+        /// How many slots.
+        count: u64,
+        /// The value.
+        value: Value,
+    },
+    /// Every slot below `commit_index` is chosen, with the value the records before this one
+    /// give it. Written lazily: a lost one only costs catch-up after a restart.
+    Committed {
+        /// The commit position.
+        commit_index: Slot,
+    },
     /// The replica promised `ballot`: it will accept nothing lower.
     Promised {
         /// The ballot.

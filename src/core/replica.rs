@@ -157,6 +157,8 @@ pub struct Replica {
     log: Log,
     /// Every slot below is chosen here and its commit was emitted.
     commit_index: Slot,
+    /// The commit position last written to the log.
+    commit_index_persisted: Slot,
     /// The highest commit position a leader or peer has told us of.
     known_commit_index: Slot,
     catch_up_due_tick: u64,
@@ -204,6 +206,7 @@ impl Replica {
             pending_promises: VecDeque::with_capacity(config.pipeline_depth_max * 2),
             log: Log::default(),
             commit_index: Slot(0),
+            commit_index_persisted: Slot(0),
             known_commit_index: Slot(0),
             catch_up_due_tick: 0,
             persist_seq_next: 1,
@@ -218,10 +221,18 @@ impl Replica {
                     replica.raise_promise(*ballot);
                     replica.log.accept(*first_slot, *count, *ballot, value);
                 }
+                Record::Chosen { first_slot, count, value } => {
+                    replica.log.choose(*first_slot, *count, Ballot::ZERO, value);
+                }
+                Record::Committed { commit_index } => replica.log.choose_prefix(*commit_index),
             }
         }
         replica.promised_durable = replica.promised;
         replica.round_seen_max = replica.promised.round;
+        // What was committed before the restart is committed again, in order, so the state
+        // machine (rebuilt from nothing until snapshots exist) sees the whole log.
+        replica.maybe_advance_commit();
+        replica.commit_index_persisted = replica.commit_index;
         Ok(replica)
     }
 
@@ -332,6 +343,10 @@ impl Replica {
             Role::Leader(_) => self.leader_tick(),
         }
         self.maybe_request_catch_up();
+        if self.commit_index > self.commit_index_persisted {
+            self.commit_index_persisted = self.commit_index;
+            self.persist(Record::Committed { commit_index: self.commit_index }, None);
+        }
     }
 
     /// A message arrived.
@@ -625,7 +640,7 @@ impl Replica {
         let mut slot = self.commit_index;
         while slot < next_slot {
             match recovered.get(&slot) {
-                Some((known, value, true)) => self.log.choose(slot, 1, *known, value),
+                Some((known, value, true)) => self.learn_chosen(slot, 1, *known, value),
                 Some((_, value, false)) => push_run(&mut recovery, slot, value, self.config.skip_slots_max),
                 None => push_run(&mut recovery, slot, &Value::Noop, self.config.skip_slots_max),
             }
@@ -933,7 +948,7 @@ impl Replica {
             if run.end_slot() > self.commit_index.plus(self.config.accept_ahead_slots_max) {
                 break;
             }
-            self.log.choose(run.first_slot, run.count, run.ballot, &run.value);
+            self.learn_chosen(run.first_slot, run.count, run.ballot, &run.value);
         }
         self.known_commit_index = self.known_commit_index.max(commit_index);
         self.maybe_advance_commit();
@@ -945,6 +960,24 @@ impl Replica {
     }
 
     // ----- Helpers -----------------------------------------------------------------------
+
+    /// Marks slots chosen with a value a peer reported. Where the log held another value (or
+    /// none), the value is written down so that a restart remembers it (`Record::Chosen`).
+    fn learn_chosen(&mut self, first_slot: Slot, count: u64, ballot: Ballot, value: &Value) {
+        let end_slot = first_slot.plus(count);
+        let first_slot = first_slot.max(self.commit_index);
+        if first_slot >= end_slot {
+            return;
+        }
+        let known = (first_slot.0..end_slot.0).all(|slot| {
+            self.log.get(Slot(slot)).is_some_and(|entry| entry.chosen || entry.value.as_ref() == Some(value))
+        });
+        self.log.choose(first_slot, end_slot.0 - first_slot.0, ballot, value);
+        if !known {
+            let record = Record::Chosen { first_slot, count: end_slot.0 - first_slot.0, value: value.clone() };
+            self.persist(record, None);
+        }
+    }
 
     fn raise_promise(&mut self, ballot: Ballot) {
         // I1: a promise never decreases.
@@ -999,6 +1032,7 @@ impl Replica {
             Record::Promised { ballot } | Record::Accepted { ballot, .. } => {
                 self.pending_promises.push_back((seq, *ballot));
             }
+            Record::Chosen { .. } | Record::Committed { .. } => {}
         }
         self.actions.push(Action::Persist { seq, record, then_send });
     }

@@ -76,6 +76,7 @@ impl Checker {
                         self.check_agreement(shard, first_slot.0 + offset, *ballot, value, index)?;
                     }
                 }
+                Record::Chosen { .. } | Record::Committed { .. } => {}
             }
         }
         Ok(())

@@ -33,6 +33,14 @@ pub struct Knobs {
     pub delay_min_us: u64,
     /// See `delay_min_us`.
     pub delay_jitter_us: u64,
+    /// Chance in a million that a message is held up for a long time, as a congested link or
+    /// a retransmission would (safety phase only): stale messages then reach a later ballot.
+    pub long_delay_ppm: u64,
+    /// The longest such hold-up, in microseconds.
+    pub long_delay_max_us: u64,
+    /// Chance in a million that a message sent over a cut link is held and delivered when the
+    /// link heals (as TCP would, retransmitting), rather than lost.
+    pub held_over_cut_ppm: u64,
     /// Chance in a million that a message is lost (safety phase only).
     pub loss_ppm: u64,
     /// Chance in a million that a message is delivered twice (safety phase only).
@@ -79,6 +87,9 @@ impl Knobs {
             message_runs_max: [2, 4, 16, 64, 256][between(rng, 0, 4) as usize],
             delay_min_us: between(rng, 20, 300),
             delay_jitter_us: between(rng, 0, 1_500),
+            long_delay_ppm: between(rng, 0, 50_000),
+            long_delay_max_us: between(rng, 5_000, 500_000),
+            held_over_cut_ppm: between(rng, 0, 1_000_000),
             loss_ppm: between(rng, 0, 80_000),
             duplicate_ppm: between(rng, 0, 50_000),
             sync_min_us: between(rng, 50, 500),
