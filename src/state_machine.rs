@@ -85,8 +85,11 @@ impl<S: StateMachine> Applier<S> {
 
     fn apply_one(&mut self, id: RequestId, payload: &[u8]) -> Outcome<S::Reply> {
         let window = self.session_window;
-        let session = self.sessions.entry(id.client).or_insert_with(|| Session { replies: VecDeque::new() });
-        if let Some((_, reply)) = session.replies.iter().find(|(sequence, _)| *sequence == id.sequence) {
+        let session =
+            self.sessions.entry(id.client).or_insert_with(|| Session { replies: VecDeque::new() });
+        if let Some((_, reply)) =
+            session.replies.iter().find(|(sequence, _)| *sequence == id.sequence)
+        {
             return Outcome::Duplicate(reply.clone());
         }
         let oldest = session.replies.front().map(|(sequence, _)| *sequence);
@@ -171,7 +174,9 @@ impl KvCommand {
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-            out.extend_from_slice(&u32::try_from(bytes.len()).expect("field fits u32").to_le_bytes());
+            out.extend_from_slice(
+                &u32::try_from(bytes.len()).expect("field fits u32").to_le_bytes(),
+            );
             out.extend_from_slice(bytes);
         }
         let mut out = Vec::new();
@@ -221,7 +226,10 @@ impl KvCommand {
         let (&tag, mut rest) = bytes.split_first()?;
         let command = match tag {
             GET => KvCommand::Get { key: field(&mut rest)?.to_vec() },
-            PUT => KvCommand::Put { key: field(&mut rest)?.to_vec(), value: field(&mut rest)?.to_vec() },
+            PUT => KvCommand::Put {
+                key: field(&mut rest)?.to_vec(),
+                value: field(&mut rest)?.to_vec(),
+            },
             DELETE => KvCommand::Delete { key: field(&mut rest)?.to_vec() },
             CAS => {
                 let key = field(&mut rest)?.to_vec();
@@ -306,7 +314,12 @@ mod tests {
     fn retried_request_is_applied_once_and_gets_its_first_reply() {
         let mut applier = Applier::new(KvStore::default(), 4);
         let put = KvCommand::Put { key: b"k".to_vec(), value: b"1".to_vec() }.encode();
-        let cas = KvCommand::CompareAndSet { key: b"k".to_vec(), expected: Some(b"1".to_vec()), new: b"2".to_vec() }.encode();
+        let cas = KvCommand::CompareAndSet {
+            key: b"k".to_vec(),
+            expected: Some(b"1".to_vec()),
+            new: b"2".to_vec(),
+        }
+        .encode();
         let mut builder = BatchBuilder::new(4096);
         builder.push(id(7, 1), &put);
         builder.push(id(7, 2), &cas);
@@ -343,7 +356,11 @@ mod tests {
             KvCommand::Put { key: b"a".to_vec(), value: vec![0; 9] },
             KvCommand::Delete { key: vec![] },
             KvCommand::CompareAndSet { key: b"a".to_vec(), expected: None, new: b"x".to_vec() },
-            KvCommand::CompareAndSet { key: b"a".to_vec(), expected: Some(vec![]), new: b"x".to_vec() },
+            KvCommand::CompareAndSet {
+                key: b"a".to_vec(),
+                expected: Some(vec![]),
+                new: b"x".to_vec(),
+            },
         ];
         for command in commands {
             assert_eq!(KvCommand::decode(&command.encode()), Some(command.clone()));

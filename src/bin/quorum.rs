@@ -44,8 +44,10 @@ struct SimArgs {
 }
 
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
-    let (start, end) = text.split_once("..").ok_or_else(|| format!("`{text}` is not a range like 0..100"))?;
-    let start: u64 = start.trim().parse().map_err(|_| format!("range start `{start}` is not a number"))?;
+    let (start, end) =
+        text.split_once("..").ok_or_else(|| format!("`{text}` is not a range like 0..100"))?;
+    let start: u64 =
+        start.trim().parse().map_err(|_| format!("range start `{start}` is not a number"))?;
     let end: u64 = end.trim().parse().map_err(|_| format!("range end `{end}` is not a number"))?;
     if start >= end {
         return Err(format!("range {start}..{end} is empty"));
@@ -70,7 +72,8 @@ fn run_sim(args: SimArgs) -> ExitCode {
         return if report.violation.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
     let seeds = args.seeds.unwrap_or(0..100);
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let threads =
+        args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let verbose = args.verbose;
     let summary = sim::runner::run_range(seeds, threads, |report, seconds| {
         if report.violation.is_some() {

@@ -55,7 +55,11 @@ impl BatchBuilder {
     /// A builder for batches of at most `bytes_max` bytes.
     #[must_use]
     pub fn new(bytes_max: usize) -> BatchBuilder {
-        BatchBuilder { buffer: Vec::with_capacity(Self::capacity_for(0, bytes_max)), commands: 0, bytes_max }
+        BatchBuilder {
+            buffer: Vec::with_capacity(Self::capacity_for(0, bytes_max)),
+            commands: 0,
+            bytes_max,
+        }
     }
 
     /// A buffer a little larger than the last batch, so that a steady load never regrows it.
@@ -89,7 +93,12 @@ impl BatchBuilder {
 
     /// Appends one command. The caller checks [`fits`](Self::fits) first.
     pub fn push(&mut self, id: RequestId, payload: &[u8]) {
-        assert!(self.fits(payload.len()), "batch overflow: {} + {}", self.buffer.len(), payload.len());
+        assert!(
+            self.fits(payload.len()),
+            "batch overflow: {} + {}",
+            self.buffer.len(),
+            payload.len()
+        );
         let payload_len = u32::try_from(payload.len()).expect("payload length fits u32");
         self.buffer.extend_from_slice(&id.client.to_le_bytes());
         self.buffer.extend_from_slice(&id.sequence.to_le_bytes());
@@ -145,7 +154,8 @@ impl<'a> Iterator for BatchReader<'a> {
             self.offset = self.bytes.len();
             return Some(Err(error));
         };
-        let field = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
+        let field =
+            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
         let id = RequestId { client: field(0), sequence: field(8) };
         let payload_len = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
         let payload_len = payload_len as usize;

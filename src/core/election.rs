@@ -20,8 +20,11 @@ pub struct ElectionTimer {
 impl ElectionTimer {
     /// A timer that first expires one randomized timeout after `now`.
     pub fn new(timeout_ticks: u32, now: u64, rng: &mut Xoshiro256PlusPlus) -> ElectionTimer {
-        let mut timer =
-            ElectionTimer { timeout_ticks: u64::from(timeout_ticks), deadline_tick: 0, leader_heard_tick: None };
+        let mut timer = ElectionTimer {
+            timeout_ticks: u64::from(timeout_ticks),
+            deadline_tick: 0,
+            leader_heard_tick: None,
+        };
         timer.restart(now, rng);
         timer
     }

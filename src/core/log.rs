@@ -57,7 +57,11 @@ impl Log {
     pub fn accept(&mut self, first_slot: Slot, count: u64, ballot: Ballot, value: &Value) {
         for offset in 0..count {
             let entry = self.entry_mut(first_slot.plus(offset));
-            assert!(entry.ballot <= ballot || entry.chosen, "accept under {ballot} after {}", entry.ballot);
+            assert!(
+                entry.ballot <= ballot || entry.chosen,
+                "accept under {ballot} after {}",
+                entry.ballot
+            );
             entry.ballot = ballot;
             if !entry.chosen {
                 entry.value = Some(value.clone());
@@ -95,7 +99,12 @@ impl Log {
     /// merged, at most `runs_max` of them. Returns the runs and the slot to continue from, if
     /// the limit cut the report short.
     #[must_use]
-    pub fn runs_from(&self, from_slot: Slot, end_slot: Slot, runs_max: usize) -> (Vec<SlotRun>, Option<Slot>) {
+    pub fn runs_from(
+        &self,
+        from_slot: Slot,
+        end_slot: Slot,
+        runs_max: usize,
+    ) -> (Vec<SlotRun>, Option<Slot>) {
         let mut runs: Vec<SlotRun> = Vec::new();
         let end_slot = end_slot.min(self.end_slot());
         let mut slot = from_slot;
@@ -137,10 +146,18 @@ impl Log {
         let from = usize::try_from(from_slot.0).unwrap_or(usize::MAX).min(self.entries.len());
         for (index, entry) in self.entries.iter().enumerate().skip(from) {
             if !entry.chosen {
-                assert!(entry.ballot <= promised, "slot {index}: accepted {} above promised {promised}", entry.ballot);
+                assert!(
+                    entry.ballot <= promised,
+                    "slot {index}: accepted {} above promised {promised}",
+                    entry.ballot
+                );
             }
             if (index as u64) < commit_index.0 {
-                assert!(entry.chosen, "slot {index} below commit index {} not chosen", commit_index.0);
+                assert!(
+                    entry.chosen,
+                    "slot {index} below commit index {} not chosen",
+                    commit_index.0
+                );
                 assert!(entry.value.is_some(), "slot {index} chosen without a value");
             }
         }

@@ -187,7 +187,8 @@ impl Replica {
     ) -> Result<Replica, ConfigError> {
         config.validate()?;
         let voters = Voters::new(config.voters.clone());
-        let peers: Vec<NodeId> = voters.ids().iter().copied().filter(|node| *node != config.node).collect();
+        let peers: Vec<NodeId> =
+            voters.ids().iter().copied().filter(|node| *node != config.node).collect();
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.random_seed);
         let election = ElectionTimer::new(config.election_timeout_ticks, 0, &mut rng);
         let role = if config.is_learner() { Role::Learner } else { Role::Follower };
@@ -330,7 +331,9 @@ impl Replica {
                         .iter()
                         .enumerate()
                         .filter_map(|(index, progress)| match progress {
-                            PromiseProgress::Expecting(slot) => Some((self.voters.ids()[index], *slot)),
+                            PromiseProgress::Expecting(slot) => {
+                                Some((self.voters.ids()[index], *slot))
+                            }
                             PromiseProgress::Complete => None,
                         })
                         .filter(|(node, _)| *node != self.config.node)
@@ -393,13 +396,16 @@ impl Replica {
         if !matches!(self.role, Role::Leader(_)) {
             return Err(ProposeError::NotLeader { hint: self.leader_hint });
         }
-        if payload.len().saturating_add(super::batch::COMMAND_HEADER_BYTES) > self.config.batch_bytes_max {
+        if payload.len().saturating_add(super::batch::COMMAND_HEADER_BYTES)
+            > self.config.batch_bytes_max
+        {
             return Err(ProposeError::TooLarge {
                 payload_bytes: payload.len(),
                 batch_bytes_max: self.config.batch_bytes_max,
             });
         }
-        let full = !self.batch.fits(payload.len()) || self.batch.commands() >= self.config.batch_commands_max;
+        let full = !self.batch.fits(payload.len())
+            || self.batch.commands() >= self.config.batch_commands_max;
         if full {
             self.maybe_send_proposals();
             if !self.batch.is_empty() {
@@ -422,7 +428,10 @@ impl Replica {
             return Err(ProposeError::NotLeader { hint: self.leader_hint });
         }
         if slots == 0 || slots > self.config.skip_slots_max {
-            return Err(ProposeError::SkipTooLong { slots, skip_slots_max: self.config.skip_slots_max });
+            return Err(ProposeError::SkipTooLong {
+                slots,
+                skip_slots_max: self.config.skip_slots_max,
+            });
         }
         self.maybe_send_proposals();
         if !self.batch.is_empty() || !self.pipeline_has_room() {
@@ -445,11 +454,15 @@ impl Replica {
     fn dispatch(&mut self, from: NodeId, message: Message) {
         let learner = self.config.is_learner();
         match message {
-            Message::Probe { round, commit_index } if !learner => self.on_probe(from, round, commit_index),
+            Message::Probe { round, commit_index } if !learner => {
+                self.on_probe(from, round, commit_index)
+            }
             Message::ProbeReply { round, granted, promised } => {
                 self.on_probe_reply(from, round, granted, promised)
             }
-            Message::Prepare { ballot, from_slot } if !learner => self.on_prepare(from, ballot, from_slot),
+            Message::Prepare { ballot, from_slot } if !learner => {
+                self.on_prepare(from, ballot, from_slot)
+            }
             Message::Promise { ballot, from_slot, runs, next_slot } => {
                 self.on_promise(from, ballot, from_slot, runs, next_slot)
             }
@@ -460,7 +473,9 @@ impl Replica {
                 self.on_accepted(from, ballot, first_slot, count)
             }
             Message::Rejected { ballot, promised } => self.on_rejected(ballot, promised),
-            Message::Heartbeat { ballot, commit_index } => self.on_heartbeat(from, ballot, commit_index),
+            Message::Heartbeat { ballot, commit_index } => {
+                self.on_heartbeat(from, ballot, commit_index)
+            }
             Message::HeartbeatAck { ballot } => self.on_heartbeat_ack(from, ballot),
             Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
             Message::Chosen { runs, commit_index } => self.on_chosen(runs, commit_index),
@@ -494,7 +509,9 @@ impl Replica {
         // A candidate that knows fewer commits than we do would spend its phase 1 recovering
         // what we already know is chosen: let a better-informed voter lead instead. (Safety
         // does not depend on this; among any live majority the best-informed one is granted.)
-        let granted = !leading && !self.election.hears_live_leader(self.now_tick) && commit_index >= self.commit_index;
+        let granted = !leading
+            && !self.election.hears_live_leader(self.now_tick)
+            && commit_index >= self.commit_index;
         self.send(from, Message::ProbeReply { round, granted, promised: self.promised });
     }
 
@@ -555,7 +572,8 @@ impl Replica {
             self.election.heard_leader(self.now_tick, &mut self.rng);
         }
         // The candidate reads its own log whole: the limit is for messages on the wire.
-        let runs_max = if from == self.config.node { usize::MAX } else { self.config.message_runs_max };
+        let runs_max =
+            if from == self.config.node { usize::MAX } else { self.config.message_runs_max };
         let (runs, next_slot) = self.log.runs_from(from_slot, self.log.end_slot(), runs_max);
         let promise = Message::Promise { ballot, from_slot, runs, next_slot };
         if self.promised_durable >= ballot {
@@ -575,7 +593,9 @@ impl Replica {
     ) {
         let Some(index) = self.voters.index_of(from) else { return };
         let Role::Preparing(prepare) = &mut self.role else { return };
-        if prepare.ballot != ballot || prepare.progress[index] != PromiseProgress::Expecting(from_slot) {
+        if prepare.ballot != ballot
+            || prepare.progress[index] != PromiseProgress::Expecting(from_slot)
+        {
             return; // Not the part we asked for: a duplicate, or late.
         }
         for run in runs {
@@ -634,14 +654,19 @@ impl Replica {
         assert_eq!(self.promised, ballot, "leading a ballot not promised");
         // Recovery (I2): every slot a majority reported on gets the highest-ballot value seen,
         // chosen values as they are, and holes a no-op.
-        let next_slot =
-            recovered.keys().next_back().map_or(from_slot, |last| last.plus(1)).max(self.commit_index);
+        let next_slot = recovered
+            .keys()
+            .next_back()
+            .map_or(from_slot, |last| last.plus(1))
+            .max(self.commit_index);
         let mut recovery: VecDeque<SlotRun> = VecDeque::new();
         let mut slot = self.commit_index;
         while slot < next_slot {
             match recovered.get(&slot) {
                 Some((known, value, true)) => self.learn_chosen(slot, 1, *known, value),
-                Some((_, value, false)) => push_run(&mut recovery, slot, value, self.config.skip_slots_max),
+                Some((_, value, false)) => {
+                    push_run(&mut recovery, slot, value, self.config.skip_slots_max)
+                }
                 None => push_run(&mut recovery, slot, &Value::Noop, self.config.skip_slots_max),
             }
             slot = slot.plus(1);
@@ -686,9 +711,14 @@ impl Replica {
     }
 
     fn send_proposal(&mut self, first_slot: Slot, count: u64, value: Value) {
-        let Role::Leader(leader) = &mut self.role else { unreachable!("proposal outside leadership") };
+        let Role::Leader(leader) = &mut self.role else {
+            unreachable!("proposal outside leadership")
+        };
         assert!(
-            leader.in_flight.back().is_none_or(|last| last.first_slot.plus(last.count) <= first_slot),
+            leader
+                .in_flight
+                .back()
+                .is_none_or(|last| last.first_slot.plus(last.count) <= first_slot),
             "proposals out of slot order"
         );
         let ballot = leader.ballot;
@@ -703,7 +733,8 @@ impl Replica {
         });
         let commit_index = self.commit_index;
         for index in 0..self.peers.len() {
-            let accept = Message::Accept { ballot, first_slot, count, value: value.clone(), commit_index };
+            let accept =
+                Message::Accept { ballot, first_slot, count, value: value.clone(), commit_index };
             self.send(self.peers[index], accept);
         }
         // The leader's own acceptance goes through the durable path like any other (I3, I4).
@@ -734,7 +765,12 @@ impl Replica {
             if let Some(entry) = self.log.get(first_slot.plus(offset)) {
                 if entry.chosen {
                     // I2, believed: a later ballot re-proposes a chosen value unchanged.
-                    assert_eq!(entry.value.as_ref(), Some(&value), "slot {} chosen, re-proposed differently", first_slot.0 + offset);
+                    assert_eq!(
+                        entry.value.as_ref(),
+                        Some(&value),
+                        "slot {} chosen, re-proposed differently",
+                        first_slot.0 + offset
+                    );
                 }
             }
         }
@@ -753,7 +789,8 @@ impl Replica {
             return;
         }
         leader.heard_tick[index] = now;
-        let Ok(position) = leader.in_flight.binary_search_by_key(&first_slot, |proposal| proposal.first_slot)
+        let Ok(position) =
+            leader.in_flight.binary_search_by_key(&first_slot, |proposal| proposal.first_slot)
         else {
             return;
         };
@@ -766,7 +803,8 @@ impl Replica {
             return;
         }
         proposal.chosen = true;
-        let (first_slot, count, value) = (proposal.first_slot, proposal.count, proposal.value.clone());
+        let (first_slot, count, value) =
+            (proposal.first_slot, proposal.count, proposal.value.clone());
         self.log.choose(first_slot, count, ballot, &value);
         let Role::Leader(leader) = &mut self.role else { unreachable!() };
         while leader.in_flight.front().is_some_and(|proposal| proposal.chosen) {
@@ -816,7 +854,9 @@ impl Replica {
         // Retransmit Accepts that a voter has not acknowledged for a heartbeat interval: the
         // network may lose them, and a restarted voter may have lost them unsynced.
         let mut resend: Vec<(NodeId, Message)> = Vec::new();
-        for proposal in leader.in_flight.iter_mut().filter(|p| !p.chosen && p.sent_tick + interval <= now) {
+        for proposal in
+            leader.in_flight.iter_mut().filter(|p| !p.chosen && p.sent_tick + interval <= now)
+        {
             proposal.sent_tick = now;
             for (index, node) in self.voters.ids().iter().enumerate() {
                 if index != my_index && !proposal.acks.contains(index) {
@@ -835,7 +875,11 @@ impl Replica {
             self.send(node, message);
         }
         for index in 0..self.peers.len() + self.config.learners.len() {
-            let node = self.peers.get(index).copied().unwrap_or_else(|| self.config.learners[index - self.peers.len()]);
+            let node = self
+                .peers
+                .get(index)
+                .copied()
+                .unwrap_or_else(|| self.config.learners[index - self.peers.len()]);
             self.send(node, Message::Heartbeat { ballot, commit_index });
         }
     }
@@ -911,8 +955,17 @@ impl Replica {
             self.known_commit_index = self.known_commit_index.max(self.commit_index);
             if let Role::Leader(_) = self.role {
                 for learner in self.config.learners.clone() {
-                    let run = SlotRun { first_slot, count, ballot: Ballot::ZERO, value: value.clone(), chosen: true };
-                    self.send(learner, Message::Chosen { runs: vec![run], commit_index: self.commit_index });
+                    let run = SlotRun {
+                        first_slot,
+                        count,
+                        ballot: Ballot::ZERO,
+                        value: value.clone(),
+                        chosen: true,
+                    };
+                    self.send(
+                        learner,
+                        Message::Chosen { runs: vec![run], commit_index: self.commit_index },
+                    );
                 }
             }
             self.actions.push(Action::Commit { first_slot, count, value });
@@ -923,7 +976,9 @@ impl Replica {
         if self.commit_index >= self.known_commit_index || self.now_tick < self.catch_up_due_tick {
             return;
         }
-        let Some(target) = self.leader_hint.filter(|leader| *leader != self.config.node) else { return };
+        let Some(target) = self.leader_hint.filter(|leader| *leader != self.config.node) else {
+            return;
+        };
         self.catch_up_due_tick = self.now_tick + u64::from(self.config.heartbeat_interval_ticks);
         self.send(target, Message::CatchUpRequest { from_slot: self.commit_index });
     }
@@ -932,7 +987,8 @@ impl Replica {
         if from_slot >= self.commit_index {
             return;
         }
-        let (runs, _) = self.log.runs_from(from_slot, self.commit_index, self.config.message_runs_max);
+        let (runs, _) =
+            self.log.runs_from(from_slot, self.commit_index, self.config.message_runs_max);
         self.send(from, Message::Chosen { runs, commit_index: self.commit_index });
     }
 
@@ -970,11 +1026,17 @@ impl Replica {
             return;
         }
         let known = (first_slot.0..end_slot.0).all(|slot| {
-            self.log.get(Slot(slot)).is_some_and(|entry| entry.chosen || entry.value.as_ref() == Some(value))
+            self.log
+                .get(Slot(slot))
+                .is_some_and(|entry| entry.chosen || entry.value.as_ref() == Some(value))
         });
         self.log.choose(first_slot, end_slot.0 - first_slot.0, ballot, value);
         if !known {
-            let record = Record::Chosen { first_slot, count: end_slot.0 - first_slot.0, value: value.clone() };
+            let record = Record::Chosen {
+                first_slot,
+                count: end_slot.0 - first_slot.0,
+                value: value.clone(),
+            };
             self.persist(record, None);
         }
     }
@@ -1054,22 +1116,28 @@ impl Replica {
         self.voters.index_of(self.config.node).expect("only voters take part in elections")
     }
 
-
     /// Checks the invariants of this replica's own state. With `whole_log` false it looks at
     /// the uncommitted tail only (cheap enough for the simulator to call after every step).
     pub fn check_invariants(&self, whole_log: bool) {
         assert!(self.promised_durable <= self.promised, "durable promise above promise");
         assert!(self.commit_index <= self.known_commit_index, "commit index above known");
         assert!(self.commit_index <= self.log.end_slot(), "commit index beyond the log");
-        let from_slot = if whole_log { Slot(0) } else { Slot(self.commit_index.0.saturating_sub(1)) };
+        let from_slot =
+            if whole_log { Slot(0) } else { Slot(self.commit_index.0.saturating_sub(1)) };
         self.log.check_invariants(from_slot, self.commit_index, self.promised);
         match &self.role {
             Role::Leader(leader) => {
                 assert_eq!(leader.ballot, self.promised, "leader's ballot is not its promise");
-                assert!(leader.in_flight.len() <= self.config.pipeline_depth_max, "pipeline overfull");
+                assert!(
+                    leader.in_flight.len() <= self.config.pipeline_depth_max,
+                    "pipeline overfull"
+                );
                 assert!(leader.next_slot >= self.commit_index, "next slot below commit index");
                 for pair in leader.in_flight.iter().collect::<Vec<_>>().windows(2) {
-                    assert!(pair[0].first_slot.plus(pair[0].count) <= pair[1].first_slot, "in-flight overlap");
+                    assert!(
+                        pair[0].first_slot.plus(pair[0].count) <= pair[1].first_slot,
+                        "in-flight overlap"
+                    );
                 }
             }
             Role::Preparing(prepare) => {
@@ -1093,5 +1161,11 @@ fn push_run(recovery: &mut VecDeque<SlotRun>, slot: Slot, value: &Value, skip_sl
             }
         }
     }
-    recovery.push_back(SlotRun { first_slot: slot, count: 1, ballot: Ballot::ZERO, value: value.clone(), chosen: false });
+    recovery.push_back(SlotRun {
+        first_slot: slot,
+        count: 1,
+        ballot: Ballot::ZERO,
+        value: value.clone(),
+        chosen: false,
+    });
 }

@@ -66,11 +66,16 @@ impl Checker {
     pub fn on_durable(&mut self, node: NodeId, shard: usize, records: &[Record]) -> Result {
         for record in records {
             match record {
-                Record::Promised { ballot } => self.check_durable_promise_monotonic(node, shard, *ballot)?,
+                Record::Promised { ballot } => {
+                    self.check_durable_promise_monotonic(node, shard, *ballot)?
+                }
                 Record::Accepted { ballot, first_slot, count, value } => {
                     self.check_durable_promise_monotonic(node, shard, *ballot)?;
                     let Some(index) = self.voters.index_of(node) else {
-                        return violation("I7 learners never vote", format!("learner {node:?} accepted"));
+                        return violation(
+                            "I7 learners never vote",
+                            format!("learner {node:?} accepted"),
+                        );
                     };
                     for offset in 0..*count {
                         self.check_agreement(shard, first_slot.0 + offset, *ballot, value, index)?;
@@ -83,19 +88,31 @@ impl Checker {
     }
 
     /// I1: a replica's durable promise never decreases.
-    fn check_durable_promise_monotonic(&mut self, node: NodeId, shard: usize, ballot: Ballot) -> Result {
+    fn check_durable_promise_monotonic(
+        &mut self,
+        node: NodeId,
+        shard: usize,
+        ballot: Ballot,
+    ) -> Result {
         let durable = self.durable_promise.entry((node, shard)).or_insert(Ballot::ZERO);
         *durable = (*durable).max(ballot);
         Ok(())
     }
 
     /// I1: after a restart the promise is at least the durable one.
-    fn check_promise_survives_restart(&self, node: NodeId, shard: usize, promised: Ballot) -> Result {
+    fn check_promise_survives_restart(
+        &self,
+        node: NodeId,
+        shard: usize,
+        promised: Ballot,
+    ) -> Result {
         let durable = self.durable_promise.get(&(node, shard)).copied().unwrap_or(Ballot::ZERO);
         if promised < durable {
             return violation(
                 "I1 promises never decrease",
-                format!("{node:?} shard {shard} restarted promising {promised} below durable {durable}"),
+                format!(
+                    "{node:?} shard {shard} restarted promising {promised} below durable {durable}"
+                ),
             );
         }
         Ok(())
@@ -103,9 +120,17 @@ impl Checker {
 
     /// I2 and agreement (I8): one value per slot per ballot, and never two different values
     /// chosen for one slot.
-    fn check_agreement(&mut self, shard: usize, slot: u64, ballot: Ballot, value: &Value, voter: usize) -> Result {
-        let (accepted, voters) =
-            self.acceptances[shard].entry((slot, ballot)).or_insert_with(|| (value.clone(), VoteSet::EMPTY));
+    fn check_agreement(
+        &mut self,
+        shard: usize,
+        slot: u64,
+        ballot: Ballot,
+        value: &Value,
+        voter: usize,
+    ) -> Result {
+        let (accepted, voters) = self.acceptances[shard]
+            .entry((slot, ballot))
+            .or_insert_with(|| (value.clone(), VoteSet::EMPTY));
         if accepted != value {
             return violation(
                 "I2 one value per slot per ballot",
@@ -119,7 +144,9 @@ impl Checker {
                 Some(chosen) if *chosen != accepted => {
                     return violation(
                         "I8 agreement",
-                        format!("shard {shard} slot {slot}: chosen {chosen:?}, then {accepted:?} in ballot {ballot}"),
+                        format!(
+                            "shard {shard} slot {slot}: chosen {chosen:?}, then {accepted:?} in ballot {ballot}"
+                        ),
                     );
                 }
                 Some(_) => {}
@@ -132,7 +159,14 @@ impl Checker {
     }
 
     /// A replica committed `count` slots from `first_slot` with `value`.
-    pub fn on_commit(&mut self, node: NodeId, shard: usize, first_slot: Slot, count: u64, value: &Value) -> Result {
+    pub fn on_commit(
+        &mut self,
+        node: NodeId,
+        shard: usize,
+        first_slot: Slot,
+        count: u64,
+        value: &Value,
+    ) -> Result {
         self.check_commit_order(node, shard, first_slot, count)?;
         for offset in 0..count {
             self.check_commit_is_chosen(node, shard, first_slot.0 + offset, value)?;
@@ -141,12 +175,21 @@ impl Checker {
     }
 
     /// I5: commits come in slot order, each slot once.
-    fn check_commit_order(&mut self, node: NodeId, shard: usize, first_slot: Slot, count: u64) -> Result {
+    fn check_commit_order(
+        &mut self,
+        node: NodeId,
+        shard: usize,
+        first_slot: Slot,
+        count: u64,
+    ) -> Result {
         let view = self.replicas.entry((node, shard)).or_default();
         if first_slot != view.commit_next || count == 0 {
             return violation(
                 "I5 commits in slot order, once",
-                format!("{node:?} shard {shard} committed {count} from {first_slot:?}, expected {:?}", view.commit_next),
+                format!(
+                    "{node:?} shard {shard} committed {count} from {first_slot:?}, expected {:?}",
+                    view.commit_next
+                ),
             );
         }
         view.commit_next = first_slot.plus(count);
@@ -155,16 +198,26 @@ impl Checker {
 
     /// I4 and agreement (I8): a replica commits only a value a majority durably accepted in one
     /// ballot, so committed prefixes are identical everywhere.
-    fn check_commit_is_chosen(&self, node: NodeId, shard: usize, slot: u64, value: &Value) -> Result {
+    fn check_commit_is_chosen(
+        &self,
+        node: NodeId,
+        shard: usize,
+        slot: u64,
+        value: &Value,
+    ) -> Result {
         match self.chosen[shard].get(&slot) {
             Some(chosen) if chosen == value => Ok(()),
             Some(chosen) => violation(
                 "I8 agreement",
-                format!("{node:?} shard {shard} committed {value:?} at slot {slot}, chosen was {chosen:?}"),
+                format!(
+                    "{node:?} shard {shard} committed {value:?} at slot {slot}, chosen was {chosen:?}"
+                ),
             ),
             None => violation(
                 "I4 commit only what a majority durably accepted in one ballot",
-                format!("{node:?} shard {shard} committed slot {slot} ({value:?}) before any majority accepted it"),
+                format!(
+                    "{node:?} shard {shard} committed slot {slot} ({value:?}) before any majority accepted it"
+                ),
             ),
         }
     }
@@ -178,16 +231,26 @@ impl Checker {
     fn check_applied_once(&mut self, node: NodeId, shard: usize, id: RequestId) -> Result {
         let view = self.replicas.entry((node, shard)).or_default();
         if !view.applied.insert(id) {
-            return violation("I9 applied exactly once", format!("{node:?} shard {shard} applied {id:?} twice"));
+            return violation(
+                "I9 applied exactly once",
+                format!("{node:?} shard {shard} applied {id:?} twice"),
+            );
         }
         Ok(())
     }
 
     /// I9 at the end: every acknowledged request is applied on every live replica of its shard.
-    pub fn check_acknowledged_applied_everywhere(&self, acknowledged: &[(usize, RequestId)], nodes: &[NodeId]) -> Result {
+    pub fn check_acknowledged_applied_everywhere(
+        &self,
+        acknowledged: &[(usize, RequestId)],
+        nodes: &[NodeId],
+    ) -> Result {
         for (shard, id) in acknowledged {
             for node in nodes {
-                let applied = self.replicas.get(&(*node, *shard)).is_some_and(|view| view.applied.contains(id));
+                let applied = self
+                    .replicas
+                    .get(&(*node, *shard))
+                    .is_some_and(|view| view.applied.contains(id));
                 if !applied {
                     return violation(
                         "I9 acknowledged requests are never lost",

@@ -53,7 +53,8 @@ impl SimDisk {
         assert!(self.syncing > 0, "no sync under way");
         let done: Vec<Written> = self.unsynced.drain(..self.syncing).collect();
         self.syncing = 0;
-        let seq = done.last().map(|written| written.seq).expect("a sync covers at least one record");
+        let seq =
+            done.last().map(|written| written.seq).expect("a sync covers at least one record");
         let mut records = Vec::with_capacity(done.len());
         let mut replies = Vec::new();
         for written in done {

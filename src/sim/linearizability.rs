@@ -84,7 +84,10 @@ fn step(value: Option<u64>, op: &KvOp) -> (Option<u64>, KvResult) {
 fn never_writes(operation: &Operation) -> bool {
     match (&operation.op, &operation.complete) {
         (KvOp::Get, _) => true,
-        (KvOp::CompareAndSet { .. }, Some((_, KvResult::CompareAndSet { succeeded: false, .. }))) => true,
+        (
+            KvOp::CompareAndSet { .. },
+            Some((_, KvResult::CompareAndSet { succeeded: false, .. })),
+        ) => true,
         _ => false,
     }
 }
@@ -108,8 +111,10 @@ pub fn check_key(operations: &[Operation]) -> Result<(), String> {
             }
         }
     }
-    let completed: Vec<usize> =
-        per_client.iter().map(|ops| ops.iter().filter(|op| op.complete.is_some()).count()).collect();
+    let completed: Vec<usize> = per_client
+        .iter()
+        .map(|ops| ops.iter().filter(|op| op.complete.is_some()).count())
+        .collect();
     let complete_us = |op: &Operation| op.complete.as_ref().map_or(u64::MAX, |(at, _)| *at);
 
     type State = (Vec<u32>, Option<u64>);
@@ -128,7 +133,9 @@ pub fn check_key(operations: &[Operation]) -> Result<(), String> {
         let read = (0..clients).find(|client| {
             per_client[*client].get(positions[*client] as usize).is_some_and(|op| {
                 let (_, result) = step(value, &op.op);
-                op.invoke_us <= deadline && never_writes(op) && op.complete.as_ref().is_none_or(|(_, observed)| *observed == result)
+                op.invoke_us <= deadline
+                    && never_writes(op)
+                    && op.complete.as_ref().is_none_or(|(_, observed)| *observed == result)
             })
         });
         match read {
@@ -185,7 +192,13 @@ mod tests {
     use rand_core::{RngCore, SeedableRng};
     use rand_xoshiro::Xoshiro256PlusPlus;
 
-    fn op(client: usize, op: KvOp, invoke_us: u64, complete_us: u64, result: KvResult) -> Operation {
+    fn op(
+        client: usize,
+        op: KvOp,
+        invoke_us: u64,
+        complete_us: u64,
+        result: KvResult,
+    ) -> Operation {
         Operation { client, op, invoke_us, complete: Some((complete_us, result)) }
     }
 
@@ -212,7 +225,13 @@ mod tests {
     fn duplicate_apply_is_rejected() {
         // A compare-and-set from absent applied twice: the retry sees its own first effect.
         let history = [
-            op(0, KvOp::CompareAndSet { expected: None, new: 1 }, 0, 10, KvResult::CompareAndSet { succeeded: true, previous: None }),
+            op(
+                0,
+                KvOp::CompareAndSet { expected: None, new: 1 },
+                0,
+                10,
+                KvResult::CompareAndSet { succeeded: true, previous: None },
+            ),
             op(1, KvOp::Put(2), 20, 30, KvResult::Done),
             op(1, KvOp::Get, 40, 50, KvResult::Value(Some(1))),
         ];
@@ -223,8 +242,20 @@ mod tests {
     fn reordered_compare_and_set_is_rejected() {
         // Two sequential compare-and-sets observed in the opposite order.
         let history = [
-            op(0, KvOp::CompareAndSet { expected: None, new: 1 }, 0, 10, KvResult::CompareAndSet { succeeded: false, previous: Some(2) }),
-            op(1, KvOp::CompareAndSet { expected: None, new: 2 }, 20, 30, KvResult::CompareAndSet { succeeded: true, previous: None }),
+            op(
+                0,
+                KvOp::CompareAndSet { expected: None, new: 1 },
+                0,
+                10,
+                KvResult::CompareAndSet { succeeded: false, previous: Some(2) },
+            ),
+            op(
+                1,
+                KvOp::CompareAndSet { expected: None, new: 2 },
+                20,
+                30,
+                KvResult::CompareAndSet { succeeded: true, previous: None },
+            ),
         ];
         assert!(check_key(&history).is_err());
     }
@@ -289,7 +320,10 @@ mod tests {
                     0 => KvOp::Get,
                     1 => KvOp::Put(rng.next_u64() % 5),
                     2 => KvOp::Delete,
-                    _ => KvOp::CompareAndSet { expected: (rng.next_u64() % 2 == 0).then(|| rng.next_u64() % 5), new: rng.next_u64() % 5 },
+                    _ => KvOp::CompareAndSet {
+                        expected: (rng.next_u64() % 2 == 0).then(|| rng.next_u64() % 5),
+                        new: rng.next_u64() % 5,
+                    },
                 };
                 let (next, result) = step(value, &operation);
                 value = next;

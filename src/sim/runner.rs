@@ -1,7 +1,7 @@
 //! Runs ranges of seeds on every core and sums them up, for `quorum sim` and the test suite.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::world::SeedReport;
@@ -42,7 +42,11 @@ pub fn run_range(
 ) -> Summary {
     let started = Instant::now();
     let next = AtomicU64::new(seeds.start);
-    let summary = Mutex::new(Summary { commands_min: u64::MAX, leader_changes_min: u64::MAX, ..Summary::default() });
+    let summary = Mutex::new(Summary {
+        commands_min: u64::MAX,
+        leader_changes_min: u64::MAX,
+        ..Summary::default()
+    });
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
@@ -55,13 +59,16 @@ pub fn run_range(
                     let report = super::run_seed(seed);
                     let seconds = seed_started.elapsed().as_secs_f64();
                     on_report(&report, seconds);
-                    let mut summary = summary.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut summary =
+                        summary.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     summary.seeds += 1;
                     summary.commands += report.commands;
                     summary.leader_changes += report.leader_changes;
                     summary.commands_min = summary.commands_min.min(report.commands);
-                    summary.leader_changes_min = summary.leader_changes_min.min(report.leader_changes);
-                    summary.seeds_below_commands_min += u64::from(report.commands < COMMANDS_PER_SEED_MIN);
+                    summary.leader_changes_min =
+                        summary.leader_changes_min.min(report.leader_changes);
+                    summary.seeds_below_commands_min +=
+                        u64::from(report.commands < COMMANDS_PER_SEED_MIN);
                     summary.seeds_without_leader_change += u64::from(report.leader_changes == 0);
                     summary.seconds_per_seed_max = summary.seconds_per_seed_max.max(seconds);
                     if report.violation.is_some() {
@@ -98,7 +105,8 @@ impl Summary {
     /// Per-seed figures: the weakest seed and the time per seed.
     #[must_use]
     pub fn per_seed_line(&self, threads: usize) -> String {
-        let mean = if self.seeds == 0 { 0.0 } else { self.seconds * threads as f64 / self.seeds as f64 };
+        let mean =
+            if self.seeds == 0 { 0.0 } else { self.seconds * threads as f64 / self.seeds as f64 };
         format!(
             "per seed: commands min {} ({} seeds below {}), leader changes min {} ({} seeds without), \
              seconds mean {:.3} max {:.3}",

@@ -10,16 +10,16 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::core::{
-    Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId, RoleKind,
-    Value, Voters,
+    Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId,
+    RoleKind, Value, Voters,
 };
-use crate::state_machine::{shard_for_key, Applier, KvStore, Outcome};
+use crate::state_machine::{Applier, KvStore, Outcome, shard_for_key};
 
 use super::checkers::{Checker, Violation};
-use super::client::{encode, key_bytes, result_of, ClientReply, Pending, SimClient};
+use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_of};
 use super::disk::SimDisk;
-use super::knobs::{between, Knobs};
-use super::linearizability::{check_key, KvOp, Operation};
+use super::knobs::{Knobs, between};
+use super::linearizability::{KvOp, Operation, check_key};
 
 const CLUSTER: ClusterId = ClusterId(0x5157_4f52_554d);
 /// How long the liveness phase may take before it counts as a violation.
@@ -187,7 +187,8 @@ impl World {
         }
         let first_fault = between(&mut world.rng, 0, world.knobs.fault_interval_us);
         world.schedule(first_fault, Event::Fault);
-        let forced = between(&mut world.rng, world.knobs.safety_us / 4, world.knobs.safety_us * 3 / 4);
+        let forced =
+            between(&mut world.rng, world.knobs.safety_us / 4, world.knobs.safety_us * 3 / 4);
         world.schedule(forced, Event::ForceLeaderChange);
         world.schedule(world.knobs.safety_us, Event::EndSafety);
         world
@@ -204,8 +205,10 @@ impl World {
 
     fn config(&self, node: usize, shard: usize) -> Config {
         let voters: Vec<NodeId> = (1..=self.knobs.voters as u16).map(NodeId).collect();
-        let learners: Vec<NodeId> =
-            (self.knobs.voters as u16 + 1..=(self.knobs.voters + self.knobs.learners) as u16).map(NodeId).collect();
+        let learners: Vec<NodeId> = (self.knobs.voters as u16 + 1
+            ..=(self.knobs.voters + self.knobs.learners) as u16)
+            .map(NodeId)
+            .collect();
         let mut config = Config::new(CLUSTER, self.nodes[node].id, voters);
         config.learners = learners;
         config.heartbeat_interval_ticks = self.knobs.heartbeat_interval_ticks;
@@ -216,7 +219,10 @@ impl World {
         config.batch_bytes_max = 64 * 1024;
         config.skip_slots_max = 64;
         config.accept_ahead_slots_max = 1 << 16;
-        config.random_seed = self.seed ^ ((node as u64) << 48) ^ ((shard as u64) << 40) ^ self.nodes[node].incarnation;
+        config.random_seed = self.seed
+            ^ ((node as u64) << 48)
+            ^ ((shard as u64) << 40)
+            ^ self.nodes[node].incarnation;
         config
     }
 
@@ -281,7 +287,10 @@ impl World {
             }
         }
         if self.violation.is_none() && !self.finished {
-            self.record(Err(Violation { invariant: "liveness", detail: "event queue ran dry".into() }));
+            self.record(Err(Violation {
+                invariant: "liveness",
+                detail: "event queue ran dry".into(),
+            }));
         }
         if self.violation.is_none() {
             let result = self.final_checks();
@@ -302,11 +311,19 @@ impl World {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
-            Event::Deliver { to, shard, from, message } => self.on_deliver(to, shard, from, message),
-            Event::SyncDone { node, shard, incarnation } => self.on_sync_done(node, shard, incarnation),
-            Event::ClientRequest { node, client, pending } => self.on_client_request(node, client, pending),
+            Event::Deliver { to, shard, from, message } => {
+                self.on_deliver(to, shard, from, message)
+            }
+            Event::SyncDone { node, shard, incarnation } => {
+                self.on_sync_done(node, shard, incarnation)
+            }
+            Event::ClientRequest { node, client, pending } => {
+                self.on_client_request(node, client, pending)
+            }
             Event::ClientReply { client, id, reply } => self.on_client_reply(client, id, reply),
-            Event::ClientWake { client, token, resend } => self.on_client_wake(client, token, resend),
+            Event::ClientWake { client, token, resend } => {
+                self.on_client_wake(client, token, resend)
+            }
             Event::Fault => self.on_fault(),
             Event::ForceLeaderChange => self.on_force_leader_change(),
             Event::Restart { node } => self.restart(node),
@@ -414,7 +431,14 @@ impl World {
                     Action::Commit { first_slot, count, value } => {
                         let result = self.checker.on_commit(id, shard, first_slot, count, &value);
                         self.record(result);
-                        self.trace(|| format!("n{} s{shard} commit {}+{count} {}", id.0, first_slot.0, value_text(&value)));
+                        self.trace(|| {
+                            format!(
+                                "n{} s{shard} commit {}+{count} {}",
+                                id.0,
+                                first_slot.0,
+                                value_text(&value)
+                            )
+                        });
                         self.apply(node, shard, &value);
                     }
                 }
@@ -422,7 +446,11 @@ impl World {
             self.actions = actions;
         }
         if self.nodes[node].shards[shard].disk.maybe_start_sync() {
-            let latency = between(&mut self.rng, self.knobs.sync_min_us, self.knobs.sync_min_us + self.knobs.sync_jitter_us);
+            let latency = between(
+                &mut self.rng,
+                self.knobs.sync_min_us,
+                self.knobs.sync_min_us + self.knobs.sync_jitter_us,
+            );
             let incarnation = self.nodes[node].incarnation;
             self.schedule(latency, Event::SyncDone { node, shard, incarnation });
         }
@@ -469,16 +497,24 @@ impl World {
         if self.faults_on && self.chance(self.knobs.long_delay_ppm) {
             return between(&mut self.rng, self.knobs.delay_min_us, self.knobs.long_delay_max_us);
         }
-        between(&mut self.rng, self.knobs.delay_min_us, self.knobs.delay_min_us + self.knobs.delay_jitter_us)
+        between(
+            &mut self.rng,
+            self.knobs.delay_min_us,
+            self.knobs.delay_min_us + self.knobs.delay_jitter_us,
+        )
     }
 
     fn net_send(&mut self, from: usize, to: NodeId, shard: usize, message: Message) {
         let to_index = to.0 as usize - 1;
         if self.blocked[from][to_index] > 0 {
             if self.chance(self.knobs.held_over_cut_ppm) {
-                let held_us = self.blocked_until_us[from][to_index].saturating_sub(self.now_us) + self.delay();
+                let held_us = self.blocked_until_us[from][to_index].saturating_sub(self.now_us)
+                    + self.delay();
                 let from_id = self.nodes[from].id;
-                self.schedule(held_us, Event::Deliver { to: to_index, shard, from: from_id, message });
+                self.schedule(
+                    held_us,
+                    Event::Deliver { to: to_index, shard, from: from_id, message },
+                );
             }
             return;
         }
@@ -488,7 +524,10 @@ impl World {
         let from_id = self.nodes[from].id;
         if self.faults_on && self.chance(self.knobs.duplicate_ppm) {
             let delay = self.delay();
-            self.schedule(delay, Event::Deliver { to: to_index, shard, from: from_id, message: message.clone() });
+            self.schedule(
+                delay,
+                Event::Deliver { to: to_index, shard, from: from_id, message: message.clone() },
+            );
         }
         let delay = self.delay();
         self.schedule(delay, Event::Deliver { to: to_index, shard, from: from_id, message });
@@ -535,7 +574,11 @@ impl World {
             3..=5 => KvOp::Put(fresh),
             6 => KvOp::Delete,
             _ => {
-                let expected = if self.rng.next_u64() % 4 == 0 { None } else { self.clients[client].seen[key] };
+                let expected = if self.rng.next_u64() % 4 == 0 {
+                    None
+                } else {
+                    self.clients[client].seen[key]
+                };
                 KvOp::CompareAndSet { expected, new: fresh }
             }
         };
@@ -543,7 +586,8 @@ impl World {
         let target = self.clients[client].leader_hint[shard]
             .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize);
         let payload = encode(key, &op);
-        self.clients[client].pending = Some(Pending { id, key, shard, op, payload, invoke_us: self.now_us, target });
+        self.clients[client].pending =
+            Some(Pending { id, key, shard, op, payload, invoke_us: self.now_us, target });
         self.send_request(client);
     }
 
@@ -600,7 +644,8 @@ impl World {
                 let state = &mut self.clients[client];
                 state.leader_hint[pending.shard] = hint;
                 if hint.is_none() {
-                    state.pending.as_mut().expect("checked").target = (pending.target + 1) % self.knobs.voters;
+                    state.pending.as_mut().expect("checked").target =
+                        (pending.target + 1) % self.knobs.voters;
                 }
                 state.timer_token += 1;
                 let token = state.timer_token;
@@ -620,10 +665,12 @@ impl World {
                 state.leader_hint[pending.shard] = Some(pending.target);
                 state.seen[pending.key] = match &result {
                     super::linearizability::KvResult::Value(value) => *value,
-                    super::linearizability::KvResult::CompareAndSet { succeeded: true, .. } => match pending.op {
-                        KvOp::CompareAndSet { new, .. } => Some(new),
-                        _ => None,
-                    },
+                    super::linearizability::KvResult::CompareAndSet { succeeded: true, .. } => {
+                        match pending.op {
+                            KvOp::CompareAndSet { new, .. } => Some(new),
+                            _ => None,
+                        }
+                    }
                     super::linearizability::KvResult::CompareAndSet { previous, .. } => *previous,
                     super::linearizability::KvResult::Done => match pending.op {
                         KvOp::Put(value) => Some(value),
@@ -659,13 +706,16 @@ impl World {
         match self.rng.next_u64() % 5 {
             0 => self.crash(node, duration),
             1 => {
-                let links: Vec<(usize, usize)> =
-                    (0..nodes).filter(|other| *other != node).flat_map(|other| [(node, other), (other, node)]).collect();
+                let links: Vec<(usize, usize)> = (0..nodes)
+                    .filter(|other| *other != node)
+                    .flat_map(|other| [(node, other), (other, node)])
+                    .collect();
                 self.trace(|| format!("isolate n{} for {duration}us", node + 1));
                 self.block(links, duration);
             }
             2 => {
-                let other = (node + 1 + (self.rng.next_u64() % (nodes as u64 - 1)) as usize) % nodes;
+                let other =
+                    (node + 1 + (self.rng.next_u64() % (nodes as u64 - 1)) as usize) % nodes;
                 self.trace(|| format!("drop n{} -> n{} for {duration}us", node + 1, other + 1));
                 self.block(vec![(node, other)], duration);
             }
@@ -680,10 +730,15 @@ impl World {
             }
             _ => {
                 self.trace(|| format!("pause n{} for {duration}us", node + 1));
-                self.nodes[node].paused_until_us = self.nodes[node].paused_until_us.max(self.now_us + duration);
+                self.nodes[node].paused_until_us =
+                    self.nodes[node].paused_until_us.max(self.now_us + duration);
             }
         }
-        let next = between(&mut self.rng, self.knobs.fault_interval_us / 2, self.knobs.fault_interval_us * 3 / 2);
+        let next = between(
+            &mut self.rng,
+            self.knobs.fault_interval_us / 2,
+            self.knobs.fault_interval_us * 3 / 2,
+        );
         self.schedule(next, Event::Fault);
     }
 
@@ -695,7 +750,10 @@ impl World {
         let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
         let leader = (0..self.knobs.voters).find(|node| {
             self.nodes[*node].up
-                && self.nodes[*node].shards[shard].replica.as_ref().is_some_and(|r| r.role() == RoleKind::Leader)
+                && self.nodes[*node].shards[shard]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.role() == RoleKind::Leader)
         });
         match leader {
             Some(node) => {
@@ -753,7 +811,8 @@ impl World {
         // A run too faulty to commit a meaningful history is given more time under faults,
         // so that every seed exercises the protocol, not just the election timer.
         let commands = self.acknowledged.len() as u64;
-        if commands < super::runner::COMMANDS_PER_SEED_MIN && self.now_us < 8 * self.knobs.safety_us {
+        if commands < super::runner::COMMANDS_PER_SEED_MIN && self.now_us < 8 * self.knobs.safety_us
+        {
             self.schedule(500_000, Event::EndSafety);
             return;
         }
@@ -789,7 +848,9 @@ impl World {
             commits.iter().all(|commit| *commit == commits[0])
         });
         if requests_done && leaders && caught_up {
-            self.trace(|| "liveness reached: leaders elected, requests done, replicas caught up".to_string());
+            self.trace(|| {
+                "liveness reached: leaders elected, requests done, replicas caught up".to_string()
+            });
             self.finished = true;
             return;
         }
@@ -798,17 +859,31 @@ impl World {
 
     fn shard_leader(&self, shard: usize) -> Option<usize> {
         (0..self.knobs.voters).find(|node| {
-            self.nodes[*node].shards[shard].replica.as_ref().is_some_and(|r| r.role() == RoleKind::Leader)
+            self.nodes[*node].shards[shard]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.role() == RoleKind::Leader)
         })
     }
 
     fn liveness_state(&self) -> String {
         let mut text = String::new();
         for shard in 0..self.knobs.shards {
-            let _ = write!(text, "shard {shard}: leader {:?}; ", self.shard_leader(shard).map(|n| n + 1));
+            let _ = write!(
+                text,
+                "shard {shard}: leader {:?}; ",
+                self.shard_leader(shard).map(|n| n + 1)
+            );
             for node in &self.nodes {
                 if let Some(replica) = &node.shards[shard].replica {
-                    let _ = write!(text, "n{} {:?} commit {} promised {}; ", node.id.0, replica.role(), replica.commit_index().0, replica.promised());
+                    let _ = write!(
+                        text,
+                        "n{} {:?} commit {} promised {}; ",
+                        node.id.0,
+                        replica.role(),
+                        replica.commit_index().0,
+                        replica.promised()
+                    );
                 }
             }
         }
@@ -848,13 +923,20 @@ fn value_text(value: &Value) -> String {
 /// A one-line description of a message for the trace.
 fn describe(message: &Message) -> String {
     match message {
-        Message::Probe { round, commit_index } => format!("probe round {round} commit {}", commit_index.0),
+        Message::Probe { round, commit_index } => {
+            format!("probe round {round} commit {}", commit_index.0)
+        }
         Message::ProbeReply { round, granted, promised } => {
             format!("probe-reply round {round} granted {granted} promised {promised}")
         }
         Message::Prepare { ballot, from_slot } => format!("prepare {ballot} from {}", from_slot.0),
         Message::Promise { ballot, from_slot, runs, next_slot } => {
-            format!("promise {ballot} from {} runs {} next {:?}", from_slot.0, runs.len(), next_slot.map(|s| s.0))
+            format!(
+                "promise {ballot} from {} runs {} next {:?}",
+                from_slot.0,
+                runs.len(),
+                next_slot.map(|s| s.0)
+            )
         }
         Message::Accept { ballot, first_slot, count, value, commit_index } => format!(
             "accept {ballot} {}+{count} {} commit {}",
@@ -862,11 +944,17 @@ fn describe(message: &Message) -> String {
             value_text(value),
             commit_index.0
         ),
-        Message::Accepted { ballot, first_slot, count } => format!("accepted {ballot} {}+{count}", first_slot.0),
+        Message::Accepted { ballot, first_slot, count } => {
+            format!("accepted {ballot} {}+{count}", first_slot.0)
+        }
         Message::Rejected { ballot, promised } => format!("rejected {ballot} promised {promised}"),
-        Message::Heartbeat { ballot, commit_index } => format!("heartbeat {ballot} commit {}", commit_index.0),
+        Message::Heartbeat { ballot, commit_index } => {
+            format!("heartbeat {ballot} commit {}", commit_index.0)
+        }
         Message::HeartbeatAck { ballot } => format!("heartbeat-ack {ballot}"),
         Message::CatchUpRequest { from_slot } => format!("catch-up-request from {}", from_slot.0),
-        Message::Chosen { runs, commit_index } => format!("chosen runs {} commit {}", runs.len(), commit_index.0),
+        Message::Chosen { runs, commit_index } => {
+            format!("chosen runs {} commit {}", runs.len(), commit_index.0)
+        }
     }
 }

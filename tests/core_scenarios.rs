@@ -1,0 +1,583 @@
+//! Scenario tests: one replica driven by hand, one protocol rule each, asserting the exact
+//! actions it produces. The rule numbers are those of docs/protocol.md.
+
+use bytes::Bytes;
+use quorum::core::{
+    Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record,
+    Replica, RequestId, RoleKind, Slot, SlotRun, Value,
+};
+
+const CLUSTER: ClusterId = ClusterId(9);
+const ME: NodeId = NodeId(1);
+const PEER_A: NodeId = NodeId(2);
+const PEER_B: NodeId = NodeId(3);
+
+fn config(node: NodeId) -> Config {
+    let mut config = Config::new(CLUSTER, node, vec![ME, PEER_A, PEER_B]);
+    config.pipeline_depth_max = 2;
+    config.batch_commands_max = 2;
+    config.message_runs_max = 2;
+    config
+}
+
+fn replica() -> Replica {
+    Replica::new(config(ME)).unwrap()
+}
+
+fn actions(replica: &mut Replica) -> Vec<Action> {
+    let mut out = Vec::new();
+    replica.take_actions(&mut out);
+    out
+}
+
+fn deliver(replica: &mut Replica, from: NodeId, message: Message) -> Vec<Action> {
+    replica.on_message(Envelope { cluster_id: CLUSTER, from, message }).unwrap();
+    actions(replica)
+}
+
+fn batch(bytes: &'static [u8]) -> Value {
+    Value::Batch(Bytes::from_static(bytes))
+}
+
+fn id(sequence: u64) -> RequestId {
+    RequestId { client: 5, sequence }
+}
+
+/// Completes every persist in `actions` and delivers replies addressed to the replica itself;
+/// returns the replies to others and any further actions.
+fn persist_all(replica: &mut Replica, actions: Vec<Action>) -> Vec<Action> {
+    let mut out = Vec::new();
+    let mut own = Vec::new();
+    for action in actions {
+        match action {
+            Action::Persist { seq, then_send, .. } => {
+                replica.on_persisted(seq);
+                match then_send {
+                    Some((to, message)) if to == replica.node() => own.push(message),
+                    Some((to, message)) => out.push(Action::Send { to, message }),
+                    None => {}
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    for message in own {
+        let more = deliver(replica, replica.node(), message);
+        out.extend(persist_all(replica, more));
+    }
+    out
+}
+
+/// Delivers a message and completes the persists it causes.
+fn deliver_durably(replica: &mut Replica, from: NodeId, message: Message) -> Vec<Action> {
+    let out = deliver(replica, from, message);
+    persist_all(replica, out)
+}
+
+/// Ticks until the replica pre-votes, grants it, completes phase 1 with an empty promise from
+/// one peer, and returns the replica as leader.
+fn elect(replica: &mut Replica) -> Ballot {
+    while replica.role() != RoleKind::Candidate {
+        replica.on_tick();
+    }
+    let probes = actions(replica);
+    let round = match &probes[0] {
+        Action::Send { message: Message::Probe { round, .. }, .. } => *round,
+        other => panic!("expected a probe, got {other:?}"),
+    };
+    let after_grant = deliver(
+        replica,
+        PEER_A,
+        Message::ProbeReply { round, granted: true, promised: Ballot::ZERO },
+    );
+    let ballot = Ballot::new(round, ME);
+    let after_own_promise = persist_all(replica, after_grant);
+    assert!(
+        after_own_promise
+            .iter()
+            .all(|a| matches!(a, Action::Send { message: Message::Prepare { .. }, .. }))
+    );
+    let promise = Message::Promise { ballot, from_slot: Slot(0), runs: vec![], next_slot: None };
+    let became = deliver(replica, PEER_A, promise);
+    assert_eq!(replica.role(), RoleKind::Leader);
+    persist_all(replica, became);
+    ballot
+}
+
+#[test]
+fn accept_below_promised_ballot_is_rejected() {
+    let mut replica = replica();
+    let high = Ballot::new(5, PEER_B);
+    deliver(&mut replica, PEER_B, Message::Prepare { ballot: high, from_slot: Slot(0) });
+    let low = Ballot::new(4, PEER_A);
+    let accept = Message::Accept {
+        ballot: low,
+        first_slot: Slot(0),
+        count: 1,
+        value: batch(b"x"),
+        commit_index: Slot(0),
+    };
+    let out = deliver(&mut replica, PEER_A, accept);
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: PEER_A,
+            message: Message::Rejected { ballot: low, promised: high }
+        }]
+    );
+    assert!(replica.log().get(Slot(0)).is_none(), "a rejected accept leaves no trace");
+}
+
+#[test]
+fn promise_is_sent_only_after_the_promise_is_durable() {
+    let mut replica = replica();
+    let ballot = Ballot::new(3, PEER_A);
+    let out = deliver(&mut replica, PEER_A, Message::Prepare { ballot, from_slot: Slot(0) });
+    let promise = Message::Promise { ballot, from_slot: Slot(0), runs: vec![], next_slot: None };
+    assert_eq!(
+        out,
+        vec![Action::Persist {
+            seq: PersistSeq(1),
+            record: Record::Promised { ballot },
+            then_send: Some((PEER_A, promise))
+        }]
+    );
+}
+
+#[test]
+fn accepted_is_sent_only_after_the_acceptance_is_durable() {
+    let mut replica = replica();
+    let ballot = Ballot::new(2, PEER_A);
+    let value = batch(b"cmd");
+    let accept = Message::Accept {
+        ballot,
+        first_slot: Slot(0),
+        count: 1,
+        value: value.clone(),
+        commit_index: Slot(0),
+    };
+    let out = deliver(&mut replica, PEER_A, accept);
+    assert_eq!(
+        out,
+        vec![Action::Persist {
+            seq: PersistSeq(1),
+            record: Record::Accepted { ballot, first_slot: Slot(0), count: 1, value },
+            then_send: Some((PEER_A, Message::Accepted { ballot, first_slot: Slot(0), count: 1 })),
+        }]
+    );
+}
+
+#[test]
+fn prepare_reports_accepted_values_in_bounded_parts() {
+    let mut replica = replica();
+    let old = Ballot::new(2, PEER_A);
+    for slot in 0..3 {
+        let value = batch(b"v");
+        let accept = Message::Accept {
+            ballot: old,
+            first_slot: Slot(slot),
+            count: 1,
+            value,
+            commit_index: Slot(0),
+        };
+        deliver_durably(&mut replica, PEER_A, accept);
+    }
+    let ballot = Ballot::new(3, PEER_B);
+    let out =
+        deliver_durably(&mut replica, PEER_B, Message::Prepare { ballot, from_slot: Slot(0) });
+    let run = |slot| SlotRun {
+        first_slot: Slot(slot),
+        count: 1,
+        ballot: old,
+        value: batch(b"v"),
+        chosen: false,
+    };
+    let first_part = Message::Promise {
+        ballot,
+        from_slot: Slot(0),
+        runs: vec![run(0), run(1)],
+        next_slot: Some(Slot(2)),
+    };
+    assert_eq!(out, vec![Action::Send { to: PEER_B, message: first_part }]);
+    // The rest is asked for and sent at once: the promise is already durable.
+    let out = deliver(&mut replica, PEER_B, Message::Prepare { ballot, from_slot: Slot(2) });
+    let last_part =
+        Message::Promise { ballot, from_slot: Slot(2), runs: vec![run(2)], next_slot: None };
+    assert_eq!(out, vec![Action::Send { to: PEER_B, message: last_part }]);
+}
+
+#[test]
+fn leader_commits_only_after_its_own_persist_and_a_majority() {
+    let mut replica = replica();
+    let ballot = elect(&mut replica);
+    replica.propose(id(1), b"a").unwrap();
+    replica.flush();
+    let out = actions(&mut replica);
+    let value = match &out[0] {
+        Action::Send { message: Message::Accept { value, .. }, .. } => value.clone(),
+        other => panic!("expected an accept, got {other:?}"),
+    };
+    let accept = Message::Accept {
+        ballot,
+        first_slot: Slot(0),
+        count: 1,
+        value: value.clone(),
+        commit_index: Slot(0),
+    };
+    assert_eq!(out[0], Action::Send { to: PEER_A, message: accept.clone() });
+    assert_eq!(out[1], Action::Send { to: PEER_B, message: accept });
+    let own_ack = Message::Accepted { ballot, first_slot: Slot(0), count: 1 };
+    assert!(
+        matches!(&out[2], Action::Persist { then_send: Some((ME, ack)), .. } if *ack == own_ack)
+    );
+    // A follower's durable ack alone is not a majority: the leader's own acceptance is not
+    // durable yet, so it does not count (I4).
+    let out =
+        deliver(&mut replica, PEER_A, Message::Accepted { ballot, first_slot: Slot(0), count: 1 });
+    assert!(out.is_empty(), "committed before the leader's own persist: {out:?}");
+    // Once the leader's own persist completes, its acceptance counts, and the slot commits.
+    let out = deliver(&mut replica, ME, own_ack);
+    assert_eq!(out, vec![Action::Commit { first_slot: Slot(0), count: 1, value }]);
+}
+
+#[test]
+fn acceptances_from_another_ballot_do_not_count() {
+    let mut replica = replica();
+    let ballot = elect(&mut replica);
+    replica.propose(id(1), b"a").unwrap();
+    replica.flush();
+    let produced = actions(&mut replica);
+    persist_all(&mut replica, produced);
+    let stale = Ballot::new(ballot.round - 1, ME);
+    let out = deliver(
+        &mut replica,
+        PEER_A,
+        Message::Accepted { ballot: stale, first_slot: Slot(0), count: 1 },
+    );
+    assert!(out.is_empty(), "an acceptance under {stale} counted towards {ballot}");
+    let out =
+        deliver(&mut replica, PEER_A, Message::Accepted { ballot, first_slot: Slot(0), count: 1 });
+    assert!(matches!(out.as_slice(), [Action::Commit { first_slot: Slot(0), .. }]));
+}
+
+#[test]
+fn phase_one_recovers_the_highest_ballot_value_and_fills_holes_with_noops() {
+    let mut replica = replica();
+    // Our own acceptor holds "old" at slot 0 under ballot 1.2.
+    let ours = Ballot::new(1, PEER_A);
+    let accept = Message::Accept {
+        ballot: ours,
+        first_slot: Slot(0),
+        count: 1,
+        value: batch(b"old"),
+        commit_index: Slot(0),
+    };
+    deliver_durably(&mut replica, PEER_A, accept);
+    while replica.role() != RoleKind::Candidate {
+        replica.on_tick();
+    }
+    let round = match &actions(&mut replica)[0] {
+        Action::Send { message: Message::Probe { round, .. }, .. } => *round,
+        other => panic!("expected a probe, got {other:?}"),
+    };
+    deliver_durably(
+        &mut replica,
+        PEER_A,
+        Message::ProbeReply { round, granted: true, promised: ours },
+    );
+    let ballot = Ballot::new(round, ME);
+    // A peer accepted "newer" at slot 0 under the higher ballot 1.3, and "two" at slot 2.
+    let theirs = Ballot::new(1, PEER_B);
+    let run = |slot, value| SlotRun {
+        first_slot: Slot(slot),
+        count: 1,
+        ballot: theirs,
+        value,
+        chosen: false,
+    };
+    let promise = Message::Promise {
+        ballot,
+        from_slot: Slot(0),
+        runs: vec![run(0, batch(b"newer")), run(2, batch(b"two"))],
+        next_slot: None,
+    };
+    let out = deliver(&mut replica, PEER_B, promise);
+    assert_eq!(replica.leader_ballot(), Some(ballot));
+    let accepts: Vec<(Slot, u64, Value)> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send { to, message: Message::Accept { first_slot, count, value, .. } }
+                if *to == PEER_A =>
+            {
+                Some((*first_slot, *count, value.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    // The pipeline holds two runs: slot 2 follows once one of these is chosen.
+    assert_eq!(accepts, vec![(Slot(0), 1, batch(b"newer")), (Slot(1), 1, Value::Noop)]);
+}
+
+#[test]
+fn probe_is_refused_while_a_live_leader_is_heard() {
+    let mut replica = replica();
+    let leader = Ballot::new(1, PEER_A);
+    deliver(&mut replica, PEER_A, Message::Heartbeat { ballot: leader, commit_index: Slot(0) });
+    let out = deliver(&mut replica, PEER_B, Message::Probe { round: 2, commit_index: Slot(0) });
+    let refusal = Message::ProbeReply { round: 2, granted: false, promised: leader };
+    assert_eq!(out, vec![Action::Send { to: PEER_B, message: refusal }]);
+}
+
+#[test]
+fn probe_is_granted_once_the_leader_is_silent_for_an_election_timeout() {
+    let mut replica = replica();
+    let leader = Ballot::new(1, PEER_A);
+    deliver(&mut replica, PEER_A, Message::Heartbeat { ballot: leader, commit_index: Slot(0) });
+    for _ in 0..replica.config().election_timeout_ticks {
+        replica.on_tick();
+    }
+    actions(&mut replica);
+    let out = deliver(&mut replica, PEER_B, Message::Probe { round: 2, commit_index: Slot(0) });
+    assert!(matches!(
+        &out[..],
+        [Action::Send { message: Message::ProbeReply { granted: true, .. }, .. }]
+    ));
+}
+
+#[test]
+fn learner_never_votes() {
+    let mut config = config(NodeId(4));
+    config.learners = vec![NodeId(4)];
+    let mut learner = Replica::new(config).unwrap();
+    let ballot = Ballot::new(1, PEER_A);
+    assert!(
+        deliver(&mut learner, PEER_A, Message::Prepare { ballot, from_slot: Slot(0) }).is_empty()
+    );
+    let accept = Message::Accept {
+        ballot,
+        first_slot: Slot(0),
+        count: 1,
+        value: batch(b"x"),
+        commit_index: Slot(0),
+    };
+    assert!(deliver(&mut learner, PEER_A, accept).is_empty());
+    assert!(
+        deliver(&mut learner, PEER_A, Message::Probe { round: 1, commit_index: Slot(0) })
+            .is_empty()
+    );
+    for _ in 0..1_000 {
+        learner.on_tick();
+    }
+    assert_eq!(learner.role(), RoleKind::Learner);
+    assert!(actions(&mut learner).is_empty(), "a learner never stands for election");
+}
+
+#[test]
+fn learner_applies_chosen_values_in_order() {
+    let mut config = config(NodeId(4));
+    config.learners = vec![NodeId(4)];
+    let mut learner = Replica::new(config).unwrap();
+    let run = |slot, value| SlotRun {
+        first_slot: Slot(slot),
+        count: 1,
+        ballot: Ballot::ZERO,
+        value,
+        chosen: true,
+    };
+    // Slot 1 arrives before slot 0: nothing commits until the gap is filled.
+    let out = deliver(
+        &mut learner,
+        PEER_A,
+        Message::Chosen { runs: vec![run(1, batch(b"b"))], commit_index: Slot(2) },
+    );
+    assert!(out.iter().all(|action| !matches!(action, Action::Commit { .. })));
+    let out = deliver(
+        &mut learner,
+        PEER_A,
+        Message::Chosen { runs: vec![run(0, batch(b"a"))], commit_index: Slot(2) },
+    );
+    let commits: Vec<&Action> =
+        out.iter().filter(|action| matches!(action, Action::Commit { .. })).collect();
+    assert_eq!(
+        commits,
+        vec![
+            &Action::Commit { first_slot: Slot(0), count: 1, value: batch(b"a") },
+            &Action::Commit { first_slot: Slot(1), count: 1, value: batch(b"b") },
+        ]
+    );
+}
+
+#[test]
+fn full_pipeline_and_full_batch_answer_busy() {
+    let mut replica = replica();
+    elect(&mut replica);
+    // Two runs in flight (pipeline_depth_max = 2), then a full open batch of two commands.
+    for sequence in 1..=2 {
+        replica.propose(id(sequence), b"x").unwrap();
+        replica.flush();
+    }
+    replica.propose(id(3), b"x").unwrap();
+    replica.propose(id(4), b"x").unwrap();
+    assert_eq!(replica.propose(id(5), b"x"), Err(ProposeError::Busy));
+}
+
+#[test]
+fn follower_redirects_proposals_to_the_leader_it_hears() {
+    let mut replica = replica();
+    deliver(
+        &mut replica,
+        PEER_B,
+        Message::Heartbeat { ballot: Ballot::new(1, PEER_B), commit_index: Slot(0) },
+    );
+    assert_eq!(replica.propose(id(1), b"x"), Err(ProposeError::NotLeader { hint: Some(PEER_B) }));
+}
+
+#[test]
+fn oversized_command_is_refused() {
+    let mut replica = replica();
+    elect(&mut replica);
+    let huge = vec![0u8; replica.config().batch_bytes_max];
+    assert!(matches!(replica.propose(id(1), &huge), Err(ProposeError::TooLarge { .. })));
+}
+
+#[test]
+fn commit_position_commits_only_slots_accepted_in_the_leaders_ballot() {
+    let mut replica = replica();
+    let old = Ballot::new(1, PEER_A);
+    let new = Ballot::new(2, PEER_B);
+    let accept = |ballot, slot| Message::Accept {
+        ballot,
+        first_slot: Slot(slot),
+        count: 1,
+        value: batch(b"v"),
+        commit_index: Slot(0),
+    };
+    deliver_durably(&mut replica, PEER_A, accept(old, 0));
+    deliver_durably(&mut replica, PEER_B, accept(new, 1));
+    // The new leader says slots 0 and 1 are chosen. Slot 0 was accepted under another ballot,
+    // so its chosen value may differ: it must be fetched, and nothing commits yet.
+    let out =
+        deliver(&mut replica, PEER_B, Message::Heartbeat { ballot: new, commit_index: Slot(2) });
+    assert!(out.iter().all(|action| !matches!(action, Action::Commit { .. })));
+    assert!(out.contains(&Action::Send {
+        to: PEER_B,
+        message: Message::CatchUpRequest { from_slot: Slot(0) }
+    }));
+}
+
+#[test]
+fn catch_up_is_answered_with_bounded_chosen_runs() {
+    let mut replica = replica();
+    elect(&mut replica);
+    for sequence in 1..=3 {
+        replica.propose(id(sequence), b"x").unwrap();
+        replica.flush();
+        let produced = actions(&mut replica);
+        let out = persist_all(&mut replica, produced);
+        let (ballot, first_slot) = out
+            .iter()
+            .find_map(|action| match action {
+                Action::Send { message: Message::Accept { ballot, first_slot, .. }, .. } => {
+                    Some((*ballot, *first_slot))
+                }
+                _ => None,
+            })
+            .unwrap();
+        deliver(&mut replica, PEER_A, Message::Accepted { ballot, first_slot, count: 1 });
+    }
+    assert_eq!(replica.commit_index(), Slot(3));
+    let out = deliver(&mut replica, PEER_B, Message::CatchUpRequest { from_slot: Slot(0) });
+    match &out[..] {
+        [Action::Send { to, message: Message::Chosen { runs, commit_index } }] => {
+            assert_eq!(*to, PEER_B);
+            assert_eq!(runs.len(), 2, "message_runs_max bounds the reply");
+            assert!(runs.iter().all(|run| run.chosen));
+            assert_eq!(*commit_index, Slot(3));
+        }
+        other => panic!("expected one Chosen reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn message_from_another_cluster_is_refused_and_changes_nothing() {
+    let mut replica = replica();
+    let envelope = Envelope {
+        cluster_id: ClusterId(77),
+        from: PEER_A,
+        message: Message::Prepare { ballot: Ballot::new(9, PEER_A), from_slot: Slot(0) },
+    };
+    assert!(replica.on_message(envelope).is_err());
+    assert_eq!(replica.promised(), Ballot::ZERO);
+    assert!(actions(&mut replica).is_empty());
+}
+
+#[test]
+fn skip_commits_one_noop_run_over_its_slots() {
+    let mut replica = replica();
+    let ballot = elect(&mut replica);
+    let first_slot = replica.propose_skip(10).unwrap();
+    let produced = actions(&mut replica);
+    let out = persist_all(&mut replica, produced);
+    assert!(out.contains(&Action::Send {
+        to: PEER_A,
+        message: Message::Accept {
+            ballot,
+            first_slot,
+            count: 10,
+            value: Value::Noop,
+            commit_index: Slot(0)
+        }
+    }));
+    let out = deliver(&mut replica, PEER_B, Message::Accepted { ballot, first_slot, count: 10 });
+    assert_eq!(out, vec![Action::Commit { first_slot, count: 10, value: Value::Noop }]);
+    assert_eq!(replica.commit_index(), Slot(10));
+}
+
+#[test]
+fn restart_restores_the_promise_and_the_accepted_values() {
+    let ballot = Ballot::new(4, PEER_A);
+    let records = [
+        Record::Promised { ballot: Ballot::new(2, PEER_B) },
+        Record::Accepted { ballot, first_slot: Slot(0), count: 1, value: batch(b"kept") },
+    ];
+    let mut replica = Replica::restore(config(ME), &records).unwrap();
+    assert_eq!(replica.promised(), ballot);
+    let lower = Ballot::new(3, PEER_B);
+    let out = deliver(&mut replica, PEER_B, Message::Prepare { ballot: lower, from_slot: Slot(0) });
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: PEER_B,
+            message: Message::Rejected { ballot: lower, promised: ballot }
+        }]
+    );
+}
+
+#[test]
+fn restart_commits_again_what_it_had_committed() {
+    let ballot = Ballot::new(4, PEER_A);
+    let records = [
+        Record::Accepted { ballot, first_slot: Slot(0), count: 1, value: batch(b"a") },
+        Record::Chosen { first_slot: Slot(1), count: 1, value: batch(b"b") },
+        Record::Committed { commit_index: Slot(2) },
+    ];
+    let mut replica = Replica::restore(config(ME), &records).unwrap();
+    assert_eq!(
+        actions(&mut replica),
+        vec![
+            Action::Commit { first_slot: Slot(0), count: 1, value: batch(b"a") },
+            Action::Commit { first_slot: Slot(1), count: 1, value: batch(b"b") },
+        ]
+    );
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_a_reason() {
+    let mut bad = config(ME);
+    bad.election_timeout_ticks = bad.heartbeat_interval_ticks;
+    let error = Replica::new(bad).unwrap_err();
+    assert!(error.to_string().contains("election_timeout_ticks"), "{error}");
+    let mut bad = config(NodeId(9));
+    bad.learners.clear();
+    assert!(Replica::new(bad).unwrap_err().to_string().contains("neither a voter nor a learner"));
+}
