@@ -7,6 +7,8 @@
 //! The log has no compaction yet (it comes with snapshots), so a fresh cluster is built every
 //! `ROUNDS_PER_CLUSTER` rounds, outside the timed part, to keep memory flat.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

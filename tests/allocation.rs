@@ -1,6 +1,8 @@
 //! The steady-state hot path allocates per batch, never per command: a counting allocator
 //! measures propose → accept → commit through three replicas at 64 and 1024 commands a batch.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 

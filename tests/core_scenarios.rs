@@ -1,6 +1,8 @@
 //! Scenario tests: one replica driven by hand, one protocol rule each, asserting the exact
 //! actions it produces. The rule numbers are those of docs/protocol.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
+
 use bytes::Bytes;
 use quorum::core::{
     Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record,

@@ -1,5 +1,7 @@
 //! Property tests: quorum arithmetic, ballot order, and decoders that never panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
+
 use proptest::prelude::*;
 use quorum::core::{Ballot, BatchBuilder, BatchReader, NodeId, RequestId, VoteSet, Voters};
 use quorum::state_machine::KvCommand;

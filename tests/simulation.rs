@@ -1,6 +1,8 @@
 //! The simulator inside `cargo test`: a smoke range of seeds with every checker on, and
 //! determinism (the same seed gives the same trace, byte for byte).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
+
 use quorum::sim::runner::{COMMANDS_PER_SEED_MIN, run_range};
 use quorum::sim::trace_seed;
 

@@ -1,5 +1,7 @@
 //! House rules checked as text: the core stays pure (STYLE.md, "The sans-IO contract").
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
+
 use std::fs;
 use std::path::Path;
 

@@ -935,8 +935,7 @@ impl Replica {
     }
 
     fn maybe_advance_commit(&mut self) {
-        loop {
-            let Some(entry) = self.log.get(self.commit_index) else { break };
+        while let Some(entry) = self.log.get(self.commit_index) {
             if !entry.chosen {
                 break;
             }

@@ -82,14 +82,14 @@ fn step(value: Option<u64>, op: &KvOp) -> (Option<u64>, KvResult) {
 /// read, or a compare-and-set seen to fail. (A delete or put is a write even where it happens to
 /// change nothing: moved elsewhere it would.)
 fn never_writes(operation: &Operation) -> bool {
-    match (&operation.op, &operation.complete) {
-        (KvOp::Get, _) => true,
-        (
-            KvOp::CompareAndSet { .. },
-            Some((_, KvResult::CompareAndSet { succeeded: false, .. })),
-        ) => true,
-        _ => false,
-    }
+    matches!(
+        (&operation.op, &operation.complete),
+        (KvOp::Get, _)
+            | (
+                KvOp::CompareAndSet { .. },
+                Some((_, KvResult::CompareAndSet { succeeded: false, .. }))
+            )
+    )
 }
 
 /// Checks one key's history, starting from an absent value.
