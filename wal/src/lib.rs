@@ -1,5 +1,20 @@
-//! Quorum's write-ahead log: memory-mapped, preallocated segments with checksummed records and
-//! group commit. See `docs/wal-format.md` (issue: the WAL) for the format once it lands.
+//! Quorum's write-ahead log: memory-mapped, preallocated segments of checksummed records, group
+//! commit with the flush off the appending thread, and recovery that cuts a torn tail but never
+//! silently drops what may have been acknowledged. The format is in `docs/wal-format.md`.
 //!
-//! This crate is deliberately empty until the WAL issue is built; the workspace layout is fixed
-//! now so that the core and the runtime can depend on it by name.
+//! The crate knows no runtime: it takes bytes, returns positions, and hands the blocking flush
+//! back to the caller to run where it likes.
+
+pub mod backend;
+pub mod error;
+pub mod format;
+pub mod log;
+pub mod mmap;
+pub mod sim;
+
+pub use backend::{Backend, Segment, Syncer};
+pub use error::{Error, Result};
+pub use format::Record;
+pub use log::{Damage, Iter, Options, PendingSync, Recovery, SyncOutcome, Synced, Wal, METADATA_BYTES_MAX};
+pub use mmap::MmapBackend;
+pub use sim::{SimBackend, Tear};

@@ -1,0 +1,74 @@
+//! Where segments live. The log's logic (format, recovery, group commit) is written once over
+//! this trait; [`crate::mmap::MmapBackend`] puts segments in memory-mapped files and
+//! [`crate::sim::SimBackend`] in memory, with crashes, torn writes, bit flips and failing syncs.
+//!
+//! # Correctness
+//! An implementation must keep these promises, which recovery relies on:
+//! - `create` returns a segment whose bytes are all zero but for the header given, and which
+//!   survives a crash once `create` returns (file, size and directory entry durable).
+//! - A [`Syncer`] makes durable every write made to its segment before [`Segment::syncer`] was
+//!   called, or fails; a failure says nothing about which of those writes survive.
+//! - `write_file_atomic` leaves either the old or the new content after a crash, never a mix.
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+
+/// One segment's bytes, mapped or in memory.
+pub trait Segment: Send {
+    /// The whole segment.
+    fn bytes(&self) -> &[u8];
+    /// `len` bytes at `offset`, to write into; [`Segment::wrote`] must follow.
+    fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8];
+    /// The bytes at `offset..offset + len` were written (a simulated disk records the write).
+    fn wrote(&mut self, offset: usize, len: usize);
+    /// A handle that makes every write so far durable, runnable on any thread.
+    fn syncer(&mut self) -> Box<dyn Syncer>;
+}
+
+/// Makes a set of writes durable. Runs off the appending thread (DESIGN.md §4).
+pub trait Syncer: Send {
+    /// Blocks until the writes are durable.
+    ///
+    /// # Errors
+    /// The OS's error; the log then poisons itself and never retries (the fsyncgate lesson).
+    fn sync(self: Box<Self>) -> std::io::Result<()>;
+}
+
+/// A directory of segments and small files.
+pub trait Backend: Send + Clone + 'static {
+    /// Its segments.
+    type Segment: Segment + 'static;
+    /// Segment numbers present, in any order.
+    ///
+    /// # Errors
+    /// The directory cannot be read.
+    fn list(&self) -> Result<Vec<u64>>;
+    /// Creates segment `number` of `bytes` bytes, zero but for `header` at its start, durable.
+    ///
+    /// # Errors
+    /// `NoSpace` if the disk is full, or the failing I/O call.
+    fn create(&self, number: u64, bytes: u64, header: &[u8]) -> Result<Self::Segment>;
+    /// Opens an existing segment.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn open(&self, number: u64) -> Result<Self::Segment>;
+    /// Deletes a segment (durably).
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn remove(&self, number: u64) -> Result<()>;
+    /// The path of a segment, for messages.
+    fn path(&self, number: u64) -> PathBuf;
+    /// Reads a small file, `None` if absent.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Replaces a small file atomically and durably.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()>;
+}

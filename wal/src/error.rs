@@ -1,0 +1,56 @@
+//! The log's errors: operational failures with their context (STYLE.md, Errors).
+
+use std::path::PathBuf;
+
+/// A log operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed.
+    #[error("WAL {op} failed on {path}: {source}")]
+    Io {
+        /// The operation: "open", "fallocate", "fdatasync", "mmap", …
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The disk is full: the next segment could not be allocated. Nothing was lost.
+    #[error("WAL out of disk space creating {path}: free space, or release a prefix")]
+    NoSpace {
+        /// The segment that could not be created.
+        path: PathBuf,
+    },
+    /// A sync failed earlier: durability is lost, so the log accepts nothing more. Recover by
+    /// reopening, which trusts only what is on disk (and peers for the rest).
+    #[error("WAL poisoned by an earlier failed sync; reopen it to recover")]
+    Poisoned,
+    /// Bytes on disk that cannot be a valid log and are followed by valid records, so they are
+    /// not a torn tail: refusing to guess.
+    #[error("WAL corrupt in segment {segment} at byte {offset}: {reason}")]
+    Corrupt {
+        /// The segment's file.
+        segment: PathBuf,
+        /// The byte offset within it.
+        offset: u64,
+        /// What is wrong there.
+        reason: &'static str,
+    },
+    /// A record larger than a segment can hold.
+    #[error("record of {bytes} bytes exceeds the largest a {segment_bytes}-byte segment holds")]
+    RecordTooLarge {
+        /// The record's encoded size.
+        bytes: usize,
+        /// The segment size.
+        segment_bytes: u64,
+    },
+    /// A position that does not hold a record, or lies outside the log.
+    #[error("no record at position {0}")]
+    BadPosition(u64),
+    /// An option value that cannot work.
+    #[error("bad WAL option: {0}")]
+    BadOption(String),
+}
+
+/// Shorthand.
+pub type Result<T> = std::result::Result<T, Error>;

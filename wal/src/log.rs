@@ -1,0 +1,657 @@
+//! The log: appends, group commit, reads, truncation and recovery over a [`Backend`].
+//!
+//! Appends are a memcpy into the current segment. A sync is split in three so that the slow
+//! part runs on any thread: [`Wal::start_sync`] (on the appending thread: stamps the watermark,
+//! collects the segments to flush), [`PendingSync::run`] (anywhere: `fdatasync`),
+//! [`Wal::finish_sync`] (on the appending thread: moves the durable position, or poisons the log).
+//! One sync covers every record appended before it started (group commit). A failed sync is
+//! never retried: the log is poisoned and every later call fails with [`Error::Poisoned`].
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
+use crate::backend::{Backend, Segment, Syncer};
+use crate::error::{Error, Result};
+use crate::format::{
+    decode_record, encode_record, record_bytes, Decoded, Record, SegmentHeader, Watermark, RECORD_ALIGN,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, WATERMARK_BYTES, WATERMARK_OFFSET,
+};
+
+const METADATA_FILE: &str = "metadata";
+const METADATA_MAGIC: u32 = u32::from_le_bytes(*b"QMET");
+/// Largest metadata blob.
+pub const METADATA_BYTES_MAX: usize = 4096;
+
+/// How a log is laid out.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Bytes per segment file, a multiple of 4096. An existing log keeps the size it was
+    /// created with.
+    pub segment_bytes: u64,
+    /// Prepare the next segment on a background thread while the current one fills.
+    pub prepare_ahead: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { segment_bytes: 64 << 20, prepare_ahead: true }
+    }
+}
+
+/// Whether a damaged record may have been acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synced {
+    /// A completed sync covered it: it was durable, so possibly acknowledged, and is now lost.
+    Certainly,
+    /// The last sync may or may not have completed before the crash.
+    Possibly,
+}
+
+/// A damaged range at the end of the log that recovery cut but did not drop silently: the
+/// replica must treat it as possibly acknowledged and repair it from its peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// The byte offset in it where the damage starts.
+    pub offset: u64,
+    /// The global position where the damage starts; the log continues from here.
+    pub position: u64,
+    /// What was wrong.
+    pub reason: &'static str,
+    /// Whether it had been made durable.
+    pub synced: Synced,
+}
+
+/// What recovery found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Where the first record is.
+    pub first_position: u64,
+    /// Where the next record will go.
+    pub end_position: u64,
+    /// Valid records found (each checksum verified).
+    pub records: u64,
+    /// Bytes of records and padding scanned.
+    pub bytes: u64,
+    /// Damage that may have been acknowledged (empty after a clean shutdown or a plain crash).
+    pub damaged: Vec<Damage>,
+    /// Bytes of a torn tail that no completed sync covered, cut silently: never acknowledged.
+    pub torn_tail_bytes: u64,
+    /// The metadata last written with [`Wal::set_metadata`].
+    pub metadata: Option<Vec<u8>>,
+}
+
+/// The watermarks of all segments together: the highest confirmed and target positions, and
+/// whether any watermark was torn (then the target is unknown).
+#[derive(Clone, Copy, Debug)]
+struct Marks {
+    confirmed: u64,
+    target: u64,
+    torn: bool,
+}
+
+/// A sync started by [`Wal::start_sync`]; run it anywhere, then hand the outcome back.
+pub struct PendingSync {
+    target: u64,
+    syncers: Vec<Box<dyn Syncer>>,
+}
+
+/// The result of [`PendingSync::run`].
+#[derive(Debug)]
+pub struct SyncOutcome {
+    target: u64,
+    result: std::io::Result<()>,
+}
+
+impl PendingSync {
+    /// The position this sync makes durable.
+    #[must_use]
+    pub fn target(&self) -> u64 {
+        self.target
+    }
+
+    /// Flushes every segment with unsynced writes, oldest first. Blocks: run it on a helper
+    /// thread, never on a reactor.
+    #[must_use]
+    pub fn run(self) -> SyncOutcome {
+        for syncer in self.syncers {
+            if let Err(error) = syncer.sync() {
+                return SyncOutcome { target: self.target, result: Err(error) };
+            }
+        }
+        SyncOutcome { target: self.target, result: Ok(()) }
+    }
+}
+
+/// The write-ahead log.
+pub struct Wal<B: Backend> {
+    backend: B,
+    options: Options,
+    segment_bytes: u64,
+    /// Open segments, consecutive numbers, oldest first; the last holds the tail.
+    segments: VecDeque<(u64, B::Segment)>,
+    tail_offset: usize,
+    generation: u32,
+    durable: u64,
+    sync_in_flight: bool,
+    poisoned: bool,
+    prepared: Option<(u64, JoinHandle<Result<B::Segment>>)>,
+}
+
+impl<B: Backend> std::fmt::Debug for Wal<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("segments", &self.segments.iter().map(|(number, _)| *number).collect::<Vec<_>>())
+            .field("end_position", &self.end_position())
+            .field("durable", &self.durable)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl<B: Backend> Wal<B> {
+    /// Opens (or creates) the log, recovering what is on disk. Everything recovered is synced
+    /// before this returns, so it is durable whatever the page cache held.
+    ///
+    /// # Errors
+    /// `Corrupt` for damage followed by valid records, or a broken segment sequence; the
+    /// failing I/O call otherwise.
+    pub fn open(backend: B, options: Options) -> Result<(Wal<B>, Recovery)> {
+        if options.segment_bytes % 4096 != 0
+            || options.segment_bytes < (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64 * 2
+        {
+            return Err(Error::BadOption(format!(
+                "segment_bytes {} must be a multiple of 4096 and at least 8192",
+                options.segment_bytes
+            )));
+        }
+        let mut numbers = backend.list()?;
+        numbers.sort_unstable();
+        let metadata = read_metadata(&backend)?;
+        let mut wal = Wal {
+            segment_bytes: options.segment_bytes,
+            backend,
+            options,
+            segments: VecDeque::new(),
+            tail_offset: SEGMENT_HEADER_BYTES,
+            generation: 0,
+            durable: 0,
+            sync_in_flight: false,
+            poisoned: false,
+            prepared: None,
+        };
+        let mut recovery = Recovery { metadata, ..Recovery::default() };
+        if numbers.is_empty() {
+            let segment = wal.create_segment(0)?;
+            wal.segments.push_back((0, segment));
+        } else {
+            wal.recover(&numbers, &mut recovery)?;
+        }
+        recovery.first_position = wal.first_position();
+        recovery.end_position = wal.end_position();
+        // Whatever we read may sit only in the page cache (a process crash keeps it there):
+        // make it durable before anyone builds on it.
+        wal.sync_everything()?;
+        wal.maybe_prepare_next();
+        Ok((wal, recovery))
+    }
+
+    fn recover(&mut self, numbers: &[u64], recovery: &mut Recovery) -> Result<()> {
+        for pair in numbers.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(Error::Corrupt {
+                    segment: self.backend.path(pair[0] + 1),
+                    offset: 0,
+                    reason: "segment missing from the middle of the log",
+                });
+            }
+        }
+        let mut generation_max = 0u32;
+        let mut watermark_generation = 0u32;
+        let mut marks = Marks { confirmed: 0, target: 0, torn: false };
+        for &number in numbers {
+            let segment = self.backend.open(number)?;
+            let header = SegmentHeader::decode(segment.bytes()).map_err(|reason| Error::Corrupt {
+                segment: self.backend.path(number),
+                offset: 0,
+                reason,
+            })?;
+            if header.segment_number != number {
+                return Err(Error::Corrupt {
+                    segment: self.backend.path(number),
+                    offset: 16,
+                    reason: "segment number in the header differs from the file name",
+                });
+            }
+            if header.segment_bytes != segment.bytes().len() as u64
+                || (number != numbers[0] && header.segment_bytes != self.segment_bytes)
+            {
+                return Err(Error::Corrupt {
+                    segment: self.backend.path(number),
+                    offset: 24,
+                    reason: "segment size differs from the file's or the log's",
+                });
+            }
+            self.segment_bytes = header.segment_bytes;
+            match Watermark::decode(segment.bytes()) {
+                Some(watermark) => {
+                    watermark_generation = watermark_generation.max(watermark.generation);
+                    marks.confirmed = marks.confirmed.max(watermark.confirmed);
+                    marks.target = marks.target.max(watermark.target);
+                }
+                None => marks.torn = true,
+            }
+            self.segments.push_back((number, segment));
+        }
+        // Scan every record of every segment, verifying each checksum.
+        let mut damage: Option<(usize, usize, &'static str)> = None;
+        let mut end = (self.segments.len() - 1, SEGMENT_HEADER_BYTES);
+        'segments: for index in 0..self.segments.len() {
+            let bytes = self.segments[index].1.bytes();
+            let mut offset = SEGMENT_HEADER_BYTES;
+            loop {
+                match decode_record(&bytes[offset..]) {
+                    Decoded::Record(_, generation, size) if generation >= generation_max => {
+                        generation_max = generation;
+                        recovery.records += 1;
+                        recovery.bytes += size as u64;
+                        offset += size;
+                    }
+                    // A record older than one before it: left over from a truncated suffix.
+                    Decoded::Record(..) | Decoded::Unwritten => break,
+                    Decoded::Damaged(reason) => {
+                        damage = Some((index, offset, reason));
+                        end = (index, offset);
+                        break 'segments;
+                    }
+                }
+            }
+            end = (index, offset);
+        }
+        if let Some((index, offset, reason)) = damage {
+            let position = self.segments[index].0 * self.segment_bytes + offset as u64;
+            // Below the confirmed mark every write was durable, so damage there followed by
+            // valid records is corruption, not a torn write: refuse to guess.
+            if position < marks.confirmed && self.valid_record_after(index, offset, generation_max) {
+                return Err(Error::Corrupt { segment: self.backend.path(self.segments[index].0), offset: offset as u64, reason });
+            }
+            self.classify_tail_damage(index, offset, reason, marks, recovery);
+        }
+        // Segments past the end hold nothing valid: drop them.
+        while self.segments.len() > end.0 + 1 {
+            let (number, segment) = self.segments.pop_back().expect("more than one");
+            drop(segment);
+            self.backend.remove(number)?;
+        }
+        self.tail_offset = end.1;
+        // New records outrank anything left on disk past the tail.
+        self.generation = generation_max.max(watermark_generation) + 1;
+        Ok(())
+    }
+
+    /// True if a valid record of this generation or later lies after `offset` in segment
+    /// `index` or at the start of any later segment: then the damage is not a torn tail.
+    fn valid_record_after(&self, index: usize, offset: usize, generation_min: u32) -> bool {
+        let valid = |decoded: Decoded<'_>| matches!(decoded, Decoded::Record(_, generation, _) if generation >= generation_min);
+        let bytes = self.segments[index].1.bytes();
+        let mut at = offset + RECORD_ALIGN;
+        while at + RECORD_HEADER_BYTES <= bytes.len() {
+            if bytes[at..at + RECORD_HEADER_BYTES].iter().any(|byte| *byte != 0) && valid(decode_record(&bytes[at..])) {
+                return true;
+            }
+            at += RECORD_ALIGN;
+        }
+        self.segments.iter().skip(index + 1).any(|(_, segment)| valid(decode_record(&segment.bytes()[SEGMENT_HEADER_BYTES..])))
+    }
+
+    fn classify_tail_damage(&mut self, index: usize, offset: usize, reason: &'static str, marks: Marks, recovery: &mut Recovery) {
+        let (number, segment) = &mut self.segments[index];
+        let position = *number * self.segment_bytes + offset as u64;
+        let bytes = segment.bytes();
+        let garbage_end = bytes.iter().rposition(|byte| *byte != 0).map_or(offset, |last| last + 1).max(offset);
+        let synced = if position < marks.confirmed {
+            Some(Synced::Certainly)
+        } else if position < marks.target || marks.torn {
+            // The last sync may have completed; a torn watermark tells nothing, so assume so.
+            Some(Synced::Possibly)
+        } else {
+            None
+        };
+        match synced {
+            None => recovery.torn_tail_bytes += (garbage_end - offset) as u64,
+            Some(synced) => recovery.damaged.push(Damage {
+                segment: self.backend.path(*number),
+                offset: offset as u64,
+                position,
+                reason,
+                synced,
+            }),
+        }
+        // Clear the garbage so that later appends are not followed by it.
+        segment.bytes_mut(offset, garbage_end - offset).fill(0);
+        segment.wrote(offset, garbage_end - offset);
+    }
+
+    fn create_segment(&self, number: u64) -> Result<B::Segment> {
+        create(&self.backend, number, self.segment_bytes)
+    }
+
+    fn maybe_prepare_next(&mut self) {
+        if !self.options.prepare_ahead || self.prepared.is_some() {
+            return;
+        }
+        let number = self.tail_segment() + 1;
+        let backend = self.backend.clone();
+        let bytes = self.segment_bytes;
+        let handle = std::thread::Builder::new()
+            .name("wal-prepare".into())
+            .spawn(move || create(&backend, number, bytes));
+        if let Ok(handle) = handle {
+            self.prepared = Some((number, handle));
+        }
+    }
+
+    fn tail_segment(&self) -> u64 {
+        self.segments.back().expect("a log has a segment").0
+    }
+
+    /// The position of the first record kept.
+    #[must_use]
+    pub fn first_position(&self) -> u64 {
+        self.segments.front().expect("a log has a segment").0 * self.segment_bytes + SEGMENT_HEADER_BYTES as u64
+    }
+
+    /// Where the next record goes.
+    #[must_use]
+    pub fn end_position(&self) -> u64 {
+        self.tail_segment() * self.segment_bytes + self.tail_offset as u64
+    }
+
+    /// Everything below this is durable.
+    #[must_use]
+    pub fn durable_position(&self) -> u64 {
+        self.durable
+    }
+
+    /// The size of this log's segments.
+    #[must_use]
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned { Err(Error::Poisoned) } else { Ok(()) }
+    }
+
+    /// Appends a record (a memcpy into the mapping) and returns its position. Not durable until
+    /// a sync started after it completes.
+    ///
+    /// # Errors
+    /// `Poisoned`, `RecordTooLarge`, or the failure to get the next segment (`NoSpace`, I/O).
+    pub fn append(&mut self, record: &Record<'_>) -> Result<u64> {
+        self.check_poisoned()?;
+        let size = record_bytes(record.payload.len());
+        if size > self.segment_bytes as usize - SEGMENT_HEADER_BYTES {
+            return Err(Error::RecordTooLarge { bytes: size, segment_bytes: self.segment_bytes });
+        }
+        if self.tail_offset + size > self.segment_bytes as usize {
+            self.rotate()?;
+        }
+        let position = self.end_position();
+        let offset = self.tail_offset;
+        let generation = self.generation;
+        let segment = &mut self.segments.back_mut().expect("a log has a segment").1;
+        encode_record(record, generation, segment.bytes_mut(offset, size));
+        segment.wrote(offset, size);
+        self.tail_offset += size;
+        Ok(position)
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        let number = self.tail_segment() + 1;
+        let segment = match self.prepared.take() {
+            Some((prepared, handle)) if prepared == number => {
+                handle.join().unwrap_or_else(|_| Err(Error::BadOption("segment preparation panicked".into())))?
+            }
+            Some((stale, handle)) => {
+                if handle.join().is_ok_and(|result| result.is_ok()) {
+                    self.backend.remove(stale)?;
+                }
+                self.create_segment(number)?
+            }
+            None => self.create_segment(number)?,
+        };
+        self.segments.push_back((number, segment));
+        self.tail_offset = SEGMENT_HEADER_BYTES;
+        self.maybe_prepare_next();
+        Ok(())
+    }
+
+    /// Starts a sync of everything appended so far: stamps each segment's watermark and
+    /// returns the flush to run. `None` if a sync is already under way (it finishes first;
+    /// group commit) or nothing new was appended.
+    ///
+    /// # Errors
+    /// `Poisoned`.
+    pub fn start_sync(&mut self) -> Result<Option<PendingSync>> {
+        self.check_poisoned()?;
+        let target = self.end_position();
+        if self.sync_in_flight || target <= self.durable {
+            return Ok(None);
+        }
+        self.sync_in_flight = true;
+        let watermark = Watermark { confirmed: self.durable, target, generation: self.generation };
+        let first_dirty = self.durable / self.segment_bytes;
+        let mut syncers = Vec::new();
+        for (number, segment) in self.segments.iter_mut().filter(|(number, _)| *number >= first_dirty) {
+            let _ = number;
+            watermark.encode(segment.bytes_mut(0, SEGMENT_HEADER_BYTES));
+            segment.wrote(WATERMARK_OFFSET, WATERMARK_BYTES);
+            syncers.push(segment.syncer());
+        }
+        Ok(Some(PendingSync { target, syncers }))
+    }
+
+    /// Takes the outcome of a sync: on success everything below its target is durable.
+    ///
+    /// # Errors
+    /// The sync's failure, as `Io { op: "fdatasync" }`; the log is poisoned from then on.
+    pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<u64> {
+        self.sync_in_flight = false;
+        match outcome.result {
+            Ok(()) => {
+                self.durable = self.durable.max(outcome.target.min(self.end_position()));
+                Ok(self.durable)
+            }
+            Err(source) => {
+                // Never retried: the kernel may have dropped the dirty pages it failed to write.
+                self.poisoned = true;
+                let path = self.backend.path(self.tail_segment());
+                Err(Error::Io { op: "fdatasync", path, source })
+            }
+        }
+    }
+
+    /// Syncs on this thread and waits (tests, tools, start-up).
+    ///
+    /// # Errors
+    /// As [`Wal::start_sync`] and [`Wal::finish_sync`].
+    pub fn sync(&mut self) -> Result<u64> {
+        match self.start_sync()? {
+            Some(pending) => self.finish_sync(pending.run()),
+            None => Ok(self.durable),
+        }
+    }
+
+    fn sync_everything(&mut self) -> Result<()> {
+        // Nothing is known durable yet: flush every segment.
+        self.durable = 0;
+        let pending = self.start_sync()?;
+        if let Some(pending) = pending {
+            self.finish_sync(pending.run())?;
+        }
+        self.durable = self.end_position();
+        Ok(())
+    }
+
+    /// The record at `position`, borrowed from the mapping (zero-copy).
+    ///
+    /// # Errors
+    /// `Poisoned`, or `BadPosition` if no record starts there.
+    pub fn read(&self, position: u64) -> Result<Record<'_>> {
+        self.check_poisoned()?;
+        match self.decode_at(position) {
+            Some(Decoded::Record(record, _, _)) => Ok(record),
+            _ => Err(Error::BadPosition(position)),
+        }
+    }
+
+    fn decode_at(&self, position: u64) -> Option<Decoded<'_>> {
+        if position < self.first_position() || position >= self.end_position() {
+            return None;
+        }
+        let number = position / self.segment_bytes;
+        let offset = (position % self.segment_bytes) as usize;
+        let index = usize::try_from(number - self.segments.front()?.0).ok()?;
+        let bytes = self.segments.get(index)?.1.bytes();
+        if offset == 0 {
+            // A record ended exactly at the previous segment's end.
+            return Some(Decoded::Unwritten);
+        }
+        if offset < SEGMENT_HEADER_BYTES || offset % RECORD_ALIGN != 0 {
+            return None;
+        }
+        Some(decode_record(&bytes[offset..]))
+    }
+
+    /// The records from `position` (a record's position, or [`Wal::first_position`]) to the end.
+    #[must_use]
+    pub fn iter_from(&self, position: u64) -> Iter<'_, B> {
+        Iter { wal: self, position }
+    }
+
+    /// Drops every record from `position` on, by zeroing them in place (a mapped file is never
+    /// shortened). Durable with the next sync; until then a crash brings them back.
+    ///
+    /// # Errors
+    /// `Poisoned`, `BadPosition`, or the failure to delete a later segment.
+    pub fn truncate_suffix(&mut self, position: u64) -> Result<()> {
+        self.check_poisoned()?;
+        let end = self.end_position();
+        if position != end && !matches!(self.decode_at(position), Some(Decoded::Record(..))) {
+            return Err(Error::BadPosition(position));
+        }
+        let number = position / self.segment_bytes;
+        while self.tail_segment() > number {
+            let (removed, segment) = self.segments.pop_back().expect("more than one segment");
+            drop(segment);
+            self.backend.remove(removed)?;
+            self.tail_offset = self.segment_bytes as usize;
+        }
+        let offset = (position % self.segment_bytes) as usize;
+        let tail = self.tail_offset.min(self.segment_bytes as usize);
+        let segment = &mut self.segments.back_mut().expect("a log has a segment").1;
+        segment.bytes_mut(offset, tail - offset).fill(0);
+        segment.wrote(offset, tail - offset);
+        self.tail_offset = offset;
+        // Records written from now on outrank anything a crash might bring back.
+        self.generation += 1;
+        self.durable = self.durable.min(position);
+        Ok(())
+    }
+
+    /// Deletes every whole segment that lies below `position` (a snapshot covers them).
+    ///
+    /// # Errors
+    /// `Poisoned`, or the failing delete.
+    pub fn release_prefix(&mut self, position: u64) -> Result<()> {
+        self.check_poisoned()?;
+        let number = position / self.segment_bytes;
+        while self.segments.len() > 1 && self.segments.front().is_some_and(|(first, _)| *first < number) {
+            let (removed, segment) = self.segments.pop_front().expect("checked");
+            drop(segment);
+            self.backend.remove(removed)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the durable metadata (promised ballot, epoch: bytes opaque to the log)
+    /// atomically and durably. Blocks: call it off the reactor.
+    ///
+    /// # Errors
+    /// `Poisoned`, `BadOption` if larger than [`METADATA_BYTES_MAX`], or the failing I/O call
+    /// (which poisons the log: a promise that may not be durable must not be acted on).
+    pub fn set_metadata(&mut self, bytes: &[u8]) -> Result<()> {
+        self.check_poisoned()?;
+        if bytes.len() > METADATA_BYTES_MAX {
+            return Err(Error::BadOption(format!("metadata of {} bytes exceeds {METADATA_BYTES_MAX}", bytes.len())));
+        }
+        let mut file = Vec::with_capacity(12 + bytes.len());
+        file.extend_from_slice(&METADATA_MAGIC.to_le_bytes());
+        file.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        file.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+        file.extend_from_slice(bytes);
+        self.backend.write_file_atomic(METADATA_FILE, &file).inspect_err(|_| self.poisoned = true)
+    }
+}
+
+fn create<B: Backend>(backend: &B, number: u64, segment_bytes: u64) -> Result<B::Segment> {
+    let mut header = vec![0u8; SEGMENT_HEADER_BYTES];
+    SegmentHeader { segment_number: number, segment_bytes }.encode(&mut header);
+    let start = number * segment_bytes + SEGMENT_HEADER_BYTES as u64;
+    Watermark { confirmed: start, target: start, generation: 0 }.encode(&mut header);
+    backend.create(number, segment_bytes, &header)
+}
+
+fn read_metadata<B: Backend>(backend: &B) -> Result<Option<Vec<u8>>> {
+    let Some(file) = backend.read_file(METADATA_FILE)? else { return Ok(None) };
+    let corrupt = |reason| Error::Corrupt { segment: PathBuf::from(METADATA_FILE), offset: 0, reason };
+    if file.len() < 12 || file[0..4] != METADATA_MAGIC.to_le_bytes() {
+        return Err(corrupt("metadata file has no valid header"));
+    }
+    let length = u32::from_le_bytes([file[4], file[5], file[6], file[7]]) as usize;
+    let crc = u32::from_le_bytes([file[8], file[9], file[10], file[11]]);
+    let bytes = &file[12..];
+    if bytes.len() != length || crc32c::crc32c(bytes) != crc {
+        return Err(corrupt("metadata checksum mismatch"));
+    }
+    Ok(Some(bytes.to_vec()))
+}
+
+/// Iterates over records in position order; see [`Wal::iter_from`].
+pub struct Iter<'a, B: Backend> {
+    wal: &'a Wal<B>,
+    position: u64,
+}
+
+impl<'a, B: Backend> Iterator for Iter<'a, B> {
+    type Item = Result<(u64, Record<'a>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.position >= self.wal.end_position() {
+                return None;
+            }
+            match self.wal.decode_at(self.position) {
+                Some(Decoded::Record(record, _, size)) => {
+                    let position = self.position;
+                    self.position += size as u64;
+                    return Some(Ok((position, record)));
+                }
+                Some(Decoded::Unwritten) => {
+                    // The rest of this segment is unused: go on at the next one.
+                    let at_boundary = self.position % self.wal.segment_bytes == 0;
+                    let number = self.position / self.wal.segment_bytes + u64::from(!at_boundary);
+                    self.position = number * self.wal.segment_bytes + SEGMENT_HEADER_BYTES as u64;
+                }
+                _ => {
+                    let position = self.position;
+                    self.position = u64::MAX;
+                    return Some(Err(Error::BadPosition(position)));
+                }
+            }
+        }
+    }
+}

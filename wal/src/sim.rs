@@ -1,0 +1,239 @@
+//! A simulated disk for the log: each segment has an image "as written" and one "as synced".
+//! A crash keeps the synced image plus any chosen subset of the writes made since, each possibly
+//! torn at 512-byte or 4 KiB granularity; bits can be flipped; syncs can be made to fail. Tests
+//! and the cluster simulator use it to check recovery against every crash they can think of.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::backend::{Backend, Segment, Syncer};
+use crate::error::{Error, Result};
+
+/// A write made since the last sync of its segment.
+#[derive(Clone, Debug)]
+pub struct PendingWrite {
+    /// Byte offset in the segment.
+    pub offset: usize,
+    /// The bytes written.
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct SegmentState {
+    synced: Vec<u8>,
+    pending: Vec<PendingWrite>,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    segments: BTreeMap<u64, SegmentState>,
+    files: BTreeMap<String, Vec<u8>>,
+    failing_syncs: u32,
+    space_bytes: Option<u64>,
+}
+
+/// An in-memory disk shared by the log and the test that crashes it.
+#[derive(Clone, Debug, Default)]
+pub struct SimBackend {
+    state: Arc<Mutex<DiskState>>,
+}
+
+/// How much of each unsynced write survives a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tear {
+    /// All of it.
+    Whole,
+    /// Only its first `n` sectors of `sector_bytes` (512 or 4096).
+    Sectors {
+        /// Sectors kept.
+        n: usize,
+        /// Sector size.
+        sector_bytes: usize,
+    },
+}
+
+impl SimBackend {
+    /// An empty disk.
+    #[must_use]
+    pub fn new() -> SimBackend {
+        SimBackend::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The next `count` syncs fail with EIO (and make nothing durable).
+    pub fn fail_syncs(&self, count: u32) {
+        self.lock().failing_syncs = count;
+    }
+
+    /// Limits the space for new segments: creating one beyond it fails with ENOSPC.
+    pub fn limit_space(&self, bytes: u64) {
+        self.lock().space_bytes = Some(bytes);
+    }
+
+    /// Writes made since the last sync, per segment, in order.
+    #[must_use]
+    pub fn pending_writes(&self) -> Vec<(u64, Vec<PendingWrite>)> {
+        self.lock().segments.iter().map(|(number, state)| (*number, state.pending.clone())).collect()
+    }
+
+    /// The disk after a crash in which, of the writes made since the last sync of each segment,
+    /// `survives(segment, index)` decides which reach the disk and how much of each. A new
+    /// backend: the old one (and any log on it) is dead.
+    #[must_use]
+    pub fn crash(&self, mut survives: impl FnMut(u64, usize) -> Option<Tear>) -> SimBackend {
+        let state = self.lock();
+        let mut disk = DiskState { files: state.files.clone(), space_bytes: state.space_bytes, ..DiskState::default() };
+        for (number, segment) in &state.segments {
+            let mut image = segment.synced.clone();
+            for (index, write) in segment.pending.iter().enumerate() {
+                let kept = match survives(*number, index) {
+                    None => 0,
+                    Some(Tear::Whole) => write.bytes.len(),
+                    Some(Tear::Sectors { n, sector_bytes }) => {
+                        // Sectors are aligned on the disk, not on the write.
+                        let end = ((write.offset / sector_bytes) + n) * sector_bytes;
+                        end.saturating_sub(write.offset).min(write.bytes.len())
+                    }
+                };
+                image[write.offset..write.offset + kept].copy_from_slice(&write.bytes[..kept]);
+            }
+            disk.segments.insert(*number, SegmentState { synced: image, pending: Vec::new() });
+        }
+        SimBackend { state: Arc::new(Mutex::new(disk)) }
+    }
+
+    /// The disk after a crash that loses every unsynced write.
+    #[must_use]
+    pub fn crash_losing_unsynced(&self) -> SimBackend {
+        self.crash(|_, _| None)
+    }
+
+    /// Flips one bit of a segment's durable image (bit rot).
+    pub fn flip_bit(&self, segment: u64, offset: usize, bit: u8) {
+        let mut state = self.lock();
+        let image = &mut state.segments.get_mut(&segment).expect("segment exists").synced;
+        image[offset] ^= 1 << bit;
+    }
+
+    /// The durable image of a segment.
+    #[must_use]
+    pub fn synced_image(&self, segment: u64) -> Option<Vec<u8>> {
+        self.lock().segments.get(&segment).map(|state| state.synced.clone())
+    }
+
+    /// Replaces the durable image of a segment (to plant arbitrary bytes).
+    pub fn set_synced_image(&self, segment: u64, image: Vec<u8>) {
+        self.lock().segments.insert(segment, SegmentState { synced: image, pending: Vec::new() });
+    }
+}
+
+/// A segment of a simulated disk: the log writes into `written`; syncs apply the recorded
+/// writes to the shared durable image.
+pub struct SimSegment {
+    number: u64,
+    written: Vec<u8>,
+    disk: SimBackend,
+}
+
+impl Segment for SimSegment {
+    fn bytes(&self) -> &[u8] {
+        &self.written
+    }
+
+    fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        &mut self.written[offset..offset + len]
+    }
+
+    fn wrote(&mut self, offset: usize, len: usize) {
+        let bytes = self.written[offset..offset + len].to_vec();
+        let mut state = self.disk.lock();
+        let segment = state.segments.get_mut(&self.number).expect("segment exists on its disk");
+        segment.pending.push(PendingWrite { offset, bytes });
+    }
+
+    fn syncer(&mut self) -> Box<dyn Syncer> {
+        let count = self.disk.lock().segments.get(&self.number).map_or(0, |segment| segment.pending.len());
+        Box::new(SimSyncer { number: self.number, count, disk: self.disk.clone() })
+    }
+}
+
+struct SimSyncer {
+    number: u64,
+    count: usize,
+    disk: SimBackend,
+}
+
+impl Syncer for SimSyncer {
+    fn sync(self: Box<Self>) -> std::io::Result<()> {
+        let mut state = self.disk.lock();
+        if state.failing_syncs > 0 {
+            state.failing_syncs -= 1;
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        let Some(segment) = state.segments.get_mut(&self.number) else { return Ok(()) };
+        let count = self.count.min(segment.pending.len());
+        let done: Vec<PendingWrite> = segment.pending.drain(..count).collect();
+        for write in done {
+            segment.synced[write.offset..write.offset + write.bytes.len()].copy_from_slice(&write.bytes);
+        }
+        Ok(())
+    }
+}
+
+impl Backend for SimBackend {
+    type Segment = SimSegment;
+
+    fn list(&self) -> Result<Vec<u64>> {
+        Ok(self.lock().segments.keys().copied().collect())
+    }
+
+    fn create(&self, number: u64, bytes: u64, header: &[u8]) -> Result<SimSegment> {
+        let mut state = self.lock();
+        let used: u64 = state.segments.values().map(|segment| segment.synced.len() as u64).sum();
+        if state.space_bytes.is_some_and(|space| used + bytes > space) {
+            return Err(Error::NoSpace { path: self.path(number) });
+        }
+        let mut image = vec![0u8; usize::try_from(bytes).expect("segment fits memory")];
+        image[..header.len()].copy_from_slice(header);
+        state.segments.insert(number, SegmentState { synced: image.clone(), pending: Vec::new() });
+        drop(state);
+        Ok(SimSegment { number, written: image, disk: self.clone() })
+    }
+
+    fn open(&self, number: u64) -> Result<SimSegment> {
+        let image = self.lock().segments.get(&number).map(|segment| segment.synced.clone());
+        let Some(written) = image else {
+            let source = std::io::Error::from(std::io::ErrorKind::NotFound);
+            return Err(Error::Io { op: "open", path: self.path(number), source });
+        };
+        Ok(SimSegment { number, written, disk: self.clone() })
+    }
+
+    fn remove(&self, number: u64) -> Result<()> {
+        self.lock().segments.remove(&number);
+        Ok(())
+    }
+
+    fn path(&self, number: u64) -> PathBuf {
+        PathBuf::from(format!("sim/{number:016x}.wal"))
+    }
+
+    fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().files.get(name).cloned())
+    }
+
+    fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let mut state = self.lock();
+        if state.failing_syncs > 0 {
+            state.failing_syncs -= 1;
+            let source = std::io::Error::from_raw_os_error(5);
+            return Err(Error::Io { op: "fsync", path: PathBuf::from(format!("sim/{name}")), source });
+        }
+        state.files.insert(name.to_string(), bytes.to_vec());
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! Crash, corruption and failure tests of the log over the simulated disk, and one over real
+//! files on this machine's disk.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may unwrap.
+
+use proptest::prelude::*;
+use quorum_wal::format::SEGMENT_HEADER_BYTES;
+use quorum_wal::{Error, MmapBackend, Options, Record, SimBackend, Synced, Tear, Wal};
+
+const SEGMENT_BYTES: u64 = 16 * 1024;
+
+fn options() -> Options {
+    Options { segment_bytes: SEGMENT_BYTES, prepare_ahead: false }
+}
+
+fn payload(index: usize) -> Vec<u8> {
+    (0..(index * 37) % 700).map(|byte| (byte as u8).wrapping_add(index as u8)).collect()
+}
+
+fn record(index: usize, payload: &[u8]) -> Record<'_> {
+    Record { kind: 1 + (index % 3) as u8, slot: index as u64, ballot_round: 7, ballot_node: 2, payload }
+}
+
+/// Every record of the log as (position, slot, payload).
+fn contents<B: quorum_wal::Backend>(wal: &Wal<B>) -> Vec<(u64, u64, Vec<u8>)> {
+    wal.iter_from(wal.first_position())
+        .map(|item| item.map(|(position, record)| (position, record.slot, record.payload.to_vec())))
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn records_round_trip_across_segments_and_reopen() {
+    let disk = SimBackend::new();
+    let (mut wal, recovery) = Wal::open(disk.clone(), options()).unwrap();
+    assert_eq!(recovery.records, 0);
+    let mut expected = Vec::new();
+    for index in 0..200 {
+        let bytes = payload(index);
+        let position = wal.append(&record(index, &bytes)).unwrap();
+        expected.push((position, index as u64, bytes));
+    }
+    wal.sync().unwrap();
+    assert!(expected.last().unwrap().0 / SEGMENT_BYTES >= 3, "the test spans several segments");
+    assert_eq!(contents(&wal), expected);
+    let read = wal.read(expected[17].0).unwrap();
+    assert_eq!((read.slot, read.payload), (17, &expected[17].2[..]));
+    drop(wal);
+    let (wal, recovery) = Wal::open(disk, options()).unwrap();
+    assert_eq!(recovery.records, 200);
+    assert!(recovery.damaged.is_empty());
+    assert_eq!(contents(&wal), expected);
+}
+
+/// After every operation, crash two ways: losing every unsynced write, and keeping all of them.
+/// Every record covered by a completed sync must come back, in order, unchanged.
+#[test]
+fn crash_at_every_sync_point_and_record_boundary_keeps_every_synced_record() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let mut appended = Vec::new();
+    let mut synced = 0;
+    for index in 0..120 {
+        let bytes = payload(index);
+        let position = wal.append(&record(index, &bytes)).unwrap();
+        appended.push((position, index as u64, bytes));
+        if index % 4 == 3 {
+            wal.sync().unwrap();
+            synced = appended.len();
+        }
+        for (keep_unsynced, image) in [(false, disk.crash_losing_unsynced()), (true, disk.crash(|_, _| Some(Tear::Whole)))] {
+            let (recovered, recovery) = Wal::open(image, options()).unwrap();
+            let got = contents(&recovered);
+            let expected = if keep_unsynced { appended.len() } else { synced };
+            assert_eq!(got.len(), expected, "after record {index}, unsynced kept: {keep_unsynced}");
+            assert_eq!(got[..], appended[..expected]);
+            assert!(recovery.damaged.is_empty(), "{:?}", recovery.damaged);
+        }
+    }
+}
+
+/// A bounded enumeration: for every subset of the unsynced writes, each whole or torn to its
+/// first 512-byte sector, recovery succeeds and returns every synced record and then a prefix of
+/// the rest.
+#[test]
+fn any_subset_of_unsynced_writes_recovers_the_synced_prefix() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let mut appended = Vec::new();
+    for index in 0..6 {
+        let bytes = vec![index as u8 + 1; 300 + index * 200];
+        appended.push((wal.append(&record(index, &bytes)).unwrap(), index as u64, bytes));
+        if index == 1 {
+            wal.sync().unwrap();
+        }
+    }
+    let pending: usize = disk.pending_writes().iter().map(|(_, writes)| writes.len()).sum();
+    assert_eq!(pending, 4);
+    let tears = [None, Some(Tear::Whole), Some(Tear::Sectors { n: 1, sector_bytes: 512 })];
+    let mut cases = 0;
+    for choice in 0..3usize.pow(pending as u32) {
+        let image = disk.crash(|_, index| tears[choice / 3usize.pow(index as u32) % 3]);
+        let (wal, _) = Wal::open(image, options()).unwrap();
+        let got = contents(&wal);
+        assert!(got.len() >= 2, "case {choice}: lost a synced record");
+        assert_eq!(got[..], appended[..got.len()], "case {choice}: recovered something never written");
+        cases += 1;
+    }
+    assert_eq!(cases, 81);
+}
+
+#[test]
+fn torn_unsynced_tail_is_cut_and_counted() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    wal.append(&record(0, b"durable")).unwrap();
+    wal.sync().unwrap();
+    wal.append(&record(1, &[9u8; 2000])).unwrap();
+    let image = disk.crash(|_, _| Some(Tear::Sectors { n: 1, sector_bytes: 512 }));
+    let (wal, recovery) = Wal::open(image, options()).unwrap();
+    assert_eq!(contents(&wal).len(), 1);
+    assert!(recovery.damaged.is_empty(), "a torn write no sync covered is not damage");
+    assert!(recovery.torn_tail_bytes > 0);
+}
+
+/// A bit flipped in any byte of a synced record (header or payload) is detected. Followed by
+/// valid records it is an error naming segment and offset; at the end it is reported as damage,
+/// never silently dropped.
+#[test]
+fn bit_flip_in_every_field_of_a_record_is_detected() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let victim = wal.append(&record(0, b"the victim's payload")).unwrap();
+    wal.append(&record(1, b"after")).unwrap();
+    wal.sync().unwrap();
+    let last = wal.append(&record(2, b"and after")).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    for (target, followed) in [(victim, true), (last, false)] {
+        // Every byte of the record: header, payload and padding.
+        let size = quorum_wal::format::record_bytes(if followed { 20 } else { 9 });
+        for byte in 0..size {
+            for bit in [0u8, 7] {
+                let image = disk.crash_losing_unsynced();
+                image.flip_bit(0, target as usize + byte, bit);
+                match Wal::open(image, options()) {
+                    Err(Error::Corrupt { offset, .. }) => {
+                        assert!(followed, "byte {byte}: error though nothing valid follows");
+                        assert_eq!(offset, target);
+                    }
+                    Ok((wal, recovery)) => {
+                        assert!(!followed, "byte {byte} bit {bit}: corruption before valid records accepted");
+                        assert_eq!(recovery.damaged.len(), 1, "byte {byte}: damage not reported");
+                        assert_eq!(recovery.damaged[0].position, target);
+                        assert_eq!(contents(&wal).len(), 2);
+                    }
+                    Err(other) => panic!("byte {byte}: unexpected {other}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn damage_in_a_range_a_completed_sync_confirmed_is_reported_as_certainly_synced() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let first = wal.append(&record(0, b"one")).unwrap();
+    wal.sync().unwrap();
+    wal.append(&record(1, b"two")).unwrap();
+    wal.sync().unwrap(); // this sync's watermark confirms everything below record 1
+    drop(wal);
+    let image = disk.crash_losing_unsynced();
+    // Damage the last record: it lies above the confirmed mark, so it is "possibly" synced.
+    let second = first + quorum_wal::format::record_bytes(3) as u64;
+    image.flip_bit(0, second as usize + 33, 1);
+    let (_, recovery) = Wal::open(image.clone(), options()).unwrap();
+    assert_eq!(recovery.damaged[0].synced, Synced::Possibly);
+    // The first record is below it, and nothing valid follows once the second is damaged too.
+    image.flip_bit(0, first as usize + 33, 1);
+    let (_, recovery) = Wal::open(image, options()).unwrap();
+    assert_eq!(recovery.damaged[0].position, first);
+    assert_eq!(recovery.damaged[0].synced, Synced::Certainly);
+}
+
+#[test]
+fn failed_sync_poisons_the_log() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let position = wal.append(&record(0, b"x")).unwrap();
+    disk.fail_syncs(1);
+    match wal.sync() {
+        Err(Error::Io { op, .. }) => assert_eq!(op, "fdatasync"),
+        other => panic!("expected a sync error, got {other:?}"),
+    }
+    assert!(matches!(wal.append(&record(1, b"y")), Err(Error::Poisoned)));
+    assert!(matches!(wal.sync(), Err(Error::Poisoned)));
+    assert!(matches!(wal.read(position), Err(Error::Poisoned)));
+    assert_eq!(wal.durable_position(), wal.first_position(), "nothing became durable");
+}
+
+#[test]
+fn sync_runs_on_another_thread_while_appends_continue() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk, options()).unwrap();
+    wal.append(&record(0, b"a")).unwrap();
+    let pending = wal.start_sync().unwrap().unwrap();
+    let target = pending.target();
+    let flusher = std::thread::spawn(move || pending.run());
+    wal.append(&record(1, b"b")).unwrap();
+    assert!(wal.start_sync().unwrap().is_none(), "one sync at a time");
+    let durable = wal.finish_sync(flusher.join().unwrap()).unwrap();
+    assert_eq!(durable, target);
+    assert!(wal.end_position() > durable, "the later append waits for the next sync");
+    assert_eq!(wal.sync().unwrap(), wal.end_position());
+}
+
+#[test]
+fn out_of_space_is_a_clean_error_and_loses_nothing() {
+    let disk = SimBackend::new();
+    disk.limit_space(SEGMENT_BYTES * 2);
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let mut appended = 0;
+    let error = loop {
+        match wal.append(&record(appended, &[1u8; 1000])) {
+            Ok(_) => appended += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, Error::NoSpace { .. }), "{error}");
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, _) = Wal::open(disk, options()).unwrap();
+    assert_eq!(contents(&wal).len(), appended);
+}
+
+#[test]
+fn truncated_suffix_stays_gone_after_new_appends_and_a_crash() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let keep = wal.append(&record(0, b"keep")).unwrap();
+    let cut = wal.append(&record(1, b"replaced, never committed")).unwrap();
+    wal.append(&record(2, b"also replaced")).unwrap();
+    wal.sync().unwrap();
+    wal.truncate_suffix(cut).unwrap();
+    wal.append(&record(3, b"new")).unwrap();
+    wal.sync().unwrap();
+    let (wal, _) = Wal::open(disk.crash_losing_unsynced(), options()).unwrap();
+    let slots: Vec<u64> = contents(&wal).iter().map(|(_, slot, _)| *slot).collect();
+    assert_eq!(slots, vec![0, 3]);
+    assert_eq!(wal.first_position(), keep);
+}
+
+#[test]
+fn released_prefix_deletes_whole_segments_only() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let mut positions = Vec::new();
+    for index in 0..100 {
+        positions.push(wal.append(&record(index, &[0u8; 500])).unwrap());
+    }
+    wal.sync().unwrap();
+    let keep_from = positions[60];
+    wal.release_prefix(keep_from).unwrap();
+    assert!(wal.first_position() <= keep_from);
+    assert!(wal.first_position() > positions[0]);
+    assert!(matches!(wal.read(positions[0]), Err(Error::BadPosition(_))));
+    assert_eq!(wal.read(keep_from).unwrap().slot, 60);
+    drop(wal);
+    let (wal, _) = Wal::open(disk, options()).unwrap();
+    assert_eq!(contents(&wal).last().unwrap().1, 99);
+}
+
+#[test]
+fn metadata_is_replaced_atomically_and_survives_reopen() {
+    let disk = SimBackend::new();
+    let (mut wal, recovery) = Wal::open(disk.clone(), options()).unwrap();
+    assert_eq!(recovery.metadata, None);
+    wal.set_metadata(b"promised 4.2").unwrap();
+    wal.set_metadata(b"promised 5.1").unwrap();
+    let (_, recovery) = Wal::open(disk.crash_losing_unsynced(), options()).unwrap();
+    assert_eq!(recovery.metadata.as_deref(), Some(&b"promised 5.1"[..]));
+}
+
+#[test]
+fn a_missing_segment_in_the_middle_is_an_error() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    for index in 0..100 {
+        wal.append(&record(index, &[0u8; 500])).unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let image = disk.crash_losing_unsynced();
+    quorum_wal::Backend::remove(&image, 1).unwrap();
+    assert!(matches!(Wal::open(image, options()), Err(Error::Corrupt { .. })));
+}
+
+#[test]
+fn real_files_on_this_machines_disk_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_bytes: 1 << 20, prepare_ahead: true };
+    let (mut wal, _) = Wal::open(MmapBackend::new(dir.path()).unwrap(), options.clone()).unwrap();
+    let mut expected = Vec::new();
+    for index in 0..3_000 {
+        let bytes = payload(index);
+        expected.push((wal.append(&record(index, &bytes)).unwrap(), index as u64, bytes));
+        if index % 100 == 99 {
+            wal.sync().unwrap();
+        }
+    }
+    wal.sync().unwrap();
+    wal.set_metadata(b"epoch 3").unwrap();
+    drop(wal);
+    let (wal, recovery) = Wal::open(MmapBackend::new(dir.path()).unwrap(), options).unwrap();
+    assert_eq!(recovery.records, 3_000);
+    assert_eq!(recovery.metadata.as_deref(), Some(&b"epoch 3"[..]));
+    assert_eq!(contents(&wal), expected);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever bytes a segment holds past a valid header, opening never panics.
+    #[test]
+    fn recovery_never_panics_on_arbitrary_segment_bytes(
+        noise in prop::collection::vec(any::<u8>(), 0..2048),
+        at in 0usize..(16 * 1024 - SEGMENT_HEADER_BYTES - 2048),
+        whole_file in any::<bool>(),
+    ) {
+        let disk = SimBackend::new();
+        let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+        wal.append(&record(0, b"a record")).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let image = disk.crash_losing_unsynced();
+        let mut bytes = image.synced_image(0).unwrap();
+        if whole_file {
+            for (index, byte) in bytes.iter_mut().enumerate() {
+                *byte = noise.get(index % noise.len().max(1)).copied().unwrap_or(0);
+            }
+        } else {
+            let start = SEGMENT_HEADER_BYTES + at;
+            bytes[start..start + noise.len()].copy_from_slice(&noise);
+        }
+        image.set_synced_image(0, bytes);
+        let _ = Wal::open(image, options());
+    }
+}
