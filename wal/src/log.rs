@@ -183,22 +183,24 @@ impl<B: Backend> Wal<B> {
             prepared: None,
         };
         let mut recovery = Recovery { metadata, ..Recovery::default() };
-        if numbers.is_empty() {
+        let confirmed = if numbers.is_empty() {
             let segment = wal.create_segment(0)?;
             wal.segments.push_back((0, segment));
+            wal.first_position()
         } else {
-            wal.recover(&numbers, &mut recovery)?;
-        }
+            wal.recover(&numbers, &mut recovery)?
+        };
         recovery.first_position = wal.first_position();
         recovery.end_position = wal.end_position();
         // Whatever we read may sit only in the page cache (a process crash keeps it there):
         // make it durable before anyone builds on it.
-        wal.sync_everything()?;
+        wal.sync_everything(confirmed)?;
         wal.maybe_prepare_next();
         Ok((wal, recovery))
     }
 
-    fn recover(&mut self, numbers: &[u64], recovery: &mut Recovery) -> Result<()> {
+    /// Scans the segments; returns the highest position a completed sync confirmed.
+    fn recover(&mut self, numbers: &[u64], recovery: &mut Recovery) -> Result<u64> {
         for pair in numbers.windows(2) {
             if pair[1] != pair[0] + 1 {
                 return Err(Error::Corrupt {
@@ -288,7 +290,7 @@ impl<B: Backend> Wal<B> {
         self.tail_offset = end.1;
         // New records outrank anything left on disk past the tail.
         self.generation = generation_max.max(watermark_generation) + 1;
-        Ok(())
+        Ok(marks.confirmed)
     }
 
     /// True if a valid record of this generation or later lies after `offset` in segment
@@ -485,14 +487,18 @@ impl<B: Backend> Wal<B> {
         }
     }
 
-    fn sync_everything(&mut self) -> Result<()> {
-        // Nothing is known durable yet: flush every segment.
-        self.durable = 0;
-        let pending = self.start_sync()?;
-        if let Some(pending) = pending {
-            self.finish_sync(pending.run())?;
+    /// Flushes every segment, keeping in the watermarks what the recovered ones confirmed.
+    fn sync_everything(&mut self, confirmed: u64) -> Result<()> {
+        let end = self.end_position();
+        let watermark = Watermark { confirmed: confirmed.min(end), target: end, generation: self.generation };
+        let mut syncers = Vec::new();
+        for (_, segment) in &mut self.segments {
+            watermark.encode(segment.bytes_mut(0, SEGMENT_HEADER_BYTES));
+            segment.wrote(WATERMARK_OFFSET, WATERMARK_BYTES);
+            syncers.push(segment.syncer());
         }
-        self.durable = self.end_position();
+        self.sync_in_flight = true;
+        self.finish_sync(PendingSync { target: end, syncers }.run())?;
         Ok(())
     }
 

@@ -170,13 +170,25 @@ fn damage_in_a_range_a_completed_sync_confirmed_is_reported_as_certainly_synced(
     wal.append(&record(1, b"two")).unwrap();
     wal.sync().unwrap(); // this sync's watermark confirms everything below record 1
     drop(wal);
-    let image = disk.crash_losing_unsynced();
+    let recovered_after_damage_then_reopened = {
+        // Recovery's own sync keeps what the old watermarks confirmed.
+        let image = disk.crash_losing_unsynced();
+        let (wal, _) = Wal::open(image.clone(), options()).unwrap();
+        drop(wal);
+        image.flip_bit(0, first as usize + 33, 1);
+        image.flip_bit(0, first as usize + 33 + 40, 1);
+        Wal::open(image, options()).unwrap().1
+    };
+    assert_eq!(recovered_after_damage_then_reopened.damaged[0].synced, Synced::Certainly);
     // Damage the last record: it lies above the confirmed mark, so it is "possibly" synced.
     let second = first + quorum_wal::format::record_bytes(3) as u64;
+    let image = disk.crash_losing_unsynced();
     image.flip_bit(0, second as usize + 33, 1);
-    let (_, recovery) = Wal::open(image.clone(), options()).unwrap();
+    let (_, recovery) = Wal::open(image, options()).unwrap();
     assert_eq!(recovery.damaged[0].synced, Synced::Possibly);
     // The first record is below it, and nothing valid follows once the second is damaged too.
+    let image = disk.crash_losing_unsynced();
+    image.flip_bit(0, second as usize + 33, 1);
     image.flip_bit(0, first as usize + 33, 1);
     let (_, recovery) = Wal::open(image, options()).unwrap();
     assert_eq!(recovery.damaged[0].position, first);
