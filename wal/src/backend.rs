@@ -24,6 +24,8 @@ pub trait Segment: Send {
     fn wrote(&mut self, offset: usize, len: usize);
     /// A handle that makes every write so far durable, runnable on any thread.
     fn syncer(&mut self) -> Box<dyn Syncer>;
+    /// Readies the bytes from `offset` on for appends (a mapped file pre-dirties its pages).
+    fn prepare_for_writes(&mut self, _offset: usize) {}
 }
 
 /// Makes a set of writes durable. Runs off the appending thread (DESIGN.md §4).

@@ -2,7 +2,8 @@
 //! `fallocate`, so running out of disk is a clean `NoSpace` at creation and never a SIGBUS on a
 //! write; zero-filled with real writes and synced, so a later `fdatasync` converts no extents;
 //! created under a temporary name and renamed, with the directory synced, so a crash never
-//! leaves a half-made segment; and mapped with its pages populated. A segment is never
+//! leaves a half-made segment; mapped with its pages populated, and each page written once so
+//! that appends take no write faults. Syncs `msync` the written range. A segment is never
 //! truncated while mapped (reads past the end would SIGBUS): space comes back by deleting whole
 //! segments.
 
@@ -43,36 +44,97 @@ impl MmapBackend {
     }
 }
 
+/// A mapped segment's memory, shared between the appending thread (which writes through it)
+/// and sync threads (which only `msync` ranges of it and never read or write it).
+struct Mapping {
+    pointer: *mut u8,
+    len: usize,
+    _map: MmapMut,
+}
+
+// SAFETY: the mapping is plain memory owned by `_map`, alive as long as this struct. Writes go
+// only through `MmapSegment::bytes_mut` (which needs `&mut` of the one segment owning them);
+// other threads only pass the address range to `msync`, which creates no Rust reference.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: shared use is limited to `msync` of the address range.
+unsafe impl Sync for Mapping {}
+
 /// A mapped segment file.
 pub struct MmapSegment {
-    map: MmapMut,
-    file: Arc<File>,
+    mapping: Arc<Mapping>,
+    /// One past the last byte written through the mapping.
+    written_end: usize,
+}
+
+const PAGE_BYTES: usize = 4096;
+
+impl MmapSegment {
+    fn new(mut map: MmapMut, prepare_from: usize) -> MmapSegment {
+        let pointer = map.as_mut_ptr();
+        let len = map.len();
+        let mut segment = MmapSegment { mapping: Arc::new(Mapping { pointer, len, _map: map }), written_end: 0 };
+        segment.pre_dirty(prepare_from);
+        segment
+    }
+
+    /// Writes each page from `from` on once (with the zero it already holds), so that the
+    /// kernel maps it writable now: an append then never takes a write fault on a clean page.
+    /// Syncs flush ranges, not the file, so these pages stay dirty until the log reaches them.
+    fn pre_dirty(&mut self, from: usize) {
+        if from >= self.mapping.len {
+            return;
+        }
+        let start = from.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        for page in (start..self.mapping.len).step_by(PAGE_BYTES) {
+            // SAFETY: `page` is inside the mapping; a volatile write of the byte already there
+            // (zero past the tail) changes nothing but the page's state.
+            unsafe {
+                let byte = self.mapping.pointer.add(page);
+                std::ptr::write_volatile(byte, std::ptr::read_volatile(byte));
+            }
+        }
+    }
 }
 
 impl Segment for MmapSegment {
     fn bytes(&self) -> &[u8] {
-        &self.map
+        // SAFETY: the mapping lives as long as `self`; no `&mut` to it exists while `&self` is
+        // borrowed (writes need `&mut self`), and sync threads create no references.
+        unsafe { std::slice::from_raw_parts(self.mapping.pointer, self.mapping.len) }
     }
 
     fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        &mut self.map[offset..offset + len]
+        assert!(offset + len <= self.mapping.len, "write past the segment end");
+        // SAFETY: in bounds (checked); `&mut self` makes this the only reference to the memory.
+        unsafe { std::slice::from_raw_parts_mut(self.mapping.pointer.add(offset), len) }
     }
 
-    fn wrote(&mut self, _offset: usize, _len: usize) {}
+    fn wrote(&mut self, offset: usize, len: usize) {
+        self.written_end = self.written_end.max(offset + len);
+    }
+
+    fn prepare_for_writes(&mut self, offset: usize) {
+        self.pre_dirty(offset);
+    }
 
     fn syncer(&mut self) -> Box<dyn Syncer> {
-        Box::new(FileSyncer { file: Arc::clone(&self.file) })
+        let len = self.written_end.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        Box::new(RangeSyncer { mapping: Arc::clone(&self.mapping), len: len.min(self.mapping.len) })
     }
 }
 
-struct FileSyncer {
-    file: Arc<File>,
+/// Flushes the written range of a mapping with `msync(MS_SYNC)`: on Linux a datasync of that
+/// range of the file, leaving the pre-dirtied pages beyond it alone.
+struct RangeSyncer {
+    mapping: Arc<Mapping>,
+    len: usize,
 }
 
-impl Syncer for FileSyncer {
+impl Syncer for RangeSyncer {
     fn sync(self: Box<Self>) -> std::io::Result<()> {
-        // fdatasync writes back the pages dirtied through the shared mapping.
-        self.file.sync_data()
+        // SAFETY: the range lies inside the mapping, which `self.mapping` keeps alive.
+        unsafe { rustix::mm::msync(self.mapping.pointer.cast(), self.len, rustix::mm::MsyncFlags::SYNC) }
+            .map_err(std::io::Error::from)
     }
 }
 
@@ -130,14 +192,15 @@ impl Backend for MmapBackend {
         std::fs::rename(&temporary, &path).map_err(io("rename", &path))?;
         self.sync_dir()?;
         let map = map(&file, &path)?;
-        Ok(MmapSegment { map, file: Arc::new(file) })
+        Ok(MmapSegment::new(map, header.len()))
     }
 
     fn open(&self, number: u64) -> Result<MmapSegment> {
         let path = self.path(number);
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io("open", &path))?;
         let map = map(&file, &path)?;
-        Ok(MmapSegment { map, file: Arc::new(file) })
+        // Recovery reads it first; the log pre-dirties the tail segment's free pages after.
+        Ok(MmapSegment::new(map, usize::MAX))
     }
 
     fn remove(&self, number: u64) -> Result<()> {
