@@ -82,7 +82,7 @@ fn append(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
     for size in [16usize, 1024, 64 * 1024] {
         let payload = vec![5u8; size];
-        group.throughput(Throughput::Bytes(record_bytes(size) as u64));
+        group.throughput(Throughput::ElementsAndBytes { elements: 1, bytes: record_bytes(size) as u64 });
         group.bench_with_input(BenchmarkId::new("wal", size), &size, |b, _| {
             b.iter_custom(|iterations| appender.timed(&payload, iterations, None));
         });
@@ -153,7 +153,8 @@ fn append_sync(c: &mut Criterion) {
             }
             let payload = vec![5u8; size];
             let encoded = vec![5u8; record_bytes(size)];
-            group.throughput(Throughput::Elements(per_sync));
+            let bytes = per_sync * record_bytes(size) as u64;
+            group.throughput(Throughput::ElementsAndBytes { elements: per_sync, bytes });
             let id = format!("{size}B-x{per_sync}");
             group.bench_function(BenchmarkId::new("wal", &id), |b| {
                 b.iter_custom(|iterations| appender.timed(&payload, iterations * per_sync, Some(per_sync)));
