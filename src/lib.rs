@@ -5,5 +5,6 @@
 //! ([`sim`]), and the state machine interface ([`state_machine`]). See `ARCHITECTURE.md`.
 
 pub mod core;
+pub mod log_record;
 pub mod sim;
 pub mod state_machine;

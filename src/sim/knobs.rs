@@ -49,8 +49,10 @@ pub struct Knobs {
     pub sync_min_us: u64,
     /// See `sync_min_us`.
     pub sync_jitter_us: u64,
-    /// Chance in a million, per unsynced record, that it survives a crash anyway.
+    /// Chance in a million, per unsynced write, that it reaches the disk before a crash.
     pub unsynced_survives_ppm: u64,
+    /// Chance in a million that such a write is torn (only its first sectors written).
+    pub torn_ppm: u64,
     /// Length of the safety phase (faults on), in microseconds.
     pub safety_us: u64,
     /// Mean time between faults, in microseconds.
@@ -95,6 +97,7 @@ impl Knobs {
             sync_min_us: between(rng, 50, 500),
             sync_jitter_us: between(rng, 0, 2_000),
             unsynced_survives_ppm: between(rng, 0, 1_000_000),
+            torn_ppm: between(rng, 0, 500_000),
             safety_us: between(rng, 3_000_000, 4_500_000),
             fault_interval_us: between(rng, 80_000, 300_000),
             skip_ppm: between(rng, 0, 20_000),

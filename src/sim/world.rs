@@ -216,7 +216,7 @@ impl World {
         config.pipeline_depth_max = self.knobs.pipeline_depth_max;
         config.batch_commands_max = self.knobs.batch_commands_max;
         config.message_runs_max = self.knobs.message_runs_max;
-        config.batch_bytes_max = 64 * 1024;
+        config.batch_bytes_max = 16 * 1024;
         config.skip_slots_max = 64;
         config.accept_ahead_slots_max = 1 << 16;
         config.random_seed = self.seed
@@ -229,8 +229,9 @@ impl World {
     /// Builds the replica of `shard` on `node` from what its disk kept.
     fn start_replica(&mut self, node: usize, shard: usize) {
         let config = self.config(node, shard);
-        let replica = Replica::restore(config, self.nodes[node].shards[shard].disk.durable())
-            .expect("simulator configurations are valid");
+        let records = self.nodes[node].shards[shard].disk.recover();
+        let replica =
+            Replica::restore(config, &records).expect("simulator configurations are valid");
         let promised = replica.promised();
         let slot = &mut self.nodes[node].shards[shard];
         slot.replica = Some(replica);
@@ -238,6 +239,9 @@ impl World {
         slot.waiting.clear();
         let id = self.nodes[node].id;
         let result = self.checker.on_replica_start(id, shard, promised);
+        self.record(result);
+        // Unsynced writes that survived the crash are acceptances too: the replica acts on them.
+        let result = self.checker.on_durable(id, shard, &records);
         self.record(result);
     }
 
@@ -779,14 +783,11 @@ impl World {
             return;
         }
         self.trace(|| format!("crash n{} for {downtime_us}us", node + 1));
-        let id = self.nodes[node].id;
         self.nodes[node].up = false;
         self.nodes[node].incarnation += 1;
         for shard in 0..self.knobs.shards {
-            let survives = self.knobs.unsynced_survives_ppm;
-            let survivors = self.nodes[node].shards[shard].disk.crash(&mut self.rng, survives);
-            let result = self.checker.on_durable(id, shard, &survivors);
-            self.record(result);
+            let (survives, torn) = (self.knobs.unsynced_survives_ppm, self.knobs.torn_ppm);
+            self.nodes[node].shards[shard].disk.crash(&mut self.rng, survives, torn);
             self.nodes[node].shards[shard].replica = None;
         }
         self.schedule(downtime_us, Event::Restart { node });

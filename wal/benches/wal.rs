@@ -19,7 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quorum_wal::format::record_bytes;
 use quorum_wal::{MmapBackend, Options, Record, Wal};
 
@@ -52,7 +52,9 @@ impl Appender {
         let mut elapsed = Duration::ZERO;
         let mut done = 0u64;
         while done < iterations {
-            let room = |wal: &Wal<MmapBackend>| (SEGMENT_BYTES - wal.end_position() % SEGMENT_BYTES) / size;
+            let room = |wal: &Wal<MmapBackend>| {
+                (SEGMENT_BYTES - wal.end_position() % SEGMENT_BYTES) / size
+            };
             if self.wal.as_ref().is_none_or(|wal| room(wal) == 0) {
                 self.wal = None;
                 self.wal = Some(fresh_wal(&self.dir));
@@ -82,7 +84,10 @@ fn append(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
     for size in [16usize, 1024, 64 * 1024] {
         let payload = vec![5u8; size];
-        group.throughput(Throughput::ElementsAndBytes { elements: 1, bytes: record_bytes(size) as u64 });
+        group.throughput(Throughput::ElementsAndBytes {
+            elements: 1,
+            bytes: record_bytes(size) as u64,
+        });
         group.bench_with_input(BenchmarkId::new("wal", size), &size, |b, _| {
             b.iter_custom(|iterations| appender.timed(&payload, iterations, None));
         });
@@ -130,7 +135,8 @@ fn raw_pwrite_fdatasync(file: &File, bytes: &[u8], per_sync: u64, iterations: u6
 
 fn zeroed_file(dir: &tempfile::TempDir) -> File {
     let path = dir.path().join("raw");
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..(SEGMENT_BYTES >> 20) {
         file.write_all(&zeros).unwrap();
@@ -157,10 +163,14 @@ fn append_sync(c: &mut Criterion) {
             group.throughput(Throughput::ElementsAndBytes { elements: per_sync, bytes });
             let id = format!("{size}B-x{per_sync}");
             group.bench_function(BenchmarkId::new("wal", &id), |b| {
-                b.iter_custom(|iterations| appender.timed(&payload, iterations * per_sync, Some(per_sync)));
+                b.iter_custom(|iterations| {
+                    appender.timed(&payload, iterations * per_sync, Some(per_sync))
+                });
             });
             group.bench_function(BenchmarkId::new("pwrite-fdatasync", &id), |b| {
-                b.iter_custom(|iterations| raw_pwrite_fdatasync(&raw, &encoded, per_sync, iterations * per_sync));
+                b.iter_custom(|iterations| {
+                    raw_pwrite_fdatasync(&raw, &encoded, per_sync, iterations * per_sync)
+                });
             });
         }
     }
@@ -176,7 +186,14 @@ fn recover(c: &mut Criterion) {
         let payload = vec![7u8; 1024];
         let records = log_bytes / record_bytes(payload.len()) as u64;
         for index in 0..records {
-            wal.append(&Record { kind: 1, slot: index, ballot_round: 1, ballot_node: 1, payload: &payload }).unwrap();
+            wal.append(&Record {
+                kind: 1,
+                slot: index,
+                ballot_round: 1,
+                ballot_node: 1,
+                payload: &payload,
+            })
+            .unwrap();
         }
         wal.sync().unwrap();
     }
@@ -185,7 +202,8 @@ fn recover(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(log_bytes));
     group.bench_function("1GiB-of-1KiB-records", |b| {
         b.iter(|| {
-            let (_, recovery) = Wal::open(MmapBackend::new(dir.path()).unwrap(), options.clone()).unwrap();
+            let (_, recovery) =
+                Wal::open(MmapBackend::new(dir.path()).unwrap(), options.clone()).unwrap();
             assert!(recovery.records > 1_000_000);
             black_box(recovery.records)
         });

@@ -120,7 +120,11 @@ impl Watermark {
         if u32_at(block, 20) != crc32c::crc32c(&block[0..20]) {
             return None;
         }
-        Some(Watermark { confirmed: u64_at(block, 0), target: u64_at(block, 8), generation: u32_at(block, 16) })
+        Some(Watermark {
+            confirmed: u64_at(block, 0),
+            target: u64_at(block, 8),
+            generation: u32_at(block, 16),
+        })
     }
 }
 
@@ -158,7 +162,8 @@ pub fn encode_record(record: &Record<'_>, generation: u32, out: &mut [u8]) {
     out[12..16].copy_from_slice(&generation.to_le_bytes());
     out[16..24].copy_from_slice(&record.slot.to_le_bytes());
     out[24..32].copy_from_slice(&record.ballot_round.to_le_bytes());
-    out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + record.payload.len()].copy_from_slice(record.payload);
+    out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + record.payload.len()]
+        .copy_from_slice(record.payload);
     out[RECORD_HEADER_BYTES + record.payload.len()..total].fill(0);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[4..RECORD_HEADER_BYTES]), record.payload);
     out[0..4].copy_from_slice(&crc.to_le_bytes());

@@ -15,6 +15,8 @@ pub mod sim;
 pub use backend::{Backend, Segment, Syncer};
 pub use error::{Error, Result};
 pub use format::Record;
-pub use log::{Damage, Iter, Options, PendingSync, Recovery, SyncOutcome, Synced, Wal, METADATA_BYTES_MAX};
+pub use log::{
+    Damage, Iter, METADATA_BYTES_MAX, Options, PendingSync, Recovery, SyncOutcome, Synced, Wal,
+};
 pub use mmap::MmapBackend;
 pub use sim::{SimBackend, Tear};

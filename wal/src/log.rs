@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use crate::backend::{Backend, Segment, Syncer};
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_record, encode_record, record_bytes, Decoded, Record, SegmentHeader, Watermark, RECORD_ALIGN,
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, WATERMARK_BYTES, WATERMARK_OFFSET,
+    Decoded, RECORD_ALIGN, RECORD_HEADER_BYTES, Record, SEGMENT_HEADER_BYTES, SegmentHeader,
+    WATERMARK_BYTES, WATERMARK_OFFSET, Watermark, decode_record, encode_record, record_bytes,
 };
 
 const METADATA_FILE: &str = "metadata";
@@ -215,10 +215,8 @@ impl<B: Backend> Wal<B> {
         let mut marks = Marks { confirmed: 0, target: 0, torn: false };
         for &number in numbers {
             let segment = self.backend.open(number)?;
-            let header = SegmentHeader::decode(segment.bytes()).map_err(|reason| Error::Corrupt {
-                segment: self.backend.path(number),
-                offset: 0,
-                reason,
+            let header = SegmentHeader::decode(segment.bytes()).map_err(|reason| {
+                Error::Corrupt { segment: self.backend.path(number), offset: 0, reason }
             })?;
             if header.segment_number != number {
                 return Err(Error::Corrupt {
@@ -276,8 +274,13 @@ impl<B: Backend> Wal<B> {
             let position = self.segments[index].0 * self.segment_bytes + offset as u64;
             // Below the confirmed mark every write was durable, so damage there followed by
             // valid records is corruption, not a torn write: refuse to guess.
-            if position < marks.confirmed && self.valid_record_after(index, offset, generation_max) {
-                return Err(Error::Corrupt { segment: self.backend.path(self.segments[index].0), offset: offset as u64, reason });
+            if position < marks.confirmed && self.valid_record_after(index, offset, generation_max)
+            {
+                return Err(Error::Corrupt {
+                    segment: self.backend.path(self.segments[index].0),
+                    offset: offset as u64,
+                    reason,
+                });
             }
             self.classify_tail_damage(index, offset, reason, marks, recovery);
         }
@@ -302,19 +305,32 @@ impl<B: Backend> Wal<B> {
         let bytes = self.segments[index].1.bytes();
         let mut at = offset + RECORD_ALIGN;
         while at + RECORD_HEADER_BYTES <= bytes.len() {
-            if bytes[at..at + RECORD_HEADER_BYTES].iter().any(|byte| *byte != 0) && valid(decode_record(&bytes[at..])) {
+            if bytes[at..at + RECORD_HEADER_BYTES].iter().any(|byte| *byte != 0)
+                && valid(decode_record(&bytes[at..]))
+            {
                 return true;
             }
             at += RECORD_ALIGN;
         }
-        self.segments.iter().skip(index + 1).any(|(_, segment)| valid(decode_record(&segment.bytes()[SEGMENT_HEADER_BYTES..])))
+        self.segments
+            .iter()
+            .skip(index + 1)
+            .any(|(_, segment)| valid(decode_record(&segment.bytes()[SEGMENT_HEADER_BYTES..])))
     }
 
-    fn classify_tail_damage(&mut self, index: usize, offset: usize, reason: &'static str, marks: Marks, recovery: &mut Recovery) {
+    fn classify_tail_damage(
+        &mut self,
+        index: usize,
+        offset: usize,
+        reason: &'static str,
+        marks: Marks,
+        recovery: &mut Recovery,
+    ) {
         let (number, segment) = &mut self.segments[index];
         let position = *number * self.segment_bytes + offset as u64;
         let bytes = segment.bytes();
-        let garbage_end = bytes.iter().rposition(|byte| *byte != 0).map_or(offset, |last| last + 1).max(offset);
+        let garbage_end =
+            bytes.iter().rposition(|byte| *byte != 0).map_or(offset, |last| last + 1).max(offset);
         let synced = if position < marks.confirmed {
             Some(Synced::Certainly)
         } else if position < marks.target || marks.torn {
@@ -364,7 +380,8 @@ impl<B: Backend> Wal<B> {
     /// The position of the first record kept.
     #[must_use]
     pub fn first_position(&self) -> u64 {
-        self.segments.front().expect("a log has a segment").0 * self.segment_bytes + SEGMENT_HEADER_BYTES as u64
+        self.segments.front().expect("a log has a segment").0 * self.segment_bytes
+            + SEGMENT_HEADER_BYTES as u64
     }
 
     /// Where the next record goes.
@@ -416,9 +433,9 @@ impl<B: Backend> Wal<B> {
     fn rotate(&mut self) -> Result<()> {
         let number = self.tail_segment() + 1;
         let segment = match self.prepared.take() {
-            Some((prepared, handle)) if prepared == number => {
-                handle.join().unwrap_or_else(|_| Err(Error::BadOption("segment preparation panicked".into())))?
-            }
+            Some((prepared, handle)) if prepared == number => handle
+                .join()
+                .unwrap_or_else(|_| Err(Error::BadOption("segment preparation panicked".into())))?,
             Some((stale, handle)) => {
                 if handle.join().is_ok_and(|result| result.is_ok()) {
                     self.backend.remove(stale)?;
@@ -449,7 +466,9 @@ impl<B: Backend> Wal<B> {
         let watermark = Watermark { confirmed: self.durable, target, generation: self.generation };
         let first_dirty = self.durable / self.segment_bytes;
         let mut syncers = Vec::new();
-        for (number, segment) in self.segments.iter_mut().filter(|(number, _)| *number >= first_dirty) {
+        for (number, segment) in
+            self.segments.iter_mut().filter(|(number, _)| *number >= first_dirty)
+        {
             let _ = number;
             watermark.encode(segment.bytes_mut(0, SEGMENT_HEADER_BYTES));
             segment.wrote(WATERMARK_OFFSET, WATERMARK_BYTES);
@@ -492,7 +511,8 @@ impl<B: Backend> Wal<B> {
     /// Flushes every segment, keeping in the watermarks what the recovered ones confirmed.
     fn sync_everything(&mut self, confirmed: u64) -> Result<()> {
         let end = self.end_position();
-        let watermark = Watermark { confirmed: confirmed.min(end), target: end, generation: self.generation };
+        let watermark =
+            Watermark { confirmed: confirmed.min(end), target: end, generation: self.generation };
         let mut syncers = Vec::new();
         for (_, segment) in &mut self.segments {
             watermark.encode(segment.bytes_mut(0, SEGMENT_HEADER_BYTES));
@@ -577,7 +597,9 @@ impl<B: Backend> Wal<B> {
     pub fn release_prefix(&mut self, position: u64) -> Result<()> {
         self.check_poisoned()?;
         let number = position / self.segment_bytes;
-        while self.segments.len() > 1 && self.segments.front().is_some_and(|(first, _)| *first < number) {
+        while self.segments.len() > 1
+            && self.segments.front().is_some_and(|(first, _)| *first < number)
+        {
             let (removed, segment) = self.segments.pop_front().expect("checked");
             drop(segment);
             self.backend.remove(removed)?;
@@ -594,7 +616,10 @@ impl<B: Backend> Wal<B> {
     pub fn set_metadata(&mut self, bytes: &[u8]) -> Result<()> {
         self.check_poisoned()?;
         if bytes.len() > METADATA_BYTES_MAX {
-            return Err(Error::BadOption(format!("metadata of {} bytes exceeds {METADATA_BYTES_MAX}", bytes.len())));
+            return Err(Error::BadOption(format!(
+                "metadata of {} bytes exceeds {METADATA_BYTES_MAX}",
+                bytes.len()
+            )));
         }
         let mut file = Vec::with_capacity(12 + bytes.len());
         file.extend_from_slice(&METADATA_MAGIC.to_le_bytes());
@@ -615,7 +640,8 @@ fn create<B: Backend>(backend: &B, number: u64, segment_bytes: u64) -> Result<B:
 
 fn read_metadata<B: Backend>(backend: &B) -> Result<Option<Vec<u8>>> {
     let Some(file) = backend.read_file(METADATA_FILE)? else { return Ok(None) };
-    let corrupt = |reason| Error::Corrupt { segment: PathBuf::from(METADATA_FILE), offset: 0, reason };
+    let corrupt =
+        |reason| Error::Corrupt { segment: PathBuf::from(METADATA_FILE), offset: 0, reason };
     if file.len() < 12 || file[0..4] != METADATA_MAGIC.to_le_bytes() {
         return Err(corrupt("metadata file has no valid header"));
     }

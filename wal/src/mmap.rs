@@ -72,7 +72,8 @@ impl MmapSegment {
     fn new(mut map: MmapMut, prepare_from: usize) -> MmapSegment {
         let pointer = map.as_mut_ptr();
         let len = map.len();
-        let mut segment = MmapSegment { mapping: Arc::new(Mapping { pointer, len, _map: map }), written_end: 0 };
+        let mut segment =
+            MmapSegment { mapping: Arc::new(Mapping { pointer, len, _map: map }), written_end: 0 };
         segment.pre_dirty(prepare_from);
         segment
     }
@@ -133,8 +134,10 @@ struct RangeSyncer {
 impl Syncer for RangeSyncer {
     fn sync(self: Box<Self>) -> std::io::Result<()> {
         // SAFETY: the range lies inside the mapping, which `self.mapping` keeps alive.
-        unsafe { rustix::mm::msync(self.mapping.pointer.cast(), self.len, rustix::mm::MsyncFlags::SYNC) }
-            .map_err(std::io::Error::from)
+        unsafe {
+            rustix::mm::msync(self.mapping.pointer.cast(), self.len, rustix::mm::MsyncFlags::SYNC)
+        }
+        .map_err(std::io::Error::from)
     }
 }
 
@@ -172,7 +175,9 @@ impl Backend for MmapBackend {
             .truncate(true)
             .open(&temporary)
             .map_err(io("create", &temporary))?;
-        if let Err(error) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes) {
+        if let Err(error) =
+            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes)
+        {
             let _ = std::fs::remove_file(&temporary);
             if error == rustix::io::Errno::NOSPC {
                 return Err(Error::NoSpace { path });
@@ -197,7 +202,8 @@ impl Backend for MmapBackend {
 
     fn open(&self, number: u64) -> Result<MmapSegment> {
         let path = self.path(number);
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io("open", &path))?;
+        let file =
+            OpenOptions::new().read(true).write(true).open(&path).map_err(io("open", &path))?;
         let map = map(&file, &path)?;
         // Recovery reads it first; the log pre-dirties the tail segment's free pages after.
         Ok(MmapSegment::new(map, usize::MAX))

@@ -77,7 +77,11 @@ impl SimBackend {
     /// Writes made since the last sync, per segment, in order.
     #[must_use]
     pub fn pending_writes(&self) -> Vec<(u64, Vec<PendingWrite>)> {
-        self.lock().segments.iter().map(|(number, state)| (*number, state.pending.clone())).collect()
+        self.lock()
+            .segments
+            .iter()
+            .map(|(number, state)| (*number, state.pending.clone()))
+            .collect()
     }
 
     /// The disk after a crash in which, of the writes made since the last sync of each segment,
@@ -86,7 +90,11 @@ impl SimBackend {
     #[must_use]
     pub fn crash(&self, mut survives: impl FnMut(u64, usize) -> Option<Tear>) -> SimBackend {
         let state = self.lock();
-        let mut disk = DiskState { files: state.files.clone(), space_bytes: state.space_bytes, ..DiskState::default() };
+        let mut disk = DiskState {
+            files: state.files.clone(),
+            space_bytes: state.space_bytes,
+            ..DiskState::default()
+        };
         for (number, segment) in &state.segments {
             let mut image = segment.synced.clone();
             for (index, write) in segment.pending.iter().enumerate() {
@@ -156,7 +164,8 @@ impl Segment for SimSegment {
     }
 
     fn syncer(&mut self) -> Box<dyn Syncer> {
-        let count = self.disk.lock().segments.get(&self.number).map_or(0, |segment| segment.pending.len());
+        let count =
+            self.disk.lock().segments.get(&self.number).map_or(0, |segment| segment.pending.len());
         Box::new(SimSyncer { number: self.number, count, disk: self.disk.clone() })
     }
 }
@@ -178,7 +187,8 @@ impl Syncer for SimSyncer {
         let count = self.count.min(segment.pending.len());
         let done: Vec<PendingWrite> = segment.pending.drain(..count).collect();
         for write in done {
-            segment.synced[write.offset..write.offset + write.bytes.len()].copy_from_slice(&write.bytes);
+            segment.synced[write.offset..write.offset + write.bytes.len()]
+                .copy_from_slice(&write.bytes);
         }
         Ok(())
     }
@@ -231,7 +241,11 @@ impl Backend for SimBackend {
         if state.failing_syncs > 0 {
             state.failing_syncs -= 1;
             let source = std::io::Error::from_raw_os_error(5);
-            return Err(Error::Io { op: "fsync", path: PathBuf::from(format!("sim/{name}")), source });
+            return Err(Error::Io {
+                op: "fsync",
+                path: PathBuf::from(format!("sim/{name}")),
+                source,
+            });
         }
         state.files.insert(name.to_string(), bytes.to_vec());
         Ok(())

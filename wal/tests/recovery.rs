@@ -18,7 +18,13 @@ fn payload(index: usize) -> Vec<u8> {
 }
 
 fn record(index: usize, payload: &[u8]) -> Record<'_> {
-    Record { kind: 1 + (index % 3) as u8, slot: index as u64, ballot_round: 7, ballot_node: 2, payload }
+    Record {
+        kind: 1 + (index % 3) as u8,
+        slot: index as u64,
+        ballot_round: 7,
+        ballot_node: 2,
+        payload,
+    }
 }
 
 /// Every record of the log as (position, slot, payload).
@@ -68,7 +74,9 @@ fn crash_at_every_sync_point_and_record_boundary_keeps_every_synced_record() {
             wal.sync().unwrap();
             synced = appended.len();
         }
-        for (keep_unsynced, image) in [(false, disk.crash_losing_unsynced()), (true, disk.crash(|_, _| Some(Tear::Whole)))] {
+        for (keep_unsynced, image) in
+            [(false, disk.crash_losing_unsynced()), (true, disk.crash(|_, _| Some(Tear::Whole)))]
+        {
             let (recovered, recovery) = Wal::open(image, options()).unwrap();
             let got = contents(&recovered);
             let expected = if keep_unsynced { appended.len() } else { synced };
@@ -103,7 +111,11 @@ fn any_subset_of_unsynced_writes_recovers_the_synced_prefix() {
         let (wal, _) = Wal::open(image, options()).unwrap();
         let got = contents(&wal);
         assert!(got.len() >= 2, "case {choice}: lost a synced record");
-        assert_eq!(got[..], appended[..got.len()], "case {choice}: recovered something never written");
+        assert_eq!(
+            got[..],
+            appended[..got.len()],
+            "case {choice}: recovered something never written"
+        );
         cases += 1;
     }
     assert_eq!(cases, 81);
@@ -149,7 +161,10 @@ fn bit_flip_in_every_field_of_a_record_is_detected() {
                         assert_eq!(offset, target);
                     }
                     Ok((wal, recovery)) => {
-                        assert!(!followed, "byte {byte} bit {bit}: corruption before valid records accepted");
+                        assert!(
+                            !followed,
+                            "byte {byte} bit {bit}: corruption before valid records accepted"
+                        );
                         assert_eq!(recovery.damaged.len(), 1, "byte {byte}: damage not reported");
                         assert_eq!(recovery.damaged[0].position, target);
                         assert_eq!(contents(&wal).len(), 2);
