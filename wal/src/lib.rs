@@ -11,6 +11,7 @@ pub mod format;
 pub mod log;
 pub mod mmap;
 pub mod sim;
+pub mod sync_thread;
 
 pub use backend::{Backend, Segment, Syncer};
 pub use error::{Error, Result};
@@ -20,3 +21,4 @@ pub use log::{
 };
 pub use mmap::MmapBackend;
 pub use sim::{SimBackend, Tear};
+pub use sync_thread::SyncThread;

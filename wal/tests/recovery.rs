@@ -242,6 +242,43 @@ fn sync_runs_on_another_thread_while_appends_continue() {
     assert_eq!(wal.sync().unwrap(), wal.end_position());
 }
 
+/// Group commit as a runtime drives it: appends never wait; a sync thread flushes; whatever was
+/// appended while a flush ran goes in the next one.
+#[test]
+fn group_commit_through_the_sync_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_bytes: 1 << 20, prepare_ahead: true };
+    let (mut wal, _) = Wal::open(MmapBackend::new(dir.path()).unwrap(), options.clone()).unwrap();
+    let syncer = quorum_wal::SyncThread::spawn("test-sync").unwrap();
+    let mut in_flight = false;
+    let mut syncs = 0;
+    for index in 0..5_000 {
+        wal.append(&record(index, &payload(index))).unwrap();
+        if in_flight {
+            if let Some(outcome) = syncer.try_outcome() {
+                wal.finish_sync(outcome).unwrap();
+                in_flight = false;
+                syncs += 1;
+            }
+        }
+        if !in_flight {
+            if let Some(pending) = wal.start_sync().unwrap() {
+                syncer.submit(pending);
+                in_flight = true;
+            }
+        }
+    }
+    if in_flight {
+        wal.finish_sync(syncer.wait_outcome().unwrap()).unwrap();
+    }
+    assert_eq!(wal.sync().unwrap(), wal.end_position());
+    assert!(syncs < 5_000, "each sync covered many appends");
+    drop(wal);
+    let (wal, recovery) = Wal::open(MmapBackend::new(dir.path()).unwrap(), options).unwrap();
+    assert_eq!(recovery.records, 5_000);
+    assert_eq!(contents(&wal).len(), 5_000);
+}
+
 #[test]
 fn out_of_space_is_a_clean_error_and_loses_nothing() {
     let disk = SimBackend::new();
