@@ -10,7 +10,7 @@
 //! │ 88..4096 zero                                                                         │
 //! ├──────────────────────────── records, from byte 4096, 8-aligned ─────────────────────┤
 //! │ 0 crc32c u32 (bytes 4..32 of the header, then the payload) │ 4 payload_len u32          │
-//! │ 8 kind u8 (never 0) │ 9 zero u8 │ 10 ballot_node u16 │ 12 generation u32                │
+//! │ 8 kind u8 (1-254; 255 ends a segment) │ 9 zero u8 │ 10 ballot_node u16 │ 12 generation u32                │
 //! │ 16 slot u64 │ 24 ballot_round u64 │ 32 payload … │ zero padding to a multiple of 8        │
 //! └───────────────────────────────────────────────────────────────────────────────────────┘
 //! ```
@@ -31,6 +31,9 @@ pub const WATERMARK_BYTES: usize = 24;
 pub const RECORD_HEADER_BYTES: usize = 32;
 /// Records start at multiples of this.
 pub const RECORD_ALIGN: usize = 8;
+/// The kind of the record the log writes where a segment's records end because the next one
+/// did not fit. Reserved: callers use kinds 1 to 254.
+pub const KIND_SEGMENT_END: u8 = 255;
 
 const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN == 0);
 const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGN == 0);

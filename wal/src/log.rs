@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 
 use crate::backend::{Backend, Segment, Syncer};
 use crate::error::{Error, Result};
+use crate::format::KIND_SEGMENT_END;
 use crate::format::{
     Decoded, RECORD_ALIGN, RECORD_HEADER_BYTES, Record, SEGMENT_HEADER_BYTES, SegmentHeader,
     WATERMARK_BYTES, WATERMARK_OFFSET, Watermark, decode_record, encode_record, record_bytes,
@@ -246,29 +247,38 @@ impl<B: Backend> Wal<B> {
             self.segments.push_back((number, segment));
         }
         // Scan every record of every segment, verifying each checksum.
+        // The log is the longest run of valid records from the first segment: a segment goes on
+        // into the next only through its end marker (or with no room left for one). Anything
+        // else ends the log: unused space, a record older than one before it (left over from a
+        // truncated suffix), or damage.
         let mut damage: Option<(usize, usize, &'static str)> = None;
-        let mut end = (self.segments.len() - 1, SEGMENT_HEADER_BYTES);
+        let mut end = (0, SEGMENT_HEADER_BYTES);
         'segments: for index in 0..self.segments.len() {
             let bytes = self.segments[index].1.bytes();
             let mut offset = SEGMENT_HEADER_BYTES;
+            end = (index, offset);
             loop {
                 match decode_record(&bytes[offset..]) {
-                    Decoded::Record(_, generation, size) if generation >= generation_max => {
+                    Decoded::Record(record, generation, size) if generation >= generation_max => {
                         generation_max = generation;
-                        recovery.records += 1;
                         recovery.bytes += size as u64;
                         offset += size;
+                        end = (index, offset);
+                        if record.kind == KIND_SEGMENT_END {
+                            continue 'segments;
+                        }
+                        recovery.records += 1;
                     }
-                    // A record older than one before it: left over from a truncated suffix.
-                    Decoded::Record(..) | Decoded::Unwritten => break,
+                    Decoded::Unwritten if bytes.len() - offset < RECORD_HEADER_BYTES => {
+                        continue 'segments;
+                    }
+                    Decoded::Record(..) | Decoded::Unwritten => break 'segments,
                     Decoded::Damaged(reason) => {
                         damage = Some((index, offset, reason));
-                        end = (index, offset);
                         break 'segments;
                     }
                 }
             }
-            end = (index, offset);
         }
         if let Some((index, offset, reason)) = damage {
             let position = self.segments[index].0 * self.segment_bytes + offset as u64;
@@ -284,13 +294,20 @@ impl<B: Backend> Wal<B> {
             }
             self.classify_tail_damage(index, offset, reason, marks, recovery);
         }
-        // Segments past the end hold nothing valid: drop them.
+        // Segments past the end hold nothing of the log: drop them. Past the end of the last
+        // one, clear whatever a crash left (writes that landed beyond a hole, older records),
+        // so that nothing but zeros ever follows the log.
         while self.segments.len() > end.0 + 1 {
             let (number, segment) = self.segments.pop_back().expect("more than one");
             drop(segment);
             self.backend.remove(number)?;
         }
         self.tail_offset = end.1;
+        let segment = &mut self.segments.back_mut().expect("a log has a segment").1;
+        if let Some(last) = segment.bytes()[end.1..].iter().rposition(|byte| *byte != 0) {
+            segment.bytes_mut(end.1, last + 1).fill(0);
+            segment.wrote(end.1, last + 1);
+        }
         let tail = self.tail_offset;
         self.segments.back_mut().expect("a log has a segment").1.prepare_for_writes(tail);
         // New records outrank anything left on disk past the tail.
@@ -326,7 +343,7 @@ impl<B: Backend> Wal<B> {
         marks: Marks,
         recovery: &mut Recovery,
     ) {
-        let (number, segment) = &mut self.segments[index];
+        let (number, segment) = &self.segments[index];
         let position = *number * self.segment_bytes + offset as u64;
         let bytes = segment.bytes();
         let garbage_end =
@@ -349,9 +366,6 @@ impl<B: Backend> Wal<B> {
                 synced,
             }),
         }
-        // Clear the garbage so that later appends are not followed by it.
-        segment.bytes_mut(offset, garbage_end - offset).fill(0);
-        segment.wrote(offset, garbage_end - offset);
     }
 
     fn create_segment(&self, number: u64) -> Result<B::Segment> {
@@ -413,6 +427,12 @@ impl<B: Backend> Wal<B> {
     /// `Poisoned`, `RecordTooLarge`, or the failure to get the next segment (`NoSpace`, I/O).
     pub fn append(&mut self, record: &Record<'_>) -> Result<u64> {
         self.check_poisoned()?;
+        if record.kind == 0 || record.kind == KIND_SEGMENT_END {
+            return Err(Error::BadOption(format!(
+                "record kind {} is reserved (use 1 to 254)",
+                record.kind
+            )));
+        }
         let size = record_bytes(record.payload.len());
         if size > self.segment_bytes as usize - SEGMENT_HEADER_BYTES {
             return Err(Error::RecordTooLarge { bytes: size, segment_bytes: self.segment_bytes });
@@ -432,6 +452,20 @@ impl<B: Backend> Wal<B> {
 
     fn rotate(&mut self) -> Result<()> {
         let number = self.tail_segment() + 1;
+        // Mark where this segment's records end, so recovery can tell it from a hole.
+        if self.segment_bytes as usize - self.tail_offset >= RECORD_HEADER_BYTES {
+            let marker = Record {
+                kind: KIND_SEGMENT_END,
+                slot: 0,
+                ballot_round: 0,
+                ballot_node: 0,
+                payload: &[],
+            };
+            let (offset, generation) = (self.tail_offset, self.generation);
+            let segment = &mut self.segments.back_mut().expect("a log has a segment").1;
+            encode_record(&marker, generation, segment.bytes_mut(offset, RECORD_HEADER_BYTES));
+            segment.wrote(offset, RECORD_HEADER_BYTES);
+        }
         let segment = match self.prepared.take() {
             Some((prepared, handle)) if prepared == number => handle
                 .join()
@@ -531,7 +565,7 @@ impl<B: Backend> Wal<B> {
     pub fn read(&self, position: u64) -> Result<Record<'_>> {
         self.check_poisoned()?;
         match self.decode_at(position) {
-            Some(Decoded::Record(record, _, _)) => Ok(record),
+            Some(Decoded::Record(record, _, _)) if record.kind != KIND_SEGMENT_END => Ok(record),
             _ => Err(Error::BadPosition(position)),
         }
     }
@@ -633,8 +667,9 @@ impl<B: Backend> Wal<B> {
 fn create<B: Backend>(backend: &B, number: u64, segment_bytes: u64) -> Result<B::Segment> {
     let mut header = vec![0u8; SEGMENT_HEADER_BYTES];
     SegmentHeader { segment_number: number, segment_bytes }.encode(&mut header);
-    let start = number * segment_bytes + SEGMENT_HEADER_BYTES as u64;
-    Watermark { confirmed: start, target: start, generation: 0 }.encode(&mut header);
+    // A new segment's watermark claims nothing (the maxima recovery takes ignore it): it is
+    // made before the log knows what will be durable when the segment comes into use.
+    Watermark { confirmed: 0, target: 0, generation: 0 }.encode(&mut header);
     backend.create(number, segment_bytes, &header)
 }
 
@@ -669,6 +704,10 @@ impl<'a, B: Backend> Iterator for Iter<'a, B> {
                 return None;
             }
             match self.wal.decode_at(self.position) {
+                Some(Decoded::Record(record, _, _)) if record.kind == KIND_SEGMENT_END => {
+                    let number = self.position / self.wal.segment_bytes + 1;
+                    self.position = number * self.wal.segment_bytes + SEGMENT_HEADER_BYTES as u64;
+                }
                 Some(Decoded::Record(record, _, size)) => {
                     let position = self.position;
                     self.position += size as u64;
