@@ -308,17 +308,12 @@ impl Replica {
         self.now_tick += 1;
         let now = self.now_tick;
         match &mut self.role {
-            Role::Follower => {
+            Role::Follower | Role::Probing { .. } => {
                 if self.election.expired(now) {
                     self.start_probe();
                 }
             }
             Role::Learner => {}
-            Role::Probing { .. } => {
-                if self.election.expired(now) {
-                    self.start_probe();
-                }
-            }
             Role::Preparing(prepare) => {
                 if self.election.expired(now) {
                     self.start_probe();

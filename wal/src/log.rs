@@ -500,10 +500,7 @@ impl<B: Backend> Wal<B> {
         let watermark = Watermark { confirmed: self.durable, target, generation: self.generation };
         let first_dirty = self.durable / self.segment_bytes;
         let mut syncers = Vec::new();
-        for (number, segment) in
-            self.segments.iter_mut().filter(|(number, _)| *number >= first_dirty)
-        {
-            let _ = number;
+        for (_, segment) in self.segments.iter_mut().filter(|(number, _)| *number >= first_dirty) {
             watermark.encode(segment.bytes_mut(0, SEGMENT_HEADER_BYTES));
             segment.wrote(WATERMARK_OFFSET, WATERMARK_BYTES);
             syncers.push(segment.syncer());
