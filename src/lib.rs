@@ -8,3 +8,4 @@ pub mod core;
 pub mod log_record;
 pub mod sim;
 pub mod state_machine;
+pub mod transport;

@@ -1,0 +1,378 @@
+//! Frames between nodes, byte by byte:
+//!
+//! ```text
+//! total_len u32 LE | header_len u32 LE | header (a FlatBuffer `Frame`) | payload
+//! ```
+//!
+//! `total_len` counts everything after itself. The payload is the batches the header's runs
+//! and accepts point into (offset and length). A sender writes the header and then each batch
+//! as it is (vectored I/O); a receiver reads the frame into one buffer and hands out batches as
+//! slices of it. Frames are input: the length is checked against the limit before anything is
+//! allocated, the header is verified before it is read, and every offset is checked; a bad
+//! frame is an error with a reason, never a panic.
+
+use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, VerifierOptions, WIPOffset};
+
+use super::generated::quorum::wire as fb;
+use crate::core::{Ballot, ClusterId, Message, NodeId, Slot, SlotRun, Value};
+
+/// Bytes of the length prefix.
+pub const PREFIX_BYTES: usize = 4;
+
+/// One message of one shard from one node, as it crosses the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The sender's cluster.
+    pub cluster_id: ClusterId,
+    /// The sender.
+    pub from: NodeId,
+    /// The shard the message belongs to.
+    pub shard: u16,
+    /// The message.
+    pub message: Message,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than the limit (checked before any allocation).
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The frame ends before its header does.
+    #[error("frame of {0} bytes is too short for its header")]
+    Truncated(usize),
+    /// The header is not a valid FlatBuffer `Frame`.
+    #[error("frame header is not a valid FlatBuffer: {0}")]
+    Malformed(#[from] flatbuffers::InvalidFlatbuffer),
+    /// The header is a FlatBuffer but not a message any node sends.
+    #[error("invalid frame: {0}")]
+    Invalid(&'static str),
+}
+
+/// The length a prefix announces, refused if above `max` (so a peer cannot make us allocate
+/// what it likes).
+///
+/// # Errors
+/// `TooLarge`, or `Truncated` if it cannot even hold the header length.
+pub fn frame_length(prefix: [u8; PREFIX_BYTES], max: usize) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    if len < 4 {
+        return Err(FrameError::Truncated(len));
+    }
+    Ok(len)
+}
+
+/// Builds frames, reusing its buffers.
+pub struct Encoder {
+    builder: FlatBufferBuilder<'static>,
+}
+
+impl Default for Encoder {
+    fn default() -> Encoder {
+        Encoder { builder: FlatBufferBuilder::with_capacity(1024) }
+    }
+}
+
+fn ballot(ballot: Ballot) -> fb::Ballot {
+    fb::Ballot::new(ballot.round, ballot.node.0)
+}
+
+/// Where a value's batch sits in the payload: (noop, offset, len).
+fn place(value: &Value, payloads: &mut Vec<Bytes>, payload_len: &mut u64) -> (bool, u64, u64) {
+    match value {
+        Value::Noop => (true, 0, 0),
+        Value::Batch(bytes) => {
+            let offset = *payload_len;
+            *payload_len += bytes.len() as u64;
+            payloads.push(bytes.clone());
+            (false, offset, bytes.len() as u64)
+        }
+    }
+}
+
+impl Encoder {
+    /// Encodes `frame`: appends the prefix and header to `head` and the batches, in order, to
+    /// `payloads` (reference-counted, not copied). The frame on the wire is `head` followed by
+    /// every payload.
+    pub fn encode(&mut self, frame: &Frame, head: &mut Vec<u8>, payloads: &mut Vec<Bytes>) {
+        let first_payload = payloads.len();
+        let mut payload_len = 0u64;
+        let builder = &mut self.builder;
+        builder.reset();
+        let (body_type, body) = match &frame.message {
+            Message::Probe { round, commit_index } => {
+                let args = fb::ProbeArgs { round: *round, commit_index: commit_index.0 };
+                (fb::Body::Probe, fb::Probe::create(builder, &args).as_union_value())
+            }
+            Message::ProbeReply { round, granted, promised } => {
+                let promised = ballot(*promised);
+                let args = fb::ProbeReplyArgs {
+                    round: *round,
+                    granted: *granted,
+                    promised: Some(&promised),
+                };
+                (fb::Body::ProbeReply, fb::ProbeReply::create(builder, &args).as_union_value())
+            }
+            Message::Prepare { ballot: b, from_slot } => {
+                let b = ballot(*b);
+                let args = fb::PrepareArgs { ballot: Some(&b), from_slot: from_slot.0 };
+                (fb::Body::Prepare, fb::Prepare::create(builder, &args).as_union_value())
+            }
+            Message::Promise { ballot: b, from_slot, runs, next_slot } => {
+                let runs = encode_runs(builder, runs, payloads, &mut payload_len);
+                let b = ballot(*b);
+                let args = fb::PromiseArgs {
+                    ballot: Some(&b),
+                    from_slot: from_slot.0,
+                    runs: Some(runs),
+                    has_next: next_slot.is_some(),
+                    next_slot: next_slot.map_or(0, |slot| slot.0),
+                };
+                (fb::Body::Promise, fb::Promise::create(builder, &args).as_union_value())
+            }
+            Message::Accept { ballot: b, first_slot, count, value, commit_index } => {
+                let (noop, batch_offset, batch_len) = place(value, payloads, &mut payload_len);
+                let b = ballot(*b);
+                let args = fb::AcceptArgs {
+                    ballot: Some(&b),
+                    first_slot: first_slot.0,
+                    count: *count,
+                    noop,
+                    batch_offset,
+                    batch_len,
+                    commit_index: commit_index.0,
+                };
+                (fb::Body::Accept, fb::Accept::create(builder, &args).as_union_value())
+            }
+            Message::Accepted { ballot: b, first_slot, count } => {
+                let b = ballot(*b);
+                let args =
+                    fb::AcceptedArgs { ballot: Some(&b), first_slot: first_slot.0, count: *count };
+                (fb::Body::Accepted, fb::Accepted::create(builder, &args).as_union_value())
+            }
+            Message::Rejected { ballot: b, promised } => {
+                let (b, promised) = (ballot(*b), ballot(*promised));
+                let args = fb::RejectedArgs { ballot: Some(&b), promised: Some(&promised) };
+                (fb::Body::Rejected, fb::Rejected::create(builder, &args).as_union_value())
+            }
+            Message::Heartbeat { ballot: b, commit_index } => {
+                let b = ballot(*b);
+                let args = fb::HeartbeatArgs { ballot: Some(&b), commit_index: commit_index.0 };
+                (fb::Body::Heartbeat, fb::Heartbeat::create(builder, &args).as_union_value())
+            }
+            Message::HeartbeatAck { ballot: b } => {
+                let b = ballot(*b);
+                let args = fb::HeartbeatAckArgs { ballot: Some(&b) };
+                (fb::Body::HeartbeatAck, fb::HeartbeatAck::create(builder, &args).as_union_value())
+            }
+            Message::CatchUpRequest { from_slot } => {
+                let args = fb::CatchUpRequestArgs { from_slot: from_slot.0 };
+                (
+                    fb::Body::CatchUpRequest,
+                    fb::CatchUpRequest::create(builder, &args).as_union_value(),
+                )
+            }
+            Message::Chosen { runs, commit_index } => {
+                let runs = encode_runs(builder, runs, payloads, &mut payload_len);
+                let args = fb::ChosenArgs { runs: Some(runs), commit_index: commit_index.0 };
+                (fb::Body::Chosen, fb::Chosen::create(builder, &args).as_union_value())
+            }
+        };
+        let args = fb::FrameArgs {
+            cluster_id: frame.cluster_id.0,
+            from: frame.from.0,
+            shard: frame.shard,
+            body_type,
+            body: Some(body),
+        };
+        let root = fb::Frame::create(builder, &args);
+        builder.finish(root, None);
+        let header = builder.finished_data();
+        let payload_total: u64 =
+            payloads[first_payload..].iter().map(|bytes| bytes.len() as u64).sum();
+        assert_eq!(payload_total, payload_len, "payload accounting");
+        let total = 4 + header.len() as u64 + payload_total;
+        let total = u32::try_from(total).expect("a frame fits u32; the batch limit keeps it so");
+        head.extend_from_slice(&total.to_le_bytes());
+        head.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        head.extend_from_slice(header);
+    }
+
+    /// Encodes `frame` into one contiguous buffer (tests, small messages).
+    #[must_use]
+    pub fn encode_to_vec(&mut self, frame: &Frame) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut payloads = Vec::new();
+        self.encode(frame, &mut head, &mut payloads);
+        for payload in payloads {
+            head.extend_from_slice(&payload);
+        }
+        head
+    }
+}
+
+fn encode_runs<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    runs: &[SlotRun],
+    payloads: &mut Vec<Bytes>,
+    payload_len: &mut u64,
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::Run<'a>>>> {
+    let mut offsets = Vec::with_capacity(runs.len());
+    for run in runs {
+        let (noop, batch_offset, batch_len) = place(&run.value, payloads, payload_len);
+        let b = ballot(run.ballot);
+        let args = fb::RunArgs {
+            first_slot: run.first_slot.0,
+            count: run.count,
+            ballot: Some(&b),
+            noop,
+            batch_offset,
+            batch_len,
+            chosen: run.chosen,
+        };
+        offsets.push(fb::Run::create(builder, &args));
+    }
+    builder.create_vector(&offsets)
+}
+
+/// Limits on what a header may contain, beyond the frame size limit.
+fn verifier_options() -> VerifierOptions {
+    VerifierOptions { max_depth: 8, max_tables: 1 << 20, ..VerifierOptions::default() }
+}
+
+/// Decodes a frame's body: everything after the length prefix. Batches come out as slices of
+/// `body`, not copies.
+///
+/// # Errors
+/// A [`FrameError`] saying what is wrong; nothing is half-decoded.
+pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
+    let Some((header_len, rest)) = body.split_first_chunk::<4>() else {
+        return Err(FrameError::Truncated(body.len()));
+    };
+    let header_len = u32::from_le_bytes(*header_len) as usize;
+    if header_len > rest.len() {
+        return Err(FrameError::Truncated(body.len()));
+    }
+    let header = &rest[..header_len];
+    let payload = body.slice(4 + header_len..);
+    let frame = fb::root_as_frame_with_opts(&verifier_options(), header)?;
+    let ballot_of = |b: Option<&fb::Ballot>| -> Result<Ballot, FrameError> {
+        let b = b.ok_or(FrameError::Invalid("ballot missing"))?;
+        Ok(Ballot::new(b.round(), NodeId(b.node())))
+    };
+    let value_of = |noop: bool, offset: u64, len: u64, count: u64| -> Result<Value, FrameError> {
+        if count == 0 {
+            return Err(FrameError::Invalid("a run of zero slots"));
+        }
+        if noop {
+            return Ok(Value::Noop);
+        }
+        if count != 1 {
+            return Err(FrameError::Invalid("a batch run over more than one slot"));
+        }
+        let end = offset.checked_add(len).ok_or(FrameError::Invalid("batch range overflows"))?;
+        if end > payload.len() as u64 {
+            return Err(FrameError::Invalid("batch range outside the payload"));
+        }
+        Ok(Value::Batch(payload.slice(offset as usize..end as usize)))
+    };
+    let runs_of = |runs: Option<Vector<'_, ForwardsUOffset<fb::Run<'_>>>>| -> Result<Vec<SlotRun>, FrameError> {
+        let runs = runs.ok_or(FrameError::Invalid("runs missing"))?;
+        runs.iter()
+            .map(|run| {
+                Ok(SlotRun {
+                    first_slot: Slot(run.first_slot()),
+                    count: run.count(),
+                    ballot: ballot_of(run.ballot())?,
+                    value: value_of(run.noop(), run.batch_offset(), run.batch_len(), run.count())?,
+                    chosen: run.chosen(),
+                })
+            })
+            .collect()
+    };
+    let missing = FrameError::Invalid("message body missing or of the wrong type");
+    let message = match frame.body_type() {
+        fb::Body::Probe => {
+            let m = frame.body_as_probe().ok_or(missing)?;
+            Message::Probe { round: m.round(), commit_index: Slot(m.commit_index()) }
+        }
+        fb::Body::ProbeReply => {
+            let m = frame.body_as_probe_reply().ok_or(missing)?;
+            Message::ProbeReply {
+                round: m.round(),
+                granted: m.granted(),
+                promised: ballot_of(m.promised())?,
+            }
+        }
+        fb::Body::Prepare => {
+            let m = frame.body_as_prepare().ok_or(missing)?;
+            Message::Prepare { ballot: ballot_of(m.ballot())?, from_slot: Slot(m.from_slot()) }
+        }
+        fb::Body::Promise => {
+            let m = frame.body_as_promise().ok_or(missing)?;
+            Message::Promise {
+                ballot: ballot_of(m.ballot())?,
+                from_slot: Slot(m.from_slot()),
+                runs: runs_of(m.runs())?,
+                next_slot: m.has_next().then_some(Slot(m.next_slot())),
+            }
+        }
+        fb::Body::Accept => {
+            let m = frame.body_as_accept().ok_or(missing)?;
+            Message::Accept {
+                ballot: ballot_of(m.ballot())?,
+                first_slot: Slot(m.first_slot()),
+                count: m.count(),
+                value: value_of(m.noop(), m.batch_offset(), m.batch_len(), m.count())?,
+                commit_index: Slot(m.commit_index()),
+            }
+        }
+        fb::Body::Accepted => {
+            let m = frame.body_as_accepted().ok_or(missing)?;
+            Message::Accepted {
+                ballot: ballot_of(m.ballot())?,
+                first_slot: Slot(m.first_slot()),
+                count: m.count(),
+            }
+        }
+        fb::Body::Rejected => {
+            let m = frame.body_as_rejected().ok_or(missing)?;
+            Message::Rejected { ballot: ballot_of(m.ballot())?, promised: ballot_of(m.promised())? }
+        }
+        fb::Body::Heartbeat => {
+            let m = frame.body_as_heartbeat().ok_or(missing)?;
+            Message::Heartbeat {
+                ballot: ballot_of(m.ballot())?,
+                commit_index: Slot(m.commit_index()),
+            }
+        }
+        fb::Body::HeartbeatAck => {
+            let m = frame.body_as_heartbeat_ack().ok_or(missing)?;
+            Message::HeartbeatAck { ballot: ballot_of(m.ballot())? }
+        }
+        fb::Body::CatchUpRequest => {
+            let m = frame.body_as_catch_up_request().ok_or(missing)?;
+            Message::CatchUpRequest { from_slot: Slot(m.from_slot()) }
+        }
+        fb::Body::Chosen => {
+            let m = frame.body_as_chosen().ok_or(missing)?;
+            Message::Chosen { runs: runs_of(m.runs())?, commit_index: Slot(m.commit_index()) }
+        }
+        _ => return Err(FrameError::Invalid("unknown message type")),
+    };
+    Ok(Frame {
+        cluster_id: ClusterId(frame.cluster_id()),
+        from: NodeId(frame.from()),
+        shard: frame.shard(),
+        message,
+    })
+}

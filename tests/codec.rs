@@ -1,0 +1,177 @@
+//! The wire codec: every message round-trips; batches come out as slices of the received
+//! frame (no copy); arbitrary, truncated or oversized input is refused, never a panic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may unwrap.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use quorum::core::{Ballot, ClusterId, Message, NodeId, Slot, SlotRun, Value};
+use quorum::transport::codec::{Encoder, Frame, FrameError, PREFIX_BYTES, decode, frame_length};
+
+fn ballot() -> impl Strategy<Value = Ballot> {
+    (any::<u64>(), any::<u16>()).prop_map(|(round, node)| Ballot::new(round, NodeId(node)))
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Noop),
+        prop::collection::vec(any::<u8>(), 0..300).prop_map(|b| Value::Batch(Bytes::from(b)))
+    ]
+}
+
+fn run() -> impl Strategy<Value = SlotRun> {
+    (any::<u64>(), 1u64..1000, ballot(), value(), any::<bool>()).prop_map(
+        |(first, count, ballot, value, chosen)| {
+            let count = if value.is_noop() { count } else { 1 };
+            SlotRun { first_slot: Slot(first), count, ballot, value, chosen }
+        },
+    )
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    let slot = any::<u64>().prop_map(Slot);
+    prop_oneof![
+        (any::<u64>(), slot.clone())
+            .prop_map(|(round, commit_index)| Message::Probe { round, commit_index }),
+        (any::<u64>(), any::<bool>(), ballot()).prop_map(|(round, granted, promised)| {
+            Message::ProbeReply { round, granted, promised }
+        }),
+        (ballot(), slot.clone())
+            .prop_map(|(ballot, from_slot)| Message::Prepare { ballot, from_slot }),
+        (
+            ballot(),
+            slot.clone(),
+            prop::collection::vec(run(), 0..6),
+            prop::option::of(slot.clone())
+        )
+            .prop_map(|(ballot, from_slot, runs, next_slot)| Message::Promise {
+                ballot,
+                from_slot,
+                runs,
+                next_slot
+            }),
+        (ballot(), slot.clone(), 1u64..100, value(), slot.clone()).prop_map(
+            |(ballot, first_slot, count, value, commit_index)| {
+                let count = if value.is_noop() { count } else { 1 };
+                Message::Accept { ballot, first_slot, count, value, commit_index }
+            }
+        ),
+        (ballot(), slot.clone(), any::<u64>()).prop_map(|(ballot, first_slot, count)| {
+            Message::Accepted { ballot, first_slot, count }
+        }),
+        (ballot(), ballot()).prop_map(|(ballot, promised)| Message::Rejected { ballot, promised }),
+        (ballot(), slot.clone())
+            .prop_map(|(ballot, commit_index)| Message::Heartbeat { ballot, commit_index }),
+        ballot().prop_map(|ballot| Message::HeartbeatAck { ballot }),
+        slot.clone().prop_map(|from_slot| Message::CatchUpRequest { from_slot }),
+        (prop::collection::vec(run(), 0..6), slot)
+            .prop_map(|(runs, commit_index)| Message::Chosen { runs, commit_index }),
+    ]
+}
+
+/// Splits an encoded frame into its length and body, as a reader would.
+fn body(encoded: &[u8]) -> Bytes {
+    let prefix: [u8; PREFIX_BYTES] = encoded[..PREFIX_BYTES].try_into().unwrap();
+    let len = frame_length(prefix, 1 << 30).unwrap();
+    assert_eq!(len, encoded.len() - PREFIX_BYTES, "the prefix counts the rest of the frame");
+    Bytes::copy_from_slice(&encoded[PREFIX_BYTES..])
+}
+
+proptest! {
+    #[test]
+    fn every_message_round_trips(message in message(), cluster in any::<u64>(), from in any::<u16>(), shard in any::<u16>()) {
+        let frame = Frame { cluster_id: ClusterId(cluster), from: NodeId(from), shard, message };
+        let encoded = Encoder::default().encode_to_vec(&frame);
+        prop_assert_eq!(decode(&body(&encoded)).unwrap(), frame);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = decode(&Bytes::from(bytes));
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic(message in message(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let frame = Frame { cluster_id: ClusterId(1), from: NodeId(1), shard: 0, message };
+        let mut encoded = Encoder::default().encode_to_vec(&frame);
+        let index = at.index(encoded.len() - PREFIX_BYTES) + PREFIX_BYTES;
+        encoded[index] = byte;
+        let _ = decode(&Bytes::copy_from_slice(&encoded[PREFIX_BYTES..]));
+    }
+}
+
+#[test]
+fn batches_are_slices_of_the_received_frame() {
+    let batch = Bytes::from(vec![9u8; 4096]);
+    let message = Message::Accept {
+        ballot: Ballot::new(3, NodeId(1)),
+        first_slot: Slot(10),
+        count: 1,
+        value: Value::Batch(batch.clone()),
+        commit_index: Slot(9),
+    };
+    let frame = Frame { cluster_id: ClusterId(7), from: NodeId(1), shard: 2, message };
+    let mut head = Vec::new();
+    let mut payloads = Vec::new();
+    Encoder::default().encode(&frame, &mut head, &mut payloads);
+    assert_eq!(payloads.len(), 1);
+    assert_eq!(
+        payloads[0].as_ptr(),
+        batch.as_ptr(),
+        "the sender writes the batch itself, not a copy"
+    );
+    let mut wire = head.clone();
+    wire.extend_from_slice(&payloads[0]);
+    let received = body(&wire);
+    let decoded = decode(&received).unwrap();
+    let Message::Accept { value: Value::Batch(bytes), .. } = decoded.message else {
+        panic!("an accept")
+    };
+    let range = received.as_ptr() as usize..received.as_ptr() as usize + received.len();
+    assert!(range.contains(&(bytes.as_ptr() as usize)), "the batch is a slice of the frame buffer");
+    assert_eq!(bytes, batch);
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_before_allocation() {
+    let prefix = (64u32 << 20).to_le_bytes();
+    match frame_length(prefix, 1 << 20) {
+        Err(FrameError::TooLarge { len, max }) => assert_eq!((len, max), (64 << 20, 1 << 20)),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_frames_are_refused() {
+    let frame = Frame {
+        cluster_id: ClusterId(1),
+        from: NodeId(2),
+        shard: 0,
+        message: Message::Heartbeat { ballot: Ballot::new(1, NodeId(2)), commit_index: Slot(5) },
+    };
+    let encoded = Encoder::default().encode_to_vec(&frame);
+    let full = &encoded[PREFIX_BYTES..];
+    for cut in 0..full.len() {
+        assert!(decode(&Bytes::copy_from_slice(&full[..cut])).is_err(), "cut at {cut} decoded");
+    }
+}
+
+#[test]
+fn a_batch_pointing_outside_the_payload_is_refused() {
+    let message = Message::Accept {
+        ballot: Ballot::new(1, NodeId(1)),
+        first_slot: Slot(0),
+        count: 1,
+        value: Value::Batch(Bytes::from_static(b"twelve bytes")),
+        commit_index: Slot(0),
+    };
+    let encoded = Encoder::default().encode_to_vec(&Frame {
+        cluster_id: ClusterId(1),
+        from: NodeId(1),
+        shard: 0,
+        message,
+    });
+    // Drop the payload: the header still points at twelve bytes that are not there.
+    let without_payload = Bytes::copy_from_slice(&encoded[PREFIX_BYTES..encoded.len() - 12]);
+    assert!(matches!(decode(&without_payload), Err(FrameError::Invalid(_))));
+}
