@@ -43,6 +43,13 @@ pub struct Knobs {
     pub held_over_cut_ppm: u64,
     /// Chance in a million that a message is lost (safety phase only).
     pub loss_ppm: u64,
+    /// Chance in a million that a message for a crashed node waits in its sender's queue and
+    /// reaches the node's next incarnation, as a transport that resends after reconnecting
+    /// would do, instead of being lost.
+    pub held_for_restart_ppm: u64,
+    /// Chance in a million that a crash is a quick restart (1–10 ms, a supervisor restarting
+    /// the process) rather than an outage.
+    pub quick_restart_ppm: u64,
     /// Chance in a million that a message is delivered twice (safety phase only).
     pub duplicate_ppm: u64,
     /// Disk sync latency range, in microseconds.
@@ -93,6 +100,8 @@ impl Knobs {
             long_delay_max_us: between(rng, 5_000, 500_000),
             held_over_cut_ppm: between(rng, 0, 1_000_000),
             loss_ppm: between(rng, 0, 80_000),
+            held_for_restart_ppm: between(rng, 0, 1_000_000),
+            quick_restart_ppm: between(rng, 0, 500_000),
             duplicate_ppm: between(rng, 0, 50_000),
             sync_min_us: between(rng, 50, 500),
             sync_jitter_us: between(rng, 0, 2_000),

@@ -77,6 +77,8 @@ struct ShardReplica {
 struct SimNode {
     id: NodeId,
     up: bool,
+    /// When a crashed node comes back.
+    restart_at_us: u64,
     incarnation: u64,
     paused_until_us: u64,
     shards: Vec<ShardReplica>,
@@ -166,7 +168,7 @@ impl World {
         for index in 0..node_count {
             let id = NodeId(index as u16 + 1);
             let shards = (0..world.knobs.shards).map(|_| world.fresh_shard()).collect();
-            world.nodes.push(SimNode { id, up: true, incarnation: 0, paused_until_us: 0, shards });
+            world.nodes.push(SimNode { id, up: true, restart_at_us: 0, incarnation: 0, paused_until_us: 0, shards });
             for shard in 0..world.knobs.shards {
                 world.start_replica(index, shard);
             }
@@ -381,6 +383,11 @@ impl World {
 
     fn on_deliver(&mut self, to: usize, shard: usize, from: NodeId, message: Message) {
         if !self.nodes[to].up {
+            if self.faults_on && self.chance(self.knobs.held_for_restart_ppm) {
+                // The sender's queue keeps it and resends once it reconnects to the restarted node.
+                let resend_us = self.nodes[to].restart_at_us.saturating_sub(self.now_us) + between(&mut self.rng, 0, 100_000);
+                self.schedule(resend_us, Event::Deliver { to, shard, from, message });
+            }
             return;
         }
         if self.deferred(to, || Event::Deliver { to, shard, from, message: message.clone() }) {
@@ -782,6 +789,9 @@ impl World {
         if !self.nodes[node].up {
             return;
         }
+        let downtime_us =
+            if self.chance(self.knobs.quick_restart_ppm) { between(&mut self.rng, 1_000, 10_000) } else { downtime_us };
+        self.nodes[node].restart_at_us = self.now_us + downtime_us;
         self.trace(|| format!("crash n{} for {downtime_us}us", node + 1));
         self.nodes[node].up = false;
         self.nodes[node].incarnation += 1;
