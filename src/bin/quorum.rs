@@ -64,10 +64,12 @@ fn main() -> ExitCode {
 
 fn run_sim(args: SimArgs) -> ExitCode {
     if let Some(seed) = args.seed {
-        let (report, trace) = sim::trace_seed(seed);
-        if args.trace {
-            print!("{trace}");
-        }
+        let report = if args.trace {
+            // Printed as it happens: if an assertion fires, the trace up to it is on screen.
+            sim::World::new(seed, false).printing_trace().run().0
+        } else {
+            sim::run_seed(seed)
+        };
         println!("{}", seed_line(&report));
         return if report.violation.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }

@@ -9,6 +9,23 @@ use super::world::SeedReport;
 /// Commands every seed should commit; fewer means the run explored too little.
 pub const COMMANDS_PER_SEED_MIN: u64 = 1_000;
 
+/// Runs one seed; an assertion that fires inside it (a replica's own invariant check) is a
+/// violation of that seed, not the end of the whole range.
+#[must_use]
+pub fn run_seed_catching_panics(seed: u64) -> SeedReport {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::run_seed(seed))) {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_string()))
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            SeedReport::panicked(seed, message)
+        }
+    }
+}
+
 /// The sum of a range of seeds.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
@@ -56,7 +73,7 @@ pub fn run_range(
                         break;
                     }
                     let seed_started = Instant::now();
-                    let report = super::run_seed(seed);
+                    let report = run_seed_catching_panics(seed);
                     let seconds = seed_started.elapsed().as_secs_f64();
                     on_report(&report, seconds);
                     let mut summary =

@@ -103,6 +103,23 @@ pub struct SeedReport {
     pub knobs: Knobs,
 }
 
+impl SeedReport {
+    /// The report of a seed whose run panicked: an assertion in the code under test fired.
+    #[must_use]
+    pub fn panicked(seed: u64, message: String) -> SeedReport {
+        let knobs = Knobs::draw(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
+        SeedReport {
+            seed,
+            violation: Some(Violation { invariant: "assertion (a replica's own invariant check)", detail: message }),
+            commands: 0,
+            leader_changes: 0,
+            simulated_us: 0,
+            events: 0,
+            knobs,
+        }
+    }
+}
+
 /// A whole simulated cluster. Build with [`World::new`], run with [`World::run`].
 pub struct World {
     seed: u64,
@@ -130,6 +147,8 @@ pub struct World {
     events: u64,
     actions: Vec<Action>,
     trace: Option<String>,
+    /// Print trace lines as they happen (so a panic still leaves the trace up to it).
+    trace_to_stdout: bool,
 }
 
 impl World {
@@ -163,6 +182,7 @@ impl World {
             events: 0,
             actions: Vec::new(),
             trace: trace.then(String::new),
+            trace_to_stdout: false,
             knobs,
         };
         for index in 0..node_count {
@@ -260,8 +280,20 @@ impl World {
         }
     }
 
+    /// Prints each trace line as it happens instead of collecting the trace.
+    #[must_use]
+    pub fn printing_trace(mut self) -> World {
+        self.trace = Some(String::new());
+        self.trace_to_stdout = true;
+        self
+    }
+
     fn trace(&mut self, line: impl FnOnce() -> String) {
         if let Some(trace) = &mut self.trace {
+            if self.trace_to_stdout {
+                println!("{:>10} {}", self.now_us, line());
+                return;
+            }
             let _ = writeln!(trace, "{:>10} {}", self.now_us, line());
         }
     }
