@@ -110,7 +110,10 @@ impl SeedReport {
         let knobs = Knobs::draw(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
         SeedReport {
             seed,
-            violation: Some(Violation { invariant: "assertion (a replica's own invariant check)", detail: message }),
+            violation: Some(Violation {
+                invariant: "assertion (a replica's own invariant check)",
+                detail: message,
+            }),
             commands: 0,
             leader_changes: 0,
             simulated_us: 0,
@@ -188,7 +191,14 @@ impl World {
         for index in 0..node_count {
             let id = NodeId(index as u16 + 1);
             let shards = (0..world.knobs.shards).map(|_| world.fresh_shard()).collect();
-            world.nodes.push(SimNode { id, up: true, restart_at_us: 0, incarnation: 0, paused_until_us: 0, shards });
+            world.nodes.push(SimNode {
+                id,
+                up: true,
+                restart_at_us: 0,
+                incarnation: 0,
+                paused_until_us: 0,
+                shards,
+            });
             for shard in 0..world.knobs.shards {
                 world.start_replica(index, shard);
             }
@@ -417,7 +427,8 @@ impl World {
         if !self.nodes[to].up {
             if self.faults_on && self.chance(self.knobs.held_for_restart_ppm) {
                 // The sender's queue keeps it and resends once it reconnects to the restarted node.
-                let resend_us = self.nodes[to].restart_at_us.saturating_sub(self.now_us) + between(&mut self.rng, 0, 100_000);
+                let resend_us = self.nodes[to].restart_at_us.saturating_sub(self.now_us)
+                    + between(&mut self.rng, 0, 100_000);
                 self.schedule(resend_us, Event::Deliver { to, shard, from, message });
             }
             return;
@@ -821,8 +832,11 @@ impl World {
         if !self.nodes[node].up {
             return;
         }
-        let downtime_us =
-            if self.chance(self.knobs.quick_restart_ppm) { between(&mut self.rng, 1_000, 10_000) } else { downtime_us };
+        let downtime_us = if self.chance(self.knobs.quick_restart_ppm) {
+            between(&mut self.rng, 1_000, 10_000)
+        } else {
+            downtime_us
+        };
         self.nodes[node].restart_at_us = self.now_us + downtime_us;
         self.trace(|| format!("crash n{} for {downtime_us}us", node + 1));
         self.nodes[node].up = false;
