@@ -6,6 +6,7 @@
 
 pub mod core;
 pub mod log_record;
+pub mod node_config;
 pub mod shard;
 pub mod sim;
 pub mod state_machine;

@@ -1,0 +1,434 @@
+//! The configuration of one node, from a TOML file and from flags (a flag overrides the file),
+//! validated before anything starts: each bad value gets its own message naming the value and
+//! what would work. It becomes one core [`Config`](crate::core::Config) per shard.
+//!
+//! ```toml
+//! id = 1
+//! cluster_id = 7
+//! listen = "127.0.0.1:7001"
+//! peers = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"   # the voters, this node too
+//! learners = "4=127.0.0.1:7004"
+//! data_dir = "/var/lib/quorum/1"
+//! shards = 2
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::core::{ClusterId, Config, NodeId};
+
+/// Every setting, each optional: what a file or the flags say. [`NodeConfig::resolve`] merges
+/// two of these and checks the result.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// This node's id.
+    pub id: Option<u16>,
+    /// The cluster's id; frames from another cluster are refused.
+    pub cluster_id: Option<u64>,
+    /// The address to listen on, `HOST:PORT`.
+    pub listen: Option<String>,
+    /// The voters, `ID=HOST:PORT,…`, this node among them unless it is a learner.
+    pub peers: Option<String>,
+    /// The learners, `ID=HOST:PORT,…`.
+    pub learners: Option<String>,
+    /// Where the write-ahead logs live (one directory per shard under it).
+    pub data_dir: Option<PathBuf>,
+    /// Shards per node (every node of a cluster must use the same number).
+    pub shards: Option<u16>,
+    /// This node only learns (it must then be listed among the learners).
+    pub learner: Option<bool>,
+    /// Pin each shard's thread to a core.
+    pub pin_cores: Option<bool>,
+    /// Largest batch, in bytes.
+    pub batch_bytes_max: Option<usize>,
+    /// Most commands in a batch.
+    pub batch_commands_max: Option<usize>,
+    /// Accept runs a leader keeps in flight.
+    pub pipeline_depth_max: Option<usize>,
+    /// The protocol clock's period.
+    pub tick_ms: Option<u32>,
+    /// How often a leader heartbeats.
+    pub heartbeat_interval_ms: Option<u32>,
+    /// How long followers wait for a leader before standing for election.
+    pub election_timeout_ms: Option<u32>,
+}
+
+impl NodeSettings {
+    /// Reads settings from a TOML file.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not valid TOML of these settings.
+    pub fn from_file(path: &Path) -> Result<NodeSettings, NodeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NodeConfigError::File {
+            path: path.to_path_buf(),
+            reason: source.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|error| NodeConfigError::File {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })
+    }
+
+    /// `self`, with every value `overrides` sets replacing it.
+    #[must_use]
+    pub fn overridden_by(self, overrides: NodeSettings) -> NodeSettings {
+        NodeSettings {
+            id: overrides.id.or(self.id),
+            cluster_id: overrides.cluster_id.or(self.cluster_id),
+            listen: overrides.listen.or(self.listen),
+            peers: overrides.peers.or(self.peers),
+            learners: overrides.learners.or(self.learners),
+            data_dir: overrides.data_dir.or(self.data_dir),
+            shards: overrides.shards.or(self.shards),
+            learner: overrides.learner.or(self.learner),
+            pin_cores: overrides.pin_cores.or(self.pin_cores),
+            batch_bytes_max: overrides.batch_bytes_max.or(self.batch_bytes_max),
+            batch_commands_max: overrides.batch_commands_max.or(self.batch_commands_max),
+            pipeline_depth_max: overrides.pipeline_depth_max.or(self.pipeline_depth_max),
+            tick_ms: overrides.tick_ms.or(self.tick_ms),
+            heartbeat_interval_ms: overrides.heartbeat_interval_ms.or(self.heartbeat_interval_ms),
+            election_timeout_ms: overrides.election_timeout_ms.or(self.election_timeout_ms),
+        }
+    }
+}
+
+/// A configuration that cannot work, with what would.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeConfigError {
+    /// A required setting is missing.
+    #[error("missing setting `{0}`: give it as a flag (--{flag}) or in the config file", flag = .0.replace('_', "-"))]
+    Missing(&'static str),
+    /// The config file could not be used.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An address is not `HOST:PORT`.
+    #[error("`{field}` = `{value}` is not HOST:PORT with a port from 1 to 65535")]
+    BadAddress {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A member entry is not `ID=HOST:PORT`.
+    #[error("`{field}` entry `{entry}` is not ID=HOST:PORT with an ID from 1 to 65535")]
+    BadMember {
+        /// The setting.
+        field: &'static str,
+        /// The entry.
+        entry: String,
+    },
+    /// A node id appears twice among voters and learners.
+    #[error("node {0} is listed more than once among peers and learners")]
+    DuplicateNode(u16),
+    /// This node is not where its role says it is.
+    #[error("node {id} must be listed in `{list}` (it is {role})")]
+    NotListed {
+        /// This node.
+        id: u16,
+        /// The list it belongs in.
+        list: &'static str,
+        /// "a voter" or "a learner".
+        role: &'static str,
+    },
+    /// A number outside what works.
+    #[error("`{field}` = {value} is out of range: use {min} to {max}")]
+    OutOfRange {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// The smallest that works.
+        min: u64,
+        /// The largest that works.
+        max: u64,
+    },
+    /// Timing settings that contradict each other.
+    #[error("{0}")]
+    Timing(String),
+}
+
+/// A checked node configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node.
+    pub id: NodeId,
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// Where to listen.
+    pub listen: String,
+    /// The voters and their addresses.
+    pub voters: BTreeMap<NodeId, String>,
+    /// The learners and their addresses.
+    pub learners: BTreeMap<NodeId, String>,
+    /// Where the logs live.
+    pub data_dir: PathBuf,
+    /// Shards per node.
+    pub shards: u16,
+    /// True if this node only learns.
+    pub learner: bool,
+    /// Pin shard threads to cores.
+    pub pin_cores: bool,
+    /// Largest batch, in bytes.
+    pub batch_bytes_max: usize,
+    /// Most commands in a batch.
+    pub batch_commands_max: usize,
+    /// Accept runs in flight per leader.
+    pub pipeline_depth_max: usize,
+    /// The protocol clock's period.
+    pub tick_ms: u32,
+    /// Heartbeat period.
+    pub heartbeat_interval_ms: u32,
+    /// Election timeout.
+    pub election_timeout_ms: u32,
+}
+
+fn check_address(field: &'static str, value: &str) -> Result<String, NodeConfigError> {
+    let bad = || NodeConfigError::BadAddress { field, value: value.to_string() };
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok(value.to_string())
+}
+
+/// Parses `ID=HOST:PORT,…` (an empty string is an empty list).
+///
+/// # Errors
+/// The first entry that is not `ID=HOST:PORT`, or an id given twice.
+pub fn parse_members(
+    field: &'static str,
+    text: &str,
+) -> Result<BTreeMap<NodeId, String>, NodeConfigError> {
+    let mut members = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        let bad = || NodeConfigError::BadMember { field, entry: entry.to_string() };
+        let (id, address) = entry.split_once('=').ok_or_else(bad)?;
+        let id: u16 = id.trim().parse().map_err(|_| bad())?;
+        if id == 0 {
+            return Err(bad());
+        }
+        let address = check_address(field, address.trim()).map_err(|_| bad())?;
+        if members.insert(NodeId(id), address).is_some() {
+            return Err(NodeConfigError::DuplicateNode(id));
+        }
+    }
+    Ok(members)
+}
+
+fn in_range<T: Into<u64> + Copy>(
+    field: &'static str,
+    value: T,
+    min: u64,
+    max: u64,
+) -> Result<T, NodeConfigError> {
+    let wide = value.into();
+    if wide < min || wide > max {
+        return Err(NodeConfigError::OutOfRange { field, value: wide, min, max });
+    }
+    Ok(value)
+}
+
+impl NodeConfig {
+    /// Checks merged settings, filling in defaults, and returns the first problem found.
+    ///
+    /// # Errors
+    /// A [`NodeConfigError`] naming the setting.
+    pub fn resolve(settings: NodeSettings) -> Result<NodeConfig, NodeConfigError> {
+        use NodeConfigError::*;
+        let id = NodeId(in_range("id", settings.id.ok_or(Missing("id"))?, 1, u64::from(u16::MAX))?);
+        let cluster_id = ClusterId(settings.cluster_id.ok_or(Missing("cluster_id"))?);
+        let listen = check_address("listen", settings.listen.as_deref().ok_or(Missing("listen"))?)?;
+        let voters = parse_members("peers", settings.peers.as_deref().ok_or(Missing("peers"))?)?;
+        let learners = parse_members("learners", settings.learners.as_deref().unwrap_or(""))?;
+        if let Some(node) = voters.keys().find(|node| learners.contains_key(node)) {
+            return Err(DuplicateNode(node.0));
+        }
+        let learner = settings.learner.unwrap_or(false);
+        let (list, role, listed) = if learner {
+            ("learners", "a learner", learners.contains_key(&id))
+        } else {
+            ("peers", "a voter", voters.contains_key(&id))
+        };
+        if !listed {
+            return Err(NotListed { id: id.0, list, role });
+        }
+        in_range("peers (voter count)", voters.len() as u64, 1, 64)?;
+        let data_dir = settings.data_dir.ok_or(Missing("data_dir"))?;
+        let default_shards =
+            std::thread::available_parallelism().map_or(1, |cores| cores.get() as u16);
+        let shards = in_range("shards", settings.shards.unwrap_or(default_shards), 1, 256)?;
+        let batch_bytes_max = in_range(
+            "batch_bytes_max",
+            settings.batch_bytes_max.unwrap_or(1 << 20) as u64,
+            4096,
+            64 << 20,
+        )? as usize;
+        let batch_commands_max = in_range(
+            "batch_commands_max",
+            settings.batch_commands_max.unwrap_or(4096) as u64,
+            1,
+            1 << 20,
+        )? as usize;
+        let pipeline_depth_max = in_range(
+            "pipeline_depth_max",
+            settings.pipeline_depth_max.unwrap_or(32) as u64,
+            1,
+            4096,
+        )? as usize;
+        let tick_ms = in_range("tick_ms", settings.tick_ms.unwrap_or(5), 1, 1000)?;
+        let heartbeat_interval_ms = in_range(
+            "heartbeat_interval_ms",
+            settings.heartbeat_interval_ms.unwrap_or(20),
+            1,
+            60_000,
+        )?;
+        let election_timeout_ms = in_range(
+            "election_timeout_ms",
+            settings.election_timeout_ms.unwrap_or(200),
+            1,
+            600_000,
+        )?;
+        if heartbeat_interval_ms < tick_ms {
+            return Err(Timing(format!(
+                "heartbeat_interval_ms ({heartbeat_interval_ms}) must be at least tick_ms ({tick_ms})"
+            )));
+        }
+        if election_timeout_ms <= heartbeat_interval_ms.saturating_mul(2) {
+            return Err(Timing(format!(
+                "election_timeout_ms ({election_timeout_ms}) must exceed twice heartbeat_interval_ms \
+                 ({heartbeat_interval_ms}), or a live leader looks dead"
+            )));
+        }
+        let config = NodeConfig {
+            id,
+            cluster_id,
+            listen,
+            voters,
+            learners,
+            data_dir,
+            shards,
+            learner,
+            pin_cores: settings.pin_cores.unwrap_or(true),
+            batch_bytes_max,
+            batch_commands_max,
+            pipeline_depth_max,
+            tick_ms,
+            heartbeat_interval_ms,
+            election_timeout_ms,
+        };
+        // The core checks its own rules too; any it refuses is a node configuration error.
+        config.shard_config(0).validate().map_err(|error| Timing(error.to_string()))?;
+        Ok(config)
+    }
+
+    /// The core configuration of `shard` on this node (times converted to ticks).
+    #[must_use]
+    pub fn shard_config(&self, shard: u16) -> Config {
+        let mut config =
+            Config::new(self.cluster_id, self.id, self.voters.keys().copied().collect());
+        config.learners = self.learners.keys().copied().collect();
+        config.heartbeat_interval_ticks = (self.heartbeat_interval_ms / self.tick_ms).max(1);
+        config.election_timeout_ticks = (self.election_timeout_ms / self.tick_ms).max(1);
+        config.batch_bytes_max = self.batch_bytes_max;
+        config.batch_commands_max = self.batch_commands_max;
+        config.pipeline_depth_max = self.pipeline_depth_max;
+        config.random_seed =
+            (u64::from(self.id.0) << 16) ^ u64::from(shard) ^ self.cluster_id.0.rotate_left(32);
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> NodeSettings {
+        NodeSettings {
+            id: Some(1),
+            cluster_id: Some(7),
+            listen: Some("127.0.0.1:7001".into()),
+            peers: Some("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=localhost:7003".into()),
+            data_dir: Some("/tmp/q1".into()),
+            shards: Some(2),
+            ..NodeSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_good_configuration_resolves_with_defaults_and_converts_to_ticks() {
+        let config = NodeConfig::resolve(good()).unwrap();
+        assert_eq!(config.voters.len(), 3);
+        assert_eq!(config.shards, 2);
+        let shard = config.shard_config(1);
+        assert_eq!(shard.heartbeat_interval_ticks, 4);
+        assert_eq!(shard.election_timeout_ticks, 40);
+        assert!(shard.validate().is_ok());
+        assert_ne!(config.shard_config(0).random_seed, shard.random_seed);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: NodeSettings = toml::from_str("id = 2\ncluster_id = 7\nshards = 4\n").unwrap();
+        let flags = NodeSettings { shards: Some(1), ..NodeSettings::default() };
+        let merged = file.overridden_by(flags);
+        assert_eq!((merged.id, merged.shards), (Some(2), Some(1)));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        assert!(toml::from_str::<NodeSettings>("shard = 4\n").is_err());
+    }
+
+    #[test]
+    fn each_bad_value_gets_its_own_message() {
+        let cases: Vec<(NodeSettings, &str)> = vec![
+            (NodeSettings { id: None, ..good() }, "missing setting `id`: give it as a flag (--id)"),
+            (
+                NodeSettings { listen: Some("127.0.0.1".into()), ..good() },
+                "`listen` = `127.0.0.1` is not HOST:PORT",
+            ),
+            (
+                NodeSettings { peers: Some("1=127.0.0.1:7001,two=x:1".into()), ..good() },
+                "`peers` entry `two=x:1`",
+            ),
+            (
+                NodeSettings { peers: Some("1=a:1,1=b:2".into()), ..good() },
+                "node 1 is listed more than once",
+            ),
+            (
+                NodeSettings { peers: Some("2=a:1,3=b:2".into()), ..good() },
+                "node 1 must be listed in `peers` (it is a voter)",
+            ),
+            (NodeSettings { learner: Some(true), ..good() }, "node 1 must be listed in `learners`"),
+            (
+                NodeSettings { learners: Some("2=127.0.0.1:9".into()), ..good() },
+                "node 2 is listed more than once",
+            ),
+            (
+                NodeSettings { shards: Some(0), ..good() },
+                "`shards` = 0 is out of range: use 1 to 256",
+            ),
+            (
+                NodeSettings { election_timeout_ms: Some(30), ..good() },
+                "election_timeout_ms (30) must exceed twice",
+            ),
+            (
+                NodeSettings { tick_ms: Some(50), ..good() },
+                "heartbeat_interval_ms (20) must be at least tick_ms (50)",
+            ),
+        ];
+        for (settings, expected) in cases {
+            let message = NodeConfig::resolve(settings).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} does not say {expected:?}");
+        }
+    }
+}
