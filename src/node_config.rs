@@ -1,6 +1,6 @@
 //! The configuration of one node, from a TOML file and from flags (a flag overrides the file),
 //! validated before anything starts: each bad value gets its own message naming the value and
-//! what would work. It becomes one core [`Config`](crate::core::Config) per shard.
+//! what would work. It becomes one core [`Config`] per shard.
 //!
 //! ```toml
 //! id = 1

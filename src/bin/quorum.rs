@@ -26,7 +26,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct SimArgs {
-    /// A range of seeds, `A..B` (B excluded).
+    /// A range of seeds, `A..B` (B excluded); 0..100 if neither this nor --seed is given.
     #[arg(long, value_parser = parse_range, conflicts_with = "seed")]
     seeds: Option<std::ops::Range<u64>>,
     /// One seed to run (or replay, with --trace).
