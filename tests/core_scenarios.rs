@@ -583,3 +583,37 @@ fn invalid_configuration_is_refused_with_a_reason() {
     bad.learners.clear();
     assert!(Replica::new(bad).unwrap_err().to_string().contains("neither a voter nor a learner"));
 }
+
+#[test]
+fn a_late_accept_from_an_older_ballot_does_not_change_a_chosen_slot() {
+    let mut replica = replica();
+    // Learned by catch-up: slot 0 is chosen as a no-op, under ballot 8.2.
+    let chosen = SlotRun {
+        first_slot: Slot(0),
+        count: 1,
+        ballot: Ballot::new(8, PEER_A),
+        value: Value::Noop,
+        chosen: true,
+    };
+    deliver_durably(
+        &mut replica,
+        PEER_A,
+        Message::Chosen { runs: vec![chosen], commit_index: Slot(1) },
+    );
+    assert_eq!(replica.commit_index(), Slot(1));
+    // A batch proposed at slot 0 under the older ballot 7.3 arrives late: the old leader lost
+    // the slot before anything was chosen there. The replica never promised above 7.3, so it
+    // may accept; the chosen no-op stays.
+    let old = Ballot::new(7, PEER_B);
+    let accept = Message::Accept {
+        ballot: old,
+        first_slot: Slot(0),
+        count: 1,
+        value: batch(b"late"),
+        commit_index: Slot(0),
+    };
+    deliver_durably(&mut replica, PEER_B, accept);
+    let entry = replica.log().get(Slot(0)).unwrap();
+    assert_eq!(entry.value, Some(Value::Noop));
+    assert!(entry.chosen);
+}

@@ -52,8 +52,9 @@ impl Log {
     }
 
     /// Records the acceptance of `value` in `count` slots from `first_slot` under `ballot`.
-    /// A slot already known chosen keeps its value: Paxos guarantees a later ballot proposes the
-    /// same one (protocol.md, I2), which the caller asserts.
+    /// A slot already known chosen keeps its value: a later ballot proposes the same one
+    /// (protocol.md, I2, which the caller asserts), and an older one arriving late does not
+    /// change what was chosen.
     pub fn accept(&mut self, first_slot: Slot, count: u64, ballot: Ballot, value: &Value) {
         for offset in 0..count {
             let entry = self.entry_mut(first_slot.plus(offset));
@@ -62,8 +63,12 @@ impl Log {
                 "accept under {ballot} after {}",
                 entry.ballot
             );
-            entry.ballot = ballot;
-            if !entry.chosen {
+            if entry.chosen {
+                // The chosen value stays; a late accept from an older ballot must not lower the
+                // ballot it is known under.
+                entry.ballot = entry.ballot.max(ballot);
+            } else {
+                entry.ballot = ballot;
                 entry.value = Some(value.clone());
             }
         }

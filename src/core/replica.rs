@@ -758,13 +758,18 @@ impl Replica {
         self.follow(ballot, false);
         for offset in 0..count {
             if let Some(entry) = self.log.get(first_slot.plus(offset)) {
-                if entry.chosen {
-                    // I2, believed: a later ballot re-proposes a chosen value unchanged.
-                    assert_eq!(
-                        entry.value.as_ref(),
-                        Some(&value),
-                        "slot {} chosen, re-proposed differently",
-                        first_slot.0 + offset
+                if entry.chosen && entry.value.as_ref() != Some(&value) {
+                    // I2, believed: a ballot at or above the one a value was chosen in proposes
+                    // that value. A different value can only come from an older ballot, late
+                    // (its leader lost the slot before it was chosen); accepting it is harmless,
+                    // since the replicas that chose the value promised above it. `entry.ballot`
+                    // is at least the choosing ballot, or zero if this replica learned the
+                    // value without one.
+                    assert!(
+                        entry.ballot == Ballot::ZERO || ballot < entry.ballot,
+                        "slot {} chosen under {}, re-proposed differently under {ballot}",
+                        first_slot.0 + offset,
+                        entry.ballot
                     );
                 }
             }
