@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
 use crate::core::{
-    Action, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, RefusedMessage, Replica,
-    RequestId, Value,
+    Action, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record, RefusedMessage,
+    Replica, RequestId, Value,
 };
 use crate::log_record;
 use crate::state_machine::{Applier, Outcome, StateMachine};
@@ -36,22 +36,113 @@ pub enum ShardError {
     BadBatch(#[from] crate::core::MalformedBatch),
 }
 
-/// A persist appended to the log, waiting for a sync to cover it.
+/// A persist appended to the log, waiting for a sync to cover it, with what its owner wants
+/// back when it is durable.
 #[derive(Debug)]
-struct Unsynced {
+struct Unsynced<T> {
     end_position: u64,
     seq: PersistSeq,
     then_send: Option<(NodeId, Message)>,
+    extra: T,
+}
+
+/// What a completed sync made durable.
+#[derive(Debug)]
+pub struct Released<T> {
+    /// The highest persist now durable, if the sync covered any.
+    pub seq: Option<PersistSeq>,
+    /// The replies those persists held back, in order.
+    pub then_send: Vec<(NodeId, Message)>,
+    /// The owner's data for each of them, in order.
+    pub extras: Vec<T>,
+}
+
+/// A replica's records in a WAL: appends them as they are persisted and, when a sync
+/// completes, releases the ones it covered with the replies they held back (I3). Shared by
+/// [`Shard`] and the simulator's disks, so both keep the same durability bookkeeping.
+pub struct ReplicaLog<B: Backend, T> {
+    wal: Wal<B>,
+    unsynced: VecDeque<Unsynced<T>>,
+    payload: Vec<u8>,
+}
+
+impl<B: Backend, T> ReplicaLog<B, T> {
+    /// Opens the log and returns it with the records it recovered, in order.
+    ///
+    /// # Errors
+    /// The log cannot be opened, or holds a record no replica writes.
+    pub fn open(backend: B, options: Options) -> Result<(Self, Vec<Record>), ShardError> {
+        let (wal, _recovery) = Wal::open(backend, options)?;
+        let mut records = Vec::new();
+        for item in wal.iter_from(wal.first_position()) {
+            let (_, record) = item?;
+            records.push(log_record::decode(&record)?);
+        }
+        Ok((ReplicaLog { wal, unsynced: VecDeque::new(), payload: Vec::new() }, records))
+    }
+
+    /// The WAL.
+    #[must_use]
+    pub fn wal(&self) -> &Wal<B> {
+        &self.wal
+    }
+
+    /// Appends a persisted record; `then_send` and `extra` come back once it is durable.
+    ///
+    /// # Errors
+    /// The WAL refused the append.
+    pub fn append(
+        &mut self,
+        seq: PersistSeq,
+        record: &Record,
+        then_send: Option<(NodeId, Message)>,
+        extra: T,
+    ) -> Result<(), ShardError> {
+        let encoded = log_record::encode(record, &mut self.payload);
+        self.wal.append(&encoded)?;
+        self.unsynced.push_back(Unsynced {
+            end_position: self.wal.end_position(),
+            seq,
+            then_send,
+            extra,
+        });
+        Ok(())
+    }
+
+    /// Starts a sync if records wait and none is under way (see [`Wal::start_sync`]).
+    ///
+    /// # Errors
+    /// The log is poisoned.
+    pub fn start_sync(&mut self) -> Result<Option<PendingSync>, ShardError> {
+        if self.unsynced.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.wal.start_sync()?)
+    }
+
+    /// Takes a sync's outcome and releases what it made durable.
+    ///
+    /// # Errors
+    /// The sync failed (the log is now poisoned).
+    pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<Released<T>, ShardError> {
+        let durable = self.wal.finish_sync(outcome)?;
+        let mut released = Released { seq: None, then_send: Vec::new(), extras: Vec::new() };
+        while self.unsynced.front().is_some_and(|unsynced| unsynced.end_position <= durable) {
+            let done = self.unsynced.pop_front().expect("checked");
+            released.seq = Some(done.seq);
+            released.then_send.extend(done.then_send);
+            released.extras.push(done.extra);
+        }
+        Ok(released)
+    }
 }
 
 /// One shard replica, its log and its state machine.
 pub struct Shard<B: Backend, S: StateMachine> {
     replica: Replica,
-    wal: Wal<B>,
+    log: ReplicaLog<B, ()>,
     applier: Applier<S>,
     actions: Vec<Action>,
-    payload: Vec<u8>,
-    unsynced: VecDeque<Unsynced>,
     outbox: Vec<(NodeId, Message)>,
     replies: Vec<(RequestId, Outcome<S::Reply>)>,
 }
@@ -68,20 +159,13 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         machine: S,
         session_window: usize,
     ) -> Result<Self, ShardError> {
-        let (wal, _recovery) = Wal::open(backend, options)?;
-        let mut records = Vec::new();
-        for item in wal.iter_from(wal.first_position()) {
-            let (_, record) = item?;
-            records.push(log_record::decode(&record)?);
-        }
+        let (log, records) = ReplicaLog::open(backend, options)?;
         let replica = Replica::restore(config, &records)?;
         let mut shard = Shard {
             replica,
-            wal,
+            log,
             applier: Applier::new(machine, session_window),
             actions: Vec::with_capacity(64),
-            payload: Vec::new(),
-            unsynced: VecDeque::new(),
             outbox: Vec::new(),
             replies: Vec::new(),
         };
@@ -104,7 +188,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// The log.
     #[must_use]
     pub fn wal(&self) -> &Wal<B> {
-        &self.wal
+        self.log.wal()
     }
 
     /// A message arrived from a peer.
@@ -159,10 +243,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// # Errors
     /// The log is poisoned.
     pub fn start_sync(&mut self) -> Result<Option<PendingSync>, ShardError> {
-        if self.unsynced.is_empty() {
-            return Ok(None);
-        }
-        Ok(self.wal.start_sync()?)
+        self.log.start_sync()
     }
 
     /// A flush finished: tell the core what is durable and release the replies that waited.
@@ -170,29 +251,20 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// # Errors
     /// The flush failed (the log is now poisoned), or the shard failed.
     pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<(), ShardError> {
-        let durable = self.wal.finish_sync(outcome)?;
-        let mut last = None;
-        let mut own = Vec::new();
-        while self.unsynced.front().is_some_and(|unsynced| unsynced.end_position <= durable) {
-            let done = self.unsynced.pop_front().expect("checked");
-            last = Some(done.seq);
-            if let Some((to, message)) = done.then_send {
-                if to == self.replica.node() {
-                    own.push(message);
-                } else {
-                    self.outbox.push((to, message));
-                }
-            }
-        }
-        if let Some(seq) = last {
+        let released = self.log.finish_sync(outcome)?;
+        if let Some(seq) = released.seq {
             self.replica.on_persisted(seq);
         }
         let me = self.replica.node();
         let cluster_id = self.replica.config().cluster_id;
-        for message in own {
-            self.replica
-                .on_message(Envelope { cluster_id, from: me, message })
-                .expect("a replica accepts its own messages");
+        for (to, message) in released.then_send {
+            if to == me {
+                self.replica
+                    .on_message(Envelope { cluster_id, from: me, message })
+                    .expect("a replica accepts its own messages");
+            } else {
+                self.outbox.push((to, message));
+            }
         }
         self.process_actions()
     }
@@ -221,13 +293,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             match action {
                 Action::Send { to, message } => self.outbox.push((to, message)),
                 Action::Persist { seq, record, then_send } => {
-                    let encoded = log_record::encode(&record, &mut self.payload);
-                    self.wal.append(&encoded)?;
-                    self.unsynced.push_back(Unsynced {
-                        end_position: self.wal.end_position(),
-                        seq,
-                        then_send,
-                    });
+                    self.log.append(seq, &record, then_send, ())?
                 }
                 Action::Commit { value: Value::Batch(bytes), .. } => {
                     let replies = &mut self.replies;

@@ -4,32 +4,20 @@
 //! 4 KiB granularity; a restart recovers through the WAL's own recovery. Syncs are group
 //! commits: one covers every record written before it started.
 
-use std::collections::VecDeque;
-
 use rand_core::RngCore;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use quorum_wal::{Options, PendingSync, SimBackend, Tear, Wal};
+use quorum_wal::{Options, PendingSync, SimBackend, Tear};
 
 use crate::core::{Message, NodeId, PersistSeq, Record};
-use crate::log_record;
-
-/// A persist written to the log and not yet covered by a completed sync.
-#[derive(Debug)]
-struct Unsynced {
-    end_position: u64,
-    seq: PersistSeq,
-    record: Record,
-    then_send: Option<(NodeId, Message)>,
-}
+use crate::shard::ReplicaLog;
 
 /// The disk of one shard replica.
 pub struct SimDisk {
     backend: SimBackend,
-    wal: Option<Wal<SimBackend>>,
-    unsynced: VecDeque<Unsynced>,
+    /// The log, keeping each record until it is durable (the checkers want to see it then).
+    log: Option<ReplicaLog<SimBackend, Record>>,
     in_flight: Option<PendingSync>,
-    payload: Vec<u8>,
 }
 
 /// Segment size of simulated logs: small, so runs cross many segments.
@@ -47,14 +35,13 @@ impl SimDisk {
     #[must_use]
     pub fn new() -> SimDisk {
         let backend = SimBackend::new();
-        let (wal, _) = Wal::open(backend.clone(), options()).expect("a new simulated log opens");
-        SimDisk {
-            backend,
-            wal: Some(wal),
-            unsynced: VecDeque::new(),
-            in_flight: None,
-            payload: Vec::new(),
-        }
+        let (log, _) =
+            ReplicaLog::open(backend.clone(), options()).expect("a new simulated log opens");
+        SimDisk { backend, log: Some(log), in_flight: None }
+    }
+
+    fn log(&mut self) -> &mut ReplicaLog<SimBackend, Record> {
+        self.log.as_mut().expect("a running replica has its log")
     }
 
     /// Writes a record (not yet durable).
@@ -62,11 +49,8 @@ impl SimDisk {
     /// # Panics
     /// If the log refuses the append: simulated disks never fail appends.
     pub fn write(&mut self, seq: PersistSeq, record: Record, then_send: Option<(NodeId, Message)>) {
-        let wal = self.wal.as_mut().expect("a running replica has its log");
-        let encoded = log_record::encode(&record, &mut self.payload);
-        wal.append(&encoded).expect("simulated appends succeed");
-        let end_position = wal.end_position();
-        self.unsynced.push_back(Unsynced { end_position, seq, record, then_send });
+        let kept = record.clone();
+        self.log().append(seq, &record, then_send, kept).expect("simulated appends succeed");
     }
 
     /// Starts a sync of everything written so far, unless one is under way or nothing waits.
@@ -75,11 +59,10 @@ impl SimDisk {
     /// # Panics
     /// If the log is poisoned: simulated syncs never fail.
     pub fn maybe_start_sync(&mut self) -> bool {
-        if self.in_flight.is_some() || self.unsynced.is_empty() {
+        if self.in_flight.is_some() {
             return false;
         }
-        let wal = self.wal.as_mut().expect("a running replica has its log");
-        self.in_flight = wal.start_sync().expect("simulated logs are never poisoned");
+        self.in_flight = self.log().start_sync().expect("simulated logs are never poisoned");
         self.in_flight.is_some()
     }
 
@@ -90,27 +73,16 @@ impl SimDisk {
     /// If no sync is under way.
     pub fn complete_sync(&mut self) -> (PersistSeq, Vec<Record>, Vec<(NodeId, Message)>) {
         let pending = self.in_flight.take().expect("a sync under way");
-        let wal = self.wal.as_mut().expect("a running replica has its log");
-        let durable = wal.finish_sync(pending.run()).expect("simulated syncs succeed");
-        let mut seq = PersistSeq(0);
-        let mut records = Vec::new();
-        let mut replies = Vec::new();
-        while self.unsynced.front().is_some_and(|unsynced| unsynced.end_position <= durable) {
-            let done = self.unsynced.pop_front().expect("checked");
-            seq = done.seq;
-            records.push(done.record);
-            replies.extend(done.then_send);
-        }
-        assert!(!records.is_empty(), "a sync covers at least one record");
-        (seq, records, replies)
+        let released = self.log().finish_sync(pending.run()).expect("simulated syncs succeed");
+        let seq = released.seq.expect("a sync covers at least one record");
+        (seq, released.extras, released.then_send)
     }
 
     /// A crash: the synced image stays; each write made since survives with chance
     /// `survives_ppm` in a million, and a survivor is torn with chance `torn_ppm`.
     pub fn crash(&mut self, rng: &mut Xoshiro256PlusPlus, survives_ppm: u64, torn_ppm: u64) {
-        self.wal = None;
+        self.log = None;
         self.in_flight = None;
-        self.unsynced.clear();
         self.backend = self.backend.crash(|_, _| {
             if rng.next_u64() % 1_000_000 >= survives_ppm {
                 return None;
@@ -129,18 +101,11 @@ impl SimDisk {
     /// If recovery fails or returns a record no replica writes: both would be bugs, since the
     /// simulated disk only loses or tears unsynced writes.
     pub fn recover(&mut self) -> Vec<Record> {
-        let (wal, _recovery) =
-            Wal::open(self.backend.clone(), options()).expect("recovery after a crash succeeds");
         // Damage the WAL reports as possibly synced comes here only from a sync that had not
         // completed (the simulated disk flips no bits), so nothing in it was acknowledged.
-        let records = wal
-            .iter_from(wal.first_position())
-            .map(|item| {
-                let (_, record) = item.expect("recovered records read back");
-                log_record::decode(&record).expect("the log holds only replica records")
-            })
-            .collect();
-        self.wal = Some(wal);
+        let (log, records) = ReplicaLog::open(self.backend.clone(), options())
+            .expect("recovery after a crash succeeds");
+        self.log = Some(log);
         records
     }
 }

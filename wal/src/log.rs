@@ -336,7 +336,7 @@ impl<B: Backend> Wal<B> {
     }
 
     fn classify_tail_damage(
-        &mut self,
+        &self,
         index: usize,
         offset: usize,
         reason: &'static str,
