@@ -6,7 +6,10 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use quorum::core::{Ballot, ClusterId, Message, NodeId, Slot, SlotRun, Value};
-use quorum::transport::codec::{Encoder, Frame, FrameError, PREFIX_BYTES, decode, frame_length};
+use quorum::transport::codec::{
+    Body, Encoder, Frame, FrameError, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus,
+    Role, decode, frame_length,
+};
 
 fn ballot() -> impl Strategy<Value = Ballot> {
     (any::<u64>(), any::<u16>()).prop_map(|(round, node)| Ballot::new(round, NodeId(node)))
@@ -70,19 +73,68 @@ fn message() -> impl Strategy<Value = Message> {
 }
 
 /// Splits an encoded frame into its length and body, as a reader would.
-fn body(encoded: &[u8]) -> Bytes {
+fn after_prefix(encoded: &[u8]) -> Bytes {
     let prefix: [u8; PREFIX_BYTES] = encoded[..PREFIX_BYTES].try_into().unwrap();
     let len = frame_length(prefix, 1 << 30).unwrap();
     assert_eq!(len, encoded.len() - PREFIX_BYTES, "the prefix counts the rest of the frame");
     Bytes::copy_from_slice(&encoded[PREFIX_BYTES..])
 }
 
+fn reply_status() -> impl Strategy<Value = ReplyStatus> {
+    prop_oneof![
+        Just(ReplyStatus::Applied),
+        Just(ReplyStatus::Duplicate),
+        Just(ReplyStatus::Expired),
+        Just(ReplyStatus::Busy),
+        Just(ReplyStatus::Rejected),
+        (1..u16::MAX).prop_map(|hint| ReplyStatus::NotLeader { hint: Some(NodeId(hint)) }),
+        Just(ReplyStatus::NotLeader { hint: None }),
+    ]
+}
+
+fn frame_body() -> impl Strategy<Value = Body> {
+    let bytes = || prop::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from);
+    let reply = (any::<u64>(), reply_status(), any::<u64>(), any::<u32>(), bytes()).prop_map(
+        |(sequence, status, slot, index, body)| Reply {
+            sequence,
+            status,
+            slot: Slot(slot),
+            index,
+            body,
+        },
+    );
+    let member = (1..u16::MAX, "[a-z0-9.:]{1,20}", any::<bool>())
+        .prop_map(|(id, address, learner)| Member { id: NodeId(id), address, learner });
+    prop_oneof![
+        message().prop_map(Body::Peer),
+        (any::<u32>(), prop::option::of(any::<u64>())).prop_map(|(version, client)| {
+            Body::Hello(Hello { version, role: client.map_or(Role::Peer, Role::Client) })
+        }),
+        (
+            prop::option::of("[ -~]{0,30}"),
+            any::<u16>(),
+            prop::option::of(1..u16::MAX),
+            prop::collection::vec(member, 0..5)
+        )
+            .prop_map(|(refusal, shards, leader, members)| {
+                Body::HelloReply(HelloReply {
+                    refusal,
+                    shards,
+                    leader: leader.map(NodeId),
+                    members,
+                })
+            }),
+        bytes().prop_map(Body::Requests),
+        prop::collection::vec(reply, 0..6).prop_map(Body::Replies),
+    ]
+}
+
 proptest! {
     #[test]
-    fn every_message_round_trips(message in message(), cluster in any::<u64>(), from in any::<u16>(), shard in any::<u16>()) {
-        let frame = Frame { cluster_id: ClusterId(cluster), from: NodeId(from), shard, message };
+    fn every_frame_round_trips(body in frame_body(), cluster in any::<u64>(), from in any::<u16>(), shard in any::<u16>()) {
+        let frame = Frame { cluster_id: ClusterId(cluster), from: NodeId(from), shard, body };
         let encoded = Encoder::default().encode_to_vec(&frame);
-        prop_assert_eq!(decode(&body(&encoded)).unwrap(), frame);
+        prop_assert_eq!(decode(&after_prefix(&encoded)).unwrap(), frame);
     }
 
     #[test]
@@ -91,8 +143,8 @@ proptest! {
     }
 
     #[test]
-    fn corrupted_frames_never_panic(message in message(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
-        let frame = Frame { cluster_id: ClusterId(1), from: NodeId(1), shard: 0, message };
+    fn corrupted_frames_never_panic(body in frame_body(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let frame = Frame { cluster_id: ClusterId(1), from: NodeId(1), shard: 0, body };
         let mut encoded = Encoder::default().encode_to_vec(&frame);
         let index = at.index(encoded.len() - PREFIX_BYTES) + PREFIX_BYTES;
         encoded[index] = byte;
@@ -110,7 +162,8 @@ fn batches_are_slices_of_the_received_frame() {
         value: Value::Batch(batch.clone()),
         commit_index: Slot(9),
     };
-    let frame = Frame { cluster_id: ClusterId(7), from: NodeId(1), shard: 2, message };
+    let frame =
+        Frame { cluster_id: ClusterId(7), from: NodeId(1), shard: 2, body: Body::Peer(message) };
     let mut head = Vec::new();
     let mut payloads = Vec::new();
     Encoder::default().encode(&frame, &mut head, &mut payloads);
@@ -122,9 +175,9 @@ fn batches_are_slices_of_the_received_frame() {
     );
     let mut wire = head.clone();
     wire.extend_from_slice(&payloads[0]);
-    let received = body(&wire);
+    let received = after_prefix(&wire);
     let decoded = decode(&received).unwrap();
-    let Message::Accept { value: Value::Batch(bytes), .. } = decoded.message else {
+    let Body::Peer(Message::Accept { value: Value::Batch(bytes), .. }) = decoded.body else {
         panic!("an accept")
     };
     let range = received.as_ptr() as usize..received.as_ptr() as usize + received.len();
@@ -147,7 +200,10 @@ fn truncated_frames_are_refused() {
         cluster_id: ClusterId(1),
         from: NodeId(2),
         shard: 0,
-        message: Message::Heartbeat { ballot: Ballot::new(1, NodeId(2)), commit_index: Slot(5) },
+        body: Body::Peer(Message::Heartbeat {
+            ballot: Ballot::new(1, NodeId(2)),
+            commit_index: Slot(5),
+        }),
     };
     let encoded = Encoder::default().encode_to_vec(&frame);
     let full = &encoded[PREFIX_BYTES..];
@@ -169,9 +225,28 @@ fn a_batch_pointing_outside_the_payload_is_refused() {
         cluster_id: ClusterId(1),
         from: NodeId(1),
         shard: 0,
-        message,
+        body: Body::Peer(message),
     });
     // Drop the payload: the header still points at twelve bytes that are not there.
     let without_payload = Bytes::copy_from_slice(&encoded[PREFIX_BYTES..encoded.len() - 12]);
+    assert!(matches!(decode(&without_payload), Err(FrameError::Invalid(_))));
+}
+
+#[test]
+fn a_reply_body_pointing_outside_the_payload_is_refused() {
+    let reply = Reply {
+        sequence: 1,
+        status: ReplyStatus::Applied,
+        slot: Slot(3),
+        index: 0,
+        body: Bytes::from_static(b"value"),
+    };
+    let encoded = Encoder::default().encode_to_vec(&Frame {
+        cluster_id: ClusterId(1),
+        from: NodeId(1),
+        shard: 0,
+        body: Body::Replies(vec![reply]),
+    });
+    let without_payload = Bytes::copy_from_slice(&encoded[PREFIX_BYTES..encoded.len() - 5]);
     assert!(matches!(decode(&without_payload), Err(FrameError::Invalid(_))));
 }

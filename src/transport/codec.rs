@@ -20,17 +20,137 @@ use crate::core::{Ballot, ClusterId, Message, NodeId, Slot, SlotRun, Value};
 /// Bytes of the length prefix.
 pub const PREFIX_BYTES: usize = 4;
 
-/// One message of one shard from one node, as it crosses the network.
+/// The version of the protocol this build speaks; a peer or client with another is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     /// The sender's cluster.
     pub cluster_id: ClusterId,
-    /// The sender.
+    /// The sending node, or `NodeId(0)` for a client.
     pub from: NodeId,
-    /// The shard the message belongs to.
+    /// The shard the connection belongs to.
     pub shard: u16,
-    /// The message.
-    pub message: Message,
+    /// What the frame carries.
+    pub body: Body,
+}
+
+/// What a frame carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// A protocol message between replicas.
+    Peer(Message),
+    /// The first frame of a connection, from the side that dialled.
+    Hello(Hello),
+    /// The answer to a `Hello`.
+    HelloReply(HelloReply),
+    /// Client commands in the batch encoding (`core::BatchBuilder`); not yet validated.
+    Requests(Bytes),
+    /// Replies to client commands.
+    Replies(Vec<Reply>),
+}
+
+/// Who is dialling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Another node of the cluster (`Frame::from` says which).
+    Peer,
+    /// A client, with its id (request ids are `(client, sequence)`).
+    Client(u64),
+}
+
+/// The first frame of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the dialling side.
+    pub version: u32,
+    /// Who is dialling.
+    pub role: Role,
+}
+
+/// A cluster member, as a client learns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its id.
+    pub id: NodeId,
+    /// Its listen address (shard `k` listens on this port + `k`).
+    pub address: String,
+    /// True if it only learns.
+    pub learner: bool,
+}
+
+/// The answer to a `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HelloReply {
+    /// `Ok` if the connection may go on; else why not (the connection is then closed).
+    pub refusal: Option<String>,
+    /// Shards per node.
+    pub shards: u16,
+    /// The shard's leader as this node knows it.
+    pub leader: Option<NodeId>,
+    /// Every member of the cluster.
+    pub members: Vec<Member>,
+}
+
+/// What became of a client command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyStatus {
+    /// Applied now; the body is the state machine's reply.
+    Applied,
+    /// Applied before under the same request id; the body is the reply it got then.
+    Duplicate,
+    /// Too old to tell whether it was applied (its session window moved on); not applied.
+    Expired,
+    /// This node does not lead the shard; `hint` names the leader it last heard.
+    NotLeader {
+        /// The leader it last heard.
+        hint: Option<NodeId>,
+    },
+    /// The leader's pipeline is full: retry shortly (same request id).
+    Busy,
+    /// Refused for good; the body is a UTF-8 reason.
+    Rejected,
+}
+
+impl ReplyStatus {
+    fn code(self) -> (u8, u16) {
+        match self {
+            ReplyStatus::Applied => (0, 0),
+            ReplyStatus::Duplicate => (1, 0),
+            ReplyStatus::Expired => (2, 0),
+            ReplyStatus::NotLeader { hint } => (3, hint.map_or(0, |node| node.0)),
+            ReplyStatus::Busy => (4, 0),
+            ReplyStatus::Rejected => (5, 0),
+        }
+    }
+
+    fn from_code(code: u8, hint: u16) -> Result<ReplyStatus, FrameError> {
+        Ok(match code {
+            0 => ReplyStatus::Applied,
+            1 => ReplyStatus::Duplicate,
+            2 => ReplyStatus::Expired,
+            3 => ReplyStatus::NotLeader { hint: (hint != 0).then_some(NodeId(hint)) },
+            4 => ReplyStatus::Busy,
+            5 => ReplyStatus::Rejected,
+            _ => return Err(FrameError::Invalid("unknown reply status")),
+        })
+    }
+}
+
+/// The reply to one client command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The request's sequence number (the client is the connection's).
+    pub sequence: u64,
+    /// What became of it.
+    pub status: ReplyStatus,
+    /// The slot its batch was committed in (applied and duplicate replies).
+    pub slot: Slot,
+    /// Its place in that batch.
+    pub index: u32,
+    /// The state machine's reply, or a reason.
+    pub body: Bytes,
 }
 
 /// Why a frame was refused.
@@ -108,83 +228,71 @@ impl Encoder {
         let mut payload_len = 0u64;
         let builder = &mut self.builder;
         builder.reset();
-        let (body_type, body) = match &frame.message {
-            Message::Probe { round, commit_index } => {
-                let args = fb::ProbeArgs { round: *round, commit_index: commit_index.0 };
-                (fb::Body::Probe, fb::Probe::create(builder, &args).as_union_value())
-            }
-            Message::ProbeReply { round, granted, promised } => {
-                let promised = ballot(*promised);
-                let args = fb::ProbeReplyArgs {
-                    round: *round,
-                    granted: *granted,
-                    promised: Some(&promised),
+        let (body_type, body) = match &frame.body {
+            Body::Peer(message) => encode_message(builder, message, payloads, &mut payload_len),
+            Body::Hello(hello) => {
+                let (role, client_id) = match hello.role {
+                    Role::Peer => (fb::Role::Peer, 0),
+                    Role::Client(id) => (fb::Role::Client, id),
                 };
-                (fb::Body::ProbeReply, fb::ProbeReply::create(builder, &args).as_union_value())
+                let args = fb::HelloArgs { version: hello.version, role, client_id };
+                (fb::Body::Hello, fb::Hello::create(builder, &args).as_union_value())
             }
-            Message::Prepare { ballot: b, from_slot } => {
-                let b = ballot(*b);
-                let args = fb::PrepareArgs { ballot: Some(&b), from_slot: from_slot.0 };
-                (fb::Body::Prepare, fb::Prepare::create(builder, &args).as_union_value())
-            }
-            Message::Promise { ballot: b, from_slot, runs, next_slot } => {
-                let runs = encode_runs(builder, runs, payloads, &mut payload_len);
-                let b = ballot(*b);
-                let args = fb::PromiseArgs {
-                    ballot: Some(&b),
-                    from_slot: from_slot.0,
-                    runs: Some(runs),
-                    has_next: next_slot.is_some(),
-                    next_slot: next_slot.map_or(0, |slot| slot.0),
+            Body::HelloReply(reply) => {
+                let members: Vec<_> = reply
+                    .members
+                    .iter()
+                    .map(|member| {
+                        let address = builder.create_string(&member.address);
+                        let args = fb::MemberArgs {
+                            id: member.id.0,
+                            address: Some(address),
+                            learner: member.learner,
+                        };
+                        fb::Member::create(builder, &args)
+                    })
+                    .collect();
+                let members = builder.create_vector(&members);
+                let reason = reply.refusal.as_deref().map(|reason| builder.create_string(reason));
+                let args = fb::HelloReplyArgs {
+                    accepted: reply.refusal.is_none(),
+                    reason,
+                    shards: reply.shards,
+                    leader: reply.leader.map_or(0, |node| node.0),
+                    members: Some(members),
                 };
-                (fb::Body::Promise, fb::Promise::create(builder, &args).as_union_value())
+                (fb::Body::HelloReply, fb::HelloReply::create(builder, &args).as_union_value())
             }
-            Message::Accept { ballot: b, first_slot, count, value, commit_index } => {
-                let (noop, batch_offset, batch_len) = place(value, payloads, &mut payload_len);
-                let b = ballot(*b);
-                let args = fb::AcceptArgs {
-                    ballot: Some(&b),
-                    first_slot: first_slot.0,
-                    count: *count,
-                    noop,
-                    batch_offset,
-                    batch_len,
-                    commit_index: commit_index.0,
-                };
-                (fb::Body::Accept, fb::Accept::create(builder, &args).as_union_value())
+            Body::Requests(batch) => {
+                payload_len += batch.len() as u64;
+                payloads.push(batch.clone());
+                let args = fb::RequestsArgs { count: 0 };
+                (fb::Body::Requests, fb::Requests::create(builder, &args).as_union_value())
             }
-            Message::Accepted { ballot: b, first_slot, count } => {
-                let b = ballot(*b);
-                let args =
-                    fb::AcceptedArgs { ballot: Some(&b), first_slot: first_slot.0, count: *count };
-                (fb::Body::Accepted, fb::Accepted::create(builder, &args).as_union_value())
-            }
-            Message::Rejected { ballot: b, promised } => {
-                let (b, promised) = (ballot(*b), ballot(*promised));
-                let args = fb::RejectedArgs { ballot: Some(&b), promised: Some(&promised) };
-                (fb::Body::Rejected, fb::Rejected::create(builder, &args).as_union_value())
-            }
-            Message::Heartbeat { ballot: b, commit_index } => {
-                let b = ballot(*b);
-                let args = fb::HeartbeatArgs { ballot: Some(&b), commit_index: commit_index.0 };
-                (fb::Body::Heartbeat, fb::Heartbeat::create(builder, &args).as_union_value())
-            }
-            Message::HeartbeatAck { ballot: b } => {
-                let b = ballot(*b);
-                let args = fb::HeartbeatAckArgs { ballot: Some(&b) };
-                (fb::Body::HeartbeatAck, fb::HeartbeatAck::create(builder, &args).as_union_value())
-            }
-            Message::CatchUpRequest { from_slot } => {
-                let args = fb::CatchUpRequestArgs { from_slot: from_slot.0 };
-                (
-                    fb::Body::CatchUpRequest,
-                    fb::CatchUpRequest::create(builder, &args).as_union_value(),
-                )
-            }
-            Message::Chosen { runs, commit_index } => {
-                let runs = encode_runs(builder, runs, payloads, &mut payload_len);
-                let args = fb::ChosenArgs { runs: Some(runs), commit_index: commit_index.0 };
-                (fb::Body::Chosen, fb::Chosen::create(builder, &args).as_union_value())
+            Body::Replies(replies) => {
+                let heads: Vec<fb::ReplyHead> = replies
+                    .iter()
+                    .map(|reply| {
+                        let (status, hint) = reply.status.code();
+                        let head = fb::ReplyHead::new(
+                            reply.sequence,
+                            reply.slot.0,
+                            payload_len,
+                            reply.body.len() as u32,
+                            reply.index,
+                            status,
+                            hint,
+                        );
+                        if !reply.body.is_empty() {
+                            payload_len += reply.body.len() as u64;
+                            payloads.push(reply.body.clone());
+                        }
+                        head
+                    })
+                    .collect();
+                let heads = builder.create_vector(&heads);
+                let args = fb::RepliesArgs { replies: Some(heads) };
+                (fb::Body::Replies, fb::Replies::create(builder, &args).as_union_value())
             }
         };
         let args = fb::FrameArgs {
@@ -217,6 +325,87 @@ impl Encoder {
             head.extend_from_slice(&payload);
         }
         head
+    }
+}
+
+fn encode_message<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    message: &Message,
+    payloads: &mut Vec<Bytes>,
+    payload_len: &mut u64,
+) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    match message {
+        Message::Probe { round, commit_index } => {
+            let args = fb::ProbeArgs { round: *round, commit_index: commit_index.0 };
+            (fb::Body::Probe, fb::Probe::create(builder, &args).as_union_value())
+        }
+        Message::ProbeReply { round, granted, promised } => {
+            let promised = ballot(*promised);
+            let args =
+                fb::ProbeReplyArgs { round: *round, granted: *granted, promised: Some(&promised) };
+            (fb::Body::ProbeReply, fb::ProbeReply::create(builder, &args).as_union_value())
+        }
+        Message::Prepare { ballot: b, from_slot } => {
+            let b = ballot(*b);
+            let args = fb::PrepareArgs { ballot: Some(&b), from_slot: from_slot.0 };
+            (fb::Body::Prepare, fb::Prepare::create(builder, &args).as_union_value())
+        }
+        Message::Promise { ballot: b, from_slot, runs, next_slot } => {
+            let runs = encode_runs(builder, runs, payloads, payload_len);
+            let b = ballot(*b);
+            let args = fb::PromiseArgs {
+                ballot: Some(&b),
+                from_slot: from_slot.0,
+                runs: Some(runs),
+                has_next: next_slot.is_some(),
+                next_slot: next_slot.map_or(0, |slot| slot.0),
+            };
+            (fb::Body::Promise, fb::Promise::create(builder, &args).as_union_value())
+        }
+        Message::Accept { ballot: b, first_slot, count, value, commit_index } => {
+            let (noop, batch_offset, batch_len) = place(value, payloads, payload_len);
+            let b = ballot(*b);
+            let args = fb::AcceptArgs {
+                ballot: Some(&b),
+                first_slot: first_slot.0,
+                count: *count,
+                noop,
+                batch_offset,
+                batch_len,
+                commit_index: commit_index.0,
+            };
+            (fb::Body::Accept, fb::Accept::create(builder, &args).as_union_value())
+        }
+        Message::Accepted { ballot: b, first_slot, count } => {
+            let b = ballot(*b);
+            let args =
+                fb::AcceptedArgs { ballot: Some(&b), first_slot: first_slot.0, count: *count };
+            (fb::Body::Accepted, fb::Accepted::create(builder, &args).as_union_value())
+        }
+        Message::Rejected { ballot: b, promised } => {
+            let (b, promised) = (ballot(*b), ballot(*promised));
+            let args = fb::RejectedArgs { ballot: Some(&b), promised: Some(&promised) };
+            (fb::Body::Rejected, fb::Rejected::create(builder, &args).as_union_value())
+        }
+        Message::Heartbeat { ballot: b, commit_index } => {
+            let b = ballot(*b);
+            let args = fb::HeartbeatArgs { ballot: Some(&b), commit_index: commit_index.0 };
+            (fb::Body::Heartbeat, fb::Heartbeat::create(builder, &args).as_union_value())
+        }
+        Message::HeartbeatAck { ballot: b } => {
+            let b = ballot(*b);
+            let args = fb::HeartbeatAckArgs { ballot: Some(&b) };
+            (fb::Body::HeartbeatAck, fb::HeartbeatAck::create(builder, &args).as_union_value())
+        }
+        Message::CatchUpRequest { from_slot } => {
+            let args = fb::CatchUpRequestArgs { from_slot: from_slot.0 };
+            (fb::Body::CatchUpRequest, fb::CatchUpRequest::create(builder, &args).as_union_value())
+        }
+        Message::Chosen { runs, commit_index } => {
+            let runs = encode_runs(builder, runs, payloads, payload_len);
+            let args = fb::ChosenArgs { runs: Some(runs), commit_index: commit_index.0 };
+            (fb::Body::Chosen, fb::Chosen::create(builder, &args).as_union_value())
+        }
     }
 }
 
@@ -300,7 +489,7 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             .collect()
     };
     let missing = FrameError::Invalid("message body missing or of the wrong type");
-    let message = match frame.body_type() {
+    let body = match frame.body_type() {
         fb::Body::Probe => {
             let m = frame.body_as_probe().ok_or(missing)?;
             Message::Probe { round: m.round(), commit_index: Slot(m.commit_index()) }
@@ -367,12 +556,75 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             let m = frame.body_as_chosen().ok_or(missing)?;
             Message::Chosen { runs: runs_of(m.runs())?, commit_index: Slot(m.commit_index()) }
         }
+        fb::Body::Hello => {
+            let m = frame.body_as_hello().ok_or(missing)?;
+            let role = match m.role() {
+                fb::Role::Peer => Role::Peer,
+                fb::Role::Client => Role::Client(m.client_id()),
+                _ => return Err(FrameError::Invalid("unknown role")),
+            };
+            return finish(&frame, Body::Hello(Hello { version: m.version(), role }));
+        }
+        fb::Body::HelloReply => {
+            let m = frame.body_as_hello_reply().ok_or(missing)?;
+            let members = m
+                .members()
+                .ok_or(FrameError::Invalid("members missing"))?
+                .iter()
+                .map(|member| {
+                    Ok(Member {
+                        id: NodeId(member.id()),
+                        address: member
+                            .address()
+                            .ok_or(FrameError::Invalid("member address missing"))?
+                            .to_string(),
+                        learner: member.learner(),
+                    })
+                })
+                .collect::<Result<Vec<_>, FrameError>>()?;
+            let refusal = if m.accepted() {
+                None
+            } else {
+                Some(m.reason().unwrap_or("no reason given").to_string())
+            };
+            let leader = (m.leader() != 0).then_some(NodeId(m.leader()));
+            let reply = HelloReply { refusal, shards: m.shards(), leader, members };
+            return finish(&frame, Body::HelloReply(reply));
+        }
+        fb::Body::Requests => {
+            frame.body_as_requests().ok_or(missing)?;
+            return finish(&frame, Body::Requests(payload));
+        }
+        fb::Body::Replies => {
+            let m = frame.body_as_replies().ok_or(missing)?;
+            let heads = m.replies().ok_or(FrameError::Invalid("replies missing"))?;
+            let mut replies = Vec::with_capacity(heads.len());
+            for head in heads {
+                let start = head.body_offset();
+                let end = start
+                    .checked_add(u64::from(head.body_len()))
+                    .filter(|end| *end <= payload.len() as u64)
+                    .ok_or(FrameError::Invalid("reply body outside the payload"))?;
+                replies.push(Reply {
+                    sequence: head.sequence(),
+                    status: ReplyStatus::from_code(head.status(), head.hint())?,
+                    slot: Slot(head.slot()),
+                    index: head.index(),
+                    body: payload.slice(start as usize..end as usize),
+                });
+            }
+            return finish(&frame, Body::Replies(replies));
+        }
         _ => return Err(FrameError::Invalid("unknown message type")),
     };
+    finish(&frame, Body::Peer(body))
+}
+
+fn finish(frame: &fb::Frame<'_>, body: Body) -> Result<Frame, FrameError> {
     Ok(Frame {
         cluster_id: ClusterId(frame.cluster_id()),
         from: NodeId(frame.from()),
         shard: frame.shard(),
-        message,
+        body,
     })
 }
