@@ -14,7 +14,7 @@ use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
 use crate::core::{
     Action, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record, RefusedMessage,
-    Replica, RequestId, Value,
+    Replica, RequestId, Slot, Value,
 };
 use crate::log_record;
 use crate::state_machine::{Applier, Outcome, StateMachine};
@@ -137,6 +137,19 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     }
 }
 
+/// What became of one applied client command, and where it was committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedCommand<R> {
+    /// The request.
+    pub id: RequestId,
+    /// The slot of its batch.
+    pub slot: Slot,
+    /// Its place in the batch.
+    pub index: u32,
+    /// What became of it.
+    pub outcome: Outcome<R>,
+}
+
 /// One shard replica, its log and its state machine.
 pub struct Shard<B: Backend, S: StateMachine> {
     replica: Replica,
@@ -144,7 +157,7 @@ pub struct Shard<B: Backend, S: StateMachine> {
     applier: Applier<S>,
     actions: Vec<Action>,
     outbox: Vec<(NodeId, Message)>,
-    replies: Vec<(RequestId, Outcome<S::Reply>)>,
+    replies: Vec<AppliedCommand<S::Reply>>,
 }
 
 impl<B: Backend, S: StateMachine> Shard<B, S> {
@@ -189,6 +202,12 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     #[must_use]
     pub fn wal(&self) -> &Wal<B> {
         self.log.wal()
+    }
+
+    /// Client commands applied so far on this replica.
+    #[must_use]
+    pub fn applied_commands(&self) -> u64 {
+        self.applier.applied_commands()
     }
 
     /// A message arrived from a peer.
@@ -275,7 +294,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     }
 
     /// Moves the outcomes of applied client commands onto `out`.
-    pub fn take_replies(&mut self, out: &mut Vec<(RequestId, Outcome<S::Reply>)>) {
+    pub fn take_replies(&mut self, out: &mut Vec<AppliedCommand<S::Reply>>) {
         out.append(&mut self.replies);
     }
 
@@ -295,9 +314,13 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 Action::Persist { seq, record, then_send } => {
                     self.log.append(seq, &record, then_send, ())?
                 }
-                Action::Commit { value: Value::Batch(bytes), .. } => {
+                Action::Commit { value: Value::Batch(bytes), first_slot, .. } => {
                     let replies = &mut self.replies;
-                    self.applier.apply_batch(&bytes, |id, outcome| replies.push((id, outcome)))?;
+                    let mut index = 0;
+                    self.applier.apply_batch(&bytes, |id, outcome| {
+                        replies.push(AppliedCommand { id, slot: first_slot, index, outcome });
+                        index += 1;
+                    })?;
                 }
                 Action::Commit { value: Value::Noop, .. } => {}
             }

@@ -20,6 +20,22 @@ pub trait StateMachine {
 
     /// Applies one committed command and returns its reply.
     fn apply(&mut self, command: &[u8]) -> Self::Reply;
+
+    /// Appends a reply's encoding to `out`, to send it to the client.
+    fn encode_reply(reply: &Self::Reply, out: &mut Vec<u8>);
+
+    /// A short summary of the state for operators and tests: equal states give equal
+    /// summaries on every replica.
+    fn summary(&self) -> StateSummary;
+}
+
+/// What [`StateMachine::summary`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateSummary {
+    /// Entries held (keys, rows…).
+    pub entries: u64,
+    /// A hash of the whole state, independent of how it is laid out in memory.
+    pub digest: u64,
 }
 
 /// What became of one command of a committed batch.
@@ -143,6 +159,12 @@ pub enum KvCommand {
         /// The value to set.
         new: Vec<u8>,
     },
+    /// An opaque log entry: changes no key; its committed position is the reply's slot and
+    /// index (append-only log use).
+    Append {
+        /// The entry.
+        entry: Vec<u8>,
+    },
 }
 
 /// The reply to a [`KvCommand`].
@@ -167,18 +189,92 @@ const GET: u8 = 1;
 const PUT: u8 = 2;
 const DELETE: u8 = 3;
 const CAS: u8 = 4;
+const APPEND: u8 = 5;
+
+const REPLY_DONE: u8 = 1;
+const REPLY_ABSENT: u8 = 2;
+const REPLY_VALUE: u8 = 3;
+const REPLY_CAS: u8 = 4;
+const REPLY_INVALID: u8 = 5;
+
+fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&u32::try_from(bytes.len()).expect("field fits u32").to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn take_field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (length, tail) = rest.split_first_chunk::<4>()?;
+    let length = u32::from_le_bytes(*length) as usize;
+    if tail.len() < length {
+        return None;
+    }
+    let (value, tail) = tail.split_at(length);
+    *rest = tail;
+    Some(value)
+}
+
+impl KvReply {
+    /// Encodes the reply: a tag byte, then length-prefixed fields.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            KvReply::Done => out.push(REPLY_DONE),
+            KvReply::Value(None) => out.push(REPLY_ABSENT),
+            KvReply::Value(Some(value)) => {
+                out.push(REPLY_VALUE);
+                put_field(out, value);
+            }
+            KvReply::CompareAndSet { succeeded, previous } => {
+                out.push(REPLY_CAS);
+                out.push(u8::from(*succeeded));
+                match previous {
+                    Some(previous) => {
+                        out.push(1);
+                        put_field(out, previous);
+                    }
+                    None => out.push(0),
+                }
+            }
+            KvReply::Invalid => out.push(REPLY_INVALID),
+        }
+    }
+
+    /// Decodes a reply; `None` if the bytes are not one.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<KvReply> {
+        let (&tag, mut rest) = bytes.split_first()?;
+        let reply = match tag {
+            REPLY_DONE => KvReply::Done,
+            REPLY_ABSENT => KvReply::Value(None),
+            REPLY_VALUE => KvReply::Value(Some(take_field(&mut rest)?.to_vec())),
+            REPLY_CAS => {
+                let (&succeeded, tail) = rest.split_first()?;
+                let (&present, tail) = tail.split_first()?;
+                rest = tail;
+                let previous = match present {
+                    0 => None,
+                    1 => Some(take_field(&mut rest)?.to_vec()),
+                    _ => return None,
+                };
+                let succeeded = match succeeded {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
+                KvReply::CompareAndSet { succeeded, previous }
+            }
+            REPLY_INVALID => KvReply::Invalid,
+            _ => return None,
+        };
+        rest.is_empty().then_some(reply)
+    }
+}
 
 impl KvCommand {
     /// Encodes the command: a tag byte, then length-prefixed (u32 little-endian) fields;
     /// `expected` carries a presence byte first.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-            out.extend_from_slice(
-                &u32::try_from(bytes.len()).expect("field fits u32").to_le_bytes(),
-            );
-            out.extend_from_slice(bytes);
-        }
+        let field = put_field;
         let mut out = Vec::new();
         match self {
             KvCommand::Get { key } => {
@@ -206,6 +302,10 @@ impl KvCommand {
                 }
                 field(&mut out, new);
             }
+            KvCommand::Append { entry } => {
+                out.push(APPEND);
+                field(&mut out, entry);
+            }
         }
         out
     }
@@ -213,16 +313,7 @@ impl KvCommand {
     /// Decodes a command; `None` if the bytes are not one.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<KvCommand> {
-        fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
-            let (length, tail) = rest.split_first_chunk::<4>()?;
-            let length = u32::from_le_bytes(*length) as usize;
-            if tail.len() < length {
-                return None;
-            }
-            let (value, tail) = tail.split_at(length);
-            *rest = tail;
-            Some(value)
-        }
+        let field = take_field;
         let (&tag, mut rest) = bytes.split_first()?;
         let command = match tag {
             GET => KvCommand::Get { key: field(&mut rest)?.to_vec() },
@@ -242,6 +333,7 @@ impl KvCommand {
                 };
                 KvCommand::CompareAndSet { key, expected, new: field(&mut rest)?.to_vec() }
             }
+            APPEND => KvCommand::Append { entry: field(&mut rest)?.to_vec() },
             _ => return None,
         };
         rest.is_empty().then_some(command)
@@ -297,7 +389,24 @@ impl StateMachine for KvStore {
                 }
                 KvReply::CompareAndSet { succeeded, previous }
             }
+            Some(KvCommand::Append { .. }) => KvReply::Done,
         }
+    }
+
+    fn encode_reply(reply: &KvReply, out: &mut Vec<u8>) {
+        reply.encode(out);
+    }
+
+    fn summary(&self) -> StateSummary {
+        // Order-independent: the sum of one hash per entry.
+        let digest = self.entries.iter().fold(0u64, |sum, (key, value)| {
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(key);
+            hasher.update(value);
+            sum.wrapping_add(hasher.digest())
+        });
+        StateSummary { entries: self.entries.len() as u64, digest }
     }
 }
 
@@ -361,6 +470,7 @@ mod tests {
                 expected: Some(vec![]),
                 new: b"x".to_vec(),
             },
+            KvCommand::Append { entry: b"entry".to_vec() },
         ];
         for command in commands {
             assert_eq!(KvCommand::decode(&command.encode()), Some(command.clone()));
@@ -370,5 +480,42 @@ mod tests {
             }
         }
         assert_eq!(KvStore::default().apply(&[9, 9, 9]), KvReply::Invalid);
+    }
+
+    #[test]
+    fn kv_replies_round_trip_and_cuts_are_refused() {
+        let replies = [
+            KvReply::Done,
+            KvReply::Value(None),
+            KvReply::Value(Some(b"v".to_vec())),
+            KvReply::CompareAndSet { succeeded: true, previous: None },
+            KvReply::CompareAndSet { succeeded: false, previous: Some(b"old".to_vec()) },
+            KvReply::Invalid,
+        ];
+        for reply in replies {
+            let mut encoded = Vec::new();
+            reply.encode(&mut encoded);
+            assert_eq!(KvReply::decode(&encoded), Some(reply.clone()));
+            for cut in 0..encoded.len() {
+                assert_eq!(KvReply::decode(&encoded[..cut]), None);
+            }
+        }
+    }
+
+    #[test]
+    fn summary_depends_on_content_not_insertion_order() {
+        let mut a = KvStore::default();
+        let mut b = KvStore::default();
+        let put = |key: &[u8], value: &[u8]| {
+            KvCommand::Put { key: key.to_vec(), value: value.to_vec() }.encode()
+        };
+        a.apply(&put(b"x", b"1"));
+        a.apply(&put(b"y", b"2"));
+        b.apply(&put(b"y", b"2"));
+        b.apply(&put(b"x", b"1"));
+        assert_eq!(a.summary(), b.summary());
+        b.apply(&put(b"x", b"3"));
+        assert_ne!(a.summary(), b.summary());
+        assert_eq!(b.summary().entries, 2);
     }
 }

@@ -5,10 +5,12 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use quorum::core::RoleKind;
 use quorum::core::{Ballot, ClusterId, Message, NodeId, Slot, SlotRun, Value};
+use quorum::state_machine::StateSummary;
 use quorum::transport::codec::{
     Body, Encoder, Frame, FrameError, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus,
-    Role, decode, frame_length,
+    Role, ShardStatus, decode, frame_length,
 };
 
 fn ballot() -> impl Strategy<Value = Ballot> {
@@ -126,6 +128,21 @@ fn frame_body() -> impl Strategy<Value = Body> {
             }),
         bytes().prop_map(Body::Requests),
         prop::collection::vec(reply, 0..6).prop_map(Body::Replies),
+        Just(Body::StatusRequest),
+        (0..4u8, any::<u16>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(role, leader, commit, applied, entries, digest)| {
+                let role =
+                    [RoleKind::Follower, RoleKind::Candidate, RoleKind::Leader, RoleKind::Learner]
+                        [role as usize];
+                Body::Status(ShardStatus {
+                    role,
+                    leader: (leader != 0).then_some(NodeId(leader)),
+                    commit_index: Slot(commit),
+                    applied_commands: applied,
+                    summary: StateSummary { entries, digest },
+                })
+            }
+        ),
     ]
 }
 

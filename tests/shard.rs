@@ -63,9 +63,10 @@ impl Cluster {
                 let mut replies = Vec::new();
                 shard.take_replies(&mut replies);
                 if shard.replica().role() == RoleKind::Leader {
-                    for (id, outcome) in replies {
-                        if let Outcome::Applied(reply) | Outcome::Duplicate(reply) = outcome {
-                            self.replies.insert(id, reply);
+                    for applied in replies {
+                        if let Outcome::Applied(reply) | Outcome::Duplicate(reply) = applied.outcome
+                        {
+                            self.replies.insert(applied.id, reply);
                         }
                     }
                 }

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, VerifierOptions, WIPOffset};
 
 use super::generated::quorum::wire as fb;
-use crate::core::{Ballot, ClusterId, Message, NodeId, Slot, SlotRun, Value};
+use crate::core::{Ballot, ClusterId, Message, NodeId, RoleKind, Slot, SlotRun, Value};
+use crate::state_machine::StateSummary;
 
 /// Bytes of the length prefix.
 pub const PREFIX_BYTES: usize = 4;
@@ -49,6 +50,25 @@ pub enum Body {
     Requests(Bytes),
     /// Replies to client commands.
     Replies(Vec<Reply>),
+    /// A client asks how the shard is doing.
+    StatusRequest,
+    /// The answer.
+    Status(ShardStatus),
+}
+
+/// How one shard of one node is doing, for operators and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// This replica's role.
+    pub role: RoleKind,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Slots below this are committed here.
+    pub commit_index: Slot,
+    /// Client commands applied here.
+    pub applied_commands: u64,
+    /// The state machine's summary.
+    pub summary: StateSummary,
 }
 
 /// Who is dialling.
@@ -293,6 +313,30 @@ impl Encoder {
                 let heads = builder.create_vector(&heads);
                 let args = fb::RepliesArgs { replies: Some(heads) };
                 (fb::Body::Replies, fb::Replies::create(builder, &args).as_union_value())
+            }
+            Body::StatusRequest => {
+                let args = fb::StatusRequestArgs {};
+                (
+                    fb::Body::StatusRequest,
+                    fb::StatusRequest::create(builder, &args).as_union_value(),
+                )
+            }
+            Body::Status(status) => {
+                let role = match status.role {
+                    RoleKind::Follower => 0,
+                    RoleKind::Candidate => 1,
+                    RoleKind::Leader => 2,
+                    RoleKind::Learner => 3,
+                };
+                let args = fb::StatusArgs {
+                    role,
+                    leader: status.leader.map_or(0, |node| node.0),
+                    commit_index: status.commit_index.0,
+                    applied_commands: status.applied_commands,
+                    entries: status.summary.entries,
+                    digest: status.summary.digest,
+                };
+                (fb::Body::Status, fb::Status::create(builder, &args).as_union_value())
             }
         };
         let args = fb::FrameArgs {
@@ -614,6 +658,28 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
                 });
             }
             return finish(&frame, Body::Replies(replies));
+        }
+        fb::Body::StatusRequest => {
+            frame.body_as_status_request().ok_or(missing)?;
+            return finish(&frame, Body::StatusRequest);
+        }
+        fb::Body::Status => {
+            let m = frame.body_as_status().ok_or(missing)?;
+            let role = match m.role() {
+                0 => RoleKind::Follower,
+                1 => RoleKind::Candidate,
+                2 => RoleKind::Leader,
+                3 => RoleKind::Learner,
+                _ => return Err(FrameError::Invalid("unknown role in status")),
+            };
+            let status = ShardStatus {
+                role,
+                leader: (m.leader() != 0).then_some(NodeId(m.leader())),
+                commit_index: Slot(m.commit_index()),
+                applied_commands: m.applied_commands(),
+                summary: StateSummary { entries: m.entries(), digest: m.digest() },
+            };
+            return finish(&frame, Body::Status(status));
         }
         _ => return Err(FrameError::Invalid("unknown message type")),
     };

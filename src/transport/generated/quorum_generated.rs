@@ -97,10 +97,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 15;
+pub const ENUM_MAX_BODY: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 16] = [
+pub const ENUM_VALUES_BODY: [Body; 18] = [
   Body::NONE,
   Body::Probe,
   Body::ProbeReply,
@@ -117,6 +117,8 @@ pub const ENUM_VALUES_BODY: [Body; 16] = [
   Body::HelloReply,
   Body::Requests,
   Body::Replies,
+  Body::StatusRequest,
+  Body::Status,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -140,9 +142,11 @@ impl Body {
   pub const HelloReply: Self = Self(13);
   pub const Requests: Self = Self(14);
   pub const Replies: Self = Self(15);
+  pub const StatusRequest: Self = Self(16);
+  pub const Status: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Probe,
@@ -160,6 +164,8 @@ impl Body {
     Self::HelloReply,
     Self::Requests,
     Self::Replies,
+    Self::StatusRequest,
+    Self::Status,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -180,6 +186,8 @@ impl Body {
       Self::HelloReply => Some("HelloReply"),
       Self::Requests => Some("Requests"),
       Self::Replies => Some("Replies"),
+      Self::StatusRequest => Some("StatusRequest"),
+      Self::Status => Some("Status"),
       _ => None,
     }
   }
@@ -2843,6 +2851,265 @@ impl ::core::fmt::Debug for Replies<'_> {
       ds.finish()
   }
 }
+pub enum StatusRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct StatusRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StatusRequest<'a> {
+  type Inner = StatusRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StatusRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StatusRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args StatusRequestArgs
+  ) -> ::flatbuffers::WIPOffset<StatusRequest<'bldr>> {
+    let mut builder = StatusRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for StatusRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StatusRequestArgs {
+}
+impl<'a> Default for StatusRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    StatusRequestArgs {
+    }
+  }
+}
+
+pub struct StatusRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StatusRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StatusRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StatusRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StatusRequest");
+      ds.finish()
+  }
+}
+pub enum StatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Status<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Status<'a> {
+  type Inner = Status<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Status<'a> {
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LEADER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_COMMIT_INDEX: ::flatbuffers::VOffsetT = 8;
+  pub const VT_APPLIED_COMMANDS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_DIGEST: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Status { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StatusArgs
+  ) -> ::flatbuffers::WIPOffset<Status<'bldr>> {
+    let mut builder = StatusBuilder::new(_fbb);
+    builder.add_digest(args.digest);
+    builder.add_entries(args.entries);
+    builder.add_applied_commands(args.applied_commands);
+    builder.add_commit_index(args.commit_index);
+    builder.add_leader(args.leader);
+    builder.add_role(args.role);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn role(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(Status::VT_ROLE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Status::VT_LEADER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn commit_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_COMMIT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn applied_commands(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_APPLIED_COMMANDS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn entries(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_ENTRIES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn digest(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_DIGEST, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Status<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u8>("role", Self::VT_ROLE, false)?
+     .visit_field::<u16>("leader", Self::VT_LEADER, false)?
+     .visit_field::<u64>("commit_index", Self::VT_COMMIT_INDEX, false)?
+     .visit_field::<u64>("applied_commands", Self::VT_APPLIED_COMMANDS, false)?
+     .visit_field::<u64>("entries", Self::VT_ENTRIES, false)?
+     .visit_field::<u64>("digest", Self::VT_DIGEST, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StatusArgs {
+    pub role: u8,
+    pub leader: u16,
+    pub commit_index: u64,
+    pub applied_commands: u64,
+    pub entries: u64,
+    pub digest: u64,
+}
+impl<'a> Default for StatusArgs {
+  #[inline]
+  fn default() -> Self {
+    StatusArgs {
+      role: 0,
+      leader: 0,
+      commit_index: 0,
+      applied_commands: 0,
+      entries: 0,
+      digest: 0,
+    }
+  }
+}
+
+pub struct StatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_role(&mut self, role: u8) {
+    self.fbb_.push_slot::<u8>(Status::VT_ROLE, role, 0);
+  }
+  #[inline]
+  pub fn add_leader(&mut self, leader: u16) {
+    self.fbb_.push_slot::<u16>(Status::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn add_commit_index(&mut self, commit_index: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_COMMIT_INDEX, commit_index, 0);
+  }
+  #[inline]
+  pub fn add_applied_commands(&mut self, applied_commands: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_APPLIED_COMMANDS, applied_commands, 0);
+  }
+  #[inline]
+  pub fn add_entries(&mut self, entries: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_ENTRIES, entries, 0);
+  }
+  #[inline]
+  pub fn add_digest(&mut self, digest: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_DIGEST, digest, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Status<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Status<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Status");
+      ds.field("role", &self.role());
+      ds.field("leader", &self.leader());
+      ds.field("commit_index", &self.commit_index());
+      ds.field("applied_commands", &self.applied_commands());
+      ds.field("entries", &self.entries());
+      ds.field("digest", &self.digest());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3144,6 +3411,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_status_request(&self) -> Option<StatusRequest<'a>> {
+    if self.body_type() == Body::StatusRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { StatusRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_status(&self) -> Option<Status<'a>> {
+    if self.body_type() == Body::Status {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Status::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -3172,6 +3469,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::HelloReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HelloReply>>("Body::HelloReply", pos),
           Body::Requests => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Requests>>("Body::Requests", pos),
           Body::Replies => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Replies>>("Body::Replies", pos),
+          Body::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Body::StatusRequest", pos),
+          Body::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Body::Status", pos),
           _ => Ok(()),
         }
      })?
@@ -3347,6 +3646,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::Replies => {
           if let Some(x) = self.body_as_replies() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::StatusRequest => {
+          if let Some(x) = self.body_as_status_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Status => {
+          if let Some(x) = self.body_as_status() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
