@@ -7,6 +7,7 @@
 pub mod core;
 pub mod log_record;
 pub mod node_config;
+pub mod runtime;
 pub mod shard;
 pub mod sim;
 pub mod state_machine;

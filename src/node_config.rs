@@ -54,6 +54,8 @@ pub struct NodeSettings {
     pub heartbeat_interval_ms: Option<u32>,
     /// How long followers wait for a leader before standing for election.
     pub election_timeout_ms: Option<u32>,
+    /// Size of each write-ahead log segment file, in MiB (preallocated).
+    pub wal_segment_mib: Option<u32>,
 }
 
 impl NodeSettings {
@@ -91,6 +93,7 @@ impl NodeSettings {
             tick_ms: overrides.tick_ms.or(self.tick_ms),
             heartbeat_interval_ms: overrides.heartbeat_interval_ms.or(self.heartbeat_interval_ms),
             election_timeout_ms: overrides.election_timeout_ms.or(self.election_timeout_ms),
+            wal_segment_mib: overrides.wal_segment_mib.or(self.wal_segment_mib),
         }
     }
 }
@@ -116,6 +119,16 @@ pub enum NodeConfigError {
         field: &'static str,
         /// The value given.
         value: String,
+    },
+    /// Shard `k` listens on `PORT + k`; with this many shards a port passes 65535.
+    #[error(
+        "`{address}`: shard k listens on PORT + k, and with {shards} shards that passes port 65535"
+    )]
+    PortsOverflow {
+        /// The address.
+        address: String,
+        /// Shards per node.
+        shards: u16,
     },
     /// A member entry is not `ID=HOST:PORT`.
     #[error("`{field}` entry `{entry}` is not ID=HOST:PORT with an ID from 1 to 65535")]
@@ -188,6 +201,22 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u32,
     /// Election timeout.
     pub election_timeout_ms: u32,
+    /// Bytes per WAL segment file.
+    pub wal_segment_bytes: u64,
+}
+
+impl NodeConfig {
+    /// The largest frame a node accepts: room for a message of full batches.
+    #[must_use]
+    pub fn frame_bytes_max(&self) -> usize {
+        (64 << 20).max(2 * self.batch_bytes_max + (1 << 20))
+    }
+
+    /// Every member's base address, voters and learners.
+    pub fn members(&self) -> impl Iterator<Item = (NodeId, &str, bool)> {
+        let voters = self.voters.iter().map(|(id, address)| (*id, address.as_str(), false));
+        voters.chain(self.learners.iter().map(|(id, address)| (*id, address.as_str(), true)))
+    }
 }
 
 fn check_address(field: &'static str, value: &str) -> Result<String, NodeConfigError> {
@@ -324,7 +353,22 @@ impl NodeConfig {
             tick_ms,
             heartbeat_interval_ms,
             election_timeout_ms,
+            wal_segment_bytes: u64::from(in_range(
+                "wal_segment_mib",
+                settings.wal_segment_mib.unwrap_or(64),
+                1,
+                4096,
+            )?) << 20,
         };
+        // Shard k listens on PORT + k: every node's ports must fit.
+        let addresses =
+            config.members().map(|(_, address, _)| address).chain([config.listen.as_str()]);
+        for address in addresses {
+            let port = address.rsplit_once(':').and_then(|(_, port)| port.parse::<u32>().ok());
+            if port.is_some_and(|port| port + u32::from(shards) - 1 > 65535) {
+                return Err(PortsOverflow { address: address.to_string(), shards });
+            }
+        }
         // The core checks its own rules too; any it refuses is a node configuration error.
         config.shard_config(0).validate().map_err(|error| Timing(error.to_string()))?;
         Ok(config)
@@ -341,6 +385,9 @@ impl NodeConfig {
         config.batch_bytes_max = self.batch_bytes_max;
         config.batch_commands_max = self.batch_commands_max;
         config.pipeline_depth_max = self.pipeline_depth_max;
+        // A promise or catch-up message of full batches must fit in one frame.
+        config.message_runs_max =
+            ((self.frame_bytes_max() - (1 << 20)) / self.batch_bytes_max).clamp(1, 256);
         config.random_seed =
             (u64::from(self.id.0) << 16) ^ u64::from(shard) ^ self.cluster_id.0.rotate_left(32);
         config
@@ -373,6 +420,13 @@ mod tests {
         assert_eq!(shard.election_timeout_ticks, 40);
         assert!(shard.validate().is_ok());
         assert_ne!(config.shard_config(0).random_seed, shard.random_seed);
+    }
+
+    #[test]
+    fn shard_ports_must_fit() {
+        let settings = NodeSettings { listen: Some("127.0.0.1:65535".into()), ..good() };
+        let error = NodeConfig::resolve(settings).unwrap_err();
+        assert!(matches!(error, NodeConfigError::PortsOverflow { shards: 2, .. }), "{error}");
     }
 
     #[test]

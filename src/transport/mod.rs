@@ -4,6 +4,7 @@
 //! come with the node.
 
 pub mod codec;
+pub mod framing;
 
 #[allow(
     clippy::all,

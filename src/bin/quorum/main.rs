@@ -1,5 +1,7 @@
-//! `quorum`: the command line. `quorum sim` runs the deterministic simulator; the node, the
-//! load generator and the client commands come with their issues.
+//! `quorum`: the command line. `node` runs a node, `kv` and `status` talk to a cluster, `sim`
+//! runs the deterministic simulator.
+
+mod node;
 
 use std::process::ExitCode;
 
@@ -22,6 +24,12 @@ enum Command {
     /// faults, runs a safety phase with faults and a liveness phase without, and checks every
     /// invariant of docs/protocol.md after every step.
     Sim(SimArgs),
+    /// Run one node of a cluster until SIGTERM or SIGINT.
+    ///
+    /// Example, node 1 of three on one host, two shards (ports 7000-7001):
+    ///   quorum node --id 1 --cluster-id 7 --listen 127.0.0.1:7000 \
+    ///     --peers 1=127.0.0.1:7000,2=127.0.0.1:7010,3=127.0.0.1:7020 --data-dir /tmp/q1 --shards 2
+    Node(node::NodeArgs),
 }
 
 #[derive(clap::Args)]
@@ -59,7 +67,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => run_sim(args),
+        Command::Node(args) => {
+            init_logging();
+            node::run(&args)
+        }
     }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run_sim(args: SimArgs) -> ExitCode {

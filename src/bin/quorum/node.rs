@@ -1,0 +1,143 @@
+//! `quorum node`: runs one node until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use quorum::node_config::{NodeConfig, NodeSettings};
+use quorum::runtime::Node;
+
+/// Flags override the same keys of the `--config` file.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// A TOML file with any of the settings below (keys as the flags, with `_` for `-`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This node's id, 1 to 65535, unique in the cluster.
+    #[arg(long)]
+    id: Option<u16>,
+    /// The cluster's id: every node of one cluster uses the same; frames from another
+    /// cluster are refused.
+    #[arg(long)]
+    cluster_id: Option<u64>,
+    /// Where to listen, HOST:PORT. Shard k listens on PORT + k.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// The voters, ID=HOST:PORT,… (this node among them unless it is a learner). Every node
+    /// gets the same list.
+    #[arg(long, value_name = "ID=HOST:PORT,…")]
+    peers: Option<String>,
+    /// The learners, ID=HOST:PORT,…: they receive every committed batch but never vote.
+    #[arg(long, value_name = "ID=HOST:PORT,…")]
+    learners: Option<String>,
+    /// Where the write-ahead logs live (one directory per shard).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Shards per node, 1 to 256 (default: one per core). Every node of a cluster must use
+    /// the same number.
+    #[arg(long)]
+    shards: Option<u16>,
+    /// Run as a learner (this node's id must be among --learners).
+    #[arg(long)]
+    learner: bool,
+    /// Pin shard k's thread to core k mod cores: true (default) or false.
+    #[arg(long, value_name = "BOOL")]
+    pin_cores: Option<bool>,
+    /// Largest batch in bytes (default 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    batch_bytes_max: Option<usize>,
+    /// Most commands in one batch (default 4096).
+    #[arg(long)]
+    batch_commands_max: Option<usize>,
+    /// Accept batches a leader keeps in flight (default 32).
+    #[arg(long)]
+    pipeline_depth_max: Option<usize>,
+    /// The protocol clock's period in ms (default 5).
+    #[arg(long, value_name = "MS")]
+    tick_ms: Option<u32>,
+    /// How often a leader heartbeats, in ms (default 20).
+    #[arg(long, value_name = "MS")]
+    heartbeat_interval_ms: Option<u32>,
+    /// How long followers wait for a silent leader before an election, in ms (default 200).
+    #[arg(long, value_name = "MS")]
+    election_timeout_ms: Option<u32>,
+    /// Size of each preallocated WAL segment file, in MiB (default 64).
+    #[arg(long, value_name = "MIB")]
+    wal_segment_mib: Option<u32>,
+}
+
+impl NodeArgs {
+    fn settings(&self) -> NodeSettings {
+        NodeSettings {
+            id: self.id,
+            cluster_id: self.cluster_id,
+            listen: self.listen.clone(),
+            peers: self.peers.clone(),
+            learners: self.learners.clone(),
+            data_dir: self.data_dir.clone(),
+            shards: self.shards,
+            learner: self.learner.then_some(true),
+            pin_cores: self.pin_cores,
+            batch_bytes_max: self.batch_bytes_max,
+            batch_commands_max: self.batch_commands_max,
+            pipeline_depth_max: self.pipeline_depth_max,
+            tick_ms: self.tick_ms,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            election_timeout_ms: self.election_timeout_ms,
+            wal_segment_mib: self.wal_segment_mib,
+        }
+    }
+}
+
+pub fn run(args: &NodeArgs) -> ExitCode {
+    let file = match &args.config {
+        Some(path) => match NodeSettings::from_file(path) {
+            Ok(settings) => settings,
+            Err(error) => {
+                eprintln!("quorum node: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => NodeSettings::default(),
+    };
+    let config = match NodeConfig::resolve(file.overridden_by(args.settings())) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("quorum node: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
+    let node = match Node::start(config) {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("quorum node: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let control = node.control();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(error) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("quorum node: cannot handle signal {signal}: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    tracing::info!(id, shards, %listen, "node running");
+    while !stop.load(Ordering::SeqCst) && !control.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!(id, "stopping");
+    node.stop();
+    match node.wait() {
+        Ok(()) => {
+            tracing::info!(id, "stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("quorum node: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

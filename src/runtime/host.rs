@@ -1,0 +1,374 @@
+//! One shard's state on its executor: the shard, its links to peers and clients, and the
+//! requests waiting for their replies. Every task of the executor reaches it through
+//! `Rc<RefCell<..>>`; a borrow never lives across an `.await`.
+//!
+//! After anything changes the shard, [`pump`] moves what it produced: messages onto the peer
+//! links, replies onto the client links, and a sync onto the blocking pool when records wait.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use glommio::channels::local_channel::LocalSender;
+use quorum_wal::MmapBackend;
+
+use super::Control;
+use crate::core::{Envelope, Message, NodeId, ProposeError, RequestId, RoleKind};
+use crate::shard::{AppliedCommand, Shard, ShardError};
+use crate::state_machine::{KvStore, Outcome, StateMachine};
+use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
+use crate::transport::framing::encode_into;
+
+/// The shard type a node runs.
+pub type NodeShard = Shard<MmapBackend, KvStore>;
+
+/// Bytes that may wait for one connection before messages to it are dropped (peers) or the
+/// client is disconnected (clients).
+pub const LINK_BUFFER_MAX: usize = 64 << 20;
+
+/// Bytes waiting to be written to one connection, and the bell that wakes its writer.
+pub struct Link {
+    /// Encoded frames, in order.
+    pub out: Vec<u8>,
+    bell: LocalSender<()>,
+}
+
+impl Link {
+    /// A link whose writer waits on the receiver of `bell`.
+    pub fn new(bell: LocalSender<()>) -> Link {
+        Link { out: Vec::new(), bell }
+    }
+
+    fn ring(&self) {
+        // Full means the writer is already due to run.
+        let _ = self.bell.try_send(());
+    }
+}
+
+/// A client connection's link and the replies gathered for it in this pump.
+struct ClientLink {
+    link: Link,
+    client: u64,
+    replies: Vec<Reply>,
+    overflowed: bool,
+}
+
+/// One shard's state on its executor.
+pub struct Host {
+    /// The shard.
+    pub shard: NodeShard,
+    /// Which shard this is.
+    pub index: u16,
+    control: std::sync::Arc<Control>,
+    peers: HashMap<NodeId, Link>,
+    clients: HashMap<u64, ClientLink>,
+    next_connection: u64,
+    waiting: HashMap<RequestId, u64>,
+    syncing: bool,
+    was_leader: bool,
+    encoder: Encoder,
+    outbox: Vec<(NodeId, Message)>,
+    applied: Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>,
+    dropped_messages: u64,
+}
+
+/// A shared handle to a shard's state.
+pub type HostRef = Rc<RefCell<Host>>;
+
+impl Host {
+    /// Wraps an opened shard.
+    pub fn new(shard: NodeShard, index: u16, control: std::sync::Arc<Control>) -> HostRef {
+        Rc::new(RefCell::new(Host {
+            shard,
+            index,
+            control,
+            peers: HashMap::new(),
+            clients: HashMap::new(),
+            next_connection: 0,
+            waiting: HashMap::new(),
+            syncing: false,
+            was_leader: false,
+            encoder: Encoder::default(),
+            outbox: Vec::new(),
+            applied: Vec::new(),
+            dropped_messages: 0,
+        }))
+    }
+
+    /// This shard's frame header fields.
+    fn frame(&self, body: Body) -> Frame {
+        let config = self.shard.replica().config();
+        Frame { cluster_id: config.cluster_id, from: config.node, shard: self.index, body }
+    }
+
+    /// A peer link came up (or went down, with `None`): messages to it queue there.
+    pub fn set_peer_link(&mut self, peer: NodeId, link: Option<Link>) {
+        match link {
+            Some(link) => {
+                self.peers.insert(peer, link);
+            }
+            None => {
+                self.peers.remove(&peer);
+            }
+        }
+    }
+
+    /// Takes the bytes waiting for `peer`.
+    pub fn take_peer_bytes(&mut self, peer: NodeId, spare: Vec<u8>) -> Vec<u8> {
+        match self.peers.get_mut(&peer) {
+            Some(link) => std::mem::replace(&mut link.out, spare),
+            None => Vec::new(),
+        }
+    }
+
+    /// A client connected: its connection id.
+    pub fn add_client(&mut self, client: u64, link: Link) -> u64 {
+        let id = self.next_connection;
+        self.next_connection += 1;
+        self.clients
+            .insert(id, ClientLink { link, client, replies: Vec::new(), overflowed: false });
+        id
+    }
+
+    /// A client went away.
+    pub fn remove_client(&mut self, connection: u64) {
+        self.clients.remove(&connection);
+        self.waiting.retain(|_, waiting| *waiting != connection);
+    }
+
+    /// Takes the bytes waiting for a client; `None` once the client must be disconnected.
+    pub fn take_client_bytes(&mut self, connection: u64, spare: Vec<u8>) -> Option<Vec<u8>> {
+        let link = self.clients.get_mut(&connection)?;
+        if link.overflowed {
+            return None;
+        }
+        Some(std::mem::replace(&mut link.link.out, spare))
+    }
+
+    /// A message from a peer.
+    ///
+    /// # Errors
+    /// The shard failed.
+    pub fn on_peer_message(&mut self, from: NodeId, message: Message) -> Result<(), ShardError> {
+        let cluster_id = self.shard.replica().config().cluster_id;
+        if let Err(refused) = self.shard.on_message(Envelope { cluster_id, from, message })? {
+            tracing::warn!(shard = self.index, %refused, "message refused");
+        }
+        Ok(())
+    }
+
+    /// Client commands in the batch encoding, from connection `connection`.
+    ///
+    /// # Errors
+    /// `Ok(Err(reason))`: the batch is malformed; close the connection. `Err`: the shard failed.
+    pub fn on_requests(
+        &mut self,
+        connection: u64,
+        batch: &Bytes,
+    ) -> Result<Result<(), String>, ShardError> {
+        let Some(client) = self.clients.get(&connection).map(|link| link.client) else {
+            return Ok(Ok(()));
+        };
+        for command in crate::core::BatchReader::new(batch) {
+            let Ok((id, payload)) = command else {
+                return Ok(Err("malformed request batch".to_string()));
+            };
+            if id.client != client {
+                return Ok(Err(format!(
+                    "request for client {} on the connection of client {client}",
+                    id.client
+                )));
+            }
+            let refused = match self.shard.propose(id, payload)? {
+                Ok(()) => {
+                    self.waiting.insert(id, connection);
+                    continue;
+                }
+                Err(ProposeError::NotLeader { hint }) => (ReplyStatus::NotLeader { hint }, None),
+                Err(ProposeError::Busy) => (ReplyStatus::Busy, None),
+                Err(error) => (ReplyStatus::Rejected, Some(error.to_string())),
+            };
+            let (status, reason) = refused;
+            let body = reason.map_or_else(Bytes::new, Bytes::from);
+            self.queue_reply(connection, Reply {
+                sequence: id.sequence,
+                status,
+                slot: crate::core::Slot(0),
+                index: 0,
+                body,
+            });
+        }
+        self.shard.flush()?;
+        Ok(Ok(()))
+    }
+
+    /// The status a client asked for.
+    pub fn status(&self) -> ShardStatus {
+        let replica = self.shard.replica();
+        let leader = match replica.role() {
+            RoleKind::Leader => Some(replica.node()),
+            _ => replica.leader_hint(),
+        };
+        ShardStatus {
+            role: replica.role(),
+            leader,
+            commit_index: replica.commit_index(),
+            applied_commands: self.shard.applied_commands(),
+            summary: self.shard.machine().summary(),
+        }
+    }
+
+    /// Queues a frame for a client outside the reply path (status answers).
+    pub fn send_to_client(&mut self, connection: u64, body: Body) {
+        let frame = self.frame(body);
+        if let Some(link) = self.clients.get_mut(&connection) {
+            encode_into(&mut self.encoder, &frame, &mut link.link.out);
+            link.link.ring();
+        }
+    }
+
+    fn queue_reply(&mut self, connection: u64, reply: Reply) {
+        if let Some(link) = self.clients.get_mut(&connection) {
+            link.replies.push(reply);
+        }
+    }
+
+    fn route_messages(&mut self) {
+        self.shard.take_outbox(&mut self.outbox);
+        let config = self.shard.replica().config();
+        let (cluster_id, me) = (config.cluster_id, config.node);
+        for (to, message) in self.outbox.drain(..) {
+            let Some(link) = self.peers.get_mut(&to) else {
+                // Not connected: the protocol copes with lost messages (retries, catch-up).
+                self.dropped_messages += 1;
+                continue;
+            };
+            if link.out.len() > LINK_BUFFER_MAX {
+                self.dropped_messages += 1;
+                continue;
+            }
+            let frame = Frame { cluster_id, from: me, shard: self.index, body: Body::Peer(message) };
+            encode_into(&mut self.encoder, &frame, &mut link.out);
+            link.ring();
+        }
+    }
+
+    fn route_replies(&mut self) {
+        self.shard.take_replies(&mut self.applied);
+        for applied in self.applied.drain(..) {
+            let Some(connection) = self.waiting.remove(&applied.id) else { continue };
+            let (status, body) = match applied.outcome {
+                Outcome::Applied(reply) => (ReplyStatus::Applied, Some(reply)),
+                Outcome::Duplicate(reply) => (ReplyStatus::Duplicate, Some(reply)),
+                Outcome::Expired => (ReplyStatus::Expired, None),
+            };
+            let body = body.map_or_else(Bytes::new, |reply| {
+                let mut encoded = Vec::new();
+                KvStore::encode_reply(&reply, &mut encoded);
+                Bytes::from(encoded)
+            });
+            if let Some(link) = self.clients.get_mut(&connection) {
+                link.replies.push(Reply {
+                    sequence: applied.id.sequence,
+                    status,
+                    slot: applied.slot,
+                    index: applied.index,
+                    body,
+                });
+            }
+        }
+        // A leader that lost its ballot may never answer what waits: send those clients to
+        // the new leader. A retry there is safe: request ids make it apply at most once.
+        let leader = self.shard.replica().role() == RoleKind::Leader;
+        if self.was_leader && !leader {
+            let hint = self.shard.replica().leader_hint();
+            for (id, connection) in std::mem::take(&mut self.waiting) {
+                self.queue_reply(connection, Reply {
+                    sequence: id.sequence,
+                    status: ReplyStatus::NotLeader { hint },
+                    slot: crate::core::Slot(0),
+                    index: 0,
+                    body: Bytes::new(),
+                });
+            }
+        }
+        if leader != self.was_leader {
+            let ballot = self.shard.replica().leader_ballot();
+            tracing::info!(shard = self.index, leader, ?ballot, "leadership changed");
+        }
+        self.was_leader = leader;
+        let cluster_id = self.shard.replica().config().cluster_id;
+        let me = self.shard.replica().node();
+        for link in self.clients.values_mut() {
+            if link.replies.is_empty() {
+                continue;
+            }
+            let replies = std::mem::take(&mut link.replies);
+            let frame =
+                Frame { cluster_id, from: me, shard: self.index, body: Body::Replies(replies) };
+            encode_into(&mut self.encoder, &frame, &mut link.link.out);
+            if link.link.out.len() > LINK_BUFFER_MAX {
+                // A client that does not read its replies is cut off rather than let the
+                // node's memory grow.
+                link.overflowed = true;
+            }
+            link.link.ring();
+        }
+    }
+}
+
+/// Moves everything the shard produced to where it goes, and starts a sync if records wait.
+pub fn pump(host: &HostRef) {
+    let mut guard = host.borrow_mut();
+    let state = &mut *guard;
+    state.route_messages();
+    state.route_replies();
+    if state.syncing {
+        return;
+    }
+    let pending = match state.shard.start_sync() {
+        Ok(pending) => pending,
+        Err(error) => return fail(state, &error),
+    };
+    let Some(pending) = pending else { return };
+    state.syncing = true;
+    drop(guard);
+    let host = host.clone();
+    glommio::spawn_local(async move {
+        // fdatasync blocks: it runs on the executor's blocking pool, never on the reactor.
+        let outcome = glommio::executor().spawn_blocking(move || pending.run()).await;
+        {
+            let mut state = host.borrow_mut();
+            state.syncing = false;
+            if let Err(error) = state.shard.finish_sync(outcome) {
+                return fail(&mut state, &error);
+            }
+        }
+        pump(&host);
+    })
+    .detach();
+}
+
+/// Runs `f` on the shard and pumps; a shard failure stops the node.
+pub fn with_shard(host: &HostRef, f: impl FnOnce(&mut Host) -> Result<(), ShardError>) {
+    let result = f(&mut host.borrow_mut());
+    match result {
+        Ok(()) => pump(host),
+        Err(error) => fail(&mut host.borrow_mut(), &error),
+    }
+}
+
+/// A shard failed (its log is poisoned or unreadable): stop the whole node, which then
+/// recovers from its logs and its peers on restart.
+pub fn fail(host: &mut Host, error: &ShardError) {
+    tracing::error!(shard = host.index, %error, "shard failed; stopping the node");
+    host.control.failed.store(true, Ordering::SeqCst);
+    host.control.stop.store(true, Ordering::SeqCst);
+}
+
+/// Messages dropped because their peer was unreachable or too far behind.
+pub fn dropped_messages(host: &HostRef) -> u64 {
+    host.borrow().dropped_messages
+}

@@ -1,0 +1,217 @@
+//! The node runtime, and the only part of Quorum that knows glommio: one executor per shard,
+//! pinned to a core, each driving its shard's replica, WAL, timers and connections. Shards
+//! share nothing but the stop flag.
+//!
+//! Blocking work stays off the reactors: syncs run on each executor's blocking pool, and WAL
+//! segments are created and pre-faulted ahead of use by the WAL's own helper thread.
+
+mod host;
+mod net;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use quorum_wal::{MmapBackend, Options};
+
+use crate::node_config::NodeConfig;
+use crate::shard::{Shard, ShardError};
+use crate::state_machine::KvStore;
+
+pub use net::shard_address;
+
+/// Replies remembered per client for deduplicating retries.
+pub const SESSION_WINDOW: usize = 4096;
+
+/// What the shards of a node share: whether to stop, and whether one failed.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Set to stop every shard (SIGTERM, or a shard failed).
+    pub stop: AtomicBool,
+    /// Set when a shard failed: the node exits with an error.
+    pub failed: AtomicBool,
+}
+
+/// Why a node could not start or stopped in error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A shard's log could not be opened or recovered.
+    #[error("shard {shard}: {source}")]
+    Shard {
+        /// Which shard.
+        shard: u16,
+        /// What failed.
+        source: ShardError,
+    },
+    /// A shard's port could not be bound.
+    #[error("shard {shard}: cannot listen on {address}: {source}")]
+    Listen {
+        /// Which shard.
+        shard: u16,
+        /// The address.
+        address: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The executor could not be started.
+    #[error("shard {shard}: cannot start its executor: {reason}")]
+    Executor {
+        /// Which shard.
+        shard: u16,
+        /// What failed.
+        reason: String,
+    },
+    /// A shard failed while running; its error was logged.
+    #[error("a shard failed; see the log")]
+    Failed,
+}
+
+/// A running node: one thread per shard.
+pub struct Node {
+    control: Arc<Control>,
+    threads: Vec<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl Node {
+    /// Opens every shard's log, binds every shard's port and starts the shards. Returns once
+    /// all of them are listening, or with the first error.
+    ///
+    /// # Errors
+    /// A log that cannot be recovered, a port that cannot be bound, an executor that cannot
+    /// start.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let config = Arc::new(config);
+        let control = Arc::new(Control::default());
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        let mut threads = Vec::new();
+        let mut ready = Vec::new();
+        for shard in 0..config.shards {
+            let (started, ready_rx) = std::sync::mpsc::sync_channel(1);
+            ready.push(ready_rx);
+            let placement = if config.pin_cores {
+                // Shard k of every node of a host shares core k: a replica reaches its peers
+                // on the same core without waking another (DESIGN.md §5).
+                Placement::Fixed(usize::from(shard) % cores)
+            } else {
+                Placement::Unbound
+            };
+            let builder = LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{shard}"))
+                // Registered I/O memory counts against `ulimit -l`; we do no DMA file I/O.
+                .io_memory(256 << 10)
+                .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
+            let (config, control) = (config.clone(), control.clone());
+            let handle = builder
+                .spawn(move || run_shard(config, shard, control, started))
+                .map_err(|error| NodeError::Executor { shard, reason: error.to_string() })?;
+            threads.push(std::thread::spawn(move || {
+                handle.join().map_err(|error| NodeError::Executor {
+                    shard,
+                    reason: format!("executor ended abnormally: {error}"),
+                })?
+            }));
+        }
+        let node = Node { control, threads };
+        for ready_rx in ready {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    node.stop();
+                    let _ = node.wait();
+                    return Err(error);
+                }
+                Err(_) => {
+                    node.stop();
+                    return Err(node.wait().err().unwrap_or(NodeError::Failed));
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    /// The flag that stops the node when set (for signal handlers).
+    #[must_use]
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
+    /// Asks every shard to stop.
+    pub fn stop(&self) {
+        self.control.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for every shard to stop.
+    ///
+    /// # Errors
+    /// A shard failed.
+    pub fn wait(self) -> Result<(), NodeError> {
+        let mut result = Ok(());
+        for thread in self.threads {
+            let outcome = thread.join().unwrap_or(Err(NodeError::Failed));
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        if result.is_ok() && self.control.failed.load(Ordering::SeqCst) {
+            result = Err(NodeError::Failed);
+        }
+        result
+    }
+}
+
+async fn run_shard(
+    config: Arc<NodeConfig>,
+    shard: u16,
+    control: Arc<Control>,
+    started: std::sync::mpsc::SyncSender<Result<(), NodeError>>,
+) -> Result<(), NodeError> {
+    let opened = open_shard(&config, shard);
+    let (opened, listener) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = started.send(Err(error));
+            return Ok(());
+        }
+    };
+    let host = host::Host::new(opened, shard, control.clone());
+    let shard_net = std::rc::Rc::new(net::ShardNet { config: config.clone(), shard, host: host.clone() });
+    glommio::spawn_local(net::accept_loop(shard_net.clone(), listener)).detach();
+    for (peer, address, _) in config.members() {
+        if peer != config.id {
+            let task = net::dial_loop(shard_net.clone(), peer, address.to_string());
+            glommio::spawn_local(task).detach();
+        }
+    }
+    let _ = started.send(Ok(()));
+    tracing::info!(shard, listen = %config.listen, "shard running");
+    let tick = Duration::from_millis(u64::from(config.tick_ms));
+    while !control.stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(tick).await;
+        host::with_shard(&host, |host| host.shard.on_tick());
+    }
+    tracing::info!(shard, dropped_messages = host::dropped_messages(&host), "shard stopped");
+    Ok(())
+}
+
+fn open_shard(
+    config: &NodeConfig,
+    shard: u16,
+) -> Result<(host::NodeShard, glommio::net::TcpListener), NodeError> {
+    let listener = net::bind(&config.listen, shard).map_err(|source| NodeError::Listen {
+        shard,
+        address: config.listen.clone(),
+        source,
+    })?;
+    let dir = config.data_dir.join(format!("shard-{shard}"));
+    let backend = MmapBackend::new(&dir).map_err(|error| NodeError::Shard {
+        shard,
+        source: ShardError::Wal(error),
+    })?;
+    let options = Options { segment_bytes: config.wal_segment_bytes, prepare_ahead: true };
+    let opened =
+        Shard::open(config.shard_config(shard), backend, options, KvStore::default(), SESSION_WINDOW)
+            .map_err(|source| NodeError::Shard { shard, source })?;
+    Ok((opened, listener))
+}

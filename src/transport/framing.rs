@@ -1,0 +1,86 @@
+//! Reading and writing whole frames on a byte stream, async (the node) or blocking (the
+//! client). The length prefix is checked against the limit before the body is allocated.
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncReadExt};
+
+use super::codec::{Encoder, Frame, FrameError, PREFIX_BYTES, decode, frame_length};
+
+/// Why a connection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The peer closed it between frames.
+    #[error("closed by the other side")]
+    Closed,
+    /// The socket failed, or the peer closed it in the middle of a frame.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent a frame we refuse.
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+fn eof_between_frames(error: io::Error, read: usize) -> ConnectionError {
+    if error.kind() == io::ErrorKind::UnexpectedEof && read == 0 {
+        ConnectionError::Closed
+    } else {
+        ConnectionError::Io(error)
+    }
+}
+
+/// Reads one frame's body (everything after the prefix); the body is checked by [`decode`].
+///
+/// # Errors
+/// [`ConnectionError::Closed`] at a clean end; any other error means the connection is unusable.
+pub async fn read_frame_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Frame, ConnectionError> {
+    let mut prefix = [0u8; PREFIX_BYTES];
+    let first = reader.read(&mut prefix).await?;
+    if first == 0 {
+        return Err(ConnectionError::Closed);
+    }
+    reader.read_exact(&mut prefix[first..]).await?;
+    let len = frame_length(prefix, max)?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await?;
+    Ok(decode(&Bytes::from(body))?)
+}
+
+/// Blocking form of [`read_frame_async`].
+///
+/// # Errors
+/// As [`read_frame_async`].
+pub fn read_frame<R: Read>(reader: &mut R, max: usize) -> Result<Frame, ConnectionError> {
+    let mut prefix = [0u8; PREFIX_BYTES];
+    reader.read_exact(&mut prefix).map_err(|error| eof_between_frames(error, 0))?;
+    let len = frame_length(prefix, max)?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    Ok(decode(&Bytes::from(body))?)
+}
+
+/// Appends `frame`, encoded, to `out`: the bytes to write to the stream.
+pub fn encode_into(encoder: &mut Encoder, frame: &Frame, out: &mut Vec<u8>) {
+    let mut payloads = Vec::new();
+    encoder.encode(frame, out, &mut payloads);
+    for payload in payloads {
+        out.extend_from_slice(&payload);
+    }
+}
+
+/// Writes one frame, blocking.
+///
+/// # Errors
+/// The socket failed.
+pub fn write_frame<W: Write>(writer: &mut W, encoder: &mut Encoder, frame: &Frame) -> io::Result<()> {
+    let mut out = Vec::new();
+    encode_into(encoder, frame, &mut out);
+    writer.write_all(&out)
+}
