@@ -192,13 +192,10 @@ impl Host {
             };
             let (status, reason) = refused;
             let body = reason.map_or_else(Bytes::new, Bytes::from);
-            self.queue_reply(connection, Reply {
-                sequence: id.sequence,
-                status,
-                slot: crate::core::Slot(0),
-                index: 0,
-                body,
-            });
+            self.queue_reply(
+                connection,
+                Reply { sequence: id.sequence, status, slot: crate::core::Slot(0), index: 0, body },
+            );
         }
         self.shard.flush()?;
         Ok(Ok(()))
@@ -249,7 +246,8 @@ impl Host {
                 self.dropped_messages += 1;
                 continue;
             }
-            let frame = Frame { cluster_id, from: me, shard: self.index, body: Body::Peer(message) };
+            let frame =
+                Frame { cluster_id, from: me, shard: self.index, body: Body::Peer(message) };
             encode_into(&mut self.encoder, &frame, &mut link.out);
             link.ring();
         }
@@ -285,13 +283,16 @@ impl Host {
         if self.was_leader && !leader {
             let hint = self.shard.replica().leader_hint();
             for (id, connection) in std::mem::take(&mut self.waiting) {
-                self.queue_reply(connection, Reply {
-                    sequence: id.sequence,
-                    status: ReplyStatus::NotLeader { hint },
-                    slot: crate::core::Slot(0),
-                    index: 0,
-                    body: Bytes::new(),
-                });
+                self.queue_reply(
+                    connection,
+                    Reply {
+                        sequence: id.sequence,
+                        status: ReplyStatus::NotLeader { hint },
+                        slot: crate::core::Slot(0),
+                        index: 0,
+                        body: Bytes::new(),
+                    },
+                );
             }
         }
         if leader != self.was_leader {

@@ -176,7 +176,8 @@ async fn run_shard(
         }
     };
     let host = host::Host::new(opened, shard, control.clone());
-    let shard_net = std::rc::Rc::new(net::ShardNet { config: config.clone(), shard, host: host.clone() });
+    let shard_net =
+        std::rc::Rc::new(net::ShardNet { config: config.clone(), shard, host: host.clone() });
     glommio::spawn_local(net::accept_loop(shard_net.clone(), listener)).detach();
     for (peer, address, _) in config.members() {
         if peer != config.id {
@@ -205,13 +206,16 @@ fn open_shard(
         source,
     })?;
     let dir = config.data_dir.join(format!("shard-{shard}"));
-    let backend = MmapBackend::new(&dir).map_err(|error| NodeError::Shard {
-        shard,
-        source: ShardError::Wal(error),
-    })?;
+    let backend = MmapBackend::new(&dir)
+        .map_err(|error| NodeError::Shard { shard, source: ShardError::Wal(error) })?;
     let options = Options { segment_bytes: config.wal_segment_bytes, prepare_ahead: true };
-    let opened =
-        Shard::open(config.shard_config(shard), backend, options, KvStore::default(), SESSION_WINDOW)
-            .map_err(|source| NodeError::Shard { shard, source })?;
+    let opened = Shard::open(
+        config.shard_config(shard),
+        backend,
+        options,
+        KvStore::default(),
+        SESSION_WINDOW,
+    )
+    .map_err(|source| NodeError::Shard { shard, source })?;
     Ok((opened, listener))
 }

@@ -309,9 +309,8 @@ impl From<std::io::Error> for DialError {
 
 async fn dial_once(net: &Rc<ShardNet>, peer: NodeId, base: &str) -> Result<(), DialError> {
     let address = shard_address(base, net.shard)?;
-    let mut stream = TcpStream::connect_timeout(address, HANDSHAKE_TIMEOUT)
-        .await
-        .map_err(glommio_error)?;
+    let mut stream =
+        TcpStream::connect_timeout(address, HANDSHAKE_TIMEOUT).await.map_err(glommio_error)?;
     stream.set_nodelay(true).map_err(glommio_error)?;
     let hello = Hello { version: PROTOCOL_VERSION, role: Role::Peer };
     send(&mut stream, &header_of(net, Body::Hello(hello))).await?;

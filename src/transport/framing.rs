@@ -79,7 +79,11 @@ pub fn encode_into(encoder: &mut Encoder, frame: &Frame, out: &mut Vec<u8>) {
 ///
 /// # Errors
 /// The socket failed.
-pub fn write_frame<W: Write>(writer: &mut W, encoder: &mut Encoder, frame: &Frame) -> io::Result<()> {
+pub fn write_frame<W: Write>(
+    writer: &mut W,
+    encoder: &mut Encoder,
+    frame: &Frame,
+) -> io::Result<()> {
     let mut out = Vec::new();
     encode_into(encoder, frame, &mut out);
     writer.write_all(&out)

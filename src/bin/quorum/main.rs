@@ -1,6 +1,7 @@
 //! `quorum`: the command line. `node` runs a node, `kv` and `status` talk to a cluster, `sim`
 //! runs the deterministic simulator.
 
+mod kv;
 mod node;
 
 use std::process::ExitCode;
@@ -30,6 +31,12 @@ enum Command {
     ///   quorum node --id 1 --cluster-id 7 --listen 127.0.0.1:7000 \
     ///     --peers 1=127.0.0.1:7000,2=127.0.0.1:7010,3=127.0.0.1:7020 --data-dir /tmp/q1 --shards 2
     Node(node::NodeArgs),
+    /// Use a cluster's key-value store: put, get, del, cas, append.
+    ///
+    /// Example: quorum kv --cluster 127.0.0.1:7000 put greeting hello
+    Kv(kv::KvArgs),
+    /// Print how each shard of one node is doing (role, leader, commit index, state digest).
+    Status(kv::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +78,8 @@ fn main() -> ExitCode {
             init_logging();
             node::run(&args)
         }
+        Command::Kv(args) => kv::run_kv(&args),
+        Command::Status(args) => kv::run_status(&args),
     }
 }
 

@@ -1,0 +1,130 @@
+//! `quorum kv` and `quorum status`: talk to a running cluster.
+
+use std::process::ExitCode;
+
+use quorum::client::{Client, ClientOptions, node_status};
+use quorum::core::ClusterId;
+
+/// Where the cluster is.
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// Any members' addresses, HOST:PORT[,HOST:PORT…] (their --listen addresses).
+    #[arg(long, value_name = "HOST:PORT,…", value_delimiter = ',', required = true)]
+    cluster: Vec<String>,
+    /// The cluster's id; when given, a node of another cluster refuses us.
+    #[arg(long)]
+    cluster_id: Option<u64>,
+    /// How long a request may take, retries included, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+#[derive(clap::Args)]
+pub struct KvArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(subcommand)]
+    operation: Operation,
+}
+
+#[derive(clap::Subcommand)]
+enum Operation {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print KEY's value (linearizable: ordered in the log like a write).
+    Get { key: String },
+    /// Remove KEY.
+    Del { key: String },
+    /// Set KEY to NEW if it holds EXPECTED (`--absent` instead: if it is not set).
+    Cas {
+        key: String,
+        #[arg(required_unless_present = "absent")]
+        expected: Option<String>,
+        new: String,
+        /// Expect KEY to be absent.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Append ENTRY to the log as an opaque entry and print its committed position.
+    Append { entry: String },
+}
+
+fn connect(args: &ClusterArgs) -> Result<Client, String> {
+    let options = ClientOptions {
+        cluster_id: ClusterId(args.cluster_id.unwrap_or(0)),
+        request_timeout: std::time::Duration::from_millis(args.timeout_ms),
+        ..ClientOptions::default()
+    };
+    Client::connect(&args.cluster, options).map_err(|error| error.to_string())
+}
+
+pub fn run_kv(args: &KvArgs) -> ExitCode {
+    let result = connect(&args.cluster).and_then(|client| {
+        let text = |bytes: Option<Vec<u8>>| {
+            bytes.map_or("(absent)".to_string(), |v| String::from_utf8_lossy(&v).into_owned())
+        };
+        match &args.operation {
+            Operation::Put { key, value } => {
+                client.put(key.as_bytes(), value.as_bytes()).map(|()| "OK".into())
+            }
+            Operation::Get { key } => client.get(key.as_bytes()).map(text),
+            Operation::Del { key } => client.delete(key.as_bytes()).map(|()| "OK".into()),
+            Operation::Cas { key, expected, new, absent } => {
+                let expected = if *absent { None } else { expected.as_deref().map(str::as_bytes) };
+                client.compare_and_set(key.as_bytes(), expected, new.as_bytes()).map(
+                    |(succeeded, previous)| {
+                        let verdict = if succeeded { "OK" } else { "FAILED" };
+                        format!("{verdict} (was {})", text(previous))
+                    },
+                )
+            }
+            Operation::Append { entry } => client
+                .append(entry.as_bytes())
+                .map(|position| format!("position {} index {}", position.global, position.index)),
+        }
+        .map_err(|error| error.to_string())
+    });
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("quorum kv: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The node's address, HOST:PORT (its --listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    node: String,
+    /// The cluster's id; when given, a node of another cluster refuses us.
+    #[arg(long)]
+    cluster_id: Option<u64>,
+}
+
+pub fn run_status(args: &StatusArgs) -> ExitCode {
+    match node_status(&args.node, ClusterId(args.cluster_id.unwrap_or(0))) {
+        Ok(statuses) => {
+            for (shard, status) in statuses.iter().enumerate() {
+                println!(
+                    "shard {shard}: {:?}, leader {}, commit index {}, applied {}, entries {}, digest {:016x}",
+                    status.role,
+                    status.leader.map_or("unknown".to_string(), |node| node.0.to_string()),
+                    status.commit_index.0,
+                    status.applied_commands,
+                    status.summary.entries,
+                    status.summary.digest,
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("quorum status: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

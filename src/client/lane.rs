@@ -1,0 +1,296 @@
+//! One shard's connection: a thread that connects to the shard's leader, re-sends what is
+//! outstanding after every (re)connection, and reads replies; callers write their requests
+//! on the current connection themselves, under the lane's lock.
+
+use std::collections::BTreeMap;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{ClientError, FRAME_BYTES_MAX, Response, Shared, handshake};
+use crate::core::{BatchBuilder, NodeId, RequestId};
+use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus};
+use crate::transport::framing::{read_frame, write_frame};
+
+/// Pause before re-sending requests a busy leader turned away.
+const BUSY_PAUSE: Duration = Duration::from_millis(2);
+/// Pause between connection attempts after every member failed.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+/// Redirects followed in one connection attempt (a leader hint can be stale).
+const REDIRECTS_MAX: usize = 3;
+
+struct Pending {
+    command: Bytes,
+    result: Option<Result<Response, ClientError>>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// The connection to write on, if up.
+    writer: Option<TcpStream>,
+    /// The leader to try first.
+    leader: Option<NodeId>,
+    /// Requests without a final reply, by sequence.
+    outstanding: BTreeMap<u64, Pending>,
+    /// The last reason a connection failed (reported on timeout).
+    last_error: Option<ClientError>,
+    encoder: Encoder,
+}
+
+pub(super) struct Lane {
+    shared: Arc<Shared>,
+    shard: u16,
+    state: Mutex<LaneState>,
+    changed: Condvar,
+}
+
+impl Lane {
+    pub(super) fn start(shared: Arc<Shared>, shard: u16) -> Arc<Lane> {
+        let lane = Arc::new(Lane {
+            shared,
+            shard,
+            state: Mutex::new(LaneState::default()),
+            changed: Condvar::new(),
+        });
+        let runner = lane.clone();
+        std::thread::Builder::new()
+            .name(format!("quorum-client-{shard}"))
+            .spawn(move || runner.run())
+            .expect("spawning a client thread");
+        lane
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn frame(&self, body: Body) -> Frame {
+        Frame {
+            cluster_id: self.shared.options.cluster_id,
+            from: NodeId(0),
+            shard: self.shard,
+            body,
+        }
+    }
+
+    /// Writes requests on the current connection; without one they wait for the next.
+    fn send(&self, state: &mut LaneState, sequences: impl Iterator<Item = u64>) {
+        let Some(writer) = state.writer.as_mut() else { return };
+        let mut builder = BatchBuilder::new(usize::MAX);
+        for sequence in sequences {
+            if let Some(pending) = state.outstanding.get(&sequence) {
+                let id = RequestId { client: self.shared.client_id, sequence };
+                builder.push(id, &pending.command);
+            }
+        }
+        if builder.is_empty() {
+            return;
+        }
+        let frame = self.frame(Body::Requests(builder.take()));
+        if write_frame(writer, &mut state.encoder, &frame).is_err() {
+            // The reader sees the broken connection and reconnects; the requests stay
+            // outstanding and go again then.
+            let _ = writer.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub(super) fn submit(&self, sequences: &[u64], commands: &[&[u8]]) {
+        let mut state = self.lock();
+        for (sequence, command) in sequences.iter().zip(commands) {
+            let pending = Pending { command: Bytes::copy_from_slice(command), result: None };
+            state.outstanding.insert(*sequence, pending);
+        }
+        self.send(&mut state, sequences.iter().copied());
+    }
+
+    pub(super) fn wait(&self, sequence: u64, deadline: Instant) -> Result<Response, ClientError> {
+        let mut state = self.lock();
+        loop {
+            let Some(pending) = state.outstanding.get_mut(&sequence) else {
+                return Err(ClientError::BadReply("request waited on twice".into()));
+            };
+            if let Some(result) = pending.result.take() {
+                state.outstanding.remove(&sequence);
+                return result;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                state.outstanding.remove(&sequence);
+                let timeout = self.shared.options.request_timeout;
+                return Err(match state.last_error.clone() {
+                    Some(ClientError::Refused(reason)) => ClientError::Refused(reason),
+                    Some(error) if state.writer.is_none() => error,
+                    _ => ClientError::Timeout(timeout),
+                });
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    pub(super) fn close(&self) {
+        let mut state = self.lock();
+        if let Some(writer) = state.writer.take() {
+            let _ = writer.shutdown(Shutdown::Both);
+        }
+        self.changed.notify_all();
+    }
+
+    fn closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Candidates to connect to, the known leader first.
+    fn candidates(&self, leader: Option<NodeId>) -> Vec<String> {
+        let membership = self.shared.membership.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<String> = Vec::new();
+        if let Some(address) = leader.and_then(|leader| membership.members.get(&leader)) {
+            list.push(address.clone());
+        }
+        list.extend(membership.members.values().cloned());
+        list.extend(self.shared.seeds.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|address| seen.insert(address.clone()));
+        list
+    }
+
+    /// Connects to the shard's leader, following the handshake's leader hint.
+    fn connect(&self) -> Result<(TcpStream, NodeId), ClientError> {
+        let leader = self.lock().leader;
+        let mut last = ClientError::Disconnected("no member to connect to".into());
+        for address in self.candidates(leader) {
+            let mut address = address;
+            for _ in 0..=REDIRECTS_MAX {
+                let options = &self.shared.options;
+                let handshake =
+                    match handshake(options, self.shared.client_id, &address, self.shard) {
+                        Ok(handshake) => handshake,
+                        Err(error @ ClientError::Refused(_)) => return Err(error),
+                        Err(error) => {
+                            last = error;
+                            break;
+                        }
+                    };
+                let members = &handshake.reply.members;
+                {
+                    let mut membership =
+                        self.shared.membership.lock().unwrap_or_else(|e| e.into_inner());
+                    for member in members {
+                        membership.members.insert(member.id, member.address.clone());
+                    }
+                }
+                let hinted = handshake.reply.leader.filter(|leader| *leader != handshake.node);
+                let redirect = hinted.and_then(|leader| {
+                    members.iter().find(|member| member.id == leader).map(|m| m.address.clone())
+                });
+                match redirect {
+                    Some(next) if next != address => address = next,
+                    _ => return Ok((handshake.stream, handshake.node)),
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn run(self: Arc<Lane>) {
+        while !self.closed() {
+            let (stream, node) = match self.connect() {
+                Ok(connected) => connected,
+                Err(error) => {
+                    self.lock().last_error = Some(error);
+                    self.changed.notify_all();
+                    std::thread::sleep(RECONNECT_PAUSE);
+                    continue;
+                }
+            };
+            let Ok(writer) = stream.try_clone() else { continue };
+            {
+                let mut state = self.lock();
+                state.writer = Some(writer);
+                state.leader = Some(node);
+                state.last_error = None;
+                let sequences: Vec<u64> = state.outstanding.keys().copied().collect();
+                self.send(&mut state, sequences.into_iter());
+            }
+            let error = self.read_replies(stream);
+            let mut state = self.lock();
+            if let Some(writer) = state.writer.take() {
+                let _ = writer.shutdown(Shutdown::Both);
+            }
+            state.last_error = Some(error);
+        }
+    }
+
+    /// Reads replies until the connection fails or the leader sends us elsewhere.
+    fn read_replies(&self, mut stream: TcpStream) -> ClientError {
+        loop {
+            let frame = match read_frame(&mut stream, FRAME_BYTES_MAX) {
+                Ok(frame) => frame,
+                Err(error) => return error.into(),
+            };
+            let Body::Replies(replies) = frame.body else {
+                return ClientError::BadReply("expected replies".into());
+            };
+            let mut busy = Vec::new();
+            let mut redirect = None;
+            {
+                let mut state = self.lock();
+                for reply in replies {
+                    match self.settle(&mut state, reply) {
+                        Settled::Done => {}
+                        Settled::Busy(sequence) => busy.push(sequence),
+                        Settled::NotLeader(hint) => redirect = Some(hint),
+                    }
+                }
+            }
+            self.changed.notify_all();
+            if let Some(hint) = redirect {
+                self.lock().leader = hint;
+                // No leader yet (an election runs), or a stale hint: do not spin on it.
+                std::thread::sleep(BUSY_PAUSE);
+                return ClientError::Disconnected("redirected to the shard's leader".into());
+            }
+            if !busy.is_empty() {
+                std::thread::sleep(BUSY_PAUSE);
+                let mut state = self.lock();
+                self.send(&mut state, busy.into_iter());
+            }
+        }
+    }
+
+    fn settle(&self, state: &mut LaneState, reply: Reply) -> Settled {
+        let Some(pending) = state.outstanding.get_mut(&reply.sequence) else {
+            // Already timed out, or answered twice: nothing waits for it.
+            return Settled::Done;
+        };
+        let result = match reply.status {
+            ReplyStatus::Applied | ReplyStatus::Duplicate => Ok(Response {
+                shard: self.shard,
+                slot: reply.slot,
+                index: reply.index,
+                duplicate: reply.status == ReplyStatus::Duplicate,
+                body: reply.body,
+            }),
+            ReplyStatus::Expired => Err(ClientError::Expired),
+            ReplyStatus::Rejected => {
+                Err(ClientError::Rejected(String::from_utf8_lossy(&reply.body).into_owned()))
+            }
+            ReplyStatus::Busy => return Settled::Busy(reply.sequence),
+            ReplyStatus::NotLeader { hint } => return Settled::NotLeader(hint),
+        };
+        pending.result = Some(result);
+        Settled::Done
+    }
+}
+
+enum Settled {
+    Done,
+    Busy(u64),
+    NotLeader(Option<NodeId>),
+}
