@@ -20,9 +20,21 @@ pub enum ConnectionError {
     /// The peer sent a frame we refuse.
     #[error("bad frame: {0}")]
     Frame(#[from] FrameError),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("closed in the middle of a frame")]
+    Truncated,
     /// The peer broke the protocol.
     #[error("{0}")]
     Protocol(String),
+}
+
+/// An error while reading the rest of a frame whose first byte arrived.
+fn mid_frame(error: io::Error) -> ConnectionError {
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        ConnectionError::Truncated
+    } else {
+        ConnectionError::Io(error)
+    }
 }
 
 fn eof_between_frames(error: io::Error, read: usize) -> ConnectionError {
@@ -46,10 +58,10 @@ pub async fn read_frame_async<R: AsyncRead + Unpin>(
     if first == 0 {
         return Err(ConnectionError::Closed);
     }
-    reader.read_exact(&mut prefix[first..]).await?;
+    reader.read_exact(&mut prefix[first..]).await.map_err(mid_frame)?;
     let len = frame_length(prefix, max)?;
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
+    reader.read_exact(&mut body).await.map_err(mid_frame)?;
     Ok(decode(&Bytes::from(body))?)
 }
 
@@ -62,7 +74,7 @@ pub fn read_frame<R: Read>(reader: &mut R, max: usize) -> Result<Frame, Connecti
     reader.read_exact(&mut prefix).map_err(|error| eof_between_frames(error, 0))?;
     let len = frame_length(prefix, max)?;
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body)?;
+    reader.read_exact(&mut body).map_err(mid_frame)?;
     Ok(decode(&Bytes::from(body))?)
 }
 

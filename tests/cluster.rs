@@ -1,0 +1,381 @@
+//! Real clusters: `quorum node` processes on 127.0.0.1, talking TCP, writing real WALs with
+//! fsync; driven through the client library and raw sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quorum::client::{Client, ClientOptions, node_status};
+use quorum::core::{ClusterId, NodeId, RoleKind};
+use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, Role, ShardStatus};
+
+const CLUSTER: u64 = 42;
+const ELECTION_TIMEOUT_MS: u64 = 300;
+
+/// Nodes of one cluster, as child processes.
+struct TestCluster {
+    dir: tempfile::TempDir,
+    shards: u16,
+    voters: BTreeMap<u16, String>,
+    learners: BTreeMap<u16, String>,
+    children: BTreeMap<u16, Child>,
+}
+
+/// A base port with `count` free ports from it.
+fn free_ports(count: u16) -> u16 {
+    loop {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let all_free = (0..count)
+            .all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+}
+
+fn members(map: &BTreeMap<u16, String>) -> String {
+    map.iter().map(|(id, address)| format!("{id}={address}")).collect::<Vec<_>>().join(",")
+}
+
+impl TestCluster {
+    fn new(voters: u16, learners: u16, shards: u16) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = TestCluster {
+            dir,
+            shards,
+            voters: BTreeMap::new(),
+            learners: BTreeMap::new(),
+            children: BTreeMap::new(),
+        };
+        for id in 1..=voters + learners {
+            let address = format!("127.0.0.1:{}", free_ports(shards));
+            if id <= voters {
+                cluster.voters.insert(id, address);
+            } else {
+                cluster.learners.insert(id, address);
+            }
+        }
+        for id in 1..=voters + learners {
+            cluster.start(id);
+        }
+        cluster
+    }
+
+    fn address(&self, id: u16) -> &str {
+        self.voters.get(&id).or_else(|| self.learners.get(&id)).unwrap()
+    }
+
+    fn log_path(&self, id: u16) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    fn start(&mut self, id: u16) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quorum"));
+        command
+            .arg("node")
+            .args(["--id", &id.to_string()])
+            .args(["--cluster-id", &CLUSTER.to_string()])
+            .args(["--listen", self.address(id)])
+            .args(["--peers", &members(&self.voters)])
+            .args(["--learners", &members(&self.learners)])
+            .args(["--shards", &self.shards.to_string()])
+            .args(["--wal-segment-mib", "4"])
+            .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
+            .args(["--heartbeat-interval-ms", "30"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("data-{id}")))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if self.learners.contains_key(&id) {
+            command.arg("--learner");
+        }
+        self.children.insert(id, command.spawn().unwrap());
+    }
+
+    fn kill9(&mut self, id: u16) {
+        let mut child = self.children.remove(&id).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self, id: u16) -> std::process::ExitStatus {
+        let mut child = self.children.remove(&id).unwrap();
+        let status =
+            Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {id} ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn status(&self, id: u16) -> Option<Vec<ShardStatus>> {
+        node_status(self.address(id), ClusterId(CLUSTER)).ok()
+    }
+
+    fn client(&self) -> Client {
+        let seeds: Vec<String> = self.voters.values().cloned().collect();
+        let options = ClientOptions {
+            cluster_id: ClusterId(CLUSTER),
+            request_timeout: Duration::from_secs(20),
+            ..ClientOptions::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Client::connect(&seeds, options.clone()) {
+                Ok(client) => return client,
+                Err(error) if Instant::now() > deadline => panic!("cannot connect: {error}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// The leader of `shard` that a majority of live voters agree on, if any.
+    fn leader(&self, shard: u16, except: Option<u16>) -> Option<u16> {
+        self.voters.keys().filter(|id| Some(**id) != except).find_map(|id| {
+            let status = self.status(*id)?;
+            (status[usize::from(shard)].role == RoleKind::Leader).then_some(*id)
+        })
+    }
+
+    /// Waits until every listed node reports the same state on every shard, applied through
+    /// at least `commit` slots; returns the statuses.
+    fn await_converged(&self, ids: &[u16], timeout: Duration) -> Vec<Vec<ShardStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses: Vec<Option<Vec<ShardStatus>>> =
+                ids.iter().map(|id| self.status(*id)).collect();
+            if statuses.iter().all(Option::is_some) {
+                let statuses: Vec<Vec<ShardStatus>> = statuses.into_iter().flatten().collect();
+                let same = (0..usize::from(self.shards)).all(|shard| {
+                    let first = &statuses[0][shard];
+                    statuses.iter().all(|node| {
+                        node[shard].summary == first.summary
+                            && node[shard].applied_commands == first.applied_commands
+                    })
+                });
+                if same {
+                    return statuses;
+                }
+                if Instant::now() > deadline {
+                    self.dump_logs();
+                    panic!("nodes {ids:?} did not converge: {statuses:#?}");
+                }
+            } else if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("nodes {ids:?} did not all answer");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self, id: u16) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    fn dump_logs(&self) {
+        for id in self.voters.keys().chain(self.learners.keys()) {
+            eprintln!("----- node {id} -----\n{}", self.log(*id));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn writes_reach_every_voter_and_the_learner() {
+    let mut cluster = TestCluster::new(3, 1, 2);
+    let client = cluster.client();
+    for i in 0..200u32 {
+        client.put(format!("key-{i}").as_bytes(), format!("value-{i}").as_bytes()).unwrap();
+    }
+    let (swapped, previous) = client.compare_and_set(b"key-7", Some(b"value-7"), b"seven").unwrap();
+    assert!(swapped);
+    assert_eq!(previous.as_deref(), Some(&b"value-7"[..]));
+    client.delete(b"key-8").unwrap();
+    assert_eq!(client.get(b"key-8").unwrap(), None);
+    assert_eq!(client.get(b"key-7").unwrap().as_deref(), Some(&b"seven"[..]));
+    let first = client.append(b"entry one").unwrap();
+    let second = client.append(b"entry two").unwrap();
+    assert_ne!(first, second, "two appends get two positions");
+
+    let statuses = cluster.await_converged(&[1, 2, 3, 4], Duration::from_secs(20));
+    let entries: u64 = statuses[0].iter().map(|shard| shard.summary.entries).sum();
+    assert_eq!(entries, 199, "200 keys put, one deleted");
+    assert!(statuses[0].iter().all(|shard| shard.applied_commands > 0), "both shards used");
+    for shard in &statuses[3] {
+        assert_eq!(shard.role, RoleKind::Learner, "node 4 only learns");
+    }
+    drop(client);
+
+    // SIGTERM stops a node cleanly.
+    for id in [4, 3, 2, 1] {
+        let status = cluster.terminate(id);
+        assert!(status.success(), "node {id} exited with {status}:\n{}", cluster.log(id));
+        assert!(cluster.log(id).contains("stopped cleanly"));
+    }
+}
+
+#[test]
+fn killing_a_leader_elects_another_and_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::new(3, 0, 2);
+    let client = Arc::new(cluster.client());
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (client, acknowledged, stop) = (client.clone(), acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let (key, value) = (format!("w{writer}-{i}"), format!("v{writer}-{i}"));
+                    client.put(key.as_bytes(), value.as_bytes()).unwrap();
+                    acknowledged.lock().unwrap().push((key, value));
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let victim = cluster.leader(0, None).expect("shard 0 has a leader");
+    let before = acknowledged.lock().unwrap().len();
+    cluster.kill9(victim);
+    let killed_at = Instant::now();
+    let new_leader = loop {
+        if let Some(leader) = cluster.leader(0, Some(victim)) {
+            break leader;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(10), "no new leader");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elected_in = killed_at.elapsed();
+    let bound = Duration::from_millis(2 * ELECTION_TIMEOUT_MS) + Duration::from_secs(1);
+    assert_ne!(new_leader, victim);
+    assert!(elected_in <= bound, "new leader after {elected_in:?}, bound {bound:?}");
+    eprintln!("killed leader {victim}; node {new_leader} leads shard 0 after {elected_in:?}");
+
+    // Writes go on through the new leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acknowledged.lock().unwrap().len() < before + 200 {
+        assert!(Instant::now() < deadline, "writes stalled after the failover");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The killed node comes back, recovers from its WAL and catches up.
+    cluster.start(victim);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    cluster.await_converged(&[1, 2, 3], Duration::from_secs(30));
+
+    let acknowledged = acknowledged.lock().unwrap();
+    assert!(acknowledged.len() > before + 200);
+    for (key, value) in acknowledged.iter() {
+        let read = client.get(key.as_bytes()).unwrap();
+        assert_eq!(read.as_deref(), Some(value.as_bytes()), "acknowledged write {key} lost");
+    }
+    assert!(cluster.log(victim).contains("shard running"), "the killed node restarted");
+}
+
+/// Sends `bytes` on a fresh connection to shard 0 of `address` and returns whether the node
+/// closed it within a few seconds.
+fn closed_after(address: &str, bytes: &[u8], then_close_write: bool) -> bool {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    stream.write_all(bytes).unwrap();
+    if then_close_write {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a hello reply with a refusal, then the close
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn bad_input_closes_that_connection_and_the_node_serves_on() {
+    let cluster = TestCluster::new(3, 0, 1);
+    let client = cluster.client();
+    client.put(b"before", b"1").unwrap();
+    let address = cluster.address(1).to_string();
+
+    // Random bytes.
+    let mut garbage = [0u8; 512];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for byte in &mut garbage {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    garbage[..4].copy_from_slice(&200u32.to_le_bytes());
+    assert!(closed_after(&address, &garbage, false), "random bytes");
+    // A length prefix far above the frame limit: refused before allocating.
+    assert!(closed_after(&address, &u32::MAX.to_le_bytes(), false), "oversized length");
+    // A hello from another cluster.
+    let hello = |cluster_id: u64| {
+        Encoder::default().encode_to_vec(&Frame {
+            cluster_id: ClusterId(cluster_id),
+            from: NodeId(2),
+            shard: 0,
+            body: Body::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Peer }),
+        })
+    };
+    assert!(closed_after(&address, &hello(CLUSTER + 1), false), "wrong cluster id");
+    // A frame cut short, then the sender goes away.
+    let good = hello(CLUSTER);
+    assert!(closed_after(&address, &good[..good.len() / 2], true), "truncated frame");
+
+    // The node closes the connection, then logs why: give the log a moment.
+    for reason in [
+        "bad frame: frame of 200 bytes",
+        "bad frame: frame of 4294967295 bytes exceeds the limit",
+        &format!("cluster id {} refused", CLUSTER + 1),
+        "closed in the middle of a frame",
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cluster.log(1).contains(reason) {
+            assert!(Instant::now() < deadline, "no logged reason `{reason}`:\n{}", cluster.log(1));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // Everyone else is still served.
+    client.put(b"after", b"2").unwrap();
+    assert_eq!(client.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(client.get(b"after").unwrap().as_deref(), Some(&b"2"[..]));
+    cluster.await_converged(&[1, 2, 3], Duration::from_secs(10));
+}
