@@ -56,6 +56,29 @@ pub struct NodeSettings {
     pub election_timeout_ms: Option<u32>,
     /// Size of each write-ahead log segment file, in MiB (preallocated).
     pub wal_segment_mib: Option<u32>,
+    /// `fsync` (default): acknowledge only what is on disk. `none`: never sync (benchmarks
+    /// only; a machine crash loses acknowledged writes).
+    pub durability: Option<Durability>,
+}
+
+/// Whether a node waits for its disk.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every acknowledgement waits for `fdatasync` of the records it depends on.
+    #[default]
+    Fsync,
+    /// Records are written to the WAL but never synced.
+    None,
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Fsync => "fsync",
+            Durability::None => "none (NOT DURABLE)",
+        })
+    }
 }
 
 impl NodeSettings {
@@ -94,6 +117,7 @@ impl NodeSettings {
             heartbeat_interval_ms: overrides.heartbeat_interval_ms.or(self.heartbeat_interval_ms),
             election_timeout_ms: overrides.election_timeout_ms.or(self.election_timeout_ms),
             wal_segment_mib: overrides.wal_segment_mib.or(self.wal_segment_mib),
+            durability: overrides.durability.or(self.durability),
         }
     }
 }
@@ -203,6 +227,8 @@ pub struct NodeConfig {
     pub election_timeout_ms: u32,
     /// Bytes per WAL segment file.
     pub wal_segment_bytes: u64,
+    /// Whether acknowledgements wait for the disk.
+    pub durability: Durability,
 }
 
 impl NodeConfig {
@@ -359,6 +385,7 @@ impl NodeConfig {
                 1,
                 4096,
             )?) << 20,
+            durability: settings.durability.unwrap_or_default(),
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =

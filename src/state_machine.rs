@@ -5,7 +5,7 @@
 //! applied twice (protocol.md, I9). The table is itself replicated state: every replica builds
 //! the same one from the same log.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::core::{BatchReader, MalformedBatch, RequestId};
 
@@ -49,10 +49,10 @@ pub enum Outcome<R> {
     Expired,
 }
 
-/// The replies a client's recent requests got, newest last.
+/// The replies a client's recent requests got, by sequence number.
 #[derive(Debug, Default)]
 struct Session<R> {
-    replies: VecDeque<(u64, R)>,
+    replies: BTreeMap<u64, R>,
 }
 
 /// Applies committed batches to a state machine exactly once per request id.
@@ -102,22 +102,19 @@ impl<S: StateMachine> Applier<S> {
     fn apply_one(&mut self, id: RequestId, payload: &[u8]) -> Outcome<S::Reply> {
         let window = self.session_window;
         let session =
-            self.sessions.entry(id.client).or_insert_with(|| Session { replies: VecDeque::new() });
-        if let Some((_, reply)) =
-            session.replies.iter().find(|(sequence, _)| *sequence == id.sequence)
-        {
+            self.sessions.entry(id.client).or_insert_with(|| Session { replies: BTreeMap::new() });
+        if let Some(reply) = session.replies.get(&id.sequence) {
             return Outcome::Duplicate(reply.clone());
         }
-        let oldest = session.replies.front().map(|(sequence, _)| *sequence);
+        let oldest = session.replies.first_key_value().map(|(sequence, _)| *sequence);
         if session.replies.len() == window && oldest.is_some_and(|oldest| id.sequence < oldest) {
             return Outcome::Expired;
         }
         let reply = self.machine.apply(payload);
         self.applied_commands += 1;
-        let position = session.replies.partition_point(|(sequence, _)| *sequence < id.sequence);
-        session.replies.insert(position, (id.sequence, reply.clone()));
+        session.replies.insert(id.sequence, reply.clone());
         if session.replies.len() > window {
-            session.replies.pop_front();
+            session.replies.pop_first();
         }
         Outcome::Applied(reply)
     }

@@ -140,6 +140,7 @@ fn frame_body() -> impl Strategy<Value = Body> {
                     commit_index: Slot(commit),
                     applied_commands: applied,
                     summary: StateSummary { entries, digest },
+                    syncs: entries ^ digest,
                 })
             }
         ),

@@ -25,6 +25,19 @@ const REDIRECTS_MAX: usize = 3;
 struct Pending {
     command: Bytes,
     result: Option<Result<Response, ClientError>>,
+    /// Where to deliver the result instead of keeping it for a waiter.
+    notify: Option<std::sync::mpsc::Sender<Completion>>,
+}
+
+/// The outcome of a request submitted with [`super::Client::submit_notify`].
+#[derive(Debug)]
+pub struct Completion {
+    /// The shard.
+    pub shard: u16,
+    /// The request's sequence number.
+    pub sequence: u64,
+    /// Its outcome.
+    pub result: Result<Response, ClientError>,
 }
 
 #[derive(Default)]
@@ -97,10 +110,19 @@ impl Lane {
         }
     }
 
-    pub(super) fn submit(&self, sequences: &[u64], commands: &[&[u8]]) {
+    pub(super) fn submit(
+        &self,
+        sequences: &[u64],
+        commands: &[&[u8]],
+        notify: Option<&std::sync::mpsc::Sender<Completion>>,
+    ) {
         let mut state = self.lock();
         for (sequence, command) in sequences.iter().zip(commands) {
-            let pending = Pending { command: Bytes::copy_from_slice(command), result: None };
+            let pending = Pending {
+                command: Bytes::copy_from_slice(command),
+                result: None,
+                notify: notify.cloned(),
+            };
             state.outstanding.insert(*sequence, pending);
         }
         self.send(&mut state, sequences.iter().copied());
@@ -284,7 +306,14 @@ impl Lane {
             ReplyStatus::Busy => return Settled::Busy(reply.sequence),
             ReplyStatus::NotLeader { hint } => return Settled::NotLeader(hint),
         };
-        pending.result = Some(result);
+        if let Some(notify) = &pending.notify {
+            let completion = Completion { shard: self.shard, sequence: reply.sequence, result };
+            // A receiver that is gone no longer cares.
+            let _ = notify.send(completion);
+            state.outstanding.remove(&reply.sequence);
+        } else {
+            pending.result = Some(result);
+        }
         Settled::Done
     }
 }

@@ -32,6 +32,7 @@ use crate::transport::codec::{
 };
 use crate::transport::framing::{ConnectionError, read_frame, write_frame};
 
+pub use lane::Completion;
 use lane::Lane;
 
 /// The largest frame a client reads.
@@ -263,11 +264,31 @@ impl Client {
         let deadline = Instant::now() + self.shared.options.request_timeout;
         let first = self.next_sequence.fetch_add(commands.len() as u64, Ordering::Relaxed);
         let sequences: Vec<u64> = (first..first + commands.len() as u64).collect();
-        lane.submit(&sequences, commands);
+        lane.submit(&sequences, commands, None);
         sequences
             .into_iter()
             .map(|sequence| Ticket { lane: lane.clone(), sequence, deadline })
             .collect()
+    }
+
+    /// Sends commands to one shard without waiting; each outcome is sent to `notify` as it
+    /// arrives (in any order). Requests submitted this way are retried like any other but
+    /// never time out: the caller keeps its own clock. Returns the first sequence number;
+    /// the commands get consecutive ones.
+    ///
+    /// # Panics
+    /// `shard` is not below [`Client::shards`].
+    pub fn submit_notify(
+        &self,
+        shard: u16,
+        commands: &[&[u8]],
+        notify: &std::sync::mpsc::Sender<Completion>,
+    ) -> u64 {
+        let lane = &self.lanes[usize::from(shard)];
+        let first = self.next_sequence.fetch_add(commands.len() as u64, Ordering::Relaxed);
+        let sequences: Vec<u64> = (first..first + commands.len() as u64).collect();
+        lane.submit(&sequences, commands, Some(notify));
+        first
     }
 
     /// Sends one command to one shard and waits for its reply.

@@ -72,6 +72,10 @@ pub struct Host {
     outbox: Vec<(NodeId, Message)>,
     applied: Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>,
     dropped_messages: u64,
+    /// Syncs started (with durability off: sync points skipped).
+    syncs: u64,
+    /// False when durability is off.
+    durable: bool,
 }
 
 /// A shared handle to a shard's state.
@@ -79,7 +83,12 @@ pub type HostRef = Rc<RefCell<Host>>;
 
 impl Host {
     /// Wraps an opened shard.
-    pub fn new(shard: NodeShard, index: u16, control: std::sync::Arc<Control>) -> HostRef {
+    pub fn new(
+        shard: NodeShard,
+        index: u16,
+        control: std::sync::Arc<Control>,
+        durable: bool,
+    ) -> HostRef {
         Rc::new(RefCell::new(Host {
             shard,
             index,
@@ -94,6 +103,8 @@ impl Host {
             outbox: Vec::new(),
             applied: Vec::new(),
             dropped_messages: 0,
+            syncs: 0,
+            durable,
         }))
     }
 
@@ -214,6 +225,7 @@ impl Host {
             commit_index: replica.commit_index(),
             applied_commands: self.shard.applied_commands(),
             summary: self.shard.machine().summary(),
+            syncs: self.syncs,
         }
     }
 
@@ -335,11 +347,18 @@ pub fn pump(host: &HostRef) {
     };
     let Some(pending) = pending else { return };
     state.syncing = true;
+    state.syncs += 1;
+    let durable = state.durable;
     drop(guard);
     let host = host.clone();
     glommio::spawn_local(async move {
         // fdatasync blocks: it runs on the executor's blocking pool, never on the reactor.
-        let outcome = glommio::executor().spawn_blocking(move || pending.run()).await;
+        let outcome = if durable {
+            glommio::executor().spawn_blocking(move || pending.run()).await
+        } else {
+            glommio::executor().yield_now().await;
+            pending.skip()
+        };
         {
             let mut state = host.borrow_mut();
             state.syncing = false;

@@ -175,7 +175,8 @@ async fn run_shard(
             return Ok(());
         }
     };
-    let host = host::Host::new(opened, shard, control.clone());
+    let durable = config.durability == crate::node_config::Durability::Fsync;
+    let host = host::Host::new(opened, shard, control.clone(), durable);
     let shard_net =
         std::rc::Rc::new(net::ShardNet { config: config.clone(), shard, host: host.clone() });
     glommio::spawn_local(net::accept_loop(shard_net.clone(), listener)).detach();

@@ -69,6 +69,8 @@ pub struct ShardStatus {
     pub applied_commands: u64,
     /// The state machine's summary.
     pub summary: StateSummary,
+    /// WAL syncs this replica ran since it started.
+    pub syncs: u64,
 }
 
 /// Who is dialling.
@@ -335,6 +337,7 @@ impl Encoder {
                     applied_commands: status.applied_commands,
                     entries: status.summary.entries,
                     digest: status.summary.digest,
+                    syncs: status.syncs,
                 };
                 (fb::Body::Status, fb::Status::create(builder, &args).as_union_value())
             }
@@ -678,6 +681,7 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
                 commit_index: Slot(m.commit_index()),
                 applied_commands: m.applied_commands(),
                 summary: StateSummary { entries: m.entries(), digest: m.digest() },
+                syncs: m.syncs(),
             };
             return finish(&frame, Body::Status(status));
         }

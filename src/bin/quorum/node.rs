@@ -65,6 +65,10 @@ pub struct NodeArgs {
     /// Size of each preallocated WAL segment file, in MiB (default 64).
     #[arg(long, value_name = "MIB")]
     wal_segment_mib: Option<u32>,
+    /// fsync (default): acknowledge only what is on disk. none: never sync; for benchmarks
+    /// only, a machine crash then loses acknowledged writes.
+    #[arg(long, value_enum)]
+    durability: Option<quorum::node_config::Durability>,
 }
 
 impl NodeArgs {
@@ -86,6 +90,7 @@ impl NodeArgs {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             election_timeout_ms: self.election_timeout_ms,
             wal_segment_mib: self.wal_segment_mib,
+            durability: self.durability,
         }
     }
 }
@@ -109,6 +114,9 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         }
     };
     let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
+    if config.durability == quorum::node_config::Durability::None {
+        tracing::warn!("durability is off: acknowledged writes can be lost in a crash");
+    }
     let node = match Node::start(config) {
         Ok(node) => node,
         Err(error) => {

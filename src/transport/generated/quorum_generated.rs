@@ -2951,6 +2951,7 @@ impl<'a> Status<'a> {
   pub const VT_APPLIED_COMMANDS: ::flatbuffers::VOffsetT = 10;
   pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 12;
   pub const VT_DIGEST: ::flatbuffers::VOffsetT = 14;
+  pub const VT_SYNCS: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2962,6 +2963,7 @@ impl<'a> Status<'a> {
     args: &'args StatusArgs
   ) -> ::flatbuffers::WIPOffset<Status<'bldr>> {
     let mut builder = StatusBuilder::new(_fbb);
+    builder.add_syncs(args.syncs);
     builder.add_digest(args.digest);
     builder.add_entries(args.entries);
     builder.add_applied_commands(args.applied_commands);
@@ -3014,6 +3016,13 @@ impl<'a> Status<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Status::VT_DIGEST, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn syncs(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_SYNCS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Status<'_> {
@@ -3028,6 +3037,7 @@ impl ::flatbuffers::Verifiable for Status<'_> {
      .visit_field::<u64>("applied_commands", Self::VT_APPLIED_COMMANDS, false)?
      .visit_field::<u64>("entries", Self::VT_ENTRIES, false)?
      .visit_field::<u64>("digest", Self::VT_DIGEST, false)?
+     .visit_field::<u64>("syncs", Self::VT_SYNCS, false)?
      .finish();
     Ok(())
   }
@@ -3039,6 +3049,7 @@ pub struct StatusArgs {
     pub applied_commands: u64,
     pub entries: u64,
     pub digest: u64,
+    pub syncs: u64,
 }
 impl<'a> Default for StatusArgs {
   #[inline]
@@ -3050,6 +3061,7 @@ impl<'a> Default for StatusArgs {
       applied_commands: 0,
       entries: 0,
       digest: 0,
+      syncs: 0,
     }
   }
 }
@@ -3084,6 +3096,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Status::VT_DIGEST, digest, 0);
   }
   #[inline]
+  pub fn add_syncs(&mut self, syncs: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_SYNCS, syncs, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusBuilder {
@@ -3107,6 +3123,7 @@ impl ::core::fmt::Debug for Status<'_> {
       ds.field("applied_commands", &self.applied_commands());
       ds.field("entries", &self.entries());
       ds.field("digest", &self.digest());
+      ds.field("syncs", &self.syncs());
       ds.finish()
   }
 }

@@ -1,0 +1,305 @@
+//! The load: KV puts (and gets, by `read_ratio`) on random keys, from one driver thread per
+//! shard through the client library. Closed loop: each driver keeps its share of the
+//! concurrent requests outstanding, sending a new one as each completes. Open loop: requests
+//! go out on a fixed schedule and latency counts from the scheduled time, so a stall is not
+//! hidden by requests that were never sent (coordinated omission).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::client::{Client, Completion};
+use crate::state_machine::{KvCommand, shard_for_key};
+
+/// What load to apply.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// Concurrent requests (closed loop), spread evenly over the shards.
+    pub clients: usize,
+    /// Bytes of each written value.
+    pub payload_bytes: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Time before measuring.
+    pub warmup: Duration,
+    /// Fraction of requests that are gets.
+    pub read_ratio: f64,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Open loop at this many requests per second, instead of a closed loop.
+    pub rate: Option<f64>,
+}
+
+/// What a load run measured.
+pub struct LoadResult {
+    /// Requests completed in the measured window.
+    pub ops: u64,
+    /// Of them, writes.
+    pub writes: u64,
+    /// Requests that failed (timeouts, rejections) in the window.
+    pub errors: u64,
+    /// Requests an open loop could not send because too many were outstanding.
+    pub unsent: u64,
+    /// The measured window's length.
+    pub seconds: f64,
+    /// Latency from submit (open loop: from the scheduled time) to reply, in nanoseconds.
+    pub latency: Histogram<u64>,
+}
+
+/// Most requests an open-loop driver keeps outstanding before it stops sending.
+const OPEN_LOOP_OUTSTANDING_MAX: usize = 1 << 20;
+
+fn key_name(index: u64) -> Vec<u8> {
+    format!("key{index:010}").into_bytes()
+}
+
+/// Keys that live on each shard.
+fn keys_by_shard(keys: u64, shards: u16) -> Vec<Vec<Vec<u8>>> {
+    let mut by_shard = vec![Vec::new(); usize::from(shards)];
+    for index in 0..keys {
+        let key = key_name(index);
+        by_shard[shard_for_key(&key, usize::from(shards))].push(key);
+    }
+    by_shard
+}
+
+struct Driver {
+    shard: u16,
+    window: usize,
+    keys: Vec<Vec<u8>>,
+    value: Vec<u8>,
+    read_ratio: f64,
+    rng: Xoshiro256PlusPlus,
+}
+
+impl Driver {
+    /// One command, and whether it writes.
+    fn command(&mut self) -> (Vec<u8>, bool) {
+        let key = self.keys[(self.rng.next_u64() % self.keys.len() as u64) as usize].clone();
+        let read = (self.rng.next_u64() as f64 / u64::MAX as f64) < self.read_ratio;
+        if read {
+            (KvCommand::Get { key }.encode(), false)
+        } else {
+            (KvCommand::Put { key, value: self.value.clone() }.encode(), true)
+        }
+    }
+}
+
+/// Counters the progress line reads while the load runs.
+#[derive(Default)]
+pub struct Progress {
+    /// Requests completed so far, warm-up included.
+    pub completed: AtomicU64,
+}
+
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn contains(&self, at: Instant) -> bool {
+        at >= self.start && at < self.end
+    }
+}
+
+/// Runs the load against `client`'s cluster.
+///
+/// # Errors
+/// The spec is unusable (no keys on a shard).
+pub fn run(
+    client: &Arc<Client>,
+    spec: &LoadSpec,
+    progress: &Arc<Progress>,
+) -> Result<LoadResult, String> {
+    let shards = client.shards();
+    let by_shard = keys_by_shard(spec.keys.max(1), shards);
+    if let Some(shard) = by_shard.iter().position(Vec::is_empty) {
+        return Err(format!(
+            "--keys {} leaves shard {shard} without keys; use more keys",
+            spec.keys
+        ));
+    }
+    let begin = Instant::now();
+    let window =
+        Arc::new(Window { start: begin + spec.warmup, end: begin + spec.warmup + spec.duration });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for (shard, keys) in by_shard.into_iter().enumerate() {
+        let shard = shard as u16;
+        let share = spec.clients / usize::from(shards)
+            + usize::from(usize::from(shard) < spec.clients % usize::from(shards));
+        let mut driver = Driver {
+            shard,
+            window: share.max(1),
+            keys,
+            value: vec![0xA5; spec.payload_bytes],
+            read_ratio: spec.read_ratio,
+            rng: Xoshiro256PlusPlus::seed_from_u64(u64::from(shard) + 1),
+        };
+        let rate = spec.rate.map(|rate| rate / f64::from(shards));
+        let (client, window, stop, progress) =
+            (client.clone(), window.clone(), stop.clone(), progress.clone());
+        handles.push(std::thread::spawn(move || match rate {
+            None => closed_loop(&client, &mut driver, &window, &stop, &progress),
+            Some(rate) => open_loop(&client, &mut driver, rate, &window, &stop, &progress),
+        }));
+    }
+    let mut total = LoadResult {
+        ops: 0,
+        writes: 0,
+        errors: 0,
+        unsent: 0,
+        seconds: spec.duration.as_secs_f64(),
+        latency: new_histogram(),
+    };
+    for handle in handles {
+        let part = handle.join().map_err(|_| "a load driver panicked".to_string())?;
+        total.ops += part.ops;
+        total.writes += part.writes;
+        total.errors += part.errors;
+        total.unsent += part.unsent;
+        total.latency.add(&part.latency).map_err(|error| error.to_string())?;
+    }
+    stop.store(true, Ordering::SeqCst);
+    Ok(total)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("valid histogram bounds")
+}
+
+struct Tally {
+    result: LoadResult,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            result: LoadResult {
+                ops: 0,
+                writes: 0,
+                errors: 0,
+                unsent: 0,
+                seconds: 0.0,
+                latency: new_histogram(),
+            },
+        }
+    }
+
+    fn record(&mut self, window: &Window, started: Instant, write: bool, ok: bool) {
+        let now = Instant::now();
+        if !window.contains(now) {
+            return;
+        }
+        if ok {
+            self.result.ops += 1;
+            self.result.writes += u64::from(write);
+            let nanos = now.duration_since(started).as_nanos() as u64;
+            self.result.latency.saturating_record(nanos.max(1_000));
+        } else {
+            self.result.errors += 1;
+        }
+    }
+}
+
+fn closed_loop(
+    client: &Client,
+    driver: &mut Driver,
+    window: &Window,
+    stop: &AtomicBool,
+    progress: &Progress,
+) -> LoadResult {
+    let (sender, completions) = mpsc::channel::<Completion>();
+    let mut in_flight: HashMap<u64, (Instant, bool)> = HashMap::with_capacity(driver.window * 2);
+    let mut tally = Tally::new();
+    let send = |driver: &mut Driver,
+                    count: usize,
+                    in_flight: &mut HashMap<u64, (Instant, bool)>| {
+        let commands: Vec<(Vec<u8>, bool)> = (0..count).map(|_| driver.command()).collect();
+        let slices: Vec<&[u8]> = commands.iter().map(|(command, _)| command.as_slice()).collect();
+        let now = Instant::now();
+        let first = client.submit_notify(driver.shard, &slices, &sender);
+        for (offset, (_, write)) in commands.iter().enumerate() {
+            in_flight.insert(first + offset as u64, (now, *write));
+        }
+    };
+    send(driver, driver.window, &mut in_flight);
+    while Instant::now() < window.end && !stop.load(Ordering::Relaxed) {
+        let Ok(first) = completions.recv_timeout(Duration::from_millis(100)) else { continue };
+        let mut done = 1;
+        let mut settle = |completion: Completion, tally: &mut Tally| {
+            if let Some((started, write)) = in_flight.remove(&completion.sequence) {
+                tally.record(window, started, write, completion.result.is_ok());
+            }
+        };
+        settle(first, &mut tally);
+        while let Ok(completion) = completions.try_recv() {
+            settle(completion, &mut tally);
+            done += 1;
+        }
+        progress.completed.fetch_add(done as u64, Ordering::Relaxed);
+        send(driver, done, &mut in_flight);
+    }
+    tally.result
+}
+
+fn open_loop(
+    client: &Client,
+    driver: &mut Driver,
+    rate: f64,
+    window: &Window,
+    stop: &AtomicBool,
+    progress: &Progress,
+) -> LoadResult {
+    let (sender, completions) = mpsc::channel::<Completion>();
+    let mut in_flight: HashMap<u64, (Instant, bool)> = HashMap::new();
+    let mut tally = Tally::new();
+    let begin = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let mut scheduled: u64 = 0;
+    while Instant::now() < window.end && !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let due = (now.duration_since(begin).as_secs_f64() * rate) as u64;
+        if due > scheduled {
+            let count = (due - scheduled) as usize;
+            let room = OPEN_LOOP_OUTSTANDING_MAX.saturating_sub(in_flight.len());
+            let send_now = count.min(room);
+            if send_now < count && window.contains(now) {
+                tally.result.unsent += (count - send_now) as u64;
+            }
+            let commands: Vec<(Vec<u8>, bool)> = (0..send_now).map(|_| driver.command()).collect();
+            let slices: Vec<&[u8]> =
+                commands.iter().map(|(command, _)| command.as_slice()).collect();
+            if !slices.is_empty() {
+                let first = client.submit_notify(driver.shard, &slices, &sender);
+                for (offset, (_, write)) in commands.iter().enumerate() {
+                    // Latency counts from when the request was due, not when it went out.
+                    let due_at = begin + interval.mul_f64((scheduled + offset as u64) as f64);
+                    in_flight.insert(first + offset as u64, (due_at, *write));
+                }
+            }
+            scheduled = due;
+        }
+        let next_due = begin + interval.mul_f64((scheduled + 1) as f64);
+        let wait =
+            next_due.saturating_duration_since(Instant::now()).max(Duration::from_micros(50));
+        if let Ok(completion) = completions.recv_timeout(wait) {
+            let mut done = 0u64;
+            for completion in std::iter::once(completion).chain(completions.try_iter()) {
+                if let Some((started, write)) = in_flight.remove(&completion.sequence) {
+                    tally.record(window, started, write, completion.result.is_ok());
+                }
+                done += 1;
+            }
+            progress.completed.fetch_add(done, Ordering::Relaxed);
+        }
+    }
+    tally.result
+}

@@ -1,0 +1,246 @@
+//! `quorum bench`: the load generator. It starts an embedded cluster (or targets a running
+//! one), applies a load through the client library, and reports throughput and latency with
+//! every condition that produced them.
+
+pub mod embedded;
+pub mod load;
+pub mod report;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::{Client, ClientOptions, node_status};
+use crate::core::{ClusterId, RoleKind};
+use crate::node_config::Durability;
+use embedded::{EmbeddedCluster, EmbeddedSpec};
+use load::{LoadSpec, Progress};
+
+/// Everything one bench run needs.
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    /// The load.
+    pub load: LoadSpec,
+    /// Shards per node (embedded cluster only).
+    pub shards: u16,
+    /// Voters (embedded cluster only).
+    pub voters: u16,
+    /// Durability (embedded cluster only; a target runs as configured).
+    pub durability: Durability,
+    /// A running cluster to drive instead of an embedded one.
+    pub target: Option<Vec<String>>,
+    /// The target's cluster id (0: any).
+    pub cluster_id: u64,
+    /// Print a progress line to stderr each second.
+    pub progress: bool,
+}
+
+/// One run's conditions and results; serialized as the `--json` line.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    /// "embedded" or the target's addresses.
+    pub cluster: String,
+    /// Voters.
+    pub voters: u16,
+    /// Shards per node.
+    pub shards: u16,
+    /// "fsync" or "none".
+    pub durability: String,
+    /// Concurrent requests (closed loop).
+    pub clients: usize,
+    /// Open-loop rate, if any.
+    pub rate: Option<f64>,
+    /// Value bytes per write.
+    pub payload_bytes: usize,
+    /// Fraction of gets.
+    pub read_ratio: f64,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Warm-up seconds before measuring.
+    pub warmup_seconds: f64,
+    /// Committed requests per second.
+    pub ops_per_sec: f64,
+    /// Committed client payload (value bytes of writes) per second, in MB (10^6 bytes).
+    pub payload_mb_per_sec: f64,
+    /// Latency percentiles, microseconds, submit to committed reply.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Largest.
+    pub max_us: f64,
+    /// Failed requests in the window.
+    pub errors: u64,
+    /// Requests an open loop could not send.
+    pub unsent: u64,
+    /// Client commands per committed slot, over every shard.
+    pub commands_per_batch: f64,
+    /// WAL syncs per second, every replica of every shard together.
+    pub fsyncs_per_sec: f64,
+    /// Peak resident memory of this process (embedded: the whole cluster and the client), MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Resident memory sampled each second of the whole run, MiB.
+    pub rss_mib_by_second: Vec<f64>,
+}
+
+/// Sums of server counters over a cluster.
+#[derive(Default, Clone, Copy)]
+struct ServerCounters {
+    applied_on_leaders: u64,
+    slots_on_leaders: u64,
+    syncs: u64,
+}
+
+fn server_counters(addresses: &[String], cluster_id: ClusterId) -> ServerCounters {
+    let mut counters = ServerCounters::default();
+    for address in addresses {
+        let Ok(statuses) = node_status(address, cluster_id) else { continue };
+        for status in statuses {
+            counters.syncs += status.syncs;
+            if status.role == RoleKind::Leader {
+                counters.applied_on_leaders += status.applied_commands;
+                counters.slots_on_leaders += status.commit_index.0;
+            }
+        }
+    }
+    counters
+}
+
+fn proc_status_kib(field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok()
+}
+
+/// Runs one bench: starts the embedded cluster unless a target is given, applies the load,
+/// and returns the row.
+///
+/// # Errors
+/// The cluster did not start or could not be reached; the load could not run.
+pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
+    let embedded = match &spec.target {
+        Some(_) => None,
+        None => Some(EmbeddedCluster::start(&EmbeddedSpec {
+            voters: spec.voters,
+            shards: spec.shards,
+            durability: spec.durability,
+            wal_segment_mib: 64,
+        })?),
+    };
+    let (addresses, cluster_id) = match (&embedded, &spec.target) {
+        (Some(cluster), _) => (cluster.addresses().to_vec(), cluster.cluster_id()),
+        (None, Some(target)) => (target.clone(), ClusterId(spec.cluster_id)),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    let options = ClientOptions {
+        cluster_id,
+        request_timeout: Duration::from_secs(30),
+        ..ClientOptions::default()
+    };
+    let client = Arc::new(Client::connect(&addresses, options).map_err(|e| e.to_string())?);
+    let progress = Arc::new(Progress::default());
+    let begin = Instant::now();
+    let load = spec.load.clone();
+    let runner = {
+        let (client, progress) = (client.clone(), progress.clone());
+        std::thread::spawn(move || load::run(&client, &load, &progress))
+    };
+    // Sample progress, memory and the server counters at the window's edges.
+    let mut rss = Vec::new();
+    let mut before = None;
+    let mut after = None;
+    let mut last_completed = 0;
+    let mut second = 1;
+    let window_start = spec.load.warmup;
+    let window_end = spec.load.warmup + spec.load.duration;
+    while !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        let elapsed = begin.elapsed();
+        if before.is_none() && elapsed >= window_start {
+            before = Some(server_counters(&addresses, cluster_id));
+        }
+        if after.is_none() && elapsed >= window_end {
+            after = Some(server_counters(&addresses, cluster_id));
+        }
+        if elapsed >= Duration::from_secs(second) {
+            second += 1;
+            if let Some(kib) = proc_status_kib("VmRSS:") {
+                rss.push(kib / 1024.0);
+            }
+            let completed = progress.completed.load(Ordering::Relaxed);
+            if spec.progress {
+                let phase = if elapsed < window_start { "warm-up" } else { "measuring" };
+                eprint!(
+                    "\r  {:>5.1}s  {:>10.0} ops/s  ({phase})   ",
+                    elapsed.as_secs_f64(),
+                    (completed - last_completed) as f64
+                );
+                let _ = std::io::stderr().flush();
+            }
+            last_completed = completed;
+        }
+    }
+    if spec.progress {
+        eprintln!();
+    }
+    let result = runner.join().map_err(|_| "the load panicked".to_string())??;
+    let after = after.unwrap_or_else(|| server_counters(&addresses, cluster_id));
+    let before = before.unwrap_or_default();
+    drop(client);
+    let peak_rss_mib =
+        embedded.as_ref().and_then(|_| proc_status_kib("VmHWM:")).map(|k| k / 1024.0);
+    if let Some(cluster) = embedded {
+        cluster.stop()?;
+    }
+    let slots = after.slots_on_leaders.saturating_sub(before.slots_on_leaders);
+    let applied = after.applied_on_leaders.saturating_sub(before.applied_on_leaders);
+    let micros = |quantile: f64| result.latency.value_at_quantile(quantile) as f64 / 1000.0;
+    let seconds = result.seconds;
+    Ok(BenchRow {
+        cluster: spec.target.as_ref().map_or("embedded".to_string(), |t| t.join(",")),
+        voters: if spec.target.is_some() { addresses.len() as u16 } else { spec.voters },
+        shards: client_shards(spec, &addresses, cluster_id),
+        durability: match spec.durability {
+            Durability::Fsync => "fsync".into(),
+            Durability::None => "none".into(),
+        },
+        clients: spec.load.clients,
+        rate: spec.load.rate,
+        payload_bytes: spec.load.payload_bytes,
+        read_ratio: spec.load.read_ratio,
+        keys: spec.load.keys,
+        seconds,
+        warmup_seconds: spec.load.warmup.as_secs_f64(),
+        ops_per_sec: result.ops as f64 / seconds,
+        payload_mb_per_sec: (result.writes as f64 * spec.load.payload_bytes as f64) / seconds / 1e6,
+        p50_us: micros(0.5),
+        p90_us: micros(0.9),
+        p99_us: micros(0.99),
+        p999_us: micros(0.999),
+        max_us: result.latency.max() as f64 / 1000.0,
+        errors: result.errors,
+        unsent: result.unsent,
+        commands_per_batch: if slots == 0 { 0.0 } else { applied as f64 / slots as f64 },
+        fsyncs_per_sec: after.syncs.saturating_sub(before.syncs) as f64 / seconds,
+        peak_rss_mib,
+        rss_mib_by_second: rss,
+    })
+}
+
+fn client_shards(spec: &BenchSpec, addresses: &[String], cluster_id: ClusterId) -> u16 {
+    if spec.target.is_none() {
+        return spec.shards;
+    }
+    addresses
+        .first()
+        .and_then(|address| node_status(address, cluster_id).ok())
+        .map_or(0, |statuses| statuses.len() as u16)
+}

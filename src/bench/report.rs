@@ -1,0 +1,110 @@
+//! Printing bench rows: a table for people, one JSON line per run for tools, an SVG plot of
+//! throughput and p99 latency against the swept parameter.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::BenchRow;
+
+/// The conditions every row of a table shares, as one line.
+#[must_use]
+pub fn conditions(row: &BenchRow) -> String {
+    let durability = if row.durability == "none" {
+        "durability NONE (no fsync: not durable)".to_string()
+    } else {
+        "durability fsync".to_string()
+    };
+    let load = match row.rate {
+        Some(rate) => format!("open loop at {rate:.0} req/s"),
+        None => format!("closed loop, {} concurrent requests", row.clients),
+    };
+    format!(
+        "cluster {} ({} voters), {durability}, {load}, {}-byte values, read ratio {}, {} keys, \
+         {:.0}s measured after {:.0}s warm-up",
+        row.cluster,
+        row.voters,
+        row.payload_bytes,
+        row.read_ratio,
+        row.keys,
+        row.seconds,
+        row.warmup_seconds
+    )
+}
+
+/// The table's header.
+#[must_use]
+pub fn header() -> String {
+    format!(
+        "{:>6} {:>7} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+        "shards",
+        "clients",
+        "ops/s",
+        "MB/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "cmd/batch",
+        "fsync/s",
+        "peak MiB",
+        "errors"
+    )
+}
+
+/// One row of the table.
+#[must_use]
+pub fn line(row: &BenchRow) -> String {
+    format!(
+        "{:>6} {:>7} {:>12.0} {:>8.2} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.1} {:>8.0} {:>8} {:>6}",
+        row.shards,
+        row.clients,
+        row.ops_per_sec,
+        row.payload_mb_per_sec,
+        row.p50_us,
+        row.p90_us,
+        row.p99_us,
+        row.p999_us,
+        row.max_us,
+        row.commands_per_batch,
+        row.fsyncs_per_sec,
+        row.peak_rss_mib.map_or("-".to_string(), |mib| format!("{mib:.0}")),
+        row.errors
+    )
+}
+
+/// Plots throughput and p99 against `parameter` (its value per row).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn plot(
+    path: &Path,
+    parameter: &str,
+    rows: &[(f64, &BenchRow)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(450);
+    let x_max = rows.iter().map(|(x, _)| *x).fold(1.0, f64::max) * 1.1;
+    let x_min = rows.iter().map(|(x, _)| *x).fold(f64::MAX, f64::min).min(x_max) * 0.9;
+    let panels: [(&str, Box<dyn Fn(&BenchRow) -> f64>, _); 2] = [
+        ("committed ops/s", Box::new(|row: &BenchRow| row.ops_per_sec), left),
+        ("p99 latency (µs)", Box::new(|row: &BenchRow| row.p99_us), right),
+    ];
+    for (title, value, area) in panels {
+        let y_max = rows.iter().map(|(_, row)| value(row)).fold(1.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x_min..x_max, 0.0..y_max)?;
+        chart.configure_mesh().x_desc(parameter).draw()?;
+        let points: Vec<(f64, f64)> = rows.iter().map(|(x, row)| (*x, value(row))).collect();
+        chart.draw_series(LineSeries::new(points.clone(), &BLUE))?;
+        chart.draw_series(points.into_iter().map(|point| Circle::new(point, 4, BLUE.filled())))?;
+    }
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `quorum bench`: the load generator.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use quorum::bench::{self, BenchRow, BenchSpec, load::LoadSpec, report};
+use quorum::node_config::Durability;
+
+/// With no options: a 3-voter cluster on loopback in this process (temporary data, fsync on),
+/// 10 s of 16-byte writes from 256 concurrent requests after 2 s of warm-up, then a table.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Concurrent requests (closed loop); a comma list sweeps them, one row each.
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    clients: Vec<usize>,
+    /// Bytes of each written value.
+    #[arg(long, default_value_t = 16)]
+    payload_bytes: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Fraction of requests that are (linearizable) gets, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    read_ratio: f64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Shards per node (embedded cluster); a comma list sweeps them, one row each. Default:
+    /// one per core.
+    #[arg(long, value_delimiter = ',')]
+    shards: Vec<u16>,
+    /// Voters in the embedded cluster.
+    #[arg(long, default_value_t = 3)]
+    voters: u16,
+    /// Send at a fixed rate instead of a closed loop (needs --rate); latency then counts from
+    /// each request's scheduled time.
+    #[arg(long, requires = "rate")]
+    open_loop: bool,
+    /// Requests per second for --open-loop.
+    #[arg(long, requires = "open_loop")]
+    rate: Option<f64>,
+    /// fsync: acknowledge only what is on disk. none: never sync (labelled in every output).
+    #[arg(long, value_enum, default_value_t = Durability::Fsync)]
+    durability: Durability,
+    /// Drive a running cluster (any members' HOST:PORT) instead of the embedded one.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,…")]
+    target: Option<Vec<String>>,
+    /// The target's cluster id (default: any).
+    #[arg(long, default_value_t = 0)]
+    cluster_id: u64,
+    /// Print one JSON line per run (every condition and result) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG of throughput and p99 against the swept parameter (shards or clients).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+fn check(args: &BenchArgs) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        return Err(format!("--read-ratio {} is not between 0 and 1", args.read_ratio));
+    }
+    if !(args.duration > 0.0 && args.duration.is_finite()) {
+        return Err(format!("--duration {} must be a positive number of seconds", args.duration));
+    }
+    if !(args.warmup >= 0.0 && args.warmup.is_finite()) {
+        return Err(format!("--warmup {} must be zero or more seconds", args.warmup));
+    }
+    if args.clients.contains(&0) {
+        return Err("--clients must be at least 1".into());
+    }
+    if args.shards.iter().any(|shards| !(1..=256).contains(shards)) {
+        return Err("--shards must be from 1 to 256".into());
+    }
+    if args.voters == 0 || args.voters > 64 {
+        return Err("--voters must be from 1 to 64".into());
+    }
+    if args.keys == 0 {
+        return Err("--keys must be at least 1".into());
+    }
+    if args.rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
+        return Err("--rate must be a positive number of requests per second".into());
+    }
+    if args.target.is_some() && args.shards.len() > 1 {
+        return Err("--shards sweeps the embedded cluster; a --target runs as configured".into());
+    }
+    if args.shards.len() > 1 && args.clients.len() > 1 {
+        return Err("sweep either --shards or --clients, not both".into());
+    }
+    Ok(())
+}
+
+pub fn run(args: &BenchArgs) -> ExitCode {
+    if let Err(error) = check(args) {
+        eprintln!("quorum bench: {error}");
+        return ExitCode::from(2);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u16);
+    let shard_values = if args.shards.is_empty() { vec![cores] } else { args.shards.clone() };
+    let mut runs = Vec::new();
+    for shards in &shard_values {
+        for clients in &args.clients {
+            runs.push((*shards, *clients));
+        }
+    }
+    let mut rows: Vec<BenchRow> = Vec::new();
+    for (index, (shards, clients)) in runs.iter().enumerate() {
+        let spec = BenchSpec {
+            load: LoadSpec {
+                clients: *clients,
+                payload_bytes: args.payload_bytes,
+                duration: Duration::from_secs_f64(args.duration),
+                warmup: Duration::from_secs_f64(args.warmup),
+                read_ratio: args.read_ratio,
+                keys: args.keys,
+                rate: args.rate,
+            },
+            shards: *shards,
+            voters: args.voters,
+            durability: args.durability,
+            target: args.target.clone(),
+            cluster_id: args.cluster_id,
+            progress: !args.json,
+        };
+        if !args.json {
+            eprintln!(
+                "run {}/{}: {} shards, {} concurrent requests{}",
+                index + 1,
+                runs.len(),
+                shards,
+                clients,
+                if args.durability == Durability::None { ", DURABILITY OFF" } else { "" }
+            );
+        }
+        match bench::run(&spec) {
+            Ok(row) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&row).unwrap_or_default());
+                }
+                rows.push(row);
+            }
+            Err(error) => {
+                eprintln!("quorum bench: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !args.json {
+        println!("{}", report::conditions(&rows[0]));
+        println!("{}", report::header());
+        for row in &rows {
+            println!("{}", report::line(row));
+        }
+        if rows.iter().any(|row| row.errors > 0 || row.unsent > 0) {
+            println!("errors: requests that failed (timeouts, rejections); see --json for unsent");
+        }
+    }
+    if let Some(path) = &args.plot {
+        let (parameter, points): (&str, Vec<(f64, &BenchRow)>) = if shard_values.len() > 1 {
+            ("shards", rows.iter().map(|row| (f64::from(row.shards), row)).collect())
+        } else {
+            ("concurrent requests", rows.iter().map(|row| (row.clients as f64, row)).collect())
+        };
+        if let Err(error) = report::plot(path, parameter, &points) {
+            eprintln!("quorum bench: cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
