@@ -141,6 +141,8 @@ fn frame_body() -> impl Strategy<Value = Body> {
                     applied_commands: applied,
                     summary: StateSummary { entries, digest },
                     syncs: entries ^ digest,
+                    not_durable: commit % 2 == 0,
+                    voters: leader.rotate_left(3),
                 })
             }
         ),

@@ -220,8 +220,8 @@ fn closed_loop(
     let mut in_flight: HashMap<u64, (Instant, bool)> = HashMap::with_capacity(driver.window * 2);
     let mut tally = Tally::new();
     let send = |driver: &mut Driver,
-                    count: usize,
-                    in_flight: &mut HashMap<u64, (Instant, bool)>| {
+                count: usize,
+                in_flight: &mut HashMap<u64, (Instant, bool)>| {
         let commands: Vec<(Vec<u8>, bool)> = (0..count).map(|_| driver.command()).collect();
         let slices: Vec<&[u8]> = commands.iter().map(|(command, _)| command.as_slice()).collect();
         let now = Instant::now();

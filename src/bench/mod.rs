@@ -146,6 +146,11 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         ..ClientOptions::default()
     };
     let client = Arc::new(Client::connect(&addresses, options).map_err(|e| e.to_string())?);
+    let target_facts =
+        if spec.target.is_some() { Some(target_facts(&addresses, cluster_id)?) } else { None };
+    let target = target_facts.as_ref();
+    // Server counters come from every member, not only the addresses given.
+    let addresses: Vec<String> = client.members().into_iter().map(|(_, address)| address).collect();
     let progress = Arc::new(Progress::default());
     let begin = Instant::now();
     let load = spec.load.clone();
@@ -206,11 +211,11 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     let seconds = result.seconds;
     Ok(BenchRow {
         cluster: spec.target.as_ref().map_or("embedded".to_string(), |t| t.join(",")),
-        voters: if spec.target.is_some() { addresses.len() as u16 } else { spec.voters },
-        shards: client_shards(spec, &addresses, cluster_id),
-        durability: match spec.durability {
-            Durability::Fsync => "fsync".into(),
-            Durability::None => "none".into(),
+        voters: target.map_or(spec.voters, |status| status.voters),
+        shards: target.map_or(spec.shards, |status| status.shards),
+        durability: match target.map_or(spec.durability == Durability::None, |s| s.not_durable) {
+            false => "fsync".into(),
+            true => "none".into(),
         },
         clients: spec.load.clients,
         rate: spec.load.rate,
@@ -235,12 +240,28 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     })
 }
 
-fn client_shards(spec: &BenchSpec, addresses: &[String], cluster_id: ClusterId) -> u16 {
-    if spec.target.is_none() {
-        return spec.shards;
+/// What a target cluster reports about itself.
+#[derive(Clone, Copy)]
+struct TargetFacts {
+    voters: u16,
+    shards: u16,
+    not_durable: bool,
+}
+
+fn target_facts(addresses: &[String], cluster_id: ClusterId) -> Result<TargetFacts, String> {
+    let mut last_error = "no address".to_string();
+    for address in addresses {
+        match node_status(address, cluster_id) {
+            Ok(statuses) if !statuses.is_empty() => {
+                return Ok(TargetFacts {
+                    voters: statuses[0].voters,
+                    shards: statuses.len() as u16,
+                    not_durable: statuses.iter().any(|status| status.not_durable),
+                });
+            }
+            Ok(_) => last_error = format!("{address} reports no shards"),
+            Err(error) => last_error = format!("{address}: {error}"),
+        }
     }
-    addresses
-        .first()
-        .and_then(|address| node_status(address, cluster_id).ok())
-        .map_or(0, |statuses| statuses.len() as u16)
+    Err(last_error)
 }

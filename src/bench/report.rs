@@ -88,10 +88,9 @@ pub fn plot(
     let (left, right) = root.split_horizontally(450);
     let x_max = rows.iter().map(|(x, _)| *x).fold(1.0, f64::max) * 1.1;
     let x_min = rows.iter().map(|(x, _)| *x).fold(f64::MAX, f64::min).min(x_max) * 0.9;
-    let panels: [(&str, Box<dyn Fn(&BenchRow) -> f64>, _); 2] = [
-        ("committed ops/s", Box::new(|row: &BenchRow| row.ops_per_sec), left),
-        ("p99 latency (µs)", Box::new(|row: &BenchRow| row.p99_us), right),
-    ];
+    let ops: fn(&BenchRow) -> f64 = |row| row.ops_per_sec;
+    let p99: fn(&BenchRow) -> f64 = |row| row.p99_us;
+    let panels = [("committed ops/s", ops, left), ("p99 latency (µs)", p99, right)];
     for (title, value, area) in panels {
         let y_max = rows.iter().map(|(_, row)| value(row)).fold(1.0, f64::max) * 1.15;
         let mut chart = ChartBuilder::on(&area)

@@ -248,6 +248,13 @@ impl Client {
         self.shared.shards
     }
 
+    /// The members the client knows, with their addresses.
+    #[must_use]
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        let membership = self.shared.membership.lock().unwrap_or_else(|e| e.into_inner());
+        membership.members.iter().map(|(id, address)| (*id, address.clone())).collect()
+    }
+
     /// This client's id.
     #[must_use]
     pub fn id(&self) -> u64 {

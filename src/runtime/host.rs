@@ -226,6 +226,8 @@ impl Host {
             applied_commands: self.shard.applied_commands(),
             summary: self.shard.machine().summary(),
             syncs: self.syncs,
+            not_durable: !self.durable,
+            voters: replica.config().voters.len() as u16,
         }
     }
 

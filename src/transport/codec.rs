@@ -71,6 +71,10 @@ pub struct ShardStatus {
     pub summary: StateSummary,
     /// WAL syncs this replica ran since it started.
     pub syncs: u64,
+    /// True if the node runs with durability off.
+    pub not_durable: bool,
+    /// Voters in the cluster.
+    pub voters: u16,
 }
 
 /// Who is dialling.
@@ -338,6 +342,8 @@ impl Encoder {
                     entries: status.summary.entries,
                     digest: status.summary.digest,
                     syncs: status.syncs,
+                    not_durable: status.not_durable,
+                    voters: status.voters,
                 };
                 (fb::Body::Status, fb::Status::create(builder, &args).as_union_value())
             }
@@ -682,6 +688,8 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
                 applied_commands: m.applied_commands(),
                 summary: StateSummary { entries: m.entries(), digest: m.digest() },
                 syncs: m.syncs(),
+                not_durable: m.not_durable(),
+                voters: m.voters(),
             };
             return finish(&frame, Body::Status(status));
         }

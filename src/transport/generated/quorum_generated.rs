@@ -2952,6 +2952,8 @@ impl<'a> Status<'a> {
   pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 12;
   pub const VT_DIGEST: ::flatbuffers::VOffsetT = 14;
   pub const VT_SYNCS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_NOT_DURABLE: ::flatbuffers::VOffsetT = 18;
+  pub const VT_VOTERS: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2968,7 +2970,9 @@ impl<'a> Status<'a> {
     builder.add_entries(args.entries);
     builder.add_applied_commands(args.applied_commands);
     builder.add_commit_index(args.commit_index);
+    builder.add_voters(args.voters);
     builder.add_leader(args.leader);
+    builder.add_not_durable(args.not_durable);
     builder.add_role(args.role);
     builder.finish()
   }
@@ -3023,6 +3027,20 @@ impl<'a> Status<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Status::VT_SYNCS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn not_durable(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Status::VT_NOT_DURABLE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn voters(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Status::VT_VOTERS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Status<'_> {
@@ -3038,6 +3056,8 @@ impl ::flatbuffers::Verifiable for Status<'_> {
      .visit_field::<u64>("entries", Self::VT_ENTRIES, false)?
      .visit_field::<u64>("digest", Self::VT_DIGEST, false)?
      .visit_field::<u64>("syncs", Self::VT_SYNCS, false)?
+     .visit_field::<bool>("not_durable", Self::VT_NOT_DURABLE, false)?
+     .visit_field::<u16>("voters", Self::VT_VOTERS, false)?
      .finish();
     Ok(())
   }
@@ -3050,6 +3070,8 @@ pub struct StatusArgs {
     pub entries: u64,
     pub digest: u64,
     pub syncs: u64,
+    pub not_durable: bool,
+    pub voters: u16,
 }
 impl<'a> Default for StatusArgs {
   #[inline]
@@ -3062,6 +3084,8 @@ impl<'a> Default for StatusArgs {
       entries: 0,
       digest: 0,
       syncs: 0,
+      not_durable: false,
+      voters: 0,
     }
   }
 }
@@ -3100,6 +3124,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Status::VT_SYNCS, syncs, 0);
   }
   #[inline]
+  pub fn add_not_durable(&mut self, not_durable: bool) {
+    self.fbb_.push_slot::<bool>(Status::VT_NOT_DURABLE, not_durable, false);
+  }
+  #[inline]
+  pub fn add_voters(&mut self, voters: u16) {
+    self.fbb_.push_slot::<u16>(Status::VT_VOTERS, voters, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusBuilder {
@@ -3124,6 +3156,8 @@ impl ::core::fmt::Debug for Status<'_> {
       ds.field("entries", &self.entries());
       ds.field("digest", &self.digest());
       ds.field("syncs", &self.syncs());
+      ds.field("not_durable", &self.not_durable());
+      ds.field("voters", &self.voters());
       ds.finish()
   }
 }
