@@ -1,0 +1,94 @@
+//! The command line as people use it: bad values get one clear message and exit code 2;
+//! `quorum bench` runs end to end and reports what it measured.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn quorum(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_quorum")).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn node_refuses_bad_configuration_with_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let base = [
+        "node",
+        "--cluster-id",
+        "1",
+        "--listen",
+        "127.0.0.1:7000",
+        "--peers",
+        "1=127.0.0.1:7000,2=127.0.0.1:7010,3=127.0.0.1:7020",
+        "--data-dir",
+        data,
+    ];
+    let cases: [(&[&str], &str); 4] = [
+        (&["--id", "9"], "9"),
+        (&["--id", "1", "--election-timeout-ms", "10"], "election_timeout_ms"),
+        (&["--id", "1", "--shards", "0"], "shards"),
+        (&["--id", "1", "--wal-segment-mib", "0"], "wal_segment_mib"),
+    ];
+    for (extra, mentions) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, _, stderr) = quorum(&args);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(stderr.contains(mentions), "{extra:?} should mention {mentions}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+    }
+}
+
+#[test]
+fn bench_refuses_bad_options() {
+    for (args, mentions) in [
+        (&["bench", "--read-ratio", "2"][..], "--read-ratio"),
+        (&["bench", "--duration", "0"][..], "--duration"),
+        (&["bench", "--clients", "0"][..], "--clients"),
+    ] {
+        let (code, _, stderr) = quorum(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(mentions), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bench_runs_an_embedded_cluster_and_reports_json_and_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("sweep.svg");
+    let (code, stdout, stderr) = quorum(&[
+        "bench",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--clients",
+        "4,16",
+        "--shards",
+        "1",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Vec<serde_json::Value> =
+        stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "one line per swept value: {stdout}");
+    for (row, clients) in rows.iter().zip([4, 16]) {
+        assert_eq!(row["clients"], clients);
+        assert_eq!(row["durability"], "fsync");
+        assert_eq!(row["voters"], 3);
+        assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+        let (p50, p99) = (row["p50_us"].as_f64().unwrap(), row["p99_us"].as_f64().unwrap());
+        assert!(0.0 < p50 && p50 <= p99, "{row}");
+        assert!(row["fsyncs_per_sec"].as_f64().unwrap() > 0.0, "fsync on means syncs: {row}");
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("p99"), "an SVG plot");
+}
