@@ -3,6 +3,7 @@
 //! every condition that produced them.
 
 pub mod embedded;
+pub mod limits;
 pub mod load;
 pub mod report;
 
@@ -89,6 +90,8 @@ pub struct BenchRow {
     pub peak_rss_mib: Option<f64>,
     /// Resident memory sampled each second of the whole run, MiB.
     pub rss_mib_by_second: Vec<f64>,
+    /// The machine's limits, measured in the same invocation.
+    pub limits: Option<limits::Limits>,
 }
 
 /// Sums of server counters over a cluster.
@@ -237,6 +240,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         fsyncs_per_sec: after.syncs.saturating_sub(before.syncs) as f64 / seconds,
         peak_rss_mib,
         rss_mib_by_second: rss,
+        limits: None,
     })
 }
 

@@ -32,6 +32,19 @@ pub fn conditions(row: &BenchRow) -> String {
     )
 }
 
+/// The limits line, and where the payload rate stands against them.
+#[must_use]
+pub fn limits_line(limits: &super::limits::Limits) -> String {
+    format!(
+        "physical limits measured in this run: memcpy {:.1} GB/s (one thread), fdatasync {:.0}/s \
+         (4 KiB, p50 {:.0} µs, one thread), loopback TCP {:.1} Gbit/s (one stream)",
+        limits.memcpy_gb_per_sec,
+        limits.fsyncs_per_sec,
+        limits.fsync_p50_us,
+        limits.loopback_gbit_per_sec
+    )
+}
+
 /// The table's header.
 #[must_use]
 pub fn header() -> String {

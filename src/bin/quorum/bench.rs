@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// Write an SVG of throughput and p99 against the swept parameter (shards or clients).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Skip measuring the machine's limits (memcpy, fdatasync, loopback TCP; about 2 s)
+    /// before the runs.
+    #[arg(long)]
+    no_limits: bool,
 }
 
 fn check(args: &BenchArgs) -> Result<(), String> {
@@ -107,6 +111,20 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             runs.push((*shards, *clients));
         }
     }
+    let limits = if args.no_limits {
+        None
+    } else {
+        if !args.json {
+            eprintln!("measuring the machine's limits (memcpy, fdatasync, loopback TCP)…");
+        }
+        match bench::limits::measure(&std::env::temp_dir()) {
+            Ok(limits) => Some(limits),
+            Err(error) => {
+                eprintln!("quorum bench: measuring the limits failed: {error}");
+                None
+            }
+        }
+    };
     let mut rows: Vec<BenchRow> = Vec::new();
     for (index, (shards, clients)) in runs.iter().enumerate() {
         let spec = BenchSpec {
@@ -137,7 +155,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             );
         }
         match bench::run(&spec) {
-            Ok(row) => {
+            Ok(mut row) => {
+                row.limits = limits.clone();
                 if args.json {
                     println!("{}", serde_json::to_string(&row).unwrap_or_default());
                 }
@@ -151,6 +170,9 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     }
     if !args.json {
         println!("{}", report::conditions(&rows[0]));
+        if let Some(limits) = &limits {
+            println!("{}", report::limits_line(limits));
+        }
         println!("{}", report::header());
         for row in &rows {
             println!("{}", report::line(row));
