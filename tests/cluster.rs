@@ -264,14 +264,37 @@ fn killing_a_leader_elects_another_and_loses_no_acknowledged_write() {
             })
         })
         .collect();
+    // A counter advanced by compare-and-set: a retry applied twice would answer `false`.
+    let counter = {
+        let (client, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut value = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let expected = (value > 0).then(|| value.to_string());
+                let next = (value + 1).to_string();
+                let (swapped, previous) = client
+                    .compare_and_set(
+                        b"counter",
+                        expected.as_deref().map(str::as_bytes),
+                        next.as_bytes(),
+                    )
+                    .unwrap();
+                assert!(swapped, "increment {value} applied twice or lost: key held {previous:?}");
+                value += 1;
+            }
+            value
+        })
+    };
     std::thread::sleep(Duration::from_millis(500));
 
-    let victim = cluster.leader(0, None).expect("shard 0 has a leader");
+    // The victim leads the counter's shard, so its increments live through the failover.
+    let shard = quorum::state_machine::shard_for_key(b"counter", 2) as u16;
+    let victim = cluster.leader(shard, None).expect("the shard has a leader");
     let before = acknowledged.lock().unwrap().len();
     cluster.kill9(victim);
     let killed_at = Instant::now();
     let new_leader = loop {
-        if let Some(leader) = cluster.leader(0, Some(victim)) {
+        if let Some(leader) = cluster.leader(shard, Some(victim)) {
             break leader;
         }
         assert!(killed_at.elapsed() < Duration::from_secs(10), "no new leader");
@@ -281,7 +304,7 @@ fn killing_a_leader_elects_another_and_loses_no_acknowledged_write() {
     let bound = Duration::from_millis(2 * ELECTION_TIMEOUT_MS) + Duration::from_secs(1);
     assert_ne!(new_leader, victim);
     assert!(elected_in <= bound, "new leader after {elected_in:?}, bound {bound:?}");
-    eprintln!("killed leader {victim}; node {new_leader} leads shard 0 after {elected_in:?}");
+    eprintln!("killed leader {victim}; node {new_leader} leads shard {shard} after {elected_in:?}");
 
     // Writes go on through the new leader.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -296,6 +319,8 @@ fn killing_a_leader_elects_another_and_loses_no_acknowledged_write() {
     for writer in writers {
         writer.join().unwrap();
     }
+    let increments = counter.join().unwrap();
+    assert_eq!(client.get(b"counter").unwrap(), Some(increments.to_string().into_bytes()));
     cluster.await_converged(&[1, 2, 3], Duration::from_secs(30));
 
     let acknowledged = acknowledged.lock().unwrap();
