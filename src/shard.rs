@@ -72,12 +72,13 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// # Errors
     /// The log cannot be opened, or holds a record no replica writes.
     pub fn open(backend: B, options: Options) -> Result<(Self, Vec<Record>), ShardError> {
-        let (wal, _recovery) = Wal::open(backend, options)?;
+        let (mut wal, _recovery) = Wal::open(backend, options)?;
         let mut records = Vec::new();
         for item in wal.iter_from(wal.first_position()) {
             let (_, record) = item?;
             records.push(log_record::decode(&record)?);
         }
+        wal.retire_sealed();
         Ok((ReplicaLog { wal, unsynced: VecDeque::new(), payload: Vec::new() }, records))
     }
 

@@ -458,6 +458,15 @@ impl<B: Backend> Wal<B> {
         Ok(position)
     }
 
+    /// Lets every segment but the tail give back the memory that caches it (after reading
+    /// the whole log at start-up, say). They stay readable.
+    pub fn retire_sealed(&mut self) {
+        let sealed = self.segments.len().saturating_sub(1);
+        for (_, segment) in self.segments.iter_mut().take(sealed) {
+            segment.retire();
+        }
+    }
+
     fn rotate(&mut self) -> Result<()> {
         let number = self.tail_segment() + 1;
         // Mark where this segment's records end, so recovery can tell it from a hole.
@@ -474,6 +483,8 @@ impl<B: Backend> Wal<B> {
             encode_record(&marker, generation, segment.bytes_mut(offset, RECORD_HEADER_BYTES));
             segment.wrote(offset, RECORD_HEADER_BYTES);
         }
+        // Nothing appends to it again: its cached pages need not stay resident.
+        self.segments.back_mut().expect("a log has a segment").1.retire();
         let segment = match self.prepared.take() {
             Some((prepared, handle)) if prepared == number => handle
                 .join()
