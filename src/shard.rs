@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
 use crate::core::{
@@ -41,6 +42,8 @@ pub enum ShardError {
 #[derive(Debug)]
 struct Unsynced<T> {
     end_position: u64,
+    /// A batch this record holds, by slot, and the record's WAL position.
+    batch: Option<(Slot, u64)>,
     seq: PersistSeq,
     then_send: Option<(NodeId, Message)>,
     extra: T,
@@ -55,6 +58,22 @@ pub struct Released<T> {
     pub then_send: Vec<(NodeId, Message)>,
     /// The owner's data for each of them, in order.
     pub extras: Vec<T>,
+    /// The batches those records hold, read back from the WAL's mapping (no copy): the
+    /// replica can keep these instead of its heap copies.
+    pub shared_batches: Vec<(Slot, Bytes)>,
+}
+
+/// Where a batch starts in an `Accepted` or `Chosen` record's payload: after the run's count
+/// (u64) and the value's tag byte (see `log_record`).
+const BATCH_OFFSET: usize = 9;
+
+/// The single-slot batch a record holds, if any.
+fn batch_slot(record: &Record) -> Option<Slot> {
+    match record {
+        Record::Accepted { first_slot, count: 1, value: Value::Batch(_), .. }
+        | Record::Chosen { first_slot, count: 1, value: Value::Batch(_) } => Some(*first_slot),
+        _ => None,
+    }
 }
 
 /// A replica's records in a WAL: appends them as they are persisted and, when a sync
@@ -75,8 +94,19 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         let (mut wal, _recovery) = Wal::open(backend, options)?;
         let mut records = Vec::new();
         for item in wal.iter_from(wal.first_position()) {
-            let (_, record) = item?;
-            records.push(log_record::decode(&record)?);
+            let (position, record) = item?;
+            let mut record = log_record::decode(&record)?;
+            // Batches recovered from the log share its mapping rather than fill the heap.
+            if batch_slot(&record).is_some() {
+                if let Some(shared) = wal.read_shared(position)? {
+                    if let Record::Accepted { value, .. } | Record::Chosen { value, .. } =
+                        &mut record
+                    {
+                        *value = Value::Batch(shared.slice(BATCH_OFFSET..));
+                    }
+                }
+            }
+            records.push(record);
         }
         wal.retire_sealed();
         Ok((ReplicaLog { wal, unsynced: VecDeque::new(), payload: Vec::new() }, records))
@@ -100,9 +130,10 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         extra: T,
     ) -> Result<(), ShardError> {
         let encoded = log_record::encode(record, &mut self.payload);
-        self.wal.append(&encoded)?;
+        let position = self.wal.append(&encoded)?;
         self.unsynced.push_back(Unsynced {
             end_position: self.wal.end_position(),
+            batch: batch_slot(record).map(|slot| (slot, position)),
             seq,
             then_send,
             extra,
@@ -127,9 +158,19 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// The sync failed (the log is now poisoned).
     pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<Released<T>, ShardError> {
         let durable = self.wal.finish_sync(outcome)?;
-        let mut released = Released { seq: None, then_send: Vec::new(), extras: Vec::new() };
+        let mut released = Released {
+            seq: None,
+            then_send: Vec::new(),
+            extras: Vec::new(),
+            shared_batches: Vec::new(),
+        };
         while self.unsynced.front().is_some_and(|unsynced| unsynced.end_position <= durable) {
             let done = self.unsynced.pop_front().expect("checked");
+            if let Some((slot, position)) = done.batch {
+                if let Some(shared) = self.wal.read_shared(position)? {
+                    released.shared_batches.push((slot, shared.slice(BATCH_OFFSET..)));
+                }
+            }
             released.seq = Some(done.seq);
             released.then_send.extend(done.then_send);
             released.extras.push(done.extra);
@@ -272,6 +313,9 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// The flush failed (the log is now poisoned), or the shard failed.
     pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<(), ShardError> {
         let released = self.log.finish_sync(outcome)?;
+        for (slot, batch) in released.shared_batches {
+            self.replica.share_batch(slot, batch);
+        }
         if let Some(seq) = released.seq {
             self.replica.on_persisted(seq);
         }

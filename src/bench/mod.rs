@@ -129,6 +129,8 @@ fn proc_status_kib(field: &str) -> Option<f64> {
 /// # Errors
 /// The cluster did not start or could not be reached; the load could not run.
 pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
+    // Peak memory is per run: reset the high-water mark a previous run of a sweep left.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let embedded = match &spec.target {
         Some(_) => None,
         None => Some(EmbeddedCluster::start(&EmbeddedSpec {

@@ -37,6 +37,22 @@ impl Log {
         Slot(self.entries.len() as u64)
     }
 
+    /// Offers `bytes`, a copy of a slot's batch held elsewhere (the WAL's mapping): if the
+    /// slot holds a batch with exactly these bytes, it keeps `bytes` instead and its own copy
+    /// is freed. Nothing observable changes. Returns whether it swapped.
+    pub fn share_batch(&mut self, slot: Slot, bytes: bytes::Bytes) -> bool {
+        let Some(entry) = usize::try_from(slot.0).ok().and_then(|i| self.entries.get_mut(i)) else {
+            return false;
+        };
+        match &mut entry.value {
+            Some(Value::Batch(held)) if *held == bytes => {
+                *held = bytes;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The entry of `slot`, if the log reaches it.
     #[must_use]
     pub fn get(&self, slot: Slot) -> Option<&SlotEntry> {

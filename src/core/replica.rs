@@ -295,6 +295,13 @@ impl Replica {
         &self.log
     }
 
+    /// Offers a copy of `slot`'s batch that lives elsewhere (the WAL's mapping): kept instead
+    /// of the replica's own copy if the bytes are equal, so committed batches stop costing
+    /// heap memory. Changes nothing observable.
+    pub fn share_batch(&mut self, slot: Slot, bytes: bytes::Bytes) {
+        let _swapped = self.log.share_batch(slot, bytes);
+    }
+
     /// Moves the actions produced so far onto the end of `out` (no allocation once `out` has
     /// grown to its working size).
     pub fn take_actions(&mut self, out: &mut Vec<Action>) {
@@ -851,11 +858,14 @@ impl Replica {
         leader.heartbeat_due_tick = now + interval;
         let ballot = leader.ballot;
         let commit_index = self.commit_index;
-        // Retransmit Accepts that a voter has not acknowledged for a heartbeat interval: the
-        // network may lose them, and a restarted voter may have lost them unsynced.
+        // Retransmit Accepts that a voter has not acknowledged for half an election timeout:
+        // the network may lose them, and a restarted voter may have lost them unsynced. Not
+        // sooner: under load an ack can take longer than a heartbeat interval (a sync of a
+        // large batch), and each retransmission costs the voter another write of the batch.
+        let retransmit = interval.max(timeout / 2);
         let mut resend: Vec<(NodeId, Message)> = Vec::new();
         for proposal in
-            leader.in_flight.iter_mut().filter(|p| !p.chosen && p.sent_tick + interval <= now)
+            leader.in_flight.iter_mut().filter(|p| !p.chosen && p.sent_tick + retransmit <= now)
         {
             proposal.sent_tick = now;
             for (index, node) in self.voters.ids().iter().enumerate() {

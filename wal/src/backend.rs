@@ -29,6 +29,11 @@ pub trait Segment: Send {
     /// The log no longer appends to this segment: it may give back the memory that caches
     /// it (reads still work, only slower).
     fn retire(&mut self) {}
+    /// `len` bytes at `offset` as a reference-counted buffer that shares the segment's memory
+    /// (no copy), if the backend can; it stays valid after the segment is dropped.
+    fn shared(&self, _offset: usize, _len: usize) -> Option<bytes::Bytes> {
+        None
+    }
 }
 
 /// Makes a set of writes durable. Runs off the appending thread (DESIGN.md §4).

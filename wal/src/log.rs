@@ -586,6 +586,25 @@ impl<B: Backend> Wal<B> {
         }
     }
 
+    /// The payload of the record at `position`, sharing the log's memory instead of copying
+    /// it, if the backend can (memory-mapped segments can; `None` otherwise).
+    ///
+    /// # Errors
+    /// `position` is not a record's, or the log is poisoned.
+    pub fn read_shared(&self, position: u64) -> Result<Option<bytes::Bytes>> {
+        let record = self.read(position)?;
+        let number = position / self.segment_bytes;
+        let index = usize::try_from(number - self.first_segment())
+            .map_err(|_| Error::BadPosition(position))?;
+        let segment = &self.segments[index].1;
+        let offset = record.payload.as_ptr() as usize - segment.bytes().as_ptr() as usize;
+        Ok(segment.shared(offset, record.payload.len()))
+    }
+
+    fn first_segment(&self) -> u64 {
+        self.segments.front().expect("a log has a segment").0
+    }
+
     fn decode_at(&self, position: u64) -> Option<Decoded<'_>> {
         if position < self.first_position() || position >= self.end_position() {
             return None;

@@ -90,7 +90,7 @@ impl Staging {
 
 /// A segment file: read through its mapping, written with `pwrite`.
 pub struct MmapSegment {
-    map: Mmap,
+    map: Arc<Mmap>,
     file: Arc<File>,
     /// Interior mutability lets a read (`&self`) flush first, so reads see every append.
     staging: RefCell<Staging>,
@@ -98,7 +98,11 @@ pub struct MmapSegment {
 
 impl MmapSegment {
     fn new(map: Mmap, file: File) -> MmapSegment {
-        MmapSegment { map, file: Arc::new(file), staging: RefCell::new(Staging::default()) }
+        MmapSegment {
+            map: Arc::new(map),
+            file: Arc::new(file),
+            staging: RefCell::new(Staging::default()),
+        }
     }
 }
 
@@ -145,6 +149,12 @@ impl Segment for MmapSegment {
         Box::new(FileSyncer { file: Arc::clone(&self.file), write_error: staging.error.take() })
     }
 
+    fn shared(&self, offset: usize, len: usize) -> Option<bytes::Bytes> {
+        self.staging.borrow_mut().flush(&self.file);
+        let end = offset.checked_add(len).filter(|end| *end <= self.map.len())?;
+        Some(bytes::Bytes::from_owner(MapSlice { map: Arc::clone(&self.map), start: offset, end }))
+    }
+
     fn retire(&mut self) {
         self.staging.get_mut().flush(&self.file);
         // SAFETY: a shared, read-only file mapping: dropping its pages only unmaps them from
@@ -157,6 +167,20 @@ impl Drop for MmapSegment {
     fn drop(&mut self) {
         // Unsynced, so never acknowledged; written anyway so the file matches what was read.
         self.staging.get_mut().flush(&self.file);
+    }
+}
+
+/// A range of a mapping, owned by the buffers that share it: the mapping outlives the segment
+/// (even its file's deletion) until the last of them is dropped.
+struct MapSlice {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
     }
 }
 

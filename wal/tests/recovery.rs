@@ -382,6 +382,32 @@ fn real_files_on_this_machines_disk_survive_reopen() {
     assert_eq!(contents(&wal), expected);
 }
 
+#[test]
+fn shared_reads_see_staged_appends_and_outlive_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = Options { segment_bytes: 1 << 20, prepare_ahead: true };
+    let (mut wal, _) = Wal::open(MmapBackend::new(dir.path()).unwrap(), real).unwrap();
+    let mut shared = Vec::new();
+    for index in 0..2_000 {
+        let bytes = payload(index);
+        let position = wal.append(&record(index, &bytes)).unwrap();
+        // Not synced yet: the append may still be staged; a read must see it anyway.
+        let copy = wal.read_shared(position).unwrap().expect("mapped segments share");
+        assert_eq!(&copy[..], &bytes[..], "record {index}");
+        shared.push((copy, bytes));
+        if index % 300 == 299 {
+            wal.sync().unwrap();
+        }
+    }
+    drop(wal);
+    // The buffers keep their mappings alive after the log (and its segments) are gone.
+    for (copy, bytes) in shared {
+        assert_eq!(copy, bytes);
+    }
+    let (wal, _) = Wal::open(SimBackend::new(), options()).unwrap();
+    assert!(matches!(wal.read_shared(wal.first_position()), Err(_) | Ok(None)));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 

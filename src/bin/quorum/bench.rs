@@ -30,7 +30,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
     /// Shards per node (embedded cluster); a comma list sweeps them, one row each. Default:
-    /// one per core.
+    /// cores / voters, at least 1: the embedded cluster runs every node on this host, and
+    /// more shard threads than cores only add context switches (BENCHMARKS.md, the sweep).
     #[arg(long, value_delimiter = ',')]
     shards: Vec<u16>,
     /// Voters in the embedded cluster.
@@ -104,7 +105,9 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u16);
-    let shard_values = if args.shards.is_empty() { vec![cores] } else { args.shards.clone() };
+    let default_shards = (cores / args.voters.max(1)).max(1);
+    let shard_values =
+        if args.shards.is_empty() { vec![default_shards] } else { args.shards.clone() };
     let mut runs = Vec::new();
     for shards in &shard_values {
         for clients in &args.clients {
