@@ -200,6 +200,10 @@ pub struct Shard<B: Backend, S: StateMachine> {
     actions: Vec<Action>,
     outbox: Vec<(NodeId, Message)>,
     replies: Vec<AppliedCommand<S::Reply>>,
+    /// Batches the replica now keeps in the WAL's mapping instead of the heap.
+    pub shared_batches: u64,
+    /// Batches offered from the mapping but not taken (the slot's value had changed).
+    pub unshared_batches: u64,
 }
 
 impl<B: Backend, S: StateMachine> Shard<B, S> {
@@ -223,6 +227,8 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             actions: Vec::with_capacity(64),
             outbox: Vec::new(),
             replies: Vec::new(),
+            shared_batches: 0,
+            unshared_batches: 0,
         };
         shard.process_actions()?;
         Ok(shard)
@@ -313,9 +319,6 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// The flush failed (the log is now poisoned), or the shard failed.
     pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<(), ShardError> {
         let released = self.log.finish_sync(outcome)?;
-        for (slot, batch) in released.shared_batches {
-            self.replica.share_batch(slot, batch);
-        }
         if let Some(seq) = released.seq {
             self.replica.on_persisted(seq);
         }
@@ -328,6 +331,14 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                     .expect("a replica accepts its own messages");
             } else {
                 self.outbox.push((to, message));
+            }
+        }
+        // After the acknowledgements above, which may have chosen these slots.
+        for (slot, batch) in released.shared_batches {
+            if self.replica.share_batch(slot, batch) {
+                self.shared_batches += 1;
+            } else {
+                self.unshared_batches += 1;
             }
         }
         self.process_actions()

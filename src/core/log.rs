@@ -98,7 +98,11 @@ impl Log {
                 continue;
             }
             entry.ballot = ballot;
-            entry.value = Some(value.clone());
+            // Keep an equal value already held: it may be the copy shared with the WAL's
+            // mapping, and replacing it would bring the heap copy back.
+            if entry.value.as_ref() != Some(value) {
+                entry.value = Some(value.clone());
+            }
             entry.chosen = true;
         }
     }

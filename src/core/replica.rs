@@ -298,8 +298,8 @@ impl Replica {
     /// Offers a copy of `slot`'s batch that lives elsewhere (the WAL's mapping): kept instead
     /// of the replica's own copy if the bytes are equal, so committed batches stop costing
     /// heap memory. Changes nothing observable.
-    pub fn share_batch(&mut self, slot: Slot, bytes: bytes::Bytes) {
-        let _swapped = self.log.share_batch(slot, bytes);
+    pub fn share_batch(&mut self, slot: Slot, bytes: bytes::Bytes) -> bool {
+        self.log.share_batch(slot, bytes)
     }
 
     /// Moves the actions produced so far onto the end of `out` (no allocation once `out` has

@@ -193,7 +193,16 @@ async fn run_shard(
         glommio::timer::sleep(tick).await;
         host::with_shard(&host, |host| host.shard.on_tick());
     }
-    tracing::info!(shard, dropped_messages = host::dropped_messages(&host), "shard stopped");
+    {
+        let state = host.borrow();
+        tracing::info!(
+            shard,
+            dropped_messages = host::dropped_messages(&host),
+            shared_batches = state.shard.shared_batches,
+            unshared_batches = state.shard.unshared_batches,
+            "shard stopped"
+        );
+    }
     Ok(())
 }
 
