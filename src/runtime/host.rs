@@ -76,6 +76,13 @@ pub struct Host {
     syncs: u64,
     /// False when durability is off.
     durable: bool,
+    /// Proposals turned away because the pipeline and the open batch were full.
+    pub busy_replies: u64,
+    /// Time spent in syncs on the blocking pool, and from starting a sync to its completion
+    /// being handled on the executor (the difference is the hand-off).
+    pub sync_micros: u64,
+    /// See `sync_micros`.
+    pub sync_wait_micros: u64,
 }
 
 /// A shared handle to a shard's state.
@@ -105,6 +112,9 @@ impl Host {
             dropped_messages: 0,
             syncs: 0,
             durable,
+            busy_replies: 0,
+            sync_micros: 0,
+            sync_wait_micros: 0,
         }))
     }
 
@@ -198,7 +208,10 @@ impl Host {
                     continue;
                 }
                 Err(ProposeError::NotLeader { hint }) => (ReplyStatus::NotLeader { hint }, None),
-                Err(ProposeError::Busy) => (ReplyStatus::Busy, None),
+                Err(ProposeError::Busy) => {
+                    self.busy_replies += 1;
+                    (ReplyStatus::Busy, None)
+                }
                 Err(error) => (ReplyStatus::Rejected, Some(error.to_string())),
             };
             let (status, reason) = refused;
@@ -210,6 +223,11 @@ impl Host {
         }
         self.shard.flush()?;
         Ok(Ok(()))
+    }
+
+    /// Syncs started so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// The status a client asked for.
@@ -355,14 +373,24 @@ pub fn pump(host: &HostRef) {
     let host = host.clone();
     glommio::spawn_local(async move {
         // fdatasync blocks: it runs on the executor's blocking pool, never on the reactor.
+        let started = std::time::Instant::now();
         let outcome = if durable {
-            glommio::executor().spawn_blocking(move || pending.run()).await
+            glommio::executor()
+                .spawn_blocking(move || {
+                    let ran = std::time::Instant::now();
+                    let outcome = pending.run();
+                    (outcome, ran.elapsed())
+                })
+                .await
         } else {
             glommio::executor().yield_now().await;
-            pending.skip()
+            (pending.skip(), std::time::Duration::ZERO)
         };
+        let (outcome, in_sync) = outcome;
         {
             let mut state = host.borrow_mut();
+            state.sync_micros += in_sync.as_micros() as u64;
+            state.sync_wait_micros += started.elapsed().as_micros() as u64;
             state.syncing = false;
             if let Err(error) = state.shard.finish_sync(outcome) {
                 return fail(&mut state, &error);

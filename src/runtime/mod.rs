@@ -200,6 +200,10 @@ async fn run_shard(
             dropped_messages = host::dropped_messages(&host),
             shared_batches = state.shard.shared_batches,
             unshared_batches = state.shard.unshared_batches,
+            busy_replies = state.busy_replies,
+            sync_mean_us = state.sync_micros / state.syncs().max(1),
+            sync_wait_mean_us = state.sync_wait_micros / state.syncs().max(1),
+            syncs = state.syncs(),
             "shard stopped"
         );
     }
