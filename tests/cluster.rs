@@ -131,7 +131,7 @@ impl TestCluster {
     }
 
     fn status(&self, id: u16) -> Option<Vec<ShardStatus>> {
-        node_status(self.address(id), ClusterId(CLUSTER)).ok()
+        node_status(self.address(id), ClusterId(CLUSTER), true).ok()
     }
 
     fn client(&self) -> Client {

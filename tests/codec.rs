@@ -128,7 +128,7 @@ fn frame_body() -> impl Strategy<Value = Body> {
             }),
         bytes().prop_map(Body::Requests),
         prop::collection::vec(reply, 0..6).prop_map(Body::Replies),
-        Just(Body::StatusRequest),
+        any::<bool>().prop_map(|digest| Body::StatusRequest { digest }),
         (0..4u8, any::<u16>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
             |(role, leader, commit, applied, entries, digest)| {
                 let role =

@@ -115,7 +115,7 @@ impl EmbeddedCluster {
         loop {
             let mut leaders: Vec<Option<NodeId>> = Vec::new();
             for address in &self.addresses {
-                if let Ok(statuses) = node_status(address, self.cluster_id()) {
+                if let Ok(statuses) = node_status(address, self.cluster_id(), false) {
                     leaders.resize(statuses.len().max(leaders.len()), None);
                     for (shard, status) in statuses.iter().enumerate() {
                         if status.role == RoleKind::Leader {

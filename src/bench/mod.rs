@@ -105,7 +105,9 @@ struct ServerCounters {
 fn server_counters(addresses: &[String], cluster_id: ClusterId) -> ServerCounters {
     let mut counters = ServerCounters::default();
     for address in addresses {
-        let Ok(statuses) = node_status(address, cluster_id) else { continue };
+        // A node under load may answer late: try again before leaving it out.
+        let answer = (0..3).find_map(|_| node_status(address, cluster_id, false).ok());
+        let Some(statuses) = answer else { continue };
         for status in statuses {
             counters.syncs += status.syncs;
             if status.role == RoleKind::Leader {
@@ -257,7 +259,7 @@ struct TargetFacts {
 fn target_facts(addresses: &[String], cluster_id: ClusterId) -> Result<TargetFacts, String> {
     let mut last_error = "no address".to_string();
     for address in addresses {
-        match node_status(address, cluster_id) {
+        match node_status(address, cluster_id, false) {
             Ok(statuses) if !statuses.is_empty() => {
                 return Ok(TargetFacts {
                     voters: statuses[0].voters,

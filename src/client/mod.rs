@@ -414,11 +414,16 @@ impl Ticket {
     }
 }
 
-/// Asks one node how each of its shards is doing.
+/// Asks one node how each of its shards is doing; with `digest`, also for each state
+/// machine's summary (a hash of the whole state: costly on a large one).
 ///
 /// # Errors
 /// The node cannot be reached or refuses us.
-pub fn node_status(address: &str, cluster_id: ClusterId) -> Result<Vec<ShardStatus>, ClientError> {
+pub fn node_status(
+    address: &str,
+    cluster_id: ClusterId,
+    digest: bool,
+) -> Result<Vec<ShardStatus>, ClientError> {
     let options = ClientOptions { cluster_id, ..ClientOptions::default() };
     let client_id = random_client_id();
     let first = handshake(&options, client_id, address, 0)?;
@@ -437,7 +442,7 @@ pub fn node_status(address: &str, cluster_id: ClusterId) -> Result<Vec<ShardStat
             cluster_id: options.cluster_id,
             from: NodeId(0),
             shard,
-            body: Body::StatusRequest,
+            body: Body::StatusRequest { digest },
         };
         let io = |error: &dyn std::fmt::Display| ClientError::Disconnected(error.to_string());
         stream.set_read_timeout(Some(options.connect_timeout)).map_err(|error| io(&error))?;

@@ -230,8 +230,9 @@ impl Host {
         self.syncs
     }
 
-    /// The status a client asked for.
-    pub fn status(&self) -> ShardStatus {
+    /// The status a client asked for; the state's summary only with `digest` (it hashes the
+    /// whole state).
+    pub fn status(&self, digest: bool) -> ShardStatus {
         let replica = self.shard.replica();
         let leader = match replica.role() {
             RoleKind::Leader => Some(replica.node()),
@@ -242,7 +243,7 @@ impl Host {
             leader,
             commit_index: replica.commit_index(),
             applied_commands: self.shard.applied_commands(),
-            summary: self.shard.machine().summary(),
+            summary: if digest { self.shard.machine().summary() } else { Default::default() },
             syncs: self.syncs,
             not_durable: !self.durable,
             voters: replica.config().voters.len() as u16,

@@ -104,7 +104,7 @@ fn hello_reply(net: &ShardNet, refusal: Option<String>) -> Frame {
         .members()
         .map(|(id, address, learner)| Member { id, address: address.to_string(), learner })
         .collect();
-    let leader = net.host.borrow().status().leader;
+    let leader = net.host.borrow().status(false).leader;
     let reply = HelloReply { refusal, shards: net.config.shards, leader, members };
     header_of(net, Body::HelloReply(reply))
 }
@@ -260,9 +260,9 @@ async fn read_client(
                     return Err(ConnectionError::Protocol(reason));
                 }
             }
-            Body::StatusRequest => {
+            Body::StatusRequest { digest } => {
                 let mut host = net.host.borrow_mut();
-                let status = host.status();
+                let status = host.status(digest);
                 host.send_to_client(connection, Body::Status(status));
             }
             _ => return Err(ConnectionError::Protocol("a client sent a peer frame".into())),

@@ -50,8 +50,12 @@ pub enum Body {
     Requests(Bytes),
     /// Replies to client commands.
     Replies(Vec<Reply>),
-    /// A client asks how the shard is doing.
-    StatusRequest,
+    /// A client asks how the shard is doing; with `digest`, also for the state's summary,
+    /// which hashes the whole state.
+    StatusRequest {
+        /// Compute the state machine's summary.
+        digest: bool,
+    },
     /// The answer.
     Status(ShardStatus),
 }
@@ -67,7 +71,7 @@ pub struct ShardStatus {
     pub commit_index: Slot,
     /// Client commands applied here.
     pub applied_commands: u64,
-    /// The state machine's summary.
+    /// The state machine's summary (zero unless asked for).
     pub summary: StateSummary,
     /// WAL syncs this replica ran since it started.
     pub syncs: u64,
@@ -320,8 +324,8 @@ impl Encoder {
                 let args = fb::RepliesArgs { replies: Some(heads) };
                 (fb::Body::Replies, fb::Replies::create(builder, &args).as_union_value())
             }
-            Body::StatusRequest => {
-                let args = fb::StatusRequestArgs {};
+            Body::StatusRequest { digest } => {
+                let args = fb::StatusRequestArgs { digest: *digest };
                 (
                     fb::Body::StatusRequest,
                     fb::StatusRequest::create(builder, &args).as_union_value(),
@@ -669,8 +673,8 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             return finish(&frame, Body::Replies(replies));
         }
         fb::Body::StatusRequest => {
-            frame.body_as_status_request().ok_or(missing)?;
-            return finish(&frame, Body::StatusRequest);
+            let m = frame.body_as_status_request().ok_or(missing)?;
+            return finish(&frame, Body::StatusRequest { digest: m.digest() });
         }
         fb::Body::Status => {
             let m = frame.body_as_status().ok_or(missing)?;

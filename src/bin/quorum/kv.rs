@@ -107,17 +107,18 @@ pub struct StatusArgs {
 }
 
 pub fn run_status(args: &StatusArgs) -> ExitCode {
-    match node_status(&args.node, ClusterId(args.cluster_id.unwrap_or(0))) {
+    match node_status(&args.node, ClusterId(args.cluster_id.unwrap_or(0)), true) {
         Ok(statuses) => {
             for (shard, status) in statuses.iter().enumerate() {
                 println!(
-                    "shard {shard}: {:?}, leader {}, commit index {}, applied {}, entries {}, digest {:016x}",
+                    "shard {shard}: {:?}, leader {}, commit index {}, applied {}, entries {}, digest {:016x}, syncs {}",
                     status.role,
                     status.leader.map_or("unknown".to_string(), |node| node.0.to_string()),
                     status.commit_index.0,
                     status.applied_commands,
                     status.summary.entries,
                     status.summary.digest,
+                    status.syncs,
                 );
             }
             ExitCode::SUCCESS

@@ -2867,6 +2867,7 @@ impl<'a> ::flatbuffers::Follow<'a> for StatusRequest<'a> {
 }
 
 impl<'a> StatusRequest<'a> {
+  pub const VT_DIGEST: ::flatbuffers::VOffsetT = 4;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2875,12 +2876,21 @@ impl<'a> StatusRequest<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    _args: &'args StatusRequestArgs
+    args: &'args StatusRequestArgs
   ) -> ::flatbuffers::WIPOffset<StatusRequest<'bldr>> {
     let mut builder = StatusRequestBuilder::new(_fbb);
+    builder.add_digest(args.digest);
     builder.finish()
   }
 
+
+  #[inline]
+  pub fn digest(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StatusRequest::VT_DIGEST, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StatusRequest<'_> {
@@ -2889,16 +2899,19 @@ impl ::flatbuffers::Verifiable for StatusRequest<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
+     .visit_field::<bool>("digest", Self::VT_DIGEST, false)?
      .finish();
     Ok(())
   }
 }
 pub struct StatusRequestArgs {
+    pub digest: bool,
 }
 impl<'a> Default for StatusRequestArgs {
   #[inline]
   fn default() -> Self {
     StatusRequestArgs {
+      digest: false,
     }
   }
 }
@@ -2908,6 +2921,10 @@ pub struct StatusRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
   start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_digest(&mut self, digest: bool) {
+    self.fbb_.push_slot::<bool>(StatusRequest::VT_DIGEST, digest, false);
+  }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
@@ -2926,6 +2943,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusRequestBuilder<'a, 'b, 
 impl ::core::fmt::Debug for StatusRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("StatusRequest");
+      ds.field("digest", &self.digest());
       ds.finish()
   }
 }
