@@ -189,9 +189,13 @@ impl Host {
         connection: u64,
         batch: &Bytes,
     ) -> Result<Result<(), String>, ShardError> {
-        let Some(client) = self.clients.get(&connection).map(|link| link.client) else {
+        let Some(link) = self.clients.get(&connection) else {
             return Ok(Ok(()));
         };
+        if link.overflowed {
+            return Ok(Err("the client does not read its replies".to_string()));
+        }
+        let client = link.client;
         for command in crate::core::BatchReader::new(batch) {
             let Ok((id, payload)) = command else {
                 return Ok(Err("malformed request batch".to_string()));
@@ -253,7 +257,7 @@ impl Host {
     /// Queues a frame for a client outside the reply path (status answers).
     pub fn send_to_client(&mut self, connection: u64, body: Body) {
         let frame = self.frame(body);
-        if let Some(link) = self.clients.get_mut(&connection) {
+        if let Some(link) = self.clients.get_mut(&connection).filter(|link| !link.overflowed) {
             encode_into(&mut self.encoder, &frame, &mut link.link.out);
             link.link.ring();
         }
@@ -336,6 +340,11 @@ impl Host {
         let cluster_id = self.shard.replica().config().cluster_id;
         let me = self.shard.replica().node();
         for link in self.clients.values_mut() {
+            if link.overflowed {
+                // Being disconnected: what it would be sent is dropped, not kept.
+                link.replies.clear();
+                continue;
+            }
             if link.replies.is_empty() {
                 continue;
             }
