@@ -310,40 +310,118 @@ impl KvCommand {
     /// Decodes a command; `None` if the bytes are not one.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<KvCommand> {
+        let owned = |bytes: &[u8]| bytes.to_vec();
+        Some(match KvCommandRef::decode(bytes)? {
+            KvCommandRef::Get { key } => KvCommand::Get { key: owned(key) },
+            KvCommandRef::Put { key, value } => {
+                KvCommand::Put { key: owned(key), value: owned(value) }
+            }
+            KvCommandRef::Delete { key } => KvCommand::Delete { key: owned(key) },
+            KvCommandRef::CompareAndSet { key, expected, new } => KvCommand::CompareAndSet {
+                key: owned(key),
+                expected: expected.map(owned),
+                new: owned(new),
+            },
+            KvCommandRef::Append { entry } => KvCommand::Append { entry: owned(entry) },
+        })
+    }
+}
+
+/// A [`KvCommand`] read in place: its fields borrow the encoded bytes (the apply path
+/// allocates only what the store keeps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvCommandRef<'a> {
+    /// Read a key.
+    Get {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// Set a key.
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The new value.
+        value: &'a [u8],
+    },
+    /// Remove a key.
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// Compare-and-set.
+    CompareAndSet {
+        /// The key.
+        key: &'a [u8],
+        /// The value the key must hold (`None`: absent).
+        expected: Option<&'a [u8]>,
+        /// The value to set.
+        new: &'a [u8],
+    },
+    /// An opaque log entry.
+    Append {
+        /// The entry.
+        entry: &'a [u8],
+    },
+}
+
+impl<'a> KvCommandRef<'a> {
+    /// Decodes a command in place; `None` if the bytes are not one.
+    #[must_use]
+    pub fn decode(bytes: &'a [u8]) -> Option<KvCommandRef<'a>> {
         let field = take_field;
         let (&tag, mut rest) = bytes.split_first()?;
         let command = match tag {
-            GET => KvCommand::Get { key: field(&mut rest)?.to_vec() },
-            PUT => KvCommand::Put {
-                key: field(&mut rest)?.to_vec(),
-                value: field(&mut rest)?.to_vec(),
-            },
-            DELETE => KvCommand::Delete { key: field(&mut rest)?.to_vec() },
+            GET => KvCommandRef::Get { key: field(&mut rest)? },
+            PUT => KvCommandRef::Put { key: field(&mut rest)?, value: field(&mut rest)? },
+            DELETE => KvCommandRef::Delete { key: field(&mut rest)? },
             CAS => {
-                let key = field(&mut rest)?.to_vec();
+                let key = field(&mut rest)?;
                 let (&present, tail) = rest.split_first()?;
                 rest = tail;
                 let expected = match present {
                     0 => None,
-                    1 => Some(field(&mut rest)?.to_vec()),
+                    1 => Some(field(&mut rest)?),
                     _ => return None,
                 };
-                KvCommand::CompareAndSet { key, expected, new: field(&mut rest)?.to_vec() }
+                KvCommandRef::CompareAndSet { key, expected, new: field(&mut rest)? }
             }
-            APPEND => KvCommand::Append { entry: field(&mut rest)?.to_vec() },
+            APPEND => KvCommandRef::Append { entry: field(&mut rest)? },
             _ => return None,
         };
         rest.is_empty().then_some(command)
     }
 }
 
-/// The built-in replicated key-value store.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The built-in replicated key-value store. Its hasher is seeded at random per replica
+/// (keys come from clients; nothing depends on the map's order).
+#[derive(Clone, Debug, Default)]
 pub struct KvStore {
-    entries: HashMap<Vec<u8>, Vec<u8>>,
+    entries: HashMap<Vec<u8>, Vec<u8>, foldhash::fast::RandomState>,
 }
 
+impl PartialEq for KvStore {
+    fn eq(&self, other: &KvStore) -> bool {
+        self.entries.len() == other.entries.len()
+            && self.entries.iter().all(|(key, value)| other.entries.get(key) == Some(value))
+    }
+}
+
+impl Eq for KvStore {}
+
 impl KvStore {
+    /// Sets `key`, reusing the existing key and value allocations when it is present.
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        match self.entries.get_mut(key) {
+            Some(held) => {
+                held.clear();
+                held.extend_from_slice(value);
+            }
+            None => {
+                self.entries.insert(key.to_vec(), value.to_vec());
+            }
+        }
+    }
+
     /// The value of `key`, read locally (not linearizable on its own).
     #[must_use]
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
@@ -367,26 +445,26 @@ impl StateMachine for KvStore {
     type Reply = KvReply;
 
     fn apply(&mut self, command: &[u8]) -> KvReply {
-        match KvCommand::decode(command) {
+        match KvCommandRef::decode(command) {
             None => KvReply::Invalid,
-            Some(KvCommand::Get { key }) => KvReply::Value(self.entries.get(&key).cloned()),
-            Some(KvCommand::Put { key, value }) => {
-                self.entries.insert(key, value);
+            Some(KvCommandRef::Get { key }) => KvReply::Value(self.entries.get(key).cloned()),
+            Some(KvCommandRef::Put { key, value }) => {
+                self.set(key, value);
                 KvReply::Done
             }
-            Some(KvCommand::Delete { key }) => {
-                self.entries.remove(&key);
+            Some(KvCommandRef::Delete { key }) => {
+                self.entries.remove(key);
                 KvReply::Done
             }
-            Some(KvCommand::CompareAndSet { key, expected, new }) => {
-                let previous = self.entries.get(&key).cloned();
-                let succeeded = previous == expected;
+            Some(KvCommandRef::CompareAndSet { key, expected, new }) => {
+                let previous = self.entries.get(key).cloned();
+                let succeeded = previous.as_deref() == expected;
                 if succeeded {
-                    self.entries.insert(key, new);
+                    self.set(key, new);
                 }
                 KvReply::CompareAndSet { succeeded, previous }
             }
-            Some(KvCommand::Append { .. }) => KvReply::Done,
+            Some(KvCommandRef::Append { .. }) => KvReply::Done,
         }
     }
 

@@ -483,8 +483,12 @@ impl<B: Backend> Wal<B> {
             encode_record(&marker, generation, segment.bytes_mut(offset, RECORD_HEADER_BYTES));
             segment.wrote(offset, RECORD_HEADER_BYTES);
         }
-        // Nothing appends to it again: its cached pages need not stay resident.
-        self.segments.back_mut().expect("a log has a segment").1.retire();
+        // Nothing appends to it again: its cached pages need not stay resident. The one
+        // before it too, again: reads soon after it was sealed (applying, catching up) may
+        // have brought some of its pages back.
+        for (_, segment) in self.segments.iter_mut().rev().take(2) {
+            segment.retire();
+        }
         let segment = match self.prepared.take() {
             Some((prepared, handle)) if prepared == number => handle
                 .join()
