@@ -141,6 +141,12 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         Ok(())
     }
 
+    /// True if appended records wait for a sync.
+    #[must_use]
+    pub fn has_unsynced(&self) -> bool {
+        !self.unsynced.is_empty()
+    }
+
     /// Starts a sync if records wait and none is under way (see [`Wal::start_sync`]).
     ///
     /// # Errors
@@ -250,6 +256,12 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     #[must_use]
     pub fn wal(&self) -> &Wal<B> {
         self.log.wal()
+    }
+
+    /// True if records wait for a sync.
+    #[must_use]
+    pub fn has_unsynced(&self) -> bool {
+        self.log.has_unsynced()
     }
 
     /// Client commands applied so far on this replica.

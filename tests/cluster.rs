@@ -242,6 +242,25 @@ fn writes_reach_every_voter_and_the_learner() {
         assert!(status.success(), "node {id} exited with {status}:\n{}", cluster.log(id));
         assert!(cluster.log(id).contains("stopped cleanly"));
     }
+
+    // Restarted alone, a voter and the learner rebuild the same state from their WALs.
+    for id in [2, 4] {
+        cluster.start(id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let recovered = loop {
+            if let Some(status) = cluster.status(id) {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for (shard, (after, before)) in recovered.iter().zip(&statuses[0]).enumerate() {
+            assert_eq!(
+                after.summary, before.summary,
+                "node {id} shard {shard} state after restart"
+            );
+        }
+    }
 }
 
 #[test]

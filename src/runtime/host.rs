@@ -428,6 +428,12 @@ pub fn fail(host: &mut Host, error: &ShardError) {
     host.control.stop.store(true, Ordering::SeqCst);
 }
 
+/// True while a sync runs or records wait for one.
+pub fn has_unsynced(host: &HostRef) -> bool {
+    let host = host.borrow();
+    host.syncing || host.shard.has_unsynced()
+}
+
 /// Messages dropped because their peer was unreachable or too far behind.
 pub fn dropped_messages(host: &HostRef) -> u64 {
     host.borrow().dropped_messages

@@ -193,6 +193,16 @@ async fn run_shard(
         glommio::timer::sleep(tick).await;
         host::with_shard(&host, |host| host.shard.on_tick());
     }
+    // A clean stop leaves everything appended durable, the commit index included, so a
+    // restart finds the state it left (a failed shard skips this: its log is poisoned).
+    if !control.failed.load(Ordering::SeqCst) {
+        host::with_shard(&host, |host| host.shard.on_tick());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while host::has_unsynced(&host) && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+            host::pump(&host);
+        }
+    }
     {
         let state = host.borrow();
         tracing::info!(
