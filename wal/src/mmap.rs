@@ -91,6 +91,9 @@ impl Staging {
 /// A segment file: read through its mapping, written with `pwrite`.
 pub struct MmapSegment {
     map: Arc<Mmap>,
+    /// The whole mapping as one shared buffer: a shared read is a slice of it (a reference
+    /// count, no allocation).
+    whole: bytes::Bytes,
     file: Arc<File>,
     /// Interior mutability lets a read (`&self`) flush first, so reads see every append.
     staging: RefCell<Staging>,
@@ -98,8 +101,10 @@ pub struct MmapSegment {
 
 impl MmapSegment {
     fn new(map: Mmap, file: File) -> MmapSegment {
+        let map = Arc::new(map);
         MmapSegment {
-            map: Arc::new(map),
+            whole: bytes::Bytes::from_owner(WholeMap(Arc::clone(&map))),
+            map,
             file: Arc::new(file),
             staging: RefCell::new(Staging::default()),
         }
@@ -152,7 +157,7 @@ impl Segment for MmapSegment {
     fn shared(&self, offset: usize, len: usize) -> Option<bytes::Bytes> {
         self.staging.borrow_mut().flush(&self.file);
         let end = offset.checked_add(len).filter(|end| *end <= self.map.len())?;
-        Some(bytes::Bytes::from_owner(MapSlice { map: Arc::clone(&self.map), start: offset, end }))
+        Some(self.whole.slice(offset..end))
     }
 
     fn retire(&mut self) {
@@ -170,17 +175,13 @@ impl Drop for MmapSegment {
     }
 }
 
-/// A range of a mapping, owned by the buffers that share it: the mapping outlives the segment
-/// (even its file's deletion) until the last of them is dropped.
-struct MapSlice {
-    map: Arc<Mmap>,
-    start: usize,
-    end: usize,
-}
+/// A mapping, owned by the buffers that share it: it outlives the segment (even its file's
+/// deletion) until the last of them is dropped.
+struct WholeMap(Arc<Mmap>);
 
-impl AsRef<[u8]> for MapSlice {
+impl AsRef<[u8]> for WholeMap {
     fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.end]
+        &self.0
     }
 }
 
