@@ -8,6 +8,7 @@ pub mod bench;
 pub mod client;
 pub mod core;
 pub mod log_record;
+pub mod merge;
 pub mod node_config;
 pub mod runtime;
 pub mod shard;
