@@ -3,6 +3,7 @@
 //! on the current connection themselves, under the lane's lock.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use super::{ClientError, FRAME_BYTES_MAX, Response, Shared, handshake};
 use crate::core::{BatchBuilder, NodeId, RequestId};
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus};
-use crate::transport::framing::{read_frame, write_frame};
+use crate::transport::framing::{encode_into, read_frame};
 
 /// Pause before re-sending requests a busy leader turned away.
 const BUSY_PAUSE: Duration = Duration::from_millis(2);
@@ -43,7 +44,7 @@ pub struct Completion {
 #[derive(Default)]
 struct LaneState {
     /// The connection to write on, if up.
-    writer: Option<TcpStream>,
+    writer: Option<Arc<TcpStream>>,
     /// The leader to try first.
     leader: Option<NodeId>,
     /// Requests without a final reply, by sequence.
@@ -58,7 +59,13 @@ pub(super) struct Lane {
     shard: u16,
     state: Mutex<LaneState>,
     changed: Condvar,
+    /// Held while writing to the socket, so that the reader, which needs only `state`, is
+    /// never held up by a large write.
+    write_lock: Mutex<()>,
 }
+
+/// An encoded frame and the connection it is for.
+type Outgoing = Option<(Arc<TcpStream>, Vec<u8>)>;
 
 impl Lane {
     pub(super) fn start(shared: Arc<Shared>, shard: u16) -> Arc<Lane> {
@@ -67,6 +74,7 @@ impl Lane {
             shard,
             state: Mutex::new(LaneState::default()),
             changed: Condvar::new(),
+            write_lock: Mutex::new(()),
         });
         let runner = lane.clone();
         std::thread::Builder::new()
@@ -89,9 +97,10 @@ impl Lane {
         }
     }
 
-    /// Writes requests on the current connection; without one they wait for the next.
-    fn send(&self, state: &mut LaneState, sequences: impl Iterator<Item = u64>) {
-        let Some(writer) = state.writer.as_mut() else { return };
+    /// Encodes requests for the current connection; without one they wait for the next.
+    /// Write the result with [`Lane::write_out`] after releasing the state lock.
+    fn send(&self, state: &mut LaneState, sequences: impl Iterator<Item = u64>) -> Outgoing {
+        let writer = state.writer.clone()?;
         let mut builder = BatchBuilder::new(usize::MAX);
         for sequence in sequences {
             if let Some(pending) = state.outstanding.get(&sequence) {
@@ -100,12 +109,21 @@ impl Lane {
             }
         }
         if builder.is_empty() {
-            return;
+            return None;
         }
         let frame = self.frame(Body::Requests(builder.take()));
-        if write_frame(writer, &mut state.encoder, &frame).is_err() {
+        let mut bytes = Vec::new();
+        encode_into(&mut state.encoder, &frame, &mut bytes);
+        Some((writer, bytes))
+    }
+
+    /// Writes what [`Lane::send`] encoded.
+    fn write_out(&self, outgoing: Outgoing) {
+        let Some((writer, bytes)) = outgoing else { return };
+        let _writing = self.write_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if (&*writer).write_all(&bytes).is_err() {
             // The reader sees the broken connection and reconnects; the requests stay
-            // outstanding and go again then.
+            // outstanding and go again then (a retry is safe: same request ids).
             let _ = writer.shutdown(Shutdown::Both);
         }
     }
@@ -125,7 +143,9 @@ impl Lane {
             };
             state.outstanding.insert(*sequence, pending);
         }
-        self.send(&mut state, sequences.iter().copied());
+        let outgoing = self.send(&mut state, sequences.iter().copied());
+        drop(state);
+        self.write_out(outgoing);
     }
 
     pub(super) fn wait(&self, sequence: u64, deadline: Instant) -> Result<Response, ClientError> {
@@ -232,14 +252,15 @@ impl Lane {
                 }
             };
             let Ok(writer) = stream.try_clone() else { continue };
-            {
+            let outgoing = {
                 let mut state = self.lock();
-                state.writer = Some(writer);
+                state.writer = Some(Arc::new(writer));
                 state.leader = Some(node);
                 state.last_error = None;
                 let sequences: Vec<u64> = state.outstanding.keys().copied().collect();
-                self.send(&mut state, sequences.into_iter());
-            }
+                self.send(&mut state, sequences.into_iter())
+            };
+            self.write_out(outgoing);
             let error = self.read_replies(stream);
             let mut state = self.lock();
             if let Some(writer) = state.writer.take() {
@@ -281,7 +302,9 @@ impl Lane {
             if !busy.is_empty() {
                 std::thread::sleep(BUSY_PAUSE);
                 let mut state = self.lock();
-                self.send(&mut state, busy.into_iter());
+                let outgoing = self.send(&mut state, busy.into_iter());
+                drop(state);
+                self.write_out(outgoing);
             }
         }
     }
