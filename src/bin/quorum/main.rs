@@ -31,6 +31,7 @@ enum Command {
     /// Example, node 1 of three on one host, two shards (ports 7000-7001):
     ///   quorum node --id 1 --cluster-id 7 --listen 127.0.0.1:7000 \
     ///     --peers 1=127.0.0.1:7000,2=127.0.0.1:7010,3=127.0.0.1:7020 --data-dir /tmp/q1 --shards 2
+    #[command(verbatim_doc_comment)]
     Node(node::NodeArgs),
     /// Use a cluster's key-value store: put, get, del, cas, append.
     ///
