@@ -150,11 +150,14 @@ fn glommio_error<T>(error: glommio::GlommioError<T>) -> ConnectionError {
     ConnectionError::Io(std::io::Error::other(error.to_string()))
 }
 
+/// The largest first frame (a `Hello`) accepted: before the handshake nobody may make the
+/// node allocate more.
+const HELLO_BYTES_MAX: usize = 4096;
+
 async fn serve(net: &Rc<ShardNet>, mut stream: TcpStream) -> Result<(), ConnectionError> {
     stream.set_nodelay(true).map_err(glommio_error)?;
-    let max = net.config.frame_bytes_max();
     let first = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
-        Ok(read_frame_async(&mut stream, max).await)
+        Ok(read_frame_async(&mut stream, HELLO_BYTES_MAX).await)
     })
     .await
     .map_err(|_| ConnectionError::Protocol("no hello within the handshake timeout".into()))??;
