@@ -16,6 +16,10 @@ use quorum_wal::Record as WalRecord;
 
 use crate::core::{Ballot, NodeId, Record, Slot, Value};
 
+/// Where a batch starts in an `Accepted` or `Chosen` record's payload: after the run's count
+/// (u64) and the value's tag byte.
+pub const BATCH_OFFSET: usize = 8 + 1;
+
 const PROMISED: u8 = 1;
 const ACCEPTED: u8 = 2;
 const CHOSEN: u8 = 3;
@@ -122,6 +126,15 @@ mod tests {
             let encoded = encode(&record, &mut payload);
             assert_eq!(decode(&encoded), Ok(record));
         }
+    }
+
+    #[test]
+    fn a_batch_sits_at_batch_offset_in_its_payload() {
+        let value = Value::Batch(Bytes::from_static(b"the batch"));
+        let record = Record::Chosen { first_slot: Slot(4), count: 1, value };
+        let mut payload = Vec::new();
+        let encoded = encode(&record, &mut payload);
+        assert_eq!(&encoded.payload[BATCH_OFFSET..], b"the batch");
     }
 
     #[test]

@@ -63,10 +63,6 @@ pub struct Released<T> {
     pub shared_batches: Vec<(Slot, Bytes)>,
 }
 
-/// Where a batch starts in an `Accepted` or `Chosen` record's payload: after the run's count
-/// (u64) and the value's tag byte (see `log_record`).
-const BATCH_OFFSET: usize = 9;
-
 /// The single-slot batch a record holds, if any.
 fn batch_slot(record: &Record) -> Option<Slot> {
     match record {
@@ -102,7 +98,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
                     if let Record::Accepted { value, .. } | Record::Chosen { value, .. } =
                         &mut record
                     {
-                        *value = Value::Batch(shared.slice(BATCH_OFFSET..));
+                        *value = Value::Batch(shared.slice(log_record::BATCH_OFFSET..));
                     }
                 }
             }
@@ -174,7 +170,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             let done = self.unsynced.pop_front().expect("checked");
             if let Some((slot, position)) = done.batch {
                 if let Some(shared) = self.wal.read_shared(position)? {
-                    released.shared_batches.push((slot, shared.slice(BATCH_OFFSET..)));
+                    released.shared_batches.push((slot, shared.slice(log_record::BATCH_OFFSET..)));
                 }
             }
             released.seq = Some(done.seq);

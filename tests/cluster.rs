@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use quorum::bench::embedded::free_port_range;
 use quorum::client::{Client, ClientOptions, node_status};
 use quorum::core::{ClusterId, NodeId, RoleKind};
 use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, Role, ShardStatus};
@@ -26,23 +27,6 @@ struct TestCluster {
     voters: BTreeMap<u16, String>,
     learners: BTreeMap<u16, String>,
     children: BTreeMap<u16, Child>,
-}
-
-/// A base port with `count` free ports from it.
-fn free_ports(count: u16) -> u16 {
-    loop {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(count).is_none() {
-            continue;
-        }
-        let all_free = (0..count)
-            .all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
 }
 
 fn members(map: &BTreeMap<u16, String>) -> String {
@@ -60,7 +44,7 @@ impl TestCluster {
             children: BTreeMap::new(),
         };
         for id in 1..=voters + learners {
-            let address = format!("127.0.0.1:{}", free_ports(shards));
+            let address = format!("127.0.0.1:{}", free_port_range(shards).unwrap());
             if id <= voters {
                 cluster.voters.insert(id, address);
             } else {

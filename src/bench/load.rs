@@ -151,14 +151,7 @@ pub fn run(
             Some(rate) => open_loop(&client, &mut driver, rate, &window, &stop, &progress),
         }));
     }
-    let mut total = LoadResult {
-        ops: 0,
-        writes: 0,
-        errors: 0,
-        unsent: 0,
-        seconds: spec.duration.as_secs_f64(),
-        latency: new_histogram(),
-    };
+    let mut total = LoadResult::empty(spec.duration.as_secs_f64());
     for handle in handles {
         let part = handle.join().map_err(|_| "a load driver panicked".to_string())?;
         total.ops += part.ops;
@@ -171,40 +164,32 @@ pub fn run(
     Ok(total)
 }
 
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("valid histogram bounds")
-}
-
-struct Tally {
-    result: LoadResult,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally {
-            result: LoadResult {
-                ops: 0,
-                writes: 0,
-                errors: 0,
-                unsent: 0,
-                seconds: 0.0,
-                latency: new_histogram(),
-            },
+impl LoadResult {
+    fn empty(seconds: f64) -> LoadResult {
+        LoadResult {
+            ops: 0,
+            writes: 0,
+            errors: 0,
+            unsent: 0,
+            seconds,
+            latency: Histogram::new_with_bounds(1_000, 120_000_000_000, 3)
+                .expect("valid histogram bounds"),
         }
     }
 
+    /// Counts a completed request if it completed inside the measured window.
     fn record(&mut self, window: &Window, started: Instant, write: bool, ok: bool) {
         let now = Instant::now();
         if !window.contains(now) {
             return;
         }
         if ok {
-            self.result.ops += 1;
-            self.result.writes += u64::from(write);
+            self.ops += 1;
+            self.writes += u64::from(write);
             let nanos = now.duration_since(started).as_nanos() as u64;
-            self.result.latency.saturating_record(nanos.max(1_000));
+            self.latency.saturating_record(nanos.max(1_000));
         } else {
-            self.result.errors += 1;
+            self.errors += 1;
         }
     }
 }
@@ -218,7 +203,7 @@ fn closed_loop(
 ) -> LoadResult {
     let (sender, completions) = mpsc::channel::<Completion>();
     let mut in_flight: HashMap<u64, (Instant, bool)> = HashMap::with_capacity(driver.window * 2);
-    let mut tally = Tally::new();
+    let mut tally = LoadResult::empty(0.0);
     let send = |driver: &mut Driver,
                 count: usize,
                 in_flight: &mut HashMap<u64, (Instant, bool)>| {
@@ -234,7 +219,7 @@ fn closed_loop(
     while Instant::now() < window.end && !stop.load(Ordering::Relaxed) {
         let Ok(first) = completions.recv_timeout(Duration::from_millis(100)) else { continue };
         let mut done = 1;
-        let mut settle = |completion: Completion, tally: &mut Tally| {
+        let mut settle = |completion: Completion, tally: &mut LoadResult| {
             if let Some((started, write)) = in_flight.remove(&completion.sequence) {
                 tally.record(window, started, write, completion.result.is_ok());
             }
@@ -247,7 +232,7 @@ fn closed_loop(
         progress.completed.fetch_add(done as u64, Ordering::Relaxed);
         send(driver, done, &mut in_flight);
     }
-    tally.result
+    tally
 }
 
 fn open_loop(
@@ -260,7 +245,7 @@ fn open_loop(
 ) -> LoadResult {
     let (sender, completions) = mpsc::channel::<Completion>();
     let mut in_flight: HashMap<u64, (Instant, bool)> = HashMap::new();
-    let mut tally = Tally::new();
+    let mut tally = LoadResult::empty(0.0);
     let begin = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
     let mut scheduled: u64 = 0;
@@ -272,7 +257,7 @@ fn open_loop(
             let room = OPEN_LOOP_OUTSTANDING_MAX.saturating_sub(in_flight.len());
             let send_now = count.min(room);
             if send_now < count && window.contains(now) {
-                tally.result.unsent += (count - send_now) as u64;
+                tally.unsent += (count - send_now) as u64;
             }
             let commands: Vec<(Vec<u8>, bool)> = (0..send_now).map(|_| driver.command()).collect();
             let slices: Vec<&[u8]> =
@@ -301,5 +286,5 @@ fn open_loop(
             progress.completed.fetch_add(done, Ordering::Relaxed);
         }
     }
-    tally.result
+    tally
 }

@@ -31,6 +31,7 @@ use crate::transport::codec::{
     Body, Encoder, Frame, Hello, HelloReply, PROTOCOL_VERSION, Role, ShardStatus,
 };
 use crate::transport::framing::{ConnectionError, read_frame, write_frame};
+use crate::transport::shard_address;
 
 pub use lane::Completion;
 use lane::Lane;
@@ -154,21 +155,6 @@ struct Handshake {
     reply: HelloReply,
 }
 
-fn shard_socket(base: &str, shard: u16) -> Result<std::net::SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    let mut address = base
-        .to_socket_addrs()
-        .map_err(|error| format!("{base}: {error}"))?
-        .next()
-        .ok_or_else(|| format!("{base} resolves to no address"))?;
-    let port = address
-        .port()
-        .checked_add(shard)
-        .ok_or_else(|| format!("{base}: shard {shard}'s port is past 65535"))?;
-    address.set_port(port);
-    Ok(address)
-}
-
 /// Connects to shard `shard` at `base` and runs the handshake.
 fn handshake(
     options: &ClientOptions,
@@ -176,7 +162,8 @@ fn handshake(
     base: &str,
     shard: u16,
 ) -> Result<Handshake, ClientError> {
-    let address = shard_socket(base, shard).map_err(ClientError::Disconnected)?;
+    let address = shard_address(base, shard)
+        .map_err(|error| ClientError::Disconnected(format!("{base}: {error}")))?;
     let disconnected =
         |error: &dyn std::fmt::Display| ClientError::Disconnected(format!("{address}: {error}"));
     let mut stream = TcpStream::connect_timeout(&address, options.connect_timeout)

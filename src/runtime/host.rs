@@ -15,7 +15,7 @@ use glommio::channels::local_channel::LocalSender;
 use quorum_wal::MmapBackend;
 
 use super::Control;
-use crate::core::{Envelope, Message, NodeId, ProposeError, RequestId, RoleKind};
+use crate::core::{Envelope, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
 use crate::shard::{AppliedCommand, Shard, ShardError};
 use crate::state_machine::{KvStore, Outcome, StateMachine};
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
@@ -219,11 +219,7 @@ impl Host {
                 Err(error) => (ReplyStatus::Rejected, Some(error.to_string())),
             };
             let (status, reason) = refused;
-            let body = reason.map_or_else(Bytes::new, Bytes::from);
-            self.queue_reply(
-                connection,
-                Reply { sequence: id.sequence, status, slot: crate::core::Slot(0), index: 0, body },
-            );
+            self.queue_refusal(connection, id, status, reason.map_or_else(Bytes::new, Bytes::from));
         }
         self.shard.flush()?;
         Ok(Ok(()))
@@ -263,8 +259,10 @@ impl Host {
         }
     }
 
-    fn queue_reply(&mut self, connection: u64, reply: Reply) {
+    /// Queues the reply to a request that was not applied (it has no committed position).
+    fn queue_refusal(&mut self, connection: u64, id: RequestId, status: ReplyStatus, body: Bytes) {
         if let Some(link) = self.clients.get_mut(&connection) {
+            let reply = Reply { sequence: id.sequence, status, slot: Slot(0), index: 0, body };
             link.replies.push(reply);
         }
     }
@@ -320,16 +318,7 @@ impl Host {
         if self.was_leader && !leader {
             let hint = self.shard.replica().leader_hint();
             for (id, connection) in std::mem::take(&mut self.waiting) {
-                self.queue_reply(
-                    connection,
-                    Reply {
-                        sequence: id.sequence,
-                        status: ReplyStatus::NotLeader { hint },
-                        slot: crate::core::Slot(0),
-                        index: 0,
-                        body: Bytes::new(),
-                    },
-                );
+                self.queue_refusal(connection, id, ReplyStatus::NotLeader { hint }, Bytes::new());
             }
         }
         if leader != self.was_leader {

@@ -20,8 +20,6 @@ use crate::node_config::NodeConfig;
 use crate::shard::{Shard, ShardError};
 use crate::state_machine::KvStore;
 
-pub use net::shard_address;
-
 /// Replies remembered per client for deduplicating retries.
 pub const SESSION_WINDOW: usize = 4096;
 

@@ -7,7 +7,6 @@
 //! Frames are size-checked before allocation and verified before use; a bad frame closes that
 //! connection only.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use crate::transport::codec::{
     Body, Encoder, Frame, Hello, HelloReply, Member, PROTOCOL_VERSION, Role,
 };
 use crate::transport::framing::{ConnectionError, encode_into, read_frame_async};
+use crate::transport::shard_address;
 
 /// How long the dialled side waits for a `Hello`, and the dialling side for its answer.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,19 +39,6 @@ pub struct ShardNet {
     pub shard: u16,
     /// The shard's state.
     pub host: HostRef,
-}
-
-/// `HOST:PORT` of shard `shard` at a member's base address.
-///
-/// # Errors
-/// The address does not resolve.
-pub fn shard_address(base: &str, shard: u16) -> std::io::Result<SocketAddr> {
-    let mut address = base
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{base} resolves to no address")))?;
-    address.set_port(address.port() + shard);
-    Ok(address)
 }
 
 /// Binds the shard's port (no `SO_REUSEPORT`: two nodes configured onto one port must fail,
@@ -156,11 +143,7 @@ const HELLO_BYTES_MAX: usize = 4096;
 
 async fn serve(net: &Rc<ShardNet>, mut stream: TcpStream) -> Result<(), ConnectionError> {
     stream.set_nodelay(true).map_err(glommio_error)?;
-    let first = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
-        Ok(read_frame_async(&mut stream, HELLO_BYTES_MAX).await)
-    })
-    .await
-    .map_err(|_| ConnectionError::Protocol("no hello within the handshake timeout".into()))??;
+    let first = read_handshake(&mut stream, HELLO_BYTES_MAX, "hello").await?;
     let Body::Hello(hello) = first.body else {
         return Err(ConnectionError::Protocol("the first frame is not a hello".into()));
     };
@@ -220,19 +203,14 @@ async fn serve_client(
     let writer_host = net.host.clone();
     let shard = net.shard;
     let write_task = glommio::spawn_local(async move {
-        let mut spare = Vec::new();
-        while rings.recv().await.is_some() {
+        let take = |spare| {
             let taken = writer_host.borrow_mut().take_client_bytes(connection, spare);
-            let Some(mut out) = taken else {
+            if taken.is_none() {
                 tracing::warn!(shard, client, "client does not read its replies; disconnecting");
-                break;
-            };
-            if !out.is_empty() && writer.write_all(&out).await.is_err() {
-                break;
             }
-            out.clear();
-            spare = out;
-        }
+            taken
+        };
+        let _ = write_link(&rings, &mut writer, take).await;
         let _ = writer.close().await;
     });
     let result = read_client(net, reader, connection).await;
@@ -317,12 +295,7 @@ async fn dial_once(net: &Rc<ShardNet>, peer: NodeId, base: &str) -> Result<(), D
     stream.set_nodelay(true).map_err(glommio_error)?;
     let hello = Hello { version: PROTOCOL_VERSION, role: Role::Peer };
     send(&mut stream, &header_of(net, Body::Hello(hello))).await?;
-    let max = net.config.frame_bytes_max();
-    let reply = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
-        Ok(read_frame_async(&mut stream, max).await)
-    })
-    .await
-    .map_err(|_| ConnectionError::Protocol("no hello reply within the timeout".into()))??;
+    let reply = read_handshake(&mut stream, net.config.frame_bytes_max(), "hello reply").await?;
     match reply.body {
         Body::HelloReply(HelloReply { refusal: None, .. }) => {}
         Body::HelloReply(HelloReply { refusal: Some(reason), .. }) => {
@@ -333,11 +306,35 @@ async fn dial_once(net: &Rc<ShardNet>, peer: NodeId, base: &str) -> Result<(), D
     tracing::info!(shard = net.shard, peer = peer.0, %address, "connected");
     let (bell, rings) = local_channel::new_bounded(1);
     net.host.borrow_mut().set_peer_link(peer, Some(Link::new(bell)));
+    let host = &net.host;
+    write_link(&rings, &mut stream, |spare| Some(host.borrow_mut().take_peer_bytes(peer, spare)))
+        .await?;
+    Ok(())
+}
+
+/// Reads a handshake frame, giving up after [`HANDSHAKE_TIMEOUT`].
+async fn read_handshake(
+    stream: &mut TcpStream,
+    max: usize,
+    what: &str,
+) -> Result<Frame, ConnectionError> {
+    glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_frame_async(stream, max).await) })
+        .await
+        .map_err(|_| ConnectionError::Protocol(format!("no {what} within the handshake timeout")))?
+}
+
+/// Writes a link's bytes each time its bell rings, until the link is dropped (`Ok`) or `take`
+/// says to stop (`None`, also `Ok`). `take` swaps the queued bytes for the spare buffer.
+async fn write_link<W: futures_lite::AsyncWrite + Unpin>(
+    rings: &local_channel::LocalReceiver<()>,
+    writer: &mut W,
+    mut take: impl FnMut(Vec<u8>) -> Option<Vec<u8>>,
+) -> std::io::Result<()> {
     let mut spare = Vec::new();
     while rings.recv().await.is_some() {
-        let mut out = net.host.borrow_mut().take_peer_bytes(peer, spare);
+        let Some(mut out) = take(spare) else { return Ok(()) };
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            writer.write_all(&out).await?;
         }
         out.clear();
         spare = out;

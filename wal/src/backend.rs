@@ -24,8 +24,6 @@ pub trait Segment: Send {
     fn wrote(&mut self, offset: usize, len: usize);
     /// A handle that makes every write so far durable, runnable on any thread.
     fn syncer(&mut self) -> Box<dyn Syncer>;
-    /// Readies the bytes from `offset` on for appends.
-    fn prepare_for_writes(&mut self, _offset: usize) {}
     /// The log no longer appends to this segment: it may give back the memory that caches
     /// it (reads still work, only slower).
     fn retire(&mut self) {}

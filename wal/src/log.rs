@@ -316,8 +316,6 @@ impl<B: Backend> Wal<B> {
             segment.bytes_mut(end.1, last + 1).fill(0);
             segment.wrote(end.1, last + 1);
         }
-        let tail = self.tail_offset;
-        self.segments.back_mut().expect("a log has a segment").1.prepare_for_writes(tail);
         // New records outrank anything left on disk past the tail.
         self.generation = generation_max.max(watermark_generation) + 1;
         Ok(marks.confirmed)
