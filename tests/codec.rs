@@ -69,6 +69,7 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(ballot, commit_index)| Message::Heartbeat { ballot, commit_index }),
         ballot().prop_map(|ballot| Message::HeartbeatAck { ballot }),
         slot.clone().prop_map(|from_slot| Message::CatchUpRequest { from_slot }),
+        slot.clone().prop_map(|from_slot| Message::Subscribe { from_slot }),
         (prop::collection::vec(run(), 0..6), slot)
             .prop_map(|(runs, commit_index)| Message::Chosen { runs, commit_index }),
     ]

@@ -371,7 +371,142 @@ fn learner_never_votes() {
         learner.on_tick();
     }
     assert_eq!(learner.role(), RoleKind::Learner);
-    assert!(actions(&mut learner).is_empty(), "a learner never stands for election");
+    let out = actions(&mut learner);
+    assert!(!out.is_empty(), "a learner keeps its subscription alive");
+    assert!(
+        out.iter().all(|a| matches!(a, Action::Send { message: Message::Subscribe { .. }, .. })),
+        "a learner never stands for election: {out:?}"
+    );
+}
+
+fn learner(node: NodeId, upstream: Option<NodeId>) -> Replica {
+    let mut config = config(node);
+    config.learners = vec![NodeId(4), NodeId(5)];
+    config.upstream = upstream;
+    Replica::new(config).unwrap()
+}
+
+fn chosen_run(slot: u64, value: Value) -> SlotRun {
+    SlotRun { first_slot: Slot(slot), count: 1, ballot: Ballot::ZERO, value, chosen: true }
+}
+
+/// The nodes `actions` sends `Subscribe` to, with the positions.
+fn subscribes(actions: &[Action]) -> Vec<(NodeId, u64)> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send { to, message: Message::Subscribe { from_slot } } => {
+                Some((*to, from_slot.0))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The slots of the chosen runs `actions` sends to `to`.
+fn chosen_slots_to(actions: &[Action], to: NodeId) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send { to: dest, message: Message::Chosen { runs, .. } } if *dest == to => {
+                Some(runs.iter().map(|run| run.first_slot.0).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn learner_subscribes_to_a_follower_not_the_leader() {
+    let mut learner = learner(NodeId(4), None);
+    // Node 1 (the first voter) leads: the learner passes over it.
+    let heartbeat = Message::Heartbeat { ballot: Ballot::new(1, ME), commit_index: Slot(0) };
+    deliver(&mut learner, ME, heartbeat);
+    learner.on_tick();
+    assert_eq!(subscribes(&actions(&mut learner)), vec![(PEER_A, 0)]);
+}
+
+#[test]
+fn learner_moves_on_when_its_source_brings_no_progress() {
+    let mut learner = learner(NodeId(4), None);
+    learner.on_tick();
+    assert_eq!(subscribes(&actions(&mut learner)), vec![(ME, 0)]);
+    // The leader says slot 0 is committed; the source never sends it.
+    let heartbeat = Message::Heartbeat { ballot: Ballot::new(1, PEER_B), commit_index: Slot(1) };
+    deliver(&mut learner, PEER_B, heartbeat);
+    let mut sent = Vec::new();
+    for _ in 0..=config(NodeId(4)).election_timeout_ticks {
+        learner.on_tick();
+        sent.extend(subscribes(&actions(&mut learner)));
+    }
+    assert!(sent.iter().all(|(to, _)| *to == ME || *to == PEER_A), "{sent:?}");
+    assert_eq!(sent.last(), Some(&(PEER_A, 0)), "moved to the next follower: {sent:?}");
+}
+
+#[test]
+fn a_relay_feeds_its_subscriber_within_a_window_and_resends_what_was_lost() {
+    let relay_id = NodeId(4);
+    let leaf_id = NodeId(5);
+    let mut relay = learner(relay_id, None);
+    let mut leaf = learner(leaf_id, Some(relay_id));
+    leaf.on_tick();
+    assert_eq!(subscribes(&actions(&mut leaf)), vec![(relay_id, 0)], "upstream first");
+
+    let runs = vec![chosen_run(0, batch(b"a")), chosen_run(1, batch(b"b"))];
+    deliver(&mut relay, PEER_A, Message::Chosen { runs, commit_index: Slot(2) });
+    let out = deliver(&mut relay, leaf_id, Message::Subscribe { from_slot: Slot(0) });
+    assert_eq!(chosen_slots_to(&out, leaf_id), vec![0, 1]);
+    // Newly committed slots go to the subscriber as they commit, and only once.
+    let out = deliver(
+        &mut relay,
+        PEER_A,
+        Message::Chosen { runs: vec![chosen_run(2, batch(b"c"))], commit_index: Slot(3) },
+    );
+    assert_eq!(chosen_slots_to(&out, leaf_id), vec![2]);
+    // The leaf reports 0 again: everything sent since was lost, and goes again.
+    let out = deliver(&mut relay, leaf_id, Message::Subscribe { from_slot: Slot(0) });
+    assert_eq!(chosen_slots_to(&out, leaf_id), vec![0, 1, 2]);
+
+    // What the relay sends (in messages of at most two runs), the leaf commits in order.
+    let mut commits = 0;
+    for action in out {
+        if let Action::Send { to, message } = action {
+            if to == leaf_id {
+                commits += deliver(&mut leaf, relay_id, message)
+                    .iter()
+                    .filter(|a| matches!(a, Action::Commit { .. }))
+                    .count();
+            }
+        }
+    }
+    assert_eq!((commits, leaf.commit_index()), (3, Slot(3)));
+}
+
+#[test]
+fn a_leader_does_not_push_to_learners_and_an_idle_leader_skips_to_its_target() {
+    let mut config = config(ME);
+    config.learners = vec![NodeId(4)];
+    let mut leader = Replica::new(config).unwrap();
+    let ballot = elect(&mut leader);
+    assert_eq!(leader.skip_to(Slot(0)), None, "nothing to skip");
+    assert_eq!(leader.skip_to(Slot(5)), Some(Slot(0)));
+    let out = actions(&mut leader);
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            message: Message::Accept { first_slot: Slot(0), count: 5, value: Value::Noop, .. },
+            ..
+        }
+    )));
+    let out = persist_all(&mut leader, out);
+    let accepted = Message::Accepted { ballot, first_slot: Slot(0), count: 5 };
+    let out = [out, deliver_durably(&mut leader, PEER_A, accepted)].concat();
+    assert_eq!(leader.commit_index(), Slot(5));
+    assert!(chosen_slots_to(&out, NodeId(4)).is_empty(), "learners are fed by subscription");
+    // With a command waiting, the leader proposes it rather than a skip.
+    leader.propose(id(1), b"x").unwrap();
+    assert_eq!(leader.skip_to(Slot(9)), None);
 }
 
 #[test]

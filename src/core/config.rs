@@ -14,6 +14,9 @@ pub struct Config {
     pub voters: Vec<NodeId>,
     /// Nodes that only learn chosen values; never in a quorum.
     pub learners: Vec<NodeId>,
+    /// For a learner: the node it subscribes to first (a voter, or another learner relaying).
+    /// `None`: a follower of the shard, so the leader's egress does not grow with learners.
+    pub upstream: Option<NodeId>,
     /// A leader sends a heartbeat at least this often.
     pub heartbeat_interval_ticks: u32,
     /// A follower that hears no leader for this long (plus a random part of it) stands for
@@ -44,6 +47,7 @@ impl Config {
             node,
             voters,
             learners: Vec::new(),
+            upstream: None,
             heartbeat_interval_ticks: 2,
             election_timeout_ticks: 10,
             pipeline_depth_max: 32,
@@ -81,6 +85,14 @@ impl Config {
         }
         if !all.contains(&self.node) {
             return Err(UnknownSelf(self.node.0));
+        }
+        if let Some(upstream) = self.upstream {
+            if !self.is_learner() {
+                return Err(UpstreamOnVoter(upstream.0));
+            }
+            if upstream == self.node || !all.contains(&upstream) {
+                return Err(BadUpstream(upstream.0));
+            }
         }
         if self.heartbeat_interval_ticks == 0 {
             return Err(Zero("heartbeat_interval_ticks"));
@@ -128,6 +140,12 @@ pub enum ConfigError {
     /// This node is not in the cluster.
     #[error("this node ({0}) is neither a voter nor a learner of the cluster")]
     UnknownSelf(u16),
+    /// A voter given an upstream.
+    #[error("node {0} is given as upstream of a voter: only learners subscribe to an upstream")]
+    UpstreamOnVoter(u16),
+    /// An upstream that is not another member.
+    #[error("upstream node {0} must be another member of the cluster (a voter or a learner)")]
+    BadUpstream(u16),
     /// A value that must be positive is zero.
     #[error("{0} must be at least 1")]
     Zero(&'static str),

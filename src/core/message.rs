@@ -114,6 +114,14 @@ pub enum Message {
         /// The first slot the sender lacks.
         from_slot: Slot,
     },
+    /// A learner subscribes to this replica's committed log: it has every slot below
+    /// `from_slot` and wants the rest as it is committed (sent as `Chosen`). Repeated every
+    /// heartbeat interval and as it progresses: it renews the subscription, opens the flow
+    /// control window and reports loss (protocol.md §3.6).
+    Subscribe {
+        /// The first slot the sender lacks.
+        from_slot: Slot,
+    },
     /// Chosen values, in slot order without gaps, from the first run's slot.
     Chosen {
         /// The runs, each with `chosen == true`.
@@ -138,6 +146,7 @@ impl Message {
             Message::Heartbeat { .. } => "heartbeat",
             Message::HeartbeatAck { .. } => "heartbeat-ack",
             Message::CatchUpRequest { .. } => "catch-up-request",
+            Message::Subscribe { .. } => "subscribe",
             Message::Chosen { .. } => "chosen",
         }
     }

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod config;
 pub mod election;
+pub mod feed;
 pub mod log;
 pub mod message;
 pub mod quorum;
@@ -17,6 +18,7 @@ pub mod types;
 
 pub use batch::{BatchBuilder, BatchReader, MalformedBatch, Value};
 pub use config::{Config, ConfigError};
+pub use feed::Feed;
 pub use message::{Action, Envelope, Message, Record, SlotRun};
 pub use quorum::{VoteSet, Voters};
 pub use replica::{ProposeError, RefusedMessage, Replica, RoleKind};

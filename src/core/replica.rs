@@ -20,6 +20,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use super::batch::{BatchBuilder, Value};
 use super::config::{Config, ConfigError};
 use super::election::ElectionTimer;
+use super::feed::Feed;
 use super::log::Log;
 use super::message::{Action, Envelope, Message, Record, SlotRun};
 use super::quorum::{VoteSet, Voters};
@@ -166,6 +167,34 @@ pub struct Replica {
     persisted: PersistSeq,
     batch: BatchBuilder,
     actions: Vec<Action>,
+    /// Learners fed from this replica's committed log (protocol.md §3.6).
+    subscribers: Vec<Subscriber>,
+    /// A learner's own subscription.
+    subscription: Subscription,
+}
+
+/// A learner this replica feeds, until its lease runs out.
+#[derive(Debug)]
+struct Subscriber {
+    node: NodeId,
+    feed: Feed,
+    lease_until_tick: u64,
+}
+
+/// Where a learner gets committed runs from: its configured upstream first, then the voters,
+/// a follower before the leader. It moves on when the source stops bringing progress.
+#[derive(Debug, Default)]
+struct Subscription {
+    source: Option<NodeId>,
+    /// Position in the candidate list of the current source.
+    index: usize,
+    /// When the current source was chosen.
+    chosen_tick: u64,
+    /// When the learner last made progress or was up to date.
+    progress_tick: u64,
+    report_due_tick: u64,
+    /// The position last reported to the source.
+    reported: Slot,
 }
 
 impl Replica {
@@ -213,6 +242,8 @@ impl Replica {
             persist_seq_next: 1,
             persisted: PersistSeq(0),
             actions: Vec::with_capacity(config.pipeline_depth_max * 4),
+            subscribers: Vec::new(),
+            subscription: Subscription::default(),
             config,
         };
         for record in records {
@@ -320,7 +351,7 @@ impl Replica {
                     self.start_probe();
                 }
             }
-            Role::Learner => {}
+            Role::Learner => self.learner_tick(),
             Role::Preparing(prepare) => {
                 if self.election.expired(now) {
                     self.start_probe();
@@ -348,6 +379,7 @@ impl Replica {
             Role::Leader(_) => self.leader_tick(),
         }
         self.maybe_request_catch_up();
+        self.subscribers.retain(|subscriber| subscriber.lease_until_tick >= now);
         if self.commit_index > self.commit_index_persisted {
             self.commit_index_persisted = self.commit_index;
             self.persist(Record::Committed { commit_index: self.commit_index }, None);
@@ -445,6 +477,21 @@ impl Replica {
         Ok(first_slot)
     }
 
+    /// Mencius's rule for an idle shard: a leader whose next slot is below `target` (where the
+    /// node's other shards have committed to) and that has nothing of its own to propose
+    /// skips up to it, at most `skip_slots_max` slots at a time, so that the merge of the
+    /// shards' logs is not held up here. Returns the first slot skipped, if it skipped.
+    /// A skip goes through Paxos like any proposal, on fresh slots only, so it never hides a
+    /// chosen batch.
+    pub fn skip_to(&mut self, target: Slot) -> Option<Slot> {
+        let Role::Leader(leader) = &self.role else { return None };
+        if leader.next_slot >= target || !self.batch.is_empty() || !leader.recovery.is_empty() {
+            return None;
+        }
+        let slots = (target.0 - leader.next_slot.0).min(self.config.skip_slots_max);
+        self.propose_skip(slots).ok()
+    }
+
     /// Sends the open batch if the pipeline has room. The runtime calls this once it has fed in
     /// every input that arrived together, so that they share a batch (natural batching).
     pub fn flush(&mut self) {
@@ -480,6 +527,7 @@ impl Replica {
             }
             Message::HeartbeatAck { ballot } => self.on_heartbeat_ack(from, ballot),
             Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
+            Message::Subscribe { from_slot } => self.on_subscribe(from, from_slot),
             Message::Chosen { runs, commit_index } => self.on_chosen(runs, commit_index),
             // Learners never vote (I7): probes, prepares and accepts to them are dropped.
             Message::Probe { .. } | Message::Prepare { .. } | Message::Accept { .. } => {}
@@ -962,26 +1010,15 @@ impl Replica {
             }
             self.commit_index = first_slot.plus(count);
             self.known_commit_index = self.known_commit_index.max(self.commit_index);
-            if let Role::Leader(_) = self.role {
-                for learner in self.config.learners.clone() {
-                    let run = SlotRun {
-                        first_slot,
-                        count,
-                        ballot: Ballot::ZERO,
-                        value: value.clone(),
-                        chosen: true,
-                    };
-                    self.send(
-                        learner,
-                        Message::Chosen { runs: vec![run], commit_index: self.commit_index },
-                    );
-                }
-            }
             self.actions.push(Action::Commit { first_slot, count, value });
         }
+        self.feed_subscribers();
     }
 
     fn maybe_request_catch_up(&mut self) {
+        if self.config.is_learner() {
+            return; // Learners follow their subscription instead.
+        }
         if self.commit_index >= self.known_commit_index || self.now_tick < self.catch_up_due_tick {
             return;
         }
@@ -1020,8 +1057,119 @@ impl Replica {
         if self.commit_index > before {
             // Progress: ask for the next part at once rather than at the next tick.
             self.catch_up_due_tick = self.now_tick;
+            self.subscription.progress_tick = self.now_tick;
+            if self.commit_index.0.saturating_sub(self.subscription.reported.0)
+                >= self.feed_window() / 4
+            {
+                self.report_to_source();
+            }
         }
         self.maybe_request_catch_up();
+    }
+
+    // ----- Subscriptions: feeding learners (protocol.md §3.6) ----------------------------
+
+    /// Slots a feed may run ahead of its subscriber's last report.
+    fn feed_window(&self) -> u64 {
+        let slots = 4 * (self.config.message_runs_max as u64).max(self.config.skip_slots_max);
+        slots.min(self.config.accept_ahead_slots_max)
+    }
+
+    fn on_subscribe(&mut self, from: NodeId, from_slot: Slot) {
+        let lease_until_tick = self.now_tick + 2 * u64::from(self.config.election_timeout_ticks);
+        match self.subscribers.iter_mut().find(|subscriber| subscriber.node == from) {
+            Some(subscriber) => {
+                subscriber.feed.on_report(from_slot);
+                subscriber.lease_until_tick = lease_until_tick;
+            }
+            None => self.subscribers.push(Subscriber {
+                node: from,
+                feed: Feed::new(from_slot),
+                lease_until_tick,
+            }),
+        }
+        if !self.feed_subscribers() {
+            // Nothing new: the reply still tells the learner its source is alive and where
+            // this replica's commit position stands.
+            self.send(from, Message::Chosen { runs: Vec::new(), commit_index: self.commit_index });
+        }
+    }
+
+    /// Sends every subscriber what its window lets through; true if anything was sent.
+    fn feed_subscribers(&mut self) -> bool {
+        if self.subscribers.is_empty() {
+            return false;
+        }
+        let window = self.feed_window();
+        let mut subscribers = std::mem::take(&mut self.subscribers);
+        let mut sent = false;
+        for subscriber in &mut subscribers {
+            while let Some(runs) = subscriber.feed.next_runs(
+                &self.log,
+                self.commit_index,
+                self.config.message_runs_max,
+                window,
+            ) {
+                sent = true;
+                let message = Message::Chosen { runs, commit_index: self.commit_index };
+                self.send(subscriber.node, message);
+            }
+        }
+        self.subscribers = subscribers;
+        sent
+    }
+
+    /// The nodes a learner may subscribe to, in order of preference.
+    fn source_candidates(&self) -> Vec<NodeId> {
+        let mut candidates: Vec<NodeId> = self.config.upstream.into_iter().collect();
+        candidates
+            .extend(self.voters.ids().iter().filter(|node| Some(**node) != self.config.upstream));
+        candidates
+    }
+
+    fn learner_tick(&mut self) {
+        let now = self.now_tick;
+        let timeout = u64::from(self.config.election_timeout_ticks);
+        let sub = &self.subscription;
+        let progress_tick =
+            if self.known_commit_index <= self.commit_index { now } else { sub.progress_tick };
+        self.subscription.progress_tick = progress_tick;
+        let sub = &self.subscription;
+        let stalled = now - sub.progress_tick > timeout;
+        let held_long = now - sub.chosen_tick > timeout;
+        let on_leader = sub.source.is_some() && sub.source == self.leader_hint;
+        let off_upstream = self.config.upstream.is_some()
+            && sub.source != self.config.upstream
+            && now - sub.chosen_tick > 10 * timeout;
+        if sub.source.is_none() || stalled || (on_leader && held_long) || off_upstream {
+            self.choose_source(off_upstream || sub.source.is_none());
+        } else if now >= sub.report_due_tick {
+            self.report_to_source();
+        }
+    }
+
+    /// Moves to the next candidate source (or back to the first), passing over the leader
+    /// while another candidate remains.
+    fn choose_source(&mut self, from_first: bool) {
+        let candidates = self.source_candidates();
+        let start = if from_first { 0 } else { self.subscription.index + 1 };
+        let pick = (0..candidates.len())
+            .map(|offset| (start + offset) % candidates.len())
+            .find(|index| Some(candidates[*index]) != self.leader_hint)
+            .unwrap_or(start % candidates.len());
+        self.subscription.index = pick;
+        self.subscription.source = Some(candidates[pick]);
+        self.subscription.chosen_tick = self.now_tick;
+        self.subscription.progress_tick = self.now_tick;
+        self.report_to_source();
+    }
+
+    fn report_to_source(&mut self) {
+        let Some(source) = self.subscription.source else { return };
+        self.subscription.reported = self.commit_index;
+        self.subscription.report_due_tick =
+            self.now_tick + u64::from(self.config.heartbeat_interval_ticks);
+        self.send(source, Message::Subscribe { from_slot: self.commit_index });
     }
 
     // ----- Helpers -----------------------------------------------------------------------

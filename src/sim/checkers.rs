@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::core::{Ballot, NodeId, Record, RequestId, Slot, Value, VoteSet, Voters};
+use crate::merge::MergedBatch;
 
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +37,10 @@ pub struct Checker {
     /// Per (node, shard), this incarnation: the next slot a commit must start at, and the
     /// requests applied.
     replicas: BTreeMap<(NodeId, usize), ReplicaView>,
+    /// Per node, this incarnation: the next global position its merge may hand out.
+    merged_next: BTreeMap<NodeId, u64>,
+    /// The highest global position where a batch is chosen.
+    batch_position_max: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +58,8 @@ impl Checker {
             chosen: vec![HashMap::new(); shards],
             durable_promise: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            merged_next: BTreeMap::new(),
+            batch_position_max: None,
         }
     }
 
@@ -151,6 +158,10 @@ impl Checker {
                 }
                 Some(_) => {}
                 None => {
+                    if !accepted.is_noop() {
+                        let position = slot * self.chosen.len() as u64 + shard as u64;
+                        self.batch_position_max = self.batch_position_max.max(Some(position));
+                    }
                     self.chosen[shard].insert(slot, accepted);
                 }
             }
@@ -260,6 +271,78 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// A node's merge started over (the node restarted).
+    pub fn on_merge_start(&mut self, node: NodeId) {
+        self.merged_next.insert(node, 0);
+    }
+
+    /// The value chosen at global position `position`, if any yet.
+    fn chosen_at(&self, position: u64) -> Option<&Value> {
+        let shards = self.chosen.len() as u64;
+        self.chosen[(position % shards) as usize].get(&(position / shards))
+    }
+
+    /// I11: a node's merge hands out exactly the chosen batches, in global position order,
+    /// each once: what it passes over is chosen no-ops, what it hands out is the chosen batch
+    /// at that position. Since every node's merge equals the chosen log, all merged orders are
+    /// identical.
+    pub fn on_merged(&mut self, node: NodeId, merged: &MergedBatch) -> Result {
+        let shards = self.chosen.len() as u64;
+        let next = self.merged_next.get(&node).copied().unwrap_or(0);
+        let invariant = "I11 one merged order, every chosen batch once";
+        if merged.position < next
+            || merged.position % shards != u64::from(merged.shard)
+            || merged.position / shards != merged.slot.0
+        {
+            return violation(
+                invariant,
+                format!(
+                    "{node:?} merged position {} (shard {} slot {}) after position {next}",
+                    merged.position, merged.shard, merged.slot.0
+                ),
+            );
+        }
+        for position in next..merged.position {
+            if !matches!(self.chosen_at(position), Some(Value::Noop)) {
+                return violation(
+                    invariant,
+                    format!(
+                        "{node:?} merge passed over position {position}, which holds {:?}",
+                        self.chosen_at(position)
+                    ),
+                );
+            }
+        }
+        match self.chosen_at(merged.position) {
+            Some(Value::Batch(bytes)) if *bytes == merged.batch => {}
+            other => {
+                return violation(
+                    invariant,
+                    format!(
+                        "{node:?} merged a batch at position {} where {other:?} is chosen",
+                        merged.position
+                    ),
+                );
+            }
+        }
+        self.merged_next.insert(node, merged.position + 1);
+        Ok(())
+    }
+
+    /// I11 at the end: a node's merge (now at `merge_next`) handed out every chosen batch.
+    pub fn merged_complete(&self, node: NodeId, merge_next: u64) -> Result {
+        match self.batch_position_max {
+            Some(position) if position >= merge_next => violation(
+                "I11 one merged order, every chosen batch once",
+                format!(
+                    "{node:?}'s merge stops at position {merge_next}; a batch is chosen at \
+                     position {position}"
+                ),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Slots chosen so far in `shard`.

@@ -70,6 +70,8 @@ pub struct Knobs {
     pub think_us: u64,
     /// A client retries elsewhere after this long without a reply.
     pub client_timeout_us: u64,
+    /// With two learners: the second subscribes through the first (a relay), not a voter.
+    pub relay: bool,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -112,6 +114,7 @@ impl Knobs {
             skip_ppm: between(rng, 0, 20_000),
             think_us: between(rng, 0, 2_000),
             client_timeout_us: between(rng, 30_000, 80_000),
+            relay: between(rng, 0, 1) == 1,
         }
     }
 }

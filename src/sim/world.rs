@@ -9,10 +9,12 @@ use std::fmt::Write as _;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use crate::core::Slot;
 use crate::core::{
     Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId,
     RoleKind, Value, Voters,
 };
+use crate::merge::Merge;
 use crate::state_machine::{Applier, KvStore, Outcome, shard_for_key};
 
 use super::checkers::{Checker, Violation};
@@ -82,6 +84,8 @@ struct SimNode {
     incarnation: u64,
     paused_until_us: u64,
     shards: Vec<ShardReplica>,
+    /// This node's shards' commits merged into one order (restarts with the replicas).
+    merge: Merge,
 }
 
 /// The outcome of one simulated run.
@@ -198,6 +202,7 @@ impl World {
                 incarnation: 0,
                 paused_until_us: 0,
                 shards,
+                merge: Merge::new(world.knobs.shards as u16, 0),
             });
             for shard in 0..world.knobs.shards {
                 world.start_replica(index, shard);
@@ -242,6 +247,10 @@ impl World {
             .map(NodeId)
             .collect();
         let mut config = Config::new(CLUSTER, self.nodes[node].id, voters);
+        // The second learner relays through the first.
+        if self.knobs.relay && learners.len() == 2 && self.nodes[node].id == learners[1] {
+            config.upstream = Some(learners[0]);
+        }
         config.learners = learners;
         config.heartbeat_interval_ticks = self.knobs.heartbeat_interval_ticks;
         config.election_timeout_ticks = self.knobs.election_timeout_ticks;
@@ -409,11 +418,19 @@ impl World {
         for shard in 0..self.knobs.shards {
             let skip = self.faults_on && self.chance(self.knobs.skip_ppm);
             let skip_slots = between(&mut self.rng, 1, 64);
+            // Where this node's other shards have committed to: an idle shard's leader skips
+            // up to there, so the merge moves on (Mencius).
+            let others = self.nodes[node].shards.iter().enumerate().filter(|(k, _)| *k != shard);
+            let target = others
+                .filter_map(|(_, other)| other.replica.as_ref().map(Replica::commit_index))
+                .max()
+                .unwrap_or(Slot(0));
             let replica = self.replica(node, shard);
             replica.on_tick();
             if skip && replica.role() == RoleKind::Leader {
                 let _ = replica.propose_skip(skip_slots);
             }
+            replica.skip_to(target);
             self.drive(node, shard);
         }
         self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
@@ -494,6 +511,7 @@ impl World {
                             )
                         });
                         self.apply(node, shard, &value);
+                        self.merge(node, shard, first_slot, count, &value);
                     }
                 }
             }
@@ -544,6 +562,21 @@ impl World {
             if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&request) {
                 self.client_send(client, request, ClientReply::Applied(reply));
             }
+        }
+    }
+
+    /// Feeds a commit to the node's merge and checks what comes out in global order.
+    fn merge(&mut self, node: usize, shard: usize, first_slot: Slot, count: u64, value: &Value) {
+        let id = self.nodes[node].id;
+        let merge = &mut self.nodes[node].merge;
+        if let Err(error) = merge.push(shard as u16, first_slot, count, value) {
+            let detail = format!("{id:?}: {error}");
+            self.record(Err(Violation { invariant: "I11 one merged order", detail }));
+            return;
+        }
+        while let Some(merged) = self.nodes[node].merge.pop() {
+            let result = self.checker.on_merged(id, &merged);
+            self.record(result);
         }
     }
 
@@ -855,6 +888,10 @@ impl World {
         }
         self.trace(|| format!("restart n{}", node + 1));
         self.nodes[node].up = true;
+        // The replicas commit again from slot 0, so the merge starts over too.
+        self.nodes[node].merge = Merge::new(self.knobs.shards as u16, 0);
+        let id = self.nodes[node].id;
+        self.checker.on_merge_start(id);
         for shard in 0..self.knobs.shards {
             self.start_replica(node, shard);
         }
@@ -904,7 +941,11 @@ impl World {
                 .collect();
             commits.iter().all(|commit| *commit == commits[0])
         });
-        if requests_done && leaders && caught_up {
+        let merged = self
+            .nodes
+            .iter()
+            .all(|node| self.checker.merged_complete(node.id, node.merge.next_position()).is_ok());
+        if requests_done && leaders && caught_up && merged {
             self.trace(|| {
                 "liveness reached: leaders elected, requests done, replicas caught up".to_string()
             });
@@ -954,6 +995,9 @@ impl World {
             for shard in &node.shards {
                 shard.replica.as_ref().expect("all nodes are up at the end").check_invariants(true);
             }
+        }
+        for node in &self.nodes {
+            self.checker.merged_complete(node.id, node.merge.next_position())?;
         }
         let all: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
         self.checker.check_acknowledged_applied_everywhere(&self.acknowledged, &all)?;
@@ -1010,6 +1054,7 @@ fn describe(message: &Message) -> String {
         }
         Message::HeartbeatAck { ballot } => format!("heartbeat-ack {ballot}"),
         Message::CatchUpRequest { from_slot } => format!("catch-up-request from {}", from_slot.0),
+        Message::Subscribe { from_slot } => format!("subscribe from {}", from_slot.0),
         Message::Chosen { runs, commit_index } => {
             format!("chosen runs {} commit {}", runs.len(), commit_index.0)
         }

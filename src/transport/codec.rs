@@ -458,6 +458,10 @@ fn encode_message<'a>(
             let args = fb::CatchUpRequestArgs { from_slot: from_slot.0 };
             (fb::Body::CatchUpRequest, fb::CatchUpRequest::create(builder, &args).as_union_value())
         }
+        Message::Subscribe { from_slot } => {
+            let args = fb::SubscribeArgs { from_slot: from_slot.0 };
+            (fb::Body::Subscribe, fb::Subscribe::create(builder, &args).as_union_value())
+        }
         Message::Chosen { runs, commit_index } => {
             let runs = encode_runs(builder, runs, payloads, payload_len);
             let args = fb::ChosenArgs { runs: Some(runs), commit_index: commit_index.0 };
@@ -608,6 +612,10 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
         fb::Body::CatchUpRequest => {
             let m = frame.body_as_catch_up_request().ok_or(missing)?;
             Message::CatchUpRequest { from_slot: Slot(m.from_slot()) }
+        }
+        fb::Body::Subscribe => {
+            let m = frame.body_as_subscribe().ok_or(missing)?;
+            Message::Subscribe { from_slot: Slot(m.from_slot()) }
         }
         fb::Body::Chosen => {
             let m = frame.body_as_chosen().ok_or(missing)?;

@@ -97,10 +97,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 17;
+pub const ENUM_MAX_BODY: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 18] = [
+pub const ENUM_VALUES_BODY: [Body; 19] = [
   Body::NONE,
   Body::Probe,
   Body::ProbeReply,
@@ -119,6 +119,7 @@ pub const ENUM_VALUES_BODY: [Body; 18] = [
   Body::Replies,
   Body::StatusRequest,
   Body::Status,
+  Body::Subscribe,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -144,9 +145,10 @@ impl Body {
   pub const Replies: Self = Self(15);
   pub const StatusRequest: Self = Self(16);
   pub const Status: Self = Self(17);
+  pub const Subscribe: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Probe,
@@ -166,6 +168,7 @@ impl Body {
     Self::Replies,
     Self::StatusRequest,
     Self::Status,
+    Self::Subscribe,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -188,6 +191,7 @@ impl Body {
       Self::Replies => Some("Replies"),
       Self::StatusRequest => Some("StatusRequest"),
       Self::Status => Some("Status"),
+      Self::Subscribe => Some("Subscribe"),
       _ => None,
     }
   }
@@ -2235,6 +2239,102 @@ impl ::core::fmt::Debug for Chosen<'_> {
       ds.finish()
   }
 }
+pub enum SubscribeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Subscribe<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Subscribe<'a> {
+  type Inner = Subscribe<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Subscribe<'a> {
+  pub const VT_FROM_SLOT: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Subscribe { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SubscribeArgs
+  ) -> ::flatbuffers::WIPOffset<Subscribe<'bldr>> {
+    let mut builder = SubscribeBuilder::new(_fbb);
+    builder.add_from_slot(args.from_slot);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Subscribe::VT_FROM_SLOT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Subscribe<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_slot", Self::VT_FROM_SLOT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SubscribeArgs {
+    pub from_slot: u64,
+}
+impl<'a> Default for SubscribeArgs {
+  #[inline]
+  fn default() -> Self {
+    SubscribeArgs {
+      from_slot: 0,
+    }
+  }
+}
+
+pub struct SubscribeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubscribeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_slot(&mut self, from_slot: u64) {
+    self.fbb_.push_slot::<u64>(Subscribe::VT_FROM_SLOT, from_slot, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubscribeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SubscribeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Subscribe<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Subscribe<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Subscribe");
+      ds.field("from_slot", &self.from_slot());
+      ds.finish()
+  }
+}
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3510,6 +3610,21 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_subscribe(&self) -> Option<Subscribe<'a>> {
+    if self.body_type() == Body::Subscribe {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Subscribe::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -3540,6 +3655,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::Replies => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Replies>>("Body::Replies", pos),
           Body::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Body::StatusRequest", pos),
           Body::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Body::Status", pos),
+          Body::Subscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Subscribe>>("Body::Subscribe", pos),
           _ => Ok(()),
         }
      })?
@@ -3729,6 +3845,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::Status => {
           if let Some(x) = self.body_as_status() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Subscribe => {
+          if let Some(x) = self.body_as_subscribe() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -1,0 +1,103 @@
+//! A feed of committed runs to one subscriber (a learner, a relay's learner, or a client
+//! tailing the log): where the subscriber stands and what to send it next. Pure bookkeeping,
+//! shared by the replica (learner subscriptions) and the runtime (client subscriptions).
+//!
+//! Flow control is a window in slots: the feed runs at most `window` slots ahead of the last
+//! position the subscriber reported, so a slow or dead subscriber never makes the sender hold
+//! more than one window in flight. Loss is repaired by the reports themselves: a subscriber that
+//! reports the same position twice, with more sent since, lost what was sent; the feed goes
+//! back and sends it again.
+
+use super::log::Log;
+use super::message::SlotRun;
+use super::types::Slot;
+
+/// One subscriber's feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Feed {
+    /// The next slot to send.
+    next_slot: Slot,
+    /// Everything below this the subscriber has (its last report).
+    reported: Slot,
+}
+
+impl Feed {
+    /// A feed starting at `from_slot`.
+    #[must_use]
+    pub fn new(from_slot: Slot) -> Feed {
+        Feed { next_slot: from_slot, reported: from_slot }
+    }
+
+    /// The next slot this feed will send.
+    #[must_use]
+    pub fn next_slot(&self) -> Slot {
+        self.next_slot
+    }
+
+    /// The subscriber reports that it has every slot below `from_slot`.
+    pub fn on_report(&mut self, from_slot: Slot) {
+        if from_slot == self.reported && self.next_slot > from_slot {
+            // No progress since the last report, yet more was sent: it was lost.
+            self.next_slot = from_slot;
+        }
+        self.reported = self.reported.max(from_slot);
+        self.next_slot = self.next_slot.max(from_slot);
+    }
+
+    /// The next runs to send: committed slots from where the feed stands, below
+    /// `commit_index` and within `window` slots of the subscriber's last report, at most
+    /// `runs_max` runs. `None` when there is nothing to send.
+    pub fn next_runs(
+        &mut self,
+        log: &Log,
+        commit_index: Slot,
+        runs_max: usize,
+        window: u64,
+    ) -> Option<Vec<SlotRun>> {
+        let end = commit_index.min(self.reported.plus(window));
+        if self.next_slot >= end {
+            return None;
+        }
+        let (runs, _) = log.runs_from(self.next_slot, end, runs_max);
+        let last = runs.last()?;
+        debug_assert!(runs.iter().all(|run| run.chosen), "a feed sends only chosen slots");
+        self.next_slot = last.end_slot();
+        Some(runs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Ballot, Value};
+
+    fn log_of(slots: u64) -> Log {
+        let mut log = Log::default();
+        for slot in 0..slots {
+            let value = Value::Batch(bytes::Bytes::from(slot.to_le_bytes().to_vec()));
+            log.choose(Slot(slot), 1, Ballot::ZERO, &value);
+        }
+        log
+    }
+
+    #[test]
+    fn a_feed_sends_committed_slots_within_its_window_and_resends_what_was_lost() {
+        let log = log_of(10);
+        let mut feed = Feed::new(Slot(2));
+        let runs = feed.next_runs(&log, Slot(8), 2, 4).unwrap();
+        assert_eq!(runs.iter().map(|r| r.first_slot.0).collect::<Vec<_>>(), vec![2, 3]);
+        let runs = feed.next_runs(&log, Slot(8), 2, 4).unwrap();
+        assert_eq!(runs.iter().map(|r| r.first_slot.0).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(feed.next_runs(&log, Slot(8), 2, 4), None, "window of 4 from slot 2 is full");
+        feed.on_report(Slot(4));
+        let runs = feed.next_runs(&log, Slot(8), 8, 4).unwrap();
+        assert_eq!(runs.iter().map(|r| r.first_slot.0).collect::<Vec<_>>(), vec![6, 7]);
+        assert_eq!(feed.next_runs(&log, Slot(8), 8, 4), None, "nothing committed beyond 8");
+        // The same report again: slots 4.. never arrived; they go again.
+        feed.on_report(Slot(4));
+        assert_eq!(feed.next_slot(), Slot(4));
+        // A subscriber ahead of the feed (it learned elsewhere) moves the feed on.
+        feed.on_report(Slot(9));
+        assert_eq!(feed.next_slot(), Slot(9));
+    }
+}
