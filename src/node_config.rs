@@ -40,6 +40,9 @@ pub struct NodeSettings {
     pub shards: Option<u16>,
     /// This node only learns (it must then be listed among the learners).
     pub learner: Option<bool>,
+    /// For a learner: the member it subscribes to first (another learner relaying, or a
+    /// voter). Unset: a follower, so the leaders' egress does not grow with learners.
+    pub upstream: Option<u16>,
     /// Pin each shard's thread to a core.
     pub pin_cores: Option<bool>,
     /// Largest batch, in bytes.
@@ -109,6 +112,7 @@ impl NodeSettings {
             data_dir: overrides.data_dir.or(self.data_dir),
             shards: overrides.shards.or(self.shards),
             learner: overrides.learner.or(self.learner),
+            upstream: overrides.upstream.or(self.upstream),
             pin_cores: overrides.pin_cores.or(self.pin_cores),
             batch_bytes_max: overrides.batch_bytes_max.or(self.batch_bytes_max),
             batch_commands_max: overrides.batch_commands_max.or(self.batch_commands_max),
@@ -190,6 +194,14 @@ pub enum NodeConfigError {
     /// Timing settings that contradict each other.
     #[error("{0}")]
     Timing(String),
+    /// An upstream that cannot be subscribed to.
+    #[error("upstream {upstream}: {reason}")]
+    BadUpstream {
+        /// The upstream given.
+        upstream: u16,
+        /// Why it cannot be.
+        reason: &'static str,
+    },
 }
 
 /// A checked node configuration.
@@ -211,6 +223,8 @@ pub struct NodeConfig {
     pub shards: u16,
     /// True if this node only learns.
     pub learner: bool,
+    /// For a learner: the member it subscribes to first.
+    pub upstream: Option<NodeId>,
     /// Pin shard threads to cores.
     pub pin_cores: bool,
     /// Largest batch, in bytes.
@@ -317,6 +331,19 @@ impl NodeConfig {
             return Err(NotListed { id: id.0, list, role });
         }
         in_range("peers (voter count)", voters.len() as u64, 1, 64)?;
+        let upstream = settings.upstream.map(NodeId);
+        if let Some(upstream) = upstream {
+            let bad = |reason| Err(BadUpstream { upstream: upstream.0, reason });
+            if !learner {
+                return bad("only a learner (--learner) subscribes to an upstream");
+            }
+            if upstream == id {
+                return bad("a learner cannot subscribe to itself");
+            }
+            if !voters.contains_key(&upstream) && !learners.contains_key(&upstream) {
+                return bad("not a member: give the id of a voter or another learner");
+            }
+        }
         let data_dir = settings.data_dir.ok_or(Missing("data_dir"))?;
         let default_shards =
             std::thread::available_parallelism().map_or(1, |cores| cores.get() as u16);
@@ -372,6 +399,7 @@ impl NodeConfig {
             data_dir,
             shards,
             learner,
+            upstream,
             pin_cores: settings.pin_cores.unwrap_or(true),
             batch_bytes_max,
             batch_commands_max,
@@ -407,6 +435,7 @@ impl NodeConfig {
         let mut config =
             Config::new(self.cluster_id, self.id, self.voters.keys().copied().collect());
         config.learners = self.learners.keys().copied().collect();
+        config.upstream = self.upstream;
         config.heartbeat_interval_ticks = (self.heartbeat_interval_ms / self.tick_ms).max(1);
         config.election_timeout_ticks = (self.election_timeout_ms / self.tick_ms).max(1);
         config.batch_bytes_max = self.batch_bytes_max;
@@ -505,6 +534,20 @@ mod tests {
             (
                 NodeSettings { tick_ms: Some(50), ..good() },
                 "heartbeat_interval_ms (20) must be at least tick_ms (50)",
+            ),
+            (
+                NodeSettings { upstream: Some(2), ..good() },
+                "upstream 2: only a learner (--learner) subscribes to an upstream",
+            ),
+            (
+                NodeSettings {
+                    id: Some(4),
+                    learner: Some(true),
+                    learners: Some("4=127.0.0.1:7004".into()),
+                    upstream: Some(9),
+                    ..good()
+                },
+                "upstream 9: not a member",
             ),
         ];
         for (settings, expected) in cases {

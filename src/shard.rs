@@ -303,6 +303,17 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         Ok(result)
     }
 
+    /// An idle leader skips up to `target` (see [`Replica::skip_to`]).
+    ///
+    /// # Errors
+    /// The shard failed.
+    pub fn skip_to(&mut self, target: Slot) -> Result<(), ShardError> {
+        if self.replica.skip_to(target).is_some() {
+            self.process_actions()?;
+        }
+        Ok(())
+    }
+
     /// Sends the open batch if the pipeline has room (after a burst of proposals).
     ///
     /// # Errors

@@ -144,6 +144,8 @@ fn frame_body() -> impl Strategy<Value = Body> {
                     syncs: entries ^ digest,
                     not_durable: commit % 2 == 0,
                     voters: leader.rotate_left(3),
+                    egress_bytes: commit ^ applied,
+                    chosen_bytes: applied.rotate_left(7),
                 })
             }
         ),

@@ -16,6 +16,7 @@
 //! ```
 
 mod lane;
+mod tail;
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -35,6 +36,7 @@ use crate::transport::shard_address;
 
 pub use lane::Completion;
 use lane::Lane;
+pub use tail::{Tail, TailBatch};
 
 /// The largest frame a client reads.
 const FRAME_BYTES_MAX: usize = 256 << 20;

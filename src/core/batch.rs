@@ -39,6 +39,12 @@ impl Value {
     pub fn is_noop(&self) -> bool {
         matches!(self, Value::Noop)
     }
+
+    /// True for a batch.
+    #[must_use]
+    pub fn is_batch(&self) -> bool {
+        matches!(self, Value::Batch(_))
+    }
 }
 
 /// Gathers proposals into one batch. Closing a batch hands its bytes over and starts a fresh

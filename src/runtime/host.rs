@@ -15,7 +15,7 @@ use glommio::channels::local_channel::LocalSender;
 use quorum_wal::MmapBackend;
 
 use super::Control;
-use crate::core::{Envelope, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
+use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
 use crate::shard::{AppliedCommand, Shard, ShardError};
 use crate::state_machine::{KvStore, Outcome, StateMachine};
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
@@ -27,6 +27,12 @@ pub type NodeShard = Shard<MmapBackend, KvStore>;
 /// Bytes that may wait for one connection before messages to it are dropped (peers) or the
 /// client is disconnected (clients).
 pub const LINK_BUFFER_MAX: usize = 64 << 20;
+
+/// Bytes of committed runs that may wait for one tailing client; more is sent as it reads.
+pub const FEED_BUFFER_MAX: usize = 4 << 20;
+
+/// A tailing client's feed is paced by its connection's buffer, not by a window of slots.
+const FEED_WINDOW: u64 = 1 << 40;
 
 /// Bytes waiting to be written to one connection, and the bell that wakes its writer.
 pub struct Link {
@@ -83,6 +89,19 @@ pub struct Host {
     pub sync_micros: u64,
     /// See `sync_micros`.
     pub sync_wait_micros: u64,
+    /// Clients tailing the committed log, by connection.
+    feeds: HashMap<u64, Feed>,
+    /// Bytes sent to peers, by kind: everything, and committed runs (`Chosen`).
+    pub egress: Egress,
+}
+
+/// Bytes a shard queued for its peers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Egress {
+    /// Every frame.
+    pub bytes: u64,
+    /// Frames carrying committed runs (catch-up and learners' feeds).
+    pub chosen_bytes: u64,
 }
 
 /// A shared handle to a shard's state.
@@ -115,6 +134,8 @@ impl Host {
             busy_replies: 0,
             sync_micros: 0,
             sync_wait_micros: 0,
+            feeds: HashMap::new(),
+            egress: Egress::default(),
         }))
     }
 
@@ -156,6 +177,7 @@ impl Host {
     /// A client went away.
     pub fn remove_client(&mut self, connection: u64) {
         self.clients.remove(&connection);
+        self.feeds.remove(&connection);
         self.waiting.retain(|_, waiting| *waiting != connection);
     }
 
@@ -225,6 +247,27 @@ impl Host {
         Ok(Ok(()))
     }
 
+    /// A client subscribes to the committed log from `from_slot`: it is sent committed runs
+    /// as `Chosen` frames, from the log (batches there are slices of the WAL's mapping) and
+    /// then as they commit, with no gap or repeat between the two.
+    pub fn subscribe_client(&mut self, connection: u64, from_slot: Slot) {
+        if self.clients.contains_key(&connection) {
+            self.feeds.insert(connection, Feed::new(from_slot));
+        }
+    }
+
+    /// Publishes this shard's commit position to the node's other shards and, if this shard
+    /// leads with nothing to propose while they have committed further, skips up to them.
+    ///
+    /// # Errors
+    /// The shard failed.
+    pub fn skip_idle(&mut self) -> Result<(), ShardError> {
+        let commit = self.shard.replica().commit_index().0;
+        self.control.commits[usize::from(self.index)].store(commit, Ordering::Relaxed);
+        let target = self.control.others_commit_max(self.index);
+        self.shard.skip_to(Slot(target))
+    }
+
     /// Syncs started so far.
     pub fn syncs(&self) -> u64 {
         self.syncs
@@ -247,6 +290,8 @@ impl Host {
             syncs: self.syncs,
             not_durable: !self.durable,
             voters: replica.config().voters.len() as u16,
+            egress_bytes: self.egress.bytes,
+            chosen_bytes: self.egress.chosen_bytes,
         }
     }
 
@@ -281,10 +326,52 @@ impl Host {
                 self.dropped_messages += 1;
                 continue;
             }
+            let chosen = matches!(message, Message::Chosen { .. });
             let frame =
                 Frame { cluster_id, from: me, shard: self.index, body: Body::Peer(message) };
+            let before = link.out.len();
             encode_into(&mut self.encoder, &frame, &mut link.out);
+            let bytes = (link.out.len() - before) as u64;
+            self.egress.bytes += bytes;
+            if chosen {
+                self.egress.chosen_bytes += bytes;
+            }
             link.ring();
+        }
+    }
+
+    /// Sends each tailing client what has committed since, while its connection keeps up: a
+    /// client that reads slowly is fed slowly, and never costs more than
+    /// `FEED_BUFFER_MAX` bytes here.
+    fn feed_clients(&mut self) {
+        if self.feeds.is_empty() {
+            return;
+        }
+        let replica = self.shard.replica();
+        let config = replica.config();
+        let (commit, runs_max) = (replica.commit_index(), config.message_runs_max);
+        for (connection, feed) in &mut self.feeds {
+            let Some(link) = self.clients.get_mut(connection) else { continue };
+            let before = link.link.out.len();
+            while link.link.out.len() < FEED_BUFFER_MAX {
+                let Some(runs) = feed.next_runs(replica.log(), commit, runs_max, FEED_WINDOW)
+                else {
+                    break;
+                };
+                let body = Body::Peer(Message::Chosen { runs, commit_index: commit });
+                let frame = Frame {
+                    cluster_id: config.cluster_id,
+                    from: config.node,
+                    shard: self.index,
+                    body,
+                };
+                encode_into(&mut self.encoder, &frame, &mut link.link.out);
+                // The client's reads are its reports: the window is its connection's buffer.
+                feed.on_report(feed.next_slot());
+            }
+            if link.link.out.len() > before {
+                link.link.ring();
+            }
         }
     }
 
@@ -357,6 +444,7 @@ pub fn pump(host: &HostRef) {
     let state = &mut *guard;
     state.route_messages();
     state.route_replies();
+    state.feed_clients();
     if state.syncing {
         return;
     }

@@ -9,7 +9,9 @@ mod host;
 mod net;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,13 +25,32 @@ use crate::state_machine::KvStore;
 /// Replies remembered per client for deduplicating retries.
 pub const SESSION_WINDOW: usize = 4096;
 
-/// What the shards of a node share: whether to stop, and whether one failed.
+/// What the shards of a node share: whether to stop, whether one failed, and each shard's
+/// commit position (so an idle shard's leader knows how far to skip).
 #[derive(Debug, Default)]
 pub struct Control {
     /// Set to stop every shard (SIGTERM, or a shard failed).
     pub stop: AtomicBool,
     /// Set when a shard failed: the node exits with an error.
     pub failed: AtomicBool,
+    /// Per shard, its commit position on this node; each on its own cache line, written only
+    /// by its shard.
+    pub commits: Vec<CachePadded<AtomicU64>>,
+}
+
+impl Control {
+    fn new(shards: u16) -> Control {
+        Control {
+            commits: (0..shards).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+            ..Control::default()
+        }
+    }
+
+    /// The highest commit position among the node's shards other than `shard`.
+    fn others_commit_max(&self, shard: u16) -> u64 {
+        let others = self.commits.iter().enumerate().filter(|(k, _)| *k != usize::from(shard));
+        others.map(|(_, commit)| commit.load(Ordering::Relaxed)).max().unwrap_or(0)
+    }
 }
 
 /// Why a node could not start or stopped in error.
@@ -81,7 +102,7 @@ impl Node {
     /// start.
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let config = Arc::new(config);
-        let control = Arc::new(Control::default());
+        let control = Arc::new(Control::new(config.shards));
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
         let mut threads = Vec::new();
         let mut ready = Vec::new();
@@ -189,7 +210,10 @@ async fn run_shard(
     let tick = Duration::from_millis(u64::from(config.tick_ms));
     while !control.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(tick).await;
-        host::with_shard(&host, |host| host.shard.on_tick());
+        host::with_shard(&host, |host| {
+            host.shard.on_tick()?;
+            host.skip_idle()
+        });
     }
     // A clean stop leaves everything appended durable, the commit index included, so a
     // restart finds the state it left (a failed shard skips this: its log is poisoned).

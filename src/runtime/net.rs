@@ -16,8 +16,8 @@ use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 
-use super::host::{HostRef, Link, with_shard};
-use crate::core::{ClusterId, NodeId};
+use super::host::{HostRef, Link, pump, with_shard};
+use crate::core::{ClusterId, Message, NodeId};
 use crate::node_config::NodeConfig;
 use crate::transport::codec::{
     Body, Encoder, Frame, Hello, HelloReply, Member, PROTOCOL_VERSION, Role,
@@ -245,6 +245,10 @@ async fn read_client(
                 let mut host = net.host.borrow_mut();
                 let status = host.status(digest);
                 host.send_to_client(connection, Body::Status(status));
+            }
+            Body::Peer(Message::Subscribe { from_slot }) => {
+                net.host.borrow_mut().subscribe_client(connection, from_slot);
+                pump(&net.host);
             }
             _ => return Err(ConnectionError::Protocol("a client sent a peer frame".into())),
         }

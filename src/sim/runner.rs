@@ -49,6 +49,14 @@ pub struct Summary {
     pub seconds: f64,
     /// The slowest seed, in wall-clock seconds.
     pub seconds_per_seed_max: f64,
+    /// Seeds whose cluster had learners.
+    pub seeds_with_learners: u64,
+    /// Seeds where a learner relayed to another.
+    pub seeds_with_relay: u64,
+    /// Seeds with more than one shard (their merges need skips).
+    pub seeds_with_shards: u64,
+    /// Batches handed out by the nodes' merges, all seeds.
+    pub merged: u64,
 }
 
 /// Runs `seeds` with `threads` threads, calling `on_report` for each seed as it finishes.
@@ -88,6 +96,11 @@ pub fn run_range(
                         u64::from(report.commands < COMMANDS_PER_SEED_MIN);
                     summary.seeds_without_leader_change += u64::from(report.leader_changes == 0);
                     summary.seconds_per_seed_max = summary.seconds_per_seed_max.max(seconds);
+                    let knobs = &report.knobs;
+                    summary.seeds_with_learners += u64::from(knobs.learners > 0);
+                    summary.seeds_with_relay += u64::from(knobs.learners == 2 && knobs.relay);
+                    summary.seeds_with_shards += u64::from(knobs.shards > 1);
+                    summary.merged += report.merged;
                     if report.violation.is_some() {
                         summary.failures.push(report);
                     }
@@ -116,6 +129,15 @@ impl Summary {
             self.commands,
             self.leader_changes,
             self.seconds
+        )
+    }
+
+    /// What the seeds exercised beyond the core: learners, relays, merges of shards.
+    #[must_use]
+    pub fn coverage_line(&self) -> String {
+        format!(
+            "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}",
+            self.seeds_with_learners, self.seeds_with_relay, self.seeds_with_shards, self.merged
         )
     }
 

@@ -103,6 +103,8 @@ pub struct SeedReport {
     pub simulated_us: u64,
     /// Events processed.
     pub events: u64,
+    /// Batches the nodes' merges handed out in global order (all nodes, all incarnations).
+    pub merged: u64,
     /// The knobs drawn from the seed.
     pub knobs: Knobs,
 }
@@ -122,6 +124,7 @@ impl SeedReport {
             leader_changes: 0,
             simulated_us: 0,
             events: 0,
+            merged: 0,
             knobs,
         }
     }
@@ -152,6 +155,7 @@ pub struct World {
     leader_ballot: Vec<Option<Ballot>>,
     leader_changes: u64,
     events: u64,
+    merged: u64,
     actions: Vec<Action>,
     trace: Option<String>,
     /// Print trace lines as they happen (so a panic still leaves the trace up to it).
@@ -187,6 +191,7 @@ impl World {
             leader_ballot: vec![None; knobs.shards],
             leader_changes: 0,
             events: 0,
+            merged: 0,
             actions: Vec::new(),
             trace: trace.then(String::new),
             trace_to_stdout: false,
@@ -360,6 +365,7 @@ impl World {
             leader_changes: self.leader_changes,
             simulated_us: self.now_us,
             events: self.events,
+            merged: self.merged,
             knobs: self.knobs.clone(),
         };
         (report, self.trace.unwrap_or_default())
@@ -575,6 +581,7 @@ impl World {
             return;
         }
         while let Some(merged) = self.nodes[node].merge.pop() {
+            self.merged += 1;
             let result = self.checker.on_merged(id, &merged);
             self.record(result);
         }

@@ -60,6 +60,22 @@ pub enum Body {
     Status(ShardStatus),
 }
 
+impl Body {
+    /// A short name for errors and logs.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Peer(message) => message.kind(),
+            Body::Hello(_) => "hello",
+            Body::HelloReply(_) => "hello-reply",
+            Body::Requests(_) => "requests",
+            Body::Replies(_) => "replies",
+            Body::StatusRequest { .. } => "status-request",
+            Body::Status(_) => "status",
+        }
+    }
+}
+
 /// How one shard of one node is doing, for operators and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardStatus {
@@ -79,6 +95,10 @@ pub struct ShardStatus {
     pub not_durable: bool,
     /// Voters in the cluster.
     pub voters: u16,
+    /// Bytes this replica queued for its peers since it started.
+    pub egress_bytes: u64,
+    /// Of which committed runs (`Chosen`: catch-up and learners' feeds).
+    pub chosen_bytes: u64,
 }
 
 /// Who is dialling.
@@ -348,6 +368,8 @@ impl Encoder {
                     syncs: status.syncs,
                     not_durable: status.not_durable,
                     voters: status.voters,
+                    egress_bytes: status.egress_bytes,
+                    chosen_bytes: status.chosen_bytes,
                 };
                 (fb::Body::Status, fb::Status::create(builder, &args).as_union_value())
             }
@@ -702,6 +724,8 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
                 syncs: m.syncs(),
                 not_durable: m.not_durable(),
                 voters: m.voters(),
+                egress_bytes: m.egress_bytes(),
+                chosen_bytes: m.chosen_bytes(),
             };
             return finish(&frame, Body::Status(status));
         }

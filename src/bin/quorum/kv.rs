@@ -111,7 +111,7 @@ pub fn run_status(args: &StatusArgs) -> ExitCode {
         Ok(statuses) => {
             for (shard, status) in statuses.iter().enumerate() {
                 println!(
-                    "shard {shard}: {:?}, leader {}, commit index {}, applied {}, entries {}, digest {:016x}, syncs {}",
+                    "shard {shard}: {:?}, leader {}, commit index {}, applied {}, entries {}, digest {:016x}, syncs {}, egress {} bytes ({} of committed runs)",
                     status.role,
                     status.leader.map_or("unknown".to_string(), |node| node.0.to_string()),
                     status.commit_index.0,
@@ -119,6 +119,8 @@ pub fn run_status(args: &StatusArgs) -> ExitCode {
                     status.summary.entries,
                     status.summary.digest,
                     status.syncs,
+                    status.egress_bytes,
+                    status.chosen_bytes,
                 );
             }
             ExitCode::SUCCESS

@@ -1,9 +1,10 @@
-//! `quorum`: the command line. `node` runs a node, `kv` and `status` talk to a cluster, `sim`
-//! runs the deterministic simulator.
+//! `quorum`: the command line. `node` runs a node, `kv`, `status` and `tail` talk to a cluster,
+//! `bench` measures one, `sim` runs the deterministic simulator.
 
 mod bench;
 mod kv;
 mod node;
+mod tail;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,11 @@ enum Command {
     Kv(kv::KvArgs),
     /// Print how each shard of one node is doing (role, leader, commit index, state digest).
     Status(kv::StatusArgs),
+    /// Print a node's committed log as it grows: every shard merged into one global order
+    /// (or one shard), from any position; from the node's log first, then live.
+    ///
+    /// Example: quorum tail --cluster 127.0.0.1:7000 --from 0 --json
+    Tail(tail::TailArgs),
     /// Benchmark: by default a 3-node cluster on loopback in this process, fsync on, 10 s of
     /// 16-byte writes from 256 concurrent requests; prints throughput and latency.
     Bench(bench::BenchArgs),
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
         }
         Command::Kv(args) => kv::run_kv(&args),
         Command::Status(args) => kv::run_status(&args),
+        Command::Tail(args) => tail::run(&args),
         Command::Bench(args) => {
             init_logging_quiet();
             bench::run(&args)
@@ -135,6 +142,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         }
     });
     println!("{}", summary.per_seed_line(threads));
+    println!("{}", summary.coverage_line());
     println!("{}", summary.line());
     if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

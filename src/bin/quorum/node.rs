@@ -41,6 +41,12 @@ pub struct NodeArgs {
     /// Run as a learner (this node's id must be among --learners).
     #[arg(long)]
     learner: bool,
+    /// For a learner: the node it subscribes to for committed batches, another learner
+    /// (which relays: learners form a tree) or a voter. Default: a voter that is not the
+    /// leader, so the leaders' egress does not grow with learners. If it stops bringing
+    /// progress, the learner moves to a voter and tries it again later.
+    #[arg(long, value_name = "ID")]
+    upstream: Option<u16>,
     /// Pin shard k's thread to core k mod cores: true (default) or false.
     #[arg(long, value_name = "BOOL")]
     pin_cores: Option<bool>,
@@ -82,6 +88,7 @@ impl NodeArgs {
             data_dir: self.data_dir.clone(),
             shards: self.shards,
             learner: self.learner.then_some(true),
+            upstream: self.upstream,
             pin_cores: self.pin_cores,
             batch_bytes_max: self.batch_bytes_max,
             batch_commands_max: self.batch_commands_max,

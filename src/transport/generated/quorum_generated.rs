@@ -3072,6 +3072,8 @@ impl<'a> Status<'a> {
   pub const VT_SYNCS: ::flatbuffers::VOffsetT = 16;
   pub const VT_NOT_DURABLE: ::flatbuffers::VOffsetT = 18;
   pub const VT_VOTERS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_EGRESS_BYTES: ::flatbuffers::VOffsetT = 22;
+  pub const VT_CHOSEN_BYTES: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3083,6 +3085,8 @@ impl<'a> Status<'a> {
     args: &'args StatusArgs
   ) -> ::flatbuffers::WIPOffset<Status<'bldr>> {
     let mut builder = StatusBuilder::new(_fbb);
+    builder.add_chosen_bytes(args.chosen_bytes);
+    builder.add_egress_bytes(args.egress_bytes);
     builder.add_syncs(args.syncs);
     builder.add_digest(args.digest);
     builder.add_entries(args.entries);
@@ -3159,6 +3163,20 @@ impl<'a> Status<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(Status::VT_VOTERS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn egress_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_EGRESS_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn chosen_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_CHOSEN_BYTES, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Status<'_> {
@@ -3176,6 +3194,8 @@ impl ::flatbuffers::Verifiable for Status<'_> {
      .visit_field::<u64>("syncs", Self::VT_SYNCS, false)?
      .visit_field::<bool>("not_durable", Self::VT_NOT_DURABLE, false)?
      .visit_field::<u16>("voters", Self::VT_VOTERS, false)?
+     .visit_field::<u64>("egress_bytes", Self::VT_EGRESS_BYTES, false)?
+     .visit_field::<u64>("chosen_bytes", Self::VT_CHOSEN_BYTES, false)?
      .finish();
     Ok(())
   }
@@ -3190,6 +3210,8 @@ pub struct StatusArgs {
     pub syncs: u64,
     pub not_durable: bool,
     pub voters: u16,
+    pub egress_bytes: u64,
+    pub chosen_bytes: u64,
 }
 impl<'a> Default for StatusArgs {
   #[inline]
@@ -3204,6 +3226,8 @@ impl<'a> Default for StatusArgs {
       syncs: 0,
       not_durable: false,
       voters: 0,
+      egress_bytes: 0,
+      chosen_bytes: 0,
     }
   }
 }
@@ -3250,6 +3274,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u16>(Status::VT_VOTERS, voters, 0);
   }
   #[inline]
+  pub fn add_egress_bytes(&mut self, egress_bytes: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_EGRESS_BYTES, egress_bytes, 0);
+  }
+  #[inline]
+  pub fn add_chosen_bytes(&mut self, chosen_bytes: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_CHOSEN_BYTES, chosen_bytes, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusBuilder {
@@ -3276,6 +3308,8 @@ impl ::core::fmt::Debug for Status<'_> {
       ds.field("syncs", &self.syncs());
       ds.field("not_durable", &self.not_durable());
       ds.field("voters", &self.voters());
+      ds.field("egress_bytes", &self.egress_bytes());
+      ds.field("chosen_bytes", &self.chosen_bytes());
       ds.finish()
   }
 }
