@@ -26,6 +26,8 @@ struct TestCluster {
     shards: u16,
     voters: BTreeMap<u16, String>,
     learners: BTreeMap<u16, String>,
+    /// Learners' `--upstream`.
+    upstreams: BTreeMap<u16, u16>,
     children: BTreeMap<u16, Child>,
 }
 
@@ -35,12 +37,23 @@ fn members(map: &BTreeMap<u16, String>) -> String {
 
 impl TestCluster {
     fn new(voters: u16, learners: u16, shards: u16) -> TestCluster {
+        TestCluster::with_upstreams(voters, learners, shards, &[])
+    }
+
+    /// A cluster where each `(learner, upstream)` learner subscribes to its upstream.
+    fn with_upstreams(
+        voters: u16,
+        learners: u16,
+        shards: u16,
+        upstreams: &[(u16, u16)],
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = TestCluster {
             dir,
             shards,
             voters: BTreeMap::new(),
             learners: BTreeMap::new(),
+            upstreams: upstreams.iter().copied().collect(),
             children: BTreeMap::new(),
         };
         for id in 1..=voters + learners {
@@ -87,6 +100,9 @@ impl TestCluster {
             .stderr(log);
         if self.learners.contains_key(&id) {
             command.arg("--learner");
+        }
+        if let Some(upstream) = self.upstreams.get(&id) {
+            command.args(["--upstream", &upstream.to_string()]);
         }
         self.children.insert(id, command.spawn().unwrap());
     }
@@ -245,6 +261,101 @@ fn writes_reach_every_voter_and_the_learner() {
             );
         }
     }
+}
+
+/// `quorum tail` of node `id`'s merged log: `count` commands as JSON lines.
+fn tail(cluster: &TestCluster, id: u16, from: u64, count: usize) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .arg("tail")
+        .args(["--cluster", cluster.address(id)])
+        .args(["--cluster-id", &CLUSTER.to_string()])
+        .args(["--from", &from.to_string()])
+        .args(["--count", &count.to_string()])
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The output of a tail, or a failure with its error output after `timeout`.
+fn tail_output(cluster: &TestCluster, child: Child, timeout: Duration) -> String {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // Read while it runs: its output is larger than a pipe holds.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output().unwrap()));
+    let output = match finished.recv_timeout(timeout) {
+        Ok(output) => output,
+        Err(_) => {
+            // SAFETY: `kill` has no memory effects; the pid is our own child's.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let output = finished.recv().unwrap();
+            cluster.dump_logs();
+            let ids = cluster.voters.keys().chain(cluster.learners.keys());
+            let statuses: Vec<_> = ids.map(|id| (id, cluster.status(*id))).collect();
+            panic!(
+                "tail did not finish; it printed {} lines, the last {:?}; stderr: {}; nodes: {statuses:#?}",
+                output.stdout.split(|b| *b == b'\n').count(),
+                String::from_utf8_lossy(&output.stdout).lines().last(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    };
+    assert!(output.status.success(), "tail failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn learners_relay_and_every_node_merges_the_same_log() {
+    // Node 5 learns through node 4; node 4 from a follower.
+    let cluster = TestCluster::with_upstreams(3, 2, 2, &[(5, 4)]);
+    let client = cluster.client();
+    const WRITES: usize = 400;
+    // One tail follows node 5 from before the writes: its log, then live.
+    let live = tail(&cluster, 5, 0, WRITES);
+    for i in 0..WRITES {
+        if i % 4 == 3 {
+            client.append(format!("entry-{i}").as_bytes()).unwrap();
+        } else {
+            client.put(format!("key-{i}").as_bytes(), format!("value-{i}").as_bytes()).unwrap();
+        }
+    }
+    let live = tail_output(&cluster, live, Duration::from_secs(30));
+    assert_eq!(live.lines().count(), WRITES);
+    // Every node's merged log, read afterwards from its log, is the same byte for byte.
+    for id in 1..=5 {
+        let merged = tail_output(&cluster, tail(&cluster, id, 0, WRITES), Duration::from_secs(30));
+        assert_eq!(merged, live, "node {id}'s merged log differs from node 5's");
+    }
+    // Positions rise, both shards take part, and every write is there once.
+    let lines: Vec<serde_json::Value> =
+        live.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let positions: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|line| (line["position"].as_u64().unwrap(), line["index"].as_u64().unwrap()))
+        .collect();
+    assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "global order");
+    for shard in 0..2 {
+        assert!(lines.iter().any(|line| line["shard"] == shard), "shard {shard} in the log");
+    }
+    let ids: std::collections::BTreeSet<(u64, u64)> = lines
+        .iter()
+        .map(|line| (line["client"].as_u64().unwrap(), line["sequence"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), WRITES, "each write once");
+    // From a position in the middle, a tail starts exactly there.
+    let (middle, _) = positions[WRITES / 2];
+    let first = positions.iter().position(|(position, _)| *position == middle).unwrap();
+    let rest = tail_output(
+        &cluster,
+        tail(&cluster, 3, middle, WRITES - first),
+        Duration::from_secs(30),
+    );
+    assert_eq!(rest.lines().collect::<Vec<_>>(), live.lines().skip(first).collect::<Vec<_>>());
+    // Node 4 relayed to node 5: it sent committed runs; node 5 sent none.
+    let relay: u64 = cluster.status(4).unwrap().iter().map(|shard| shard.chosen_bytes).sum();
+    let leaf: u64 = cluster.status(5).unwrap().iter().map(|shard| shard.chosen_bytes).sum();
+    assert!(relay > 0 && leaf == 0, "relay sent {relay} bytes of runs, leaf {leaf}");
 }
 
 #[test]

@@ -1141,6 +1141,15 @@ impl Replica {
         let off_upstream = self.config.upstream.is_some()
             && sub.source != self.config.upstream
             && now - sub.chosen_tick > 10 * timeout;
+        // At start, wait (up to an election timeout) to hear who leads, so as not to
+        // subscribe to the leader.
+        let unsure = sub.source.is_none()
+            && self.leader_hint.is_none()
+            && self.config.upstream.is_none()
+            && now <= timeout;
+        if unsure {
+            return;
+        }
         if sub.source.is_none() || stalled || (on_leader && held_long) || off_upstream {
             self.choose_source(off_upstream || sub.source.is_none());
         } else if now >= sub.report_due_tick {
