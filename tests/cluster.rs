@@ -346,11 +346,8 @@ fn learners_relay_and_every_node_merges_the_same_log() {
     // From a position in the middle, a tail starts exactly there.
     let (middle, _) = positions[WRITES / 2];
     let first = positions.iter().position(|(position, _)| *position == middle).unwrap();
-    let rest = tail_output(
-        &cluster,
-        tail(&cluster, 3, middle, WRITES - first),
-        Duration::from_secs(30),
-    );
+    let rest =
+        tail_output(&cluster, tail(&cluster, 3, middle, WRITES - first), Duration::from_secs(30));
     assert_eq!(rest.lines().collect::<Vec<_>>(), live.lines().skip(first).collect::<Vec<_>>());
     // Node 4 relayed to node 5: it sent committed runs; node 5 sent none.
     let relay: u64 = cluster.status(4).unwrap().iter().map(|shard| shard.chosen_bytes).sum();

@@ -430,11 +430,12 @@ fn learner_subscribes_to_a_follower_not_the_leader() {
 #[test]
 fn learner_moves_on_when_its_source_brings_no_progress() {
     let mut learner = learner(NodeId(4), None);
-    learner.on_tick();
-    assert_eq!(subscribes(&actions(&mut learner)), vec![(ME, 0)]);
-    // The leader says slot 0 is committed; the source never sends it.
+    // The leader (node 3) says slot 0 is committed; the learner subscribes to node 1, which
+    // never sends it.
     let heartbeat = Message::Heartbeat { ballot: Ballot::new(1, PEER_B), commit_index: Slot(1) };
     deliver(&mut learner, PEER_B, heartbeat);
+    learner.on_tick();
+    assert_eq!(subscribes(&actions(&mut learner)), vec![(ME, 0)]);
     let mut sent = Vec::new();
     for _ in 0..=config(NodeId(4)).election_timeout_ticks {
         learner.on_tick();
@@ -442,6 +443,18 @@ fn learner_moves_on_when_its_source_brings_no_progress() {
     }
     assert!(sent.iter().all(|(to, _)| *to == ME || *to == PEER_A), "{sent:?}");
     assert_eq!(sent.last(), Some(&(PEER_A, 0)), "moved to the next follower: {sent:?}");
+}
+
+#[test]
+fn learner_that_hears_no_leader_subscribes_after_an_election_timeout() {
+    let mut learner = learner(NodeId(4), None);
+    let timeout = config(NodeId(4)).election_timeout_ticks;
+    for _ in 0..timeout {
+        learner.on_tick();
+    }
+    assert!(subscribes(&actions(&mut learner)).is_empty(), "waits to hear who leads");
+    learner.on_tick();
+    assert_eq!(subscribes(&actions(&mut learner)), vec![(ME, 0)]);
 }
 
 #[test]

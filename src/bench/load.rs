@@ -34,6 +34,8 @@ pub struct LoadSpec {
     pub keys: u64,
     /// Open loop at this many requests per second, instead of a closed loop.
     pub rate: Option<f64>,
+    /// Load only this shard (every request, and the whole rate); the others stay idle.
+    pub only_shard: Option<u16>,
 }
 
 /// What a load run measured.
@@ -126,6 +128,14 @@ pub fn run(
             spec.keys
         ));
     }
+    if let Some(only) = spec.only_shard.filter(|only| *only >= shards) {
+        return Err(format!(
+            "--only-shard {only}: the cluster has {shards} shards (0 to {})",
+            shards - 1
+        ));
+    }
+    // The shards that get load, each with its share of the requests and of the rate.
+    let loaded = spec.only_shard.map_or(shards, |_| 1);
     let begin = Instant::now();
     let window =
         Arc::new(Window { start: begin + spec.warmup, end: begin + spec.warmup + spec.duration });
@@ -133,8 +143,12 @@ pub fn run(
     let mut handles = Vec::new();
     for (shard, keys) in by_shard.into_iter().enumerate() {
         let shard = shard as u16;
-        let share = spec.clients / usize::from(shards)
-            + usize::from(usize::from(shard) < spec.clients % usize::from(shards));
+        if spec.only_shard.is_some_and(|only| only != shard) {
+            continue;
+        }
+        let rank = spec.only_shard.map_or(shard, |_| 0);
+        let share = spec.clients / usize::from(loaded)
+            + usize::from(usize::from(rank) < spec.clients % usize::from(loaded));
         let mut driver = Driver {
             shard,
             window: share.max(1),
@@ -143,7 +157,7 @@ pub fn run(
             read_ratio: spec.read_ratio,
             rng: Xoshiro256PlusPlus::seed_from_u64(u64::from(shard) + 1),
         };
-        let rate = spec.rate.map(|rate| rate / f64::from(shards));
+        let rate = spec.rate.map(|rate| rate / f64::from(loaded));
         let (client, window, stop, progress) =
             (client.clone(), window.clone(), stop.clone(), progress.clone());
         handles.push(std::thread::spawn(move || match rate {

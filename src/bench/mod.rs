@@ -60,6 +60,8 @@ pub struct BenchRow {
     pub read_ratio: f64,
     /// Distinct keys.
     pub keys: u64,
+    /// Only this shard was loaded (the others idle), if set.
+    pub only_shard: Option<u16>,
     /// Measured seconds.
     pub seconds: f64,
     /// Warm-up seconds before measuring.
@@ -86,6 +88,9 @@ pub struct BenchRow {
     pub commands_per_batch: f64,
     /// WAL syncs per second, every replica of every shard together.
     pub fsyncs_per_sec: f64,
+    /// Bytes the shards' leaders sent to their peers per committed write, in the window
+    /// (what learners fed from followers keep flat).
+    pub leader_egress_bytes_per_write: f64,
     /// Peak resident memory of this process (embedded: the whole cluster and the client), MiB.
     pub peak_rss_mib: Option<f64>,
     /// Resident memory sampled each second of the whole run, MiB.
@@ -100,6 +105,7 @@ struct ServerCounters {
     applied_on_leaders: u64,
     slots_on_leaders: u64,
     syncs: u64,
+    egress_on_leaders: u64,
 }
 
 fn server_counters(addresses: &[String], cluster_id: ClusterId) -> ServerCounters {
@@ -113,6 +119,7 @@ fn server_counters(addresses: &[String], cluster_id: ClusterId) -> ServerCounter
             if status.role == RoleKind::Leader {
                 counters.applied_on_leaders += status.applied_commands;
                 counters.slots_on_leaders += status.commit_index.0;
+                counters.egress_on_leaders += status.egress_bytes;
             }
         }
     }
@@ -229,6 +236,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         payload_bytes: spec.load.payload_bytes,
         read_ratio: spec.load.read_ratio,
         keys: spec.load.keys,
+        only_shard: spec.load.only_shard,
         seconds,
         warmup_seconds: spec.load.warmup.as_secs_f64(),
         ops_per_sec: result.ops as f64 / seconds,
@@ -242,6 +250,12 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         unsent: result.unsent,
         commands_per_batch: if slots == 0 { 0.0 } else { applied as f64 / slots as f64 },
         fsyncs_per_sec: after.syncs.saturating_sub(before.syncs) as f64 / seconds,
+        leader_egress_bytes_per_write: if result.writes == 0 {
+            0.0
+        } else {
+            after.egress_on_leaders.saturating_sub(before.egress_on_leaders) as f64
+                / result.writes as f64
+        },
         peak_rss_mib,
         rss_mib_by_second: rss,
         limits: None,

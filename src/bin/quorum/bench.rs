@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Requests per second for --open-loop.
     #[arg(long, requires = "open_loop")]
     rate: Option<f64>,
+    /// Send every request to shard K and leave the others idle (their leaders then skip so
+    /// the merged order keeps moving; see `quorum tail --hold-report`).
+    #[arg(long, value_name = "K")]
+    only_shard: Option<u16>,
     /// fsync: acknowledge only what is on disk. none: never sync (labelled in every output).
     #[arg(long, value_enum, default_value_t = Durability::Fsync)]
     durability: Durability,
@@ -139,6 +143,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                 read_ratio: args.read_ratio,
                 keys: args.keys,
                 rate: args.rate,
+                only_shard: args.only_shard,
             },
             shards: *shards,
             voters: args.voters,
