@@ -14,4 +14,5 @@ pub mod runtime;
 pub mod shard;
 pub mod sim;
 pub mod state_machine;
+pub mod total_order;
 pub mod transport;

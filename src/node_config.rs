@@ -62,6 +62,30 @@ pub struct NodeSettings {
     /// `fsync` (default): acknowledge only what is on disk. `none`: never sync (benchmarks
     /// only; a machine crash loses acknowledged writes).
     pub durability: Option<Durability>,
+    /// `shard` (default): each shard applies its own slots to its own state machine.
+    /// `total`: one state machine applies every shard's commands in global position order.
+    pub apply: Option<ApplyMode>,
+}
+
+/// Where a node applies committed commands.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyMode {
+    /// Each shard applies its own slots, in its slot order, to its own state machine (the KV
+    /// store routes keys by hash); a shard never waits for another.
+    #[default]
+    Shard,
+    /// One state machine applies the merged log of all shards, in global position order.
+    Total,
+}
+
+impl std::fmt::Display for ApplyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApplyMode::Shard => "shard",
+            ApplyMode::Total => "total",
+        })
+    }
 }
 
 /// Whether a node waits for its disk.
@@ -122,6 +146,7 @@ impl NodeSettings {
             election_timeout_ms: overrides.election_timeout_ms.or(self.election_timeout_ms),
             wal_segment_mib: overrides.wal_segment_mib.or(self.wal_segment_mib),
             durability: overrides.durability.or(self.durability),
+            apply: overrides.apply.or(self.apply),
         }
     }
 }
@@ -243,6 +268,8 @@ pub struct NodeConfig {
     pub wal_segment_bytes: u64,
     /// Whether acknowledgements wait for the disk.
     pub durability: Durability,
+    /// Where committed commands are applied.
+    pub apply: ApplyMode,
 }
 
 impl NodeConfig {
@@ -414,6 +441,7 @@ impl NodeConfig {
                 4096,
             )?) << 20,
             durability: settings.durability.unwrap_or_default(),
+            apply: settings.apply.unwrap_or_default(),
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =

@@ -19,6 +19,7 @@ use crate::core::{
 };
 use crate::log_record;
 use crate::state_machine::{Applier, Outcome, StateMachine};
+use crate::total_order::Committed;
 
 /// A shard that can no longer run: its log failed. Restart it from disk.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +207,18 @@ pub struct Shard<B: Backend, S: StateMachine> {
     pub shared_batches: u64,
     /// Batches offered from the mapping but not taken (the slot's value had changed).
     pub unshared_batches: u64,
+    /// Total-order apply: committed runs wait here for the node's one state machine instead
+    /// of being applied to this shard's.
+    forwarded: Option<Vec<Committed>>,
+}
+
+/// Where a shard's committed runs are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyTo {
+    /// To this shard's own state machine, in its slot order.
+    Shard,
+    /// Elsewhere: they are handed out by [`Shard::take_committed`].
+    Forward,
 }
 
 impl<B: Backend, S: StateMachine> Shard<B, S> {
@@ -220,6 +233,21 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         machine: S,
         session_window: usize,
     ) -> Result<Self, ShardError> {
+        Shard::open_applying(config, backend, options, machine, session_window, ApplyTo::Shard)
+    }
+
+    /// [`Shard::open`], choosing where committed runs are applied.
+    ///
+    /// # Errors
+    /// See [`Shard::open`].
+    pub fn open_applying(
+        config: Config,
+        backend: B,
+        options: Options,
+        machine: S,
+        session_window: usize,
+        apply: ApplyTo,
+    ) -> Result<Self, ShardError> {
         let (log, records) = ReplicaLog::open(backend, options)?;
         let replica = Replica::restore(config, &records)?;
         let mut shard = Shard {
@@ -231,6 +259,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             replies: Vec::new(),
             shared_batches: 0,
             unshared_batches: 0,
+            forwarded: (apply == ApplyTo::Forward).then(Vec::new),
         };
         shard.process_actions()?;
         Ok(shard)
@@ -368,6 +397,14 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         out.append(&mut self.outbox);
     }
 
+    /// Moves the committed runs waiting to be applied elsewhere ([`ApplyTo::Forward`]) onto
+    /// `out`, in slot order.
+    pub fn take_committed(&mut self, out: &mut Vec<Committed>) {
+        if let Some(forwarded) = &mut self.forwarded {
+            out.append(forwarded);
+        }
+    }
+
     /// Moves the outcomes of applied client commands onto `out`.
     pub fn take_replies(&mut self, out: &mut Vec<AppliedCommand<S::Reply>>) {
         out.append(&mut self.replies);
@@ -388,6 +425,10 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 Action::Send { to, message } => self.outbox.push((to, message)),
                 Action::Persist { seq, record, then_send } => {
                     self.log.append(seq, &record, then_send, ())?
+                }
+                Action::Commit { first_slot, count, value } if self.forwarded.is_some() => {
+                    let forwarded = self.forwarded.as_mut().expect("checked");
+                    forwarded.push(Committed { first_slot, count, value });
                 }
                 Action::Commit { value: Value::Batch(bytes), first_slot, .. } => {
                     let replies = &mut self.replies;

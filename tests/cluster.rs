@@ -28,6 +28,8 @@ struct TestCluster {
     learners: BTreeMap<u16, String>,
     /// Learners' `--upstream`.
     upstreams: BTreeMap<u16, u16>,
+    /// More flags for every node.
+    extra: Vec<String>,
     children: BTreeMap<u16, Child>,
 }
 
@@ -47,6 +49,20 @@ impl TestCluster {
         shards: u16,
         upstreams: &[(u16, u16)],
     ) -> TestCluster {
+        let mut cluster = TestCluster::unstarted(voters, learners, shards, upstreams);
+        cluster.start_all();
+        cluster
+    }
+
+    /// A cluster whose nodes all get `extra` flags.
+    fn with_flags(voters: u16, learners: u16, shards: u16, extra: &[&str]) -> TestCluster {
+        let mut cluster = TestCluster::unstarted(voters, learners, shards, &[]);
+        cluster.extra = extra.iter().map(|flag| (*flag).to_string()).collect();
+        cluster.start_all();
+        cluster
+    }
+
+    fn unstarted(voters: u16, learners: u16, shards: u16, upstreams: &[(u16, u16)]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = TestCluster {
             dir,
@@ -54,6 +70,7 @@ impl TestCluster {
             voters: BTreeMap::new(),
             learners: BTreeMap::new(),
             upstreams: upstreams.iter().copied().collect(),
+            extra: Vec::new(),
             children: BTreeMap::new(),
         };
         for id in 1..=voters + learners {
@@ -64,10 +81,14 @@ impl TestCluster {
                 cluster.learners.insert(id, address);
             }
         }
-        for id in 1..=voters + learners {
-            cluster.start(id);
-        }
         cluster
+    }
+
+    fn start_all(&mut self) {
+        let ids: Vec<u16> = self.voters.keys().chain(self.learners.keys()).copied().collect();
+        for id in ids {
+            self.start(id);
+        }
     }
 
     fn address(&self, id: u16) -> &str {
@@ -104,6 +125,7 @@ impl TestCluster {
         if let Some(upstream) = self.upstreams.get(&id) {
             command.args(["--upstream", &upstream.to_string()]);
         }
+        command.args(&self.extra);
         self.children.insert(id, command.spawn().unwrap());
     }
 
@@ -353,6 +375,42 @@ fn learners_relay_and_every_node_merges_the_same_log() {
     let relay: u64 = cluster.status(4).unwrap().iter().map(|shard| shard.chosen_bytes).sum();
     let leaf: u64 = cluster.status(5).unwrap().iter().map(|shard| shard.chosen_bytes).sum();
     assert!(relay > 0 && leaf == 0, "relay sent {relay} bytes of runs, leaf {leaf}");
+}
+
+#[test]
+fn total_order_apply_gives_every_node_one_state_machine_in_one_order() {
+    let mut cluster = TestCluster::with_flags(3, 1, 2, &["--apply", "total"]);
+    let client = Arc::new(cluster.client());
+    // Four writers on shared keys of both shards, with compare-and-set counters.
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..100u32 {
+                    let key = format!("key-{}", i % 10);
+                    client.put(key.as_bytes(), format!("{writer}-{i}").as_bytes()).unwrap();
+                    client.append(format!("entry {writer}-{i}").as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert_eq!(client.get(b"key-3").unwrap().map(|v| v.len() > 2), Some(true));
+    let statuses = cluster.await_converged(&[1, 2, 3, 4], Duration::from_secs(20));
+    for (id, node) in statuses.iter().enumerate() {
+        // One state machine: every shard of a node reports it.
+        assert!(node.iter().all(|shard| shard.summary == node[0].summary), "node {}", id + 1);
+        assert_eq!(node[0].summary.entries, 10, "ten keys");
+        assert_eq!(node[0].applied_commands, 801, "800 writes and a read, once each");
+    }
+    drop(client);
+    // A voter killed and restarted applies the same merged order again from its log.
+    cluster.kill9(2);
+    cluster.start(2);
+    let after = cluster.await_converged(&[1, 2], Duration::from_secs(20));
+    assert_eq!(after[1][0].summary, statuses[0][0].summary);
 }
 
 #[test]

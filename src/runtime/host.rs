@@ -15,9 +15,11 @@ use glommio::channels::local_channel::LocalSender;
 use quorum_wal::MmapBackend;
 
 use super::Control;
+use super::apply::TotalRef;
 use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
 use crate::shard::{AppliedCommand, Shard, ShardError};
 use crate::state_machine::{KvStore, Outcome, StateMachine};
+use crate::total_order::Committed;
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
 use crate::transport::framing::encode_into;
 
@@ -93,6 +95,9 @@ pub struct Host {
     feeds: HashMap<u64, Feed>,
     /// Bytes sent to peers, by kind: everything, and committed runs (`Chosen`).
     pub egress: Egress,
+    /// Total-order apply: where committed runs go, and the node's one state machine.
+    forward: Option<(LocalSender<Vec<Committed>>, TotalRef)>,
+    committed: Vec<Committed>,
 }
 
 /// Bytes a shard queued for its peers.
@@ -136,6 +141,8 @@ impl Host {
             sync_wait_micros: 0,
             feeds: HashMap::new(),
             egress: Egress::default(),
+            forward: None,
+            committed: Vec::new(),
         }))
     }
 
@@ -268,6 +275,26 @@ impl Host {
         self.shard.skip_to(Slot(target))
     }
 
+    /// Total-order apply: committed runs leave through `forward` to the node's one state
+    /// machine, `total`, instead of being applied here.
+    pub fn forward_commits(&mut self, forward: LocalSender<Vec<Committed>>, total: TotalRef) {
+        self.forward = Some((forward, total));
+    }
+
+    /// Outcomes of commands this shard carried, applied by the node's one state machine.
+    pub fn on_applied(&mut self, outcomes: Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>) {
+        self.applied.extend(outcomes);
+    }
+
+    fn forward_committed(&mut self) {
+        let Some((forward, _)) = &self.forward else { return };
+        self.shard.take_committed(&mut self.committed);
+        if !self.committed.is_empty() {
+            // Unbounded: what waits here is bounded by the pipeline and the merge's progress.
+            let _ = forward.try_send(std::mem::take(&mut self.committed));
+        }
+    }
+
     /// Syncs started so far.
     pub fn syncs(&self) -> u64 {
         self.syncs
@@ -281,12 +308,25 @@ impl Host {
             RoleKind::Leader => Some(replica.node()),
             _ => replica.leader_hint(),
         };
+        let (applied_commands, summary) = match &self.forward {
+            // Total-order apply: every shard reports the node's one state machine.
+            Some((_, total)) => {
+                let total = total.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let summary = if digest { total.machine().summary() } else { Default::default() };
+                (total.applied_commands(), summary)
+            }
+            None => {
+                let machine = self.shard.machine();
+                let summary = if digest { machine.summary() } else { Default::default() };
+                (self.shard.applied_commands(), summary)
+            }
+        };
         ShardStatus {
             role: replica.role(),
             leader,
             commit_index: replica.commit_index(),
-            applied_commands: self.shard.applied_commands(),
-            summary: if digest { self.shard.machine().summary() } else { Default::default() },
+            applied_commands,
+            summary,
             syncs: self.syncs,
             not_durable: !self.durable,
             voters: replica.config().voters.len() as u16,
@@ -443,6 +483,7 @@ pub fn pump(host: &HostRef) {
     let mut guard = host.borrow_mut();
     let state = &mut *guard;
     state.route_messages();
+    state.forward_committed();
     state.route_replies();
     state.feed_clients();
     if state.syncing {

@@ -5,6 +5,7 @@
 //! Blocking work stays off the reactors: syncs run on each executor's blocking pool, and WAL
 //! segments are created and pre-faulted ahead of use by the WAL's own helper thread.
 
+mod apply;
 mod host;
 mod net;
 
@@ -18,8 +19,8 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use quorum_wal::{MmapBackend, Options};
 
-use crate::node_config::NodeConfig;
-use crate::shard::{Shard, ShardError};
+use crate::node_config::{ApplyMode, NodeConfig};
+use crate::shard::{ApplyTo, Shard, ShardError};
 use crate::state_machine::KvStore;
 
 /// Replies remembered per client for deduplicating retries.
@@ -106,6 +107,10 @@ impl Node {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
         let mut threads = Vec::new();
         let mut ready = Vec::new();
+        let mut total = match config.apply {
+            ApplyMode::Shard => None,
+            ApplyMode::Total => Some(apply::start(&config, &control, &mut threads)?),
+        };
         for shard in 0..config.shards {
             let (started, ready_rx) = std::sync::mpsc::sync_channel(1);
             ready.push(ready_rx);
@@ -122,8 +127,9 @@ impl Node {
                 .io_memory(256 << 10)
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
             let (config, control) = (config.clone(), control.clone());
+            let link = total.as_mut().map(|total| total.link(shard));
             let handle = builder
-                .spawn(move || run_shard(config, shard, control, started))
+                .spawn(move || run_shard(config, shard, control, started, link))
                 .map_err(|error| NodeError::Executor { shard, reason: error.to_string() })?;
             threads.push(std::thread::spawn(move || {
                 handle.join().map_err(|error| NodeError::Executor {
@@ -185,8 +191,9 @@ async fn run_shard(
     shard: u16,
     control: Arc<Control>,
     started: std::sync::mpsc::SyncSender<Result<(), NodeError>>,
+    total: Option<apply::ShardLink>,
 ) -> Result<(), NodeError> {
-    let opened = open_shard(&config, shard);
+    let opened = open_shard(&config, shard, total.is_some());
     let (opened, listener) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -196,6 +203,9 @@ async fn run_shard(
     };
     let durable = config.durability == crate::node_config::Durability::Fsync;
     let host = host::Host::new(opened, shard, control.clone(), durable);
+    if let Some(link) = total {
+        apply::connect_shard(&host, link).await;
+    }
     let shard_net =
         std::rc::Rc::new(net::ShardNet { config: config.clone(), shard, host: host.clone() });
     glommio::spawn_local(net::accept_loop(shard_net.clone(), listener)).detach();
@@ -245,6 +255,7 @@ async fn run_shard(
 fn open_shard(
     config: &NodeConfig,
     shard: u16,
+    forward: bool,
 ) -> Result<(host::NodeShard, glommio::net::TcpListener), NodeError> {
     let listener = net::bind(&config.listen, shard).map_err(|source| NodeError::Listen {
         shard,
@@ -255,12 +266,14 @@ fn open_shard(
     let backend = MmapBackend::new(&dir)
         .map_err(|error| NodeError::Shard { shard, source: ShardError::Wal(error) })?;
     let options = Options { segment_bytes: config.wal_segment_bytes, prepare_ahead: true };
-    let opened = Shard::open(
+    let apply = if forward { ApplyTo::Forward } else { ApplyTo::Shard };
+    let opened = Shard::open_applying(
         config.shard_config(shard),
         backend,
         options,
         KvStore::default(),
         SESSION_WINDOW,
+        apply,
     )
     .map_err(|source| NodeError::Shard { shard, source })?;
     Ok((opened, listener))

@@ -47,6 +47,12 @@ pub struct NodeArgs {
     /// progress, the learner moves to a voter and tries it again later.
     #[arg(long, value_name = "ID")]
     upstream: Option<u16>,
+    /// Where committed commands are applied. shard (default): each shard applies its own
+    /// slots to its own state machine and never waits for another. total: one state machine
+    /// applies every shard's commands in one global order (slot i of shard k is position
+    /// i × shards + k); replies then wait for the merge of all shards.
+    #[arg(long, value_enum)]
+    apply: Option<quorum::node_config::ApplyMode>,
     /// Pin shard k's thread to core k mod cores: true (default) or false.
     #[arg(long, value_name = "BOOL")]
     pin_cores: Option<bool>,
@@ -89,6 +95,7 @@ impl NodeArgs {
             shards: self.shards,
             learner: self.learner.then_some(true),
             upstream: self.upstream,
+            apply: self.apply,
             pin_cores: self.pin_cores,
             batch_bytes_max: self.batch_bytes_max,
             batch_commands_max: self.batch_commands_max,

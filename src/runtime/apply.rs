@@ -1,0 +1,158 @@
+//! Total-order apply on a node (`--apply total`): an executor of its own runs the node's one
+//! state machine ([`TotalApplier`]); each shard sends it its committed runs and gets back the
+//! outcomes of the commands it carried, for the clients waiting there. Two single-producer
+//! channels per shard (glommio's shared channels), so the shards' hot paths share nothing but
+//! these queues.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use glommio::channels::local_channel;
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::host::{HostRef, pump};
+use super::{Control, NodeError, SESSION_WINDOW};
+use crate::node_config::NodeConfig;
+use crate::shard::AppliedCommand;
+use crate::state_machine::{KvStore, StateMachine};
+use crate::total_order::{Committed, TotalApplier};
+
+/// The node's one state machine, shared for status questions (its executor is the only other
+/// user).
+pub type TotalRef = Arc<Mutex<TotalApplier<KvStore>>>;
+
+/// Outcomes of applied commands, for the shard that carried them.
+type Outcomes = Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>;
+
+/// Messages a channel holds before its sender waits.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// One shard's ends of its channels to the applier.
+pub struct ShardLink {
+    runs: SharedSender<Vec<Committed>>,
+    outcomes: SharedReceiver<Outcomes>,
+    total: TotalRef,
+}
+
+/// The running applier, holding each shard's link until its executor takes it.
+pub struct TotalApply {
+    links: Vec<Option<ShardLink>>,
+}
+
+impl TotalApply {
+    /// Shard `shard`'s link (taken once).
+    pub fn link(&mut self, shard: u16) -> ShardLink {
+        self.links[usize::from(shard)].take().expect("one link per shard")
+    }
+}
+
+/// Starts the applier's executor.
+///
+/// # Errors
+/// The executor cannot be started.
+pub fn start(
+    config: &NodeConfig,
+    control: &Arc<Control>,
+    threads: &mut Vec<JoinHandle<Result<(), NodeError>>>,
+) -> Result<TotalApply, NodeError> {
+    let total =
+        Arc::new(Mutex::new(TotalApplier::new(config.shards, KvStore::default(), SESSION_WINDOW)));
+    let mut links = Vec::new();
+    let mut ends = Vec::new();
+    for _ in 0..config.shards {
+        let (runs, runs_in) = shared_channel::new_bounded(CHANNEL_CAPACITY);
+        let (outcomes_out, outcomes) = shared_channel::new_bounded(CHANNEL_CAPACITY);
+        links.push(Some(ShardLink { runs, outcomes, total: total.clone() }));
+        ends.push((runs_in, outcomes_out));
+    }
+    let control = control.clone();
+    let failed = |reason: String| NodeError::Executor { shard: config.shards, reason };
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("apply")
+        .io_memory(256 << 10)
+        .spawn(move || run_apply(total, ends, control))
+        .map_err(|error| failed(format!("cannot start the applier: {error}")))?;
+    let shard = config.shards;
+    threads.push(std::thread::spawn(move || {
+        handle.join().map_err(|error| NodeError::Executor {
+            shard,
+            reason: format!("the applier ended abnormally: {error}"),
+        })?
+    }));
+    Ok(TotalApply { links })
+}
+
+async fn run_apply(
+    total: TotalRef,
+    ends: Vec<(SharedReceiver<Vec<Committed>>, SharedSender<Outcomes>)>,
+    control: Arc<Control>,
+) -> Result<(), NodeError> {
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (runs_in, outcomes_out) in ends {
+        receivers.push(runs_in.connect().await);
+        senders.push(outcomes_out.connect().await);
+    }
+    let senders = Rc::new(senders);
+    for (shard, receiver) in receivers.into_iter().enumerate() {
+        let (total, senders, control) = (total.clone(), senders.clone(), control.clone());
+        glommio::spawn_local(async move {
+            while let Some(runs) = receiver.recv().await {
+                let mut outcomes: Vec<Outcomes> = (0..senders.len()).map(|_| Vec::new()).collect();
+                let result = {
+                    let mut total = total.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    runs.iter().try_for_each(|run| {
+                        total.push(shard as u16, run, |to, applied| {
+                            outcomes[usize::from(to)].push(applied);
+                        })
+                    })
+                };
+                if let Err(error) = result {
+                    tracing::error!(shard, %error, "total-order apply failed; stopping the node");
+                    control.failed.store(true, Ordering::SeqCst);
+                    control.stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+                for (to, outcomes) in outcomes.into_iter().enumerate() {
+                    if !outcomes.is_empty() && senders[to].send(outcomes).await.is_err() {
+                        return; // That shard stopped.
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+    while !control.stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Connects a shard to the applier: its committed runs go there, the outcomes of its clients'
+/// commands come back into its reply path.
+pub async fn connect_shard(host: &HostRef, link: ShardLink) {
+    let runs = link.runs.connect().await;
+    let outcomes = link.outcomes.connect().await;
+    let (forward, forwarded) = local_channel::new_unbounded();
+    host.borrow_mut().forward_commits(forward, link.total);
+    glommio::spawn_local(async move {
+        while let Some(batch) = forwarded.recv().await {
+            if runs.send(batch).await.is_err() {
+                return; // The applier stopped.
+            }
+        }
+    })
+    .detach();
+    let host = host.clone();
+    glommio::spawn_local(async move {
+        while let Some(outcomes) = outcomes.recv().await {
+            host.borrow_mut().on_applied(outcomes);
+            pump(&host);
+        }
+    })
+    .detach();
+}
