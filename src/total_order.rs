@@ -97,7 +97,7 @@ pub enum TotalOrderError {
 mod tests {
     use super::*;
     use crate::core::{BatchBuilder, RequestId};
-    use crate::state_machine::{KvCommand, KvStore, StateMachine as _};
+    use crate::state_machine::{KvCommand, KvStore};
 
     fn batch(client: u64, commands: &[KvCommand]) -> Value {
         let mut builder = BatchBuilder::new(1 << 16);
