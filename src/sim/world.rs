@@ -15,7 +15,8 @@ use crate::core::{
     RoleKind, Value, Voters,
 };
 use crate::merge::Merge;
-use crate::state_machine::{Applier, KvStore, Outcome, shard_for_key};
+use crate::state_machine::{Applier, KvStore, Outcome, StateMachine as _, shard_for_key};
+use crate::total_order::{Committed, TotalApplier};
 
 use super::checkers::{Checker, Violation};
 use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_of};
@@ -86,6 +87,8 @@ struct SimNode {
     shards: Vec<ShardReplica>,
     /// This node's shards' commits merged into one order (restarts with the replicas).
     merge: Merge,
+    /// The same commits applied in that order to one state machine (apply mode `total`).
+    total: TotalApplier<KvStore>,
 }
 
 /// The outcome of one simulated run.
@@ -208,6 +211,7 @@ impl World {
                 paused_until_us: 0,
                 shards,
                 merge: Merge::new(world.knobs.shards as u16, 0),
+                total: TotalApplier::new(world.knobs.shards as u16, KvStore::default(), 16),
             });
             for shard in 0..world.knobs.shards {
                 world.start_replica(index, shard);
@@ -580,6 +584,11 @@ impl World {
             self.record(Err(Violation { invariant: "I11 one merged order", detail }));
             return;
         }
+        let committed = Committed { first_slot, count, value: value.clone() };
+        if let Err(error) = self.nodes[node].total.push(shard as u16, &committed, |_, _| {}) {
+            let detail = format!("{id:?} total-order apply: {error}");
+            self.record(Err(Violation { invariant: "I11 one merged order", detail }));
+        }
         while let Some(merged) = self.nodes[node].merge.pop() {
             self.merged += 1;
             let result = self.checker.on_merged(id, &merged);
@@ -897,6 +906,8 @@ impl World {
         self.nodes[node].up = true;
         // The replicas commit again from slot 0, so the merge starts over too.
         self.nodes[node].merge = Merge::new(self.knobs.shards as u16, 0);
+        self.nodes[node].total =
+            TotalApplier::new(self.knobs.shards as u16, KvStore::default(), 16);
         let id = self.nodes[node].id;
         self.checker.on_merge_start(id);
         for shard in 0..self.knobs.shards {
@@ -1005,6 +1016,23 @@ impl World {
         }
         for node in &self.nodes {
             self.checker.merged_complete(node.id, node.merge.next_position())?;
+        }
+        // Every node applied the same merged order to one state machine: the same state.
+        let first = &self.nodes[0].total;
+        for node in &self.nodes {
+            if node.total.machine().summary() != first.machine().summary()
+                || node.total.next_position() != node.merge.next_position()
+            {
+                return Err(Violation {
+                    invariant: "I11 one merged order",
+                    detail: format!(
+                        "{:?}'s total-order state differs from node 1's (positions {} and {})",
+                        node.id,
+                        node.total.next_position(),
+                        first.next_position()
+                    ),
+                });
+            }
         }
         let all: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
         self.checker.check_acknowledged_applied_everywhere(&self.acknowledged, &all)?;
