@@ -1003,6 +1003,8 @@ impl World {
                 }
             }
         }
+        let merges: Vec<u64> = self.nodes.iter().map(|node| node.merge.next_position()).collect();
+        let _ = write!(text, "merged up to positions {merges:?}; ");
         let pending = self.clients.iter().filter(|client| client.pending.is_some()).count();
         let _ = write!(text, "clients waiting: {pending}");
         text
