@@ -36,7 +36,7 @@ run() { # $1: label, $2: learners list ("" for none)
       > "$work/$label.learners"
   fi
   kill $(jobs -p); wait 2>/dev/null || true
-  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"$label: {r['ops_per_sec']:.0f} writes/s, p99 {r['p99_us']:.0f} us, leader egress {r['leader_egress_bytes_per_write']:.1f} bytes/write\")" "$work/$label.json"
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"$label: {r['ops_per_sec']:.0f} writes/s, p99 {r['p99_us']:.0f} us, leader egress {r['leader_egress_bytes_per_write']:.1f} bytes/write, of which committed runs {r['leader_chosen_bytes_per_write']:.2f}, {r['commands_per_batch']:.1f} commands/batch\")" "$work/$label.json"
 }
 run none ""
 run learners "$learners"

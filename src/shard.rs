@@ -207,6 +207,8 @@ pub struct Shard<B: Backend, S: StateMachine> {
     pub shared_batches: u64,
     /// Batches offered from the mapping but not taken (the slot's value had changed).
     pub unshared_batches: u64,
+    /// Batches committed (no-ops not counted).
+    committed_batches: u64,
     /// Total-order apply: committed runs wait here for the node's one state machine instead
     /// of being applied to this shard's.
     forwarded: Option<Vec<Committed>>,
@@ -259,6 +261,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             replies: Vec::new(),
             shared_batches: 0,
             unshared_batches: 0,
+            committed_batches: 0,
             forwarded: (apply == ApplyTo::Forward).then(Vec::new),
         };
         shard.process_actions()?;
@@ -287,6 +290,12 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     #[must_use]
     pub fn has_unsynced(&self) -> bool {
         self.log.has_unsynced()
+    }
+
+    /// Batches committed since the replica started (no-ops not counted).
+    #[must_use]
+    pub fn committed_batches(&self) -> u64 {
+        self.committed_batches
     }
 
     /// Client commands applied so far on this replica.
@@ -421,6 +430,9 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
 
     fn carry_out(&mut self, actions: &mut Vec<Action>) -> Result<(), ShardError> {
         for action in actions.drain(..) {
+            if let Action::Commit { value: Value::Batch(_), .. } = &action {
+                self.committed_batches += 1;
+            }
             match action {
                 Action::Send { to, message } => self.outbox.push((to, message)),
                 Action::Persist { seq, record, then_send } => {

@@ -146,6 +146,7 @@ fn frame_body() -> impl Strategy<Value = Body> {
                     voters: leader.rotate_left(3),
                     egress_bytes: commit ^ applied,
                     chosen_bytes: applied.rotate_left(7),
+                    batches: commit.rotate_left(11),
                 })
             }
         ),

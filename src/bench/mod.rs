@@ -91,6 +91,8 @@ pub struct BenchRow {
     /// Bytes the shards' leaders sent to their peers per committed write, in the window
     /// (what learners fed from followers keep flat).
     pub leader_egress_bytes_per_write: f64,
+    /// Of which committed runs (`Chosen`: catch-up, and learners subscribed to a leader).
+    pub leader_chosen_bytes_per_write: f64,
     /// Peak resident memory of this process (embedded: the whole cluster and the client), MiB.
     pub peak_rss_mib: Option<f64>,
     /// Resident memory sampled each second of the whole run, MiB.
@@ -103,9 +105,10 @@ pub struct BenchRow {
 #[derive(Default, Clone, Copy)]
 struct ServerCounters {
     applied_on_leaders: u64,
-    slots_on_leaders: u64,
+    batches_on_leaders: u64,
     syncs: u64,
     egress_on_leaders: u64,
+    chosen_egress_on_leaders: u64,
 }
 
 fn server_counters(addresses: &[String], cluster_id: ClusterId) -> ServerCounters {
@@ -118,8 +121,9 @@ fn server_counters(addresses: &[String], cluster_id: ClusterId) -> ServerCounter
             counters.syncs += status.syncs;
             if status.role == RoleKind::Leader {
                 counters.applied_on_leaders += status.applied_commands;
-                counters.slots_on_leaders += status.commit_index.0;
+                counters.batches_on_leaders += status.batches;
                 counters.egress_on_leaders += status.egress_bytes;
+                counters.chosen_egress_on_leaders += status.chosen_bytes;
             }
         }
     }
@@ -219,9 +223,16 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     if let Some(cluster) = embedded {
         cluster.stop()?;
     }
-    let slots = after.slots_on_leaders.saturating_sub(before.slots_on_leaders);
+    let batches = after.batches_on_leaders.saturating_sub(before.batches_on_leaders);
     let applied = after.applied_on_leaders.saturating_sub(before.applied_on_leaders);
     let micros = |quantile: f64| result.latency.value_at_quantile(quantile) as f64 / 1000.0;
+    let per_write = |after: u64, before: u64| {
+        if result.writes == 0 {
+            0.0
+        } else {
+            after.saturating_sub(before) as f64 / result.writes as f64
+        }
+    };
     let seconds = result.seconds;
     Ok(BenchRow {
         cluster: spec.target.as_ref().map_or("embedded".to_string(), |t| t.join(",")),
@@ -248,14 +259,13 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         max_us: result.latency.max() as f64 / 1000.0,
         errors: result.errors,
         unsent: result.unsent,
-        commands_per_batch: if slots == 0 { 0.0 } else { applied as f64 / slots as f64 },
+        commands_per_batch: if batches == 0 { 0.0 } else { applied as f64 / batches as f64 },
         fsyncs_per_sec: after.syncs.saturating_sub(before.syncs) as f64 / seconds,
-        leader_egress_bytes_per_write: if result.writes == 0 {
-            0.0
-        } else {
-            after.egress_on_leaders.saturating_sub(before.egress_on_leaders) as f64
-                / result.writes as f64
-        },
+        leader_egress_bytes_per_write: per_write(after.egress_on_leaders, before.egress_on_leaders),
+        leader_chosen_bytes_per_write: per_write(
+            after.chosen_egress_on_leaders,
+            before.chosen_egress_on_leaders,
+        ),
         peak_rss_mib,
         rss_mib_by_second: rss,
         limits: None,

@@ -332,6 +332,7 @@ impl Host {
             voters: replica.config().voters.len() as u16,
             egress_bytes: self.egress.bytes,
             chosen_bytes: self.egress.chosen_bytes,
+            batches: self.shard.committed_batches(),
         }
     }
 

@@ -99,6 +99,8 @@ pub struct ShardStatus {
     pub egress_bytes: u64,
     /// Of which committed runs (`Chosen`: catch-up and learners' feeds).
     pub chosen_bytes: u64,
+    /// Batches committed here since the replica started (no-ops not counted).
+    pub batches: u64,
 }
 
 /// Who is dialling.
@@ -370,6 +372,7 @@ impl Encoder {
                     voters: status.voters,
                     egress_bytes: status.egress_bytes,
                     chosen_bytes: status.chosen_bytes,
+                    batches: status.batches,
                 };
                 (fb::Body::Status, fb::Status::create(builder, &args).as_union_value())
             }
@@ -726,6 +729,7 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
                 voters: m.voters(),
                 egress_bytes: m.egress_bytes(),
                 chosen_bytes: m.chosen_bytes(),
+                batches: m.batches(),
             };
             return finish(&frame, Body::Status(status));
         }

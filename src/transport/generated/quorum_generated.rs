@@ -3074,6 +3074,7 @@ impl<'a> Status<'a> {
   pub const VT_VOTERS: ::flatbuffers::VOffsetT = 20;
   pub const VT_EGRESS_BYTES: ::flatbuffers::VOffsetT = 22;
   pub const VT_CHOSEN_BYTES: ::flatbuffers::VOffsetT = 24;
+  pub const VT_BATCHES: ::flatbuffers::VOffsetT = 26;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3085,6 +3086,7 @@ impl<'a> Status<'a> {
     args: &'args StatusArgs
   ) -> ::flatbuffers::WIPOffset<Status<'bldr>> {
     let mut builder = StatusBuilder::new(_fbb);
+    builder.add_batches(args.batches);
     builder.add_chosen_bytes(args.chosen_bytes);
     builder.add_egress_bytes(args.egress_bytes);
     builder.add_syncs(args.syncs);
@@ -3177,6 +3179,13 @@ impl<'a> Status<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Status::VT_CHOSEN_BYTES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn batches(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_BATCHES, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Status<'_> {
@@ -3196,6 +3205,7 @@ impl ::flatbuffers::Verifiable for Status<'_> {
      .visit_field::<u16>("voters", Self::VT_VOTERS, false)?
      .visit_field::<u64>("egress_bytes", Self::VT_EGRESS_BYTES, false)?
      .visit_field::<u64>("chosen_bytes", Self::VT_CHOSEN_BYTES, false)?
+     .visit_field::<u64>("batches", Self::VT_BATCHES, false)?
      .finish();
     Ok(())
   }
@@ -3212,6 +3222,7 @@ pub struct StatusArgs {
     pub voters: u16,
     pub egress_bytes: u64,
     pub chosen_bytes: u64,
+    pub batches: u64,
 }
 impl<'a> Default for StatusArgs {
   #[inline]
@@ -3228,6 +3239,7 @@ impl<'a> Default for StatusArgs {
       voters: 0,
       egress_bytes: 0,
       chosen_bytes: 0,
+      batches: 0,
     }
   }
 }
@@ -3282,6 +3294,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Status::VT_CHOSEN_BYTES, chosen_bytes, 0);
   }
   #[inline]
+  pub fn add_batches(&mut self, batches: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_BATCHES, batches, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusBuilder {
@@ -3310,6 +3326,7 @@ impl ::core::fmt::Debug for Status<'_> {
       ds.field("voters", &self.voters());
       ds.field("egress_bytes", &self.egress_bytes());
       ds.field("chosen_bytes", &self.chosen_bytes());
+      ds.field("batches", &self.batches());
       ds.finish()
   }
 }
