@@ -29,8 +29,9 @@ fn node_refuses_bad_configuration_with_one_message() {
         "--data-dir",
         data,
     ];
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--id", "9"], "9"),
+        (&["--id", "1", "--upstream", "2"], "upstream 2: only a learner"),
         (&["--id", "1", "--election-timeout-ms", "10"], "election_timeout_ms"),
         (&["--id", "1", "--shards", "0"], "shards"),
         (&["--id", "1", "--wal-segment-mib", "0"], "wal_segment_mib"),
@@ -42,6 +43,25 @@ fn node_refuses_bad_configuration_with_one_message() {
         assert!(stderr.contains(mentions), "{extra:?} should mention {mentions}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
     }
+    let args: Vec<&str> =
+        base.iter().chain(&["--id", "1", "--apply", "sideways"]).copied().collect();
+    let (code, _, stderr) = quorum(&args);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("[possible values: shard, total]"), "{stderr}");
+}
+
+#[test]
+fn tail_says_what_is_wrong() {
+    // Nothing listens on port 1.
+    let (code, stdout, stderr) = quorum(&["tail", "--cluster", "127.0.0.1:1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.starts_with("quorum tail: ") && stderr.contains("127.0.0.1:1"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+    let (code, _, stderr) = quorum(&["tail", "--cluster", "127.0.0.1:1", "--hold-report"]);
+    assert_eq!(code, 2, "--hold-report needs --count: {stderr}");
+    let (code, _, stderr) = quorum(&["tail", "--cluster", "127.0.0.1:1", "--from", "-3"]);
+    assert_eq!(code, 2, "a negative position: {stderr}");
 }
 
 #[test]
