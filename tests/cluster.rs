@@ -217,6 +217,9 @@ impl TestCluster {
     }
 
     fn dump_logs(&self) {
+        if let Ok(output) = Command::new("ss").arg("-tanp").output() {
+            eprintln!("----- sockets -----\n{}", String::from_utf8_lossy(&output.stdout));
+        }
         for id in self.voters.keys().chain(self.learners.keys()) {
             eprintln!("----- node {id} -----\n{}", self.log(*id));
         }

@@ -2,6 +2,7 @@
 //! temporary data directory, real TCP between them and real WAL files. Shard `k` of every
 //! node runs on core `k` (DESIGN.md §5). The data is removed when the cluster is dropped.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::node_status;
@@ -32,18 +33,34 @@ pub struct EmbeddedCluster {
     dir: tempfile::TempDir,
 }
 
-/// A base port with `count` free ports above it on 127.0.0.1.
+/// A base port with `count` free ports above it on 127.0.0.1, below the kernel's range of
+/// ephemeral ports: a port from that range can be taken by any outgoing connection in the
+/// moment a node is down, and the node could not listen on it again.
 ///
 /// # Errors
 /// No such range found after many tries.
 pub fn free_port_range(count: u16) -> Result<u16, String> {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (floor, ceiling) = (10_000u16, ephemeral_low.saturating_sub(count));
+    if ceiling <= floor {
+        return Err(format!("no room for {count} ports below the ephemeral range"));
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    let mut seed = u64::from(nanos)
+        ^ (u64::from(std::process::id()) << 32)
+        ^ CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for _ in 0..1000 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        let base = probe.local_addr().map_err(|e| e.to_string())?.port();
-        drop(probe);
-        if base.checked_add(count).is_none() {
-            continue;
-        }
+        // xorshift: processes and threads probing at once start at different places.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let base = floor + (seed % u64::from(ceiling - floor)) as u16;
         if (0..count).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok()) {
             return Ok(base);
         }

@@ -41,6 +41,9 @@ pub struct ShardNet {
     pub host: HostRef,
 }
 
+/// How long a port in use is tried again before the node gives up on it.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
 /// Binds the shard's port (no `SO_REUSEPORT`: two nodes configured onto one port must fail,
 /// not share it).
 ///
@@ -48,7 +51,21 @@ pub struct ShardNet {
 /// The address does not resolve or cannot be bound.
 pub fn bind(base: &str, shard: u16) -> std::io::Result<TcpListener> {
     let address = shard_address(base, shard)?;
-    let listener = std::net::TcpListener::bind(address)?;
+    // A node killed a moment ago can hold its ports a little longer than its life: glommio's
+    // io_uring keeps the listening socket until the kernel tears the ring down. A supervisor
+    // restarting it at once must not fail for that, so a busy port is tried again for a while.
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    let listener = loop {
+        match std::net::TcpListener::bind(address) {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => break result?,
+        }
+    };
     listener.set_nonblocking(true)?;
     // SAFETY: the descriptor is a bound, listening TCP socket we own and hand over whole.
     Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
