@@ -4,14 +4,7 @@
 # node 4), and the shards' leaders' egress bytes per committed write in each run (from the
 # nodes' own counters, `quorum status`), with their ratio.
 #   scripts/learner-egress.sh [RATE] [SECONDS]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-rate=${1:-20000}
-seconds=${2:-10}
-cargo build --release --quiet
-quorum=target/release/quorum
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+source "$(dirname "$0")/measure-common.sh"
 peers="1=127.0.0.1:7300,2=127.0.0.1:7310,3=127.0.0.1:7320"
 learners="4=127.0.0.1:7330,5=127.0.0.1:7340"
 

@@ -4,14 +4,7 @@
 # merged log reports how long each batch waited between arriving from its shard and its turn
 # in the global order (p50, p99, max). Default timing: heartbeat 20 ms, tick 5 ms.
 #   scripts/merge-hold.sh [RATE] [SECONDS]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-rate=${1:-20000}
-seconds=${2:-10}
-cargo build --release --quiet
-quorum=target/release/quorum
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+source "$(dirname "$0")/measure-common.sh"
 peers="1=127.0.0.1:7400,2=127.0.0.1:7410,3=127.0.0.1:7420"
 for id in 1 2 3; do
   $quorum node --id $id --cluster-id 11 --listen 127.0.0.1:$((7390 + 10 * id)) --peers "$peers" \
