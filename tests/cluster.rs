@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quorum::bench::embedded::free_port_range;
-use quorum::client::{Client, ClientOptions, node_status};
+use quorum::client::{Client, ClientOptions, Tail, node_status};
 use quorum::core::{ClusterId, NodeId, RoleKind};
 use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, Role, ShardStatus};
 
@@ -462,8 +462,21 @@ fn killing_a_leader_elects_another_and_loses_no_acknowledged_write() {
     // The victim leads the counter's shard, so its increments live through the failover.
     let shard = quorum::state_machine::shard_for_key(b"counter", 2) as u16;
     let victim = cluster.leader(shard, None).expect("the shard has a leader");
+    // A tail of the victim's merged log: it must take up again where it stopped.
+    let tailed = Arc::new(Mutex::new(Vec::new()));
+    {
+        let options = ClientOptions { cluster_id: ClusterId(CLUSTER), ..Default::default() };
+        let mut tail = Tail::subscribe(cluster.address(victim), &options, 0, None).unwrap();
+        let tailed = tailed.clone();
+        std::thread::spawn(move || {
+            while let Ok(batch) = tail.next_batch() {
+                tailed.lock().unwrap().push((batch.position, batch.batch));
+            }
+        });
+    }
     let before = acknowledged.lock().unwrap().len();
     cluster.kill9(victim);
+    let tailed_at_kill = tailed.lock().unwrap().len();
     let killed_at = Instant::now();
     let new_leader = loop {
         if let Some(leader) = cluster.leader(shard, Some(victim)) {
@@ -502,6 +515,22 @@ fn killing_a_leader_elects_another_and_loses_no_acknowledged_write() {
         assert_eq!(read.as_deref(), Some(value.as_bytes()), "acknowledged write {key} lost");
     }
     assert!(cluster.log(victim).contains("shard running"), "the killed node restarted");
+
+    // The victim's tail went on after the restart: its batches are the merged log, without a
+    // gap or a repeat, as a fresh tail of the new leader reads it.
+    std::thread::sleep(Duration::from_millis(500));
+    let tailed = tailed.lock().unwrap().clone();
+    assert!(
+        tailed.len() > tailed_at_kill + 10,
+        "the tail saw {} batches, {tailed_at_kill} before the kill",
+        tailed.len()
+    );
+    let options = ClientOptions { cluster_id: ClusterId(CLUSTER), ..Default::default() };
+    let mut fresh = Tail::subscribe(cluster.address(new_leader), &options, 0, None).unwrap();
+    for (index, (position, batch)) in tailed.iter().enumerate() {
+        let other = fresh.next_batch().unwrap();
+        assert_eq!((other.position, &other.batch), (*position, batch), "batch {index}");
+    }
 }
 
 /// Sends `bytes` on a fresh connection to shard 0 of `address` and returns whether the node

@@ -2,7 +2,8 @@
 //! port, a `Subscribe` from the slot that holds or follows the start position), merged into
 //! global position order by [`Merge`], or one shard alone. The node serves what it has
 //! committed from its log, then what commits as it commits, without a gap or a repeat; it
-//! sends only as fast as this side reads.
+//! sends only as fast as this side reads. A broken connection is taken up again from the
+//! first slot not received (the node restarted, say), for as long as the request timeout.
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -32,17 +33,17 @@ pub struct TailBatch {
     pub held: Duration,
 }
 
-/// What one shard's subscription delivered.
+/// What one shard's subscription delivered, or why it ended.
 struct Arrival {
     shard: u16,
-    runs: Vec<SlotRun>,
+    runs: Result<Vec<SlotRun>, ClientError>,
     at: Instant,
 }
 
 /// A subscription to a node's committed log.
 pub struct Tail {
     shards: u16,
-    arrivals: mpsc::Receiver<Result<Arrival, ClientError>>,
+    arrivals: mpsc::Receiver<Arrival>,
     /// `None` when tailing one shard.
     merge: Option<Merge>,
     /// Per shard, the arrival time of each batch slot not yet handed out.
@@ -79,27 +80,25 @@ impl Tail {
         let (sender, arrivals) = mpsc::channel();
         let mut first = Some(first.stream);
         for shard in wanted {
-            let mut stream = match (shard, first.take()) {
+            let stream = match (shard, first.take()) {
                 (0, Some(stream)) => stream,
                 (_, unused) => {
                     first = unused;
                     handshake(options, client_id, address, shard)?.stream
                 }
             };
-            let from_slot = start.expected_slot(shard).expect("a shard of the node");
-            let subscribe = Frame {
-                cluster_id: options.cluster_id,
-                from: NodeId(0),
+            let subscription = Subscription {
+                address: address.to_string(),
+                options: options.clone(),
+                client_id,
                 shard,
-                body: Body::Peer(Message::Subscribe { from_slot }),
+                next_slot: start.expected_slot(shard).expect("a shard of the node"),
             };
-            let io = |error: &dyn std::fmt::Display| ClientError::Disconnected(error.to_string());
-            write_frame(&mut stream, &mut Encoder::default(), &subscribe)
-                .map_err(|error| io(&error))?;
+            subscription.subscribe(stream.try_clone().map_err(|e| io(&e))?)?;
             let sender = sender.clone();
             std::thread::Builder::new()
                 .name(format!("tail-{shard}"))
-                .spawn(move || read_shard(stream, shard, &sender))
+                .spawn(move || subscription.read(stream, &sender))
                 .map_err(|error| io(&error))?;
         }
         Ok(Tail {
@@ -129,15 +128,16 @@ impl Tail {
             let arrival = self
                 .arrivals
                 .recv()
-                .map_err(|_| ClientError::Disconnected("every subscription ended".into()))??;
+                .map_err(|_| ClientError::Disconnected("every subscription ended".into()))?;
             self.take(arrival)?;
         }
     }
 
     fn take(&mut self, arrival: Arrival) -> Result<(), ClientError> {
         let shards = u64::from(self.shards);
+        let runs = arrival.runs?;
         let Some(merge) = &mut self.merge else {
-            for run in arrival.runs {
+            for run in runs {
                 if let Value::Batch(batch) = run.value {
                     self.ready.push_back(TailBatch {
                         position: run.first_slot.0 * shards + u64::from(arrival.shard),
@@ -150,7 +150,7 @@ impl Tail {
             }
             return Ok(());
         };
-        for run in arrival.runs {
+        for run in runs {
             merge
                 .push(arrival.shard, run.first_slot, run.count, &run.value)
                 .map_err(|error| ClientError::BadReply(error.to_string()))?;
@@ -177,26 +177,82 @@ impl Tail {
     }
 }
 
-/// Reads one shard's committed runs until the connection ends.
-fn read_shard(
-    mut stream: std::net::TcpStream,
+fn io(error: &dyn std::fmt::Display) -> ClientError {
+    ClientError::Disconnected(error.to_string())
+}
+
+/// One shard's subscription: where it stands, and how to take it up again.
+struct Subscription {
+    address: String,
+    options: ClientOptions,
+    client_id: u64,
     shard: u16,
-    sender: &mpsc::Sender<Result<Arrival, ClientError>>,
-) {
-    loop {
-        let result = match read_frame(&mut stream, FRAME_BYTES_MAX) {
-            Ok(Frame { body: Body::Peer(Message::Chosen { runs, .. }), .. }) => {
-                Ok(Arrival { shard, runs, at: Instant::now() })
-            }
-            Ok(frame) => Err(ClientError::BadReply(format!(
-                "shard {shard} sent a {} frame to a subscription",
-                frame.body.kind()
-            ))),
-            Err(error) => Err(ClientError::Disconnected(format!("shard {shard}: {error}"))),
+    /// The first slot not yet received.
+    next_slot: Slot,
+}
+
+impl Subscription {
+    fn subscribe(&self, mut stream: std::net::TcpStream) -> Result<(), ClientError> {
+        let subscribe = Frame {
+            cluster_id: self.options.cluster_id,
+            from: NodeId(0),
+            shard: self.shard,
+            body: Body::Peer(Message::Subscribe { from_slot: self.next_slot }),
         };
-        let failed = result.is_err();
-        if sender.send(result).is_err() || failed {
+        write_frame(&mut stream, &mut Encoder::default(), &subscribe).map_err(|e| io(&e))
+    }
+
+    /// Reads committed runs until the tail is dropped. A broken connection (the node
+    /// restarting, say) is taken up again from the first slot not received, for as long as
+    /// the options' request timeout; then the error is handed on.
+    fn read(mut self, mut stream: std::net::TcpStream, sender: &mpsc::Sender<Arrival>) {
+        loop {
+            let error = match read_frame(&mut stream, FRAME_BYTES_MAX) {
+                Ok(Frame { body: Body::Peer(Message::Chosen { runs, .. }), .. }) => {
+                    if let Some(last) = runs.last() {
+                        self.next_slot = self.next_slot.max(last.end_slot());
+                    }
+                    let arrival = Arrival { shard: self.shard, runs: Ok(runs), at: Instant::now() };
+                    if sender.send(arrival).is_err() {
+                        return; // The tail was dropped.
+                    }
+                    continue;
+                }
+                Ok(frame) => ClientError::BadReply(format!(
+                    "shard {} sent a {} frame to a subscription",
+                    self.shard,
+                    frame.body.kind()
+                )),
+                Err(error) => match self.reconnect() {
+                    Some(fresh) => {
+                        stream = fresh;
+                        continue;
+                    }
+                    None => ClientError::Disconnected(format!("shard {}: {error}", self.shard)),
+                },
+            };
+            let _ =
+                sender.send(Arrival { shard: self.shard, runs: Err(error), at: Instant::now() });
             return;
         }
+    }
+
+    /// Connects and subscribes again, backing off, until the request timeout runs out.
+    fn reconnect(&self) -> Option<std::net::TcpStream> {
+        let deadline = Instant::now() + self.options.request_timeout;
+        let mut pause = Duration::from_millis(20);
+        while Instant::now() < deadline {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+            let Ok(handshake) = handshake(&self.options, self.client_id, &self.address, self.shard)
+            else {
+                continue;
+            };
+            let Ok(writer) = handshake.stream.try_clone() else { continue };
+            if self.subscribe(writer).is_ok() {
+                return Some(handshake.stream);
+            }
+        }
+        None
     }
 }
