@@ -27,6 +27,8 @@ pub struct Committed {
 pub struct TotalApplier<S: StateMachine> {
     merge: Merge,
     applier: Applier<S>,
+    /// Per shard, the commands it carried that were applied (not as duplicates).
+    applied_by_shard: Vec<u64>,
 }
 
 impl<S: StateMachine> TotalApplier<S> {
@@ -36,6 +38,7 @@ impl<S: StateMachine> TotalApplier<S> {
         TotalApplier {
             merge: Merge::new(shards, 0),
             applier: Applier::new(machine, session_window),
+            applied_by_shard: vec![0; usize::from(shards)],
         }
     }
 
@@ -49,6 +52,12 @@ impl<S: StateMachine> TotalApplier<S> {
     #[must_use]
     pub fn applied_commands(&self) -> u64 {
         self.applier.applied_commands()
+    }
+
+    /// Commands carried by `shard` that were applied so far.
+    #[must_use]
+    pub fn applied_by_shard(&self, shard: u16) -> u64 {
+        self.applied_by_shard.get(usize::from(shard)).copied().unwrap_or(0)
     }
 
     /// The next global position the merge will apply.
@@ -72,11 +81,15 @@ impl<S: StateMachine> TotalApplier<S> {
         self.merge.push(shard, committed.first_slot, committed.count, &committed.value)?;
         while let Some(merged) = self.merge.pop() {
             let mut index = 0;
-            self.applier.apply_batch(&merged.batch, |id, outcome| {
+            let before = self.applier.applied_commands();
+            let result = self.applier.apply_batch(&merged.batch, |id, outcome| {
                 let applied = AppliedCommand { id, slot: merged.slot, index, outcome };
                 on_applied(merged.shard, applied);
                 index += 1;
-            })?;
+            });
+            self.applied_by_shard[usize::from(merged.shard)] +=
+                self.applier.applied_commands() - before;
+            result?;
         }
         Ok(())
     }

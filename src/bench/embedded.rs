@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::node_status;
 use crate::core::{ClusterId, NodeId, RoleKind};
-use crate::node_config::{Durability, NodeConfig, NodeSettings};
+use crate::node_config::{ApplyMode, Durability, NodeConfig, NodeSettings};
 use crate::runtime::Node;
 
 /// The cluster id every embedded cluster uses.
@@ -24,6 +24,8 @@ pub struct EmbeddedSpec {
     pub durability: Durability,
     /// WAL segment size in MiB.
     pub wal_segment_mib: u32,
+    /// Where committed commands are applied.
+    pub apply: ApplyMode,
 }
 
 /// A running in-process cluster.
@@ -98,6 +100,7 @@ impl EmbeddedCluster {
                 data_dir: Some(dir.path().join(format!("node-{}", index + 1))),
                 shards: Some(spec.shards),
                 wal_segment_mib: Some(spec.wal_segment_mib),
+                apply: Some(spec.apply),
                 durability: Some(spec.durability),
                 ..NodeSettings::default()
             };

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::client::{Client, ClientOptions, node_status};
 use crate::core::{ClusterId, RoleKind};
-use crate::node_config::Durability;
+use crate::node_config::{ApplyMode, Durability};
 use embedded::{EmbeddedCluster, EmbeddedSpec};
 use load::{LoadSpec, Progress};
 
@@ -31,6 +31,8 @@ pub struct BenchSpec {
     pub voters: u16,
     /// Durability (embedded cluster only; a target runs as configured).
     pub durability: Durability,
+    /// Apply mode (embedded cluster only).
+    pub apply: ApplyMode,
     /// A running cluster to drive instead of an embedded one.
     pub target: Option<Vec<String>>,
     /// The target's cluster id (0: any).
@@ -50,6 +52,8 @@ pub struct BenchRow {
     pub shards: u16,
     /// "fsync" or "none".
     pub durability: String,
+    /// "shard" or "total" (embedded cluster; "as configured" for a target).
+    pub apply: String,
     /// Concurrent requests (closed loop).
     pub clients: usize,
     /// Open-loop rate, if any.
@@ -151,6 +155,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
             shards: spec.shards,
             durability: spec.durability,
             wal_segment_mib: 64,
+            apply: spec.apply,
         })?),
     };
     let (addresses, cluster_id) = match (&embedded, &spec.target) {
@@ -242,6 +247,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
             false => "fsync".into(),
             true => "none".into(),
         },
+        apply: if spec.target.is_some() { "as configured".into() } else { spec.apply.to_string() },
         clients: spec.load.clients,
         rate: spec.load.rate,
         payload_bytes: spec.load.payload_bytes,

@@ -20,10 +20,11 @@ pub fn conditions(row: &BenchRow) -> String {
         None => format!("closed loop, {} concurrent requests", row.clients),
     };
     format!(
-        "cluster {} ({} voters), {durability}, {load}, {}-byte values, read ratio {}, {} keys, \
-         {:.0}s measured after {:.0}s warm-up",
+        "cluster {} ({} voters, apply {}), {durability}, {load}, {}-byte values, read ratio {}, \
+         {} keys, {:.0}s measured after {:.0}s warm-up",
         row.cluster,
         row.voters,
+        row.apply,
         row.payload_bytes,
         row.read_ratio,
         row.keys,

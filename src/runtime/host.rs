@@ -309,11 +309,12 @@ impl Host {
             _ => replica.leader_hint(),
         };
         let (applied_commands, summary) = match &self.forward {
-            // Total-order apply: every shard reports the node's one state machine.
+            // Total-order apply: every shard reports the node's one state machine, and the
+            // commands it carried itself.
             Some((_, total)) => {
                 let total = total.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let summary = if digest { total.machine().summary() } else { Default::default() };
-                (total.applied_commands(), summary)
+                (total.applied_by_shard(self.index), summary)
             }
             None => {
                 let machine = self.shard.machine();

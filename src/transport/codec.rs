@@ -85,7 +85,8 @@ pub struct ShardStatus {
     pub leader: Option<NodeId>,
     /// Slots below this are committed here.
     pub commit_index: Slot,
-    /// Client commands applied here.
+    /// Client commands applied here that this shard carried (with `--apply total`, applied by
+    /// the node's one state machine).
     pub applied_commands: u64,
     /// The state machine's summary (zero unless asked for).
     pub summary: StateSummary,

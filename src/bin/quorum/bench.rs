@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quorum::bench::{self, BenchRow, BenchSpec, load::LoadSpec, report};
-use quorum::node_config::Durability;
+use quorum::node_config::{ApplyMode, Durability};
 
 /// With no options: a 3-voter cluster on loopback in this process (temporary data, fsync on),
 /// 10 s of 16-byte writes from 256 concurrent requests after 2 s of warm-up, then a table.
@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// fsync: acknowledge only what is on disk. none: never sync (labelled in every output).
     #[arg(long, value_enum, default_value_t = Durability::Fsync)]
     durability: Durability,
+    /// The embedded cluster's apply mode: shard (each shard its own state machine) or total
+    /// (one state machine over the merged order of all shards).
+    #[arg(long, value_enum, default_value_t = ApplyMode::Shard)]
+    apply: ApplyMode,
     /// Drive a running cluster (any members' HOST:PORT) instead of the embedded one.
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,…")]
     target: Option<Vec<String>>,
@@ -148,6 +152,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             shards: *shards,
             voters: args.voters,
             durability: args.durability,
+            apply: args.apply,
             target: args.target.clone(),
             cluster_id: args.cluster_id,
             progress: !args.json,
