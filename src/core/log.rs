@@ -24,24 +24,59 @@ pub struct SlotEntry {
 
 const EMPTY: SlotEntry = SlotEntry { ballot: Ballot::ZERO, value: None, chosen: false };
 
-/// The slots of one replica, from slot 0 up to the highest slot it has heard of.
+/// The slots of one replica, from its base (slot 0 until it is compacted) up to the highest
+/// slot it has heard of. Slots below the base were chosen and committed here and are
+/// forgotten: what is said of them changes nothing (the WAL still has them).
 #[derive(Clone, Debug, Default)]
 pub struct Log {
     entries: VecDeque<SlotEntry>,
+    /// The first slot held.
+    base: u64,
 }
 
 impl Log {
     /// The slot after the highest one stored.
     #[must_use]
     pub fn end_slot(&self) -> Slot {
-        Slot(self.entries.len() as u64)
+        Slot(self.base + self.entries.len() as u64)
+    }
+
+    /// The first slot held: everything below it was committed and compacted away.
+    #[must_use]
+    pub fn base(&self) -> Slot {
+        Slot(self.base)
+    }
+
+    /// Forgets the slots below `slot` (at most up to the end of the log). They must all be
+    /// known chosen: only the committed prefix can be compacted.
+    ///
+    /// # Panics
+    /// A slot below `slot` is not known chosen.
+    pub fn compact_below(&mut self, slot: Slot) {
+        let drop = slot.0.saturating_sub(self.base).min(self.entries.len() as u64) as usize;
+        assert!(
+            self.entries.iter().take(drop).all(|entry| entry.chosen),
+            "compacting below {} would forget a slot not known chosen",
+            slot.0
+        );
+        self.entries.drain(..drop);
+        self.base += drop as u64;
+        // Give memory back once most of the buffer is empty.
+        if self.entries.capacity() > 4 * self.entries.len().max(1024) {
+            self.entries.shrink_to(2 * self.entries.len());
+        }
+    }
+
+    /// Where `slot` is in `entries`, if at or above the base.
+    fn index(&self, slot: Slot) -> Option<usize> {
+        slot.0.checked_sub(self.base).and_then(|offset| usize::try_from(offset).ok())
     }
 
     /// Offers `bytes`, a copy of a slot's batch held elsewhere (the WAL's mapping): if the
     /// slot holds a batch with exactly these bytes, it keeps `bytes` instead and its own copy
     /// is freed. Nothing observable changes. Returns whether it swapped.
     pub fn share_batch(&mut self, slot: Slot, bytes: bytes::Bytes) -> bool {
-        let Some(entry) = usize::try_from(slot.0).ok().and_then(|i| self.entries.get_mut(i)) else {
+        let Some(entry) = self.index(slot).and_then(|i| self.entries.get_mut(i)) else {
             return false;
         };
         match &mut entry.value {
@@ -56,15 +91,16 @@ impl Log {
     /// The entry of `slot`, if the log reaches it.
     #[must_use]
     pub fn get(&self, slot: Slot) -> Option<&SlotEntry> {
-        usize::try_from(slot.0).ok().and_then(|index| self.entries.get(index))
+        self.index(slot).and_then(|index| self.entries.get(index))
     }
 
-    fn entry_mut(&mut self, slot: Slot) -> &mut SlotEntry {
-        let index = usize::try_from(slot.0).expect("slot fits usize");
+    /// The entry of `slot`, grown to; `None` below the base.
+    fn entry_mut(&mut self, slot: Slot) -> Option<&mut SlotEntry> {
+        let index = self.index(slot)?;
         if index >= self.entries.len() {
             self.entries.resize(index + 1, EMPTY);
         }
-        &mut self.entries[index]
+        Some(&mut self.entries[index])
     }
 
     /// Records the acceptance of `value` in `count` slots from `first_slot` under `ballot`.
@@ -73,7 +109,7 @@ impl Log {
     /// change what was chosen.
     pub fn accept(&mut self, first_slot: Slot, count: u64, ballot: Ballot, value: &Value) {
         for offset in 0..count {
-            let entry = self.entry_mut(first_slot.plus(offset));
+            let Some(entry) = self.entry_mut(first_slot.plus(offset)) else { continue };
             assert!(
                 entry.ballot <= ballot || entry.chosen,
                 "accept under {ballot} after {}",
@@ -93,7 +129,7 @@ impl Log {
     /// Marks `count` slots from `first_slot` chosen with `value`.
     pub fn choose(&mut self, first_slot: Slot, count: u64, ballot: Ballot, value: &Value) {
         for offset in 0..count {
-            let entry = self.entry_mut(first_slot.plus(offset));
+            let Some(entry) = self.entry_mut(first_slot.plus(offset)) else { continue };
             if entry.chosen {
                 continue;
             }
@@ -111,7 +147,7 @@ impl Log {
     /// `Record::Committed` says. Stops at the first slot without a value: that cannot follow from
     /// records written in order, so it is left for catch-up rather than trusted.
     pub fn choose_prefix(&mut self, end_slot: Slot) {
-        let end = usize::try_from(end_slot.0).unwrap_or(usize::MAX).min(self.entries.len());
+        let end = self.index(end_slot).unwrap_or(0).min(self.entries.len());
         for entry in self.entries.iter_mut().take(end) {
             if entry.value.is_none() {
                 return;
@@ -120,9 +156,9 @@ impl Log {
         }
     }
 
-    /// The runs of slots from `from_slot` on that hold a value, no-op neighbours under one ballot
-    /// merged, at most `runs_max` of them. Returns the runs and the slot to continue from, if
-    /// the limit cut the report short.
+    /// The runs of slots from `from_slot` (or the base, if above it) on that hold a value,
+    /// no-op neighbours under one ballot merged, at most `runs_max` of them. Returns the runs
+    /// and the slot to continue from, if the limit cut the report short.
     #[must_use]
     pub fn runs_from(
         &self,
@@ -132,7 +168,7 @@ impl Log {
     ) -> (Vec<SlotRun>, Option<Slot>) {
         let mut runs: Vec<SlotRun> = Vec::new();
         let end_slot = end_slot.min(self.end_slot());
-        let mut slot = from_slot;
+        let mut slot = from_slot.max(self.base());
         while slot < end_slot {
             let entry = self.get(slot).expect("slot below end_slot");
             if let Some(value) = &entry.value {
@@ -168,8 +204,9 @@ impl Log {
     /// Checks the log's invariants over slots from `from_slot` on (the simulator checks the
     /// uncommitted tail after every step and the whole log at the end of a run).
     pub fn check_invariants(&self, from_slot: Slot, commit_index: Slot, promised: Ballot) {
-        let from = usize::try_from(from_slot.0).unwrap_or(usize::MAX).min(self.entries.len());
-        for (index, entry) in self.entries.iter().enumerate().skip(from) {
+        let from = self.index(from_slot).unwrap_or(0).min(self.entries.len());
+        for (offset, entry) in self.entries.iter().enumerate().skip(from) {
+            let index = self.base + offset as u64;
             if !entry.chosen {
                 assert!(
                     entry.ballot <= promised,
@@ -177,7 +214,7 @@ impl Log {
                     entry.ballot
                 );
             }
-            if (index as u64) < commit_index.0 {
+            if index < commit_index.0 {
                 assert!(
                     entry.chosen,
                     "slot {index} below commit index {} not chosen",
@@ -186,5 +223,103 @@ impl Log {
                 assert!(entry.value.is_some(), "slot {index} chosen without a value");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::core::NodeId;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Accept { slot: u64, count: u64, round: u64, noop: bool },
+        Choose { slot: u64, count: u64, noop: bool },
+        Compact,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..40u64, 1..4u64, 1..5u64, any::<bool>())
+                .prop_map(|(slot, count, round, noop)| Op::Accept { slot, count, round, noop }),
+            (0..40u64, 1..4u64, any::<bool>()).prop_map(|(slot, count, noop)| Op::Choose {
+                slot,
+                count,
+                noop
+            }),
+            Just(Op::Compact),
+        ]
+    }
+
+    fn value(slot: u64, noop: bool) -> Value {
+        if noop {
+            Value::Noop
+        } else {
+            Value::Batch(bytes::Bytes::from(slot.to_le_bytes().to_vec()))
+        }
+    }
+
+    /// The end of the prefix of chosen slots.
+    fn chosen_prefix(log: &Log) -> Slot {
+        let mut slot = log.base();
+        while log.get(slot).is_some_and(|entry| entry.chosen) {
+            slot = slot.plus(1);
+        }
+        slot
+    }
+
+    proptest! {
+        /// A compacted log answers exactly as the whole log does at and above its base, and
+        /// whatever is said of slots below the base changes nothing.
+        #[test]
+        fn a_compacted_log_answers_like_the_whole_log_above_its_base(
+            ops in prop::collection::vec(op(), 0..80),
+        ) {
+            let mut whole = Log::default();
+            let mut compacted = Log::default();
+            let mut round_max = 0;
+            for op in ops {
+                match op {
+                    Op::Accept { slot, count, round, noop } => {
+                        // Ballots only rise, as a replica's promise does.
+                        round_max = round_max.max(round);
+                        let count = if noop { count } else { 1 };
+                        let ballot = Ballot::new(round_max, NodeId(1));
+                        let value = value(slot, noop);
+                        whole.accept(Slot(slot), count, ballot, &value);
+                        compacted.accept(Slot(slot), count, ballot, &value);
+                    }
+                    Op::Choose { slot, count, noop } => {
+                        let count = if noop { count } else { 1 };
+                        let ballot = Ballot::new(round_max, NodeId(1));
+                        whole.choose(Slot(slot), count, ballot, &value(slot, noop));
+                        compacted.choose(Slot(slot), count, ballot, &value(slot, noop));
+                    }
+                    Op::Compact => compacted.compact_below(chosen_prefix(&compacted)),
+                }
+            }
+            prop_assert_eq!(compacted.end_slot(), whole.end_slot().max(compacted.base()));
+            let base = compacted.base();
+            for slot in base.0..whole.end_slot().0 + 2 {
+                prop_assert_eq!(compacted.get(Slot(slot)), whole.get(Slot(slot)));
+            }
+            for slot in 0..base.0 {
+                prop_assert!(compacted.get(Slot(slot)).is_none());
+                prop_assert!(whole.get(Slot(slot)).is_some_and(|entry| entry.chosen));
+            }
+            let end = whole.end_slot().plus(1);
+            prop_assert_eq!(compacted.runs_from(base, end, 3), whole.runs_from(base, end, 3));
+            prop_assert_eq!(compacted.runs_from(Slot(0), end, 64).0, whole.runs_from(base, end, 64).0);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not known chosen")]
+    fn compacting_an_unchosen_slot_is_refused() {
+        let mut log = Log::default();
+        log.accept(Slot(0), 1, Ballot::new(1, NodeId(1)), &Value::Noop);
+        log.compact_below(Slot(1));
     }
 }
