@@ -11,15 +11,15 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quorum::core::{ClusterId, Config, Envelope, Message, NodeId, RequestId, RoleKind};
-use quorum::shard::Shard;
+use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
+use quorum::shard::{Shard, settle_wired};
 use quorum::state_machine::{KvCommand, KvStore};
 use quorum_wal::{MmapBackend, Options};
 
 const CLUSTER: ClusterId = ClusterId(5);
 
 struct Trio {
-    shards: Vec<Shard<MmapBackend, KvStore>>,
+    shards: Vec<Option<Shard<MmapBackend, KvStore>>>,
     _dir: tempfile::TempDir,
     sequence: u64,
 }
@@ -34,55 +34,33 @@ impl Trio {
                     Config::new(CLUSTER, NodeId(node), vec![NodeId(1), NodeId(2), NodeId(3)]);
                 config.batch_commands_max = batch;
                 let backend = MmapBackend::new(dir.path().join(node.to_string())).unwrap();
-                Shard::open(config, backend, options.clone(), KvStore::default(), 64).unwrap()
+                Some(Shard::open(config, backend, options.clone(), KvStore::default(), 64).unwrap())
             })
             .collect();
         let mut trio = Trio { shards, _dir: dir, sequence: 0 };
-        while trio.shards[0].replica().role() != RoleKind::Leader {
-            trio.shards[0].on_tick().unwrap();
+        while trio.first().replica().role() != RoleKind::Leader {
+            trio.first().on_tick().unwrap();
             trio.settle();
         }
         trio
     }
 
     fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            let mut mail: Vec<(usize, NodeId, Message)> = Vec::new();
-            for index in 0..3 {
-                let shard = &mut self.shards[index];
-                if let Some(pending) = shard.start_sync().unwrap() {
-                    shard.finish_sync(pending.run()).unwrap();
-                    moved = true;
-                }
-                let mut out = Vec::new();
-                shard.take_outbox(&mut out);
-                let mut replies = Vec::new();
-                shard.take_replies(&mut replies);
-                for (to, message) in out {
-                    mail.push((to.0 as usize - 1, NodeId(index as u16 + 1), message));
-                }
-            }
-            for (to, from, message) in mail {
-                moved = true;
-                self.shards[to]
-                    .on_message(Envelope { cluster_id: CLUSTER, from, message })
-                    .unwrap()
-                    .unwrap();
-            }
-            if !moved {
-                return;
-            }
-        }
+        settle_wired(&mut self.shards, |_, _| {}).unwrap();
+    }
+
+    /// Replica 1, which the bench makes the leader.
+    fn first(&mut self) -> &mut Shard<MmapBackend, KvStore> {
+        self.shards[0].as_mut().expect("every replica is up")
     }
 
     fn round(&mut self, commands: &[Vec<u8>]) {
         for command in commands {
             self.sequence += 1;
             let id = RequestId { client: 1, sequence: self.sequence };
-            self.shards[0].propose(id, command).unwrap().unwrap();
+            self.first().propose(id, command).unwrap().unwrap();
         }
-        self.shards[0].flush().unwrap();
+        self.first().flush().unwrap();
         self.settle();
     }
 }

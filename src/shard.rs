@@ -456,3 +456,51 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         Ok(())
     }
 }
+
+/// Wires replicas of one shard together in one thread, for tests and benches: runs every sync
+/// and delivers every message until nothing moves. Replica `i` is node `i + 1`; `None` is a
+/// replica that is down (messages to it are lost). `on_replies` gets each replica's outcomes
+/// of applied commands, with the replica.
+///
+/// # Errors
+/// A shard failed.
+///
+/// # Panics
+/// A replica refused a message from another (they must share a cluster).
+pub fn settle_wired<B: Backend, S: StateMachine>(
+    shards: &mut [Option<Shard<B, S>>],
+    mut on_replies: impl FnMut(&Shard<B, S>, Vec<AppliedCommand<S::Reply>>),
+) -> Result<(), ShardError> {
+    loop {
+        let mut moved = false;
+        let mut mail: Vec<(usize, NodeId, Message)> = Vec::new();
+        for (index, shard) in shards.iter_mut().enumerate() {
+            let Some(shard) = shard.as_mut() else { continue };
+            if let Some(pending) = shard.start_sync()? {
+                shard.finish_sync(pending.run())?;
+                moved = true;
+            }
+            let mut out = Vec::new();
+            shard.take_outbox(&mut out);
+            let mut replies = Vec::new();
+            shard.take_replies(&mut replies);
+            on_replies(shard, replies);
+            let from = NodeId(index as u16 + 1);
+            mail.extend(
+                out.into_iter().map(|(to, message)| (usize::from(to.0) - 1, from, message)),
+            );
+        }
+        for (to, from, message) in mail {
+            moved = true;
+            if let Some(shard) = shards.get_mut(to).and_then(Option::as_mut) {
+                let cluster_id = shard.replica().config().cluster_id;
+                shard
+                    .on_message(Envelope { cluster_id, from, message })?
+                    .expect("replicas of one shard accept each other's messages");
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
+}

@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use quorum::core::{ClusterId, Config, Envelope, Message, NodeId, RequestId, RoleKind};
-use quorum::shard::Shard;
+use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
+use quorum::shard::{Shard, settle_wired};
 use quorum::state_machine::{KvCommand, KvReply, KvStore, Outcome};
 use quorum_wal::{Options, SimBackend};
 
@@ -49,44 +49,17 @@ impl Cluster {
 
     /// Delivers messages and completes syncs until nothing moves.
     fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            let mut mail: Vec<(usize, NodeId, Message)> = Vec::new();
-            for index in 0..3 {
-                let Some(shard) = self.shards[index].as_mut() else { continue };
-                if let Some(pending) = shard.start_sync().unwrap() {
-                    shard.finish_sync(pending.run()).unwrap();
-                    moved = true;
-                }
-                let mut out = Vec::new();
-                shard.take_outbox(&mut out);
-                let mut replies = Vec::new();
-                shard.take_replies(&mut replies);
-                if shard.replica().role() == RoleKind::Leader {
-                    for applied in replies {
-                        if let Outcome::Applied(reply) | Outcome::Duplicate(reply) = applied.outcome
-                        {
-                            self.replies.insert(applied.id, reply);
-                        }
+        let replies = &mut self.replies;
+        settle_wired(&mut self.shards, |shard, applied| {
+            if shard.replica().role() == RoleKind::Leader {
+                for applied in applied {
+                    if let Outcome::Applied(reply) | Outcome::Duplicate(reply) = applied.outcome {
+                        replies.insert(applied.id, reply);
                     }
                 }
-                for (to, message) in out {
-                    mail.push((to.0 as usize - 1, NodeId(index as u16 + 1), message));
-                }
             }
-            for (to, from, message) in mail {
-                moved = true;
-                if let Some(shard) = self.shards[to].as_mut() {
-                    shard
-                        .on_message(Envelope { cluster_id: CLUSTER, from, message })
-                        .unwrap()
-                        .unwrap();
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
+        })
+        .unwrap();
     }
 
     fn tick(&mut self) {
