@@ -43,11 +43,32 @@ pub enum ShardError {
 #[derive(Debug)]
 struct Unsynced<T> {
     end_position: u64,
-    /// A batch this record holds, by slot, and the record's WAL position.
-    batch: Option<(Slot, u64)>,
+    /// A batch this record holds, and where.
+    batch: Option<AppendedBatch>,
     seq: PersistSeq,
     then_send: Option<(NodeId, Message)>,
     extra: T,
+}
+
+/// A batch a record held, where the record went, and the batch itself (kept so that the
+/// replica can tell that a slot still holds this very buffer).
+#[derive(Debug)]
+struct AppendedBatch {
+    slot: Slot,
+    position: u64,
+    payload_len: usize,
+    original: Bytes,
+}
+
+/// A batch now durable in the WAL: its copy in the WAL's mapping and the buffer it copies.
+#[derive(Debug)]
+pub struct SharedBatch {
+    /// The slot.
+    pub slot: Slot,
+    /// The batch's bytes in the WAL's mapping (no copy).
+    pub bytes: Bytes,
+    /// The buffer the record was written from.
+    pub original: Bytes,
 }
 
 /// What a completed sync made durable.
@@ -59,16 +80,18 @@ pub struct Released<T> {
     pub then_send: Vec<(NodeId, Message)>,
     /// The owner's data for each of them, in order.
     pub extras: Vec<T>,
-    /// The batches those records hold, read back from the WAL's mapping (no copy): the
-    /// replica can keep these instead of its heap copies.
-    pub shared_batches: Vec<(Slot, Bytes)>,
+    /// The batches those records hold, as slices of the WAL's mapping: the replica can keep
+    /// these instead of its heap copies.
+    pub shared_batches: Vec<SharedBatch>,
 }
 
 /// The single-slot batch a record holds, if any.
-fn batch_slot(record: &Record) -> Option<Slot> {
+fn batch_of(record: &Record) -> Option<(Slot, &Bytes)> {
     match record {
-        Record::Accepted { first_slot, count: 1, value: Value::Batch(_), .. }
-        | Record::Chosen { first_slot, count: 1, value: Value::Batch(_) } => Some(*first_slot),
+        Record::Accepted { first_slot, count: 1, value: Value::Batch(batch), .. }
+        | Record::Chosen { first_slot, count: 1, value: Value::Batch(batch) } => {
+            Some((*first_slot, batch))
+        }
         _ => None,
     }
 }
@@ -92,10 +115,12 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         let mut records = Vec::new();
         for item in wal.iter_from(wal.first_position()) {
             let (position, record) = item?;
+            let payload_len = record.payload.len();
             let mut record = log_record::decode(&record)?;
-            // Batches recovered from the log share its mapping rather than fill the heap.
-            if batch_slot(&record).is_some() {
-                if let Some(shared) = wal.read_shared(position)? {
+            // Batches recovered from the log share its mapping rather than fill the heap (the
+            // WAL's recovery has checked these records already).
+            if batch_of(&record).is_some() {
+                if let Some(shared) = wal.shared_appended(position, payload_len) {
                     if let Record::Accepted { value, .. } | Record::Chosen { value, .. } =
                         &mut record
                     {
@@ -127,10 +152,17 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         extra: T,
     ) -> Result<(), ShardError> {
         let encoded = log_record::encode(record, &mut self.payload);
+        let payload_len = encoded.payload.len();
         let position = self.wal.append(&encoded)?;
+        let batch = batch_of(record).map(|(slot, batch)| AppendedBatch {
+            slot,
+            position,
+            payload_len,
+            original: batch.clone(),
+        });
         self.unsynced.push_back(Unsynced {
             end_position: self.wal.end_position(),
-            batch: batch_slot(record).map(|slot| (slot, position)),
+            batch,
             seq,
             then_send,
             extra,
@@ -169,9 +201,14 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         };
         while self.unsynced.front().is_some_and(|unsynced| unsynced.end_position <= durable) {
             let done = self.unsynced.pop_front().expect("checked");
-            if let Some((slot, position)) = done.batch {
-                if let Some(shared) = self.wal.read_shared(position)? {
-                    released.shared_batches.push((slot, shared.slice(log_record::BATCH_OFFSET..)));
+            if let Some(batch) = done.batch {
+                // Just written and synced by this log: shared without being read back.
+                if let Some(shared) = self.wal.shared_appended(batch.position, batch.payload_len) {
+                    released.shared_batches.push(SharedBatch {
+                        slot: batch.slot,
+                        bytes: shared.slice(log_record::BATCH_OFFSET..),
+                        original: batch.original,
+                    });
                 }
             }
             released.seq = Some(done.seq);
@@ -391,8 +428,8 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             }
         }
         // After the acknowledgements above, which may have chosen these slots.
-        for (slot, batch) in released.shared_batches {
-            if self.replica.share_batch(slot, batch) {
+        for batch in released.shared_batches {
+            if self.replica.share_batch(batch.slot, batch.bytes, &batch.original) {
                 self.shared_batches += 1;
             } else {
                 self.unshared_batches += 1;

@@ -72,15 +72,24 @@ impl Log {
         slot.0.checked_sub(self.base).and_then(|offset| usize::try_from(offset).ok())
     }
 
-    /// Offers `bytes`, a copy of a slot's batch held elsewhere (the WAL's mapping): if the
-    /// slot holds a batch with exactly these bytes, it keeps `bytes` instead and its own copy
-    /// is freed. Nothing observable changes. Returns whether it swapped.
-    pub fn share_batch(&mut self, slot: Slot, bytes: bytes::Bytes) -> bool {
+    /// Offers `bytes`, a copy of `original` held elsewhere (the WAL's mapping): if the slot
+    /// still holds `original` itself (the same buffer, not merely equal bytes, so no compare
+    /// is needed), it keeps `bytes` instead and its own copy is freed. Nothing observable
+    /// changes. Returns whether it swapped.
+    pub fn share_batch(
+        &mut self,
+        slot: Slot,
+        bytes: bytes::Bytes,
+        original: &bytes::Bytes,
+    ) -> bool {
         let Some(entry) = self.index(slot).and_then(|i| self.entries.get_mut(i)) else {
             return false;
         };
         match &mut entry.value {
-            Some(Value::Batch(held)) if *held == bytes => {
+            Some(Value::Batch(held))
+                if held.as_ptr() == original.as_ptr() && held.len() == original.len() =>
+            {
+                debug_assert_eq!(*held, bytes, "a shared copy differs from its original");
                 *held = bytes;
                 true
             }

@@ -326,11 +326,16 @@ impl Replica {
         &self.log
     }
 
-    /// Offers a copy of `slot`'s batch that lives elsewhere (the WAL's mapping): kept instead
-    /// of the replica's own copy if the bytes are equal, so committed batches stop costing
-    /// heap memory. Changes nothing observable.
-    pub fn share_batch(&mut self, slot: Slot, bytes: bytes::Bytes) -> bool {
-        self.log.share_batch(slot, bytes)
+    /// Offers a copy of `slot`'s batch `original` that lives elsewhere (the WAL's mapping):
+    /// kept instead of the replica's own if the slot still holds `original`, so committed
+    /// batches stop costing heap memory. Changes nothing observable.
+    pub fn share_batch(
+        &mut self,
+        slot: Slot,
+        bytes: bytes::Bytes,
+        original: &bytes::Bytes,
+    ) -> bool {
+        self.log.share_batch(slot, bytes, original)
     }
 
     /// Moves the actions produced so far onto the end of `out` (no allocation once `out` has

@@ -603,6 +603,21 @@ impl<B: Backend> Wal<B> {
         Ok(segment.shared(offset, record.payload.len()))
     }
 
+    /// The payload of the record this log appended at `position`, `len` bytes long, shared
+    /// from the log's memory without reading the record back or checking it again: for the
+    /// writer that appended it and knows its length. `None` if the backend cannot share, or
+    /// the payload is not within the log.
+    #[must_use]
+    pub fn shared_appended(&self, position: u64, len: usize) -> Option<bytes::Bytes> {
+        let end = position.checked_add((RECORD_HEADER_BYTES + len) as u64)?;
+        if position < self.first_position() || end > self.end_position() {
+            return None;
+        }
+        let index = usize::try_from((position / self.segment_bytes) - self.first_segment()).ok()?;
+        let offset = usize::try_from(position % self.segment_bytes).ok()? + RECORD_HEADER_BYTES;
+        self.segments.get(index)?.1.shared(offset, len)
+    }
+
     fn first_segment(&self) -> u64 {
         self.segments.front().expect("a log has a segment").0
     }

@@ -394,6 +394,10 @@ fn shared_reads_see_staged_appends_and_outlive_the_log() {
         // Not synced yet: the append may still be staged; a read must see it anyway.
         let copy = wal.read_shared(position).unwrap().expect("mapped segments share");
         assert_eq!(&copy[..], &bytes[..], "record {index}");
+        // Its writer, knowing the length, gets the same bytes without a read-back.
+        let appended = wal.shared_appended(position, bytes.len()).expect("within the log");
+        assert_eq!(&appended[..], &bytes[..], "record {index}");
+        assert!(wal.shared_appended(position, 1 << 20).is_none(), "past the log's end");
         shared.push((copy, bytes));
         if index % 300 == 299 {
             wal.sync().unwrap();
