@@ -43,6 +43,9 @@ enum Command {
     /// Print a node's committed log as it grows: every shard merged into one global order
     /// (or one shard), from any position; from the node's log first, then live.
     ///
+    /// If the node goes away (a restart), the tail takes up again where it was, for up to
+    /// 10 s; then it exits with an error. The node sends only as fast as the tail reads.
+    ///
     /// Example: quorum tail --cluster 127.0.0.1:7000 --from 0 --json
     Tail(tail::TailArgs),
     /// Benchmark: by default a 3-node cluster on loopback in this process, fsync on, 10 s of
