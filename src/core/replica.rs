@@ -1135,10 +1135,10 @@ impl Replica {
     fn learner_tick(&mut self) {
         let now = self.now_tick;
         let timeout = u64::from(self.config.election_timeout_ticks);
-        let sub = &self.subscription;
-        let progress_tick =
-            if self.known_commit_index <= self.commit_index { now } else { sub.progress_tick };
-        self.subscription.progress_tick = progress_tick;
+        if self.known_commit_index <= self.commit_index {
+            // Up to date: nothing to wait for, so the source is not failing us.
+            self.subscription.progress_tick = now;
+        }
         let sub = &self.subscription;
         let stalled = now - sub.progress_tick > timeout;
         let held_long = now - sub.chosen_tick > timeout;
