@@ -594,13 +594,8 @@ impl<B: Backend> Wal<B> {
     /// # Errors
     /// `position` is not a record's, or the log is poisoned.
     pub fn read_shared(&self, position: u64) -> Result<Option<bytes::Bytes>> {
-        let record = self.read(position)?;
-        let number = position / self.segment_bytes;
-        let index = usize::try_from(number - self.first_segment())
-            .map_err(|_| Error::BadPosition(position))?;
-        let segment = &self.segments[index].1;
-        let offset = record.payload.as_ptr() as usize - segment.bytes().as_ptr() as usize;
-        Ok(segment.shared(offset, record.payload.len()))
+        let len = self.read(position)?.payload.len();
+        Ok(self.shared_appended(position, len))
     }
 
     /// The payload of the record this log appended at `position`, `len` bytes long, shared
