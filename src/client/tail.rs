@@ -80,12 +80,10 @@ impl Tail {
         let (sender, arrivals) = mpsc::channel();
         let mut first = Some(first.stream);
         for shard in wanted {
-            let stream = match (shard, first.take()) {
-                (0, Some(stream)) => stream,
-                (_, unused) => {
-                    first = unused;
-                    handshake(options, client_id, address, shard)?.stream
-                }
+            // Shard 0's connection is the one that asked how many shards there are.
+            let mut stream = match first.take().filter(|_| shard == 0) {
+                Some(stream) => stream,
+                None => handshake(options, client_id, address, shard)?.stream,
             };
             let subscription = Subscription {
                 address: address.to_string(),
@@ -94,7 +92,7 @@ impl Tail {
                 shard,
                 next_slot: start.expected_slot(shard).expect("a shard of the node"),
             };
-            subscription.subscribe(stream.try_clone().map_err(|e| io(&e))?)?;
+            subscription.subscribe(&mut stream)?;
             let sender = sender.clone();
             std::thread::Builder::new()
                 .name(format!("tail-{shard}"))
@@ -192,14 +190,14 @@ struct Subscription {
 }
 
 impl Subscription {
-    fn subscribe(&self, mut stream: std::net::TcpStream) -> Result<(), ClientError> {
+    fn subscribe(&self, stream: &mut std::net::TcpStream) -> Result<(), ClientError> {
         let subscribe = Frame {
             cluster_id: self.options.cluster_id,
             from: NodeId(0),
             shard: self.shard,
             body: Body::Peer(Message::Subscribe { from_slot: self.next_slot }),
         };
-        write_frame(&mut stream, &mut Encoder::default(), &subscribe).map_err(|e| io(&e))
+        write_frame(stream, &mut Encoder::default(), &subscribe).map_err(|e| io(&e))
     }
 
     /// Reads committed runs until the tail is dropped. A broken connection (the node
@@ -244,12 +242,12 @@ impl Subscription {
         while Instant::now() < deadline {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_secs(1));
-            let Ok(handshake) = handshake(&self.options, self.client_id, &self.address, self.shard)
+            let Ok(mut handshake) =
+                handshake(&self.options, self.client_id, &self.address, self.shard)
             else {
                 continue;
             };
-            let Ok(writer) = handshake.stream.try_clone() else { continue };
-            if self.subscribe(writer).is_ok() {
+            if self.subscribe(&mut handshake.stream).is_ok() {
                 return Some(handshake.stream);
             }
         }

@@ -33,7 +33,8 @@ pub const LINK_BUFFER_MAX: usize = 64 << 20;
 /// Bytes of committed runs that may wait for one tailing client; more is sent as it reads.
 pub const FEED_BUFFER_MAX: usize = 4 << 20;
 
-/// A tailing client's feed is paced by its connection's buffer, not by a window of slots.
+/// A tailing client's feed is paced by its connection's buffer (it never reports back), so its
+/// window of slots is one it never reaches.
 const FEED_WINDOW: u64 = 1 << 40;
 
 /// Bytes waiting to be written to one connection, and the bell that wakes its writer.
@@ -408,8 +409,6 @@ impl Host {
                     body,
                 };
                 encode_into(&mut self.encoder, &frame, &mut link.link.out);
-                // The client's reads are its reports: the window is its connection's buffer.
-                feed.on_report(feed.next_slot());
             }
             if link.link.out.len() > before {
                 link.link.ring();
