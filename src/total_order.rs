@@ -8,7 +8,7 @@
 //! shard whose client waits.
 
 use crate::core::{Slot, Value};
-use crate::merge::{Merge, MergeError};
+use crate::merge::{Merge, MergeError, MergedBatch};
 use crate::shard::AppliedCommand;
 use crate::state_machine::{Applier, StateMachine};
 
@@ -76,10 +76,26 @@ impl<S: StateMachine> TotalApplier<S> {
         &mut self,
         shard: u16,
         committed: &Committed,
+        on_applied: impl FnMut(u16, AppliedCommand<S::Reply>),
+    ) -> Result<(), TotalOrderError> {
+        self.push_observed(shard, committed, |_| {}, on_applied)
+    }
+
+    /// [`TotalApplier::push`], showing `on_merged` each batch in global order before it is
+    /// applied (the simulator checks the merged order this way).
+    ///
+    /// # Errors
+    /// See [`TotalApplier::push`].
+    pub fn push_observed(
+        &mut self,
+        shard: u16,
+        committed: &Committed,
+        mut on_merged: impl FnMut(&MergedBatch),
         mut on_applied: impl FnMut(u16, AppliedCommand<S::Reply>),
     ) -> Result<(), TotalOrderError> {
         self.merge.push(shard, committed.first_slot, committed.count, &committed.value)?;
         while let Some(merged) = self.merge.pop() {
+            on_merged(&merged);
             let mut index = 0;
             let before = self.applier.applied_commands();
             let result = self.applier.apply_batch(&merged.batch, |id, outcome| {

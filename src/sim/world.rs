@@ -14,7 +14,7 @@ use crate::core::{
     Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId,
     RoleKind, Value, Voters,
 };
-use crate::merge::Merge;
+use crate::merge::MergedBatch;
 use crate::state_machine::{Applier, KvStore, Outcome, StateMachine as _, shard_for_key};
 use crate::total_order::{Committed, TotalApplier};
 
@@ -85,9 +85,8 @@ struct SimNode {
     incarnation: u64,
     paused_until_us: u64,
     shards: Vec<ShardReplica>,
-    /// This node's shards' commits merged into one order (restarts with the replicas).
-    merge: Merge,
-    /// The same commits applied in that order to one state machine (apply mode `total`).
+    /// This node's shards' commits merged into one order and applied in it to one state
+    /// machine (apply mode `total`); restarts with the replicas.
     total: TotalApplier<KvStore>,
 }
 
@@ -210,7 +209,6 @@ impl World {
                 incarnation: 0,
                 paused_until_us: 0,
                 shards,
-                merge: Merge::new(world.knobs.shards as u16, 0),
                 total: TotalApplier::new(world.knobs.shards as u16, KvStore::default(), 16),
             });
             for shard in 0..world.knobs.shards {
@@ -578,21 +576,23 @@ impl World {
     /// Feeds a commit to the node's merge and checks what comes out in global order.
     fn merge(&mut self, node: usize, shard: usize, first_slot: Slot, count: u64, value: &Value) {
         let id = self.nodes[node].id;
-        let merge = &mut self.nodes[node].merge;
-        if let Err(error) = merge.push(shard as u16, first_slot, count, value) {
+        let committed = Committed { first_slot, count, value: value.clone() };
+        let (checker, merged_count) = (&mut self.checker, &mut self.merged);
+        let mut first_violation = None;
+        let on_merged = |merged: &MergedBatch| {
+            *merged_count += 1;
+            if let Err(violation) = checker.on_merged(id, merged) {
+                first_violation.get_or_insert(violation);
+            }
+        };
+        let pushed =
+            self.nodes[node].total.push_observed(shard as u16, &committed, on_merged, |_, _| {});
+        if let Err(error) = pushed {
             let detail = format!("{id:?}: {error}");
             self.record(Err(Violation { invariant: "I11 one merged order", detail }));
-            return;
         }
-        let committed = Committed { first_slot, count, value: value.clone() };
-        if let Err(error) = self.nodes[node].total.push(shard as u16, &committed, |_, _| {}) {
-            let detail = format!("{id:?} total-order apply: {error}");
-            self.record(Err(Violation { invariant: "I11 one merged order", detail }));
-        }
-        while let Some(merged) = self.nodes[node].merge.pop() {
-            self.merged += 1;
-            let result = self.checker.on_merged(id, &merged);
-            self.record(result);
+        if let Some(violation) = first_violation {
+            self.record(Err(violation));
         }
     }
 
@@ -905,7 +905,6 @@ impl World {
         self.trace(|| format!("restart n{}", node + 1));
         self.nodes[node].up = true;
         // The replicas commit again from slot 0, so the merge starts over too.
-        self.nodes[node].merge = Merge::new(self.knobs.shards as u16, 0);
         self.nodes[node].total =
             TotalApplier::new(self.knobs.shards as u16, KvStore::default(), 16);
         let id = self.nodes[node].id;
@@ -962,7 +961,7 @@ impl World {
         let merged = self
             .nodes
             .iter()
-            .all(|node| self.checker.merged_complete(node.id, node.merge.next_position()).is_ok());
+            .all(|node| self.checker.merged_complete(node.id, node.total.next_position()).is_ok());
         if requests_done && leaders && caught_up && merged {
             self.trace(|| {
                 "liveness reached: leaders elected, requests done, replicas caught up".to_string()
@@ -1003,7 +1002,7 @@ impl World {
                 }
             }
         }
-        let merges: Vec<u64> = self.nodes.iter().map(|node| node.merge.next_position()).collect();
+        let merges: Vec<u64> = self.nodes.iter().map(|node| node.total.next_position()).collect();
         let _ = write!(text, "merged up to positions {merges:?}; ");
         let pending = self.clients.iter().filter(|client| client.pending.is_some()).count();
         let _ = write!(text, "clients waiting: {pending}");
@@ -1017,14 +1016,12 @@ impl World {
             }
         }
         for node in &self.nodes {
-            self.checker.merged_complete(node.id, node.merge.next_position())?;
+            self.checker.merged_complete(node.id, node.total.next_position())?;
         }
         // Every node applied the same merged order to one state machine: the same state.
         let first = &self.nodes[0].total;
         for node in &self.nodes {
-            if node.total.machine().summary() != first.machine().summary()
-                || node.total.next_position() != node.merge.next_position()
-            {
+            if node.total.machine().summary() != first.machine().summary() {
                 return Err(Violation {
                     invariant: "I11 one merged order",
                     detail: format!(
