@@ -467,29 +467,33 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
 
     fn carry_out(&mut self, actions: &mut Vec<Action>) -> Result<(), ShardError> {
         for action in actions.drain(..) {
-            if let Action::Commit { value: Value::Batch(_), .. } = &action {
-                self.committed_batches += 1;
-            }
             match action {
                 Action::Send { to, message } => self.outbox.push((to, message)),
                 Action::Persist { seq, record, then_send } => {
                     self.log.append(seq, &record, then_send, ())?
                 }
-                Action::Commit { first_slot, count, value } if self.forwarded.is_some() => {
-                    let forwarded = self.forwarded.as_mut().expect("checked");
-                    forwarded.push(Committed { first_slot, count, value });
+                Action::Commit { first_slot, count, value } => {
+                    self.commit(first_slot, count, value)?
                 }
-                Action::Commit { value: Value::Batch(bytes), first_slot, .. } => {
-                    let replies = &mut self.replies;
-                    let mut index = 0;
-                    self.applier.apply_batch(&bytes, |id, outcome| {
-                        replies.push(AppliedCommand { id, slot: first_slot, index, outcome });
-                        index += 1;
-                    })?;
-                }
-                Action::Commit { value: Value::Noop, .. } => {}
             }
         }
+        Ok(())
+    }
+
+    /// Applies a committed run here, or hands it on ([`ApplyTo::Forward`]).
+    fn commit(&mut self, first_slot: Slot, count: u64, value: Value) -> Result<(), ShardError> {
+        self.committed_batches += u64::from(value.is_batch());
+        if let Some(forwarded) = &mut self.forwarded {
+            forwarded.push(Committed { first_slot, count, value });
+            return Ok(());
+        }
+        let Value::Batch(bytes) = value else { return Ok(()) };
+        let replies = &mut self.replies;
+        let mut index = 0;
+        self.applier.apply_batch(&bytes, |id, outcome| {
+            replies.push(AppliedCommand { id, slot: first_slot, index, outcome });
+            index += 1;
+        })?;
         Ok(())
     }
 }
