@@ -66,6 +66,23 @@ fn push_run(payload: &mut Vec<u8>, count: u64, value: &Value) {
     }
 }
 
+/// The slots an `Accepted` or `Chosen` record names (its first slot and count), read from
+/// the header and the count alone, without decoding the value. `None` for other records.
+#[must_use]
+pub fn slots_named(record: &WalRecord<'_>) -> Option<(u64, u64)> {
+    if record.kind != ACCEPTED && record.kind != CHOSEN {
+        return None;
+    }
+    let count = record.payload.first_chunk::<8>().map(|count| u64::from_le_bytes(*count))?;
+    Some((record.slot, count))
+}
+
+/// True for a `Committed` record.
+#[must_use]
+pub fn is_committed(record: &WalRecord<'_>) -> bool {
+    record.kind == COMMITTED
+}
+
 /// Decodes a WAL record read back from disk.
 ///
 /// # Errors

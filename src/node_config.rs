@@ -59,6 +59,9 @@ pub struct NodeSettings {
     pub election_timeout_ms: Option<u32>,
     /// Size of each write-ahead log segment file, in MiB (preallocated).
     pub wal_segment_mib: Option<u32>,
+    /// Committed slots each shard keeps in memory behind its commit position; older ones are
+    /// served from the WAL.
+    pub retain_slots: Option<u64>,
     /// `fsync` (default): acknowledge only what is on disk. `none`: never sync (benchmarks
     /// only; a machine crash loses acknowledged writes).
     pub durability: Option<Durability>,
@@ -145,6 +148,7 @@ impl NodeSettings {
             heartbeat_interval_ms: overrides.heartbeat_interval_ms.or(self.heartbeat_interval_ms),
             election_timeout_ms: overrides.election_timeout_ms.or(self.election_timeout_ms),
             wal_segment_mib: overrides.wal_segment_mib.or(self.wal_segment_mib),
+            retain_slots: overrides.retain_slots.or(self.retain_slots),
             durability: overrides.durability.or(self.durability),
             apply: overrides.apply.or(self.apply),
         }
@@ -270,6 +274,8 @@ pub struct NodeConfig {
     pub durability: Durability,
     /// Where committed commands are applied.
     pub apply: ApplyMode,
+    /// Committed slots each shard keeps in memory.
+    pub retain_slots: u64,
 }
 
 impl NodeConfig {
@@ -442,6 +448,7 @@ impl NodeConfig {
             )?) << 20,
             durability: settings.durability.unwrap_or_default(),
             apply: settings.apply.unwrap_or_default(),
+            retain_slots: settings.retain_slots.unwrap_or(Config::RETAIN_SLOTS_DEFAULT),
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =
@@ -469,6 +476,7 @@ impl NodeConfig {
         config.batch_bytes_max = self.batch_bytes_max;
         config.batch_commands_max = self.batch_commands_max;
         config.pipeline_depth_max = self.pipeline_depth_max;
+        config.retain_slots = self.retain_slots;
         // A promise or catch-up message of full batches must fit in one frame.
         config.message_runs_max =
             ((self.frame_bytes_max() - (1 << 20)) / self.batch_bytes_max).clamp(1, 256);

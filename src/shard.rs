@@ -13,9 +13,10 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
+use crate::core::log::Log;
 use crate::core::{
-    Action, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record, RefusedMessage,
-    Replica, RequestId, Slot, Value,
+    Action, Ballot, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record,
+    RefusedMessage, Replica, RequestId, Slot, SlotRun, Value,
 };
 use crate::log_record;
 use crate::state_machine::{Applier, Outcome, StateMachine};
@@ -103,6 +104,53 @@ pub struct ReplicaLog<B: Backend, T> {
     wal: Wal<B>,
     unsynced: VecDeque<Unsynced<T>>,
     payload: Vec<u8>,
+    /// Where to start reading for a slot (see [`ReplicaLog::archived_runs`]).
+    index: Vec<Stretch>,
+    stretch_bytes: u64,
+}
+
+/// A stretch of the log (a fixed number of bytes): where its first record starts and the end
+/// of the highest slot its records name. Reading from a slot starts at the first stretch
+/// whose `slot_end` is above it: no earlier record names that slot or a later one.
+#[derive(Clone, Copy, Debug)]
+struct Stretch {
+    position: u64,
+    slot_end: u64,
+}
+
+/// Notes a record at `position` naming `named` slots (first, count) in the stretch index.
+fn note_stretch(
+    index: &mut Vec<Stretch>,
+    stretch_bytes: u64,
+    position: u64,
+    named: Option<(u64, u64)>,
+) {
+    let stretch = position / stretch_bytes;
+    if index.last().is_none_or(|last| last.position / stretch_bytes != stretch) {
+        index.push(Stretch { position, slot_end: 0 });
+    }
+    if let (Some((first, count)), Some(last)) = (named, index.last_mut()) {
+        last.slot_end = last.slot_end.max(first.saturating_add(count));
+    }
+}
+
+/// A WAL record decoded, its batch (if any) sharing the log's mapping instead of a heap copy
+/// where the backend allows.
+fn decode_sharing<B: Backend>(
+    wal: &Wal<B>,
+    position: u64,
+    record: &quorum_wal::Record<'_>,
+) -> Result<Record, ShardError> {
+    let payload_len = record.payload.len();
+    let mut decoded = log_record::decode(record)?;
+    if batch_of(&decoded).is_some() {
+        if let Some(shared) = wal.shared_appended(position, payload_len) {
+            if let Record::Accepted { value, .. } | Record::Chosen { value, .. } = &mut decoded {
+                *value = Value::Batch(shared.slice(log_record::BATCH_OFFSET..));
+            }
+        }
+    }
+    Ok(decoded)
 }
 
 impl<B: Backend, T> ReplicaLog<B, T> {
@@ -112,26 +160,80 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// The log cannot be opened, or holds a record no replica writes.
     pub fn open(backend: B, options: Options) -> Result<(Self, Vec<Record>), ShardError> {
         let (mut wal, _recovery) = Wal::open(backend, options)?;
+        let stretch_bytes = (wal.segment_bytes() / 64).max(4096);
+        let mut index = Vec::new();
         let mut records = Vec::new();
         for item in wal.iter_from(wal.first_position()) {
             let (position, record) = item?;
-            let payload_len = record.payload.len();
-            let mut record = log_record::decode(&record)?;
+            note_stretch(&mut index, stretch_bytes, position, log_record::slots_named(&record));
             // Batches recovered from the log share its mapping rather than fill the heap (the
             // WAL's recovery has checked these records already).
-            if batch_of(&record).is_some() {
-                if let Some(shared) = wal.shared_appended(position, payload_len) {
-                    if let Record::Accepted { value, .. } | Record::Chosen { value, .. } =
-                        &mut record
-                    {
-                        *value = Value::Batch(shared.slice(log_record::BATCH_OFFSET..));
-                    }
-                }
-            }
-            records.push(record);
+            records.push(decode_sharing(&wal, position, &record)?);
         }
         wal.retire_sealed();
-        Ok((ReplicaLog { wal, unsynced: VecDeque::new(), payload: Vec::new() }, records))
+        let log = ReplicaLog {
+            wal,
+            unsynced: VecDeque::new(),
+            payload: Vec::new(),
+            index,
+            stretch_bytes,
+        };
+        Ok((log, records))
+    }
+
+    /// The committed runs of slots `from_slot..end_slot`, read back from the log: for a
+    /// replica that compacted them away from memory. Replays the durable records that name
+    /// those slots into a scratch image, as a restart would (so the values are the ones the
+    /// replica held: protocol.md §4), from the first stretch that names any of them, until
+    /// all of them are chosen. Returns the chosen prefix of the range: fewer slots, or none,
+    /// if the log cannot tell yet (its `Committed` record is not durable yet).
+    ///
+    /// # Errors
+    /// The log is poisoned, or holds a record no replica writes.
+    pub fn archived_runs(
+        &self,
+        from_slot: Slot,
+        end_slot: Slot,
+    ) -> Result<Vec<SlotRun>, ShardError> {
+        let Some(start) = self.index.iter().find(|stretch| stretch.slot_end > from_slot.0) else {
+            return Ok(Vec::new());
+        };
+        let durable = self.wal.durable_position();
+        let mut scratch = Log::starting_at(from_slot);
+        for item in self.wal.iter_from(start.position) {
+            let (position, record) = item?;
+            if position >= durable {
+                break;
+            }
+            let may_complete = if let Some((first, count)) = log_record::slots_named(&record) {
+                let low = first.max(from_slot.0);
+                let high = first.saturating_add(count).min(end_slot.0);
+                if low >= high {
+                    continue;
+                }
+                match decode_sharing(&self.wal, position, &record)? {
+                    Record::Accepted { ballot, value, .. } => {
+                        scratch.accept(Slot(low), high - low, ballot, &value);
+                        false
+                    }
+                    Record::Chosen { value, .. } => {
+                        scratch.choose(Slot(low), high - low, Ballot::ZERO, &value);
+                        true
+                    }
+                    _ => false,
+                }
+            } else if log_record::is_committed(&record) {
+                scratch.choose_prefix(Slot(record.slot));
+                record.slot >= end_slot.0
+            } else {
+                false
+            };
+            if may_complete && scratch.first_unchosen(from_slot) >= end_slot {
+                break;
+            }
+        }
+        let chosen_end = scratch.first_unchosen(from_slot).min(end_slot);
+        Ok(scratch.runs_from(from_slot, chosen_end, usize::MAX).0)
     }
 
     /// The WAL.
@@ -153,7 +255,9 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     ) -> Result<(), ShardError> {
         let encoded = log_record::encode(record, &mut self.payload);
         let payload_len = encoded.payload.len();
+        let named = log_record::slots_named(&encoded);
         let position = self.wal.append(&encoded)?;
+        note_stretch(&mut self.index, self.stretch_bytes, position, named);
         let batch = batch_of(record).map(|(slot, batch)| AppendedBatch {
             slot,
             position,
@@ -456,6 +560,19 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         out.append(&mut self.replies);
     }
 
+    /// The committed runs of `from_slot..end_slot` from the WAL, for slots the replica
+    /// compacted away (see [`ReplicaLog::archived_runs`]).
+    ///
+    /// # Errors
+    /// The log cannot be read.
+    pub fn archived_runs(
+        &self,
+        from_slot: Slot,
+        end_slot: Slot,
+    ) -> Result<Vec<SlotRun>, ShardError> {
+        self.log.archived_runs(from_slot, end_slot)
+    }
+
     fn process_actions(&mut self) -> Result<(), ShardError> {
         let mut actions = std::mem::take(&mut self.actions);
         self.replica.take_actions(&mut actions);
@@ -474,6 +591,14 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 }
                 Action::Commit { first_slot, count, value } => {
                     self.commit(first_slot, count, value)?
+                }
+                Action::SendArchived { to, from_slot, end_slot, commit_index } => {
+                    let runs = self.log.archived_runs(from_slot, end_slot)?;
+                    let runs_max = self.replica.config().message_runs_max;
+                    for chunk in runs.chunks(runs_max) {
+                        let runs = chunk.to_vec();
+                        self.outbox.push((to, Message::Chosen { runs, commit_index }));
+                    }
                 }
             }
         }

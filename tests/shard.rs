@@ -21,6 +21,11 @@ fn config(node: u16) -> Config {
     Config::new(CLUSTER, NodeId(node), vec![NodeId(1), NodeId(2), NodeId(3)])
 }
 
+/// A configuration that keeps only `retain_slots` committed slots in memory.
+fn config_retaining(node: u16, retain_slots: u64) -> Config {
+    Config { retain_slots, ..config(node) }
+}
+
 struct Cluster {
     shards: Vec<Option<Shard<SimBackend, KvStore>>>,
     disks: Vec<SimBackend>,
@@ -29,12 +34,16 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::retaining(Config::RETAIN_SLOTS_DEFAULT)
+    }
+
+    fn retaining(retain_slots: u64) -> Cluster {
         let disks: Vec<SimBackend> = (0..3).map(|_| SimBackend::new()).collect();
         let shards = (0..3)
             .map(|index| {
                 Some(
                     Shard::open(
-                        config(index as u16 + 1),
+                        config_retaining(index as u16 + 1, retain_slots),
                         disks[index].clone(),
                         options(),
                         KvStore::default(),
@@ -136,4 +145,53 @@ fn commands_commit_identically_and_a_crashed_replica_recovers_from_its_log() {
     assert_eq!(stores[0], stores[1]);
     assert_eq!(stores[1], stores[2]);
     assert_eq!(stores[0].get(b"key-3"), Some(&b"value-80"[..]));
+}
+
+#[test]
+fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() {
+    let mut cluster = Cluster::retaining(4);
+    while cluster.leader().is_none() {
+        cluster.tick();
+    }
+    for sequence in 1..=10 {
+        cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("value-{sequence}"));
+    }
+    // A follower stops (cleanly: its log is whole) while the others commit far past it.
+    let leader = cluster.leader().unwrap();
+    let victim = (leader + 1) % 3;
+    let stopped_at = cluster.shards[victim].as_ref().unwrap().replica().commit_index();
+    cluster.shards[victim] = None;
+    for sequence in 11..=150 {
+        cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("value-{sequence}"));
+    }
+    let leader_shard = cluster.shards[leader].as_ref().unwrap();
+    let base = leader_shard.replica().log().base();
+    assert!(base > stopped_at, "the leader compacted past the stopped follower ({base:?})");
+    // It comes back from its log and catches up: the slots it lacks are in no one's memory.
+    let reopened = Shard::open(
+        config_retaining(victim as u16 + 1, 4),
+        cluster.disks[victim].clone(),
+        options(),
+        KvStore::default(),
+        64,
+    )
+    .unwrap();
+    cluster.shards[victim] = Some(reopened);
+    for _ in 0..200 {
+        cluster.tick();
+    }
+    let commits: Vec<_> = cluster
+        .shards
+        .iter()
+        .map(|shard| shard.as_ref().unwrap().replica().commit_index())
+        .collect();
+    assert_eq!(commits[victim], commits[leader], "caught up");
+    let stores: Vec<&KvStore> =
+        cluster.shards.iter().map(|shard| shard.as_ref().unwrap().machine()).collect();
+    assert_eq!(stores[0], stores[1]);
+    assert_eq!(stores[1], stores[2]);
+    assert_eq!(stores[victim].get(b"key-3"), Some(&b"value-150"[..]));
+    // And it keeps no more in memory than it was told to.
+    let victim_log = cluster.shards[victim].as_ref().unwrap().replica().log();
+    assert!(commits[victim].0 - victim_log.base().0 <= 4 + 4 / 4 + 1, "{victim_log:?}");
 }

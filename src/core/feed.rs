@@ -44,9 +44,22 @@ impl Feed {
         self.next_slot = self.next_slot.max(from_slot);
     }
 
-    /// The next runs to send: committed slots from where the feed stands, below
-    /// `commit_index` and within `window` slots of the subscriber's last report, at most
-    /// `runs_max` runs. `None` when there is nothing to send.
+    /// The slots due next: from where the feed stands to `commit_index`, within `window`
+    /// slots of the subscriber's last report. `None` when nothing is due.
+    #[must_use]
+    pub fn due(&self, commit_index: Slot, window: u64) -> Option<(Slot, Slot)> {
+        let end = commit_index.min(self.reported.plus(window));
+        (self.next_slot < end).then_some((self.next_slot, end))
+    }
+
+    /// Everything below `slot` was sent.
+    pub fn sent_to(&mut self, slot: Slot) {
+        self.next_slot = self.next_slot.max(slot);
+    }
+
+    /// The next runs to send from `log` (see [`Feed::due`]), at most `runs_max` runs. `None`
+    /// when nothing is due, or when the due slots are below the log's base: those must come
+    /// from the log on disk.
     pub fn next_runs(
         &mut self,
         log: &Log,
@@ -54,11 +67,11 @@ impl Feed {
         runs_max: usize,
         window: u64,
     ) -> Option<Vec<SlotRun>> {
-        let end = commit_index.min(self.reported.plus(window));
-        if self.next_slot >= end {
+        let (from, end) = self.due(commit_index, window)?;
+        if from < log.base() {
             return None;
         }
-        let (runs, _) = log.runs_from(self.next_slot, end, runs_max);
+        let (runs, _) = log.runs_from(from, end, runs_max);
         let last = runs.last()?;
         debug_assert!(runs.iter().all(|run| run.chosen), "a feed sends only chosen slots");
         self.next_slot = last.end_slot();

@@ -35,6 +35,25 @@ pub struct Log {
 }
 
 impl Log {
+    /// An empty log whose slots below `base` count as compacted: a scratch image of part of a
+    /// log, rebuilt from its records (see `shard::ReplicaLog::archived_runs`).
+    #[must_use]
+    pub fn starting_at(base: Slot) -> Log {
+        Log { entries: VecDeque::new(), base: base.0 }
+    }
+
+    /// The first slot at or above `from_slot` (and the base) not known chosen.
+    #[must_use]
+    pub fn first_unchosen(&self, from_slot: Slot) -> Slot {
+        let start = from_slot.max(self.base());
+        let index = self.index(start).unwrap_or(0);
+        let unchosen = self.entries.iter().skip(index).position(|entry| !entry.chosen);
+        match unchosen {
+            Some(offset) => start.plus(offset as u64),
+            None => start.max(self.end_slot()),
+        }
+    }
+
     /// The slot after the highest one stored.
     #[must_use]
     pub fn end_slot(&self) -> Slot {

@@ -233,4 +233,18 @@ pub enum Action {
         /// The value.
         value: Value,
     },
+    /// Send `to` the committed runs of slots `from_slot..end_slot` in `Chosen` messages (with
+    /// `commit_index`), read from the log on disk: this replica no longer holds them in memory
+    /// (they are below its compacted base). The runtime stops early if its log cannot tell
+    /// (the receiver then asks again).
+    SendArchived {
+        /// The receiver.
+        to: NodeId,
+        /// The first slot to send.
+        from_slot: Slot,
+        /// The slot after the last one to send.
+        end_slot: Slot,
+        /// The sender's commit position, for the messages.
+        commit_index: Slot,
+    },
 }

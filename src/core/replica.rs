@@ -614,6 +614,14 @@ impl Replica {
             self.send(from, Message::Rejected { ballot, promised: self.promised });
             return;
         }
+        if from_slot < self.log.base() {
+            // A promise must report every value accepted from `from_slot` on, and those below
+            // the base are no longer in memory: no promise. The candidate is behind our
+            // commit position; it gets the committed slots instead, and runs again from
+            // further on (the most advanced voter of any majority is never refused).
+            self.send_archived(from, from_slot, self.config.message_runs_max as u64);
+            return;
+        }
         if ballot > self.promised {
             self.raise_promise(ballot);
             if from != self.config.node {
@@ -1017,7 +1025,28 @@ impl Replica {
             self.known_commit_index = self.known_commit_index.max(self.commit_index);
             self.actions.push(Action::Commit { first_slot, count, value });
         }
+        self.compact();
         self.feed_subscribers();
+    }
+
+    /// Forgets committed slots more than `retain_slots` behind the commit position, a quarter
+    /// of that at a time (so the work is spread over many slots). They stay in the WAL: a
+    /// peer or subscriber that needs them is served from there (`Action::SendArchived`).
+    fn compact(&mut self) {
+        let retain = self.config.retain_slots;
+        let floor = self.commit_index.0.saturating_sub(retain);
+        if floor > self.log.base().0 + retain / 4 {
+            self.log.compact_below(Slot(floor));
+        }
+    }
+
+    /// Sends `to` the committed slots from `from_slot` on that this replica no longer holds in
+    /// memory, at most `slots` of them. Returns where that stops.
+    fn send_archived(&mut self, to: NodeId, from_slot: Slot, slots: u64) -> Slot {
+        let end_slot = self.log.base().min(from_slot.plus(slots));
+        let commit_index = self.commit_index;
+        self.actions.push(Action::SendArchived { to, from_slot, end_slot, commit_index });
+        end_slot
     }
 
     fn maybe_request_catch_up(&mut self) {
@@ -1036,6 +1065,11 @@ impl Replica {
 
     fn on_catch_up_request(&mut self, from: NodeId, from_slot: Slot) {
         if from_slot >= self.commit_index {
+            return;
+        }
+        if from_slot < self.log.base() {
+            // As much as one message would carry from memory; asked again on progress.
+            self.send_archived(from, from_slot, self.config.message_runs_max as u64);
             return;
         }
         let (runs, _) =
@@ -1109,13 +1143,22 @@ impl Replica {
         let mut subscribers = std::mem::take(&mut self.subscribers);
         let mut sent = false;
         for subscriber in &mut subscribers {
-            while let Some(runs) = subscriber.feed.next_runs(
-                &self.log,
-                self.commit_index,
-                self.config.message_runs_max,
-                window,
-            ) {
+            while let Some((from_slot, due_end)) = subscriber.feed.due(self.commit_index, window) {
                 sent = true;
+                if from_slot < self.log.base() {
+                    let slots = due_end.0 - from_slot.0;
+                    let end = self.send_archived(subscriber.node, from_slot, slots);
+                    subscriber.feed.sent_to(end);
+                    continue;
+                }
+                let Some(runs) = subscriber.feed.next_runs(
+                    &self.log,
+                    self.commit_index,
+                    self.config.message_runs_max,
+                    window,
+                ) else {
+                    break;
+                };
                 let message = Message::Chosen { runs, commit_index: self.commit_index };
                 self.send(subscriber.node, message);
             }

@@ -385,35 +385,43 @@ impl Host {
 
     /// Sends each tailing client what has committed since, while its connection keeps up: a
     /// client that reads slowly is fed slowly, and never costs more than
-    /// `FEED_BUFFER_MAX` bytes here.
-    fn feed_clients(&mut self) {
+    /// `FEED_BUFFER_MAX` bytes here. Slots the replica compacted away come from the WAL.
+    fn feed_clients(&mut self) -> Result<(), ShardError> {
         if self.feeds.is_empty() {
-            return;
+            return Ok(());
         }
         let replica = self.shard.replica();
         let config = replica.config();
-        let (commit, runs_max) = (replica.commit_index(), config.message_runs_max);
+        let (commit, runs_max, base) =
+            (replica.commit_index(), config.message_runs_max, replica.log().base());
+        let (cluster_id, me) = (config.cluster_id, config.node);
         for (connection, feed) in &mut self.feeds {
             let Some(link) = self.clients.get_mut(connection) else { continue };
             let before = link.link.out.len();
             while link.link.out.len() < FEED_BUFFER_MAX {
-                let Some(runs) = feed.next_runs(replica.log(), commit, runs_max, FEED_WINDOW)
-                else {
-                    break;
+                let Some((from_slot, end_slot)) = feed.due(commit, FEED_WINDOW) else { break };
+                let runs = if from_slot < base {
+                    // A few messages' worth per read: each read replays part of the WAL.
+                    let end_slot = end_slot.min(base).min(from_slot.plus(4 * runs_max as u64));
+                    self.shard.archived_runs(from_slot, end_slot)?
+                } else {
+                    let (runs, _) = replica.log().runs_from(from_slot, end_slot, runs_max);
+                    runs
                 };
-                let body = Body::Peer(Message::Chosen { runs, commit_index: commit });
-                let frame = Frame {
-                    cluster_id: config.cluster_id,
-                    from: config.node,
-                    shard: self.index,
-                    body,
-                };
-                encode_into(&mut self.encoder, &frame, &mut link.link.out);
+                let Some(last) = runs.last() else { break };
+                feed.sent_to(last.end_slot());
+                for chunk in runs.chunks(runs_max) {
+                    let body =
+                        Body::Peer(Message::Chosen { runs: chunk.to_vec(), commit_index: commit });
+                    let frame = Frame { cluster_id, from: me, shard: self.index, body };
+                    encode_into(&mut self.encoder, &frame, &mut link.link.out);
+                }
             }
             if link.link.out.len() > before {
                 link.link.ring();
             }
         }
+        Ok(())
     }
 
     fn route_replies(&mut self) {
@@ -486,7 +494,9 @@ pub fn pump(host: &HostRef) {
     state.route_messages();
     state.forward_committed();
     state.route_replies();
-    state.feed_clients();
+    if let Err(error) = state.feed_clients() {
+        return fail(state, &error);
+    }
     if state.syncing {
         return;
     }

@@ -9,7 +9,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use quorum_wal::{Options, PendingSync, SimBackend, Tear};
 
-use crate::core::{Message, NodeId, PersistSeq, Record};
+use crate::core::{Message, NodeId, PersistSeq, Record, Slot, SlotRun};
 use crate::shard::ReplicaLog;
 
 /// The disk of one shard replica.
@@ -76,6 +76,15 @@ impl SimDisk {
         let released = self.log().finish_sync(pending.run()).expect("simulated syncs succeed");
         let seq = released.seq.expect("a sync covers at least one record");
         (seq, released.extras, released.then_send)
+    }
+
+    /// The committed runs of `from_slot..end_slot`, read back from the log (see
+    /// [`ReplicaLog::archived_runs`]).
+    ///
+    /// # Panics
+    /// If the log cannot be read: simulated logs hold only records replicas wrote.
+    pub fn archived_runs(&mut self, from_slot: Slot, end_slot: Slot) -> Vec<SlotRun> {
+        self.log().archived_runs(from_slot, end_slot).expect("simulated logs read back")
     }
 
     /// A crash: the synced image stays; each write made since survives with chance

@@ -72,6 +72,9 @@ pub struct Knobs {
     pub client_timeout_us: u64,
     /// With two learners: the second subscribes through the first (a relay), not a voter.
     pub relay: bool,
+    /// Committed slots a replica keeps in memory (`Config::retain_slots`): small, so that
+    /// catch-up, elections and feeds often reach below it and are served from the WAL.
+    pub retain_slots: u64,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -115,6 +118,7 @@ impl Knobs {
             think_us: between(rng, 0, 2_000),
             client_timeout_us: between(rng, 30_000, 80_000),
             relay: between(rng, 0, 1) == 1,
+            retain_slots: [0, 4, 32, 256, u64::MAX][between(rng, 0, 4) as usize],
         }
     }
 }

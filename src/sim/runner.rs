@@ -57,6 +57,10 @@ pub struct Summary {
     pub seeds_with_shards: u64,
     /// Batches handed out by the nodes' merges, all seeds.
     pub merged: u64,
+    /// Seeds where a replica served compacted slots from its WAL.
+    pub seeds_with_archived_reads: u64,
+    /// Such reads, all seeds.
+    pub archived_reads: u64,
 }
 
 /// Runs `seeds` with `threads` threads, calling `on_report` for each seed as it finishes.
@@ -101,6 +105,8 @@ pub fn run_range(
                     summary.seeds_with_relay += u64::from(knobs.learners == 2 && knobs.relay);
                     summary.seeds_with_shards += u64::from(knobs.shards > 1);
                     summary.merged += report.merged;
+                    summary.seeds_with_archived_reads += u64::from(report.archived_reads > 0);
+                    summary.archived_reads += report.archived_reads;
                     if report.violation.is_some() {
                         summary.failures.push(report);
                     }
@@ -136,8 +142,14 @@ impl Summary {
     #[must_use]
     pub fn coverage_line(&self) -> String {
         format!(
-            "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}",
-            self.seeds_with_learners, self.seeds_with_relay, self.seeds_with_shards, self.merged
+            "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}; \
+             compacted slots read from a WAL in {} seeds ({} reads)",
+            self.seeds_with_learners,
+            self.seeds_with_relay,
+            self.seeds_with_shards,
+            self.merged,
+            self.seeds_with_archived_reads,
+            self.archived_reads
         )
     }
 

@@ -107,6 +107,8 @@ pub struct SeedReport {
     pub events: u64,
     /// Batches the nodes' merges handed out in global order (all nodes, all incarnations).
     pub merged: u64,
+    /// Reads of compacted slots from a WAL (`Action::SendArchived`).
+    pub archived_reads: u64,
     /// The knobs drawn from the seed.
     pub knobs: Knobs,
 }
@@ -127,6 +129,7 @@ impl SeedReport {
             simulated_us: 0,
             events: 0,
             merged: 0,
+            archived_reads: 0,
             knobs,
         }
     }
@@ -158,6 +161,7 @@ pub struct World {
     leader_changes: u64,
     events: u64,
     merged: u64,
+    archived_reads: u64,
     actions: Vec<Action>,
     trace: Option<String>,
     /// Print trace lines as they happen (so a panic still leaves the trace up to it).
@@ -194,6 +198,7 @@ impl World {
             leader_changes: 0,
             events: 0,
             merged: 0,
+            archived_reads: 0,
             actions: Vec::new(),
             trace: trace.then(String::new),
             trace_to_stdout: false,
@@ -267,6 +272,7 @@ impl World {
         config.batch_bytes_max = 16 * 1024;
         config.skip_slots_max = 64;
         config.accept_ahead_slots_max = 1 << 16;
+        config.retain_slots = self.knobs.retain_slots;
         config.random_seed = self.seed
             ^ ((node as u64) << 48)
             ^ ((shard as u64) << 40)
@@ -368,6 +374,7 @@ impl World {
             simulated_us: self.now_us,
             events: self.events,
             merged: self.merged,
+            archived_reads: self.archived_reads,
             knobs: self.knobs.clone(),
         };
         (report, self.trace.unwrap_or_default())
@@ -520,6 +527,16 @@ impl World {
                         });
                         self.apply(node, shard, &value);
                         self.merge(node, shard, first_slot, count, &value);
+                    }
+                    Action::SendArchived { to, from_slot, end_slot, commit_index } => {
+                        let disk = &mut self.nodes[node].shards[shard].disk;
+                        let runs = disk.archived_runs(from_slot, end_slot);
+                        self.archived_reads += 1;
+                        let runs_max = self.replica(node, shard).config().message_runs_max;
+                        for chunk in runs.chunks(runs_max) {
+                            let message = Message::Chosen { runs: chunk.to_vec(), commit_index };
+                            self.net_send(node, to, shard, message);
+                        }
                     }
                 }
             }

@@ -77,6 +77,11 @@ pub struct NodeArgs {
     /// Size of each preallocated WAL segment file, in MiB (default 64).
     #[arg(long, value_name = "MIB")]
     wal_segment_mib: Option<u32>,
+    /// Committed slots each shard keeps in memory behind its commit position (default
+    /// 16384). Older slots are read back from the WAL when a lagging peer, a learner or a
+    /// `quorum tail` asks for them, so memory stays bounded however long the node runs.
+    #[arg(long, value_name = "SLOTS")]
+    retain_slots: Option<u64>,
     /// fsync (default): acknowledge only what is on disk. none: never sync; for benchmarks
     /// only, a machine crash then loses acknowledged writes.
     #[arg(long, value_enum)]
@@ -104,6 +109,7 @@ impl NodeArgs {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             election_timeout_ms: self.election_timeout_ms,
             wal_segment_mib: self.wal_segment_mib,
+            retain_slots: self.retain_slots,
             durability: self.durability,
         }
     }
