@@ -33,6 +33,8 @@ impl Trio {
                 let mut config =
                     Config::new(CLUSTER, NodeId(node), vec![NodeId(1), NodeId(2), NodeId(3)]);
                 config.batch_commands_max = batch;
+                // Nothing compacted: the read-back bench compares memory with the WAL.
+                config.retain_slots = u64::MAX;
                 let backend = MmapBackend::new(dir.path().join(node.to_string())).unwrap();
                 Some(Shard::open(config, backend, options.clone(), KvStore::default(), 64).unwrap())
             })
@@ -95,5 +97,43 @@ fn committed_writes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, committed_writes);
+/// Serving 256 committed slots (64 puts of 16 bytes each) to a lagging peer: from memory, as
+/// a replica does above its compacted base, and read back from the WAL, as it does below
+/// (`archived_runs`: the records naming them replayed into a scratch log). Same log, same
+/// slots, so the ratio is the price of compaction for a reader that far behind.
+fn archived_reads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shard/serve-256-committed-slots");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(256));
+    let commands: Vec<Vec<u8>> = (0..64)
+        .map(|index| {
+            KvCommand::Put { key: format!("k{index}").into(), value: vec![1; 16] }.encode()
+        })
+        .collect();
+    let mut trio = Trio::new(64);
+    for round in 0..4096 {
+        trio.round(&commands);
+        if round % 8 == 7 {
+            // A tick writes the commit position down, lazily, as a replica does once a tick
+            // (a node at 1,400 batches a second and 200 ticks: every 7 batches).
+            trio.first().on_tick().unwrap();
+            trio.settle();
+        }
+    }
+    let leader = trio.first();
+    let commit = leader.replica().commit_index();
+    let from = quorum::core::Slot(commit.0 / 2);
+    let end = quorum::core::Slot(from.0 + 256);
+    let (from_memory, _) = leader.replica().log().runs_from(from, end, usize::MAX);
+    let from_wal = leader.archived_runs(from, end).unwrap();
+    assert_eq!(from_wal, from_memory, "the WAL gives back what memory holds");
+    group.bench_function("from-memory", |b| {
+        b.iter(|| leader.replica().log().runs_from(from, end, usize::MAX));
+    });
+    group.bench_function("from-wal", |b| b.iter(|| leader.archived_runs(from, end).unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, committed_writes, archived_reads);
 criterion_main!(benches);

@@ -109,6 +109,10 @@ pub struct ReplicaLog<B: Backend, T> {
     stretch_bytes: u64,
 }
 
+/// The longest stretch: a read of compacted slots scans at most this much before them (with
+/// every record's checksum checked), and the index costs 16 bytes per stretch of log.
+const STRETCH_BYTES_MAX: u64 = 64 << 10;
+
 /// A stretch of the log (a fixed number of bytes): where its first record starts and the end
 /// of the highest slot its records name. Reading from a slot starts at the first stretch
 /// whose `slot_end` is above it: no earlier record names that slot or a later one.
@@ -160,7 +164,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// The log cannot be opened, or holds a record no replica writes.
     pub fn open(backend: B, options: Options) -> Result<(Self, Vec<Record>), ShardError> {
         let (mut wal, _recovery) = Wal::open(backend, options)?;
-        let stretch_bytes = (wal.segment_bytes() / 64).max(4096);
+        let stretch_bytes = (wal.segment_bytes() / 64).clamp(4096, STRETCH_BYTES_MAX);
         let mut index = Vec::new();
         let mut records = Vec::new();
         for item in wal.iter_from(wal.first_position()) {
