@@ -67,6 +67,10 @@ pub trait Backend: Send + Clone + 'static {
     /// # Errors
     /// The failing I/O call.
     fn remove(&self, number: u64) -> Result<()>;
+    /// Segment `number` is sealed and durable, and not expected to be read again soon: drop
+    /// its bytes from every cache (the OS page cache too), so that the memory serves the next
+    /// segment. Reads still work, from the disk. Advice: it may do nothing. May block.
+    fn release_cache(&self, _number: u64) {}
     /// The path of a segment, for messages.
     fn path(&self, number: u64) -> PathBuf;
     /// Reads a small file, `None` if absent.

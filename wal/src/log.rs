@@ -204,7 +204,7 @@ impl<B: Backend> Wal<B> {
         // Whatever we read may sit only in the page cache (a process crash keeps it there):
         // make it durable before anyone builds on it.
         wal.sync_everything(confirmed)?;
-        wal.maybe_prepare_next();
+        wal.maybe_prepare_next(None);
         Ok((wal, recovery))
     }
 
@@ -378,16 +378,24 @@ impl<B: Backend> Wal<B> {
         create(&self.backend, number, self.segment_bytes)
     }
 
-    fn maybe_prepare_next(&mut self) {
+    /// Prepares the next segment on a thread of its own, first dropping segment `release`
+    /// from the caches there (both may block).
+    fn maybe_prepare_next(&mut self, release: Option<u64>) {
         if !self.options.prepare_ahead || self.prepared.is_some() {
+            if let Some(number) = release {
+                self.backend.release_cache(number);
+            }
             return;
         }
         let number = self.tail_segment() + 1;
         let backend = self.backend.clone();
         let bytes = self.segment_bytes;
-        let handle = std::thread::Builder::new()
-            .name("wal-prepare".into())
-            .spawn(move || create(&backend, number, bytes));
+        let handle = std::thread::Builder::new().name("wal-prepare".into()).spawn(move || {
+            if let Some(number) = release {
+                backend.release_cache(number);
+            }
+            create(&backend, number, bytes)
+        });
         if let Ok(handle) = handle {
             self.prepared = Some((number, handle));
         }
@@ -457,11 +465,15 @@ impl<B: Backend> Wal<B> {
     }
 
     /// Lets every segment but the tail give back the memory that caches it (after reading
-    /// the whole log at start-up, say). They stay readable.
+    /// the whole log at start-up, say); all but the last of them leave the page cache too
+    /// (blocking; see `rotate`). They stay readable.
     pub fn retire_sealed(&mut self) {
         let sealed = self.segments.len().saturating_sub(1);
-        for (_, segment) in self.segments.iter_mut().take(sealed) {
+        for (index, (number, segment)) in self.segments.iter_mut().take(sealed).enumerate() {
             segment.retire();
+            if index + 1 < sealed {
+                self.backend.release_cache(*number);
+            }
         }
     }
 
@@ -483,10 +495,12 @@ impl<B: Backend> Wal<B> {
         }
         // Nothing appends to it again: its cached pages need not stay resident. The one
         // before it too, again: reads soon after it was sealed (applying, catching up) may
-        // have brought some of its pages back.
+        // have brought some of its pages back. That one was sealed a whole segment ago and
+        // synced since: it leaves the page cache too (off this thread, see below).
         for (_, segment) in self.segments.iter_mut().rev().take(2) {
             segment.retire();
         }
+        let release = self.segments.iter().rev().nth(1).map(|(number, _)| *number);
         let segment = match self.prepared.take() {
             Some((prepared, handle)) if prepared == number => handle
                 .join()
@@ -501,7 +515,7 @@ impl<B: Backend> Wal<B> {
         };
         self.segments.push_back((number, segment));
         self.tail_offset = SEGMENT_HEADER_BYTES;
-        self.maybe_prepare_next();
+        self.maybe_prepare_next(release);
         Ok(())
     }
 

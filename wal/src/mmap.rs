@@ -267,6 +267,17 @@ impl Backend for MmapBackend {
         Ok(MmapSegment::new(map, file))
     }
 
+    fn release_cache(&self, number: u64) {
+        // The pages go back to the kernel's free lists, and the next segment's pages come from
+        // there. Left in the page cache, they would stay until memory runs short, and every new
+        // segment would take pages the machine has never touched: on the build machine's VM
+        // that costs 150 ms of CPU per 64 MiB written instead of 6 ms (BENCHMARKS.md). Only
+        // clean pages go; a failure changes nothing.
+        if let Ok(file) = File::open(self.path(number)) {
+            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+        }
+    }
+
     fn remove(&self, number: u64) -> Result<()> {
         let path = self.path(number);
         std::fs::remove_file(&path).map_err(io("remove", &path))?;
