@@ -161,7 +161,12 @@ impl Segment for MmapSegment {
     }
 
     fn retire(&mut self) {
-        self.staging.get_mut().flush(&self.file);
+        let staging = self.staging.get_mut();
+        staging.flush(&self.file);
+        // Nothing is appended here again: the staging buffer (as large as the largest sync's
+        // worth of records, megabytes under large writes) is given back, or every sealed
+        // segment would keep one.
+        staging.bytes = Vec::new();
         // SAFETY: a shared, read-only file mapping: dropping its pages only unmaps them from
         // this process (the page cache keeps them); a later read faults them back in from it.
         let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
