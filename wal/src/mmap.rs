@@ -69,6 +69,9 @@ struct Staging {
     error: Option<std::io::Error>,
 }
 
+/// A new segment's zeros are written back this many bytes at a time.
+const ZERO_FLUSH_BYTES: u64 = 4 << 20;
+
 /// Staged bytes beyond which they go to the file without waiting for a sync.
 const FLUSH_BYTES: usize = 1 << 20;
 
@@ -256,6 +259,11 @@ impl Backend for MmapBackend {
             let chunk = (bytes - written).min(zeros.len() as u64) as usize;
             file.write_all(&zeros[..chunk]).map_err(io("write", &temporary))?;
             written += chunk as u64;
+            // Written back a few MiB at a time: one flush of the whole segment would queue
+            // tens of megabytes at the disk ahead of the live log's syncs.
+            if written % ZERO_FLUSH_BYTES < zeros.len() as u64 {
+                file.sync_data().map_err(io("fdatasync", &temporary))?;
+            }
         }
         file.sync_all().map_err(io("fsync", &temporary))?;
         std::fs::rename(&temporary, &path).map_err(io("rename", &path))?;
