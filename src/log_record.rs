@@ -37,33 +37,45 @@ pub struct BadLogRecord {
     pub reason: &'static str,
 }
 
-/// Encodes `record`'s payload into `payload` (cleared first) and returns the WAL record.
-pub fn encode<'a>(record: &Record, payload: &'a mut Vec<u8>) -> WalRecord<'a> {
-    payload.clear();
+/// Encodes `record` as a WAL record whose payload is the head written into `head` (cleared
+/// first) followed by the returned bytes: a batch's own buffer, so that it is copied once,
+/// into the log, not first next to its head (`Wal::append_split`).
+pub fn encode_split<'a, 'r>(
+    record: &'r Record,
+    head: &'a mut Vec<u8>,
+) -> (WalRecord<'a>, &'r [u8]) {
+    head.clear();
+    let mut rest: &[u8] = &[];
+    let mut push_run = |head: &mut Vec<u8>, count: u64, value: &'r Value| {
+        head.extend_from_slice(&count.to_le_bytes());
+        match value {
+            Value::Noop => head.push(0),
+            Value::Batch(bytes) => {
+                head.push(1);
+                rest = bytes;
+            }
+        }
+    };
     let (kind, slot, ballot) = match record {
         Record::Promised { ballot } => (PROMISED, 0, *ballot),
         Record::Accepted { ballot, first_slot, count, value } => {
-            push_run(payload, *count, value);
+            push_run(head, *count, value);
             (ACCEPTED, first_slot.0, *ballot)
         }
         Record::Chosen { first_slot, count, value } => {
-            push_run(payload, *count, value);
+            push_run(head, *count, value);
             (CHOSEN, first_slot.0, Ballot::ZERO)
         }
         Record::Committed { commit_index } => (COMMITTED, commit_index.0, Ballot::ZERO),
     };
-    WalRecord { kind, slot, ballot_round: ballot.round, ballot_node: ballot.node.0, payload }
-}
-
-fn push_run(payload: &mut Vec<u8>, count: u64, value: &Value) {
-    payload.extend_from_slice(&count.to_le_bytes());
-    match value {
-        Value::Noop => payload.push(0),
-        Value::Batch(bytes) => {
-            payload.push(1);
-            payload.extend_from_slice(bytes);
-        }
-    }
+    let encoded = WalRecord {
+        kind,
+        slot,
+        ballot_round: ballot.round,
+        ballot_node: ballot.node.0,
+        payload: head,
+    };
+    (encoded, rest)
 }
 
 /// The slots an `Accepted` or `Chosen` record names (its first slot and count), read from
@@ -122,6 +134,18 @@ pub fn decode(record: &WalRecord<'_>) -> Result<Record, BadLogRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The whole record as the log stores it: the head and the rest in one payload.
+    fn encode<'a>(record: &Record, payload: &'a mut Vec<u8>) -> WalRecord<'a> {
+        let mut head = Vec::new();
+        let (split, rest) = encode_split(record, &mut head);
+        let (kind, slot, ballot_round, ballot_node) =
+            (split.kind, split.slot, split.ballot_round, split.ballot_node);
+        payload.clear();
+        payload.extend_from_slice(&head);
+        payload.extend_from_slice(rest);
+        WalRecord { kind, slot, ballot_round, ballot_node, payload }
+    }
 
     #[test]
     fn every_record_round_trips() {

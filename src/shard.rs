@@ -257,10 +257,10 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         then_send: Option<(NodeId, Message)>,
         extra: T,
     ) -> Result<(), ShardError> {
-        let encoded = log_record::encode(record, &mut self.payload);
-        let payload_len = encoded.payload.len();
+        let (encoded, batch) = log_record::encode_split(record, &mut self.payload);
+        let payload_len = encoded.payload.len() + batch.len();
         let named = log_record::slots_named(&encoded);
-        let position = self.wal.append(&encoded)?;
+        let position = self.wal.append_split(&encoded, batch)?;
         note_stretch(&mut self.index, self.stretch_bytes, position, named);
         let batch = batch_of(record).map(|(slot, batch)| AppendedBatch {
             slot,

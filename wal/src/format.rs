@@ -154,10 +154,18 @@ pub fn record_bytes(payload_bytes: usize) -> usize {
 
 /// Encodes `record` at the start of `out`, which must hold [`record_bytes`] bytes.
 pub fn encode_record(record: &Record<'_>, generation: u32, out: &mut [u8]) {
-    let total = record_bytes(record.payload.len());
+    encode_record_split(record, &[], generation, out);
+}
+
+/// [`encode_record`] of a record whose payload is `record.payload` followed by `rest`, copied
+/// straight from where each lies (a batch goes into the log without first being copied next
+/// to its small prefix).
+pub fn encode_record_split(record: &Record<'_>, rest: &[u8], generation: u32, out: &mut [u8]) {
+    let (head_len, rest_len) = (record.payload.len(), rest.len());
+    let total = record_bytes(head_len + rest_len);
     assert!(out.len() >= total, "record buffer too small");
     assert!(record.kind != 0, "kind 0 is reserved for unwritten space");
-    let payload_len = u32::try_from(record.payload.len()).expect("payload fits u32");
+    let payload_len = u32::try_from(head_len + rest_len).expect("payload fits u32");
     out[4..8].copy_from_slice(&payload_len.to_le_bytes());
     out[8] = record.kind;
     out[9] = 0;
@@ -165,10 +173,12 @@ pub fn encode_record(record: &Record<'_>, generation: u32, out: &mut [u8]) {
     out[12..16].copy_from_slice(&generation.to_le_bytes());
     out[16..24].copy_from_slice(&record.slot.to_le_bytes());
     out[24..32].copy_from_slice(&record.ballot_round.to_le_bytes());
-    out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + record.payload.len()]
-        .copy_from_slice(record.payload);
-    out[RECORD_HEADER_BYTES + record.payload.len()..total].fill(0);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[4..RECORD_HEADER_BYTES]), record.payload);
+    let rest_at = RECORD_HEADER_BYTES + head_len;
+    out[RECORD_HEADER_BYTES..rest_at].copy_from_slice(record.payload);
+    out[rest_at..rest_at + rest_len].copy_from_slice(rest);
+    out[rest_at + rest_len..total].fill(0);
+    let crc = crc32c::crc32c(&out[4..RECORD_HEADER_BYTES]);
+    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, record.payload), rest);
     out[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 

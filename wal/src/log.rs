@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::format::KIND_SEGMENT_END;
 use crate::format::{
     Decoded, RECORD_ALIGN, RECORD_HEADER_BYTES, Record, SEGMENT_HEADER_BYTES, SegmentHeader,
-    WATERMARK_BYTES, WATERMARK_OFFSET, Watermark, decode_record, encode_record, record_bytes,
+    WATERMARK_BYTES, WATERMARK_OFFSET, Watermark, decode_record, encode_record,
+    encode_record_split, record_bytes,
 };
 
 const METADATA_FILE: &str = "metadata";
@@ -440,6 +441,15 @@ impl<B: Backend> Wal<B> {
     /// # Errors
     /// `Poisoned`, `RecordTooLarge`, or the failure to get the next segment (`NoSpace`, I/O).
     pub fn append(&mut self, record: &Record<'_>) -> Result<u64> {
+        self.append_split(record, &[])
+    }
+
+    /// [`Wal::append`] of a record whose payload is `record.payload` followed by `rest`: the
+    /// same record, without the caller first copying the two together.
+    ///
+    /// # Errors
+    /// See [`Wal::append`].
+    pub fn append_split(&mut self, record: &Record<'_>, rest: &[u8]) -> Result<u64> {
         self.check_poisoned()?;
         if record.kind == 0 || record.kind == KIND_SEGMENT_END {
             return Err(Error::BadOption(format!(
@@ -447,7 +457,7 @@ impl<B: Backend> Wal<B> {
                 record.kind
             )));
         }
-        let size = record_bytes(record.payload.len());
+        let size = record_bytes(record.payload.len() + rest.len());
         if size > self.segment_bytes as usize - SEGMENT_HEADER_BYTES {
             return Err(Error::RecordTooLarge { bytes: size, segment_bytes: self.segment_bytes });
         }
@@ -458,7 +468,7 @@ impl<B: Backend> Wal<B> {
         let offset = self.tail_offset;
         let generation = self.generation;
         let segment = &mut self.segments.back_mut().expect("a log has a segment").1;
-        encode_record(record, generation, segment.bytes_mut(offset, size));
+        encode_record_split(record, rest, generation, segment.bytes_mut(offset, size));
         segment.wrote(offset, size);
         self.tail_offset += size;
         Ok(position)

@@ -61,6 +61,23 @@ fn records_round_trip_across_segments_and_reopen() {
 /// After every operation, crash two ways: losing every unsynced write, and keeping all of them.
 /// Every record covered by a completed sync must come back, in order, unchanged.
 #[test]
+fn a_record_appended_in_two_parts_is_the_record_of_both_together() {
+    let (mut whole, _) = Wal::open(SimBackend::new(), options()).unwrap();
+    let (mut split, _) = Wal::open(SimBackend::new(), options()).unwrap();
+    for index in 0..100 {
+        let bytes = payload(index);
+        let cut = index % (bytes.len() + 1);
+        let (head, rest) = bytes.split_at(cut);
+        let at_whole = whole.append(&record(index, &bytes)).unwrap();
+        let at_split = split.append_split(&record(index, head), rest).unwrap();
+        assert_eq!(at_whole, at_split);
+    }
+    whole.sync().unwrap();
+    split.sync().unwrap();
+    assert_eq!(contents(&split), contents(&whole));
+}
+
+#[test]
 fn crash_at_every_sync_point_and_record_boundary_keeps_every_synced_record() {
     let disk = SimBackend::new();
     let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
