@@ -271,40 +271,21 @@ impl KvCommand {
     /// `expected` carries a presence byte first.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let field = put_field;
-        let mut out = Vec::new();
+        self.borrowed().encode()
+    }
+
+    /// The command, borrowing its fields.
+    #[must_use]
+    pub fn borrowed(&self) -> KvCommandRef<'_> {
         match self {
-            KvCommand::Get { key } => {
-                out.push(GET);
-                field(&mut out, key);
-            }
-            KvCommand::Put { key, value } => {
-                out.push(PUT);
-                field(&mut out, key);
-                field(&mut out, value);
-            }
-            KvCommand::Delete { key } => {
-                out.push(DELETE);
-                field(&mut out, key);
-            }
+            KvCommand::Get { key } => KvCommandRef::Get { key },
+            KvCommand::Put { key, value } => KvCommandRef::Put { key, value },
+            KvCommand::Delete { key } => KvCommandRef::Delete { key },
             KvCommand::CompareAndSet { key, expected, new } => {
-                out.push(CAS);
-                field(&mut out, key);
-                match expected {
-                    Some(expected) => {
-                        out.push(1);
-                        field(&mut out, expected);
-                    }
-                    None => out.push(0),
-                }
-                field(&mut out, new);
+                KvCommandRef::CompareAndSet { key, expected: expected.as_deref(), new }
             }
-            KvCommand::Append { entry } => {
-                out.push(APPEND);
-                field(&mut out, entry);
-            }
+            KvCommand::Append { entry } => KvCommandRef::Append { entry },
         }
-        out
     }
 
     /// Decodes a command; `None` if the bytes are not one.
@@ -365,6 +346,55 @@ pub enum KvCommandRef<'a> {
 }
 
 impl<'a> KvCommandRef<'a> {
+    /// Encodes the command (see [`KvCommand::encode`]) into a buffer of exactly its size.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let field = put_field;
+        let fields = |fields: &[&[u8]]| fields.iter().map(|bytes| 4 + bytes.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(
+            2 + match self {
+                KvCommandRef::Get { key } | KvCommandRef::Delete { key } => fields(&[key]),
+                KvCommandRef::Put { key, value } => fields(&[key, value]),
+                KvCommandRef::CompareAndSet { key, expected, new } => {
+                    fields(&[key, expected.unwrap_or_default(), new])
+                }
+                KvCommandRef::Append { entry } => fields(&[entry]),
+            },
+        );
+        match *self {
+            KvCommandRef::Get { key } => {
+                out.push(GET);
+                field(&mut out, key);
+            }
+            KvCommandRef::Put { key, value } => {
+                out.push(PUT);
+                field(&mut out, key);
+                field(&mut out, value);
+            }
+            KvCommandRef::Delete { key } => {
+                out.push(DELETE);
+                field(&mut out, key);
+            }
+            KvCommandRef::CompareAndSet { key, expected, new } => {
+                out.push(CAS);
+                field(&mut out, key);
+                match expected {
+                    Some(expected) => {
+                        out.push(1);
+                        field(&mut out, expected);
+                    }
+                    None => out.push(0),
+                }
+                field(&mut out, new);
+            }
+            KvCommandRef::Append { entry } => {
+                out.push(APPEND);
+                field(&mut out, entry);
+            }
+        }
+        out
+    }
+
     /// Decodes a command in place; `None` if the bytes are not one.
     #[must_use]
     pub fn decode(bytes: &'a [u8]) -> Option<KvCommandRef<'a>> {

@@ -15,7 +15,7 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::client::{Client, Completion};
-use crate::state_machine::{KvCommand, shard_for_key};
+use crate::state_machine::{KvCommandRef, shard_for_key};
 
 /// What load to apply.
 #[derive(Clone, Debug)]
@@ -83,12 +83,12 @@ struct Driver {
 impl Driver {
     /// One command, and whether it writes.
     fn command(&mut self) -> (Vec<u8>, bool) {
-        let key = self.keys[(self.rng.next_u64() % self.keys.len() as u64) as usize].clone();
+        let key = &self.keys[(self.rng.next_u64() % self.keys.len() as u64) as usize];
         let read = (self.rng.next_u64() as f64 / u64::MAX as f64) < self.read_ratio;
         if read {
-            (KvCommand::Get { key }.encode(), false)
+            (KvCommandRef::Get { key }.encode(), false)
         } else {
-            (KvCommand::Put { key, value: self.value.clone() }.encode(), true)
+            (KvCommandRef::Put { key, value: &self.value }.encode(), true)
         }
     }
 }
