@@ -126,12 +126,14 @@ fn archived_reads(c: &mut Criterion) {
     let from = quorum::core::Slot(commit.0 / 2);
     let end = quorum::core::Slot(from.0 + 256);
     let (from_memory, _) = leader.replica().log().runs_from(from, end, usize::MAX);
-    let from_wal = leader.archived_runs(from, end).unwrap();
+    let from_wal = leader.archived_runs(from, end, usize::MAX).unwrap();
     assert_eq!(from_wal, from_memory, "the WAL gives back what memory holds");
     group.bench_function("from-memory", |b| {
         b.iter(|| leader.replica().log().runs_from(from, end, usize::MAX));
     });
-    group.bench_function("from-wal", |b| b.iter(|| leader.archived_runs(from, end).unwrap()));
+    group.bench_function("from-wal", |b| {
+        b.iter(|| leader.archived_runs(from, end, usize::MAX).unwrap())
+    });
     group.finish();
 }
 

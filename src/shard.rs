@@ -109,6 +109,11 @@ pub struct ReplicaLog<B: Backend, T> {
     stretch_bytes: u64,
 }
 
+/// Most bytes of records one read of compacted slots takes: a range is read in such parts,
+/// so that one read never holds the shard up for long (a reader's window, in slots, bounds
+/// what is queued for it, as it does from memory).
+pub const ARCHIVE_READ_BYTES_MAX: usize = 16 << 20;
+
 /// The longest stretch: a read of compacted slots scans at most this much before them (with
 /// every record's checksum checked), and the index costs 16 bytes per stretch of log.
 const STRETCH_BYTES_MAX: u64 = 64 << 10;
@@ -190,19 +195,23 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// those slots into a scratch image, as a restart would (so the values are the ones the
     /// replica held: protocol.md §4), from the first stretch that names any of them, until
     /// all of them are chosen. Returns the chosen prefix of the range: fewer slots, or none,
-    /// if the log cannot tell yet (its `Committed` record is not durable yet).
+    /// if the log cannot tell yet (its `Committed` record is not durable yet); fewer slots too
+    /// where their records pass `bytes_max` (at least one slot is read, whatever its size).
+    /// The reader asks again from where it stops.
     ///
     /// # Errors
     /// The log is poisoned, or holds a record no replica writes.
     pub fn archived_runs(
         &self,
         from_slot: Slot,
-        end_slot: Slot,
+        mut end_slot: Slot,
+        bytes_max: usize,
     ) -> Result<Vec<SlotRun>, ShardError> {
         let Some(start) = self.index.iter().find(|stretch| stretch.slot_end > from_slot.0) else {
             return Ok(Vec::new());
         };
         let durable = self.wal.durable_position();
+        let mut bytes = 0;
         let mut scratch = Log::starting_at(from_slot);
         for item in self.wal.iter_from(start.position) {
             let (position, record) = item?;
@@ -215,6 +224,12 @@ impl<B: Backend, T> ReplicaLog<B, T> {
                 if low >= high {
                     continue;
                 }
+                if bytes + record.payload.len() > bytes_max && low > from_slot.0 {
+                    // Past the budget: this slot and those after it wait for the next read.
+                    end_slot = Slot(low);
+                    continue;
+                }
+                bytes += record.payload.len();
                 match decode_sharing(&self.wal, position, &record)? {
                     Record::Accepted { ballot, value, .. } => {
                         scratch.accept(Slot(low), high - low, ballot, &value);
@@ -238,6 +253,33 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         }
         let chosen_end = scratch.first_unchosen(from_slot).min(end_slot);
         Ok(scratch.runs_from(from_slot, chosen_end, usize::MAX).0)
+    }
+
+    /// What `Action::SendArchived` sends: the committed runs of `from_slot..end_slot` as
+    /// `Chosen` messages of at most `runs_max` runs, read in parts of at most `bytes_max`
+    /// bytes of records. Stops early where the log cannot tell yet (the reader asks again).
+    ///
+    /// # Errors
+    /// See [`ReplicaLog::archived_runs`].
+    pub fn archived_messages(
+        &self,
+        mut from_slot: Slot,
+        end_slot: Slot,
+        commit_index: Slot,
+        runs_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Message>, ShardError> {
+        let mut messages = Vec::new();
+        while from_slot < end_slot {
+            let runs = self.archived_runs(from_slot, end_slot, bytes_max)?;
+            let Some(last) = runs.last() else { break };
+            from_slot = last.end_slot();
+            messages.extend(
+                runs.chunks(runs_max)
+                    .map(|runs| Message::Chosen { runs: runs.to_vec(), commit_index }),
+            );
+        }
+        Ok(messages)
     }
 
     /// The WAL.
@@ -573,8 +615,9 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         &self,
         from_slot: Slot,
         end_slot: Slot,
+        bytes_max: usize,
     ) -> Result<Vec<SlotRun>, ShardError> {
-        self.log.archived_runs(from_slot, end_slot)
+        self.log.archived_runs(from_slot, end_slot, bytes_max)
     }
 
     fn process_actions(&mut self) -> Result<(), ShardError> {
@@ -597,12 +640,15 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                     self.commit(first_slot, count, value)?
                 }
                 Action::SendArchived { to, from_slot, end_slot, commit_index } => {
-                    let runs = self.log.archived_runs(from_slot, end_slot)?;
                     let runs_max = self.replica.config().message_runs_max;
-                    for chunk in runs.chunks(runs_max) {
-                        let runs = chunk.to_vec();
-                        self.outbox.push((to, Message::Chosen { runs, commit_index }));
-                    }
+                    let messages = self.log.archived_messages(
+                        from_slot,
+                        end_slot,
+                        commit_index,
+                        runs_max,
+                        ARCHIVE_READ_BYTES_MAX,
+                    )?;
+                    self.outbox.extend(messages.into_iter().map(|message| (to, message)));
                 }
             }
         }

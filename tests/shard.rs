@@ -191,6 +191,21 @@ fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() 
     assert_eq!(stores[0], stores[1]);
     assert_eq!(stores[1], stores[2]);
     assert_eq!(stores[victim].get(b"key-3"), Some(&b"value-150"[..]));
+    // Read back in parts of any size, the leader's log gives the same runs as in one read.
+    let leader_shard = cluster.shards[leader].as_ref().unwrap();
+    let (from, end) = (quorum::core::Slot(1), leader_shard.replica().log().base());
+    let whole = leader_shard.archived_runs(from, end, usize::MAX).unwrap();
+    assert_eq!(whole.first().map(|run| run.first_slot), Some(from));
+    assert_eq!(whole.last().map(quorum::core::SlotRun::end_slot), Some(end));
+    let mut parts = Vec::new();
+    let mut at = from;
+    while at < end {
+        let part = leader_shard.archived_runs(at, end, 1).unwrap();
+        assert_eq!(part.len(), 1, "a budget of one byte still reads one slot");
+        at = part[0].end_slot();
+        parts.extend(part);
+    }
+    assert_eq!(parts, whole);
     // And it keeps no more in memory than it was told to.
     let victim_log = cluster.shards[victim].as_ref().unwrap().replica().log();
     assert!(commits[victim].0 - victim_log.base().0 <= 4 + 4 / 4 + 1, "{victim_log:?}");

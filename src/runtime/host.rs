@@ -403,7 +403,7 @@ impl Host {
                 let runs = if from_slot < base {
                     // A few messages' worth per read: each read replays part of the WAL.
                     let end_slot = end_slot.min(base).min(from_slot.plus(4 * runs_max as u64));
-                    self.shard.archived_runs(from_slot, end_slot)?
+                    self.shard.archived_runs(from_slot, end_slot, FEED_BUFFER_MAX)?
                 } else {
                     let (runs, _) = replica.log().runs_from(from_slot, end_slot, runs_max);
                     runs

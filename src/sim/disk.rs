@@ -9,7 +9,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use quorum_wal::{Options, PendingSync, SimBackend, Tear};
 
-use crate::core::{Message, NodeId, PersistSeq, Record, Slot, SlotRun};
+use crate::core::{Message, NodeId, PersistSeq, Record, Slot};
 use crate::shard::ReplicaLog;
 
 /// The disk of one shard replica.
@@ -78,13 +78,22 @@ impl SimDisk {
         (seq, released.extras, released.then_send)
     }
 
-    /// The committed runs of `from_slot..end_slot`, read back from the log (see
-    /// [`ReplicaLog::archived_runs`]).
+    /// The `Chosen` messages that send `from_slot..end_slot` from the log (see
+    /// [`ReplicaLog::archived_messages`]).
     ///
     /// # Panics
     /// If the log cannot be read: simulated logs hold only records replicas wrote.
-    pub fn archived_runs(&mut self, from_slot: Slot, end_slot: Slot) -> Vec<SlotRun> {
-        self.log().archived_runs(from_slot, end_slot).expect("simulated logs read back")
+    pub fn archived_messages(
+        &mut self,
+        from_slot: Slot,
+        end_slot: Slot,
+        commit_index: Slot,
+        runs_max: usize,
+        bytes_max: usize,
+    ) -> Vec<Message> {
+        self.log()
+            .archived_messages(from_slot, end_slot, commit_index, runs_max, bytes_max)
+            .expect("simulated logs read back")
     }
 
     /// A crash: the synced image stays; each write made since survives with chance

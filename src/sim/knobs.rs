@@ -75,6 +75,9 @@ pub struct Knobs {
     /// Committed slots a replica keeps in memory (`Config::retain_slots`): small, so that
     /// catch-up, elections and feeds often reach below it and are served from the WAL.
     pub retain_slots: u64,
+    /// Bytes one such read may take (`ReplicaLog::archived_runs`): small, so that readers
+    /// far behind must ask again many times.
+    pub archive_read_bytes_max: usize,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -119,6 +122,7 @@ impl Knobs {
             client_timeout_us: between(rng, 30_000, 80_000),
             relay: between(rng, 0, 1) == 1,
             retain_slots: [0, 4, 32, 256, u64::MAX][between(rng, 0, 4) as usize],
+            archive_read_bytes_max: [1, 4096, 65536, 16 << 20][between(rng, 0, 3) as usize],
         }
     }
 }

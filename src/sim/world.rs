@@ -529,12 +529,18 @@ impl World {
                         self.merge(node, shard, first_slot, count, &value);
                     }
                     Action::SendArchived { to, from_slot, end_slot, commit_index } => {
-                        let disk = &mut self.nodes[node].shards[shard].disk;
-                        let runs = disk.archived_runs(from_slot, end_slot);
-                        self.archived_reads += 1;
                         let runs_max = self.replica(node, shard).config().message_runs_max;
-                        for chunk in runs.chunks(runs_max) {
-                            let message = Message::Chosen { runs: chunk.to_vec(), commit_index };
+                        let bytes_max = self.knobs.archive_read_bytes_max;
+                        let disk = &mut self.nodes[node].shards[shard].disk;
+                        let messages = disk.archived_messages(
+                            from_slot,
+                            end_slot,
+                            commit_index,
+                            runs_max,
+                            bytes_max,
+                        );
+                        self.archived_reads += 1;
+                        for message in messages {
                             self.net_send(node, to, shard, message);
                         }
                     }
