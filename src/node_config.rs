@@ -45,6 +45,9 @@ pub struct NodeSettings {
     pub upstream: Option<u16>,
     /// Pin each shard's thread to a core.
     pub pin_cores: Option<bool>,
+    /// With `pin_cores`: the core shard 0 is pinned to; shard k goes to core
+    /// (first_core + k) mod cores. Several nodes on one host can so spread over its cores.
+    pub first_core: Option<usize>,
     /// Largest batch, in bytes.
     pub batch_bytes_max: Option<usize>,
     /// Most commands in a batch.
@@ -141,6 +144,7 @@ impl NodeSettings {
             learner: overrides.learner.or(self.learner),
             upstream: overrides.upstream.or(self.upstream),
             pin_cores: overrides.pin_cores.or(self.pin_cores),
+            first_core: overrides.first_core.or(self.first_core),
             batch_bytes_max: overrides.batch_bytes_max.or(self.batch_bytes_max),
             batch_commands_max: overrides.batch_commands_max.or(self.batch_commands_max),
             pipeline_depth_max: overrides.pipeline_depth_max.or(self.pipeline_depth_max),
@@ -256,6 +260,8 @@ pub struct NodeConfig {
     pub upstream: Option<NodeId>,
     /// Pin shard threads to cores.
     pub pin_cores: bool,
+    /// The core shard 0 is pinned to.
+    pub first_core: usize,
     /// Largest batch, in bytes.
     pub batch_bytes_max: usize,
     /// Most commands in a batch.
@@ -434,6 +440,7 @@ impl NodeConfig {
             learner,
             upstream,
             pin_cores: settings.pin_cores.unwrap_or(true),
+            first_core: settings.first_core.unwrap_or(0),
             batch_bytes_max,
             batch_commands_max,
             pipeline_depth_max,

@@ -115,9 +115,9 @@ impl Node {
             let (started, ready_rx) = std::sync::mpsc::sync_channel(1);
             ready.push(ready_rx);
             let placement = if config.pin_cores {
-                // Shard k of every node of a host shares core k: a replica reaches its peers
-                // on the same core without waking another (DESIGN.md §5).
-                Placement::Fixed(usize::from(shard) % cores)
+                // Shard k on core first_core + k: with one node per host, each shard has a
+                // core; several nodes on one host spread by giving each its own first core.
+                Placement::Fixed((config.first_core + usize::from(shard)) % cores)
             } else {
                 Placement::Unbound
             };

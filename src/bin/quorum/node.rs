@@ -56,6 +56,10 @@ pub struct NodeArgs {
     /// Pin shard k's thread to core k mod cores: true (default) or false.
     #[arg(long, value_name = "BOOL")]
     pin_cores: Option<bool>,
+    /// With pinning, the core shard 0 runs on (default 0); shard k runs on core
+    /// (N + k) mod cores. Give each node of a host its own, so they spread over its cores.
+    #[arg(long, value_name = "N")]
+    first_core: Option<usize>,
     /// Largest batch in bytes (default 1 MiB).
     #[arg(long, value_name = "BYTES")]
     batch_bytes_max: Option<usize>,
@@ -102,6 +106,7 @@ impl NodeArgs {
             upstream: self.upstream,
             apply: self.apply,
             pin_cores: self.pin_cores,
+            first_core: self.first_core,
             batch_bytes_max: self.batch_bytes_max,
             batch_commands_max: self.batch_commands_max,
             pipeline_depth_max: self.pipeline_depth_max,
