@@ -163,21 +163,25 @@ fn decode_sharing<B: Backend>(
 }
 
 impl<B: Backend, T> ReplicaLog<B, T> {
-    /// Opens the log and returns it with the records it recovered, in order.
+    /// Opens the log and hands `each` the records it recovered, one at a time, in order (so a
+    /// long log is never held in memory whole).
     ///
     /// # Errors
-    /// The log cannot be opened, or holds a record no replica writes.
-    pub fn open(backend: B, options: Options) -> Result<(Self, Vec<Record>), ShardError> {
+    /// The log cannot be opened, holds a record no replica writes, or `each` failed.
+    pub fn open(
+        backend: B,
+        options: Options,
+        mut each: impl FnMut(Record) -> Result<(), ShardError>,
+    ) -> Result<Self, ShardError> {
         let (mut wal, _recovery) = Wal::open(backend, options)?;
         let stretch_bytes = (wal.segment_bytes() / 64).clamp(4096, STRETCH_BYTES_MAX);
         let mut index = Vec::new();
-        let mut records = Vec::new();
         for item in wal.iter_from(wal.first_position()) {
             let (position, record) = item?;
             note_stretch(&mut index, stretch_bytes, position, log_record::slots_named(&record));
             // Batches recovered from the log share its mapping rather than fill the heap (the
             // WAL's recovery has checked these records already).
-            records.push(decode_sharing(&wal, position, &record)?);
+            each(decode_sharing(&wal, position, &record)?)?;
         }
         wal.retire_sealed();
         let log = ReplicaLog {
@@ -187,7 +191,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             index,
             stretch_bytes,
         };
-        Ok((log, records))
+        Ok(log)
     }
 
     /// The committed runs of slots `from_slot..end_slot`, read back from the log: for a
@@ -382,23 +386,56 @@ pub struct AppliedCommand<R> {
     pub outcome: Outcome<R>,
 }
 
-/// One shard replica, its log and its state machine.
-pub struct Shard<B: Backend, S: StateMachine> {
-    replica: Replica,
-    log: ReplicaLog<B, ()>,
+/// Where a shard's committed runs go: its state machine, or onward ([`ApplyTo::Forward`]).
+struct Committer<S: StateMachine> {
     applier: Applier<S>,
-    actions: Vec<Action>,
-    outbox: Vec<(NodeId, Message)>,
     replies: Vec<AppliedCommand<S::Reply>>,
-    /// Batches the replica now keeps in the WAL's mapping instead of the heap.
-    pub shared_batches: u64,
-    /// Batches offered from the mapping but not taken (the slot's value had changed).
-    pub unshared_batches: u64,
     /// Batches committed (no-ops not counted).
     committed_batches: u64,
     /// Total-order apply: committed runs wait here for the node's one state machine instead
     /// of being applied to this shard's.
     forwarded: Option<Vec<Committed>>,
+}
+
+impl<S: StateMachine> Committer<S> {
+    /// Applies a committed run here, or hands it on. `replies`: keep the outcomes of its
+    /// commands for the clients waiting on them (none wait for runs replayed at start-up).
+    fn commit(
+        &mut self,
+        first_slot: Slot,
+        count: u64,
+        value: Value,
+        replies: bool,
+    ) -> Result<(), ShardError> {
+        self.committed_batches += u64::from(value.is_batch());
+        if let Some(forwarded) = &mut self.forwarded {
+            forwarded.push(Committed { first_slot, count, value });
+            return Ok(());
+        }
+        let Value::Batch(bytes) = value else { return Ok(()) };
+        let out = &mut self.replies;
+        let mut index = 0;
+        self.applier.apply_batch(&bytes, |id, outcome| {
+            if replies {
+                out.push(AppliedCommand { id, slot: first_slot, index, outcome });
+            }
+            index += 1;
+        })?;
+        Ok(())
+    }
+}
+
+/// One shard replica, its log and its state machine.
+pub struct Shard<B: Backend, S: StateMachine> {
+    replica: Replica,
+    log: ReplicaLog<B, ()>,
+    committer: Committer<S>,
+    actions: Vec<Action>,
+    outbox: Vec<(NodeId, Message)>,
+    /// Batches the replica now keeps in the WAL's mapping instead of the heap.
+    pub shared_batches: u64,
+    /// Batches offered from the mapping but not taken (the slot's value had changed).
+    pub unshared_batches: u64,
 }
 
 /// Where a shard's committed runs are applied.
@@ -437,22 +474,41 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         session_window: usize,
         apply: ApplyTo,
     ) -> Result<Self, ShardError> {
-        let (log, records) = ReplicaLog::open(backend, options)?;
-        let replica = Replica::restore(config, &records)?;
-        let mut shard = Shard {
-            replica,
-            log,
+        let mut replica = Replica::recovering(config)?;
+        let mut committer = Committer {
             applier: Applier::new(machine, session_window),
-            actions: Vec::with_capacity(64),
-            outbox: Vec::new(),
             replies: Vec::new(),
-            shared_batches: 0,
-            unshared_batches: 0,
             committed_batches: 0,
             forwarded: (apply == ApplyTo::Forward).then(Vec::new),
         };
-        shard.process_actions()?;
-        Ok(shard)
+        // Replayed record by record, committed runs applied as the records commit them, so
+        // neither the records nor the log's slots pile up in memory (the log compacts).
+        let mut actions = Vec::new();
+        let mut apply = |replica: &mut Replica| -> Result<(), ShardError> {
+            replica.take_actions(&mut actions);
+            for action in actions.drain(..) {
+                let Action::Commit { first_slot, count, value } = action else {
+                    unreachable!("replaying the log only commits: {action:?}");
+                };
+                committer.commit(first_slot, count, value, false)?;
+            }
+            Ok(())
+        };
+        let log = ReplicaLog::open(backend, options, |record| {
+            replica.replay(&record);
+            apply(&mut replica)
+        })?;
+        replica.finish_recovery();
+        apply(&mut replica)?;
+        Ok(Shard {
+            replica,
+            log,
+            committer,
+            actions: Vec::with_capacity(64),
+            outbox: Vec::new(),
+            shared_batches: 0,
+            unshared_batches: 0,
+        })
     }
 
     /// The protocol core.
@@ -464,7 +520,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// The state machine.
     #[must_use]
     pub fn machine(&self) -> &S {
-        self.applier.machine()
+        self.committer.applier.machine()
     }
 
     /// The log.
@@ -482,13 +538,13 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// Batches committed since the replica started (no-ops not counted).
     #[must_use]
     pub fn committed_batches(&self) -> u64 {
-        self.committed_batches
+        self.committer.committed_batches
     }
 
     /// Client commands applied so far on this replica.
     #[must_use]
     pub fn applied_commands(&self) -> u64 {
-        self.applier.applied_commands()
+        self.committer.applier.applied_commands()
     }
 
     /// A message arrived from a peer.
@@ -596,14 +652,14 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// Moves the committed runs waiting to be applied elsewhere ([`ApplyTo::Forward`]) onto
     /// `out`, in slot order.
     pub fn take_committed(&mut self, out: &mut Vec<Committed>) {
-        if let Some(forwarded) = &mut self.forwarded {
+        if let Some(forwarded) = &mut self.committer.forwarded {
             out.append(forwarded);
         }
     }
 
     /// Moves the outcomes of applied client commands onto `out`.
     pub fn take_replies(&mut self, out: &mut Vec<AppliedCommand<S::Reply>>) {
-        out.append(&mut self.replies);
+        out.append(&mut self.committer.replies);
     }
 
     /// The committed runs of `from_slot..end_slot` from the WAL, for slots the replica
@@ -637,7 +693,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                     self.log.append(seq, &record, then_send, ())?
                 }
                 Action::Commit { first_slot, count, value } => {
-                    self.commit(first_slot, count, value)?
+                    self.committer.commit(first_slot, count, value, true)?
                 }
                 Action::SendArchived { to, from_slot, end_slot, commit_index } => {
                     let runs_max = self.replica.config().message_runs_max;
@@ -652,23 +708,6 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 }
             }
         }
-        Ok(())
-    }
-
-    /// Applies a committed run here, or hands it on ([`ApplyTo::Forward`]).
-    fn commit(&mut self, first_slot: Slot, count: u64, value: Value) -> Result<(), ShardError> {
-        self.committed_batches += u64::from(value.is_batch());
-        if let Some(forwarded) = &mut self.forwarded {
-            forwarded.push(Committed { first_slot, count, value });
-            return Ok(());
-        }
-        let Value::Batch(bytes) = value else { return Ok(()) };
-        let replies = &mut self.replies;
-        let mut index = 0;
-        self.applier.apply_batch(&bytes, |id, outcome| {
-            replies.push(AppliedCommand { id, slot: first_slot, index, outcome });
-            index += 1;
-        })?;
         Ok(())
     }
 }

@@ -214,6 +214,20 @@ impl Replica {
         config: Config,
         records: impl IntoIterator<Item = &'a Record>,
     ) -> Result<Replica, ConfigError> {
+        let mut replica = Replica::recovering(config)?;
+        for record in records {
+            replica.replay(record);
+        }
+        replica.finish_recovery();
+        Ok(replica)
+    }
+
+    /// A replica to rebuild from its log: [`Replica::replay`] each record in the order they
+    /// were written, then [`Replica::finish_recovery`] before anything else.
+    ///
+    /// # Errors
+    /// The configuration's first bad value.
+    pub fn recovering(config: Config) -> Result<Replica, ConfigError> {
         config.validate()?;
         let voters = Voters::new(config.voters.clone());
         let peers: Vec<NodeId> =
@@ -221,7 +235,7 @@ impl Replica {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.random_seed);
         let election = ElectionTimer::new(config.election_timeout_ticks, 0, &mut rng);
         let role = if config.is_learner() { Role::Learner } else { Role::Follower };
-        let mut replica = Replica {
+        let replica = Replica {
             batch: BatchBuilder::new(config.batch_bytes_max),
             voters,
             peers,
@@ -246,26 +260,39 @@ impl Replica {
             subscription: Subscription::default(),
             config,
         };
-        for record in records {
-            match record {
-                Record::Promised { ballot } => replica.raise_promise(*ballot),
-                Record::Accepted { ballot, first_slot, count, value } => {
-                    replica.raise_promise(*ballot);
-                    replica.log.accept(*first_slot, *count, *ballot, value);
-                }
-                Record::Chosen { first_slot, count, value } => {
-                    replica.log.choose(*first_slot, *count, Ballot::ZERO, value);
-                }
-                Record::Committed { commit_index } => replica.log.choose_prefix(*commit_index),
+        Ok(replica)
+    }
+
+    /// Replays one record of the log. What was committed before the restart is committed
+    /// again, in order (`Action::Commit`), as soon as the records say so, so that the state
+    /// machine (rebuilt from nothing until snapshots exist) sees the whole log while the
+    /// replica keeps only `retain_slots` of it; a runtime may take the actions as it goes.
+    pub fn replay(&mut self, record: &Record) {
+        match record {
+            Record::Promised { ballot } => self.raise_promise(*ballot),
+            Record::Accepted { ballot, first_slot, count, value } => {
+                self.raise_promise(*ballot);
+                self.log.accept(*first_slot, *count, *ballot, value);
+            }
+            Record::Chosen { first_slot, count, value } => {
+                self.log.choose(*first_slot, *count, Ballot::ZERO, value);
+            }
+            Record::Committed { commit_index } => {
+                self.log.choose_prefix(*commit_index);
+                // A chosen slot keeps its value whatever later records say (`Log::accept`),
+                // so committing now gives what committing after the last record would.
+                self.maybe_advance_commit();
             }
         }
-        replica.promised_durable = replica.promised;
-        replica.round_seen_max = replica.promised.round;
-        // What was committed before the restart is committed again, in order, so the state
-        // machine (rebuilt from nothing until snapshots exist) sees the whole log.
-        replica.maybe_advance_commit();
-        replica.commit_index_persisted = replica.commit_index;
-        Ok(replica)
+    }
+
+    /// Ends [`Replica::replay`]: commits what the whole log makes committed, and takes the
+    /// promise the records carry as durable.
+    pub fn finish_recovery(&mut self) {
+        self.promised_durable = self.promised;
+        self.round_seen_max = self.promised.round;
+        self.maybe_advance_commit();
+        self.commit_index_persisted = self.commit_index;
     }
 
     // ----- Observers ---------------------------------------------------------------------

@@ -35,8 +35,8 @@ impl SimDisk {
     #[must_use]
     pub fn new() -> SimDisk {
         let backend = SimBackend::new();
-        let (log, _) =
-            ReplicaLog::open(backend.clone(), options()).expect("a new simulated log opens");
+        let log = ReplicaLog::open(backend.clone(), options(), |_| Ok(()))
+            .expect("a new simulated log opens");
         SimDisk { backend, log: Some(log), in_flight: None }
     }
 
@@ -121,8 +121,12 @@ impl SimDisk {
     pub fn recover(&mut self) -> Vec<Record> {
         // Damage the WAL reports as possibly synced comes here only from a sync that had not
         // completed (the simulated disk flips no bits), so nothing in it was acknowledged.
-        let (log, records) = ReplicaLog::open(self.backend.clone(), options())
-            .expect("recovery after a crash succeeds");
+        let mut records = Vec::new();
+        let log = ReplicaLog::open(self.backend.clone(), options(), |record| {
+            records.push(record);
+            Ok(())
+        })
+        .expect("recovery after a crash succeeds");
         self.log = Some(log);
         records
     }
