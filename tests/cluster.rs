@@ -212,6 +212,15 @@ impl TestCluster {
         }
     }
 
+    /// Waits until node `id` answers `quorum status` (it listens).
+    fn await_up(&self, id: u16, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.status(id).is_none() {
+            assert!(Instant::now() < deadline, "node {id} did not come up:\n{}", self.log(id));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn log(&self, id: u16) -> String {
         std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
     }
@@ -337,6 +346,7 @@ fn learners_relay_and_every_node_merges_the_same_log() {
     let client = cluster.client();
     const WRITES: usize = 400;
     // One tail follows node 5 from before the writes: its log, then live.
+    cluster.await_up(5, Duration::from_secs(20));
     let live = tail(&cluster, 5, 0, WRITES);
     for i in 0..WRITES {
         if i % 4 == 3 {
