@@ -57,7 +57,8 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BOOL")]
     pin_cores: Option<bool>,
     /// With pinning, the core shard 0 runs on (default 0); shard k runs on core
-    /// (N + k) mod cores. Give each node of a host its own, so they spread over its cores.
+    /// (N + k) mod cores. Several nodes on one host share cores by default (faster for small
+    /// writes); giving each its own N spreads them (faster for large ones; BENCHMARKS.md).
     #[arg(long, value_name = "N")]
     first_core: Option<usize>,
     /// Largest batch in bytes (default 1 MiB).
