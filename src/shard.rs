@@ -15,8 +15,8 @@ use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
 use crate::core::log::Log;
 use crate::core::{
-    Action, Ballot, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record,
-    RefusedMessage, Replica, RequestId, Slot, SlotRun, Value,
+    Action, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record, RefusedMessage,
+    Replica, RequestId, Slot, SlotRun, Value,
 };
 use crate::log_record;
 use crate::state_machine::{Applier, Outcome, StateMachine};
@@ -222,11 +222,10 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             if position >= durable {
                 break;
             }
-            let may_complete = if let Some((first, count)) = log_record::slots_named(&record) {
+            if let Some((first, count)) = log_record::slots_named(&record) {
                 let low = first.max(from_slot.0);
-                let high = first.saturating_add(count).min(end_slot.0);
-                if low >= high {
-                    continue;
+                if low >= first.saturating_add(count).min(end_slot.0) {
+                    continue; // Names none of the slots wanted.
                 }
                 if bytes + record.payload.len() > bytes_max && low > from_slot.0 {
                     // Past the budget: this slot and those after it wait for the next read.
@@ -234,22 +233,17 @@ impl<B: Backend, T> ReplicaLog<B, T> {
                     continue;
                 }
                 bytes += record.payload.len();
-                match decode_sharing(&self.wal, position, &record)? {
-                    Record::Accepted { ballot, value, .. } => {
-                        scratch.accept(Slot(low), high - low, ballot, &value);
-                        false
-                    }
-                    Record::Chosen { value, .. } => {
-                        scratch.choose(Slot(low), high - low, Ballot::ZERO, &value);
-                        true
-                    }
-                    _ => false,
-                }
-            } else if log_record::is_committed(&record) {
-                scratch.choose_prefix(Slot(record.slot));
-                record.slot >= end_slot.0
-            } else {
-                false
+            } else if !log_record::is_committed(&record) {
+                continue; // A promise says nothing of slots.
+            }
+            // Slots below the scratch log's base are ignored by it; those past `end_slot`
+            // (a no-op run reaching beyond) are never read from it.
+            let record = decode_sharing(&self.wal, position, &record)?;
+            scratch.replay(&record);
+            let may_complete = match record {
+                Record::Chosen { .. } => true,
+                Record::Committed { commit_index } => commit_index >= end_slot,
+                _ => false,
             };
             if may_complete && scratch.first_unchosen(from_slot) >= end_slot {
                 break;

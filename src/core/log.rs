@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use super::batch::Value;
-use super::message::SlotRun;
+use super::message::{Record, SlotRun};
 use super::types::{Ballot, Slot};
 
 /// What one slot holds.
@@ -168,6 +168,22 @@ impl Log {
                 entry.value = Some(value.clone());
             }
             entry.chosen = true;
+        }
+    }
+
+    /// Applies what a durable record says of the slots, as a restart does (protocol.md §4);
+    /// a promise says nothing of them. The one place these rules live: a replica rebuilding
+    /// itself and a read of compacted slots from the WAL both replay through it.
+    pub fn replay(&mut self, record: &Record) {
+        match record {
+            Record::Promised { .. } => {}
+            Record::Accepted { ballot, first_slot, count, value } => {
+                self.accept(*first_slot, *count, *ballot, value);
+            }
+            Record::Chosen { first_slot, count, value } => {
+                self.choose(*first_slot, *count, Ballot::ZERO, value);
+            }
+            Record::Committed { commit_index } => self.choose_prefix(*commit_index),
         }
     }
 

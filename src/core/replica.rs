@@ -268,21 +268,14 @@ impl Replica {
     /// machine (rebuilt from nothing until snapshots exist) sees the whole log while the
     /// replica keeps only `retain_slots` of it; a runtime may take the actions as it goes.
     pub fn replay(&mut self, record: &Record) {
-        match record {
-            Record::Promised { ballot } => self.raise_promise(*ballot),
-            Record::Accepted { ballot, first_slot, count, value } => {
-                self.raise_promise(*ballot);
-                self.log.accept(*first_slot, *count, *ballot, value);
-            }
-            Record::Chosen { first_slot, count, value } => {
-                self.log.choose(*first_slot, *count, Ballot::ZERO, value);
-            }
-            Record::Committed { commit_index } => {
-                self.log.choose_prefix(*commit_index);
-                // A chosen slot keeps its value whatever later records say (`Log::accept`),
-                // so committing now gives what committing after the last record would.
-                self.maybe_advance_commit();
-            }
+        if let Record::Promised { ballot } | Record::Accepted { ballot, .. } = record {
+            self.raise_promise(*ballot);
+        }
+        self.log.replay(record);
+        if let Record::Committed { .. } = record {
+            // A chosen slot keeps its value whatever later records say (`Log::accept`), so
+            // committing now gives what committing after the last record would.
+            self.maybe_advance_commit();
         }
     }
 
