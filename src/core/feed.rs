@@ -8,8 +8,6 @@
 //! reports the same position twice, with more sent since, lost what was sent; the feed goes
 //! back and sends it again.
 
-use super::log::Log;
-use super::message::SlotRun;
 use super::types::Slot;
 
 /// One subscriber's feed.
@@ -52,37 +50,33 @@ impl Feed {
         (self.next_slot < end).then_some((self.next_slot, end))
     }
 
-    /// Everything below `slot` was sent.
+    /// Everything below `slot` was sent: the sender read the due slots (from memory or from
+    /// the WAL) and sent them up to there.
     pub fn sent_to(&mut self, slot: Slot) {
         self.next_slot = self.next_slot.max(slot);
-    }
-
-    /// The next runs to send from `log` (see [`Feed::due`]), at most `runs_max` runs. `None`
-    /// when nothing is due, or when the due slots are below the log's base: those must come
-    /// from the log on disk.
-    pub fn next_runs(
-        &mut self,
-        log: &Log,
-        commit_index: Slot,
-        runs_max: usize,
-        window: u64,
-    ) -> Option<Vec<SlotRun>> {
-        let (from, end) = self.due(commit_index, window)?;
-        if from < log.base() {
-            return None;
-        }
-        let (runs, _) = log.runs_from(from, end, runs_max);
-        let last = runs.last()?;
-        debug_assert!(runs.iter().all(|run| run.chosen), "a feed sends only chosen slots");
-        self.next_slot = last.end_slot();
-        Some(runs)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::log::Log;
     use crate::core::{Ballot, Value};
+
+    /// What a sender does: reads at most `runs_max` due runs from `log` and sends them.
+    /// Returns their first slots, `None` when nothing is due.
+    fn send(
+        feed: &mut Feed,
+        log: &Log,
+        commit: Slot,
+        runs_max: usize,
+        window: u64,
+    ) -> Option<Vec<u64>> {
+        let (from, end) = feed.due(commit, window)?;
+        let (runs, _) = log.runs_from(from, end, runs_max);
+        feed.sent_to(runs.last()?.end_slot());
+        Some(runs.iter().map(|run| run.first_slot.0).collect())
+    }
 
     fn log_of(slots: u64) -> Log {
         let mut log = Log::default();
@@ -97,15 +91,12 @@ mod tests {
     fn a_feed_sends_committed_slots_within_its_window_and_resends_what_was_lost() {
         let log = log_of(10);
         let mut feed = Feed::new(Slot(2));
-        let runs = feed.next_runs(&log, Slot(8), 2, 4).unwrap();
-        assert_eq!(runs.iter().map(|r| r.first_slot.0).collect::<Vec<_>>(), vec![2, 3]);
-        let runs = feed.next_runs(&log, Slot(8), 2, 4).unwrap();
-        assert_eq!(runs.iter().map(|r| r.first_slot.0).collect::<Vec<_>>(), vec![4, 5]);
-        assert_eq!(feed.next_runs(&log, Slot(8), 2, 4), None, "window of 4 from slot 2 is full");
+        assert_eq!(send(&mut feed, &log, Slot(8), 2, 4), Some(vec![2, 3]));
+        assert_eq!(send(&mut feed, &log, Slot(8), 2, 4), Some(vec![4, 5]));
+        assert_eq!(send(&mut feed, &log, Slot(8), 2, 4), None, "window of 4 from slot 2 is full");
         feed.on_report(Slot(4));
-        let runs = feed.next_runs(&log, Slot(8), 8, 4).unwrap();
-        assert_eq!(runs.iter().map(|r| r.first_slot.0).collect::<Vec<_>>(), vec![6, 7]);
-        assert_eq!(feed.next_runs(&log, Slot(8), 8, 4), None, "nothing committed beyond 8");
+        assert_eq!(send(&mut feed, &log, Slot(8), 8, 4), Some(vec![6, 7]));
+        assert_eq!(send(&mut feed, &log, Slot(8), 8, 4), None, "nothing committed beyond 8");
         // The same report again: slots 4.. never arrived; they go again.
         feed.on_report(Slot(4));
         assert_eq!(feed.next_slot(), Slot(4));

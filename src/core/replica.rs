@@ -1164,21 +1164,19 @@ impl Replica {
         let mut sent = false;
         for subscriber in &mut subscribers {
             while let Some((from_slot, due_end)) = subscriber.feed.due(self.commit_index, window) {
-                sent = true;
                 if from_slot < self.log.base() {
                     let slots = due_end.0 - from_slot.0;
                     let end = self.send_archived(subscriber.node, from_slot, slots);
                     subscriber.feed.sent_to(end);
+                    sent = true;
                     continue;
                 }
-                let Some(runs) = subscriber.feed.next_runs(
-                    &self.log,
-                    self.commit_index,
-                    self.config.message_runs_max,
-                    window,
-                ) else {
-                    break;
-                };
+                let runs_max = self.config.message_runs_max;
+                let (runs, _) = self.log.runs_from(from_slot, due_end, runs_max);
+                let Some(last) = runs.last() else { break };
+                debug_assert!(runs.iter().all(|run| run.chosen), "a feed sends only chosen slots");
+                subscriber.feed.sent_to(last.end_slot());
+                sent = true;
                 let message = Message::Chosen { runs, commit_index: self.commit_index };
                 self.send(subscriber.node, message);
             }
