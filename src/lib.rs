@@ -12,6 +12,7 @@ pub mod merge;
 pub mod node_config;
 pub mod runtime;
 pub mod shard;
+pub mod snapshot;
 pub mod sim;
 pub mod state_machine;
 pub mod total_order;

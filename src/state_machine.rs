@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::core::{BatchReader, MalformedBatch, RequestId};
+use crate::snapshot::{ImageReader, SnapshotError, put_field};
 
 /// What a database implements to be replicated by Quorum.
 ///
@@ -24,9 +25,25 @@ pub trait StateMachine {
     /// Appends a reply's encoding to `out`, to send it to the client.
     fn encode_reply(reply: &Self::Reply, out: &mut Vec<u8>);
 
+    /// Reads a reply back from [`StateMachine::encode_reply`]'s bytes (the session table in a
+    /// snapshot); `None` if they do not decode.
+    fn decode_reply(bytes: &[u8]) -> Option<Self::Reply>;
+
     /// A short summary of the state for operators and tests: equal states give equal
     /// summaries on every replica.
     fn summary(&self) -> StateSummary;
+
+    /// Appends the whole state to `out`, for a snapshot (docs/snapshots.md). Two replicas in
+    /// the same state must write the same bytes.
+    fn snapshot(&self, out: &mut Vec<u8>);
+
+    /// The state [`StateMachine::snapshot`] wrote.
+    ///
+    /// # Errors
+    /// The bytes are not such an image. Never panics on bad input.
+    fn restore(image: &[u8]) -> Result<Self, SnapshotError>
+    where
+        Self: Sized;
 }
 
 /// What [`StateMachine::summary`] reports.
@@ -79,6 +96,60 @@ impl<S: StateMachine> Applier<S> {
     /// Commands applied so far (duplicates and expired ones not counted).
     pub fn applied_commands(&self) -> u64 {
         self.applied_commands
+    }
+
+    /// Appends the image of the applied state: the commands applied, the session table
+    /// (clients in order, each one's replies in order) and the state machine's image.
+    pub fn snapshot(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.applied_commands.to_le_bytes());
+        out.extend_from_slice(&(self.sessions.len() as u64).to_le_bytes());
+        let mut clients: Vec<u64> = self.sessions.keys().copied().collect();
+        clients.sort_unstable();
+        let mut reply = Vec::new();
+        for client in clients {
+            let session = &self.sessions[&client];
+            out.extend_from_slice(&client.to_le_bytes());
+            out.extend_from_slice(&(session.replies.len() as u64).to_le_bytes());
+            for (sequence, value) in &session.replies {
+                out.extend_from_slice(&sequence.to_le_bytes());
+                reply.clear();
+                S::encode_reply(value, &mut reply);
+                put_field(out, &reply);
+            }
+        }
+        self.machine.snapshot(out);
+    }
+
+    /// The applier [`Applier::snapshot`] wrote, remembering `session_window` replies per
+    /// client from now on.
+    ///
+    /// # Errors
+    /// The image is malformed.
+    pub fn restore(image: &[u8], session_window: usize) -> Result<Applier<S>, SnapshotError> {
+        let mut reader = ImageReader::new(image);
+        let applied_commands = reader.u64()?;
+        let clients = reader.u64()?;
+        let mut sessions = HashMap::new();
+        for _ in 0..clients {
+            let client = reader.u64()?;
+            let count = reader.u64()?;
+            let mut replies = BTreeMap::new();
+            for _ in 0..count {
+                let sequence = reader.u64()?;
+                let reply = S::decode_reply(reader.field()?)
+                    .ok_or(SnapshotError::Image("a session's reply does not decode"))?;
+                replies.insert(sequence, reply);
+            }
+            while replies.len() > session_window {
+                replies.pop_first();
+            }
+            sessions.insert(client, Session { replies });
+        }
+        let machine = S::restore(reader.rest())?;
+        let mut applier = Applier::new(machine, session_window);
+        applier.sessions = sessions;
+        applier.applied_commands = applied_commands;
+        Ok(applier)
     }
 
     /// Applies every command of an encoded batch in order, calling `on_outcome` for each.
@@ -193,11 +264,6 @@ const REPLY_ABSENT: u8 = 2;
 const REPLY_VALUE: u8 = 3;
 const REPLY_CAS: u8 = 4;
 const REPLY_INVALID: u8 = 5;
-
-fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&u32::try_from(bytes.len()).expect("field fits u32").to_le_bytes());
-    out.extend_from_slice(bytes);
-}
 
 fn take_field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let (length, tail) = rest.split_first_chunk::<4>()?;
@@ -509,6 +575,40 @@ impl StateMachine for KvStore {
         reply.encode(out);
     }
 
+    fn decode_reply(bytes: &[u8]) -> Option<KvReply> {
+        KvReply::decode(bytes)
+    }
+
+    /// Entries sorted by key, each key and value length-prefixed.
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        let mut entries: Vec<(&Bytes24, &Bytes24)> = self.entries.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (key, value) in entries {
+            put_field(out, key);
+            put_field(out, value);
+        }
+    }
+
+    fn restore(image: &[u8]) -> Result<KvStore, SnapshotError> {
+        let mut reader = ImageReader::new(image);
+        let count = reader.u64()?;
+        let mut store = KvStore::default();
+        // Not reserved from `count`: a damaged count must not allocate without bound.
+        for _ in 0..count {
+            let key = reader.field()?;
+            let value = reader.field()?;
+            if store.entries.insert(Bytes24::from_slice(key), Bytes24::from_slice(value)).is_some()
+            {
+                return Err(SnapshotError::Image("a key appears twice"));
+            }
+        }
+        if !reader.rest().is_empty() {
+            return Err(SnapshotError::Image("bytes after the last entry"));
+        }
+        Ok(store)
+    }
+
     fn summary(&self) -> StateSummary {
         // Order-independent: the sum of one hash per entry.
         let digest = self.entries.iter().fold(0u64, |sum, (key, value)| {
@@ -553,6 +653,39 @@ mod tests {
         assert_eq!(outcomes[2].1, Outcome::Duplicate(first));
         assert_eq!(applier.applied_commands(), 2);
         assert_eq!(applier.machine().get(b"k"), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn snapshot_restores_state_and_sessions_and_refuses_damage() {
+        let mut applier = Applier::new(KvStore::default(), 2);
+        let mut builder = BatchBuilder::new(1 << 16);
+        for sequence in 1..=5u64 {
+            let key = format!("key{}", sequence % 3).into_bytes();
+            let value = vec![b'v'; sequence as usize * 10];
+            builder.push(id(sequence % 2, sequence), &KvCommand::Put { key, value }.encode());
+        }
+        applier.apply_batch(&builder.take(), |_, _| {}).unwrap();
+        let mut image = Vec::new();
+        applier.snapshot(&mut image);
+        let mut restored = Applier::<KvStore>::restore(&image, 2).unwrap();
+        assert_eq!(restored.machine(), applier.machine());
+        assert_eq!(restored.applied_commands(), 5);
+        let mut again = Vec::new();
+        restored.snapshot(&mut again);
+        assert_eq!(again, image, "the same state writes the same bytes");
+        // A retry of a request the snapshot's sessions remember gets its first reply.
+        let put = KvCommand::Put { key: b"key2".to_vec(), value: b"other".to_vec() }.encode();
+        let mut builder = BatchBuilder::new(4096);
+        builder.push(id(1, 5), &put);
+        let mut outcomes = Vec::new();
+        restored.apply_batch(&builder.take(), |_, outcome| outcomes.push(outcome)).unwrap();
+        assert_eq!(outcomes, vec![Outcome::Duplicate(KvReply::Done)]);
+        for len in 0..image.len() {
+            assert!(Applier::<KvStore>::restore(&image[..len], 2).is_err(), "cut at {len}");
+        }
+        let mut longer = image.clone();
+        longer.push(0);
+        assert!(Applier::<KvStore>::restore(&longer, 2).is_err());
     }
 
     #[test]
