@@ -65,6 +65,10 @@ pub struct NodeSettings {
     /// Committed slots each shard keeps in memory behind its commit position; older ones are
     /// served from the WAL.
     pub retain_slots: Option<u64>,
+    /// Each shard snapshots its state every this many MiB of WAL, then deletes the WAL
+    /// segments the snapshot covers; 0: never (the WAL grows without bound). Ignored with
+    /// `apply = "total"`.
+    pub snapshot_every_mib: Option<u32>,
     /// `fsync` (default): acknowledge only what is on disk. `none`: never sync (benchmarks
     /// only; a machine crash loses acknowledged writes).
     pub durability: Option<Durability>,
@@ -153,6 +157,7 @@ impl NodeSettings {
             election_timeout_ms: overrides.election_timeout_ms.or(self.election_timeout_ms),
             wal_segment_mib: overrides.wal_segment_mib.or(self.wal_segment_mib),
             retain_slots: overrides.retain_slots.or(self.retain_slots),
+            snapshot_every_mib: overrides.snapshot_every_mib.or(self.snapshot_every_mib),
             durability: overrides.durability.or(self.durability),
             apply: overrides.apply.or(self.apply),
         }
@@ -282,7 +287,13 @@ pub struct NodeConfig {
     pub apply: ApplyMode,
     /// Committed slots each shard keeps in memory.
     pub retain_slots: u64,
+    /// WAL bytes between snapshots, 0 for none.
+    pub snapshot_every_bytes: u64,
 }
+
+/// WAL between snapshots by default: four segments of the default size, so a shard's log
+/// stays within about five segments on disk.
+pub const SNAPSHOT_EVERY_MIB_DEFAULT: u32 = 256;
 
 impl NodeConfig {
     /// The largest frame a node accepts: room for a message of full batches.
@@ -456,6 +467,12 @@ impl NodeConfig {
             durability: settings.durability.unwrap_or_default(),
             apply: settings.apply.unwrap_or_default(),
             retain_slots: settings.retain_slots.unwrap_or(Config::RETAIN_SLOTS_DEFAULT),
+            snapshot_every_bytes: u64::from(in_range(
+                "snapshot_every_mib",
+                settings.snapshot_every_mib.unwrap_or(SNAPSHOT_EVERY_MIB_DEFAULT),
+                0,
+                1 << 20,
+            )?) << 20,
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =

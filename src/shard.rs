@@ -13,12 +13,14 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
+use crate::core::Ballot;
 use crate::core::log::Log;
 use crate::core::{
     Action, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record, RefusedMessage,
     Replica, RequestId, Slot, SlotRun, Value,
 };
 use crate::log_record;
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotHeader};
 use crate::state_machine::{Applier, Outcome, StateMachine};
 use crate::total_order::Committed;
 
@@ -37,6 +39,13 @@ pub enum ShardError {
     /// A committed batch did not decode.
     #[error(transparent)]
     BadBatch(#[from] crate::core::MalformedBatch),
+    /// The snapshot on disk is damaged or not this shard's: the log before it may be gone, so
+    /// the replica cannot start without it. Restore the file, or start this node empty.
+    #[error("snapshot file refused: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// The WAL's metadata (the durable promise) does not decode.
+    #[error("WAL metadata damaged: {0}")]
+    Metadata(&'static str),
 }
 
 /// A persist appended to the log, waiting for a sync to cover it, with what its owner wants
@@ -107,6 +116,27 @@ pub struct ReplicaLog<B: Backend, T> {
     /// Where to start reading for a slot (see [`ReplicaLog::archived_runs`]).
     index: Vec<Stretch>,
     stretch_bytes: u64,
+    /// Slots below may no longer be in the log (a snapshot stands for them): readers of them
+    /// are sent the snapshot.
+    floor: Slot,
+    /// The promise last written to the WAL's metadata file.
+    metadata_promise: Ballot,
+}
+
+/// The WAL's metadata: the promise the records of a released prefix held (round u64, node
+/// u16, little-endian).
+fn encode_promise(ballot: Ballot) -> [u8; 10] {
+    let mut out = [0u8; 10];
+    out[..8].copy_from_slice(&ballot.round.to_le_bytes());
+    out[8..].copy_from_slice(&ballot.node.0.to_le_bytes());
+    out
+}
+
+fn decode_promise(bytes: &[u8]) -> Result<Ballot, ShardError> {
+    let bytes: &[u8; 10] =
+        bytes.try_into().map_err(|_| ShardError::Metadata("promise of the wrong length"))?;
+    let round = u64::from_le_bytes(bytes[..8].try_into().expect("8"));
+    Ok(Ballot::new(round, NodeId(u16::from_le_bytes([bytes[8], bytes[9]]))))
 }
 
 /// Most bytes of records one read of compacted slots takes: a range is read in such parts,
@@ -164,16 +194,24 @@ fn decode_sharing<B: Backend>(
 
 impl<B: Backend, T> ReplicaLog<B, T> {
     /// Opens the log and hands `each` the records it recovered, one at a time, in order (so a
-    /// long log is never held in memory whole).
+    /// long log is never held in memory whole), the promise of a released prefix first (as a
+    /// `Promised` record). `floor`: the slot of the snapshot the replica starts from (0 if
+    /// none); the log may have released the records below it.
     ///
     /// # Errors
     /// The log cannot be opened, holds a record no replica writes, or `each` failed.
     pub fn open(
         backend: B,
         options: Options,
+        floor: Slot,
         mut each: impl FnMut(Record) -> Result<(), ShardError>,
     ) -> Result<Self, ShardError> {
-        let (mut wal, _recovery) = Wal::open(backend, options)?;
+        let (mut wal, recovery) = Wal::open(backend, options)?;
+        let mut metadata_promise = Ballot::ZERO;
+        if let Some(metadata) = &recovery.metadata {
+            metadata_promise = decode_promise(metadata)?;
+            each(Record::Promised { ballot: metadata_promise })?;
+        }
         let stretch_bytes = (wal.segment_bytes() / 64).clamp(4096, STRETCH_BYTES_MAX);
         let mut index = Vec::new();
         for item in wal.iter_from(wal.first_position()) {
@@ -190,8 +228,55 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             payload: Vec::new(),
             index,
             stretch_bytes,
+            floor,
+            metadata_promise,
         };
         Ok(log)
+    }
+
+    /// Slots below this may no longer be in the log: a reader of them gets the snapshot.
+    #[must_use]
+    pub fn floor(&self) -> Slot {
+        self.floor
+    }
+
+    /// A snapshot at `slot` is durable: the log may drop every whole segment whose records
+    /// all name slots below it. `promised`: the replica's promise, written durably to the
+    /// WAL's metadata first if higher than the one there, since the dropped records may hold
+    /// the highest promise. Returns the bytes released. Blocks on the metadata's fsync, when
+    /// the promise rose since the last release.
+    ///
+    /// # Errors
+    /// The metadata cannot be written or a segment cannot be deleted (the log is poisoned).
+    pub fn release_below(&mut self, slot: Slot, promised: Ballot) -> Result<u64, ShardError> {
+        self.floor = self.floor.max(slot);
+        // The first stretch naming a slot at or above `slot`; nothing before it does. (A
+        // `Committed` record before it says less than the snapshot does.)
+        let keep_from = self
+            .index
+            .iter()
+            .find(|stretch| stretch.slot_end > slot.0)
+            .map_or(self.wal.end_position(), |stretch| stretch.position)
+            .min(self.wal.durable_position());
+        let first = self.wal.first_position();
+        if keep_from / self.wal.segment_bytes() <= first / self.wal.segment_bytes() {
+            return Ok(0);
+        }
+        if promised > self.metadata_promise {
+            self.wal.set_metadata(&encode_promise(promised))?;
+            self.metadata_promise = promised;
+        }
+        self.wal.release_prefix(keep_from)?;
+        let kept_from = self.wal.first_position();
+        let released = self.index.iter().take_while(|stretch| stretch.position < kept_from).count();
+        self.index.drain(..released);
+        Ok(kept_from - first)
+    }
+
+    /// Slots from `slot` on are the snapshot's concern now (one was installed there): reads
+    /// below it get the snapshot, not the partial record this log may hold of them.
+    pub fn raise_floor(&mut self, slot: Slot) {
+        self.floor = self.floor.max(slot);
     }
 
     /// The committed runs of slots `from_slot..end_slot`, read back from the log: for a
@@ -419,11 +504,102 @@ impl<S: StateMachine> Committer<S> {
     }
 }
 
+/// How a shard is opened.
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    /// Replies remembered per client (exactly-once).
+    pub session_window: usize,
+    /// Where committed runs are applied.
+    pub apply: ApplyTo,
+    /// The shard's number (snapshots name it).
+    pub shard: u16,
+    /// Take a snapshot every this many bytes of WAL, then let the WAL drop what it covers;
+    /// 0: never (the log keeps everything). Only with [`ApplyTo::Shard`]: with forwarding the
+    /// state lives elsewhere.
+    pub snapshot_every_bytes: u64,
+    /// The largest snapshot that may stand for a released prefix: one that peers can be
+    /// sent in one message. A larger one is taken (restarts use it) but the log keeps its
+    /// prefix.
+    pub snapshot_bytes_max: usize,
+}
+
+impl ShardSettings {
+    /// Snapshots off, applied here, shard 0.
+    #[must_use]
+    pub fn new(session_window: usize) -> ShardSettings {
+        ShardSettings {
+            session_window,
+            apply: ApplyTo::Shard,
+            shard: 0,
+            snapshot_every_bytes: 0,
+            snapshot_bytes_max: usize::MAX,
+        }
+    }
+}
+
+/// A snapshot being written, off the shard's thread; hand the outcome to
+/// [`Shard::finish_snapshot`].
+pub struct PendingSnapshot<B: Backend> {
+    backend: B,
+    snapshot: Snapshot,
+}
+
+/// The outcome of [`PendingSnapshot::run`].
+pub struct SnapshotWritten {
+    snapshot: Snapshot,
+    result: quorum_wal::Result<()>,
+}
+
+impl<B: Backend> PendingSnapshot<B> {
+    /// The snapshot's slot.
+    #[must_use]
+    pub fn slot(&self) -> Slot {
+        self.snapshot.header.slot
+    }
+
+    /// Writes the snapshot file durably (write, fsync, rename, directory fsync). Blocks: run
+    /// it on a helper thread.
+    #[must_use]
+    pub fn run(self) -> SnapshotWritten {
+        let result =
+            self.backend.write_file_atomic(crate::snapshot::FILE_NAME, &self.snapshot.bytes);
+        SnapshotWritten { snapshot: self.snapshot, result }
+    }
+}
+
+/// Snapshot bookkeeping of a shard.
+#[derive(Debug, Default)]
+struct Snapshots {
+    /// The newest durable snapshot, sent to readers below the log's floor.
+    current: Option<Snapshot>,
+    writing: bool,
+    /// The WAL's end when the last snapshot was started.
+    taken_at_position: u64,
+    taken: u64,
+    installed: u64,
+    released_bytes: u64,
+}
+
+/// What a shard did with snapshots since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots taken and made durable here.
+    pub taken: u64,
+    /// Snapshots received from peers and installed.
+    pub installed: u64,
+    /// WAL bytes released behind snapshots.
+    pub released_bytes: u64,
+    /// The newest snapshot's slot and size.
+    pub current: Option<(Slot, usize)>,
+}
+
 /// One shard replica, its log and its state machine.
 pub struct Shard<B: Backend, S: StateMachine> {
     replica: Replica,
     log: ReplicaLog<B, ()>,
     committer: Committer<S>,
+    settings: ShardSettings,
+    snapshots: Snapshots,
     actions: Vec<Action>,
     outbox: Vec<(NodeId, Message)>,
     /// Batches the replica now keeps in the WAL's mapping instead of the heap.
@@ -453,27 +629,37 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         machine: S,
         session_window: usize,
     ) -> Result<Self, ShardError> {
-        Shard::open_applying(config, backend, options, machine, session_window, ApplyTo::Shard)
+        Shard::open_with(config, backend, options, machine, ShardSettings::new(session_window))
     }
 
-    /// [`Shard::open`], choosing where committed runs are applied.
+    /// [`Shard::open`] with every setting. A snapshot in the log's directory is loaded first
+    /// (`machine` is then replaced by its image) and the log replayed from there.
     ///
     /// # Errors
-    /// See [`Shard::open`].
-    pub fn open_applying(
+    /// See [`Shard::open`]; also a damaged snapshot file.
+    pub fn open_with(
         config: Config,
         backend: B,
         options: Options,
         machine: S,
-        session_window: usize,
-        apply: ApplyTo,
+        settings: ShardSettings,
     ) -> Result<Self, ShardError> {
         let mut replica = Replica::recovering(config)?;
+        let mut snapshots = Snapshots::default();
+        let mut applier = Applier::new(machine, settings.session_window);
+        let cluster_id = replica.config().cluster_id;
+        if let Some(bytes) = backend.read_file(crate::snapshot::FILE_NAME)? {
+            let snapshot = Snapshot::decode(Bytes::from(bytes), cluster_id, settings.shard)?;
+            applier = Applier::restore(snapshot.body(), settings.session_window)?;
+            replica.install_snapshot(snapshot.header.slot, snapshot.header.slot);
+            snapshots.current = Some(snapshot);
+        }
+        let floor = snapshots.current.as_ref().map_or(Slot(0), |snapshot| snapshot.header.slot);
         let mut committer = Committer {
-            applier: Applier::new(machine, session_window),
+            applier,
             replies: Vec::new(),
             committed_batches: 0,
-            forwarded: (apply == ApplyTo::Forward).then(Vec::new),
+            forwarded: (settings.apply == ApplyTo::Forward).then(Vec::new),
         };
         // Replayed record by record, committed runs applied as the records commit them, so
         // neither the records nor the log's slots pile up in memory (the log compacts).
@@ -488,16 +674,19 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             }
             Ok(())
         };
-        let log = ReplicaLog::open(backend, options, |record| {
+        let log = ReplicaLog::open(backend, options, floor, |record| {
             replica.replay(&record);
             apply(&mut replica)
         })?;
         replica.finish_recovery();
         apply(&mut replica)?;
+        snapshots.taken_at_position = log.wal().end_position();
         Ok(Shard {
             replica,
             log,
             committer,
+            settings,
+            snapshots,
             actions: Vec::with_capacity(64),
             outbox: Vec::new(),
             shared_batches: 0,
@@ -550,6 +739,15 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         &mut self,
         envelope: Envelope,
     ) -> Result<Result<(), RefusedMessage>, ShardError> {
+        if let Message::Snapshot { bytes, commit_index } = envelope.message {
+            let cluster_id = self.replica.config().cluster_id;
+            if envelope.cluster_id != cluster_id {
+                let (got, expected) = (envelope.cluster_id.0, cluster_id.0);
+                return Ok(Err(RefusedMessage::WrongCluster { got, expected }));
+            }
+            self.install(bytes, commit_index)?;
+            return Ok(Ok(()));
+        }
         let refused = self.replica.on_message(envelope);
         self.process_actions()?;
         Ok(refused)
@@ -656,6 +854,123 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         out.append(&mut self.committer.replies);
     }
 
+    /// Slots below this may be gone from the WAL (see [`ReplicaLog::floor`]).
+    #[must_use]
+    pub fn log_floor(&self) -> Slot {
+        self.log.floor()
+    }
+
+    /// The newest durable snapshot's encoding, if any.
+    #[must_use]
+    pub fn snapshot_bytes(&self) -> Option<Bytes> {
+        self.snapshots.current.as_ref().map(|snapshot| snapshot.bytes.clone())
+    }
+
+    /// What this shard did with snapshots.
+    #[must_use]
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        SnapshotStats {
+            taken: self.snapshots.taken,
+            installed: self.snapshots.installed,
+            released_bytes: self.snapshots.released_bytes,
+            current: self
+                .snapshots
+                .current
+                .as_ref()
+                .map(|snapshot| (snapshot.header.slot, snapshot.bytes.len())),
+        }
+    }
+
+    /// Starts a snapshot if one is due (`snapshot_every_bytes` of WAL since the last) and
+    /// none is being written: the applied state's image is taken now, on this thread; run the
+    /// returned write on a helper thread, then hand its outcome to [`Shard::finish_snapshot`].
+    pub fn start_snapshot(&mut self) -> Option<PendingSnapshot<B>> {
+        let every = self.settings.snapshot_every_bytes;
+        let end = self.log.wal().end_position();
+        if every == 0
+            || self.snapshots.writing
+            || self.committer.forwarded.is_some()
+            || end - self.snapshots.taken_at_position < every
+        {
+            return None;
+        }
+        Some(self.take_snapshot())
+    }
+
+    /// Takes a snapshot now, due or not (see [`Shard::start_snapshot`]).
+    ///
+    /// # Panics
+    /// Committed runs are forwarded ([`ApplyTo::Forward`]): the state is not here.
+    pub fn take_snapshot(&mut self) -> PendingSnapshot<B> {
+        assert!(self.committer.forwarded.is_none(), "a forwarding shard holds no state");
+        let header = SnapshotHeader {
+            cluster_id: self.replica.config().cluster_id,
+            shard: self.settings.shard,
+            slot: self.replica.commit_index(),
+        };
+        let mut body = Vec::new();
+        self.committer.applier.snapshot(&mut body);
+        self.snapshots.writing = true;
+        self.snapshots.taken_at_position = self.log.wal().end_position();
+        PendingSnapshot {
+            backend: self.log.wal().backend().clone(),
+            snapshot: Snapshot::encode(header, &body),
+        }
+    }
+
+    /// A snapshot's write finished: it becomes the one readers below the floor are sent, and
+    /// the WAL drops the segments it covers (if peers can be sent it in one message).
+    ///
+    /// # Errors
+    /// The write failed, or the WAL failed to release. The shard is then failed: a
+    /// snapshot that may be half-written is never built upon.
+    pub fn finish_snapshot(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
+        self.snapshots.writing = false;
+        written.result?;
+        let snapshot = written.snapshot;
+        let slot = snapshot.header.slot;
+        if self.snapshots.current.as_ref().is_some_and(|current| current.header.slot > slot) {
+            return Ok(()); // One installed meanwhile is newer (and durable).
+        }
+        let fits = snapshot.bytes.len() <= self.settings.snapshot_bytes_max;
+        self.snapshots.current = Some(snapshot);
+        self.snapshots.taken += 1;
+        if fits {
+            let promised = self.replica.promised();
+            self.snapshots.released_bytes += self.log.release_below(slot, promised)?;
+        }
+        Ok(())
+    }
+
+    /// A peer's snapshot: checked, made durable here, then the state machine and the replica
+    /// go on from it. Blocks on its write (rare: a replica this far behind). Nothing changes if
+    /// it is refused or not ahead of this replica.
+    fn install(&mut self, bytes: Bytes, commit_index: Slot) -> Result<(), ShardError> {
+        if self.committer.forwarded.is_some() {
+            return Ok(()); // Never released with forwarding; a confused peer.
+        }
+        let cluster_id = self.replica.config().cluster_id;
+        let Ok(snapshot) = Snapshot::decode(bytes, cluster_id, self.settings.shard) else {
+            return Ok(()); // Damaged on the way: the reader asks again.
+        };
+        let slot = snapshot.header.slot;
+        if slot <= self.replica.commit_index() {
+            return Ok(());
+        }
+        let Ok(applier) = Applier::restore(snapshot.body(), self.settings.session_window) else {
+            return Ok(());
+        };
+        // Durable before any record that builds on it: a `Committed` record past `slot`
+        // would otherwise, after a crash, claim slots this log never held.
+        self.log.wal().backend().write_file_atomic(crate::snapshot::FILE_NAME, &snapshot.bytes)?;
+        self.committer.applier = applier;
+        self.log.raise_floor(slot);
+        self.snapshots.current = Some(snapshot);
+        self.snapshots.installed += 1;
+        self.replica.install_snapshot(slot, commit_index);
+        self.process_actions()
+    }
+
     /// The committed runs of `from_slot..end_slot` from the WAL, for slots the replica
     /// compacted away (see [`ReplicaLog::archived_runs`]).
     ///
@@ -689,7 +1004,16 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 Action::Commit { first_slot, count, value } => {
                     self.committer.commit(first_slot, count, value, true)?
                 }
-                Action::SendArchived { to, from_slot, end_slot, commit_index } => {
+                Action::SendArchived { to, mut from_slot, end_slot, commit_index } => {
+                    if from_slot < self.log.floor() {
+                        // Released from the log: the snapshot stands for it.
+                        let Some(snapshot) = &self.snapshots.current else {
+                            unreachable!("a floor is only raised by a snapshot");
+                        };
+                        let bytes = snapshot.bytes.clone();
+                        from_slot = snapshot.header.slot;
+                        self.outbox.push((to, Message::Snapshot { bytes, commit_index }));
+                    }
                     let runs_max = self.replica.config().message_runs_max;
                     let messages = self.log.archived_messages(
                         from_slot,
@@ -707,7 +1031,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
 }
 
 /// Wires replicas of one shard together in one thread, for tests and benches: runs every sync
-/// and delivers every message until nothing moves. Replica `i` is node `i + 1`; `None` is a
+/// and every snapshot due, and delivers every message until nothing moves. Replica `i` is node `i + 1`; `None` is a
 /// replica that is down (messages to it are lost). `on_replies` gets each replica's outcomes
 /// of applied commands, with the replica.
 ///
@@ -727,6 +1051,10 @@ pub fn settle_wired<B: Backend, S: StateMachine>(
             let Some(shard) = shard.as_mut() else { continue };
             if let Some(pending) = shard.start_sync()? {
                 shard.finish_sync(pending.run())?;
+                moved = true;
+            }
+            if let Some(pending) = shard.start_snapshot() {
+                shard.finish_snapshot(pending.run())?;
                 moved = true;
             }
             let mut out = Vec::new();

@@ -33,7 +33,9 @@ pub enum SnapshotError {
     #[error("snapshot checksum mismatch (damaged)")]
     Checksum,
     /// A snapshot of another cluster or shard.
-    #[error("snapshot of cluster {cluster} shard {shard}, expected cluster {expected_cluster} shard {expected_shard}")]
+    #[error(
+        "snapshot of cluster {cluster} shard {shard}, expected cluster {expected_cluster} shard {expected_shard}"
+    )]
     Elsewhere {
         /// The snapshot's cluster.
         cluster: u64,
@@ -92,7 +94,11 @@ impl Snapshot {
     ///
     /// # Errors
     /// What is wrong with it.
-    pub fn decode(bytes: Bytes, cluster_id: ClusterId, shard: u16) -> Result<Snapshot, SnapshotError> {
+    pub fn decode(
+        bytes: Bytes,
+        cluster_id: ClusterId,
+        shard: u16,
+    ) -> Result<Snapshot, SnapshotError> {
         if bytes.len() < HEADER_BYTES {
             return Err(SnapshotError::Truncated("shorter than the header"));
         }

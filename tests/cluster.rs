@@ -428,6 +428,54 @@ fn slots_no_node_keeps_in_memory_come_from_the_wal() {
     assert_eq!(keys.len(), WRITES, "each write once");
 }
 
+/// The WAL segment files of node `id`'s shard 0, by number.
+fn wal_segments(cluster: &TestCluster, id: u16) -> Vec<u64> {
+    let dir = cluster.dir.path().join(format!("data-{id}")).join("shard-0");
+    let mut numbers: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            u64::from_str_radix(name.strip_suffix(".wal")?, 16).ok()
+        })
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+#[test]
+fn snapshots_bound_the_wal_and_bring_a_returning_voter_back() {
+    // 4 MiB segments; a snapshot every 4 MiB of log.
+    let mut cluster = TestCluster::unstarted(3, 0, 1, &[]);
+    cluster.extra = vec!["--snapshot-every-mib".into(), "4".into()];
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    let client = cluster.client();
+    client.put(b"before", b"node 3 stops").unwrap();
+    cluster.kill9(3);
+    // About 26 MB of values while node 3 is away: each log passes six segments.
+    let value = vec![b'v'; 32 * 1024];
+    for i in 0..800 {
+        client.put(format!("key-{}", i % 100).as_bytes(), &value).unwrap();
+    }
+    client.put(b"after", b"done").unwrap();
+    let segments = wal_segments(&cluster, 1);
+    assert!(segments[0] >= 3, "node 1 released its log's prefix: {segments:?}");
+    assert!(segments.len() <= 5, "node 1 keeps at most five segments: {segments:?}");
+    // Node 3 comes back; the others no longer have what it lacks in their logs, so it
+    // installs a snapshot and goes on from there.
+    cluster.start(3);
+    let statuses = cluster.await_converged(&[1, 2, 3], Duration::from_secs(30));
+    assert_eq!(statuses[2][0].summary, statuses[0][0].summary, "node 3's state equals node 1's");
+    assert_eq!(statuses[2][0].summary.entries, 102);
+    // A tail from slot 0 is told where the log now starts, instead of waiting forever.
+    let child = tail(&cluster, 1, 0, 10);
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("released behind a snapshot"), "{stderr}");
+}
+
 #[test]
 fn total_order_apply_gives_every_node_one_state_machine_in_one_order() {
     let mut cluster = TestCluster::with_flags(3, 1, 2, &["--apply", "total"]);

@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
-use quorum::shard::{Shard, settle_wired};
-use quorum::state_machine::{KvCommand, KvReply, KvStore, Outcome};
-use quorum_wal::{Options, SimBackend};
+use quorum::shard::{Shard, ShardError, ShardSettings, settle_wired};
+use quorum::state_machine::{KvCommand, KvReply, KvStore, Outcome, StateMachine as _};
+use quorum_wal::{Backend as _, Options, SimBackend};
 
 const CLUSTER: ClusterId = ClusterId(3);
 
@@ -35,6 +35,15 @@ struct Cluster {
 impl Cluster {
     fn new() -> Cluster {
         Cluster::retaining(Config::RETAIN_SLOTS_DEFAULT)
+    }
+
+    /// Replicas that snapshot every `every_bytes` of log and keep 4 slots in memory.
+    fn snapshotting(every_bytes: u64) -> Cluster {
+        let disks: Vec<SimBackend> = (0..3).map(|_| SimBackend::new()).collect();
+        let shards = (0..3)
+            .map(|index| Some(open_snapshotting(index as u16 + 1, &disks[index], every_bytes)))
+            .collect();
+        Cluster { shards, disks, replies: HashMap::new() }
     }
 
     fn retaining(retain_slots: u64) -> Cluster {
@@ -104,6 +113,111 @@ impl Cluster {
         }
         panic!("put {sequence} never committed");
     }
+}
+
+fn snapshot_settings(every_bytes: u64) -> ShardSettings {
+    ShardSettings { snapshot_every_bytes: every_bytes, ..ShardSettings::new(64) }
+}
+
+fn open_snapshotting(node: u16, disk: &SimBackend, every_bytes: u64) -> Shard<SimBackend, KvStore> {
+    let config = config_retaining(node, 4);
+    Shard::open_with(
+        config,
+        disk.clone(),
+        options(),
+        KvStore::default(),
+        snapshot_settings(every_bytes),
+    )
+    .unwrap()
+}
+
+#[test]
+fn snapshots_release_the_log_and_a_replica_behind_them_installs_one() {
+    let mut cluster = Cluster::snapshotting(16 * 1024);
+    while cluster.leader().is_none() {
+        cluster.tick();
+    }
+    for sequence in 1..=10 {
+        cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("value-{sequence}"));
+    }
+    // A follower stops while the others write several segments' worth, snapshot, and release
+    // the segments their snapshots cover.
+    let leader = cluster.leader().unwrap();
+    let victim = (leader + 1) % 3;
+    let stopped_at = cluster.shards[victim].as_ref().unwrap().replica().commit_index();
+    cluster.shards[victim] = None;
+    let long = "v".repeat(1000);
+    for sequence in 11..=400 {
+        cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("{long}{sequence}"));
+    }
+    let leader_shard = cluster.shards[leader].as_ref().unwrap();
+    let stats = leader_shard.snapshot_stats();
+    assert!(stats.taken >= 2, "{stats:?}");
+    assert!(stats.released_bytes >= 2 * 64 * 1024, "{stats:?}");
+    let first = leader_shard.wal().first_position();
+    assert!(first > 2 * 64 * 1024, "the leader's log was released up to {first}");
+    assert!(stats.current.unwrap().0 > stopped_at);
+    // It comes back: what it lacks is in no one's log any more, so it is sent a snapshot.
+    cluster.shards[victim] =
+        Some(open_snapshotting(victim as u16 + 1, &cluster.disks[victim], 16 * 1024));
+    for _ in 0..200 {
+        cluster.tick();
+    }
+    let commits: Vec<_> = cluster
+        .shards
+        .iter()
+        .map(|shard| shard.as_ref().unwrap().replica().commit_index())
+        .collect();
+    assert_eq!(commits[victim], commits[leader], "caught up");
+    assert_eq!(cluster.shards[victim].as_ref().unwrap().snapshot_stats().installed, 1);
+    let stores: Vec<&KvStore> =
+        cluster.shards.iter().map(|shard| shard.as_ref().unwrap().machine()).collect();
+    assert_eq!(stores[0], stores[1]);
+    assert_eq!(stores[1], stores[2]);
+    assert_eq!(stores[victim].get(b"key-3").map(<[u8]>::len), Some(1003));
+    // A retry of a request applied inside the snapshot is not applied again on the replica
+    // that installed it: the session table came with the state.
+    let applied_before: Vec<u64> =
+        cluster.shards.iter().map(|shard| shard.as_ref().unwrap().applied_commands()).collect();
+    cluster.replies.clear();
+    for sequence in 340..=400 {
+        cluster.put(sequence, "retried", "must not be applied");
+    }
+    for _ in 0..20 {
+        cluster.tick();
+    }
+    for (index, shard) in cluster.shards.iter().enumerate() {
+        let shard = shard.as_ref().unwrap();
+        assert_eq!(shard.applied_commands(), applied_before[index], "replica {index}");
+        assert_eq!(shard.machine().get(b"retried"), None, "replica {index}");
+    }
+    // Restarted from its snapshot and what its log kept, the leader has the same state and
+    // promise.
+    let old = cluster.shards[leader].take().unwrap();
+    let (summary, promised, commit) =
+        (old.machine().summary(), old.replica().promised(), old.replica().commit_index());
+    drop(old);
+    let reopened = open_snapshotting(leader as u16 + 1, &cluster.disks[leader], 16 * 1024);
+    assert_eq!(reopened.machine().summary(), summary);
+    assert_eq!(reopened.replica().promised(), promised);
+    assert_eq!(reopened.replica().commit_index(), commit);
+    assert!(reopened.wal().first_position() >= first);
+}
+
+#[test]
+fn a_damaged_snapshot_file_is_refused_at_start() {
+    let disk = SimBackend::new();
+    disk.write_file_atomic("snapshot", b"QRMSNAP\x01 but not much else").unwrap();
+    let opened = Shard::open_with(
+        config(1),
+        disk,
+        options(),
+        KvStore::default(),
+        snapshot_settings(16 * 1024),
+    );
+    let error = opened.err().expect("refused");
+    assert!(matches!(error, ShardError::Snapshot(_)), "{error}");
+    assert!(error.to_string().contains("snapshot"), "{error}");
 }
 
 #[test]

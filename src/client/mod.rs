@@ -87,6 +87,19 @@ pub enum ClientError {
     /// A reply that does not decode.
     #[error("malformed reply: {0}")]
     BadReply(String),
+    /// A tail asked for slots a shard's log no longer holds: a snapshot at `slot` stands for
+    /// them (the node's `--snapshot-every-mib`).
+    #[error(
+        "shard {shard}'s log before slot {} was released behind a snapshot; tail from a \
+         later position",
+        .slot.0
+    )]
+    Compacted {
+        /// The shard.
+        shard: u16,
+        /// The snapshot's slot: the log is kept from here.
+        slot: Slot,
+    },
 }
 
 /// A committed command's reply and where it was committed.

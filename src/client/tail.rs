@@ -216,6 +216,14 @@ impl Subscription {
                     }
                     continue;
                 }
+                Ok(Frame {
+                    body: Body::Peer(Message::Snapshot { bytes, .. }), cluster_id, ..
+                }) => match crate::snapshot::Snapshot::decode(bytes, cluster_id, self.shard) {
+                    Ok(snapshot) => {
+                        ClientError::Compacted { shard: self.shard, slot: snapshot.header.slot }
+                    }
+                    Err(error) => ClientError::BadReply(error.to_string()),
+                },
                 Ok(frame) => ClientError::BadReply(format!(
                     "shard {} sent a {} frame to a subscription",
                     self.shard,

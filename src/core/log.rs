@@ -86,6 +86,15 @@ impl Log {
         }
     }
 
+    /// Forgets every slot below `slot`, chosen here or not: a snapshot taken elsewhere at
+    /// `slot` stands for them (it applied the values chosen there). Later slots stay.
+    pub fn skip_below(&mut self, slot: Slot) {
+        let drop = slot.0.saturating_sub(self.base);
+        let held = self.entries.len() as u64;
+        self.entries.drain(..drop.min(held) as usize);
+        self.base = self.base.max(slot.0);
+    }
+
     /// Where `slot` is in `entries`, if at or above the base.
     fn index(&self, slot: Slot) -> Option<usize> {
         slot.0.checked_sub(self.base).and_then(|offset| usize::try_from(offset).ok())

@@ -2,6 +2,8 @@
 //! Plain Rust types: the wire encoding comes with the transport (protocol.md §2 lists each
 //! message with the rules that govern it).
 
+use bytes::Bytes;
+
 use super::batch::Value;
 use super::types::{Ballot, ClusterId, NodeId, PersistSeq, Slot};
 
@@ -122,6 +124,15 @@ pub enum Message {
         /// The first slot the sender lacks.
         from_slot: Slot,
     },
+    /// The sender's snapshot (its encoding, `crate::snapshot`): every slot below its slot is
+    /// applied in it. Sent instead of committed runs its WAL no longer holds; handled by the
+    /// shard around the replica, which checks and installs it (`Replica::install_snapshot`).
+    Snapshot {
+        /// The encoded snapshot.
+        bytes: Bytes,
+        /// The sender's commit position.
+        commit_index: Slot,
+    },
     /// Chosen values, in slot order without gaps, from the first run's slot.
     Chosen {
         /// The runs, each with `chosen == true`.
@@ -148,6 +159,7 @@ impl Message {
             Message::CatchUpRequest { .. } => "catch-up-request",
             Message::Subscribe { .. } => "subscribe",
             Message::Chosen { .. } => "chosen",
+            Message::Snapshot { .. } => "snapshot",
         }
     }
 }

@@ -269,7 +269,11 @@ impl Replica {
     /// replica keeps only `retain_slots` of it; a runtime may take the actions as it goes.
     pub fn replay(&mut self, record: &Record) {
         if let Record::Promised { ballot } | Record::Accepted { ballot, .. } = record {
-            self.raise_promise(*ballot);
+            // The first `Promised` may come from the WAL's metadata (the promise of a released
+            // prefix), above the records kept after it.
+            if *ballot > self.promised {
+                self.raise_promise(*ballot);
+            }
         }
         self.log.replay(record);
         if let Record::Committed { .. } = record {
@@ -277,6 +281,40 @@ impl Replica {
             // committing now gives what committing after the last record would.
             self.maybe_advance_commit();
         }
+    }
+
+    /// Every slot below `slot` is applied in a snapshot that is now durable (taken here and
+    /// loaded at start-up, before [`Replica::replay`], or received from a peer and installed):
+    /// the replica goes on from `slot` as if it had committed them. Slots it held below are
+    /// forgotten whatever they held; a voter then never promises below `slot` (§3.2.6, the
+    /// base). `commit_index` is what the sender said of its own commit position. Returns false,
+    /// changing nothing, if the replica had committed as far already.
+    ///
+    /// # Panics
+    /// `Commit` actions wait to be taken: the state machine must have applied them first.
+    pub fn install_snapshot(&mut self, slot: Slot, commit_index: Slot) -> bool {
+        if slot <= self.commit_index {
+            return false;
+        }
+        assert!(
+            !self.actions.iter().any(|action| matches!(action, Action::Commit { .. })),
+            "install a snapshot only after taking the commits before it"
+        );
+        if !matches!(self.role, Role::Follower | Role::Learner) {
+            // A leader or candidate this far behind is stale; what it proposed below `slot`
+            // is decided already.
+            self.step_down();
+        }
+        self.log.skip_below(slot);
+        self.commit_index = slot;
+        // The snapshot is the durable statement that everything below is committed.
+        self.commit_index_persisted = self.commit_index_persisted.max(slot);
+        self.known_commit_index = self.known_commit_index.max(commit_index).max(slot);
+        self.subscription.progress_tick = self.now_tick;
+        self.catch_up_due_tick = self.now_tick;
+        self.maybe_advance_commit();
+        self.maybe_request_catch_up();
+        true
     }
 
     /// Ends [`Replica::replay`]: commits what the whole log makes committed, and takes the
@@ -554,6 +592,9 @@ impl Replica {
             Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
             Message::Subscribe { from_slot } => self.on_subscribe(from, from_slot),
             Message::Chosen { runs, commit_index } => self.on_chosen(runs, commit_index),
+            // The shard around the replica checks and installs snapshots (it holds the state
+            // machine); it calls `install_snapshot` and never hands one in here.
+            Message::Snapshot { .. } => {}
             // Learners never vote (I7): probes, prepares and accepts to them are dropped.
             Message::Probe { .. } | Message::Prepare { .. } | Message::Accept { .. } => {}
         }

@@ -17,7 +17,7 @@ use quorum_wal::MmapBackend;
 use super::Control;
 use super::apply::TotalRef;
 use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
-use crate::shard::{AppliedCommand, Shard, ShardError};
+use crate::shard::{AppliedCommand, PendingSnapshot, Shard, ShardError};
 use crate::state_machine::{KvStore, Outcome, StateMachine};
 use crate::total_order::Committed;
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
@@ -395,11 +395,24 @@ impl Host {
         let (commit, runs_max, base) =
             (replica.commit_index(), config.message_runs_max, replica.log().base());
         let (cluster_id, me) = (config.cluster_id, config.node);
+        let floor = self.shard.log_floor();
+        let mut compacted = Vec::new();
         for (connection, feed) in &mut self.feeds {
             let Some(link) = self.clients.get_mut(connection) else { continue };
             let before = link.link.out.len();
             while link.link.out.len() < FEED_BUFFER_MAX {
                 let Some((from_slot, end_slot)) = feed.due(commit, FEED_WINDOW) else { break };
+                if from_slot < floor {
+                    // Released from the WAL: the reader is told where the log resumes (the
+                    // snapshot, which a client may install), and the feed ends.
+                    if let Some(bytes) = self.shard.snapshot_bytes() {
+                        let body = Body::Peer(Message::Snapshot { bytes, commit_index: commit });
+                        let frame = Frame { cluster_id, from: me, shard: self.index, body };
+                        encode_into(&mut self.encoder, &frame, &mut link.link.out);
+                    }
+                    compacted.push(*connection);
+                    break;
+                }
                 let runs = if from_slot < base {
                     // A few messages' worth per read: each read replays part of the WAL.
                     let end_slot = end_slot.min(base).min(from_slot.plus(4 * runs_max as u64));
@@ -420,6 +433,9 @@ impl Host {
             if link.link.out.len() > before {
                 link.link.ring();
             }
+        }
+        for connection in compacted {
+            self.feeds.remove(&connection);
         }
         Ok(())
     }
@@ -497,6 +513,9 @@ pub fn pump(host: &HostRef) {
     if let Err(error) = state.feed_clients() {
         return fail(state, &error);
     }
+    if let Some(pending) = state.shard.start_snapshot() {
+        write_snapshot(host, pending);
+    }
     if state.syncing {
         return;
     }
@@ -536,6 +555,31 @@ pub fn pump(host: &HostRef) {
             }
         }
         pump(&host);
+    })
+    .detach();
+}
+
+/// Writes a snapshot on the blocking pool (it may be large: write, fsync, rename), then lets
+/// the shard release the WAL it covers.
+fn write_snapshot(host: &HostRef, pending: PendingSnapshot<MmapBackend>) {
+    let host = host.clone();
+    glommio::spawn_local(async move {
+        let slot = pending.slot();
+        let started = std::time::Instant::now();
+        let written = glommio::executor().spawn_blocking(move || pending.run()).await;
+        let mut state = host.borrow_mut();
+        if let Err(error) = state.shard.finish_snapshot(written) {
+            return fail(&mut state, &error);
+        }
+        let stats = state.shard.snapshot_stats();
+        tracing::debug!(
+            shard = state.index,
+            slot = slot.0,
+            bytes = stats.current.map_or(0, |(_, bytes)| bytes),
+            micros = started.elapsed().as_micros() as u64,
+            released_bytes = stats.released_bytes,
+            "snapshot written"
+        );
     })
     .detach();
 }

@@ -20,7 +20,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use quorum_wal::{MmapBackend, Options};
 
 use crate::node_config::{ApplyMode, NodeConfig};
-use crate::shard::{ApplyTo, Shard, ShardError};
+use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings};
 use crate::state_machine::KvStore;
 
 /// Replies remembered per client for deduplicating retries.
@@ -266,14 +266,20 @@ fn open_shard(
     let backend = MmapBackend::new(&dir)
         .map_err(|error| NodeError::Shard { shard, source: ShardError::Wal(error) })?;
     let options = Options { segment_bytes: config.wal_segment_bytes, prepare_ahead: true };
-    let apply = if forward { ApplyTo::Forward } else { ApplyTo::Shard };
-    let opened = Shard::open_applying(
+    let settings = ShardSettings {
+        session_window: SESSION_WINDOW,
+        apply: if forward { ApplyTo::Forward } else { ApplyTo::Shard },
+        shard,
+        snapshot_every_bytes: config.snapshot_every_bytes,
+        // Sent to peers in one frame, with room for the frame's header.
+        snapshot_bytes_max: config.frame_bytes_max() - (1 << 20),
+    };
+    let opened = Shard::open_with(
         config.shard_config(shard),
         backend,
         options,
         KvStore::default(),
-        SESSION_WINDOW,
-        apply,
+        settings,
     )
     .map_err(|source| NodeError::Shard { shard, source })?;
     Ok((opened, listener))

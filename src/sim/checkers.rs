@@ -41,6 +41,9 @@ pub struct Checker {
     merged_next: BTreeMap<NodeId, u64>,
     /// The highest global position where a batch is chosen.
     batch_position_max: Option<u64>,
+    /// The requests applied in each snapshot taken, by (shard, slot): every replica applies
+    /// the same ones below a slot, and one that starts from a snapshot starts from these.
+    snapshot_applied: HashMap<(usize, Slot), HashSet<RequestId>>,
 }
 
 #[derive(Debug, Default)]
@@ -60,13 +63,81 @@ impl Checker {
             replicas: BTreeMap::new(),
             merged_next: BTreeMap::new(),
             batch_position_max: None,
+            snapshot_applied: HashMap::new(),
         }
     }
 
-    /// A replica (re)started with an empty state machine: it commits again from slot 0.
-    pub fn on_replica_start(&mut self, node: NodeId, shard: usize, promised: Ballot) -> Result {
+    /// A replica (re)started, with an empty state machine (it commits again from slot 0) or
+    /// from a snapshot at `from_slot`.
+    pub fn on_replica_start(
+        &mut self,
+        node: NodeId,
+        shard: usize,
+        promised: Ballot,
+        from_slot: Slot,
+    ) -> Result {
         self.replicas.insert((node, shard), ReplicaView::default());
+        if from_slot > Slot(0) {
+            self.on_install(node, shard, from_slot)?;
+        }
         self.check_promise_survives_restart(node, shard, promised)
+    }
+
+    /// A replica took a snapshot of its state at `slot` (everything below applied): it must
+    /// have committed exactly that far, and hold the requests any other snapshot there holds.
+    pub fn on_snapshot(&mut self, node: NodeId, shard: usize, slot: Slot) -> Result {
+        let view = self.replicas.entry((node, shard)).or_default();
+        if view.commit_next != slot {
+            return violation(
+                "I5 commits in slot order, once",
+                format!(
+                    "{node:?} shard {shard} snapshot at {slot:?} with commits up to {:?}",
+                    view.commit_next
+                ),
+            );
+        }
+        let applied = view.applied.clone();
+        match self.snapshot_applied.get(&(shard, slot)) {
+            Some(known) if *known != applied => violation(
+                "I9 applied exactly once",
+                format!(
+                    "{node:?} shard {shard} snapshot at {slot:?} holds {} requests, another \
+                     replica's there {}",
+                    applied.len(),
+                    known.len()
+                ),
+            ),
+            Some(_) => Ok(()),
+            None => {
+                self.snapshot_applied.insert((shard, slot), applied);
+                Ok(())
+            }
+        }
+    }
+
+    /// A replica goes on from a snapshot at `slot` (installed from a peer, or loaded at
+    /// start-up): it has applied what that snapshot holds, and commits from `slot` on.
+    pub fn on_install(&mut self, node: NodeId, shard: usize, slot: Slot) -> Result {
+        let Some(applied) = self.snapshot_applied.get(&(shard, slot)) else {
+            return violation(
+                "I5 commits in slot order, once",
+                format!("{node:?} shard {shard} installed a snapshot at {slot:?} no replica took"),
+            );
+        };
+        let applied = applied.clone();
+        let view = self.replicas.entry((node, shard)).or_default();
+        if slot <= view.commit_next && view.commit_next > Slot(0) {
+            return violation(
+                "I5 commits in slot order, once",
+                format!(
+                    "{node:?} shard {shard} installed a snapshot at {slot:?}, committed to {:?}",
+                    view.commit_next
+                ),
+            );
+        }
+        view.commit_next = slot;
+        view.applied = applied;
+        Ok(())
     }
 
     /// Records became durable on `node`'s disk of `shard`.

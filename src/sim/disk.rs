@@ -7,10 +7,13 @@
 use rand_core::RngCore;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use quorum_wal::{Options, PendingSync, SimBackend, Tear};
+use quorum_wal::{Backend as _, Options, PendingSync, SimBackend, Tear};
 
-use crate::core::{Message, NodeId, PersistSeq, Record, Slot};
+use bytes::Bytes;
+
+use crate::core::{Ballot, ClusterId, Message, NodeId, PersistSeq, Record, Slot};
 use crate::shard::ReplicaLog;
+use crate::snapshot::{FILE_NAME, Snapshot, SnapshotHeader};
 
 /// The disk of one shard replica.
 pub struct SimDisk {
@@ -18,6 +21,12 @@ pub struct SimDisk {
     /// The log, keeping each record until it is durable (the checkers want to see it then).
     log: Option<ReplicaLog<SimBackend, Record>>,
     in_flight: Option<PendingSync>,
+    /// The newest snapshot in the directory (its file is written atomically and durably).
+    snapshot: Option<Snapshot>,
+    /// The log's end when the last snapshot was taken.
+    snapshot_taken_at: u64,
+    /// WAL bytes released behind snapshots, over every incarnation.
+    pub released_bytes: u64,
 }
 
 /// Segment size of simulated logs: small, so runs cross many segments.
@@ -35,9 +44,47 @@ impl SimDisk {
     #[must_use]
     pub fn new() -> SimDisk {
         let backend = SimBackend::new();
-        let log = ReplicaLog::open(backend.clone(), options(), |_| Ok(()))
+        let log = ReplicaLog::open(backend.clone(), options(), Slot(0), |_| Ok(()))
             .expect("a new simulated log opens");
-        SimDisk { backend, log: Some(log), in_flight: None }
+        SimDisk {
+            backend,
+            log: Some(log),
+            in_flight: None,
+            snapshot: None,
+            snapshot_taken_at: 0,
+            released_bytes: 0,
+        }
+    }
+
+    /// Log bytes written since the last snapshot.
+    pub fn bytes_since_snapshot(&mut self) -> u64 {
+        let end = self.log().wal().end_position();
+        end - self.snapshot_taken_at
+    }
+
+    /// Writes a snapshot (durably, at once) and lets the log release what it covers;
+    /// `promised` goes to the log's metadata first (as `Shard::finish_snapshot` does).
+    ///
+    /// # Panics
+    /// If the simulated log fails: it never does.
+    pub fn take_snapshot(&mut self, header: SnapshotHeader, body: &[u8], promised: Ballot) {
+        let snapshot = Snapshot::encode(header, body);
+        self.backend.write_file_atomic(FILE_NAME, &snapshot.bytes).expect("simulated files write");
+        self.snapshot = Some(snapshot);
+        self.snapshot_taken_at = self.log().wal().end_position();
+        let released = self.log().release_below(header.slot, promised).expect("simulated release");
+        self.released_bytes += released;
+    }
+
+    /// A peer's snapshot was checked and is ahead: made durable here before anything builds
+    /// on it (as `Shard` does).
+    ///
+    /// # Panics
+    /// If the simulated file cannot be written: it always can.
+    pub fn install(&mut self, snapshot: Snapshot) {
+        self.backend.write_file_atomic(FILE_NAME, &snapshot.bytes).expect("simulated files write");
+        self.log().raise_floor(snapshot.header.slot);
+        self.snapshot = Some(snapshot);
     }
 
     fn log(&mut self) -> &mut ReplicaLog<SimBackend, Record> {
@@ -91,9 +138,20 @@ impl SimDisk {
         runs_max: usize,
         bytes_max: usize,
     ) -> Vec<Message> {
-        self.log()
-            .archived_messages(from_slot, end_slot, commit_index, runs_max, bytes_max)
-            .expect("simulated logs read back")
+        let mut messages = Vec::new();
+        let mut from_slot = from_slot;
+        if from_slot < self.log().floor() {
+            // Released: the snapshot stands for those slots (as in `Shard`).
+            let snapshot = self.snapshot.as_ref().expect("a floor is only raised by a snapshot");
+            messages.push(Message::Snapshot { bytes: snapshot.bytes.clone(), commit_index });
+            from_slot = snapshot.header.slot;
+        }
+        messages.extend(
+            self.log()
+                .archived_messages(from_slot, end_slot, commit_index, runs_max, bytes_max)
+                .expect("simulated logs read back"),
+        );
+        messages
     }
 
     /// A crash: the synced image stays; each write made since survives with chance
@@ -118,17 +176,28 @@ impl SimDisk {
     /// # Panics
     /// If recovery fails or returns a record no replica writes: both would be bugs, since the
     /// simulated disk only loses or tears unsynced writes.
-    pub fn recover(&mut self) -> Vec<Record> {
+    pub fn recover(
+        &mut self,
+        cluster_id: ClusterId,
+        shard: u16,
+    ) -> (Option<Snapshot>, Vec<Record>) {
         // Damage the WAL reports as possibly synced comes here only from a sync that had not
         // completed (the simulated disk flips no bits), so nothing in it was acknowledged.
+        let file = self.backend.read_file(FILE_NAME).expect("simulated files read");
+        self.snapshot = file.map(|bytes| {
+            Snapshot::decode(Bytes::from(bytes), cluster_id, shard)
+                .expect("simulated snapshot files are written atomically")
+        });
+        let floor = self.snapshot.as_ref().map_or(Slot(0), |snapshot| snapshot.header.slot);
         let mut records = Vec::new();
-        let log = ReplicaLog::open(self.backend.clone(), options(), |record| {
+        let log = ReplicaLog::open(self.backend.clone(), options(), floor, |record| {
             records.push(record);
             Ok(())
         })
         .expect("recovery after a crash succeeds");
+        self.snapshot_taken_at = log.wal().end_position();
         self.log = Some(log);
-        records
+        (self.snapshot.clone(), records)
     }
 }
 

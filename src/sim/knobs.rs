@@ -78,6 +78,12 @@ pub struct Knobs {
     /// Bytes one such read may take (`ReplicaLog::archived_runs`): small, so that readers
     /// far behind must ask again many times.
     pub archive_read_bytes_max: usize,
+    /// A replica snapshots its state every this many bytes of WAL and releases the segments
+    /// the snapshot covers (0: never). Small against the 64 KiB segments, so that released
+    /// prefixes, restarts from snapshots and snapshots sent to readers are common. A node
+    /// that restarts from a snapshot or installs one no longer feeds its total-order merge
+    /// (it would need every slot from 0), so I11 is checked on the others.
+    pub snapshot_every_bytes: u64,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -123,6 +129,7 @@ impl Knobs {
             relay: between(rng, 0, 1) == 1,
             retain_slots: [0, 4, 32, 256, u64::MAX][between(rng, 0, 4) as usize],
             archive_read_bytes_max: [1, 4096, 65536, 16 << 20][between(rng, 0, 3) as usize],
+            snapshot_every_bytes: [0, 0, 8 << 10, 32 << 10, 128 << 10][between(rng, 0, 4) as usize],
         }
     }
 }

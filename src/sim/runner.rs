@@ -61,6 +61,23 @@ pub struct Summary {
     pub seeds_with_archived_reads: u64,
     /// Such reads, all seeds.
     pub archived_reads: u64,
+    /// Seeds where a replica installed a peer's snapshot.
+    pub seeds_with_installs: u64,
+    /// Snapshots taken, restarts from a snapshot, snapshots installed, all seeds.
+    pub snapshots: SnapshotCounts,
+}
+
+/// How often snapshots were taken and used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotCounts {
+    /// Taken by replicas.
+    pub taken: u64,
+    /// Replicas started from one after a crash.
+    pub restarts: u64,
+    /// Received from a peer and installed.
+    pub installed: u64,
+    /// WAL bytes released behind them.
+    pub released_bytes: u64,
 }
 
 /// Runs `seeds` with `threads` threads, calling `on_report` for each seed as it finishes.
@@ -107,6 +124,11 @@ pub fn run_range(
                     summary.merged += report.merged;
                     summary.seeds_with_archived_reads += u64::from(report.archived_reads > 0);
                     summary.archived_reads += report.archived_reads;
+                    summary.seeds_with_installs += u64::from(report.snapshots.installed > 0);
+                    summary.snapshots.taken += report.snapshots.taken;
+                    summary.snapshots.restarts += report.snapshots.restarts;
+                    summary.snapshots.installed += report.snapshots.installed;
+                    summary.snapshots.released_bytes += report.snapshots.released_bytes;
                     if report.violation.is_some() {
                         summary.failures.push(report);
                     }
@@ -143,13 +165,19 @@ impl Summary {
     pub fn coverage_line(&self) -> String {
         format!(
             "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}; \
-             compacted slots read from a WAL in {} seeds ({} reads)",
+             compacted slots read from a WAL in {} seeds ({} reads); snapshots taken {}, \
+             restarted from {}, installed from a peer {} (in {} seeds), {} MB of WAL released",
             self.seeds_with_learners,
             self.seeds_with_relay,
             self.seeds_with_shards,
             self.merged,
             self.seeds_with_archived_reads,
-            self.archived_reads
+            self.archived_reads,
+            self.snapshots.taken,
+            self.snapshots.restarts,
+            self.snapshots.installed,
+            self.seeds_with_installs,
+            self.snapshots.released_bytes / 1_000_000
         )
     }
 

@@ -15,6 +15,7 @@ use crate::core::{
     RoleKind, Value, Voters,
 };
 use crate::merge::MergedBatch;
+use crate::snapshot::{Snapshot, SnapshotHeader};
 use crate::state_machine::{Applier, KvStore, Outcome, StateMachine as _, shard_for_key};
 use crate::total_order::{Committed, TotalApplier};
 
@@ -23,6 +24,7 @@ use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_o
 use super::disk::SimDisk;
 use super::knobs::{Knobs, between};
 use super::linearizability::{KvOp, Operation, check_key};
+use super::runner::SnapshotCounts;
 
 const CLUSTER: ClusterId = ClusterId(0x5157_4f52_554d);
 /// How long the liveness phase may take before it counts as a violation.
@@ -88,6 +90,9 @@ struct SimNode {
     /// This node's shards' commits merged into one order and applied in it to one state
     /// machine (apply mode `total`); restarts with the replicas.
     total: TotalApplier<KvStore>,
+    /// A replica of this node started from a snapshot: its commits no longer start at slot
+    /// 0, so the merge (which needs every slot) is not fed or checked from then on.
+    merge_off: bool,
 }
 
 /// The outcome of one simulated run.
@@ -109,6 +114,8 @@ pub struct SeedReport {
     pub merged: u64,
     /// Reads of compacted slots from a WAL (`Action::SendArchived`).
     pub archived_reads: u64,
+    /// Snapshots taken and used.
+    pub snapshots: SnapshotCounts,
     /// The knobs drawn from the seed.
     pub knobs: Knobs,
 }
@@ -130,6 +137,7 @@ impl SeedReport {
             events: 0,
             merged: 0,
             archived_reads: 0,
+            snapshots: SnapshotCounts::default(),
             knobs,
         }
     }
@@ -162,6 +170,7 @@ pub struct World {
     events: u64,
     merged: u64,
     archived_reads: u64,
+    snapshots: SnapshotCounts,
     actions: Vec<Action>,
     trace: Option<String>,
     /// Print trace lines as they happen (so a panic still leaves the trace up to it).
@@ -199,6 +208,7 @@ impl World {
             events: 0,
             merged: 0,
             archived_reads: 0,
+            snapshots: SnapshotCounts::default(),
             actions: Vec::new(),
             trace: trace.then(String::new),
             trace_to_stdout: false,
@@ -215,6 +225,7 @@ impl World {
                 paused_until_us: 0,
                 shards,
                 total: TotalApplier::new(world.knobs.shards as u16, KvStore::default(), 16),
+                merge_off: false,
             });
             for shard in 0..world.knobs.shards {
                 world.start_replica(index, shard);
@@ -283,16 +294,30 @@ impl World {
     /// Builds the replica of `shard` on `node` from what its disk kept.
     fn start_replica(&mut self, node: usize, shard: usize) {
         let config = self.config(node, shard);
-        let records = self.nodes[node].shards[shard].disk.recover();
-        let replica =
-            Replica::restore(config, &records).expect("simulator configurations are valid");
+        let (snapshot, records) =
+            self.nodes[node].shards[shard].disk.recover(CLUSTER, shard as u16);
+        let mut replica = Replica::recovering(config).expect("simulator configurations are valid");
+        let mut applier = Applier::new(KvStore::default(), 16);
+        let mut from_slot = Slot(0);
+        if let Some(snapshot) = snapshot {
+            // As `Shard::open_with`: the state from the snapshot, then the log from there.
+            from_slot = snapshot.header.slot;
+            applier = Applier::restore(snapshot.body(), 16).expect("simulated snapshots restore");
+            replica.install_snapshot(from_slot, from_slot);
+            self.nodes[node].merge_off = true;
+            self.snapshots.restarts += 1;
+        }
+        for record in &records {
+            replica.replay(record);
+        }
+        replica.finish_recovery();
         let promised = replica.promised();
         let slot = &mut self.nodes[node].shards[shard];
         slot.replica = Some(replica);
-        slot.applier = Applier::new(KvStore::default(), 16);
+        slot.applier = applier;
         slot.waiting.clear();
         let id = self.nodes[node].id;
-        let result = self.checker.on_replica_start(id, shard, promised);
+        let result = self.checker.on_replica_start(id, shard, promised, from_slot);
         self.record(result);
         // Unsynced writes that survived the crash are acceptances too: the replica acts on them.
         let result = self.checker.on_durable(id, shard, &records);
@@ -375,6 +400,15 @@ impl World {
             events: self.events,
             merged: self.merged,
             archived_reads: self.archived_reads,
+            snapshots: SnapshotCounts {
+                released_bytes: self
+                    .nodes
+                    .iter()
+                    .flat_map(|node| &node.shards)
+                    .map(|shard| shard.disk.released_bytes)
+                    .sum(),
+                ..self.snapshots
+            },
             knobs: self.knobs.clone(),
         };
         (report, self.trace.unwrap_or_default())
@@ -470,9 +504,58 @@ impl World {
         }
         let id = self.nodes[to].id;
         self.trace(|| format!("n{} s{shard} <- n{} {}", id.0, from.0, describe(&message)));
+        if let Message::Snapshot { bytes, commit_index } = message {
+            self.install_snapshot(to, shard, bytes, commit_index);
+            self.drive(to, shard);
+            return;
+        }
         let envelope = Envelope { cluster_id: CLUSTER, from, message };
         self.replica(to, shard).on_message(envelope).expect("simulated peers are cluster members");
         self.drive(to, shard);
+    }
+
+    /// A peer's snapshot arrived: installed if ahead, as `Shard` does (checked, durable,
+    /// then the state machine and the replica go on from it).
+    fn install_snapshot(&mut self, node: usize, shard: usize, bytes: bytes::Bytes, commit: Slot) {
+        // Commits a restart replayed may still wait to be applied: first those.
+        self.drive(node, shard);
+        let snapshot = Snapshot::decode(bytes, CLUSTER, shard as u16)
+            .expect("the simulated network does not damage messages");
+        let slot = snapshot.header.slot;
+        if slot <= self.replica(node, shard).commit_index() {
+            return;
+        }
+        let applier = Applier::restore(snapshot.body(), 16).expect("simulated snapshots restore");
+        let id = self.nodes[node].id;
+        self.trace(|| format!("n{} s{shard} installs snapshot at {}", id.0, slot.0));
+        let replica = &mut self.nodes[node].shards[shard];
+        replica.disk.install(snapshot);
+        replica.applier = applier;
+        self.nodes[node].merge_off = true;
+        self.snapshots.installed += 1;
+        let result = self.checker.on_install(id, shard, slot);
+        self.record(result);
+        self.replica(node, shard).install_snapshot(slot, commit);
+    }
+
+    /// Takes a snapshot if the replica wrote `snapshot_every_bytes` of log since the last,
+    /// and lets its log release what it covers.
+    fn maybe_snapshot(&mut self, node: usize, shard: usize) {
+        let every = self.knobs.snapshot_every_bytes;
+        if every == 0 || self.nodes[node].shards[shard].disk.bytes_since_snapshot() < every {
+            return;
+        }
+        let id = self.nodes[node].id;
+        let replica = self.nodes[node].shards[shard].replica.as_ref().expect("live");
+        let (slot, promised) = (replica.commit_index(), replica.promised());
+        let mut body = Vec::new();
+        self.nodes[node].shards[shard].applier.snapshot(&mut body);
+        let header = SnapshotHeader { cluster_id: CLUSTER, shard: shard as u16, slot };
+        self.nodes[node].shards[shard].disk.take_snapshot(header, &body, promised);
+        self.snapshots.taken += 1;
+        self.trace(|| format!("n{} s{shard} snapshot at {}", id.0, slot.0));
+        let result = self.checker.on_snapshot(id, shard, slot);
+        self.record(result);
     }
 
     fn on_sync_done(&mut self, node: usize, shard: usize, incarnation: u64) {
@@ -548,6 +631,7 @@ impl World {
             }
             self.actions = actions;
         }
+        self.maybe_snapshot(node, shard);
         if self.nodes[node].shards[shard].disk.maybe_start_sync() {
             let latency = between(
                 &mut self.rng,
@@ -598,6 +682,9 @@ impl World {
 
     /// Feeds a commit to the node's merge and checks what comes out in global order.
     fn merge(&mut self, node: usize, shard: usize, first_slot: Slot, count: u64, value: &Value) {
+        if self.nodes[node].merge_off {
+            return;
+        }
         let id = self.nodes[node].id;
         let committed = Committed { first_slot, count, value: value.clone() };
         let (checker, merged_count) = (&mut self.checker, &mut self.merged);
@@ -981,10 +1068,10 @@ impl World {
                 .collect();
             commits.iter().all(|commit| *commit == commits[0])
         });
-        let merged = self
-            .nodes
-            .iter()
-            .all(|node| self.checker.merged_complete(node.id, node.total.next_position()).is_ok());
+        let merged =
+            self.nodes.iter().filter(|node| !node.merge_off).all(|node| {
+                self.checker.merged_complete(node.id, node.total.next_position()).is_ok()
+            });
         if requests_done && leaders && caught_up && merged {
             self.trace(|| {
                 "liveness reached: leaders elected, requests done, replicas caught up".to_string()
@@ -1038,12 +1125,30 @@ impl World {
                 shard.replica.as_ref().expect("all nodes are up at the end").check_invariants(true);
             }
         }
-        for node in &self.nodes {
+        let merging: Vec<&SimNode> = self.nodes.iter().filter(|node| !node.merge_off).collect();
+        for node in &merging {
             self.checker.merged_complete(node.id, node.total.next_position())?;
         }
+        // Every replica of a shard applied the same slots (they are caught up): the same state,
+        // whether rebuilt from the log or from a snapshot.
+        for shard in 0..self.knobs.shards {
+            let first = &self.nodes[0].shards[shard].applier;
+            for node in &self.nodes {
+                if node.shards[shard].applier.machine().summary() != first.machine().summary() {
+                    return Err(Violation {
+                        invariant: "I9 applied exactly once",
+                        detail: format!(
+                            "{:?} shard {shard}'s state differs from node 1's at the same commit \
+                             position",
+                            node.id
+                        ),
+                    });
+                }
+            }
+        }
         // Every node applied the same merged order to one state machine: the same state.
-        let first = &self.nodes[0].total;
-        for node in &self.nodes {
+        let Some(first) = merging.first().map(|node| &node.total) else { return Ok(()) };
+        for node in &merging {
             if node.total.machine().summary() != first.machine().summary() {
                 return Err(Violation {
                     invariant: "I11 one merged order",
@@ -1081,6 +1186,9 @@ fn value_text(value: &Value) -> String {
 /// A one-line description of a message for the trace.
 fn describe(message: &Message) -> String {
     match message {
+        Message::Snapshot { bytes, commit_index } => {
+            format!("snapshot of {} bytes commit {}", bytes.len(), commit_index.0)
+        }
         Message::Probe { round, commit_index } => {
             format!("probe round {round} commit {}", commit_index.0)
         }

@@ -488,6 +488,13 @@ fn encode_message<'a>(
             let args = fb::SubscribeArgs { from_slot: from_slot.0 };
             (fb::Body::Subscribe, fb::Subscribe::create(builder, &args).as_union_value())
         }
+        Message::Snapshot { bytes, commit_index } => {
+            *payload_len += bytes.len() as u64;
+            payloads.push(bytes.clone());
+            let args =
+                fb::SnapshotArgs { bytes_len: bytes.len() as u64, commit_index: commit_index.0 };
+            (fb::Body::Snapshot, fb::Snapshot::create(builder, &args).as_union_value())
+        }
         Message::Chosen { runs, commit_index } => {
             let runs = encode_runs(builder, runs, payloads, payload_len);
             let args = fb::ChosenArgs { runs: Some(runs), commit_index: commit_index.0 };
@@ -642,6 +649,13 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
         fb::Body::Subscribe => {
             let m = frame.body_as_subscribe().ok_or(missing)?;
             Message::Subscribe { from_slot: Slot(m.from_slot()) }
+        }
+        fb::Body::Snapshot => {
+            let m = frame.body_as_snapshot().ok_or(missing)?;
+            if m.bytes_len() != payload.len() as u64 {
+                return Err(FrameError::Invalid("snapshot length differs from the payload's"));
+            }
+            Message::Snapshot { bytes: payload.clone(), commit_index: Slot(m.commit_index()) }
         }
         fb::Body::Chosen => {
             let m = frame.body_as_chosen().ok_or(missing)?;

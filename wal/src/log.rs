@@ -659,6 +659,12 @@ impl<B: Backend> Wal<B> {
         Some(decode_record(&bytes[offset..]))
     }
 
+    /// The directory the log lives in (for files kept next to it, such as snapshots).
+    #[must_use]
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// The records from `position` (a record's position, or [`Wal::first_position`]) to the end.
     #[must_use]
     pub fn iter_from(&self, position: u64) -> Iter<'_, B> {

@@ -87,6 +87,12 @@ pub struct NodeArgs {
     /// `quorum tail` asks for them, so memory stays bounded however long the node runs.
     #[arg(long, value_name = "SLOTS")]
     retain_slots: Option<u64>,
+    /// Each shard snapshots its state every this many MiB of WAL written (default 256), then
+    /// deletes the WAL segments the snapshot covers, so the disk used stays bounded. A peer,
+    /// learner or tail that needs slots no longer in the WAL is sent the snapshot. 0: never
+    /// (the WAL grows without bound). Not with --apply total.
+    #[arg(long, value_name = "MIB")]
+    snapshot_every_mib: Option<u32>,
     /// fsync (default): acknowledge only what is on disk. none: never sync; for benchmarks
     /// only, a machine crash then loses acknowledged writes.
     #[arg(long, value_enum)]
@@ -116,6 +122,7 @@ impl NodeArgs {
             election_timeout_ms: self.election_timeout_ms,
             wal_segment_mib: self.wal_segment_mib,
             retain_slots: self.retain_slots,
+            snapshot_every_mib: self.snapshot_every_mib,
             durability: self.durability,
         }
     }

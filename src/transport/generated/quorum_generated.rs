@@ -97,10 +97,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 18;
+pub const ENUM_MAX_BODY: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 19] = [
+pub const ENUM_VALUES_BODY: [Body; 20] = [
   Body::NONE,
   Body::Probe,
   Body::ProbeReply,
@@ -120,6 +120,7 @@ pub const ENUM_VALUES_BODY: [Body; 19] = [
   Body::StatusRequest,
   Body::Status,
   Body::Subscribe,
+  Body::Snapshot,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -146,9 +147,10 @@ impl Body {
   pub const StatusRequest: Self = Self(16);
   pub const Status: Self = Self(17);
   pub const Subscribe: Self = Self(18);
+  pub const Snapshot: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Probe,
@@ -169,6 +171,7 @@ impl Body {
     Self::StatusRequest,
     Self::Status,
     Self::Subscribe,
+    Self::Snapshot,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -192,6 +195,7 @@ impl Body {
       Self::StatusRequest => Some("StatusRequest"),
       Self::Status => Some("Status"),
       Self::Subscribe => Some("Subscribe"),
+      Self::Snapshot => Some("Snapshot"),
       _ => None,
     }
   }
@@ -2335,6 +2339,119 @@ impl ::core::fmt::Debug for Subscribe<'_> {
       ds.finish()
   }
 }
+pub enum SnapshotOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Snapshot<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Snapshot<'a> {
+  type Inner = Snapshot<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Snapshot<'a> {
+  pub const VT_BYTES_LEN: ::flatbuffers::VOffsetT = 4;
+  pub const VT_COMMIT_INDEX: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Snapshot { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SnapshotArgs
+  ) -> ::flatbuffers::WIPOffset<Snapshot<'bldr>> {
+    let mut builder = SnapshotBuilder::new(_fbb);
+    builder.add_commit_index(args.commit_index);
+    builder.add_bytes_len(args.bytes_len);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn bytes_len(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Snapshot::VT_BYTES_LEN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn commit_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Snapshot::VT_COMMIT_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Snapshot<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("bytes_len", Self::VT_BYTES_LEN, false)?
+     .visit_field::<u64>("commit_index", Self::VT_COMMIT_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotArgs {
+    pub bytes_len: u64,
+    pub commit_index: u64,
+}
+impl<'a> Default for SnapshotArgs {
+  #[inline]
+  fn default() -> Self {
+    SnapshotArgs {
+      bytes_len: 0,
+      commit_index: 0,
+    }
+  }
+}
+
+pub struct SnapshotBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SnapshotBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_bytes_len(&mut self, bytes_len: u64) {
+    self.fbb_.push_slot::<u64>(Snapshot::VT_BYTES_LEN, bytes_len, 0);
+  }
+  #[inline]
+  pub fn add_commit_index(&mut self, commit_index: u64) {
+    self.fbb_.push_slot::<u64>(Snapshot::VT_COMMIT_INDEX, commit_index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SnapshotBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SnapshotBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Snapshot<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Snapshot<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Snapshot");
+      ds.field("bytes_len", &self.bytes_len());
+      ds.field("commit_index", &self.commit_index());
+      ds.finish()
+  }
+}
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3676,6 +3793,21 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_snapshot(&self) -> Option<Snapshot<'a>> {
+    if self.body_type() == Body::Snapshot {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Snapshot::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -3707,6 +3839,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Body::StatusRequest", pos),
           Body::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Body::Status", pos),
           Body::Subscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Subscribe>>("Body::Subscribe", pos),
+          Body::Snapshot => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Snapshot>>("Body::Snapshot", pos),
           _ => Ok(()),
         }
      })?
@@ -3903,6 +4036,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::Subscribe => {
           if let Some(x) = self.body_as_subscribe() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Snapshot => {
+          if let Some(x) = self.body_as_snapshot() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
