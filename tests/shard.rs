@@ -324,3 +324,51 @@ fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() 
     let victim_log = cluster.shards[victim].as_ref().unwrap().replica().log();
     assert!(commits[victim].0 - victim_log.base().0 <= 4 + 4 / 4 + 1, "{victim_log:?}");
 }
+
+#[test]
+fn a_promise_whose_records_were_released_survives_a_restart() {
+    use quorum::core::{Ballot, BatchBuilder, Envelope, Message, Slot, SlotRun, Value};
+    let disk = SimBackend::new();
+    let mut shard = open_snapshotting(2, &disk, 8 * 1024);
+    // Node 3 stands for election with a high ballot: node 2 promises it (a `Promised` record).
+    let high = Ballot::new(9, NodeId(3));
+    let prepare = Message::Prepare { ballot: high, from_slot: Slot(0) };
+    shard
+        .on_message(Envelope { cluster_id: CLUSTER, from: NodeId(3), message: prepare })
+        .unwrap()
+        .unwrap();
+    let pending = shard.start_sync().unwrap().expect("the promise waits for a sync");
+    shard.finish_sync(pending.run()).unwrap();
+    assert_eq!(shard.replica().promised(), high);
+    // Then it only learns chosen values (no ballot in those records), several segments' worth,
+    // snapshotting and releasing the segment that held the promise.
+    for slot in 0..300u64 {
+        let mut batch = BatchBuilder::new(1 << 20);
+        let command = KvCommand::Put { key: b"k".to_vec(), value: vec![b'x'; 1000] }.encode();
+        batch.push(RequestId { client: 5, sequence: slot + 1 }, &command);
+        let run = SlotRun {
+            first_slot: Slot(slot),
+            count: 1,
+            ballot: Ballot::new(1, NodeId(1)),
+            value: Value::Batch(batch.take().into()),
+            chosen: true,
+        };
+        let chosen = Message::Chosen { runs: vec![run], commit_index: Slot(slot + 1) };
+        shard
+            .on_message(Envelope { cluster_id: CLUSTER, from: NodeId(1), message: chosen })
+            .unwrap()
+            .unwrap();
+        if let Some(pending) = shard.start_sync().unwrap() {
+            shard.finish_sync(pending.run()).unwrap();
+        }
+        if let Some(pending) = shard.start_snapshot() {
+            shard.finish_snapshot(pending.run()).unwrap();
+        }
+    }
+    assert_eq!(shard.replica().commit_index(), Slot(300));
+    assert!(shard.wal().first_position() > 64 * 1024, "the promise's segment was released");
+    drop(shard);
+    let reopened = open_snapshotting(2, &disk, 8 * 1024);
+    assert_eq!(reopened.replica().promised(), high, "the promise survived its records");
+    assert_eq!(reopened.replica().commit_index(), Slot(300));
+}

@@ -21,6 +21,7 @@ pub struct SimDisk {
     /// The log, keeping each record until it is durable (the checkers want to see it then).
     log: Option<ReplicaLog<SimBackend, Record>>,
     in_flight: Option<PendingSync>,
+    segment_bytes: u64,
     /// The newest snapshot in the directory (its file is written atomically and durably).
     snapshot: Option<Snapshot>,
     /// The log's end when the last snapshot was taken.
@@ -29,27 +30,26 @@ pub struct SimDisk {
     pub released_bytes: u64,
 }
 
-/// Segment size of simulated logs: small, so runs cross many segments.
-const SEGMENT_BYTES: u64 = 64 * 1024;
-
-fn options() -> Options {
-    Options { segment_bytes: SEGMENT_BYTES, prepare_ahead: false }
+fn options(segment_bytes: u64) -> Options {
+    Options { segment_bytes, prepare_ahead: false }
 }
 
 impl SimDisk {
-    /// A new, empty disk with an empty log.
+    /// A new, empty disk with an empty log of `segment_bytes` segments (small, so that runs
+    /// cross many segments and snapshots release many).
     ///
     /// # Panics
     /// If the simulated log cannot be created (a bug).
     #[must_use]
-    pub fn new() -> SimDisk {
+    pub fn new(segment_bytes: u64) -> SimDisk {
         let backend = SimBackend::new();
-        let log = ReplicaLog::open(backend.clone(), options(), Slot(0), |_| Ok(()))
+        let log = ReplicaLog::open(backend.clone(), options(segment_bytes), Slot(0), |_| Ok(()))
             .expect("a new simulated log opens");
         SimDisk {
             backend,
             log: Some(log),
             in_flight: None,
+            segment_bytes,
             snapshot: None,
             snapshot_taken_at: 0,
             released_bytes: 0,
@@ -190,19 +190,14 @@ impl SimDisk {
         });
         let floor = self.snapshot.as_ref().map_or(Slot(0), |snapshot| snapshot.header.slot);
         let mut records = Vec::new();
-        let log = ReplicaLog::open(self.backend.clone(), options(), floor, |record| {
-            records.push(record);
-            Ok(())
-        })
-        .expect("recovery after a crash succeeds");
+        let log =
+            ReplicaLog::open(self.backend.clone(), options(self.segment_bytes), floor, |record| {
+                records.push(record);
+                Ok(())
+            })
+            .expect("recovery after a crash succeeds");
         self.snapshot_taken_at = log.wal().end_position();
         self.log = Some(log);
         (self.snapshot.clone(), records)
-    }
-}
-
-impl Default for SimDisk {
-    fn default() -> SimDisk {
-        SimDisk::new()
     }
 }

@@ -84,6 +84,9 @@ pub struct Knobs {
     /// that restarts from a snapshot or installs one no longer feeds its total-order merge
     /// (it would need every slot from 0), so I11 is checked on the others.
     pub snapshot_every_bytes: u64,
+    /// Bytes per WAL segment: 24 KiB (a 16 KiB batch's record fits) or 64 KiB, small so that logs cross many segments and
+    /// snapshots release many.
+    pub wal_segment_bytes: u64,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -130,6 +133,7 @@ impl Knobs {
             retain_slots: [0, 4, 32, 256, u64::MAX][between(rng, 0, 4) as usize],
             archive_read_bytes_max: [1, 4096, 65536, 16 << 20][between(rng, 0, 3) as usize],
             snapshot_every_bytes: [0, 0, 8 << 10, 32 << 10, 128 << 10][between(rng, 0, 4) as usize],
+            wal_segment_bytes: [24 << 10, 64 << 10][between(rng, 0, 1) as usize],
         }
     }
 }

@@ -257,7 +257,7 @@ impl World {
     fn fresh_shard(&self) -> ShardReplica {
         ShardReplica {
             replica: None,
-            disk: SimDisk::default(),
+            disk: SimDisk::new(self.knobs.wal_segment_bytes),
             applier: Applier::new(KvStore::default(), 16),
             waiting: BTreeMap::new(),
         }

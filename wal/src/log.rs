@@ -169,11 +169,12 @@ impl<B: Backend> Wal<B> {
     /// `Corrupt` for damage followed by valid records, or a broken segment sequence; the
     /// failing I/O call otherwise.
     pub fn open(backend: B, options: Options) -> Result<(Wal<B>, Recovery)> {
-        if options.segment_bytes % 4096 != 0
-            || options.segment_bytes < (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64 * 2
-        {
+        // Room for the header, a record and a segment-end marker, in whole pages.
+        let smallest =
+            ((SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64 * 2).next_multiple_of(4096);
+        if options.segment_bytes % 4096 != 0 || options.segment_bytes < smallest {
             return Err(Error::BadOption(format!(
-                "segment_bytes {} must be a multiple of 4096 and at least 8192",
+                "segment_bytes {} must be a multiple of 4096 and at least {smallest}",
                 options.segment_bytes
             )));
         }
