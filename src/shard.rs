@@ -881,16 +881,20 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         }
     }
 
-    /// Starts a snapshot if one is due (`snapshot_every_bytes` of WAL since the last) and
-    /// none is being written: the applied state's image is taken now, on this thread; run the
+    /// Starts a snapshot if one is due (`snapshot_every_bytes` of WAL since the last, and at
+    /// least four times the last snapshot's size) and none is being written: the applied state's image is taken now, on this thread; run the
     /// returned write on a helper thread, then hand its outcome to [`Shard::finish_snapshot`].
     pub fn start_snapshot(&mut self) -> Option<PendingSnapshot<B>> {
         let every = self.settings.snapshot_every_bytes;
         let end = self.log.wal().end_position();
+        // A snapshot costs about its own size (the image is built on this thread): at least
+        // four times that much log goes by between two, however small `every` is.
+        let last_bytes = self.snapshots.current.as_ref().map_or(0, |s| s.bytes.len() as u64);
+        let due = every.max(4 * last_bytes);
         if every == 0
             || self.snapshots.writing
             || self.committer.forwarded.is_some()
-            || end - self.snapshots.taken_at_position < every
+            || end - self.snapshots.taken_at_position < due
         {
             return None;
         }

@@ -22,7 +22,7 @@ use crate::state_machine::StateSummary;
 pub const PREFIX_BYTES: usize = 4;
 
 /// The version of the protocol this build speaks; a peer or client with another is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]

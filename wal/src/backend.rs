@@ -5,7 +5,9 @@
 //! # Correctness
 //! An implementation must keep these promises, which recovery relies on:
 //! - `create` returns a segment whose bytes are all zero but for the header given, and which
-//!   survives a crash once `create` returns (file, size and directory entry durable).
+//!   survives a crash once `create` returns (file, size and directory entry durable). `reuse`
+//!   returns one with the header given and any bytes after it, as durable.
+//! - A spare is never listed as a segment, whatever the moment of a crash.
 //! - A [`Syncer`] makes durable every write made to its segment before [`Segment::syncer`] was
 //!   called, or fails; a failure says nothing about which of those writes survive.
 //! - `write_file_atomic` leaves either the old or the new content after a crash, never a mix.
@@ -67,6 +69,40 @@ pub trait Backend: Send + Clone + 'static {
     /// # Errors
     /// The failing I/O call.
     fn remove(&self, number: u64) -> Result<()>;
+    /// Takes segment `number` out of the log but keeps its file as a spare for a later
+    /// segment, durably and so that [`Backend::list`] no longer names it. By default, deletes
+    /// it.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn set_aside(&self, number: u64) -> Result<()> {
+        self.remove(number)
+    }
+    /// The spares [`Backend::set_aside`] kept, by their old numbers.
+    ///
+    /// # Errors
+    /// The directory cannot be read.
+    fn spares(&self) -> Result<Vec<u64>> {
+        Ok(Vec::new())
+    }
+    /// Makes spare `spare` segment `number`: `header` at its start, durable, then renamed into
+    /// place (durably). Unlike [`Backend::create`], its other bytes are whatever it held: the
+    /// records of its old number, whose checksums fail under the new one (docs/wal-format.md).
+    /// No zeros are written, so this costs a header's write instead of the segment's.
+    ///
+    /// # Errors
+    /// The failing I/O call; the spare may then be gone.
+    fn reuse(&self, spare: u64, number: u64, bytes: u64, header: &[u8]) -> Result<Self::Segment> {
+        self.remove_spare(spare)?;
+        self.create(number, bytes, header)
+    }
+    /// Deletes a spare (durably).
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn remove_spare(&self, _spare: u64) -> Result<()> {
+        Ok(())
+    }
     /// Segment `number` is sealed and durable, and not expected to be read again soon: drop
     /// its bytes from every cache (the OS page cache too), so that the memory serves the next
     /// segment. Reads still work, from the disk. Advice: it may do nothing. May block.

@@ -9,7 +9,7 @@
 //! │ 64 watermark: confirmed u64 │ 72 target u64 │ 80 generation u32 │ 84 crc32c u32 (64..84)  │
 //! │ 88..4096 zero                                                                         │
 //! ├──────────────────────────── records, from byte 4096, 8-aligned ─────────────────────┤
-//! │ 0 crc32c u32 (bytes 4..32 of the header, then the payload) │ 4 payload_len u32          │
+//! │ 0 crc32c u32 (segment_number u64, bytes 4..32 of the header, the payload) │ 4 payload_len u32 │
 //! │ 8 kind u8 (1-254; 255 ends a segment) │ 9 zero u8 │ 10 ballot_node u16 │ 12 generation u32                │
 //! │ 16 slot u64 │ 24 ballot_round u64 │ 32 payload … │ zero padding to a multiple of 8        │
 //! └───────────────────────────────────────────────────────────────────────────────────────┘
@@ -19,8 +19,9 @@
 
 /// "QRMWAL" then format 0, 1.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"QRMWAL\0\x01");
-/// Format version.
-pub const VERSION: u32 = 1;
+/// Format version. 2: record checksums are seeded with the segment's number, so the records
+/// a recycled segment held under its old number read as not records.
+pub const VERSION: u32 = 2;
 /// Bytes of the segment header; records start here, page-aligned.
 pub const SEGMENT_HEADER_BYTES: usize = 4096;
 /// Where the watermark block sits in the segment header.
@@ -152,15 +153,28 @@ pub fn record_bytes(payload_bytes: usize) -> usize {
     (RECORD_HEADER_BYTES + payload_bytes).div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
-/// Encodes `record` at the start of `out`, which must hold [`record_bytes`] bytes.
-pub fn encode_record(record: &Record<'_>, generation: u32, out: &mut [u8]) {
-    encode_record_split(record, &[], generation, out);
+/// Encodes `record`, for segment `segment`, at the start of `out`, which must hold
+/// [`record_bytes`] bytes.
+pub fn encode_record(record: &Record<'_>, generation: u32, segment: u64, out: &mut [u8]) {
+    encode_record_split(record, &[], generation, segment, out);
+}
+
+/// The checksum's seed in segment `segment`: a record read under another segment number (one
+/// a recycled segment held before) fails its checksum.
+fn seed(segment: u64) -> u32 {
+    crc32c::crc32c(&segment.to_le_bytes())
 }
 
 /// [`encode_record`] of a record whose payload is `record.payload` followed by `rest`, copied
 /// straight from where each lies (a batch goes into the log without first being copied next
 /// to its small prefix).
-pub fn encode_record_split(record: &Record<'_>, rest: &[u8], generation: u32, out: &mut [u8]) {
+pub fn encode_record_split(
+    record: &Record<'_>,
+    rest: &[u8],
+    generation: u32,
+    segment: u64,
+    out: &mut [u8],
+) {
     let (head_len, rest_len) = (record.payload.len(), rest.len());
     let total = record_bytes(head_len + rest_len);
     assert!(out.len() >= total, "record buffer too small");
@@ -177,7 +191,7 @@ pub fn encode_record_split(record: &Record<'_>, rest: &[u8], generation: u32, ou
     out[RECORD_HEADER_BYTES..rest_at].copy_from_slice(record.payload);
     out[rest_at..rest_at + rest_len].copy_from_slice(rest);
     out[rest_at + rest_len..total].fill(0);
-    let crc = crc32c::crc32c(&out[4..RECORD_HEADER_BYTES]);
+    let crc = crc32c::crc32c_append(seed(segment), &out[4..RECORD_HEADER_BYTES]);
     let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, record.payload), rest);
     out[0..4].copy_from_slice(&crc.to_le_bytes());
 }
@@ -193,9 +207,9 @@ pub enum Decoded<'a> {
     Damaged(&'static str),
 }
 
-/// Decodes the record at the start of `bytes` (the rest of the segment). Never panics.
+/// Decodes the record at the start of `bytes` (the rest of segment `segment`). Never panics.
 #[must_use]
-pub fn decode_record(bytes: &[u8]) -> Decoded<'_> {
+pub fn decode_record(bytes: &[u8], segment: u64) -> Decoded<'_> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return if bytes.iter().all(|byte| *byte == 0) {
             Decoded::Unwritten
@@ -213,7 +227,7 @@ pub fn decode_record(bytes: &[u8]) -> Decoded<'_> {
         return Decoded::Damaged("record length runs past the segment end");
     }
     let payload = &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len];
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[4..]), payload);
+    let crc = crc32c::crc32c_append(crc32c::crc32c_append(seed(segment), &header[4..]), payload);
     if crc != u32_at(header, 0) {
         return Decoded::Damaged("record checksum mismatch");
     }

@@ -148,7 +148,13 @@ pub struct Wal<B: Backend> {
     sync_in_flight: bool,
     poisoned: bool,
     prepared: Option<(u64, JoinHandle<Result<B::Segment>>)>,
+    /// Released segment files kept for reuse, by their old numbers: a new segment made from
+    /// one needs no zeros (docs/wal-format.md, "Recycling").
+    spares: Vec<u64>,
 }
+
+/// Released segments kept as spares at most; the rest are deleted (their disk space returns).
+const SPARES_MAX: usize = 4;
 
 impl<B: Backend> std::fmt::Debug for Wal<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,7 +198,14 @@ impl<B: Backend> Wal<B> {
             sync_in_flight: false,
             poisoned: false,
             prepared: None,
+            spares: Vec::new(),
         };
+        wal.spares = wal.backend.spares()?;
+        wal.spares.sort_unstable();
+        while wal.spares.len() > SPARES_MAX {
+            let spare = wal.spares.remove(0);
+            wal.backend.remove_spare(spare)?;
+        }
         let mut recovery = Recovery { metadata, ..Recovery::default() };
         let confirmed = if numbers.is_empty() {
             let segment = wal.create_segment(0)?;
@@ -264,11 +277,12 @@ impl<B: Backend> Wal<B> {
         let mut damage: Option<(usize, usize, &'static str)> = None;
         let mut end = (0, SEGMENT_HEADER_BYTES);
         'segments: for index in 0..self.segments.len() {
-            let bytes = self.segments[index].1.bytes();
+            let (number, segment) = &self.segments[index];
+            let bytes = segment.bytes();
             let mut offset = SEGMENT_HEADER_BYTES;
             end = (index, offset);
             loop {
-                match decode_record(&bytes[offset..]) {
+                match decode_record(&bytes[offset..], *number) {
                     Decoded::Record(record, generation, size) if generation >= generation_max => {
                         generation_max = generation;
                         recovery.bytes += size as u64;
@@ -327,20 +341,20 @@ impl<B: Backend> Wal<B> {
     /// `index` or at the start of any later segment: then the damage is not a torn tail.
     fn valid_record_after(&self, index: usize, offset: usize, generation_min: u32) -> bool {
         let valid = |decoded: Decoded<'_>| matches!(decoded, Decoded::Record(_, generation, _) if generation >= generation_min);
-        let bytes = self.segments[index].1.bytes();
+        let (number, segment) = &self.segments[index];
+        let bytes = segment.bytes();
         let mut at = offset + RECORD_ALIGN;
         while at + RECORD_HEADER_BYTES <= bytes.len() {
             if bytes[at..at + RECORD_HEADER_BYTES].iter().any(|byte| *byte != 0)
-                && valid(decode_record(&bytes[at..]))
+                && valid(decode_record(&bytes[at..], *number))
             {
                 return true;
             }
             at += RECORD_ALIGN;
         }
-        self.segments
-            .iter()
-            .skip(index + 1)
-            .any(|(_, segment)| valid(decode_record(&segment.bytes()[SEGMENT_HEADER_BYTES..])))
+        self.segments.iter().skip(index + 1).any(|(number, segment)| {
+            valid(decode_record(&segment.bytes()[SEGMENT_HEADER_BYTES..], *number))
+        })
     }
 
     fn classify_tail_damage(
@@ -376,8 +390,9 @@ impl<B: Backend> Wal<B> {
         }
     }
 
-    fn create_segment(&self, number: u64) -> Result<B::Segment> {
-        create(&self.backend, number, self.segment_bytes)
+    fn create_segment(&mut self, number: u64) -> Result<B::Segment> {
+        let spare = self.spares.pop();
+        create(&self.backend, number, self.segment_bytes, spare)
     }
 
     /// Prepares the next segment on a thread of its own, first dropping segment `release`
@@ -392,14 +407,16 @@ impl<B: Backend> Wal<B> {
         let number = self.tail_segment() + 1;
         let backend = self.backend.clone();
         let bytes = self.segment_bytes;
+        let spare = self.spares.pop();
         let handle = std::thread::Builder::new().name("wal-prepare".into()).spawn(move || {
             if let Some(number) = release {
                 backend.release_cache(number);
             }
-            create(&backend, number, bytes)
+            create(&backend, number, bytes, spare)
         });
-        if let Ok(handle) = handle {
-            self.prepared = Some((number, handle));
+        match handle {
+            Ok(handle) => self.prepared = Some((number, handle)),
+            Err(_) => self.spares.extend(spare),
         }
     }
 
@@ -468,8 +485,8 @@ impl<B: Backend> Wal<B> {
         let position = self.end_position();
         let offset = self.tail_offset;
         let generation = self.generation;
-        let segment = &mut self.segments.back_mut().expect("a log has a segment").1;
-        encode_record_split(record, rest, generation, segment.bytes_mut(offset, size));
+        let (number, segment) = self.segments.back_mut().expect("a log has a segment");
+        encode_record_split(record, rest, generation, *number, segment.bytes_mut(offset, size));
         segment.wrote(offset, size);
         self.tail_offset += size;
         Ok(position)
@@ -500,8 +517,9 @@ impl<B: Backend> Wal<B> {
                 payload: &[],
             };
             let (offset, generation) = (self.tail_offset, self.generation);
-            let segment = &mut self.segments.back_mut().expect("a log has a segment").1;
-            encode_record(&marker, generation, segment.bytes_mut(offset, RECORD_HEADER_BYTES));
+            let (number, segment) = self.segments.back_mut().expect("a log has a segment");
+            let out = segment.bytes_mut(offset, RECORD_HEADER_BYTES);
+            encode_record(&marker, generation, *number, out);
             segment.wrote(offset, RECORD_HEADER_BYTES);
         }
         // Nothing appends to it again: its cached pages need not stay resident. The one
@@ -657,7 +675,7 @@ impl<B: Backend> Wal<B> {
         if offset < SEGMENT_HEADER_BYTES || offset % RECORD_ALIGN != 0 {
             return None;
         }
-        Some(decode_record(&bytes[offset..]))
+        Some(decode_record(&bytes[offset..], number))
     }
 
     /// The directory the log lives in (for files kept next to it, such as snapshots).
@@ -714,7 +732,12 @@ impl<B: Backend> Wal<B> {
         {
             let (removed, segment) = self.segments.pop_front().expect("checked");
             drop(segment);
-            self.backend.remove(removed)?;
+            if self.spares.len() < SPARES_MAX {
+                self.backend.set_aside(removed)?;
+                self.spares.push(removed);
+            } else {
+                self.backend.remove(removed)?;
+            }
         }
         Ok(())
     }
@@ -742,13 +765,22 @@ impl<B: Backend> Wal<B> {
     }
 }
 
-fn create<B: Backend>(backend: &B, number: u64, segment_bytes: u64) -> Result<B::Segment> {
+/// Makes segment `number`, from a spare if there is one.
+fn create<B: Backend>(
+    backend: &B,
+    number: u64,
+    segment_bytes: u64,
+    spare: Option<u64>,
+) -> Result<B::Segment> {
     let mut header = vec![0u8; SEGMENT_HEADER_BYTES];
     SegmentHeader { segment_number: number, segment_bytes }.encode(&mut header);
     // A new segment's watermark claims nothing (the maxima recovery takes ignore it): it is
     // made before the log knows what will be durable when the segment comes into use.
     Watermark { confirmed: 0, target: 0, generation: 0 }.encode(&mut header);
-    backend.create(number, segment_bytes, &header)
+    match spare {
+        Some(spare) => backend.reuse(spare, number, segment_bytes, &header),
+        None => backend.create(number, segment_bytes, &header),
+    }
 }
 
 fn read_metadata<B: Backend>(backend: &B) -> Result<Option<Vec<u8>>> {

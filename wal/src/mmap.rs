@@ -11,6 +11,8 @@
 //! sync about three times slower than `pwrite` + `fdatasync`. Reads still come zero-copy from
 //! the mapping, which shares the page cache the writes go into. A segment is never truncated
 //! while mapped (reads past the end would SIGBUS): space comes back by deleting whole segments.
+//! Released segments are kept as spares (`{number}.spare`) and reused for new ones: a header
+//! written over the old records (whose checksums were seeded with their old number), no zeros.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -43,6 +45,10 @@ impl MmapBackend {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
         Ok(MmapBackend { dir })
+    }
+
+    fn spare_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("{number:016x}.spare"))
     }
 
     fn sync_dir(&self) -> Result<()> {
@@ -293,6 +299,60 @@ impl Backend for MmapBackend {
 
     fn remove(&self, number: u64) -> Result<()> {
         let path = self.path(number);
+        std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        self.sync_dir()
+    }
+
+    fn set_aside(&self, number: u64) -> Result<()> {
+        let (path, spare) = (self.path(number), self.spare_path(number));
+        std::fs::rename(&path, &spare).map_err(io("rename", &spare))?;
+        self.sync_dir()
+    }
+
+    fn spares(&self) -> Result<Vec<u64>> {
+        let mut numbers = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
+            let entry = entry.map_err(io("read directory", &self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(hex) = name.strip_suffix(".spare") {
+                if let Ok(number) = u64::from_str_radix(hex, 16) {
+                    numbers.push(number);
+                }
+            }
+        }
+        Ok(numbers)
+    }
+
+    fn reuse(&self, spare: u64, number: u64, bytes: u64, header: &[u8]) -> Result<MmapSegment> {
+        let spare_path = self.spare_path(spare);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&spare_path)
+            .map_err(io("open", &spare_path))?;
+        let len = file.metadata().map_err(io("stat", &spare_path))?.len();
+        if len != bytes {
+            // Not a segment of this log's size: no use.
+            drop(file);
+            self.remove_spare(spare)?;
+            return self.create(number, bytes, header);
+        }
+        // The header first, durably, while the file is still a spare: a crash before the
+        // rename leaves a spare (never listed as a segment), after it a whole segment.
+        file.write_all_at(header, 0).map_err(io("write", &spare_path))?;
+        file.sync_data().map_err(io("fdatasync", &spare_path))?;
+        let path = self.path(number);
+        std::fs::rename(&spare_path, &path).map_err(io("rename", &path))?;
+        self.sync_dir()?;
+        // Populating the mapping reads the old bytes into the page cache here, on the
+        // preparing thread, so that appends never wait for a page to be read.
+        let map = map(&file, &path)?;
+        Ok(MmapSegment::new(map, file))
+    }
+
+    fn remove_spare(&self, spare: u64) -> Result<()> {
+        let path = self.spare_path(spare);
         std::fs::remove_file(&path).map_err(io("remove", &path))?;
         self.sync_dir()
     }

@@ -29,6 +29,8 @@ struct SegmentState {
 struct DiskState {
     segments: BTreeMap<u64, SegmentState>,
     files: BTreeMap<String, Vec<u8>>,
+    /// Released segments kept for reuse: their durable images, by old number.
+    spares: BTreeMap<u64, Vec<u8>>,
     failing_syncs: u32,
     space_bytes: Option<u64>,
 }
@@ -92,6 +94,7 @@ impl SimBackend {
         let state = self.lock();
         let mut disk = DiskState {
             files: state.files.clone(),
+            spares: state.spares.clone(),
             space_bytes: state.space_bytes,
             ..DiskState::default()
         };
@@ -225,6 +228,41 @@ impl Backend for SimBackend {
 
     fn remove(&self, number: u64) -> Result<()> {
         self.lock().segments.remove(&number);
+        Ok(())
+    }
+
+    fn set_aside(&self, number: u64) -> Result<()> {
+        let mut state = self.lock();
+        if let Some(segment) = state.segments.remove(&number) {
+            // Its unsynced writes may or may not have reached the disk: a spare's bytes
+            // are stale either way.
+            state.spares.insert(number, segment.synced);
+        }
+        Ok(())
+    }
+
+    fn spares(&self) -> Result<Vec<u64>> {
+        Ok(self.lock().spares.keys().copied().collect())
+    }
+
+    fn reuse(&self, spare: u64, number: u64, bytes: u64, header: &[u8]) -> Result<SimSegment> {
+        let mut state = self.lock();
+        let Some(mut image) = state.spares.remove(&spare) else {
+            drop(state);
+            return self.create(number, bytes, header);
+        };
+        if image.len() as u64 != bytes {
+            drop(state);
+            return self.create(number, bytes, header);
+        }
+        image[..header.len()].copy_from_slice(header);
+        state.segments.insert(number, SegmentState { synced: image.clone(), pending: Vec::new() });
+        drop(state);
+        Ok(SimSegment { number, written: image, disk: self.clone() })
+    }
+
+    fn remove_spare(&self, spare: u64) -> Result<()> {
+        self.lock().spares.remove(&spare);
         Ok(())
     }
 
