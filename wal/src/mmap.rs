@@ -81,9 +81,26 @@ const ZERO_FLUSH_BYTES: u64 = 4 << 20;
 /// Staged bytes beyond which they go to the file without waiting for a sync.
 const FLUSH_BYTES: usize = 1 << 20;
 
+/// The page size writes are padded to.
+const PAGE_BYTES: usize = 4096;
+
 impl Staging {
-    fn write_declared(&mut self, file: &File) {
-        if let Some((start, end)) = self.declared.take() {
+    /// Writes the declared bytes, padded with zeros to the end of their last page when
+    /// nothing is staged after them: a write that ends mid-page makes the kernel read the
+    /// page first if it is not cached (a recycled segment's pages are not), on this thread.
+    /// The page is written back whole anyway, and what lies past the log's end is unwritten
+    /// space, so zeros there are right.
+    fn write_declared(&mut self, file: &File, segment_bytes: usize) {
+        if let Some((start, mut end)) = self.declared.take() {
+            if end - self.offset == self.used {
+                let padded = end.next_multiple_of(PAGE_BYTES).min(segment_bytes);
+                let (from, to) = (end - self.offset, padded - self.offset);
+                if self.bytes.len() < to {
+                    self.bytes.resize(to, 0);
+                }
+                self.bytes[from..to].fill(0);
+                end = padded;
+            }
             let bytes = &self.bytes[start - self.offset..end - self.offset];
             if let Err(error) = file.write_all_at(bytes, start as u64) {
                 self.error.get_or_insert(error);
@@ -91,8 +108,8 @@ impl Staging {
         }
     }
 
-    fn flush(&mut self, file: &File) {
-        self.write_declared(file);
+    fn flush(&mut self, file: &File, segment_bytes: usize) {
+        self.write_declared(file, segment_bytes);
         self.used = 0;
     }
 }
@@ -122,7 +139,7 @@ impl MmapSegment {
 
 impl Segment for MmapSegment {
     fn bytes(&self) -> &[u8] {
-        self.staging.borrow_mut().flush(&self.file);
+        self.staging.borrow_mut().flush(&self.file, self.map.len());
         &self.map
     }
 
@@ -130,7 +147,7 @@ impl Segment for MmapSegment {
         assert!(offset + len <= self.map.len(), "write past the segment end");
         let staging = self.staging.get_mut();
         if offset != staging.offset + staging.used {
-            staging.flush(&self.file);
+            staging.flush(&self.file, self.map.len());
             staging.offset = offset;
         }
         let start = staging.used;
@@ -148,30 +165,30 @@ impl Segment for MmapSegment {
             None => staging.declared = Some((offset, offset + len)),
             // Not adjacent (a watermark, then a record): the earlier part goes out first.
             Some(_) => {
-                staging.write_declared(&self.file);
+                staging.write_declared(&self.file, self.map.len());
                 staging.declared = Some((offset, offset + len));
             }
         }
         if staging.used >= FLUSH_BYTES {
-            staging.flush(&self.file);
+            staging.flush(&self.file, self.map.len());
         }
     }
 
     fn syncer(&mut self) -> Box<dyn Syncer> {
         let staging = self.staging.get_mut();
-        staging.flush(&self.file);
+        staging.flush(&self.file, self.map.len());
         Box::new(FileSyncer { file: Arc::clone(&self.file), write_error: staging.error.take() })
     }
 
     fn shared(&self, offset: usize, len: usize) -> Option<bytes::Bytes> {
-        self.staging.borrow_mut().flush(&self.file);
+        self.staging.borrow_mut().flush(&self.file, self.map.len());
         let end = offset.checked_add(len).filter(|end| *end <= self.map.len())?;
         Some(self.whole.slice(offset..end))
     }
 
     fn retire(&mut self) {
         let staging = self.staging.get_mut();
-        staging.flush(&self.file);
+        staging.flush(&self.file, self.map.len());
         // Nothing is appended here again: the staging buffer (as large as the largest sync's
         // worth of records, megabytes under large writes) is given back, or every sealed
         // segment would keep one.
@@ -185,7 +202,8 @@ impl Segment for MmapSegment {
 impl Drop for MmapSegment {
     fn drop(&mut self) {
         // Unsynced, so never acknowledged; written anyway so the file matches what was read.
-        self.staging.get_mut().flush(&self.file);
+        let len = self.map.len();
+        self.staging.get_mut().flush(&self.file, len);
     }
 }
 
@@ -218,6 +236,13 @@ fn map(file: &File, path: &Path) -> Result<Mmap> {
     // SAFETY: the file is ours alone (the log's directory is not shared) and is never truncated
     // while mapped, so the mapping stays valid for its lifetime.
     unsafe { MmapOptions::new().populate().map(file) }.map_err(io("mmap", path))
+}
+
+/// [`map`] without reading the file in: for a recycled segment, whose old bytes are never
+/// read (the pages appends write are cached as they are written).
+fn map_unpopulated(file: &File, path: &Path) -> Result<Mmap> {
+    // SAFETY: as in `map`.
+    unsafe { MmapOptions::new().map(file) }.map_err(io("mmap", path))
 }
 
 impl Backend for MmapBackend {
@@ -345,9 +370,9 @@ impl Backend for MmapBackend {
         let path = self.path(number);
         std::fs::rename(&spare_path, &path).map_err(io("rename", &path))?;
         self.sync_dir()?;
-        // Populating the mapping reads the old bytes into the page cache here, on the
-        // preparing thread, so that appends never wait for a page to be read.
-        let map = map(&file, &path)?;
+        // Not populated: that would read the old bytes from the disk for nothing. Appends
+        // write whole pages (see `Staging::write_declared`), so they never wait for a read.
+        let map = map_unpopulated(&file, &path)?;
         Ok(MmapSegment::new(map, file))
     }
 
