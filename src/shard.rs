@@ -570,8 +570,9 @@ impl<B: Backend> PendingSnapshot<B> {
 /// Snapshot bookkeeping of a shard.
 #[derive(Debug, Default)]
 struct Snapshots {
-    /// The newest durable snapshot, sent to readers below the log's floor.
-    current: Option<Snapshot>,
+    /// The newest durable snapshot's header and size. Its bytes stay in its file (read back
+    /// for a reader below the log's floor): an image may be large.
+    current: Option<(SnapshotHeader, usize)>,
     writing: bool,
     /// The WAL's end when the last snapshot was started.
     taken_at_position: u64,
@@ -652,9 +653,9 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             let snapshot = Snapshot::decode(Bytes::from(bytes), cluster_id, settings.shard)?;
             applier = Applier::restore(snapshot.body(), settings.session_window)?;
             replica.install_snapshot(snapshot.header.slot, snapshot.header.slot);
-            snapshots.current = Some(snapshot);
+            snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
         }
-        let floor = snapshots.current.as_ref().map_or(Slot(0), |snapshot| snapshot.header.slot);
+        let floor = snapshots.current.map_or(Slot(0), |(header, _)| header.slot);
         let mut committer = Committer {
             applier,
             replies: Vec::new(),
@@ -860,10 +861,16 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         self.log.floor()
     }
 
-    /// The newest durable snapshot's encoding, if any.
-    #[must_use]
-    pub fn snapshot_bytes(&self) -> Option<Bytes> {
-        self.snapshots.current.as_ref().map(|snapshot| snapshot.bytes.clone())
+    /// The newest durable snapshot's encoding, read from its file, if there is one.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn snapshot_bytes(&self) -> Result<Option<Bytes>, ShardError> {
+        if self.snapshots.current.is_none() {
+            return Ok(None);
+        }
+        let bytes = self.log.wal().backend().read_file(crate::snapshot::FILE_NAME)?;
+        Ok(bytes.map(Bytes::from))
     }
 
     /// What this shard did with snapshots.
@@ -873,11 +880,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             taken: self.snapshots.taken,
             installed: self.snapshots.installed,
             released_bytes: self.snapshots.released_bytes,
-            current: self
-                .snapshots
-                .current
-                .as_ref()
-                .map(|snapshot| (snapshot.header.slot, snapshot.bytes.len())),
+            current: self.snapshots.current.map(|(header, bytes)| (header.slot, bytes)),
         }
     }
 
@@ -889,7 +892,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         let end = self.log.wal().end_position();
         // A snapshot costs about its own size (the image is built on this thread): at least
         // four times that much log goes by between two, however small `every` is.
-        let last_bytes = self.snapshots.current.as_ref().map_or(0, |s| s.bytes.len() as u64);
+        let last_bytes = self.snapshots.current.map_or(0, |(_, bytes)| bytes as u64);
         let due = every.max(4 * last_bytes);
         if every == 0
             || self.snapshots.writing
@@ -912,14 +915,11 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             shard: self.settings.shard,
             slot: self.replica.commit_index(),
         };
-        let mut body = Vec::new();
-        self.committer.applier.snapshot(&mut body);
+        let applier = &self.committer.applier;
+        let snapshot = Snapshot::encode_with(header, |out| applier.snapshot(out));
         self.snapshots.writing = true;
         self.snapshots.taken_at_position = self.log.wal().end_position();
-        PendingSnapshot {
-            backend: self.log.wal().backend().clone(),
-            snapshot: Snapshot::encode(header, &body),
-        }
+        PendingSnapshot { backend: self.log.wal().backend().clone(), snapshot }
     }
 
     /// A snapshot's write finished: it becomes the one readers below the floor are sent, and
@@ -933,11 +933,11 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         written.result?;
         let snapshot = written.snapshot;
         let slot = snapshot.header.slot;
-        if self.snapshots.current.as_ref().is_some_and(|current| current.header.slot > slot) {
+        if self.snapshots.current.is_some_and(|(current, _)| current.slot > slot) {
             return Ok(()); // One installed meanwhile is newer (and durable).
         }
         let fits = snapshot.bytes.len() <= self.settings.snapshot_bytes_max;
-        self.snapshots.current = Some(snapshot);
+        self.snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
         self.snapshots.taken += 1;
         if fits {
             let promised = self.replica.promised();
@@ -969,7 +969,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         self.log.wal().backend().write_file_atomic(crate::snapshot::FILE_NAME, &snapshot.bytes)?;
         self.committer.applier = applier;
         self.log.raise_floor(slot);
-        self.snapshots.current = Some(snapshot);
+        self.snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
         self.snapshots.installed += 1;
         self.replica.install_snapshot(slot, commit_index);
         self.process_actions()
@@ -1010,12 +1010,17 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 }
                 Action::SendArchived { to, mut from_slot, end_slot, commit_index } => {
                     if from_slot < self.log.floor() {
-                        // Released from the log: the snapshot stands for it.
-                        let Some(snapshot) = &self.snapshots.current else {
-                            unreachable!("a floor is only raised by a snapshot");
+                        // Released from the log: the snapshot stands for it (read from its
+                        // file, which a snapshot being written may have replaced already by
+                        // a newer one: it is durable too).
+                        let Some(bytes) = self.snapshot_bytes()? else {
+                            unreachable!("a floor is only raised by a durable snapshot");
                         };
-                        let bytes = snapshot.bytes.clone();
+                        let (cluster_id, shard) =
+                            (self.replica.config().cluster_id, self.settings.shard);
+                        let snapshot = Snapshot::decode(bytes, cluster_id, shard)?;
                         from_slot = snapshot.header.slot;
+                        let bytes = snapshot.bytes;
                         self.outbox.push((to, Message::Snapshot { bytes, commit_index }));
                     }
                     let runs_max = self.replica.config().message_runs_max;

@@ -75,18 +75,26 @@ impl Snapshot {
     /// The encoding of `body` (an applier's image) under `header`.
     #[must_use]
     pub fn encode(header: SnapshotHeader, body: &[u8]) -> Snapshot {
-        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+        Snapshot::encode_with(header, |out| out.extend_from_slice(body))
+    }
+
+    /// The encoding of the image `write_body` appends, under `header`, built in place (an
+    /// image can be large: it is not copied again).
+    #[must_use]
+    pub fn encode_with(header: SnapshotHeader, write_body: impl FnOnce(&mut Vec<u8>)) -> Snapshot {
+        let mut out = Vec::with_capacity(HEADER_BYTES);
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&header.shard.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&header.cluster_id.0.to_le_bytes());
         out.extend_from_slice(&header.slot.0.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..40]), body);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(body);
+        out.resize(HEADER_BYTES, 0);
+        write_body(&mut out);
+        let body_len = (out.len() - HEADER_BYTES) as u64;
+        out[32..40].copy_from_slice(&body_len.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..40]), &out[HEADER_BYTES..]);
+        out[40..44].copy_from_slice(&crc.to_le_bytes());
         Snapshot { header, bytes: Bytes::from(out) }
     }
 

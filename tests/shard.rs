@@ -350,7 +350,7 @@ fn a_promise_whose_records_were_released_survives_a_restart() {
             first_slot: Slot(slot),
             count: 1,
             ballot: Ballot::new(1, NodeId(1)),
-            value: Value::Batch(batch.take().into()),
+            value: Value::Batch(batch.take()),
             chosen: true,
         };
         let chosen = Message::Chosen { runs: vec![run], commit_index: Slot(slot + 1) };

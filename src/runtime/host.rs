@@ -405,7 +405,7 @@ impl Host {
                 if from_slot < floor {
                     // Released from the WAL: the reader is told where the log resumes (the
                     // snapshot, which a client may install), and the feed ends.
-                    if let Some(bytes) = self.shard.snapshot_bytes() {
+                    if let Some(bytes) = self.shard.snapshot_bytes()? {
                         let body = Body::Peer(Message::Snapshot { bytes, commit_index: commit });
                         let frame = Frame { cluster_id, from: me, shard: self.index, body };
                         encode_into(&mut self.encoder, &frame, &mut link.link.out);

@@ -609,7 +609,7 @@ fn real_files_are_recycled_and_survive_reopen() {
         .collect();
     let spares = files.iter().filter(|name| name.ends_with(".spare")).count();
     let segments = files.iter().filter(|name| name.ends_with(".wal")).count();
-    assert!(spares >= 1 && spares <= 4, "{files:?}");
+    assert!((1..=4).contains(&spares), "{files:?}");
     assert!(segments <= 4, "{files:?}");
     let first = wal.first_position();
     expected.retain(|(position, _, _)| *position >= first);
