@@ -241,21 +241,29 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     }
 
     /// A snapshot at `slot` is durable: the log may drop every whole segment whose records
-    /// all name slots below it. `promised`: the replica's promise, written durably to the
-    /// WAL's metadata first if higher than the one there, since the dropped records may hold
-    /// the highest promise. Returns the bytes released. Blocks on the metadata's fsync, when
-    /// the promise rose since the last release.
+    /// all name slots below it, and below `in_memory_from` (the replica's base: the batches of
+    /// the slots it keeps in memory share the log's mapping, so their segments must stay as
+    /// they are). `promised`: the replica's promise, written durably to the WAL's metadata
+    /// first if higher than the one there, since the dropped records may hold the highest
+    /// promise. Returns the bytes released. Blocks on the metadata's fsync, when the promise
+    /// rose since the last release.
     ///
     /// # Errors
-    /// The metadata cannot be written or a segment cannot be deleted (the log is poisoned).
-    pub fn release_below(&mut self, slot: Slot, promised: Ballot) -> Result<u64, ShardError> {
+    /// The metadata cannot be written or a segment cannot be released (the log is poisoned).
+    pub fn release_below(
+        &mut self,
+        slot: Slot,
+        in_memory_from: Slot,
+        promised: Ballot,
+    ) -> Result<u64, ShardError> {
         self.floor = self.floor.max(slot);
-        // The first stretch naming a slot at or above `slot`; nothing before it does. (A
+        let keep = slot.min(in_memory_from);
+        // The first stretch naming a slot at or above `keep`; nothing before it does. (A
         // `Committed` record before it says less than the snapshot does.)
         let keep_from = self
             .index
             .iter()
-            .find(|stretch| stretch.slot_end > slot.0)
+            .find(|stretch| stretch.slot_end > keep.0)
             .map_or(self.wal.end_position(), |stretch| stretch.position)
             .min(self.wal.durable_position());
         let first = self.wal.first_position();
@@ -940,8 +948,8 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         self.snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
         self.snapshots.taken += 1;
         if fits {
-            let promised = self.replica.promised();
-            self.snapshots.released_bytes += self.log.release_below(slot, promised)?;
+            let (promised, base) = (self.replica.promised(), self.replica.log().base());
+            self.snapshots.released_bytes += self.log.release_below(slot, base, promised)?;
         }
         Ok(())
     }

@@ -67,12 +67,21 @@ impl SimDisk {
     ///
     /// # Panics
     /// If the simulated log fails: it never does.
-    pub fn take_snapshot(&mut self, header: SnapshotHeader, body: &[u8], promised: Ballot) {
+    pub fn take_snapshot(
+        &mut self,
+        header: SnapshotHeader,
+        body: &[u8],
+        in_memory_from: Slot,
+        promised: Ballot,
+    ) {
         let snapshot = Snapshot::encode(header, body);
         self.backend.write_file_atomic(FILE_NAME, &snapshot.bytes).expect("simulated files write");
         self.snapshot = Some(snapshot);
         self.snapshot_taken_at = self.log().wal().end_position();
-        let released = self.log().release_below(header.slot, promised).expect("simulated release");
+        let released = self
+            .log()
+            .release_below(header.slot, in_memory_from, promised)
+            .expect("simulated release");
         self.released_bytes += released;
     }
 

@@ -547,11 +547,12 @@ impl World {
         }
         let id = self.nodes[node].id;
         let replica = self.nodes[node].shards[shard].replica.as_ref().expect("live");
-        let (slot, promised) = (replica.commit_index(), replica.promised());
+        let (slot, promised, base) =
+            (replica.commit_index(), replica.promised(), replica.log().base());
         let mut body = Vec::new();
         self.nodes[node].shards[shard].applier.snapshot(&mut body);
         let header = SnapshotHeader { cluster_id: CLUSTER, shard: shard as u16, slot };
-        self.nodes[node].shards[shard].disk.take_snapshot(header, &body, promised);
+        self.nodes[node].shards[shard].disk.take_snapshot(header, &body, base, promised);
         self.snapshots.taken += 1;
         self.trace(|| format!("n{} s{shard} snapshot at {}", id.0, slot.0));
         let result = self.checker.on_snapshot(id, shard, slot);

@@ -69,14 +69,20 @@ pub trait Backend: Send + Clone + 'static {
     /// # Errors
     /// The failing I/O call.
     fn remove(&self, number: u64) -> Result<()>;
-    /// Takes segment `number` out of the log but keeps its file as a spare for a later
-    /// segment, durably and so that [`Backend::list`] no longer names it. By default, deletes
-    /// it.
+    /// Takes segment `number` (`segment`, which it drops) out of the log but keeps its file as
+    /// a spare for a later segment, durably and so that [`Backend::list`] no longer names it.
+    /// By default, deletes it.
     ///
     /// # Errors
     /// The failing I/O call.
-    fn set_aside(&self, number: u64) -> Result<()> {
+    fn set_aside(&self, number: u64, segment: Self::Segment) -> Result<()> {
+        drop(segment);
         self.remove(number)
+    }
+    /// True if spare `spare` may be reused now: nothing still reads its old bytes (buffers
+    /// shared from its mapping, [`Segment::shared`], may outlive the segment).
+    fn spare_ready(&self, _spare: u64) -> bool {
+        true
     }
     /// The spares [`Backend::set_aside`] kept, by their old numbers.
     ///

@@ -390,8 +390,14 @@ impl<B: Backend> Wal<B> {
         }
     }
 
+    /// The newest spare nothing reads any more, taken out of the pool.
+    fn take_spare(&mut self) -> Option<u64> {
+        let index = self.spares.iter().rposition(|spare| self.backend.spare_ready(*spare))?;
+        Some(self.spares.remove(index))
+    }
+
     fn create_segment(&mut self, number: u64) -> Result<B::Segment> {
-        let spare = self.spares.pop();
+        let spare = self.take_spare();
         create(&self.backend, number, self.segment_bytes, spare)
     }
 
@@ -407,7 +413,7 @@ impl<B: Backend> Wal<B> {
         let number = self.tail_segment() + 1;
         let backend = self.backend.clone();
         let bytes = self.segment_bytes;
-        let spare = self.spares.pop();
+        let spare = self.take_spare();
         let handle = std::thread::Builder::new().name("wal-prepare".into()).spawn(move || {
             if let Some(number) = release {
                 backend.release_cache(number);
@@ -731,11 +737,11 @@ impl<B: Backend> Wal<B> {
             && self.segments.front().is_some_and(|(first, _)| *first < number)
         {
             let (removed, segment) = self.segments.pop_front().expect("checked");
-            drop(segment);
             if self.spares.len() < SPARES_MAX {
-                self.backend.set_aside(removed)?;
+                self.backend.set_aside(removed, segment)?;
                 self.spares.push(removed);
             } else {
+                drop(segment);
                 self.backend.remove(removed)?;
             }
         }

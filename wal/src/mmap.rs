@@ -15,11 +15,12 @@
 //! written over the old records (whose checksums were seeded with their old number), no zeros.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -30,6 +31,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct MmapBackend {
     dir: PathBuf,
+    /// The mappings of segments set aside as spares: a spare is reused only once no buffer
+    /// shares its mapping any more (the old bytes would change under it).
+    set_aside: Arc<Mutex<HashMap<u64, Weak<Mmap>>>>,
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -44,7 +48,7 @@ impl MmapBackend {
     pub fn new(dir: impl Into<PathBuf>) -> Result<MmapBackend> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
-        Ok(MmapBackend { dir })
+        Ok(MmapBackend { dir, set_aside: Arc::default() })
     }
 
     fn spare_path(&self, number: u64) -> PathBuf {
@@ -328,7 +332,13 @@ impl Backend for MmapBackend {
         self.sync_dir()
     }
 
-    fn set_aside(&self, number: u64) -> Result<()> {
+    fn set_aside(&self, number: u64, segment: MmapSegment) -> Result<()> {
+        let mapping = Arc::downgrade(&segment.map);
+        drop(segment);
+        self.set_aside
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(number, mapping);
         let (path, spare) = (self.path(number), self.spare_path(number));
         std::fs::rename(&path, &spare).map_err(io("rename", &spare))?;
         self.sync_dir()
@@ -347,6 +357,16 @@ impl Backend for MmapBackend {
             }
         }
         Ok(numbers)
+    }
+
+    fn spare_ready(&self, spare: u64) -> bool {
+        let mut set_aside =
+            self.set_aside.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ready = set_aside.get(&spare).is_none_or(|mapping| mapping.strong_count() == 0);
+        if ready {
+            set_aside.remove(&spare);
+        }
+        ready
     }
 
     fn reuse(&self, spare: u64, number: u64, bytes: u64, header: &[u8]) -> Result<MmapSegment> {

@@ -231,7 +231,8 @@ impl Backend for SimBackend {
         Ok(())
     }
 
-    fn set_aside(&self, number: u64) -> Result<()> {
+    fn set_aside(&self, number: u64, segment: SimSegment) -> Result<()> {
+        drop(segment);
         let mut state = self.lock();
         if let Some(segment) = state.segments.remove(&number) {
             // Its unsynced writes may or may not have reached the disk: a spare's bytes

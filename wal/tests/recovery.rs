@@ -619,3 +619,26 @@ fn real_files_are_recycled_and_survive_reopen() {
     assert!(recovery.damaged.is_empty(), "{:?}", recovery.damaged);
     assert_eq!(contents(&wal), expected);
 }
+
+/// A buffer shared from a released segment's mapping keeps its bytes: that segment is not
+/// reused while the buffer lives (a replica keeps such buffers for the slots it holds).
+#[test]
+fn a_spare_still_read_through_its_mapping_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_bytes: 64 << 10, prepare_ahead: false };
+    let (mut wal, _) = Wal::open(MmapBackend::new(dir.path()).unwrap(), options).unwrap();
+    let first = wal.append(&record(0, &[7u8; 3000])).unwrap();
+    wal.sync().unwrap();
+    let held = wal.read_shared(first).unwrap().expect("mapped segments share");
+    let mut last = first;
+    for round in 0..20 {
+        for index in 0..40 {
+            last = wal.append(&record(index, &[round as u8; 3000])).unwrap();
+        }
+        wal.sync().unwrap();
+        wal.release_prefix(last).unwrap();
+    }
+    assert!(wal.first_position() > 10 * (64 << 10), "segments were released and made again");
+    assert_eq!(&held[..], &[7u8; 3000][..], "the held buffer's bytes changed under it");
+    drop(held);
+}
