@@ -65,6 +65,8 @@ pub struct NodeSettings {
     /// Committed slots each shard keeps in memory behind its commit position; older ones are
     /// served from the WAL.
     pub retain_slots: Option<u64>,
+    /// MiB of committed batches each shard keeps in memory, whatever `retain_slots` allows.
+    pub retain_mib: Option<u32>,
     /// Each shard snapshots its state every this many MiB of WAL, then deletes the WAL
     /// segments the snapshot covers; 0: never (the WAL grows without bound). Ignored with
     /// `apply = "total"`.
@@ -157,6 +159,7 @@ impl NodeSettings {
             election_timeout_ms: overrides.election_timeout_ms.or(self.election_timeout_ms),
             wal_segment_mib: overrides.wal_segment_mib.or(self.wal_segment_mib),
             retain_slots: overrides.retain_slots.or(self.retain_slots),
+            retain_mib: overrides.retain_mib.or(self.retain_mib),
             snapshot_every_mib: overrides.snapshot_every_mib.or(self.snapshot_every_mib),
             durability: overrides.durability.or(self.durability),
             apply: overrides.apply.or(self.apply),
@@ -287,6 +290,8 @@ pub struct NodeConfig {
     pub apply: ApplyMode,
     /// Committed slots each shard keeps in memory.
     pub retain_slots: u64,
+    /// Bytes of committed batches each shard keeps in memory.
+    pub retain_bytes: u64,
     /// WAL bytes between snapshots, 0 for none.
     pub snapshot_every_bytes: u64,
 }
@@ -467,6 +472,10 @@ impl NodeConfig {
             durability: settings.durability.unwrap_or_default(),
             apply: settings.apply.unwrap_or_default(),
             retain_slots: settings.retain_slots.unwrap_or(Config::RETAIN_SLOTS_DEFAULT),
+            retain_bytes: match settings.retain_mib {
+                Some(mib) => u64::from(in_range("retain_mib", mib, 1, 1 << 20)?) << 20,
+                None => Config::RETAIN_BYTES_DEFAULT,
+            },
             snapshot_every_bytes: u64::from(in_range(
                 "snapshot_every_mib",
                 settings.snapshot_every_mib.unwrap_or(SNAPSHOT_EVERY_MIB_DEFAULT),
@@ -501,6 +510,7 @@ impl NodeConfig {
         config.batch_commands_max = self.batch_commands_max;
         config.pipeline_depth_max = self.pipeline_depth_max;
         config.retain_slots = self.retain_slots;
+        config.retain_bytes = self.retain_bytes;
         // A promise or catch-up message of full batches must fit in one frame.
         config.message_runs_max =
             ((self.frame_bytes_max() - (1 << 20)) / self.batch_bytes_max).clamp(1, 256);

@@ -38,6 +38,10 @@ pub struct Config {
     /// (compacted) and served from the WAL when a peer or subscriber asks for them. Bounds the
     /// log's memory whatever the run length.
     pub retain_slots: u64,
+    /// Bytes of committed batches kept in memory, whatever `retain_slots` allows: the oldest
+    /// committed slots are forgotten beyond it. Their batches share the WAL's mapping, so this
+    /// also bounds the WAL a snapshot must leave in place (protocol.md §3.8).
+    pub retain_bytes: u64,
     /// Seeds the replica's random source (election jitter). Give each replica its own.
     pub random_seed: u64,
 }
@@ -46,6 +50,10 @@ impl Config {
     /// Committed slots kept in memory unless configured otherwise: at 200-command batches,
     /// about 3 million commands, and about 2 MiB of bookkeeping per replica.
     pub const RETAIN_SLOTS_DEFAULT: u64 = 1 << 14;
+
+    /// Bytes of committed batches kept in memory unless configured otherwise: four WAL
+    /// segments of the default size.
+    pub const RETAIN_BYTES_DEFAULT: u64 = 256 << 20;
 
     /// Sane defaults for `node` among `voters`.
     #[must_use]
@@ -65,6 +73,7 @@ impl Config {
             message_runs_max: 256,
             accept_ahead_slots_max: 1 << 20,
             retain_slots: Config::RETAIN_SLOTS_DEFAULT,
+            retain_bytes: Config::RETAIN_BYTES_DEFAULT,
             random_seed: u64::from(node.0),
         }
     }

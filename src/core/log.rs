@@ -24,6 +24,11 @@ pub struct SlotEntry {
 
 const EMPTY: SlotEntry = SlotEntry { ballot: Ballot::ZERO, value: None, chosen: false };
 
+/// The bytes of the batch a slot holds (0 for a no-op or nothing).
+fn value_bytes(entry: &SlotEntry) -> u64 {
+    entry.value.as_ref().map_or(0, |value| value.len_bytes() as u64)
+}
+
 /// The slots of one replica, from its base (slot 0 until it is compacted) up to the highest
 /// slot it has heard of. Slots below the base were chosen and committed here and are
 /// forgotten: what is said of them changes nothing (the WAL still has them).
@@ -71,19 +76,35 @@ impl Log {
     ///
     /// # Panics
     /// A slot below `slot` is not known chosen.
-    pub fn compact_below(&mut self, slot: Slot) {
+    pub fn compact_below(&mut self, slot: Slot) -> u64 {
         let drop = slot.0.saturating_sub(self.base).min(self.entries.len() as u64) as usize;
         assert!(
             self.entries.iter().take(drop).all(|entry| entry.chosen),
             "compacting below {} would forget a slot not known chosen",
             slot.0
         );
-        self.entries.drain(..drop);
+        let bytes = self.entries.drain(..drop).map(|entry| value_bytes(&entry)).sum();
         self.base += drop as u64;
         // Give memory back once most of the buffer is empty.
         if self.entries.capacity() > 4 * self.entries.len().max(1024) {
             self.entries.shrink_to(2 * self.entries.len());
         }
+        bytes
+    }
+
+    /// The slot after the shortest prefix of the log (from the base, below `end_slot`) whose
+    /// batches hold at least `bytes` bytes, or `end_slot`.
+    #[must_use]
+    pub fn slot_after_bytes(&self, bytes: u64, end_slot: Slot) -> Slot {
+        let mut sum = 0;
+        let limit = end_slot.0.saturating_sub(self.base).min(self.entries.len() as u64) as usize;
+        for (index, entry) in self.entries.iter().take(limit).enumerate() {
+            sum += value_bytes(entry);
+            if sum >= bytes {
+                return Slot(self.base + index as u64 + 1);
+            }
+        }
+        end_slot.max(self.base())
     }
 
     /// Forgets every slot below `slot`, chosen here or not: a snapshot taken elsewhere at
@@ -350,7 +371,9 @@ mod tests {
                         whole.choose(Slot(slot), count, ballot, &value(slot, noop));
                         compacted.choose(Slot(slot), count, ballot, &value(slot, noop));
                     }
-                    Op::Compact => compacted.compact_below(chosen_prefix(&compacted)),
+                    Op::Compact => {
+                        compacted.compact_below(chosen_prefix(&compacted));
+                    }
                 }
             }
             prop_assert_eq!(compacted.end_slot(), whole.end_slot().max(compacted.base()));
@@ -373,6 +396,6 @@ mod tests {
     fn compacting_an_unchosen_slot_is_refused() {
         let mut log = Log::default();
         log.accept(Slot(0), 1, Ballot::new(1, NodeId(1)), &Value::Noop);
-        log.compact_below(Slot(1));
+        let _ = log.compact_below(Slot(1));
     }
 }

@@ -158,6 +158,8 @@ pub struct Replica {
     log: Log,
     /// Every slot below is chosen here and its commit was emitted.
     commit_index: Slot,
+    /// Bytes of the batches of the committed slots still in memory (from the base up).
+    committed_bytes: u64,
     /// The commit position last written to the log.
     commit_index_persisted: Slot,
     /// The highest commit position a leader or peer has told us of.
@@ -250,6 +252,7 @@ impl Replica {
             pending_promises: VecDeque::with_capacity(config.pipeline_depth_max * 2),
             log: Log::default(),
             commit_index: Slot(0),
+            committed_bytes: 0,
             commit_index_persisted: Slot(0),
             known_commit_index: Slot(0),
             catch_up_due_tick: 0,
@@ -307,6 +310,8 @@ impl Replica {
         }
         self.log.skip_below(slot);
         self.commit_index = slot;
+        // What was committed here is all below the new base now.
+        self.committed_bytes = 0;
         // The snapshot is the durable statement that everything below is committed.
         self.commit_index_persisted = self.commit_index_persisted.max(slot);
         self.known_commit_index = self.known_commit_index.max(commit_index).max(slot);
@@ -1083,6 +1088,7 @@ impl Replica {
                 }
             }
             self.commit_index = first_slot.plus(count);
+            self.committed_bytes += value.len_bytes() as u64;
             self.known_commit_index = self.known_commit_index.max(self.commit_index);
             self.actions.push(Action::Commit { first_slot, count, value });
         }
@@ -1091,13 +1097,23 @@ impl Replica {
     }
 
     /// Forgets committed slots more than `retain_slots` behind the commit position, a quarter
-    /// of that at a time (so the work is spread over many slots). They stay in the WAL: a
-    /// peer or subscriber that needs them is served from there (`Action::SendArchived`).
+    /// of that at a time (so the work is spread over many slots), and the oldest ones while
+    /// their batches hold more than `retain_bytes`, down to three quarters of it. They stay in
+    /// the WAL: a peer or subscriber that needs them is served from there
+    /// (`Action::SendArchived`).
     fn compact(&mut self) {
-        let retain = self.config.retain_slots;
-        let floor = self.commit_index.0.saturating_sub(retain);
-        if floor > self.log.base().0 + retain / 4 {
-            self.log.compact_below(Slot(floor));
+        let (retain, base) = (self.config.retain_slots, self.log.base().0);
+        let mut floor = self.commit_index.0.saturating_sub(retain);
+        if floor <= base + retain / 4 {
+            floor = base;
+        }
+        let retain_bytes = self.config.retain_bytes;
+        if self.committed_bytes > retain_bytes {
+            let excess = self.committed_bytes - retain_bytes / 4 * 3;
+            floor = floor.max(self.log.slot_after_bytes(excess, self.commit_index).0);
+        }
+        if floor > base {
+            self.committed_bytes -= self.log.compact_below(Slot(floor));
         }
     }
 
@@ -1398,6 +1414,17 @@ impl Replica {
         let from_slot =
             if whole_log { Slot(0) } else { Slot(self.commit_index.0.saturating_sub(1)) };
         self.log.check_invariants(from_slot, self.commit_index, self.promised);
+        if whole_log {
+            let base = self.log.base();
+            let held = self.log.slot_after_bytes(u64::MAX, self.commit_index);
+            assert_eq!(held, self.commit_index.max(base), "committed slots beyond the log");
+            let bytes: u64 = (base.0..self.commit_index.0)
+                .filter_map(|slot| self.log.get(Slot(slot)))
+                .filter_map(|entry| entry.value.as_ref())
+                .map(|value| value.len_bytes() as u64)
+                .sum();
+            assert_eq!(bytes, self.committed_bytes, "committed bytes miscounted");
+        }
         match &self.role {
             Role::Leader(leader) => {
                 assert_eq!(leader.ballot, self.promised, "leader's ballot is not its promise");

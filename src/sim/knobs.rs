@@ -87,6 +87,9 @@ pub struct Knobs {
     /// Bytes per WAL segment: 24 KiB (a 16 KiB batch's record fits) or 64 KiB, small so that logs cross many segments and
     /// snapshots release many.
     pub wal_segment_bytes: u64,
+    /// Bytes of committed batches a replica keeps in memory (`Config::retain_bytes`):
+    /// unbounded, 2 KiB or 16 KiB, so that the byte bound compacts too.
+    pub retain_bytes: u64,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -134,6 +137,7 @@ impl Knobs {
             archive_read_bytes_max: [1, 4096, 65536, 16 << 20][between(rng, 0, 3) as usize],
             snapshot_every_bytes: [0, 0, 8 << 10, 32 << 10, 128 << 10][between(rng, 0, 4) as usize],
             wal_segment_bytes: [24 << 10, 64 << 10][between(rng, 0, 1) as usize],
+            retain_bytes: [u64::MAX, 2 << 10, 16 << 10][between(rng, 0, 2) as usize],
         }
     }
 }

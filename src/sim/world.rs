@@ -284,6 +284,7 @@ impl World {
         config.skip_slots_max = 64;
         config.accept_ahead_slots_max = 1 << 16;
         config.retain_slots = self.knobs.retain_slots;
+        config.retain_bytes = self.knobs.retain_bytes;
         config.random_seed = self.seed
             ^ ((node as u64) << 48)
             ^ ((shard as u64) << 40)

@@ -87,8 +87,14 @@ pub struct NodeArgs {
     /// `quorum tail` asks for them, so memory stays bounded however long the node runs.
     #[arg(long, value_name = "SLOTS")]
     retain_slots: Option<u64>,
+    /// MiB of committed batches each shard keeps in memory, whatever --retain-slots allows
+    /// (default 256). Their segments of the WAL stay until the slots leave memory, so this
+    /// also bounds the WAL kept behind a snapshot.
+    #[arg(long, value_name = "MIB")]
+    retain_mib: Option<u32>,
     /// Each shard snapshots its state every this many MiB of WAL written (default 256), then
-    /// deletes the WAL segments the snapshot covers, so the disk used stays bounded. A peer,
+    /// releases the WAL segments the snapshot covers (kept as spares and reused, so new
+    /// segments need no zero-fill), so the disk used stays bounded. A peer,
     /// learner or tail that needs slots no longer in the WAL is sent the snapshot. 0: never
     /// (the WAL grows without bound). Not with --apply total.
     #[arg(long, value_name = "MIB")]
@@ -122,6 +128,7 @@ impl NodeArgs {
             election_timeout_ms: self.election_timeout_ms,
             wal_segment_mib: self.wal_segment_mib,
             retain_slots: self.retain_slots,
+            retain_mib: self.retain_mib,
             snapshot_every_mib: self.snapshot_every_mib,
             durability: self.durability,
         }
