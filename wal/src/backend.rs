@@ -29,6 +29,9 @@ pub trait Segment: Send {
     /// The log no longer appends to this segment: it may give back the memory that caches
     /// it (reads still work, only slower).
     fn retire(&mut self) {}
+    /// The bytes below `offset` are durable and were probably read already: the memory that
+    /// maps them may be given back (reads still work, faulting them in again).
+    fn unmap_below(&mut self, _offset: usize) {}
     /// `len` bytes at `offset` as a reference-counted buffer that shares the segment's memory
     /// (no copy), if the backend can; it stays valid after the segment is dropped.
     fn shared(&self, _offset: usize, _len: usize) -> Option<bytes::Bytes> {

@@ -153,6 +153,10 @@ pub struct Wal<B: Backend> {
     spares: Vec<u64>,
 }
 
+/// Mapped bytes of the tail segment kept behind its durable point (recent batches are read
+/// again soon: applied, sent to learners); older ones are unmapped as the tail advances.
+const UNMAP_BEHIND_BYTES: usize = 2 << 20;
+
 /// Released segments kept as spares at most; the rest are deleted (their disk space returns).
 const SPARES_MAX: usize = 4;
 
@@ -587,6 +591,13 @@ impl<B: Backend> Wal<B> {
         match outcome.result {
             Ok(()) => {
                 self.durable = self.durable.max(outcome.target.min(self.end_position()));
+                // The tail's mapped pages well behind the durable point go back: the process's
+                // memory holds what is being written and read now, not the whole segment.
+                if let Some((number, segment)) = self.segments.back_mut() {
+                    let start = *number * self.segment_bytes;
+                    let offset = self.durable.saturating_sub(start) as usize;
+                    segment.unmap_below(offset.saturating_sub(UNMAP_BEHIND_BYTES));
+                }
                 Ok(self.durable)
             }
             Err(source) => {

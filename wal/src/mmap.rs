@@ -82,6 +82,9 @@ struct Staging {
 /// A new segment's zeros are written back this many bytes at a time.
 const ZERO_FLUSH_BYTES: u64 = 4 << 20;
 
+/// The tail's mapping is given back in steps of this many bytes.
+const UNMAP_STEP_BYTES: usize = 1 << 20;
+
 /// Staged bytes beyond which they go to the file without waiting for a sync.
 const FLUSH_BYTES: usize = 1 << 20;
 
@@ -127,6 +130,8 @@ pub struct MmapSegment {
     file: Arc<File>,
     /// Interior mutability lets a read (`&self`) flush first, so reads see every append.
     staging: RefCell<Staging>,
+    /// Below this offset the mapping's pages were given back (`unmap_below`).
+    unmapped: usize,
 }
 
 impl MmapSegment {
@@ -137,6 +142,7 @@ impl MmapSegment {
             map,
             file: Arc::new(file),
             staging: RefCell::new(Staging::default()),
+            unmapped: 0,
         }
     }
 }
@@ -188,6 +194,24 @@ impl Segment for MmapSegment {
         self.staging.borrow_mut().flush(&self.file, self.map.len());
         let end = offset.checked_add(len).filter(|end| *end <= self.map.len())?;
         Some(self.whole.slice(offset..end))
+    }
+
+    fn unmap_below(&mut self, offset: usize) {
+        // In steps of a few MiB, so the system call is rare.
+        let end = offset - offset % UNMAP_STEP_BYTES;
+        if end <= self.unmapped {
+            return;
+        }
+        // SAFETY: as in `retire`: a shared read-only file mapping; the pages stay in the page
+        // cache and a later read of this range faults them back in.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.unmapped,
+                end - self.unmapped,
+            )
+        };
+        self.unmapped = end;
     }
 
     fn retire(&mut self) {
@@ -303,7 +327,10 @@ impl Backend for MmapBackend {
         file.sync_all().map_err(io("fsync", &temporary))?;
         std::fs::rename(&temporary, &path).map_err(io("rename", &path))?;
         self.sync_dir()?;
-        let map = map(&file, &path)?;
+        // Not populated: its pages are in the page cache (just written), so a read faults one
+        // in without I/O, and the process maps only what it reads (its resident memory
+        // stays the few MiB around the tail, not whole segments).
+        let map = map_unpopulated(&file, &path)?;
         Ok(MmapSegment::new(map, file))
     }
 
