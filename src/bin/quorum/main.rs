@@ -84,21 +84,7 @@ fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
     Ok(start..end)
 }
 
-/// Large buffers (snapshot images, staging buffers) come and go. glibc's malloc serves the
-/// first ones from fresh mappings, then, having seen one freed, raises its threshold to that
-/// size and serves the next from its heaps, which keep the memory after it is freed: a
-/// node's resident memory then stays ~15 MiB higher after its first snapshot. A fixed
-/// threshold keeps every buffer of 1 MiB or more in a mapping of its own, given back on free.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes malloc's tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => run_sim(args),
