@@ -559,18 +559,6 @@ pub fn pump(host: &HostRef) {
     .detach();
 }
 
-/// Returns the allocator's free memory to the system. A snapshot's image (megabytes) was just
-/// freed; glibc's malloc, having seen such a buffer freed, serves later ones from its heaps
-/// and keeps what they free, so without this a node's resident memory stays higher after its
-/// first snapshot (by about 15 MiB in the default bench). Rare: once per snapshot.
-fn give_back_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of malloc's heaps to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Writes a snapshot on the blocking pool (it may be large: write, fsync, rename), then lets
 /// the shard release the WAL it covers.
 fn write_snapshot(host: &HostRef, pending: PendingSnapshot<MmapBackend>) {
@@ -583,7 +571,6 @@ fn write_snapshot(host: &HostRef, pending: PendingSnapshot<MmapBackend>) {
         if let Err(error) = state.shard.finish_snapshot(written) {
             return fail(&mut state, &error);
         }
-        give_back_free_memory();
         let stats = state.shard.snapshot_stats();
         tracing::debug!(
             shard = state.index,
