@@ -17,6 +17,9 @@ const MAGIC: u64 = u64::from_le_bytes(*b"QRMSNAP\x01");
 const VERSION: u32 = 1;
 /// Bytes before the body.
 pub const HEADER_BYTES: usize = 48;
+/// The least capacity an image is built in (see [`Snapshot::encode_with`]).
+const IMAGE_CAPACITY_MIN: usize = 33 << 20;
+
 /// The snapshot's file name, next to the WAL's segments.
 pub const FILE_NAME: &str = "snapshot";
 
@@ -82,7 +85,10 @@ impl Snapshot {
     /// image can be large: it is not copied again).
     #[must_use]
     pub fn encode_with(header: SnapshotHeader, write_body: impl FnOnce(&mut Vec<u8>)) -> Snapshot {
-        let mut out = Vec::with_capacity(HEADER_BYTES);
+        // Reserved above the allocator's mapping threshold (the `quorum` binary fixes it at
+        // 32 MiB): the buffer is then a mapping of its own, resident only where written and
+        // given back whole when dropped, instead of staying in the heap after every snapshot.
+        let mut out = Vec::with_capacity(IMAGE_CAPACITY_MIN);
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&header.shard.to_le_bytes());
