@@ -193,11 +193,28 @@ impl Log {
             }
             entry.ballot = ballot;
             // Keep an equal value already held: it may be the copy shared with the WAL's
-            // mapping, and replacing it would bring the heap copy back.
-            if entry.value.as_ref() != Some(value) {
+            // mapping, and replacing it would bring the heap copy back. (The same buffer is
+            // equal without comparing the bytes: a batch can be a megabyte.)
+            let held = entry.value.as_ref();
+            if !held.is_some_and(|held| held.same_buffer(value) || held == value) {
                 entry.value = Some(value.clone());
             }
             entry.chosen = true;
+        }
+    }
+
+    /// Marks `slot` chosen with the value it holds, known under `ballot`; false (nothing
+    /// changed) if it holds none.
+    pub fn mark_chosen(&mut self, slot: Slot, ballot: Ballot) -> bool {
+        match self.entry_mut(slot) {
+            Some(entry) if entry.value.is_some() => {
+                if !entry.chosen {
+                    entry.ballot = ballot;
+                    entry.chosen = true;
+                }
+                true
+            }
+            _ => false,
         }
     }
 
