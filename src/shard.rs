@@ -43,6 +43,13 @@ pub enum ShardError {
     /// the replica cannot start without it. Restore the file, or start this node empty.
     #[error("snapshot file refused: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// Total-order apply needs every slot from 0, and this shard's log starts from a snapshot.
+    #[error(
+        "this shard starts from a snapshot at slot {0} (its log before it may be released): \
+         --apply total needs the whole log; run it with --apply shard, or from an empty data \
+         directory"
+    )]
+    ForwardFromSnapshot(u64),
     /// The WAL's metadata (the durable promise) does not decode.
     #[error("WAL metadata damaged: {0}")]
     Metadata(&'static str),
@@ -659,6 +666,9 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         let cluster_id = replica.config().cluster_id;
         if let Some(bytes) = backend.read_file(crate::snapshot::FILE_NAME)? {
             let snapshot = Snapshot::decode(Bytes::from(bytes), cluster_id, settings.shard)?;
+            if settings.apply == ApplyTo::Forward {
+                return Err(ShardError::ForwardFromSnapshot(snapshot.header.slot.0));
+            }
             applier = Applier::restore(snapshot.body(), settings.session_window)?;
             replica.install_snapshot(snapshot.header.slot, snapshot.header.slot);
             snapshots.current = Some((snapshot.header, snapshot.bytes.len()));

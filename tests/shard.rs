@@ -205,6 +205,29 @@ fn snapshots_release_the_log_and_a_replica_behind_them_installs_one() {
 }
 
 #[test]
+fn a_shard_that_starts_from_a_snapshot_refuses_total_order_apply() {
+    let mut cluster = Cluster::snapshotting(16 * 1024);
+    while cluster.leader().is_none() {
+        cluster.tick();
+    }
+    let long = "v".repeat(1000);
+    for sequence in 1..=60 {
+        cluster.put(sequence, &format!("key-{}", sequence % 7), &long);
+    }
+    let leader = cluster.leader().unwrap();
+    assert!(cluster.shards[leader].as_ref().unwrap().snapshot_stats().taken >= 1);
+    cluster.shards[leader] = None;
+    let settings =
+        ShardSettings { apply: quorum::shard::ApplyTo::Forward, ..snapshot_settings(16 * 1024) };
+    let config = config_retaining(leader as u16 + 1, 4);
+    let disk = cluster.disks[leader].clone();
+    let opened = Shard::open_with(config, disk, options(), KvStore::default(), settings);
+    let error = opened.err().expect("refused");
+    assert!(matches!(error, ShardError::ForwardFromSnapshot(_)), "{error}");
+    assert!(error.to_string().contains("--apply total needs the whole log"), "{error}");
+}
+
+#[test]
 fn a_damaged_snapshot_file_is_refused_at_start() {
     let disk = SimBackend::new();
     disk.write_file_atomic("snapshot", b"QRMSNAP\x01 but not much else").unwrap();
