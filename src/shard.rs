@@ -13,12 +13,12 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
-use crate::core::Ballot;
 use crate::core::log::Log;
 use crate::core::{
     Action, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record, RefusedMessage,
     Replica, RequestId, Slot, SlotRun, Value,
 };
+use crate::core::{Ballot, ClusterId};
 use crate::log_record;
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotHeader};
 use crate::state_machine::{Applier, Outcome, StateMachine};
@@ -128,6 +128,8 @@ pub struct ReplicaLog<B: Backend, T> {
     floor: Slot,
     /// The promise last written to the WAL's metadata file.
     metadata_promise: Ballot,
+    /// The cluster and shard whose snapshots sit next to the log.
+    owner: (ClusterId, u16),
 }
 
 /// The WAL's metadata: the promise the records of a released prefix held (round u64, node
@@ -200,16 +202,29 @@ fn decode_sharing<B: Backend>(
 }
 
 impl<B: Backend, T> ReplicaLog<B, T> {
+    /// The snapshot in the log's directory, checked as `owner`'s (cluster, shard), if any.
+    ///
+    /// # Errors
+    /// The file cannot be read, or is damaged or another shard's.
+    pub fn read_snapshot(
+        backend: &B,
+        owner: (ClusterId, u16),
+    ) -> Result<Option<Snapshot>, ShardError> {
+        let Some(bytes) = backend.read_file(crate::snapshot::FILE_NAME)? else { return Ok(None) };
+        Ok(Some(Snapshot::decode(Bytes::from(bytes), owner.0, owner.1)?))
+    }
+
     /// Opens the log and hands `each` the records it recovered, one at a time, in order (so a
     /// long log is never held in memory whole), the promise of a released prefix first (as a
-    /// `Promised` record). `floor`: the slot of the snapshot the replica starts from (0 if
-    /// none); the log may have released the records below it.
+    /// `Promised` record). `owner`: the cluster and shard. `floor`: the slot of the snapshot
+    /// the replica starts from (0 if none); the log may have released the records below it.
     ///
     /// # Errors
     /// The log cannot be opened, holds a record no replica writes, or `each` failed.
     pub fn open(
         backend: B,
         options: Options,
+        owner: (ClusterId, u16),
         floor: Slot,
         mut each: impl FnMut(Record) -> Result<(), ShardError>,
     ) -> Result<Self, ShardError> {
@@ -237,8 +252,31 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             stretch_bytes,
             floor,
             metadata_promise,
+            owner,
         };
         Ok(log)
+    }
+
+    /// The newest durable snapshot next to the log, if any (read from its file: a snapshot
+    /// being written may have replaced it already by a newer one, durable too).
+    ///
+    /// # Errors
+    /// See [`ReplicaLog::read_snapshot`].
+    pub fn snapshot(&self) -> Result<Option<Snapshot>, ShardError> {
+        Self::read_snapshot(self.wal.backend(), self.owner)
+    }
+
+    /// A peer's snapshot, checked and ahead of the replica, is made durable next to the log
+    /// before anything builds on it (a `Committed` record past its slot would otherwise,
+    /// after a crash, claim slots this log never held); reads below its slot get it from then
+    /// on, not the partial records this log may hold of them.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ShardError> {
+        self.wal.backend().write_file_atomic(crate::snapshot::FILE_NAME, &snapshot.bytes)?;
+        self.floor = self.floor.max(snapshot.header.slot);
+        Ok(())
     }
 
     /// Slots below this may no longer be in the log: a reader of them gets the snapshot.
@@ -286,12 +324,6 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         let released = self.index.iter().take_while(|stretch| stretch.position < kept_from).count();
         self.index.drain(..released);
         Ok(kept_from - first)
-    }
-
-    /// Slots from `slot` on are the snapshot's concern now (one was installed there): reads
-    /// below it get the snapshot, not the partial record this log may hold of them.
-    pub fn raise_floor(&mut self, slot: Slot) {
-        self.floor = self.floor.max(slot);
     }
 
     /// The committed runs of slots `from_slot..end_slot`, read back from the log: for a
@@ -353,9 +385,10 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         Ok(scratch.runs_from(from_slot, chosen_end, usize::MAX).0)
     }
 
-    /// What `Action::SendArchived` sends: the committed runs of `from_slot..end_slot` as
-    /// `Chosen` messages of at most `runs_max` runs, read in parts of at most `bytes_max`
-    /// bytes of records. Stops early where the log cannot tell yet (the reader asks again).
+    /// What `Action::SendArchived` sends: below the floor, the snapshot; then the committed
+    /// runs of `from_slot..end_slot` (from the snapshot's slot, if it was sent) as `Chosen`
+    /// messages of at most `runs_max` runs, read in parts of at most `bytes_max` bytes of
+    /// records. Stops early where the log cannot tell yet (the reader asks again).
     ///
     /// # Errors
     /// See [`ReplicaLog::archived_runs`].
@@ -368,6 +401,13 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         bytes_max: usize,
     ) -> Result<Vec<Message>, ShardError> {
         let mut messages = Vec::new();
+        if from_slot < self.floor {
+            let Some(snapshot) = self.snapshot()? else {
+                unreachable!("a floor is only raised by a durable snapshot");
+            };
+            from_slot = snapshot.header.slot;
+            messages.push(Message::Snapshot { bytes: snapshot.bytes, commit_index });
+        }
         while from_slot < end_slot {
             let runs = self.archived_runs(from_slot, end_slot, bytes_max)?;
             let Some(last) = runs.last() else { break };
@@ -663,9 +703,8 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         let mut replica = Replica::recovering(config)?;
         let mut snapshots = Snapshots::default();
         let mut applier = Applier::new(machine, settings.session_window);
-        let cluster_id = replica.config().cluster_id;
-        if let Some(bytes) = backend.read_file(crate::snapshot::FILE_NAME)? {
-            let snapshot = Snapshot::decode(Bytes::from(bytes), cluster_id, settings.shard)?;
+        let owner = (replica.config().cluster_id, settings.shard);
+        if let Some(snapshot) = ReplicaLog::<B, ()>::read_snapshot(&backend, owner)? {
             if settings.apply == ApplyTo::Forward {
                 return Err(ShardError::ForwardFromSnapshot(snapshot.header.slot.0));
             }
@@ -693,7 +732,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             }
             Ok(())
         };
-        let log = ReplicaLog::open(backend, options, floor, |record| {
+        let log = ReplicaLog::open(backend, options, owner, floor, |record| {
             replica.replay(&record);
             apply(&mut replica)
         })?;
@@ -887,8 +926,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         if self.snapshots.current.is_none() {
             return Ok(None);
         }
-        let bytes = self.log.wal().backend().read_file(crate::snapshot::FILE_NAME)?;
-        Ok(bytes.map(Bytes::from))
+        Ok(self.log.snapshot()?.map(|snapshot| snapshot.bytes))
     }
 
     /// What this shard did with snapshots.
@@ -982,11 +1020,8 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         let Ok(applier) = Applier::restore(snapshot.body(), self.settings.session_window) else {
             return Ok(());
         };
-        // Durable before any record that builds on it: a `Committed` record past `slot`
-        // would otherwise, after a crash, claim slots this log never held.
-        self.log.wal().backend().write_file_atomic(crate::snapshot::FILE_NAME, &snapshot.bytes)?;
+        self.log.install_snapshot(&snapshot)?;
         self.committer.applier = applier;
-        self.log.raise_floor(slot);
         self.snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
         self.snapshots.installed += 1;
         self.replica.install_snapshot(slot, commit_index);
@@ -1026,21 +1061,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 Action::Commit { first_slot, count, value } => {
                     self.committer.commit(first_slot, count, value, true)?
                 }
-                Action::SendArchived { to, mut from_slot, end_slot, commit_index } => {
-                    if from_slot < self.log.floor() {
-                        // Released from the log: the snapshot stands for it (read from its
-                        // file, which a snapshot being written may have replaced already by
-                        // a newer one: it is durable too).
-                        let Some(bytes) = self.snapshot_bytes()? else {
-                            unreachable!("a floor is only raised by a durable snapshot");
-                        };
-                        let (cluster_id, shard) =
-                            (self.replica.config().cluster_id, self.settings.shard);
-                        let snapshot = Snapshot::decode(bytes, cluster_id, shard)?;
-                        from_slot = snapshot.header.slot;
-                        let bytes = snapshot.bytes;
-                        self.outbox.push((to, Message::Snapshot { bytes, commit_index }));
-                    }
+                Action::SendArchived { to, from_slot, end_slot, commit_index } => {
                     let runs_max = self.replica.config().message_runs_max;
                     let messages = self.log.archived_messages(
                         from_slot,

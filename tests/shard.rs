@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
+use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind, Slot};
 use quorum::shard::{Shard, ShardError, ShardSettings, settle_wired};
 use quorum::state_machine::{KvCommand, KvReply, KvStore, Outcome, StateMachine as _};
 use quorum_wal::{Backend as _, Options, SimBackend};
@@ -63,6 +63,22 @@ impl Cluster {
             })
             .collect();
         Cluster { shards, disks, replies: HashMap::new() }
+    }
+
+    /// Elects a leader, commits ten puts, and stops a follower (cleanly: its log is whole).
+    /// Returns the leader, the stopped follower and its commit position.
+    fn write_ten_then_stop_a_follower(&mut self) -> (usize, usize, Slot) {
+        while self.leader().is_none() {
+            self.tick();
+        }
+        for sequence in 1..=10 {
+            self.put(sequence, &format!("key-{}", sequence % 7), &format!("value-{sequence}"));
+        }
+        let leader = self.leader().unwrap();
+        let victim = (leader + 1) % 3;
+        let stopped_at = self.shards[victim].as_ref().unwrap().replica().commit_index();
+        self.shards[victim] = None;
+        (leader, victim, stopped_at)
     }
 
     /// Delivers messages and completes syncs until nothing moves.
@@ -134,18 +150,9 @@ fn open_snapshotting(node: u16, disk: &SimBackend, every_bytes: u64) -> Shard<Si
 #[test]
 fn snapshots_release_the_log_and_a_replica_behind_them_installs_one() {
     let mut cluster = Cluster::snapshotting(16 * 1024);
-    while cluster.leader().is_none() {
-        cluster.tick();
-    }
-    for sequence in 1..=10 {
-        cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("value-{sequence}"));
-    }
     // A follower stops while the others write several segments' worth, snapshot, and release
     // the segments their snapshots cover.
-    let leader = cluster.leader().unwrap();
-    let victim = (leader + 1) % 3;
-    let stopped_at = cluster.shards[victim].as_ref().unwrap().replica().commit_index();
-    cluster.shards[victim] = None;
+    let (leader, victim, stopped_at) = cluster.write_ten_then_stop_a_follower();
     let long = "v".repeat(1000);
     for sequence in 11..=400 {
         cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("{long}{sequence}"));
@@ -287,17 +294,8 @@ fn commands_commit_identically_and_a_crashed_replica_recovers_from_its_log() {
 #[test]
 fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() {
     let mut cluster = Cluster::retaining(4);
-    while cluster.leader().is_none() {
-        cluster.tick();
-    }
-    for sequence in 1..=10 {
-        cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("value-{sequence}"));
-    }
     // A follower stops (cleanly: its log is whole) while the others commit far past it.
-    let leader = cluster.leader().unwrap();
-    let victim = (leader + 1) % 3;
-    let stopped_at = cluster.shards[victim].as_ref().unwrap().replica().commit_index();
-    cluster.shards[victim] = None;
+    let (leader, victim, stopped_at) = cluster.write_ten_then_stop_a_follower();
     for sequence in 11..=150 {
         cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("value-{sequence}"));
     }
@@ -330,7 +328,7 @@ fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() 
     assert_eq!(stores[victim].get(b"key-3"), Some(&b"value-150"[..]));
     // Read back in parts of any size, the leader's log gives the same runs as in one read.
     let leader_shard = cluster.shards[leader].as_ref().unwrap();
-    let (from, end) = (quorum::core::Slot(1), leader_shard.replica().log().base());
+    let (from, end) = (Slot(1), leader_shard.replica().log().base());
     let whole = leader_shard.archived_runs(from, end, usize::MAX).unwrap();
     assert_eq!(whole.first().map(|run| run.first_slot), Some(from));
     assert_eq!(whole.last().map(quorum::core::SlotRun::end_slot), Some(end));
@@ -350,7 +348,7 @@ fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() 
 
 #[test]
 fn a_promise_whose_records_were_released_survives_a_restart() {
-    use quorum::core::{Ballot, BatchBuilder, Envelope, Message, Slot, SlotRun, Value};
+    use quorum::core::{Ballot, BatchBuilder, Envelope, Message, SlotRun, Value};
     let disk = SimBackend::new();
     let mut shard = open_snapshotting(2, &disk, 8 * 1024);
     // Node 3 stands for election with a high ballot: node 2 promises it (a `Promised` record).

@@ -9,8 +9,6 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use quorum_wal::{Backend as _, Options, PendingSync, SimBackend, Tear};
 
-use bytes::Bytes;
-
 use crate::core::{Ballot, ClusterId, Message, NodeId, PersistSeq, Record, Slot};
 use crate::shard::ReplicaLog;
 use crate::snapshot::{FILE_NAME, Snapshot, SnapshotHeader};
@@ -22,8 +20,6 @@ pub struct SimDisk {
     log: Option<ReplicaLog<SimBackend, Record>>,
     in_flight: Option<PendingSync>,
     segment_bytes: u64,
-    /// The newest snapshot in the directory (its file is written atomically and durably).
-    snapshot: Option<Snapshot>,
     /// The log's end when the last snapshot was taken.
     snapshot_taken_at: u64,
     /// WAL bytes released behind snapshots, over every incarnation.
@@ -36,21 +32,21 @@ fn options(segment_bytes: u64) -> Options {
 
 impl SimDisk {
     /// A new, empty disk with an empty log of `segment_bytes` segments (small, so that runs
-    /// cross many segments and snapshots release many).
+    /// cross many segments and snapshots release many), for `owner` (cluster, shard).
     ///
     /// # Panics
     /// If the simulated log cannot be created (a bug).
     #[must_use]
-    pub fn new(segment_bytes: u64) -> SimDisk {
+    pub fn new(segment_bytes: u64, owner: (ClusterId, u16)) -> SimDisk {
         let backend = SimBackend::new();
-        let log = ReplicaLog::open(backend.clone(), options(segment_bytes), Slot(0), |_| Ok(()))
-            .expect("a new simulated log opens");
+        let log =
+            ReplicaLog::open(backend.clone(), options(segment_bytes), owner, Slot(0), |_| Ok(()))
+                .expect("a new simulated log opens");
         SimDisk {
             backend,
             log: Some(log),
             in_flight: None,
             segment_bytes,
-            snapshot: None,
             snapshot_taken_at: 0,
             released_bytes: 0,
         }
@@ -76,7 +72,6 @@ impl SimDisk {
     ) {
         let snapshot = Snapshot::encode(header, body);
         self.backend.write_file_atomic(FILE_NAME, &snapshot.bytes).expect("simulated files write");
-        self.snapshot = Some(snapshot);
         self.snapshot_taken_at = self.log().wal().end_position();
         let released = self
             .log()
@@ -90,10 +85,8 @@ impl SimDisk {
     ///
     /// # Panics
     /// If the simulated file cannot be written: it always can.
-    pub fn install(&mut self, snapshot: Snapshot) {
-        self.backend.write_file_atomic(FILE_NAME, &snapshot.bytes).expect("simulated files write");
-        self.log().raise_floor(snapshot.header.slot);
-        self.snapshot = Some(snapshot);
+    pub fn install(&mut self, snapshot: &Snapshot) {
+        self.log().install_snapshot(snapshot).expect("simulated files write");
     }
 
     fn log(&mut self) -> &mut ReplicaLog<SimBackend, Record> {
@@ -147,20 +140,9 @@ impl SimDisk {
         runs_max: usize,
         bytes_max: usize,
     ) -> Vec<Message> {
-        let mut messages = Vec::new();
-        let mut from_slot = from_slot;
-        if from_slot < self.log().floor() {
-            // Released: the snapshot stands for those slots (as in `Shard`).
-            let snapshot = self.snapshot.as_ref().expect("a floor is only raised by a snapshot");
-            messages.push(Message::Snapshot { bytes: snapshot.bytes.clone(), commit_index });
-            from_slot = snapshot.header.slot;
-        }
-        messages.extend(
-            self.log()
-                .archived_messages(from_slot, end_slot, commit_index, runs_max, bytes_max)
-                .expect("simulated logs read back"),
-        );
-        messages
+        self.log()
+            .archived_messages(from_slot, end_slot, commit_index, runs_max, bytes_max)
+            .expect("simulated logs read back")
     }
 
     /// A crash: the synced image stays; each write made since survives with chance
@@ -192,21 +174,24 @@ impl SimDisk {
     ) -> (Option<Snapshot>, Vec<Record>) {
         // Damage the WAL reports as possibly synced comes here only from a sync that had not
         // completed (the simulated disk flips no bits), so nothing in it was acknowledged.
-        let file = self.backend.read_file(FILE_NAME).expect("simulated files read");
-        self.snapshot = file.map(|bytes| {
-            Snapshot::decode(Bytes::from(bytes), cluster_id, shard)
-                .expect("simulated snapshot files are written atomically")
-        });
-        let floor = self.snapshot.as_ref().map_or(Slot(0), |snapshot| snapshot.header.slot);
+        let owner = (cluster_id, shard);
+        let snapshot = ReplicaLog::<SimBackend, Record>::read_snapshot(&self.backend, owner)
+            .expect("simulated snapshot files are written atomically");
+        let floor = snapshot.as_ref().map_or(Slot(0), |snapshot| snapshot.header.slot);
         let mut records = Vec::new();
-        let log =
-            ReplicaLog::open(self.backend.clone(), options(self.segment_bytes), floor, |record| {
+        let log = ReplicaLog::open(
+            self.backend.clone(),
+            options(self.segment_bytes),
+            owner,
+            floor,
+            |record| {
                 records.push(record);
                 Ok(())
-            })
-            .expect("recovery after a crash succeeds");
+            },
+        )
+        .expect("recovery after a crash succeeds");
         self.snapshot_taken_at = log.wal().end_position();
         self.log = Some(log);
-        (self.snapshot.clone(), records)
+        (snapshot, records)
     }
 }

@@ -216,7 +216,7 @@ impl World {
         };
         for index in 0..node_count {
             let id = NodeId(index as u16 + 1);
-            let shards = (0..world.knobs.shards).map(|_| world.fresh_shard()).collect();
+            let shards = (0..world.knobs.shards).map(|shard| world.fresh_shard(shard)).collect();
             world.nodes.push(SimNode {
                 id,
                 up: true,
@@ -254,10 +254,10 @@ impl World {
         world
     }
 
-    fn fresh_shard(&self) -> ShardReplica {
+    fn fresh_shard(&self, shard: usize) -> ShardReplica {
         ShardReplica {
             replica: None,
-            disk: SimDisk::new(self.knobs.wal_segment_bytes),
+            disk: SimDisk::new(self.knobs.wal_segment_bytes, (CLUSTER, shard as u16)),
             applier: Applier::new(KvStore::default(), 16),
             waiting: BTreeMap::new(),
         }
@@ -530,7 +530,7 @@ impl World {
         let id = self.nodes[node].id;
         self.trace(|| format!("n{} s{shard} installs snapshot at {}", id.0, slot.0));
         let replica = &mut self.nodes[node].shards[shard];
-        replica.disk.install(snapshot);
+        replica.disk.install(&snapshot);
         replica.applier = applier;
         self.nodes[node].merge_off = true;
         self.snapshots.installed += 1;

@@ -51,6 +51,22 @@ impl MmapBackend {
         Ok(MmapBackend { dir, set_aside: Arc::default() })
     }
 
+    /// The numbers of the files named `{number:016x}{suffix}` in the directory.
+    fn numbered(&self, suffix: &str) -> Result<Vec<u64>> {
+        let mut numbers = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
+            let entry = entry.map_err(io("read directory", &self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(hex) = name.strip_suffix(suffix) {
+                if let Ok(number) = u64::from_str_radix(hex, 16) {
+                    numbers.push(number);
+                }
+            }
+        }
+        Ok(numbers)
+    }
+
     fn spare_path(&self, number: u64) -> PathBuf {
         self.dir.join(format!("{number:016x}.spare"))
     }
@@ -277,18 +293,7 @@ impl Backend for MmapBackend {
     type Segment = MmapSegment;
 
     fn list(&self) -> Result<Vec<u64>> {
-        let mut numbers = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
-            let entry = entry.map_err(io("read directory", &self.dir))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(hex) = name.strip_suffix(".wal") {
-                if let Ok(number) = u64::from_str_radix(hex, 16) {
-                    numbers.push(number);
-                }
-            }
-        }
-        Ok(numbers)
+        self.numbered(".wal")
     }
 
     fn create(&self, number: u64, bytes: u64, header: &[u8]) -> Result<MmapSegment> {
@@ -372,18 +377,7 @@ impl Backend for MmapBackend {
     }
 
     fn spares(&self) -> Result<Vec<u64>> {
-        let mut numbers = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
-            let entry = entry.map_err(io("read directory", &self.dir))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(hex) = name.strip_suffix(".spare") {
-                if let Ok(number) = u64::from_str_radix(hex, 16) {
-                    numbers.push(number);
-                }
-            }
-        }
-        Ok(numbers)
+        self.numbered(".spare")
     }
 
     fn spare_ready(&self, spare: u64) -> bool {
