@@ -12,6 +12,7 @@ use quorum::transport::codec::{
     Body, Encoder, Frame, FrameError, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus,
     Role, ShardStatus, decode, frame_length,
 };
+use quorum::transport::framing::Outgoing;
 
 fn ballot() -> impl Strategy<Value = Ballot> {
     (any::<u64>(), any::<u16>()).prop_map(|(round, node)| Ballot::new(round, NodeId(node)))
@@ -207,6 +208,41 @@ fn batches_are_slices_of_the_received_frame() {
     let range = received.as_ptr() as usize..received.as_ptr() as usize + received.len();
     assert!(range.contains(&(bytes.as_ptr() as usize)), "the batch is a slice of the frame buffer");
     assert_eq!(bytes, batch);
+}
+
+#[test]
+fn queued_frames_write_the_same_bytes_and_share_large_batches() {
+    let accept = |bytes: usize, slot: u64| Frame {
+        cluster_id: ClusterId(7),
+        from: NodeId(1),
+        shard: 0,
+        body: Body::Peer(Message::Accept {
+            ballot: Ballot::new(3, NodeId(1)),
+            first_slot: Slot(slot),
+            count: 1,
+            value: Value::Batch(Bytes::from(vec![slot as u8; bytes])),
+            commit_index: Slot(0),
+        }),
+    };
+    let frames = [accept(100, 1), accept(1 << 20, 2), accept(10, 3), accept(64 << 10, 4)];
+    let mut out = Outgoing::default();
+    let mut expected = Vec::new();
+    for frame in &frames {
+        out.push(&mut Encoder::default(), frame);
+        expected.extend(Encoder::default().encode_to_vec(frame));
+    }
+    assert_eq!(out.len(), expected.len());
+    assert_eq!(out.slices().collect::<Vec<_>>().concat(), expected);
+    let Body::Peer(Message::Accept { value: Value::Batch(large), .. }) = &frames[1].body else {
+        unreachable!()
+    };
+    assert!(
+        out.slices().any(|slice| slice.as_ptr() == large.as_ptr()),
+        "a large batch is written from where it is, not copied"
+    );
+    out.clear();
+    assert!(out.is_empty());
+    assert_eq!(out.slices().count(), 0);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::shard::{AppliedCommand, PendingSnapshot, Shard, ShardError};
 use crate::state_machine::{KvStore, Outcome, StateMachine};
 use crate::total_order::Committed;
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
-use crate::transport::framing::encode_into;
+use crate::transport::framing::Outgoing;
 
 /// The shard type a node runs.
 pub type NodeShard = Shard<MmapBackend, KvStore>;
@@ -40,14 +40,14 @@ const FEED_WINDOW: u64 = 1 << 40;
 /// Bytes waiting to be written to one connection, and the bell that wakes its writer.
 pub struct Link {
     /// Encoded frames, in order.
-    pub out: Vec<u8>,
+    pub out: Outgoing,
     bell: LocalSender<()>,
 }
 
 impl Link {
     /// A link whose writer waits on the receiver of `bell`.
     pub fn new(bell: LocalSender<()>) -> Link {
-        Link { out: Vec::new(), bell }
+        Link { out: Outgoing::default(), bell }
     }
 
     fn ring(&self) {
@@ -166,10 +166,10 @@ impl Host {
     }
 
     /// Takes the bytes waiting for `peer`.
-    pub fn take_peer_bytes(&mut self, peer: NodeId, spare: Vec<u8>) -> Vec<u8> {
+    pub fn take_peer_bytes(&mut self, peer: NodeId, spare: Outgoing) -> Outgoing {
         match self.peers.get_mut(&peer) {
             Some(link) => std::mem::replace(&mut link.out, spare),
-            None => Vec::new(),
+            None => Outgoing::default(),
         }
     }
 
@@ -190,7 +190,7 @@ impl Host {
     }
 
     /// Takes the bytes waiting for a client; `None` once the client must be disconnected.
-    pub fn take_client_bytes(&mut self, connection: u64, spare: Vec<u8>) -> Option<Vec<u8>> {
+    pub fn take_client_bytes(&mut self, connection: u64, spare: Outgoing) -> Option<Outgoing> {
         let link = self.clients.get_mut(&connection)?;
         if link.overflowed {
             return None;
@@ -342,7 +342,7 @@ impl Host {
     pub fn send_to_client(&mut self, connection: u64, body: Body) {
         let frame = self.frame(body);
         if let Some(link) = self.clients.get_mut(&connection).filter(|link| !link.overflowed) {
-            encode_into(&mut self.encoder, &frame, &mut link.link.out);
+            link.link.out.push(&mut self.encoder, &frame);
             link.link.ring();
         }
     }
@@ -373,7 +373,7 @@ impl Host {
             let frame =
                 Frame { cluster_id, from: me, shard: self.index, body: Body::Peer(message) };
             let before = link.out.len();
-            encode_into(&mut self.encoder, &frame, &mut link.out);
+            link.out.push(&mut self.encoder, &frame);
             let bytes = (link.out.len() - before) as u64;
             self.egress.bytes += bytes;
             if chosen {
@@ -408,7 +408,7 @@ impl Host {
                     if let Some(bytes) = self.shard.snapshot_bytes()? {
                         let body = Body::Peer(Message::Snapshot { bytes, commit_index: commit });
                         let frame = Frame { cluster_id, from: me, shard: self.index, body };
-                        encode_into(&mut self.encoder, &frame, &mut link.link.out);
+                        link.link.out.push(&mut self.encoder, &frame);
                     }
                     compacted.push(*connection);
                     break;
@@ -427,7 +427,7 @@ impl Host {
                     let body =
                         Body::Peer(Message::Chosen { runs: chunk.to_vec(), commit_index: commit });
                     let frame = Frame { cluster_id, from: me, shard: self.index, body };
-                    encode_into(&mut self.encoder, &frame, &mut link.link.out);
+                    link.link.out.push(&mut self.encoder, &frame);
                 }
             }
             if link.link.out.len() > before {
@@ -492,7 +492,7 @@ impl Host {
             let replies = std::mem::take(&mut link.replies);
             let frame =
                 Frame { cluster_id, from: me, shard: self.index, body: Body::Replies(replies) };
-            encode_into(&mut self.encoder, &frame, &mut link.link.out);
+            link.link.out.push(&mut self.encoder, &frame);
             if link.link.out.len() > LINK_BUFFER_MAX {
                 // A client that does not read its replies is cut off rather than let the
                 // node's memory grow.

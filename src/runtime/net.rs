@@ -22,7 +22,7 @@ use crate::node_config::NodeConfig;
 use crate::transport::codec::{
     Body, Encoder, Frame, Hello, HelloReply, Member, PROTOCOL_VERSION, Role,
 };
-use crate::transport::framing::{ConnectionError, encode_into, read_frame_async};
+use crate::transport::framing::{ConnectionError, Outgoing, encode_into, read_frame_async};
 use crate::transport::shard_address;
 
 /// How long the dialled side waits for a `Hello`, and the dialling side for its answer.
@@ -349,13 +349,13 @@ async fn read_handshake(
 async fn write_link<W: futures_lite::AsyncWrite + Unpin>(
     rings: &local_channel::LocalReceiver<()>,
     writer: &mut W,
-    mut take: impl FnMut(Vec<u8>) -> Option<Vec<u8>>,
+    mut take: impl FnMut(Outgoing) -> Option<Outgoing>,
 ) -> std::io::Result<()> {
-    let mut spare = Vec::new();
+    let mut spare = Outgoing::default();
     while rings.recv().await.is_some() {
         let Some(mut out) = take(spare) else { return Ok(()) };
-        if !out.is_empty() {
-            writer.write_all(&out).await?;
+        for slice in out.slices() {
+            writer.write_all(slice).await?;
         }
         out.clear();
         spare = out;

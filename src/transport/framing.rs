@@ -87,6 +87,67 @@ pub fn encode_into(encoder: &mut Encoder, frame: &Frame, out: &mut Vec<u8>) {
     }
 }
 
+/// Payloads at least this large are sent from where they are instead of being copied next to
+/// their frame's header: a batch goes to every peer without a copy in user space.
+const SHARE_FROM_BYTES: usize = 16 << 10;
+
+/// Encoded frames waiting for one connection, in order: small parts copied together, large
+/// payloads (batches) held by reference.
+#[derive(Default)]
+pub struct Outgoing {
+    bytes: Vec<u8>,
+    /// Each payload follows `bytes[..at]`; `at` never decreases.
+    shared: Vec<(usize, Bytes)>,
+    shared_bytes: usize,
+    payloads: Vec<Bytes>,
+}
+
+impl Outgoing {
+    /// Appends `frame`, encoded.
+    pub fn push(&mut self, encoder: &mut Encoder, frame: &Frame) {
+        encoder.encode(frame, &mut self.bytes, &mut self.payloads);
+        for payload in self.payloads.drain(..) {
+            if payload.len() >= SHARE_FROM_BYTES {
+                self.shared_bytes += payload.len();
+                self.shared.push((self.bytes.len(), payload));
+            } else {
+                self.bytes.extend_from_slice(&payload);
+            }
+        }
+    }
+
+    /// Bytes waiting.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.shared_bytes
+    }
+
+    /// Nothing waits.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets everything (keeping the allocations).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.shared.clear();
+        self.shared_bytes = 0;
+    }
+
+    /// The bytes to write, in order.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        let mut from = 0;
+        let shared = self.shared.iter().flat_map(move |(at, payload)| {
+            let copied = &self.bytes[from..*at];
+            from = *at;
+            [copied, &payload[..]]
+        });
+        let last = self.shared.last().map_or(0, |(at, _)| *at);
+        shared.chain(std::iter::once(&self.bytes[last..])).filter(|slice| !slice.is_empty())
+    }
+}
+
 /// Writes one frame, blocking.
 ///
 /// # Errors
