@@ -24,6 +24,18 @@ pub trait Segment: Send {
     fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8];
     /// The bytes at `offset..offset + len` were written (a simulated disk records the write).
     fn wrote(&mut self, offset: usize, len: usize);
+    /// Writes `parts`, one after the other, at `offset`: [`Segment::bytes_mut`], a copy of
+    /// each and [`Segment::wrote`], unless the backend can write them from where they are.
+    fn write_parts(&mut self, offset: usize, parts: &[&[u8]]) {
+        let len = parts.iter().map(|part| part.len()).sum();
+        let mut out = self.bytes_mut(offset, len);
+        for part in parts {
+            let (into, rest) = out.split_at_mut(part.len());
+            into.copy_from_slice(part);
+            out = rest;
+        }
+        self.wrote(offset, len);
+    }
     /// A handle that makes every write so far durable, runnable on any thread.
     fn syncer(&mut self) -> Box<dyn Syncer>;
     /// The log no longer appends to this segment: it may give back the memory that caches

@@ -175,25 +175,40 @@ pub fn encode_record_split(
     segment: u64,
     out: &mut [u8],
 ) {
-    let (head_len, rest_len) = (record.payload.len(), rest.len());
-    let total = record_bytes(head_len + rest_len);
+    let head_len = RECORD_HEADER_BYTES + record.payload.len();
+    let total = record_bytes(record.payload.len() + rest.len());
     assert!(out.len() >= total, "record buffer too small");
+    let (head, tail) = out.split_at_mut(head_len);
+    encode_head(record, rest, generation, segment, head);
+    tail[..rest.len()].copy_from_slice(rest);
+    tail[rest.len()..total - head_len].fill(0);
+}
+
+/// The first part of [`encode_record_split`]'s record, into `head`
+/// (`RECORD_HEADER_BYTES + record.payload.len()` bytes): the header, whose checksum covers
+/// `rest` too, and `record.payload`. `rest` and then zeros up to [`record_bytes`] follow it
+/// (a large record is written from its parts without gathering them first).
+pub fn encode_head(
+    record: &Record<'_>,
+    rest: &[u8],
+    generation: u32,
+    segment: u64,
+    head: &mut [u8],
+) {
+    assert_eq!(head.len(), RECORD_HEADER_BYTES + record.payload.len(), "record head size");
     assert!(record.kind != 0, "kind 0 is reserved for unwritten space");
-    let payload_len = u32::try_from(head_len + rest_len).expect("payload fits u32");
-    out[4..8].copy_from_slice(&payload_len.to_le_bytes());
-    out[8] = record.kind;
-    out[9] = 0;
-    out[10..12].copy_from_slice(&record.ballot_node.to_le_bytes());
-    out[12..16].copy_from_slice(&generation.to_le_bytes());
-    out[16..24].copy_from_slice(&record.slot.to_le_bytes());
-    out[24..32].copy_from_slice(&record.ballot_round.to_le_bytes());
-    let rest_at = RECORD_HEADER_BYTES + head_len;
-    out[RECORD_HEADER_BYTES..rest_at].copy_from_slice(record.payload);
-    out[rest_at..rest_at + rest_len].copy_from_slice(rest);
-    out[rest_at + rest_len..total].fill(0);
-    let crc = crc32c::crc32c_append(seed(segment), &out[4..RECORD_HEADER_BYTES]);
-    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, record.payload), rest);
-    out[0..4].copy_from_slice(&crc.to_le_bytes());
+    let payload_len = u32::try_from(record.payload.len() + rest.len()).expect("payload fits u32");
+    head[4..8].copy_from_slice(&payload_len.to_le_bytes());
+    head[8] = record.kind;
+    head[9] = 0;
+    head[10..12].copy_from_slice(&record.ballot_node.to_le_bytes());
+    head[12..16].copy_from_slice(&generation.to_le_bytes());
+    head[16..24].copy_from_slice(&record.slot.to_le_bytes());
+    head[24..32].copy_from_slice(&record.ballot_round.to_le_bytes());
+    head[RECORD_HEADER_BYTES..].copy_from_slice(record.payload);
+    let crc = crc32c::crc32c_append(seed(segment), &head[4..]);
+    let crc = crc32c::crc32c_append(crc, rest);
+    head[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// What lies at one offset of a segment.

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::format::KIND_SEGMENT_END;
 use crate::format::{
     Decoded, RECORD_ALIGN, RECORD_HEADER_BYTES, Record, SEGMENT_HEADER_BYTES, SegmentHeader,
-    WATERMARK_BYTES, WATERMARK_OFFSET, Watermark, decode_record, encode_record,
+    WATERMARK_BYTES, WATERMARK_OFFSET, Watermark, decode_record, encode_head, encode_record,
     encode_record_split, record_bytes,
 };
 
@@ -151,7 +151,13 @@ pub struct Wal<B: Backend> {
     /// Released segment files kept for reuse, by their old numbers: a new segment made from
     /// one needs no zeros (docs/wal-format.md, "Recycling").
     spares: Vec<u64>,
+    /// A large record's header and small payload, encoded (reused).
+    head: Vec<u8>,
 }
+
+/// A record whose second payload part is at least this large is written from its parts
+/// ([`Segment::write_parts`]) rather than gathered with the records around it.
+const WRITE_IN_PARTS_BYTES: usize = 64 << 10;
 
 /// Mapped bytes of the tail segment kept behind its durable point (recent batches are read
 /// again soon: applied, sent to learners); older ones are unmapped as the tail advances.
@@ -203,6 +209,7 @@ impl<B: Backend> Wal<B> {
             poisoned: false,
             prepared: None,
             spares: Vec::new(),
+            head: Vec::new(),
         };
         wal.spares = wal.backend.spares()?;
         wal.spares.sort_unstable();
@@ -496,8 +503,18 @@ impl<B: Backend> Wal<B> {
         let offset = self.tail_offset;
         let generation = self.generation;
         let (number, segment) = self.segments.back_mut().expect("a log has a segment");
-        encode_record_split(record, rest, generation, *number, segment.bytes_mut(offset, size));
-        segment.wrote(offset, size);
+        if rest.len() >= WRITE_IN_PARTS_BYTES {
+            // A large batch goes to the file from where it is, not copied next to its head.
+            let head = &mut self.head;
+            head.resize(RECORD_HEADER_BYTES + record.payload.len(), 0);
+            encode_head(record, rest, generation, *number, head);
+            let padding = size - head.len() - rest.len();
+            segment.write_parts(offset, &[head, rest, &[0; RECORD_ALIGN][..padding]]);
+        } else {
+            let out = segment.bytes_mut(offset, size);
+            encode_record_split(record, rest, generation, *number, out);
+            segment.wrote(offset, size);
+        }
         self.tail_offset += size;
         Ok(position)
     }

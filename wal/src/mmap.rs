@@ -107,6 +107,28 @@ const FLUSH_BYTES: usize = 1 << 20;
 /// The page size writes are padded to.
 const PAGE_BYTES: usize = 4096;
 
+static ZERO_PAGE: [u8; PAGE_BYTES] = [0; PAGE_BYTES];
+
+/// `pwritev` until every slice is written.
+fn write_all_vectored_at(
+    file: &File,
+    mut slices: &mut [std::io::IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        match rustix::io::pwritev(file, slices, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                offset += written as u64;
+                std::io::IoSlice::advance_slices(&mut slices, written);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
 impl Staging {
     /// Writes the declared bytes, padded with zeros to the end of their last page when
     /// nothing is staged after them: a write that ends mid-page makes the kernel read the
@@ -197,6 +219,28 @@ impl Segment for MmapSegment {
         }
         if staging.used >= FLUSH_BYTES {
             staging.flush(&self.file, self.map.len());
+        }
+    }
+
+    fn write_parts(&mut self, offset: usize, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        let segment_bytes = self.map.len();
+        assert!(offset + len <= segment_bytes, "write past the segment end");
+        let staging = self.staging.get_mut();
+        // What is staged lies before `offset`: it goes out first, so writes stay in order.
+        staging.flush(&self.file, segment_bytes);
+        staging.offset = offset + len;
+        // Padded to the end of the last page, as `Staging::write_declared` does and why.
+        let end = offset + len;
+        let padding = end.next_multiple_of(PAGE_BYTES).min(segment_bytes) - end;
+        let mut slices: Vec<std::io::IoSlice<'_>> = parts
+            .iter()
+            .chain(std::iter::once(&&ZERO_PAGE[..padding]))
+            .filter(|part| !part.is_empty())
+            .map(|part| std::io::IoSlice::new(part))
+            .collect();
+        if let Err(error) = write_all_vectored_at(&self.file, &mut slices, offset as u64) {
+            staging.error.get_or_insert(error);
         }
     }
 
