@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::{ClientError, FRAME_BYTES_MAX, Response, Shared, handshake};
 use crate::core::{BatchBuilder, NodeId, RequestId};
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus};
-use crate::transport::framing::{encode_into, read_frame};
+use crate::transport::framing::{Outgoing, read_frame};
 
 /// Pause before re-sending requests a busy leader turned away.
 const BUSY_PAUSE: Duration = Duration::from_millis(2);
@@ -65,7 +65,7 @@ pub(super) struct Lane {
 }
 
 /// An encoded frame and the connection it is for.
-type Outgoing = Option<(Arc<TcpStream>, Vec<u8>)>;
+type ToWrite = Option<(Arc<TcpStream>, Outgoing)>;
 
 impl Lane {
     pub(super) fn start(shared: Arc<Shared>, shard: u16) -> Arc<Lane> {
@@ -99,7 +99,7 @@ impl Lane {
 
     /// Encodes requests for the current connection; without one they wait for the next.
     /// Write the result with [`Lane::write_out`] after releasing the state lock.
-    fn send(&self, state: &mut LaneState, sequences: impl Iterator<Item = u64>) -> Outgoing {
+    fn send(&self, state: &mut LaneState, sequences: impl Iterator<Item = u64>) -> ToWrite {
         let writer = state.writer.clone()?;
         let mut builder = BatchBuilder::new(usize::MAX);
         for sequence in sequences {
@@ -112,16 +112,16 @@ impl Lane {
             return None;
         }
         let frame = self.frame(Body::Requests(builder.take()));
-        let mut bytes = Vec::new();
-        encode_into(&mut state.encoder, &frame, &mut bytes);
-        Some((writer, bytes))
+        let mut out = Outgoing::default();
+        out.push(&mut state.encoder, &frame);
+        Some((writer, out))
     }
 
     /// Writes what [`Lane::send`] encoded.
-    fn write_out(&self, outgoing: Outgoing) {
-        let Some((writer, bytes)) = outgoing else { return };
+    fn write_out(&self, to_write: ToWrite) {
+        let Some((writer, out)) = to_write else { return };
         let _writing = self.write_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if (&*writer).write_all(&bytes).is_err() {
+        if out.slices().try_for_each(|slice| (&*writer).write_all(slice)).is_err() {
             // The reader sees the broken connection and reconnects; the requests stay
             // outstanding and go again then (a retry is safe: same request ids).
             let _ = writer.shutdown(Shutdown::Both);
