@@ -5,7 +5,7 @@
 //! applied twice (protocol.md, I9). The table is itself replicated state: every replica builds
 //! the same one from the same log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use crate::core::{BatchReader, MalformedBatch, RequestId};
 use crate::snapshot::{ImageReader, SnapshotError, put_field};
@@ -73,17 +73,51 @@ pub enum Outcome<R> {
     Expired,
 }
 
-/// The replies a client's recent requests got, by sequence number.
-#[derive(Debug, Default)]
+/// The replies a client's recent requests got, by sequence number, oldest first. A client
+/// numbers its requests in order, so a new reply almost always goes at the back: a sorted ring
+/// makes that, the eviction of the oldest and the look-up of a retry cheap.
+#[derive(Debug)]
 struct Session<R> {
-    replies: BTreeMap<u64, R>,
+    replies: VecDeque<(u64, R)>,
+}
+
+impl<R> Session<R> {
+    fn new() -> Session<R> {
+        Session { replies: VecDeque::new() }
+    }
+
+    fn position(&self, sequence: u64) -> Result<usize, usize> {
+        match self.replies.back() {
+            Some((last, _)) if *last < sequence => Err(self.replies.len()),
+            _ => self.replies.binary_search_by_key(&sequence, |(held, _)| *held),
+        }
+    }
+
+    fn get(&self, sequence: u64) -> Option<&R> {
+        self.position(sequence).ok().map(|at| &self.replies[at].1)
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.replies.front().map(|(sequence, _)| *sequence)
+    }
+
+    /// Keeps `reply` for `sequence` (not held yet), then the newest `window` replies.
+    fn insert(&mut self, sequence: u64, reply: R, window: usize) {
+        match self.position(sequence) {
+            Ok(at) => self.replies[at].1 = reply,
+            Err(at) => self.replies.insert(at, (sequence, reply)),
+        }
+        while self.replies.len() > window {
+            self.replies.pop_front();
+        }
+    }
 }
 
 /// Applies committed batches to a state machine exactly once per request id.
 #[derive(Debug)]
 pub struct Applier<S: StateMachine> {
     machine: S,
-    sessions: HashMap<u64, Session<S::Reply>>,
+    sessions: HashMap<u64, Session<S::Reply>, foldhash::fast::RandomState>,
     session_window: usize,
     applied_commands: u64,
 }
@@ -92,7 +126,7 @@ impl<S: StateMachine> Applier<S> {
     /// An applier remembering the last `session_window` replies of each client.
     pub fn new(machine: S, session_window: usize) -> Applier<S> {
         assert!(session_window > 0, "session window must hold at least one reply");
-        Applier { machine, sessions: HashMap::new(), session_window, applied_commands: 0 }
+        Applier { machine, sessions: HashMap::default(), session_window, applied_commands: 0 }
     }
 
     /// The state machine.
@@ -140,21 +174,18 @@ impl<S: StateMachine> Applier<S> {
         let mut reader = ImageReader::new(image);
         let applied_commands = reader.u64()?;
         let clients = reader.u64()?;
-        let mut sessions = HashMap::new();
+        let mut sessions = HashMap::default();
         for _ in 0..clients {
             let client = reader.u64()?;
             let count = reader.u64()?;
-            let mut replies = BTreeMap::new();
+            let mut session = Session::new();
             for _ in 0..count {
                 let sequence = reader.u64()?;
                 let reply = S::decode_reply(reader.field()?)
                     .ok_or(SnapshotError::Image("a session's reply does not decode"))?;
-                replies.insert(sequence, reply);
+                session.insert(sequence, reply, session_window);
             }
-            while replies.len() > session_window {
-                replies.pop_first();
-            }
-            sessions.insert(client, Session { replies });
+            sessions.insert(client, session);
         }
         let machine = S::restore(reader.rest())?;
         let mut applier = Applier::new(machine, session_window);
@@ -183,21 +214,17 @@ impl<S: StateMachine> Applier<S> {
 
     fn apply_one(&mut self, id: RequestId, payload: &[u8]) -> Outcome<S::Reply> {
         let window = self.session_window;
-        let session =
-            self.sessions.entry(id.client).or_insert_with(|| Session { replies: BTreeMap::new() });
-        if let Some(reply) = session.replies.get(&id.sequence) {
+        let session = self.sessions.entry(id.client).or_insert_with(Session::new);
+        if let Some(reply) = session.get(id.sequence) {
             return Outcome::Duplicate(reply.clone());
         }
-        let oldest = session.replies.first_key_value().map(|(sequence, _)| *sequence);
+        let oldest = session.oldest();
         if session.replies.len() == window && oldest.is_some_and(|oldest| id.sequence < oldest) {
             return Outcome::Expired;
         }
         let reply = self.machine.apply(payload);
         self.applied_commands += 1;
-        session.replies.insert(id.sequence, reply.clone());
-        if session.replies.len() > window {
-            session.replies.pop_first();
-        }
+        session.insert(id.sequence, reply.clone(), window);
         Outcome::Applied(reply)
     }
 }
@@ -644,6 +671,32 @@ mod tests {
 
     fn id(client: u64, sequence: u64) -> RequestId {
         RequestId { client, sequence }
+    }
+
+    proptest::proptest! {
+        /// The session ring keeps what a map of the newest `window` replies would, whatever
+        /// order the sequences come in.
+        #[test]
+        fn a_session_keeps_the_newest_replies_in_any_order(
+            window in 1usize..6,
+            sequences in proptest::collection::vec(0u64..20, 0..40),
+        ) {
+            let mut session = Session::new();
+            let mut model = std::collections::BTreeMap::new();
+            for (step, sequence) in sequences.into_iter().enumerate() {
+                session.insert(sequence, step, window);
+                model.insert(sequence, step);
+                while model.len() > window {
+                    model.pop_first();
+                }
+                let held: Vec<(u64, usize)> = session.replies.iter().copied().collect();
+                let expected: Vec<(u64, usize)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                proptest::prop_assert_eq!(held, expected);
+                for probe in 0..20 {
+                    proptest::prop_assert_eq!(session.get(probe), model.get(&probe));
+                }
+            }
+        }
     }
 
     #[test]
