@@ -20,7 +20,7 @@ use crate::core::{
 };
 use crate::core::{Ballot, ClusterId};
 use crate::log_record;
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotHeader};
+use crate::snapshot::{Piece, Snapshot, SnapshotError, SnapshotHeader};
 use crate::state_machine::{Applier, Outcome, StateMachine};
 use crate::total_order::Committed;
 
@@ -153,6 +153,10 @@ fn decode_promise(bytes: &[u8]) -> Result<Ballot, ShardError> {
 /// what is queued for it, as it does from memory).
 pub const ARCHIVE_READ_BYTES_MAX: usize = 16 << 20;
 
+/// A snapshot goes to a peer in pieces of at most this many bytes by default (one frame each,
+/// well under the frame limit), each pulled by the receiver once it has the one before.
+pub const SNAPSHOT_PIECE_BYTES: usize = 4 << 20;
+
 /// The longest stretch: a read of compacted slots scans at most this much before them (with
 /// every record's checksum checked), and the index costs 16 bytes per stretch of log.
 const STRETCH_BYTES_MAX: u64 = 64 << 10;
@@ -264,6 +268,34 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// See [`ReplicaLog::read_snapshot`].
     pub fn snapshot(&self) -> Result<Option<Snapshot>, ShardError> {
         Self::read_snapshot(self.wal.backend(), self.owner)
+    }
+
+    /// The piece `offset..offset + piece_bytes` of the durable snapshot, as a message, if there
+    /// is one and it is the snapshot at `slot` (any, with `None`).
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn snapshot_piece(
+        &self,
+        slot: Option<Slot>,
+        offset: u64,
+        piece_bytes: usize,
+        commit_index: Slot,
+    ) -> Result<Option<Message>, ShardError> {
+        let name = crate::snapshot::FILE_NAME;
+        let head = crate::snapshot::HEADER_BYTES;
+        let Some(range) = self.wal.backend().read_file_range(name, head, offset, piece_bytes)?
+        else {
+            return Ok(None);
+        };
+        let Some(held) = crate::snapshot::slot_in_header(&range.head) else {
+            return Ok(None); // Damaged: a restart would refuse it too.
+        };
+        if slot.is_some_and(|slot| slot != held) || offset >= range.total {
+            return Ok(None); // Replaced by a newer one: the reader asks again from 0.
+        }
+        let bytes = Bytes::from(range.bytes);
+        Ok(Some(Message::Snapshot { slot: held, offset, total: range.total, bytes, commit_index }))
     }
 
     /// A peer's snapshot, checked and ahead of the replica, is made durable next to the log
@@ -385,10 +417,11 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         Ok(scratch.runs_from(from_slot, chosen_end, usize::MAX).0)
     }
 
-    /// What `Action::SendArchived` sends: below the floor, the snapshot; then the committed
-    /// runs of `from_slot..end_slot` (from the snapshot's slot, if it was sent) as `Chosen`
-    /// messages of at most `runs_max` runs, read in parts of at most `bytes_max` bytes of
-    /// records. Stops early where the log cannot tell yet (the reader asks again).
+    /// What `Action::SendArchived` sends: below the floor, the snapshot's first piece of at
+    /// most `piece_bytes` (the reader pulls the others); then, if that was the whole snapshot,
+    /// the committed runs of `from_slot..end_slot` (from the snapshot's slot, if it was sent)
+    /// as `Chosen` messages of at most `runs_max` runs, read in parts of at most `bytes_max`
+    /// bytes of records. Stops early where the log cannot tell yet (the reader asks again).
     ///
     /// # Errors
     /// See [`ReplicaLog::archived_runs`].
@@ -398,15 +431,22 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         end_slot: Slot,
         commit_index: Slot,
         runs_max: usize,
-        bytes_max: usize,
+        (bytes_max, piece_bytes): (usize, usize),
     ) -> Result<Vec<Message>, ShardError> {
         let mut messages = Vec::new();
         if from_slot < self.floor {
-            let Some(snapshot) = self.snapshot()? else {
+            let Some(piece) = self.snapshot_piece(None, 0, piece_bytes, commit_index)? else {
                 unreachable!("a floor is only raised by a durable snapshot");
             };
-            from_slot = snapshot.header.slot;
-            messages.push(Message::Snapshot { bytes: snapshot.bytes, commit_index });
+            let Message::Snapshot { slot, total, ref bytes, .. } = piece else {
+                unreachable!("a snapshot piece")
+            };
+            let whole = bytes.len() as u64 == total;
+            from_slot = slot;
+            messages.push(piece);
+            if !whole {
+                return Ok(messages);
+            }
         }
         while from_slot < end_slot {
             let runs = self.archived_runs(from_slot, end_slot, bytes_max)?;
@@ -572,10 +612,12 @@ pub struct ShardSettings {
     /// 0: never (the log keeps everything). Only with [`ApplyTo::Shard`]: with forwarding the
     /// state lives elsewhere.
     pub snapshot_every_bytes: u64,
-    /// The largest snapshot that may stand for a released prefix: one that peers can be
-    /// sent in one message. A larger one is taken (restarts use it) but the log keeps its
-    /// prefix.
+    /// The largest snapshot that may stand for a released prefix, and that this shard
+    /// assembles from a peer's pieces (in memory). A larger one is taken (restarts use it)
+    /// but the log keeps its prefix.
     pub snapshot_bytes_max: usize,
+    /// A snapshot is sent in pieces of at most this many bytes, each pulled by the receiver.
+    pub snapshot_piece_bytes: usize,
 }
 
 impl ShardSettings {
@@ -587,7 +629,8 @@ impl ShardSettings {
             apply: ApplyTo::Shard,
             shard: 0,
             snapshot_every_bytes: 0,
-            snapshot_bytes_max: usize::MAX,
+            snapshot_bytes_max: 1 << 30,
+            snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES,
         }
     }
 }
@@ -634,6 +677,8 @@ struct Snapshots {
     taken: u64,
     installed: u64,
     released_bytes: u64,
+    /// A peer's snapshot arriving in pieces.
+    arriving: crate::snapshot::Assembly,
 }
 
 /// What a shard did with snapshots since it started.
@@ -797,13 +842,13 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         &mut self,
         envelope: Envelope,
     ) -> Result<Result<(), RefusedMessage>, ShardError> {
-        if let Message::Snapshot { bytes, commit_index } = envelope.message {
+        if let Message::Snapshot { .. } | Message::SnapshotPull { .. } = envelope.message {
             let cluster_id = self.replica.config().cluster_id;
             if envelope.cluster_id != cluster_id {
                 let (got, expected) = (envelope.cluster_id.0, cluster_id.0);
                 return Ok(Err(RefusedMessage::WrongCluster { got, expected }));
             }
-            self.install(bytes, commit_index)?;
+            self.on_snapshot_message(envelope.from, envelope.message)?;
             return Ok(Ok(()));
         }
         let refused = self.replica.on_message(envelope);
@@ -918,15 +963,18 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         self.log.floor()
     }
 
-    /// The newest durable snapshot's encoding, read from its file, if there is one.
+    /// The first piece of the newest durable snapshot, if there is one (a tail below the
+    /// floor learns from it where the log resumes).
     ///
     /// # Errors
     /// The file cannot be read.
-    pub fn snapshot_bytes(&self) -> Result<Option<Bytes>, ShardError> {
+    pub fn snapshot_first_piece(&self) -> Result<Option<Message>, ShardError> {
         if self.snapshots.current.is_none() {
             return Ok(None);
         }
-        Ok(self.log.snapshot()?.map(|snapshot| snapshot.bytes))
+        let (piece_bytes, commit) =
+            (self.settings.snapshot_piece_bytes, self.replica.commit_index());
+        self.log.snapshot_piece(None, 0, piece_bytes, commit)
     }
 
     /// What this shard did with snapshots.
@@ -1002,6 +1050,37 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         Ok(())
     }
 
+    /// A piece of a peer's snapshot (put together, then installed, pulling each next piece),
+    /// or a peer's pull of the next piece of this one.
+    fn on_snapshot_message(&mut self, from: NodeId, message: Message) -> Result<(), ShardError> {
+        match message {
+            Message::Snapshot { slot, offset, total, bytes, commit_index } => {
+                if slot <= self.replica.commit_index() || self.committer.forwarded.is_some() {
+                    return Ok(()); // Nothing to gain (see `install`).
+                }
+                let max = self.settings.snapshot_bytes_max as u64;
+                match self.snapshots.arriving.take(slot, offset, total, bytes, max) {
+                    Piece::Whole(bytes) => self.install(bytes, commit_index)?,
+                    Piece::Pull(slot, offset) => {
+                        self.outbox.push((from, Message::SnapshotPull { slot, offset }));
+                    }
+                    Piece::Ignored => {}
+                }
+            }
+            Message::SnapshotPull { slot, offset } => {
+                let (piece_bytes, commit) =
+                    (self.settings.snapshot_piece_bytes, self.replica.commit_index());
+                if let Some(piece) =
+                    self.log.snapshot_piece(Some(slot), offset, piece_bytes, commit)?
+                {
+                    self.outbox.push((from, piece));
+                }
+            }
+            _ => unreachable!("only snapshot messages come here"),
+        }
+        Ok(())
+    }
+
     /// A peer's snapshot: checked, made durable here, then the state machine and the replica
     /// go on from it. Blocks on its write (rare: a replica this far behind). Nothing changes if
     /// it is refused or not ahead of this replica.
@@ -1068,7 +1147,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                         end_slot,
                         commit_index,
                         runs_max,
-                        ARCHIVE_READ_BYTES_MAX,
+                        (ARCHIVE_READ_BYTES_MAX, self.settings.snapshot_piece_bytes),
                     )?;
                     self.outbox.extend(messages.into_iter().map(|message| (to, message)));
                 }

@@ -157,6 +157,103 @@ impl Snapshot {
     }
 }
 
+/// The slot a snapshot's first bytes name, if they start a snapshot of a known version (the
+/// rest is checked when the whole arrives: [`Snapshot::decode`]).
+#[must_use]
+pub fn slot_in_header(head: &[u8]) -> Option<Slot> {
+    let head: &[u8; HEADER_BYTES] = head.get(..HEADER_BYTES)?.try_into().ok()?;
+    let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8"));
+    let version = u32::from_le_bytes(head[8..12].try_into().expect("4"));
+    (u64_at(0) == MAGIC && version == VERSION).then(|| Slot(u64_at(24)))
+}
+
+/// A snapshot arriving in pieces ([`crate::core::Message::Snapshot`]), in order: one at a time,
+/// each next one pulled by the receiver, so a snapshot of any size crosses the network in
+/// frames of bounded size and never floods a connection's queue.
+#[derive(Debug, Default)]
+pub struct Assembly {
+    /// The snapshot being put together: its slot, length and the bytes so far.
+    partial: Option<(Slot, u64, Vec<u8>)>,
+    /// A piece was added since another snapshot's first piece was last turned down.
+    progressed: bool,
+}
+
+/// What a piece of a snapshot leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// The snapshot is whole (not checked yet).
+    Whole(Bytes),
+    /// Ask the sender for the bytes from this offset of the snapshot at this slot.
+    Pull(Slot, u64),
+    /// Nothing: a piece already held, out of order, or of a snapshot too large to take.
+    Ignored,
+}
+
+impl Assembly {
+    /// Takes the piece `offset..offset + bytes.len()` of the `total`-byte snapshot at `slot`.
+    /// A first piece of the one being assembled (its sender was asked again) resumes where it
+    /// stands. A first piece of another replaces it if newer, or if no piece came since the
+    /// last one turned down (its sender stopped: crashed, or its snapshot replaced); otherwise
+    /// it is turned down, so two senders never take turns starting over. Snapshots over
+    /// `total_max` bytes are ignored.
+    pub fn take(
+        &mut self,
+        slot: Slot,
+        offset: u64,
+        total: u64,
+        bytes: Bytes,
+        total_max: u64,
+    ) -> Piece {
+        let end = offset.saturating_add(bytes.len() as u64);
+        if total > total_max || end > total {
+            return Piece::Ignored;
+        }
+        match &mut self.partial {
+            Some((held_slot, held_total, held)) if *held_slot == slot && *held_total == total => {
+                if offset != held.len() as u64 {
+                    // A first piece again (the sender was asked again): go on from here.
+                    return if offset == 0 {
+                        Piece::Pull(slot, held.len() as u64)
+                    } else {
+                        Piece::Ignored
+                    };
+                }
+                held.extend_from_slice(&bytes);
+                self.progressed = true;
+            }
+            Some((held_slot, ..)) if offset == 0 && slot <= *held_slot && self.progressed => {
+                self.progressed = false;
+                return Piece::Ignored;
+            }
+            _ if offset == 0 => {
+                if end == total {
+                    self.partial = None;
+                    return Piece::Whole(bytes);
+                }
+                let capacity = usize::try_from(total).unwrap_or(usize::MAX);
+                let mut held = Vec::with_capacity(capacity);
+                held.extend_from_slice(&bytes);
+                self.partial = Some((slot, total, held));
+                self.progressed = true;
+            }
+            _ => return Piece::Ignored,
+        }
+        let Some((_, total, held)) = &self.partial else { unreachable!("held above") };
+        if held.len() as u64 == *total {
+            let (_, _, held) = self.partial.take().expect("held");
+            Piece::Whole(Bytes::from(held))
+        } else {
+            Piece::Pull(slot, held.len() as u64)
+        }
+    }
+
+    /// Bytes held for a snapshot not yet whole.
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.partial.as_ref().map_or(0, |(_, _, held)| held.len())
+    }
+}
+
 /// Reads the fields of an image in order; every read checks the length first.
 #[derive(Debug)]
 pub struct ImageReader<'a> {
@@ -219,6 +316,74 @@ pub fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pieces(bytes: &[u8], size: usize) -> Vec<(u64, Bytes)> {
+        bytes
+            .chunks(size)
+            .enumerate()
+            .map(|(i, piece)| ((i * size) as u64, Bytes::copy_from_slice(piece)))
+            .collect()
+    }
+
+    #[test]
+    fn pieces_in_order_make_the_whole_and_each_pulls_the_next() {
+        let whole: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let mut assembly = Assembly::default();
+        let parts = pieces(&whole, 300);
+        for (offset, piece) in &parts[..3] {
+            let next = offset + piece.len() as u64;
+            assert_eq!(
+                assembly.take(Slot(9), *offset, 1000, piece.clone(), 1 << 20),
+                Piece::Pull(Slot(9), next)
+            );
+        }
+        // A duplicate, a piece from the future and a first piece of the same snapshot (its
+        // sender asked again) do not disturb it; the last resumes where it stands.
+        assert_eq!(assembly.take(Slot(9), 300, 1000, parts[1].1.clone(), 1 << 20), Piece::Ignored);
+        assert_eq!(
+            assembly.take(Slot(9), 0, 1000, parts[0].1.clone(), 1 << 20),
+            Piece::Pull(Slot(9), 900)
+        );
+        assert_eq!(assembly.held_bytes(), 900);
+        assert_eq!(
+            assembly.take(Slot(9), 900, 1000, parts[3].1.clone(), 1 << 20),
+            Piece::Whole(Bytes::from(whole))
+        );
+        assert_eq!(assembly.held_bytes(), 0);
+    }
+
+    #[test]
+    fn another_snapshot_replaces_one_only_if_newer_or_stalled() {
+        let mut assembly = Assembly::default();
+        let piece = |byte: u8| Bytes::from(vec![byte; 10]);
+        assert_eq!(assembly.take(Slot(5), 0, 30, piece(1), 100), Piece::Pull(Slot(5), 10));
+        // An older one's first piece is turned down while this one progresses...
+        assert_eq!(assembly.take(Slot(4), 0, 30, piece(2), 100), Piece::Ignored);
+        assert_eq!(assembly.take(Slot(5), 10, 30, piece(1), 100), Piece::Pull(Slot(5), 20));
+        assert_eq!(assembly.take(Slot(4), 0, 30, piece(2), 100), Piece::Ignored);
+        // ...and taken once nothing came in between (this one's sender stopped).
+        assert_eq!(assembly.take(Slot(4), 0, 30, piece(2), 100), Piece::Pull(Slot(4), 10));
+        // A newer one replaces it at once.
+        assert_eq!(assembly.take(Slot(6), 0, 30, piece(3), 100), Piece::Pull(Slot(6), 10));
+        assert_eq!(assembly.take(Slot(4), 10, 30, piece(2), 100), Piece::Ignored);
+        // Too large, or a piece past its length: ignored. A one-piece snapshot is whole at once.
+        assert_eq!(assembly.take(Slot(7), 0, 101, piece(4), 100), Piece::Ignored);
+        assert_eq!(assembly.take(Slot(7), 25, 30, piece(4), 100), Piece::Ignored);
+        assert_eq!(assembly.take(Slot(8), 0, 10, piece(5), 100), Piece::Whole(piece(5)));
+    }
+
+    #[test]
+    fn the_slot_is_read_from_a_header_of_a_known_version() {
+        let snapshot = Snapshot::encode(
+            SnapshotHeader { cluster_id: ClusterId(1), shard: 0, slot: Slot(77) },
+            b"body",
+        );
+        assert_eq!(slot_in_header(&snapshot.bytes[..HEADER_BYTES]), Some(Slot(77)));
+        assert_eq!(slot_in_header(&snapshot.bytes[..HEADER_BYTES - 1]), None);
+        let mut other = snapshot.bytes.to_vec();
+        other[8] = 9;
+        assert_eq!(slot_in_header(&other), None);
+    }
 
     fn header() -> SnapshotHeader {
         SnapshotHeader { cluster_id: ClusterId(7), shard: 2, slot: Slot(1234) }

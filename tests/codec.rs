@@ -71,8 +71,20 @@ fn message() -> impl Strategy<Value = Message> {
         ballot().prop_map(|ballot| Message::HeartbeatAck { ballot }),
         slot.clone().prop_map(|from_slot| Message::CatchUpRequest { from_slot }),
         slot.clone().prop_map(|from_slot| Message::Subscribe { from_slot }),
-        (prop::collection::vec(run(), 0..6), slot)
+        (prop::collection::vec(run(), 0..6), slot.clone())
             .prop_map(|(runs, commit_index)| Message::Chosen { runs, commit_index }),
+        (
+            slot.clone(),
+            0u64..1 << 40,
+            prop::collection::vec(any::<u8>(), 0..300),
+            0u64..1 << 20,
+            slot.clone()
+        )
+            .prop_map(|(slot, offset, bytes, after, commit_index)| {
+                let total = offset + bytes.len() as u64 + after;
+                Message::Snapshot { slot, offset, total, bytes: Bytes::from(bytes), commit_index }
+            }),
+        (slot, any::<u64>()).prop_map(|(slot, offset)| Message::SnapshotPull { slot, offset }),
     ]
 }
 
@@ -243,6 +255,31 @@ fn queued_frames_write_the_same_bytes_and_share_large_batches() {
     out.clear();
     assert!(out.is_empty());
     assert_eq!(out.slices().count(), 0);
+}
+
+#[test]
+fn a_snapshot_piece_past_its_snapshots_length_is_refused() {
+    let piece = |offset: u64, total: u64| Frame {
+        cluster_id: ClusterId(7),
+        from: NodeId(1),
+        shard: 0,
+        body: Body::Peer(Message::Snapshot {
+            slot: Slot(5),
+            offset,
+            total,
+            bytes: Bytes::from(vec![1u8; 100]),
+            commit_index: Slot(9),
+        }),
+    };
+    let decode_piece =
+        |frame: &Frame| decode(&after_prefix(&Encoder::default().encode_to_vec(frame)));
+    assert!(decode_piece(&piece(900, 1000)).is_ok());
+    for (offset, total) in [(901, 1000), (0, 99), (u64::MAX - 50, u64::MAX)] {
+        assert!(
+            matches!(decode_piece(&piece(offset, total)), Err(FrameError::Invalid(_))),
+            "{offset}+100 of {total}"
+        );
+    }
 }
 
 #[test]

@@ -131,8 +131,15 @@ impl Cluster {
     }
 }
 
+/// Snapshots sent in pieces this small, so that every install here takes several.
+const PIECE_BYTES: usize = 1000;
+
 fn snapshot_settings(every_bytes: u64) -> ShardSettings {
-    ShardSettings { snapshot_every_bytes: every_bytes, ..ShardSettings::new(64) }
+    ShardSettings {
+        snapshot_every_bytes: every_bytes,
+        snapshot_piece_bytes: PIECE_BYTES,
+        ..ShardSettings::new(64)
+    }
 }
 
 fn open_snapshotting(node: u16, disk: &SimBackend, every_bytes: u64) -> Shard<SimBackend, KvStore> {
@@ -164,7 +171,9 @@ fn snapshots_release_the_log_and_a_replica_behind_them_installs_one() {
     let first = leader_shard.wal().first_position();
     assert!(first > 2 * 64 * 1024, "the leader's log was released up to {first}");
     assert!(stats.current.unwrap().0 > stopped_at);
-    // It comes back: what it lacks is in no one's log any more, so it is sent a snapshot.
+    assert!(stats.current.unwrap().1 > 4 * PIECE_BYTES, "sent in several pieces: {stats:?}");
+    // It comes back: what it lacks is in no one's log any more, so it is sent a snapshot, in
+    // pieces it pulls one by one.
     cluster.shards[victim] =
         Some(open_snapshotting(victim as u16 + 1, &cluster.disks[victim], 16 * 1024));
     for _ in 0..200 {

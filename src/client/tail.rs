@@ -216,14 +216,9 @@ impl Subscription {
                     }
                     continue;
                 }
-                Ok(Frame {
-                    body: Body::Peer(Message::Snapshot { bytes, .. }), cluster_id, ..
-                }) => match crate::snapshot::Snapshot::decode(bytes, cluster_id, self.shard) {
-                    Ok(snapshot) => {
-                        ClientError::Compacted { shard: self.shard, slot: snapshot.header.slot }
-                    }
-                    Err(error) => ClientError::BadReply(error.to_string()),
-                },
+                Ok(Frame { body: Body::Peer(Message::Snapshot { slot, .. }), .. }) => {
+                    ClientError::Compacted { shard: self.shard, slot }
+                }
                 Ok(frame) => ClientError::BadReply(format!(
                     "shard {} sent a {} frame to a subscription",
                     self.shard,

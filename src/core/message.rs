@@ -124,14 +124,29 @@ pub enum Message {
         /// The first slot the sender lacks.
         from_slot: Slot,
     },
-    /// The sender's snapshot (its encoding, `crate::snapshot`): every slot below its slot is
-    /// applied in it. Sent instead of committed runs its WAL no longer holds; handled by the
-    /// shard around the replica, which checks and installs it (`Replica::install_snapshot`).
+    /// A piece of the sender's snapshot (its encoding, `crate::snapshot`): every slot below
+    /// `slot` is applied in it. Sent instead of committed runs its WAL no longer holds, in
+    /// pieces of bounded size, the first unasked, each next one when the receiver pulls it
+    /// ([`Message::SnapshotPull`]). Handled by the shard around the replica, which assembles,
+    /// checks and installs it (`Replica::install_snapshot`).
     Snapshot {
-        /// The encoded snapshot.
+        /// The snapshot's slot.
+        slot: Slot,
+        /// Where in the encoding `bytes` starts.
+        offset: u64,
+        /// The whole encoding's length.
+        total: u64,
+        /// `offset..offset + bytes.len()` of the encoding.
         bytes: Bytes,
         /// The sender's commit position.
         commit_index: Slot,
+    },
+    /// The receiver of a snapshot asks for its piece from `offset` on.
+    SnapshotPull {
+        /// The snapshot's slot.
+        slot: Slot,
+        /// The first byte missing.
+        offset: u64,
     },
     /// Chosen values, in slot order without gaps, from the first run's slot.
     Chosen {
@@ -160,6 +175,7 @@ impl Message {
             Message::Subscribe { .. } => "subscribe",
             Message::Chosen { .. } => "chosen",
             Message::Snapshot { .. } => "snapshot",
+            Message::SnapshotPull { .. } => "snapshot-pull",
         }
     }
 }

@@ -599,7 +599,7 @@ impl Replica {
             Message::Chosen { runs, commit_index } => self.on_chosen(runs, commit_index),
             // The shard around the replica checks and installs snapshots (it holds the state
             // machine); it calls `install_snapshot` and never hands one in here.
-            Message::Snapshot { .. } => {}
+            Message::Snapshot { .. } | Message::SnapshotPull { .. } => {}
             // Learners never vote (I7): probes, prepares and accepts to them are dropped.
             Message::Probe { .. } | Message::Prepare { .. } | Message::Accept { .. } => {}
         }

@@ -405,8 +405,8 @@ impl Host {
                 if from_slot < floor {
                     // Released from the WAL: the reader is told where the log resumes (the
                     // snapshot, which a client may install), and the feed ends.
-                    if let Some(bytes) = self.shard.snapshot_bytes()? {
-                        let body = Body::Peer(Message::Snapshot { bytes, commit_index: commit });
+                    if let Some(piece) = self.shard.snapshot_first_piece()? {
+                        let body = Body::Peer(piece);
                         let frame = Frame { cluster_id, from: me, shard: self.index, body };
                         link.link.out.push(&mut self.encoder, &frame);
                     }

@@ -20,11 +20,16 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use quorum_wal::{MmapBackend, Options};
 
 use crate::node_config::{ApplyMode, NodeConfig};
-use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings};
+use crate::shard::{ApplyTo, SNAPSHOT_PIECE_BYTES, Shard, ShardError, ShardSettings};
 use crate::state_machine::KvStore;
 
 /// Replies remembered per client for deduplicating retries.
 pub const SESSION_WINDOW: usize = 4096;
+
+/// The largest snapshot a shard releases its WAL for, and assembles from a peer's pieces (in
+/// memory, while it arrives); a larger state is still snapshotted (restarts use it) but its
+/// log is kept.
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
 
 /// What the shards of a node share: whether to stop, whether one failed, and each shard's
 /// commit position (so an idle shard's leader knows how far to skip).
@@ -271,8 +276,9 @@ fn open_shard(
         apply: if forward { ApplyTo::Forward } else { ApplyTo::Shard },
         shard,
         snapshot_every_bytes: config.snapshot_every_bytes,
-        // Sent to peers in one frame, with room for the frame's header.
-        snapshot_bytes_max: config.frame_bytes_max() - (1 << 20),
+        snapshot_bytes_max: SNAPSHOT_BYTES_MAX,
+        // One frame each, with room for the frame's header.
+        snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES.min(config.frame_bytes_max() - (1 << 20)),
     };
     let opened = Shard::open_with(
         config.shard_config(shard),

@@ -138,11 +138,27 @@ impl SimDisk {
         end_slot: Slot,
         commit_index: Slot,
         runs_max: usize,
-        bytes_max: usize,
+        limits: (usize, usize),
     ) -> Vec<Message> {
         self.log()
-            .archived_messages(from_slot, end_slot, commit_index, runs_max, bytes_max)
+            .archived_messages(from_slot, end_slot, commit_index, runs_max, limits)
             .expect("simulated logs read back")
+    }
+
+    /// A piece of the snapshot at `slot` (see [`ReplicaLog::snapshot_piece`]).
+    ///
+    /// # Panics
+    /// If the snapshot cannot be read: simulated files always can.
+    pub fn snapshot_piece(
+        &mut self,
+        slot: Slot,
+        offset: u64,
+        piece_bytes: usize,
+        commit_index: Slot,
+    ) -> Option<Message> {
+        self.log()
+            .snapshot_piece(Some(slot), offset, piece_bytes, commit_index)
+            .expect("simulated files read back")
     }
 
     /// A crash: the synced image stays; each write made since survives with chance

@@ -90,6 +90,10 @@ pub struct Knobs {
     /// Bytes of committed batches a replica keeps in memory (`Config::retain_bytes`):
     /// unbounded, 2 KiB or 16 KiB, so that the byte bound compacts too.
     pub retain_bytes: u64,
+    /// A snapshot goes in pieces of at most this many bytes (`ShardSettings::
+    /// snapshot_piece_bytes`): whole, or 256 B to 4 KiB, so that most transfers take several
+    /// pieces, each pulled, through loss, duplication, reordering and restarts.
+    pub snapshot_piece_bytes: usize,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -138,6 +142,7 @@ impl Knobs {
             snapshot_every_bytes: [0, 0, 8 << 10, 32 << 10, 128 << 10][between(rng, 0, 4) as usize],
             wal_segment_bytes: [24 << 10, 64 << 10][between(rng, 0, 1) as usize],
             retain_bytes: [u64::MAX, 2 << 10, 16 << 10][between(rng, 0, 2) as usize],
+            snapshot_piece_bytes: [1 << 30, 256, 1024, 4096][between(rng, 0, 3) as usize],
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct SnapshotCounts {
     pub restarts: u64,
     /// Received from a peer and installed.
     pub installed: u64,
+    /// Pieces of a peer's snapshot pulled (a transfer of n pieces pulls n - 1).
+    pub pulls: u64,
     /// WAL bytes released behind them.
     pub released_bytes: u64,
 }
@@ -128,6 +130,7 @@ pub fn run_range(
                     summary.snapshots.taken += report.snapshots.taken;
                     summary.snapshots.restarts += report.snapshots.restarts;
                     summary.snapshots.installed += report.snapshots.installed;
+                    summary.snapshots.pulls += report.snapshots.pulls;
                     summary.snapshots.released_bytes += report.snapshots.released_bytes;
                     if report.violation.is_some() {
                         summary.failures.push(report);
@@ -166,7 +169,8 @@ impl Summary {
         format!(
             "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}; \
              compacted slots read from a WAL in {} seeds ({} reads); snapshots taken {}, \
-             restarted from {}, installed from a peer {} (in {} seeds), {} MB of WAL released",
+             restarted from {}, installed from a peer {} (in {} seeds, {} pieces pulled), {} MB of \
+             WAL released",
             self.seeds_with_learners,
             self.seeds_with_relay,
             self.seeds_with_shards,
@@ -177,6 +181,7 @@ impl Summary {
             self.snapshots.restarts,
             self.snapshots.installed,
             self.seeds_with_installs,
+            self.snapshots.pulls,
             self.snapshots.released_bytes / 1_000_000
         )
     }

@@ -15,7 +15,7 @@ use crate::core::{
     RoleKind, Value, Voters,
 };
 use crate::merge::MergedBatch;
-use crate::snapshot::{Snapshot, SnapshotHeader};
+use crate::snapshot::{Assembly, Piece, Snapshot, SnapshotHeader};
 use crate::state_machine::{Applier, KvStore, Outcome, StateMachine as _, shard_for_key};
 use crate::total_order::{Committed, TotalApplier};
 
@@ -77,6 +77,8 @@ struct ShardReplica {
     disk: SimDisk,
     applier: Applier<KvStore>,
     waiting: BTreeMap<RequestId, usize>,
+    /// A peer's snapshot arriving in pieces (in memory: a restart loses it).
+    arriving: Assembly,
 }
 
 struct SimNode {
@@ -260,6 +262,7 @@ impl World {
             disk: SimDisk::new(self.knobs.wal_segment_bytes, (CLUSTER, shard as u16)),
             applier: Applier::new(KvStore::default(), 16),
             waiting: BTreeMap::new(),
+            arriving: Assembly::default(),
         }
     }
 
@@ -299,6 +302,8 @@ impl World {
             self.nodes[node].shards[shard].disk.recover(CLUSTER, shard as u16);
         let mut replica = Replica::recovering(config).expect("simulator configurations are valid");
         let mut applier = Applier::new(KvStore::default(), 16);
+        // Pieces of a peer's snapshot were held in memory only.
+        self.nodes[node].shards[shard].arriving = Assembly::default();
         let mut from_slot = Slot(0);
         if let Some(snapshot) = snapshot {
             // As `Shard::open_with`: the state from the snapshot, then the log from there.
@@ -505,10 +510,35 @@ impl World {
         }
         let id = self.nodes[to].id;
         self.trace(|| format!("n{} s{shard} <- n{} {}", id.0, from.0, describe(&message)));
-        if let Message::Snapshot { bytes, commit_index } = message {
-            self.install_snapshot(to, shard, bytes, commit_index);
-            self.drive(to, shard);
-            return;
+        match message {
+            Message::Snapshot { slot, offset, total, bytes, commit_index } => {
+                // As `Shard::on_snapshot_message`.
+                if slot > self.replica(to, shard).commit_index() {
+                    let arriving = &mut self.nodes[to].shards[shard].arriving;
+                    match arriving.take(slot, offset, total, bytes, u64::MAX) {
+                        Piece::Whole(bytes) => {
+                            self.install_snapshot(to, shard, bytes, commit_index)
+                        }
+                        Piece::Pull(slot, offset) => {
+                            self.snapshots.pulls += 1;
+                            self.net_send(to, from, shard, Message::SnapshotPull { slot, offset });
+                        }
+                        Piece::Ignored => {}
+                    }
+                }
+                self.drive(to, shard);
+                return;
+            }
+            Message::SnapshotPull { slot, offset } => {
+                let (piece_bytes, commit) =
+                    (self.knobs.snapshot_piece_bytes, self.replica(to, shard).commit_index());
+                let disk = &mut self.nodes[to].shards[shard].disk;
+                if let Some(piece) = disk.snapshot_piece(slot, offset, piece_bytes, commit) {
+                    self.net_send(to, from, shard, piece);
+                }
+                return;
+            }
+            _ => {}
         }
         let envelope = Envelope { cluster_id: CLUSTER, from, message };
         self.replica(to, shard).on_message(envelope).expect("simulated peers are cluster members");
@@ -615,14 +645,15 @@ impl World {
                     }
                     Action::SendArchived { to, from_slot, end_slot, commit_index } => {
                         let runs_max = self.replica(node, shard).config().message_runs_max;
-                        let bytes_max = self.knobs.archive_read_bytes_max;
+                        let limits =
+                            (self.knobs.archive_read_bytes_max, self.knobs.snapshot_piece_bytes);
                         let disk = &mut self.nodes[node].shards[shard].disk;
                         let messages = disk.archived_messages(
                             from_slot,
                             end_slot,
                             commit_index,
                             runs_max,
-                            bytes_max,
+                            limits,
                         );
                         self.archived_reads += 1;
                         for message in messages {
@@ -1188,8 +1219,14 @@ fn value_text(value: &Value) -> String {
 /// A one-line description of a message for the trace.
 fn describe(message: &Message) -> String {
     match message {
-        Message::Snapshot { bytes, commit_index } => {
-            format!("snapshot of {} bytes commit {}", bytes.len(), commit_index.0)
+        Message::Snapshot { slot, offset, total, bytes, commit_index } => format!(
+            "snapshot at {} bytes {offset}+{} of {total} commit {}",
+            slot.0,
+            bytes.len(),
+            commit_index.0
+        ),
+        Message::SnapshotPull { slot, offset } => {
+            format!("snapshot-pull at {} from {offset}", slot.0)
         }
         Message::Probe { round, commit_index } => {
             format!("probe round {round} commit {}", commit_index.0)

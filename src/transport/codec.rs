@@ -22,7 +22,7 @@ use crate::state_machine::StateSummary;
 pub const PREFIX_BYTES: usize = 4;
 
 /// The version of the protocol this build speaks; a peer or client with another is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -488,12 +488,21 @@ fn encode_message<'a>(
             let args = fb::SubscribeArgs { from_slot: from_slot.0 };
             (fb::Body::Subscribe, fb::Subscribe::create(builder, &args).as_union_value())
         }
-        Message::Snapshot { bytes, commit_index } => {
+        Message::Snapshot { slot, offset, total, bytes, commit_index } => {
             *payload_len += bytes.len() as u64;
             payloads.push(bytes.clone());
-            let args =
-                fb::SnapshotArgs { bytes_len: bytes.len() as u64, commit_index: commit_index.0 };
+            let args = fb::SnapshotArgs {
+                bytes_len: bytes.len() as u64,
+                commit_index: commit_index.0,
+                slot: slot.0,
+                offset: *offset,
+                total: *total,
+            };
             (fb::Body::Snapshot, fb::Snapshot::create(builder, &args).as_union_value())
+        }
+        Message::SnapshotPull { slot, offset } => {
+            let args = fb::SnapshotPullArgs { slot: slot.0, offset: *offset };
+            (fb::Body::SnapshotPull, fb::SnapshotPull::create(builder, &args).as_union_value())
         }
         Message::Chosen { runs, commit_index } => {
             let runs = encode_runs(builder, runs, payloads, payload_len);
@@ -655,7 +664,21 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             if m.bytes_len() != payload.len() as u64 {
                 return Err(FrameError::Invalid("snapshot length differs from the payload's"));
             }
-            Message::Snapshot { bytes: payload.clone(), commit_index: Slot(m.commit_index()) }
+            let (offset, total) = (m.offset(), m.total());
+            if offset.checked_add(m.bytes_len()).is_none_or(|end| end > total) {
+                return Err(FrameError::Invalid("snapshot piece beyond the snapshot's length"));
+            }
+            Message::Snapshot {
+                slot: Slot(m.slot()),
+                offset,
+                total,
+                bytes: payload.clone(),
+                commit_index: Slot(m.commit_index()),
+            }
+        }
+        fb::Body::SnapshotPull => {
+            let m = frame.body_as_snapshot_pull().ok_or(missing)?;
+            Message::SnapshotPull { slot: Slot(m.slot()), offset: m.offset() }
         }
         fb::Body::Chosen => {
             let m = frame.body_as_chosen().ok_or(missing)?;

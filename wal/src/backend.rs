@@ -135,9 +135,49 @@ pub trait Backend: Send + Clone + 'static {
     /// # Errors
     /// The failing I/O call.
     fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// The first `head` bytes of a file written by [`Backend::write_file_atomic`], the bytes
+    /// of `offset..offset + len` (fewer past its end) and its length, all from one version of
+    /// it (it may be replaced meanwhile); `None` if absent. By default, reads it whole.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn read_file_range(
+        &self,
+        name: &str,
+        head: usize,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<FileRange>> {
+        Ok(self.read_file(name)?.map(|bytes| FileRange::of(&bytes, head, offset, len)))
+    }
     /// Replaces a small file atomically and durably.
     ///
     /// # Errors
     /// The failing I/O call.
     fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()>;
+}
+
+/// Parts of one version of a file ([`Backend::read_file_range`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRange {
+    /// Its first bytes (fewer if it is shorter).
+    pub head: Vec<u8>,
+    /// The bytes asked for (fewer past its end).
+    pub bytes: Vec<u8>,
+    /// Its length.
+    pub total: u64,
+}
+
+impl FileRange {
+    /// The parts of `file`.
+    #[must_use]
+    pub fn of(file: &[u8], head: usize, offset: u64, len: usize) -> FileRange {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(file.len());
+        let end = start.saturating_add(len).min(file.len());
+        FileRange {
+            head: file[..head.min(file.len())].to_vec(),
+            bytes: file[start..end].to_vec(),
+            total: file.len() as u64,
+        }
+    }
 }

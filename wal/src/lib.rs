@@ -13,7 +13,7 @@ pub mod mmap;
 pub mod sim;
 pub mod sync_thread;
 
-pub use backend::{Backend, Segment, Syncer};
+pub use backend::{Backend, FileRange, Segment, Syncer};
 pub use error::{Error, Result};
 pub use format::Record;
 pub use log::{

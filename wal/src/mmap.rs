@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use memmap2::{Mmap, MmapOptions};
 
-use crate::backend::{Backend, Segment, Syncer};
+use crate::backend::{Backend, FileRange, Segment, Syncer};
 use crate::error::{Error, Result};
 
 /// Segments in files under one directory.
@@ -478,6 +478,30 @@ impl Backend for MmapBackend {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(Error::Io { op: "read", path, source }),
         }
+    }
+
+    fn read_file_range(
+        &self,
+        name: &str,
+        head: usize,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<FileRange>> {
+        let path = self.dir.join(name);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::Io { op: "open", path, source }),
+        };
+        // One descriptor: a replacement (a rename over the name) does not change what it reads.
+        let total = file.metadata().map_err(io("stat", &path))?.len();
+        let read = |at: u64, len: usize| -> Result<Vec<u8>> {
+            let len = usize::try_from(total.saturating_sub(at)).unwrap_or(usize::MAX).min(len);
+            let mut bytes = vec![0; len];
+            file.read_exact_at(&mut bytes, at).map_err(io("read", &path))?;
+            Ok(bytes)
+        };
+        Ok(Some(FileRange { head: read(0, head)?, bytes: read(offset, len)?, total }))
     }
 
     fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {

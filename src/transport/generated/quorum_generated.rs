@@ -97,10 +97,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 19;
+pub const ENUM_MAX_BODY: u8 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 20] = [
+pub const ENUM_VALUES_BODY: [Body; 21] = [
   Body::NONE,
   Body::Probe,
   Body::ProbeReply,
@@ -121,6 +121,7 @@ pub const ENUM_VALUES_BODY: [Body; 20] = [
   Body::Status,
   Body::Subscribe,
   Body::Snapshot,
+  Body::SnapshotPull,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -148,9 +149,10 @@ impl Body {
   pub const Status: Self = Self(17);
   pub const Subscribe: Self = Self(18);
   pub const Snapshot: Self = Self(19);
+  pub const SnapshotPull: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 19;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Probe,
@@ -172,6 +174,7 @@ impl Body {
     Self::Status,
     Self::Subscribe,
     Self::Snapshot,
+    Self::SnapshotPull,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -196,6 +199,7 @@ impl Body {
       Self::Status => Some("Status"),
       Self::Subscribe => Some("Subscribe"),
       Self::Snapshot => Some("Snapshot"),
+      Self::SnapshotPull => Some("SnapshotPull"),
       _ => None,
     }
   }
@@ -2357,6 +2361,9 @@ impl<'a> ::flatbuffers::Follow<'a> for Snapshot<'a> {
 impl<'a> Snapshot<'a> {
   pub const VT_BYTES_LEN: ::flatbuffers::VOffsetT = 4;
   pub const VT_COMMIT_INDEX: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SLOT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TOTAL: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2368,6 +2375,9 @@ impl<'a> Snapshot<'a> {
     args: &'args SnapshotArgs
   ) -> ::flatbuffers::WIPOffset<Snapshot<'bldr>> {
     let mut builder = SnapshotBuilder::new(_fbb);
+    builder.add_total(args.total);
+    builder.add_offset(args.offset);
+    builder.add_slot(args.slot);
     builder.add_commit_index(args.commit_index);
     builder.add_bytes_len(args.bytes_len);
     builder.finish()
@@ -2388,6 +2398,27 @@ impl<'a> Snapshot<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Snapshot::VT_COMMIT_INDEX, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Snapshot::VT_SLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Snapshot::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn total(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Snapshot::VT_TOTAL, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Snapshot<'_> {
@@ -2398,6 +2429,9 @@ impl ::flatbuffers::Verifiable for Snapshot<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("bytes_len", Self::VT_BYTES_LEN, false)?
      .visit_field::<u64>("commit_index", Self::VT_COMMIT_INDEX, false)?
+     .visit_field::<u64>("slot", Self::VT_SLOT, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<u64>("total", Self::VT_TOTAL, false)?
      .finish();
     Ok(())
   }
@@ -2405,6 +2439,9 @@ impl ::flatbuffers::Verifiable for Snapshot<'_> {
 pub struct SnapshotArgs {
     pub bytes_len: u64,
     pub commit_index: u64,
+    pub slot: u64,
+    pub offset: u64,
+    pub total: u64,
 }
 impl<'a> Default for SnapshotArgs {
   #[inline]
@@ -2412,6 +2449,9 @@ impl<'a> Default for SnapshotArgs {
     SnapshotArgs {
       bytes_len: 0,
       commit_index: 0,
+      slot: 0,
+      offset: 0,
+      total: 0,
     }
   }
 }
@@ -2428,6 +2468,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SnapshotBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_commit_index(&mut self, commit_index: u64) {
     self.fbb_.push_slot::<u64>(Snapshot::VT_COMMIT_INDEX, commit_index, 0);
+  }
+  #[inline]
+  pub fn add_slot(&mut self, slot: u64) {
+    self.fbb_.push_slot::<u64>(Snapshot::VT_SLOT, slot, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(Snapshot::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_total(&mut self, total: u64) {
+    self.fbb_.push_slot::<u64>(Snapshot::VT_TOTAL, total, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SnapshotBuilder<'a, 'b, A> {
@@ -2449,6 +2501,122 @@ impl ::core::fmt::Debug for Snapshot<'_> {
     let mut ds = f.debug_struct("Snapshot");
       ds.field("bytes_len", &self.bytes_len());
       ds.field("commit_index", &self.commit_index());
+      ds.field("slot", &self.slot());
+      ds.field("offset", &self.offset());
+      ds.field("total", &self.total());
+      ds.finish()
+  }
+}
+pub enum SnapshotPullOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SnapshotPull<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SnapshotPull<'a> {
+  type Inner = SnapshotPull<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SnapshotPull<'a> {
+  pub const VT_SLOT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SnapshotPull { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SnapshotPullArgs
+  ) -> ::flatbuffers::WIPOffset<SnapshotPull<'bldr>> {
+    let mut builder = SnapshotPullBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    builder.add_slot(args.slot);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotPull::VT_SLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotPull::VT_OFFSET, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SnapshotPull<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("slot", Self::VT_SLOT, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotPullArgs {
+    pub slot: u64,
+    pub offset: u64,
+}
+impl<'a> Default for SnapshotPullArgs {
+  #[inline]
+  fn default() -> Self {
+    SnapshotPullArgs {
+      slot: 0,
+      offset: 0,
+    }
+  }
+}
+
+pub struct SnapshotPullBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SnapshotPullBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_slot(&mut self, slot: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotPull::VT_SLOT, slot, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotPull::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SnapshotPullBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SnapshotPullBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SnapshotPull<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SnapshotPull<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SnapshotPull");
+      ds.field("slot", &self.slot());
+      ds.field("offset", &self.offset());
       ds.finish()
   }
 }
@@ -3808,6 +3976,21 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_snapshot_pull(&self) -> Option<SnapshotPull<'a>> {
+    if self.body_type() == Body::SnapshotPull {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SnapshotPull::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -3840,6 +4023,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Body::Status", pos),
           Body::Subscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Subscribe>>("Body::Subscribe", pos),
           Body::Snapshot => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Snapshot>>("Body::Snapshot", pos),
+          Body::SnapshotPull => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SnapshotPull>>("Body::SnapshotPull", pos),
           _ => Ok(()),
         }
      })?
@@ -4043,6 +4227,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::Snapshot => {
           if let Some(x) = self.body_as_snapshot() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::SnapshotPull => {
+          if let Some(x) = self.body_as_snapshot_pull() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
