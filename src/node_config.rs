@@ -71,6 +71,9 @@ pub struct NodeSettings {
     /// segments the snapshot covers; 0: never (the WAL grows without bound). Ignored with
     /// `apply = "total"`.
     pub snapshot_every_mib: Option<u32>,
+    /// A snapshot goes to a peer in pieces of at most this many KiB, each pulled by the
+    /// receiver once it holds the one before.
+    pub snapshot_piece_kib: Option<u32>,
     /// `fsync` (default): acknowledge only what is on disk. `none`: never sync (benchmarks
     /// only; a machine crash loses acknowledged writes).
     pub durability: Option<Durability>,
@@ -161,6 +164,7 @@ impl NodeSettings {
             retain_slots: overrides.retain_slots.or(self.retain_slots),
             retain_mib: overrides.retain_mib.or(self.retain_mib),
             snapshot_every_mib: overrides.snapshot_every_mib.or(self.snapshot_every_mib),
+            snapshot_piece_kib: overrides.snapshot_piece_kib.or(self.snapshot_piece_kib),
             durability: overrides.durability.or(self.durability),
             apply: overrides.apply.or(self.apply),
         }
@@ -294,7 +298,12 @@ pub struct NodeConfig {
     pub retain_bytes: u64,
     /// WAL bytes between snapshots, 0 for none.
     pub snapshot_every_bytes: u64,
+    /// Most bytes of a snapshot sent in one message.
+    pub snapshot_piece_bytes: usize,
 }
+
+/// A snapshot's pieces by default: 4 MiB, one frame each.
+pub const SNAPSHOT_PIECE_KIB_DEFAULT: u32 = 4096;
 
 /// WAL between snapshots by default: four segments of the default size, so a shard's log
 /// stays within about five segments on disk.
@@ -482,6 +491,14 @@ impl NodeConfig {
                 0,
                 1 << 20,
             )?) << 20,
+            // At most 32 MiB: a piece fits a frame with room to spare.
+            snapshot_piece_bytes: (in_range(
+                "snapshot_piece_kib",
+                settings.snapshot_piece_kib.unwrap_or(SNAPSHOT_PIECE_KIB_DEFAULT),
+                1,
+                32 << 10,
+            )? as usize)
+                << 10,
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =
@@ -596,6 +613,10 @@ mod tests {
             (
                 NodeSettings { shards: Some(0), ..good() },
                 "`shards` = 0 is out of range: use 1 to 256",
+            ),
+            (
+                NodeSettings { snapshot_piece_kib: Some(0), ..good() },
+                "`snapshot_piece_kib` = 0 is out of range: use 1 to 32768",
             ),
             (
                 NodeSettings { election_timeout_ms: Some(30), ..good() },

@@ -29,8 +29,9 @@ fn node_refuses_bad_configuration_with_one_message() {
         "--data-dir",
         data,
     ];
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--id", "9"], "9"),
+        (&["--id", "1", "--snapshot-piece-kib", "65536"], "snapshot_piece_kib"),
         (&["--id", "1", "--upstream", "2"], "upstream 2: only a learner"),
         (&["--id", "1", "--election-timeout-ms", "10"], "election_timeout_ms"),
         (&["--id", "1", "--shards", "0"], "shards"),

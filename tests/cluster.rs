@@ -445,10 +445,13 @@ fn wal_segments(cluster: &TestCluster, id: u16) -> Vec<u64> {
 #[test]
 fn snapshots_bound_the_wal_and_bring_a_returning_voter_back() {
     // 4 MiB segments; a snapshot every 4 MiB of log; 64 committed slots in memory (the
-    // segments their batches lie in are kept too).
+    // segments their batches lie in are kept too); snapshots sent in 256 KiB pieces (the
+    // 3.3 MB snapshot below takes thirteen).
     let mut cluster = TestCluster::unstarted(3, 0, 1, &[]);
     cluster.extra =
-        ["--snapshot-every-mib", "4", "--retain-slots", "64"].map(String::from).to_vec();
+        ["--snapshot-every-mib", "4", "--retain-slots", "64", "--snapshot-piece-kib", "256"]
+            .map(String::from)
+            .to_vec();
     for id in 1..=3 {
         cluster.start(id);
     }

@@ -20,7 +20,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use quorum_wal::{MmapBackend, Options};
 
 use crate::node_config::{ApplyMode, NodeConfig};
-use crate::shard::{ApplyTo, SNAPSHOT_PIECE_BYTES, Shard, ShardError, ShardSettings};
+use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings};
 use crate::state_machine::KvStore;
 
 /// Replies remembered per client for deduplicating retries.
@@ -278,7 +278,7 @@ fn open_shard(
         snapshot_every_bytes: config.snapshot_every_bytes,
         snapshot_bytes_max: SNAPSHOT_BYTES_MAX,
         // One frame each, with room for the frame's header.
-        snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES.min(config.frame_bytes_max() - (1 << 20)),
+        snapshot_piece_bytes: config.snapshot_piece_bytes.min(config.frame_bytes_max() - (1 << 20)),
     };
     let opened = Shard::open_with(
         config.shard_config(shard),

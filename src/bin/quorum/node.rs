@@ -99,6 +99,11 @@ pub struct NodeArgs {
     /// (the WAL grows without bound). Not with --apply total.
     #[arg(long, value_name = "MIB")]
     snapshot_every_mib: Option<u32>,
+    /// A snapshot goes to a peer that needs it in pieces of at most this many KiB (default
+    /// 4096), the receiver pulling each next one once it holds the one before; it assembles
+    /// a snapshot of up to 1 GiB in memory.
+    #[arg(long, value_name = "KIB")]
+    snapshot_piece_kib: Option<u32>,
     /// fsync (default): acknowledge only what is on disk. none: never sync; for benchmarks
     /// only, a machine crash then loses acknowledged writes.
     #[arg(long, value_enum)]
@@ -130,6 +135,7 @@ impl NodeArgs {
             retain_slots: self.retain_slots,
             retain_mib: self.retain_mib,
             snapshot_every_mib: self.snapshot_every_mib,
+            snapshot_piece_kib: self.snapshot_piece_kib,
             durability: self.durability,
         }
     }
