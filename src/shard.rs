@@ -1027,7 +1027,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     }
 
     /// A snapshot's write finished: it becomes the one readers below the floor are sent, and
-    /// the WAL drops the segments it covers (if peers can be sent it in one message).
+    /// the WAL drops the segments it covers (if it is no larger than `snapshot_bytes_max`: a reader can assemble it).
     ///
     /// # Errors
     /// The write failed, or the WAL failed to release. The shard is then failed: a
