@@ -989,7 +989,8 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     }
 
     /// Starts a snapshot if one is due (`snapshot_every_bytes` of WAL since the last, and at
-    /// least four times the last snapshot's size) and none is being written: the applied state's image is taken now, on this thread; run the
+    /// least four times the last snapshot's size) and none is being written: the applied
+    /// state's image is taken now, on this thread; run the
     /// returned write on a helper thread, then hand its outcome to [`Shard::finish_snapshot`].
     pub fn start_snapshot(&mut self) -> Option<PendingSnapshot<B>> {
         let every = self.settings.snapshot_every_bytes;
@@ -1027,7 +1028,8 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     }
 
     /// A snapshot's write finished: it becomes the one readers below the floor are sent, and
-    /// the WAL drops the segments it covers (if it is no larger than `snapshot_bytes_max`: a reader can assemble it).
+    /// the WAL drops the segments it covers (if it is no larger than `snapshot_bytes_max`, so
+    /// that a reader can assemble it).
     ///
     /// # Errors
     /// The write failed, or the WAL failed to release. The shard is then failed: a
