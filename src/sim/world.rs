@@ -550,8 +550,17 @@ impl World {
     fn install_snapshot(&mut self, node: usize, shard: usize, bytes: bytes::Bytes, commit: Slot) {
         // Commits a restart replayed may still wait to be applied: first those.
         self.drive(node, shard);
-        let snapshot = Snapshot::decode(bytes, CLUSTER, shard as u16)
-            .expect("the simulated network does not damage messages");
+        let snapshot = match Snapshot::decode(bytes, CLUSTER, shard as u16) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                // The network does not damage messages: pieces were put together wrongly.
+                let detail = format!(
+                    "n{} s{shard}: an assembled snapshot is refused: {error}",
+                    self.nodes[node].id.0
+                );
+                return self.record(Err(Violation { invariant: "I9", detail }));
+            }
+        };
         let slot = snapshot.header.slot;
         if slot <= self.replica(node, shard).commit_index() {
             return;
