@@ -230,7 +230,9 @@ impl Assembly {
                     self.partial = None;
                     return Piece::Whole(bytes);
                 }
-                let capacity = usize::try_from(total).unwrap_or(usize::MAX);
+                // Room for the whole only up to a point: memory follows the pieces that came,
+                // not what a first piece announces.
+                let capacity = usize::try_from(total).unwrap_or(usize::MAX).min(64 << 20);
                 let mut held = Vec::with_capacity(capacity);
                 held.extend_from_slice(&bytes);
                 self.partial = Some((slot, total, held));
