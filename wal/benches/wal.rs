@@ -48,6 +48,18 @@ impl Appender {
 
     /// Appends `iterations` records, syncing every `per_sync` of them, and times it.
     fn timed(&mut self, payload: &[u8], iterations: u64, per_sync: Option<u64>) -> Duration {
+        self.timed_as(payload, false, iterations, per_sync)
+    }
+
+    /// [`Appender::timed`], each record appended whole or (`split`) as a 16-byte head and the
+    /// rest where it lies (`Wal::append_split`, as a node logs a batch).
+    fn timed_as(
+        &mut self,
+        payload: &[u8],
+        split: bool,
+        iterations: u64,
+        per_sync: Option<u64>,
+    ) -> Duration {
         let size = record_bytes(payload.len()) as u64;
         let mut elapsed = Duration::ZERO;
         let mut done = 0u64;
@@ -63,7 +75,13 @@ impl Appender {
             let batch = (iterations - done).min(room(wal));
             let started = Instant::now();
             for index in 0..batch {
-                black_box(wal.append(&record(payload)).unwrap());
+                let position = if split {
+                    let (head, rest) = payload.split_at(16);
+                    wal.append_split(&record(head), rest).unwrap()
+                } else {
+                    wal.append(&record(payload)).unwrap()
+                };
+                black_box(position);
                 if per_sync.is_some_and(|every| (index + 1) % every == 0) {
                     wal.sync().unwrap();
                 }
@@ -82,7 +100,7 @@ fn append(c: &mut Criterion) {
     let mut appender = Appender::new();
     let mut group = c.benchmark_group("wal/append-no-sync");
     group.measurement_time(Duration::from_secs(4));
-    for size in [16usize, 1024, 64 * 1024] {
+    for size in [16usize, 1024, 64 * 1024, 512 * 1024] {
         let payload = vec![5u8; size];
         group.throughput(Throughput::ElementsAndBytes {
             elements: 1,
@@ -91,6 +109,12 @@ fn append(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("wal", size), &size, |b, _| {
             b.iter_custom(|iterations| appender.timed(&payload, iterations, None));
         });
+        if size >= 64 * 1024 {
+            // A batch of 64 KiB or more goes to the file from where it lies (`pwritev`).
+            group.bench_with_input(BenchmarkId::new("wal-split", size), &size, |b, _| {
+                b.iter_custom(|iterations| appender.timed_as(&payload, true, iterations, None));
+            });
+        }
         // The floor: memcpy of the same encoded bytes into a pre-faulted buffer, sequentially.
         let mut target = vec![1u8; SEGMENT_BYTES as usize];
         let source = vec![5u8; record_bytes(size)];
