@@ -977,6 +977,37 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         self.log.snapshot_piece(None, 0, piece_bytes, commit)
     }
 
+    /// The piece a client fetching the snapshot pulled (see
+    /// `runtime::Host::answer_snapshot_pull`): of the snapshot at `slot` if it is still the
+    /// one here, else the first piece of the one here, else an empty piece of total 0.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn snapshot_piece_for_client(
+        &self,
+        slot: Slot,
+        offset: u64,
+    ) -> Result<Message, ShardError> {
+        let (piece_bytes, commit) =
+            (self.settings.snapshot_piece_bytes, self.replica.commit_index());
+        let asked = (slot != Slot(0))
+            .then(|| self.log.snapshot_piece(Some(slot), offset, piece_bytes, commit))
+            .transpose()?
+            .flatten();
+        Ok(match asked {
+            Some(piece) => piece,
+            None => self.log.snapshot_piece(None, 0, piece_bytes, commit)?.unwrap_or(
+                Message::Snapshot {
+                    slot: Slot(0),
+                    offset: 0,
+                    total: 0,
+                    bytes: Bytes::new(),
+                    commit_index: commit,
+                },
+            ),
+        })
+    }
+
     /// What this shard did with snapshots.
     #[must_use]
     pub fn snapshot_stats(&self) -> SnapshotStats {

@@ -20,6 +20,10 @@ pub const HEADER_BYTES: usize = 48;
 /// The least capacity an image is built in (see [`Snapshot::encode_with`]).
 const IMAGE_CAPACITY_MIN: usize = 33 << 20;
 
+/// The largest snapshot assembled from pieces (in memory): a replica releases its WAL only
+/// behind a snapshot no larger, so every reader can take it.
+pub const ASSEMBLY_BYTES_MAX: u64 = 1 << 30;
+
 /// The snapshot's file name, next to the WAL's segments.
 pub const FILE_NAME: &str = "snapshot";
 

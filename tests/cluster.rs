@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quorum::bench::embedded::free_port_range;
-use quorum::client::{Client, ClientOptions, Tail, node_status};
+use quorum::client::{Client, ClientOptions, Tail, fetch_snapshot, node_status};
 use quorum::core::{ClusterId, NodeId, RoleKind};
+use quorum::state_machine::{Applier, KvStore};
 use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, Role, ShardStatus};
 
 const CLUSTER: u64 = 42;
@@ -473,6 +474,27 @@ fn snapshots_bound_the_wal_and_bring_a_returning_voter_back() {
     let statuses = cluster.await_converged(&[1, 2, 3], Duration::from_secs(30));
     assert_eq!(statuses[2][0].summary, statuses[0][0].summary, "node 3's state equals node 1's");
     assert_eq!(statuses[2][0].summary.entries, 102);
+    // A reader fetches node 1's snapshot (in thirteen pieces), restores the state it holds,
+    // and could tail from its slot.
+    let options = ClientOptions { cluster_id: ClusterId(CLUSTER), ..Default::default() };
+    let snapshot = fetch_snapshot(cluster.address(1), &options, 0).unwrap().unwrap();
+    assert!(snapshot.bytes.len() > 12 * 256 * 1024, "{} bytes", snapshot.bytes.len());
+    assert!(snapshot.header.slot.0 > 0 && snapshot.header.slot.0 <= statuses[0][0].commit_index.0);
+    let restored = Applier::<KvStore>::restore(snapshot.body(), 64).unwrap();
+    assert_eq!(restored.machine().get(b"before"), Some(&b"node 3 stops"[..]));
+    assert_eq!(restored.machine().get(b"key-7").map(<[u8]>::len), Some(32 * 1024));
+    // The same from the command line, to a file: the bytes the library fetched.
+    let backup = cluster.dir.path().join("shard-0.snapshot");
+    let output = Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .args(["snapshot", "--node", cluster.address(1), "--cluster-id", &CLUSTER.to_string()])
+        .arg("--out")
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(&format!("snapshot at slot {}", snapshot.header.slot.0)), "{stdout}");
+    assert_eq!(std::fs::read(&backup).unwrap(), snapshot.bytes);
     // A tail from slot 0 is told where the log now starts, instead of waiting forever.
     let child = tail(&cluster, 1, 0, 10);
     let output = child.wait_with_output().unwrap();
@@ -511,6 +533,9 @@ fn total_order_apply_gives_every_node_one_state_machine_in_one_order() {
         assert_eq!(applied, 801, "800 writes and a read, once each");
     }
     drop(client);
+    // With one state machine for the node, shards take no snapshots: there is none to fetch.
+    let options = ClientOptions { cluster_id: ClusterId(CLUSTER), ..Default::default() };
+    assert!(fetch_snapshot(cluster.address(1), &options, 1).unwrap().is_none());
     // A voter killed and restarted applies the same merged order again from its log.
     cluster.kill9(2);
     cluster.start(2);

@@ -16,6 +16,7 @@
 //! ```
 
 mod lane;
+mod snapshot;
 mod tail;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ use crate::transport::shard_address;
 
 pub use lane::Completion;
 use lane::Lane;
+pub use snapshot::fetch_snapshot;
 pub use tail::{Tail, TailBatch};
 
 /// The largest frame a client reads.
@@ -90,8 +92,9 @@ pub enum ClientError {
     /// A tail asked for slots a shard's log no longer holds: a snapshot at `slot` stands for
     /// them (the node's `--snapshot-every-mib`).
     #[error(
-        "shard {shard}'s log before slot {} was released behind a snapshot; tail from a \
-         later position",
+        "shard {shard}'s log before slot {} was released behind a snapshot; fetch the \
+         snapshot (`quorum snapshot`, `client::fetch_snapshot`) and tail from its slot, or \
+         tail from a later position",
         .slot.0
     )]
     Compacted {

@@ -347,6 +347,23 @@ impl Host {
         }
     }
 
+    /// A client fetching the snapshot asks for a piece: it gets that piece of the snapshot at
+    /// `slot`, or the first piece of the newest one (slot 0, or that one was replaced), or a
+    /// piece of no bytes and total 0 if there is none.
+    ///
+    /// # Errors
+    /// The snapshot file cannot be read.
+    pub fn answer_snapshot_pull(
+        &mut self,
+        connection: u64,
+        slot: Slot,
+        offset: u64,
+    ) -> Result<(), ShardError> {
+        let piece = self.shard.snapshot_piece_for_client(slot, offset)?;
+        self.send_to_client(connection, Body::Peer(piece));
+        Ok(())
+    }
+
     /// Queues the reply to a request that was not applied (it has no committed position).
     fn queue_refusal(&mut self, connection: u64, id: RequestId, status: ReplyStatus, body: Bytes) {
         if let Some(link) = self.clients.get_mut(&connection) {

@@ -29,7 +29,7 @@ pub const SESSION_WINDOW: usize = 4096;
 /// The largest snapshot a shard releases its WAL for, and assembles from a peer's pieces (in
 /// memory, while it arrives); a larger state is still snapshotted (restarts use it) but its
 /// log is kept.
-pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
+pub const SNAPSHOT_BYTES_MAX: usize = crate::snapshot::ASSEMBLY_BYTES_MAX as usize;
 
 /// What the shards of a node share: whether to stop, whether one failed, and each shard's
 /// commit position (so an idle shard's leader knows how far to skip).

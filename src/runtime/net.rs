@@ -267,6 +267,9 @@ async fn read_client(
                 net.host.borrow_mut().subscribe_client(connection, from_slot);
                 pump(&net.host);
             }
+            Body::Peer(Message::SnapshotPull { slot, offset }) => {
+                with_shard(&net.host, |host| host.answer_snapshot_pull(connection, slot, offset));
+            }
             _ => return Err(ConnectionError::Protocol("a client sent a peer frame".into())),
         }
     }

@@ -40,6 +40,11 @@ enum Command {
     Kv(kv::KvArgs),
     /// Print how each shard of one node is doing (role, leader, commit index, state digest).
     Status(kv::StatusArgs),
+    /// Fetch a shard's newest snapshot from a node (in pieces), check it, print its slot and
+    /// state digest, and write it to a file (a backup; tail from its slot to follow on).
+    ///
+    /// Example: quorum snapshot --node 127.0.0.1:7000 --shard 0 --out shard-0.snapshot
+    Snapshot(kv::SnapshotArgs),
     /// Print a node's committed log as it grows: every shard merged into one global order
     /// (or one shard), from any position; from the node's log first, then live.
     ///
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
         }
         Command::Kv(args) => kv::run_kv(&args),
         Command::Status(args) => kv::run_status(&args),
+        Command::Snapshot(args) => kv::run_snapshot(&args),
         Command::Tail(args) => tail::run(&args),
         Command::Bench(args) => {
             init_logging_quiet();
