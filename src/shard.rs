@@ -640,6 +640,8 @@ impl ShardSettings {
 pub struct PendingSnapshot<B: Backend> {
     backend: B,
     snapshot: Snapshot,
+    /// How long building the image took (on the shard's thread: a pause in its service).
+    image_time: std::time::Duration,
 }
 
 /// The outcome of [`PendingSnapshot::run`].
@@ -653,6 +655,12 @@ impl<B: Backend> PendingSnapshot<B> {
     #[must_use]
     pub fn slot(&self) -> Slot {
         self.snapshot.header.slot
+    }
+
+    /// How long building its image took, on the shard's thread.
+    #[must_use]
+    pub fn image_time(&self) -> std::time::Duration {
+        self.image_time
     }
 
     /// Writes the snapshot file durably (write, fsync, rename, directory fsync). Blocks: run
@@ -1052,10 +1060,12 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             slot: self.replica.commit_index(),
         };
         let applier = &self.committer.applier;
+        let started = std::time::Instant::now();
         let snapshot = Snapshot::encode_with(header, |out| applier.snapshot(out));
+        let image_time = started.elapsed();
         self.snapshots.writing = true;
         self.snapshots.taken_at_position = self.log.wal().end_position();
-        PendingSnapshot { backend: self.log.wal().backend().clone(), snapshot }
+        PendingSnapshot { backend: self.log.wal().backend().clone(), snapshot, image_time }
     }
 
     /// A snapshot's write finished: it becomes the one readers below the floor are sent, and

@@ -581,19 +581,23 @@ pub fn pump(host: &HostRef) {
 fn write_snapshot(host: &HostRef, pending: PendingSnapshot<MmapBackend>) {
     let host = host.clone();
     glommio::spawn_local(async move {
-        let slot = pending.slot();
+        let (slot, built_in) = (pending.slot(), pending.image_time());
         let started = std::time::Instant::now();
         let written = glommio::executor().spawn_blocking(move || pending.run()).await;
         let mut state = host.borrow_mut();
+        let finishing = std::time::Instant::now();
         if let Err(error) = state.shard.finish_snapshot(written) {
             return fail(&mut state, &error);
         }
+        let release_micros = finishing.elapsed().as_micros() as u64;
         let stats = state.shard.snapshot_stats();
         tracing::debug!(
             shard = state.index,
             slot = slot.0,
             bytes = stats.current.map_or(0, |(_, bytes)| bytes),
-            micros = started.elapsed().as_micros() as u64,
+            image_micros = built_in.as_micros() as u64,
+            write_micros = started.elapsed().as_micros() as u64,
+            release_micros,
             released_bytes = stats.released_bytes,
             "snapshot written"
         );

@@ -508,7 +508,14 @@ impl Backend for MmapBackend {
         let path = self.dir.join(name);
         let temporary = self.dir.join(format!("{name}.new"));
         let mut file = File::create(&temporary).map_err(io("create", &temporary))?;
-        file.write_all(bytes).map_err(io("write", &temporary))?;
+        // Written back a few MiB at a time, as a new segment's zeros: a snapshot of a hundred
+        // megabytes flushed at once would hold the live log's syncs behind it.
+        for chunk in bytes.chunks(ZERO_FLUSH_BYTES as usize) {
+            file.write_all(chunk).map_err(io("write", &temporary))?;
+            if bytes.len() > chunk.len() {
+                file.sync_data().map_err(io("fdatasync", &temporary))?;
+            }
+        }
         file.sync_all().map_err(io("fsync", &temporary))?;
         std::fs::rename(&temporary, &path).map_err(io("rename", &path))?;
         self.sync_dir()
