@@ -635,6 +635,14 @@ impl ShardSettings {
     }
 }
 
+/// How much later than the others a member takes its first snapshot: `k/n` of `every` for
+/// the `k`-th of `n` members (voters in order, then learners).
+fn snapshot_phase(config: &Config, every: u64) -> u64 {
+    let members = config.voters.iter().chain(&config.learners);
+    let rank = members.clone().position(|member| *member == config.node).unwrap_or(0) as u64;
+    every / (members.count() as u64).max(1) * rank
+}
+
 /// A snapshot being written, off the shard's thread; hand the outcome to
 /// [`Shard::finish_snapshot`].
 pub struct PendingSnapshot<B: Backend> {
@@ -682,6 +690,9 @@ struct Snapshots {
     writing: bool,
     /// The WAL's end when the last snapshot was started.
     taken_at_position: u64,
+    /// Log bytes added to the first interval: members snapshot out of phase with each other
+    /// (see [`Shard::start_snapshot`]).
+    phase_bytes: u64,
     taken: u64,
     installed: u64,
     released_bytes: u64,
@@ -792,6 +803,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         replica.finish_recovery();
         apply(&mut replica)?;
         snapshots.taken_at_position = log.wal().end_position();
+        snapshots.phase_bytes = snapshot_phase(replica.config(), settings.snapshot_every_bytes);
         Ok(Shard {
             replica,
             log,
@@ -1028,9 +1040,15 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     }
 
     /// Starts a snapshot if one is due (`snapshot_every_bytes` of WAL since the last, and at
-    /// least four times the last snapshot's size) and none is being written: the applied
-    /// state's image is taken now, on this thread; run the
-    /// returned write on a helper thread, then hand its outcome to [`Shard::finish_snapshot`].
+    /// least four times the last snapshot's size; the first one later by the member's phase)
+    /// and none is being written: the applied state's image is taken now, on this thread; run
+    /// the returned write on a helper thread, then hand its outcome to
+    /// [`Shard::finish_snapshot`].
+    ///
+    /// Every member writes the same log, so without phases all would snapshot at once, and
+    /// while two followers of three build their images (a pause of their service) no
+    /// majority acknowledges. Member `k` of `n` waits `k/n` of an interval more for its first
+    /// one; later ones come an interval apart on every member, so the phases stay.
     pub fn start_snapshot(&mut self) -> Option<PendingSnapshot<B>> {
         let every = self.settings.snapshot_every_bytes;
         let end = self.log.wal().end_position();
@@ -1041,10 +1059,11 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         if every == 0
             || self.snapshots.writing
             || self.committer.forwarded.is_some()
-            || end - self.snapshots.taken_at_position < due
+            || end - self.snapshots.taken_at_position < due + self.snapshots.phase_bytes
         {
             return None;
         }
+        self.snapshots.phase_bytes = 0;
         Some(self.take_snapshot())
     }
 
@@ -1249,5 +1268,23 @@ pub fn settle_wired<B: Backend, S: StateMachine>(
         if !moved {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_take_their_first_snapshot_out_of_phase() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let config = |node: u16| Config {
+            learners: vec![NodeId(4)],
+            ..Config::new(ClusterId(1), NodeId(node), voters.clone())
+        };
+        let phases: Vec<u64> = (1..=4).map(|node| snapshot_phase(&config(node), 400)).collect();
+        assert_eq!(phases, [0, 100, 200, 300]);
+        assert_eq!(snapshot_phase(&config(9), 400), 0, "not a member: no phase");
+        assert_eq!(snapshot_phase(&config(2), 0), 0, "snapshots off");
     }
 }
