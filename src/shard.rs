@@ -635,12 +635,16 @@ impl ShardSettings {
     }
 }
 
-/// How much later than the others a member takes its first snapshot: `k/n` of `every` for
-/// the `k`-th of `n` members (voters in order, then learners).
-fn snapshot_phase(config: &Config, every: u64) -> u64 {
+/// Images at least this large are a pause worth spreading (tens of milliseconds): members
+/// take them out of phase.
+const PHASED_IMAGE_BYTES: u64 = 16 << 20;
+
+/// This member's rank (voters in order, then learners) and the number of members; rank 0 if
+/// it is not listed.
+fn member_rank(config: &Config) -> (u64, u64) {
     let members = config.voters.iter().chain(&config.learners);
-    let rank = members.clone().position(|member| *member == config.node).unwrap_or(0) as u64;
-    every / (members.count() as u64).max(1) * rank
+    let rank = members.clone().position(|member| *member == config.node).unwrap_or(0);
+    (rank as u64, members.count().max(1) as u64)
 }
 
 /// A snapshot being written, off the shard's thread; hand the outcome to
@@ -690,9 +694,10 @@ struct Snapshots {
     writing: bool,
     /// The WAL's end when the last snapshot was started.
     taken_at_position: u64,
-    /// Log bytes added to the first interval: members snapshot out of phase with each other
-    /// (see [`Shard::start_snapshot`]).
-    phase_bytes: u64,
+    /// This member's rank among the members and their number, until its phase is taken: once
+    /// an image is large enough to be a pause worth spreading, one interval is lengthened by
+    /// `rank/members` of itself, putting members out of phase (see [`Shard::start_snapshot`]).
+    phase: Option<(u64, u64)>,
     taken: u64,
     installed: u64,
     released_bytes: u64,
@@ -803,7 +808,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         replica.finish_recovery();
         apply(&mut replica)?;
         snapshots.taken_at_position = log.wal().end_position();
-        snapshots.phase_bytes = snapshot_phase(replica.config(), settings.snapshot_every_bytes);
+        snapshots.phase = Some(member_rank(replica.config()));
         Ok(Shard {
             replica,
             log,
@@ -1045,10 +1050,12 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// the returned write on a helper thread, then hand its outcome to
     /// [`Shard::finish_snapshot`].
     ///
-    /// Every member writes the same log, so without phases all would snapshot at once, and
-    /// while two followers of three build their images (a pause of their service) no
-    /// majority acknowledges. Member `k` of `n` waits `k/n` of an interval more for its first
-    /// one; later ones come an interval apart on every member, so the phases stay.
+    /// Every member writes the same log, so all snapshot at about the same time; with a large
+    /// state, while two followers of three build their images (a pause of their service) no
+    /// majority acknowledges. Once an image reaches [`PHASED_IMAGE_BYTES`], member `k` of `n`
+    /// waits `k/n` of an interval more for its next one; later ones come an interval apart
+    /// on every member, so the phases stay. (Small images are left in step: spreading their
+    /// short pauses cost 4 KiB writes 6–25 % of their throughput, BENCHMARKS.md.)
     pub fn start_snapshot(&mut self) -> Option<PendingSnapshot<B>> {
         let every = self.settings.snapshot_every_bytes;
         let end = self.log.wal().end_position();
@@ -1056,14 +1063,20 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         // four times that much log goes by between two, however small `every` is.
         let last_bytes = self.snapshots.current.map_or(0, |(_, bytes)| bytes as u64);
         let due = every.max(4 * last_bytes);
+        let phase = match self.snapshots.phase {
+            Some((rank, members)) if last_bytes >= PHASED_IMAGE_BYTES => due / members * rank,
+            _ => 0,
+        };
         if every == 0
             || self.snapshots.writing
             || self.committer.forwarded.is_some()
-            || end - self.snapshots.taken_at_position < due + self.snapshots.phase_bytes
+            || end - self.snapshots.taken_at_position < due + phase
         {
             return None;
         }
-        self.snapshots.phase_bytes = 0;
+        if last_bytes >= PHASED_IMAGE_BYTES {
+            self.snapshots.phase = None;
+        }
         Some(self.take_snapshot())
     }
 
@@ -1276,15 +1289,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn members_take_their_first_snapshot_out_of_phase() {
+    fn members_are_ranked_voters_first() {
         let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
         let config = |node: u16| Config {
             learners: vec![NodeId(4)],
             ..Config::new(ClusterId(1), NodeId(node), voters.clone())
         };
-        let phases: Vec<u64> = (1..=4).map(|node| snapshot_phase(&config(node), 400)).collect();
-        assert_eq!(phases, [0, 100, 200, 300]);
-        assert_eq!(snapshot_phase(&config(9), 400), 0, "not a member: no phase");
-        assert_eq!(snapshot_phase(&config(2), 0), 0, "snapshots off");
+        let ranks: Vec<(u64, u64)> = (1..=4).map(|node| member_rank(&config(node))).collect();
+        assert_eq!(ranks, [(0, 4), (1, 4), (2, 4), (3, 4)]);
+        assert_eq!(member_rank(&config(9)), (0, 4), "not a member: no phase");
     }
 }
