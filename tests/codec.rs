@@ -222,19 +222,21 @@ fn batches_are_slices_of_the_received_frame() {
     assert_eq!(bytes, batch);
 }
 
+/// `message` in a frame from node 1 of cluster 7, shard 0.
+fn peer_frame(message: Message) -> Frame {
+    Frame { cluster_id: ClusterId(7), from: NodeId(1), shard: 0, body: Body::Peer(message) }
+}
+
 #[test]
 fn queued_frames_write_the_same_bytes_and_share_large_batches() {
-    let accept = |bytes: usize, slot: u64| Frame {
-        cluster_id: ClusterId(7),
-        from: NodeId(1),
-        shard: 0,
-        body: Body::Peer(Message::Accept {
+    let accept = |bytes: usize, slot: u64| {
+        peer_frame(Message::Accept {
             ballot: Ballot::new(3, NodeId(1)),
             first_slot: Slot(slot),
             count: 1,
             value: Value::Batch(Bytes::from(vec![slot as u8; bytes])),
             commit_index: Slot(0),
-        }),
+        })
     };
     let frames = [accept(100, 1), accept(1 << 20, 2), accept(10, 3), accept(64 << 10, 4)];
     let mut out = Outgoing::default();
@@ -259,17 +261,14 @@ fn queued_frames_write_the_same_bytes_and_share_large_batches() {
 
 #[test]
 fn a_snapshot_piece_past_its_snapshots_length_is_refused() {
-    let piece = |offset: u64, total: u64| Frame {
-        cluster_id: ClusterId(7),
-        from: NodeId(1),
-        shard: 0,
-        body: Body::Peer(Message::Snapshot {
+    let piece = |offset: u64, total: u64| {
+        peer_frame(Message::Snapshot {
             slot: Slot(5),
             offset,
             total,
             bytes: Bytes::from(vec![1u8; 100]),
             commit_index: Slot(9),
-        }),
+        })
     };
     let decode_piece =
         |frame: &Frame| decode(&after_prefix(&Encoder::default().encode_to_vec(frame)));
