@@ -1130,6 +1130,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     fn on_snapshot_message(&mut self, from: NodeId, message: Message) -> Result<(), ShardError> {
         match message {
             Message::Snapshot { slot, offset, total, bytes, commit_index } => {
+                self.snapshots.arriving.forget_up_to(self.replica.commit_index());
                 if slot <= self.replica.commit_index() || self.committer.forwarded.is_some() {
                     return Ok(()); // Nothing to gain (see `install`).
                 }

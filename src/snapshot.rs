@@ -253,6 +253,14 @@ impl Assembly {
         }
     }
 
+    /// Drops a partial snapshot at or below `slot` (the replica has gone past it: it will
+    /// never be needed), giving back its memory.
+    pub fn forget_up_to(&mut self, slot: Slot) {
+        if self.partial.as_ref().is_some_and(|(held, ..)| *held <= slot) {
+            self.partial = None;
+        }
+    }
+
     /// Bytes held for a snapshot not yet whole.
     #[must_use]
     pub fn held_bytes(&self) -> usize {
@@ -376,6 +384,12 @@ mod tests {
         assert_eq!(assembly.take(Slot(7), 0, 101, piece(4), 100), Piece::Ignored);
         assert_eq!(assembly.take(Slot(7), 25, 30, piece(4), 100), Piece::Ignored);
         assert_eq!(assembly.take(Slot(8), 0, 10, piece(5), 100), Piece::Whole(piece(5)));
+        // A partial snapshot the replica went past is given back.
+        assert_eq!(assembly.take(Slot(9), 0, 30, piece(6), 100), Piece::Pull(Slot(9), 10));
+        assembly.forget_up_to(Slot(8));
+        assert_eq!(assembly.held_bytes(), 10);
+        assembly.forget_up_to(Slot(9));
+        assert_eq!(assembly.held_bytes(), 0);
     }
 
     #[test]

@@ -513,7 +513,9 @@ impl World {
         match message {
             Message::Snapshot { slot, offset, total, bytes, commit_index } => {
                 // As `Shard::on_snapshot_message`.
-                if slot > self.replica(to, shard).commit_index() {
+                let commit = self.replica(to, shard).commit_index();
+                self.nodes[to].shards[shard].arriving.forget_up_to(commit);
+                if slot > commit {
                     let arriving = &mut self.nodes[to].shards[shard].arriving;
                     match arriving.take(slot, offset, total, bytes, u64::MAX) {
                         Piece::Whole(bytes) => {
