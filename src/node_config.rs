@@ -302,8 +302,8 @@ pub struct NodeConfig {
     pub snapshot_piece_bytes: usize,
 }
 
-/// A snapshot's pieces by default: 4 MiB, one frame each.
-pub const SNAPSHOT_PIECE_KIB_DEFAULT: u32 = 4096;
+/// A snapshot's pieces by default, in KiB (the shard's default).
+pub const SNAPSHOT_PIECE_KIB_DEFAULT: u32 = (crate::shard::SNAPSHOT_PIECE_BYTES >> 10) as u32;
 
 /// WAL between snapshots by default: four segments of the default size, so a shard's log
 /// stays within about five segments on disk.

@@ -629,7 +629,7 @@ impl ShardSettings {
             apply: ApplyTo::Shard,
             shard: 0,
             snapshot_every_bytes: 0,
-            snapshot_bytes_max: 1 << 30,
+            snapshot_bytes_max: crate::snapshot::ASSEMBLY_BYTES_MAX as usize,
             snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES,
         }
     }
@@ -997,9 +997,18 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         if self.snapshots.current.is_none() {
             return Ok(None);
         }
+        self.snapshot_piece(None, 0)
+    }
+
+    /// [`ReplicaLog::snapshot_piece`] in this shard's piece size, at its commit position.
+    fn snapshot_piece(
+        &self,
+        slot: Option<Slot>,
+        offset: u64,
+    ) -> Result<Option<Message>, ShardError> {
         let (piece_bytes, commit) =
             (self.settings.snapshot_piece_bytes, self.replica.commit_index());
-        self.log.snapshot_piece(None, 0, piece_bytes, commit)
+        self.log.snapshot_piece(slot, offset, piece_bytes, commit)
     }
 
     /// The piece a client fetching the snapshot pulled (see
@@ -1013,23 +1022,16 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         slot: Slot,
         offset: u64,
     ) -> Result<Message, ShardError> {
-        let (piece_bytes, commit) =
-            (self.settings.snapshot_piece_bytes, self.replica.commit_index());
-        let asked = (slot != Slot(0))
-            .then(|| self.log.snapshot_piece(Some(slot), offset, piece_bytes, commit))
-            .transpose()?
-            .flatten();
-        Ok(match asked {
+        let asked = (slot != Slot(0)).then(|| self.snapshot_piece(Some(slot), offset));
+        Ok(match asked.transpose()?.flatten() {
             Some(piece) => piece,
-            None => self.log.snapshot_piece(None, 0, piece_bytes, commit)?.unwrap_or(
-                Message::Snapshot {
-                    slot: Slot(0),
-                    offset: 0,
-                    total: 0,
-                    bytes: Bytes::new(),
-                    commit_index: commit,
-                },
-            ),
+            None => self.snapshot_piece(None, 0)?.unwrap_or(Message::Snapshot {
+                slot: Slot(0),
+                offset: 0,
+                total: 0,
+                bytes: Bytes::new(),
+                commit_index: self.replica.commit_index(),
+            }),
         })
     }
 
@@ -1130,12 +1132,12 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     fn on_snapshot_message(&mut self, from: NodeId, message: Message) -> Result<(), ShardError> {
         match message {
             Message::Snapshot { slot, offset, total, bytes, commit_index } => {
-                self.snapshots.arriving.forget_up_to(self.replica.commit_index());
-                if slot <= self.replica.commit_index() || self.committer.forwarded.is_some() {
-                    return Ok(()); // Nothing to gain (see `install`).
+                if self.committer.forwarded.is_some() {
+                    return Ok(()); // Never released with forwarding (see `install`).
                 }
-                let max = self.settings.snapshot_bytes_max as u64;
-                match self.snapshots.arriving.take(slot, offset, total, bytes, max) {
+                let (commit, max) =
+                    (self.replica.commit_index(), self.settings.snapshot_bytes_max as u64);
+                match self.snapshots.arriving.receive(commit, slot, offset, total, bytes, max) {
                     Piece::Whole(bytes) => self.install(bytes, commit_index)?,
                     Piece::Pull(slot, offset) => {
                         self.outbox.push((from, Message::SnapshotPull { slot, offset }));
@@ -1144,11 +1146,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 }
             }
             Message::SnapshotPull { slot, offset } => {
-                let (piece_bytes, commit) =
-                    (self.settings.snapshot_piece_bytes, self.replica.commit_index());
-                if let Some(piece) =
-                    self.log.snapshot_piece(Some(slot), offset, piece_bytes, commit)?
-                {
+                if let Some(piece) = self.snapshot_piece(Some(slot), offset)? {
                     self.outbox.push((from, piece));
                 }
             }

@@ -121,12 +121,7 @@ impl Snapshot {
             return Err(SnapshotError::Truncated("shorter than the header"));
         }
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
-        if u64_at(0) != MAGIC {
-            return Err(SnapshotError::Format("bad magic"));
-        }
-        if u32::from_le_bytes(bytes[8..12].try_into().expect("4")) != VERSION {
-            return Err(SnapshotError::Format("unsupported version"));
-        }
+        check_format(&bytes)?;
         let body_len = u64_at(32);
         if body_len != (bytes.len() - HEADER_BYTES) as u64 {
             return Err(SnapshotError::Truncated("body length differs from the header's"));
@@ -161,14 +156,24 @@ impl Snapshot {
     }
 }
 
+/// Checks the magic and version of a snapshot's header (`head` holds at least the header).
+fn check_format(head: &[u8]) -> Result<(), SnapshotError> {
+    if head[..8] != MAGIC.to_le_bytes() {
+        return Err(SnapshotError::Format("bad magic"));
+    }
+    if head[8..12] != VERSION.to_le_bytes() {
+        return Err(SnapshotError::Format("unsupported version"));
+    }
+    Ok(())
+}
+
 /// The slot a snapshot's first bytes name, if they start a snapshot of a known version (the
 /// rest is checked when the whole arrives: [`Snapshot::decode`]).
 #[must_use]
 pub fn slot_in_header(head: &[u8]) -> Option<Slot> {
-    let head: &[u8; HEADER_BYTES] = head.get(..HEADER_BYTES)?.try_into().ok()?;
-    let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8"));
-    let version = u32::from_le_bytes(head[8..12].try_into().expect("4"));
-    (u64_at(0) == MAGIC && version == VERSION).then(|| Slot(u64_at(24)))
+    let head = head.get(..HEADER_BYTES)?;
+    check_format(head).ok()?;
+    Some(Slot(u64::from_le_bytes(head[24..32].try_into().expect("8"))))
 }
 
 /// A snapshot arriving in pieces ([`crate::core::Message::Snapshot`]), in order: one at a time,
@@ -253,12 +258,25 @@ impl Assembly {
         }
     }
 
-    /// Drops a partial snapshot at or below `slot` (the replica has gone past it: it will
-    /// never be needed), giving back its memory.
-    pub fn forget_up_to(&mut self, slot: Slot) {
-        if self.partial.as_ref().is_some_and(|(held, ..)| *held <= slot) {
+    /// [`Assembly::take`] for a replica at commit position `commit`: a piece of a snapshot
+    /// not ahead of it is ignored (nothing to gain), and a partial one it has gone past is
+    /// dropped, its memory given back.
+    pub fn receive(
+        &mut self,
+        commit: Slot,
+        slot: Slot,
+        offset: u64,
+        total: u64,
+        bytes: Bytes,
+        total_max: u64,
+    ) -> Piece {
+        if self.partial.as_ref().is_some_and(|(held, ..)| *held <= commit) {
             self.partial = None;
         }
+        if slot <= commit {
+            return Piece::Ignored;
+        }
+        self.take(slot, offset, total, bytes, total_max)
     }
 
     /// Bytes held for a snapshot not yet whole.
@@ -384,11 +402,15 @@ mod tests {
         assert_eq!(assembly.take(Slot(7), 0, 101, piece(4), 100), Piece::Ignored);
         assert_eq!(assembly.take(Slot(7), 25, 30, piece(4), 100), Piece::Ignored);
         assert_eq!(assembly.take(Slot(8), 0, 10, piece(5), 100), Piece::Whole(piece(5)));
-        // A partial snapshot the replica went past is given back.
-        assert_eq!(assembly.take(Slot(9), 0, 30, piece(6), 100), Piece::Pull(Slot(9), 10));
-        assembly.forget_up_to(Slot(8));
+        // A replica ignores snapshots not ahead of it, and gives back a partial one it went
+        // past.
+        assert_eq!(
+            assembly.receive(Slot(8), Slot(9), 0, 30, piece(6), 100),
+            Piece::Pull(Slot(9), 10)
+        );
+        assert_eq!(assembly.receive(Slot(8), Slot(8), 0, 30, piece(6), 100), Piece::Ignored);
         assert_eq!(assembly.held_bytes(), 10);
-        assembly.forget_up_to(Slot(9));
+        assert_eq!(assembly.receive(Slot(9), Slot(9), 10, 30, piece(6), 100), Piece::Ignored);
         assert_eq!(assembly.held_bytes(), 0);
     }
 

@@ -166,6 +166,17 @@ fn random_client_id() -> u64 {
     hasher.digest().max(1)
 }
 
+/// `shard` of a node that has `shards`, or an error that says how many it has.
+fn check_shard(shard: u16, shards: u16) -> Result<(), ClientError> {
+    if shard >= shards {
+        return Err(ClientError::BadReply(format!(
+            "shard {shard} does not exist: the node has {shards} (0 to {})",
+            shards.saturating_sub(1)
+        )));
+    }
+    Ok(())
+}
+
 /// A handshake's outcome: the connection, the node that answered, and what it said.
 struct Handshake {
     stream: TcpStream,

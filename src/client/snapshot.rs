@@ -3,7 +3,9 @@
 //! in pieces; this side assembles them ([`Assembly`]), pulling each next one, and checks the
 //! whole.
 
-use super::{ClientError, ClientOptions, FRAME_BYTES_MAX, handshake, random_client_id};
+use super::{
+    ClientError, ClientOptions, FRAME_BYTES_MAX, check_shard, handshake, random_client_id,
+};
 use crate::core::{ClusterId, Message, NodeId, Slot};
 use crate::snapshot::{ASSEMBLY_BYTES_MAX, Assembly, Piece, Snapshot};
 use crate::transport::codec::{Body, Encoder, Frame};
@@ -24,13 +26,7 @@ pub fn fetch_snapshot(
 ) -> Result<Option<Snapshot>, ClientError> {
     let client_id = random_client_id();
     let first = handshake(options, client_id, address, 0)?;
-    let shards = first.reply.shards;
-    if shard >= shards {
-        return Err(ClientError::BadReply(format!(
-            "shard {shard} does not exist: the node has {shards} (0 to {})",
-            shards - 1
-        )));
-    }
+    check_shard(shard, first.reply.shards)?;
     let mut stream = match shard {
         0 => first.stream,
         _ => handshake(options, client_id, address, shard)?.stream,

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{ClientError, ClientOptions, FRAME_BYTES_MAX, handshake, random_client_id};
+use super::{
+    ClientError, ClientOptions, FRAME_BYTES_MAX, check_shard, handshake, random_client_id,
+};
 use crate::core::{Message, NodeId, Slot, SlotRun, Value};
 use crate::merge::Merge;
 use crate::transport::codec::{Body, Encoder, Frame};
@@ -66,11 +68,8 @@ impl Tail {
         let client_id = random_client_id();
         let first = handshake(options, client_id, address, 0)?;
         let shards = first.reply.shards;
-        if let Some(shard) = shard.filter(|shard| *shard >= shards) {
-            return Err(ClientError::BadReply(format!(
-                "shard {shard} does not exist: the node has {shards} (0 to {})",
-                shards - 1
-            )));
+        if let Some(shard) = shard {
+            check_shard(shard, shards)?;
         }
         let start = Merge::new(shards, from);
         let wanted: Vec<u16> = match shard {

@@ -26,11 +26,6 @@ use crate::state_machine::KvStore;
 /// Replies remembered per client for deduplicating retries.
 pub const SESSION_WINDOW: usize = 4096;
 
-/// The largest snapshot a shard releases its WAL for, and assembles from a peer's pieces (in
-/// memory, while it arrives); a larger state is still snapshotted (restarts use it) but its
-/// log is kept.
-pub const SNAPSHOT_BYTES_MAX: usize = crate::snapshot::ASSEMBLY_BYTES_MAX as usize;
-
 /// What the shards of a node share: whether to stop, whether one failed, and each shard's
 /// commit position (so an idle shard's leader knows how far to skip).
 #[derive(Debug, Default)]
@@ -276,9 +271,11 @@ fn open_shard(
         apply: if forward { ApplyTo::Forward } else { ApplyTo::Shard },
         shard,
         snapshot_every_bytes: config.snapshot_every_bytes,
-        snapshot_bytes_max: SNAPSHOT_BYTES_MAX,
-        // One frame each, with room for the frame's header.
-        snapshot_piece_bytes: config.snapshot_piece_bytes.min(config.frame_bytes_max() - (1 << 20)),
+        // The largest a reader assembles (in memory): a larger state is still snapshotted
+        // (restarts use it) but its log is kept.
+        snapshot_bytes_max: crate::snapshot::ASSEMBLY_BYTES_MAX as usize,
+        // At most 32 MiB (`NodeConfig`): one frame each.
+        snapshot_piece_bytes: config.snapshot_piece_bytes,
     };
     let opened = Shard::open_with(
         config.shard_config(shard),

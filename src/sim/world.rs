@@ -514,19 +514,14 @@ impl World {
             Message::Snapshot { slot, offset, total, bytes, commit_index } => {
                 // As `Shard::on_snapshot_message`.
                 let commit = self.replica(to, shard).commit_index();
-                self.nodes[to].shards[shard].arriving.forget_up_to(commit);
-                if slot > commit {
-                    let arriving = &mut self.nodes[to].shards[shard].arriving;
-                    match arriving.take(slot, offset, total, bytes, u64::MAX) {
-                        Piece::Whole(bytes) => {
-                            self.install_snapshot(to, shard, bytes, commit_index)
-                        }
-                        Piece::Pull(slot, offset) => {
-                            self.snapshots.pulls += 1;
-                            self.net_send(to, from, shard, Message::SnapshotPull { slot, offset });
-                        }
-                        Piece::Ignored => {}
+                let arriving = &mut self.nodes[to].shards[shard].arriving;
+                match arriving.receive(commit, slot, offset, total, bytes, u64::MAX) {
+                    Piece::Whole(bytes) => self.install_snapshot(to, shard, bytes, commit_index),
+                    Piece::Pull(slot, offset) => {
+                        self.snapshots.pulls += 1;
+                        self.net_send(to, from, shard, Message::SnapshotPull { slot, offset });
                     }
+                    Piece::Ignored => {}
                 }
                 self.drive(to, shard);
                 return;
