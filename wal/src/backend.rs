@@ -155,6 +155,11 @@ pub trait Backend: Send + Clone + 'static {
     /// # Errors
     /// The failing I/O call.
     fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Deletes a small file durably; nothing if it is absent.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn remove_file(&self, name: &str) -> Result<()>;
 }
 
 /// Parts of one version of a file ([`Backend::read_file_range`]).

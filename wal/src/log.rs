@@ -21,6 +21,10 @@ use crate::format::{
 };
 
 const METADATA_FILE: &str = "metadata";
+/// Present while the log is known to have lost records that may have been acknowledged: written
+/// (durably) before recovery cuts them, removed by [`Wal::finish_repair`] (docs/wal-format.md,
+/// "Damage").
+pub const REPAIR_FILE: &str = "repair";
 const METADATA_MAGIC: u32 = u32::from_le_bytes(*b"QMET");
 /// Largest metadata blob.
 pub const METADATA_BYTES_MAX: usize = 4096;
@@ -83,6 +87,11 @@ pub struct Recovery {
     pub torn_tail_bytes: u64,
     /// The metadata last written with [`Wal::set_metadata`].
     pub metadata: Option<Vec<u8>>,
+    /// The log lost records that may have been acknowledged, now or at an earlier opening
+    /// whose repair was not finished ([`Wal::finish_repair`]): its owner must recover them
+    /// from elsewhere before it relies on the log again. Only [`Wal::open_repairing`] opens
+    /// such a log.
+    pub repair_pending: bool,
 }
 
 /// The watermarks of all segments together: the highest confirmed and target positions, and
@@ -185,6 +194,24 @@ impl<B: Backend> Wal<B> {
     /// `Corrupt` for damage followed by valid records, or a broken segment sequence; the
     /// failing I/O call otherwise.
     pub fn open(backend: B, options: Options) -> Result<(Wal<B>, Recovery)> {
+        Wal::open_with(backend, options, false)
+    }
+
+    /// Opens the log like [`Wal::open`], but where damage lies in the range a completed sync
+    /// covered (records that may have been acknowledged, followed by valid ones or not), cuts
+    /// the log there instead of refusing to open: for an owner that can recover what was cut
+    /// from elsewhere (a replica, from its peers). Before anything is cut, the file
+    /// [`REPAIR_FILE`] is written durably, so a crash before the repair finishes still knows;
+    /// [`Recovery::repair_pending`] says so, at this opening and every later one until
+    /// [`Wal::finish_repair`].
+    ///
+    /// # Errors
+    /// `Corrupt` for a broken segment sequence or header; the failing I/O call otherwise.
+    pub fn open_repairing(backend: B, options: Options) -> Result<(Wal<B>, Recovery)> {
+        Wal::open_with(backend, options, true)
+    }
+
+    fn open_with(backend: B, options: Options, cut_damage: bool) -> Result<(Wal<B>, Recovery)> {
         // Room for the header, a record and a segment-end marker, in whole pages.
         let smallest =
             ((SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64 * 2).next_multiple_of(4096);
@@ -217,13 +244,14 @@ impl<B: Backend> Wal<B> {
             let spare = wal.spares.remove(0);
             wal.backend.remove_spare(spare)?;
         }
-        let mut recovery = Recovery { metadata, ..Recovery::default() };
+        let repair_pending = cut_damage && wal.backend.read_file(REPAIR_FILE)?.is_some();
+        let mut recovery = Recovery { metadata, repair_pending, ..Recovery::default() };
         let confirmed = if numbers.is_empty() {
             let segment = wal.create_segment(0)?;
             wal.segments.push_back((0, segment));
             wal.first_position()
         } else {
-            wal.recover(&numbers, &mut recovery)?
+            wal.recover(&numbers, &mut recovery, cut_damage)?
         };
         recovery.first_position = wal.first_position();
         recovery.end_position = wal.end_position();
@@ -235,7 +263,12 @@ impl<B: Backend> Wal<B> {
     }
 
     /// Scans the segments; returns the highest position a completed sync confirmed.
-    fn recover(&mut self, numbers: &[u64], recovery: &mut Recovery) -> Result<u64> {
+    fn recover(
+        &mut self,
+        numbers: &[u64],
+        recovery: &mut Recovery,
+        cut_damage: bool,
+    ) -> Result<u64> {
         for pair in numbers.windows(2) {
             if pair[1] != pair[0] + 1 {
                 return Err(Error::Corrupt {
@@ -307,6 +340,15 @@ impl<B: Backend> Wal<B> {
                     Decoded::Unwritten if bytes.len() - offset < RECORD_HEADER_BYTES => {
                         continue 'segments;
                     }
+                    Decoded::Unwritten
+                        if number * self.segment_bytes + (offset as u64) < marks.confirmed =>
+                    {
+                        // A completed sync covered this position, so a record or the end
+                        // marker was written here: zeros are lost data (a zeroed page), not
+                        // the end of the log.
+                        damage = Some((index, offset, "zeros below the confirmed watermark"));
+                        break 'segments;
+                    }
                     Decoded::Record(..) | Decoded::Unwritten => break 'segments,
                     Decoded::Damaged(reason) => {
                         damage = Some((index, offset, reason));
@@ -319,7 +361,9 @@ impl<B: Backend> Wal<B> {
             let position = self.segments[index].0 * self.segment_bytes + offset as u64;
             // Below the confirmed mark every write was durable, so damage there followed by
             // valid records is corruption, not a torn write: refuse to guess.
-            if position < marks.confirmed && self.valid_record_after(index, offset, generation_max)
+            if position < marks.confirmed
+                && !cut_damage
+                && self.valid_record_after(index, offset, generation_max)
             {
                 return Err(Error::Corrupt {
                     segment: self.backend.path(self.segments[index].0),
@@ -328,6 +372,19 @@ impl<B: Backend> Wal<B> {
                 });
             }
             self.classify_tail_damage(index, offset, reason, marks, recovery);
+            if cut_damage && !recovery.damaged.is_empty() && !recovery.repair_pending {
+                // Durably, before a byte is cut: a crash during the repair must not leave a
+                // log that looks whole.
+                let damage = &recovery.damaged[0];
+                let note = format!(
+                    "{} at {} offset {}\n",
+                    damage.reason,
+                    damage.segment.display(),
+                    damage.offset
+                );
+                self.backend.write_file_atomic(REPAIR_FILE, note.as_bytes())?;
+                recovery.repair_pending = true;
+            }
         }
         // Segments past the end hold nothing of the log: drop them. Past the end of the last
         // one, clear whatever a crash left (writes that landed beyond a hole, older records),
@@ -782,6 +839,17 @@ impl<B: Backend> Wal<B> {
             }
         }
         Ok(())
+    }
+
+    /// The owner recovered what the log lost ([`Recovery::repair_pending`]) and made it
+    /// durable in the log: later openings no longer report the repair. Blocks (a file is
+    /// deleted and the directory synced).
+    ///
+    /// # Errors
+    /// `Poisoned`, or the failing I/O call.
+    pub fn finish_repair(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        self.backend.remove_file(REPAIR_FILE)
     }
 
     /// Replaces the durable metadata (promised ballot, epoch: bytes opaque to the log)

@@ -504,6 +504,15 @@ impl Backend for MmapBackend {
         Ok(Some(FileRange { head: read(0, head)?, bytes: read(offset, len)?, total }))
     }
 
+    fn remove_file(&self, name: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io { op: "remove", path, source }),
+        }
+    }
+
     fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.dir.join(name);
         let temporary = self.dir.join(format!("{name}.new"));

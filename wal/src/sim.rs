@@ -275,6 +275,11 @@ impl Backend for SimBackend {
         Ok(self.lock().files.get(name).cloned())
     }
 
+    fn remove_file(&self, name: &str) -> Result<()> {
+        self.lock().files.remove(name);
+        Ok(())
+    }
+
     fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let mut state = self.lock();
         if state.failing_syncs > 0 {
