@@ -53,6 +53,14 @@ pub enum ShardError {
     /// The WAL's metadata (the durable promise) does not decode.
     #[error("WAL metadata damaged: {0}")]
     Metadata(&'static str),
+    /// The log lost records that may have been acknowledged and this replica is its shard's
+    /// only voter: no peer holds them (protocol.md §3.9).
+    #[error(
+        "the log lost records that may have been acknowledged ({0}) and this node is the \
+         shard's only voter, so nothing can repair them. To go on with what remains (the writes \
+         after the damage are lost), delete the file `repair` in the shard's directory"
+    )]
+    Unrepairable(String),
 }
 
 /// A persist appended to the log, waiting for a sync to cover it, with what its owner wants
@@ -130,6 +138,8 @@ pub struct ReplicaLog<B: Backend, T> {
     metadata_promise: Ballot,
     /// The cluster and shard whose snapshots sit next to the log.
     owner: (ClusterId, u16),
+    /// Why the replica must repair before it votes (protocol.md §3.9), if it must.
+    repair: Option<String>,
 }
 
 /// The WAL's metadata: the promise the records of a released prefix held (round u64, node
@@ -232,7 +242,9 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         floor: Slot,
         mut each: impl FnMut(Record) -> Result<(), ShardError>,
     ) -> Result<Self, ShardError> {
-        let (mut wal, recovery) = Wal::open(backend, options)?;
+        // Damage in what a sync covered is cut, not refused: the replica repairs it from its
+        // peers before it votes again (protocol.md §3.9).
+        let (mut wal, recovery) = Wal::open_repairing(backend, options)?;
         let mut metadata_promise = Ballot::ZERO;
         if let Some(metadata) = &recovery.metadata {
             metadata_promise = decode_promise(metadata)?;
@@ -248,6 +260,21 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             each(decode_sharing(&wal, position, &record)?)?;
         }
         wal.retire_sealed();
+        let repair = if let Some(damage) = recovery.damaged.first() {
+            Some(format!(
+                "{} at {} offset {}",
+                damage.reason,
+                damage.segment.display(),
+                damage.offset
+            ))
+        } else if recovery.repair_pending {
+            Some("a repair begun at an earlier start did not finish".to_string())
+        } else if recovery.records == 0 && recovery.metadata.is_none() && floor == Slot(0) {
+            // A new node and one whose data directory was wiped look the same from here.
+            Some("the log is empty: a new node, or one whose data was lost".to_string())
+        } else {
+            None
+        };
         let log = ReplicaLog {
             wal,
             unsynced: VecDeque::new(),
@@ -257,8 +284,32 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             floor,
             metadata_promise,
             owner,
+            repair,
         };
         Ok(log)
+    }
+
+    /// Why the replica must repair before it votes (protocol.md §3.9): the WAL lost records
+    /// that may have been acknowledged, a repair did not finish, or the log is empty (a new
+    /// node and a wiped one look the same). `None` if the log holds everything it held.
+    #[must_use]
+    pub fn repair_reason(&self) -> Option<&str> {
+        self.repair.as_deref()
+    }
+
+    /// True if the WAL itself reported lost records (not just an empty log).
+    #[must_use]
+    pub fn lost_records(&self) -> bool {
+        self.repair.is_some() && self.wal.backend().read_file(quorum_wal::REPAIR_FILE).ok().flatten().is_some()
+    }
+
+    /// The replica's repair is over and durable ([`Action::Repaired`]): later starts need none.
+    ///
+    /// # Errors
+    /// The marker file cannot be removed.
+    pub fn finish_repair(&mut self) -> Result<(), ShardError> {
+        self.repair = None;
+        Ok(self.wal.finish_repair()?)
     }
 
     /// The newest durable snapshot next to the log, if any (read from its file: a snapshot
@@ -618,6 +669,15 @@ pub struct ShardSettings {
     pub snapshot_bytes_max: usize,
     /// A snapshot is sent in pieces of at most this many bytes, each pulled by the receiver.
     pub snapshot_piece_bytes: usize,
+    /// Different at every start (random by default): tells this start's repair reports from
+    /// an earlier one's (protocol.md §3.9).
+    pub repair_nonce: u64,
+}
+
+/// A number that differs between processes and calls (std's per-process random hash keys).
+fn random_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 impl ShardSettings {
@@ -631,6 +691,7 @@ impl ShardSettings {
             snapshot_every_bytes: 0,
             snapshot_bytes_max: crate::snapshot::ASSEMBLY_BYTES_MAX as usize,
             snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES,
+            repair_nonce: random_nonce(),
         }
     }
 }
@@ -807,6 +868,20 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         })?;
         replica.finish_recovery();
         apply(&mut replica)?;
+        if let Some(reason) = log.repair_reason() {
+            let voters = replica.config().voters.len();
+            if voters == 1 && log.lost_records() {
+                return Err(ShardError::Unrepairable(reason.to_string()));
+            }
+            if voters > 1 && !replica.config().is_learner() {
+                tracing::warn!(
+                    shard = settings.shard,
+                    "{reason}: this replica will not vote until every other voter has said \
+                     what it holds and it has caught up to that (protocol.md §3.9)"
+                );
+            }
+            replica.start_repair(settings.repair_nonce);
+        }
         snapshots.taken_at_position = log.wal().end_position();
         snapshots.phase = Some(member_rank(replica.config()));
         Ok(Shard {
@@ -1224,6 +1299,10 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                         (ARCHIVE_READ_BYTES_MAX, self.settings.snapshot_piece_bytes),
                     )?;
                     self.outbox.extend(messages.into_iter().map(|message| (to, message)));
+                }
+                Action::Repaired => {
+                    tracing::info!(shard = self.settings.shard, "repair finished: voting again");
+                    self.log.finish_repair()?;
                 }
             }
         }

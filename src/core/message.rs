@@ -148,6 +148,25 @@ pub enum Message {
         /// The first byte missing.
         offset: u64,
     },
+    /// A voter whose log may have lost acknowledged records (damage, or a data directory that
+    /// is new or was wiped) asks another voter what it holds, before it votes again
+    /// (protocol.md §3.9). Answered by every voter, repairing or not.
+    RepairQuery {
+        /// Chosen afresh by the asker at each start, echoed in the report, so that a report
+        /// meant for an earlier incarnation is never taken.
+        nonce: u64,
+    },
+    /// The answer to a [`Message::RepairQuery`]: what the sender holds now.
+    RepairReport {
+        /// The query's nonce.
+        nonce: u64,
+        /// The sender's promised ballot.
+        promised: Ballot,
+        /// One past the highest slot the sender holds anything for (accepted or chosen).
+        slot_end: Slot,
+        /// The sender's commit position.
+        commit_index: Slot,
+    },
     /// Chosen values, in slot order without gaps, from the first run's slot.
     Chosen {
         /// The runs, each with `chosen == true`.
@@ -173,6 +192,8 @@ impl Message {
             Message::HeartbeatAck { .. } => "heartbeat-ack",
             Message::CatchUpRequest { .. } => "catch-up-request",
             Message::Subscribe { .. } => "subscribe",
+            Message::RepairQuery { .. } => "repair-query",
+            Message::RepairReport { .. } => "repair-report",
             Message::Chosen { .. } => "chosen",
             Message::Snapshot { .. } => "snapshot",
             Message::SnapshotPull { .. } => "snapshot-pull",
@@ -275,4 +296,8 @@ pub enum Action {
         /// The sender's commit position, for the messages.
         commit_index: Slot,
     },
+    /// The repair begun by [`crate::core::Replica::start_repair`] is over and durable: the
+    /// runtime may forget that the log needed one (`Wal::finish_repair`). The replica votes
+    /// again from now on.
+    Repaired,
 }

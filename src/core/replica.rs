@@ -24,6 +24,7 @@ use super::feed::Feed;
 use super::log::Log;
 use super::message::{Action, Envelope, Message, Record, SlotRun};
 use super::quorum::{VoteSet, Voters};
+use super::repair::Repair;
 use super::types::{Ballot, NodeId, PersistSeq, RequestId, Slot};
 
 /// The role of a replica in its shard.
@@ -173,6 +174,8 @@ pub struct Replica {
     subscribers: Vec<Subscriber>,
     /// A learner's own subscription.
     subscription: Subscription,
+    /// Set while the log may lack acknowledged records: no votes until it is over (§3.9).
+    repair: Option<Repair>,
 }
 
 /// A learner this replica feeds, until its lease runs out.
@@ -261,6 +264,7 @@ impl Replica {
             actions: Vec::with_capacity(config.pipeline_depth_max * 4),
             subscribers: Vec::new(),
             subscription: Subscription::default(),
+            repair: None,
             config,
         };
         Ok(replica)
@@ -329,6 +333,29 @@ impl Replica {
         self.round_seen_max = self.promised.round;
         self.maybe_advance_commit();
         self.commit_index_persisted = self.commit_index;
+    }
+
+    /// Begins a repair (protocol.md §3.9): the log this replica was rebuilt from may lack
+    /// records it acknowledged (the WAL reported damage, or the data directory was empty,
+    /// which a new node and a wiped one share). Until every other voter has said what it holds
+    /// and this replica has committed, durably, up to the highest slot any of them holds, it
+    /// neither promises, accepts nor stands for election; [`Action::Repaired`] says when it is
+    /// over. `nonce` must differ between starts (the runtime's randomness): it tells this
+    /// incarnation's reports from older ones. Call it after [`Replica::finish_recovery`].
+    /// A learner never votes and has nothing to repair.
+    pub fn start_repair(&mut self, nonce: u64) {
+        if self.config.is_learner() {
+            return;
+        }
+        assert!(matches!(self.role, Role::Follower), "a repair starts before any election");
+        self.repair = Some(Repair::new(nonce, self.my_voter_index()));
+        self.maybe_finish_survey();
+    }
+
+    /// True while a repair is under way ([`Replica::start_repair`]).
+    #[must_use]
+    pub fn is_repairing(&self) -> bool {
+        self.repair.is_some()
     }
 
     // ----- Observers ---------------------------------------------------------------------
@@ -414,6 +441,7 @@ impl Replica {
         self.now_tick += 1;
         let now = self.now_tick;
         match &mut self.role {
+            Role::Follower if self.repair.is_some() => self.repair_tick(),
             Role::Follower | Role::Probing { .. } => {
                 if self.election.expired(now) {
                     self.start_probe();
@@ -486,6 +514,14 @@ impl Replica {
             }
             self.pending_promises.pop_front();
             self.promised_durable = self.promised_durable.max(ballot);
+        }
+        if self.repair.as_ref().and_then(|repair| repair.durable_seq).is_some_and(|due| seq >= due)
+        {
+            // Everything up to the survey's bound is chosen here and durable, and so is the
+            // promise it raised: this log holds what the lost one held (§3.9).
+            self.repair = None;
+            self.actions.push(Action::Repaired);
+            self.election.restart(self.now_tick, &mut self.rng);
         }
     }
 
@@ -570,6 +606,12 @@ impl Replica {
 
     fn dispatch(&mut self, from: NodeId, message: Message) {
         let learner = self.config.is_learner();
+        let message = if self.repair.is_some() {
+            let Some(message) = self.dispatch_repairing(from, message) else { return };
+            message
+        } else {
+            message
+        };
         match message {
             Message::Probe { round, commit_index } if !learner => {
                 self.on_probe(from, round, commit_index)
@@ -597,11 +639,121 @@ impl Replica {
             Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
             Message::Subscribe { from_slot } => self.on_subscribe(from, from_slot),
             Message::Chosen { runs, commit_index } => self.on_chosen(runs, commit_index),
+            Message::RepairQuery { nonce } if !learner => {
+                let report = Message::RepairReport {
+                    nonce,
+                    promised: self.promised,
+                    slot_end: self.log.end_slot(),
+                    commit_index: self.commit_index,
+                };
+                self.send(from, report);
+            }
+            Message::RepairReport { nonce, promised, slot_end, commit_index } => {
+                self.on_repair_report(from, nonce, promised, slot_end, commit_index)
+            }
             // The shard around the replica checks and installs snapshots (it holds the state
             // machine); it calls `install_snapshot` and never hands one in here.
             Message::Snapshot { .. } | Message::SnapshotPull { .. } => {}
-            // Learners never vote (I7): probes, prepares and accepts to them are dropped.
-            Message::Probe { .. } | Message::Prepare { .. } | Message::Accept { .. } => {}
+            // Learners never vote (I7): probes, prepares and accepts to them are dropped, and
+            // they have no log a voter could repair from.
+            Message::Probe { .. }
+            | Message::Prepare { .. }
+            | Message::Accept { .. }
+            | Message::RepairQuery { .. } => {}
+        }
+    }
+
+    // ----- Repair (protocol.md §3.9) -----------------------------------------------------
+
+    /// A repairing replica takes no part in votes: it refuses probes, ignores prepares, and
+    /// hears accepts and heartbeats only for who leads and how far it committed (to catch up
+    /// from). Returns what the usual dispatch handles, unchanged.
+    fn dispatch_repairing(&mut self, from: NodeId, message: Message) -> Option<Message> {
+        match message {
+            Message::Probe { round, .. } => {
+                let reply = Message::ProbeReply { round, granted: false, promised: self.promised };
+                self.send(from, reply);
+            }
+            Message::Prepare { .. } => {}
+            Message::Accept { ballot, commit_index, .. }
+            | Message::Heartbeat { ballot, commit_index } => {
+                if ballot >= self.promised && ballot.node != self.config.node {
+                    self.leader_hint = Some(ballot.node);
+                }
+                // Ballot zero: mark nothing chosen from what this log holds (it may lack the
+                // leader's values); the slots come by catch-up.
+                self.learn_commit_index(Ballot::ZERO, commit_index);
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    fn repair_tick(&mut self) {
+        let now = self.now_tick;
+        let Some(repair) = &mut self.repair else { return };
+        if repair.until.is_some() || now < repair.query_due_tick {
+            return;
+        }
+        repair.query_due_tick = now + u64::from(self.config.heartbeat_interval_ticks);
+        let (nonce, reported) = (repair.nonce, repair.reported);
+        for index in 0..self.voters.len() {
+            if !reported.contains(index) {
+                self.send(self.voters.ids()[index], Message::RepairQuery { nonce });
+            }
+        }
+    }
+
+    fn on_repair_report(
+        &mut self,
+        from: NodeId,
+        nonce: u64,
+        promised: Ballot,
+        slot_end: Slot,
+        commit_index: Slot,
+    ) {
+        let Some(index) = self.voters.index_of(from) else { return };
+        let Some(repair) = &mut self.repair else { return };
+        if repair.nonce != nonce || !repair.on_report(index, promised, slot_end, commit_index) {
+            return;
+        }
+        self.known_commit_index = self.known_commit_index.max(commit_index);
+        self.maybe_finish_survey();
+    }
+
+    /// Once every other voter reported: raise the promise to the highest reported, and aim
+    /// to commit up to the highest slot any of them holds.
+    fn maybe_finish_survey(&mut self) {
+        let Some(repair) = &mut self.repair else { return };
+        if repair.until.is_some() || repair.reported.count() < self.voters.len() {
+            return;
+        }
+        let until = repair.slot_end_max;
+        let promised_max = repair.promised_max;
+        repair.until = Some(until);
+        if promised_max > self.promised {
+            self.raise_promise(promised_max);
+            self.persist(Record::Promised { ballot: promised_max }, None);
+        }
+        self.catch_up_due_tick = self.now_tick;
+        self.maybe_request_catch_up();
+        self.maybe_finish_repair();
+    }
+
+    /// Once committed up to the survey's bound: make that durable; the repair ends when it is.
+    fn maybe_finish_repair(&mut self) {
+        let Some(repair) = &self.repair else { return };
+        let Some(until) = repair.until else { return };
+        if repair.durable_seq.is_some() || self.commit_index < until {
+            return;
+        }
+        // A `Committed` record written after the `Chosen` ones (and the raised promise): one
+        // sync covering it covers them all.
+        let seq = PersistSeq(self.persist_seq_next);
+        self.commit_index_persisted = self.commit_index;
+        self.persist(Record::Committed { commit_index: self.commit_index }, None);
+        if let Some(repair) = &mut self.repair {
+            repair.durable_seq = Some(seq);
         }
     }
 
@@ -1094,6 +1246,9 @@ impl Replica {
         }
         self.compact();
         self.feed_subscribers();
+        if self.repair.is_some() {
+            self.maybe_finish_repair();
+        }
     }
 
     /// Forgets committed slots more than `retain_slots` behind the commit position, a quarter
@@ -1377,6 +1532,15 @@ impl Replica {
     }
 
     fn persist(&mut self, record: Record, then_send: Option<(NodeId, Message)>) {
+        // §3.9: a log that may lack acknowledged records never backs a vote.
+        assert!(
+            self.repair.is_none()
+                || !matches!(
+                    (&record, &then_send),
+                    (Record::Accepted { .. }, _) | (_, Some((_, Message::Promise { .. })))
+                ),
+            "a repairing replica voted: {record:?}"
+        );
         let seq = PersistSeq(self.persist_seq_next);
         self.persist_seq_next += 1;
         match &record {

@@ -276,6 +276,7 @@ fn open_shard(
         snapshot_bytes_max: crate::snapshot::ASSEMBLY_BYTES_MAX as usize,
         // At most 32 MiB (`NodeConfig`): one frame each.
         snapshot_piece_bytes: config.snapshot_piece_bytes,
+        ..ShardSettings::new(SESSION_WINDOW)
     };
     let opened = Shard::open_with(
         config.shard_config(shard),

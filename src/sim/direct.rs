@@ -121,6 +121,7 @@ impl DirectCluster {
                         self.applied_commands[index] += commands as u64;
                     }
                 }
+                Action::Repaired => {}
                 Action::SendArchived { .. } => {
                     unreachable!("nothing is compacted here: retain_slots is unbounded")
                 }

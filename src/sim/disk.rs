@@ -178,6 +178,20 @@ impl SimDisk {
         });
     }
 
+    /// Why the replica on this disk must repair before it votes, if it must (see
+    /// [`ReplicaLog::repair_reason`]).
+    pub fn repair_reason(&mut self) -> Option<String> {
+        self.log().repair_reason().map(str::to_string)
+    }
+
+    /// The replica's repair is over: later restarts need none.
+    ///
+    /// # Panics
+    /// If the simulated marker cannot be removed: it always can.
+    pub fn finish_repair(&mut self) {
+        self.log().finish_repair().expect("simulated files delete");
+    }
+
     /// Reopens the log after a crash and returns the records it recovered, in order.
     ///
     /// # Panics

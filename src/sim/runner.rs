@@ -65,6 +65,27 @@ pub struct Summary {
     pub seeds_with_installs: u64,
     /// Snapshots taken, restarts from a snapshot, snapshots installed, all seeds.
     pub snapshots: SnapshotCounts,
+    /// Disk faults injected and repairs run, all seeds.
+    pub faults: FaultCounts,
+}
+
+/// Disk faults the simulator injected, and the repairs they led to (protocol.md §3.9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Replicas that started a repair (every first start is one: an empty log).
+    pub repairs: u64,
+    /// Repairs that finished.
+    pub repaired: u64,
+    /// Bits flipped in a durable log image before a restart.
+    pub bit_flips: u64,
+    /// Zeroed stretches of a durable log image before a restart.
+    pub zeroed: u64,
+    /// Data directories of a voter wiped before a restart (amnesia).
+    pub wiped: u64,
+    /// Syncs made to fail (each stops its node).
+    pub sync_errors: u64,
+    /// Disks that filled up (each stops its node until space is freed).
+    pub full_disks: u64,
 }
 
 /// How often snapshots were taken and used.
@@ -132,6 +153,14 @@ pub fn run_range(
                     summary.snapshots.installed += report.snapshots.installed;
                     summary.snapshots.pulls += report.snapshots.pulls;
                     summary.snapshots.released_bytes += report.snapshots.released_bytes;
+                    let (faults, seen) = (&mut summary.faults, &report.faults);
+                    faults.repairs += seen.repairs;
+                    faults.repaired += seen.repaired;
+                    faults.bit_flips += seen.bit_flips;
+                    faults.zeroed += seen.zeroed;
+                    faults.wiped += seen.wiped;
+                    faults.sync_errors += seen.sync_errors;
+                    faults.full_disks += seen.full_disks;
                     if report.violation.is_some() {
                         summary.failures.push(report);
                     }
@@ -183,6 +212,23 @@ impl Summary {
             self.seeds_with_installs,
             self.snapshots.pulls,
             self.snapshots.released_bytes / 1_000_000
+        )
+    }
+
+    /// The disk faults injected and the repairs they caused.
+    #[must_use]
+    pub fn faults_line(&self) -> String {
+        let faults = &self.faults;
+        format!(
+            "disk faults: bits flipped {}, stretches zeroed {}, voters wiped {}, syncs failed {}, \
+             disks full {}; repairs started {} (first starts included), finished {}",
+            faults.bit_flips,
+            faults.zeroed,
+            faults.wiped,
+            faults.sync_errors,
+            faults.full_disks,
+            faults.repairs,
+            faults.repaired
         )
     }
 

@@ -24,7 +24,7 @@ use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_o
 use super::disk::SimDisk;
 use super::knobs::{Knobs, between};
 use super::linearizability::{KvOp, Operation, check_key};
-use super::runner::SnapshotCounts;
+use super::runner::{FaultCounts, SnapshotCounts};
 
 const CLUSTER: ClusterId = ClusterId(0x5157_4f52_554d);
 /// How long the liveness phase may take before it counts as a violation.
@@ -118,6 +118,8 @@ pub struct SeedReport {
     pub archived_reads: u64,
     /// Snapshots taken and used.
     pub snapshots: SnapshotCounts,
+    /// Disk faults injected, repairs run.
+    pub faults: FaultCounts,
     /// The knobs drawn from the seed.
     pub knobs: Knobs,
 }
@@ -140,6 +142,7 @@ impl SeedReport {
             merged: 0,
             archived_reads: 0,
             snapshots: SnapshotCounts::default(),
+            faults: FaultCounts::default(),
             knobs,
         }
     }
@@ -173,6 +176,7 @@ pub struct World {
     merged: u64,
     archived_reads: u64,
     snapshots: SnapshotCounts,
+    faults: FaultCounts,
     actions: Vec<Action>,
     trace: Option<String>,
     /// Print trace lines as they happen (so a panic still leaves the trace up to it).
@@ -211,6 +215,7 @@ impl World {
             merged: 0,
             archived_reads: 0,
             snapshots: SnapshotCounts::default(),
+            faults: FaultCounts::default(),
             actions: Vec::new(),
             trace: trace.then(String::new),
             trace_to_stdout: false,
@@ -317,6 +322,12 @@ impl World {
             replica.replay(record);
         }
         replica.finish_recovery();
+        if let Some(reason) = self.nodes[node].shards[shard].disk.repair_reason() {
+            self.trace(|| format!("n{} s{shard} repairs: {reason}", node + 1));
+            let nonce = self.rng.next_u64();
+            replica.start_repair(nonce);
+            self.faults.repairs += 1;
+        }
         let promised = replica.promised();
         let slot = &mut self.nodes[node].shards[shard];
         slot.replica = Some(replica);
@@ -406,6 +417,7 @@ impl World {
             events: self.events,
             merged: self.merged,
             archived_reads: self.archived_reads,
+            faults: self.faults,
             snapshots: SnapshotCounts {
                 released_bytes: self
                     .nodes
@@ -648,6 +660,11 @@ impl World {
                         });
                         self.apply(node, shard, &value);
                         self.merge(node, shard, first_slot, count, &value);
+                    }
+                    Action::Repaired => {
+                        self.trace(|| format!("n{} s{shard} repaired", id.0));
+                        self.faults.repaired += 1;
+                        self.nodes[node].shards[shard].disk.finish_repair();
                     }
                     Action::SendArchived { to, from_slot, end_slot, commit_index } => {
                         let runs_max = self.replica(node, shard).config().message_runs_max;
@@ -1268,5 +1285,10 @@ fn describe(message: &Message) -> String {
         Message::Chosen { runs, commit_index } => {
             format!("chosen runs {} commit {}", runs.len(), commit_index.0)
         }
+        Message::RepairQuery { nonce } => format!("repair-query {nonce:x}"),
+        Message::RepairReport { nonce, promised, slot_end, commit_index } => format!(
+            "repair-report {nonce:x} promised {promised} end {} commit {}",
+            slot_end.0, commit_index.0
+        ),
     }
 }

@@ -22,7 +22,7 @@ use crate::state_machine::StateSummary;
 pub const PREFIX_BYTES: usize = 4;
 
 /// The version of the protocol this build speaks; a peer or client with another is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -480,6 +480,20 @@ fn encode_message<'a>(
             let args = fb::HeartbeatAckArgs { ballot: Some(&b) };
             (fb::Body::HeartbeatAck, fb::HeartbeatAck::create(builder, &args).as_union_value())
         }
+        Message::RepairQuery { nonce } => {
+            let args = fb::RepairQueryArgs { nonce: *nonce };
+            (fb::Body::RepairQuery, fb::RepairQuery::create(builder, &args).as_union_value())
+        }
+        Message::RepairReport { nonce, promised, slot_end, commit_index } => {
+            let promised = ballot(*promised);
+            let args = fb::RepairReportArgs {
+                nonce: *nonce,
+                promised: Some(&promised),
+                slot_end: slot_end.0,
+                commit_index: commit_index.0,
+            };
+            (fb::Body::RepairReport, fb::RepairReport::create(builder, &args).as_union_value())
+        }
         Message::CatchUpRequest { from_slot } => {
             let args = fb::CatchUpRequestArgs { from_slot: from_slot.0 };
             (fb::Body::CatchUpRequest, fb::CatchUpRequest::create(builder, &args).as_union_value())
@@ -654,6 +668,19 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
         fb::Body::CatchUpRequest => {
             let m = frame.body_as_catch_up_request().ok_or(missing)?;
             Message::CatchUpRequest { from_slot: Slot(m.from_slot()) }
+        }
+        fb::Body::RepairQuery => {
+            let m = frame.body_as_repair_query().ok_or(missing)?;
+            Message::RepairQuery { nonce: m.nonce() }
+        }
+        fb::Body::RepairReport => {
+            let m = frame.body_as_repair_report().ok_or(missing)?;
+            Message::RepairReport {
+                nonce: m.nonce(),
+                promised: ballot_of(m.promised())?,
+                slot_end: Slot(m.slot_end()),
+                commit_index: Slot(m.commit_index()),
+            }
         }
         fb::Body::Subscribe => {
             let m = frame.body_as_subscribe().ok_or(missing)?;

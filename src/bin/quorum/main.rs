@@ -170,6 +170,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
     });
     println!("{}", summary.per_seed_line(threads));
     println!("{}", summary.coverage_line());
+    println!("{}", summary.faults_line());
     println!("{}", summary.line());
     if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

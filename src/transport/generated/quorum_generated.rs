@@ -97,10 +97,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 20;
+pub const ENUM_MAX_BODY: u8 = 22;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 21] = [
+pub const ENUM_VALUES_BODY: [Body; 23] = [
   Body::NONE,
   Body::Probe,
   Body::ProbeReply,
@@ -122,6 +122,8 @@ pub const ENUM_VALUES_BODY: [Body; 21] = [
   Body::Subscribe,
   Body::Snapshot,
   Body::SnapshotPull,
+  Body::RepairQuery,
+  Body::RepairReport,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -150,9 +152,11 @@ impl Body {
   pub const Subscribe: Self = Self(18);
   pub const Snapshot: Self = Self(19);
   pub const SnapshotPull: Self = Self(20);
+  pub const RepairQuery: Self = Self(21);
+  pub const RepairReport: Self = Self(22);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 20;
+  pub const ENUM_MAX: u8 = 22;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Probe,
@@ -175,6 +179,8 @@ impl Body {
     Self::Subscribe,
     Self::Snapshot,
     Self::SnapshotPull,
+    Self::RepairQuery,
+    Self::RepairReport,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -200,6 +206,8 @@ impl Body {
       Self::Subscribe => Some("Subscribe"),
       Self::Snapshot => Some("Snapshot"),
       Self::SnapshotPull => Some("SnapshotPull"),
+      Self::RepairQuery => Some("RepairQuery"),
+      Self::RepairReport => Some("RepairReport"),
       _ => None,
     }
   }
@@ -2620,6 +2628,249 @@ impl ::core::fmt::Debug for SnapshotPull<'_> {
       ds.finish()
   }
 }
+pub enum RepairQueryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RepairQuery<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RepairQuery<'a> {
+  type Inner = RepairQuery<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RepairQuery<'a> {
+  pub const VT_NONCE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RepairQuery { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RepairQueryArgs
+  ) -> ::flatbuffers::WIPOffset<RepairQuery<'bldr>> {
+    let mut builder = RepairQueryBuilder::new(_fbb);
+    builder.add_nonce(args.nonce);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn nonce(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairQuery::VT_NONCE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RepairQuery<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("nonce", Self::VT_NONCE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairQueryArgs {
+    pub nonce: u64,
+}
+impl<'a> Default for RepairQueryArgs {
+  #[inline]
+  fn default() -> Self {
+    RepairQueryArgs {
+      nonce: 0,
+    }
+  }
+}
+
+pub struct RepairQueryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairQueryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: u64) {
+    self.fbb_.push_slot::<u64>(RepairQuery::VT_NONCE, nonce, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairQueryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairQueryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RepairQuery<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RepairQuery<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RepairQuery");
+      ds.field("nonce", &self.nonce());
+      ds.finish()
+  }
+}
+pub enum RepairReportOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RepairReport<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RepairReport<'a> {
+  type Inner = RepairReport<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RepairReport<'a> {
+  pub const VT_NONCE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PROMISED: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SLOT_END: ::flatbuffers::VOffsetT = 8;
+  pub const VT_COMMIT_INDEX: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RepairReport { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RepairReportArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RepairReport<'bldr>> {
+    let mut builder = RepairReportBuilder::new(_fbb);
+    builder.add_commit_index(args.commit_index);
+    builder.add_slot_end(args.slot_end);
+    builder.add_nonce(args.nonce);
+    if let Some(x) = args.promised { builder.add_promised(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn nonce(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReport::VT_NONCE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn promised(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(RepairReport::VT_PROMISED, None)}
+  }
+  #[inline]
+  pub fn slot_end(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReport::VT_SLOT_END, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn commit_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReport::VT_COMMIT_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RepairReport<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("nonce", Self::VT_NONCE, false)?
+     .visit_field::<Ballot>("promised", Self::VT_PROMISED, false)?
+     .visit_field::<u64>("slot_end", Self::VT_SLOT_END, false)?
+     .visit_field::<u64>("commit_index", Self::VT_COMMIT_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairReportArgs<'a> {
+    pub nonce: u64,
+    pub promised: Option<&'a Ballot>,
+    pub slot_end: u64,
+    pub commit_index: u64,
+}
+impl<'a> Default for RepairReportArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RepairReportArgs {
+      nonce: 0,
+      promised: None,
+      slot_end: 0,
+      commit_index: 0,
+    }
+  }
+}
+
+pub struct RepairReportBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairReportBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: u64) {
+    self.fbb_.push_slot::<u64>(RepairReport::VT_NONCE, nonce, 0);
+  }
+  #[inline]
+  pub fn add_promised(&mut self, promised: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(RepairReport::VT_PROMISED, promised);
+  }
+  #[inline]
+  pub fn add_slot_end(&mut self, slot_end: u64) {
+    self.fbb_.push_slot::<u64>(RepairReport::VT_SLOT_END, slot_end, 0);
+  }
+  #[inline]
+  pub fn add_commit_index(&mut self, commit_index: u64) {
+    self.fbb_.push_slot::<u64>(RepairReport::VT_COMMIT_INDEX, commit_index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairReportBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairReportBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RepairReport<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RepairReport<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RepairReport");
+      ds.field("nonce", &self.nonce());
+      ds.field("promised", &self.promised());
+      ds.field("slot_end", &self.slot_end());
+      ds.field("commit_index", &self.commit_index());
+      ds.finish()
+  }
+}
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3991,6 +4242,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_repair_query(&self) -> Option<RepairQuery<'a>> {
+    if self.body_type() == Body::RepairQuery {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RepairQuery::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_repair_report(&self) -> Option<RepairReport<'a>> {
+    if self.body_type() == Body::RepairReport {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RepairReport::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -4024,6 +4305,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::Subscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Subscribe>>("Body::Subscribe", pos),
           Body::Snapshot => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Snapshot>>("Body::Snapshot", pos),
           Body::SnapshotPull => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SnapshotPull>>("Body::SnapshotPull", pos),
+          Body::RepairQuery => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairQuery>>("Body::RepairQuery", pos),
+          Body::RepairReport => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairReport>>("Body::RepairReport", pos),
           _ => Ok(()),
         }
      })?
@@ -4234,6 +4517,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::SnapshotPull => {
           if let Some(x) = self.body_as_snapshot_pull() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RepairQuery => {
+          if let Some(x) = self.body_as_repair_query() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RepairReport => {
+          if let Some(x) = self.body_as_repair_report() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
