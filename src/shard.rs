@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
+use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Synced, Wal};
 
 use crate::core::log::Log;
 use crate::core::{
@@ -242,6 +242,8 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         floor: Slot,
         mut each: impl FnMut(Record) -> Result<(), ShardError>,
     ) -> Result<Self, ShardError> {
+        // A log directory without segments: a new node, or one whose data was lost.
+        let new_directory = backend.list()?.is_empty();
         // Damage in what a sync covered is cut, not refused: the replica repairs it from its
         // peers before it votes again (protocol.md §3.9).
         let (mut wal, recovery) = Wal::open_repairing(backend, options)?;
@@ -260,7 +262,8 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             each(decode_sharing(&wal, position, &record)?)?;
         }
         wal.retire_sealed();
-        let repair = if let Some(damage) = recovery.damaged.first() {
+        let certain = recovery.damaged.iter().find(|damage| damage.synced == Synced::Certainly);
+        let repair = if let Some(damage) = certain {
             Some(format!(
                 "{} at {} offset {}",
                 damage.reason,
@@ -269,9 +272,10 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             ))
         } else if recovery.repair_pending {
             Some("a repair begun at an earlier start did not finish".to_string())
-        } else if recovery.records == 0 && recovery.metadata.is_none() && floor == Slot(0) {
-            // A new node and one whose data directory was wiped look the same from here.
-            Some("the log is empty: a new node, or one whose data was lost".to_string())
+        } else if new_directory && recovery.metadata.is_none() && floor == Slot(0) {
+            // A new node and one whose data directory was wiped look the same from here. A
+            // log that exists but is empty never made a record durable, so it never voted.
+            Some("the log directory is new: a new node, or one whose data was lost".to_string())
         } else {
             None
         };

@@ -68,17 +68,24 @@ impl Checker {
     }
 
     /// A replica (re)started, with an empty state machine (it commits again from slot 0) or
-    /// from a snapshot at `from_slot`.
+    /// from a snapshot at `from_slot`. `lost_state`: its disk was damaged or wiped, so its
+    /// promise may have fallen: it repairs before it votes (protocol.md §3.9), and the
+    /// agreement checks (I8, which keep every acceptance ever made durable) judge the rest.
     pub fn on_replica_start(
         &mut self,
         node: NodeId,
         shard: usize,
         promised: Ballot,
         from_slot: Slot,
+        lost_state: bool,
     ) -> Result {
         self.replicas.insert((node, shard), ReplicaView::default());
         if from_slot > Slot(0) {
             self.on_install(node, shard, from_slot)?;
+        }
+        if lost_state {
+            self.durable_promise.insert((node, shard), promised);
+            return Ok(());
         }
         self.check_promise_survives_restart(node, shard, promised)
     }

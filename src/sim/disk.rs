@@ -10,7 +10,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use quorum_wal::{Backend as _, Options, PendingSync, SimBackend, Tear};
 
 use crate::core::{Ballot, ClusterId, Message, NodeId, PersistSeq, Record, Slot};
-use crate::shard::ReplicaLog;
+use crate::shard::{ReplicaLog, ShardError};
 use crate::snapshot::{FILE_NAME, Snapshot, SnapshotHeader};
 
 /// The disk of one shard replica.
@@ -24,6 +24,9 @@ pub struct SimDisk {
     snapshot_taken_at: u64,
     /// WAL bytes released behind snapshots, over every incarnation.
     pub released_bytes: u64,
+    /// The log's durable position before and after the last completed sync: what that sync's
+    /// watermark confirms is below the first (docs/wal-format.md, "Watermarks").
+    durable_positions: (u64, u64),
 }
 
 fn options(segment_bytes: u64) -> Options {
@@ -37,18 +40,15 @@ impl SimDisk {
     /// # Panics
     /// If the simulated log cannot be created (a bug).
     #[must_use]
-    pub fn new(segment_bytes: u64, owner: (ClusterId, u16)) -> SimDisk {
-        let backend = SimBackend::new();
-        let log =
-            ReplicaLog::open(backend.clone(), options(segment_bytes), owner, Slot(0), |_| Ok(()))
-                .expect("a new simulated log opens");
+    pub fn new(segment_bytes: u64) -> SimDisk {
         SimDisk {
-            backend,
-            log: Some(log),
+            backend: SimBackend::new(),
+            log: None,
             in_flight: None,
             segment_bytes,
             snapshot_taken_at: 0,
             released_bytes: 0,
+            durable_positions: (0, 0),
         }
     }
 
@@ -61,32 +61,30 @@ impl SimDisk {
     /// Writes a snapshot (durably, at once) and lets the log release what it covers;
     /// `promised` goes to the log's metadata first (as `Shard::finish_snapshot` does).
     ///
-    /// # Panics
-    /// If the simulated log fails: it never does.
+    /// # Errors
+    /// A failing sync (a fault the world injected).
     pub fn take_snapshot(
         &mut self,
         header: SnapshotHeader,
         body: &[u8],
         in_memory_from: Slot,
         promised: Ballot,
-    ) {
+    ) -> Result<(), ShardError> {
         let snapshot = Snapshot::encode(header, body);
-        self.backend.write_file_atomic(FILE_NAME, &snapshot.bytes).expect("simulated files write");
+        self.backend.write_file_atomic(FILE_NAME, &snapshot.bytes)?;
         self.snapshot_taken_at = self.log().wal().end_position();
-        let released = self
-            .log()
-            .release_below(header.slot, in_memory_from, promised)
-            .expect("simulated release");
+        let released = self.log().release_below(header.slot, in_memory_from, promised)?;
         self.released_bytes += released;
+        Ok(())
     }
 
     /// A peer's snapshot was checked and is ahead: made durable here before anything builds
     /// on it (as `Shard` does).
     ///
-    /// # Panics
-    /// If the simulated file cannot be written: it always can.
-    pub fn install(&mut self, snapshot: &Snapshot) {
-        self.log().install_snapshot(snapshot).expect("simulated files write");
+    /// # Errors
+    /// A failing sync (a fault the world injected).
+    pub fn install(&mut self, snapshot: &Snapshot) -> Result<(), ShardError> {
+        self.log().install_snapshot(snapshot)
     }
 
     fn log(&mut self) -> &mut ReplicaLog<SimBackend, Record> {
@@ -95,36 +93,98 @@ impl SimDisk {
 
     /// Writes a record (not yet durable).
     ///
-    /// # Panics
-    /// If the log refuses the append: simulated disks never fail appends.
-    pub fn write(&mut self, seq: PersistSeq, record: Record, then_send: Option<(NodeId, Message)>) {
+    /// # Errors
+    /// A full disk or a poisoned log (faults the world injected).
+    pub fn write(
+        &mut self,
+        seq: PersistSeq,
+        record: Record,
+        then_send: Option<(NodeId, Message)>,
+    ) -> Result<(), ShardError> {
         let kept = record.clone();
-        self.log().append(seq, &record, then_send, kept).expect("simulated appends succeed");
+        self.log().append(seq, &record, then_send, kept)
     }
 
     /// Starts a sync of everything written so far, unless one is under way or nothing waits.
     /// Returns true if a sync started (the caller schedules its completion).
     ///
-    /// # Panics
-    /// If the log is poisoned: simulated syncs never fail.
-    pub fn maybe_start_sync(&mut self) -> bool {
+    /// # Errors
+    /// The log is poisoned (a sync failed).
+    pub fn maybe_start_sync(&mut self) -> Result<bool, ShardError> {
         if self.in_flight.is_some() {
-            return false;
+            return Ok(false);
         }
-        self.in_flight = self.log().start_sync().expect("simulated logs are never poisoned");
-        self.in_flight.is_some()
+        self.in_flight = self.log().start_sync()?;
+        Ok(self.in_flight.is_some())
     }
 
     /// The sync under way completed. Returns the highest persist now durable, the records that
     /// became durable, and the replies they held back.
     ///
+    /// # Errors
+    /// The sync failed (a fault the world injected): the log is poisoned.
+    ///
     /// # Panics
     /// If no sync is under way.
-    pub fn complete_sync(&mut self) -> (PersistSeq, Vec<Record>, Vec<(NodeId, Message)>) {
+    pub fn complete_sync(
+        &mut self,
+    ) -> Result<(PersistSeq, Vec<Record>, Vec<(NodeId, Message)>), ShardError> {
         let pending = self.in_flight.take().expect("a sync under way");
-        let released = self.log().finish_sync(pending.run()).expect("simulated syncs succeed");
+        let released = self.log().finish_sync(pending.run())?;
+        let durable = self.log().wal().durable_position();
+        self.durable_positions = (self.durable_positions.1, durable);
         let seq = released.seq.expect("a sync covers at least one record");
-        (seq, released.extras, released.then_send)
+        Ok((seq, released.extras, released.then_send))
+    }
+
+    /// The next sync (or atomic file write) fails with EIO.
+    pub fn fail_next_sync(&self) {
+        self.backend.fail_syncs(1);
+    }
+
+    /// The disk is full: no new segment can be made until the node restarts (space freed).
+    pub fn fill(&self) {
+        self.backend.limit_space(0);
+    }
+
+    /// Damages the durable image of a crashed disk as storage faults do, and returns what it
+    /// did: a flipped bit or a zeroed stretch in a segment's records (below the last byte
+    /// written), or the whole directory gone (amnesia). `None` if there was nothing to damage.
+    pub fn damage(&mut self, rng: &mut Xoshiro256PlusPlus) -> Option<&'static str> {
+        assert!(self.log.is_none(), "damage a crashed disk only");
+        if rng.next_u64() % 4 == 0 {
+            self.backend = SimBackend::new();
+            self.snapshot_taken_at = 0;
+            return Some("wiped");
+        }
+        // Only where a completed sync's watermark confirms the records were durable: there the
+        // WAL can tell lost records from a torn write (below it, it reports them for repair).
+        let confirmed = self.durable_positions.0;
+        let numbers: Vec<u64> = self.backend.list().ok()?;
+        let numbers: Vec<u64> =
+            numbers.into_iter().filter(|number| number * self.segment_bytes < confirmed).collect();
+        if numbers.is_empty() {
+            return None;
+        }
+        let number = numbers[(rng.next_u64() % numbers.len() as u64) as usize];
+        let mut image = self.backend.synced_image(number)?;
+        let header = quorum_wal::format::SEGMENT_HEADER_BYTES;
+        let confirmed_here = (confirmed - number * self.segment_bytes).min(image.len() as u64);
+        let last = image.iter().rposition(|byte| *byte != 0)?.min(confirmed_here as usize);
+        if last <= header {
+            return None;
+        }
+        let at = header + (rng.next_u64() % (last - header) as u64) as usize;
+        if rng.next_u64() % 2 == 0 {
+            image[at] ^= 1 << (rng.next_u64() % 8);
+            self.backend.set_synced_image(number, image);
+            return Some("bit flipped");
+        }
+        let at = at / 8 * 8;
+        let len = (8 + (rng.next_u64() % 4096) as usize / 8 * 8).min(last - at);
+        image[at..at + len].fill(0);
+        self.backend.set_synced_image(number, image);
+        Some("zeroed")
     }
 
     /// The `Chosen` messages that send `from_slot..end_slot` from the log (see
@@ -202,9 +262,11 @@ impl SimDisk {
         cluster_id: ClusterId,
         shard: u16,
     ) -> (Option<Snapshot>, Vec<Record>) {
-        // Damage the WAL reports as possibly synced comes here only from a sync that had not
-        // completed (the simulated disk flips no bits), so nothing in it was acknowledged.
+        // Damage the WAL reports (a torn sync that may have completed, a flipped bit, zeros) is
+        // cut and the replica repairs it from its peers before it votes (protocol.md §3.9).
         let owner = (cluster_id, shard);
+        // A restarted node finds the space it ran out of freed.
+        self.backend.limit_space(u64::MAX);
         let snapshot = ReplicaLog::<SimBackend, Record>::read_snapshot(&self.backend, owner)
             .expect("simulated snapshot files are written atomically");
         let floor = snapshot.as_ref().map_or(Slot(0), |snapshot| snapshot.header.slot);
@@ -221,6 +283,8 @@ impl SimDisk {
         )
         .expect("recovery after a crash succeeds");
         self.snapshot_taken_at = log.wal().end_position();
+        let durable = log.wal().durable_position();
+        self.durable_positions = (durable, durable);
         self.log = Some(log);
         (snapshot, records)
     }

@@ -43,6 +43,8 @@ enum Event {
     Fault,
     ForceLeaderChange,
     Restart { node: usize },
+    /// A disk call failed on the node (a sync error, a full disk): its process stops.
+    Fail { node: usize, incarnation: u64 },
     Unblock { links: Vec<(usize, usize)>, epoch: u64 },
     EndSafety,
     LivenessCheck,
@@ -95,6 +97,12 @@ struct SimNode {
     /// A replica of this node started from a snapshot: its commits no longer start at slot
     /// 0, so the merge (which needs every slot) is not fed or checked from then on.
     merge_off: bool,
+    /// A disk call failed: the node does nothing more until it stops (`Event::Fail`).
+    failing: bool,
+    /// Its disks were damaged or wiped and a replica has not finished repairing since: its
+    /// storage is not intact, so no other node's is damaged meanwhile (a majority keeps
+    /// every acknowledged write, the promise the checkers hold the cluster to).
+    damaged: bool,
 }
 
 /// The outcome of one simulated run.
@@ -223,7 +231,7 @@ impl World {
         };
         for index in 0..node_count {
             let id = NodeId(index as u16 + 1);
-            let shards = (0..world.knobs.shards).map(|shard| world.fresh_shard(shard)).collect();
+            let shards = (0..world.knobs.shards).map(|_| world.fresh_shard()).collect();
             world.nodes.push(SimNode {
                 id,
                 up: true,
@@ -233,6 +241,8 @@ impl World {
                 shards,
                 total: TotalApplier::new(world.knobs.shards as u16, KvStore::default(), 16),
                 merge_off: false,
+                failing: false,
+                damaged: false,
             });
             for shard in 0..world.knobs.shards {
                 world.start_replica(index, shard);
@@ -261,10 +271,10 @@ impl World {
         world
     }
 
-    fn fresh_shard(&self, shard: usize) -> ShardReplica {
+    fn fresh_shard(&self) -> ShardReplica {
         ShardReplica {
             replica: None,
-            disk: SimDisk::new(self.knobs.wal_segment_bytes, (CLUSTER, shard as u16)),
+            disk: SimDisk::new(self.knobs.wal_segment_bytes),
             applier: Applier::new(KvStore::default(), 16),
             waiting: BTreeMap::new(),
             arriving: Assembly::default(),
@@ -326,7 +336,7 @@ impl World {
             self.trace(|| format!("n{} s{shard} repairs: {reason}", node + 1));
             let nonce = self.rng.next_u64();
             replica.start_repair(nonce);
-            self.faults.repairs += 1;
+            self.faults.repairs += u64::from(replica.is_repairing());
         }
         let promised = replica.promised();
         let slot = &mut self.nodes[node].shards[shard];
@@ -334,7 +344,8 @@ impl World {
         slot.applier = applier;
         slot.waiting.clear();
         let id = self.nodes[node].id;
-        let result = self.checker.on_replica_start(id, shard, promised, from_slot);
+        let lost_state = self.nodes[node].damaged;
+        let result = self.checker.on_replica_start(id, shard, promised, from_slot, lost_state);
         self.record(result);
         // Unsynced writes that survived the crash are acceptances too: the replica acts on them.
         let result = self.checker.on_durable(id, shard, &records);
@@ -451,6 +462,12 @@ impl World {
             Event::Fault => self.on_fault(),
             Event::ForceLeaderChange => self.on_force_leader_change(),
             Event::Restart { node } => self.restart(node),
+            Event::Fail { node, incarnation } => {
+                if self.nodes[node].up && self.nodes[node].incarnation == incarnation {
+                    let downtime = between(&mut self.rng, 20_000, 300_000);
+                    self.crash(node, downtime);
+                }
+            }
             Event::Unblock { links, epoch } => {
                 if epoch == self.block_epoch {
                     for (from, to) in links {
@@ -476,7 +493,7 @@ impl World {
     }
 
     fn on_tick(&mut self, node: usize, incarnation: u64) {
-        if !self.nodes[node].up || self.nodes[node].incarnation != incarnation {
+        if !self.alive(node) || self.nodes[node].incarnation != incarnation {
             return;
         }
         if self.deferred(node, || Event::Tick { node, incarnation }) {
@@ -503,11 +520,30 @@ impl World {
         self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
     }
 
+    fn alive(&self, node: usize) -> bool {
+        self.nodes[node].up && !self.nodes[node].failing
+    }
+
+    /// A disk call of `node` failed: like the node's process, it stops (at once, but as an
+    /// event of its own, so that the step under way finishes first); nothing more leaves it.
+    fn fail(&mut self, node: usize, error: &crate::shard::ShardError) {
+        if self.nodes[node].failing {
+            return;
+        }
+        self.trace(|| format!("n{} disk failed: {error}", node + 1));
+        self.nodes[node].failing = true;
+        let incarnation = self.nodes[node].incarnation;
+        self.schedule(0, Event::Fail { node, incarnation });
+    }
+
     fn replica(&mut self, node: usize, shard: usize) -> &mut Replica {
         self.nodes[node].shards[shard].replica.as_mut().expect("a live node has its replicas")
     }
 
     fn on_deliver(&mut self, to: usize, shard: usize, from: NodeId, message: Message) {
+        if self.nodes[to].failing {
+            return;
+        }
         if !self.nodes[to].up {
             if self.faults_on && self.chance(self.knobs.held_for_restart_ppm) {
                 // The sender's queue keeps it and resends once it reconnects to the restarted node.
@@ -559,6 +595,9 @@ impl World {
     fn install_snapshot(&mut self, node: usize, shard: usize, bytes: bytes::Bytes, commit: Slot) {
         // Commits a restart replayed may still wait to be applied: first those.
         self.drive(node, shard);
+        if self.nodes[node].failing {
+            return;
+        }
         let snapshot = match Snapshot::decode(bytes, CLUSTER, shard as u16) {
             Ok(snapshot) => snapshot,
             Err(error) => {
@@ -578,7 +617,9 @@ impl World {
         let id = self.nodes[node].id;
         self.trace(|| format!("n{} s{shard} installs snapshot at {}", id.0, slot.0));
         let replica = &mut self.nodes[node].shards[shard];
-        replica.disk.install(&snapshot);
+        if let Err(error) = replica.disk.install(&snapshot) {
+            return self.fail(node, &error);
+        }
         replica.applier = applier;
         self.nodes[node].merge_off = true;
         self.snapshots.installed += 1;
@@ -601,7 +642,11 @@ impl World {
         let mut body = Vec::new();
         self.nodes[node].shards[shard].applier.snapshot(&mut body);
         let header = SnapshotHeader { cluster_id: CLUSTER, shard: shard as u16, slot };
-        self.nodes[node].shards[shard].disk.take_snapshot(header, &body, base, promised);
+        if let Err(error) =
+            self.nodes[node].shards[shard].disk.take_snapshot(header, &body, base, promised)
+        {
+            return self.fail(node, &error);
+        }
         self.snapshots.taken += 1;
         self.trace(|| format!("n{} s{shard} snapshot at {}", id.0, slot.0));
         let result = self.checker.on_snapshot(id, shard, slot);
@@ -609,13 +654,16 @@ impl World {
     }
 
     fn on_sync_done(&mut self, node: usize, shard: usize, incarnation: u64) {
-        if !self.nodes[node].up || self.nodes[node].incarnation != incarnation {
+        if !self.alive(node) || self.nodes[node].incarnation != incarnation {
             return;
         }
         if self.deferred(node, || Event::SyncDone { node, shard, incarnation }) {
             return;
         }
-        let (seq, records, replies) = self.nodes[node].shards[shard].disk.complete_sync();
+        let (seq, records, replies) = match self.nodes[node].shards[shard].disk.complete_sync() {
+            Ok(done) => done,
+            Err(error) => return self.fail(node, &error),
+        };
         let id = self.nodes[node].id;
         let result = self.checker.on_durable(id, shard, &records);
         self.record(result);
@@ -642,10 +690,16 @@ impl World {
                 break;
             }
             for action in actions.drain(..) {
+                if self.nodes[node].failing {
+                    continue; // The process is stopping: nothing it does takes effect.
+                }
                 match action {
                     Action::Send { to, message } => self.net_send(node, to, shard, message),
                     Action::Persist { seq, record, then_send } => {
-                        self.nodes[node].shards[shard].disk.write(seq, record, then_send);
+                        let disk = &mut self.nodes[node].shards[shard].disk;
+                        if let Err(error) = disk.write(seq, record, then_send) {
+                            self.fail(node, &error);
+                        }
                     }
                     Action::Commit { first_slot, count, value } => {
                         let result = self.checker.on_commit(id, shard, first_slot, count, &value);
@@ -664,6 +718,9 @@ impl World {
                     Action::Repaired => {
                         self.trace(|| format!("n{} s{shard} repaired", id.0));
                         self.faults.repaired += 1;
+                        if !self.repairing(node) {
+                            self.nodes[node].damaged = false;
+                        }
                         self.nodes[node].shards[shard].disk.finish_repair();
                     }
                     Action::SendArchived { to, from_slot, end_slot, commit_index } => {
@@ -687,8 +744,12 @@ impl World {
             }
             self.actions = actions;
         }
+        if self.nodes[node].failing {
+            return;
+        }
         self.maybe_snapshot(node, shard);
-        if self.nodes[node].shards[shard].disk.maybe_start_sync() {
+        let started = self.nodes[node].shards[shard].disk.maybe_start_sync();
+        if started.as_ref().is_ok_and(|started| *started) {
             let latency = between(
                 &mut self.rng,
                 self.knobs.sync_min_us,
@@ -696,6 +757,12 @@ impl World {
             );
             let incarnation = self.nodes[node].incarnation;
             self.schedule(latency, Event::SyncDone { node, shard, incarnation });
+        }
+        if let Err(error) = started {
+            return self.fail(node, &error);
+        }
+        if self.nodes[node].failing {
+            return;
         }
         let replica = self.nodes[node].shards[shard].replica.as_ref().expect("live");
         replica.check_invariants(false);
@@ -879,7 +946,7 @@ impl World {
     }
 
     fn on_client_request(&mut self, node: usize, client: usize, pending: Pending) {
-        if !self.nodes[node].up {
+        if !self.alive(node) {
             return;
         }
         if self.deferred(node, || Event::ClientRequest { node, client, pending: pending.clone() }) {
@@ -972,8 +1039,22 @@ impl World {
         let nodes = self.nodes.len();
         let node = (self.rng.next_u64() % nodes as u64) as usize;
         let duration = between(&mut self.rng, 20_000, 300_000);
-        match self.rng.next_u64() % 5 {
+        match self.rng.next_u64() % 8 {
             0 => self.crash(node, duration),
+            5 => self.crash_damaging(node, duration),
+            6 if self.nodes[node].up => {
+                let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
+                self.trace(|| format!("n{} s{shard}: the next sync fails", node + 1));
+                self.nodes[node].shards[shard].disk.fail_next_sync();
+                self.faults.sync_errors += 1;
+            }
+            7 if self.nodes[node].up => {
+                let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
+                self.trace(|| format!("n{} s{shard}: the disk is full", node + 1));
+                self.nodes[node].shards[shard].disk.fill();
+                self.faults.full_disks += 1;
+            }
+            5..=7 => {}
             1 => {
                 let links: Vec<(usize, usize)> = (0..nodes)
                     .filter(|other| *other != node)
@@ -997,11 +1078,12 @@ impl World {
                 self.trace(|| format!("partition {side:?} for {duration}us"));
                 self.block(links, duration);
             }
-            _ => {
+            4 => {
                 self.trace(|| format!("pause n{} for {duration}us", node + 1));
                 self.nodes[node].paused_until_us =
                     self.nodes[node].paused_until_us.max(self.now_us + duration);
             }
+            _ => unreachable!("fault kinds are 0..8"),
         }
         let next = between(
             &mut self.rng,
@@ -1055,6 +1137,7 @@ impl World {
         self.nodes[node].restart_at_us = self.now_us + downtime_us;
         self.trace(|| format!("crash n{} for {downtime_us}us", node + 1));
         self.nodes[node].up = false;
+        self.nodes[node].failing = false;
         self.nodes[node].incarnation += 1;
         for shard in 0..self.knobs.shards {
             let (survives, torn) = (self.knobs.unsynced_survives_ppm, self.knobs.torn_ppm);
@@ -1062,6 +1145,40 @@ impl World {
             self.nodes[node].shards[shard].replica = None;
         }
         self.schedule(downtime_us, Event::Restart { node });
+    }
+
+    /// A crash that also damages the node's disks (bit rot, a zeroed page, the data directory
+    /// gone), unless another node's storage is damaged and not yet repaired: the cluster keeps
+    /// every acknowledged write only while a majority's storage is intact.
+    fn crash_damaging(&mut self, node: usize, downtime_us: u64) {
+        let other_damaged =
+            self.nodes.iter().enumerate().any(|(other, state)| other != node && state.damaged);
+        if !self.nodes[node].up || other_damaged {
+            return;
+        }
+        self.crash(node, downtime_us);
+        for shard in 0..self.knobs.shards {
+            if self.rng.next_u64() % 2 == 0 {
+                continue;
+            }
+            let Some(what) = self.nodes[node].shards[shard].disk.damage(&mut self.rng) else {
+                continue;
+            };
+            self.trace(|| format!("n{} s{shard} disk damaged: {what}", node + 1));
+            self.nodes[node].damaged = true;
+            match what {
+                "wiped" => self.faults.wiped += 1,
+                "bit flipped" => self.faults.bit_flips += 1,
+                _ => self.faults.zeroed += 1,
+            }
+        }
+    }
+
+    /// True while a replica of `node` repairs.
+    fn repairing(&self, node: usize) -> bool {
+        self.nodes[node].shards.iter().any(|shard| {
+            shard.replica.as_ref().is_some_and(crate::core::Replica::is_repairing)
+        })
     }
 
     fn restart(&mut self, node: usize) {
@@ -1077,6 +1194,9 @@ impl World {
         self.checker.on_merge_start(id);
         for shard in 0..self.knobs.shards {
             self.start_replica(node, shard);
+        }
+        if !self.repairing(node) {
+            self.nodes[node].damaged = false;
         }
         let incarnation = self.nodes[node].incarnation;
         self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });

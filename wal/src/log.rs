@@ -87,10 +87,10 @@ pub struct Recovery {
     pub torn_tail_bytes: u64,
     /// The metadata last written with [`Wal::set_metadata`].
     pub metadata: Option<Vec<u8>>,
-    /// The log lost records that may have been acknowledged, now or at an earlier opening
-    /// whose repair was not finished ([`Wal::finish_repair`]): its owner must recover them
-    /// from elsewhere before it relies on the log again. Only [`Wal::open_repairing`] opens
-    /// such a log.
+    /// The log lost records a completed sync had made durable ([`Synced::Certainly`]), now or
+    /// at an earlier opening whose repair was not finished ([`Wal::finish_repair`]): its owner
+    /// must recover them from elsewhere before it relies on the log again. Only
+    /// [`Wal::open_repairing`] opens such a log.
     pub repair_pending: bool,
 }
 
@@ -372,10 +372,13 @@ impl<B: Backend> Wal<B> {
                 });
             }
             self.classify_tail_damage(index, offset, reason, marks, recovery);
-            if cut_damage && !recovery.damaged.is_empty() && !recovery.repair_pending {
+            let certain = recovery.damaged.iter().find(|damage| damage.synced == Synced::Certainly);
+            if let Some(damage) = certain.filter(|_| cut_damage && !recovery.repair_pending) {
                 // Durably, before a byte is cut: a crash during the repair must not leave a
-                // log that looks whole.
-                let damage = &recovery.damaged[0];
+                // log that looks whole. Only for damage a completed sync covered for certain:
+                // where the last sync may not have completed, a torn record is what a crash
+                // during it leaves (never acknowledged), and after a power loss every member
+                // may hold one; bit rot there instead is not told apart (docs/wal-format.md).
                 let note = format!(
                     "{} at {} offset {}\n",
                     damage.reason,
