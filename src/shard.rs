@@ -304,7 +304,8 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// True if the WAL itself reported lost records (not just an empty log).
     #[must_use]
     pub fn lost_records(&self) -> bool {
-        self.repair.is_some() && self.wal.backend().read_file(quorum_wal::REPAIR_FILE).ok().flatten().is_some()
+        self.repair.is_some()
+            && self.wal.backend().read_file(quorum_wal::REPAIR_FILE).ok().flatten().is_some()
     }
 
     /// The replica's repair is over and durable ([`Action::Repaired`]): later starts need none.

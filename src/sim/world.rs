@@ -34,18 +34,50 @@ const EVENTS_MAX: u64 = 3_000_000;
 
 #[derive(Debug)]
 enum Event {
-    Tick { node: usize, incarnation: u64 },
-    Deliver { to: usize, shard: usize, from: NodeId, message: Message },
-    SyncDone { node: usize, shard: usize, incarnation: u64 },
-    ClientRequest { node: usize, client: usize, pending: Pending },
-    ClientReply { client: usize, id: RequestId, reply: ClientReply },
-    ClientWake { client: usize, token: u64, resend: bool },
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
+    Deliver {
+        to: usize,
+        shard: usize,
+        from: NodeId,
+        message: Message,
+    },
+    SyncDone {
+        node: usize,
+        shard: usize,
+        incarnation: u64,
+    },
+    ClientRequest {
+        node: usize,
+        client: usize,
+        pending: Pending,
+    },
+    ClientReply {
+        client: usize,
+        id: RequestId,
+        reply: ClientReply,
+    },
+    ClientWake {
+        client: usize,
+        token: u64,
+        resend: bool,
+    },
     Fault,
     ForceLeaderChange,
-    Restart { node: usize },
+    Restart {
+        node: usize,
+    },
     /// A disk call failed on the node (a sync error, a full disk): its process stops.
-    Fail { node: usize, incarnation: u64 },
-    Unblock { links: Vec<(usize, usize)>, epoch: u64 },
+    Fail {
+        node: usize,
+        incarnation: u64,
+    },
+    Unblock {
+        links: Vec<(usize, usize)>,
+        epoch: u64,
+    },
     EndSafety,
     LivenessCheck,
 }
@@ -1176,9 +1208,10 @@ impl World {
 
     /// True while a replica of `node` repairs.
     fn repairing(&self, node: usize) -> bool {
-        self.nodes[node].shards.iter().any(|shard| {
-            shard.replica.as_ref().is_some_and(crate::core::Replica::is_repairing)
-        })
+        self.nodes[node]
+            .shards
+            .iter()
+            .any(|shard| shard.replica.as_ref().is_some_and(crate::core::Replica::is_repairing))
     }
 
     fn restart(&mut self, node: usize) {

@@ -85,8 +85,7 @@ fn open_repairing_cuts_mid_log_damage_and_keeps_a_durable_marker_until_finished(
     assert!(recovery.repair_pending);
     drop(wal);
     // A crash now, whatever survives of the cut, still knows the log needs repair.
-    for image in [disk.crash_losing_unsynced(), disk.crash(|_, _| Some(quorum_wal::Tear::Whole))]
-    {
+    for image in [disk.crash_losing_unsynced(), disk.crash(|_, _| Some(quorum_wal::Tear::Whole))] {
         let (_, recovery) = Wal::open_repairing(image, options()).unwrap();
         assert!(recovery.repair_pending, "the repair marker did not survive the crash");
     }
