@@ -359,7 +359,11 @@ fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() 
 fn a_promise_whose_records_were_released_survives_a_restart() {
     use quorum::core::{Ballot, BatchBuilder, Envelope, Message, SlotRun, Value};
     let disk = SimBackend::new();
+    // Started once before: a new log directory would first repair (protocol.md §3.9), which
+    // needs its peers, and this test drives one replica alone.
+    drop(open_snapshotting(2, &disk, 8 * 1024));
     let mut shard = open_snapshotting(2, &disk, 8 * 1024);
+    assert!(!shard.replica().is_repairing());
     // Node 3 stands for election with a high ballot: node 2 promises it (a `Promised` record).
     let high = Ballot::new(9, NodeId(3));
     let prepare = Message::Prepare { ballot: high, from_slot: Slot(0) };
