@@ -140,6 +140,8 @@ pub struct ReplicaLog<B: Backend, T> {
     owner: (ClusterId, u16),
     /// Why the replica must repair before it votes (protocol.md §3.9), if it must.
     repair: Option<String>,
+    /// The repair is for records a completed sync had made durable, not a new directory.
+    lost_records: bool,
 }
 
 /// The WAL's metadata: the promise the records of a released prefix held (round u64, node
@@ -242,8 +244,18 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         floor: Slot,
         mut each: impl FnMut(Record) -> Result<(), ShardError>,
     ) -> Result<Self, ShardError> {
-        // A log directory without segments: a new node, or one whose data was lost.
-        let new_directory = backend.list()?.is_empty();
+        // A log directory without segments (nor spares, metadata or a snapshot): a new node,
+        // or one whose data was lost. Marked durably before the log makes its first segment,
+        // so that a crash before the repair finishes still knows (protocol.md §3.9).
+        let new_directory = backend.list()?.is_empty()
+            && backend.spares()?.is_empty()
+            && backend.read_file(quorum_wal::METADATA_FILE)?.is_none()
+            && floor == Slot(0);
+        const NEW_DIRECTORY: &[u8] = b"the log directory was new: a new node, or one whose data was lost\n";
+        if new_directory {
+            backend.write_file_atomic(quorum_wal::REPAIR_FILE, NEW_DIRECTORY)?;
+        }
+        let marker = backend.read_file(quorum_wal::REPAIR_FILE)?;
         // Damage in what a sync covered is cut, not refused: the replica repairs it from its
         // peers before it votes again (protocol.md §3.9).
         let (mut wal, recovery) = Wal::open_repairing(backend, options)?;
@@ -263,6 +275,9 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         }
         wal.retire_sealed();
         let certain = recovery.damaged.iter().find(|damage| damage.synced == Synced::Certainly);
+        // Records a completed sync had made durable are gone (not merely a new directory).
+        let lost_records =
+            certain.is_some() || marker.is_some_and(|marker| marker != NEW_DIRECTORY);
         let repair = if let Some(damage) = certain {
             Some(format!(
                 "{} at {} offset {}",
@@ -270,12 +285,12 @@ impl<B: Backend, T> ReplicaLog<B, T> {
                 damage.segment.display(),
                 damage.offset
             ))
-        } else if recovery.repair_pending {
-            Some("a repair begun at an earlier start did not finish".to_string())
-        } else if new_directory && recovery.metadata.is_none() && floor == Slot(0) {
+        } else if new_directory {
             // A new node and one whose data directory was wiped look the same from here. A
             // log that exists but is empty never made a record durable, so it never voted.
             Some("the log directory is new: a new node, or one whose data was lost".to_string())
+        } else if recovery.repair_pending {
+            Some("a repair begun at an earlier start did not finish".to_string())
         } else {
             None
         };
@@ -289,6 +304,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             metadata_promise,
             owner,
             repair,
+            lost_records,
         };
         Ok(log)
     }
@@ -304,8 +320,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// True if the WAL itself reported lost records (not just an empty log).
     #[must_use]
     pub fn lost_records(&self) -> bool {
-        self.repair.is_some()
-            && self.wal.backend().read_file(quorum_wal::REPAIR_FILE).ok().flatten().is_some()
+        self.repair.is_some() && self.lost_records
     }
 
     /// The replica's repair is over and durable ([`Action::Repaired`]): later starts need none.
@@ -1220,6 +1235,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
                 match self.snapshots.arriving.receive(commit, slot, offset, total, bytes, max) {
                     Piece::Whole(bytes) => self.install(bytes, commit_index)?,
                     Piece::Pull(slot, offset) => {
+                        self.replica.on_snapshot_piece();
                         self.outbox.push((from, Message::SnapshotPull { slot, offset }));
                     }
                     Piece::Ignored => {}

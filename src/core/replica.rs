@@ -326,6 +326,13 @@ impl Replica {
         true
     }
 
+    /// A piece of a snapshot ahead of this replica arrived and was taken (the runtime
+    /// assembles them, §3.8): for a learner that is progress from its source, so it does not
+    /// move to another, whose snapshot (another one) would start the transfer over.
+    pub fn on_snapshot_piece(&mut self) {
+        self.subscription.progress_tick = self.now_tick;
+    }
+
     /// Ends [`Replica::replay`]: commits what the whole log makes committed, and takes the
     /// promise the records carry as durable.
     pub fn finish_recovery(&mut self) {

@@ -599,6 +599,7 @@ impl World {
                     Piece::Whole(bytes) => self.install_snapshot(to, shard, bytes, commit_index),
                     Piece::Pull(slot, offset) => {
                         self.snapshots.pulls += 1;
+                        self.replica(to, shard).on_snapshot_piece();
                         self.net_send(to, from, shard, Message::SnapshotPull { slot, offset });
                     }
                     Piece::Ignored => {}

@@ -20,7 +20,8 @@ use crate::format::{
     encode_record_split, record_bytes,
 };
 
-const METADATA_FILE: &str = "metadata";
+/// The file [`Wal::set_metadata`] writes.
+pub const METADATA_FILE: &str = "metadata";
 /// Present while the log is known to have lost records that may have been acknowledged: written
 /// (durably) before recovery cuts them, removed by [`Wal::finish_repair`] (docs/wal-format.md,
 /// "Damage").
