@@ -251,7 +251,8 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             && backend.spares()?.is_empty()
             && backend.read_file(quorum_wal::METADATA_FILE)?.is_none()
             && floor == Slot(0);
-        const NEW_DIRECTORY: &[u8] = b"the log directory was new: a new node, or one whose data was lost\n";
+        const NEW_DIRECTORY: &[u8] =
+            b"the log directory was new: a new node, or one whose data was lost\n";
         if new_directory {
             backend.write_file_atomic(quorum_wal::REPAIR_FILE, NEW_DIRECTORY)?;
         }

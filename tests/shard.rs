@@ -359,10 +359,29 @@ fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() 
 fn a_promise_whose_records_were_released_survives_a_restart() {
     use quorum::core::{Ballot, BatchBuilder, Envelope, Message, SlotRun, Value};
     let disk = SimBackend::new();
-    // Started once before: a new log directory would first repair (protocol.md §3.9), which
-    // needs its peers, and this test drives one replica alone.
-    drop(open_snapshotting(2, &disk, 8 * 1024));
     let mut shard = open_snapshotting(2, &disk, 8 * 1024);
+    // A new log directory repairs first (protocol.md §3.9): the two peers, new as well,
+    // report that they hold nothing.
+    let mut outbox = Vec::new();
+    while outbox.is_empty() {
+        shard.on_tick().unwrap();
+        shard.take_outbox(&mut outbox);
+    }
+    for (to, query) in outbox.drain(..) {
+        let Message::RepairQuery { nonce } = query else { panic!("{query:?}") };
+        let report = Message::RepairReport {
+            nonce,
+            promised: Ballot::ZERO,
+            slot_end: Slot(0),
+            commit_index: Slot(0),
+        };
+        shard
+            .on_message(Envelope { cluster_id: CLUSTER, from: to, message: report })
+            .unwrap()
+            .unwrap();
+    }
+    let pending = shard.start_sync().unwrap().expect("the repair's end waits for a sync");
+    shard.finish_sync(pending.run()).unwrap();
     assert!(!shard.replica().is_repairing());
     // Node 3 stands for election with a high ballot: node 2 promises it (a `Promised` record).
     let high = Ballot::new(9, NodeId(3));
