@@ -34,6 +34,14 @@ impl Feed {
 
     /// The subscriber reports that it has every slot below `from_slot`.
     pub fn on_report(&mut self, from_slot: Slot) {
+        if from_slot < self.reported {
+            // It went back (a restart that kept less than it had, a log repaired after
+            // damage), or this is a stale report: start again from there. Sending on from the
+            // old position would leave it a gap it can never fill.
+            self.reported = from_slot;
+            self.next_slot = from_slot;
+            return;
+        }
         if from_slot == self.reported && self.next_slot > from_slot {
             // No progress since the last report, yet more was sent: it was lost.
             self.next_slot = from_slot;
@@ -103,5 +111,17 @@ mod tests {
         // A subscriber ahead of the feed (it learned elsewhere) moves the feed on.
         feed.on_report(Slot(9));
         assert_eq!(feed.next_slot(), Slot(9));
+    }
+
+    #[test]
+    fn a_subscriber_that_went_back_is_fed_again_from_where_it_stands() {
+        let log = log_of(10);
+        let mut feed = Feed::new(Slot(6));
+        assert_eq!(send(&mut feed, &log, Slot(10), 8, 8), Some(vec![6, 7, 8, 9]));
+        // It restarted with less than it had (slots 2.. lost): it reports 2, again and again.
+        feed.on_report(Slot(2));
+        assert_eq!(send(&mut feed, &log, Slot(10), 2, 8), Some(vec![2, 3]));
+        feed.on_report(Slot(2));
+        assert_eq!(feed.next_slot(), Slot(2), "what was sent since is resent");
     }
 }
