@@ -349,9 +349,10 @@ impl Replica {
     /// neither promises, accepts nor stands for election; [`Action::Repaired`] says when it is
     /// over. `nonce` must differ between starts (the runtime's randomness): it tells this
     /// incarnation's reports from older ones. Call it after [`Replica::finish_recovery`].
-    /// A learner never votes and has nothing to repair.
+    /// A learner never votes: its repair is over at once (it catches up as it always does).
     pub fn start_repair(&mut self, nonce: u64) {
         if self.config.is_learner() {
+            self.actions.push(Action::Repaired);
             return;
         }
         assert!(matches!(self.role, Role::Follower), "a repair starts before any election");

@@ -244,6 +244,12 @@ impl SimDisk {
         self.log().repair_reason().map(str::to_string)
     }
 
+    /// True while the disk holds a repair marker: its replica has not finished a repair (of
+    /// damage, or of a new directory) and may not hold what it acknowledged.
+    pub fn repair_marked(&self) -> bool {
+        self.backend.read_file(quorum_wal::REPAIR_FILE).ok().flatten().is_some()
+    }
+
     /// The replica's repair is over: later restarts need none.
     ///
     /// # Panics

@@ -1184,8 +1184,12 @@ impl World {
     /// gone), unless another node's storage is damaged and not yet repaired: the cluster keeps
     /// every acknowledged write only while a majority's storage is intact.
     fn crash_damaging(&mut self, node: usize, downtime_us: u64) {
-        let other_damaged =
-            self.nodes.iter().enumerate().any(|(other, state)| other != node && state.damaged);
+        // A repair not finished (of damage, or of a new directory: a first start cut short)
+        // means that node's storage may not hold what it acknowledged either.
+        let other_damaged = self.nodes.iter().enumerate().any(|(other, state)| {
+            other != node
+                && (state.damaged || state.shards.iter().any(|shard| shard.disk.repair_marked()))
+        });
         if !self.nodes[node].up || other_damaged {
             return;
         }
