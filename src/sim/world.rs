@@ -769,6 +769,16 @@ impl World {
                             limits,
                         );
                         self.archived_reads += 1;
+                        self.trace(|| {
+                            format!(
+                                "n{} s{shard} archived {}..{} for n{}: {} messages",
+                                id.0,
+                                from_slot.0,
+                                end_slot.0,
+                                to.0,
+                                messages.len()
+                            )
+                        });
                         for message in messages {
                             self.net_send(node, to, shard, message);
                         }
