@@ -391,6 +391,21 @@ impl Backend for MmapBackend {
         Ok(MmapSegment::new(map, file))
     }
 
+    fn drop_cache(&self, number: u64) -> Result<()> {
+        // POSIX_FADV_DONTNEED drops the clean pages that nothing maps (the process that wrote
+        // them is gone); dirty pages it only starts writing back, and keeps: they hold writes
+        // still to be made durable, which recovery's own sync makes so or reports failed.
+        //
+        // No fdatasync first. It would add nothing for dirty pages (recovery syncs them anyway)
+        // and is wrong after a failed writeback: the error was reported to the process that
+        // saw it, so a sync through a new descriptor succeeds without writing the pages the
+        // kernel marked clean, and would seem to vouch for bytes that never reached the disk.
+        let path = self.path(number);
+        let file = File::open(&path).map_err(io("open", &path))?;
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+            .map_err(|error| Error::Io { op: "posix_fadvise", path, source: error.into() })
+    }
+
     fn release_cache(&self, number: u64) {
         // The pages go back to the kernel's free lists, and the next segment's pages come from
         // there. Left in the page cache, they would stay until memory runs short, and every new

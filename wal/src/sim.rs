@@ -1,7 +1,15 @@
-//! A simulated disk for the log: each segment has an image "as written" and one "as synced".
-//! A crash keeps the synced image plus any chosen subset of the writes made since, each possibly
-//! torn at 512-byte or 4 KiB granularity; bits can be flipped; syncs can be made to fail. Tests
-//! and the cluster simulator use it to check recovery against every crash they can think of.
+//! A simulated disk for the log: each segment has an image "as synced" (the disk), the writes
+//! made since (dirty pages), and an image "as cached" (the page cache, which a restarted process
+//! reads). A crash keeps the synced image plus any chosen subset of the writes made since, each
+//! possibly torn at 512-byte or 4 KiB granularity; bits can be flipped; syncs can be made to
+//! fail. Tests and the cluster simulator use it to check recovery against every crash they can
+//! think of.
+//!
+//! A failed sync behaves as Linux's writeback does after EIO: the writes it covered are no
+//! longer dirty (no later sync writes them, a crash loses them) but stay in the page cache, so
+//! a process that opens the file again reads them as if they were on the disk, until
+//! [`Backend::drop_cache`]. Dropping the `Wal` without [`SimBackend::crash`] is a process
+//! restart: the page cache, dirty pages included, stays.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,8 +29,26 @@ pub struct PendingWrite {
 
 #[derive(Debug, Default)]
 struct SegmentState {
+    /// What the disk holds.
     synced: Vec<u8>,
+    /// Writes not yet written back (dirty pages), in order: a sync writes them, a crash keeps
+    /// any subset.
     pending: Vec<PendingWrite>,
+    /// What the page cache holds: `synced` with every write since applied, including those
+    /// whose writeback failed. What [`Backend::open`] reads.
+    cached: Vec<u8>,
+}
+
+impl SegmentState {
+    /// A segment whose disk and page cache hold `image`.
+    fn clean(image: Vec<u8>) -> SegmentState {
+        SegmentState { cached: image.clone(), synced: image, pending: Vec::new() }
+    }
+}
+
+/// `write` applied to `image`.
+fn apply(image: &mut [u8], write: &PendingWrite) {
+    image[write.offset..write.offset + write.bytes.len()].copy_from_slice(&write.bytes);
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +92,9 @@ impl SimBackend {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The next `count` syncs fail with EIO (and make nothing durable).
+    /// The next `count` syncs fail with EIO and make nothing durable. As on Linux, the writes
+    /// a failed sync covered are then lost to the disk (no later sync writes them) but still
+    /// read from the page cache until it is dropped ([`Backend::drop_cache`]).
     pub fn fail_syncs(&self, count: u32) {
         self.lock().failing_syncs = count;
     }
@@ -112,7 +140,7 @@ impl SimBackend {
                 };
                 image[write.offset..write.offset + kept].copy_from_slice(&write.bytes[..kept]);
             }
-            disk.segments.insert(*number, SegmentState { synced: image, pending: Vec::new() });
+            disk.segments.insert(*number, SegmentState::clean(image));
         }
         SimBackend { state: Arc::new(Mutex::new(disk)) }
     }
@@ -123,7 +151,8 @@ impl SimBackend {
         self.crash(|_, _| None)
     }
 
-    /// Flips one bit of a segment's durable image (bit rot).
+    /// Flips one bit of a segment's durable image (bit rot). A page cache that holds the page
+    /// hides it until dropped, as a real one would.
     pub fn flip_bit(&self, segment: u64, offset: usize, bit: u8) {
         let mut state = self.lock();
         let image = &mut state.segments.get_mut(&segment).expect("segment exists").synced;
@@ -136,9 +165,17 @@ impl SimBackend {
         self.lock().segments.get(&segment).map(|state| state.synced.clone())
     }
 
-    /// Replaces the durable image of a segment (to plant arbitrary bytes).
+    /// Replaces the durable image of a segment (to plant arbitrary bytes), the page cache's
+    /// too, and forgets its unsynced writes.
     pub fn set_synced_image(&self, segment: u64, image: Vec<u8>) {
-        self.lock().segments.insert(segment, SegmentState { synced: image, pending: Vec::new() });
+        self.lock().segments.insert(segment, SegmentState::clean(image));
+    }
+
+    /// The page cache's image of a segment: what a process opening it reads before
+    /// [`Backend::drop_cache`].
+    #[must_use]
+    pub fn cached_image(&self, segment: u64) -> Option<Vec<u8>> {
+        self.lock().segments.get(&segment).map(|state| state.cached.clone())
     }
 }
 
@@ -163,7 +200,9 @@ impl Segment for SimSegment {
         let bytes = self.written[offset..offset + len].to_vec();
         let mut state = self.disk.lock();
         let segment = state.segments.get_mut(&self.number).expect("segment exists on its disk");
-        segment.pending.push(PendingWrite { offset, bytes });
+        let write = PendingWrite { offset, bytes };
+        apply(&mut segment.cached, &write);
+        segment.pending.push(write);
     }
 
     fn syncer(&mut self) -> Box<dyn Syncer> {
@@ -182,16 +221,20 @@ struct SimSyncer {
 impl Syncer for SimSyncer {
     fn sync(self: Box<Self>) -> std::io::Result<()> {
         let mut state = self.disk.lock();
-        if state.failing_syncs > 0 {
-            state.failing_syncs -= 1;
-            return Err(std::io::Error::from_raw_os_error(5)); // EIO
-        }
-        let Some(segment) = state.segments.get_mut(&self.number) else { return Ok(()) };
+        let failing = state.failing_syncs > 0;
+        state.failing_syncs = state.failing_syncs.saturating_sub(1);
+        let Some(segment) = state.segments.get_mut(&self.number) else {
+            return if failing { Err(std::io::Error::from_raw_os_error(5)) } else { Ok(()) };
+        };
         let count = self.count.min(segment.pending.len());
         let done: Vec<PendingWrite> = segment.pending.drain(..count).collect();
-        for write in done {
-            segment.synced[write.offset..write.offset + write.bytes.len()]
-                .copy_from_slice(&write.bytes);
+        if failing {
+            // Linux after a failed writeback: the pages are marked clean and kept. No later
+            // sync writes them and a crash loses them, but reads still see them (`cached`).
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        for write in &done {
+            apply(&mut segment.synced, write);
         }
         Ok(())
     }
@@ -212,18 +255,31 @@ impl Backend for SimBackend {
         }
         let mut image = vec![0u8; usize::try_from(bytes).expect("segment fits memory")];
         image[..header.len()].copy_from_slice(header);
-        state.segments.insert(number, SegmentState { synced: image.clone(), pending: Vec::new() });
+        state.segments.insert(number, SegmentState::clean(image.clone()));
         drop(state);
         Ok(SimSegment { number, written: image, disk: self.clone() })
     }
 
     fn open(&self, number: u64) -> Result<SimSegment> {
-        let image = self.lock().segments.get(&number).map(|segment| segment.synced.clone());
+        let image = self.lock().segments.get(&number).map(|segment| segment.cached.clone());
         let Some(written) = image else {
             let source = std::io::Error::from(std::io::ErrorKind::NotFound);
             return Err(Error::Io { op: "open", path: self.path(number), source });
         };
         Ok(SimSegment { number, written, disk: self.clone() })
+    }
+
+    fn drop_cache(&self, number: u64) -> Result<()> {
+        let mut state = self.lock();
+        if let Some(segment) = state.segments.get_mut(&number) {
+            // Clean pages go; dirty ones stay (they are still to be written).
+            let mut image = segment.synced.clone();
+            for write in &segment.pending {
+                apply(&mut image, write);
+            }
+            segment.cached = image;
+        }
+        Ok(())
     }
 
     fn remove(&self, number: u64) -> Result<()> {
@@ -257,7 +313,7 @@ impl Backend for SimBackend {
             return self.create(number, bytes, header);
         }
         image[..header.len()].copy_from_slice(header);
-        state.segments.insert(number, SegmentState { synced: image.clone(), pending: Vec::new() });
+        state.segments.insert(number, SegmentState::clean(image.clone()));
         drop(state);
         Ok(SimSegment { number, written: image, disk: self.clone() })
     }

@@ -124,3 +124,45 @@ fn a_truncation_that_removed_the_next_segment_then_a_crash_loses_no_later_record
     assert!(recovery.damaged.is_empty(), "{:?}", recovery.damaged);
     assert_same_log(&contents(&wal), &log, "records acknowledged after the restart");
 }
+
+/// Issue #22, point 4. A sync fails (EIO): the node stops without retrying. Linux has marked
+/// the pages it could not write clean and keeps them, so the restarted process (the machine
+/// did not crash) would read records that never reached the disk, and its first sync, with
+/// nothing dirty to write, would succeed: they would look durable, and be lost by the next
+/// crash, with every record acknowledged after them (the log ends at the hole).
+///
+/// Recovery drops the page cache before reading: it recovers only what the disk holds.
+#[test]
+fn a_restart_after_a_failed_sync_recovers_what_the_disk_holds_not_the_page_cache() {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let mut log = Vec::new();
+    for slot in 0..6 {
+        let bytes = vec![slot as u8; 300];
+        wal.append(&record(slot, &bytes)).unwrap();
+        log.push((slot, bytes));
+        if slot == 2 {
+            wal.sync().unwrap();
+        }
+    }
+    disk.fail_syncs(1);
+    assert!(matches!(wal.sync(), Err(Error::Io { op: "fdatasync", .. })));
+    drop(wal);
+    log.truncate(3);
+    let cached = disk.cached_image(0).unwrap();
+    assert_ne!(cached, disk.synced_image(0).unwrap(), "the page cache holds the failed writes");
+    // A process restart: the same disk, its page cache as the failed writeback left it.
+    let (mut wal, recovery) = Wal::open(disk.clone(), options()).unwrap();
+    assert!(recovery.damaged.is_empty(), "{:?}", recovery.damaged);
+    assert_same_log(&contents(&wal), &log, "recovered after the failed sync");
+    assert_eq!(wal.durable_position(), wal.end_position());
+    for slot in 3..5 {
+        wal.append(&record(slot, b"after the restart")).unwrap();
+        log.push((slot, b"after the restart".to_vec()));
+    }
+    wal.sync().unwrap(); // acknowledged
+    let disk = wal.backend().clone();
+    drop(wal);
+    let (wal, _) = Wal::open(disk.crash_losing_unsynced(), options()).unwrap();
+    assert_same_log(&contents(&wal), &log, "after a machine crash");
+}
