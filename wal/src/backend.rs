@@ -145,6 +145,16 @@ pub trait Backend: Send + Clone + 'static {
     /// its bytes from every cache (the OS page cache too), so that the memory serves the next
     /// segment. Reads still work, from the disk. Advice: it may do nothing. May block.
     fn release_cache(&self, _number: u64) {}
+    /// Deletes what an interrupted creation or replacement left: files that are not yet a
+    /// segment or a small file, never read, whose space would otherwise never come back
+    /// (`{number}.wal.new` is a whole segment). Called by [`crate::Wal::open`] before
+    /// anything else, while nothing writes to the directory. By default, nothing.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn remove_leftovers(&self) -> Result<()> {
+        Ok(())
+    }
     /// The path of a segment, for messages.
     fn path(&self, number: u64) -> PathBuf;
     /// Reads a small file, `None` if absent.

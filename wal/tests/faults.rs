@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may unwrap.
 
-use quorum_wal::{Error, Options, Record, SimBackend, Wal};
+use quorum_wal::{Error, MmapBackend, Options, Record, SimBackend, Wal};
 
 const SEGMENT_BYTES: u64 = 16 * 1024;
 
@@ -165,4 +165,88 @@ fn a_restart_after_a_failed_sync_recovers_what_the_disk_holds_not_the_page_cache
     drop(wal);
     let (wal, _) = Wal::open(disk.crash_losing_unsynced(), options()).unwrap();
     assert_same_log(&contents(&wal), &log, "after a machine crash");
+}
+
+/// Issue #22, point 8. A crash while a segment was being created or a small file replaced
+/// leaves its temporary (`{name}.new`); the next open deletes them (a segment's is as large as
+/// a segment, and nothing else ever would), and touches nothing else.
+#[test]
+fn opening_a_log_deletes_the_temporaries_an_interrupted_write_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_bytes: 64 << 10, prepare_ahead: false };
+    let (mut wal, _) = Wal::open(MmapBackend::new(dir.path()).unwrap(), options.clone()).unwrap();
+    wal.append(&record(0, b"kept")).unwrap();
+    wal.sync().unwrap();
+    wal.set_metadata(b"promised 2.1").unwrap();
+    drop(wal);
+    let leftovers = ["0000000000000001.wal.new", "metadata.new", "snapshot.new"];
+    for name in leftovers {
+        std::fs::write(dir.path().join(name), vec![9u8; 64 << 10]).unwrap();
+    }
+    std::fs::write(dir.path().join("notes.txt"), b"not ours to delete").unwrap();
+    let (wal, recovery) = Wal::open(MmapBackend::new(dir.path()).unwrap(), options).unwrap();
+    for name in leftovers {
+        assert!(!dir.path().join(name).exists(), "{name} was left behind");
+    }
+    assert!(dir.path().join("notes.txt").exists());
+    assert_eq!(recovery.metadata.as_deref(), Some(&b"promised 2.1"[..]));
+    assert_same_log(&contents(&wal), &[(0, b"kept".to_vec())], "after the open");
+}
+
+/// Issue #22, point 8. A new log directory's entry lives in its parent: unless the parent is
+/// fsynced, a power loss can take the directory with every segment in it. Checked by tracing
+/// the system calls of a child process (this test binary again) that creates a log three
+/// levels below an existing directory: each new level's parent must be opened and fsynced.
+/// Needs `strace`; reports itself skipped without it.
+#[test]
+fn creating_a_log_directory_fsyncs_the_parent_of_each_new_level() {
+    const CHILD: &str = "QUORUM_WAL_TEST_CREATE_DIRECTORY";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        MmapBackend::new(dir).unwrap();
+        return;
+    }
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        eprintln!(
+            "SKIPPED creating_a_log_directory_fsyncs_the_parent_of_each_new_level: no strace"
+        );
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().canonicalize().unwrap();
+    let log_dir = root_path.join("node").join("data").join("shard-3");
+    let trace = root_path.join("trace.txt");
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-s", "4096", "-e", "trace=openat,fsync,close", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "creating_a_log_directory_fsyncs_the_parent_of_each_new_level"])
+        .args(["--test-threads", "1", "--nocapture"])
+        .env(CHILD, &log_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the traced child failed: {status}");
+    assert!(log_dir.is_dir());
+    // Which paths were fsynced: follow each descriptor from its openat to its close.
+    let mut open = std::collections::HashMap::new();
+    let mut fsynced = std::collections::BTreeSet::new();
+    for line in std::fs::read_to_string(&trace).unwrap().lines() {
+        let call = line.split_once(' ').map_or(line, |(_, call)| call.trim_start());
+        let result = call.rsplit_once(" = ").and_then(|(_, result)| result.parse::<i64>().ok());
+        if let (Some(rest), Some(fd)) = (call.strip_prefix("openat("), result) {
+            if let Some(path) = rest.split('"').nth(1) {
+                open.insert(fd, path.to_string());
+            }
+        } else if let Some(rest) = call.strip_prefix("fsync(") {
+            let fd: i64 = rest.split(')').next().unwrap().parse().unwrap();
+            if result == Some(0) {
+                fsynced.extend(open.get(&fd).cloned());
+            }
+        } else if let Some(rest) = call.strip_prefix("close(") {
+            open.remove(&rest.split(')').next().unwrap().parse::<i64>().unwrap());
+        }
+    }
+    for dir in [&root_path, &root_path.join("node"), &root_path.join("node/data"), &log_dir] {
+        let dir = dir.to_str().unwrap().to_string();
+        assert!(fsynced.contains(&dir), "{dir} was not fsynced; fsynced: {fsynced:?}");
+    }
 }
