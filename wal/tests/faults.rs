@@ -250,3 +250,67 @@ fn creating_a_log_directory_fsyncs_the_parent_of_each_new_level() {
         assert!(fsynced.contains(&dir), "{dir} was not fsynced; fsynced: {fsynced:?}");
     }
 }
+
+/// Issue #22, point 8, on the simulated disk's model of lost directory entries: with
+/// `lose_unsynced_entries_on_crash` set, a crash undoes every directory change whose directory
+/// sync did not succeed. A new segment whose sync failed vanishes, a segment set aside comes
+/// back, a replaced metadata file is the old one again; recovery keeps every synced record
+/// through each, and the log goes on.
+#[test]
+fn directory_changes_a_crash_undoes_never_lose_a_synced_record() {
+    let disk = SimBackend::new();
+    disk.lose_unsynced_entries_on_crash(true);
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    wal.set_metadata(b"promised 1.1").unwrap();
+    let mut log = Vec::new();
+    let append = |wal: &mut Wal<SimBackend>, log: &mut Vec<(u64, Vec<u8>)>| {
+        let slot = log.len() as u64;
+        let bytes = vec![slot as u8; 1000];
+        let appended = wal.append(&record(slot, &bytes));
+        if appended.is_ok() {
+            log.push((slot, bytes));
+        }
+        appended
+    };
+    // The next segment is made, but its directory sync fails: the append fails.
+    while wal.end_position() + 1032 <= SEGMENT_BYTES {
+        append(&mut wal, &mut log).unwrap();
+    }
+    disk.fail_directory_syncs(1);
+    let error = append(&mut wal, &mut log).unwrap_err();
+    assert!(matches!(error, Error::Io { op: "fsync directory", .. }), "{error}");
+    assert_eq!(disk.unsynced_entries(), 1);
+    wal.sync().unwrap();
+    drop(wal);
+    let disk = disk.crash_losing_unsynced();
+    assert_eq!(quorum_wal::Backend::list(&disk).unwrap(), vec![0], "the new segment vanished");
+    let (mut wal, recovery) = Wal::open(disk.clone(), options()).unwrap();
+    assert!(recovery.damaged.is_empty(), "{:?}", recovery.damaged);
+    assert_same_log(&contents(&wal), &log, "after losing the new segment");
+    // Three segments more, then the first is set aside, but that directory sync fails.
+    while wal.end_position() < 3 * SEGMENT_BYTES + 8192 {
+        append(&mut wal, &mut log).unwrap();
+    }
+    wal.sync().unwrap();
+    disk.fail_directory_syncs(1);
+    assert!(wal.release_prefix(SEGMENT_BYTES).is_err());
+    assert!(!quorum_wal::Backend::list(&disk).unwrap().contains(&0), "set aside before the crash");
+    // And the metadata's replacement is not durable either: the log is poisoned.
+    disk.fail_directory_syncs(1);
+    assert!(wal.set_metadata(b"promised 2.1").is_err());
+    drop(wal);
+    let disk = disk.crash_losing_unsynced();
+    assert!(quorum_wal::Backend::list(&disk).unwrap().contains(&0), "the set-aside came back");
+    let (mut wal, recovery) = Wal::open(disk.clone(), options()).unwrap();
+    assert!(recovery.damaged.is_empty(), "{:?}", recovery.damaged);
+    assert_eq!(recovery.metadata.as_deref(), Some(&b"promised 1.1"[..]), "the old metadata");
+    assert_same_log(&contents(&wal), &log, "after the set-aside came back");
+    for _ in 0..20 {
+        append(&mut wal, &mut log).unwrap();
+    }
+    wal.sync().unwrap();
+    let disk = wal.backend().clone();
+    drop(wal);
+    let (wal, _) = Wal::open(disk.crash_losing_unsynced(), options()).unwrap();
+    assert_same_log(&contents(&wal), &log, "after the last crash");
+}
