@@ -476,7 +476,12 @@ impl Backend for SimBackend {
     }
 
     fn remove_file(&self, name: &str) -> Result<()> {
-        self.lock().files.remove(name);
+        let mut state = self.lock();
+        if let Some(image) = state.files.remove(name) {
+            let entry = Entry::File(name.to_string());
+            state.unsynced_entries.push(EntryChange::Removed { entry, image });
+            state.sync_directory()?;
+        }
         Ok(())
     }
 
