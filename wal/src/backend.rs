@@ -11,6 +11,7 @@
 //! - A [`Syncer`] makes durable every write made to its segment before [`Segment::syncer`] was
 //!   called, or fails; a failure says nothing about which of those writes survive.
 //! - `write_file_atomic` leaves either the old or the new content after a crash, never a mix.
+//! - After `drop_cache`, `open` reads no byte of a write whose writeback failed.
 
 use std::path::PathBuf;
 
@@ -79,6 +80,22 @@ pub trait Backend: Send + Clone + 'static {
     /// # Errors
     /// The failing I/O call.
     fn open(&self, number: u64) -> Result<Self::Segment>;
+    /// Drops segment `number`'s clean pages from every cache (the OS page cache too), so that
+    /// an [`Backend::open`] after it reads what the disk holds, plus the writes still waiting
+    /// to be written back (dirty pages are kept: they will still be written, and a sync
+    /// reports it if they are not). Recovery calls it for every segment before opening it.
+    ///
+    /// Why: after a failed writeback, Linux marks the pages it could not write clean and keeps
+    /// them. A process restarted then reads them as if they were on the disk, and its first
+    /// sync, with nothing dirty to write, succeeds: bytes that were never written would look
+    /// durable (docs/wal-format.md, "Recovery reads the disk, not the page cache").
+    ///
+    /// Unlike [`Backend::release_cache`], not advice: it must not return `Ok` unless the
+    /// drop was done.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn drop_cache(&self, number: u64) -> Result<()>;
     /// Deletes a segment (durably).
     ///
     /// # Errors
@@ -128,6 +145,16 @@ pub trait Backend: Send + Clone + 'static {
     /// its bytes from every cache (the OS page cache too), so that the memory serves the next
     /// segment. Reads still work, from the disk. Advice: it may do nothing. May block.
     fn release_cache(&self, _number: u64) {}
+    /// Deletes what an interrupted creation or replacement left: files that are not yet a
+    /// segment or a small file, never read, whose space would otherwise never come back
+    /// (`{number}.wal.new` is a whole segment). Called by [`crate::Wal::open`] before
+    /// anything else, while nothing writes to the directory. By default, nothing.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn remove_leftovers(&self) -> Result<()> {
+        Ok(())
+    }
     /// The path of a segment, for messages.
     fn path(&self, number: u64) -> PathBuf;
     /// Reads a small file, `None` if absent.

@@ -15,6 +15,17 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Reading a file failed at a known place (a bad sector, say): recovery reads segments
+    /// with `pread`, so that such a read is this error rather than a SIGBUS on the mapping.
+    #[error("WAL read failed on {path} at byte {offset}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The byte offset where the failing read started.
+        offset: u64,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The disk is full: the next segment could not be allocated. Nothing was lost.
     #[error("WAL out of disk space creating {path}: free space, or release a prefix")]
     NoSpace {

@@ -41,13 +41,34 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
 }
 
 impl MmapBackend {
-    /// Segments under `dir`, created if missing.
+    /// Segments under `dir`, created if missing, durably: a directory's entry lives in its
+    /// parent, so the parent of each directory created is fsynced, and the parent of `dir`
+    /// always (a process that crashed between creating `dir` and syncing its parent left an
+    /// entry a power loss would take, with every segment in it). `dir` itself is fsynced too,
+    /// making the entries a crashed process changed without syncing durable before anything
+    /// builds on them.
     ///
     /// # Errors
-    /// The directory cannot be created.
+    /// A directory cannot be created, opened or fsynced.
     pub fn new(dir: impl Into<PathBuf>) -> Result<MmapBackend> {
         let dir = dir.into();
+        let mut missing = Vec::new();
+        let mut level = dir.as_path();
+        while !level.as_os_str().is_empty() && !level.exists() {
+            missing.push(level.to_path_buf());
+            level = level.parent().unwrap_or_else(|| Path::new(""));
+        }
         std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        let parent_of = |path: &Path| match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut to_sync = vec![dir.clone(), parent_of(&dir)];
+        to_sync.extend(missing.iter().map(|created| parent_of(created)));
+        to_sync.dedup();
+        for path in &to_sync {
+            sync_directory(path)?;
+        }
         Ok(MmapBackend { dir, set_aside: Arc::default() })
     }
 
@@ -72,9 +93,14 @@ impl MmapBackend {
     }
 
     fn sync_dir(&self) -> Result<()> {
-        let dir = File::open(&self.dir).map_err(io("open directory", &self.dir))?;
-        dir.sync_all().map_err(io("fsync directory", &self.dir))
+        sync_directory(&self.dir)
     }
+}
+
+/// fsync of a directory: makes its entries (files created, renamed or removed in it) durable.
+fn sync_directory(path: &Path) -> Result<()> {
+    let dir = File::open(path).map_err(io("open directory", path))?;
+    dir.sync_all().map_err(io("fsync directory", path))
 }
 
 /// Appended bytes not yet handed to the file: consecutive appends gather here and go out in
@@ -320,6 +346,30 @@ impl Syncer for FileSyncer {
     }
 }
 
+/// Reads are made this many bytes at a time by [`read_whole`] (into one buffer, reused).
+const READ_BYTES: usize = 1 << 20;
+
+/// Reads all of `file` with `pread`, discarding the bytes: they land in the page cache, and a
+/// failure is an error with its offset instead of a fault on a mapping.
+fn read_whole(file: &File, path: &Path) -> Result<()> {
+    let len = file.metadata().map_err(io("stat", path))?.len();
+    let mut buffer = vec![0u8; READ_BYTES];
+    let mut offset = 0u64;
+    while offset < len {
+        let want = usize::try_from(len - offset).unwrap_or(usize::MAX).min(buffer.len());
+        match file.read_at(&mut buffer[..want], offset) {
+            Ok(0) => {
+                let source = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                return Err(Error::Read { path: path.to_path_buf(), offset, source });
+            }
+            Ok(read) => offset += read as u64,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::Read { path: path.to_path_buf(), offset, source }),
+        }
+    }
+    Ok(())
+}
+
 fn map(file: &File, path: &Path) -> Result<Mmap> {
     // SAFETY: the file is ours alone (the log's directory is not shared) and is never truncated
     // while mapped, so the mapping stays valid for its lifetime.
@@ -387,8 +437,28 @@ impl Backend for MmapBackend {
         let path = self.path(number);
         let file =
             OpenOptions::new().read(true).write(true).open(&path).map_err(io("open", &path))?;
+        // Recovery is about to read every byte through the mapping; a read error there (a bad
+        // sector) is a SIGBUS, which kills the process without saying where. Read it with
+        // `pread` first: an error is then `Error::Read` naming the file and the offset, and the
+        // pages the mapping then reads are the ones just read (docs/wal-format.md, Segments).
+        read_whole(&file, &path)?;
         let map = map(&file, &path)?;
         Ok(MmapSegment::new(map, file))
+    }
+
+    fn drop_cache(&self, number: u64) -> Result<()> {
+        // POSIX_FADV_DONTNEED drops the clean pages that nothing maps (the process that wrote
+        // them is gone); dirty pages it only starts writing back, and keeps: they hold writes
+        // still to be made durable, which recovery's own sync makes so or reports failed.
+        //
+        // No fdatasync first. It would add nothing for dirty pages (recovery syncs them anyway)
+        // and is wrong after a failed writeback: the error was reported to the process that
+        // saw it, so a sync through a new descriptor succeeds without writing the pages the
+        // kernel marked clean, and would seem to vouch for bytes that never reached the disk.
+        let path = self.path(number);
+        let file = File::open(&path).map_err(io("open", &path))?;
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+            .map_err(|error| Error::Io { op: "posix_fadvise", path, source: error.into() })
     }
 
     fn release_cache(&self, number: u64) {
@@ -467,6 +537,25 @@ impl Backend for MmapBackend {
         self.sync_dir()
     }
 
+    fn remove_leftovers(&self) -> Result<()> {
+        // Every temporary this backend makes is named `{final name}.new` (segments being
+        // created, `write_file_atomic`'s files such as `metadata.new` and the shard's
+        // `snapshot.new`); none is ever read, and a crash leaves it behind.
+        let mut removed = false;
+        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
+            let entry = entry.map_err(io("read directory", &self.dir))?;
+            let is_leftover = entry.file_name().to_str().is_some_and(|name| name.ends_with(".new"));
+            if is_leftover && entry.file_type().is_ok_and(|kind| kind.is_file()) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io("remove", &path))?;
+                removed = true;
+            }
+        }
+        // Not needed for safety (a removal a crash undoes is done again at the next start),
+        // but then the space is back for good.
+        if removed { self.sync_dir() } else { Ok(()) }
+    }
+
     fn path(&self, number: u64) -> PathBuf {
         self.dir.join(format!("{number:016x}.wal"))
     }
@@ -528,5 +617,29 @@ impl Backend for MmapBackend {
         file.sync_all().map_err(io("fsync", &temporary))?;
         std::fs::rename(&temporary, &path).map_err(io("rename", &path))?;
         self.sync_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests may unwrap.
+
+    use super::*;
+
+    /// A read that fails is an error naming the file and the offset, never a panic or a fault.
+    /// (A directory opened as a file fails every read, with EISDIR; a bad sector cannot be
+    /// made on this machine's kernel, which has neither device-mapper nor fault injection.)
+    #[test]
+    fn a_failing_read_is_an_error_with_path_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::open(dir.path()).unwrap();
+        match read_whole(&file, dir.path()) {
+            Err(Error::Read { path, offset, source }) => {
+                assert_eq!(path, dir.path());
+                assert_eq!(offset, 0);
+                assert_eq!(source.raw_os_error(), Some(21), "EISDIR: {source}");
+            }
+            other => panic!("expected a read error, got {other:?}"),
+        }
     }
 }

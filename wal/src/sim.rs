@@ -1,7 +1,21 @@
-//! A simulated disk for the log: each segment has an image "as written" and one "as synced".
-//! A crash keeps the synced image plus any chosen subset of the writes made since, each possibly
-//! torn at 512-byte or 4 KiB granularity; bits can be flipped; syncs can be made to fail. Tests
-//! and the cluster simulator use it to check recovery against every crash they can think of.
+//! A simulated disk for the log: each segment has an image "as synced" (the disk), the writes
+//! made since (dirty pages), and an image "as cached" (the page cache, which a restarted process
+//! reads). A crash keeps the synced image plus any chosen subset of the writes made since, each
+//! possibly torn at 512-byte or 4 KiB granularity; bits can be flipped; syncs can be made to
+//! fail. Tests and the cluster simulator use it to check recovery against every crash they can
+//! think of.
+//!
+//! A failed sync behaves as Linux's writeback does after EIO: the writes it covered are no
+//! longer dirty (no later sync writes them, a crash loses them) but stay in the page cache, so
+//! a process that opens the file again reads them as if they were on the disk, until
+//! [`Backend::drop_cache`]. Dropping the `Wal` without [`SimBackend::crash`] is a process
+//! restart: the page cache, dirty pages included, stays.
+//!
+//! Directory entries: every operation that creates, renames or removes a file ends with a
+//! directory sync, as the real backend's do; one can be made to fail
+//! ([`SimBackend::fail_directory_syncs`]), and with
+//! [`SimBackend::lose_unsynced_entries_on_crash`] a crash undoes the changes no directory sync
+//! made durable (the knob for lost directory entries on crash).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,8 +35,47 @@ pub struct PendingWrite {
 
 #[derive(Debug, Default)]
 struct SegmentState {
+    /// What the disk holds.
     synced: Vec<u8>,
+    /// Writes not yet written back (dirty pages), in order: a sync writes them, a crash keeps
+    /// any subset.
     pending: Vec<PendingWrite>,
+    /// What the page cache holds: `synced` with every write since applied, including those
+    /// whose writeback failed. What [`Backend::open`] reads.
+    cached: Vec<u8>,
+}
+
+impl SegmentState {
+    /// A segment whose disk and page cache hold `image`.
+    fn clean(image: Vec<u8>) -> SegmentState {
+        SegmentState { cached: image.clone(), synced: image, pending: Vec::new() }
+    }
+}
+
+/// `write` applied to `image`.
+fn apply(image: &mut [u8], write: &PendingWrite) {
+    image[write.offset..write.offset + write.bytes.len()].copy_from_slice(&write.bytes);
+}
+
+/// A name in the simulated directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Entry {
+    Segment(u64),
+    Spare(u64),
+    File(String),
+}
+
+/// A change to the directory that no directory sync has made durable yet, with what undoing
+/// it takes.
+#[derive(Debug)]
+enum EntryChange {
+    /// `entry` appeared (a new file renamed into place), replacing one with the durable image
+    /// `replaced`, if any. Undone, it vanishes and the replaced one is back.
+    Created { entry: Entry, replaced: Option<Vec<u8>> },
+    /// `entry` was deleted; the disk held `image`. Undone, it reappears.
+    Removed { entry: Entry, image: Vec<u8> },
+    /// `from` was renamed to `to`, replacing `replaced`. Undone, the file has its old name.
+    Renamed { from: Entry, to: Entry, replaced: Option<Vec<u8>> },
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +86,70 @@ struct DiskState {
     spares: BTreeMap<u64, Vec<u8>>,
     failing_syncs: u32,
     space_bytes: Option<u64>,
+    /// Directory changes made since the last directory sync that succeeded, in order.
+    unsynced_entries: Vec<EntryChange>,
+    failing_directory_syncs: u32,
+    /// A crash undoes `unsynced_entries` ([`SimBackend::lose_unsynced_entries_on_crash`]).
+    lose_unsynced_entries: bool,
+}
+
+impl DiskState {
+    /// Takes `entry`'s durable image out of the directory.
+    fn take(&mut self, entry: &Entry) -> Option<Vec<u8>> {
+        match entry {
+            Entry::Segment(number) => self.segments.remove(number).map(|segment| segment.synced),
+            Entry::Spare(number) => self.spares.remove(number),
+            Entry::File(name) => self.files.remove(name),
+        }
+    }
+
+    /// Puts `image` in the directory as `entry` (on the disk and in the page cache).
+    fn put(&mut self, entry: &Entry, image: Vec<u8>) {
+        match entry {
+            Entry::Segment(number) => {
+                self.segments.insert(*number, SegmentState::clean(image));
+            }
+            Entry::Spare(number) => {
+                self.spares.insert(*number, image);
+            }
+            Entry::File(name) => {
+                self.files.insert(name.clone(), image);
+            }
+        }
+    }
+
+    /// Undoes a directory change that a crash did not let reach the disk.
+    fn undo(&mut self, change: &EntryChange) {
+        match change {
+            EntryChange::Created { entry, replaced } => {
+                self.take(entry);
+                if let Some(image) = replaced {
+                    self.put(entry, image.clone());
+                }
+            }
+            EntryChange::Removed { entry, image } => self.put(entry, image.clone()),
+            EntryChange::Renamed { from, to, replaced } => {
+                if let Some(image) = self.take(to) {
+                    self.put(from, image);
+                }
+                if let Some(image) = replaced {
+                    self.put(to, image.clone());
+                }
+            }
+        }
+    }
+
+    /// The directory sync that ends each operation that changed the directory, as the real
+    /// backend does: every change so far becomes durable, or (when made to fail) none.
+    fn sync_directory(&mut self) -> Result<()> {
+        if self.failing_directory_syncs > 0 {
+            self.failing_directory_syncs -= 1;
+            let source = std::io::Error::from_raw_os_error(5); // EIO
+            return Err(Error::Io { op: "fsync directory", path: PathBuf::from("sim"), source });
+        }
+        self.unsynced_entries.clear();
+        Ok(())
+    }
 }
 
 /// An in-memory disk shared by the log and the test that crashes it.
@@ -66,9 +183,37 @@ impl SimBackend {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The next `count` syncs fail with EIO (and make nothing durable).
+    /// The next `count` syncs fail with EIO and make nothing durable. As on Linux, the writes
+    /// a failed sync covered are then lost to the disk (no later sync writes them) but still
+    /// read from the page cache until it is dropped ([`Backend::drop_cache`]).
     pub fn fail_syncs(&self, count: u32) {
         self.lock().failing_syncs = count;
+    }
+
+    /// The next `count` directory syncs fail with EIO: the operation that ends with one (a
+    /// segment created, reused, set aside or removed; a small file replaced) has changed the
+    /// directory, but returns the error, and its change stays unsynced: a crash loses it if
+    /// [`SimBackend::lose_unsynced_entries_on_crash`] is set.
+    pub fn fail_directory_syncs(&self, count: u32) {
+        self.lock().failing_directory_syncs = count;
+    }
+
+    /// Lost directory entries on crash: when `lose` is set, a crash undoes every directory
+    /// change that no directory sync made durable: a file created or renamed into place
+    /// vanishes (what it replaced is back), a removed one reappears, a renamed one has its old
+    /// name again. Not set (the default), a crash keeps them all. Every operation of this
+    /// backend ends with a directory sync, as the real one's do, so only changes whose sync
+    /// failed ([`SimBackend::fail_directory_syncs`]) are ever unsynced. The disks a crash
+    /// returns keep the setting.
+    pub fn lose_unsynced_entries_on_crash(&self, lose: bool) {
+        self.lock().lose_unsynced_entries = lose;
+    }
+
+    /// Directory changes a crash would lose now (if set to: see
+    /// [`SimBackend::lose_unsynced_entries_on_crash`]).
+    #[must_use]
+    pub fn unsynced_entries(&self) -> usize {
+        self.lock().unsynced_entries.len()
     }
 
     /// Limits the space for new segments: creating one beyond it fails with ENOSPC.
@@ -96,6 +241,7 @@ impl SimBackend {
             files: state.files.clone(),
             spares: state.spares.clone(),
             space_bytes: state.space_bytes,
+            lose_unsynced_entries: state.lose_unsynced_entries,
             ..DiskState::default()
         };
         for (number, segment) in &state.segments {
@@ -112,7 +258,12 @@ impl SimBackend {
                 };
                 image[write.offset..write.offset + kept].copy_from_slice(&write.bytes[..kept]);
             }
-            disk.segments.insert(*number, SegmentState { synced: image, pending: Vec::new() });
+            disk.segments.insert(*number, SegmentState::clean(image));
+        }
+        if state.lose_unsynced_entries {
+            for change in state.unsynced_entries.iter().rev() {
+                disk.undo(change);
+            }
         }
         SimBackend { state: Arc::new(Mutex::new(disk)) }
     }
@@ -123,7 +274,8 @@ impl SimBackend {
         self.crash(|_, _| None)
     }
 
-    /// Flips one bit of a segment's durable image (bit rot).
+    /// Flips one bit of a segment's durable image (bit rot). A page cache that holds the page
+    /// hides it until dropped, as a real one would.
     pub fn flip_bit(&self, segment: u64, offset: usize, bit: u8) {
         let mut state = self.lock();
         let image = &mut state.segments.get_mut(&segment).expect("segment exists").synced;
@@ -136,9 +288,17 @@ impl SimBackend {
         self.lock().segments.get(&segment).map(|state| state.synced.clone())
     }
 
-    /// Replaces the durable image of a segment (to plant arbitrary bytes).
+    /// Replaces the durable image of a segment (to plant arbitrary bytes), the page cache's
+    /// too, and forgets its unsynced writes.
     pub fn set_synced_image(&self, segment: u64, image: Vec<u8>) {
-        self.lock().segments.insert(segment, SegmentState { synced: image, pending: Vec::new() });
+        self.lock().segments.insert(segment, SegmentState::clean(image));
+    }
+
+    /// The page cache's image of a segment: what a process opening it reads before
+    /// [`Backend::drop_cache`].
+    #[must_use]
+    pub fn cached_image(&self, segment: u64) -> Option<Vec<u8>> {
+        self.lock().segments.get(&segment).map(|state| state.cached.clone())
     }
 }
 
@@ -163,7 +323,9 @@ impl Segment for SimSegment {
         let bytes = self.written[offset..offset + len].to_vec();
         let mut state = self.disk.lock();
         let segment = state.segments.get_mut(&self.number).expect("segment exists on its disk");
-        segment.pending.push(PendingWrite { offset, bytes });
+        let write = PendingWrite { offset, bytes };
+        apply(&mut segment.cached, &write);
+        segment.pending.push(write);
     }
 
     fn syncer(&mut self) -> Box<dyn Syncer> {
@@ -182,16 +344,20 @@ struct SimSyncer {
 impl Syncer for SimSyncer {
     fn sync(self: Box<Self>) -> std::io::Result<()> {
         let mut state = self.disk.lock();
-        if state.failing_syncs > 0 {
-            state.failing_syncs -= 1;
-            return Err(std::io::Error::from_raw_os_error(5)); // EIO
-        }
-        let Some(segment) = state.segments.get_mut(&self.number) else { return Ok(()) };
+        let failing = state.failing_syncs > 0;
+        state.failing_syncs = state.failing_syncs.saturating_sub(1);
+        let Some(segment) = state.segments.get_mut(&self.number) else {
+            return if failing { Err(std::io::Error::from_raw_os_error(5)) } else { Ok(()) };
+        };
         let count = self.count.min(segment.pending.len());
         let done: Vec<PendingWrite> = segment.pending.drain(..count).collect();
-        for write in done {
-            segment.synced[write.offset..write.offset + write.bytes.len()]
-                .copy_from_slice(&write.bytes);
+        if failing {
+            // Linux after a failed writeback: the pages are marked clean and kept. No later
+            // sync writes them and a crash loses them, but reads still see them (`cached`).
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        for write in &done {
+            apply(&mut segment.synced, write);
         }
         Ok(())
     }
@@ -212,13 +378,17 @@ impl Backend for SimBackend {
         }
         let mut image = vec![0u8; usize::try_from(bytes).expect("segment fits memory")];
         image[..header.len()].copy_from_slice(header);
-        state.segments.insert(number, SegmentState { synced: image.clone(), pending: Vec::new() });
+        let replaced = state.segments.insert(number, SegmentState::clean(image.clone()));
+        let entry = Entry::Segment(number);
+        let replaced = replaced.map(|segment| segment.synced);
+        state.unsynced_entries.push(EntryChange::Created { entry, replaced });
+        state.sync_directory()?;
         drop(state);
         Ok(SimSegment { number, written: image, disk: self.clone() })
     }
 
     fn open(&self, number: u64) -> Result<SimSegment> {
-        let image = self.lock().segments.get(&number).map(|segment| segment.synced.clone());
+        let image = self.lock().segments.get(&number).map(|segment| segment.cached.clone());
         let Some(written) = image else {
             let source = std::io::Error::from(std::io::ErrorKind::NotFound);
             return Err(Error::Io { op: "open", path: self.path(number), source });
@@ -226,8 +396,26 @@ impl Backend for SimBackend {
         Ok(SimSegment { number, written, disk: self.clone() })
     }
 
+    fn drop_cache(&self, number: u64) -> Result<()> {
+        let mut state = self.lock();
+        if let Some(segment) = state.segments.get_mut(&number) {
+            // Clean pages go; dirty ones stay (they are still to be written).
+            let mut image = segment.synced.clone();
+            for write in &segment.pending {
+                apply(&mut image, write);
+            }
+            segment.cached = image;
+        }
+        Ok(())
+    }
+
     fn remove(&self, number: u64) -> Result<()> {
-        self.lock().segments.remove(&number);
+        let mut state = self.lock();
+        if let Some(segment) = state.segments.remove(&number) {
+            let (entry, image) = (Entry::Segment(number), segment.synced);
+            state.unsynced_entries.push(EntryChange::Removed { entry, image });
+            state.sync_directory()?;
+        }
         Ok(())
     }
 
@@ -237,7 +425,10 @@ impl Backend for SimBackend {
         if let Some(segment) = state.segments.remove(&number) {
             // Its unsynced writes may or may not have reached the disk: a spare's bytes
             // are stale either way.
-            state.spares.insert(number, segment.synced);
+            let replaced = state.spares.insert(number, segment.synced);
+            let (from, to) = (Entry::Segment(number), Entry::Spare(number));
+            state.unsynced_entries.push(EntryChange::Renamed { from, to, replaced });
+            state.sync_directory()?;
         }
         Ok(())
     }
@@ -256,14 +447,23 @@ impl Backend for SimBackend {
             drop(state);
             return self.create(number, bytes, header);
         }
+        // The header is durable before the rename, as on real files.
         image[..header.len()].copy_from_slice(header);
-        state.segments.insert(number, SegmentState { synced: image.clone(), pending: Vec::new() });
+        let replaced = state.segments.insert(number, SegmentState::clean(image.clone()));
+        let (from, to) = (Entry::Spare(spare), Entry::Segment(number));
+        let replaced = replaced.map(|segment| segment.synced);
+        state.unsynced_entries.push(EntryChange::Renamed { from, to, replaced });
+        state.sync_directory()?;
         drop(state);
         Ok(SimSegment { number, written: image, disk: self.clone() })
     }
 
     fn remove_spare(&self, spare: u64) -> Result<()> {
-        self.lock().spares.remove(&spare);
+        let mut state = self.lock();
+        if let Some(image) = state.spares.remove(&spare) {
+            state.unsynced_entries.push(EntryChange::Removed { entry: Entry::Spare(spare), image });
+            state.sync_directory()?;
+        }
         Ok(())
     }
 
@@ -276,7 +476,12 @@ impl Backend for SimBackend {
     }
 
     fn remove_file(&self, name: &str) -> Result<()> {
-        self.lock().files.remove(name);
+        let mut state = self.lock();
+        if let Some(image) = state.files.remove(name) {
+            let entry = Entry::File(name.to_string());
+            state.unsynced_entries.push(EntryChange::Removed { entry, image });
+            state.sync_directory()?;
+        }
         Ok(())
     }
 
@@ -291,7 +496,9 @@ impl Backend for SimBackend {
                 source,
             });
         }
-        state.files.insert(name.to_string(), bytes.to_vec());
-        Ok(())
+        let replaced = state.files.insert(name.to_string(), bytes.to_vec());
+        let entry = Entry::File(name.to_string());
+        state.unsynced_entries.push(EntryChange::Created { entry, replaced });
+        state.sync_directory()
     }
 }
