@@ -29,6 +29,13 @@ pub struct SimDisk {
     durable_positions: (u64, u64),
 }
 
+/// A simulated disk whose crashes undo directory changes no directory sync made durable.
+fn lossy_backend() -> SimBackend {
+    let backend = SimBackend::new();
+    backend.lose_unsynced_entries_on_crash(true);
+    backend
+}
+
 fn options(segment_bytes: u64) -> Options {
     Options { segment_bytes, prepare_ahead: false }
 }
@@ -42,7 +49,7 @@ impl SimDisk {
     #[must_use]
     pub fn new(segment_bytes: u64) -> SimDisk {
         SimDisk {
-            backend: SimBackend::new(),
+            backend: lossy_backend(),
             log: None,
             in_flight: None,
             segment_bytes,
@@ -142,6 +149,12 @@ impl SimDisk {
         self.backend.fail_syncs(1);
     }
 
+    /// The next directory sync fails with EIO: the change it should have made durable is lost
+    /// if the node crashes before another sync of the directory.
+    pub fn fail_next_directory_sync(&self) {
+        self.backend.fail_directory_syncs(1);
+    }
+
     /// The disk is full: no new segment can be made until the node restarts (space freed).
     pub fn fill(&self) {
         self.backend.limit_space(0);
@@ -153,7 +166,7 @@ impl SimDisk {
     pub fn damage(&mut self, rng: &mut Xoshiro256PlusPlus) -> Option<&'static str> {
         assert!(self.log.is_none(), "damage a crashed disk only");
         if rng.next_u64() % 4 == 0 {
-            self.backend = SimBackend::new();
+            self.backend = lossy_backend();
             self.snapshot_taken_at = 0;
             return Some("wiped");
         }

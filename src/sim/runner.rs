@@ -82,7 +82,8 @@ pub struct FaultCounts {
     pub zeroed: u64,
     /// Data directories of a voter wiped before a restart (amnesia).
     pub wiped: u64,
-    /// Syncs made to fail (each stops its node).
+    /// Syncs of a file or a directory made to fail (each stops its node; a directory change
+    /// whose sync failed is lost in the next crash).
     pub sync_errors: u64,
     /// Disks that filled up (each stops its node until space is freed).
     pub full_disks: u64,
@@ -220,7 +221,7 @@ impl Summary {
     pub fn faults_line(&self) -> String {
         let faults = &self.faults;
         format!(
-            "disk faults: bits flipped {}, stretches zeroed {}, voters wiped {}, syncs failed {}, \
+            "disk faults: bits flipped {}, stretches zeroed {}, voters wiped {}, syncs (file or directory) failed {}, \
              disks full {}; repairs started {} (first starts included), finished {}",
             faults.bit_flips,
             faults.zeroed,

@@ -750,7 +750,8 @@ impl World {
                     }
                     Action::Repaired => {
                         self.trace(|| format!("n{} s{shard} repaired", id.0));
-                        self.faults.repaired += 1;
+                        let learner = self.replica(node, shard).config().is_learner();
+                        self.faults.repaired += u64::from(!learner);
                         if !self.repairing(node) {
                             self.nodes[node].damaged = false;
                         }
@@ -1087,8 +1088,14 @@ impl World {
             5 => self.crash_damaging(node, duration),
             6 if self.nodes[node].up => {
                 let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
-                self.trace(|| format!("n{} s{shard}: the next sync fails", node + 1));
-                self.nodes[node].shards[shard].disk.fail_next_sync();
+                let disk = &self.nodes[node].shards[shard].disk;
+                if self.rng.next_u64() % 2 == 0 {
+                    disk.fail_next_sync();
+                    self.trace(|| format!("n{} s{shard}: the next sync fails", node + 1));
+                } else {
+                    disk.fail_next_directory_sync();
+                    self.trace(|| format!("n{} s{shard}: the next directory sync fails", node + 1));
+                }
                 self.faults.sync_errors += 1;
             }
             7 if self.nodes[node].up => {
