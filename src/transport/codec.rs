@@ -153,7 +153,7 @@ pub enum ReplyStatus {
     Applied,
     /// Applied before under the same request id; the body is the reply it got then.
     Duplicate,
-    /// Too old to tell whether it was applied (its session window moved on); not applied.
+    /// Too old to tell whether it was applied (its session dropped the reply); not applied.
     Expired,
     /// This node does not lead the shard; `hint` names the leader it last heard.
     NotLeader {
@@ -164,6 +164,9 @@ pub enum ReplyStatus {
     Busy,
     /// Refused for good; the body is a UTF-8 reason.
     Rejected,
+    /// The client's session was evicted while idle: not applied, and no request under this
+    /// client id will be.
+    SessionExpired,
 }
 
 impl ReplyStatus {
@@ -175,6 +178,7 @@ impl ReplyStatus {
             ReplyStatus::NotLeader { hint } => (3, hint.map_or(0, |node| node.0)),
             ReplyStatus::Busy => (4, 0),
             ReplyStatus::Rejected => (5, 0),
+            ReplyStatus::SessionExpired => (6, 0),
         }
     }
 
@@ -186,6 +190,7 @@ impl ReplyStatus {
             3 => ReplyStatus::NotLeader { hint: (hint != 0).then_some(NodeId(hint)) },
             4 => ReplyStatus::Busy,
             5 => ReplyStatus::Rejected,
+            6 => ReplyStatus::SessionExpired,
             _ => return Err(FrameError::Invalid("unknown reply status")),
         })
     }
