@@ -22,7 +22,10 @@ use crate::state_machine::StateSummary;
 pub const PREFIX_BYTES: usize = 4;
 
 /// The version of the protocol this build speaks; a peer or client with another is refused.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: the reply status `SessionExpired`, and bounded sessions: a replica that keeps every
+/// session would apply a request that one evicting idle sessions refuses, so the two must not
+/// serve one shard together.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
