@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
 use quorum::shard::{Shard, settle_wired};
-use quorum::state_machine::{KvCommand, KvStore};
+use quorum::state_machine::{KvCommand, KvStore, SessionLimits};
 use quorum_wal::{MmapBackend, Options};
 
 const CLUSTER: ClusterId = ClusterId(5);
@@ -36,7 +36,16 @@ impl Trio {
                 // Nothing compacted: the read-back bench compares memory with the WAL.
                 config.retain_slots = u64::MAX;
                 let backend = MmapBackend::new(dir.path().join(node.to_string())).unwrap();
-                Some(Shard::open(config, backend, options.clone(), KvStore::default(), 64).unwrap())
+                Some(
+                    Shard::open(
+                        config,
+                        backend,
+                        options.clone(),
+                        KvStore::default(),
+                        SessionLimits::with_replies_max(64),
+                    )
+                    .unwrap(),
+                )
             })
             .collect();
         let mut trio = Trio { shards, _dir: dir, sequence: 0 };

@@ -21,7 +21,7 @@ use crate::core::{
 use crate::core::{Ballot, ClusterId};
 use crate::log_record;
 use crate::snapshot::{Piece, Snapshot, SnapshotError, SnapshotHeader};
-use crate::state_machine::{Applier, Outcome, StateMachine};
+use crate::state_machine::{Applier, Outcome, SessionLimits, StateMachine};
 use crate::total_order::Committed;
 
 /// A shard that can no longer run: its log failed. Restart it from disk.
@@ -674,8 +674,8 @@ impl<S: StateMachine> Committer<S> {
 /// How a shard is opened.
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
-    /// Replies remembered per client (exactly-once).
-    pub session_window: usize,
+    /// What the session table keeps (exactly-once, protocol.md §5); the same on every replica.
+    pub sessions: SessionLimits,
     /// Where committed runs are applied.
     pub apply: ApplyTo,
     /// The shard's number (snapshots name it).
@@ -704,9 +704,9 @@ fn random_nonce() -> u64 {
 impl ShardSettings {
     /// Snapshots off, applied here, shard 0.
     #[must_use]
-    pub fn new(session_window: usize) -> ShardSettings {
+    pub fn new(sessions: SessionLimits) -> ShardSettings {
         ShardSettings {
-            session_window,
+            sessions,
             apply: ApplyTo::Shard,
             shard: 0,
             snapshot_every_bytes: 0,
@@ -834,9 +834,9 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         backend: B,
         options: Options,
         machine: S,
-        session_window: usize,
+        sessions: SessionLimits,
     ) -> Result<Self, ShardError> {
-        Shard::open_with(config, backend, options, machine, ShardSettings::new(session_window))
+        Shard::open_with(config, backend, options, machine, ShardSettings::new(sessions))
     }
 
     /// [`Shard::open`] with every setting. A snapshot in the log's directory is loaded first
@@ -853,13 +853,13 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     ) -> Result<Self, ShardError> {
         let mut replica = Replica::recovering(config)?;
         let mut snapshots = Snapshots::default();
-        let mut applier = Applier::new(machine, settings.session_window);
+        let mut applier = Applier::new(machine, settings.sessions);
         let owner = (replica.config().cluster_id, settings.shard);
         if let Some(snapshot) = ReplicaLog::<B, ()>::read_snapshot(&backend, owner)? {
             if settings.apply == ApplyTo::Forward {
                 return Err(ShardError::ForwardFromSnapshot(snapshot.header.slot.0));
             }
-            applier = Applier::restore(snapshot.body(), settings.session_window)?;
+            applier = Applier::restore(snapshot.body(), settings.sessions)?;
             replica.install_snapshot(snapshot.header.slot, snapshot.header.slot);
             snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
         }
@@ -1267,7 +1267,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         if slot <= self.replica.commit_index() {
             return Ok(());
         }
-        let Ok(applier) = Applier::restore(snapshot.body(), self.settings.session_window) else {
+        let Ok(applier) = Applier::restore(snapshot.body(), self.settings.sessions) else {
             return Ok(());
         };
         self.log.install_snapshot(&snapshot)?;

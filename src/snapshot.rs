@@ -14,7 +14,9 @@ use bytes::Bytes;
 use crate::core::{ClusterId, Slot};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"QRMSNAP\x01");
-const VERSION: u32 = 1;
+/// 2: the applier image carries the session eviction state (seen commands, each session's last
+/// use and dropped mark, the evicted ids).
+const VERSION: u32 = 2;
 /// Bytes before the body.
 pub const HEADER_BYTES: usize = 48;
 /// The least capacity an image is built in (see [`Snapshot::encode_with`]).

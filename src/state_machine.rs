@@ -4,8 +4,13 @@
 //! a retried request (same [`RequestId`]) gets the reply of its first application and is never
 //! applied twice (protocol.md, I9). The table is itself replicated state: every replica builds
 //! the same one from the same log.
+//!
+//! The table is bounded ([`SessionLimits`]): a session keeps at most so many replies and so
+//! many bytes of them, and once the table holds more than so many sessions, those idle for
+//! long enough are evicted, least recently used first. Every such decision counts commands
+//! of the log, never a clock, so every replica makes it at the same command (protocol.md §5).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::core::{BatchReader, MalformedBatch, RequestId};
 use crate::snapshot::{ImageReader, SnapshotError, put_field};
@@ -28,6 +33,14 @@ pub trait StateMachine {
     /// Reads a reply back from [`StateMachine::encode_reply`]'s bytes (the session table in a
     /// snapshot); `None` if they do not decode.
     fn decode_reply(bytes: &[u8]) -> Option<Self::Reply>;
+
+    /// The length of [`StateMachine::encode_reply`]'s bytes for `reply`: what a session is
+    /// charged for keeping it. Must be the same on every replica.
+    fn reply_size_bytes(reply: &Self::Reply) -> usize {
+        let mut encoded = Vec::new();
+        Self::encode_reply(reply, &mut encoded);
+        encoded.len()
+    }
 
     /// A short summary of the state for operators and tests: equal states give equal
     /// summaries on every replica.
@@ -69,8 +82,62 @@ pub enum Outcome<R> {
     Applied(R),
     /// Applied before under the same request id; this is the reply it got then.
     Duplicate(R),
-    /// Too old to tell whether it was applied (its session window moved past it); not applied.
+    /// Too old to tell whether it was applied (its session dropped its reply, by count or by
+    /// bytes); not applied.
     Expired,
+    /// Its client's session was evicted while idle: not applied, and no request of that
+    /// client id will be any more (a retry could otherwise be applied a second time).
+    SessionExpired,
+}
+
+/// How much the session table keeps (protocol.md §5). Every replica of a shard must use the
+/// same limits: they decide which requests are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Replies a session keeps, the newest.
+    pub replies_max: usize,
+    /// Bytes of encoded reply a session keeps; older replies are dropped past it. The newest
+    /// reply is kept whatever its size, so that its retry is answered.
+    pub reply_bytes_max: usize,
+    /// Sessions the table holds before idle ones are evicted. A soft bound: sessions still in
+    /// use are never evicted.
+    pub sessions_max: usize,
+    /// A session is idle, and may be evicted, once this many commands have been applied (or
+    /// refused) since its last request. Counted in the log, never in time, so that every
+    /// replica evicts it at the same command.
+    pub idle_commands_min: u64,
+    /// Evicted client ids remembered (about 16 bytes each) so that their requests are refused;
+    /// the oldest are forgotten past it.
+    pub evicted_max: usize,
+}
+
+impl SessionLimits {
+    /// The defaults: 4,096 replies or 1 MiB per session; eviction past 100,000 sessions of
+    /// those idle for a million commands; a million evicted ids remembered.
+    pub const DEFAULT: SessionLimits = SessionLimits {
+        replies_max: 4096,
+        reply_bytes_max: 1 << 20,
+        sessions_max: 100_000,
+        idle_commands_min: 1_000_000,
+        evicted_max: 1_000_000,
+    };
+
+    /// The defaults, keeping at most `replies_max` replies per session.
+    #[must_use]
+    pub const fn with_replies_max(replies_max: usize) -> SessionLimits {
+        SessionLimits { replies_max, ..SessionLimits::DEFAULT }
+    }
+
+    fn check(&self) {
+        assert!(self.replies_max > 0, "a session must keep at least one reply");
+        assert!(self.idle_commands_min > 0, "a session in use must not be evicted");
+    }
+}
+
+impl Default for SessionLimits {
+    fn default() -> SessionLimits {
+        SessionLimits::DEFAULT
+    }
 }
 
 /// The replies a client's recent requests got, by sequence number, oldest first. A client
@@ -78,18 +145,25 @@ pub enum Outcome<R> {
 /// makes that, the eviction of the oldest and the look-up of a retry cheap.
 #[derive(Debug)]
 struct Session<R> {
-    replies: VecDeque<(u64, R)>,
+    replies: VecDeque<(u64, R, usize)>,
+    /// The bytes of the replies held (the third field of each).
+    reply_bytes: usize,
+    /// The highest sequence whose reply was dropped: a request at or below it that is not
+    /// held may have been applied, so it is refused.
+    dropped_through: Option<u64>,
+    /// The applier's command count at this session's last request.
+    last_used: u64,
 }
 
 impl<R> Session<R> {
-    fn new() -> Session<R> {
-        Session { replies: VecDeque::new() }
+    fn new(last_used: u64) -> Session<R> {
+        Session { replies: VecDeque::new(), reply_bytes: 0, dropped_through: None, last_used }
     }
 
     fn position(&self, sequence: u64) -> Result<usize, usize> {
         match self.replies.back() {
-            Some((last, _)) if *last < sequence => Err(self.replies.len()),
-            _ => self.replies.binary_search_by_key(&sequence, |(held, _)| *held),
+            Some((last, _, _)) if *last < sequence => Err(self.replies.len()),
+            _ => self.replies.binary_search_by_key(&sequence, |(held, _, _)| *held),
         }
     }
 
@@ -97,18 +171,34 @@ impl<R> Session<R> {
         self.position(sequence).ok().map(|at| &self.replies[at].1)
     }
 
-    fn oldest(&self) -> Option<u64> {
-        self.replies.front().map(|(sequence, _)| *sequence)
+    /// True if a request with `sequence`, not held, may have been applied already.
+    fn forgot(&self, sequence: u64) -> bool {
+        self.dropped_through.is_some_and(|dropped| sequence <= dropped)
     }
 
-    /// Keeps `reply` for `sequence` (not held yet), then the newest `window` replies.
-    fn insert(&mut self, sequence: u64, reply: R, window: usize) {
+    /// Keeps `reply` (of `bytes` bytes) for `sequence` (not held yet), then the newest
+    /// replies within the limits.
+    fn insert(&mut self, sequence: u64, reply: R, bytes: usize, limits: &SessionLimits) {
         match self.position(sequence) {
-            Ok(at) => self.replies[at].1 = reply,
-            Err(at) => self.replies.insert(at, (sequence, reply)),
+            Ok(at) => {
+                self.reply_bytes -= self.replies[at].2;
+                self.replies[at] = (sequence, reply, bytes);
+            }
+            Err(at) => self.replies.insert(at, (sequence, reply, bytes)),
         }
-        while self.replies.len() > window {
-            self.replies.pop_front();
+        self.reply_bytes += bytes;
+        while self.replies.len() > limits.replies_max
+            || (self.replies.len() > 1 && self.reply_bytes > limits.reply_bytes_max)
+        {
+            let (dropped, _, dropped_bytes) = self.replies.pop_front().expect("not empty");
+            self.reply_bytes -= dropped_bytes;
+            // Dropped from the front, so every sequence dropped so far is at or below it.
+            assert!(
+                self.dropped_through.is_none_or(|through| through < dropped),
+                "dropped {dropped} after {:?}",
+                self.dropped_through
+            );
+            self.dropped_through = Some(dropped);
         }
     }
 }
@@ -118,15 +208,31 @@ impl<R> Session<R> {
 pub struct Applier<S: StateMachine> {
     machine: S,
     sessions: HashMap<u64, Session<S::Reply>, foldhash::fast::RandomState>,
-    session_window: usize,
+    /// `(last_used, client)` of every session: the eviction order.
+    by_last_use: BTreeSet<(u64, u64)>,
+    /// Evicted client ids, oldest eviction first, and the same as a set.
+    evicted_order: VecDeque<u64>,
+    evicted: HashSet<u64, foldhash::fast::RandomState>,
+    limits: SessionLimits,
     applied_commands: u64,
+    /// Every command seen, applied or not: the clock sessions idle by.
+    seen_commands: u64,
 }
 
 impl<S: StateMachine> Applier<S> {
-    /// An applier remembering the last `session_window` replies of each client.
-    pub fn new(machine: S, session_window: usize) -> Applier<S> {
-        assert!(session_window > 0, "session window must hold at least one reply");
-        Applier { machine, sessions: HashMap::default(), session_window, applied_commands: 0 }
+    /// An applier keeping sessions within `limits`.
+    pub fn new(machine: S, limits: SessionLimits) -> Applier<S> {
+        limits.check();
+        Applier {
+            machine,
+            sessions: HashMap::default(),
+            by_last_use: BTreeSet::new(),
+            evicted_order: VecDeque::new(),
+            evicted: HashSet::default(),
+            limits,
+            applied_commands: 0,
+            seen_commands: 0,
+        }
     }
 
     /// The state machine.
@@ -139,14 +245,24 @@ impl<S: StateMachine> Applier<S> {
         self.applied_commands
     }
 
-    /// Appends the image of the applied state: the commands applied, the session table
-    /// (clients in order, each one's replies in order) and the state machine's image.
+    /// Sessions held.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Appends the image of the applied state: the commands applied and seen, the session
+    /// table (clients in order, each one's last use, dropped mark and replies in order), the
+    /// evicted ids in eviction order, and the state machine's image.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
         let replies: usize = self.sessions.values().map(|session| session.replies.len()).sum();
         out.reserve(
-            16 + 16 * self.sessions.len() + 64 * replies + self.machine.snapshot_size_hint(),
+            40 + 40 * self.sessions.len()
+                + 8 * self.evicted_order.len()
+                + 64 * replies
+                + self.machine.snapshot_size_hint(),
         );
         out.extend_from_slice(&self.applied_commands.to_le_bytes());
+        out.extend_from_slice(&self.seen_commands.to_le_bytes());
         out.extend_from_slice(&(self.sessions.len() as u64).to_le_bytes());
         let mut clients: Vec<u64> = self.sessions.keys().copied().collect();
         clients.sort_unstable();
@@ -154,43 +270,91 @@ impl<S: StateMachine> Applier<S> {
         for client in clients {
             let session = &self.sessions[&client];
             out.extend_from_slice(&client.to_le_bytes());
+            out.extend_from_slice(&session.last_used.to_le_bytes());
+            out.extend_from_slice(&u64::from(session.dropped_through.is_some()).to_le_bytes());
+            out.extend_from_slice(&session.dropped_through.unwrap_or(0).to_le_bytes());
             out.extend_from_slice(&(session.replies.len() as u64).to_le_bytes());
-            for (sequence, value) in &session.replies {
+            for (sequence, value, _) in &session.replies {
                 out.extend_from_slice(&sequence.to_le_bytes());
                 reply.clear();
                 S::encode_reply(value, &mut reply);
                 put_field(out, &reply);
             }
         }
+        out.extend_from_slice(&(self.evicted_order.len() as u64).to_le_bytes());
+        for client in &self.evicted_order {
+            out.extend_from_slice(&client.to_le_bytes());
+        }
         self.machine.snapshot(out);
     }
 
-    /// The applier [`Applier::snapshot`] wrote, remembering `session_window` replies per
-    /// client from now on.
+    /// The applier [`Applier::snapshot`] wrote, keeping sessions within `limits` from now on
+    /// (the replicas of a shard must agree on them).
     ///
     /// # Errors
     /// The image is malformed.
-    pub fn restore(image: &[u8], session_window: usize) -> Result<Applier<S>, SnapshotError> {
+    pub fn restore(image: &[u8], limits: SessionLimits) -> Result<Applier<S>, SnapshotError> {
+        limits.check();
         let mut reader = ImageReader::new(image);
         let applied_commands = reader.u64()?;
+        let seen_commands = reader.u64()?;
+        if applied_commands > seen_commands {
+            return Err(SnapshotError::Image("more commands applied than seen"));
+        }
         let clients = reader.u64()?;
         let mut sessions = HashMap::default();
+        let mut by_last_use = BTreeSet::new();
         for _ in 0..clients {
             let client = reader.u64()?;
+            let last_used = reader.u64()?;
+            if last_used > seen_commands {
+                return Err(SnapshotError::Image("a session was used after the last command"));
+            }
+            let dropped_through = match (reader.u64()?, reader.u64()?) {
+                (0, 0) => None,
+                (1, through) => Some(through),
+                _ => return Err(SnapshotError::Image("a session's dropped mark is malformed")),
+            };
             let count = reader.u64()?;
-            let mut session = Session::new();
+            let mut session = Session::new(last_used);
+            session.dropped_through = dropped_through;
+            let mut previous = dropped_through;
             for _ in 0..count {
                 let sequence = reader.u64()?;
+                if previous.is_some_and(|previous| sequence <= previous) {
+                    return Err(SnapshotError::Image("a session's replies are out of order"));
+                }
+                previous = Some(sequence);
                 let reply = S::decode_reply(reader.field()?)
                     .ok_or(SnapshotError::Image("a session's reply does not decode"))?;
-                session.insert(sequence, reply, session_window);
+                let bytes = S::reply_size_bytes(&reply);
+                session.insert(sequence, reply, bytes, &limits);
             }
-            sessions.insert(client, session);
+            if sessions.insert(client, session).is_some() {
+                return Err(SnapshotError::Image("a client appears twice"));
+            }
+            by_last_use.insert((last_used, client));
+        }
+        let evicted_count = reader.u64()?;
+        let mut evicted_order = VecDeque::new();
+        let mut evicted = HashSet::default();
+        for _ in 0..evicted_count {
+            let client = reader.u64()?;
+            if sessions.contains_key(&client) || !evicted.insert(client) {
+                return Err(SnapshotError::Image("an evicted client appears twice"));
+            }
+            evicted_order.push_back(client);
         }
         let machine = S::restore(reader.rest())?;
-        let mut applier = Applier::new(machine, session_window);
+        let mut applier = Applier::new(machine, limits);
         applier.sessions = sessions;
+        applier.by_last_use = by_last_use;
+        applier.evicted_order = evicted_order;
+        applier.evicted = evicted;
         applier.applied_commands = applied_commands;
+        applier.seen_commands = seen_commands;
+        // Limits lower than the image's take effect now, the same way on every replica.
+        applier.maybe_evict();
         Ok(applier)
     }
 
@@ -213,19 +377,61 @@ impl<S: StateMachine> Applier<S> {
     }
 
     fn apply_one(&mut self, id: RequestId, payload: &[u8]) -> Outcome<S::Reply> {
-        let window = self.session_window;
-        let session = self.sessions.entry(id.client).or_insert_with(Session::new);
-        if let Some(reply) = session.get(id.sequence) {
-            return Outcome::Duplicate(reply.clone());
+        self.seen_commands += 1;
+        if self.evicted.contains(&id.client) {
+            // Every command advances the clock, so eviction is looked at after every one: a
+            // replica restored here from a snapshot evicts at once what this one would.
+            self.maybe_evict();
+            return Outcome::SessionExpired;
         }
-        let oldest = session.oldest();
-        if session.replies.len() == window && oldest.is_some_and(|oldest| id.sequence < oldest) {
-            return Outcome::Expired;
+        let now = self.seen_commands;
+        let session = match self.sessions.entry(id.client) {
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let session = entry.into_mut();
+                let moved = self.by_last_use.remove(&(session.last_used, id.client));
+                assert!(moved, "client {} missing from the eviction order", id.client);
+                session.last_used = now;
+                session
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(Session::new(now)),
+        };
+        self.by_last_use.insert((now, id.client));
+        let outcome = if let Some(reply) = session.get(id.sequence) {
+            Outcome::Duplicate(reply.clone())
+        } else if session.forgot(id.sequence) {
+            Outcome::Expired
+        } else {
+            let reply = self.machine.apply(payload);
+            self.applied_commands += 1;
+            let bytes = S::reply_size_bytes(&reply);
+            session.insert(id.sequence, reply.clone(), bytes, &self.limits);
+            Outcome::Applied(reply)
+        };
+        self.maybe_evict();
+        outcome
+    }
+
+    /// Evicts the least recently used sessions idle for long enough while the table holds
+    /// more than its limit. Depends only on the commands seen, so every replica evicts the
+    /// same sessions at the same command.
+    fn maybe_evict(&mut self) {
+        while self.sessions.len() > self.limits.sessions_max {
+            let Some(&(last_used, client)) = self.by_last_use.first() else { break };
+            if self.seen_commands - last_used < self.limits.idle_commands_min {
+                break;
+            }
+            self.by_last_use.pop_first();
+            let removed = self.sessions.remove(&client);
+            assert!(removed.is_some(), "client {client} in the eviction order without a session");
+            self.evicted_order.push_back(client);
+            let fresh = self.evicted.insert(client);
+            assert!(fresh, "client {client} evicted twice");
+            while self.evicted_order.len() > self.limits.evicted_max {
+                let forgotten = self.evicted_order.pop_front().expect("not empty");
+                self.evicted.remove(&forgotten);
+            }
         }
-        let reply = self.machine.apply(payload);
-        self.applied_commands += 1;
-        session.insert(id.sequence, reply.clone(), window);
-        Outcome::Applied(reply)
+        assert_eq!(self.sessions.len(), self.by_last_use.len(), "eviction order out of step");
     }
 }
 
@@ -617,6 +823,16 @@ impl StateMachine for KvStore {
         KvReply::decode(bytes)
     }
 
+    fn reply_size_bytes(reply: &KvReply) -> usize {
+        // A tag byte, then each field with its 4-byte length (`KvReply::encode`).
+        match reply {
+            KvReply::Done | KvReply::Value(None) | KvReply::Invalid => 1,
+            KvReply::Value(Some(value)) => 1 + 4 + value.len(),
+            KvReply::CompareAndSet { previous: None, .. } => 3,
+            KvReply::CompareAndSet { previous: Some(previous), .. } => 3 + 4 + previous.len(),
+        }
+    }
+
     fn snapshot_size_hint(&self) -> usize {
         8 + self.entries.iter().map(|(key, value)| 8 + key.len() + value.len()).sum::<usize>()
     }
@@ -673,35 +889,202 @@ mod tests {
         RequestId { client, sequence }
     }
 
+    fn limits(replies_max: usize, reply_bytes_max: usize) -> SessionLimits {
+        SessionLimits { replies_max, reply_bytes_max, ..SessionLimits::DEFAULT }
+    }
+
+    fn put(key: &[u8], value: &[u8]) -> Vec<u8> {
+        KvCommand::Put { key: key.to_vec(), value: value.to_vec() }.encode()
+    }
+
+    fn get(key: &[u8]) -> Vec<u8> {
+        KvCommand::Get { key: key.to_vec() }.encode()
+    }
+
+    /// Applies `commands` as one batch and returns their outcomes.
+    fn apply(
+        applier: &mut Applier<KvStore>,
+        commands: &[(u64, u64, Vec<u8>)],
+    ) -> Vec<Outcome<KvReply>> {
+        let mut builder = BatchBuilder::new(1 << 20);
+        for (client, sequence, command) in commands {
+            builder.push(id(*client, *sequence), command);
+        }
+        let mut outcomes = Vec::new();
+        applier.apply_batch(&builder.take(), |_, outcome| outcomes.push(outcome)).unwrap();
+        outcomes
+    }
+
     proptest::proptest! {
-        /// The session ring keeps what a map of the newest `window` replies would, whatever
-        /// order the sequences come in.
+        /// The session ring keeps what a map of the newest replies within the count and byte
+        /// limits would, whatever order the sequences come in, and refuses as forgotten
+        /// exactly the sequences at or below the newest one dropped (the applier does not
+        /// insert those).
         #[test]
         fn a_session_keeps_the_newest_replies_in_any_order(
             window in 1usize..6,
-            sequences in proptest::collection::vec(0u64..20, 0..40),
+            reply_bytes_max in 0usize..24,
+            requests in proptest::collection::vec((0u64..20, 0usize..10), 0..40),
         ) {
-            let mut session = Session::new();
+            let limits = limits(window, reply_bytes_max);
+            let mut session = Session::new(0);
             let mut model = std::collections::BTreeMap::new();
-            for (step, sequence) in sequences.into_iter().enumerate() {
-                session.insert(sequence, step, window);
-                model.insert(sequence, step);
-                while model.len() > window {
-                    model.pop_first();
+            let mut model_dropped: Option<u64> = None;
+            for (step, (sequence, bytes)) in requests.into_iter().enumerate() {
+                let forgotten = model_dropped.is_some_and(|dropped| sequence <= dropped);
+                proptest::prop_assert_eq!(session.forgot(sequence), forgotten);
+                if forgotten {
+                    continue;
                 }
-                let held: Vec<(u64, usize)> = session.replies.iter().copied().collect();
-                let expected: Vec<(u64, usize)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                session.insert(sequence, step, bytes, &limits);
+                model.insert(sequence, (step, bytes));
+                let held_bytes = |model: &std::collections::BTreeMap<u64, (usize, usize)>| {
+                    model.values().map(|(_, bytes)| bytes).sum::<usize>()
+                };
+                while model.len() > window || (model.len() > 1 && held_bytes(&model) > reply_bytes_max) {
+                    let (dropped, _) = model.pop_first().unwrap();
+                    model_dropped = Some(dropped);
+                }
+                let held: Vec<(u64, usize, usize)> = session.replies.iter().copied().collect();
+                let expected: Vec<(u64, usize, usize)> =
+                    model.iter().map(|(k, (v, b))| (*k, *v, *b)).collect();
                 proptest::prop_assert_eq!(held, expected);
+                proptest::prop_assert_eq!(session.reply_bytes, held_bytes(&model));
                 for probe in 0..20 {
-                    proptest::prop_assert_eq!(session.get(probe), model.get(&probe));
+                    proptest::prop_assert_eq!(
+                        session.get(probe),
+                        model.get(&probe).map(|(step, _)| step)
+                    );
                 }
             }
+        }
+
+        /// Two replicas fed the same commands make the same decisions, one of them restored
+        /// from the other's snapshot midway: the image carries everything eviction looks at.
+        #[test]
+        fn appliers_fed_the_same_log_evict_alike_across_a_snapshot(
+            requests in proptest::collection::vec((0u64..6, 0u64..3), 1..120),
+            cut in 0usize..120,
+        ) {
+            let limits = SessionLimits {
+                replies_max: 3,
+                reply_bytes_max: 12,
+                sessions_max: 2,
+                idle_commands_min: 4,
+                evicted_max: 2,
+            };
+            let mut straight = Applier::new(KvStore::default(), limits);
+            let mut restarted = Applier::new(KvStore::default(), limits);
+            let mut next = [1u64; 6];
+            let commands: Vec<(u64, u64, Vec<u8>)> = requests
+                .iter()
+                .map(|&(client, back)| {
+                    let at = usize::try_from(client).unwrap();
+                    // Mostly new requests, sometimes a retry of a recent one.
+                    let sequence = if back == 0 { next[at] } else { next[at].saturating_sub(back) };
+                    next[at] = next[at].max(sequence + 1);
+                    let command = if sequence % 2 == 0 {
+                        get(b"k")
+                    } else {
+                        put(b"k", &vec![b'v'; usize::try_from(sequence % 7).unwrap()])
+                    };
+                    (client, sequence, command)
+                })
+                .collect();
+            let cut = cut.min(commands.len());
+            for (at, command) in commands.iter().enumerate() {
+                if at == cut {
+                    let mut image = Vec::new();
+                    restarted.snapshot(&mut image);
+                    restarted = Applier::restore(&image, limits).unwrap();
+                }
+                let one = apply(&mut straight, std::slice::from_ref(command));
+                let other = apply(&mut restarted, std::slice::from_ref(command));
+                proptest::prop_assert_eq!(one, other, "command {}", at);
+                // Sessions used in the last `idle_commands_min` commands stay, and the least
+                // recently used goes first, so the table never holds more than this.
+                let bound = limits.sessions_max.max(4);
+                proptest::prop_assert!(straight.sessions() <= bound, "{} sessions", straight.sessions());
+            }
+            let (mut one, mut other) = (Vec::new(), Vec::new());
+            straight.snapshot(&mut one);
+            restarted.snapshot(&mut other);
+            proptest::prop_assert_eq!(one, other);
         }
     }
 
     #[test]
+    fn a_session_past_its_byte_bound_drops_old_replies_and_refuses_their_retry() {
+        // A reply to a get of a 10-byte value is 15 bytes: two of them fill the 30.
+        let mut applier = Applier::new(KvStore::default(), limits(100, 30));
+        let outcomes = apply(
+            &mut applier,
+            &[
+                (1, 1, put(b"k", &[b'v'; 10])),
+                (1, 2, get(b"k")),
+                (1, 3, get(b"k")),
+                (1, 4, get(b"k")),
+            ],
+        );
+        let value = KvReply::Value(Some(vec![b'v'; 10]));
+        assert_eq!(outcomes[3], Outcome::Applied(value.clone()));
+        assert_eq!(applier.sessions[&1].reply_bytes, 30);
+        // The first two replies were dropped for bytes: their retries are refused, never
+        // applied again (a retried put would overwrite a later write).
+        let retries = apply(
+            &mut applier,
+            &[(1, 1, put(b"k", b"late")), (1, 2, get(b"k")), (1, 3, get(b"k"))],
+        );
+        assert_eq!(retries, vec![Outcome::Expired, Outcome::Expired, Outcome::Duplicate(value)]);
+        assert_eq!(applier.applied_commands(), 4);
+        assert_eq!(applier.machine().get(b"k"), Some(&[b'v'; 10][..]));
+        // One reply larger than the bound is still kept, so its retry is answered.
+        let big = vec![b'b'; 100];
+        apply(&mut applier, &[(1, 5, put(b"k", &big)), (1, 6, get(b"k"))]);
+        let retry = apply(&mut applier, &[(1, 6, get(b"k"))]);
+        assert_eq!(retry, vec![Outcome::Duplicate(KvReply::Value(Some(big)))]);
+        assert_eq!(applier.sessions[&1].replies.len(), 1);
+    }
+
+    #[test]
+    fn idle_sessions_are_evicted_least_recently_used_first_and_then_refused() {
+        let limits =
+            SessionLimits { sessions_max: 2, idle_commands_min: 3, ..SessionLimits::DEFAULT };
+        let mut applier = Applier::new(KvStore::default(), limits);
+        // Commands 1 to 4: client 2 is the least recently used when client 3 arrives, but
+        // only 2 commands idle, so the table holds 3 for now.
+        let outcomes = apply(
+            &mut applier,
+            &[
+                (1, 1, put(b"a", b"1")),
+                (2, 1, put(b"b", b"1")),
+                (1, 2, get(b"a")),
+                (3, 1, get(b"a")),
+            ],
+        );
+        assert!(outcomes.iter().all(|outcome| matches!(outcome, Outcome::Applied(_))));
+        assert_eq!(applier.sessions(), 3);
+        // Command 5 makes client 2 idle for 3 commands: it goes, client 1 (used at 3) stays.
+        apply(&mut applier, &[(3, 2, get(b"a"))]);
+        assert_eq!(applier.sessions(), 2);
+        assert!(applier.sessions.contains_key(&1));
+        assert!(!applier.sessions.contains_key(&2));
+        // Neither a retry of client 2's put nor a new request of it is applied.
+        let late = apply(&mut applier, &[(2, 1, put(b"b", b"1")), (2, 2, put(b"b", b"2"))]);
+        assert_eq!(late, vec![Outcome::SessionExpired, Outcome::SessionExpired]);
+        assert_eq!(applier.machine().get(b"b"), Some(&b"1"[..]));
+        assert_eq!(applier.applied_commands(), 5);
+        // The eviction survives a snapshot.
+        let mut image = Vec::new();
+        applier.snapshot(&mut image);
+        let mut restored = Applier::<KvStore>::restore(&image, limits).unwrap();
+        let late = apply(&mut restored, &[(2, 3, put(b"b", b"3")), (1, 1, put(b"a", b"x"))]);
+        assert_eq!(late, vec![Outcome::SessionExpired, Outcome::Duplicate(KvReply::Done)]);
+    }
+
+    #[test]
     fn retried_request_is_applied_once_and_gets_its_first_reply() {
-        let mut applier = Applier::new(KvStore::default(), 4);
+        let mut applier = Applier::new(KvStore::default(), SessionLimits::with_replies_max(4));
         let put = KvCommand::Put { key: b"k".to_vec(), value: b"1".to_vec() }.encode();
         let cas = KvCommand::CompareAndSet {
             key: b"k".to_vec(),
@@ -725,7 +1108,7 @@ mod tests {
 
     #[test]
     fn snapshot_restores_state_and_sessions_and_refuses_damage() {
-        let mut applier = Applier::new(KvStore::default(), 2);
+        let mut applier = Applier::new(KvStore::default(), SessionLimits::with_replies_max(2));
         let mut builder = BatchBuilder::new(1 << 16);
         for sequence in 1..=5u64 {
             let key = format!("key{}", sequence % 3).into_bytes();
@@ -735,7 +1118,8 @@ mod tests {
         applier.apply_batch(&builder.take(), |_, _| {}).unwrap();
         let mut image = Vec::new();
         applier.snapshot(&mut image);
-        let mut restored = Applier::<KvStore>::restore(&image, 2).unwrap();
+        let mut restored =
+            Applier::<KvStore>::restore(&image, SessionLimits::with_replies_max(2)).unwrap();
         assert_eq!(restored.machine(), applier.machine());
         assert_eq!(restored.applied_commands(), 5);
         let mut again = Vec::new();
@@ -749,16 +1133,20 @@ mod tests {
         restored.apply_batch(&builder.take(), |_, outcome| outcomes.push(outcome)).unwrap();
         assert_eq!(outcomes, vec![Outcome::Duplicate(KvReply::Done)]);
         for len in 0..image.len() {
-            assert!(Applier::<KvStore>::restore(&image[..len], 2).is_err(), "cut at {len}");
+            assert!(
+                Applier::<KvStore>::restore(&image[..len], SessionLimits::with_replies_max(2))
+                    .is_err(),
+                "cut at {len}"
+            );
         }
         let mut longer = image.clone();
         longer.push(0);
-        assert!(Applier::<KvStore>::restore(&longer, 2).is_err());
+        assert!(Applier::<KvStore>::restore(&longer, SessionLimits::with_replies_max(2)).is_err());
     }
 
     #[test]
     fn request_older_than_the_session_window_is_not_applied() {
-        let mut applier = Applier::new(KvStore::default(), 2);
+        let mut applier = Applier::new(KvStore::default(), SessionLimits::with_replies_max(2));
         let put = KvCommand::Put { key: b"k".to_vec(), value: b"v".to_vec() }.encode();
         let mut builder = BatchBuilder::new(4096);
         for sequence in [5, 6, 7, 1] {

@@ -10,7 +10,7 @@
 use crate::core::{Slot, Value};
 use crate::merge::{Merge, MergeError, MergedBatch};
 use crate::shard::AppliedCommand;
-use crate::state_machine::{Applier, StateMachine};
+use crate::state_machine::{Applier, SessionLimits, StateMachine};
 
 /// A shard's committed run, as it leaves the shard for the total-order applier.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,10 +34,10 @@ pub struct TotalApplier<S: StateMachine> {
 impl<S: StateMachine> TotalApplier<S> {
     /// An applier over `shards` shards, from global position 0.
     #[must_use]
-    pub fn new(shards: u16, machine: S, session_window: usize) -> TotalApplier<S> {
+    pub fn new(shards: u16, machine: S, sessions: SessionLimits) -> TotalApplier<S> {
         TotalApplier {
             merge: Merge::new(shards, 0),
-            applier: Applier::new(machine, session_window),
+            applier: Applier::new(machine, sessions),
             applied_by_shard: vec![0; usize::from(shards)],
         }
     }
@@ -152,7 +152,8 @@ mod tests {
         ];
         let mut summaries = Vec::new();
         for order in [[0, 1, 2, 3], [1, 3, 0, 2], [1, 0, 3, 2]] {
-            let mut total = TotalApplier::new(2, KvStore::default(), 16);
+            let mut total =
+                TotalApplier::new(2, KvStore::default(), SessionLimits::with_replies_max(16));
             let mut applied = Vec::new();
             for index in order {
                 let (shard, run) = &runs[index];
@@ -170,7 +171,8 @@ mod tests {
 
     #[test]
     fn a_run_out_of_order_is_refused() {
-        let mut total = TotalApplier::new(2, KvStore::default(), 16);
+        let mut total =
+            TotalApplier::new(2, KvStore::default(), SessionLimits::with_replies_max(16));
         let late = Committed { first_slot: Slot(4), count: 1, value: batch(1, &[put("x", "a")]) };
         assert!(matches!(total.push(0, &late, |_, _| {}), Err(TotalOrderError::Merge(_))));
         assert_eq!(total.applied_commands(), 0);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use quorum::bench::embedded::free_port_range;
 use quorum::client::{Client, ClientOptions, Tail, fetch_snapshot, node_status};
 use quorum::core::{ClusterId, NodeId, RoleKind};
-use quorum::state_machine::{Applier, KvStore};
+use quorum::state_machine::{Applier, KvStore, SessionLimits};
 use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, Role, ShardStatus};
 
 const CLUSTER: u64 = 42;
@@ -480,7 +480,8 @@ fn snapshots_bound_the_wal_and_bring_a_returning_voter_back() {
     let snapshot = fetch_snapshot(cluster.address(1), &options, 0).unwrap().unwrap();
     assert!(snapshot.bytes.len() > 12 * 256 * 1024, "{} bytes", snapshot.bytes.len());
     assert!(snapshot.header.slot.0 > 0 && snapshot.header.slot.0 <= statuses[0][0].commit_index.0);
-    let restored = Applier::<KvStore>::restore(snapshot.body(), 64).unwrap();
+    let restored =
+        Applier::<KvStore>::restore(snapshot.body(), SessionLimits::with_replies_max(64)).unwrap();
     assert_eq!(restored.machine().get(b"before"), Some(&b"node 3 stops"[..]));
     assert_eq!(restored.machine().get(b"key-7").map(<[u8]>::len), Some(32 * 1024));
     // The same from the command line, to a file: the bytes the library fetched.

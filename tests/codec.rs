@@ -101,6 +101,7 @@ fn reply_status() -> impl Strategy<Value = ReplyStatus> {
         Just(ReplyStatus::Applied),
         Just(ReplyStatus::Duplicate),
         Just(ReplyStatus::Expired),
+        Just(ReplyStatus::SessionExpired),
         Just(ReplyStatus::Busy),
         Just(ReplyStatus::Rejected),
         (1..u16::MAX).prop_map(|hint| ReplyStatus::NotLeader { hint: Some(NodeId(hint)) }),

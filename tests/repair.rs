@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
 use quorum::shard::{Shard, settle_wired};
-use quorum::state_machine::{KvCommand, KvReply, KvStore, Outcome, StateMachine as _};
+use quorum::state_machine::{KvCommand, KvReply, KvStore, Outcome, SessionLimits};
 use quorum_wal::{MmapBackend, Options};
 
 const CLUSTER: ClusterId = ClusterId(9);
@@ -51,8 +51,16 @@ impl Cluster {
         let config =
             Config::new(CLUSTER, NodeId(index as u16 + 1), vec![NodeId(1), NodeId(2), NodeId(3)]);
         let backend = MmapBackend::new(&self.dirs[index]).unwrap();
-        self.shards[index] =
-            Some(Shard::open(config, backend, options(), KvStore::default(), 64).unwrap());
+        self.shards[index] = Some(
+            Shard::open(
+                config,
+                backend,
+                options(),
+                KvStore::default(),
+                SessionLimits::with_replies_max(64),
+            )
+            .unwrap(),
+        );
     }
 
     fn stop(&mut self, index: usize) {

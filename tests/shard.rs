@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind, Slot};
 use quorum::shard::{Shard, ShardError, ShardSettings, settle_wired};
-use quorum::state_machine::{KvCommand, KvReply, KvStore, Outcome, StateMachine as _};
+use quorum::state_machine::{
+    KvCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _,
+};
 use quorum_wal::{Backend as _, Options, SimBackend};
 
 const CLUSTER: ClusterId = ClusterId(3);
@@ -56,7 +58,7 @@ impl Cluster {
                         disks[index].clone(),
                         options(),
                         KvStore::default(),
-                        64,
+                        SessionLimits::with_replies_max(64),
                     )
                     .unwrap(),
                 )
@@ -138,7 +140,7 @@ fn snapshot_settings(every_bytes: u64) -> ShardSettings {
     ShardSettings {
         snapshot_every_bytes: every_bytes,
         snapshot_piece_bytes: PIECE_BYTES,
-        ..ShardSettings::new(64)
+        ..ShardSettings::new(SessionLimits::with_replies_max(64))
     }
 }
 
@@ -282,7 +284,7 @@ fn commands_commit_identically_and_a_crashed_replica_recovers_from_its_log() {
         cluster.disks[victim].clone(),
         options(),
         KvStore::default(),
-        64,
+        SessionLimits::with_replies_max(64),
     )
     .unwrap();
     assert!(
@@ -317,7 +319,7 @@ fn a_replica_behind_what_the_others_keep_in_memory_catches_up_from_their_logs() 
         cluster.disks[victim].clone(),
         options(),
         KvStore::default(),
-        64,
+        SessionLimits::with_replies_max(64),
     )
     .unwrap();
     cluster.shards[victim] = Some(reopened);

@@ -323,6 +323,7 @@ impl Lane {
                 body: reply.body,
             }),
             ReplyStatus::Expired => Err(ClientError::Expired),
+            ReplyStatus::SessionExpired => Err(ClientError::SessionExpired),
             ReplyStatus::Rejected => {
                 Err(ClientError::Rejected(String::from_utf8_lossy(&reply.body).into_owned()))
             }

@@ -82,10 +82,20 @@ pub enum ClientError {
     /// The cluster refused the request for good.
     #[error("request rejected: {0}")]
     Rejected(String),
-    /// The request is older than the server's session window: it was not applied, or its
-    /// reply is forgotten. Retrying with a new request is up to the caller.
+    /// The request is older than what the server's session keeps (a count and a byte bound
+    /// on replies): it was not applied now, and whether it was before is forgotten. Retrying
+    /// with a new request is up to the caller.
     #[error("request expired from the session window")]
     Expired,
+    /// The cluster evicted this client's session after it sat idle: the request was not
+    /// applied, and no request of this client will be. Connect a new [`Client`] (it gets a
+    /// new client id) and retry there, checking first whether the writes that timed out took
+    /// effect.
+    #[error(
+        "this client's session expired (evicted while idle); the request was not applied: \
+         connect a new client and retry"
+    )]
+    SessionExpired,
     /// A reply that does not decode.
     #[error("malformed reply: {0}")]
     BadReply(String),

@@ -15,7 +15,7 @@ use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::host::{HostRef, pump};
-use super::{Control, NodeError, SESSION_WINDOW};
+use super::{Control, NodeError, SESSION_LIMITS};
 use crate::node_config::NodeConfig;
 use crate::shard::AppliedCommand;
 use crate::state_machine::{KvStore, StateMachine};
@@ -60,7 +60,7 @@ pub fn start(
     threads: &mut Vec<JoinHandle<Result<(), NodeError>>>,
 ) -> Result<TotalApply, NodeError> {
     let total =
-        Arc::new(Mutex::new(TotalApplier::new(config.shards, KvStore::default(), SESSION_WINDOW)));
+        Arc::new(Mutex::new(TotalApplier::new(config.shards, KvStore::default(), SESSION_LIMITS)));
     let mut links = Vec::new();
     let mut ends = Vec::new();
     for _ in 0..config.shards {

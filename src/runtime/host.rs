@@ -465,6 +465,7 @@ impl Host {
                 Outcome::Applied(reply) => (ReplyStatus::Applied, Some(reply)),
                 Outcome::Duplicate(reply) => (ReplyStatus::Duplicate, Some(reply)),
                 Outcome::Expired => (ReplyStatus::Expired, None),
+                Outcome::SessionExpired => (ReplyStatus::SessionExpired, None),
             };
             let body = body.map_or_else(Bytes::new, |reply| {
                 let mut encoded = Vec::new();

@@ -21,10 +21,10 @@ use quorum_wal::{MmapBackend, Options};
 
 use crate::node_config::{ApplyMode, NodeConfig};
 use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings};
-use crate::state_machine::KvStore;
+use crate::state_machine::{KvStore, SessionLimits};
 
-/// Replies remembered per client for deduplicating retries.
-pub const SESSION_WINDOW: usize = 4096;
+/// What the session table keeps for deduplicating retries (protocol.md §5).
+pub const SESSION_LIMITS: SessionLimits = SessionLimits::DEFAULT;
 
 /// What the shards of a node share: whether to stop, whether one failed, and each shard's
 /// commit position (so an idle shard's leader knows how far to skip).
@@ -267,7 +267,7 @@ fn open_shard(
         .map_err(|error| NodeError::Shard { shard, source: ShardError::Wal(error) })?;
     let options = Options { segment_bytes: config.wal_segment_bytes, prepare_ahead: true };
     let settings = ShardSettings {
-        session_window: SESSION_WINDOW,
+        sessions: SESSION_LIMITS,
         apply: if forward { ApplyTo::Forward } else { ApplyTo::Shard },
         shard,
         snapshot_every_bytes: config.snapshot_every_bytes,
@@ -276,7 +276,7 @@ fn open_shard(
         snapshot_bytes_max: crate::snapshot::ASSEMBLY_BYTES_MAX as usize,
         // At most 32 MiB (`NodeConfig`): one frame each.
         snapshot_piece_bytes: config.snapshot_piece_bytes,
-        ..ShardSettings::new(SESSION_WINDOW)
+        ..ShardSettings::new(SESSION_LIMITS)
     };
     let opened = Shard::open_with(
         config.shard_config(shard),

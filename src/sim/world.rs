@@ -16,7 +16,12 @@ use crate::core::{
 };
 use crate::merge::MergedBatch;
 use crate::snapshot::{Assembly, Piece, Snapshot, SnapshotHeader};
-use crate::state_machine::{Applier, KvStore, Outcome, StateMachine as _, shard_for_key};
+use crate::state_machine::{
+    Applier, KvStore, Outcome, SessionLimits, StateMachine as _, shard_for_key,
+};
+
+/// The simulated replicas' session limits: a small reply window, so that it moves.
+const SIM_SESSIONS: SessionLimits = SessionLimits::with_replies_max(16);
 use crate::total_order::{Committed, TotalApplier};
 
 use super::checkers::{Checker, Violation};
@@ -271,7 +276,11 @@ impl World {
                 incarnation: 0,
                 paused_until_us: 0,
                 shards,
-                total: TotalApplier::new(world.knobs.shards as u16, KvStore::default(), 16),
+                total: TotalApplier::new(
+                    world.knobs.shards as u16,
+                    KvStore::default(),
+                    SIM_SESSIONS,
+                ),
                 merge_off: false,
                 failing: false,
                 damaged: false,
@@ -307,7 +316,7 @@ impl World {
         ShardReplica {
             replica: None,
             disk: SimDisk::new(self.knobs.wal_segment_bytes),
-            applier: Applier::new(KvStore::default(), 16),
+            applier: Applier::new(KvStore::default(), SIM_SESSIONS),
             waiting: BTreeMap::new(),
             arriving: Assembly::default(),
         }
@@ -348,14 +357,15 @@ impl World {
         let (snapshot, records) =
             self.nodes[node].shards[shard].disk.recover(CLUSTER, shard as u16);
         let mut replica = Replica::recovering(config).expect("simulator configurations are valid");
-        let mut applier = Applier::new(KvStore::default(), 16);
+        let mut applier = Applier::new(KvStore::default(), SIM_SESSIONS);
         // Pieces of a peer's snapshot were held in memory only.
         self.nodes[node].shards[shard].arriving = Assembly::default();
         let mut from_slot = Slot(0);
         if let Some(snapshot) = snapshot {
             // As `Shard::open_with`: the state from the snapshot, then the log from there.
             from_slot = snapshot.header.slot;
-            applier = Applier::restore(snapshot.body(), 16).expect("simulated snapshots restore");
+            applier = Applier::restore(snapshot.body(), SIM_SESSIONS)
+                .expect("simulated snapshots restore");
             replica.install_snapshot(from_slot, from_slot);
             self.nodes[node].merge_off = true;
             self.snapshots.restarts += 1;
@@ -646,7 +656,8 @@ impl World {
         if slot <= self.replica(node, shard).commit_index() {
             return;
         }
-        let applier = Applier::restore(snapshot.body(), 16).expect("simulated snapshots restore");
+        let applier =
+            Applier::restore(snapshot.body(), SIM_SESSIONS).expect("simulated snapshots restore");
         let id = self.nodes[node].id;
         self.trace(|| format!("n{} s{shard} installs snapshot at {}", id.0, slot.0));
         let replica = &mut self.nodes[node].shards[shard];
@@ -840,6 +851,8 @@ impl World {
                 // A long-delayed copy of a request its client has long moved past (so it was
                 // acknowledged, so applied): refusing it is exactly-once working.
                 Outcome::Expired => continue,
+                // The simulator's clients are few and keep busy: below the eviction limits.
+                Outcome::SessionExpired => unreachable!("simulated sessions are never evicted"),
             };
             if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&request) {
                 self.client_send(client, request, ClientReply::Applied(reply));
@@ -1244,7 +1257,7 @@ impl World {
         self.nodes[node].up = true;
         // The replicas commit again from slot 0, so the merge starts over too.
         self.nodes[node].total =
-            TotalApplier::new(self.knobs.shards as u16, KvStore::default(), 16);
+            TotalApplier::new(self.knobs.shards as u16, KvStore::default(), SIM_SESSIONS);
         let id = self.nodes[node].id;
         self.checker.on_merge_start(id);
         for shard in 0..self.knobs.shards {

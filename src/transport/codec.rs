@@ -22,7 +22,10 @@ use crate::state_machine::StateSummary;
 pub const PREFIX_BYTES: usize = 4;
 
 /// The version of the protocol this build speaks; a peer or client with another is refused.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: the reply status `SessionExpired`, and bounded sessions: a replica that keeps every
+/// session would apply a request that one evicting idle sessions refuses, so the two must not
+/// serve one shard together.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,7 +156,7 @@ pub enum ReplyStatus {
     Applied,
     /// Applied before under the same request id; the body is the reply it got then.
     Duplicate,
-    /// Too old to tell whether it was applied (its session window moved on); not applied.
+    /// Too old to tell whether it was applied (its session dropped the reply); not applied.
     Expired,
     /// This node does not lead the shard; `hint` names the leader it last heard.
     NotLeader {
@@ -164,6 +167,9 @@ pub enum ReplyStatus {
     Busy,
     /// Refused for good; the body is a UTF-8 reason.
     Rejected,
+    /// The client's session was evicted while idle: not applied, and no request under this
+    /// client id will be.
+    SessionExpired,
 }
 
 impl ReplyStatus {
@@ -175,6 +181,7 @@ impl ReplyStatus {
             ReplyStatus::NotLeader { hint } => (3, hint.map_or(0, |node| node.0)),
             ReplyStatus::Busy => (4, 0),
             ReplyStatus::Rejected => (5, 0),
+            ReplyStatus::SessionExpired => (6, 0),
         }
     }
 
@@ -186,6 +193,7 @@ impl ReplyStatus {
             3 => ReplyStatus::NotLeader { hint: (hint != 0).then_some(NodeId(hint)) },
             4 => ReplyStatus::Busy,
             5 => ReplyStatus::Rejected,
+            6 => ReplyStatus::SessionExpired,
             _ => return Err(FrameError::Invalid("unknown reply status")),
         })
     }

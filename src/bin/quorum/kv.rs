@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use quorum::client::{Client, ClientOptions, fetch_snapshot, node_status};
 use quorum::core::ClusterId;
-use quorum::state_machine::{Applier, KvStore, StateMachine as _};
+use quorum::state_machine::{Applier, KvStore, SessionLimits, StateMachine as _};
 
 /// Where the cluster is.
 #[derive(clap::Args)]
@@ -166,13 +166,14 @@ pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let state = match Applier::<KvStore>::restore(snapshot.body(), 1) {
-        Ok(applier) => applier.machine().summary(),
-        Err(error) => {
-            eprintln!("quorum snapshot: the snapshot's image does not restore: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let state =
+        match Applier::<KvStore>::restore(snapshot.body(), SessionLimits::with_replies_max(1)) {
+            Ok(applier) => applier.machine().summary(),
+            Err(error) => {
+                eprintln!("quorum snapshot: the snapshot's image does not restore: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
     if let Some(path) = &args.out {
         if let Err(error) = std::fs::write(path, &snapshot.bytes) {
             eprintln!("quorum snapshot: cannot write {}: {error}", path.display());
