@@ -29,6 +29,10 @@ pub struct SimDisk {
     durable_positions: (u64, u64),
 }
 
+/// What a completed sync made durable: the highest persist, its records, the replies they
+/// held back.
+pub type Synced = (PersistSeq, Vec<Record>, Vec<(NodeId, Message)>);
+
 /// A simulated disk whose crashes undo directory changes no directory sync made durable.
 fn lossy_backend() -> SimBackend {
     let backend = SimBackend::new();
@@ -133,9 +137,7 @@ impl SimDisk {
     ///
     /// # Panics
     /// If no sync is under way.
-    pub fn complete_sync(
-        &mut self,
-    ) -> Result<(PersistSeq, Vec<Record>, Vec<(NodeId, Message)>), ShardError> {
+    pub fn complete_sync(&mut self) -> Result<Synced, ShardError> {
         let pending = self.in_flight.take().expect("a sync under way");
         let released = self.log().finish_sync(pending.run())?;
         let durable = self.log().wal().durable_position();

@@ -1099,7 +1099,8 @@ impl World {
         match self.rng.next_u64() % 8 {
             0 => self.crash(node, duration),
             5 => self.crash_damaging(node, duration),
-            6 if self.nodes[node].up => {
+            6 | 7 if !self.nodes[node].up => {}
+            6 => {
                 let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
                 let disk = &self.nodes[node].shards[shard].disk;
                 if self.rng.next_u64() % 2 == 0 {
@@ -1111,13 +1112,12 @@ impl World {
                 }
                 self.faults.sync_errors += 1;
             }
-            7 if self.nodes[node].up => {
+            7 => {
                 let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
                 self.trace(|| format!("n{} s{shard}: the disk is full", node + 1));
                 self.nodes[node].shards[shard].disk.fill();
                 self.faults.full_disks += 1;
             }
-            5..=7 => {}
             1 => {
                 let links: Vec<(usize, usize)> = (0..nodes)
                     .filter(|other| *other != node)
