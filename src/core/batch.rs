@@ -154,13 +154,13 @@ pub fn check_batch(bytes: &[u8]) -> Result<(), MalformedBatch> {
     // the time per command (each step waits for the length it just read).
     let mut rest = bytes;
     while !rest.is_empty() {
-        let offset = bytes.len() - rest.len();
+        let offset = || bytes.len() - rest.len();
         let Some((header, body)) = rest.split_first_chunk::<COMMAND_HEADER_BYTES>() else {
-            return Err(MalformedBatch { offset, reason: "truncated command header" });
+            return Err(MalformedBatch { offset: offset(), reason: "truncated command header" });
         };
         let payload_len = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
         let Some(after) = body.get(payload_len as usize..) else {
-            return Err(MalformedBatch { offset, reason: "payload runs past the end" });
+            return Err(MalformedBatch { offset: offset(), reason: "payload runs past the end" });
         };
         rest = after;
     }
