@@ -75,8 +75,8 @@ fn check_value(value: &Value, count: u64) -> Result<(), &'static str> {
 }
 
 /// Runs in slot order, none overlapping another (as every sender reads them from a log): the
-/// slots they cover add up to at most [`SLOT_MAX`], so walking them slot by slot is bounded by
-/// the receiver's own windows.
+/// slots they cover add up to at most [`SLOT_MAX`], and a receiver walking them slot by slot
+/// walks each once (a `Chosen` only within its accept window).
 fn check_runs(runs: &[SlotRun]) -> Result<(), &'static str> {
     let mut end = Slot(0);
     for run in runs {
