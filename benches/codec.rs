@@ -1,6 +1,7 @@
-//! Batches and frames: building a batch of 16-byte commands, reading it back, and encoding and
-//! decoding the Accept frame that carries it. Reports commands per second, next to a memcpy
-//! of the same encoded bytes measured in the same run.
+//! Batches and frames: building a batch of 16-byte commands, reading it back, checking its
+//! structure (what a follower does before persisting it), and encoding and decoding the Accept
+//! frame that carries it (decoding checks the batch too). Reports commands per second, next to
+//! a memcpy of the same encoded bytes measured in the same run.
 //!
 //! `cargo bench --bench codec`
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quorum::core::{
     Ballot, BatchBuilder, BatchReader, ClusterId, Message, NodeId, RequestId, Slot, Value,
+    check_batch,
 };
 use quorum::transport::codec::{Body, Encoder, Frame, decode};
 
@@ -56,6 +58,9 @@ fn codec(c: &mut Criterion) {
                 }
                 black_box(total)
             });
+        });
+        group.bench_with_input(BenchmarkId::new("batch-check", commands), &encoded, |b, bytes| {
+            b.iter(|| check_batch(black_box(bytes)).unwrap());
         });
         let frame = accept(encoded.clone());
         let mut encoder = Encoder::default();

@@ -957,17 +957,18 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// A message arrived from a peer.
     ///
     /// # Errors
-    /// `Ok(Err(..))` if the message was refused (wrong cluster, unknown node): log it and go on.
-    /// `Err(..)` if the shard failed.
+    /// `Ok(Err(..))` if the message was refused (wrong cluster, unknown node, a value out of
+    /// range, a batch that does not parse: `Replica::check_envelope`): nothing changed; log
+    /// it and go on. `Err(..)` if the shard failed.
     pub fn on_message(
         &mut self,
         envelope: Envelope,
     ) -> Result<Result<(), RefusedMessage>, ShardError> {
         if let Message::Snapshot { .. } | Message::SnapshotPull { .. } = envelope.message {
-            let cluster_id = self.replica.config().cluster_id;
-            if envelope.cluster_id != cluster_id {
-                let (got, expected) = (envelope.cluster_id.0, cluster_id.0);
-                return Ok(Err(RefusedMessage::WrongCluster { got, expected }));
+            // Handled here, not by the replica, but refused by the same rules: its cluster, a
+            // known sender other than this node, values in range.
+            if let Err(refused) = self.replica.check_envelope(&envelope) {
+                return Ok(Err(refused));
             }
             self.on_snapshot_message(envelope.from, envelope.message)?;
             return Ok(Ok(()));

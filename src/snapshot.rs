@@ -140,6 +140,10 @@ impl Snapshot {
             shard: u16::from_le_bytes([bytes[12], bytes[13]]),
             slot: Slot(u64_at(24)),
         };
+        if header.slot > crate::core::SLOT_MAX {
+            // A replica goes on from this slot: it must be one a message may name too.
+            return Err(SnapshotError::Format("a slot beyond the last one a log may reach"));
+        }
         if header.cluster_id != cluster_id || header.shard != shard {
             return Err(SnapshotError::Elsewhere {
                 cluster: header.cluster_id.0,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use quorum::bench::embedded::free_port_range;
 use quorum::client::{Client, ClientOptions, Tail, fetch_snapshot, node_status};
-use quorum::core::{ClusterId, NodeId, RoleKind};
+use quorum::core::{Ballot, ClusterId, Message, NodeId, RoleKind, Slot};
 use quorum::state_machine::{Applier, KvStore, SessionLimits};
 use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, Role, ShardStatus};
 
@@ -714,6 +714,29 @@ fn bad_input_closes_that_connection_and_the_node_serves_on() {
     // A frame cut short, then the sender goes away.
     let good = hello(CLUSTER);
     assert!(closed_after(&address, &good[..good.len() / 2], true), "truncated frame");
+    // Well-formed frames with values no node sends (issue #22): a client subscribing from
+    // near the last slot (this panicked the shard), a peer naming round u64::MAX.
+    let frames = |from: NodeId, role: Role, message: Message| {
+        let frame = |body| Frame { cluster_id: ClusterId(CLUSTER), from, shard: 0, body };
+        let mut bytes = Encoder::default()
+            .encode_to_vec(&frame(Body::Hello(Hello { version: PROTOCOL_VERSION, role })));
+        bytes.extend(Encoder::default().encode_to_vec(&frame(Body::Peer(message))));
+        bytes
+    };
+    let near_max = Message::Subscribe { from_slot: Slot(18_446_744_073_709_551_000) };
+    assert!(closed_after(&address, &frames(NodeId(0), Role::Client(77), near_max), false));
+    let promised = Ballot::new(u64::MAX, NodeId(2));
+    let rejected = Message::Rejected { ballot: Ballot::ZERO, promised };
+    assert!(closed_after(&address, &frames(NodeId(2), Role::Peer, rejected), false));
+    // The user's reproduction: a clear error, and the node serves on.
+    let tail = Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .args(["tail", "--cluster", &address, "--shard", "0"])
+        .args(["--from", "18446744073709551000", "--count", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&tail.stderr);
+    assert_eq!(tail.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("beyond the last slot a log may reach"), "{stderr}");
 
     // The node closes the connection, then logs why: give the log a moment.
     for reason in [
@@ -721,6 +744,8 @@ fn bad_input_closes_that_connection_and_the_node_serves_on() {
         "bad frame: frame of 4294967295 bytes exceeds the limit",
         &format!("cluster id {} refused", CLUSTER + 1),
         "closed in the middle of a frame",
+        "bad frame: invalid frame: subscribe refused: a slot beyond the last one",
+        "bad frame: invalid frame: rejected refused: a round beyond the last one",
     ] {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !cluster.log(1).contains(reason) {

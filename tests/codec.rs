@@ -1,12 +1,16 @@
-//! The wire codec: every message round-trips; batches come out as slices of the received
-//! frame (no copy); arbitrary, truncated or oversized input is refused, never a panic.
+//! The wire codec: every message round-trips, or is refused for the reason `Message::validate`
+//! gives (a value out of range, a batch that does not parse); batches come out as slices of the
+//! received frame (no copy); arbitrary, truncated or oversized input is refused, never a panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may unwrap.
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use quorum::core::RoleKind;
-use quorum::core::{Ballot, ClusterId, Message, NodeId, Slot, SlotRun, Value};
+use quorum::core::{
+    Ballot, BatchBuilder, ClusterId, Message, NodeId, ROUND_MAX, RequestId, SLOT_MAX, Slot,
+    SlotRun, Value,
+};
 use quorum::state_machine::StateSummary;
 use quorum::transport::codec::{
     Body, Encoder, Frame, FrameError, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus,
@@ -14,19 +18,34 @@ use quorum::transport::codec::{
 };
 use quorum::transport::framing::Outgoing;
 
+/// Mostly at most `max` (the messages that decode), sometimes any number (those refused).
+fn mostly_up_to(max: u64) -> impl Strategy<Value = u64> + Clone {
+    prop_oneof![3 => 0..=max, 1 => any::<u64>()]
+}
+
 fn ballot() -> impl Strategy<Value = Ballot> {
-    (any::<u64>(), any::<u16>()).prop_map(|(round, node)| Ballot::new(round, NodeId(node)))
+    (mostly_up_to(ROUND_MAX), any::<u16>())
+        .prop_map(|(round, node)| Ballot::new(round, NodeId(node)))
 }
 
 fn value() -> impl Strategy<Value = Value> {
+    let command = (any::<u64>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..40));
     prop_oneof![
         Just(Value::Noop),
+        prop::collection::vec(command, 0..5).prop_map(|commands| {
+            let mut builder = BatchBuilder::new(1 << 20);
+            for (client, sequence, payload) in &commands {
+                builder.push(RequestId { client: *client, sequence: *sequence }, payload);
+            }
+            Value::Batch(builder.take())
+        }),
+        // Mostly not a batch that parses.
         prop::collection::vec(any::<u8>(), 0..300).prop_map(|b| Value::Batch(Bytes::from(b)))
     ]
 }
 
 fn run() -> impl Strategy<Value = SlotRun> {
-    (any::<u64>(), 1u64..1000, ballot(), value(), any::<bool>()).prop_map(
+    (mostly_up_to(SLOT_MAX.0 - 1000), 1u64..1000, ballot(), value(), any::<bool>()).prop_map(
         |(first, count, ballot, value, chosen)| {
             let count = if value.is_noop() { count } else { 1 };
             SlotRun { first_slot: Slot(first), count, ballot, value, chosen }
@@ -34,35 +53,46 @@ fn run() -> impl Strategy<Value = SlotRun> {
     )
 }
 
+/// Runs, mostly in slot order and apart (as every sender reads them from a log).
+fn runs() -> impl Strategy<Value = Vec<SlotRun>> {
+    (prop::collection::vec(run(), 0..6), any::<bool>(), any::<bool>()).prop_map(
+        |(mut runs, sort, disjoint)| {
+            if sort {
+                runs.sort_by_key(|run| run.first_slot);
+            }
+            if sort && disjoint {
+                runs.dedup_by(|later, earlier| later.first_slot < earlier.end_slot());
+            }
+            runs
+        },
+    )
+}
+
 fn message() -> impl Strategy<Value = Message> {
-    let slot = any::<u64>().prop_map(Slot);
+    let slot = mostly_up_to(SLOT_MAX.0).prop_map(Slot);
     prop_oneof![
-        (any::<u64>(), slot.clone())
+        (mostly_up_to(ROUND_MAX), slot.clone())
             .prop_map(|(round, commit_index)| Message::Probe { round, commit_index }),
-        (any::<u64>(), any::<bool>(), ballot()).prop_map(|(round, granted, promised)| {
-            Message::ProbeReply { round, granted, promised }
-        }),
+        (mostly_up_to(ROUND_MAX), any::<bool>(), ballot()).prop_map(
+            |(round, granted, promised)| { Message::ProbeReply { round, granted, promised } }
+        ),
         (ballot(), slot.clone())
             .prop_map(|(ballot, from_slot)| Message::Prepare { ballot, from_slot }),
-        (
-            ballot(),
-            slot.clone(),
-            prop::collection::vec(run(), 0..6),
-            prop::option::of(slot.clone())
-        )
-            .prop_map(|(ballot, from_slot, runs, next_slot)| Message::Promise {
+        (ballot(), slot.clone(), runs(), prop::option::of(slot.clone())).prop_map(
+            |(ballot, from_slot, runs, next_slot)| Message::Promise {
                 ballot,
                 from_slot,
                 runs,
                 next_slot
-            }),
+            }
+        ),
         (ballot(), slot.clone(), 1u64..100, value(), slot.clone()).prop_map(
             |(ballot, first_slot, count, value, commit_index)| {
                 let count = if value.is_noop() { count } else { 1 };
                 Message::Accept { ballot, first_slot, count, value, commit_index }
             }
         ),
-        (ballot(), slot.clone(), any::<u64>()).prop_map(|(ballot, first_slot, count)| {
+        (ballot(), slot.clone(), mostly_up_to(1000)).prop_map(|(ballot, first_slot, count)| {
             Message::Accepted { ballot, first_slot, count }
         }),
         (ballot(), ballot()).prop_map(|(ballot, promised)| Message::Rejected { ballot, promised }),
@@ -71,7 +101,7 @@ fn message() -> impl Strategy<Value = Message> {
         ballot().prop_map(|ballot| Message::HeartbeatAck { ballot }),
         slot.clone().prop_map(|from_slot| Message::CatchUpRequest { from_slot }),
         slot.clone().prop_map(|from_slot| Message::Subscribe { from_slot }),
-        (prop::collection::vec(run(), 0..6), slot.clone())
+        (runs(), slot.clone())
             .prop_map(|(runs, commit_index)| Message::Chosen { runs, commit_index }),
         (
             slot.clone(),
@@ -123,11 +153,11 @@ fn frame_body() -> impl Strategy<Value = Body> {
     let member = (1..u16::MAX, "[a-z0-9.:]{1,20}", any::<bool>())
         .prop_map(|(id, address, learner)| Member { id: NodeId(id), address, learner });
     prop_oneof![
-        message().prop_map(Body::Peer),
-        (any::<u32>(), prop::option::of(any::<u64>())).prop_map(|(version, client)| {
+        7 => message().prop_map(Body::Peer),
+        1 => (any::<u32>(), prop::option::of(any::<u64>())).prop_map(|(version, client)| {
             Body::Hello(Hello { version, role: client.map_or(Role::Peer, Role::Client) })
         }),
-        (
+        1 => (
             prop::option::of("[ -~]{0,30}"),
             any::<u16>(),
             prop::option::of(1..u16::MAX),
@@ -141,10 +171,10 @@ fn frame_body() -> impl Strategy<Value = Body> {
                     members,
                 })
             }),
-        bytes().prop_map(Body::Requests),
-        prop::collection::vec(reply, 0..6).prop_map(Body::Replies),
-        any::<bool>().prop_map(|digest| Body::StatusRequest { digest }),
-        (0..4u8, any::<u16>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        1 => bytes().prop_map(Body::Requests),
+        1 => prop::collection::vec(reply, 0..6).prop_map(Body::Replies),
+        1 => any::<bool>().prop_map(|digest| Body::StatusRequest { digest }),
+        1 => (0..4u8, any::<u16>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
             |(role, leader, commit, applied, entries, digest)| {
                 let role =
                     [RoleKind::Follower, RoleKind::Candidate, RoleKind::Leader, RoleKind::Learner]
@@ -167,12 +197,40 @@ fn frame_body() -> impl Strategy<Value = Body> {
     ]
 }
 
+/// A body and its sender: mostly the node whose ballot a proposal carries (the only sender
+/// that may send it), sometimes any node.
+fn body_and_sender() -> impl Strategy<Value = (Body, u16)> {
+    frame_body().prop_flat_map(|body| {
+        let owner = match &body {
+            Body::Peer(
+                Message::Prepare { ballot, .. }
+                | Message::Accept { ballot, .. }
+                | Message::Heartbeat { ballot, .. },
+            ) => ballot.node.0,
+            _ => 2,
+        };
+        (Just(body), prop_oneof![3 => Just(owner), 1 => any::<u16>()])
+    })
+}
+
 proptest! {
     #[test]
-    fn every_frame_round_trips(body in frame_body(), cluster in any::<u64>(), from in any::<u16>(), shard in any::<u16>()) {
+    fn every_frame_round_trips_or_is_refused_as_validate_says(
+        (body, from) in body_and_sender(),
+        cluster in any::<u64>(),
+        shard in any::<u16>(),
+    ) {
         let frame = Frame { cluster_id: ClusterId(cluster), from: NodeId(from), shard, body };
         let encoded = Encoder::default().encode_to_vec(&frame);
-        prop_assert_eq!(decode(&after_prefix(&encoded)).unwrap(), frame);
+        let decoded = decode(&after_prefix(&encoded));
+        match &frame.body {
+            Body::Peer(message) if message.validate(frame.from).is_err() => {
+                let invalid = message.validate(frame.from).unwrap_err();
+                let refused = matches!(decoded, Err(FrameError::InvalidMessage(got)) if got == invalid);
+                prop_assert!(refused, "{:?}: {:?}", invalid, decoded);
+            }
+            _ => prop_assert_eq!(decoded.unwrap(), frame),
+        }
     }
 
     #[test]
@@ -192,7 +250,9 @@ proptest! {
 
 #[test]
 fn batches_are_slices_of_the_received_frame() {
-    let batch = Bytes::from(vec![9u8; 4096]);
+    let mut builder = BatchBuilder::new(1 << 20);
+    builder.push(RequestId { client: 1, sequence: 1 }, &[9u8; 4096]);
+    let batch = builder.take();
     let message = Message::Accept {
         ballot: Ballot::new(3, NodeId(1)),
         first_slot: Slot(10),

@@ -3,10 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
 
-use bytes::Bytes;
 use quorum::core::{
-    Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, PersistSeq, ProposeError, Record,
-    Replica, RequestId, RoleKind, Slot, SlotRun, Value,
+    Action, Ballot, BatchBuilder, ClusterId, Config, Envelope, Message, NodeId, PersistSeq,
+    ProposeError, Record, Replica, RequestId, RoleKind, Slot, SlotRun, Value,
 };
 
 const CLUSTER: ClusterId = ClusterId(9);
@@ -37,8 +36,12 @@ fn deliver(replica: &mut Replica, from: NodeId, message: Message) -> Vec<Action>
     actions(replica)
 }
 
+/// A batch of one command whose payload is `bytes`: the same bytes give the same batch. (A
+/// batch is checked to parse where it enters: protocol.md §2.1.)
 fn batch(bytes: &'static [u8]) -> Value {
-    Value::Batch(Bytes::from_static(bytes))
+    let mut builder = BatchBuilder::new(1 << 10);
+    builder.push(RequestId { client: 1, sequence: 1 }, bytes);
+    Value::Batch(builder.take())
 }
 
 fn id(sequence: u64) -> RequestId {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::{
     ClientError, ClientOptions, FRAME_BYTES_MAX, check_shard, handshake, random_client_id,
 };
-use crate::core::{Message, NodeId, Slot, SlotRun, Value};
+use crate::core::{Message, NodeId, SLOT_MAX, Slot, SlotRun, Value};
 use crate::merge::Merge;
 use crate::transport::codec::{Body, Encoder, Frame};
 use crate::transport::framing::{read_frame, write_frame};
@@ -58,7 +58,9 @@ impl Tail {
     /// position `from`: to every shard, merged, or to `shard` alone.
     ///
     /// # Errors
-    /// The node cannot be reached or refuses us, or `shard` does not exist.
+    /// The node cannot be reached or refuses us, `shard` does not exist, or `from` lies beyond
+    /// the last slot a log may reach (a node refuses such a subscription and closes the
+    /// connection: protocol.md §2.1).
     pub fn subscribe(
         address: &str,
         options: &ClientOptions,
@@ -76,6 +78,16 @@ impl Tail {
             Some(shard) => vec![shard],
             None => (0..shards).collect(),
         };
+        for shard in &wanted {
+            let slot = start.expected_slot(*shard).expect("a shard of the node");
+            if slot > SLOT_MAX {
+                return Err(ClientError::Rejected(format!(
+                    "position {from} is slot {} of shard {shard}, beyond the last slot a log \
+                     may reach ({})",
+                    slot.0, SLOT_MAX.0
+                )));
+            }
+        }
         let (sender, arrivals) = mpsc::channel();
         let mut first = Some(first.stream);
         for shard in wanted {
@@ -136,8 +148,21 @@ impl Tail {
         let Some(merge) = &mut self.merge else {
             for run in runs {
                 if let Value::Batch(batch) = run.value {
+                    // The node's word: slots up to SLOT_MAX (checked by the decoder), which
+                    // times the shard count may not fit a position.
+                    let position = run
+                        .first_slot
+                        .0
+                        .checked_mul(shards)
+                        .and_then(|position| position.checked_add(u64::from(arrival.shard)))
+                        .ok_or_else(|| {
+                            ClientError::BadReply(format!(
+                                "slot {} of shard {} has no global position",
+                                run.first_slot.0, arrival.shard
+                            ))
+                        })?;
                     self.ready.push_back(TailBatch {
-                        position: run.first_slot.0 * shards + u64::from(arrival.shard),
+                        position,
                         shard: arrival.shard,
                         slot: run.first_slot,
                         batch,

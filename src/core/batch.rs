@@ -142,6 +142,31 @@ pub struct MalformedBatch {
     pub reason: &'static str,
 }
 
+/// Checks that `bytes` parse as a batch: every command's header is whole and its payload ends
+/// within the batch. A scan of the lengths, no copy: what a follower runs on a batch from a
+/// peer before persisting it, so that one that would fail apply (on every replay, for ever)
+/// never reaches the log. Request ids are not checked: any pair of numbers is one.
+///
+/// # Errors
+/// Where the first command that does not parse starts, and why.
+pub fn check_batch(bytes: &[u8]) -> Result<(), MalformedBatch> {
+    // Slices rather than offsets: the bounds checks fold into the two `get`s, which halves
+    // the time per command (each step waits for the length it just read).
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let offset = || bytes.len() - rest.len();
+        let Some((header, body)) = rest.split_first_chunk::<COMMAND_HEADER_BYTES>() else {
+            return Err(MalformedBatch { offset: offset(), reason: "truncated command header" });
+        };
+        let payload_len = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
+        let Some(after) = body.get(payload_len as usize..) else {
+            return Err(MalformedBatch { offset: offset(), reason: "payload runs past the end" });
+        };
+        rest = after;
+    }
+    Ok(())
+}
+
 /// Iterates over the commands of an encoded batch, borrowing payloads from it. Batches that come
 /// from peers or disks are input: a malformed one yields an error, never a panic.
 #[derive(Debug, Clone)]
@@ -211,6 +236,19 @@ mod tests {
         for cut in 1..bytes.len() {
             let result: Result<Vec<_>, _> = BatchReader::new(&bytes[..cut]).collect();
             assert!(result.is_err(), "cut at {cut} decoded");
+            assert_eq!(check_batch(&bytes[..cut]).err(), result.err(), "cut at {cut}");
+        }
+        assert_eq!(check_batch(&bytes), Ok(()));
+        assert_eq!(check_batch(&[]), Ok(()), "no commands");
+    }
+
+    #[test]
+    fn a_payload_length_past_the_end_is_refused_whatever_its_size() {
+        for payload_len in [6u32, 1 << 31, u32::MAX] {
+            let mut bytes = vec![0u8; COMMAND_HEADER_BYTES + 5];
+            bytes[16..20].copy_from_slice(&payload_len.to_le_bytes());
+            let error = check_batch(&bytes).unwrap_err();
+            assert_eq!(error, MalformedBatch { offset: 0, reason: "payload runs past the end" });
         }
     }
 }

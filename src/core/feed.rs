@@ -51,10 +51,11 @@ impl Feed {
     }
 
     /// The slots due next: from where the feed stands to `commit_index`, within `window`
-    /// slots of the subscriber's last report. `None` when nothing is due.
+    /// slots of the subscriber's last report. `None` when nothing is due. The report is the
+    /// subscriber's word and the window may be as large as `u64::MAX`: their sum saturates.
     #[must_use]
     pub fn due(&self, commit_index: Slot, window: u64) -> Option<(Slot, Slot)> {
-        let end = commit_index.min(self.reported.plus(window));
+        let end = commit_index.min(self.reported.saturating_plus(window));
         (self.next_slot < end).then_some((self.next_slot, end))
     }
 

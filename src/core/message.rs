@@ -1,11 +1,95 @@
 //! Messages between the replicas of one shard, and what the replica asks its runtime to do.
 //! Plain Rust types: the wire encoding comes with the transport (protocol.md §2 lists each
 //! message with the rules that govern it).
+//!
+//! A message is input: [`Message::validate`] checks every value it carries against the ranges
+//! of protocol.md §2.1 (slots and run ends up to [`SLOT_MAX`], rounds up to [`ROUND_MAX`], runs
+//! of at least one slot, batches that parse). The decoder runs it on every frame (a frame that
+//! fails closes its connection) and the replica on every message handed to it, so that the
+//! arithmetic behind it never sees a value it could overflow on.
 
 use bytes::Bytes;
 
-use super::batch::Value;
-use super::types::{Ballot, ClusterId, NodeId, PersistSeq, Slot};
+use super::batch::{Value, check_batch};
+use super::types::{Ballot, ClusterId, NodeId, PersistSeq, ROUND_MAX, SLOT_MAX, Slot};
+
+/// A message that no correct sender sends: a value out of range, a run of no slots, a batch
+/// that does not parse. Refused whole, before anything is read from it (protocol.md §2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} refused: {reason}")]
+pub struct InvalidMessage {
+    /// The message's kind ([`Message::kind`]).
+    pub kind: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+fn check_slot(slot: Slot) -> Result<(), &'static str> {
+    if slot > SLOT_MAX {
+        return Err("a slot beyond the last one a log may reach (2^62)");
+    }
+    Ok(())
+}
+
+fn check_round(round: u64) -> Result<(), &'static str> {
+    if round > ROUND_MAX {
+        return Err("a round beyond the last one a ballot may have (2^62)");
+    }
+    Ok(())
+}
+
+fn check_ballot(ballot: Ballot) -> Result<(), &'static str> {
+    check_round(ballot.round)
+}
+
+/// A ballot only its owner proposes in: prepares, accepts and heartbeats come from the node
+/// whose ballot they carry.
+fn check_own_ballot(ballot: Ballot, from: NodeId) -> Result<(), &'static str> {
+    check_ballot(ballot)?;
+    if ballot.node != from {
+        return Err("a ballot of another node than its sender");
+    }
+    Ok(())
+}
+
+/// `count` slots from `first_slot`: at least one, ending at [`SLOT_MAX`] at the latest.
+fn check_range(first_slot: Slot, count: u64) -> Result<(), &'static str> {
+    check_slot(first_slot)?;
+    if count == 0 {
+        return Err("a run of no slots");
+    }
+    if count > SLOT_MAX.0 - first_slot.0 {
+        return Err("a run ending beyond the last slot a log may reach (2^62)");
+    }
+    Ok(())
+}
+
+/// A value over `count` slots: a batch covers one slot and parses (it is persisted as it is,
+/// then applied on every replay: one that fails apply would fail it for ever).
+fn check_value(value: &Value, count: u64) -> Result<(), &'static str> {
+    match value {
+        Value::Noop => Ok(()),
+        Value::Batch(_) if count != 1 => Err("a batch over more than one slot"),
+        Value::Batch(bytes) => check_batch(bytes).map_err(|_| "a batch that does not parse"),
+    }
+}
+
+/// Runs in slot order, none overlapping another (as every sender reads them from a log): the
+/// slots they cover add up to at most [`SLOT_MAX`], and a receiver walking them slot by slot
+/// walks each once (a `Chosen` only within its accept window).
+fn check_runs(runs: &[SlotRun]) -> Result<(), &'static str> {
+    let mut end = Slot(0);
+    for run in runs {
+        check_ballot(run.ballot)?;
+        check_range(run.first_slot, run.count)?;
+        check_value(&run.value, run.count)?;
+        if run.first_slot < end {
+            return Err("runs out of slot order or overlapping");
+        }
+        end = run.end_slot();
+    }
+    Ok(())
+}
 
 /// A run of consecutive slots holding one value under one ballot. Only no-ops span more than
 /// one slot (a skip, or a filled hole); a batch run has `count == 1`.
@@ -177,6 +261,70 @@ pub enum Message {
 }
 
 impl Message {
+    /// Checks every value this message carries, as sent by `from` (protocol.md §2.1). Cheap:
+    /// a few comparisons, one per run, and a scan of the lengths in each batch.
+    ///
+    /// # Errors
+    /// The first value out of range, or a batch that does not parse.
+    pub fn validate(&self, from: NodeId) -> Result<(), InvalidMessage> {
+        let checked = match self {
+            Message::Probe { round, commit_index } => {
+                check_round(*round).and_then(|()| check_slot(*commit_index))
+            }
+            Message::ProbeReply { round, granted: _, promised } => {
+                check_round(*round).and_then(|()| check_ballot(*promised))
+            }
+            Message::Prepare { ballot, from_slot } => {
+                check_own_ballot(*ballot, from).and_then(|()| check_slot(*from_slot))
+            }
+            Message::Promise { ballot, from_slot, runs, next_slot } => check_ballot(*ballot)
+                .and_then(|()| check_slot(*from_slot))
+                .and_then(|()| next_slot.map_or(Ok(()), check_slot))
+                .and_then(|()| check_runs(runs)),
+            Message::Accept { ballot, first_slot, count, value, commit_index } => {
+                check_own_ballot(*ballot, from)
+                    .and_then(|()| check_range(*first_slot, *count))
+                    .and_then(|()| check_slot(*commit_index))
+                    .and_then(|()| check_value(value, *count))
+            }
+            Message::Accepted { ballot, first_slot, count } => {
+                check_ballot(*ballot).and_then(|()| check_range(*first_slot, *count))
+            }
+            Message::Rejected { ballot, promised } => {
+                check_ballot(*ballot).and_then(|()| check_ballot(*promised))
+            }
+            Message::Heartbeat { ballot, commit_index } => {
+                check_own_ballot(*ballot, from).and_then(|()| check_slot(*commit_index))
+            }
+            Message::HeartbeatAck { ballot } => check_ballot(*ballot),
+            Message::CatchUpRequest { from_slot } | Message::Subscribe { from_slot } => {
+                check_slot(*from_slot)
+            }
+            Message::Snapshot { slot, offset, total, bytes, commit_index } => {
+                check_slot(*slot).and_then(|()| check_slot(*commit_index)).and_then(|()| {
+                    // The offset of a pull is checked against the snapshot file where it is
+                    // read; a piece must lie within the length it announces.
+                    let end = offset.checked_add(bytes.len() as u64);
+                    match end {
+                        Some(end) if end <= *total => Ok(()),
+                        _ => Err("a piece beyond the snapshot's length"),
+                    }
+                })
+            }
+            Message::SnapshotPull { slot, offset: _ } => check_slot(*slot),
+            Message::Chosen { runs, commit_index } => {
+                check_slot(*commit_index).and_then(|()| check_runs(runs))
+            }
+            Message::RepairQuery { nonce: _ } => Ok(()),
+            Message::RepairReport { nonce: _, promised, slot_end, commit_index } => {
+                check_ballot(*promised)
+                    .and_then(|()| check_slot(*slot_end))
+                    .and_then(|()| check_slot(*commit_index))
+            }
+        };
+        checked.map_err(|reason| InvalidMessage { kind: self.kind(), reason })
+    }
+
     /// A short name for traces and errors.
     #[must_use]
     pub fn kind(&self) -> &'static str {

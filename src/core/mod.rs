@@ -17,10 +17,10 @@ pub mod repair;
 pub mod replica;
 pub mod types;
 
-pub use batch::{BatchBuilder, BatchReader, MalformedBatch, Value};
+pub use batch::{BatchBuilder, BatchReader, MalformedBatch, Value, check_batch};
 pub use config::{Config, ConfigError};
 pub use feed::Feed;
-pub use message::{Action, Envelope, Message, Record, SlotRun};
+pub use message::{Action, Envelope, InvalidMessage, Message, Record, SlotRun};
 pub use quorum::{VoteSet, Voters};
 pub use replica::{ProposeError, RefusedMessage, Replica, RoleKind};
-pub use types::{Ballot, ClusterId, NodeId, PersistSeq, RequestId, Slot};
+pub use types::{Ballot, ClusterId, NodeId, PersistSeq, ROUND_MAX, RequestId, SLOT_MAX, Slot};

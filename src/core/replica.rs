@@ -11,6 +11,11 @@
 //! - I5 commits are emitted in slot order, once each;
 //! - I6 queues are bounded: a full pipeline with a full batch answers `Busy`;
 //! - I7 learners never vote and never count in a quorum.
+//!
+//! Messages are input, not state: [`Replica::check_envelope`] refuses, before anything is read,
+//! one from another cluster, from a node the shard does not know, with a value out of range
+//! (protocol.md §2.1), or that no correct sender sends. The arithmetic behind it then never
+//! overflows; the assertions left are about this replica's own state.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -22,7 +27,7 @@ use super::config::{Config, ConfigError};
 use super::election::ElectionTimer;
 use super::feed::Feed;
 use super::log::Log;
-use super::message::{Action, Envelope, Message, Record, SlotRun};
+use super::message::{Action, Envelope, InvalidMessage, Message, Record, SlotRun};
 use super::quorum::{VoteSet, Voters};
 use super::repair::Repair;
 use super::types::{Ballot, NodeId, PersistSeq, RequestId, Slot};
@@ -70,7 +75,8 @@ pub enum ProposeError {
     },
 }
 
-/// A message the replica refused before looking at its content.
+/// A message the replica refused: it changed nothing. Log it; a runtime that reads the message
+/// from a connection closes that connection (the codec runs the same range checks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefusedMessage {
     /// It came from another cluster.
@@ -84,6 +90,23 @@ pub enum RefusedMessage {
     /// It came from a node this shard does not know.
     #[error("message from unknown node {0} refused")]
     UnknownNode(u16),
+    /// It carries a value out of range, or is not one its sender sends (protocol.md §2.1).
+    #[error("message from node {from}: {invalid}")]
+    Invalid {
+        /// The sender.
+        from: u16,
+        /// What is wrong with it.
+        invalid: InvalidMessage,
+    },
+    /// An accept of another value, in a ballot at or above the one it was chosen in, for a
+    /// slot this replica knows chosen: a correct leader proposes the chosen value there (I2).
+    #[error("accept under {ballot} refused: slot {slot} is chosen with another value")]
+    Contradicts {
+        /// The slot.
+        slot: u64,
+        /// The accept's ballot.
+        ballot: Ballot,
+    },
 }
 
 /// An Accept run the leader has sent and not yet seen chosen.
@@ -493,8 +516,23 @@ impl Replica {
     /// A message arrived.
     ///
     /// # Errors
-    /// If it came from another cluster or an unknown node; the replica is unchanged.
+    /// See [`Replica::check_envelope`]; also an accept that contradicts a slot known chosen.
+    /// The replica is unchanged then.
     pub fn on_message(&mut self, envelope: Envelope) -> Result<(), RefusedMessage> {
+        self.check_envelope(&envelope)?;
+        self.dispatch(envelope.from, envelope.message)
+    }
+
+    /// Whether this replica takes `envelope` (`on_message` checks it first; the shard checks
+    /// the snapshot messages it handles itself with it too). Reads nothing but the envelope
+    /// and the configuration.
+    ///
+    /// # Errors
+    /// It comes from another cluster or from a node the shard does not know; it carries a value
+    /// out of range ([`Message::validate`]); it is a proposal (prepare, accept, heartbeat) from
+    /// a learner; or it names this replica as its sender and is not one of the replies it
+    /// sends itself (its promises and acknowledgements, delivered once durable).
+    pub fn check_envelope(&self, envelope: &Envelope) -> Result<(), RefusedMessage> {
         if envelope.cluster_id != self.config.cluster_id {
             return Err(RefusedMessage::WrongCluster {
                 got: envelope.cluster_id.0,
@@ -505,7 +543,27 @@ impl Replica {
         if !self.voters.contains(from) && !self.config.learners.contains(&from) {
             return Err(RefusedMessage::UnknownNode(from.0));
         }
-        self.dispatch(from, envelope.message);
+        let message = &envelope.message;
+        let invalid = |reason| RefusedMessage::Invalid {
+            from: from.0,
+            invalid: InvalidMessage { kind: message.kind(), reason },
+        };
+        message
+            .validate(from)
+            .map_err(|invalid| RefusedMessage::Invalid { from: from.0, invalid })?;
+        let own_reply = matches!(message, Message::Promise { .. } | Message::Accepted { .. });
+        if from == self.config.node && !own_reply {
+            // A replica answers a peer; answering itself breaks `send`'s rule. Its own
+            // candidacy and proposals are handled by direct calls, never through here.
+            return Err(invalid("names this replica as its sender"));
+        }
+        let proposal = matches!(
+            message,
+            Message::Prepare { .. } | Message::Accept { .. } | Message::Heartbeat { .. }
+        );
+        if proposal && !self.voters.contains(from) {
+            return Err(invalid("a proposal from a node that does not vote"));
+        }
         Ok(())
     }
 
@@ -612,10 +670,10 @@ impl Replica {
 
     // ----- Dispatch ----------------------------------------------------------------------
 
-    fn dispatch(&mut self, from: NodeId, message: Message) {
+    fn dispatch(&mut self, from: NodeId, message: Message) -> Result<(), RefusedMessage> {
         let learner = self.config.is_learner();
         let message = if self.repair.is_some() {
-            let Some(message) = self.dispatch_repairing(from, message) else { return };
+            let Some(message) = self.dispatch_repairing(from, message) else { return Ok(()) };
             message
         } else {
             message
@@ -634,7 +692,7 @@ impl Replica {
                 self.on_promise(from, ballot, from_slot, runs, next_slot)
             }
             Message::Accept { ballot, first_slot, count, value, commit_index } if !learner => {
-                self.on_accept(from, ballot, first_slot, count, value, commit_index)
+                return self.on_accept(from, ballot, first_slot, count, value, commit_index);
             }
             Message::Accepted { ballot, first_slot, count } => {
                 self.on_accepted(from, ballot, first_slot, count)
@@ -669,6 +727,7 @@ impl Replica {
             | Message::Accept { .. }
             | Message::RepairQuery { .. } => {}
         }
+        Ok(())
     }
 
     // ----- Repair (protocol.md §3.9) -----------------------------------------------------
@@ -1027,7 +1086,11 @@ impl Replica {
             self.send(self.peers[index], accept);
         }
         // The leader's own acceptance goes through the durable path like any other (I3, I4).
-        self.on_accept(self.config.node, ballot, first_slot, count, value, commit_index);
+        // It never contradicts its own log: a leader learns chosen slots only from its phase 1
+        // (which it proposes as they are) and its own quorums (`on_chosen` takes nothing while
+        // it runs phase 1 or leads), so a refusal here is a bug of ours.
+        let own = self.on_accept(self.config.node, ballot, first_slot, count, value, commit_index);
+        own.expect("a leader's proposal agrees with what its log knows chosen (I2)");
     }
 
     fn on_accept(
@@ -1038,40 +1101,41 @@ impl Replica {
         count: u64,
         value: Value,
         commit_index: Slot,
-    ) {
+    ) -> Result<(), RefusedMessage> {
         if ballot < self.promised {
             self.send(from, Message::Rejected { ballot, promised: self.promised });
-            return;
+            return Ok(());
         }
-        if count == 0 || (count > 1 && !value.is_noop()) {
-            return; // Malformed run: not something a correct leader sends.
+        // `check_envelope` refused runs of no slots, batches over several and run ends past
+        // SLOT_MAX: the sum below cannot overflow; the window may be as large as u64::MAX.
+        let window_end = self.commit_index.saturating_plus(self.config.accept_ahead_slots_max);
+        if first_slot.plus(count) > window_end {
+            return Ok(()); // Too far ahead: catch up first; the leader retransmits.
         }
-        if first_slot.plus(count) > self.commit_index.plus(self.config.accept_ahead_slots_max) {
-            return; // Too far ahead: catch up first; the leader retransmits.
-        }
-        self.follow(ballot, false);
         for offset in 0..count {
             if let Some(entry) = self.log.get(first_slot.plus(offset)) {
-                if entry.chosen && entry.value.as_ref() != Some(&value) {
-                    // I2, believed: a ballot at or above the one a value was chosen in proposes
-                    // that value. A different value can only come from an older ballot, late
-                    // (its leader lost the slot before it was chosen); accepting it is harmless,
-                    // since the replicas that chose the value promised above it. `entry.ballot`
-                    // is at least the choosing ballot, or zero if this replica learned the
-                    // value without one.
-                    assert!(
-                        entry.ballot == Ballot::ZERO || ballot < entry.ballot,
-                        "slot {} chosen under {}, re-proposed differently under {ballot}",
-                        first_slot.0 + offset,
-                        entry.ballot
-                    );
+                // I2: a ballot at or above the one a value was chosen in proposes that value.
+                // A different value can only come from an older ballot, late (its leader lost
+                // the slot before it was chosen); accepting it is harmless, since the replicas
+                // that chose the value promised above it. `entry.ballot` is at least the
+                // choosing ballot, or zero if this replica learned the value without one. A
+                // message that breaks the rule is a peer's word against what this log knows:
+                // refused, and the simulator fails on any refusal between correct replicas.
+                let contradicts = entry.chosen
+                    && entry.value.as_ref() != Some(&value)
+                    && !(entry.ballot == Ballot::ZERO || ballot < entry.ballot);
+                if contradicts {
+                    let slot = first_slot.0 + offset;
+                    return Err(RefusedMessage::Contradicts { slot, ballot });
                 }
             }
         }
+        self.follow(ballot, false);
         self.log.accept(first_slot, count, ballot, &value);
         let record = Record::Accepted { ballot, first_slot, count, value };
         self.persist(record, Some((from, Message::Accepted { ballot, first_slot, count })));
         self.learn_commit_index(ballot, commit_index);
+        Ok(())
     }
 
     fn on_accepted(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot, count: u64) {
@@ -1318,15 +1382,24 @@ impl Replica {
     }
 
     fn on_chosen(&mut self, runs: Vec<SlotRun>, commit_index: Slot) {
+        if matches!(self.role, Role::Preparing(_) | Role::Leader(_)) {
+            // A late answer to a catch-up asked as a follower. A replica running phase 1 or
+            // leading learns what is chosen from its commit position on from its promises and
+            // its own quorums, and proposes by that: a peer's claim must not move its commit
+            // position past the slots it proposes, nor contradict what it recovered.
+            return;
+        }
         let before = self.commit_index;
+        // Runs are whole, in slot order and end at SLOT_MAX at the latest (`check_envelope`).
+        let window_end = self.commit_index.saturating_plus(self.config.accept_ahead_slots_max);
         for run in runs {
-            if !run.chosen || run.count == 0 || (run.count > 1 && !run.value.is_noop()) {
+            if !run.chosen {
                 continue; // Malformed: only chosen runs are ever sent here.
             }
             if run.end_slot() <= self.commit_index {
                 continue;
             }
-            if run.end_slot() > self.commit_index.plus(self.config.accept_ahead_slots_max) {
+            if run.end_slot() > window_end {
                 break;
             }
             self.learn_chosen(run.first_slot, run.count, run.ballot, &run.value);
@@ -1567,7 +1640,9 @@ impl Replica {
 
     fn send_or_deliver(&mut self, to: NodeId, message: Message) {
         if to == self.config.node {
-            self.dispatch(to, message);
+            // Only the candidate's own promise comes this way, which it always takes.
+            let own = self.dispatch(to, message);
+            own.expect("a replica takes its own promise");
         } else {
             self.send(to, message);
         }

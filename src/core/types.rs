@@ -1,5 +1,5 @@
 //! Identities and positions: small newtypes so that a slot is never mistaken for a node or a
-//! round (STYLE.md, Naming).
+//! round (STYLE.md, Naming), and the ranges a message may name them in (protocol.md §2.1).
 
 use std::fmt;
 
@@ -15,11 +15,32 @@ pub struct ClusterId(pub u64);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct Slot(pub u64);
 
+/// The largest slot a message may name, and the largest end of a run it may carry: values
+/// from the network above it are refused where they enter (protocol.md §2.1). Far beyond any
+/// real log (146,000 years at a million slots a second), and low enough that adding a window
+/// or a count to a slot below it cannot overflow.
+pub const SLOT_MAX: Slot = Slot(1 << 62);
+
+/// The largest round a message may name, for the same reasons as [`SLOT_MAX`]: a replica goes
+/// one round above the highest it has seen, and that addition must not overflow.
+pub const ROUND_MAX: u64 = 1 << 62;
+
 impl Slot {
     /// The slot `count` positions after this one.
+    ///
+    /// # Panics
+    /// The sum overflows: a bug in our own arithmetic, since values from the network are
+    /// checked against [`SLOT_MAX`] first.
     #[must_use]
     pub fn plus(self, count: u64) -> Slot {
         Slot(self.0.checked_add(count).expect("slot overflow"))
+    }
+
+    /// The slot `count` positions after this one, or the last slot if that is beyond it: for
+    /// windows and limits added to a position (a configured window may be `u64::MAX`).
+    #[must_use]
+    pub fn saturating_plus(self, count: u64) -> Slot {
+        Slot(self.0.saturating_add(count))
     }
 }
 

@@ -629,7 +629,10 @@ impl World {
             _ => {}
         }
         let envelope = Envelope { cluster_id: CLUSTER, from, message };
-        self.replica(to, shard).on_message(envelope).expect("simulated peers are cluster members");
+        // Correct replicas send only what a replica takes: a refusal (a value out of range, an
+        // accept contradicting a chosen slot, I2) is a violation like an assertion.
+        let taken = self.replica(to, shard).on_message(envelope);
+        taken.expect("a replica takes what its correct peers send");
         self.drive(to, shard);
     }
 

@@ -9,13 +9,18 @@
 //! as it is (vectored I/O); a receiver reads the frame into one buffer and hands out batches as
 //! slices of it. Frames are input: the length is checked against the limit before anything is
 //! allocated, the header is verified before it is read, and every offset is checked; a bad
-//! frame is an error with a reason, never a panic.
+//! frame is an error with a reason, never a panic. A protocol message is then checked whole
+//! ([`Message::validate`]: every slot, round and run in range, every batch parses, a proposal
+//! in its sender's own ballot), so that a frame no correct node sends closes its connection
+//! here, with its reason logged, before any shard reads it (protocol.md §2.1).
 
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, VerifierOptions, WIPOffset};
 
 use super::generated::quorum::wire as fb;
-use crate::core::{Ballot, ClusterId, Message, NodeId, RoleKind, Slot, SlotRun, Value};
+use crate::core::{
+    Ballot, ClusterId, InvalidMessage, Message, NodeId, RoleKind, Slot, SlotRun, Value,
+};
 use crate::state_machine::StateSummary;
 
 /// Bytes of the length prefix.
@@ -234,6 +239,10 @@ pub enum FrameError {
     /// The header is a FlatBuffer but not a message any node sends.
     #[error("invalid frame: {0}")]
     Invalid(&'static str),
+    /// A protocol message that decodes but carries a value out of range, or a batch that does
+    /// not parse (protocol.md §2.1).
+    #[error("invalid frame: {0}")]
+    InvalidMessage(#[from] InvalidMessage),
 }
 
 /// The length a prefix announces, refused if above `max` (so a peer cannot make us allocate
@@ -808,6 +817,7 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
         }
         _ => return Err(FrameError::Invalid("unknown message type")),
     };
+    body.validate(NodeId(frame.from()))?;
     finish(&frame, Body::Peer(body))
 }
 
