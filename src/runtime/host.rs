@@ -16,15 +16,16 @@ use quorum_wal::MmapBackend;
 
 use super::Control;
 use super::apply::TotalRef;
+use super::machine::NodeMachine;
 use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
 use crate::shard::{AppliedCommand, PendingSnapshot, Shard, ShardError};
-use crate::state_machine::{KvStore, Outcome, StateMachine};
+use crate::state_machine::{Outcome, StateMachine};
 use crate::total_order::Committed;
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
 use crate::transport::framing::Outgoing;
 
 /// The shard type a node runs.
-pub type NodeShard = Shard<MmapBackend, KvStore>;
+pub type NodeShard = Shard<MmapBackend, NodeMachine>;
 
 /// Bytes that may wait for one connection before messages to it are dropped (peers) or the
 /// client is disconnected (clients).
@@ -79,7 +80,7 @@ pub struct Host {
     was_leader: bool,
     encoder: Encoder,
     outbox: Vec<(NodeId, Message)>,
-    applied: Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>,
+    applied: Vec<AppliedCommand<<NodeMachine as StateMachine>::Reply>>,
     dropped_messages: u64,
     /// Syncs started (with durability off: sync points skipped).
     syncs: u64,
@@ -283,7 +284,10 @@ impl Host {
     }
 
     /// Outcomes of commands this shard carried, applied by the node's one state machine.
-    pub fn on_applied(&mut self, outcomes: Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>) {
+    pub fn on_applied(
+        &mut self,
+        outcomes: Vec<AppliedCommand<<NodeMachine as StateMachine>::Reply>>,
+    ) {
         self.applied.extend(outcomes);
     }
 
@@ -468,7 +472,7 @@ impl Host {
             };
             let body = body.map_or_else(Bytes::new, |reply| {
                 let mut encoded = Vec::new();
-                KvStore::encode_reply(&reply, &mut encoded);
+                NodeMachine::encode_reply(&reply, &mut encoded);
                 Bytes::from(encoded)
             });
             if let Some(link) = self.clients.get_mut(&connection) {

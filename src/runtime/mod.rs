@@ -7,6 +7,7 @@
 
 mod apply;
 mod host;
+mod machine;
 mod net;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use quorum_wal::{MmapBackend, Options};
 
 use crate::node_config::{ApplyMode, NodeConfig};
 use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings};
-use crate::state_machine::KvStore;
+use machine::NodeMachine;
 
 /// Replies remembered per client for deduplicating retries.
 pub const SESSION_WINDOW: usize = 4096;
@@ -86,6 +87,54 @@ pub enum NodeError {
     /// A shard failed while running; its error was logged.
     #[error("a shard failed; see the log")]
     Failed,
+    /// An executor panicked (a broken invariant, or the state machine): the node stopped.
+    #[error("{executor} panicked: {message}")]
+    Panicked {
+        /// Which executor: `shard K`, or the total-order applier.
+        executor: String,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// The message a panic carried.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_string(),
+        (_, Some(message)) => message.clone(),
+        _ => "(a panic without a message)".to_string(),
+    }
+}
+
+/// Waits on a thread of its own for an executor to end. However it ends in error, a panic
+/// above all, every other executor is told to stop and the node exits with that error: a node
+/// with a dead shard must not live on half-alive (its clients wait forever, and with
+/// `--apply total` the other shards' committed runs pile up for a merge that never moves).
+fn watch_executor(
+    handle: glommio::ExecutorJoinHandle<Result<(), NodeError>>,
+    executor: String,
+    control: Arc<Control>,
+) -> JoinHandle<Result<(), NodeError>> {
+    std::thread::spawn(move || {
+        let error = match handle.join() {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(glommio::GlommioError::BuilderError(glommio::BuilderErrorKind::ThreadPanic(
+                payload,
+            ))) => {
+                let message = panic_message(&*payload);
+                tracing::error!(%executor, panic = %message, "panicked; stopping the node");
+                NodeError::Panicked { executor, message }
+            }
+            Err(error) => {
+                tracing::error!(%executor, %error, "ended abnormally; stopping the node");
+                NodeError::Failed
+            }
+        };
+        control.failed.store(true, Ordering::SeqCst);
+        control.stop.store(true, Ordering::SeqCst);
+        Err(error)
+    })
 }
 
 /// A running node: one thread per shard.
@@ -126,17 +175,12 @@ impl Node {
                 // Registered I/O memory counts against `ulimit -l`; we do no DMA file I/O.
                 .io_memory(256 << 10)
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
-            let (config, control) = (config.clone(), control.clone());
+            let (shard_config, shard_control) = (config.clone(), control.clone());
             let link = total.as_mut().map(|total| total.link(shard));
             let handle = builder
-                .spawn(move || run_shard(config, shard, control, started, link))
+                .spawn(move || run_shard(shard_config, shard, shard_control, started, link))
                 .map_err(|error| NodeError::Executor { shard, reason: error.to_string() })?;
-            threads.push(std::thread::spawn(move || {
-                handle.join().map_err(|error| NodeError::Executor {
-                    shard,
-                    reason: format!("executor ended abnormally: {error}"),
-                })?
-            }));
+            threads.push(watch_executor(handle, format!("shard {shard}"), control.clone()));
         }
         let node = Node { control, threads };
         for ready_rx in ready {
@@ -281,7 +325,7 @@ fn open_shard(
         config.shard_config(shard),
         backend,
         options,
-        KvStore::default(),
+        NodeMachine::from_environment(),
         settings,
     )
     .map_err(|source| NodeError::Shard { shard, source })?;
