@@ -282,20 +282,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         piece_bytes: usize,
         commit_index: Slot,
     ) -> Result<Option<Message>, ShardError> {
-        let name = crate::snapshot::FILE_NAME;
-        let head = crate::snapshot::HEADER_BYTES;
-        let Some(range) = self.wal.backend().read_file_range(name, head, offset, piece_bytes)?
-        else {
-            return Ok(None);
-        };
-        let Some(held) = crate::snapshot::slot_in_header(&range.head) else {
-            return Ok(None); // Damaged: a restart would refuse it too.
-        };
-        if slot.is_some_and(|slot| slot != held) || offset >= range.total {
-            return Ok(None); // Replaced by a newer one: the reader asks again from 0.
-        }
-        let bytes = Bytes::from(range.bytes);
-        Ok(Some(Message::Snapshot { slot: held, offset, total: range.total, bytes, commit_index }))
+        read_snapshot_piece(self.wal.backend(), slot, offset, piece_bytes, commit_index)
     }
 
     /// A peer's snapshot, checked and ahead of the replica, is made durable next to the log
@@ -685,6 +672,69 @@ impl<B: Backend> PendingSnapshot<B> {
     }
 }
 
+/// [`ReplicaLog::snapshot_piece`], from the snapshot file in `backend`'s directory.
+fn read_snapshot_piece<B: Backend>(
+    backend: &B,
+    slot: Option<Slot>,
+    offset: u64,
+    piece_bytes: usize,
+    commit_index: Slot,
+) -> Result<Option<Message>, ShardError> {
+    let name = crate::snapshot::FILE_NAME;
+    let head = crate::snapshot::HEADER_BYTES;
+    let Some(range) = backend.read_file_range(name, head, offset, piece_bytes)? else {
+        return Ok(None);
+    };
+    let Some(held) = crate::snapshot::slot_in_header(&range.head) else {
+        return Ok(None); // Damaged: a restart would refuse it too.
+    };
+    if slot.is_some_and(|slot| slot != held) || offset >= range.total {
+        return Ok(None); // Replaced by a newer one: the reader asks again from 0.
+    }
+    let bytes = Bytes::from(range.bytes);
+    Ok(Some(Message::Snapshot { slot: held, offset, total: range.total, bytes, commit_index }))
+}
+
+/// Reads pieces of a shard's snapshot file without the shard: a runtime can answer pulls on
+/// a helper thread (a piece is up to 32 MiB read from disk). It reads the file, so a newer
+/// snapshot replacing it meanwhile is never mixed in (one opening per piece).
+pub struct SnapshotReader<B: Backend> {
+    backend: B,
+    piece_bytes: usize,
+    commit_index: Slot,
+}
+
+impl<B: Backend> SnapshotReader<B> {
+    /// The piece of the snapshot at `slot` (any, with `None`) from `offset` on, if there is
+    /// such a snapshot (see [`ReplicaLog::snapshot_piece`]).
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn piece(&self, slot: Option<Slot>, offset: u64) -> Result<Option<Message>, ShardError> {
+        read_snapshot_piece(&self.backend, slot, offset, self.piece_bytes, self.commit_index)
+    }
+
+    /// The piece a client fetching the snapshot pulled: of the snapshot at `slot` if it is
+    /// still the one here, else the first piece of the one here, else an empty piece of
+    /// total 0.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn piece_for_client(&self, slot: Slot, offset: u64) -> Result<Message, ShardError> {
+        let asked = (slot != Slot(0)).then(|| self.piece(Some(slot), offset));
+        Ok(match asked.transpose()?.flatten() {
+            Some(piece) => piece,
+            None => self.piece(None, 0)?.unwrap_or(Message::Snapshot {
+                slot: Slot(0),
+                offset: 0,
+                total: 0,
+                bytes: Bytes::new(),
+                commit_index: self.commit_index,
+            }),
+        })
+    }
+}
+
 /// Snapshot bookkeeping of a shard.
 #[derive(Debug, Default)]
 struct Snapshots {
@@ -1022,17 +1072,18 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         slot: Slot,
         offset: u64,
     ) -> Result<Message, ShardError> {
-        let asked = (slot != Slot(0)).then(|| self.snapshot_piece(Some(slot), offset));
-        Ok(match asked.transpose()?.flatten() {
-            Some(piece) => piece,
-            None => self.snapshot_piece(None, 0)?.unwrap_or(Message::Snapshot {
-                slot: Slot(0),
-                offset: 0,
-                total: 0,
-                bytes: Bytes::new(),
-                commit_index: self.replica.commit_index(),
-            }),
-        })
+        self.snapshot_reader().piece_for_client(slot, offset)
+    }
+
+    /// A reader of this shard's snapshot file in its piece size, at its commit position, for
+    /// a helper thread.
+    #[must_use]
+    pub fn snapshot_reader(&self) -> SnapshotReader<B> {
+        SnapshotReader {
+            backend: self.log.wal().backend().clone(),
+            piece_bytes: self.settings.snapshot_piece_bytes,
+            commit_index: self.replica.commit_index(),
+        }
     }
 
     /// What this shard did with snapshots.

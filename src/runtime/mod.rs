@@ -11,7 +11,7 @@ mod machine;
 mod net;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use std::thread::JoinHandle;
@@ -38,6 +38,11 @@ pub struct Control {
     /// Per shard, its commit position on this node; each on its own cache line, written only
     /// by its shard.
     pub commits: Vec<CachePadded<AtomicU64>>,
+    /// Connections accepted and not known to be peers' (in their handshake, or clients'),
+    /// over all shards: at most `connections_max` + [`net::HANDSHAKES_EXTRA`].
+    pub open_connections: AtomicUsize,
+    /// Client connections served, over all shards: at most `connections_max`.
+    pub client_connections: AtomicUsize,
 }
 
 impl Control {
@@ -87,6 +92,20 @@ pub enum NodeError {
     /// A shard failed while running; its error was logged.
     #[error("a shard failed; see the log")]
     Failed,
+    /// The process may not open as many files as the connection limit needs.
+    #[error(
+        "--connections-max {connections_max} needs about {needed} open files, but this \
+         process may open at most {hard} (the hard limit, `ulimit -Hn`): lower \
+         --connections-max or raise the limit"
+    )]
+    OpenFiles {
+        /// The limit configured.
+        connections_max: u32,
+        /// Descriptors it needs.
+        needed: u64,
+        /// The process's hard limit.
+        hard: u64,
+    },
     /// An executor panicked (a broken invariant, or the state machine): the node stopped.
     #[error("{executor} panicked: {message}")]
     Panicked {
@@ -151,6 +170,7 @@ impl Node {
     /// A log that cannot be recovered, a port that cannot be bound, an executor that cannot
     /// start.
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        fit_open_files(&config)?;
         let config = Arc::new(config);
         let control = Arc::new(Control::new(config.shards));
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
@@ -174,7 +194,9 @@ impl Node {
                 .name(&format!("shard-{shard}"))
                 // Registered I/O memory counts against `ulimit -l`; we do no DMA file I/O.
                 .io_memory(256 << 10)
-                .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
+                // Two threads: a sync never waits behind a snapshot's write or a piece's
+                // read, which run one at a time on the other.
+                .blocking_thread_pool_placement(PoolPlacement::Unbound(2));
             let (shard_config, shard_control) = (config.clone(), control.clone());
             let link = total.as_mut().map(|total| total.link(shard));
             let handle = builder
@@ -246,12 +268,11 @@ async fn run_shard(
         }
     };
     let durable = config.durability == crate::node_config::Durability::Fsync;
-    let host = host::Host::new(opened, shard, control.clone(), durable);
+    let host = host::Host::new(opened, shard, control.clone(), durable, config.client_queue_bytes);
     if let Some(link) = total {
         apply::connect_shard(&host, link).await;
     }
-    let shard_net =
-        std::rc::Rc::new(net::ShardNet { config: config.clone(), shard, host: host.clone() });
+    let shard_net = net::ShardNet::new(config.clone(), shard, host.clone(), control.clone());
     glommio::spawn_local(net::accept_loop(shard_net.clone(), listener)).detach();
     for (peer, address, _) in config.members() {
         if peer != config.id {
@@ -264,6 +285,7 @@ async fn run_shard(
     let tick = Duration::from_millis(u64::from(config.tick_ms));
     while !control.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(tick).await;
+        shard_net.on_tick();
         host::with_shard(&host, |host| {
             host.shard.on_tick()?;
             host.skip_idle()
@@ -292,6 +314,44 @@ async fn run_shard(
             syncs = state.syncs(),
             "shard stopped"
         );
+    }
+    Ok(())
+}
+
+/// Descriptors a node needs besides its connections: per shard a listener, its dialled peers,
+/// WAL segments, the snapshot and metadata files, io_uring rings and event descriptors;
+/// a margin for the rest.
+fn open_files_needed(config: &NodeConfig) -> u64 {
+    let members = config.members().count() as u64;
+    let per_shard = 2 * members + 32;
+    u64::from(config.connections_max)
+        + net::HANDSHAKES_EXTRA as u64
+        + u64::from(config.shards) * per_shard
+        + 256
+}
+
+/// Raises the process's open-file limit to what the connection limit needs, if the hard
+/// limit allows: a node that runs out of descriptors cannot create its next WAL segment.
+fn fit_open_files(config: &NodeConfig) -> Result<(), NodeError> {
+    let needed = open_files_needed(config);
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Ok(()); // Cannot tell: accept errors are logged and tried again.
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    if limit.rlim_max < needed {
+        let (connections_max, hard) = (config.connections_max, limit.rlim_max);
+        return Err(NodeError::OpenFiles { connections_max, needed, hard });
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = needed;
+    // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard one
+    // needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } == 0 {
+        tracing::info!(soft, raised_to = needed, "open-file limit raised for --connections-max");
     }
     Ok(())
 }
