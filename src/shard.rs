@@ -294,8 +294,14 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// The file cannot be written.
     pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ShardError> {
         self.wal.backend().write_file_atomic(crate::snapshot::FILE_NAME, &snapshot.bytes)?;
-        self.floor = self.floor.max(snapshot.header.slot);
+        self.installed(snapshot.header.slot);
         Ok(())
+    }
+
+    /// A peer's snapshot at `slot` was written durably next to the log (by a helper thread:
+    /// see [`ReplicaLog::install_snapshot`]): reads below it get it from now on.
+    pub fn installed(&mut self, slot: Slot) {
+        self.floor = self.floor.max(slot);
     }
 
     /// Slots below this may no longer be in the log: a reader of them gets the snapshot.
@@ -735,6 +741,18 @@ impl<B: Backend> SnapshotReader<B> {
     }
 }
 
+/// A peer's snapshot being installed: checked and restored, its file being written durably
+/// (by the same helper as the shard's own snapshots) before the shard goes on from it.
+struct Installing<S: StateMachine> {
+    applier: Applier<S>,
+    header: SnapshotHeader,
+    bytes: usize,
+    /// The sender's commit position, for the core.
+    commit_index: Slot,
+    /// The snapshot, until its write is handed out by [`Shard::start_snapshot`].
+    snapshot: Option<Snapshot>,
+}
+
 /// Snapshot bookkeeping of a shard.
 #[derive(Debug, Default)]
 struct Snapshots {
@@ -775,6 +793,8 @@ pub struct Shard<B: Backend, S: StateMachine> {
     committer: Committer<S>,
     settings: ShardSettings,
     snapshots: Snapshots,
+    /// A peer's snapshot, checked and restored, until its file is durable.
+    installing: Option<Installing<S>>,
     actions: Vec<Action>,
     outbox: Vec<(NodeId, Message)>,
     /// Batches the replica now keeps in the WAL's mapping instead of the heap.
@@ -865,6 +885,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             committer,
             settings,
             snapshots,
+            installing: None,
             actions: Vec::with_capacity(64),
             outbox: Vec::new(),
             shared_batches: 0,
@@ -1109,7 +1130,19 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// waits `k/n` of an interval more for its next one; later ones come an interval apart
     /// on every member, so the phases stay. (Small images are left in step: spreading their
     /// short pauses cost 4 KiB writes 6–25 % of their throughput, BENCHMARKS.md.)
+    ///
+    /// A peer's snapshot being installed comes first: its write is returned the same way
+    /// (with no image time), as soon as no write of ours is under way.
     pub fn start_snapshot(&mut self) -> Option<PendingSnapshot<B>> {
+        if self.snapshots.writing {
+            return None;
+        }
+        if let Some(installing) = &mut self.installing {
+            let snapshot = installing.snapshot.take()?;
+            self.snapshots.writing = true;
+            let backend = self.log.wal().backend().clone();
+            return Some(PendingSnapshot { backend, snapshot, image_time: Default::default() });
+        }
         let every = self.settings.snapshot_every_bytes;
         let end = self.log.wal().end_position();
         // A snapshot costs about its own size (the image is built on this thread): at least
@@ -1162,6 +1195,9 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// snapshot that may be half-written is never built upon.
     pub fn finish_snapshot(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
         self.snapshots.writing = false;
+        if self.installing.as_ref().is_some_and(|installing| installing.snapshot.is_none()) {
+            return self.finish_install(written);
+        }
         written.result?;
         let snapshot = written.snapshot;
         let slot = snapshot.header.slot;
@@ -1206,12 +1242,16 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         Ok(())
     }
 
-    /// A peer's snapshot: checked, made durable here, then the state machine and the replica
-    /// go on from it. Blocks on its write (rare: a replica this far behind). Nothing changes if
-    /// it is refused or not ahead of this replica.
+    /// A peer's snapshot: checked and restored here, then written durably by the helper that
+    /// writes the shard's own ([`Shard::start_snapshot`]), and only then do the state machine
+    /// and the replica go on from it ([`Shard::finish_snapshot`]); the shard serves on from
+    /// its old state meanwhile. Nothing changes if it is refused, not ahead of this replica,
+    /// or another is being installed.
     fn install(&mut self, bytes: Bytes, commit_index: Slot) -> Result<(), ShardError> {
-        if self.committer.forwarded.is_some() {
-            return Ok(()); // Never released with forwarding; a confused peer.
+        if self.committer.forwarded.is_some() || self.installing.is_some() {
+            // Never released with forwarding (a confused peer); or one is under way, and the
+            // reader asks again from its next catch-up.
+            return Ok(());
         }
         let cluster_id = self.replica.config().cluster_id;
         let Ok(snapshot) = Snapshot::decode(bytes, cluster_id, self.settings.shard) else {
@@ -1224,11 +1264,30 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         let Ok(applier) = Applier::restore(snapshot.body(), self.settings.session_window) else {
             return Ok(());
         };
-        self.log.install_snapshot(&snapshot)?;
-        self.committer.applier = applier;
-        self.snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
+        let (header, bytes) = (snapshot.header, snapshot.bytes.len());
+        let snapshot = Some(snapshot);
+        self.installing = Some(Installing { applier, header, bytes, commit_index, snapshot });
+        Ok(())
+    }
+
+    /// A peer's snapshot is durable next to the log: the state machine and the replica go on
+    /// from it (unless the replica got past its slot meanwhile: the file is then simply the
+    /// newest snapshot).
+    ///
+    /// # Errors
+    /// The write failed (the shard is then failed, as for its own snapshots).
+    fn finish_install(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
+        let installing = self.installing.take().expect("an install was being written");
+        written.result?;
+        let slot = installing.header.slot;
+        self.log.installed(slot);
+        self.snapshots.current = Some((installing.header, installing.bytes));
+        if slot <= self.replica.commit_index() {
+            return Ok(());
+        }
+        self.committer.applier = installing.applier;
         self.snapshots.installed += 1;
-        self.replica.install_snapshot(slot, commit_index);
+        self.replica.install_snapshot(slot, installing.commit_index);
         self.process_actions()
     }
 

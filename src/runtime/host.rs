@@ -110,6 +110,9 @@ pub struct Host {
     client_queue_bytes: usize,
     /// Proposals turned away because the pipeline and the open batch were full.
     pub busy_replies: u64,
+    /// Snapshot writes started (each built its image on this thread first, unless it is a
+    /// peer's being installed).
+    pub snapshots_started: u64,
     /// Time spent in syncs on the blocking pool, and from starting a sync to its completion
     /// being handled on the executor (the difference is the hand-off).
     pub sync_micros: u64,
@@ -163,6 +166,7 @@ impl Host {
             durable,
             client_queue_bytes,
             busy_replies: 0,
+            snapshots_started: 0,
             sync_micros: 0,
             sync_wait_micros: 0,
             feeds: HashMap::new(),
@@ -547,6 +551,7 @@ pub fn pump(host: &HostRef) {
         return fail(state, &error);
     }
     if let Some(pending) = state.shard.start_snapshot() {
+        state.snapshots_started += 1;
         write_snapshot(host, pending);
     }
     if state.syncing {

@@ -283,9 +283,10 @@ async fn run_shard(
     let _ = started.send(Ok(()));
     tracing::info!(shard, listen = %config.listen, "shard running");
     let tick = Duration::from_millis(u64::from(config.tick_ms));
+    let mut stalls = Stalls::new(&config);
     while !control.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(tick).await;
-        shard_net.on_tick();
+        stalls.on_tick(&host.borrow(), tick, shard_net.on_tick());
         host::with_shard(&host, |host| {
             host.shard.on_tick()?;
             host.skip_idle()
@@ -312,10 +313,71 @@ async fn run_shard(
             sync_mean_us = state.sync_micros / state.syncs().max(1),
             sync_wait_mean_us = state.sync_wait_micros / state.syncs().max(1),
             syncs = state.syncs(),
+            held_max_ms = stalls.held_max.as_millis() as u64,
             "shard stopped"
         );
     }
     Ok(())
+}
+
+/// Times the shard's thread was held: a tick that comes late by more than a few heartbeats
+/// means something ran on the reactor that long (a WAL rotation waiting for its segment, a
+/// snapshot's image or release, a digest, or a starved CPU), and meanwhile heartbeats and
+/// messages waited. Measured from the ticks alone, so the hot path pays nothing.
+struct Stalls {
+    last_tick: std::time::Instant,
+    /// The WAL's tail segment, and the snapshots started and finished, at the last tick: what
+    /// changed since names what may have held the thread.
+    last_segment: u64,
+    last_started: u64,
+    last_taken: u64,
+    held_max: Duration,
+    /// Logged (debug) from here; as a warning from `warn_from`, where elections become likely.
+    log_from: Duration,
+    warn_from: Duration,
+}
+
+impl Stalls {
+    fn new(config: &NodeConfig) -> Stalls {
+        let heartbeat = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
+        let election = Duration::from_millis(u64::from(config.election_timeout_ms));
+        Stalls {
+            last_tick: std::time::Instant::now(),
+            last_segment: 0,
+            last_started: 0,
+            last_taken: 0,
+            held_max: Duration::ZERO,
+            log_from: (2 * heartbeat).max(Duration::from_millis(20)),
+            warn_from: election / 2,
+        }
+    }
+
+    fn on_tick(&mut self, host: &host::Host, tick: Duration, now: std::time::Instant) {
+        let held = now.saturating_duration_since(self.last_tick).saturating_sub(tick);
+        self.last_tick = now;
+        self.held_max = self.held_max.max(held);
+        let wal = host.shard.wal();
+        let segment = wal.end_position() / wal.segment_bytes();
+        let (started, taken) = (host.snapshots_started, host.shard.snapshot_stats().taken);
+        // A new segment (its preparation may have been waited for), a snapshot started (its
+        // image was built here), one finished (its release ran here).
+        let rotated = segment != self.last_segment;
+        let (image, release) = (started != self.last_started, taken != self.last_taken);
+        (self.last_segment, self.last_started, self.last_taken) = (segment, started, taken);
+        let (shard, held_ms) = (host.index, held.as_millis() as u64);
+        if held >= self.warn_from {
+            tracing::warn!(
+                shard,
+                held_ms,
+                rotated,
+                image,
+                release,
+                "the shard's thread was held: heartbeats waited"
+            );
+        } else if held >= self.log_from {
+            tracing::debug!(shard, held_ms, rotated, image, release, "the shard's thread was held");
+        }
+    }
 }
 
 /// Descriptors a node needs besides its connections: per shard a listener, its dialled peers,

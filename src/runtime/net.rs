@@ -123,14 +123,15 @@ impl ShardNet {
     }
 
     /// A tick: sets the coarse clock and, every [`SWEEP_INTERVAL`], closes the connections
-    /// past their timeouts.
-    pub fn on_tick(&self) {
+    /// past their timeouts. Returns the time.
+    pub fn on_tick(&self) -> Instant {
         let now = Instant::now();
         self.clock.set(now);
         if now.duration_since(self.last_sweep.get()) >= SWEEP_INTERVAL {
             self.last_sweep.set(now);
             self.sweep(now);
         }
+        now
     }
 
     fn sweep(&self, now: Instant) {
