@@ -453,6 +453,7 @@ fn floods_of_snapshot_pulls_and_digests_leave_writes_working() {
     let node = node_with_a_snapshot(&[]);
     let options = ClientOptions { cluster_id: ClusterId(CLUSTER), ..ClientOptions::default() };
     let quiet = writes_during(&node, 2.0, |_| {});
+    let rss_before = node.memory_kib("VmRSS");
     let pulls = std::sync::atomic::AtomicU64::new(0);
     let flooded = writes_during(&node, 4.0, |until| {
         std::thread::scope(|scope| {
@@ -474,15 +475,18 @@ fn floods_of_snapshot_pulls_and_digests_leave_writes_working() {
             }
         });
     });
+    let rss_after = node.memory_kib("VmRSS");
     let (quiet_median, quiet_p99, quiet_max) = percentiles(quiet);
     let count = flooded.len();
     let (median, p99, max) = percentiles(flooded);
     eprintln!(
         "puts alone: p50 {quiet_median:.2} ms, p99 {quiet_p99:.2} ms, max {quiet_max:.2} ms; \
          with 4 clients fetching the snapshot ({} whole fetches) and 4 asking digests: {count} \
-         puts, p50 {median:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+         puts, p50 {median:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; VmRSS {rss_before} -> \
+         {rss_after} KiB",
         pulls.load(std::sync::atomic::Ordering::Relaxed)
     );
+    assert!(rss_after < rss_before + (256 << 10), "{rss_before} -> {rss_after} KiB");
 }
 
 #[test]

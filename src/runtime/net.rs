@@ -140,6 +140,13 @@ impl ShardNet {
         let write_timeout = Duration::from_millis(u64::from(config.write_timeout_ms));
         let idle_timeout = (config.idle_timeout_ms > 0)
             .then(|| Duration::from_millis(u64::from(config.idle_timeout_ms)));
+        // Each closing at debug; how many for each reason at info (ten thousand idle clients
+        // timing out together make one line).
+        let mut closed: [(&str, u64); 3] = [
+            ("a frame was not whole within --read-timeout-ms", 0),
+            ("the other end took nothing it was sent for --write-timeout-ms", 0),
+            ("idle for --idle-timeout-ms", 0),
+        ];
         for watched in self.connections.borrow().values() {
             if watched.closed.get() {
                 continue;
@@ -148,20 +155,27 @@ impl ShardNet {
                 since.is_some_and(|since| now.duration_since(since) > timeout)
             };
             let reason = if past(watched.frame_started.get(), read_timeout) {
-                "a frame was not whole within --read-timeout-ms"
+                0
             } else if past(watched.writing_since.get(), write_timeout) {
-                "the other end took nothing it was sent for --write-timeout-ms"
+                1
             } else if watched.kind.get() == Kind::Client
                 && watched.frame_started.get().is_none()
                 && idle_timeout.is_some_and(|idle| past(Some(watched.last_frame.get()), idle))
             {
-                "idle for --idle-timeout-ms"
+                2
             } else {
                 continue;
             };
             let (kind, peer) = (watched.kind.get(), watched.peer);
-            tracing::info!(shard = self.shard, ?kind, ?peer, reason, "closing the connection");
+            let why = closed[reason].0;
+            tracing::debug!(shard = self.shard, ?kind, ?peer, reason = why, "closing a connection");
+            closed[reason].1 += 1;
             watched.close();
+        }
+        for (reason, connections) in closed {
+            if connections > 0 {
+                tracing::info!(shard = self.shard, connections, reason, "connections closed");
+            }
         }
     }
 
