@@ -61,6 +61,11 @@ pub const HANDSHAKES_EXTRA: usize = 64;
 /// How often each shard checks its connections against their timeouts.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A connection gives back a read buffer that grew once it has carried no frame for this
+/// long: one that pauses between bursts keeps it (giving it back at every pause cost an
+/// allocation and more reads per frame).
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
+
 /// TCP keep-alive: probes after this long without traffic, this often, this many times. A
 /// peer whose machine vanished (no reset ever comes) is noticed within about 25 s.
 const KEEPALIVE_IDLE_SECONDS: libc::c_int = 10;
@@ -91,8 +96,8 @@ pub struct ShardNet {
     /// restarted, or gave up on it) is closed when the new one arrives.
     incoming_peers: RefCell<HashMap<NodeId, Rc<Watched>>>,
     refusals: RefusalLog,
-    /// One snapshot read at a time, on the blocking pool (which has a thread for syncs
-    /// besides): a flood of pulls queues here, not ahead of the WAL's syncs.
+    /// One snapshot read at a time on the blocking pool: a flood of pulls queues here, so a
+    /// WAL sync waits behind one piece's read at most.
     snapshot_reads: glommio::sync::Semaphore,
     digests: Digests,
 }
@@ -154,6 +159,12 @@ impl ShardNet {
             let past = |since: Option<Instant>, timeout: Duration| {
                 since.is_some_and(|since| now.duration_since(since) > timeout)
             };
+            if past(Some(watched.last_frame.get()), SHRINK_AFTER) {
+                // Its reader waits with a grown buffer: woken, it gives it back.
+                if let Some(waker) = watched.shrink_waker.take() {
+                    waker.wake();
+                }
+            }
             let reason = if past(watched.frame_started.get(), read_timeout) {
                 0
             } else if past(watched.writing_since.get(), write_timeout) {
@@ -191,6 +202,7 @@ impl ShardNet {
             frame_started: Cell::new(None),
             last_frame: Cell::new(now),
             writing_since: Cell::new(None),
+            shrink_waker: Cell::new(None),
             closed: Cell::new(false),
         });
         self.connections.borrow_mut().insert(id, watched.clone());
@@ -302,6 +314,8 @@ pub struct Watched {
     last_frame: Cell<Instant>,
     /// When a write last made progress, while one is under way.
     writing_since: Cell<Option<Instant>>,
+    /// Its reader, waiting with a read buffer that grew (see [`SHRINK_AFTER`]).
+    shrink_waker: Cell<Option<std::task::Waker>>,
     closed: Cell<bool>,
 }
 
@@ -347,6 +361,15 @@ impl ReadProgress for Progress<'_> {
     fn frame_finished(&self) {
         self.watched.frame_started.set(None);
         self.watched.last_frame.set(self.clock.get());
+    }
+
+    fn may_shrink(&self, waker: &std::task::Waker) -> bool {
+        let quiet = self.clock.get().duration_since(self.watched.last_frame.get());
+        if quiet >= SHRINK_AFTER {
+            return true;
+        }
+        self.watched.shrink_waker.set(Some(waker.clone()));
+        false
     }
 }
 

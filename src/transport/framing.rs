@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt};
@@ -68,9 +68,10 @@ const BODY_READ_BYTES_MAX: usize = 1 << 20;
 /// A connection's read buffer holds this much while it idles, and to begin with.
 pub const READ_BUFFER_MIN_BYTES: usize = 4 << 10;
 
-/// A connection's read buffer grows, while reads fill it, up to this much: many small frames
-/// are taken in by one read. A frame larger than what is buffered is read into its own body.
-pub const READ_BUFFER_MAX_BYTES: usize = 64 << 10;
+/// A connection's read buffer grows, while reads fill it or a frame needs it, up to this
+/// much: many frames are taken in by one read (as the 256 KiB buffer every connection had
+/// from the start did). A frame larger than this is read into its own body.
+pub const READ_BUFFER_MAX_BYTES: usize = 256 << 10;
 
 /// A frame's body being read: its bytes so far, and the room its next read gets.
 struct PartialBody {
@@ -175,12 +176,20 @@ pub fn read_frame<R: Read>(reader: &mut R, max: usize) -> Result<Frame, Connecti
     Ok(decode(&body.into_bytes())?)
 }
 
-/// What a [`FrameReader`] tells its owner as it reads (the node's timeouts follow frames).
+/// What a [`FrameReader`] tells its owner as it reads (the node's timeouts follow frames), and
+/// asks it.
 pub trait ReadProgress {
     /// The first byte of a frame arrived.
     fn frame_started(&self) {}
     /// The frame is whole.
     fn frame_finished(&self) {}
+    /// The stream has nothing more for now and the reader's buffer has grown: true to give
+    /// it back now. False keeps it (a busy stream pausing would only grow it again), and the
+    /// owner wakes `waker` later, once the stream has been quiet a while, to be asked again.
+    fn may_shrink(&self, waker: &Waker) -> bool {
+        let _ = waker;
+        true
+    }
 }
 
 /// Nothing to tell.
@@ -188,9 +197,9 @@ impl ReadProgress for () {}
 
 /// Reads frames from a stream through a buffer that is small while the stream idles: it
 /// starts at [`READ_BUFFER_MIN_BYTES`], doubles up to [`READ_BUFFER_MAX_BYTES`] while reads
-/// fill it, and goes back to the minimum when the stream has nothing more for now with
-/// nothing buffered. A frame not whole in the buffer is read into its own body, which grows
-/// as its bytes arrive.
+/// fill it or a frame needs it, and goes back to the minimum when the stream has nothing more
+/// for now with nothing buffered (once [`ReadProgress::may_shrink`] agrees). A frame larger
+/// than that is read into its own body, which grows as its bytes arrive.
 pub struct FrameReader<R> {
     reader: R,
     buffer: Vec<u8>,
@@ -218,7 +227,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads more into the buffer: the bytes read, 0 at the end of the stream.
-    async fn fill(&mut self) -> io::Result<usize> {
+    async fn fill(&mut self, progress: &impl ReadProgress) -> io::Result<usize> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         }
@@ -233,7 +242,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buffer.resize(grown.min(READ_BUFFER_MAX_BYTES).max(self.end + 1), 0);
             }
         }
-        Fill { reader: self }.await
+        Fill { reader: self, progress }.await
     }
 
     /// Reads the next frame, telling `progress` when its first byte arrives and when it is
@@ -247,12 +256,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         max: usize,
         progress: &impl ReadProgress,
     ) -> Result<Frame, ConnectionError> {
-        if self.buffered() == 0 && self.fill().await? == 0 {
+        if self.buffered() == 0 && self.fill(progress).await? == 0 {
             return Err(ConnectionError::Closed);
         }
         progress.frame_started();
         while self.buffered() < PREFIX_BYTES {
-            if self.fill().await.map_err(mid_frame)? == 0 {
+            if self.fill(progress).await.map_err(mid_frame)? == 0 {
                 return Err(ConnectionError::Truncated);
             }
         }
@@ -260,7 +269,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         prefix.copy_from_slice(&self.buffer[self.start..self.start + PREFIX_BYTES]);
         let len = frame_length(prefix, max)?;
         self.start += PREFIX_BYTES;
-        let body = if self.buffered() >= len {
+        let body = if len <= READ_BUFFER_MAX_BYTES {
+            // Through the buffer, which grows to hold it as its bytes come: one read may
+            // bring the frames after it too.
+            while self.buffered() < len {
+                if self.fill(progress).await.map_err(mid_frame)? == 0 {
+                    return Err(ConnectionError::Truncated);
+                }
+            }
             let body = Bytes::copy_from_slice(&self.buffer[self.start..self.start + len]);
             self.start += len;
             body
@@ -281,15 +297,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// One read into a [`FrameReader`]'s buffer. While the stream has nothing for it, a buffer
 /// that grew and holds nothing is given back for a small one: a connection that goes quiet
 /// keeps [`READ_BUFFER_MIN_BYTES`].
-struct Fill<'a, R> {
+struct Fill<'a, R, P> {
     reader: &'a mut FrameReader<R>,
+    progress: &'a P,
 }
 
-impl<R: AsyncRead + Unpin> Future for Fill<'_, R> {
+impl<R: AsyncRead + Unpin, P: ReadProgress> Future for Fill<'_, R, P> {
     type Output = io::Result<usize>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let state = &mut *self.get_mut().reader;
+        let fill = self.get_mut();
+        let (state, progress) = (&mut *fill.reader, fill.progress);
         let end = state.end;
         match Pin::new(&mut state.reader).poll_read(cx, &mut state.buffer[end..]) {
             Poll::Ready(Ok(read)) => {
@@ -299,7 +317,10 @@ impl<R: AsyncRead + Unpin> Future for Fill<'_, R> {
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
             Poll::Pending => {
-                if state.start == state.end && state.buffer.len() > READ_BUFFER_MIN_BYTES {
+                if state.start == state.end
+                    && state.buffer.len() > READ_BUFFER_MIN_BYTES
+                    && progress.may_shrink(cx.waker())
+                {
                     // A later poll may read into another buffer than this one: the stream
                     // keeps none of ours while it waits.
                     state.buffer = vec![0; READ_BUFFER_MIN_BYTES];
@@ -464,18 +485,84 @@ mod tests {
 
     #[test]
     fn the_read_buffer_grows_while_reads_fill_it_and_shrinks_when_the_stream_waits() {
-        // 128 KiB of small frames at once, then nothing for now.
-        let burst: Vec<u8> = (0..3000).flat_map(|shard| status_request(shard % 7)).collect();
-        assert!(burst.len() > 2 * READ_BUFFER_MAX_BYTES);
+        // Twice the largest buffer of small frames at once, then nothing for now.
+        let one = status_request(0).len();
+        let frames = 2 * READ_BUFFER_MAX_BYTES / one + 1;
+        let burst: Vec<u8> =
+            (0..frames).flat_map(|shard| status_request(shard as u16 % 7)).collect();
         let mut reader = FrameReader::new(Script { chunks: VecDeque::from([burst]), ends: false });
         let mut largest = 0;
-        for _ in 0..3000 {
+        for _ in 0..frames {
             assert!(next(&mut reader).unwrap().is_ok());
             largest = largest.max(reader.buffer_bytes());
         }
         assert_eq!(largest, READ_BUFFER_MAX_BYTES, "grown while reads filled it");
+        // Its owner says the stream was busy a moment ago: the buffer stays, and it is to be
+        // woken to ask again.
+        let keeps = Keeps(std::cell::Cell::new(false));
+        let pending = futures_lite::future::block_on(futures_lite::future::poll_once(
+            reader.next_frame(1 << 20, &keeps),
+        ));
+        assert!(pending.is_none(), "nothing more for now");
+        assert_eq!(reader.buffer_bytes(), READ_BUFFER_MAX_BYTES);
+        assert!(keeps.0.get(), "asked to be woken");
+        // Quiet a while: given back.
         assert!(next(&mut reader).is_none(), "nothing more for now");
         assert_eq!(reader.buffer_bytes(), READ_BUFFER_MIN_BYTES, "an idle connection keeps little");
+    }
+
+    /// An owner whose stream was busy a moment ago.
+    struct Keeps(std::cell::Cell<bool>);
+
+    impl ReadProgress for Keeps {
+        fn may_shrink(&self, _waker: &Waker) -> bool {
+            self.0.set(true);
+            false
+        }
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_buffer_grows_it_and_the_frames_after_come_in_the_same_read() {
+        let big = Frame {
+            cluster_id: ClusterId(3),
+            from: NodeId(0),
+            shard: 1,
+            body: Body::Requests(Bytes::from(vec![7u8; 20 << 10])),
+        };
+        let mut stream = Encoder::default().encode_to_vec(&big);
+        stream.extend((0..10).flat_map(status_request));
+        let reads = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counted = Counted {
+            script: Script { chunks: VecDeque::from([stream]), ends: true },
+            reads: reads.clone(),
+        };
+        let mut reader = FrameReader::new(counted);
+        let frame = futures_lite::future::block_on(reader.next_frame(1 << 20, &())).unwrap();
+        assert_eq!(frame, big);
+        for shard in 0..10 {
+            let frame = futures_lite::future::block_on(reader.next_frame(1 << 20, &())).unwrap();
+            assert_eq!(frame.shard, shard);
+        }
+        // 4, 8, 16 then 32 KiB of buffer: four reads for 21 KiB of frames (the frame was
+        // larger than the buffer at first; it grew to hold it).
+        assert!(reads.get() <= 4, "{} reads", reads.get());
+    }
+
+    /// A stream that counts its reads.
+    struct Counted {
+        script: Script,
+        reads: std::rc::Rc<std::cell::Cell<usize>>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            self.reads.set(self.reads.get() + 1);
+            Pin::new(&mut self.script).poll_read(cx, buf)
+        }
     }
 
     #[test]
