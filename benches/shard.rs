@@ -49,6 +49,14 @@ impl Trio {
             })
             .collect();
         let mut trio = Trio { shards, _dir: dir, sequence: 0 };
+        // Every replica starts on a new directory and first repairs (protocol.md §3.9): all
+        // tick until their surveys are done, then only the first, which so becomes the leader.
+        while trio.shards.iter().flatten().any(|shard| shard.replica().is_repairing()) {
+            for shard in trio.shards.iter_mut().flatten() {
+                shard.on_tick().unwrap();
+            }
+            trio.settle();
+        }
         while trio.first().replica().role() != RoleKind::Leader {
             trio.first().on_tick().unwrap();
             trio.settle();

@@ -80,6 +80,20 @@ pub struct NodeSettings {
     /// `shard` (default): each shard applies its own slots to its own state machine.
     /// `total`: one state machine applies every shard's commands in global position order.
     pub apply: Option<ApplyMode>,
+    /// Client connections the node serves at once, over all its shards; more are refused
+    /// with a reason the client prints. Peers' connections do not count.
+    pub connections_max: Option<u32>,
+    /// A client connection that sends no frame for this long is closed (0: never). Tails,
+    /// which only read, are exempt.
+    pub idle_timeout_ms: Option<u32>,
+    /// A frame whose first byte arrived must be whole within this long, or its connection
+    /// is closed.
+    pub read_timeout_ms: Option<u32>,
+    /// A connection whose other end takes none of what it is sent for this long is closed.
+    pub write_timeout_ms: Option<u32>,
+    /// MiB that may wait to be sent to one client before it is disconnected as one that does
+    /// not read (default 16, and at least two snapshot pieces).
+    pub client_queue_mib: Option<u32>,
 }
 
 /// Where a node applies committed commands.
@@ -167,6 +181,11 @@ impl NodeSettings {
             snapshot_piece_kib: overrides.snapshot_piece_kib.or(self.snapshot_piece_kib),
             durability: overrides.durability.or(self.durability),
             apply: overrides.apply.or(self.apply),
+            connections_max: overrides.connections_max.or(self.connections_max),
+            idle_timeout_ms: overrides.idle_timeout_ms.or(self.idle_timeout_ms),
+            read_timeout_ms: overrides.read_timeout_ms.or(self.read_timeout_ms),
+            write_timeout_ms: overrides.write_timeout_ms.or(self.write_timeout_ms),
+            client_queue_mib: overrides.client_queue_mib.or(self.client_queue_mib),
         }
     }
 }
@@ -239,6 +258,9 @@ pub enum NodeConfigError {
     /// Timing settings that contradict each other.
     #[error("{0}")]
     Timing(String),
+    /// Sizes that contradict each other.
+    #[error("{0}")]
+    Sizes(String),
     /// An upstream that cannot be subscribed to.
     #[error("upstream {upstream}: {reason}")]
     BadUpstream {
@@ -300,7 +322,35 @@ pub struct NodeConfig {
     pub snapshot_every_bytes: u64,
     /// Most bytes of a snapshot sent in one message.
     pub snapshot_piece_bytes: usize,
+    /// Client connections served at once over all shards.
+    pub connections_max: u32,
+    /// A client connection silent this long is closed; 0 for never.
+    pub idle_timeout_ms: u32,
+    /// A frame started must be whole within this long.
+    pub read_timeout_ms: u32,
+    /// A connection whose reader takes nothing for this long is closed.
+    pub write_timeout_ms: u32,
+    /// Bytes that may wait for one client before it is disconnected.
+    pub client_queue_bytes: usize,
 }
+
+/// Client connections a node serves at once by default.
+pub const CONNECTIONS_MAX_DEFAULT: u32 = 4096;
+
+/// A client connection is closed after this long without a frame, by default: long enough
+/// for any client that means to come back, short enough that abandoned ones give back their
+/// place under the connection limit.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u32 = 300_000;
+
+/// A frame started must finish within this, by default: a full 64 MiB frame at 20 Mbit/s.
+pub const READ_TIMEOUT_MS_DEFAULT: u32 = 30_000;
+
+/// A connection taking none of its bytes for this long is closed, by default.
+pub const WRITE_TIMEOUT_MS_DEFAULT: u32 = 30_000;
+
+/// MiB that may wait for one client by default (raised to two snapshot pieces if those are
+/// larger).
+pub const CLIENT_QUEUE_MIB_DEFAULT: u32 = 16;
 
 /// A snapshot's pieces by default, in KiB (the shard's default).
 pub const SNAPSHOT_PIECE_KIB_DEFAULT: u32 = (crate::shard::SNAPSHOT_PIECE_BYTES >> 10) as u32;
@@ -454,6 +504,33 @@ impl NodeConfig {
                  ({heartbeat_interval_ms}), or a live leader looks dead"
             )));
         }
+        // At most 32 MiB: a piece fits a frame with room to spare.
+        let snapshot_piece_bytes = (in_range(
+            "snapshot_piece_kib",
+            settings.snapshot_piece_kib.unwrap_or(SNAPSHOT_PIECE_KIB_DEFAULT),
+            1,
+            32 << 10,
+        )? as usize)
+            << 10;
+        let client_queue_bytes = match settings.client_queue_mib {
+            // A client fetching the snapshot may hold one piece while it is sent the next.
+            None => ((CLIENT_QUEUE_MIB_DEFAULT as usize) << 20).max(2 * snapshot_piece_bytes),
+            Some(mib) => {
+                let bytes = (in_range("client_queue_mib", mib, 1, 1 << 16)? as usize) << 20;
+                if bytes < 2 * snapshot_piece_bytes {
+                    return Err(Sizes(format!(
+                        "client_queue_mib ({mib}) must hold two snapshot pieces (2 × \
+                         snapshot_piece_kib = {} KiB), or a client fetching the snapshot is cut off",
+                        2 * (snapshot_piece_bytes >> 10)
+                    )));
+                }
+                bytes
+            }
+        };
+        let idle_timeout_ms = settings.idle_timeout_ms.unwrap_or(IDLE_TIMEOUT_MS_DEFAULT);
+        if idle_timeout_ms != 0 {
+            in_range("idle_timeout_ms", idle_timeout_ms, 100, 86_400_000)?;
+        }
         let config = NodeConfig {
             id,
             cluster_id,
@@ -491,14 +568,27 @@ impl NodeConfig {
                 0,
                 1 << 20,
             )?) << 20,
-            // At most 32 MiB: a piece fits a frame with room to spare.
-            snapshot_piece_bytes: (in_range(
-                "snapshot_piece_kib",
-                settings.snapshot_piece_kib.unwrap_or(SNAPSHOT_PIECE_KIB_DEFAULT),
+            snapshot_piece_bytes,
+            connections_max: in_range(
+                "connections_max",
+                settings.connections_max.unwrap_or(CONNECTIONS_MAX_DEFAULT),
                 1,
-                32 << 10,
-            )? as usize)
-                << 10,
+                1_000_000,
+            )?,
+            idle_timeout_ms,
+            read_timeout_ms: in_range(
+                "read_timeout_ms",
+                settings.read_timeout_ms.unwrap_or(READ_TIMEOUT_MS_DEFAULT),
+                100,
+                3_600_000,
+            )?,
+            write_timeout_ms: in_range(
+                "write_timeout_ms",
+                settings.write_timeout_ms.unwrap_or(WRITE_TIMEOUT_MS_DEFAULT),
+                100,
+                3_600_000,
+            )?,
+            client_queue_bytes,
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =
@@ -566,6 +656,18 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_have_defaults_and_the_client_queue_holds_two_pieces() {
+        let config = NodeConfig::resolve(good()).unwrap();
+        assert_eq!(config.connections_max, CONNECTIONS_MAX_DEFAULT);
+        assert_eq!(config.idle_timeout_ms, IDLE_TIMEOUT_MS_DEFAULT);
+        assert_eq!(config.client_queue_bytes, 16 << 20);
+        let large_pieces = NodeSettings { snapshot_piece_kib: Some(32 << 10), ..good() };
+        assert_eq!(NodeConfig::resolve(large_pieces).unwrap().client_queue_bytes, 64 << 20);
+        let never_idle = NodeSettings { idle_timeout_ms: Some(0), ..good() };
+        assert_eq!(NodeConfig::resolve(never_idle).unwrap().idle_timeout_ms, 0);
+    }
+
+    #[test]
     fn shard_ports_must_fit() {
         let settings = NodeSettings { listen: Some("127.0.0.1:65535".into()), ..good() };
         let error = NodeConfig::resolve(settings).unwrap_err();
@@ -617,6 +719,22 @@ mod tests {
             (
                 NodeSettings { snapshot_piece_kib: Some(0), ..good() },
                 "`snapshot_piece_kib` = 0 is out of range: use 1 to 32768",
+            ),
+            (
+                NodeSettings { connections_max: Some(0), ..good() },
+                "`connections_max` = 0 is out of range: use 1 to 1000000",
+            ),
+            (
+                NodeSettings { idle_timeout_ms: Some(50), ..good() },
+                "`idle_timeout_ms` = 50 is out of range: use 100 to 86400000",
+            ),
+            (
+                NodeSettings { read_timeout_ms: Some(0), ..good() },
+                "`read_timeout_ms` = 0 is out of range",
+            ),
+            (
+                NodeSettings { client_queue_mib: Some(4), ..good() },
+                "client_queue_mib (4) must hold two snapshot pieces (2 × snapshot_piece_kib = 8192 KiB)",
             ),
             (
                 NodeSettings { election_timeout_ms: Some(30), ..good() },

@@ -354,20 +354,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         piece_bytes: usize,
         commit_index: Slot,
     ) -> Result<Option<Message>, ShardError> {
-        let name = crate::snapshot::FILE_NAME;
-        let head = crate::snapshot::HEADER_BYTES;
-        let Some(range) = self.wal.backend().read_file_range(name, head, offset, piece_bytes)?
-        else {
-            return Ok(None);
-        };
-        let Some(held) = crate::snapshot::slot_in_header(&range.head) else {
-            return Ok(None); // Damaged: a restart would refuse it too.
-        };
-        if slot.is_some_and(|slot| slot != held) || offset >= range.total {
-            return Ok(None); // Replaced by a newer one: the reader asks again from 0.
-        }
-        let bytes = Bytes::from(range.bytes);
-        Ok(Some(Message::Snapshot { slot: held, offset, total: range.total, bytes, commit_index }))
+        read_snapshot_piece(self.wal.backend(), slot, offset, piece_bytes, commit_index)
     }
 
     /// A peer's snapshot, checked and ahead of the replica, is made durable next to the log
@@ -379,8 +366,14 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// The file cannot be written.
     pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ShardError> {
         self.wal.backend().write_file_atomic(crate::snapshot::FILE_NAME, &snapshot.bytes)?;
-        self.floor = self.floor.max(snapshot.header.slot);
+        self.installed(snapshot.header.slot);
         Ok(())
+    }
+
+    /// A peer's snapshot at `slot` was written durably next to the log (by a helper thread:
+    /// see [`ReplicaLog::install_snapshot`]): reads below it get it from now on.
+    pub fn installed(&mut self, slot: Slot) {
+        self.floor = self.floor.max(slot);
     }
 
     /// Slots below this may no longer be in the log: a reader of them gets the snapshot.
@@ -767,6 +760,81 @@ impl<B: Backend> PendingSnapshot<B> {
     }
 }
 
+/// [`ReplicaLog::snapshot_piece`], from the snapshot file in `backend`'s directory.
+fn read_snapshot_piece<B: Backend>(
+    backend: &B,
+    slot: Option<Slot>,
+    offset: u64,
+    piece_bytes: usize,
+    commit_index: Slot,
+) -> Result<Option<Message>, ShardError> {
+    let name = crate::snapshot::FILE_NAME;
+    let head = crate::snapshot::HEADER_BYTES;
+    let Some(range) = backend.read_file_range(name, head, offset, piece_bytes)? else {
+        return Ok(None);
+    };
+    let Some(held) = crate::snapshot::slot_in_header(&range.head) else {
+        return Ok(None); // Damaged: a restart would refuse it too.
+    };
+    if slot.is_some_and(|slot| slot != held) || offset >= range.total {
+        return Ok(None); // Replaced by a newer one: the reader asks again from 0.
+    }
+    let bytes = Bytes::from(range.bytes);
+    Ok(Some(Message::Snapshot { slot: held, offset, total: range.total, bytes, commit_index }))
+}
+
+/// Reads pieces of a shard's snapshot file without the shard: a runtime can answer pulls on
+/// a helper thread (a piece is up to 32 MiB read from disk). It reads the file, so a newer
+/// snapshot replacing it meanwhile is never mixed in (one opening per piece).
+pub struct SnapshotReader<B: Backend> {
+    backend: B,
+    piece_bytes: usize,
+    commit_index: Slot,
+}
+
+impl<B: Backend> SnapshotReader<B> {
+    /// The piece of the snapshot at `slot` (any, with `None`) from `offset` on, if there is
+    /// such a snapshot (see [`ReplicaLog::snapshot_piece`]).
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn piece(&self, slot: Option<Slot>, offset: u64) -> Result<Option<Message>, ShardError> {
+        read_snapshot_piece(&self.backend, slot, offset, self.piece_bytes, self.commit_index)
+    }
+
+    /// The piece a client fetching the snapshot pulled: of the snapshot at `slot` if it is
+    /// still the one here, else the first piece of the one here, else an empty piece of
+    /// total 0.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn piece_for_client(&self, slot: Slot, offset: u64) -> Result<Message, ShardError> {
+        let asked = (slot != Slot(0)).then(|| self.piece(Some(slot), offset));
+        Ok(match asked.transpose()?.flatten() {
+            Some(piece) => piece,
+            None => self.piece(None, 0)?.unwrap_or(Message::Snapshot {
+                slot: Slot(0),
+                offset: 0,
+                total: 0,
+                bytes: Bytes::new(),
+                commit_index: self.commit_index,
+            }),
+        })
+    }
+}
+
+/// A peer's snapshot being installed: checked and restored, its file being written durably
+/// (by the same helper as the shard's own snapshots) before the shard goes on from it.
+struct Installing<S: StateMachine> {
+    applier: Applier<S>,
+    header: SnapshotHeader,
+    bytes: usize,
+    /// The sender's commit position, for the core.
+    commit_index: Slot,
+    /// The snapshot, until its write is handed out by [`Shard::start_snapshot`].
+    snapshot: Option<Snapshot>,
+}
+
 /// Snapshot bookkeeping of a shard.
 #[derive(Debug, Default)]
 struct Snapshots {
@@ -807,6 +875,8 @@ pub struct Shard<B: Backend, S: StateMachine> {
     committer: Committer<S>,
     settings: ShardSettings,
     snapshots: Snapshots,
+    /// A peer's snapshot, checked and restored, until its file is durable.
+    installing: Option<Installing<S>>,
     actions: Vec<Action>,
     outbox: Vec<(NodeId, Message)>,
     /// Batches the replica now keeps in the WAL's mapping instead of the heap.
@@ -911,6 +981,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
             committer,
             settings,
             snapshots,
+            installing: None,
             actions: Vec::with_capacity(64),
             outbox: Vec::new(),
             shared_batches: 0,
@@ -1119,17 +1190,18 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         slot: Slot,
         offset: u64,
     ) -> Result<Message, ShardError> {
-        let asked = (slot != Slot(0)).then(|| self.snapshot_piece(Some(slot), offset));
-        Ok(match asked.transpose()?.flatten() {
-            Some(piece) => piece,
-            None => self.snapshot_piece(None, 0)?.unwrap_or(Message::Snapshot {
-                slot: Slot(0),
-                offset: 0,
-                total: 0,
-                bytes: Bytes::new(),
-                commit_index: self.replica.commit_index(),
-            }),
-        })
+        self.snapshot_reader().piece_for_client(slot, offset)
+    }
+
+    /// A reader of this shard's snapshot file in its piece size, at its commit position, for
+    /// a helper thread.
+    #[must_use]
+    pub fn snapshot_reader(&self) -> SnapshotReader<B> {
+        SnapshotReader {
+            backend: self.log.wal().backend().clone(),
+            piece_bytes: self.settings.snapshot_piece_bytes,
+            commit_index: self.replica.commit_index(),
+        }
     }
 
     /// What this shard did with snapshots.
@@ -1155,7 +1227,19 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// waits `k/n` of an interval more for its next one; later ones come an interval apart
     /// on every member, so the phases stay. (Small images are left in step: spreading their
     /// short pauses cost 4 KiB writes 6–25 % of their throughput, BENCHMARKS.md.)
+    ///
+    /// A peer's snapshot being installed comes first: its write is returned the same way
+    /// (with no image time), as soon as no write of ours is under way.
     pub fn start_snapshot(&mut self) -> Option<PendingSnapshot<B>> {
+        if self.snapshots.writing {
+            return None;
+        }
+        if let Some(installing) = &mut self.installing {
+            let snapshot = installing.snapshot.take()?;
+            self.snapshots.writing = true;
+            let backend = self.log.wal().backend().clone();
+            return Some(PendingSnapshot { backend, snapshot, image_time: Default::default() });
+        }
         let every = self.settings.snapshot_every_bytes;
         let end = self.log.wal().end_position();
         // A snapshot costs about its own size (the image is built on this thread): at least
@@ -1208,6 +1292,9 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     /// snapshot that may be half-written is never built upon.
     pub fn finish_snapshot(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
         self.snapshots.writing = false;
+        if self.installing.as_ref().is_some_and(|installing| installing.snapshot.is_none()) {
+            return self.finish_install(written);
+        }
         written.result?;
         let snapshot = written.snapshot;
         let slot = snapshot.header.slot;
@@ -1253,12 +1340,16 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         Ok(())
     }
 
-    /// A peer's snapshot: checked, made durable here, then the state machine and the replica
-    /// go on from it. Blocks on its write (rare: a replica this far behind). Nothing changes if
-    /// it is refused or not ahead of this replica.
+    /// A peer's snapshot: checked and restored here, then written durably by the helper that
+    /// writes the shard's own ([`Shard::start_snapshot`]), and only then do the state machine
+    /// and the replica go on from it ([`Shard::finish_snapshot`]); the shard serves on from
+    /// its old state meanwhile. Nothing changes if it is refused, not ahead of this replica,
+    /// or another is being installed.
     fn install(&mut self, bytes: Bytes, commit_index: Slot) -> Result<(), ShardError> {
-        if self.committer.forwarded.is_some() {
-            return Ok(()); // Never released with forwarding; a confused peer.
+        if self.committer.forwarded.is_some() || self.installing.is_some() {
+            // Never released with forwarding (a confused peer); or one is under way, and the
+            // reader asks again from its next catch-up.
+            return Ok(());
         }
         let cluster_id = self.replica.config().cluster_id;
         let Ok(snapshot) = Snapshot::decode(bytes, cluster_id, self.settings.shard) else {
@@ -1271,11 +1362,30 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         let Ok(applier) = Applier::restore(snapshot.body(), self.settings.sessions) else {
             return Ok(());
         };
-        self.log.install_snapshot(&snapshot)?;
-        self.committer.applier = applier;
-        self.snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
+        let (header, bytes) = (snapshot.header, snapshot.bytes.len());
+        let snapshot = Some(snapshot);
+        self.installing = Some(Installing { applier, header, bytes, commit_index, snapshot });
+        Ok(())
+    }
+
+    /// A peer's snapshot is durable next to the log: the state machine and the replica go on
+    /// from it (unless the replica got past its slot meanwhile: the file is then simply the
+    /// newest snapshot).
+    ///
+    /// # Errors
+    /// The write failed (the shard is then failed, as for its own snapshots).
+    fn finish_install(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
+        let installing = self.installing.take().expect("an install was being written");
+        written.result?;
+        let slot = installing.header.slot;
+        self.log.installed(slot);
+        self.snapshots.current = Some((installing.header, installing.bytes));
+        if slot <= self.replica.commit_index() {
+            return Ok(());
+        }
+        self.committer.applier = installing.applier;
         self.snapshots.installed += 1;
-        self.replica.install_snapshot(slot, commit_index);
+        self.replica.install_snapshot(slot, installing.commit_index);
         self.process_actions()
     }
 

@@ -427,3 +427,104 @@ fn a_promise_whose_records_were_released_survives_a_restart() {
     assert_eq!(reopened.replica().promised(), high, "the promise survived its records");
     assert_eq!(reopened.replica().commit_index(), Slot(300));
 }
+
+/// Delivers messages and completes syncs and snapshot writes until nothing moves, except that
+/// the first write of a peer's snapshot that replica `holder` hands out (one at a slot above
+/// `above`) is held back and returned, as a runtime's helper thread would still be running it.
+fn settle_holding_an_install(
+    cluster: &mut Cluster,
+    holder: usize,
+    above: Slot,
+) -> Option<quorum::shard::PendingSnapshot<SimBackend>> {
+    use quorum::core::{Envelope, Message};
+    let mut held = None;
+    loop {
+        let mut moved = false;
+        let mut mail: Vec<(usize, NodeId, Message)> = Vec::new();
+        for (index, shard) in cluster.shards.iter_mut().enumerate() {
+            let Some(shard) = shard.as_mut() else { continue };
+            if let Some(pending) = shard.start_sync().unwrap() {
+                shard.finish_sync(pending.run()).unwrap();
+                moved = true;
+            }
+            if held.is_none() {
+                if let Some(pending) = shard.start_snapshot() {
+                    if index == holder && pending.slot() > above {
+                        held = Some(pending);
+                    } else {
+                        shard.finish_snapshot(pending.run()).unwrap();
+                    }
+                    moved = true;
+                }
+            }
+            let mut out = Vec::new();
+            shard.take_outbox(&mut out);
+            shard.take_replies(&mut Vec::new());
+            let from = NodeId(index as u16 + 1);
+            mail.extend(
+                out.into_iter().map(|(to, message)| (usize::from(to.0) - 1, from, message)),
+            );
+        }
+        for (to, from, message) in mail {
+            moved = true;
+            if let Some(shard) = cluster.shards.get_mut(to).and_then(Option::as_mut) {
+                shard.on_message(Envelope { cluster_id: CLUSTER, from, message }).unwrap().unwrap();
+            }
+        }
+        if !moved || held.is_some() {
+            return held;
+        }
+    }
+}
+
+#[test]
+fn a_peers_snapshot_is_durable_before_the_replica_goes_on_from_it_and_written_off_its_thread() {
+    let mut cluster = Cluster::snapshotting(16 * 1024);
+    let (leader, victim, stopped_at) = cluster.write_ten_then_stop_a_follower();
+    let long = "v".repeat(1000);
+    for sequence in 11..=400 {
+        cluster.put(sequence, &format!("key-{}", sequence % 7), &format!("{long}{sequence}"));
+    }
+    cluster.shards[victim] =
+        Some(open_snapshotting(victim as u16 + 1, &cluster.disks[victim], 16 * 1024));
+    // The pieces arrive and are put together; the whole snapshot's write is handed out like
+    // one of the replica's own, to run on a helper thread, and nothing is installed yet.
+    let mut held = None;
+    for _ in 0..200 {
+        for shard in cluster.shards.iter_mut().flatten() {
+            shard.on_tick().unwrap();
+        }
+        held = settle_holding_an_install(&mut cluster, victim, stopped_at);
+        let shard = cluster.shards[victim].as_ref().unwrap();
+        assert_eq!(
+            shard.snapshot_stats().installed,
+            0,
+            "installed on the shard's thread before its write was handed out"
+        );
+        if held.is_some() {
+            break;
+        }
+    }
+    let pending = held.expect("the write of the peer's snapshot was handed out");
+    let shard = cluster.shards[victim].as_mut().unwrap();
+    assert!(shard.replica().commit_index() < pending.slot(), "went on before the write");
+    assert_eq!(shard.machine().get(b"key-3").map(<[u8]>::len), Some(8), "the old state serves");
+    // Not durable yet: a crash now restarts from the old state and its log.
+    let file = cluster.disks[victim].read_file(quorum::snapshot::FILE_NAME).unwrap();
+    let slot_on_disk = file.as_deref().and_then(quorum::snapshot::slot_in_header);
+    assert!(slot_on_disk.is_none_or(|slot| slot < pending.slot()), "{slot_on_disk:?}");
+    let slot = pending.slot();
+    shard.finish_snapshot(pending.run()).unwrap();
+    assert_eq!(shard.snapshot_stats().installed, 1);
+    assert!(shard.replica().commit_index() >= slot);
+    assert_eq!(shard.machine().get(b"key-3").map(<[u8]>::len), Some(1003));
+    for _ in 0..100 {
+        cluster.tick();
+    }
+    let commits: Vec<_> = cluster
+        .shards
+        .iter()
+        .map(|shard| shard.as_ref().unwrap().replica().commit_index())
+        .collect();
+    assert_eq!(commits[victim], commits[leader], "caught up");
+}

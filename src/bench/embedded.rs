@@ -102,6 +102,8 @@ impl EmbeddedCluster {
                 wal_segment_mib: Some(spec.wal_segment_mib),
                 apply: Some(spec.apply),
                 durability: Some(spec.durability),
+                // A bench opens a few connections; three nodes share this process's files.
+                connections_max: Some(1024),
                 ..NodeSettings::default()
             };
             let config = NodeConfig::resolve(settings).map_err(|error| error.to_string())?;

@@ -15,18 +15,19 @@ use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::host::{HostRef, pump};
+use super::machine::NodeMachine;
 use super::{Control, NodeError, SESSION_LIMITS};
 use crate::node_config::NodeConfig;
 use crate::shard::AppliedCommand;
-use crate::state_machine::{KvStore, StateMachine};
+use crate::state_machine::StateMachine;
 use crate::total_order::{Committed, TotalApplier};
 
 /// The node's one state machine, shared for status questions (its executor is the only other
 /// user).
-pub type TotalRef = Arc<Mutex<TotalApplier<KvStore>>>;
+pub type TotalRef = Arc<Mutex<TotalApplier<NodeMachine>>>;
 
 /// Outcomes of applied commands, for the shard that carried them.
-type Outcomes = Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>;
+type Outcomes = Vec<AppliedCommand<<NodeMachine as StateMachine>::Reply>>;
 
 /// Messages a channel holds before its sender waits.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -59,8 +60,11 @@ pub fn start(
     control: &Arc<Control>,
     threads: &mut Vec<JoinHandle<Result<(), NodeError>>>,
 ) -> Result<TotalApply, NodeError> {
-    let total =
-        Arc::new(Mutex::new(TotalApplier::new(config.shards, KvStore::default(), SESSION_LIMITS)));
+    let total = Arc::new(Mutex::new(TotalApplier::new(
+        config.shards,
+        NodeMachine::from_environment(),
+        SESSION_LIMITS,
+    )));
     let mut links = Vec::new();
     let mut ends = Vec::new();
     for _ in 0..config.shards {
@@ -69,20 +73,14 @@ pub fn start(
         links.push(Some(ShardLink { runs, outcomes, total: total.clone() }));
         ends.push((runs_in, outcomes_out));
     }
-    let control = control.clone();
     let failed = |reason: String| NodeError::Executor { shard: config.shards, reason };
+    let applier_control = control.clone();
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("apply")
         .io_memory(256 << 10)
-        .spawn(move || run_apply(total, ends, control))
+        .spawn(move || run_apply(total, ends, applier_control))
         .map_err(|error| failed(format!("cannot start the applier: {error}")))?;
-    let shard = config.shards;
-    threads.push(std::thread::spawn(move || {
-        handle.join().map_err(|error| NodeError::Executor {
-            shard,
-            reason: format!("the applier ended abnormally: {error}"),
-        })?
-    }));
+    threads.push(super::watch_executor(handle, "the total-order applier".into(), control.clone()));
     Ok(TotalApply { links })
 }
 

@@ -16,18 +16,20 @@ use quorum_wal::MmapBackend;
 
 use super::Control;
 use super::apply::TotalRef;
+use super::machine::NodeMachine;
+use super::net::Watched;
 use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
 use crate::shard::{AppliedCommand, PendingSnapshot, Shard, ShardError};
-use crate::state_machine::{KvStore, Outcome, StateMachine};
+use crate::state_machine::{Outcome, StateMachine};
 use crate::total_order::Committed;
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
 use crate::transport::framing::Outgoing;
 
 /// The shard type a node runs.
-pub type NodeShard = Shard<MmapBackend, KvStore>;
+pub type NodeShard = Shard<MmapBackend, NodeMachine>;
 
-/// Bytes that may wait for one connection before messages to it are dropped (peers) or the
-/// client is disconnected (clients).
+/// Bytes that may wait for one peer before messages to it are dropped (a client's bound is
+/// `--client-queue-mib`).
 pub const LINK_BUFFER_MAX: usize = 64 << 20;
 
 /// Bytes of committed runs that may wait for one tailing client; more is sent as it reads.
@@ -62,6 +64,25 @@ struct ClientLink {
     client: u64,
     replies: Vec<Reply>,
     overflowed: bool,
+    /// Its socket, to cut it off at once when it overflows (its writer may be stuck in a
+    /// write the client never takes).
+    connection: Rc<Watched>,
+}
+
+impl ClientLink {
+    /// Cuts off a client that has more than `bytes_max` waiting: it does not read, and what
+    /// waits for it is dropped rather than let the node's memory grow.
+    fn maybe_overflow(&mut self, bytes_max: usize, shard: u16) {
+        if self.overflowed || self.link.out.len() <= bytes_max {
+            return;
+        }
+        self.overflowed = true;
+        let (client, waiting_bytes) = (self.client, self.link.out.len());
+        tracing::warn!(shard, client, waiting_bytes, "client does not read; disconnecting");
+        self.link.out.clear();
+        self.connection.close();
+        self.link.ring();
+    }
 }
 
 /// One shard's state on its executor.
@@ -79,14 +100,19 @@ pub struct Host {
     was_leader: bool,
     encoder: Encoder,
     outbox: Vec<(NodeId, Message)>,
-    applied: Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>,
+    applied: Vec<AppliedCommand<<NodeMachine as StateMachine>::Reply>>,
     dropped_messages: u64,
     /// Syncs started (with durability off: sync points skipped).
     syncs: u64,
     /// False when durability is off.
     durable: bool,
+    /// Bytes that may wait for one client before it is disconnected.
+    client_queue_bytes: usize,
     /// Proposals turned away because the pipeline and the open batch were full.
     pub busy_replies: u64,
+    /// Snapshot writes started (each built its image on this thread first, unless it is a
+    /// peer's being installed).
+    pub snapshots_started: u64,
     /// Time spent in syncs on the blocking pool, and from starting a sync to its completion
     /// being handled on the executor (the difference is the hand-off).
     pub sync_micros: u64,
@@ -120,6 +146,7 @@ impl Host {
         index: u16,
         control: std::sync::Arc<Control>,
         durable: bool,
+        client_queue_bytes: usize,
     ) -> HostRef {
         Rc::new(RefCell::new(Host {
             shard,
@@ -137,7 +164,9 @@ impl Host {
             dropped_messages: 0,
             syncs: 0,
             durable,
+            client_queue_bytes,
             busy_replies: 0,
+            snapshots_started: 0,
             sync_micros: 0,
             sync_wait_micros: 0,
             feeds: HashMap::new(),
@@ -174,11 +203,12 @@ impl Host {
     }
 
     /// A client connected: its connection id.
-    pub fn add_client(&mut self, client: u64, link: Link) -> u64 {
+    pub fn add_client(&mut self, client: u64, link: Link, connection: Rc<Watched>) -> u64 {
         let id = self.next_connection;
         self.next_connection += 1;
+        let replies = Vec::new();
         self.clients
-            .insert(id, ClientLink { link, client, replies: Vec::new(), overflowed: false });
+            .insert(id, ClientLink { link, client, replies, overflowed: false, connection });
         id
     }
 
@@ -283,7 +313,10 @@ impl Host {
     }
 
     /// Outcomes of commands this shard carried, applied by the node's one state machine.
-    pub fn on_applied(&mut self, outcomes: Vec<AppliedCommand<<KvStore as StateMachine>::Reply>>) {
+    pub fn on_applied(
+        &mut self,
+        outcomes: Vec<AppliedCommand<<NodeMachine as StateMachine>::Reply>>,
+    ) {
         self.applied.extend(outcomes);
     }
 
@@ -338,30 +371,21 @@ impl Host {
         }
     }
 
-    /// Queues a frame for a client outside the reply path (status answers).
+    /// Queues a frame for a client outside the reply path (status answers, snapshot
+    /// pieces); a client that lets them pile up past its bound is cut off.
     pub fn send_to_client(&mut self, connection: u64, body: Body) {
         let frame = self.frame(body);
         if let Some(link) = self.clients.get_mut(&connection).filter(|link| !link.overflowed) {
             link.link.out.push(&mut self.encoder, &frame);
             link.link.ring();
+            link.maybe_overflow(self.client_queue_bytes, self.index);
         }
     }
 
-    /// A client fetching the snapshot asks for a piece: it gets that piece of the snapshot at
-    /// `slot`, or the first piece of the newest one (slot 0, or that one was replaced), or a
-    /// piece of no bytes and total 0 if there is none.
-    ///
-    /// # Errors
-    /// The snapshot file cannot be read.
-    pub fn answer_snapshot_pull(
-        &mut self,
-        connection: u64,
-        slot: Slot,
-        offset: u64,
-    ) -> Result<(), ShardError> {
-        let piece = self.shard.snapshot_piece_for_client(slot, offset)?;
-        self.send_to_client(connection, Body::Peer(piece));
-        Ok(())
+    /// Queues a message for a peer outside the shard (a snapshot piece read on the blocking
+    /// pool); it leaves with the next pump.
+    pub fn queue_peer_message(&mut self, to: NodeId, message: Message) {
+        self.outbox.push((to, message));
     }
 
     /// Queues the reply to a request that was not applied (it has no committed position).
@@ -469,7 +493,7 @@ impl Host {
             };
             let body = body.map_or_else(Bytes::new, |reply| {
                 let mut encoded = Vec::new();
-                KvStore::encode_reply(&reply, &mut encoded);
+                NodeMachine::encode_reply(&reply, &mut encoded);
                 Bytes::from(encoded)
             });
             if let Some(link) = self.clients.get_mut(&connection) {
@@ -511,12 +535,8 @@ impl Host {
             let frame =
                 Frame { cluster_id, from: me, shard: self.index, body: Body::Replies(replies) };
             link.link.out.push(&mut self.encoder, &frame);
-            if link.link.out.len() > LINK_BUFFER_MAX {
-                // A client that does not read its replies is cut off rather than let the
-                // node's memory grow.
-                link.overflowed = true;
-            }
             link.link.ring();
+            link.maybe_overflow(self.client_queue_bytes, self.index);
         }
     }
 }
@@ -532,6 +552,7 @@ pub fn pump(host: &HostRef) {
         return fail(state, &error);
     }
     if let Some(pending) = state.shard.start_snapshot() {
+        state.snapshots_started += 1;
         write_snapshot(host, pending);
     }
     if state.syncing {

@@ -7,10 +7,11 @@
 
 mod apply;
 mod host;
+mod machine;
 mod net;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use std::thread::JoinHandle;
@@ -21,7 +22,8 @@ use quorum_wal::{MmapBackend, Options};
 
 use crate::node_config::{ApplyMode, NodeConfig};
 use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings};
-use crate::state_machine::{KvStore, SessionLimits};
+use crate::state_machine::SessionLimits;
+use machine::NodeMachine;
 
 /// What the session table keeps for deduplicating retries (protocol.md §5).
 pub const SESSION_LIMITS: SessionLimits = SessionLimits::DEFAULT;
@@ -37,6 +39,11 @@ pub struct Control {
     /// Per shard, its commit position on this node; each on its own cache line, written only
     /// by its shard.
     pub commits: Vec<CachePadded<AtomicU64>>,
+    /// Connections accepted and not known to be peers' (in their handshake, or clients'),
+    /// over all shards: at most `connections_max` + [`net::HANDSHAKES_EXTRA`].
+    pub open_connections: AtomicUsize,
+    /// Client connections served, over all shards: at most `connections_max`.
+    pub client_connections: AtomicUsize,
 }
 
 impl Control {
@@ -86,6 +93,68 @@ pub enum NodeError {
     /// A shard failed while running; its error was logged.
     #[error("a shard failed; see the log")]
     Failed,
+    /// The process may not open as many files as the connection limit needs.
+    #[error(
+        "--connections-max {connections_max} needs about {needed} open files, but this \
+         process may open at most {hard} (the hard limit, `ulimit -Hn`): lower \
+         --connections-max or raise the limit"
+    )]
+    OpenFiles {
+        /// The limit configured.
+        connections_max: u32,
+        /// Descriptors it needs.
+        needed: u64,
+        /// The process's hard limit.
+        hard: u64,
+    },
+    /// An executor panicked (a broken invariant, or the state machine): the node stopped.
+    #[error("{executor} panicked: {message}")]
+    Panicked {
+        /// Which executor: `shard K`, or the total-order applier.
+        executor: String,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// The message a panic carried.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_string(),
+        (_, Some(message)) => message.clone(),
+        _ => "(a panic without a message)".to_string(),
+    }
+}
+
+/// Waits on a thread of its own for an executor to end. However it ends in error, a panic
+/// above all, every other executor is told to stop and the node exits with that error: a node
+/// with a dead shard must not live on half-alive (its clients wait forever, and with
+/// `--apply total` the other shards' committed runs pile up for a merge that never moves).
+fn watch_executor(
+    handle: glommio::ExecutorJoinHandle<Result<(), NodeError>>,
+    executor: String,
+    control: Arc<Control>,
+) -> JoinHandle<Result<(), NodeError>> {
+    std::thread::spawn(move || {
+        let error = match handle.join() {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(glommio::GlommioError::BuilderError(glommio::BuilderErrorKind::ThreadPanic(
+                payload,
+            ))) => {
+                let message = panic_message(&*payload);
+                tracing::error!(%executor, panic = %message, "panicked; stopping the node");
+                NodeError::Panicked { executor, message }
+            }
+            Err(error) => {
+                tracing::error!(%executor, %error, "ended abnormally; stopping the node");
+                NodeError::Failed
+            }
+        };
+        control.failed.store(true, Ordering::SeqCst);
+        control.stop.store(true, Ordering::SeqCst);
+        Err(error)
+    })
 }
 
 /// A running node: one thread per shard.
@@ -102,6 +171,7 @@ impl Node {
     /// A log that cannot be recovered, a port that cannot be bound, an executor that cannot
     /// start.
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        fit_open_files(&config)?;
         let config = Arc::new(config);
         let control = Arc::new(Control::new(config.shards));
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
@@ -125,18 +195,16 @@ impl Node {
                 .name(&format!("shard-{shard}"))
                 // Registered I/O memory counts against `ulimit -l`; we do no DMA file I/O.
                 .io_memory(256 << 10)
+                // One thread. With a second one a sync need not wait behind a snapshot's
+                // write (a max of 2.3-3.6 s became 1.0-1.5 s under 4 KiB writes), but every
+                // sync during it shares the disk with it: p99 23-35 ms became 50-70 ms.
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
-            let (config, control) = (config.clone(), control.clone());
+            let (shard_config, shard_control) = (config.clone(), control.clone());
             let link = total.as_mut().map(|total| total.link(shard));
             let handle = builder
-                .spawn(move || run_shard(config, shard, control, started, link))
+                .spawn(move || run_shard(shard_config, shard, shard_control, started, link))
                 .map_err(|error| NodeError::Executor { shard, reason: error.to_string() })?;
-            threads.push(std::thread::spawn(move || {
-                handle.join().map_err(|error| NodeError::Executor {
-                    shard,
-                    reason: format!("executor ended abnormally: {error}"),
-                })?
-            }));
+            threads.push(watch_executor(handle, format!("shard {shard}"), control.clone()));
         }
         let node = Node { control, threads };
         for ready_rx in ready {
@@ -202,12 +270,11 @@ async fn run_shard(
         }
     };
     let durable = config.durability == crate::node_config::Durability::Fsync;
-    let host = host::Host::new(opened, shard, control.clone(), durable);
+    let host = host::Host::new(opened, shard, control.clone(), durable, config.client_queue_bytes);
     if let Some(link) = total {
         apply::connect_shard(&host, link).await;
     }
-    let shard_net =
-        std::rc::Rc::new(net::ShardNet { config: config.clone(), shard, host: host.clone() });
+    let shard_net = net::ShardNet::new(config.clone(), shard, host.clone(), control.clone());
     glommio::spawn_local(net::accept_loop(shard_net.clone(), listener)).detach();
     for (peer, address, _) in config.members() {
         if peer != config.id {
@@ -218,8 +285,10 @@ async fn run_shard(
     let _ = started.send(Ok(()));
     tracing::info!(shard, listen = %config.listen, "shard running");
     let tick = Duration::from_millis(u64::from(config.tick_ms));
+    let mut stalls = Stalls::new(&config);
     while !control.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(tick).await;
+        stalls.on_tick(&host.borrow(), tick, shard_net.on_tick());
         host::with_shard(&host, |host| {
             host.shard.on_tick()?;
             host.skip_idle()
@@ -246,8 +315,107 @@ async fn run_shard(
             sync_mean_us = state.sync_micros / state.syncs().max(1),
             sync_wait_mean_us = state.sync_wait_micros / state.syncs().max(1),
             syncs = state.syncs(),
+            held_max_ms = stalls.held_max.as_millis() as u64,
             "shard stopped"
         );
+    }
+    Ok(())
+}
+
+/// Times the shard's thread was held: a tick that comes late by more than a few heartbeats
+/// means something ran on the reactor that long (a WAL rotation waiting for its segment, a
+/// snapshot's image or release, a digest, or a starved CPU), and meanwhile heartbeats and
+/// messages waited. Measured from the ticks alone, so the hot path pays nothing.
+struct Stalls {
+    last_tick: std::time::Instant,
+    /// The WAL's tail segment, and the snapshots started and finished, at the last tick: what
+    /// changed since names what may have held the thread.
+    last_segment: u64,
+    last_started: u64,
+    last_taken: u64,
+    held_max: Duration,
+    /// Logged (debug) from here; as a warning from `warn_from`, where elections become likely.
+    log_from: Duration,
+    warn_from: Duration,
+}
+
+impl Stalls {
+    fn new(config: &NodeConfig) -> Stalls {
+        let heartbeat = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
+        let election = Duration::from_millis(u64::from(config.election_timeout_ms));
+        Stalls {
+            last_tick: std::time::Instant::now(),
+            last_segment: 0,
+            last_started: 0,
+            last_taken: 0,
+            held_max: Duration::ZERO,
+            log_from: (2 * heartbeat).max(Duration::from_millis(20)),
+            warn_from: election / 2,
+        }
+    }
+
+    fn on_tick(&mut self, host: &host::Host, tick: Duration, now: std::time::Instant) {
+        let held = now.saturating_duration_since(self.last_tick).saturating_sub(tick);
+        self.last_tick = now;
+        self.held_max = self.held_max.max(held);
+        let wal = host.shard.wal();
+        let segment = wal.end_position() / wal.segment_bytes();
+        let (started, taken) = (host.snapshots_started, host.shard.snapshot_stats().taken);
+        // A new segment (its preparation may have been waited for), a snapshot started (its
+        // image was built here), one finished (its release ran here).
+        let rotated = segment != self.last_segment;
+        let (image, release) = (started != self.last_started, taken != self.last_taken);
+        (self.last_segment, self.last_started, self.last_taken) = (segment, started, taken);
+        let (shard, held_ms) = (host.index, held.as_millis() as u64);
+        if held >= self.warn_from {
+            tracing::warn!(
+                shard,
+                held_ms,
+                rotated,
+                image,
+                release,
+                "the shard's thread was held: heartbeats waited"
+            );
+        } else if held >= self.log_from {
+            tracing::debug!(shard, held_ms, rotated, image, release, "the shard's thread was held");
+        }
+    }
+}
+
+/// Descriptors a node needs besides its connections: per shard a listener, its dialled peers,
+/// WAL segments, the snapshot and metadata files, io_uring rings and event descriptors;
+/// a margin for the rest.
+fn open_files_needed(config: &NodeConfig) -> u64 {
+    let members = config.members().count() as u64;
+    let per_shard = 2 * members + 32;
+    u64::from(config.connections_max)
+        + net::HANDSHAKES_EXTRA as u64
+        + u64::from(config.shards) * per_shard
+        + 256
+}
+
+/// Raises the process's open-file limit to what the connection limit needs, if the hard
+/// limit allows: a node that runs out of descriptors cannot create its next WAL segment.
+fn fit_open_files(config: &NodeConfig) -> Result<(), NodeError> {
+    let needed = open_files_needed(config);
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Ok(()); // Cannot tell: accept errors are logged and tried again.
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    if limit.rlim_max < needed {
+        let (connections_max, hard) = (config.connections_max, limit.rlim_max);
+        return Err(NodeError::OpenFiles { connections_max, needed, hard });
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = needed;
+    // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard one
+    // needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } == 0 {
+        tracing::info!(soft, raised_to = needed, "open-file limit raised for --connections-max");
     }
     Ok(())
 }
@@ -282,7 +450,7 @@ fn open_shard(
         config.shard_config(shard),
         backend,
         options,
-        KvStore::default(),
+        NodeMachine::from_environment(),
         settings,
     )
     .map_err(|source| NodeError::Shard { shard, source })?;

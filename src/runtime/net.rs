@@ -4,25 +4,47 @@
 //!
 //! Each connection starts with a handshake (`Hello` → `HelloReply`) naming cluster, node,
 //! shard and protocol version; a mismatch is refused with a reason, logged on both sides.
-//! Frames are size-checked before allocation and verified before use; a bad frame closes that
-//! connection only.
+//! Frames are size-checked before allocation, read into buffers that grow as their bytes
+//! arrive, and verified before use; a bad frame closes that connection only.
+//!
+//! What one connection may cost is bounded: the node serves at most `--connections-max`
+//! clients (more are refused with a reason; peers never count), each client at most
+//! `--client-queue-mib` of bytes waiting for it, each frame started must be whole within
+//! `--read-timeout-ms`, a client silent for `--idle-timeout-ms` is closed, and so is any
+//! connection whose other end takes nothing for `--write-timeout-ms`. Each shard sweeps its
+//! connections against these every [`SWEEP_INTERVAL`], on the shard's coarse clock (set each
+//! tick, so the hot path reads no clock). Dead peers are noticed by TCP keep-alive on every
+//! socket, and a peer that dials again replaces its previous incoming connection.
+//!
+//! Snapshot pieces and state digests, which read a file or hash the whole state, are served
+//! one at a time: a piece is read on the blocking pool, and digests are shared between the
+//! clients that ask at once and spaced out so that they take at most a fifth of the reactor.
 
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
+use quorum_wal::MmapBackend;
 
-use super::host::{HostRef, Link, pump, with_shard};
+use super::Control;
+use super::host::{HostRef, Link, fail, pump, with_shard};
 use crate::core::{ClusterId, Message, NodeId};
 use crate::node_config::NodeConfig;
+use crate::shard::SnapshotReader;
 use crate::transport::codec::{
-    Body, Encoder, Frame, Hello, HelloReply, Member, PROTOCOL_VERSION, Role,
+    Body, Encoder, Frame, Hello, HelloReply, Member, PROTOCOL_VERSION, Role, ShardStatus,
 };
-use crate::transport::framing::{ConnectionError, Outgoing, encode_into, read_frame_async};
+use crate::transport::framing::{
+    ConnectionError, FrameReader, Outgoing, ReadProgress, encode_into, read_frame_async,
+};
 use crate::transport::shard_address;
 
 /// How long the dialled side waits for a `Hello`, and the dialling side for its answer.
@@ -30,6 +52,30 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnect back-off bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Connections in their handshake the node takes on past `--connections-max`: a peer (which
+/// never counts against the limit) can still get in while clients fill it. Past this too, a
+/// new connection is closed at once, unread.
+pub const HANDSHAKES_EXTRA: usize = 64;
+
+/// How often each shard checks its connections against their timeouts.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A connection gives back a read buffer that grew once it has carried no frame for this
+/// long: one that pauses between bursts keeps it (giving it back at every pause cost an
+/// allocation and more reads per frame).
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
+
+/// TCP keep-alive: probes after this long without traffic, this often, this many times. A
+/// peer whose machine vanished (no reset ever comes) is noticed within about 25 s.
+const KEEPALIVE_IDLE_SECONDS: libc::c_int = 10;
+const KEEPALIVE_INTERVAL_SECONDS: libc::c_int = 5;
+const KEEPALIVE_PROBES: libc::c_int = 3;
+
+/// A digest is computed at most this often relative to its own cost: the next one waits four
+/// times as long as the last one took, so a flood of digest requests takes at most a fifth of
+/// the shard's reactor.
+const DIGEST_SPACING: u32 = 4;
 
 /// What the connection tasks of one shard share.
 pub struct ShardNet {
@@ -39,6 +85,318 @@ pub struct ShardNet {
     pub shard: u16,
     /// The shard's state.
     pub host: HostRef,
+    control: Arc<Control>,
+    /// The shard's coarse clock, set each tick: connections note when their frames start and
+    /// end without reading the system clock.
+    clock: Cell<Instant>,
+    last_sweep: Cell<Instant>,
+    connections: RefCell<HashMap<u64, Rc<Watched>>>,
+    next_connection: Cell<u64>,
+    /// Each peer's newest incoming connection: an older one it left behind (its dialler
+    /// restarted, or gave up on it) is closed when the new one arrives.
+    incoming_peers: RefCell<HashMap<NodeId, Rc<Watched>>>,
+    refusals: RefusalLog,
+    /// One snapshot read at a time on the blocking pool: a flood of pulls queues here, so a
+    /// WAL sync waits behind one piece's read at most.
+    snapshot_reads: glommio::sync::Semaphore,
+    digests: Digests,
+}
+
+impl ShardNet {
+    /// The connection state of shard `shard`.
+    pub fn new(
+        config: Arc<NodeConfig>,
+        shard: u16,
+        host: HostRef,
+        control: Arc<Control>,
+    ) -> Rc<ShardNet> {
+        let now = Instant::now();
+        Rc::new(ShardNet {
+            config,
+            shard,
+            host,
+            control,
+            clock: Cell::new(now),
+            last_sweep: Cell::new(now),
+            connections: RefCell::new(HashMap::new()),
+            next_connection: Cell::new(0),
+            incoming_peers: RefCell::new(HashMap::new()),
+            refusals: RefusalLog::default(),
+            snapshot_reads: glommio::sync::Semaphore::new(1),
+            digests: Digests::default(),
+        })
+    }
+
+    /// A tick: sets the coarse clock and, every [`SWEEP_INTERVAL`], closes the connections
+    /// past their timeouts. Returns the time.
+    pub fn on_tick(&self) -> Instant {
+        let now = Instant::now();
+        self.clock.set(now);
+        if now.duration_since(self.last_sweep.get()) >= SWEEP_INTERVAL {
+            self.last_sweep.set(now);
+            self.sweep(now);
+        }
+        now
+    }
+
+    fn sweep(&self, now: Instant) {
+        let config = &self.config;
+        let read_timeout = Duration::from_millis(u64::from(config.read_timeout_ms));
+        let write_timeout = Duration::from_millis(u64::from(config.write_timeout_ms));
+        let idle_timeout = (config.idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(u64::from(config.idle_timeout_ms)));
+        // Each closing at debug; how many for each reason at info (ten thousand idle clients
+        // timing out together make one line).
+        let mut closed: [(&str, u64); 3] = [
+            ("a frame was not whole within --read-timeout-ms", 0),
+            ("the other end took nothing it was sent for --write-timeout-ms", 0),
+            ("idle for --idle-timeout-ms", 0),
+        ];
+        for watched in self.connections.borrow().values() {
+            if watched.closed.get() {
+                continue;
+            }
+            let past = |since: Option<Instant>, timeout: Duration| {
+                since.is_some_and(|since| now.duration_since(since) > timeout)
+            };
+            if past(Some(watched.last_frame.get()), SHRINK_AFTER) {
+                // Its reader waits with a grown buffer: woken, it gives it back.
+                if let Some(waker) = watched.shrink_waker.take() {
+                    waker.wake();
+                }
+            }
+            let reason = if past(watched.frame_started.get(), read_timeout) {
+                0
+            } else if past(watched.writing_since.get(), write_timeout) {
+                1
+            } else if watched.kind.get() == Kind::Client
+                && watched.frame_started.get().is_none()
+                && idle_timeout.is_some_and(|idle| past(Some(watched.last_frame.get()), idle))
+            {
+                2
+            } else {
+                continue;
+            };
+            let (kind, peer) = (watched.kind.get(), watched.peer);
+            let why = closed[reason].0;
+            tracing::debug!(shard = self.shard, ?kind, ?peer, reason = why, "closing a connection");
+            closed[reason].1 += 1;
+            watched.close();
+        }
+        for (reason, connections) in closed {
+            if connections > 0 {
+                tracing::info!(shard = self.shard, connections, reason, "connections closed");
+            }
+        }
+    }
+
+    /// Watches a new connection until the returned registration is dropped.
+    fn watch(&self, fd: RawFd, peer: Option<SocketAddr>, kind: Kind) -> Registration<'_> {
+        let id = self.next_connection.get();
+        self.next_connection.set(id + 1);
+        let now = self.clock.get();
+        let watched = Rc::new(Watched {
+            fd,
+            peer,
+            kind: Cell::new(kind),
+            frame_started: Cell::new(None),
+            last_frame: Cell::new(now),
+            writing_since: Cell::new(None),
+            shrink_waker: Cell::new(None),
+            closed: Cell::new(false),
+        });
+        self.connections.borrow_mut().insert(id, watched.clone());
+        Registration { net: self, id, watched }
+    }
+
+    /// Reads with a reader of the shard's snapshot file on the blocking pool, one read at a
+    /// time per shard.
+    async fn read_snapshot<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(SnapshotReader<MmapBackend>) -> T + Send + 'static,
+    ) -> T {
+        let reader = self.host.borrow().shard.snapshot_reader();
+        // The semaphore is never closed: a permit always comes.
+        let _permit = self.snapshot_reads.acquire_permit(1).await;
+        glommio::executor().spawn_blocking(move || read(reader)).await
+    }
+
+    /// The shard's status with the state's digest. Hashing the whole state runs on the
+    /// shard's thread (the state lives there), so digests are computed one at a time and
+    /// spaced by [`DIGEST_SPACING`] times their cost; a request answered by a digest that
+    /// began after it arrived shares it.
+    async fn digest_status(&self) -> ShardStatus {
+        let asked = Instant::now();
+        let _permit = self.digests.turn.acquire_permit(1).await;
+        if let Some((began, status)) = &*self.digests.last.borrow() {
+            if *began >= asked {
+                return *status;
+            }
+        }
+        let wait = self.digests.next_at.get().saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            glommio::timer::sleep(wait).await;
+        }
+        let began = Instant::now();
+        let status = self.host.borrow().status(true);
+        let took = began.elapsed();
+        self.digests.next_at.set(Instant::now() + took * DIGEST_SPACING);
+        if took > Duration::from_millis(10) {
+            let took_us = took.as_micros() as u64;
+            tracing::debug!(shard = self.shard, took_us, "state digest computed on the reactor");
+        }
+        *self.digests.last.borrow_mut() = Some((began, status));
+        status
+    }
+}
+
+/// Digests of the state: whose turn it is, when the next may start, and the last one.
+struct Digests {
+    turn: glommio::sync::Semaphore,
+    next_at: Cell<Instant>,
+    last: RefCell<Option<(Instant, ShardStatus)>>,
+}
+
+impl Default for Digests {
+    fn default() -> Digests {
+        Digests {
+            turn: glommio::sync::Semaphore::new(1),
+            next_at: Cell::new(Instant::now()),
+            last: RefCell::new(None),
+        }
+    }
+}
+
+/// Connections refused, logged at most once a second with how many there were.
+#[derive(Default)]
+struct RefusalLog {
+    refused: Cell<u64>,
+    logged_at: Cell<Option<Instant>>,
+}
+
+impl RefusalLog {
+    fn refused(&self, shard: u16, reason: &str) {
+        self.refused.set(self.refused.get() + 1);
+        let now = Instant::now();
+        let due =
+            self.logged_at.get().is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        if due {
+            let refused = self.refused.replace(0);
+            tracing::warn!(shard, refused, reason, "connections refused");
+            self.logged_at.set(Some(now));
+        }
+    }
+}
+
+/// What a connection is, for its timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Accepted, before its `Hello`.
+    Handshake,
+    /// A peer's, incoming.
+    Peer,
+    /// A client's.
+    Client,
+    /// A client's that tails the log: it only reads, so it is never idle.
+    Tail,
+    /// Ours, to a peer.
+    Dialled,
+}
+
+/// A connection as its shard's sweep sees it.
+pub struct Watched {
+    fd: RawFd,
+    peer: Option<SocketAddr>,
+    kind: Cell<Kind>,
+    /// When the frame being read began, while one is.
+    frame_started: Cell<Option<Instant>>,
+    /// When the last frame was whole (or the connection opened).
+    last_frame: Cell<Instant>,
+    /// When a write last made progress, while one is under way.
+    writing_since: Cell<Option<Instant>>,
+    /// Its reader, waiting with a read buffer that grew (see [`SHRINK_AFTER`]).
+    shrink_waker: Cell<Option<std::task::Waker>>,
+    closed: Cell<bool>,
+}
+
+impl Watched {
+    /// Cuts the connection: its socket is shut down both ways, so the tasks reading and
+    /// writing it end at once. (The descriptor stays open until they drop the stream, so it
+    /// cannot be reused meanwhile.)
+    pub fn close(&self) {
+        if !self.closed.replace(true) {
+            // SAFETY: `shutdown` has no memory effects; the descriptor is open (its stream
+            // lives as long as the task that holds this registration).
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        }
+    }
+}
+
+/// A connection's place among its shard's watched ones, given up when dropped.
+struct Registration<'a> {
+    net: &'a ShardNet,
+    id: u64,
+    watched: Rc<Watched>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.net.connections.borrow_mut().remove(&self.id);
+        let mut peers = self.net.incoming_peers.borrow_mut();
+        peers.retain(|_, watched| !Rc::ptr_eq(watched, &self.watched));
+    }
+}
+
+/// Reading progress, noted on the shard's coarse clock.
+struct Progress<'a> {
+    clock: &'a Cell<Instant>,
+    watched: &'a Watched,
+}
+
+impl ReadProgress for Progress<'_> {
+    fn frame_started(&self) {
+        self.watched.frame_started.set(Some(self.clock.get()));
+    }
+
+    fn frame_finished(&self) {
+        self.watched.frame_started.set(None);
+        self.watched.last_frame.set(self.clock.get());
+    }
+
+    fn may_shrink(&self, waker: &std::task::Waker) -> bool {
+        let quiet = self.clock.get().duration_since(self.watched.last_frame.get());
+        if quiet >= SHRINK_AFTER {
+            return true;
+        }
+        self.watched.shrink_waker.set(Some(waker.clone()));
+        false
+    }
+}
+
+/// Which of [`Control`]'s connection counts.
+type Count = fn(&Control) -> &AtomicUsize;
+
+/// A place counted in one of [`Control`]'s connection counts, given back when dropped.
+struct Counted {
+    control: Arc<Control>,
+    count: Count,
+}
+
+impl Counted {
+    /// A place in `count` if it holds fewer than `max`.
+    fn take(control: &Arc<Control>, count: Count, max: usize) -> Option<Counted> {
+        if count(control).fetch_add(1, Ordering::SeqCst) >= max {
+            count(control).fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Counted { control: control.clone(), count })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.count)(&self.control).fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How long a port in use is tried again before the node gives up on it.
@@ -71,15 +429,51 @@ pub fn bind(base: &str, shard: u16) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
 }
 
+/// Turns on TCP keep-alive (see [`KEEPALIVE_IDLE_SECONDS`]): an idle connection whose other
+/// end vanished fails instead of lasting forever.
+fn keep_alive(fd: RawFd) -> std::io::Result<()> {
+    let options = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES),
+    ];
+    for (level, name, value) in options {
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local; the
+        // descriptor is an open TCP socket.
+        let result = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Accepts connections forever, each served by its own task.
 pub async fn accept_loop(net: Rc<ShardNet>, listener: TcpListener) {
+    let open_max = net.config.connections_max as usize + HANDSHAKES_EXTRA;
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                // Past the limit, closed unread: nothing of it is kept, not even a task.
+                let open: Count = |control| &control.open_connections;
+                let Some(place) = Counted::take(&net.control, open, open_max) else {
+                    net.refusals.refused(net.shard, "too many connections; closed unread");
+                    drop(stream);
+                    continue;
+                };
                 let net = net.clone();
                 glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
-                    if let Err(error) = serve(&net, stream).await {
+                    if let Err(error) = serve(&net, stream, peer, place).await {
                         match error {
                             ConnectionError::Closed => {}
                             error => tracing::warn!(
@@ -91,7 +485,8 @@ pub async fn accept_loop(net: Rc<ShardNet>, listener: TcpListener) {
                 .detach();
             }
             Err(error) => {
-                tracing::warn!(shard = net.shard, %error, "accept failed");
+                // Out of descriptors, say: logged once a second, tried again shortly.
+                net.refusals.refused(net.shard, &format!("accept failed: {error}"));
                 glommio::timer::sleep(BACKOFF_MIN).await;
             }
         }
@@ -158,8 +553,15 @@ fn glommio_error<T>(error: glommio::GlommioError<T>) -> ConnectionError {
 /// node allocate more.
 const HELLO_BYTES_MAX: usize = 4096;
 
-async fn serve(net: &Rc<ShardNet>, mut stream: TcpStream) -> Result<(), ConnectionError> {
+async fn serve(
+    net: &Rc<ShardNet>,
+    mut stream: TcpStream,
+    peer: Option<SocketAddr>,
+    place: Counted,
+) -> Result<(), ConnectionError> {
     stream.set_nodelay(true).map_err(glommio_error)?;
+    keep_alive(stream.as_raw_fd())?;
+    let registration = net.watch(stream.as_raw_fd(), peer, Kind::Handshake);
     let first = read_handshake(&mut stream, HELLO_BYTES_MAX, "hello").await?;
     let Body::Hello(hello) = first.body else {
         return Err(ConnectionError::Protocol("the first frame is not a hello".into()));
@@ -168,10 +570,40 @@ async fn serve(net: &Rc<ShardNet>, mut stream: TcpStream) -> Result<(), Connecti
         let _ = send(&mut stream, &hello_reply(net, Some(reason.clone()))).await;
         return Err(ConnectionError::Protocol(reason));
     }
-    send(&mut stream, &hello_reply(net, None)).await?;
+    let watched = registration.watched.clone();
     match hello.role {
-        Role::Peer => serve_peer(net, stream, first.from).await,
-        Role::Client(client) => serve_client(net, stream, client).await,
+        Role::Peer => {
+            // Peers never count against the limit: there are at most members × shards of
+            // them, since each one's newest connection replaces the one before.
+            drop(place);
+            watched.kind.set(Kind::Peer);
+            let replaced = net.incoming_peers.borrow_mut().insert(first.from, watched.clone());
+            if let Some(replaced) = replaced {
+                tracing::info!(shard = net.shard, peer = first.from.0, "peer dialled again");
+                replaced.close();
+            }
+            send(&mut stream, &hello_reply(net, None)).await?;
+            serve_peer(net, stream, first.from, &watched).await
+        }
+        Role::Client(client) => {
+            let max = net.config.connections_max as usize;
+            let clients: Count = |control| &control.client_connections;
+            let Some(_client_place) = Counted::take(&net.control, clients, max) else {
+                let reason = format!(
+                    "this node serves at most {max} client connections (--connections-max); \
+                     try again later, or another node"
+                );
+                net.refusals.refused(net.shard, &reason);
+                let _ = send(&mut stream, &hello_reply(net, Some(reason))).await;
+                // Its write side closed first, so the refusal arrives before the end.
+                let _ = stream.shutdown(std::net::Shutdown::Write).await;
+                return Ok(());
+            };
+            watched.kind.set(Kind::Client);
+            watched.last_frame.set(net.clock.get());
+            send(&mut stream, &hello_reply(net, None)).await?;
+            serve_client(net, stream, client, &watched).await
+        }
     }
 }
 
@@ -196,15 +628,30 @@ async fn serve_peer(
     net: &Rc<ShardNet>,
     stream: TcpStream,
     from: NodeId,
+    watched: &Watched,
 ) -> Result<(), ConnectionError> {
     let max = net.config.frame_bytes_max();
-    let mut reader = futures_lite::io::BufReader::with_capacity(256 << 10, stream);
+    let progress = Progress { clock: &net.clock, watched };
+    let mut reader = FrameReader::new(stream);
     loop {
-        let frame = read_frame_async(&mut reader, max).await?;
+        let frame = reader.next_frame(max, &progress).await?;
         check_sender(net, &frame, from)?;
         let Body::Peer(message) = frame.body else {
             return Err(ConnectionError::Protocol("a peer sent a non-protocol frame".into()));
         };
+        if let Message::SnapshotPull { slot, offset } = message {
+            // A piece is read from the snapshot file off the reactor. The peer's next frames
+            // wait meanwhile, so one peer has one read in flight.
+            match net.read_snapshot(move |reader| reader.piece(Some(slot), offset)).await {
+                Ok(Some(piece)) => with_shard(&net.host, |host| {
+                    host.queue_peer_message(from, piece);
+                    Ok(())
+                }),
+                Ok(None) => {} // Replaced by a newer one: the reader starts again.
+                Err(error) => fail(&mut net.host.borrow_mut(), &error),
+            }
+            continue;
+        }
         with_shard(&net.host, |host| host.on_peer_message(from, message));
     }
 }
@@ -213,25 +660,27 @@ async fn serve_client(
     net: &Rc<ShardNet>,
     stream: TcpStream,
     client: u64,
+    watched: &Rc<Watched>,
 ) -> Result<(), ConnectionError> {
     let (reader, mut writer) = futures_lite::io::split(stream);
     let (bell, rings) = local_channel::new_bounded(1);
-    let connection = net.host.borrow_mut().add_client(client, Link::new(bell));
-    let writer_host = net.host.clone();
-    let shard = net.shard;
+    let link = Link::new(bell);
+    let connection = net.host.borrow_mut().add_client(client, link, watched.clone());
+    let (writer_host, writer_net, writer_watched) =
+        (net.host.clone(), net.clone(), watched.clone());
     let write_task = glommio::spawn_local(async move {
-        let take = |spare| {
-            let taken = writer_host.borrow_mut().take_client_bytes(connection, spare);
-            if taken.is_none() {
-                tracing::warn!(shard, client, "client does not read its replies; disconnecting");
-            }
-            taken
-        };
-        let _ = write_link(&rings, &mut writer, take).await;
+        let take = |spare| writer_host.borrow_mut().take_client_bytes(connection, spare);
+        let progress = Some((&writer_net.clock, &*writer_watched));
+        let _ = write_link(&rings, &mut writer, take, progress).await;
         let _ = writer.close().await;
     });
-    let result = read_client(net, reader, connection).await;
+    let result = read_client(net, reader, connection, watched).await;
     net.host.borrow_mut().remove_client(connection);
+    if !matches!(result, Ok(()) | Err(ConnectionError::Closed)) {
+        // Broken: nothing more is sent. (After a clean end the writer sends what waits, as
+        // long as the client takes it.)
+        watched.close();
+    }
     // Dropping the link dropped the bell's sender: the writer ends after its last write.
     write_task.await;
     result
@@ -241,11 +690,13 @@ async fn read_client(
     net: &Rc<ShardNet>,
     reader: futures_lite::io::ReadHalf<TcpStream>,
     connection: u64,
+    watched: &Watched,
 ) -> Result<(), ConnectionError> {
     let max = net.config.frame_bytes_max();
-    let mut reader = futures_lite::io::BufReader::with_capacity(256 << 10, reader);
+    let progress = Progress { clock: &net.clock, watched };
+    let mut reader = FrameReader::new(reader);
     loop {
-        let frame = read_frame_async(&mut reader, max).await?;
+        let frame = reader.next_frame(max, &progress).await?;
         check_sender(net, &frame, NodeId(0))?;
         match frame.body {
             Body::Requests(batch) => {
@@ -259,16 +710,31 @@ async fn read_client(
                 }
             }
             Body::StatusRequest { digest } => {
-                let mut host = net.host.borrow_mut();
-                let status = host.status(digest);
-                host.send_to_client(connection, Body::Status(status));
+                // One client's next request waits for this answer: a client has one digest
+                // in the works at a time.
+                let status = if digest {
+                    net.digest_status().await
+                } else {
+                    net.host.borrow().status(false)
+                };
+                net.host.borrow_mut().send_to_client(connection, Body::Status(status));
             }
             Body::Peer(Message::Subscribe { from_slot }) => {
+                watched.kind.set(Kind::Tail);
                 net.host.borrow_mut().subscribe_client(connection, from_slot);
                 pump(&net.host);
             }
             Body::Peer(Message::SnapshotPull { slot, offset }) => {
-                with_shard(&net.host, |host| host.answer_snapshot_pull(connection, slot, offset));
+                // Read off the reactor; this client's next frame waits for it.
+                let read = move |reader: SnapshotReader<MmapBackend>| {
+                    reader.piece_for_client(slot, offset)
+                };
+                match net.read_snapshot(read).await {
+                    Ok(piece) => {
+                        net.host.borrow_mut().send_to_client(connection, Body::Peer(piece))
+                    }
+                    Err(error) => fail(&mut net.host.borrow_mut(), &error),
+                }
             }
             _ => return Err(ConnectionError::Protocol("a client sent a peer frame".into())),
         }
@@ -317,6 +783,8 @@ async fn dial_once(net: &Rc<ShardNet>, peer: NodeId, base: &str) -> Result<(), D
     let mut stream =
         TcpStream::connect_timeout(address, HANDSHAKE_TIMEOUT).await.map_err(glommio_error)?;
     stream.set_nodelay(true).map_err(glommio_error)?;
+    keep_alive(stream.as_raw_fd())?;
+    let registration = net.watch(stream.as_raw_fd(), Some(address), Kind::Dialled);
     let hello = Hello { version: PROTOCOL_VERSION, role: Role::Peer };
     send(&mut stream, &header_of(net, Body::Hello(hello))).await?;
     let reply = read_handshake(&mut stream, net.config.frame_bytes_max(), "hello reply").await?;
@@ -331,8 +799,9 @@ async fn dial_once(net: &Rc<ShardNet>, peer: NodeId, base: &str) -> Result<(), D
     let (bell, rings) = local_channel::new_bounded(1);
     net.host.borrow_mut().set_peer_link(peer, Some(Link::new(bell)));
     let host = &net.host;
-    write_link(&rings, &mut stream, |spare| Some(host.borrow_mut().take_peer_bytes(peer, spare)))
-        .await?;
+    let take = |spare| Some(host.borrow_mut().take_peer_bytes(peer, spare));
+    let progress = Some((&net.clock, &*registration.watched));
+    write_link(&rings, &mut stream, take, progress).await?;
     Ok(())
 }
 
@@ -349,17 +818,34 @@ async fn read_handshake(
 
 /// Writes a link's bytes each time its bell rings, until the link is dropped (`Ok`) or `take`
 /// says to stop (`None`, also `Ok`). `take` swaps the queued bytes for the spare buffer.
+/// With `progress`, each write's progress is noted on the shard's clock, for the sweep's
+/// write timeout.
 async fn write_link<W: futures_lite::AsyncWrite + Unpin>(
     rings: &local_channel::LocalReceiver<()>,
     writer: &mut W,
     mut take: impl FnMut(Outgoing) -> Option<Outgoing>,
+    progress: Option<(&Cell<Instant>, &Watched)>,
 ) -> std::io::Result<()> {
+    let note = |writing: bool| {
+        if let Some((clock, watched)) = progress {
+            watched.writing_since.set(writing.then(|| clock.get()));
+        }
+    };
     let mut spare = Outgoing::default();
     while rings.recv().await.is_some() {
         let Some(mut out) = take(spare) else { return Ok(()) };
         for slice in out.slices() {
-            writer.write_all(slice).await?;
+            let mut rest = slice;
+            while !rest.is_empty() {
+                note(true);
+                let written = writer.write(rest).await?;
+                if written == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                rest = &rest[written..];
+            }
         }
+        note(false);
         out.clear();
         spare = out;
     }

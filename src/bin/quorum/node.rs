@@ -108,6 +108,30 @@ pub struct NodeArgs {
     /// only, a machine crash then loses acknowledged writes.
     #[arg(long, value_enum)]
     durability: Option<quorum::node_config::Durability>,
+    /// Client connections this node serves at once, over all its shards (default 4096; a
+    /// client has one per shard). Past it a client is refused with a reason it prints, and
+    /// the node logs it. Peers never count. The node raises its open-file limit to fit, or
+    /// refuses to start if the hard limit is too low.
+    #[arg(long, value_name = "N")]
+    connections_max: Option<u32>,
+    /// A client connection that sends no frame for this long is closed, in ms (default
+    /// 300000; 0: never). Tails only read and are exempt; the client library reconnects.
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u32>,
+    /// Once a frame's first byte arrived, the whole frame must arrive within this long, in ms
+    /// (default 30000), or the connection is closed: a sender trickling bytes cannot hold
+    /// the node's memory. A frame's buffer grows as its bytes arrive, never to its announced
+    /// length before.
+    #[arg(long, value_name = "MS")]
+    read_timeout_ms: Option<u32>,
+    /// A connection whose other end takes none of what it is sent for this long is closed,
+    /// in ms (default 30000): a client that stopped reading, a peer that died.
+    #[arg(long, value_name = "MS")]
+    write_timeout_ms: Option<u32>,
+    /// MiB that may wait to be sent to one client (default 16, at least two snapshot
+    /// pieces); a client with more waiting does not read and is disconnected.
+    #[arg(long, value_name = "MIB")]
+    client_queue_mib: Option<u32>,
 }
 
 impl NodeArgs {
@@ -137,6 +161,11 @@ impl NodeArgs {
             snapshot_every_mib: self.snapshot_every_mib,
             snapshot_piece_kib: self.snapshot_piece_kib,
             durability: self.durability,
+            connections_max: self.connections_max,
+            idle_timeout_ms: self.idle_timeout_ms,
+            read_timeout_ms: self.read_timeout_ms,
+            write_timeout_ms: self.write_timeout_ms,
+            client_queue_mib: self.client_queue_mib,
         }
     }
 }
