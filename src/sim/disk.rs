@@ -267,10 +267,10 @@ impl SimDisk {
 
     /// The replica's repair is over: later restarts need none.
     ///
-    /// # Panics
-    /// If the simulated marker cannot be removed: it always can.
-    pub fn finish_repair(&mut self) {
-        self.log().finish_repair().expect("simulated files delete");
+    /// # Errors
+    /// A failing directory sync (a fault the world injected): the marker may come back.
+    pub fn finish_repair(&mut self) -> Result<(), ShardError> {
+        self.log().finish_repair()
     }
 
     /// Reopens the log after a crash and returns the records it recovered, in order.

@@ -769,7 +769,10 @@ impl World {
                         if !self.repairing(node) {
                             self.nodes[node].damaged = false;
                         }
-                        self.nodes[node].shards[shard].disk.finish_repair();
+                        if let Err(error) = self.nodes[node].shards[shard].disk.finish_repair() {
+                            self.fail(node, &error);
+                            continue;
+                        }
                     }
                     Action::SendArchived { to, from_slot, end_slot, commit_index } => {
                         let runs_max = self.replica(node, shard).config().message_runs_max;
