@@ -311,8 +311,8 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     }
 
     /// Why the replica must repair before it votes (protocol.md §3.9): the WAL lost records
-    /// that may have been acknowledged, a repair did not finish, or the log is empty (a new
-    /// node and a wiped one look the same). `None` if the log holds everything it held.
+    /// that may have been acknowledged, a repair did not finish, or the log directory is new
+    /// (a new node and a wiped one look the same). `None` if the log holds everything it held.
     #[must_use]
     pub fn repair_reason(&self) -> Option<&str> {
         self.repair.as_deref()
