@@ -404,6 +404,33 @@ fn out_of_range_messages_are_refused_with_a_reason_and_change_nothing() {
     assert!(driver.take().is_empty(), "a refused message leaves no trace");
 }
 
+/// A peer may name the last round a ballot may have; the replica then stands for no election
+/// beyond it rather than sending a round no peer would take (found by the proptest below in CI:
+/// a rejection at round 2^62 made the replica prepare round 2^62 + 1 and refuse its own promise).
+#[test]
+fn a_replica_told_of_the_last_round_never_names_a_round_beyond_it() {
+    let at_the_bound = Ballot::new(ROUND_MAX, PEER);
+    let tellings = [
+        Message::Rejected { ballot: Ballot::ZERO, promised: at_the_bound },
+        Message::ProbeReply { round: 1, granted: true, promised: at_the_bound },
+        Message::Prepare { ballot: at_the_bound, from_slot: Slot(0) },
+    ];
+    for telling in tellings {
+        for start in [Driver::new as fn(NodeId) -> Driver, |_| Driver::leader()] {
+            let mut driver = start(ME);
+            let kind = telling.kind();
+            driver.deliver(PEER, telling.clone()).expect(kind);
+            driver.tick(500);
+            for (to, message) in driver.sent.drain(..) {
+                message.validate(ME).unwrap_or_else(|invalid| {
+                    panic!("after a {kind} at the bound, sent {to:?} {message:?}: {invalid}")
+                });
+            }
+            assert!(driver.replica.promised().round <= ROUND_MAX);
+        }
+    }
+}
+
 #[test]
 fn a_follower_refuses_an_accept_whose_batch_does_not_parse() {
     let mut driver = Driver::new(ME);

@@ -30,7 +30,7 @@ use super::log::Log;
 use super::message::{Action, Envelope, InvalidMessage, Message, Record, SlotRun};
 use super::quorum::{VoteSet, Voters};
 use super::repair::Repair;
-use super::types::{Ballot, NodeId, PersistSeq, RequestId, Slot};
+use super::types::{Ballot, NodeId, PersistSeq, ROUND_MAX, RequestId, Slot};
 
 /// The role of a replica in its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -832,7 +832,7 @@ impl Replica {
         self.leader_hint = None;
         self.election.forget_leader();
         self.election.restart(self.now_tick, &mut self.rng);
-        let round = self.round_seen_max.max(self.promised.round) + 1;
+        let Some(round) = self.next_round() else { return };
         let mut granted = VoteSet::EMPTY;
         granted.insert(self.my_voter_index());
         self.role = Role::Probing { round, granted };
@@ -875,8 +875,20 @@ impl Replica {
 
     // ----- Phase 1 (protocol.md §3.2) ----------------------------------------------------
 
-    fn start_prepare(&mut self) {
+    /// The round one above every round seen, or `None` once that would pass [`ROUND_MAX`]:
+    /// no message may name such a round (protocol.md §2.1), so the replica stands for no
+    /// more elections. Honest replicas take 2^62 elections to get there; only a peer sending
+    /// a round at the bound can, and it cannot make this replica send one beyond it.
+    fn next_round(&self) -> Option<u64> {
         let round = self.round_seen_max.max(self.promised.round) + 1;
+        (round <= ROUND_MAX).then_some(round)
+    }
+
+    fn start_prepare(&mut self) {
+        let Some(round) = self.next_round() else {
+            self.step_down_quietly();
+            return;
+        };
         self.round_seen_max = round;
         let ballot = Ballot::new(round, self.config.node);
         let from_slot = self.commit_index;
