@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
 use quorum::shard::{Shard, settle_wired};
-use quorum::state_machine::{KvCommand, KvStore, SessionLimits};
+use quorum::state_machine::{KvCommand, KvStore, Outcome, SessionLimits, register_request};
 use quorum_wal::{MmapBackend, Options};
 
 const CLUSTER: ClusterId = ClusterId(5);
@@ -22,6 +22,8 @@ struct Trio {
     shards: Vec<Option<Shard<MmapBackend, KvStore>>>,
     _dir: tempfile::TempDir,
     sequence: u64,
+    /// The session the bench's commands go under (registered through the log).
+    session: u64,
 }
 
 impl Trio {
@@ -48,7 +50,7 @@ impl Trio {
                 )
             })
             .collect();
-        let mut trio = Trio { shards, _dir: dir, sequence: 0 };
+        let mut trio = Trio { shards, _dir: dir, sequence: 0, session: 0 };
         // Every replica starts on a new directory and first repairs (protocol.md §3.9): all
         // tick until their surveys are done, then only the first, which so becomes the leader.
         while trio.shards.iter().flatten().any(|shard| shard.replica().is_repairing()) {
@@ -61,6 +63,19 @@ impl Trio {
             trio.first().on_tick().unwrap();
             trio.settle();
         }
+        let (register, payload) = register_request([1; 16]);
+        trio.first().propose(register, &payload).unwrap().unwrap();
+        trio.first().flush().unwrap();
+        let mut session = None;
+        settle_wired(&mut trio.shards, |_, applied| {
+            for applied in applied {
+                if let Outcome::Registered(id) = applied.outcome {
+                    session = Some(id);
+                }
+            }
+        })
+        .unwrap();
+        trio.session = session.expect("the bench's session is registered");
         trio
     }
 
@@ -76,7 +91,7 @@ impl Trio {
     fn round(&mut self, commands: &[Vec<u8>]) {
         for command in commands {
             self.sequence += 1;
-            let id = RequestId { client: 1, sequence: self.sequence };
+            let id = RequestId { client: self.session, sequence: self.sequence };
             self.first().propose(id, command).unwrap().unwrap();
         }
         self.first().flush().unwrap();

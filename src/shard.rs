@@ -21,7 +21,9 @@ use crate::core::{
 use crate::core::{Ballot, ClusterId};
 use crate::log_record;
 use crate::snapshot::{Piece, Snapshot, SnapshotError, SnapshotHeader};
-use crate::state_machine::{Applier, Outcome, SessionLimits, StateMachine};
+use crate::state_machine::{
+    Applier, Outcome, REGISTER_ENTROPY_BYTES, SessionLimits, StateMachine, seal_register,
+};
 use crate::total_order::Committed;
 
 /// A shard that can no longer run: its log failed. Restart it from disk.
@@ -1059,15 +1061,28 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     }
 
     /// Proposes a client command; its reply comes out of [`Shard::take_replies`] once applied.
+    /// A register-session command gets the leader's entropy first ([`seal_register`]).
     ///
     /// # Errors
-    /// `Ok(Err(..))`: refused (not the leader, busy, too large). `Err(..)`: the shard failed.
+    /// `Ok(Err(..))`: refused (not the leader, busy, too large, a malformed register-session
+    /// command). `Err(..)`: the shard failed.
     pub fn propose(
         &mut self,
         id: RequestId,
         payload: &[u8],
     ) -> Result<Result<(), ProposeError>, ShardError> {
-        let result = self.replica.propose(id, payload);
+        let result = if id.client == RequestId::REGISTER {
+            let mut entropy = [0; REGISTER_ENTROPY_BYTES];
+            match (getrandom::fill(&mut entropy), seal_register(payload, entropy)) {
+                (Ok(()), Ok(sealed)) => self.replica.propose(id, &sealed),
+                (Err(_), _) => {
+                    Err(ProposeError::Refused("the leader has no entropy for a session id"))
+                }
+                (_, Err(reason)) => Err(ProposeError::Refused(reason)),
+            }
+        } else {
+            self.replica.propose(id, payload)
+        };
         self.process_actions()?;
         Ok(result)
     }

@@ -15,8 +15,8 @@ use crate::core::{ClusterId, Slot};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"QRMSNAP\x01");
 /// 2: the applier image carries the session eviction state (seen commands, each session's last
-/// use and dropped mark, the evicted ids).
-const VERSION: u32 = 2;
+/// use and dropped mark, the evicted ids). 3: each session's register-session nonce.
+const VERSION: u32 = 3;
 /// Bytes before the body.
 pub const HEADER_BYTES: usize = 48;
 /// The least capacity an image is built in (see [`Snapshot::encode_with`]).

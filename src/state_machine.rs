@@ -9,6 +9,11 @@
 //! many bytes of them, and once the table holds more than so many sessions, those idle for
 //! long enough are evicted, least recently used first. Every such decision counts commands
 //! of the log, never a clock, so every replica makes it at the same command (protocol.md §5).
+//!
+//! Sessions are opened by a replicated register-session command ([`register_request`]), and
+//! the cluster picks the id from entropy the leader adds ([`seal_register`]): a client cannot
+//! choose another's id, and a request under an id the table does not hold is refused, never
+//! applied (protocol.md §5.1).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -85,9 +90,52 @@ pub enum Outcome<R> {
     /// Too old to tell whether it was applied (its session dropped its reply, by count or by
     /// bytes); not applied.
     Expired,
-    /// Its client's session was evicted while idle: not applied, and no request of that
-    /// client id will be any more (a retry could otherwise be applied a second time).
+    /// The table holds no session of its client id (evicted while idle, or never
+    /// registered): not applied, and no request under that id will be (a retry could
+    /// otherwise be applied a second time). The client registers a new session.
     SessionExpired,
+    /// A register-session command: the session's client id. A retry of the same command (its
+    /// nonce) gets the same id while the session lives.
+    Registered(u64),
+}
+
+/// Bytes of a register-session command's payload as its client sends it: the second half of
+/// its nonce (the first is in the request's sequence).
+pub const REGISTER_NONCE_BYTES: usize = 8;
+
+/// Bytes of fresh entropy the leader appends to a register-session command before proposing
+/// it ([`seal_register`]).
+pub const REGISTER_ENTROPY_BYTES: usize = 16;
+
+/// A register-session command from a client's 16 random bytes (its nonce): the request id to
+/// send it under and its payload. The sequence has its top bit set, so it never equals the
+/// sequence of a client's own request (those count up from 1). A retry sends the same command.
+#[must_use]
+pub fn register_request(nonce: [u8; 16]) -> (RequestId, [u8; REGISTER_NONCE_BYTES]) {
+    let (low, high) = nonce.split_at(8);
+    let low: [u8; 8] = low.try_into().expect("half of 16 bytes");
+    let high: [u8; 8] = high.try_into().expect("half of 16 bytes");
+    let sequence = u64::from_le_bytes(low) | 1 << 63;
+    (RequestId { client: RequestId::REGISTER, sequence }, high)
+}
+
+/// What a leader proposes for a register-session command: the client's payload, then
+/// `entropy`, fresh random bytes of the leader's. The session id is derived from both, so it
+/// cannot be predicted from what any client sent.
+///
+/// # Errors
+/// The payload is not a register-session command's ([`REGISTER_NONCE_BYTES`] long).
+pub fn seal_register(
+    payload: &[u8],
+    entropy: [u8; REGISTER_ENTROPY_BYTES],
+) -> Result<[u8; REGISTER_NONCE_BYTES + REGISTER_ENTROPY_BYTES], &'static str> {
+    let Ok(nonce) = <[u8; REGISTER_NONCE_BYTES]>::try_from(payload) else {
+        return Err("a register-session command carries an 8-byte nonce and nothing else");
+    };
+    let mut sealed = [0; REGISTER_NONCE_BYTES + REGISTER_ENTROPY_BYTES];
+    sealed[..REGISTER_NONCE_BYTES].copy_from_slice(&nonce);
+    sealed[REGISTER_NONCE_BYTES..].copy_from_slice(&entropy);
+    Ok(sealed)
 }
 
 /// How much the session table keeps (protocol.md §5). Every replica of a shard must use the
@@ -153,11 +201,19 @@ struct Session<R> {
     dropped_through: Option<u64>,
     /// The applier's command count at this session's last request.
     last_used: u64,
+    /// The nonce of the register-session command that opened it.
+    nonce: u128,
 }
 
 impl<R> Session<R> {
-    fn new(last_used: u64) -> Session<R> {
-        Session { replies: VecDeque::new(), reply_bytes: 0, dropped_through: None, last_used }
+    fn new(last_used: u64, nonce: u128) -> Session<R> {
+        Session {
+            replies: VecDeque::new(),
+            reply_bytes: 0,
+            dropped_through: None,
+            last_used,
+            nonce,
+        }
     }
 
     fn position(&self, sequence: u64) -> Result<usize, usize> {
@@ -210,6 +266,8 @@ pub struct Applier<S: StateMachine> {
     sessions: HashMap<u64, Session<S::Reply>, foldhash::fast::RandomState>,
     /// `(last_used, client)` of every session: the eviction order.
     by_last_use: BTreeSet<(u64, u64)>,
+    /// Every session's client id by the nonce that registered it, for retried registrations.
+    by_nonce: HashMap<u128, u64, foldhash::fast::RandomState>,
     /// Evicted client ids, oldest eviction first, and the same as a set.
     evicted_order: VecDeque<u64>,
     evicted: HashSet<u64, foldhash::fast::RandomState>,
@@ -227,6 +285,7 @@ impl<S: StateMachine> Applier<S> {
             machine,
             sessions: HashMap::default(),
             by_last_use: BTreeSet::new(),
+            by_nonce: HashMap::default(),
             evicted_order: VecDeque::new(),
             evicted: HashSet::default(),
             limits,
@@ -251,12 +310,12 @@ impl<S: StateMachine> Applier<S> {
     }
 
     /// Appends the image of the applied state: the commands applied and seen, the session
-    /// table (clients in order, each one's last use, dropped mark and replies in order), the
-    /// evicted ids in eviction order, and the state machine's image.
+    /// table (clients in order, each one's nonce, last use, dropped mark and replies in
+    /// order), the evicted ids in eviction order, and the state machine's image.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
         let replies: usize = self.sessions.values().map(|session| session.replies.len()).sum();
         out.reserve(
-            40 + 40 * self.sessions.len()
+            40 + 56 * self.sessions.len()
                 + 8 * self.evicted_order.len()
                 + 64 * replies
                 + self.machine.snapshot_size_hint(),
@@ -270,6 +329,7 @@ impl<S: StateMachine> Applier<S> {
         for client in clients {
             let session = &self.sessions[&client];
             out.extend_from_slice(&client.to_le_bytes());
+            out.extend_from_slice(&session.nonce.to_le_bytes());
             out.extend_from_slice(&session.last_used.to_le_bytes());
             out.extend_from_slice(&u64::from(session.dropped_through.is_some()).to_le_bytes());
             out.extend_from_slice(&session.dropped_through.unwrap_or(0).to_le_bytes());
@@ -304,8 +364,16 @@ impl<S: StateMachine> Applier<S> {
         let clients = reader.u64()?;
         let mut sessions = HashMap::default();
         let mut by_last_use = BTreeSet::new();
+        let mut by_nonce = HashMap::default();
         for _ in 0..clients {
             let client = reader.u64()?;
+            if client == RequestId::REGISTER {
+                return Err(SnapshotError::Image("a session has the register command's id"));
+            }
+            let nonce = u128::from(reader.u64()?) | u128::from(reader.u64()?) << 64;
+            if by_nonce.insert(nonce, client).is_some() {
+                return Err(SnapshotError::Image("two sessions have one nonce"));
+            }
             let last_used = reader.u64()?;
             if last_used > seen_commands {
                 return Err(SnapshotError::Image("a session was used after the last command"));
@@ -316,7 +384,7 @@ impl<S: StateMachine> Applier<S> {
                 _ => return Err(SnapshotError::Image("a session's dropped mark is malformed")),
             };
             let count = reader.u64()?;
-            let mut session = Session::new(last_used);
+            let mut session = Session::new(last_used, nonce);
             session.dropped_through = dropped_through;
             let mut previous = dropped_through;
             for _ in 0..count {
@@ -349,6 +417,7 @@ impl<S: StateMachine> Applier<S> {
         let mut applier = Applier::new(machine, limits);
         applier.sessions = sessions;
         applier.by_last_use = by_last_use;
+        applier.by_nonce = by_nonce;
         applier.evicted_order = evicted_order;
         applier.evicted = evicted;
         applier.applied_commands = applied_commands;
@@ -378,23 +447,19 @@ impl<S: StateMachine> Applier<S> {
 
     fn apply_one(&mut self, id: RequestId, payload: &[u8]) -> Outcome<S::Reply> {
         self.seen_commands += 1;
-        if self.evicted.contains(&id.client) {
+        if id.client == RequestId::REGISTER {
+            return self.register(id.sequence, payload);
+        }
+        let now = self.seen_commands;
+        let Some(session) = self.sessions.get_mut(&id.client) else {
             // Every command advances the clock, so eviction is looked at after every one: a
             // replica restored here from a snapshot evicts at once what this one would.
             self.maybe_evict();
             return Outcome::SessionExpired;
-        }
-        let now = self.seen_commands;
-        let session = match self.sessions.entry(id.client) {
-            std::collections::hash_map::Entry::Occupied(entry) => {
-                let session = entry.into_mut();
-                let moved = self.by_last_use.remove(&(session.last_used, id.client));
-                assert!(moved, "client {} missing from the eviction order", id.client);
-                session.last_used = now;
-                session
-            }
-            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(Session::new(now)),
         };
+        let moved = self.by_last_use.remove(&(session.last_used, id.client));
+        assert!(moved, "client {} missing from the eviction order", id.client);
+        session.last_used = now;
         self.by_last_use.insert((now, id.client));
         let outcome = if let Some(reply) = session.get(id.sequence) {
             Outcome::Duplicate(reply.clone())
@@ -411,6 +476,41 @@ impl<S: StateMachine> Applier<S> {
         outcome
     }
 
+    /// Opens a session for a register-session command (protocol.md §5.1), or returns the one
+    /// the same nonce opened. The id is a hash of the payload (the client's nonce and the
+    /// leader's entropy) and the sequence, rehashed while it names a held or remembered
+    /// session: unique among them, and the same on every replica.
+    fn register(&mut self, sequence: u64, payload: &[u8]) -> Outcome<S::Reply> {
+        let now = self.seen_commands;
+        let mut high = [0; 8];
+        let nonce_bytes = payload.len().min(REGISTER_NONCE_BYTES);
+        high[..nonce_bytes].copy_from_slice(&payload[..nonce_bytes]);
+        let nonce = u128::from(sequence) | u128::from(u64::from_le_bytes(high)) << 64;
+        if let Some(&client) = self.by_nonce.get(&nonce) {
+            let session = self.sessions.get_mut(&client).expect("a nonce's session is held");
+            let moved = self.by_last_use.remove(&(session.last_used, client));
+            assert!(moved, "client {client} missing from the eviction order");
+            session.last_used = now;
+            self.by_last_use.insert((now, client));
+            self.maybe_evict();
+            return Outcome::Registered(client);
+        }
+        let mut client = xxhash_rust::xxh3::xxh3_64_with_seed(payload, sequence);
+        let mut attempt = 0;
+        while client == RequestId::REGISTER
+            || self.sessions.contains_key(&client)
+            || self.evicted.contains(&client)
+        {
+            attempt += 1;
+            client = xxhash_rust::xxh3::xxh3_64_with_seed(&client.to_le_bytes(), attempt);
+        }
+        self.sessions.insert(client, Session::new(now, nonce));
+        self.by_last_use.insert((now, client));
+        self.by_nonce.insert(nonce, client);
+        self.maybe_evict();
+        Outcome::Registered(client)
+    }
+
     /// Evicts the least recently used sessions idle for long enough while the table holds
     /// more than its limit. Depends only on the commands seen, so every replica evicts the
     /// same sessions at the same command.
@@ -422,7 +522,9 @@ impl<S: StateMachine> Applier<S> {
             }
             self.by_last_use.pop_first();
             let removed = self.sessions.remove(&client);
-            assert!(removed.is_some(), "client {client} in the eviction order without a session");
+            let session = removed.expect("a client in the eviction order has a session");
+            let unmapped = self.by_nonce.remove(&session.nonce);
+            assert_eq!(unmapped, Some(client), "client {client}'s nonce maps elsewhere");
             self.evicted_order.push_back(client);
             let fresh = self.evicted.insert(client);
             assert!(fresh, "client {client} evicted twice");
@@ -432,6 +534,7 @@ impl<S: StateMachine> Applier<S> {
             }
         }
         assert_eq!(self.sessions.len(), self.by_last_use.len(), "eviction order out of step");
+        assert_eq!(self.sessions.len(), self.by_nonce.len(), "nonces out of step");
     }
 }
 
@@ -889,6 +992,25 @@ mod tests {
         RequestId { client, sequence }
     }
 
+    /// Opens sessions for `clients` as a register-session command would, without one, so
+    /// that the tests below can name their clients (the command itself is tested apart).
+    fn open(applier: &mut Applier<KvStore>, clients: &[u64]) {
+        for &client in clients {
+            let now = applier.seen_commands;
+            let nonce = u128::from(client);
+            applier.sessions.insert(client, Session::new(now, nonce));
+            applier.by_last_use.insert((now, client));
+            applier.by_nonce.insert(nonce, client);
+        }
+    }
+
+    /// A register-session command with `nonce`, sealed with `entropy` as a leader would.
+    fn register(nonce: u8, entropy: u8) -> (u64, u64, Vec<u8>) {
+        let (id, payload) = register_request([nonce; 16]);
+        let sealed = seal_register(&payload, [entropy; REGISTER_ENTROPY_BYTES]).unwrap();
+        (id.client, id.sequence, sealed.to_vec())
+    }
+
     fn limits(replies_max: usize, reply_bytes_max: usize) -> SessionLimits {
         SessionLimits { replies_max, reply_bytes_max, ..SessionLimits::DEFAULT }
     }
@@ -927,7 +1049,7 @@ mod tests {
             requests in proptest::collection::vec((0u64..20, 0usize..10), 0..40),
         ) {
             let limits = limits(window, reply_bytes_max);
-            let mut session = Session::new(0);
+            let mut session = Session::new(0, 0);
             let mut model = std::collections::BTreeMap::new();
             let mut model_dropped: Option<u64> = None;
             for (step, (sequence, bytes)) in requests.into_iter().enumerate() {
@@ -960,10 +1082,12 @@ mod tests {
         }
 
         /// Two replicas fed the same commands make the same decisions, one of them restored
-        /// from the other's snapshot midway: the image carries everything eviction looks at.
+        /// from the other's snapshot midway: the image carries everything eviction and
+        /// registration look at. Client 0 stands for register-session commands (a few nonces,
+        /// so that some are retries).
         #[test]
         fn appliers_fed_the_same_log_evict_alike_across_a_snapshot(
-            requests in proptest::collection::vec((0u64..6, 0u64..3), 1..120),
+            requests in proptest::collection::vec((0u64..7, 0u64..3), 1..120),
             cut in 0usize..120,
         ) {
             let limits = SessionLimits {
@@ -975,10 +1099,16 @@ mod tests {
             };
             let mut straight = Applier::new(KvStore::default(), limits);
             let mut restarted = Applier::new(KvStore::default(), limits);
-            let mut next = [1u64; 6];
+            open(&mut straight, &[1, 2, 3, 4, 5, 6]);
+            open(&mut restarted, &[1, 2, 3, 4, 5, 6]);
+            let mut next = [1u64; 7];
             let commands: Vec<(u64, u64, Vec<u8>)> = requests
                 .iter()
-                .map(|&(client, back)| {
+                .enumerate()
+                .map(|(step, &(client, back))| {
+                    if client == 0 {
+                        return register(u8::try_from(back).unwrap(), step as u8);
+                    }
                     let at = usize::try_from(client).unwrap();
                     // Mostly new requests, sometimes a retry of a recent one.
                     let sequence = if back == 0 { next[at] } else { next[at].saturating_sub(back) };
@@ -1002,8 +1132,9 @@ mod tests {
                 let other = apply(&mut restarted, std::slice::from_ref(command));
                 proptest::prop_assert_eq!(one, other, "command {}", at);
                 // Sessions used in the last `idle_commands_min` commands stay, and the least
-                // recently used goes first, so the table never holds more than this.
-                let bound = limits.sessions_max.max(4);
+                // recently used goes first, so once the six opened at the start are idle the
+                // table never holds more than this.
+                let bound = if at < 3 { 7 + at } else { limits.sessions_max.max(4) };
                 proptest::prop_assert!(straight.sessions() <= bound, "{} sessions", straight.sessions());
             }
             let (mut one, mut other) = (Vec::new(), Vec::new());
@@ -1017,6 +1148,7 @@ mod tests {
     fn a_session_past_its_byte_bound_drops_old_replies_and_refuses_their_retry() {
         // A reply to a get of a 10-byte value is 15 bytes: two of them fill the 30.
         let mut applier = Applier::new(KvStore::default(), limits(100, 30));
+        open(&mut applier, &[1]);
         let outcomes = apply(
             &mut applier,
             &[
@@ -1053,15 +1185,13 @@ mod tests {
         let mut applier = Applier::new(KvStore::default(), limits);
         // Commands 1 to 4: client 2 is the least recently used when client 3 arrives, but
         // only 2 commands idle, so the table holds 3 for now.
-        let outcomes = apply(
+        open(&mut applier, &[1, 2]);
+        let mut outcomes = apply(
             &mut applier,
-            &[
-                (1, 1, put(b"a", b"1")),
-                (2, 1, put(b"b", b"1")),
-                (1, 2, get(b"a")),
-                (3, 1, get(b"a")),
-            ],
+            &[(1, 1, put(b"a", b"1")), (2, 1, put(b"b", b"1")), (1, 2, get(b"a"))],
         );
+        open(&mut applier, &[3]);
+        outcomes.extend(apply(&mut applier, &[(3, 1, get(b"a"))]));
         assert!(outcomes.iter().all(|outcome| matches!(outcome, Outcome::Applied(_))));
         assert_eq!(applier.sessions(), 3);
         // Command 5 makes client 2 idle for 3 commands: it goes, client 1 (used at 3) stays.
@@ -1083,8 +1213,69 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_assigns_session_ids_and_refuses_every_other() {
+        let limits =
+            SessionLimits { sessions_max: 1, idle_commands_min: 4, ..SessionLimits::DEFAULT };
+        let mut applier = Applier::new(KvStore::default(), limits);
+        let registered = apply(&mut applier, &[register(1, 10), register(2, 10)]);
+        let [Outcome::Registered(first), Outcome::Registered(second)] = registered[..] else {
+            panic!("registered {registered:?}");
+        };
+        assert_ne!(first, second);
+        assert!(first != RequestId::REGISTER && second != RequestId::REGISTER);
+        // A retried registration (same nonce, the leader's entropy fresh) gets the same id,
+        // also from a replica restored from a snapshot.
+        assert_eq!(apply(&mut applier, &[register(1, 99)]), vec![Outcome::Registered(first)]);
+        let mut image = Vec::new();
+        applier.snapshot(&mut image);
+        let mut restored = Applier::<KvStore>::restore(&image, limits).unwrap();
+        assert_eq!(apply(&mut restored, &[register(2, 77)]), vec![Outcome::Registered(second)]);
+        // Its requests apply; one under an id nobody registered does not.
+        let forged = first.wrapping_add(1);
+        let outcomes = apply(
+            &mut applier,
+            &[(first, 1, put(b"k", b"mine")), (forged, 2, put(b"k", b"forged"))],
+        );
+        assert_eq!(outcomes, vec![Outcome::Applied(KvReply::Done), Outcome::SessionExpired]);
+        assert_eq!(applier.machine().get(b"k"), Some(&b"mine"[..]));
+        assert_eq!(applier.sessions(), 2);
+        // The idle session goes; registering its nonce again opens a new session.
+        apply(&mut applier, &[(first, 2, get(b"k")), (first, 3, get(b"k"))]);
+        assert_eq!(applier.sessions(), 1);
+        let again = apply(&mut applier, &[register(2, 10)]);
+        let [Outcome::Registered(renewed)] = again[..] else { panic!("{again:?}") };
+        assert!(renewed != second && renewed != first, "{renewed} reuses an id");
+        assert_eq!(apply(&mut applier, &[(second, 9, get(b"k"))]), vec![Outcome::SessionExpired]);
+    }
+
+    #[test]
+    fn a_registration_whose_id_is_taken_gets_another() {
+        let mut applier = Applier::new(KvStore::default(), SessionLimits::DEFAULT);
+        let (client, sequence, payload) = register(3, 3);
+        let taken = xxhash_rust::xxh3::xxh3_64_with_seed(&payload, sequence);
+        open(&mut applier, &[taken]);
+        let outcomes = apply(&mut applier, &[(client, sequence, payload)]);
+        let [Outcome::Registered(id)] = outcomes[..] else { panic!("{outcomes:?}") };
+        assert_ne!(id, taken);
+        assert_eq!(applier.sessions(), 2);
+    }
+
+    #[test]
+    fn a_register_command_must_carry_its_nonce_alone() {
+        let (_, payload) = register_request([5; 16]);
+        assert!(seal_register(&payload, [0; REGISTER_ENTROPY_BYTES]).is_ok());
+        for wrong in [&payload[..7], &[0u8; 9][..], &[][..]] {
+            assert!(seal_register(wrong, [0; REGISTER_ENTROPY_BYTES]).is_err());
+        }
+        let (id, _) = register_request([0; 16]);
+        assert_eq!(id.client, RequestId::REGISTER);
+        assert!(id.sequence >= 1 << 63, "never a client's own sequence");
+    }
+
+    #[test]
     fn retried_request_is_applied_once_and_gets_its_first_reply() {
         let mut applier = Applier::new(KvStore::default(), SessionLimits::with_replies_max(4));
+        open(&mut applier, &[7]);
         let put = KvCommand::Put { key: b"k".to_vec(), value: b"1".to_vec() }.encode();
         let cas = KvCommand::CompareAndSet {
             key: b"k".to_vec(),
@@ -1109,11 +1300,12 @@ mod tests {
     #[test]
     fn snapshot_restores_state_and_sessions_and_refuses_damage() {
         let mut applier = Applier::new(KvStore::default(), SessionLimits::with_replies_max(2));
+        open(&mut applier, &[1, 2]);
         let mut builder = BatchBuilder::new(1 << 16);
         for sequence in 1..=5u64 {
             let key = format!("key{}", sequence % 3).into_bytes();
             let value = vec![b'v'; sequence as usize * 10];
-            builder.push(id(sequence % 2, sequence), &KvCommand::Put { key, value }.encode());
+            builder.push(id(sequence % 2 + 1, sequence), &KvCommand::Put { key, value }.encode());
         }
         applier.apply_batch(&builder.take(), |_, _| {}).unwrap();
         let mut image = Vec::new();
@@ -1128,7 +1320,7 @@ mod tests {
         // A retry of a request the snapshot's sessions remember gets its first reply.
         let put = KvCommand::Put { key: b"key2".to_vec(), value: b"other".to_vec() }.encode();
         let mut builder = BatchBuilder::new(4096);
-        builder.push(id(1, 5), &put);
+        builder.push(id(2, 5), &put);
         let mut outcomes = Vec::new();
         restored.apply_batch(&builder.take(), |_, outcome| outcomes.push(outcome)).unwrap();
         assert_eq!(outcomes, vec![Outcome::Duplicate(KvReply::Done)]);
@@ -1147,6 +1339,7 @@ mod tests {
     #[test]
     fn request_older_than_the_session_window_is_not_applied() {
         let mut applier = Applier::new(KvStore::default(), SessionLimits::with_replies_max(2));
+        open(&mut applier, &[1]);
         let put = KvCommand::Put { key: b"k".to_vec(), value: b"v".to_vec() }.encode();
         let mut builder = BatchBuilder::new(4096);
         for sequence in [5, 6, 7, 1] {

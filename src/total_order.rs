@@ -126,10 +126,36 @@ pub enum TotalOrderError {
 mod tests {
     use super::*;
     use crate::core::{BatchBuilder, RequestId};
-    use crate::state_machine::{KvCommand, KvStore};
+    use crate::state_machine::{
+        Applier, KvCommand, KvStore, Outcome, REGISTER_ENTROPY_BYTES, register_request,
+        seal_register,
+    };
 
-    fn batch(client: u64, commands: &[KvCommand]) -> Value {
+    /// The session id an applier gives the register-session command of `nonce`.
+    fn session(nonce: u8) -> u64 {
+        let (register, payload) = register_request([nonce; 16]);
+        let sealed = seal_register(&payload, [nonce; REGISTER_ENTROPY_BYTES]).unwrap();
         let mut builder = BatchBuilder::new(1 << 16);
+        builder.push(register, &sealed);
+        let mut scratch = Applier::new(KvStore::default(), SessionLimits::DEFAULT);
+        let mut session = None;
+        scratch
+            .apply_batch(&builder.take(), |_, outcome| {
+                if let Outcome::Registered(id) = outcome {
+                    session = Some(id);
+                }
+            })
+            .unwrap();
+        session.unwrap()
+    }
+
+    /// A batch that registers the session of `nonce`, then runs `commands` under it.
+    fn batch(nonce: u8, commands: &[KvCommand]) -> Value {
+        let (register, payload) = register_request([nonce; 16]);
+        let sealed = seal_register(&payload, [nonce; REGISTER_ENTROPY_BYTES]).unwrap();
+        let mut builder = BatchBuilder::new(1 << 16);
+        builder.push(register, &sealed);
+        let client = session(nonce);
         for (sequence, command) in commands.iter().enumerate() {
             builder.push(RequestId { client, sequence: sequence as u64 + 1 }, &command.encode());
         }
@@ -162,8 +188,14 @@ mod tests {
                     .unwrap();
             }
             assert_eq!(total.next_position(), 4, "everything merged");
-            let clients: Vec<(u16, u64)> = applied.iter().map(|(s, id)| (*s, id.client)).collect();
-            assert_eq!(clients, vec![(0, 1), (1, 2), (0, 3)], "global position order");
+            let clients: Vec<(u16, u64)> = applied
+                .iter()
+                .filter(|(_, id)| id.client != RequestId::REGISTER)
+                .map(|(s, id)| (*s, id.client))
+                .collect();
+            let expected = vec![(0, session(1)), (1, session(2)), (0, session(3))];
+            assert_eq!(clients, expected, "global position order");
+            assert_eq!(total.machine().get(b"x"), Some(&b"c"[..]), "the last put wins");
             summaries.push(total.machine().summary());
         }
         assert!(summaries.windows(2).all(|pair| pair[0] == pair[1]));

@@ -18,7 +18,10 @@ use quorum::core::{
 };
 use quorum::shard::{Shard, ShardSettings};
 use quorum::snapshot::{Snapshot, SnapshotHeader};
-use quorum::state_machine::{Applier, KvCommand, KvStore, SessionLimits};
+use quorum::state_machine::{
+    Applier, KvCommand, KvStore, Outcome, REGISTER_ENTROPY_BYTES, SessionLimits, register_request,
+    seal_register,
+};
 use quorum::transport::codec::{Body, Encoder, Frame, FrameError, decode};
 use quorum_wal::{Options, SimBackend};
 
@@ -46,11 +49,23 @@ fn config(node: NodeId) -> Config {
     }
 }
 
+/// A batch as a leader proposes it: a register-session command (the leader's entropy added),
+/// then `commands` puts under the session it opens.
 fn batch(commands: u64) -> Bytes {
+    let (register, payload) = register_request([7; 16]);
+    let sealed = seal_register(&payload, [9; REGISTER_ENTROPY_BYTES]).unwrap();
     let mut builder = BatchBuilder::new(1 << 16);
+    builder.push(register, &sealed);
+    // The id every applier derives for that command: ask one.
+    let mut alone = BatchBuilder::new(1 << 16);
+    alone.push(register, &sealed);
+    let mut outcomes = Vec::new();
+    let mut scratch = Applier::new(KvStore::default(), SessionLimits::DEFAULT);
+    scratch.apply_batch(&alone.take(), |_, outcome| outcomes.push(outcome)).unwrap();
+    let [Outcome::Registered(session)] = outcomes[..] else { panic!("{outcomes:?}") };
     for sequence in 0..commands {
         let command = KvCommand::Put { key: b"k".to_vec(), value: sequence.to_le_bytes().to_vec() };
-        builder.push(RequestId { client: 7, sequence: sequence + 1 }, &command.encode());
+        builder.push(RequestId { client: session, sequence: sequence + 1 }, &command.encode());
     }
     builder.take()
 }

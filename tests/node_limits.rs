@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use quorum::bench::embedded::free_port_range;
 use quorum::client::{Client, ClientOptions, node_status};
-use quorum::core::{ClusterId, Message, NodeId, Slot};
-use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, Role};
+use quorum::core::{BatchBuilder, ClusterId, Message, NodeId, RequestId, Slot};
+use quorum::state_machine::KvCommand;
+use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, ReplyStatus, Role};
 use quorum::transport::framing::read_frame;
 
 const CLUSTER: u64 = 77;
@@ -545,4 +546,67 @@ fn a_peer_that_dials_again_replaces_its_connection_and_sockets_keep_alive() {
     let _second = try_connection(&node.address, Role::Peer, NodeId(2)).unwrap();
     assert!(closed_within(&mut first, Duration::from_secs(5)), "the old connection stays");
     node.await_log("peer dialled again", Duration::from_secs(5));
+}
+
+/// Requests under `clients` × sequences 1 to `sequences`, on a raw connection: what the node
+/// answered each.
+fn forge(address: &str, clients: &[u64], sequences: u64, command: &[u8]) -> Vec<ReplyStatus> {
+    let mut stream = client_connection(address, 42);
+    let mut builder = BatchBuilder::new(usize::MAX);
+    for &client in clients {
+        for sequence in 1..=sequences {
+            builder.push(RequestId { client, sequence }, command);
+        }
+    }
+    stream.write_all(&client_frame(Body::Requests(builder.take()))).unwrap();
+    let mut statuses = Vec::new();
+    while statuses.len() < clients.len() * sequences as usize {
+        match read_frame(&mut stream, 1 << 20).unwrap().body {
+            Body::Replies(replies) => statuses.extend(replies.iter().map(|reply| reply.status)),
+            other => panic!("expected replies, got {other:?}"),
+        }
+    }
+    statuses
+}
+
+/// Issue #22, point 6: a client cannot pre-fill another's session, and a client restarted
+/// with the same label starts a session of its own (before sessions were registered, both
+/// made real writes come back as `Duplicate`, never applied).
+#[test]
+fn forged_session_ids_are_refused_and_a_restarted_client_writes_anew() {
+    let node = OneNode::start(1, &[], &[]);
+    node.await_up();
+    let labelled = || {
+        let options = ClientOptions {
+            cluster_id: ClusterId(CLUSTER),
+            request_timeout: Duration::from_secs(5),
+            client_id: Some(42),
+            ..ClientOptions::default()
+        };
+        Client::connect(std::slice::from_ref(&node.address), options).unwrap()
+    };
+    let put = |value: &[u8]| KvCommand::Put { key: b"k".to_vec(), value: value.to_vec() }.encode();
+    let first = labelled();
+    let response = first.call(0, &put(b"first")).unwrap();
+    assert!(!response.duplicate);
+    // A forger fills the windows of the label, of small ids and of random ones.
+    let mut guesses: Vec<u64> = vec![42, 1, 2, 3, u64::MAX];
+    guesses.extend((1..64).map(|n: u64| n.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    let statuses = forge(&node.address, &guesses, 8, &put(b"forged"));
+    let refused = statuses.iter().filter(|status| **status == ReplyStatus::SessionExpired);
+    assert_eq!(refused.count(), statuses.len(), "refused as unregistered: {statuses:?}");
+    // Nor is the register-session command's id a way in: a put under it is refused.
+    let statuses = forge(&node.address, &[RequestId::REGISTER], 1, &put(b"forged"));
+    assert_eq!(statuses, vec![ReplyStatus::Rejected]);
+    // The first client's writes still apply, and a client restarted with the same label
+    // (its sequences from 1 again) gets a session of its own: its writes apply too.
+    for n in 0..20u8 {
+        assert!(!first.call(0, &put(&[b'a', n])).unwrap().duplicate, "write {n}");
+    }
+    drop(first);
+    let restarted = labelled();
+    for n in 0..20u8 {
+        assert!(!restarted.call(0, &put(&[b'b', n])).unwrap().duplicate, "write {n}");
+    }
+    assert_eq!(restarted.get(b"k").unwrap().as_deref(), Some(&[b'b', 19][..]));
 }

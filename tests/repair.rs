@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
 use quorum::shard::{Shard, settle_wired};
-use quorum::state_machine::{KvCommand, KvReply, KvStore, Outcome, SessionLimits};
+use quorum::state_machine::{
+    KvCommand, KvReply, KvStore, Outcome, SessionLimits, register_request,
+};
 use quorum_wal::{MmapBackend, Options};
 
 const CLUSTER: ClusterId = ClusterId(9);
@@ -32,6 +34,10 @@ struct Cluster {
     dirs: Vec<PathBuf>,
     shards: Vec<Option<Shard<MmapBackend, KvStore>>>,
     replies: HashMap<RequestId, KvReply>,
+    /// Register-session commands' outcomes: the session ids.
+    registered: HashMap<RequestId, u64>,
+    /// The session the harness's puts go under, once registered.
+    session: Option<u64>,
     _root: tempfile::TempDir,
 }
 
@@ -39,8 +45,14 @@ impl Cluster {
     fn new() -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let dirs: Vec<PathBuf> = (1..=3).map(|node| root.path().join(format!("n{node}"))).collect();
-        let mut cluster =
-            Cluster { dirs, shards: vec![None, None, None], replies: HashMap::new(), _root: root };
+        let mut cluster = Cluster {
+            dirs,
+            shards: vec![None, None, None],
+            replies: HashMap::new(),
+            registered: HashMap::new(),
+            session: None,
+            _root: root,
+        };
         for index in 0..3 {
             cluster.start(index);
         }
@@ -72,12 +84,18 @@ impl Cluster {
     }
 
     fn settle(&mut self) {
-        let replies = &mut self.replies;
+        let (replies, registered) = (&mut self.replies, &mut self.registered);
         settle_wired(&mut self.shards, |shard, applied| {
             if shard.replica().role() == RoleKind::Leader {
                 for applied in applied {
-                    if let Outcome::Applied(reply) | Outcome::Duplicate(reply) = applied.outcome {
-                        replies.insert(applied.id, reply);
+                    match applied.outcome {
+                        Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
+                            replies.insert(applied.id, reply);
+                        }
+                        Outcome::Registered(session) => {
+                            registered.insert(applied.id, session);
+                        }
+                        Outcome::Expired | Outcome::SessionExpired => {}
                     }
                 }
             }
@@ -100,8 +118,31 @@ impl Cluster {
         })
     }
 
+    /// The session the puts go under, registered through the log on first use.
+    fn session(&mut self) -> u64 {
+        if let Some(session) = self.session {
+            return session;
+        }
+        let (id, payload) = register_request([7; 16]);
+        for _ in 0..1_000 {
+            if let Some(leader) = self.leader() {
+                let shard = self.shards[leader].as_mut().unwrap();
+                if shard.propose(id, &payload).unwrap().is_ok() {
+                    shard.flush().unwrap();
+                    self.settle();
+                    if let Some(&session) = self.registered.get(&id) {
+                        self.session = Some(session);
+                        return session;
+                    }
+                }
+            }
+            self.tick();
+        }
+        panic!("the session was never registered");
+    }
+
     fn put(&mut self, sequence: u64) {
-        let id = RequestId { client: 1, sequence };
+        let id = RequestId { client: self.session(), sequence };
         let command =
             KvCommand::Put { key: format!("key-{sequence}").into(), value: b"v".to_vec() }.encode();
         for _ in 0..1_000 {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind, Slot};
 use quorum::shard::{Shard, ShardError, ShardSettings, settle_wired};
 use quorum::state_machine::{
-    KvCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _,
+    KvCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _, register_request,
 };
 use quorum_wal::{Backend as _, Options, SimBackend};
 
@@ -32,6 +32,10 @@ struct Cluster {
     shards: Vec<Option<Shard<SimBackend, KvStore>>>,
     disks: Vec<SimBackend>,
     replies: HashMap<RequestId, KvReply>,
+    /// Register-session commands' outcomes: the session ids.
+    registered: HashMap<RequestId, u64>,
+    /// The session the harness's puts go under, once registered.
+    session: Option<u64>,
 }
 
 impl Cluster {
@@ -45,7 +49,13 @@ impl Cluster {
         let shards = (0..3)
             .map(|index| Some(open_snapshotting(index as u16 + 1, &disks[index], every_bytes)))
             .collect();
-        Cluster { shards, disks, replies: HashMap::new() }
+        Cluster {
+            shards,
+            disks,
+            replies: HashMap::new(),
+            registered: HashMap::new(),
+            session: None,
+        }
     }
 
     fn retaining(retain_slots: u64) -> Cluster {
@@ -64,7 +74,13 @@ impl Cluster {
                 )
             })
             .collect();
-        Cluster { shards, disks, replies: HashMap::new() }
+        Cluster {
+            shards,
+            disks,
+            replies: HashMap::new(),
+            registered: HashMap::new(),
+            session: None,
+        }
     }
 
     /// Elects a leader, commits ten puts, and stops a follower (cleanly: its log is whole).
@@ -85,12 +101,18 @@ impl Cluster {
 
     /// Delivers messages and completes syncs until nothing moves.
     fn settle(&mut self) {
-        let replies = &mut self.replies;
+        let (replies, registered) = (&mut self.replies, &mut self.registered);
         settle_wired(&mut self.shards, |shard, applied| {
             if shard.replica().role() == RoleKind::Leader {
                 for applied in applied {
-                    if let Outcome::Applied(reply) | Outcome::Duplicate(reply) = applied.outcome {
-                        replies.insert(applied.id, reply);
+                    match applied.outcome {
+                        Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
+                            replies.insert(applied.id, reply);
+                        }
+                        Outcome::Registered(session) => {
+                            registered.insert(applied.id, session);
+                        }
+                        Outcome::Expired | Outcome::SessionExpired => {}
                     }
                 }
             }
@@ -113,8 +135,31 @@ impl Cluster {
         })
     }
 
+    /// The session the puts go under, registered through the log on first use.
+    fn session(&mut self) -> u64 {
+        if let Some(session) = self.session {
+            return session;
+        }
+        let (id, payload) = register_request([7; 16]);
+        for _ in 0..1_000 {
+            if let Some(leader) = self.leader() {
+                let shard = self.shards[leader].as_mut().unwrap();
+                if shard.propose(id, &payload).unwrap().is_ok() {
+                    shard.flush().unwrap();
+                    self.settle();
+                    if let Some(&session) = self.registered.get(&id) {
+                        self.session = Some(session);
+                        return session;
+                    }
+                }
+            }
+            self.tick();
+        }
+        panic!("the session was never registered");
+    }
+
     fn put(&mut self, sequence: u64, key: &str, value: &str) {
-        let id = RequestId { client: 1, sequence };
+        let id = RequestId { client: self.session(), sequence };
         let command = KvCommand::Put { key: key.into(), value: value.into() }.encode();
         for _ in 0..1_000 {
             if let Some(leader) = self.leader() {

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{ClientError, FRAME_BYTES_MAX, Response, Shared, handshake};
+use super::{ClientError, FRAME_BYTES_MAX, Response, Shared, handshake, random_bytes};
 use crate::core::{BatchBuilder, NodeId, RequestId};
+use crate::state_machine::{REGISTER_NONCE_BYTES, register_request};
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus};
 use crate::transport::framing::{Outgoing, read_frame};
 
@@ -25,6 +26,9 @@ const REDIRECTS_MAX: usize = 3;
 
 struct Pending {
     command: Bytes,
+    /// The session it was first sent under: every retry goes under the same one, or a retry
+    /// under a new session could apply it twice.
+    session: Option<u64>,
     result: Option<Result<Response, ClientError>>,
     /// Where to deliver the result instead of keeping it for a waiter.
     notify: Option<std::sync::mpsc::Sender<Completion>>,
@@ -49,6 +53,10 @@ struct LaneState {
     leader: Option<NodeId>,
     /// Requests without a final reply, by sequence.
     outstanding: BTreeMap<u64, Pending>,
+    /// The session the shard registered for this client (protocol.md §5.1), once it has.
+    session: Option<u64>,
+    /// The register-session command in flight: sent on every connection until answered.
+    registering: Option<(RequestId, [u8; REGISTER_NONCE_BYTES])>,
     /// The last reason a connection failed (reported on timeout).
     last_error: Option<ClientError>,
     encoder: Encoder,
@@ -69,10 +77,14 @@ type ToWrite = Option<(Arc<TcpStream>, Outgoing)>;
 
 impl Lane {
     pub(super) fn start(shared: Arc<Shared>, shard: u16) -> Arc<Lane> {
+        let state = LaneState {
+            registering: Some(register_request(random_bytes())),
+            ..LaneState::default()
+        };
         let lane = Arc::new(Lane {
             shared,
             shard,
-            state: Mutex::new(LaneState::default()),
+            state: Mutex::new(state),
             changed: Condvar::new(),
             write_lock: Mutex::new(()),
         });
@@ -97,15 +109,27 @@ impl Lane {
         }
     }
 
-    /// Encodes requests for the current connection; without one they wait for the next.
-    /// Write the result with [`Lane::write_out`] after releasing the state lock.
-    fn send(&self, state: &mut LaneState, sequences: impl Iterator<Item = u64>) -> ToWrite {
+    /// Encodes requests for the current connection, after the register-session command if
+    /// `register` and one is in flight; without a connection they wait for the next, and
+    /// without a session for its registration. Write the result with [`Lane::write_out`]
+    /// after releasing the state lock.
+    fn send(
+        &self,
+        state: &mut LaneState,
+        register: bool,
+        sequences: impl Iterator<Item = u64>,
+    ) -> ToWrite {
         let writer = state.writer.clone()?;
         let mut builder = BatchBuilder::new(usize::MAX);
+        if let (true, Some((id, payload))) = (register, &state.registering) {
+            builder.push(*id, payload);
+        }
+        let current = state.session;
         for sequence in sequences {
-            if let Some(pending) = state.outstanding.get(&sequence) {
-                let id = RequestId { client: self.shared.client_id, sequence };
-                builder.push(id, &pending.command);
+            if let Some(pending) = state.outstanding.get_mut(&sequence) {
+                let Some(session) = pending.session.or(current) else { continue };
+                pending.session = Some(session);
+                builder.push(RequestId { client: session, sequence }, &pending.command);
             }
         }
         if builder.is_empty() {
@@ -138,12 +162,13 @@ impl Lane {
         for (sequence, command) in sequences.iter().zip(commands) {
             let pending = Pending {
                 command: Bytes::copy_from_slice(command),
+                session: None,
                 result: None,
                 notify: notify.cloned(),
             };
             state.outstanding.insert(*sequence, pending);
         }
-        let outgoing = self.send(&mut state, sequences.iter().copied());
+        let outgoing = self.send(&mut state, false, sequences.iter().copied());
         drop(state);
         self.write_out(outgoing);
     }
@@ -258,7 +283,7 @@ impl Lane {
                 state.leader = Some(node);
                 state.last_error = None;
                 let sequences: Vec<u64> = state.outstanding.keys().copied().collect();
-                self.send(&mut state, sequences.into_iter())
+                self.send(&mut state, true, sequences.into_iter())
             };
             self.write_out(outgoing);
             let error = self.read_replies(stream);
@@ -282,6 +307,7 @@ impl Lane {
             };
             let mut busy = Vec::new();
             let mut redirect = None;
+            let (mut register, mut registered) = (false, false);
             {
                 let mut state = self.lock();
                 for reply in replies {
@@ -289,6 +315,8 @@ impl Lane {
                         Settled::Done => {}
                         Settled::Busy(sequence) => busy.push(sequence),
                         Settled::NotLeader(hint) => redirect = Some(hint),
+                        Settled::Register => register = true,
+                        Settled::Registered => registered = true,
                     }
                 }
             }
@@ -299,17 +327,74 @@ impl Lane {
                 std::thread::sleep(BUSY_PAUSE);
                 return ClientError::Disconnected("redirected to the shard's leader".into());
             }
+            if registered {
+                // What waited for the session goes now.
+                let mut state = self.lock();
+                let waiting: Vec<u64> = state
+                    .outstanding
+                    .iter()
+                    .filter(|(_, pending)| pending.session.is_none())
+                    .map(|(sequence, _)| *sequence)
+                    .collect();
+                let outgoing = self.send(&mut state, false, waiting.into_iter());
+                drop(state);
+                self.write_out(outgoing);
+            }
+            if register {
+                let mut state = self.lock();
+                let outgoing = self.send(&mut state, true, std::iter::empty());
+                drop(state);
+                self.write_out(outgoing);
+            }
             if !busy.is_empty() {
                 std::thread::sleep(BUSY_PAUSE);
                 let mut state = self.lock();
-                let outgoing = self.send(&mut state, busy.into_iter());
+                let outgoing = self.send(&mut state, false, busy.into_iter());
                 drop(state);
                 self.write_out(outgoing);
             }
         }
     }
 
+    /// Settles the register-session command's reply: `None` if `reply` is not one.
+    fn settle_registration(&self, state: &mut LaneState, reply: &Reply) -> Option<Settled> {
+        let (id, _) = state.registering?;
+        if reply.sequence != id.sequence {
+            return None;
+        }
+        Some(match reply.status {
+            ReplyStatus::Registered => match <[u8; 8]>::try_from(&reply.body[..]) {
+                Ok(client) => {
+                    state.session = Some(u64::from_le_bytes(client));
+                    state.registering = None;
+                    Settled::Registered
+                }
+                Err(_) => {
+                    let reason = format!("a session id of {} bytes", reply.body.len());
+                    state.last_error = Some(ClientError::BadReply(reason));
+                    Settled::Done
+                }
+            },
+            ReplyStatus::Busy => {
+                std::thread::sleep(BUSY_PAUSE);
+                Settled::Register
+            }
+            ReplyStatus::NotLeader { hint } => Settled::NotLeader(hint),
+            // Refused for good (a node that does not know the command): the requests waiting
+            // for the session time out with this reason.
+            _ => {
+                let reason = String::from_utf8_lossy(&reply.body);
+                let reason = format!("registering a session: {:?} {reason}", reply.status);
+                state.last_error = Some(ClientError::Rejected(reason));
+                Settled::Done
+            }
+        })
+    }
+
     fn settle(&self, state: &mut LaneState, reply: Reply) -> Settled {
+        if let Some(settled) = self.settle_registration(state, &reply) {
+            return settled;
+        }
         let Some(pending) = state.outstanding.get_mut(&reply.sequence) else {
             // Already timed out, or answered twice: nothing waits for it.
             return Settled::Done;
@@ -324,12 +409,18 @@ impl Lane {
             }),
             ReplyStatus::Expired => Err(ClientError::Expired),
             ReplyStatus::SessionExpired => Err(ClientError::SessionExpired),
+            ReplyStatus::Registered => Err(ClientError::BadReply(
+                "a session id for a request that is not a registration".into(),
+            )),
             ReplyStatus::Rejected => {
                 Err(ClientError::Rejected(String::from_utf8_lossy(&reply.body).into_owned()))
             }
             ReplyStatus::Busy => return Settled::Busy(reply.sequence),
             ReplyStatus::NotLeader { hint } => return Settled::NotLeader(hint),
         };
+        let forgotten = matches!(result, Err(ClientError::SessionExpired))
+            && pending.session.is_some()
+            && pending.session == state.session;
         if let Some(notify) = &pending.notify {
             let completion = Completion { shard: self.shard, sequence: reply.sequence, result };
             // A receiver that is gone no longer cares.
@@ -337,6 +428,14 @@ impl Lane {
             state.outstanding.remove(&reply.sequence);
         } else {
             pending.result = Some(result);
+        }
+        if forgotten {
+            // The shard forgot the session: this request may have been applied under it, so
+            // it failed; later ones go under a new session (those sent under the old one
+            // stay with it and fail alike).
+            state.session = None;
+            state.registering = Some(register_request(random_bytes()));
+            return Settled::Register;
         }
         Settled::Done
     }
@@ -346,4 +445,8 @@ enum Settled {
     Done,
     Busy(u64),
     NotLeader(Option<NodeId>),
+    /// Send the register-session command (again).
+    Register,
+    /// The session is registered: send what waited for it.
+    Registered,
 }

@@ -52,7 +52,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long to wait for a connection and its handshake.
     pub connect_timeout: Duration,
-    /// This client's id; random if `None`. Two clients must never share one.
+    /// The label this client's connections carry in the handshake (nodes log it); random if
+    /// `None`. Not the id of its sessions: each shard assigns those (protocol.md §5.1).
     pub client_id: Option<u64>,
 }
 
@@ -162,6 +163,17 @@ pub struct Client {
     lanes: Vec<Arc<Lane>>,
     next_sequence: AtomicU64,
     next_append_shard: AtomicU64,
+}
+
+/// 16 random bytes from the operating system, or, should it fail, a hash of the time, the
+/// process and a counter (good enough for a nonce that must merely differ from others').
+fn random_bytes() -> [u8; 16] {
+    let mut bytes = [0; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&random_client_id().to_le_bytes());
+        bytes[8..].copy_from_slice(&random_client_id().to_le_bytes());
+    }
+    bytes
 }
 
 fn random_client_id() -> u64 {
@@ -281,7 +293,7 @@ impl Client {
         membership.members.iter().map(|(id, address)| (*id, address.clone())).collect()
     }
 
-    /// This client's id.
+    /// The label this client's connections carry (see [`ClientOptions::client_id`]).
     #[must_use]
     pub fn id(&self) -> u64 {
         self.shared.client_id

@@ -57,6 +57,9 @@ pub enum ProposeError {
     /// The pipeline and the open batch are full: try again shortly.
     #[error("busy: the pipeline and the open batch are full")]
     Busy,
+    /// Refused for good before it was proposed; the reason says why.
+    #[error("refused: {0}")]
+    Refused(&'static str),
     /// The command can never fit in a batch.
     #[error("command of {payload_bytes} bytes exceeds the batch limit of {batch_bytes_max} bytes")]
     TooLarge {

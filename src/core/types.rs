@@ -81,6 +81,11 @@ pub struct RequestId {
     pub sequence: u64,
 }
 
+impl RequestId {
+    /// The `client` of a register-session command (protocol.md §5.1): no session has this id.
+    pub const REGISTER: u64 = 0;
+}
+
 /// The sequence number of a persist action; `on_persisted(seq)` reports every persist up to and
 /// including `seq` durable.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]

@@ -255,17 +255,13 @@ impl Host {
         if link.overflowed {
             return Ok(Err("the client does not read its replies".to_string()));
         }
-        let client = link.client;
+        // Requests name the session they belong to (registered on this shard, protocol.md
+        // §5.1), not the connection's client label: a client keeps its sessions across
+        // reconnections, and a session id nobody registered is refused when it applies.
         for command in crate::core::BatchReader::new(batch) {
             let Ok((id, payload)) = command else {
                 return Ok(Err("malformed request batch".to_string()));
             };
-            if id.client != client {
-                return Ok(Err(format!(
-                    "request for client {} on the connection of client {client}",
-                    id.client
-                )));
-            }
             let refused = match self.shard.propose(id, payload)? {
                 Ok(()) => {
                     self.waiting.insert(id, connection);
@@ -485,17 +481,20 @@ impl Host {
         self.shard.take_replies(&mut self.applied);
         for applied in self.applied.drain(..) {
             let Some(connection) = self.waiting.remove(&applied.id) else { continue };
-            let (status, body) = match applied.outcome {
-                Outcome::Applied(reply) => (ReplyStatus::Applied, Some(reply)),
-                Outcome::Duplicate(reply) => (ReplyStatus::Duplicate, Some(reply)),
-                Outcome::Expired => (ReplyStatus::Expired, None),
-                Outcome::SessionExpired => (ReplyStatus::SessionExpired, None),
-            };
-            let body = body.map_or_else(Bytes::new, |reply| {
+            let encoded = |reply: &<NodeMachine as StateMachine>::Reply| {
                 let mut encoded = Vec::new();
-                NodeMachine::encode_reply(&reply, &mut encoded);
+                NodeMachine::encode_reply(reply, &mut encoded);
                 Bytes::from(encoded)
-            });
+            };
+            let (status, body) = match applied.outcome {
+                Outcome::Applied(reply) => (ReplyStatus::Applied, encoded(&reply)),
+                Outcome::Duplicate(reply) => (ReplyStatus::Duplicate, encoded(&reply)),
+                Outcome::Expired => (ReplyStatus::Expired, Bytes::new()),
+                Outcome::SessionExpired => (ReplyStatus::SessionExpired, Bytes::new()),
+                Outcome::Registered(client) => {
+                    (ReplyStatus::Registered, Bytes::copy_from_slice(&client.to_le_bytes()))
+                }
+            };
             if let Some(link) = self.clients.get_mut(&connection) {
                 link.replies.push(Reply {
                     sequence: applied.id.sequence,

@@ -11,13 +11,16 @@ use super::linearizability::{KvOp, KvResult};
 pub struct Pending {
     /// The request id, the same on every retry.
     pub id: RequestId,
+    /// A register-session command, sent before the operation while the client has no
+    /// session on the key's shard; the operation follows once it is answered.
+    pub register: bool,
     /// Which of the shared keys.
     pub key: usize,
     /// The key's shard.
     pub shard: usize,
     /// The operation, as the linearizability checker sees it.
     pub op: KvOp,
-    /// The encoded command.
+    /// The encoded command (the register-session command's, while `register`).
     pub payload: Vec<u8>,
     /// When it was first sent.
     pub invoke_us: u64,
@@ -28,8 +31,11 @@ pub struct Pending {
 /// One simulated client.
 #[derive(Debug)]
 pub struct SimClient {
-    /// The client's id (its request ids' `client`).
+    /// The client's number, which makes the values it writes unique (its requests go under
+    /// the sessions the shards register).
     pub id: u64,
+    /// Its session on each shard, once registered.
+    pub sessions: Vec<Option<u64>>,
     /// The last sequence number used.
     pub sequence: u64,
     /// The request in flight.
@@ -87,6 +93,8 @@ pub fn result_of(reply: &KvReply) -> KvResult {
 pub enum ClientReply {
     /// The command was applied (now or before: a retry gets the first reply).
     Applied(KvReply),
+    /// A register-session command was applied: the session's id.
+    Registered(u64),
     /// Not the leader; try this node.
     Redirect(Option<usize>),
     /// The leader's pipeline is full; try again shortly.

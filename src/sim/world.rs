@@ -17,7 +17,8 @@ use crate::core::{
 use crate::merge::MergedBatch;
 use crate::snapshot::{Assembly, Piece, Snapshot, SnapshotHeader};
 use crate::state_machine::{
-    Applier, KvStore, Outcome, SessionLimits, StateMachine as _, shard_for_key,
+    Applier, KvStore, Outcome, REGISTER_ENTROPY_BYTES, SessionLimits, StateMachine as _,
+    register_request, seal_register, shard_for_key,
 };
 
 /// The simulated replicas' session limits: a small reply window, so that it moves.
@@ -294,6 +295,7 @@ impl World {
         for client in 0..world.knobs.clients {
             world.clients.push(SimClient {
                 id: client as u64 + 1,
+                sessions: vec![None; world.knobs.shards],
                 sequence: 0,
                 pending: None,
                 leader_hint: vec![None; world.knobs.shards],
@@ -857,8 +859,19 @@ impl World {
                 // A long-delayed copy of a request its client has long moved past (so it was
                 // acknowledged, so applied): refusing it is exactly-once working.
                 Outcome::Expired => continue,
-                // The simulator's clients are few and keep busy: below the eviction limits.
-                Outcome::SessionExpired => unreachable!("simulated sessions are never evicted"),
+                Outcome::Registered(session) => {
+                    if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&request) {
+                        self.client_send(client, request, ClientReply::Registered(session));
+                    }
+                    continue;
+                }
+                // The simulator's clients are few and keep busy: below the eviction limits, and
+                // they send only under sessions the shard registered.
+                Outcome::SessionExpired => {
+                    let detail = format!("n{} s{shard}: {request:?} has no session", id.0);
+                    self.record(Err(Violation { invariant: "I9 sessions", detail }));
+                    continue;
+                }
             };
             if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&request) {
                 self.client_send(client, request, ClientReply::Applied(reply));
@@ -984,9 +997,17 @@ impl World {
         let shard = shard_for_key(&key_bytes(key), self.knobs.shards);
         let target = self.clients[client].leader_hint[shard]
             .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize);
-        let payload = encode(key, &op);
+        let (id, register, payload) = match self.clients[client].sessions[shard] {
+            Some(session) => (RequestId { client: session, ..id }, false, encode(key, &op)),
+            None => {
+                let mut nonce = [0; 16];
+                self.rng.fill_bytes(&mut nonce);
+                let (register, payload) = register_request(nonce);
+                (register, true, payload.to_vec())
+            }
+        };
         self.clients[client].pending =
-            Some(Pending { id, key, shard, op, payload, invoke_us: self.now_us, target });
+            Some(Pending { id, register, key, shard, op, payload, invoke_us: self.now_us, target });
         self.send_request(client);
     }
 
@@ -1016,8 +1037,16 @@ impl World {
             return;
         }
         let shard = pending.shard;
+        let mut payload = pending.payload.clone();
+        if pending.register {
+            // The leader's entropy, as `Shard::propose` adds it.
+            let mut entropy = [0; REGISTER_ENTROPY_BYTES];
+            self.rng.fill_bytes(&mut entropy);
+            let sealed = seal_register(&payload, entropy).expect("the simulator's nonces fit");
+            payload = sealed.to_vec();
+        }
         let replica = self.replica(node, shard);
-        match replica.propose(pending.id, &pending.payload) {
+        match replica.propose(pending.id, &payload) {
             Ok(()) => {
                 replica.flush();
                 self.nodes[node].shards[shard].waiting.insert(pending.id, client);
@@ -1057,6 +1086,23 @@ impl World {
                 let token = state.timer_token;
                 let backoff = between(&mut self.rng, 200, 2_000);
                 self.schedule(backoff, Event::ClientWake { client, token, resend: true });
+            }
+            ClientReply::Registered(session) => {
+                // The operation goes now, under the new session, as if invoked now.
+                let shard = pending.shard;
+                let state = &mut self.clients[client];
+                state.sessions[shard] = Some(session);
+                state.leader_hint[pending.shard] = Some(pending.target);
+                let operation = Pending {
+                    id: RequestId { client: session, sequence: state.sequence },
+                    register: false,
+                    payload: encode(pending.key, &pending.op),
+                    invoke_us: self.now_us,
+                    ..pending
+                };
+                state.pending = Some(operation);
+                self.trace(|| format!("client {client} s{shard}: session {session}"));
+                self.send_request(client);
             }
             ClientReply::Applied(reply) => {
                 let result = result_of(&reply);

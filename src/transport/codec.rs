@@ -29,8 +29,9 @@ pub const PREFIX_BYTES: usize = 4;
 /// The version of the protocol this build speaks; a peer or client with another is refused.
 /// 5: the reply status `SessionExpired`, and bounded sessions: a replica that keeps every
 /// session would apply a request that one evicting idle sessions refuses, so the two must not
-/// serve one shard together.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// serve one shard together. 6: sessions are registered (the reply status `Registered`), and
+/// a request under an unregistered client id is refused, where 5 opened a session for it.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,9 +173,12 @@ pub enum ReplyStatus {
     Busy,
     /// Refused for good; the body is a UTF-8 reason.
     Rejected,
-    /// The client's session was evicted while idle: not applied, and no request under this
-    /// client id will be.
+    /// The shard holds no session of this client id (evicted while idle, or never
+    /// registered): not applied, and no request under this id will be. Register again.
     SessionExpired,
+    /// A register-session command's reply: the body is the session's client id (8 bytes,
+    /// little-endian), for the requests that follow on this shard.
+    Registered,
 }
 
 impl ReplyStatus {
@@ -187,6 +191,7 @@ impl ReplyStatus {
             ReplyStatus::Busy => (4, 0),
             ReplyStatus::Rejected => (5, 0),
             ReplyStatus::SessionExpired => (6, 0),
+            ReplyStatus::Registered => (7, 0),
         }
     }
 
@@ -199,6 +204,7 @@ impl ReplyStatus {
             4 => ReplyStatus::Busy,
             5 => ReplyStatus::Rejected,
             6 => ReplyStatus::SessionExpired,
+            7 => ReplyStatus::Registered,
             _ => return Err(FrameError::Invalid("unknown reply status")),
         })
     }
