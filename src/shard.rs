@@ -22,7 +22,7 @@ use crate::core::{Ballot, ClusterId};
 use crate::log_record;
 use crate::snapshot::{Piece, Snapshot, SnapshotError, SnapshotHeader};
 use crate::state_machine::{
-    Applier, Outcome, REGISTER_ENTROPY_BYTES, SessionLimits, StateMachine, seal_register,
+    AppliedCommand, Applier, REGISTER_ENTROPY_BYTES, SessionLimits, StateMachine, seal_register,
 };
 use crate::total_order::Committed;
 
@@ -612,19 +612,6 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         }
         Ok(released)
     }
-}
-
-/// What became of one applied client command, and where it was committed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppliedCommand<R> {
-    /// The request.
-    pub id: RequestId,
-    /// The slot of its batch.
-    pub slot: Slot,
-    /// Its place in the batch.
-    pub index: u32,
-    /// What became of it.
-    pub outcome: Outcome<R>,
 }
 
 /// Where a shard's committed runs go: its state machine, or onward ([`ApplyTo::Forward`]).

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-use crate::core::{BatchReader, MalformedBatch, RequestId};
+use crate::core::{BatchReader, MalformedBatch, RequestId, Slot};
 use crate::snapshot::{ImageReader, SnapshotError, put_field};
 
 /// What a database implements to be replicated by Quorum.
@@ -97,6 +97,19 @@ pub enum Outcome<R> {
     /// A register-session command: the session's client id. A retry of the same command (its
     /// nonce) gets the same id while the session lives.
     Registered(u64),
+}
+
+/// What became of one applied client command, and where it was committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedCommand<R> {
+    /// The request.
+    pub id: RequestId,
+    /// The slot of its batch.
+    pub slot: Slot,
+    /// Its place in the batch.
+    pub index: u32,
+    /// What became of it.
+    pub outcome: Outcome<R>,
 }
 
 /// Bytes of a register-session command's payload as its client sends it: the second half of

@@ -9,8 +9,7 @@
 
 use crate::core::{Slot, Value};
 use crate::merge::{Merge, MergeError, MergedBatch};
-use crate::shard::AppliedCommand;
-use crate::state_machine::{Applier, SessionLimits, StateMachine};
+use crate::state_machine::{AppliedCommand, Applier, SessionLimits, StateMachine};
 
 /// A shard's committed run, as it leaves the shard for the total-order applier.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
 
-use quorum::sim::runner::{COMMANDS_PER_SEED_MIN, run_range};
+use quorum::sim::report::COMMANDS_PER_SEED_MIN;
+use quorum::sim::runner::run_range;
 use quorum::sim::trace_seed;
 
 /// Seeds 0..1000 with every fault (about a minute on 2 cores); the acceptance run covers

@@ -77,3 +77,189 @@ fn every_source_file_opens_with_a_module_comment() {
         .collect();
     assert!(missing.is_empty(), "files without a `//!` opening: {missing:?}");
 }
+
+/// The module (as a path from the crate root) that `file` under `src/` defines.
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let relative = file.strip_prefix(src).expect("under src");
+    let mut parts: Vec<String> =
+        relative.iter().map(|part| part.to_string_lossy().into_owned()).collect();
+    let last = parts.pop().expect("a file name");
+    if last != "mod.rs" && last != "lib.rs" {
+        parts.push(last.trim_end_matches(".rs").to_string());
+    }
+    parts
+}
+
+/// Every path a `use` item names, its braces expanded: `a::{b, c::{d}}` gives `a::b`, `a::c::d`.
+fn expand_use(tree: &str) -> Vec<String> {
+    let tree: String = tree.chars().filter(|c| !c.is_whitespace()).collect();
+    let Some(open) = tree.find('{') else { return vec![tree] };
+    let prefix = &tree[..open];
+    let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+    let (mut depth, mut start, mut items) = (0, 0, Vec::new());
+    for (at, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&inner[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&inner[start..]);
+    items
+        .into_iter()
+        .filter(|item| !item.is_empty())
+        .flat_map(|item| expand_use(&format!("{prefix}{item}")))
+        .collect()
+}
+
+/// Layers point down: no two files of `src/` import each other, directly or around a circle
+/// (a folder's `mod.rs` and its own files excepted: they are one module's face and parts).
+#[test]
+fn no_import_cycles_between_modules() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.retain(|file| {
+        !file.starts_with(src.join("bin"))
+            && !file.components().any(|part| part.as_os_str() == "generated")
+    });
+    let modules: Vec<Vec<String>> = files.iter().map(|file| module_of(&src, file)).collect();
+    let index_of = |path: &[String]| -> Option<usize> {
+        // The longest prefix of the path that is a module: the rest are its items.
+        (1..=path.len()).rev().find_map(|len| modules.iter().position(|m| m[..] == path[..len]))
+    };
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); files.len()];
+    for (from, file) in files.iter().enumerate() {
+        let text = fs::read_to_string(file).expect("readable source");
+        let own = &modules[from];
+        let is_face = file.ends_with("mod.rs") || file.ends_with("lib.rs");
+        let parent: Vec<String> = if is_face { own.clone() } else { own[..own.len() - 1].to_vec() };
+        let mut in_tests = false;
+        for statement in text.split(';') {
+            // Unit tests may reach anywhere.
+            in_tests |= statement.contains("#[cfg(test)]");
+            if in_tests {
+                break;
+            }
+            // The statement's code lines, comments and attributes left out.
+            let code: String = statement
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.starts_with("//") && !line.starts_with("#["))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let code = code.trim().trim_start_matches('}').trim();
+            let Some(tree) = ["use ", "pub use ", "pub(crate) use ", "pub(super) use "]
+                .iter()
+                .find_map(|head| code.strip_prefix(head))
+            else {
+                continue;
+            };
+            for path in expand_use(tree) {
+                let mut parts: Vec<String> = path.split("::").map(str::to_string).collect();
+                let resolved: Vec<String> = match parts.first().map(String::as_str) {
+                    Some("crate") => parts.split_off(1),
+                    Some("super") => {
+                        // `super` of a folder's face is the folder's parent; of a file, its folder.
+                        let mut base = if is_face {
+                            parent[..parent.len().saturating_sub(1)].to_vec()
+                        } else {
+                            parent.clone()
+                        };
+                        base.extend(parts.split_off(1));
+                        base
+                    }
+                    _ => continue,
+                };
+                let Some(to) = index_of(&resolved) else { continue };
+                let (a, b) = (&modules[from], &modules[to]);
+                let face_and_part = |face: &[String], part: &[String], face_file: &Path| {
+                    (face_file.ends_with("mod.rs") || face_file.ends_with("lib.rs"))
+                        && part.len() == face.len() + 1
+                        && part.starts_with(face)
+                };
+                if to != from
+                    && !face_and_part(a, b, &files[from])
+                    && !face_and_part(b, a, &files[to])
+                {
+                    edges[from].push(to);
+                }
+            }
+        }
+    }
+    // Tarjan's strongly connected components: any of more than one file is a cycle.
+    struct Search<'a> {
+        edges: &'a [Vec<usize>],
+        index: Vec<Option<usize>>,
+        low: Vec<usize>,
+        stack: Vec<usize>,
+        on_stack: Vec<bool>,
+        next: usize,
+        cycles: Vec<Vec<usize>>,
+    }
+    fn visit(search: &mut Search<'_>, node: usize) {
+        search.index[node] = Some(search.next);
+        search.low[node] = search.next;
+        search.next += 1;
+        search.stack.push(node);
+        search.on_stack[node] = true;
+        for &to in &search.edges[node] {
+            match search.index[to] {
+                None => {
+                    visit(search, to);
+                    search.low[node] = search.low[node].min(search.low[to]);
+                }
+                Some(index) if search.on_stack[to] => {
+                    search.low[node] = search.low[node].min(index);
+                }
+                Some(_) => {}
+            }
+        }
+        if Some(search.low[node]) == search.index[node] {
+            let mut component = Vec::new();
+            while let Some(top) = search.stack.pop() {
+                search.on_stack[top] = false;
+                component.push(top);
+                if top == node {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                search.cycles.push(component);
+            }
+        }
+    }
+    let count = files.len();
+    let mut search = Search {
+        edges: &edges,
+        index: vec![None; count],
+        low: vec![0; count],
+        stack: Vec::new(),
+        on_stack: vec![false; count],
+        next: 0,
+        cycles: Vec::new(),
+    };
+    for node in 0..count {
+        if search.index[node].is_none() {
+            visit(&mut search, node);
+        }
+    }
+    let cycles: Vec<String> = search
+        .cycles
+        .iter()
+        .map(|cycle| {
+            let names: Vec<String> = cycle
+                .iter()
+                .map(|&at| files[at].strip_prefix(&src).unwrap().display().to_string())
+                .collect();
+            names.join(" ↔ ")
+        })
+        .collect();
+    assert!(cycles.is_empty(), "modules that import each other:\n{}", cycles.join("\n"));
+    let edge_count: usize = edges.iter().map(Vec::len).sum();
+    assert!(edge_count > 50, "the import graph looks unread: {edge_count} edges");
+}

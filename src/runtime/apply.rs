@@ -10,16 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::host::{HostRef, pump};
 use super::machine::NodeMachine;
 use super::{Control, NodeError, SESSION_LIMITS};
 use crate::node_config::NodeConfig;
-use crate::shard::AppliedCommand;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{AppliedCommand, StateMachine};
 use crate::total_order::{Committed, TotalApplier};
 
 /// The node's one state machine, shared for status questions (its executor is the only other
@@ -34,9 +31,9 @@ const CHANNEL_CAPACITY: usize = 1024;
 
 /// One shard's ends of its channels to the applier.
 pub struct ShardLink {
-    runs: SharedSender<Vec<Committed>>,
-    outcomes: SharedReceiver<Outcomes>,
-    total: TotalRef,
+    pub(super) runs: SharedSender<Vec<Committed>>,
+    pub(super) outcomes: SharedReceiver<Outcomes>,
+    pub(super) total: TotalRef,
 }
 
 /// The running applier, holding each shard's link until its executor takes it.
@@ -128,29 +125,4 @@ async fn run_apply(
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
-}
-
-/// Connects a shard to the applier: its committed runs go there, the outcomes of its clients'
-/// commands come back into its reply path.
-pub async fn connect_shard(host: &HostRef, link: ShardLink) {
-    let runs = link.runs.connect().await;
-    let outcomes = link.outcomes.connect().await;
-    let (forward, forwarded) = local_channel::new_unbounded();
-    host.borrow_mut().forward_commits(forward, link.total);
-    glommio::spawn_local(async move {
-        while let Some(batch) = forwarded.recv().await {
-            if runs.send(batch).await.is_err() {
-                return; // The applier stopped.
-            }
-        }
-    })
-    .detach();
-    let host = host.clone();
-    glommio::spawn_local(async move {
-        while let Some(outcomes) = outcomes.recv().await {
-            host.borrow_mut().on_applied(outcomes);
-            pump(&host);
-        }
-    })
-    .detach();
 }

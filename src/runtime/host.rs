@@ -11,16 +11,15 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use glommio::channels::local_channel::LocalSender;
+use glommio::channels::local_channel::{self, LocalSender};
 use quorum_wal::MmapBackend;
 
 use super::Control;
-use super::apply::TotalRef;
+use super::apply::{ShardLink, TotalRef};
 use super::machine::NodeMachine;
-use super::net::Watched;
 use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
-use crate::shard::{AppliedCommand, PendingSnapshot, Shard, ShardError};
-use crate::state_machine::{Outcome, StateMachine};
+use crate::shard::{PendingSnapshot, Shard, ShardError};
+use crate::state_machine::{AppliedCommand, Outcome, StateMachine};
 use crate::total_order::Committed;
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
 use crate::transport::framing::Outgoing;
@@ -66,7 +65,13 @@ struct ClientLink {
     overflowed: bool,
     /// Its socket, to cut it off at once when it overflows (its writer may be stuck in a
     /// write the client never takes).
-    connection: Rc<Watched>,
+    connection: Rc<dyn Cut>,
+}
+
+/// A connection the host can cut off (the network layer's, which lies above the host).
+pub trait Cut {
+    /// Shuts the connection down both ways, so that its reader and writer end at once.
+    fn cut(&self);
 }
 
 impl ClientLink {
@@ -80,7 +85,7 @@ impl ClientLink {
         let (client, waiting_bytes) = (self.client, self.link.out.len());
         tracing::warn!(shard, client, waiting_bytes, "client does not read; disconnecting");
         self.link.out.clear();
-        self.connection.close();
+        self.connection.cut();
         self.link.ring();
     }
 }
@@ -203,7 +208,7 @@ impl Host {
     }
 
     /// A client connected: its connection id.
-    pub fn add_client(&mut self, client: u64, link: Link, connection: Rc<Watched>) -> u64 {
+    pub fn add_client(&mut self, client: u64, link: Link, connection: Rc<dyn Cut>) -> u64 {
         let id = self.next_connection;
         self.next_connection += 1;
         let replies = Vec::new();
@@ -652,4 +657,29 @@ pub fn has_unsynced(host: &HostRef) -> bool {
 /// Messages dropped because their peer was unreachable or too far behind.
 pub fn dropped_messages(host: &HostRef) -> u64 {
     host.borrow().dropped_messages
+}
+
+/// Connects a shard to the total-order applier: its committed runs go there, the outcomes of
+/// its clients' commands come back into its reply path.
+pub async fn connect_total(host: &HostRef, link: ShardLink) {
+    let runs = link.runs.connect().await;
+    let outcomes = link.outcomes.connect().await;
+    let (forward, forwarded) = local_channel::new_unbounded();
+    host.borrow_mut().forward_commits(forward, link.total);
+    glommio::spawn_local(async move {
+        while let Some(batch) = forwarded.recv().await {
+            if runs.send(batch).await.is_err() {
+                return; // The applier stopped.
+            }
+        }
+    })
+    .detach();
+    let host = host.clone();
+    glommio::spawn_local(async move {
+        while let Some(outcomes) = outcomes.recv().await {
+            host.borrow_mut().on_applied(outcomes);
+            pump(&host);
+        }
+    })
+    .detach();
 }

@@ -272,7 +272,7 @@ async fn run_shard(
     let durable = config.durability == crate::node_config::Durability::Fsync;
     let host = host::Host::new(opened, shard, control.clone(), durable, config.client_queue_bytes);
     if let Some(link) = total {
-        apply::connect_shard(&host, link).await;
+        host::connect_total(&host, link).await;
     }
     let shard_net = net::ShardNet::new(config.clone(), shard, host.clone(), control.clone());
     glommio::spawn_local(net::accept_loop(shard_net.clone(), listener)).detach();

@@ -35,7 +35,7 @@ use glommio::net::{TcpListener, TcpStream};
 use quorum_wal::MmapBackend;
 
 use super::Control;
-use super::host::{HostRef, Link, fail, pump, with_shard};
+use super::host::{Cut, HostRef, Link, fail, pump, with_shard};
 use crate::core::{ClusterId, Message, NodeId};
 use crate::node_config::NodeConfig;
 use crate::shard::SnapshotReader;
@@ -317,6 +317,12 @@ pub struct Watched {
     /// Its reader, waiting with a read buffer that grew (see [`SHRINK_AFTER`]).
     shrink_waker: Cell<Option<std::task::Waker>>,
     closed: Cell<bool>,
+}
+
+impl Cut for Watched {
+    fn cut(&self) {
+        self.close();
+    }
 }
 
 impl Watched {

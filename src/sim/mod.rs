@@ -9,12 +9,14 @@ pub mod direct;
 pub mod disk;
 pub mod knobs;
 pub mod linearizability;
+pub mod report;
 pub mod runner;
 pub mod world;
 
 pub use checkers::Violation;
 pub use knobs::Knobs;
-pub use world::{SeedReport, World};
+pub use report::SeedReport;
+pub use world::World;
 
 /// Runs one seed without a trace.
 #[must_use]

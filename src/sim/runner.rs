@@ -4,10 +4,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::world::SeedReport;
-
-/// Commands every seed should commit; fewer means the run explored too little.
-pub const COMMANDS_PER_SEED_MIN: u64 = 1_000;
+use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, SeedReport, SnapshotCounts};
 
 /// Runs one seed; an assertion that fires inside it (a replica's own invariant check) is a
 /// violation of that seed, not the end of the whole range.
@@ -67,41 +64,6 @@ pub struct Summary {
     pub snapshots: SnapshotCounts,
     /// Disk faults injected and repairs run, all seeds.
     pub faults: FaultCounts,
-}
-
-/// Disk faults the simulator injected, and the repairs they led to (protocol.md §3.9).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FaultCounts {
-    /// Replicas that started a repair (every first start is one: an empty log).
-    pub repairs: u64,
-    /// Repairs that finished.
-    pub repaired: u64,
-    /// Bits flipped in a durable log image before a restart.
-    pub bit_flips: u64,
-    /// Zeroed stretches of a durable log image before a restart.
-    pub zeroed: u64,
-    /// Data directories of a voter wiped before a restart (amnesia).
-    pub wiped: u64,
-    /// Syncs of a file or a directory made to fail (each stops its node; a directory change
-    /// whose sync failed is lost in the next crash).
-    pub sync_errors: u64,
-    /// Disks that filled up (each stops its node until space is freed).
-    pub full_disks: u64,
-}
-
-/// How often snapshots were taken and used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SnapshotCounts {
-    /// Taken by replicas.
-    pub taken: u64,
-    /// Replicas started from one after a crash.
-    pub restarts: u64,
-    /// Received from a peer and installed.
-    pub installed: u64,
-    /// Pieces of a peer's snapshot pulled (a transfer of n pieces pulls n - 1).
-    pub pulls: u64,
-    /// WAL bytes released behind them.
-    pub released_bytes: u64,
 }
 
 /// Runs `seeds` with `threads` threads, calling `on_report` for each seed as it finishes.

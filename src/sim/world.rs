@@ -30,7 +30,7 @@ use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_o
 use super::disk::SimDisk;
 use super::knobs::{Knobs, between};
 use super::linearizability::{KvOp, Operation, check_key};
-use super::runner::{FaultCounts, SnapshotCounts};
+use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, SeedReport, SnapshotCounts};
 
 const CLUSTER: ClusterId = ClusterId(0x5157_4f52_554d);
 /// How long the liveness phase may take before it counts as a violation.
@@ -141,57 +141,6 @@ struct SimNode {
     /// storage is not intact, so no other node's is damaged meanwhile (a majority keeps
     /// every acknowledged write, the promise the checkers hold the cluster to).
     damaged: bool,
-}
-
-/// The outcome of one simulated run.
-#[derive(Clone, Debug)]
-pub struct SeedReport {
-    /// The seed.
-    pub seed: u64,
-    /// The first invariant broken, if any.
-    pub violation: Option<Violation>,
-    /// Client requests acknowledged.
-    pub commands: u64,
-    /// Leader elections after the first one of each shard.
-    pub leader_changes: u64,
-    /// Simulated time, in microseconds.
-    pub simulated_us: u64,
-    /// Events processed.
-    pub events: u64,
-    /// Batches the nodes' merges handed out in global order (all nodes, all incarnations).
-    pub merged: u64,
-    /// Reads of compacted slots from a WAL (`Action::SendArchived`).
-    pub archived_reads: u64,
-    /// Snapshots taken and used.
-    pub snapshots: SnapshotCounts,
-    /// Disk faults injected, repairs run.
-    pub faults: FaultCounts,
-    /// The knobs drawn from the seed.
-    pub knobs: Knobs,
-}
-
-impl SeedReport {
-    /// The report of a seed whose run panicked: an assertion in the code under test fired.
-    #[must_use]
-    pub fn panicked(seed: u64, message: String) -> SeedReport {
-        let knobs = Knobs::draw(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
-        SeedReport {
-            seed,
-            violation: Some(Violation {
-                invariant: "assertion (a replica's own invariant check)",
-                detail: message,
-            }),
-            commands: 0,
-            leader_changes: 0,
-            simulated_us: 0,
-            events: 0,
-            merged: 0,
-            archived_reads: 0,
-            snapshots: SnapshotCounts::default(),
-            faults: FaultCounts::default(),
-            knobs,
-        }
-    }
 }
 
 /// A whole simulated cluster. Build with [`World::new`], run with [`World::run`].
@@ -1328,8 +1277,7 @@ impl World {
         // A run too faulty to commit a meaningful history is given more time under faults,
         // so that every seed exercises the protocol, not just the election timer.
         let commands = self.acknowledged.len() as u64;
-        if commands < super::runner::COMMANDS_PER_SEED_MIN && self.now_us < 8 * self.knobs.safety_us
-        {
+        if commands < COMMANDS_PER_SEED_MIN && self.now_us < 8 * self.knobs.safety_us {
             self.schedule(500_000, Event::EndSafety);
             return;
         }

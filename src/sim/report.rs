@@ -1,0 +1,96 @@
+//! What a simulated run reports: its verdict, how much it did, and the faults it injected.
+
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::checkers::Violation;
+use super::knobs::Knobs;
+
+/// Commands every seed should commit; fewer means the run explored too little.
+pub const COMMANDS_PER_SEED_MIN: u64 = 1_000;
+
+/// The outcome of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// The first invariant broken, if any.
+    pub violation: Option<Violation>,
+    /// Client requests acknowledged.
+    pub commands: u64,
+    /// Leader elections after the first one of each shard.
+    pub leader_changes: u64,
+    /// Simulated time, in microseconds.
+    pub simulated_us: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Batches the nodes' merges handed out in global order (all nodes, all incarnations).
+    pub merged: u64,
+    /// Reads of compacted slots from a WAL (`Action::SendArchived`).
+    pub archived_reads: u64,
+    /// Snapshots taken and used.
+    pub snapshots: SnapshotCounts,
+    /// Disk faults injected, repairs run.
+    pub faults: FaultCounts,
+    /// The knobs drawn from the seed.
+    pub knobs: Knobs,
+}
+
+impl SeedReport {
+    /// The report of a seed whose run panicked: an assertion in the code under test fired.
+    #[must_use]
+    pub fn panicked(seed: u64, message: String) -> SeedReport {
+        let knobs = Knobs::draw(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
+        SeedReport {
+            seed,
+            violation: Some(Violation {
+                invariant: "assertion (a replica's own invariant check)",
+                detail: message,
+            }),
+            commands: 0,
+            leader_changes: 0,
+            simulated_us: 0,
+            events: 0,
+            merged: 0,
+            archived_reads: 0,
+            snapshots: SnapshotCounts::default(),
+            faults: FaultCounts::default(),
+            knobs,
+        }
+    }
+}
+
+/// Disk faults the simulator injected, and the repairs they led to (protocol.md §3.9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Replicas that started a repair (every first start is one: an empty log).
+    pub repairs: u64,
+    /// Repairs that finished.
+    pub repaired: u64,
+    /// Bits flipped in a durable log image before a restart.
+    pub bit_flips: u64,
+    /// Zeroed stretches of a durable log image before a restart.
+    pub zeroed: u64,
+    /// Data directories of a voter wiped before a restart (amnesia).
+    pub wiped: u64,
+    /// Syncs of a file or a directory made to fail (each stops its node; a directory change
+    /// whose sync failed is lost in the next crash).
+    pub sync_errors: u64,
+    /// Disks that filled up (each stops its node until space is freed).
+    pub full_disks: u64,
+}
+
+/// How often snapshots were taken and used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotCounts {
+    /// Taken by replicas.
+    pub taken: u64,
+    /// Replicas started from one after a crash.
+    pub restarts: u64,
+    /// Received from a peer and installed.
+    pub installed: u64,
+    /// Pieces of a peer's snapshot pulled (a transfer of n pieces pulls n - 1).
+    pub pulls: u64,
+    /// WAL bytes released behind them.
+    pub released_bytes: u64,
+}
