@@ -4,6 +4,7 @@
 //! crate holds the protocol core ([`core`]), the deterministic simulator that proves it
 //! ([`sim`]), and the state machine interface ([`state_machine`]). See `ARCHITECTURE.md`.
 
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod client;
 pub mod core;

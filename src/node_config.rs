@@ -97,7 +97,8 @@ pub struct NodeSettings {
 }
 
 /// Where a node applies committed commands.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ApplyMode {
     /// Each shard applies its own slots, in its slot order, to its own state machine (the KV
@@ -118,7 +119,8 @@ impl std::fmt::Display for ApplyMode {
 }
 
 /// Whether a node waits for its disk.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Every acknowledgement waits for `fdatasync` of the records it depends on.
