@@ -1,8 +1,8 @@
-//! One total order out of the shards' logs (issue #5, DESIGN.md §2.7): slot `i` of shard `k`
-//! is global position `i · S + k`, and the merge hands out committed batches in global
-//! position order. Each shard's committed runs arrive in its slot order; no-ops (holes filled
-//! and skips) take their positions without producing anything. A shard that has not reached a
-//! position holds the merge there, which is why an idle shard's leader commits skips.
+//! One total order out of the shards' logs (issue #5, ARCHITECTURE.md, "Two apply modes"): slot `i`
+//! of shard `k` is global position `i · S + k`, and the merge hands out committed batches in global
+//! position order. Each shard's committed runs arrive in its slot order; no-ops (holes filled and
+//! skips) take their positions without producing anything. A shard that has not reached a position
+//! holds the merge there, which is why an idle shard's leader commits skips.
 //!
 //! Pure: no I/O, no clock. The runtime feeds it from each shard's commits; the simulator can
 //! feed it too.

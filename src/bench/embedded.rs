@@ -1,6 +1,6 @@
 //! A whole cluster inside this process: `voters` nodes on loopback, each with its own
 //! temporary data directory, real TCP between them and real WAL files. Shard `k` of every
-//! node runs on core `k` (DESIGN.md §5). The data is removed when the cluster is dropped.
+//! node runs on core `k` (ARCHITECTURE.md, "One glommio executor per shard"). The data is removed when the cluster is dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! Batches: the value of one slot. A batch is encoded once by the leader and the same bytes go
-//! to the WAL, onto the wire and to learners (DESIGN.md §4); here they are shared by reference
+//! to the WAL, onto the wire and to learners (ARCHITECTURE.md, "Frames carry batches"); here they are shared by reference
 //! count, never copied.
 //!
 //! Encoding, little-endian, repeated for each command:

@@ -45,7 +45,7 @@ pub enum RoleKind {
     Learner,
 }
 
-/// Why a proposal was not taken. Expected outcomes, not failures (STYLE.md, Errors).
+/// Why a proposal was not taken. Expected outcomes, not failures (docs/style.md, Errors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     /// This replica does not lead; `hint` is the leader it last heard, if any.

@@ -1,5 +1,5 @@
 //! Identities and positions: small newtypes so that a slot is never mistaken for a node or a
-//! round (STYLE.md, Naming), and the ranges a message may name them in (protocol.md §2.1).
+//! round (docs/style.md, Naming), and the ranges a message may name them in (protocol.md §2.1).
 
 use std::fmt;
 

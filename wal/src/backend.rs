@@ -52,7 +52,7 @@ pub trait Segment: Send {
     }
 }
 
-/// Makes a set of writes durable. Runs off the appending thread (DESIGN.md §4).
+/// Makes a set of writes durable. Runs off the appending thread (docs/wal-format.md).
 pub trait Syncer: Send {
     /// Blocks until the writes are durable.
     ///

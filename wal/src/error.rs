@@ -1,4 +1,4 @@
-//! The log's errors: operational failures with their context (STYLE.md, Errors).
+//! The log's errors: operational failures with their context (docs/style.md, Errors).
 
 use std::path::PathBuf;
 
