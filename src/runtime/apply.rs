@@ -13,55 +13,54 @@ use std::time::Duration;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::machine::NodeMachine;
-use super::{Control, NodeError, SESSION_LIMITS};
+use super::{Control, Hosted, NodeError, SESSION_LIMITS};
 use crate::node_config::NodeConfig;
 use crate::state_machine::{AppliedCommand, StateMachine};
 use crate::total_order::{Committed, TotalApplier};
 
 /// The node's one state machine, shared for status questions (its executor is the only other
 /// user).
-pub type TotalRef = Arc<Mutex<TotalApplier<NodeMachine>>>;
+pub type TotalRef<S> = Arc<Mutex<TotalApplier<S>>>;
 
 /// Outcomes of applied commands, for the shard that carried them.
-type Outcomes = Vec<AppliedCommand<<NodeMachine as StateMachine>::Reply>>;
+type Outcomes<S> = Vec<AppliedCommand<<S as StateMachine>::Reply>>;
+
+/// The applier's ends of one shard's channels: committed runs in, outcomes out.
+type ApplierEnds<S> = (SharedReceiver<Vec<Committed>>, SharedSender<Outcomes<S>>);
 
 /// Messages a channel holds before its sender waits.
 const CHANNEL_CAPACITY: usize = 1024;
 
 /// One shard's ends of its channels to the applier.
-pub struct ShardLink {
+pub struct ShardLink<S: Hosted> {
     pub(super) runs: SharedSender<Vec<Committed>>,
-    pub(super) outcomes: SharedReceiver<Outcomes>,
-    pub(super) total: TotalRef,
+    pub(super) outcomes: SharedReceiver<Outcomes<S>>,
+    pub(super) total: TotalRef<S>,
 }
 
 /// The running applier, holding each shard's link until its executor takes it.
-pub struct TotalApply {
-    links: Vec<Option<ShardLink>>,
+pub struct TotalApply<S: Hosted> {
+    links: Vec<Option<ShardLink<S>>>,
 }
 
-impl TotalApply {
+impl<S: Hosted> TotalApply<S> {
     /// Shard `shard`'s link (taken once).
-    pub fn link(&mut self, shard: u16) -> ShardLink {
+    pub fn link(&mut self, shard: u16) -> ShardLink<S> {
         self.links[usize::from(shard)].take().expect("one link per shard")
     }
 }
 
-/// Starts the applier's executor.
+/// Starts the applier's executor, applying to `machine`.
 ///
 /// # Errors
 /// The executor cannot be started.
-pub fn start(
+pub fn start<S: Hosted>(
     config: &NodeConfig,
     control: &Arc<Control>,
     threads: &mut Vec<JoinHandle<Result<(), NodeError>>>,
-) -> Result<TotalApply, NodeError> {
-    let total = Arc::new(Mutex::new(TotalApplier::new(
-        config.shards,
-        NodeMachine::from_environment(),
-        SESSION_LIMITS,
-    )));
+    machine: S,
+) -> Result<TotalApply<S>, NodeError> {
+    let total = Arc::new(Mutex::new(TotalApplier::new(config.shards, machine, SESSION_LIMITS)));
     let mut links = Vec::new();
     let mut ends = Vec::new();
     for _ in 0..config.shards {
@@ -81,9 +80,9 @@ pub fn start(
     Ok(TotalApply { links })
 }
 
-async fn run_apply(
-    total: TotalRef,
-    ends: Vec<(SharedReceiver<Vec<Committed>>, SharedSender<Outcomes>)>,
+async fn run_apply<S: Hosted>(
+    total: TotalRef<S>,
+    ends: Vec<ApplierEnds<S>>,
     control: Arc<Control>,
 ) -> Result<(), NodeError> {
     let mut receivers = Vec::new();
@@ -97,7 +96,8 @@ async fn run_apply(
         let (total, senders, control) = (total.clone(), senders.clone(), control.clone());
         glommio::spawn_local(async move {
             while let Some(runs) = receiver.recv().await {
-                let mut outcomes: Vec<Outcomes> = (0..senders.len()).map(|_| Vec::new()).collect();
+                let mut outcomes: Vec<Outcomes<S>> =
+                    (0..senders.len()).map(|_| Vec::new()).collect();
                 let result = {
                     let mut total = total.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     runs.iter().try_for_each(|run| {

@@ -14,18 +14,17 @@ use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalSender};
 use quorum_wal::MmapBackend;
 
-use super::Control;
 use super::apply::{ShardLink, TotalRef};
-use super::machine::NodeMachine;
+use super::{Control, Hosted};
 use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
 use crate::shard::{PendingSnapshot, Shard, ShardError};
-use crate::state_machine::{AppliedCommand, Outcome, StateMachine};
+use crate::state_machine::{AppliedCommand, Outcome};
 use crate::total_order::Committed;
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
 use crate::transport::framing::Outgoing;
 
-/// The shard type a node runs.
-pub type NodeShard = Shard<MmapBackend, NodeMachine>;
+/// The shard type a node runs: its state machine over the WAL on real files.
+pub type NodeShard<S> = Shard<MmapBackend, S>;
 
 /// Bytes that may wait for one peer before messages to it are dropped (a client's bound is
 /// `--client-queue-mib`).
@@ -91,9 +90,9 @@ impl ClientLink {
 }
 
 /// One shard's state on its executor.
-pub struct Host {
+pub struct Host<S: Hosted> {
     /// The shard.
-    pub shard: NodeShard,
+    pub shard: NodeShard<S>,
     /// Which shard this is.
     pub index: u16,
     control: std::sync::Arc<Control>,
@@ -105,7 +104,7 @@ pub struct Host {
     was_leader: bool,
     encoder: Encoder,
     outbox: Vec<(NodeId, Message)>,
-    applied: Vec<AppliedCommand<<NodeMachine as StateMachine>::Reply>>,
+    applied: Vec<AppliedCommand<S::Reply>>,
     dropped_messages: u64,
     /// Syncs started (with durability off: sync points skipped).
     syncs: u64,
@@ -128,7 +127,7 @@ pub struct Host {
     /// Bytes sent to peers, by kind: everything, and committed runs (`Chosen`).
     pub egress: Egress,
     /// Total-order apply: where committed runs go, and the node's one state machine.
-    forward: Option<(LocalSender<Vec<Committed>>, TotalRef)>,
+    forward: Option<(LocalSender<Vec<Committed>>, TotalRef<S>)>,
     committed: Vec<Committed>,
 }
 
@@ -142,17 +141,17 @@ pub struct Egress {
 }
 
 /// A shared handle to a shard's state.
-pub type HostRef = Rc<RefCell<Host>>;
+pub type HostRef<S> = Rc<RefCell<Host<S>>>;
 
-impl Host {
+impl<S: Hosted> Host<S> {
     /// Wraps an opened shard.
     pub fn new(
-        shard: NodeShard,
+        shard: NodeShard<S>,
         index: u16,
         control: std::sync::Arc<Control>,
         durable: bool,
         client_queue_bytes: usize,
-    ) -> HostRef {
+    ) -> HostRef<S> {
         Rc::new(RefCell::new(Host {
             shard,
             index,
@@ -309,15 +308,12 @@ impl Host {
 
     /// Total-order apply: committed runs leave through `forward` to the node's one state
     /// machine, `total`, instead of being applied here.
-    pub fn forward_commits(&mut self, forward: LocalSender<Vec<Committed>>, total: TotalRef) {
+    pub fn forward_commits(&mut self, forward: LocalSender<Vec<Committed>>, total: TotalRef<S>) {
         self.forward = Some((forward, total));
     }
 
     /// Outcomes of commands this shard carried, applied by the node's one state machine.
-    pub fn on_applied(
-        &mut self,
-        outcomes: Vec<AppliedCommand<<NodeMachine as StateMachine>::Reply>>,
-    ) {
+    pub fn on_applied(&mut self, outcomes: Vec<AppliedCommand<S::Reply>>) {
         self.applied.extend(outcomes);
     }
 
@@ -486,9 +482,9 @@ impl Host {
         self.shard.take_replies(&mut self.applied);
         for applied in self.applied.drain(..) {
             let Some(connection) = self.waiting.remove(&applied.id) else { continue };
-            let encoded = |reply: &<NodeMachine as StateMachine>::Reply| {
+            let encoded = |reply: &S::Reply| {
                 let mut encoded = Vec::new();
-                NodeMachine::encode_reply(reply, &mut encoded);
+                S::encode_reply(reply, &mut encoded);
                 Bytes::from(encoded)
             };
             let (status, body) = match applied.outcome {
@@ -546,7 +542,7 @@ impl Host {
 }
 
 /// Moves everything the shard produced to where it goes, and starts a sync if records wait.
-pub fn pump(host: &HostRef) {
+pub fn pump<S: Hosted>(host: &HostRef<S>) {
     let mut guard = host.borrow_mut();
     let state = &mut *guard;
     state.route_messages();
@@ -604,7 +600,7 @@ pub fn pump(host: &HostRef) {
 
 /// Writes a snapshot on the blocking pool (it may be large: write, fsync, rename), then lets
 /// the shard release the WAL it covers.
-fn write_snapshot(host: &HostRef, pending: PendingSnapshot<MmapBackend>) {
+fn write_snapshot<S: Hosted>(host: &HostRef<S>, pending: PendingSnapshot<MmapBackend>) {
     let host = host.clone();
     glommio::spawn_local(async move {
         let (slot, built_in) = (pending.slot(), pending.image_time());
@@ -632,7 +628,10 @@ fn write_snapshot(host: &HostRef, pending: PendingSnapshot<MmapBackend>) {
 }
 
 /// Runs `f` on the shard and pumps; a shard failure stops the node.
-pub fn with_shard(host: &HostRef, f: impl FnOnce(&mut Host) -> Result<(), ShardError>) {
+pub fn with_shard<S: Hosted>(
+    host: &HostRef<S>,
+    f: impl FnOnce(&mut Host<S>) -> Result<(), ShardError>,
+) {
     let result = f(&mut host.borrow_mut());
     match result {
         Ok(()) => pump(host),
@@ -642,26 +641,26 @@ pub fn with_shard(host: &HostRef, f: impl FnOnce(&mut Host) -> Result<(), ShardE
 
 /// A shard failed (its log is poisoned or unreadable): stop the whole node, which then
 /// recovers from its logs and its peers on restart.
-pub fn fail(host: &mut Host, error: &ShardError) {
+pub fn fail<S: Hosted>(host: &mut Host<S>, error: &ShardError) {
     tracing::error!(shard = host.index, %error, "shard failed; stopping the node");
     host.control.failed.store(true, Ordering::SeqCst);
     host.control.stop.store(true, Ordering::SeqCst);
 }
 
 /// True while a sync runs or records wait for one.
-pub fn has_unsynced(host: &HostRef) -> bool {
+pub fn has_unsynced<S: Hosted>(host: &HostRef<S>) -> bool {
     let host = host.borrow();
     host.syncing || host.shard.has_unsynced()
 }
 
 /// Messages dropped because their peer was unreachable or too far behind.
-pub fn dropped_messages(host: &HostRef) -> u64 {
+pub fn dropped_messages<S: Hosted>(host: &HostRef<S>) -> u64 {
     host.borrow().dropped_messages
 }
 
 /// Connects a shard to the total-order applier: its committed runs go there, the outcomes of
 /// its clients' commands come back into its reply path.
-pub async fn connect_total(host: &HostRef, link: ShardLink) {
+pub async fn connect_total<S: Hosted>(host: &HostRef<S>, link: ShardLink<S>) {
     let runs = link.runs.connect().await;
     let outcomes = link.outcomes.connect().await;
     let (forward, forwarded) = local_channel::new_unbounded();

@@ -20,10 +20,24 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use quorum_wal::{MmapBackend, Options};
 
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::core::ClusterId;
 use crate::node_config::{ApplyMode, NodeConfig};
 use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings};
-use crate::state_machine::SessionLimits;
-use machine::NodeMachine;
+use crate::state_machine::{SessionLimits, StateMachine};
+pub use machine::NodeMachine;
+
+/// A state machine a node can host. Each shard's instance is made and used on that shard's
+/// executor; with `--apply total` the node's one instance is made on the starting thread and
+/// then used by the applier's executor (so it moves between threads, and its replies travel
+/// back to the shards').
+pub trait Hosted: StateMachine<Reply: Send> + Send + 'static {}
+
+impl<T: StateMachine<Reply: Send> + Send + 'static> Hosted for T {}
+
+/// Makes a state machine for shard `k` (with `--apply total`, `k` = the shard count for the
+/// node's one machine). Called on the executor that will use it.
+type Factory<S> = Arc<dyn Fn(u16) -> S + Send + Sync>;
 
 /// What the session table keeps for deduplicating retries (protocol.md §5).
 pub const SESSION_LIMITS: SessionLimits = SessionLimits::DEFAULT;
@@ -158,72 +172,159 @@ fn watch_executor(
 }
 
 /// A running node: one thread per shard.
+///
+/// ```no_run
+/// # use quorum::runtime::{Node, NodeMachine};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let config: quorum::node_config::NodeConfig = todo!();
+/// let node = Node::builder(config)
+///     .state_machine(|_shard| NodeMachine::default())
+///     .start()?;
+/// let client = node.client()?;
+/// client.put(b"greeting", b"hello")?;
+/// node.stop();
+/// node.wait()?;
+/// # Ok(()) }
+/// ```
 pub struct Node {
     control: Arc<Control>,
     threads: Vec<JoinHandle<Result<(), NodeError>>>,
+    listen: String,
+    cluster_id: ClusterId,
 }
 
-impl Node {
+/// A node being configured: [`Node::builder`], then [`NodeBuilder::state_machine`].
+pub struct NodeBuilder {
+    config: NodeConfig,
+}
+
+/// A node with its state machine chosen: [`NodeStart::start`] runs it.
+pub struct NodeStart<S: Hosted> {
+    config: NodeConfig,
+    machine: Factory<S>,
+}
+
+impl NodeBuilder {
+    /// The state machine each shard runs: `make(shard)` is called once per shard, on that
+    /// shard's executor, when the node starts (and once more, with the shard count, for the
+    /// node's one machine under `--apply total`). A snapshot restores through
+    /// [`StateMachine::restore`] instead.
+    pub fn state_machine<S: Hosted>(
+        self,
+        make: impl Fn(u16) -> S + Send + Sync + 'static,
+    ) -> NodeStart<S> {
+        NodeStart { config: self.config, machine: Arc::new(make) }
+    }
+}
+
+impl<S: Hosted> NodeStart<S> {
     /// Opens every shard's log, binds every shard's port and starts the shards. Returns once
     /// all of them are listening, or with the first error.
     ///
     /// # Errors
     /// A log that cannot be recovered, a port that cannot be bound, an executor that cannot
     /// start.
-    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        fit_open_files(&config)?;
-        let config = Arc::new(config);
-        let control = Arc::new(Control::new(config.shards));
-        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-        let mut threads = Vec::new();
-        let mut ready = Vec::new();
-        let mut total = match config.apply {
-            ApplyMode::Shard => None,
-            ApplyMode::Total => Some(apply::start(&config, &control, &mut threads)?),
-        };
-        for shard in 0..config.shards {
-            let (started, ready_rx) = std::sync::mpsc::sync_channel(1);
-            ready.push(ready_rx);
-            let placement = if config.pin_cores {
-                // Shard k on core first_core + k: with one node per host, each shard has a
-                // core; several nodes on one host spread by giving each its own first core.
-                Placement::Fixed((config.first_core + usize::from(shard)) % cores)
-            } else {
-                Placement::Unbound
-            };
-            let builder = LocalExecutorBuilder::new(placement)
-                .name(&format!("shard-{shard}"))
-                // Registered I/O memory counts against `ulimit -l`; we do no DMA file I/O.
-                .io_memory(256 << 10)
-                // One thread. With a second one a sync need not wait behind a snapshot's
-                // write (a max of 2.3-3.6 s became 1.0-1.5 s under 4 KiB writes), but every
-                // sync during it shares the disk with it: p99 23-35 ms became 50-70 ms.
-                .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
-            let (shard_config, shard_control) = (config.clone(), control.clone());
-            let link = total.as_mut().map(|total| total.link(shard));
-            let handle = builder
-                .spawn(move || run_shard(shard_config, shard, shard_control, started, link))
-                .map_err(|error| NodeError::Executor { shard, reason: error.to_string() })?;
-            threads.push(watch_executor(handle, format!("shard {shard}"), control.clone()));
-        }
-        let node = Node { control, threads };
-        for ready_rx in ready {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    node.stop();
-                    let _ = node.wait();
-                    return Err(error);
-                }
-                Err(_) => {
-                    node.stop();
-                    return Err(node.wait().err().unwrap_or(NodeError::Failed));
-                }
-            }
-        }
-        Ok(node)
+    pub fn start(self) -> Result<Node, NodeError> {
+        start(self.config, self.machine)
+    }
+}
+
+impl Node {
+    /// Starts configuring a node from its settings (`quorum node`'s flags and file,
+    /// [`NodeConfig`]).
+    #[must_use]
+    pub fn builder(config: NodeConfig) -> NodeBuilder {
+        NodeBuilder { config }
     }
 
+    /// Starts a node of the built-in key-value store: what `quorum node` runs.
+    ///
+    /// # Errors
+    /// As [`NodeStart::start`].
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        Node::builder(config).state_machine(|_| NodeMachine::from_environment()).start()
+    }
+
+    /// A client of this node's cluster, connected through this node: it proposes commands
+    /// (routed to each shard's leader, retried without applying twice), runs reads and tails
+    /// the log.
+    ///
+    /// # Errors
+    /// The node does not answer (it stopped).
+    pub fn client(&self) -> Result<Client, ClientError> {
+        let options = ClientOptions { cluster_id: self.cluster_id, ..ClientOptions::default() };
+        Client::connect(std::slice::from_ref(&self.listen), options)
+    }
+
+    /// The address clients and peers reach this node's shard 0 at (shard `k` at its port + `k`).
+    #[must_use]
+    pub fn address(&self) -> &str {
+        &self.listen
+    }
+}
+
+fn start<S: Hosted>(config: NodeConfig, machine: Factory<S>) -> Result<Node, NodeError> {
+    fit_open_files(&config)?;
+    let config = Arc::new(config);
+    let control = Arc::new(Control::new(config.shards));
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let mut threads = Vec::new();
+    let mut ready = Vec::new();
+    let mut total = match config.apply {
+        ApplyMode::Shard => None,
+        ApplyMode::Total => {
+            let one = machine(config.shards);
+            Some(apply::start(&config, &control, &mut threads, one)?)
+        }
+    };
+    for shard in 0..config.shards {
+        let (started, ready_rx) = std::sync::mpsc::sync_channel(1);
+        ready.push(ready_rx);
+        let placement = if config.pin_cores {
+            // Shard k on core first_core + k: with one node per host, each shard has a
+            // core; several nodes on one host spread by giving each its own first core.
+            Placement::Fixed((config.first_core + usize::from(shard)) % cores)
+        } else {
+            Placement::Unbound
+        };
+        let builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{shard}"))
+            // Registered I/O memory counts against `ulimit -l`; we do no DMA file I/O.
+            .io_memory(256 << 10)
+            // One thread. With a second one a sync need not wait behind a snapshot's
+            // write (a max of 2.3-3.6 s became 1.0-1.5 s under 4 KiB writes), but every
+            // sync during it shares the disk with it: p99 23-35 ms became 50-70 ms.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
+        let (shard_config, shard_control) = (config.clone(), control.clone());
+        let link = total.as_mut().map(|total| total.link(shard));
+        let make = machine.clone();
+        let handle = builder
+            .spawn(move || {
+                run_shard(shard_config, shard, shard_control, started, link, make(shard))
+            })
+            .map_err(|error| NodeError::Executor { shard, reason: error.to_string() })?;
+        threads.push(watch_executor(handle, format!("shard {shard}"), control.clone()));
+    }
+    let (listen, cluster_id) = (config.listen.clone(), config.cluster_id);
+    let node = Node { control, threads, listen, cluster_id };
+    for ready_rx in ready {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                node.stop();
+                let _ = node.wait();
+                return Err(error);
+            }
+            Err(_) => {
+                node.stop();
+                return Err(node.wait().err().unwrap_or(NodeError::Failed));
+            }
+        }
+    }
+    Ok(node)
+}
+
+impl Node {
     /// The flag that stops the node when set (for signal handlers).
     #[must_use]
     pub fn control(&self) -> Arc<Control> {
@@ -254,14 +355,15 @@ impl Node {
     }
 }
 
-async fn run_shard(
+async fn run_shard<S: Hosted>(
     config: Arc<NodeConfig>,
     shard: u16,
     control: Arc<Control>,
     started: std::sync::mpsc::SyncSender<Result<(), NodeError>>,
-    total: Option<apply::ShardLink>,
+    total: Option<apply::ShardLink<S>>,
+    machine: S,
 ) -> Result<(), NodeError> {
-    let opened = open_shard(&config, shard, total.is_some());
+    let opened = open_shard(&config, shard, total.is_some(), machine);
     let (opened, listener) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -354,7 +456,12 @@ impl Stalls {
         }
     }
 
-    fn on_tick(&mut self, host: &host::Host, tick: Duration, now: std::time::Instant) {
+    fn on_tick<S: Hosted>(
+        &mut self,
+        host: &host::Host<S>,
+        tick: Duration,
+        now: std::time::Instant,
+    ) {
         let held = now.saturating_duration_since(self.last_tick).saturating_sub(tick);
         self.last_tick = now;
         self.held_max = self.held_max.max(held);
@@ -420,11 +527,12 @@ fn fit_open_files(config: &NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn open_shard(
+fn open_shard<S: Hosted>(
     config: &NodeConfig,
     shard: u16,
     forward: bool,
-) -> Result<(host::NodeShard, glommio::net::TcpListener), NodeError> {
+    machine: S,
+) -> Result<(host::NodeShard<S>, glommio::net::TcpListener), NodeError> {
     let listener = net::bind(&config.listen, shard).map_err(|source| NodeError::Listen {
         shard,
         address: config.listen.clone(),
@@ -446,13 +554,7 @@ fn open_shard(
         snapshot_piece_bytes: config.snapshot_piece_bytes,
         ..ShardSettings::new(SESSION_LIMITS)
     };
-    let opened = Shard::open_with(
-        config.shard_config(shard),
-        backend,
-        options,
-        NodeMachine::from_environment(),
-        settings,
-    )
-    .map_err(|source| NodeError::Shard { shard, source })?;
+    let opened = Shard::open_with(config.shard_config(shard), backend, options, machine, settings)
+        .map_err(|source| NodeError::Shard { shard, source })?;
     Ok((opened, listener))
 }

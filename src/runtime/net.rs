@@ -35,6 +35,7 @@ use glommio::net::{TcpListener, TcpStream};
 use quorum_wal::MmapBackend;
 
 use super::Control;
+use super::Hosted;
 use super::host::{Cut, HostRef, Link, fail, pump, with_shard};
 use crate::core::{ClusterId, Message, NodeId};
 use crate::node_config::NodeConfig;
@@ -78,13 +79,13 @@ const KEEPALIVE_PROBES: libc::c_int = 3;
 const DIGEST_SPACING: u32 = 4;
 
 /// What the connection tasks of one shard share.
-pub struct ShardNet {
+pub struct ShardNet<S: Hosted> {
     /// The node's configuration.
     pub config: Arc<NodeConfig>,
     /// Which shard.
     pub shard: u16,
     /// The shard's state.
-    pub host: HostRef,
+    pub host: HostRef<S>,
     control: Arc<Control>,
     /// The shard's coarse clock, set each tick: connections note when their frames start and
     /// end without reading the system clock.
@@ -102,14 +103,14 @@ pub struct ShardNet {
     digests: Digests,
 }
 
-impl ShardNet {
+impl<S: Hosted> ShardNet<S> {
     /// The connection state of shard `shard`.
     pub fn new(
         config: Arc<NodeConfig>,
         shard: u16,
-        host: HostRef,
+        host: HostRef<S>,
         control: Arc<Control>,
-    ) -> Rc<ShardNet> {
+    ) -> Rc<ShardNet<S>> {
         let now = Instant::now();
         Rc::new(ShardNet {
             config,
@@ -191,7 +192,7 @@ impl ShardNet {
     }
 
     /// Watches a new connection until the returned registration is dropped.
-    fn watch(&self, fd: RawFd, peer: Option<SocketAddr>, kind: Kind) -> Registration<'_> {
+    fn watch(&self, fd: RawFd, peer: Option<SocketAddr>, kind: Kind) -> Registration<'_, S> {
         let id = self.next_connection.get();
         self.next_connection.set(id + 1);
         let now = self.clock.get();
@@ -339,13 +340,13 @@ impl Watched {
 }
 
 /// A connection's place among its shard's watched ones, given up when dropped.
-struct Registration<'a> {
-    net: &'a ShardNet,
+struct Registration<'a, S: Hosted> {
+    net: &'a ShardNet<S>,
     id: u64,
     watched: Rc<Watched>,
 }
 
-impl Drop for Registration<'_> {
+impl<S: Hosted> Drop for Registration<'_, S> {
     fn drop(&mut self) {
         self.net.connections.borrow_mut().remove(&self.id);
         let mut peers = self.net.incoming_peers.borrow_mut();
@@ -464,7 +465,7 @@ fn keep_alive(fd: RawFd) -> std::io::Result<()> {
 }
 
 /// Accepts connections forever, each served by its own task.
-pub async fn accept_loop(net: Rc<ShardNet>, listener: TcpListener) {
+pub async fn accept_loop<S: Hosted>(net: Rc<ShardNet<S>>, listener: TcpListener) {
     let open_max = net.config.connections_max as usize + HANDSHAKES_EXTRA;
     loop {
         match listener.accept().await {
@@ -499,11 +500,11 @@ pub async fn accept_loop(net: Rc<ShardNet>, listener: TcpListener) {
     }
 }
 
-fn header_of(net: &ShardNet, body: Body) -> Frame {
+fn header_of<S: Hosted>(net: &ShardNet<S>, body: Body) -> Frame {
     Frame { cluster_id: net.config.cluster_id, from: net.config.id, shard: net.shard, body }
 }
 
-fn hello_reply(net: &ShardNet, refusal: Option<String>) -> Frame {
+fn hello_reply<S: Hosted>(net: &ShardNet<S>, refusal: Option<String>) -> Frame {
     let members = net
         .config
         .members()
@@ -522,7 +523,7 @@ async fn send(stream: &mut TcpStream, frame: &Frame) -> Result<(), ConnectionErr
 }
 
 /// Why a `Hello` is refused, if it is.
-fn check_hello(net: &ShardNet, frame: &Frame, hello: &Hello) -> Option<String> {
+fn check_hello<S: Hosted>(net: &ShardNet<S>, frame: &Frame, hello: &Hello) -> Option<String> {
     let config = &net.config;
     if hello.version != PROTOCOL_VERSION {
         return Some(format!(
@@ -559,8 +560,8 @@ fn glommio_error<T>(error: glommio::GlommioError<T>) -> ConnectionError {
 /// node allocate more.
 const HELLO_BYTES_MAX: usize = 4096;
 
-async fn serve(
-    net: &Rc<ShardNet>,
+async fn serve<S: Hosted>(
+    net: &Rc<ShardNet<S>>,
     mut stream: TcpStream,
     peer: Option<SocketAddr>,
     place: Counted,
@@ -614,7 +615,11 @@ async fn serve(
 }
 
 /// Frames from the same sender must keep the handshake's identity.
-fn check_sender(net: &ShardNet, frame: &Frame, from: NodeId) -> Result<(), ConnectionError> {
+fn check_sender<S: Hosted>(
+    net: &ShardNet<S>,
+    frame: &Frame,
+    from: NodeId,
+) -> Result<(), ConnectionError> {
     if frame.cluster_id != net.config.cluster_id && from != NodeId(0) {
         return Err(ConnectionError::Protocol(format!(
             "frame from cluster {} on a connection of cluster {}",
@@ -630,8 +635,8 @@ fn check_sender(net: &ShardNet, frame: &Frame, from: NodeId) -> Result<(), Conne
     Ok(())
 }
 
-async fn serve_peer(
-    net: &Rc<ShardNet>,
+async fn serve_peer<S: Hosted>(
+    net: &Rc<ShardNet<S>>,
     stream: TcpStream,
     from: NodeId,
     watched: &Watched,
@@ -662,8 +667,8 @@ async fn serve_peer(
     }
 }
 
-async fn serve_client(
-    net: &Rc<ShardNet>,
+async fn serve_client<S: Hosted>(
+    net: &Rc<ShardNet<S>>,
     stream: TcpStream,
     client: u64,
     watched: &Rc<Watched>,
@@ -692,8 +697,8 @@ async fn serve_client(
     result
 }
 
-async fn read_client(
-    net: &Rc<ShardNet>,
+async fn read_client<S: Hosted>(
+    net: &Rc<ShardNet<S>>,
     reader: futures_lite::io::ReadHalf<TcpStream>,
     connection: u64,
     watched: &Watched,
@@ -748,7 +753,7 @@ async fn read_client(
 }
 
 /// Keeps a connection to one peer's shard up and writes what the shard sends it.
-pub async fn dial_loop(net: Rc<ShardNet>, peer: NodeId, base: String) {
+pub async fn dial_loop<S: Hosted>(net: Rc<ShardNet<S>>, peer: NodeId, base: String) {
     let mut backoff = BACKOFF_MIN;
     loop {
         match dial_once(&net, peer, &base).await {
@@ -784,7 +789,11 @@ impl From<std::io::Error> for DialError {
     }
 }
 
-async fn dial_once(net: &Rc<ShardNet>, peer: NodeId, base: &str) -> Result<(), DialError> {
+async fn dial_once<S: Hosted>(
+    net: &Rc<ShardNet<S>>,
+    peer: NodeId,
+    base: &str,
+) -> Result<(), DialError> {
     let address = shard_address(base, net.shard)?;
     let mut stream =
         TcpStream::connect_timeout(address, HANDSHAKE_TIMEOUT).await.map_err(glommio_error)?;
