@@ -32,6 +32,12 @@ pub trait StateMachine {
     /// Applies one committed command and returns its reply.
     fn apply(&mut self, command: &[u8]) -> Self::Reply;
 
+    /// Answers a read-only request from the state as it is, changing nothing. Every replica
+    /// at the same applied position gives the same answer. Until reads are served without the
+    /// log (issue #16), a query is ordered in the log like a command and answered where it
+    /// applies (protocol.md §5.2), so it is linearizable; the contract stays the same after.
+    fn query(&self, request: &[u8]) -> Self::Reply;
+
     /// Appends a reply's encoding to `out`, to send it to the client.
     fn encode_reply(reply: &Self::Reply, out: &mut Vec<u8>);
 
@@ -474,7 +480,10 @@ impl<S: StateMachine> Applier<S> {
         assert!(moved, "client {} missing from the eviction order", id.client);
         session.last_used = now;
         self.by_last_use.insert((now, id.client));
-        let outcome = if let Some(reply) = session.get(id.sequence) {
+        let outcome = if id.is_query() {
+            // Read-only: nothing to deduplicate, so nothing kept.
+            Outcome::Applied(self.machine.query(payload))
+        } else if let Some(reply) = session.get(id.sequence) {
             Outcome::Duplicate(reply.clone())
         } else if session.forgot(id.sequence) {
             Outcome::Expired
@@ -905,6 +914,16 @@ impl KvStore {
 impl StateMachine for KvStore {
     type Reply = KvReply;
 
+    /// A get; any other command sent as a query is `Invalid` and changes nothing.
+    fn query(&self, request: &[u8]) -> KvReply {
+        match KvCommandRef::decode(request) {
+            Some(KvCommandRef::Get { key }) => {
+                KvReply::Value(self.entries.get(key).map(|value| value.to_vec()))
+            }
+            _ => KvReply::Invalid,
+        }
+    }
+
     fn apply(&mut self, command: &[u8]) -> KvReply {
         match KvCommandRef::decode(command) {
             None => KvReply::Invalid,
@@ -1259,6 +1278,28 @@ mod tests {
         let [Outcome::Registered(renewed)] = again[..] else { panic!("{again:?}") };
         assert!(renewed != second && renewed != first, "{renewed} reuses an id");
         assert_eq!(apply(&mut applier, &[(second, 9, get(b"k"))]), vec![Outcome::SessionExpired]);
+    }
+
+    #[test]
+    fn a_query_reads_the_state_changes_nothing_and_is_not_kept() {
+        let mut applier = Applier::new(KvStore::default(), SessionLimits::DEFAULT);
+        open(&mut applier, &[5]);
+        let query = RequestId::QUERY_BIT;
+        let outcomes = apply(
+            &mut applier,
+            &[(5, 1, put(b"k", b"1")), (5, query | 2, get(b"k")), (5, 3, put(b"k", b"2"))],
+        );
+        assert_eq!(outcomes[1], Outcome::Applied(KvReply::Value(Some(b"1".to_vec()))));
+        // The same query again sees the later write: nothing was kept to answer it with.
+        let again = apply(&mut applier, &[(5, query | 2, get(b"k"))]);
+        assert_eq!(again, vec![Outcome::Applied(KvReply::Value(Some(b"2".to_vec())))]);
+        // A write sent as a query changes nothing; a query under no session is refused.
+        let refused =
+            apply(&mut applier, &[(5, query | 4, put(b"k", b"3")), (6, query, get(b"k"))]);
+        assert_eq!(refused, vec![Outcome::Applied(KvReply::Invalid), Outcome::SessionExpired]);
+        assert_eq!(applier.machine().get(b"k"), Some(&b"2"[..]));
+        assert_eq!(applier.applied_commands(), 2, "queries are not applied");
+        assert_eq!(applier.sessions[&5].replies.len(), 2, "only the writes' replies are kept");
     }
 
     #[test]

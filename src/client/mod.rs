@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::core::{ClusterId, NodeId, Slot};
+use crate::core::{ClusterId, NodeId, RequestId, Slot};
 use crate::state_machine::{KvCommand, KvReply, shard_for_key};
 use crate::transport::codec::{
     Body, Encoder, Frame, Hello, HelloReply, PROTOCOL_VERSION, Role, ShardStatus,
@@ -345,9 +345,26 @@ impl Client {
         tickets.pop().expect("one ticket per command").wait()
     }
 
+    /// Sends a read-only request to one shard, answered by its state machine's
+    /// [`StateMachine::query`](crate::state_machine::StateMachine::query) (protocol.md §5.2),
+    /// and waits for the answer. A query is never applied: it may be retried freely.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub fn query(&self, shard: u16, request: &[u8]) -> Result<Response, ClientError> {
+        let lane = &self.lanes[usize::from(shard)];
+        let deadline = Instant::now() + self.shared.options.request_timeout;
+        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed) | RequestId::QUERY_BIT;
+        lane.submit(&[sequence], &[request], None);
+        Ticket { lane: lane.clone(), sequence, deadline }.wait()
+    }
+
     fn kv(&self, key: &[u8], command: &KvCommand) -> Result<KvReply, ClientError> {
         let shard = shard_for_key(key, usize::from(self.shared.shards)) as u16;
-        let response = self.call(shard, &command.encode())?;
+        let response = match command {
+            KvCommand::Get { .. } => self.query(shard, &command.encode())?,
+            _ => self.call(shard, &command.encode())?,
+        };
         KvReply::decode(&response.body)
             .ok_or_else(|| ClientError::BadReply("a reply that is not a KV reply".into()))
     }
@@ -361,7 +378,7 @@ impl Client {
         self.kv(key, &command).map(|_| ())
     }
 
-    /// Reads `key`, linearizably: the read is ordered in the log like a write.
+    /// Reads `key`, linearizably: a query ([`Client::query`]), ordered in the log like a write.
     ///
     /// # Errors
     /// See [`ClientError`].

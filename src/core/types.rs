@@ -84,6 +84,17 @@ pub struct RequestId {
 impl RequestId {
     /// The `client` of a register-session command (protocol.md §5.1): no session has this id.
     pub const REGISTER: u64 = 0;
+
+    /// Set in the `sequence` of a query (protocol.md §5.2): answered by the state machine's
+    /// read-only `query`, never applied, never kept in its session. Sequences of commands stay
+    /// below it.
+    pub const QUERY_BIT: u64 = 1 << 62;
+
+    /// True if this is a query's id.
+    #[must_use]
+    pub fn is_query(self) -> bool {
+        self.client != RequestId::REGISTER && self.sequence & RequestId::QUERY_BIT != 0
+    }
 }
 
 /// The sequence number of a persist action; `on_persisted(seq)` reports every persist up to and

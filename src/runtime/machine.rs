@@ -55,6 +55,10 @@ impl StateMachine for NodeMachine {
         self.store.apply(command)
     }
 
+    fn query(&self, request: &[u8]) -> KvReply {
+        self.store.query(request)
+    }
+
     fn encode_reply(reply: &KvReply, out: &mut Vec<u8>) {
         KvStore::encode_reply(reply, out);
     }

@@ -48,6 +48,21 @@ pub struct SimClient {
     pub seen: Vec<Option<u64>>,
 }
 
+impl SimClient {
+    /// Client number `id`, with nothing sent yet.
+    pub fn new(id: u64, knobs: &super::knobs::Knobs) -> SimClient {
+        SimClient {
+            id,
+            sessions: vec![None; knobs.shards],
+            sequence: 0,
+            pending: None,
+            leader_hint: vec![None; knobs.shards],
+            timer_token: 0,
+            seen: vec![None; knobs.keys],
+        }
+    }
+}
+
 /// The key's bytes.
 pub fn key_bytes(key: usize) -> Vec<u8> {
     format!("key-{key}").into_bytes()

@@ -165,6 +165,8 @@ pub struct World {
     violation: Option<Violation>,
     history: Vec<Vec<Operation>>,
     acknowledged: Vec<(usize, RequestId)>,
+    /// Queries answered (not in `acknowledged`: nothing of theirs must be applied).
+    queries_answered: u64,
     leader_ballot: Vec<Option<Ballot>>,
     leader_changes: u64,
     events: u64,
@@ -204,6 +206,7 @@ impl World {
             violation: None,
             history: vec![Vec::new(); knobs.keys],
             acknowledged: Vec::new(),
+            queries_answered: 0,
             leader_ballot: vec![None; knobs.shards],
             leader_changes: 0,
             events: 0,
@@ -242,15 +245,7 @@ impl World {
             world.schedule(phase, Event::Tick { node: index, incarnation: 0 });
         }
         for client in 0..world.knobs.clients {
-            world.clients.push(SimClient {
-                id: client as u64 + 1,
-                sessions: vec![None; world.knobs.shards],
-                sequence: 0,
-                pending: None,
-                leader_hint: vec![None; world.knobs.shards],
-                timer_token: 0,
-                seen: vec![None; world.knobs.keys],
-            });
+            world.clients.push(SimClient::new(client as u64 + 1, &world.knobs));
             let think = between(&mut world.rng, 0, world.knobs.think_us);
             world.schedule(think, Event::ClientWake { client, token: 0, resend: false });
         }
@@ -415,7 +410,7 @@ impl World {
         let report = SeedReport {
             seed: self.seed,
             violation: self.violation.clone(),
-            commands: self.acknowledged.len() as u64,
+            commands: self.acknowledged.len() as u64 + self.queries_answered,
             leader_changes: self.leader_changes,
             simulated_us: self.now_us,
             events: self.events,
@@ -799,6 +794,8 @@ impl World {
             .expect("batches built by the simulator decode");
         for (request, outcome) in outcomes {
             let reply = match outcome {
+                // A query is answered, not applied: asked again, it is answered again.
+                Outcome::Applied(reply) if request.is_query() => reply,
                 Outcome::Applied(reply) => {
                     let result = self.checker.on_applied(id, shard, request);
                     self.record(result);
@@ -928,7 +925,6 @@ impl World {
         let key = (self.rng.next_u64() % self.knobs.keys as u64) as usize;
         let state = &mut self.clients[client];
         state.sequence += 1;
-        let id = RequestId { client: state.id, sequence: state.sequence };
         let fresh = (state.id << 32) | state.sequence;
         let op = match self.rng.next_u64() % 10 {
             0..=2 => KvOp::Get,
@@ -946,8 +942,9 @@ impl World {
         let shard = shard_for_key(&key_bytes(key), self.knobs.shards);
         let target = self.clients[client].leader_hint[shard]
             .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize);
+        let sequence = self.clients[client].sequence | query_bit(&op);
         let (id, register, payload) = match self.clients[client].sessions[shard] {
-            Some(session) => (RequestId { client: session, ..id }, false, encode(key, &op)),
+            Some(session) => (RequestId { client: session, sequence }, false, encode(key, &op)),
             None => {
                 let mut nonce = [0; 16];
                 self.rng.fill_bytes(&mut nonce);
@@ -1010,6 +1007,26 @@ impl World {
         }
     }
 
+    /// A client's session on a shard is registered: the operation that waited for it goes
+    /// now, under the new session, as if invoked now.
+    fn on_registered(&mut self, client: usize, pending: Pending, session: u64) {
+        let shard = pending.shard;
+        let state = &mut self.clients[client];
+        state.sessions[shard] = Some(session);
+        state.leader_hint[shard] = Some(pending.target);
+        let sequence = state.sequence | query_bit(&pending.op);
+        let operation = Pending {
+            id: RequestId { client: session, sequence },
+            register: false,
+            payload: encode(pending.key, &pending.op),
+            invoke_us: self.now_us,
+            ..pending
+        };
+        state.pending = Some(operation);
+        self.trace(|| format!("client {client} s{shard}: session {session}"));
+        self.send_request(client);
+    }
+
     fn on_client_reply(&mut self, client: usize, id: RequestId, reply: ClientReply) {
         let Some(pending) = self.clients[client].pending.clone() else { return };
         if pending.id != id {
@@ -1036,23 +1053,7 @@ impl World {
                 let backoff = between(&mut self.rng, 200, 2_000);
                 self.schedule(backoff, Event::ClientWake { client, token, resend: true });
             }
-            ClientReply::Registered(session) => {
-                // The operation goes now, under the new session, as if invoked now.
-                let shard = pending.shard;
-                let state = &mut self.clients[client];
-                state.sessions[shard] = Some(session);
-                state.leader_hint[pending.shard] = Some(pending.target);
-                let operation = Pending {
-                    id: RequestId { client: session, sequence: state.sequence },
-                    register: false,
-                    payload: encode(pending.key, &pending.op),
-                    invoke_us: self.now_us,
-                    ..pending
-                };
-                state.pending = Some(operation);
-                self.trace(|| format!("client {client} s{shard}: session {session}"));
-                self.send_request(client);
-            }
+            ClientReply::Registered(session) => self.on_registered(client, pending, session),
             ClientReply::Applied(reply) => {
                 let result = result_of(&reply);
                 let state = &mut self.clients[client];
@@ -1080,7 +1081,11 @@ impl World {
                     invoke_us: pending.invoke_us,
                     complete: Some((self.now_us, result)),
                 });
-                self.acknowledged.push((pending.shard, id));
+                if id.is_query() {
+                    self.queries_answered += 1;
+                } else {
+                    self.acknowledged.push((pending.shard, id));
+                }
                 self.trace(|| format!("client {client} done {:?} -> {reply:?}", pending.op));
                 let think = between(&mut self.rng, 0, self.knobs.think_us);
                 self.schedule(think, Event::ClientWake { client, token, resend: false });
@@ -1276,7 +1281,7 @@ impl World {
     fn end_safety(&mut self) {
         // A run too faulty to commit a meaningful history is given more time under faults,
         // so that every seed exercises the protocol, not just the election timer.
-        let commands = self.acknowledged.len() as u64;
+        let commands = self.acknowledged.len() as u64 + self.queries_answered;
         if commands < COMMANDS_PER_SEED_MIN && self.now_us < 8 * self.knobs.safety_us {
             self.schedule(500_000, Event::EndSafety);
             return;
@@ -1479,4 +1484,9 @@ fn describe(message: &Message) -> String {
             slot_end.0, commit_index.0
         ),
     }
+}
+
+/// Gets go as queries (protocol.md §5.2): answered where they are ordered, never applied.
+fn query_bit(op: &KvOp) -> u64 {
+    if matches!(op, KvOp::Get) { RequestId::QUERY_BIT } else { 0 }
 }
