@@ -641,15 +641,29 @@ impl<S: StateMachine> Committer<S> {
             return Ok(());
         }
         let Value::Batch(bytes) = value else { return Ok(()) };
-        let out = &mut self.replies;
+        let (out, applier) = (&mut self.replies, &mut self.applier);
         let mut index = 0;
-        self.applier.apply_batch(&bytes, |id, outcome| {
-            if replies {
-                out.push(AppliedCommand { id, slot: first_slot, index, outcome });
+        // A state machine that panics stops the shard (and the node) half-way through a
+        // batch: say which one, so that the operator can find the command.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            applier.apply_batch(&bytes, |id, outcome| {
+                if replies {
+                    out.push(AppliedCommand { id, slot: first_slot, index, outcome });
+                }
+                index += 1;
+            })
+        }));
+        match applied {
+            Ok(result) => Ok(result?),
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|message| (*message).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(a panic without a message)".to_string());
+                panic!("applying command {index} of the batch at slot {}: {message}", first_slot.0);
             }
-            index += 1;
-        })?;
-        Ok(())
+        }
     }
 }
 
