@@ -176,6 +176,12 @@ const UNMAP_BEHIND_BYTES: usize = 2 << 20;
 /// Released segments kept as spares at most; the rest are deleted (their disk space returns).
 const SPARES_MAX: usize = 4;
 
+/// Generations at or above this are damage, not history: each suffix truncation raises the
+/// generation by one, so no log reaches 2^31 of them, and one read from disk must leave room
+/// for the generations recovery and later truncations go on to (u32 arithmetic that overflows
+/// would panic).
+const GENERATION_LIMIT: u32 = 1 << 31;
+
 impl<B: Backend> std::fmt::Debug for Wal<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal")
@@ -311,6 +317,13 @@ impl<B: Backend> Wal<B> {
             }
             self.segment_bytes = header.segment_bytes;
             match Watermark::decode(segment.bytes()) {
+                Some(watermark) if watermark.generation >= GENERATION_LIMIT => {
+                    return Err(Error::Corrupt {
+                        segment: self.backend.path(number),
+                        offset: (WATERMARK_OFFSET + 16) as u64,
+                        reason: "watermark generation beyond any a log reaches",
+                    });
+                }
                 Some(watermark) => {
                     watermark_generation = watermark_generation.max(watermark.generation);
                     marks.confirmed = marks.confirmed.max(watermark.confirmed);
@@ -334,6 +347,11 @@ impl<B: Backend> Wal<B> {
             end = (index, offset);
             loop {
                 match decode_record(&bytes[offset..], *number) {
+                    Decoded::Record(_, generation, _) if generation >= GENERATION_LIMIT => {
+                        damage =
+                            Some((index, offset, "record generation beyond any a log reaches"));
+                        break 'segments;
+                    }
                     Decoded::Record(record, generation, size) if generation >= generation_max => {
                         generation_max = generation;
                         if record.kind == KIND_SEGMENT_END && index + 1 == self.segments.len() {
