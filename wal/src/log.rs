@@ -315,6 +315,16 @@ impl<B: Backend> Wal<B> {
                     reason: "segment size differs from the file's or the log's",
                 });
             }
+            // Positions are segment numbers times the segment size: a number past the lower
+            // half of the u64 positions is damage (no log grows there), and refusing it leaves
+            // the log room to grow without a position overflowing.
+            if number > u64::MAX / 2 / header.segment_bytes.max(1) {
+                return Err(Error::Corrupt {
+                    segment: self.backend.path(number),
+                    offset: 16,
+                    reason: "segment number beyond the positions a log reaches",
+                });
+            }
             self.segment_bytes = header.segment_bytes;
             match Watermark::decode(segment.bytes()) {
                 Some(watermark) if watermark.generation >= GENERATION_LIMIT => {

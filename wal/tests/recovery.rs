@@ -719,3 +719,25 @@ fn a_generation_no_log_reaches_is_damage_not_a_panic() {
     let (wal, _) = Wal::open(disk, options()).unwrap();
     assert_eq!(contents(&wal), expected);
 }
+
+/// Found by the `wal_recovery` fuzz target (input `ffffffff00200000`: segment files renamed
+/// to numbers near 2^64, their headers resealed to agree): the position of a record in such
+/// a segment overflowed u64, a panic in `Wal::open`. Such a number is refused as corrupt.
+#[test]
+fn a_segment_number_past_the_positions_a_log_reaches_is_corrupt_not_a_panic() {
+    use quorum_wal::format::SegmentHeader;
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    wal.append(&record(1, &payload(1))).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let image = disk.synced_image(0).unwrap();
+    for number in [u64::MAX, u64::MAX / SEGMENT_BYTES, u64::MAX / 2 / SEGMENT_BYTES + 1] {
+        let mut renamed = image.clone();
+        SegmentHeader { segment_number: number, segment_bytes: SEGMENT_BYTES }.encode(&mut renamed);
+        let far = SimBackend::new();
+        far.set_synced_image(number, renamed);
+        let error = Wal::open(far, options()).unwrap_err();
+        assert!(matches!(error, Error::Corrupt { offset: 16, .. }), "{number}: {error}");
+    }
+}
