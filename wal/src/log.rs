@@ -176,11 +176,12 @@ const UNMAP_BEHIND_BYTES: usize = 2 << 20;
 /// Released segments kept as spares at most; the rest are deleted (their disk space returns).
 const SPARES_MAX: usize = 4;
 
-/// Generations at or above this are damage, not history: each suffix truncation raises the
-/// generation by one, so no log reaches 2^31 of them, and one read from disk must leave room
-/// for the generations recovery and later truncations go on to (u32 arithmetic that overflows
-/// would panic).
-const GENERATION_LIMIT: u32 = 1 << 31;
+/// Generations at or above this are damage, not history: each opening and each suffix
+/// truncation raises the generation by one, so no log reaches 2^31, and one read from disk
+/// must leave room for the generations recovery and later truncations go on to (u32
+/// arithmetic that overflows would panic). A damaged log naming 2^31 - 1 opens once more:
+/// that opening writes 2^31.
+pub const GENERATION_LIMIT: u32 = 1 << 31;
 
 impl<B: Backend> std::fmt::Debug for Wal<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
