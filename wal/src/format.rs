@@ -118,9 +118,10 @@ impl Watermark {
         out[20..24].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Reads the block; `None` if its checksum fails (a torn header write).
+    /// Reads the block; `None` if its checksum fails (a torn header write) or `segment` is too
+    /// short to hold it.
     pub fn decode(segment: &[u8]) -> Option<Watermark> {
-        let block = &segment[WATERMARK_OFFSET..WATERMARK_OFFSET + WATERMARK_BYTES];
+        let block = segment.get(WATERMARK_OFFSET..WATERMARK_OFFSET + WATERMARK_BYTES)?;
         if u32_at(block, 20) != crc32c::crc32c(&block[0..20]) {
             return None;
         }
@@ -259,4 +260,22 @@ pub fn decode_record(bytes: &[u8], segment: u64) -> Decoded<'_> {
         payload,
     };
     Decoded::Record(record, u32_at(header, 12), total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `wal_record` fuzz target (input `0a`): a slice too short for the watermark
+    /// block made `Watermark::decode` index out of bounds instead of returning `None`.
+    #[test]
+    fn a_watermark_is_not_read_from_a_slice_too_short_for_it() {
+        let mut segment = vec![0u8; WATERMARK_OFFSET + WATERMARK_BYTES];
+        let mark = Watermark { confirmed: 1, target: 2, generation: 3 };
+        mark.encode(&mut segment);
+        assert_eq!(Watermark::decode(&segment), Some(mark));
+        for len in 0..segment.len() {
+            assert_eq!(Watermark::decode(&segment[..len]), None, "{len} bytes");
+        }
+    }
 }

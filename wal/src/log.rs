@@ -176,6 +176,13 @@ const UNMAP_BEHIND_BYTES: usize = 2 << 20;
 /// Released segments kept as spares at most; the rest are deleted (their disk space returns).
 const SPARES_MAX: usize = 4;
 
+/// Generations at or above this are damage, not history: each opening and each suffix
+/// truncation raises the generation by one, so no log reaches 2^31, and one read from disk
+/// must leave room for the generations recovery and later truncations go on to (u32
+/// arithmetic that overflows would panic). A damaged log naming 2^31 - 1 opens once more:
+/// that opening writes 2^31.
+pub const GENERATION_LIMIT: u32 = 1 << 31;
+
 impl<B: Backend> std::fmt::Debug for Wal<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal")
@@ -309,8 +316,25 @@ impl<B: Backend> Wal<B> {
                     reason: "segment size differs from the file's or the log's",
                 });
             }
+            // Positions are segment numbers times the segment size: a number past the lower
+            // half of the u64 positions is damage (no log grows there), and refusing it leaves
+            // the log room to grow without a position overflowing.
+            if number > u64::MAX / 2 / header.segment_bytes.max(1) {
+                return Err(Error::Corrupt {
+                    segment: self.backend.path(number),
+                    offset: 16,
+                    reason: "segment number beyond the positions a log reaches",
+                });
+            }
             self.segment_bytes = header.segment_bytes;
             match Watermark::decode(segment.bytes()) {
+                Some(watermark) if watermark.generation >= GENERATION_LIMIT => {
+                    return Err(Error::Corrupt {
+                        segment: self.backend.path(number),
+                        offset: (WATERMARK_OFFSET + 16) as u64,
+                        reason: "watermark generation beyond any a log reaches",
+                    });
+                }
                 Some(watermark) => {
                     watermark_generation = watermark_generation.max(watermark.generation);
                     marks.confirmed = marks.confirmed.max(watermark.confirmed);
@@ -334,6 +358,11 @@ impl<B: Backend> Wal<B> {
             end = (index, offset);
             loop {
                 match decode_record(&bytes[offset..], *number) {
+                    Decoded::Record(_, generation, _) if generation >= GENERATION_LIMIT => {
+                        damage =
+                            Some((index, offset, "record generation beyond any a log reaches"));
+                        break 'segments;
+                    }
                     Decoded::Record(record, generation, size) if generation >= generation_max => {
                         generation_max = generation;
                         if record.kind == KIND_SEGMENT_END && index + 1 == self.segments.len() {

@@ -675,3 +675,69 @@ fn a_spare_still_read_through_its_mapping_is_not_reused() {
     assert_eq!(&held[..], &[7u8; 3000][..], "the held buffer's bytes changed under it");
     drop(held);
 }
+
+/// Found by the `wal_recovery` fuzz target: a segment whose watermark names generation
+/// u32::MAX, its checksum intact (fuzz input `2e00fc2e00fcb400…`, the watermark resealed),
+/// made recovery overflow computing the next generation (a panic, overflow checks being on in
+/// release). It is refused as corrupt now, and a record of such a generation past the
+/// confirmed end is cut as a torn tail.
+#[test]
+fn a_generation_no_log_reaches_is_damage_not_a_panic() {
+    use quorum_wal::format::{WATERMARK_OFFSET, Watermark, encode_record, record_bytes};
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    for index in 0..5 {
+        wal.append(&record(index, &payload(index))).unwrap();
+    }
+    wal.sync().unwrap();
+    let (end, expected) = (wal.end_position(), contents(&wal));
+    drop(wal);
+    let image = disk.synced_image(0).unwrap();
+
+    let mut watermarked = image.clone();
+    let mark = Watermark::decode(&watermarked).unwrap();
+    Watermark { generation: u32::MAX, ..mark }.encode(&mut watermarked);
+    disk.set_synced_image(0, watermarked);
+    let error = Wal::open(disk.clone(), options()).unwrap_err();
+    assert!(
+        matches!(error, Error::Corrupt { offset, .. } if offset == WATERMARK_OFFSET as u64 + 16),
+        "{error}"
+    );
+
+    let mut tail = image;
+    let stray = record(9, b"from no generation a log reaches");
+    let at = end as usize;
+    encode_record(&stray, u32::MAX, 0, &mut tail[at..at + record_bytes(stray.payload.len())]);
+    disk.set_synced_image(0, tail);
+    let (mut wal, recovery) = Wal::open(disk.clone(), options()).unwrap();
+    assert_eq!(contents(&wal), expected, "the stray record is not part of the log");
+    assert!(recovery.torn_tail_bytes > 0 || !recovery.damaged.is_empty(), "{recovery:?}");
+    wal.truncate_suffix(expected[4].0).unwrap();
+    wal.append(&record(4, &payload(4))).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, _) = Wal::open(disk, options()).unwrap();
+    assert_eq!(contents(&wal), expected);
+}
+
+/// Found by the `wal_recovery` fuzz target (input `ffffffff00200000`: segment files renamed
+/// to numbers near 2^64, their headers resealed to agree): the position of a record in such
+/// a segment overflowed u64, a panic in `Wal::open`. Such a number is refused as corrupt.
+#[test]
+fn a_segment_number_past_the_positions_a_log_reaches_is_corrupt_not_a_panic() {
+    use quorum_wal::format::SegmentHeader;
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    wal.append(&record(1, &payload(1))).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let image = disk.synced_image(0).unwrap();
+    for number in [u64::MAX, u64::MAX / SEGMENT_BYTES, u64::MAX / 2 / SEGMENT_BYTES + 1] {
+        let mut renamed = image.clone();
+        SegmentHeader { segment_number: number, segment_bytes: SEGMENT_BYTES }.encode(&mut renamed);
+        let far = SimBackend::new();
+        far.set_synced_image(number, renamed);
+        let error = Wal::open(far, options()).unwrap_err();
+        assert!(matches!(error, Error::Corrupt { offset: 16, .. }), "{number}: {error}");
+    }
+}
