@@ -65,7 +65,7 @@ fn core_does_no_io_reads_no_clock_and_spawns_no_thread() {
 #[test]
 fn every_source_file_opens_with_a_module_comment() {
     let mut files = Vec::new();
-    for dir in ["src", "wal/src", "tests", "benches"] {
+    for dir in ["src", "wal/src", "powerfs/src", "powerfs/tests", "tests", "benches"] {
         rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut files);
     }
     let missing: Vec<String> = files
