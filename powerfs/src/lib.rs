@@ -98,11 +98,24 @@ pub struct CutReport {
 struct FileData {
     bytes: Vec<u8>,
     durable_len: u64,
-    /// Pages written, truncated or extended since the last sync.
-    dirty: BTreeSet<u64>,
+    /// Changes so far (writes, size changes): the clock a sync's arrival is told by.
+    changes: u64,
+    /// Pages written, truncated or extended since the last sync, with the change that last
+    /// touched each.
+    dirty: BTreeMap<u64, u64>,
     /// The durable bytes of the dirty pages that lie below `durable_len` (what a revert
     /// restores; a dirty page at or past it reverts to nothing).
     undo: HashMap<u64, Vec<u8>>,
+}
+
+/// A file as an `FSYNC` request found it when it arrived: what the sync makes durable when
+/// it completes (later writes are not covered).
+#[derive(Debug)]
+struct SyncPoint {
+    changes: u64,
+    len: u64,
+    /// The dirty pages' bytes then.
+    pages: HashMap<u64, Vec<u8>>,
 }
 
 impl FileData {
@@ -111,8 +124,9 @@ impl FileData {
         if end <= start {
             return;
         }
+        self.changes += 1;
         for page in start / PAGE..end.div_ceil(PAGE) {
-            if !self.dirty.insert(page) {
+            if self.dirty.insert(page, self.changes).is_some() {
                 continue;
             }
             let from = page * PAGE;
@@ -126,12 +140,12 @@ impl FileData {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let end = offset + data.len() as u64;
-        self.touch(offset, end);
         if (self.bytes.len() as u64) < end {
             // The gap a write past the end opens reads as zeros, and is new too.
             self.touch(self.bytes.len() as u64, end);
             self.bytes.resize(end as usize, 0);
         }
+        self.touch(offset, end);
         self.bytes[offset as usize..end as usize].copy_from_slice(data);
     }
 
@@ -141,10 +155,40 @@ impl FileData {
         self.bytes.resize(len as usize, 0);
     }
 
+    fn page(&self, page: u64, len: u64) -> Vec<u8> {
+        let from = (page * PAGE).min(len) as usize;
+        let to = ((page + 1) * PAGE).min(len) as usize;
+        self.bytes[from..to].to_vec()
+    }
+
+    /// What a sync arriving now covers.
+    fn sync_point(&self) -> SyncPoint {
+        let len = self.bytes.len() as u64;
+        let pages = self.dirty.keys().map(|page| (*page, self.page(*page, len))).collect();
+        SyncPoint { changes: self.changes, len, pages }
+    }
+
+    /// A sync completes: everything as it was at `point` is durable.
+    fn sync_to(&mut self, point: SyncPoint) {
+        self.durable_len = point.len;
+        let mut undo = HashMap::new();
+        self.dirty.retain(|page, changed| {
+            let later = *changed > point.changes;
+            // Changed again since the sync arrived: a revert goes back to the bytes it synced.
+            if let (true, Some(bytes)) = (later, point.pages.get(page)) {
+                undo.insert(*page, bytes.clone());
+            }
+            later
+        });
+        self.undo.retain(|page, _| self.dirty.contains_key(page));
+        self.undo.extend(undo);
+        self.undo.retain(|page, _| page * PAGE < point.len);
+    }
+
+    #[cfg(test)]
     fn sync(&mut self) {
-        self.durable_len = self.bytes.len() as u64;
-        self.dirty.clear();
-        self.undo.clear();
+        let point = self.sync_point();
+        self.sync_to(point);
     }
 
     /// Reverts the unsynced changes, all or by coin tosses; returns (dropped, kept) pages and
@@ -155,7 +199,7 @@ impl FileData {
         let len = if keep_len { self.bytes.len() as u64 } else { self.durable_len };
         let (mut dropped, mut kept) = (0, 0);
         self.bytes.resize(len as usize, 0);
-        for page in std::mem::take(&mut self.dirty) {
+        for page in std::mem::take(&mut self.dirty).into_keys() {
             let from = page * PAGE;
             if from >= len {
                 continue;
@@ -215,6 +259,11 @@ struct State {
     inodes: HashMap<u64, Inode>,
     next_inode: u64,
     counters: Counters,
+    /// How long a file sync takes.
+    sync_latency: Duration,
+    /// False from [`PowerFs::power_off`] to the end of the cut: every change and sync fails,
+    /// and a sync under way when the power went makes nothing durable.
+    powered: bool,
     /// Request names in arrival order, while tracing (the probe test reads them).
     trace: Option<Vec<String>>,
 }
@@ -230,6 +279,8 @@ impl State {
             inodes: HashMap::from([(INodeNo::ROOT.0, root)]),
             next_inode: INodeNo::ROOT.0 + 1,
             counters: Counters::default(),
+            sync_latency: Duration::ZERO,
+            powered: true,
             trace: None,
         }
     }
@@ -456,6 +507,9 @@ impl Filesystem for Daemon {
         reply: ReplyAttr,
     ) {
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         let result = (|| {
             if let Some(size) = size {
                 state.note(|| format!("truncate {} {size}", ino.0));
@@ -482,6 +536,9 @@ impl Filesystem for Daemon {
         reply: ReplyEntry,
     ) {
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         state.note(|| format!("mkdir {name:?}"));
         let content = Content::Dir { entries: BTreeMap::new(), durable: BTreeMap::new() };
         let made = state.make(parent.0, name, content, (mode & !umask & 0o7777) as u16);
@@ -502,6 +559,9 @@ impl Filesystem for Daemon {
         reply: ReplyCreate,
     ) {
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         state.note(|| format!("create {name:?}"));
         let content = Content::File(FileData::default());
         let made = state.make(parent.0, name, content, (mode & !umask & 0o7777) as u16);
@@ -515,6 +575,9 @@ impl Filesystem for Daemon {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         state.note(|| format!("unlink {name:?}"));
         match state.remove(parent.0, name, false) {
             Ok(()) => reply.ok(),
@@ -524,6 +587,9 @@ impl Filesystem for Daemon {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         state.note(|| format!("rmdir {name:?}"));
         match state.remove(parent.0, name, true) {
             Ok(()) => reply.ok(),
@@ -545,6 +611,9 @@ impl Filesystem for Daemon {
             return reply.error(Errno::EINVAL);
         }
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         state.note(|| format!("rename {name:?} {newname:?}"));
         match state.rename(parent.0, name, newparent.0, newname) {
             Ok(()) => reply.ok(),
@@ -596,6 +665,9 @@ impl Filesystem for Daemon {
         reply: ReplyWrite,
     ) {
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         state.note(|| format!("write {} {offset} {}", ino.0, data.len()));
         state.counters.writes += 1;
         state.counters.bytes_written += data.len() as u64;
@@ -628,13 +700,30 @@ impl Filesystem for Daemon {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let (point, latency) = {
+            let mut state = self.state();
+            if !state.powered {
+                return reply.error(Errno::EIO);
+            }
+            state.note(|| format!("fsync {} datasync={datasync}", ino.0));
+            state.counters.file_syncs += 1;
+            let latency = state.sync_latency;
+            match state.file_mut(ino.0) {
+                Ok(file) => (file.sync_point(), latency),
+                Err(errno) => return reply.error(errno),
+            }
+        };
+        // The disk takes its time (other requests go on meanwhile); until the sync completes
+        // a cut drops what it covers. fdatasync covers the size too (a read needs both).
+        std::thread::sleep(latency);
         let mut state = self.state();
-        state.note(|| format!("fsync {} datasync={datasync}", ino.0));
-        state.counters.file_syncs += 1;
-        // fdatasync covers the size as well as the bytes (a later read needs both).
+        if !state.powered {
+            // The power went while the disk was at it: nothing of this sync is durable.
+            return reply.error(Errno::EIO);
+        }
         match state.file_mut(ino.0) {
             Ok(file) => {
-                file.sync();
+                file.sync_to(point);
                 reply.ok();
             }
             Err(errno) => reply.error(errno),
@@ -678,6 +767,9 @@ impl Filesystem for Daemon {
         reply: ReplyEmpty,
     ) {
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         state.note(|| format!("fsyncdir {}", ino.0));
         state.counters.dir_syncs += 1;
         match state.inodes.get_mut(&ino.0) {
@@ -707,6 +799,9 @@ impl Filesystem for Daemon {
         reply: ReplyEmpty,
     ) {
         let mut state = self.state();
+        if !state.powered {
+            return reply.error(Errno::EIO);
+        }
         state.note(|| format!("fallocate {} {offset} {length} mode={mode}", ino.0));
         state.counters.fallocates += 1;
         if mode != 0 {
@@ -748,16 +843,19 @@ pub struct PowerFs {
 }
 
 impl PowerFs {
-    /// Mounts an empty file system at `mountpoint` (an existing empty directory).
+    /// Mounts an empty file system at `mountpoint` (an existing empty directory), whose file
+    /// syncs complete after `sync_latency` (a disk's: the time a node acknowledging too early
+    /// is exposed; zero makes that window too short for a test to hit).
     ///
     /// # Errors
     /// The mount failed (no `/dev/fuse`, no `fusermount3`, no permission).
-    pub fn mount(mountpoint: impl Into<PathBuf>) -> io::Result<PowerFs> {
+    pub fn mount(mountpoint: impl Into<PathBuf>, sync_latency: Duration) -> io::Result<PowerFs> {
         let mut fs = PowerFs {
             state: Arc::new(Mutex::new(State::new())),
             mountpoint: mountpoint.into(),
             session: None,
         };
+        fs.lock().sync_latency = sync_latency;
         fs.mount_again()?;
         Ok(fs)
     }
@@ -768,6 +866,8 @@ impl PowerFs {
             fuser::MountOption::FSName("powerfs".to_string()),
             fuser::MountOption::Subtype("powerfs".to_string()),
         ];
+        // Several request threads: a sync waiting out its latency holds up no other request.
+        config.n_threads = Some(4);
         let daemon = Daemon(Arc::clone(&self.state));
         self.session = Some(fuser::spawn_mount(daemon, &self.mountpoint, &config)?);
         Ok(())
@@ -779,7 +879,16 @@ impl PowerFs {
         &self.mountpoint
     }
 
-    /// Simulates a power cut: unmounts (nothing of the old mount's page cache survives),
+    /// The power goes, now: from this instant nothing more becomes durable (a sync the disk
+    /// is still at fails), and every change fails with EIO. Call it before killing the
+    /// processes, which may take a while to die (the kernel waits out their requests in
+    /// flight), then [`PowerFs::cut_power`].
+    pub fn power_off(&self) {
+        self.lock().powered = false;
+    }
+
+    /// Simulates a power cut (after [`PowerFs::power_off`], or as if it had just been
+    /// called): unmounts (nothing of the old mount's page cache survives),
     /// reverts what `cut` says of the unsynced changes, mounts again. Every process that had
     /// the mount open must have exited first.
     ///
@@ -789,7 +898,12 @@ impl PowerFs {
         if let Some(session) = self.session.take() {
             session.umount_and_join()?;
         }
-        let report = self.lock().cut(cut);
+        let report = {
+            let mut state = self.lock();
+            let report = state.cut(cut);
+            state.powered = true;
+            report
+        };
         self.mount_again()?;
         Ok(report)
     }
@@ -859,6 +973,22 @@ mod tests {
         file.cut(&mut None);
         let mut expected = vec![1; 5000];
         expected[..10].fill(2);
+        assert_eq!(file.bytes, expected);
+    }
+
+    #[test]
+    fn a_sync_covers_what_was_written_before_it_arrived_not_after() {
+        let mut file = file_with(&[1; 8192]);
+        file.write(0, &[2; 10]);
+        file.write(4096, &[3; 10]);
+        let point = file.sync_point();
+        file.write(0, &[4; 10]);
+        file.write(8192, &[5; 10]);
+        file.sync_to(point);
+        file.cut(&mut None);
+        let mut expected = vec![1; 8192];
+        expected[..10].fill(2);
+        expected[4096..4106].fill(3);
         assert_eq!(file.bytes, expected);
     }
 

@@ -25,7 +25,7 @@ fn the_wal_sequence_reaches_the_daemon_as_expected_and_a_cut_keeps_only_what_was
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
     std::fs::create_dir(&mountpoint).unwrap();
-    let mut fs = match PowerFs::mount(&mountpoint) {
+    let mut fs = match PowerFs::mount(&mountpoint, std::time::Duration::ZERO) {
         Ok(fs) => fs,
         Err(error) => {
             println!("skipped: cannot mount FUSE here: {error}");
