@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -264,6 +264,8 @@ struct State {
     /// False from [`PowerFs::power_off`] to the end of the cut: every change and sync fails,
     /// and a sync under way when the power went makes nothing durable.
     powered: bool,
+    /// Power cuts so far: tells a sync that arrived before one.
+    epoch: u64,
     /// Request names in arrival order, while tracing (the probe test reads them).
     trace: Option<Vec<String>>,
 }
@@ -281,6 +283,7 @@ impl State {
             counters: Counters::default(),
             sync_latency: Duration::ZERO,
             powered: true,
+            epoch: 0,
             trace: None,
         }
     }
@@ -453,12 +456,50 @@ impl State {
     }
 }
 
-/// The FUSE side: every request takes the state's lock (one request at a time).
-struct Daemon(Arc<Mutex<State>>);
+/// The FUSE side: every request takes the state's lock (one request at a time); file syncs
+/// complete on the disk thread.
+struct Daemon {
+    state: Arc<Mutex<State>>,
+    disk: mpsc::Sender<QueuedSync>,
+}
 
 impl Daemon {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A file sync the disk is at.
+struct QueuedSync {
+    ino: u64,
+    point: SyncPoint,
+    due: Instant,
+    /// The power's epoch it arrived in: a sync the power cut short makes nothing durable.
+    epoch: u64,
+    reply: ReplyEmpty,
+}
+
+/// The disk: completes each sync when it is due (they arrive in order, with one latency),
+/// if the power has stayed on since it arrived.
+fn disk(state: Arc<Mutex<State>>, queue: mpsc::Receiver<QueuedSync>) {
+    for sync in queue {
+        std::thread::sleep(sync.due.saturating_duration_since(Instant::now()));
+        let mut state = lock(&state);
+        if !state.powered || state.epoch != sync.epoch {
+            sync.reply.error(Errno::EIO);
+            continue;
+        }
+        match state.file_mut(sync.ino) {
+            Ok(file) => {
+                file.sync_to(sync.point);
+                sync.reply.ok();
+            }
+            Err(errno) => sync.reply.error(errno),
+        }
     }
 }
 
@@ -700,33 +741,23 @@ impl Filesystem for Daemon {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let (point, latency) = {
-            let mut state = self.state();
-            if !state.powered {
-                return reply.error(Errno::EIO);
-            }
-            state.note(|| format!("fsync {} datasync={datasync}", ino.0));
-            state.counters.file_syncs += 1;
-            let latency = state.sync_latency;
-            match state.file_mut(ino.0) {
-                Ok(file) => (file.sync_point(), latency),
-                Err(errno) => return reply.error(errno),
-            }
-        };
-        // The disk takes its time (other requests go on meanwhile); until the sync completes
-        // a cut drops what it covers. fdatasync covers the size too (a read needs both).
-        std::thread::sleep(latency);
         let mut state = self.state();
         if !state.powered {
-            // The power went while the disk was at it: nothing of this sync is durable.
             return reply.error(Errno::EIO);
         }
-        match state.file_mut(ino.0) {
-            Ok(file) => {
-                file.sync_to(point);
-                reply.ok();
-            }
-            Err(errno) => reply.error(errno),
+        state.note(|| format!("fsync {} datasync={datasync}", ino.0));
+        state.counters.file_syncs += 1;
+        let (due, epoch) = (Instant::now() + state.sync_latency, state.epoch);
+        // fdatasync covers the size too (a read needs both).
+        let point = match state.file_mut(ino.0) {
+            Ok(file) => file.sync_point(),
+            Err(errno) => return reply.error(errno),
+        };
+        // The disk takes its time, without holding up other requests; until it is done a
+        // cut drops what the sync covers.
+        let queued = QueuedSync { ino: ino.0, point, due, epoch, reply };
+        if let Err(unsent) = self.disk.send(queued) {
+            unsent.0.reply.error(Errno::EIO);
         }
     }
 
@@ -838,6 +869,7 @@ pub fn unavailable() -> Option<String> {
 /// A mounted power-loss file system, unmounted when dropped.
 pub struct PowerFs {
     state: Arc<Mutex<State>>,
+    disk: mpsc::Sender<QueuedSync>,
     mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
 }
@@ -850,12 +882,14 @@ impl PowerFs {
     /// # Errors
     /// The mount failed (no `/dev/fuse`, no `fusermount3`, no permission).
     pub fn mount(mountpoint: impl Into<PathBuf>, sync_latency: Duration) -> io::Result<PowerFs> {
-        let mut fs = PowerFs {
-            state: Arc::new(Mutex::new(State::new())),
-            mountpoint: mountpoint.into(),
-            session: None,
-        };
-        fs.lock().sync_latency = sync_latency;
+        let state = Arc::new(Mutex::new(State::new()));
+        lock(&state).sync_latency = sync_latency;
+        let (sender, queue) = mpsc::channel();
+        let on_disk = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("powerfs-disk".to_string())
+            .spawn(move || disk(on_disk, queue))?;
+        let mut fs = PowerFs { state, disk: sender, mountpoint: mountpoint.into(), session: None };
         fs.mount_again()?;
         Ok(fs)
     }
@@ -866,9 +900,8 @@ impl PowerFs {
             fuser::MountOption::FSName("powerfs".to_string()),
             fuser::MountOption::Subtype("powerfs".to_string()),
         ];
-        // Several request threads: a sync waiting out its latency holds up no other request.
-        config.n_threads = Some(4);
-        let daemon = Daemon(Arc::clone(&self.state));
+        config.n_threads = Some(2);
+        let daemon = Daemon { state: Arc::clone(&self.state), disk: self.disk.clone() };
         self.session = Some(fuser::spawn_mount(daemon, &self.mountpoint, &config)?);
         Ok(())
     }
@@ -884,7 +917,9 @@ impl PowerFs {
     /// processes, which may take a while to die (the kernel waits out their requests in
     /// flight), then [`PowerFs::cut_power`].
     pub fn power_off(&self) {
-        self.lock().powered = false;
+        let mut state = self.lock();
+        state.powered = false;
+        state.epoch += 1;
     }
 
     /// Simulates a power cut (after [`PowerFs::power_off`], or as if it had just been
@@ -902,6 +937,7 @@ impl PowerFs {
             let mut state = self.lock();
             let report = state.cut(cut);
             state.powered = true;
+            state.epoch += 1;
             report
         };
         self.mount_again()?;
