@@ -64,8 +64,9 @@ type Writer = std::thread::JoinHandle<(Vec<(String, String)>, usize)>;
 /// What a cycle's fault is.
 #[derive(Clone, Debug)]
 enum Fault {
-    /// SIGKILL these nodes, drop their unsynced changes, start them again.
-    PowerCut(Vec<usize>, Cut),
+    /// SIGKILL these nodes, drop their unsynced changes, start them again; and if a delay is
+    /// given, cut their power again that long after the restart (during their recovery).
+    PowerCut(Vec<usize>, Cut, Option<Duration>),
     /// SIGKILL these nodes and start them again (their files as the kernel has them).
     Kill9(Vec<usize>),
 }
@@ -170,6 +171,27 @@ impl Harness {
         }
         for child in &mut children {
             child.wait().unwrap();
+        }
+    }
+
+    /// The power goes on the victims' disks, at once; they die, lose what no sync covered,
+    /// and start again.
+    fn power_cut(&mut self, victims: &[usize], cut: Cut, stats: &mut Stats) {
+        for index in victims {
+            self.nodes[*index].fs.power_off();
+        }
+        self.kill(victims);
+        for index in victims {
+            let report = self.nodes[*index].fs.cut_power(cut).unwrap();
+            stats.cut.pages_dropped += report.pages_dropped;
+            stats.cut.pages_kept += report.pages_kept;
+            stats.cut.dirs_reverted += report.dirs_reverted;
+            stats.cut.sizes_reverted += report.sizes_reverted;
+            stats.cut.inodes_forgotten += report.inodes_forgotten;
+        }
+        stats.power_cuts += victims.len();
+        for index in victims {
+            self.spawn(*index);
         }
     }
 
@@ -285,16 +307,25 @@ fn check(
     Ok(lost)
 }
 
-/// Runs `cycles` cycles, each: writes, the fault while they go on, restarts, every
+/// Runs `cycles` cycles (after a cut to every node `start_cut` after their first start, if
+/// given), each: writes, the fault while they go on, restarts, every
 /// acknowledged write read back (this cycle's and the previous one's each time; all of them at
 /// the end).
 fn run(
     harness: &mut Harness,
     cycles: usize,
+    start_cut: Option<Duration>,
     mut fault_of: impl FnMut(usize) -> Fault,
 ) -> (Stats, Result<(), Failure>) {
     let started = Instant::now();
     let mut stats = Stats::default();
+    if let Some(after) = start_cut {
+        // The first start's directories, segments and metadata are new: the power goes while
+        // they are being made.
+        std::thread::sleep(after);
+        let all: Vec<usize> = (0..NODES).collect();
+        harness.power_cut(&all, Cut::DropAll, &mut stats);
+    }
     if let Err(error) = harness.await_serving(Duration::from_secs(30)) {
         return (stats, Err(Failure::NotServing { cycle: 0, error }));
     }
@@ -305,30 +336,21 @@ fn run(
         let writers = write_until(harness, cycle, &stop);
         std::thread::sleep(Duration::from_millis(WRITE_MS));
         let fault = fault_of(cycle);
-        let victims = match &fault {
-            Fault::PowerCut(victims, _) | Fault::Kill9(victims) => victims.clone(),
-        };
-        if let Fault::PowerCut(..) = &fault {
-            for index in &victims {
-                harness.nodes[*index].fs.power_off();
+        match &fault {
+            Fault::PowerCut(victims, cut, again) => {
+                harness.power_cut(victims, *cut, &mut stats);
+                if let Some(after) = again {
+                    std::thread::sleep(*after);
+                    harness.power_cut(victims, *cut, &mut stats);
+                }
             }
-        }
-        harness.kill(&victims);
-        if let Fault::PowerCut(_, cut) = &fault {
-            for index in &victims {
-                let report = harness.nodes[*index].fs.cut_power(*cut).unwrap();
-                stats.cut.pages_dropped += report.pages_dropped;
-                stats.cut.pages_kept += report.pages_kept;
-                stats.cut.dirs_reverted += report.dirs_reverted;
-                stats.cut.sizes_reverted += report.sizes_reverted;
-                stats.cut.inodes_forgotten += report.inodes_forgotten;
+            Fault::Kill9(victims) => {
+                harness.kill(victims);
+                for index in victims {
+                    harness.spawn(*index);
+                }
+                stats.kills += victims.len();
             }
-            stats.power_cuts += victims.len();
-        } else {
-            stats.kills += victims.len();
-        }
-        for index in &victims {
-            harness.spawn(*index);
         }
         // Writes in flight at the fault may still be answered by the restarted cluster.
         stop.store(true, Ordering::Relaxed);
@@ -404,7 +426,8 @@ fn acknowledged_writes_survive_power_cuts_to_one_two_or_all_three_nodes() {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // All three every third cycle; one or two (chosen at random) otherwise. Cuts alternate
     // between dropping everything unsynced and keeping a random part of it.
-    let outcome = run(&mut harness, cycles, |cycle| {
+    let start_cut = Duration::from_millis(rng.below(300));
+    let outcome = run(&mut harness, cycles, Some(start_cut), |cycle| {
         let count = match cycle % 3 {
             0 => 3,
             1 => 1,
@@ -415,7 +438,9 @@ fn acknowledged_writes_survive_power_cuts_to_one_two_or_all_three_nodes() {
             victims.remove(rng.below(victims.len() as u64) as usize);
         }
         let cut = if cycle % 2 == 0 { Cut::DropAll } else { Cut::Scattered(rng.below(u64::MAX)) };
-        Fault::PowerCut(victims, cut)
+        // Every fifth cycle the power goes again while the victims recover.
+        let again = (cycle % 5 == 4).then(|| Duration::from_millis(rng.below(500)));
+        Fault::PowerCut(victims, cut, again)
     });
     match outcome {
         (stats, Ok(())) => report(&format!("power loss, seed {seed}"), &stats),
@@ -435,7 +460,7 @@ fn acknowledging_before_syncing_fails_the_power_loss_test() {
         Err(reason) => return println!("skipped: {reason}"),
     };
     let all: Vec<usize> = (0..NODES).collect();
-    match run(&mut harness, 20, |_| Fault::PowerCut(all.clone(), Cut::DropAll)) {
+    match run(&mut harness, 20, None, |_| Fault::PowerCut(all.clone(), Cut::DropAll, None)) {
         (stats, Ok(())) => panic!("acknowledging before syncing went unnoticed: {stats:?}"),
         (stats, Err(failure)) => {
             let what = match &failure {
@@ -468,7 +493,7 @@ fn acknowledging_before_syncing_passes_the_kill_9_test() {
         Err(reason) => return println!("skipped: {reason}"),
     };
     let all: Vec<usize> = (0..NODES).collect();
-    match run(&mut harness, 5, |_| Fault::Kill9(all.clone())) {
+    match run(&mut harness, 5, None, |_| Fault::Kill9(all.clone())) {
         (stats, Ok(())) => report("kill -9 with acknowledgements before syncs", &stats),
         (stats, Err(failure)) => panic!("{failure:#?}\nafter {stats:?}"),
     }
