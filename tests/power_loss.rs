@@ -424,8 +424,9 @@ fn acknowledged_writes_survive_power_cuts_to_one_two_or_all_three_nodes() {
     let cycles = env_number("QUORUM_POWER_LOSS_CYCLES", 30) as usize;
     let seed = env_number("QUORUM_POWER_LOSS_SEED", 1);
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    // All three every third cycle; one or two (chosen at random) otherwise. Cuts alternate
-    // between dropping everything unsynced and keeping a random part of it.
+    // A cut during the first start; then all three every third cycle, one or two (chosen at
+    // random) otherwise. Cuts alternate between dropping everything unsynced and keeping a
+    // random part of it.
     let start_cut = Duration::from_millis(rng.below(300));
     let outcome = run(&mut harness, cycles, Some(start_cut), |cycle| {
         let count = match cycle % 3 {
@@ -446,8 +447,9 @@ fn acknowledged_writes_survive_power_cuts_to_one_two_or_all_three_nodes() {
         (stats, Ok(())) => report(&format!("power loss, seed {seed}"), &stats),
         (stats, Err(failure)) => panic!("seed {seed}: {failure:#?}\nafter {stats:?}"),
     }
-    let counters: Vec<_> = harness.nodes.iter().map(|node| node.fs.counters()).collect();
-    println!("file systems: {counters:#?}");
+    for (index, node) in harness.nodes.iter().enumerate() {
+        println!("node {}'s file system: {:?}", index + 1, node.fs.counters());
+    }
 }
 
 /// The bug on purpose: a node that acknowledges before syncing loses acknowledged writes to

@@ -56,7 +56,7 @@ pub enum Cut {
 /// What the file system has seen and done since it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// `WRITE` requests and the bytes they carried.
+    /// `WRITE` requests.
     pub writes: u64,
     /// Bytes written.
     pub bytes_written: u64,
