@@ -930,9 +930,7 @@ impl PowerFs {
     /// # Errors
     /// Unmounting or mounting again failed.
     pub fn cut_power(&mut self, cut: Cut) -> io::Result<CutReport> {
-        if let Some(session) = self.session.take() {
-            session.umount_and_join()?;
-        }
+        self.unmount()?;
         let report = {
             let mut state = self.lock();
             let report = state.cut(cut);
@@ -966,11 +964,45 @@ impl PowerFs {
     }
 }
 
+impl PowerFs {
+    /// Unmounts and waits for the request threads to end. One of them may end with
+    /// ECONNABORTED (it read the device after the kernel ended the connection): that is the
+    /// end, not a failure. A mount still listed afterwards is.
+    fn unmount(&mut self) -> io::Result<()> {
+        if let Some(session) = self.session.take() {
+            match session.umount_and_join() {
+                Err(error) if error.raw_os_error() == Some(libc::ECONNABORTED) => {}
+                other => other?,
+            }
+        }
+        if mounted_at(&self.mountpoint)? {
+            let path = self.mountpoint.display();
+            return Err(io::Error::other(format!("{path} is still mounted")));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a powerfs file system is mounted at `path` (per `/proc/self/mountinfo`).
+///
+/// # Errors
+/// The path or the mount table cannot be read.
+pub fn mounted_at(path: &Path) -> io::Result<bool> {
+    let path = path.canonicalize()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // "id parent dev root MOUNTPOINT options ... - TYPE SOURCE super-options"
+    Ok(mounts.lines().any(|line| {
+        let Some((mount, fs)) = line.split_once(" - ") else { return false };
+        let mut fs = fs.split(' ');
+        mount.split(' ').nth(4) == path.to_str()
+            && fs.next().is_some_and(|kind| kind.starts_with("fuse"))
+            && fs.next() == Some("powerfs")
+    }))
+}
+
 impl Drop for PowerFs {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            let _ = session.umount_and_join();
-        }
+        let _ = self.unmount();
     }
 }
 

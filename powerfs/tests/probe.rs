@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
-use quorum_powerfs::{Cut, PowerFs, unavailable};
+use quorum_powerfs::{Cut, PowerFs, mounted_at, unavailable};
 
 fn position(trace: &[String], what: &str) -> usize {
     trace
@@ -32,6 +32,8 @@ fn the_wal_sequence_reaches_the_daemon_as_expected_and_a_cut_keeps_only_what_was
             return;
         }
     };
+    // What `PowerFs` looks for to know an unmount took.
+    assert!(mounted_at(&mountpoint).unwrap());
     let log = mountpoint.join("log");
     std::fs::create_dir(&log).unwrap();
     File::open(&mountpoint).unwrap().sync_all().unwrap();
@@ -92,9 +94,12 @@ fn the_wal_sequence_reaches_the_daemon_as_expected_and_a_cut_keeps_only_what_was
     assert!(!log.join("0.wal.new").exists());
     let counters = fs.counters();
     assert_eq!(counters.cuts, 1);
+    assert!(mounted_at(&mountpoint).unwrap(), "mounted again after the cut");
     let writes = trace.iter().filter(|line| line.starts_with("write")).count();
     let others: Vec<&String> = trace.iter().filter(|line| !line.starts_with("write")).collect();
     println!("probe: {writes} writes and {others:?}\ncut: {report:?}\ncounters: {counters:?}");
+    drop(fs);
+    assert!(!mounted_at(&mountpoint).unwrap(), "unmounted when dropped");
 }
 
 /// A read-only shared mapping of the whole file, populated, as the WAL maps segments.
