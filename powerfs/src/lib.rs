@@ -3,23 +3,25 @@
 //!
 //! What counts as durable (the strict POSIX reading, what a program may rely on):
 //! - a file's bytes and size, once an `fsync`/`fdatasync` of that file (a FUSE `FSYNC`
-//!   request) came after the writes; writes that arrived before it are made durable by it;
+//!   request) has completed: it covers the writes that reached the daemon before it arrived.
+//!   A sync completes after the latency given at mount (a disk's), on a thread of its own;
 //! - a directory's entries (files and directories created, renamed in or out, removed), once
 //!   an `fsync` of that directory (`FSYNCDIR`) came after the change. Syncing a file does not
 //!   make its name durable, nor does syncing the parent of its parent.
 //!
-//! [`PowerFs::cut_power`] unmounts (the kernel's page cache of the mount goes with it, so no
-//! dropped byte can still be served), reverts every unsynced change, and mounts again. The
-//! processes using the mount must be gone first (killed: the cut models the machine dying).
-//! A cut either drops every unsynced change, or ([`Cut::Scattered`]) keeps a random part of
-//! them, page by page and directory by directory: writeback in any order, as a disk that
-//! reorders writes leaves it.
+//! [`PowerFs::power_off`] is the instant the power goes: nothing becomes durable after it (a
+//! sync still at the disk fails with EIO, as does every change). [`PowerFs::cut_power`] then
+//! unmounts (the kernel's page cache of the mount goes with it, so no dropped byte can still
+//! be served), reverts every unsynced change, and mounts again; the processes using the mount
+//! must be gone by then (killed: the cut models the machine dying). A cut either drops every
+//! unsynced change, or ([`Cut::Scattered`]) keeps a random part of them, page by page and
+//! directory by directory: writeback in any order, as a disk that reorders writes leaves it.
 //!
-//! Not modelled: torn pages (a 4 KiB page is kept or dropped whole), bit rot, I/O errors, a
-//! full disk, hard links, symbolic links, extended attributes, permissions (everyone is root).
-//! Writes go through the kernel in write-through mode (no FUSE writeback cache), so each write
-//! reaches this daemon before the system call returns; the test `probe` checks the request
-//! sequence the WAL's file operations produce.
+//! Not modelled: torn pages (a 4 KiB page is kept or dropped whole), bit rot, I/O errors other
+//! than the cut's, a full disk, hard links, symbolic links, extended attributes, permissions
+//! (everyone is root). Writes go through the kernel in write-through mode (no FUSE writeback
+//! cache), so each write reaches this daemon before the system call returns; the test `probe`
+//! checks the request sequence the WAL's file operations produce.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
