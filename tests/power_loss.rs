@@ -35,9 +35,8 @@ const WRITE_MS: u64 = 800;
 /// Values this long fill 1 MiB segments within a few cycles: segments roll over, snapshots
 /// are taken and old segments released, all under power cuts.
 const VALUE_BYTES: usize = 300;
-/// A disk's sync takes this long: a node that acknowledges before syncing is exposed for
-/// that long after each acknowledgement (in memory, with no latency, the window is a few
-/// microseconds, and 10 cycles of power cuts caught nothing).
+/// A disk's sync takes this long, so a power cut finds syncs under way (they then make nothing
+/// durable), as on a real disk; in memory a sync would take microseconds.
 const SYNC_LATENCY: Duration = Duration::from_millis(2);
 const ACK_BEFORE_SYNC: &str = "QUORUM_TEST_ACK_BEFORE_SYNC";
 
