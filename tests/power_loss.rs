@@ -386,6 +386,13 @@ fn run(
                 return (stats, Err(Failure::NotServing { cycle, error }));
             }
         }
+        // Shown with --nocapture (scripts/soak.sh), or with the failure's output.
+        println!(
+            "cycle {cycle}: {fault:?}, {} writes acknowledged, {} read back, at {:.1} s",
+            all.len() - start,
+            to_check.len(),
+            started.elapsed().as_secs_f64()
+        );
         previous = start..all.len();
     }
     stats.elapsed = started.elapsed();
