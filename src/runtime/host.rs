@@ -541,6 +541,35 @@ impl<S: Hosted> Host<S> {
     }
 }
 
+/// Test-only: a node whose environment sets this variable (to anything) reports each sync
+/// complete as it starts, and flushes on a timer, [`ACK_BEFORE_SYNC_DELAY`] after the first
+/// sync it has not flushed yet: it acknowledges writes before they are on disk. A bug on purpose, which `tests/power_loss.rs` must catch (a power cut loses
+/// acknowledged writes) while a plain `kill -9` does not (the kernel keeps the page cache).
+/// An environment variable, as `QUORUM_TEST_PANIC_ON_KEY` (src/runtime/machine.rs): not in
+/// `--help`, not settable from a config file, and named for what it is.
+pub const ACK_BEFORE_SYNC_VARIABLE: &str = "QUORUM_TEST_ACK_BEFORE_SYNC";
+
+/// How long the test-only bug waits before it flushes. Flushing at once, once per sync, would
+/// hide the bug on the power-loss test's FUSE mounts: the kernel holds a file's inode lock
+/// through a FUSE fsync, so the shard's next write to the segment (on its reactor) would wait
+/// for the flush, and its acknowledgements with it.
+const ACK_BEFORE_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether [`ACK_BEFORE_SYNC_VARIABLE`] is set: read once, logged loudly once.
+fn ack_before_sync() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        let set = std::env::var_os(ACK_BEFORE_SYNC_VARIABLE).is_some();
+        if set {
+            tracing::warn!(
+                "{ACK_BEFORE_SYNC_VARIABLE} is set: writes are acknowledged before they are \
+                 durable (test only; a power loss loses them)"
+            );
+        }
+        set
+    })
+}
+
 /// Moves everything the shard produced to where it goes, and starts a sync if records wait.
 pub fn pump<S: Hosted>(host: &HostRef<S>) {
     let mut guard = host.borrow_mut();
@@ -571,7 +600,21 @@ pub fn pump<S: Hosted>(host: &HostRef<S>) {
     glommio::spawn_local(async move {
         // fdatasync blocks: it runs on the executor's blocking pool, never on the reactor.
         let started = std::time::Instant::now();
-        let outcome = if durable {
+        let outcome = if durable && ack_before_sync() {
+            // The bug on purpose (ACK_BEFORE_SYNC_VARIABLE): durable now, flushed later.
+            let early = pending.outcome_before_flush();
+            thread_local!(static FLUSH_DUE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+            // One flush per delay: the one already due syncs this segment's writes too.
+            if !FLUSH_DUE.replace(true) {
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(ACK_BEFORE_SYNC_DELAY).await;
+                    FLUSH_DUE.set(false);
+                    glommio::executor().spawn_blocking(move || drop(pending.run())).await;
+                })
+                .detach();
+            }
+            (early, std::time::Duration::ZERO)
+        } else if durable {
             glommio::executor()
                 .spawn_blocking(move || {
                     let ran = std::time::Instant::now();

@@ -136,6 +136,16 @@ impl PendingSync {
         SyncOutcome { target: self.target, result: Ok(()) }
     }
 
+    /// A success outcome for this sync while its flush is still to run: a bug on purpose,
+    /// for the test-only `QUORUM_TEST_ACK_BEFORE_SYNC` (src/runtime/host.rs), which hands it
+    /// to [`Wal::finish_sync`] first and flushes after, to show the power-loss test catches a
+    /// node that acknowledges before its records are on disk. Nothing else calls it.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn outcome_before_flush(&self) -> SyncOutcome {
+        SyncOutcome { target: self.target, result: Ok(()) }
+    }
+
     /// Treats the writes as durable without flushing them: for runs that trade durability
     /// for speed (benchmarks with durability off). A crash then loses what the OS had not
     /// written back, acknowledged or not.
