@@ -1239,7 +1239,7 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
     ///
     /// Every member writes the same log, so all snapshot at about the same time; with a large
     /// state, while two followers of three build their images (a pause of their service) no
-    /// majority acknowledges. Once an image reaches [`PHASED_IMAGE_BYTES`], member `k` of `n`
+    /// majority acknowledges. Once an image reaches `PHASED_IMAGE_BYTES`, member `k` of `n`
     /// waits `k/n` of an interval more for its next one; later ones come an interval apart
     /// on every member, so the phases stay. (Small images are left in step: spreading their
     /// short pauses cost 4 KiB writes 6–25 % of their throughput, BENCHMARKS.md.)

@@ -54,7 +54,7 @@ pub struct Control {
     /// by its shard.
     pub commits: Vec<CachePadded<AtomicU64>>,
     /// Connections accepted and not known to be peers' (in their handshake, or clients'),
-    /// over all shards: at most `connections_max` + [`net::HANDSHAKES_EXTRA`].
+    /// over all shards: at most `connections_max` + `net::HANDSHAKES_EXTRA` (64).
     pub open_connections: AtomicUsize,
     /// Client connections served, over all shards: at most `connections_max`.
     pub client_connections: AtomicUsize,
