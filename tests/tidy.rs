@@ -65,7 +65,9 @@ fn core_does_no_io_reads_no_clock_and_spawns_no_thread() {
 #[test]
 fn every_source_file_opens_with_a_module_comment() {
     let mut files = Vec::new();
-    for dir in ["src", "wal/src", "powerfs/src", "powerfs/tests", "tests", "benches", "fuzz/fuzz_targets"] {
+    for dir in
+        ["src", "wal/src", "powerfs/src", "powerfs/tests", "tests", "benches", "fuzz/fuzz_targets"]
+    {
         rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut files);
     }
     let missing: Vec<String> = files
@@ -323,7 +325,7 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("src/shard.rs", "open_with", 74),
     ("src/bin/quorum/bench.rs", "run", 100),
     ("src/bench/mod.rs", "run", 132),
-    ("wal/src/log.rs", "recover", 158),
+    ("wal/src/log.rs", "recover", 153),
 ];
 
 /// `(file, function, lines)` of every function in `src/` and `wal/src/`, by brace counting

@@ -341,6 +341,8 @@ impl Lane {
                 self.write_out(outgoing);
             }
             if register {
+                // Again after a busy leader turned it away, or anew for a forgotten session.
+                std::thread::sleep(BUSY_PAUSE);
                 let mut state = self.lock();
                 let outgoing = self.send(&mut state, true, std::iter::empty());
                 drop(state);
@@ -375,10 +377,7 @@ impl Lane {
                     Settled::Done
                 }
             },
-            ReplyStatus::Busy => {
-                std::thread::sleep(BUSY_PAUSE);
-                Settled::Register
-            }
+            ReplyStatus::Busy => Settled::Register,
             ReplyStatus::NotLeader { hint } => Settled::NotLeader(hint),
             // Refused for good (a node that does not know the command): the requests waiting
             // for the session time out with this reason.

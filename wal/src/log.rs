@@ -281,6 +281,33 @@ impl<B: Backend> Wal<B> {
         Ok((wal, recovery))
     }
 
+    /// The header of segment `number` (its mapped `bytes`), checked against the file: its
+    /// number, its size (`expected_bytes`: the log's, for every segment but the first), and
+    /// a number whose positions stay in the lower half of the u64 positions (no log grows
+    /// there, and refusing it leaves the log room to grow without a position overflowing).
+    fn check_header(
+        &self,
+        number: u64,
+        bytes: &[u8],
+        expected_bytes: Option<u64>,
+    ) -> Result<SegmentHeader> {
+        let corrupt =
+            |offset, reason| Error::Corrupt { segment: self.backend.path(number), offset, reason };
+        let header = SegmentHeader::decode(bytes).map_err(|reason| corrupt(0, reason))?;
+        if header.segment_number != number {
+            return Err(corrupt(16, "segment number in the header differs from the file name"));
+        }
+        if header.segment_bytes != bytes.len() as u64
+            || expected_bytes.is_some_and(|expected| header.segment_bytes != expected)
+        {
+            return Err(corrupt(24, "segment size differs from the file's or the log's"));
+        }
+        if number > u64::MAX / 2 / header.segment_bytes.max(1) {
+            return Err(corrupt(16, "segment number beyond the positions a log reaches"));
+        }
+        Ok(header)
+    }
+
     /// Scans the segments; returns the highest position a completed sync confirmed.
     fn recover(
         &mut self,
@@ -307,35 +334,8 @@ impl<B: Backend> Wal<B> {
             // log, which recovery scans whole anyway (320 MiB: 0.22-0.31 s instead of 0.15 s warm).
             self.backend.drop_cache(number)?;
             let segment = self.backend.open(number)?;
-            let header = SegmentHeader::decode(segment.bytes()).map_err(|reason| {
-                Error::Corrupt { segment: self.backend.path(number), offset: 0, reason }
-            })?;
-            if header.segment_number != number {
-                return Err(Error::Corrupt {
-                    segment: self.backend.path(number),
-                    offset: 16,
-                    reason: "segment number in the header differs from the file name",
-                });
-            }
-            if header.segment_bytes != segment.bytes().len() as u64
-                || (number != numbers[0] && header.segment_bytes != self.segment_bytes)
-            {
-                return Err(Error::Corrupt {
-                    segment: self.backend.path(number),
-                    offset: 24,
-                    reason: "segment size differs from the file's or the log's",
-                });
-            }
-            // Positions are segment numbers times the segment size: a number past the lower
-            // half of the u64 positions is damage (no log grows there), and refusing it leaves
-            // the log room to grow without a position overflowing.
-            if number > u64::MAX / 2 / header.segment_bytes.max(1) {
-                return Err(Error::Corrupt {
-                    segment: self.backend.path(number),
-                    offset: 16,
-                    reason: "segment number beyond the positions a log reaches",
-                });
-            }
+            let expected_bytes = (number != numbers[0]).then_some(self.segment_bytes);
+            let header = self.check_header(number, segment.bytes(), expected_bytes)?;
             self.segment_bytes = header.segment_bytes;
             match Watermark::decode(segment.bytes()) {
                 Some(watermark) if watermark.generation >= GENERATION_LIMIT => {
