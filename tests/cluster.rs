@@ -592,7 +592,15 @@ fn killing_a_leader_elects_another_and_loses_no_acknowledged_write() {
 
     // The victim leads the counter's shard, so its increments live through the failover.
     let shard = quorum::state_machine::shard_for_key(b"counter", 2) as u16;
-    let victim = cluster.leader(shard, None).expect("the shard has a leader");
+    // (Asked again for a while: under load a status answer may be slow, or an election run.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let victim = loop {
+        match cluster.leader(shard, None) {
+            Some(leader) => break leader,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("shard {shard} has no leader 10 s into the load"),
+        }
+    };
     // A tail of the victim's merged log: it must take up again where it stopped.
     let tailed = Arc::new(Mutex::new(Vec::new()));
     {
