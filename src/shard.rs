@@ -656,14 +656,19 @@ impl<S: StateMachine> Committer<S> {
         match applied {
             Ok(result) => Ok(result?),
             Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|message| (*message).to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(a panic without a message)".to_string());
+                let message = panic_message(&*payload);
                 panic!("applying command {index} of the batch at slot {}: {message}", first_slot.0);
             }
         }
+    }
+}
+
+/// The message a panic carried.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_string(),
+        (_, Some(message)) => message.clone(),
+        _ => "(a panic without a message)".to_string(),
     }
 }
 

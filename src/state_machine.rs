@@ -278,6 +278,23 @@ impl<R> Session<R> {
     }
 }
 
+/// The session of `client`, marked used at command `now` (moved to the back of the eviction
+/// order `by_last_use`); `None` if `sessions` holds none. Two of the applier's fields, not the
+/// applier, so that the caller may go on to use its state machine.
+fn touch<'a, R>(
+    sessions: &'a mut HashMap<u64, Session<R>, foldhash::fast::RandomState>,
+    by_last_use: &mut BTreeSet<(u64, u64)>,
+    client: u64,
+    now: u64,
+) -> Option<&'a mut Session<R>> {
+    let session = sessions.get_mut(&client)?;
+    let moved = by_last_use.remove(&(session.last_used, client));
+    assert!(moved, "client {client} missing from the eviction order");
+    session.last_used = now;
+    by_last_use.insert((now, client));
+    Some(session)
+}
+
 /// Applies committed batches to a state machine exactly once per request id.
 #[derive(Debug)]
 pub struct Applier<S: StateMachine> {
@@ -470,16 +487,12 @@ impl<S: StateMachine> Applier<S> {
             return self.register(id.sequence, payload);
         }
         let now = self.seen_commands;
-        let Some(session) = self.sessions.get_mut(&id.client) else {
+        let Some(session) = touch(&mut self.sessions, &mut self.by_last_use, id.client, now) else {
             // Every command advances the clock, so eviction is looked at after every one: a
             // replica restored here from a snapshot evicts at once what this one would.
             self.maybe_evict();
             return Outcome::SessionExpired;
         };
-        let moved = self.by_last_use.remove(&(session.last_used, id.client));
-        assert!(moved, "client {} missing from the eviction order", id.client);
-        session.last_used = now;
-        self.by_last_use.insert((now, id.client));
         let outcome = if id.is_query() {
             // Read-only: nothing to deduplicate, so nothing kept.
             Outcome::Applied(self.machine.query(payload))
@@ -509,11 +522,8 @@ impl<S: StateMachine> Applier<S> {
         high[..nonce_bytes].copy_from_slice(&payload[..nonce_bytes]);
         let nonce = u128::from(sequence) | u128::from(u64::from_le_bytes(high)) << 64;
         if let Some(&client) = self.by_nonce.get(&nonce) {
-            let session = self.sessions.get_mut(&client).expect("a nonce's session is held");
-            let moved = self.by_last_use.remove(&(session.last_used, client));
-            assert!(moved, "client {client} missing from the eviction order");
-            session.last_used = now;
-            self.by_last_use.insert((now, client));
+            touch(&mut self.sessions, &mut self.by_last_use, client, now)
+                .expect("a nonce's session is held");
             self.maybe_evict();
             return Outcome::Registered(client);
         }

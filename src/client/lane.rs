@@ -141,6 +141,14 @@ impl Lane {
         Some((writer, out))
     }
 
+    /// [`Lane::send`] under the state lock, then [`Lane::write_out`] after it.
+    fn send_now(&self, register: bool, sequences: impl Iterator<Item = u64>) {
+        let mut state = self.lock();
+        let outgoing = self.send(&mut state, register, sequences);
+        drop(state);
+        self.write_out(outgoing);
+    }
+
     /// Writes what [`Lane::send`] encoded.
     fn write_out(&self, to_write: ToWrite) {
         let Some((writer, out)) = to_write else { return };
@@ -329,31 +337,23 @@ impl Lane {
             }
             if registered {
                 // What waited for the session goes now.
-                let mut state = self.lock();
-                let waiting: Vec<u64> = state
+                let waiting: Vec<u64> = self
+                    .lock()
                     .outstanding
                     .iter()
                     .filter(|(_, pending)| pending.session.is_none())
                     .map(|(sequence, _)| *sequence)
                     .collect();
-                let outgoing = self.send(&mut state, false, waiting.into_iter());
-                drop(state);
-                self.write_out(outgoing);
+                self.send_now(false, waiting.into_iter());
             }
             if register {
                 // Again after a busy leader turned it away, or anew for a forgotten session.
                 std::thread::sleep(BUSY_PAUSE);
-                let mut state = self.lock();
-                let outgoing = self.send(&mut state, true, std::iter::empty());
-                drop(state);
-                self.write_out(outgoing);
+                self.send_now(true, std::iter::empty());
             }
             if !busy.is_empty() {
                 std::thread::sleep(BUSY_PAUSE);
-                let mut state = self.lock();
-                let outgoing = self.send(&mut state, false, busy.into_iter());
-                drop(state);
-                self.write_out(outgoing);
+                self.send_now(false, busy.into_iter());
             }
         }
     }

@@ -23,7 +23,7 @@ use quorum_wal::{MmapBackend, Options};
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::core::ClusterId;
 use crate::node_config::{ApplyMode, NodeConfig};
-use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings};
+use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings, panic_message};
 use crate::state_machine::{SessionLimits, StateMachine};
 pub use machine::NodeMachine;
 
@@ -129,15 +129,6 @@ pub enum NodeError {
         /// The panic's message.
         message: String,
     },
-}
-
-/// The message a panic carried.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
-        (Some(message), _) => (*message).to_string(),
-        (_, Some(message)) => message.clone(),
-        _ => "(a panic without a message)".to_string(),
-    }
 }
 
 /// Waits on a thread of its own for an executor to end. However it ends in error, a panic
