@@ -9,6 +9,7 @@ pub mod direct;
 pub mod disk;
 pub mod knobs;
 pub mod linearizability;
+pub mod recorder;
 pub mod report;
 pub mod runner;
 pub mod world;

@@ -9,16 +9,18 @@ use std::fmt::Write as _;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use quorum_wal::{PendingSync, SimBackend};
+
 use crate::core::Slot;
 use crate::core::{
-    Action, Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId,
+    Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId,
     RoleKind, Value, Voters,
 };
 use crate::merge::MergedBatch;
-use crate::snapshot::{Assembly, Piece, Snapshot, SnapshotHeader};
+use crate::shard::{PendingSnapshot, Shard, ShardError, ShardSettings};
 use crate::state_machine::{
-    Applier, KvStore, Outcome, REGISTER_ENTROPY_BYTES, SessionLimits, StateMachine as _,
-    register_request, seal_register, shard_for_key,
+    AppliedCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _, register_request,
+    shard_for_key,
 };
 
 /// The simulated replicas' session limits: a small reply window, so that it moves.
@@ -30,6 +32,7 @@ use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_o
 use super::disk::SimDisk;
 use super::knobs::{Knobs, between};
 use super::linearizability::{KvOp, Operation, check_key};
+use super::recorder::{Observed, Recorder};
 use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, SeedReport, SnapshotCounts};
 
 const CLUSTER: ClusterId = ClusterId(0x5157_4f52_554d);
@@ -51,6 +54,12 @@ enum Event {
         message: Message,
     },
     SyncDone {
+        node: usize,
+        shard: usize,
+        incarnation: u64,
+    },
+    /// A snapshot file's write (the shard's own, or a peer's being installed) completes.
+    SnapshotDone {
         node: usize,
         shard: usize,
         incarnation: u64,
@@ -112,13 +121,19 @@ impl Ord for Scheduled {
     }
 }
 
+/// The shard the node runs, over the simulated disk, with the simulator's hooks.
+type SimShard = Shard<SimBackend, KvStore, Recorder>;
+
 struct ShardReplica {
-    replica: Option<Replica>,
+    /// The running shard (none while its node is down).
+    shard: Option<SimShard>,
     disk: SimDisk,
-    applier: Applier<KvStore>,
+    /// Which client waits for each request proposed here.
     waiting: BTreeMap<RequestId, usize>,
-    /// A peer's snapshot arriving in pieces (in memory: a restart loses it).
-    arriving: Assembly,
+    /// The sync under way, completed by `Event::SyncDone`.
+    syncing: Option<PendingSync>,
+    /// The snapshot file being written, completed by `Event::SnapshotDone`.
+    snapshotting: Option<PendingSnapshot<SimBackend>>,
 }
 
 struct SimNode {
@@ -174,7 +189,6 @@ pub struct World {
     archived_reads: u64,
     snapshots: SnapshotCounts,
     faults: FaultCounts,
-    actions: Vec<Action>,
     trace: Option<String>,
     /// Print trace lines as they happen (so a panic still leaves the trace up to it).
     trace_to_stdout: bool,
@@ -214,7 +228,6 @@ impl World {
             archived_reads: 0,
             snapshots: SnapshotCounts::default(),
             faults: FaultCounts::default(),
-            actions: Vec::new(),
             trace: trace.then(String::new),
             trace_to_stdout: false,
             knobs,
@@ -260,11 +273,11 @@ impl World {
 
     fn fresh_shard(&self) -> ShardReplica {
         ShardReplica {
-            replica: None,
+            shard: None,
             disk: SimDisk::new(self.knobs.wal_segment_bytes),
-            applier: Applier::new(KvStore::default(), SIM_SESSIONS),
             waiting: BTreeMap::new(),
-            arriving: Assembly::default(),
+            syncing: None,
+            snapshotting: None,
         }
     }
 
@@ -297,47 +310,47 @@ impl World {
         config
     }
 
-    /// Builds the replica of `shard` on `node` from what its disk kept.
+    /// Opens the shard `shard` of `node` on what its disk kept, as a node's start does: the
+    /// snapshot, then the log from there; a replica whose log lost what it held repairs.
     fn start_replica(&mut self, node: usize, shard: usize) {
         let config = self.config(node, shard);
-        let (snapshot, records) =
-            self.nodes[node].shards[shard].disk.recover(CLUSTER, shard as u16);
-        let mut replica = Replica::recovering(config).expect("simulator configurations are valid");
-        let mut applier = Applier::new(KvStore::default(), SIM_SESSIONS);
-        // Pieces of a peer's snapshot were held in memory only.
-        self.nodes[node].shards[shard].arriving = Assembly::default();
-        let mut from_slot = Slot(0);
-        if let Some(snapshot) = snapshot {
-            // As `Shard::open_with`: the state from the snapshot, then the log from there.
-            from_slot = snapshot.header.slot;
-            applier = Applier::restore(snapshot.body(), SIM_SESSIONS)
-                .expect("simulated snapshots restore");
-            replica.install_snapshot(from_slot, from_slot);
+        let settings = ShardSettings {
+            shard: shard as u16,
+            snapshot_every_bytes: self.knobs.snapshot_every_bytes,
+            snapshot_piece_bytes: self.knobs.snapshot_piece_bytes,
+            archive_read_bytes_max: self.knobs.archive_read_bytes_max,
+            repair_nonce: self.rng.next_u64(),
+            ..ShardSettings::new(SIM_SESSIONS)
+        };
+        let hooks = Recorder::new(self.rng.next_u64());
+        let state = &mut self.nodes[node].shards[shard];
+        state.waiting.clear();
+        let (backend, options) = (state.disk.to_start(), state.disk.options());
+        // The simulated disk only loses or tears unsynced writes, or is damaged where the
+        // WAL tells (then the replica repairs): recovery never fails.
+        let opened =
+            Shard::open_hooked(config, backend, options, KvStore::default(), settings, hooks)
+                .unwrap_or_else(|error| panic!("n{} s{shard} cannot start: {error}", node + 1));
+        let from_slot = opened.snapshot_stats().current.map_or(Slot(0), |(slot, _)| slot);
+        let promised = opened.replica().promised();
+        let repairing = opened.replica().is_repairing();
+        state.disk.opened(opened.wal().durable_position());
+        state.shard = Some(opened);
+        if from_slot > Slot(0) {
             self.nodes[node].merge_off = true;
             self.snapshots.restarts += 1;
         }
-        for record in &records {
-            replica.replay(record);
+        if repairing {
+            self.trace(|| format!("n{} s{shard} repairs", node + 1));
+            self.faults.repairs += 1;
         }
-        replica.finish_recovery();
-        if let Some(reason) = self.nodes[node].shards[shard].disk.repair_reason() {
-            self.trace(|| format!("n{} s{shard} repairs: {reason}", node + 1));
-            let nonce = self.rng.next_u64();
-            replica.start_repair(nonce);
-            self.faults.repairs += u64::from(replica.is_repairing());
-        }
-        let promised = replica.promised();
-        let slot = &mut self.nodes[node].shards[shard];
-        slot.replica = Some(replica);
-        slot.applier = applier;
-        slot.waiting.clear();
         let id = self.nodes[node].id;
         let lost_state = self.nodes[node].damaged;
         let result = self.checker.on_replica_start(id, shard, promised, from_slot, lost_state);
         self.record(result);
-        // Unsynced writes that survived the crash are acceptances too: the replica acts on them.
-        let result = self.checker.on_durable(id, shard, &records);
-        self.record(result);
+        // The records it read back (unsynced writes that survived the crash are acceptances
+        // too: the replica acts on them), and what it committed and applied from them.
+        self.observe(node, shard);
     }
 
     fn schedule(&mut self, after_us: u64, event: Event) {
@@ -422,7 +435,10 @@ impl World {
                     .nodes
                     .iter()
                     .flat_map(|node| &node.shards)
-                    .map(|shard| shard.disk.released_bytes)
+                    .map(|shard| {
+                        let running = shard.shard.as_ref().map(|s| s.snapshot_stats());
+                        shard.disk.released_bytes + running.map_or(0, |stats| stats.released_bytes)
+                    })
                     .sum(),
                 ..self.snapshots
             },
@@ -439,6 +455,9 @@ impl World {
             }
             Event::SyncDone { node, shard, incarnation } => {
                 self.on_sync_done(node, shard, incarnation)
+            }
+            Event::SnapshotDone { node, shard, incarnation } => {
+                self.on_snapshot_done(node, shard, incarnation)
             }
             Event::ClientRequest { node, client, pending } => {
                 self.on_client_request(node, client, pending)
@@ -488,22 +507,30 @@ impl World {
             return;
         }
         for shard in 0..self.knobs.shards {
+            if self.nodes[node].failing {
+                break; // The process is stopping.
+            }
             let skip = self.faults_on && self.chance(self.knobs.skip_ppm);
             let skip_slots = between(&mut self.rng, 1, 64);
             // Where this node's other shards have committed to: an idle shard's leader skips
             // up to there, so the merge moves on (Mencius).
-            let others = self.nodes[node].shards.iter().enumerate().filter(|(k, _)| *k != shard);
-            let target = others
-                .filter_map(|(_, other)| other.replica.as_ref().map(Replica::commit_index))
+            let target = (0..self.knobs.shards)
+                .filter(|other| *other != shard)
+                .filter_map(|other| self.replica(node, other).map(Replica::commit_index))
                 .max()
                 .unwrap_or(Slot(0));
-            let replica = self.replica(node, shard);
-            replica.on_tick();
-            if skip && replica.role() == RoleKind::Leader {
-                let _ = replica.propose_skip(skip_slots);
+            let running = self.shard_mut(node, shard);
+            let mut result = running.on_tick();
+            if result.is_ok() && skip && running.replica().role() == RoleKind::Leader {
+                result = running.propose_skip(skip_slots);
             }
-            replica.skip_to(target);
-            self.drive(node, shard);
+            if result.is_ok() {
+                result = running.skip_to(target);
+            }
+            if let Err(error) = result {
+                self.fail(node, &error);
+            }
+            self.settle(node, shard);
         }
         self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
     }
@@ -514,7 +541,7 @@ impl World {
 
     /// A disk call of `node` failed: like the node's process, it stops (at once, but as an
     /// event of its own, so that the step under way finishes first); nothing more leaves it.
-    fn fail(&mut self, node: usize, error: &crate::shard::ShardError) {
+    fn fail(&mut self, node: usize, error: &ShardError) {
         if self.nodes[node].failing {
             return;
         }
@@ -524,8 +551,14 @@ impl World {
         self.schedule(0, Event::Fail { node, incarnation });
     }
 
-    fn replica(&mut self, node: usize, shard: usize) -> &mut Replica {
-        self.nodes[node].shards[shard].replica.as_mut().expect("a live node has its replicas")
+    /// The replica of `shard` on `node`, if its node is up.
+    fn replica(&self, node: usize, shard: usize) -> Option<&Replica> {
+        self.nodes[node].shards[shard].shard.as_ref().map(Shard::replica)
+    }
+
+    /// The running shard `shard` of `node`.
+    fn shard_mut(&mut self, node: usize, shard: usize) -> &mut SimShard {
+        self.nodes[node].shards[shard].shard.as_mut().expect("a live node has its shards")
     }
 
     fn on_deliver(&mut self, to: usize, shard: usize, from: NodeId, message: Message) {
@@ -546,104 +579,16 @@ impl World {
         }
         let id = self.nodes[to].id;
         self.trace(|| format!("n{} s{shard} <- n{} {}", id.0, from.0, describe(&message)));
-        match message {
-            Message::Snapshot { slot, offset, total, bytes, commit_index } => {
-                // As `Shard::on_snapshot_message`.
-                let commit = self.replica(to, shard).commit_index();
-                let arriving = &mut self.nodes[to].shards[shard].arriving;
-                match arriving.receive(commit, slot, offset, total, bytes, u64::MAX) {
-                    Piece::Whole(bytes) => self.install_snapshot(to, shard, bytes, commit_index),
-                    Piece::Pull(slot, offset) => {
-                        self.snapshots.pulls += 1;
-                        self.replica(to, shard).on_snapshot_piece();
-                        self.net_send(to, from, shard, Message::SnapshotPull { slot, offset });
-                    }
-                    Piece::Ignored => {}
-                }
-                self.drive(to, shard);
-                return;
-            }
-            Message::SnapshotPull { slot, offset } => {
-                let (piece_bytes, commit) =
-                    (self.knobs.snapshot_piece_bytes, self.replica(to, shard).commit_index());
-                let disk = &mut self.nodes[to].shards[shard].disk;
-                if let Some(piece) = disk.snapshot_piece(slot, offset, piece_bytes, commit) {
-                    self.net_send(to, from, shard, piece);
-                }
-                return;
-            }
-            _ => {}
-        }
         let envelope = Envelope { cluster_id: CLUSTER, from, message };
-        // Correct replicas send only what a replica takes: a refusal (a value out of range, an
-        // accept contradicting a chosen slot, I2) is a violation like an assertion.
-        let taken = self.replica(to, shard).on_message(envelope);
-        taken.expect("a replica takes what its correct peers send");
-        self.drive(to, shard);
-    }
-
-    /// A peer's snapshot arrived: installed if ahead, as `Shard` does (checked, durable,
-    /// then the state machine and the replica go on from it).
-    fn install_snapshot(&mut self, node: usize, shard: usize, bytes: bytes::Bytes, commit: Slot) {
-        // Commits a restart replayed may still wait to be applied: first those.
-        self.drive(node, shard);
-        if self.nodes[node].failing {
-            return;
+        match self.shard_mut(to, shard).on_message(envelope) {
+            Ok(Ok(())) => {}
+            // Correct replicas send only what a replica takes: a refusal (a value out of
+            // range, an accept contradicting a chosen slot, I2) is a violation like an
+            // assertion.
+            Ok(Err(refused)) => panic!("a replica refused its correct peer's message: {refused}"),
+            Err(error) => self.fail(to, &error),
         }
-        let snapshot = match Snapshot::decode(bytes, CLUSTER, shard as u16) {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                // The network does not damage messages: pieces were put together wrongly.
-                let detail = format!(
-                    "n{} s{shard}: an assembled snapshot is refused: {error}",
-                    self.nodes[node].id.0
-                );
-                return self.record(Err(Violation { invariant: "I9", detail }));
-            }
-        };
-        let slot = snapshot.header.slot;
-        if slot <= self.replica(node, shard).commit_index() {
-            return;
-        }
-        let applier =
-            Applier::restore(snapshot.body(), SIM_SESSIONS).expect("simulated snapshots restore");
-        let id = self.nodes[node].id;
-        self.trace(|| format!("n{} s{shard} installs snapshot at {}", id.0, slot.0));
-        let replica = &mut self.nodes[node].shards[shard];
-        if let Err(error) = replica.disk.install(&snapshot) {
-            return self.fail(node, &error);
-        }
-        replica.applier = applier;
-        self.nodes[node].merge_off = true;
-        self.snapshots.installed += 1;
-        let result = self.checker.on_install(id, shard, slot);
-        self.record(result);
-        self.replica(node, shard).install_snapshot(slot, commit);
-    }
-
-    /// Takes a snapshot if the replica wrote `snapshot_every_bytes` of log since the last,
-    /// and lets its log release what it covers.
-    fn maybe_snapshot(&mut self, node: usize, shard: usize) {
-        let every = self.knobs.snapshot_every_bytes;
-        if every == 0 || self.nodes[node].shards[shard].disk.bytes_since_snapshot() < every {
-            return;
-        }
-        let id = self.nodes[node].id;
-        let replica = self.nodes[node].shards[shard].replica.as_ref().expect("live");
-        let (slot, promised, base) =
-            (replica.commit_index(), replica.promised(), replica.log().base());
-        let mut body = Vec::new();
-        self.nodes[node].shards[shard].applier.snapshot(&mut body);
-        let header = SnapshotHeader { cluster_id: CLUSTER, shard: shard as u16, slot };
-        if let Err(error) =
-            self.nodes[node].shards[shard].disk.take_snapshot(header, &body, base, promised)
-        {
-            return self.fail(node, &error);
-        }
-        self.snapshots.taken += 1;
-        self.trace(|| format!("n{} s{shard} snapshot at {}", id.0, slot.0));
-        let result = self.checker.on_snapshot(id, shard, slot);
-        self.record(result);
+        self.settle(to, shard);
     }
 
     fn on_sync_done(&mut self, node: usize, shard: usize, incarnation: u64) {
@@ -653,125 +598,63 @@ impl World {
         if self.deferred(node, || Event::SyncDone { node, shard, incarnation }) {
             return;
         }
-        let (seq, records, replies) = match self.nodes[node].shards[shard].disk.complete_sync() {
-            Ok(done) => done,
-            Err(error) => return self.fail(node, &error),
-        };
-        let id = self.nodes[node].id;
-        let result = self.checker.on_durable(id, shard, &records);
-        self.record(result);
-        self.replica(node, shard).on_persisted(seq);
-        for (to, message) in replies {
-            if to == id {
-                let envelope = Envelope { cluster_id: CLUSTER, from: id, message };
-                self.replica(node, shard).on_message(envelope).expect("own message");
-            } else {
-                self.net_send(node, to, shard, message);
-            }
+        let state = &mut self.nodes[node].shards[shard];
+        let pending = state.syncing.take().expect("a sync under way");
+        let running = state.shard.as_mut().expect("a live node has its shards");
+        match running.finish_sync(pending.run()) {
+            Ok(()) => state.disk.synced(running.wal().durable_position()),
+            Err(error) => self.fail(node, &error),
         }
-        self.drive(node, shard);
+        self.settle(node, shard);
     }
 
-    /// Carries out the actions a replica produced, until it produces no more.
-    fn drive(&mut self, node: usize, shard: usize) {
+    /// A snapshot file is durable (or its write failed): the shard goes on from it.
+    fn on_snapshot_done(&mut self, node: usize, shard: usize, incarnation: u64) {
+        if !self.alive(node) || self.nodes[node].incarnation != incarnation {
+            return;
+        }
+        if self.deferred(node, || Event::SnapshotDone { node, shard, incarnation }) {
+            return;
+        }
+        let state = &mut self.nodes[node].shards[shard];
+        let pending = state.snapshotting.take().expect("a snapshot being written");
+        let running = state.shard.as_mut().expect("a live node has its shards");
+        let taken = running.snapshot_stats().taken;
+        let result = running.finish_snapshot(pending.run());
+        self.snapshots.taken += running.snapshot_stats().taken - taken;
+        if let Err(error) = result {
+            self.fail(node, &error);
+        }
+        self.settle(node, shard);
+    }
+
+    /// After a step of a shard: hands what it did to the checkers, sends what it sent,
+    /// answers the clients it answered, and starts the disk work it wants (a sync, a
+    /// snapshot's write), each completing as an event of its own.
+    fn settle(&mut self, node: usize, shard: usize) {
+        self.observe(node, shard);
+        if self.nodes[node].failing {
+            return; // The process is stopping: nothing it does takes effect.
+        }
+        let (mut outbox, mut replies) = (Vec::new(), Vec::new());
+        let running = self.shard_mut(node, shard);
+        running.take_outbox(&mut outbox);
+        running.take_replies(&mut replies);
+        for (to, message) in outbox {
+            if let Message::SnapshotPull { .. } = message {
+                self.snapshots.pulls += 1;
+            }
+            self.net_send(node, to, shard, message);
+        }
+        for command in replies {
+            self.answer(node, shard, command);
+        }
+        self.start_disk_work(node, shard);
+        if self.nodes[node].failing {
+            return;
+        }
         let id = self.nodes[node].id;
-        loop {
-            let mut actions = std::mem::take(&mut self.actions);
-            self.replica(node, shard).take_actions(&mut actions);
-            if actions.is_empty() {
-                self.actions = actions;
-                break;
-            }
-            for action in actions.drain(..) {
-                if self.nodes[node].failing {
-                    continue; // The process is stopping: nothing it does takes effect.
-                }
-                match action {
-                    Action::Send { to, message } => self.net_send(node, to, shard, message),
-                    Action::Persist { seq, record, then_send } => {
-                        let disk = &mut self.nodes[node].shards[shard].disk;
-                        if let Err(error) = disk.write(seq, record, then_send) {
-                            self.fail(node, &error);
-                        }
-                    }
-                    Action::Commit { first_slot, count, value } => {
-                        let result = self.checker.on_commit(id, shard, first_slot, count, &value);
-                        self.record(result);
-                        self.trace(|| {
-                            format!(
-                                "n{} s{shard} commit {}+{count} {}",
-                                id.0,
-                                first_slot.0,
-                                value_text(&value)
-                            )
-                        });
-                        self.apply(node, shard, &value);
-                        self.merge(node, shard, first_slot, count, &value);
-                    }
-                    Action::Repaired => {
-                        self.trace(|| format!("n{} s{shard} repaired", id.0));
-                        let learner = self.replica(node, shard).config().is_learner();
-                        self.faults.repaired += u64::from(!learner);
-                        if !self.repairing(node) {
-                            self.nodes[node].damaged = false;
-                        }
-                        if let Err(error) = self.nodes[node].shards[shard].disk.finish_repair() {
-                            self.fail(node, &error);
-                            continue;
-                        }
-                    }
-                    Action::SendArchived { to, from_slot, end_slot, commit_index } => {
-                        let runs_max = self.replica(node, shard).config().message_runs_max;
-                        let limits =
-                            (self.knobs.archive_read_bytes_max, self.knobs.snapshot_piece_bytes);
-                        let disk = &mut self.nodes[node].shards[shard].disk;
-                        let messages = disk.archived_messages(
-                            from_slot,
-                            end_slot,
-                            commit_index,
-                            runs_max,
-                            limits,
-                        );
-                        self.archived_reads += 1;
-                        self.trace(|| {
-                            format!(
-                                "n{} s{shard} archived {}..{} for n{}: {} messages",
-                                id.0,
-                                from_slot.0,
-                                end_slot.0,
-                                to.0,
-                                messages.len()
-                            )
-                        });
-                        for message in messages {
-                            self.net_send(node, to, shard, message);
-                        }
-                    }
-                }
-            }
-            self.actions = actions;
-        }
-        if self.nodes[node].failing {
-            return;
-        }
-        self.maybe_snapshot(node, shard);
-        let started = self.nodes[node].shards[shard].disk.maybe_start_sync();
-        if started.as_ref().is_ok_and(|started| *started) {
-            let latency = between(
-                &mut self.rng,
-                self.knobs.sync_min_us,
-                self.knobs.sync_min_us + self.knobs.sync_jitter_us,
-            );
-            let incarnation = self.nodes[node].incarnation;
-            self.schedule(latency, Event::SyncDone { node, shard, incarnation });
-        }
-        if let Err(error) = started {
-            return self.fail(node, &error);
-        }
-        if self.nodes[node].failing {
-            return;
-        }
-        let replica = self.nodes[node].shards[shard].replica.as_ref().expect("live");
+        let replica = self.replica(node, shard).expect("a live node has its shards");
         replica.check_invariants(false);
         if let Some(ballot) = replica.leader_ballot() {
             if self.leader_ballot[shard].is_none_or(|last| last < ballot) {
@@ -784,44 +667,117 @@ impl World {
         }
     }
 
-    fn apply(&mut self, node: usize, shard: usize, value: &Value) {
-        let Value::Batch(bytes) = value else { return };
+    /// Starts the shard's next sync and snapshot write, if it wants them and none is under
+    /// way; each completes after a simulated disk latency.
+    fn start_disk_work(&mut self, node: usize, shard: usize) {
         let id = self.nodes[node].id;
-        let mut outcomes = Vec::new();
-        self.nodes[node].shards[shard]
-            .applier
-            .apply_batch(bytes, |request, outcome| outcomes.push((request, outcome)))
-            .expect("batches built by the simulator decode");
-        for (request, outcome) in outcomes {
-            let reply = match outcome {
-                // A query is answered, not applied: asked again, it is answered again.
-                Outcome::Applied(reply) if request.is_query() => reply,
-                Outcome::Applied(reply) => {
+        let incarnation = self.nodes[node].incarnation;
+        let state = &mut self.nodes[node].shards[shard];
+        let running = state.shard.as_mut().expect("a live node has its shards");
+        if state.snapshotting.is_none() {
+            if let Some(pending) = running.start_snapshot() {
+                let slot = pending.slot();
+                if !pending.is_install() {
+                    // Its image is taken: what it holds is what the replica applied so far.
+                    let result = self.checker.on_snapshot(id, shard, slot);
+                    self.record(result);
+                    self.trace(|| format!("n{} s{shard} snapshot at {}", id.0, slot.0));
+                }
+                self.nodes[node].shards[shard].snapshotting = Some(pending);
+                let latency = self.disk_latency();
+                self.schedule(latency, Event::SnapshotDone { node, shard, incarnation });
+            }
+        }
+        let state = &mut self.nodes[node].shards[shard];
+        if state.syncing.is_none() {
+            let running = state.shard.as_mut().expect("a live node has its shards");
+            match running.start_sync() {
+                Ok(Some(pending)) => {
+                    state.syncing = Some(pending);
+                    let latency = self.disk_latency();
+                    self.schedule(latency, Event::SyncDone { node, shard, incarnation });
+                }
+                Ok(None) => {}
+                Err(error) => self.fail(node, &error),
+            }
+        }
+    }
+
+    fn disk_latency(&mut self) -> u64 {
+        let (min, jitter) = (self.knobs.sync_min_us, self.knobs.sync_jitter_us);
+        between(&mut self.rng, min, min + jitter)
+    }
+
+    /// Hands what the shard did since the last call to the checkers, in order.
+    fn observe(&mut self, node: usize, shard: usize) {
+        let Some(running) = self.nodes[node].shards[shard].shard.as_mut() else { return };
+        let events = std::mem::take(&mut running.hooks_mut().events);
+        let id = self.nodes[node].id;
+        for event in events {
+            match event {
+                Observed::Durable(records) => {
+                    let result = self.checker.on_durable(id, shard, &records);
+                    self.record(result);
+                }
+                Observed::Replayed(record) => {
+                    let result = self.checker.on_durable(id, shard, std::slice::from_ref(&record));
+                    self.record(result);
+                }
+                Observed::Committed { first_slot, count, value } => {
+                    let result = self.checker.on_commit(id, shard, first_slot, count, &value);
+                    self.record(result);
+                    self.trace(|| {
+                        let text = value_text(&value);
+                        format!("n{} s{shard} commit {}+{count} {text}", id.0, first_slot.0)
+                    });
+                    self.merge(node, shard, first_slot, count, &value);
+                }
+                Observed::Applied(request) => {
                     let result = self.checker.on_applied(id, shard, request);
                     self.record(result);
-                    reply
                 }
-                Outcome::Duplicate(reply) => reply,
-                // A long-delayed copy of a request its client has long moved past (so it was
-                // acknowledged, so applied): refusing it is exactly-once working.
-                Outcome::Expired => continue,
-                Outcome::Registered(session) => {
-                    if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&request) {
-                        self.client_send(client, request, ClientReply::Registered(session));
-                    }
-                    continue;
-                }
-                // The simulator's clients are few and keep busy: below the eviction limits, and
-                // they send only under sessions the shard registered.
-                Outcome::SessionExpired => {
+                // The simulator's clients are few and keep busy: below the eviction limits,
+                // and they send only under sessions the shard registered.
+                Observed::SessionExpired(request) => {
                     let detail = format!("n{} s{shard}: {request:?} has no session", id.0);
                     self.record(Err(Violation { invariant: "I9 sessions", detail }));
-                    continue;
                 }
-            };
-            if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&request) {
-                self.client_send(client, request, ClientReply::Applied(reply));
+                Observed::Installed(slot) => {
+                    self.trace(|| format!("n{} s{shard} installs snapshot at {}", id.0, slot.0));
+                    self.nodes[node].merge_off = true;
+                    self.snapshots.installed += 1;
+                    let result = self.checker.on_install(id, shard, slot);
+                    self.record(result);
+                }
+                Observed::Repaired => {
+                    self.trace(|| format!("n{} s{shard} repaired", id.0));
+                    let learner =
+                        self.replica(node, shard).is_some_and(|r| r.config().is_learner());
+                    self.faults.repaired += u64::from(!learner);
+                    if !self.repairing(node) {
+                        self.nodes[node].damaged = false;
+                    }
+                }
+                Observed::Archived(messages) => {
+                    self.archived_reads += 1;
+                    self.trace(|| format!("n{} s{shard} archived: {messages} messages", id.0));
+                }
             }
+        }
+    }
+
+    /// The outcome of an applied command goes to the client waiting for it, if any.
+    fn answer(&mut self, node: usize, shard: usize, command: AppliedCommand<KvReply>) {
+        let reply = match command.outcome {
+            Outcome::Applied(reply) | Outcome::Duplicate(reply) => ClientReply::Applied(reply),
+            Outcome::Registered(session) => ClientReply::Registered(session),
+            // A long-delayed copy of a request its client has long moved past (so it was
+            // acknowledged, so applied): refusing it is exactly-once working. (A missing
+            // session is a violation: see `observe`.)
+            Outcome::Expired | Outcome::SessionExpired => return,
+        };
+        if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&command.id) {
+            self.client_send(client, command.id, reply);
         }
     }
 
@@ -983,27 +939,30 @@ impl World {
             return;
         }
         let shard = pending.shard;
-        let mut payload = pending.payload.clone();
-        if pending.register {
-            // The leader's entropy, as `Shard::propose` adds it.
-            let mut entropy = [0; REGISTER_ENTROPY_BYTES];
-            self.rng.fill_bytes(&mut entropy);
-            let sealed = seal_register(&payload, entropy).expect("the simulator's nonces fit");
-            payload = sealed.to_vec();
-        }
-        let replica = self.replica(node, shard);
-        match replica.propose(pending.id, &payload) {
-            Ok(()) => {
-                replica.flush();
+        let running = self.shard_mut(node, shard);
+        // A register-session command gets the leader's entropy in `Shard::propose`.
+        let proposed = running.propose(pending.id, &pending.payload);
+        let result = match proposed {
+            Ok(Ok(())) => running.flush().map(Ok),
+            other => other,
+        };
+        match result {
+            Ok(Ok(())) => {
                 self.nodes[node].shards[shard].waiting.insert(pending.id, client);
-                self.drive(node, shard);
+                self.settle(node, shard);
             }
-            Err(ProposeError::NotLeader { hint }) => {
+            Ok(Err(ProposeError::NotLeader { hint })) => {
                 let hint = hint.map(|id| id.0 as usize - 1);
                 self.client_send(client, pending.id, ClientReply::Redirect(hint));
             }
-            Err(ProposeError::Busy) => self.client_send(client, pending.id, ClientReply::Busy),
-            Err(error) => panic!("simulated request refused: {error}"),
+            Ok(Err(ProposeError::Busy)) => {
+                self.client_send(client, pending.id, ClientReply::Busy);
+            }
+            Ok(Err(error)) => panic!("simulated request refused: {error}"),
+            Err(error) => {
+                self.fail(node, &error);
+                self.settle(node, shard);
+            }
         }
     }
 
@@ -1170,10 +1129,7 @@ impl World {
         let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
         let leader = (0..self.knobs.voters).find(|node| {
             self.nodes[*node].up
-                && self.nodes[*node].shards[shard]
-                    .replica
-                    .as_ref()
-                    .is_some_and(|r| r.role() == RoleKind::Leader)
+                && self.replica(*node, shard).is_some_and(|r| r.role() == RoleKind::Leader)
         });
         match leader {
             Some(node) => {
@@ -1210,8 +1166,12 @@ impl World {
         self.nodes[node].incarnation += 1;
         for shard in 0..self.knobs.shards {
             let (survives, torn) = (self.knobs.unsynced_survives_ppm, self.knobs.torn_ppm);
-            self.nodes[node].shards[shard].disk.crash(&mut self.rng, survives, torn);
-            self.nodes[node].shards[shard].replica = None;
+            let state = &mut self.nodes[node].shards[shard];
+            if let Some(stopped) = state.shard.take() {
+                state.disk.released_bytes += stopped.snapshot_stats().released_bytes;
+            }
+            (state.syncing, state.snapshotting) = (None, None);
+            state.disk.crash(&mut self.rng, survives, torn);
         }
         self.schedule(downtime_us, Event::Restart { node });
     }
@@ -1249,10 +1209,9 @@ impl World {
 
     /// True while a replica of `node` repairs.
     fn repairing(&self, node: usize) -> bool {
-        self.nodes[node]
-            .shards
-            .iter()
-            .any(|shard| shard.replica.as_ref().is_some_and(crate::core::Replica::is_repairing))
+        self.nodes[node].shards.iter().any(|shard| {
+            shard.shard.as_ref().is_some_and(|running| running.replica().is_repairing())
+        })
     }
 
     fn restart(&mut self, node: usize) {
@@ -1313,7 +1272,9 @@ impl World {
             let commits: Vec<u64> = self
                 .nodes
                 .iter()
-                .map(|node| node.shards[shard].replica.as_ref().map_or(0, |r| r.commit_index().0))
+                .map(|node| {
+                    node.shards[shard].shard.as_ref().map_or(0, |s| s.replica().commit_index().0)
+                })
                 .collect();
             commits.iter().all(|commit| *commit == commits[0])
         });
@@ -1332,12 +1293,8 @@ impl World {
     }
 
     fn shard_leader(&self, shard: usize) -> Option<usize> {
-        (0..self.knobs.voters).find(|node| {
-            self.nodes[*node].shards[shard]
-                .replica
-                .as_ref()
-                .is_some_and(|r| r.role() == RoleKind::Leader)
-        })
+        (0..self.knobs.voters)
+            .find(|node| self.replica(*node, shard).is_some_and(|r| r.role() == RoleKind::Leader))
     }
 
     fn liveness_state(&self) -> String {
@@ -1349,7 +1306,7 @@ impl World {
                 self.shard_leader(shard).map(|n| n + 1)
             );
             for node in &self.nodes {
-                if let Some(replica) = &node.shards[shard].replica {
+                if let Some(replica) = node.shards[shard].shard.as_ref().map(Shard::replica) {
                     let _ = write!(
                         text,
                         "n{} {:?} commit {} promised {}; ",
@@ -1371,7 +1328,8 @@ impl World {
     fn final_checks(&mut self) -> Result<(), Violation> {
         for node in &self.nodes {
             for shard in &node.shards {
-                shard.replica.as_ref().expect("all nodes are up at the end").check_invariants(true);
+                let running = shard.shard.as_ref().expect("all nodes are up at the end");
+                running.replica().check_invariants(true);
             }
         }
         let merging: Vec<&SimNode> = self.nodes.iter().filter(|node| !node.merge_off).collect();
@@ -1381,9 +1339,12 @@ impl World {
         // Every replica of a shard applied the same slots (they are caught up): the same state,
         // whether rebuilt from the log or from a snapshot.
         for shard in 0..self.knobs.shards {
-            let first = &self.nodes[0].shards[shard].applier;
+            let summary = |node: &SimNode| {
+                node.shards[shard].shard.as_ref().expect("all nodes are up").machine().summary()
+            };
+            let first = summary(&self.nodes[0]);
             for node in &self.nodes {
-                if node.shards[shard].applier.machine().summary() != first.machine().summary() {
+                if summary(node) != first {
                     return Err(Violation {
                         invariant: "I9 applied exactly once",
                         detail: format!(

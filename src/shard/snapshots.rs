@@ -1,0 +1,437 @@
+//! A shard's snapshots: taking its own (the image on the shard's thread, the write on a
+//! helper), serving pieces of the durable one, and installing a peer's.
+
+use bytes::Bytes;
+use quorum_wal::Backend;
+
+use crate::core::{Config, Message, NodeId, Slot};
+use crate::snapshot::{Piece, Snapshot, SnapshotHeader};
+use crate::state_machine::{Applier, StateMachine};
+
+use super::{Hooks, Shard, ShardError};
+
+/// Images at least this large are a pause worth spreading (tens of milliseconds): members
+/// take them out of phase.
+const PHASED_IMAGE_BYTES: u64 = 16 << 20;
+
+/// This member's rank (voters in order, then learners) and the number of members; rank 0 if
+/// it is not listed.
+pub(super) fn member_rank(config: &Config) -> (u64, u64) {
+    let members = config.voters.iter().chain(&config.learners);
+    let rank = members.clone().position(|member| *member == config.node).unwrap_or(0);
+    (rank as u64, members.count().max(1) as u64)
+}
+
+/// A snapshot being written, off the shard's thread; hand the outcome to
+/// [`Shard::finish_snapshot`].
+pub struct PendingSnapshot<B: Backend> {
+    backend: B,
+    snapshot: Snapshot,
+    /// How long building the image took (on the shard's thread: a pause in its service).
+    image_time: std::time::Duration,
+    /// A peer's snapshot being installed, not one taken here.
+    install: bool,
+}
+
+/// The outcome of [`PendingSnapshot::run`].
+pub struct SnapshotWritten {
+    snapshot: Snapshot,
+    result: quorum_wal::Result<()>,
+}
+
+impl<B: Backend> PendingSnapshot<B> {
+    /// The snapshot's slot.
+    #[must_use]
+    pub fn slot(&self) -> Slot {
+        self.snapshot.header.slot
+    }
+
+    /// True if this is a peer's snapshot being installed, not one taken here.
+    #[must_use]
+    pub fn is_install(&self) -> bool {
+        self.install
+    }
+
+    /// How long building its image took, on the shard's thread.
+    #[must_use]
+    pub fn image_time(&self) -> std::time::Duration {
+        self.image_time
+    }
+
+    /// Writes the snapshot file durably (write, fsync, rename, directory fsync). Blocks: run
+    /// it on a helper thread.
+    #[must_use]
+    pub fn run(self) -> SnapshotWritten {
+        let result =
+            self.backend.write_file_atomic(crate::snapshot::FILE_NAME, &self.snapshot.bytes);
+        SnapshotWritten { snapshot: self.snapshot, result }
+    }
+}
+
+/// [`ReplicaLog::snapshot_piece`], from the snapshot file in `backend`'s directory.
+pub(super) fn read_snapshot_piece<B: Backend>(
+    backend: &B,
+    slot: Option<Slot>,
+    offset: u64,
+    piece_bytes: usize,
+    commit_index: Slot,
+) -> Result<Option<Message>, ShardError> {
+    let name = crate::snapshot::FILE_NAME;
+    let head = crate::snapshot::HEADER_BYTES;
+    let Some(range) = backend.read_file_range(name, head, offset, piece_bytes)? else {
+        return Ok(None);
+    };
+    let Some(held) = crate::snapshot::slot_in_header(&range.head) else {
+        return Ok(None); // Damaged: a restart would refuse it too.
+    };
+    if slot.is_some_and(|slot| slot != held) || offset >= range.total {
+        return Ok(None); // Replaced by a newer one: the reader asks again from 0.
+    }
+    let bytes = Bytes::from(range.bytes);
+    Ok(Some(Message::Snapshot { slot: held, offset, total: range.total, bytes, commit_index }))
+}
+
+/// Reads pieces of a shard's snapshot file without the shard: a runtime can answer pulls on
+/// a helper thread (a piece is up to 32 MiB read from disk). It reads the file, so a newer
+/// snapshot replacing it meanwhile is never mixed in (one opening per piece).
+pub struct SnapshotReader<B: Backend> {
+    backend: B,
+    piece_bytes: usize,
+    commit_index: Slot,
+}
+
+impl<B: Backend> SnapshotReader<B> {
+    /// The piece of the snapshot at `slot` (any, with `None`) from `offset` on, if there is
+    /// such a snapshot (see [`ReplicaLog::snapshot_piece`]).
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn piece(&self, slot: Option<Slot>, offset: u64) -> Result<Option<Message>, ShardError> {
+        read_snapshot_piece(&self.backend, slot, offset, self.piece_bytes, self.commit_index)
+    }
+
+    /// The piece a client fetching the snapshot pulled: of the snapshot at `slot` if it is
+    /// still the one here, else the first piece of the one here, else an empty piece of
+    /// total 0.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn piece_for_client(&self, slot: Slot, offset: u64) -> Result<Message, ShardError> {
+        let asked = (slot != Slot(0)).then(|| self.piece(Some(slot), offset));
+        Ok(match asked.transpose()?.flatten() {
+            Some(piece) => piece,
+            None => self.piece(None, 0)?.unwrap_or(Message::Snapshot {
+                slot: Slot(0),
+                offset: 0,
+                total: 0,
+                bytes: Bytes::new(),
+                commit_index: self.commit_index,
+            }),
+        })
+    }
+}
+
+/// A peer's snapshot being installed: checked and restored, its file being written durably
+/// (by the same helper as the shard's own snapshots) before the shard goes on from it.
+pub(super) struct Installing<S: StateMachine> {
+    pub(super) applier: Applier<S>,
+    pub(super) header: SnapshotHeader,
+    pub(super) bytes: usize,
+    /// The sender's commit position, for the core.
+    pub(super) commit_index: Slot,
+    /// The snapshot, until its write is handed out by [`Shard::start_snapshot`].
+    pub(super) snapshot: Option<Snapshot>,
+}
+
+/// Snapshot bookkeeping of a shard.
+#[derive(Debug, Default)]
+pub(super) struct Snapshots {
+    /// The newest durable snapshot's header and size. Its bytes stay in its file (read back
+    /// for a reader below the log's floor): an image may be large.
+    pub(super) current: Option<(SnapshotHeader, usize)>,
+    pub(super) writing: bool,
+    /// The WAL's end when the last snapshot was started.
+    pub(super) taken_at_position: u64,
+    /// This member's rank among the members and their number, until its phase is taken: once
+    /// an image is large enough to be a pause worth spreading, one interval is lengthened by
+    /// `rank/members` of itself, putting members out of phase (see [`Shard::start_snapshot`]).
+    pub(super) phase: Option<(u64, u64)>,
+    pub(super) taken: u64,
+    pub(super) installed: u64,
+    pub(super) released_bytes: u64,
+    /// A peer's snapshot arriving in pieces.
+    pub(super) arriving: crate::snapshot::Assembly,
+}
+
+/// What a shard did with snapshots since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots taken and made durable here.
+    pub taken: u64,
+    /// Snapshots received from peers and installed.
+    pub installed: u64,
+    /// WAL bytes released behind snapshots.
+    pub released_bytes: u64,
+    /// The newest snapshot's slot and size.
+    pub current: Option<(Slot, usize)>,
+}
+
+impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
+    /// The first piece of the newest durable snapshot, if there is one (a tail below the
+    /// floor learns from it where the log resumes).
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn snapshot_first_piece(&self) -> Result<Option<Message>, ShardError> {
+        if self.snapshots.current.is_none() {
+            return Ok(None);
+        }
+        self.snapshot_piece(None, 0)
+    }
+
+    /// [`ReplicaLog::snapshot_piece`] in this shard's piece size, at its commit position.
+    pub(super) fn snapshot_piece(
+        &self,
+        slot: Option<Slot>,
+        offset: u64,
+    ) -> Result<Option<Message>, ShardError> {
+        let (piece_bytes, commit) =
+            (self.settings.snapshot_piece_bytes, self.replica.commit_index());
+        self.log.snapshot_piece(slot, offset, piece_bytes, commit)
+    }
+
+    /// The piece a client fetching the snapshot pulled (see
+    /// `runtime::Host::answer_snapshot_pull`): of the snapshot at `slot` if it is still the
+    /// one here, else the first piece of the one here, else an empty piece of total 0.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn snapshot_piece_for_client(
+        &self,
+        slot: Slot,
+        offset: u64,
+    ) -> Result<Message, ShardError> {
+        self.snapshot_reader().piece_for_client(slot, offset)
+    }
+
+    /// A reader of this shard's snapshot file in its piece size, at its commit position, for
+    /// a helper thread.
+    #[must_use]
+    pub fn snapshot_reader(&self) -> SnapshotReader<B> {
+        SnapshotReader {
+            backend: self.log.wal().backend().clone(),
+            piece_bytes: self.settings.snapshot_piece_bytes,
+            commit_index: self.replica.commit_index(),
+        }
+    }
+
+    /// What this shard did with snapshots.
+    #[must_use]
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        SnapshotStats {
+            taken: self.snapshots.taken,
+            installed: self.snapshots.installed,
+            released_bytes: self.snapshots.released_bytes,
+            current: self.snapshots.current.map(|(header, bytes)| (header.slot, bytes)),
+        }
+    }
+
+    /// Starts a snapshot if one is due (`snapshot_every_bytes` of WAL since the last, and at
+    /// least four times the last snapshot's size; the first one later by the member's phase)
+    /// and none is being written: the applied state's image is taken now, on this thread; run
+    /// the returned write on a helper thread, then hand its outcome to
+    /// [`Shard::finish_snapshot`].
+    ///
+    /// Every member writes the same log, so all snapshot at about the same time; with a large
+    /// state, while two followers of three build their images (a pause of their service) no
+    /// majority acknowledges. Once an image reaches `PHASED_IMAGE_BYTES`, member `k` of `n`
+    /// waits `k/n` of an interval more for its next one; later ones come an interval apart
+    /// on every member, so the phases stay. (Small images are left in step: spreading their
+    /// short pauses cost 4 KiB writes 6–25 % of their throughput, BENCHMARKS.md.)
+    ///
+    /// A peer's snapshot being installed comes first: its write is returned the same way
+    /// (with no image time), as soon as no write of ours is under way.
+    pub fn start_snapshot(&mut self) -> Option<PendingSnapshot<B>> {
+        if self.snapshots.writing {
+            return None;
+        }
+        if let Some(installing) = &mut self.installing {
+            let snapshot = installing.snapshot.take()?;
+            self.snapshots.writing = true;
+            let backend = self.log.wal().backend().clone();
+            let image_time = std::time::Duration::ZERO;
+            return Some(PendingSnapshot { backend, snapshot, image_time, install: true });
+        }
+        let every = self.settings.snapshot_every_bytes;
+        let end = self.log.wal().end_position();
+        // A snapshot costs about its own size (the image is built on this thread): at least
+        // four times that much log goes by between two, however small `every` is.
+        let last_bytes = self.snapshots.current.map_or(0, |(_, bytes)| bytes as u64);
+        let due = every.max(4 * last_bytes);
+        let phase = match self.snapshots.phase {
+            Some((rank, members)) if last_bytes >= PHASED_IMAGE_BYTES => due / members * rank,
+            _ => 0,
+        };
+        if every == 0
+            || self.snapshots.writing
+            || self.committer.forwarded.is_some()
+            || end - self.snapshots.taken_at_position < due + phase
+        {
+            return None;
+        }
+        if last_bytes >= PHASED_IMAGE_BYTES {
+            self.snapshots.phase = None;
+        }
+        Some(self.take_snapshot())
+    }
+
+    /// Takes a snapshot now, due or not (see [`Shard::start_snapshot`]).
+    ///
+    /// # Panics
+    /// Committed runs are forwarded ([`ApplyTo::Forward`]): the state is not here.
+    pub fn take_snapshot(&mut self) -> PendingSnapshot<B> {
+        assert!(self.committer.forwarded.is_none(), "a forwarding shard holds no state");
+        let header = SnapshotHeader {
+            cluster_id: self.replica.config().cluster_id,
+            shard: self.settings.shard,
+            slot: self.replica.commit_index(),
+        };
+        let applier = &self.committer.applier;
+        let started = std::time::Instant::now();
+        let snapshot = Snapshot::encode_with(header, |out| applier.snapshot(out));
+        let image_time = started.elapsed();
+        self.snapshots.writing = true;
+        self.snapshots.taken_at_position = self.log.wal().end_position();
+        let backend = self.log.wal().backend().clone();
+        PendingSnapshot { backend, snapshot, image_time, install: false }
+    }
+
+    /// A snapshot's write finished: it becomes the one readers below the floor are sent, and
+    /// the WAL drops the segments it covers (if it is no larger than `snapshot_bytes_max`, so
+    /// that a reader can assemble it).
+    ///
+    /// # Errors
+    /// The write failed, or the WAL failed to release. The shard is then failed: a
+    /// snapshot that may be half-written is never built upon.
+    pub fn finish_snapshot(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
+        self.snapshots.writing = false;
+        if self.installing.as_ref().is_some_and(|installing| installing.snapshot.is_none()) {
+            return self.finish_install(written);
+        }
+        written.result?;
+        let snapshot = written.snapshot;
+        let slot = snapshot.header.slot;
+        if self.snapshots.current.is_some_and(|(current, _)| current.slot > slot) {
+            return Ok(()); // One installed meanwhile is newer (and durable).
+        }
+        let fits = snapshot.bytes.len() <= self.settings.snapshot_bytes_max;
+        self.snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
+        self.snapshots.taken += 1;
+        if fits {
+            let (promised, base) = (self.replica.promised(), self.replica.log().base());
+            self.snapshots.released_bytes += self.log.release_below(slot, base, promised)?;
+        }
+        Ok(())
+    }
+
+    /// A piece of a peer's snapshot (put together, then installed, pulling each next piece),
+    /// or a peer's pull of the next piece of this one.
+    pub(super) fn on_snapshot_message(
+        &mut self,
+        from: NodeId,
+        message: Message,
+    ) -> Result<(), ShardError> {
+        match message {
+            Message::Snapshot { slot, offset, total, bytes, commit_index } => {
+                if self.committer.forwarded.is_some() {
+                    return Ok(()); // Never released with forwarding (see `install`).
+                }
+                let (commit, max) =
+                    (self.replica.commit_index(), self.settings.snapshot_bytes_max as u64);
+                match self.snapshots.arriving.receive(commit, slot, offset, total, bytes, max) {
+                    Piece::Whole(bytes) => self.install(bytes, commit_index)?,
+                    Piece::Pull(slot, offset) => {
+                        self.replica.on_snapshot_piece();
+                        self.outbox.push((from, Message::SnapshotPull { slot, offset }));
+                    }
+                    Piece::Ignored => {}
+                }
+            }
+            Message::SnapshotPull { slot, offset } => {
+                if let Some(piece) = self.snapshot_piece(Some(slot), offset)? {
+                    self.outbox.push((from, piece));
+                }
+            }
+            _ => unreachable!("only snapshot messages come here"),
+        }
+        Ok(())
+    }
+
+    /// A peer's snapshot: checked and restored here, then written durably by the helper that
+    /// writes the shard's own ([`Shard::start_snapshot`]), and only then do the state machine
+    /// and the replica go on from it ([`Shard::finish_snapshot`]); the shard serves on from
+    /// its old state meanwhile. Nothing changes if it is refused, not ahead of this replica,
+    /// or another is being installed.
+    fn install(&mut self, bytes: Bytes, commit_index: Slot) -> Result<(), ShardError> {
+        if self.committer.forwarded.is_some() || self.installing.is_some() {
+            // Never released with forwarding (a confused peer); or one is under way, and the
+            // reader asks again from its next catch-up.
+            return Ok(());
+        }
+        let cluster_id = self.replica.config().cluster_id;
+        let Ok(snapshot) = Snapshot::decode(bytes, cluster_id, self.settings.shard) else {
+            return Ok(()); // Damaged on the way: the reader asks again.
+        };
+        let slot = snapshot.header.slot;
+        if slot <= self.replica.commit_index() {
+            return Ok(());
+        }
+        let Ok(applier) = Applier::restore(snapshot.body(), self.settings.sessions) else {
+            return Ok(());
+        };
+        let (header, bytes) = (snapshot.header, snapshot.bytes.len());
+        let snapshot = Some(snapshot);
+        self.installing = Some(Installing { applier, header, bytes, commit_index, snapshot });
+        Ok(())
+    }
+
+    /// A peer's snapshot is durable next to the log: the state machine and the replica go on
+    /// from it (unless the replica got past its slot meanwhile: the file is then simply the
+    /// newest snapshot).
+    ///
+    /// # Errors
+    /// The write failed (the shard is then failed, as for its own snapshots).
+    fn finish_install(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
+        let installing = self.installing.take().expect("an install was being written");
+        written.result?;
+        let slot = installing.header.slot;
+        self.log.installed(slot);
+        self.snapshots.current = Some((installing.header, installing.bytes));
+        if slot <= self.replica.commit_index() {
+            return Ok(());
+        }
+        self.committer.applier = installing.applier;
+        self.snapshots.installed += 1;
+        self.hooks.installed(slot);
+        self.replica.install_snapshot(slot, installing.commit_index);
+        self.process_actions()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ClusterId;
+
+    #[test]
+    fn members_are_ranked_voters_first() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let config = |node: u16| Config {
+            learners: vec![NodeId(4)],
+            ..Config::new(ClusterId(1), NodeId(node), voters.clone())
+        };
+        let ranks: Vec<(u64, u64)> = (1..=4).map(|node| member_rank(&config(node))).collect();
+        assert_eq!(ranks, [(0, 4), (1, 4), (2, 4), (3, 4)]);
+        assert_eq!(member_rank(&config(9)), (0, 4), "not a member: no phase");
+    }
+}
