@@ -1153,6 +1153,16 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         self.process_actions()
     }
 
+    /// Whether the WAL can get its next segment ([`Wal::check_space`]): a full disk is
+    /// reported here before an append fails, so the runtime can stop feeding the replica
+    /// (issue #21, docs/disk-faults.md). Cheap; call it every tick.
+    ///
+    /// # Errors
+    /// The log is poisoned, or preparing the segment failed other than for lack of space.
+    pub fn check_space(&mut self) -> Result<quorum_wal::Space, ShardError> {
+        Ok(self.log.wal.check_space()?)
+    }
+
     /// Moves the messages to send onto `out`.
     pub fn take_outbox(&mut self, out: &mut Vec<(NodeId, Message)>) {
         out.append(&mut self.outbox);
@@ -1315,6 +1325,12 @@ impl<B: Backend, S: StateMachine> Shard<B, S> {
         self.snapshots.writing = false;
         if self.installing.as_ref().is_some_and(|installing| installing.snapshot.is_none()) {
             return self.finish_install(written);
+        }
+        if let Err(quorum_wal::Error::NoSpace { path }) = &written.result {
+            // A full disk refused the file before anything was synced or renamed: the last
+            // snapshot stands and nothing is lost. The next one is due a whole interval on.
+            tracing::warn!(shard = self.settings.shard, path = %path.display(), "snapshot not written: out of disk space");
+            return Ok(());
         }
         written.result?;
         let snapshot = written.snapshot;
