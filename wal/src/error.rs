@@ -26,7 +26,25 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The disk is full: the next segment could not be allocated. Nothing was lost.
+    /// A sync of a segment failed: its bytes from `offset` to `end_offset` (what this sync was
+    /// to make durable there) may or may not be on disk. The log is poisoned: never retried
+    /// (after a failed writeback the kernel may have dropped the pages it could not write).
+    #[error(
+        "WAL fdatasync failed on {path} (bytes {offset}..{end_offset} not confirmed durable; \
+         the log is poisoned, never retried): {source}"
+    )]
+    Sync {
+        /// The segment's file.
+        path: PathBuf,
+        /// Where the bytes the sync was to make durable start in it.
+        offset: u64,
+        /// Where they end.
+        end_offset: u64,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The disk is full: the next segment (or a small file) could not be allocated. Nothing
+    /// was lost, and the log is not poisoned.
     #[error("WAL out of disk space creating {path}: free space, or release a prefix")]
     NoSpace {
         /// The segment that could not be created.

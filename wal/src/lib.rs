@@ -17,8 +17,8 @@ pub use backend::{Backend, FileRange, Segment, Syncer};
 pub use error::{Error, Result};
 pub use format::Record;
 pub use log::{
-    Damage, GENERATION_LIMIT, Iter, METADATA_BYTES_MAX, METADATA_FILE, Options, PendingSync,
-    REPAIR_FILE, Recovery, SyncOutcome, Synced, Wal,
+    Damage, GENERATION_LIMIT, Iter, METADATA_BYTES_MAX, METADATA_FILE, NO_SPACE_RETRY, Options,
+    PendingSync, REPAIR_FILE, Recovery, Space, SyncOutcome, Synced, Wal,
 };
 pub use mmap::MmapBackend;
 pub use sim::{SimBackend, Tear};

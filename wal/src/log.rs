@@ -107,14 +107,53 @@ struct Marks {
 /// A sync started by [`Wal::start_sync`]; run it anywhere, then hand the outcome back.
 pub struct PendingSync {
     target: u64,
-    syncers: Vec<Box<dyn Syncer>>,
+    /// Where the unsynced bytes start: the durable position when the sync was started.
+    from: u64,
+    /// Each segment with unsynced writes, oldest first, and its flush.
+    syncers: Vec<(u64, Box<dyn Syncer>)>,
 }
 
 /// The result of [`PendingSync::run`].
 #[derive(Debug)]
 pub struct SyncOutcome {
     target: u64,
-    result: std::io::Result<()>,
+    from: u64,
+    /// The segment whose flush failed, with the failure.
+    result: std::result::Result<(), (u64, std::io::Error)>,
+}
+
+/// Where the log stands with the next segment ([`Wal::check_space`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// The next segment is made, or being made, or not needed yet: appends go on.
+    Available,
+    /// The next segment could not be made for lack of disk space: the tail segment's room is
+    /// all that is left. Nothing is lost, the log is not poisoned, and the segment is tried
+    /// again every [`NO_SPACE_RETRY`] by [`Wal::check_space`]; its owner should stop taking
+    /// new work until the space is back.
+    Full {
+        /// The segment that could not be made.
+        path: PathBuf,
+    },
+}
+
+/// How often [`Wal::check_space`] tries again to make a segment the disk had no room for.
+pub const NO_SPACE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The next segment, prepared ahead of the rotation that needs it.
+enum Next<S> {
+    None,
+    /// Being made on a thread; after a failure for lack of space, with the path of the
+    /// segment refused (the log reports itself full until this attempt succeeds).
+    Preparing(u64, JoinHandle<Result<S>>, Option<PathBuf>),
+    Ready(u64, S),
+    /// Segment `number` could not be made at `since` (no space): tried again from
+    /// [`Wal::check_space`].
+    NoSpace {
+        number: u64,
+        path: PathBuf,
+        since: std::time::Instant,
+    },
 }
 
 impl PendingSync {
@@ -128,12 +167,13 @@ impl PendingSync {
     /// thread, never on a reactor.
     #[must_use]
     pub fn run(self) -> SyncOutcome {
-        for syncer in self.syncers {
+        let (target, from) = (self.target, self.from);
+        for (number, syncer) in self.syncers {
             if let Err(error) = syncer.sync() {
-                return SyncOutcome { target: self.target, result: Err(error) };
+                return SyncOutcome { target, from, result: Err((number, error)) };
             }
         }
-        SyncOutcome { target: self.target, result: Ok(()) }
+        SyncOutcome { target, from, result: Ok(()) }
     }
 
     /// A success outcome for this sync while its flush is still to run: a bug on purpose,
@@ -143,7 +183,7 @@ impl PendingSync {
     #[doc(hidden)]
     #[must_use]
     pub fn outcome_before_flush(&self) -> SyncOutcome {
-        SyncOutcome { target: self.target, result: Ok(()) }
+        SyncOutcome { target: self.target, from: self.from, result: Ok(()) }
     }
 
     /// Treats the writes as durable without flushing them: for runs that trade durability
@@ -151,7 +191,7 @@ impl PendingSync {
     /// written back, acknowledged or not.
     #[must_use]
     pub fn skip(self) -> SyncOutcome {
-        SyncOutcome { target: self.target, result: Ok(()) }
+        SyncOutcome { target: self.target, from: self.from, result: Ok(()) }
     }
 }
 
@@ -167,7 +207,8 @@ pub struct Wal<B: Backend> {
     durable: u64,
     sync_in_flight: bool,
     poisoned: bool,
-    prepared: Option<(u64, JoinHandle<Result<B::Segment>>)>,
+    /// The next segment: being prepared on a thread, ready, or refused for lack of space.
+    next: Next<B::Segment>,
     /// Released segment files kept for reuse, by their old numbers: a new segment made from
     /// one needs no zeros (docs/wal-format.md, "Recycling").
     spares: Vec<u64>,
@@ -253,7 +294,7 @@ impl<B: Backend> Wal<B> {
             durable: 0,
             sync_in_flight: false,
             poisoned: false,
-            prepared: None,
+            next: Next::None,
             spares: Vec::new(),
             head: Vec::new(),
         };
@@ -537,7 +578,7 @@ impl<B: Backend> Wal<B> {
     /// allocate and no block to map (4 KiB writes: ~100 K/s with the drop, ~125 K/s without,
     /// BENCHMARKS.md).
     fn maybe_prepare_next(&mut self, release: Option<u64>) {
-        if !self.options.prepare_ahead || self.prepared.is_some() {
+        if !self.options.prepare_ahead || !matches!(self.next, Next::None) {
             if let Some(number) = release.filter(|_| self.spares.is_empty()) {
                 self.backend.release_cache(number);
             }
@@ -555,9 +596,92 @@ impl<B: Backend> Wal<B> {
             create(&backend, number, bytes, spare)
         });
         match handle {
-            Ok(handle) => self.prepared = Some((number, handle)),
+            Ok(handle) => self.next = Next::Preparing(number, handle, None),
             Err(_) => self.spares.extend(spare),
         }
+    }
+
+    /// Segment `number`, for a rotation: the one prepared ahead, or made now.
+    fn take_next(&mut self, number: u64) -> Result<B::Segment> {
+        match std::mem::replace(&mut self.next, Next::None) {
+            Next::Preparing(prepared, handle, _) => {
+                let made = join_preparation(handle);
+                if prepared == number {
+                    return made;
+                }
+                // Made for a tail a truncation has since removed.
+                if made.is_ok() {
+                    self.backend.remove(prepared)?;
+                }
+                self.create_segment(number)
+            }
+            Next::Ready(prepared, segment) if prepared == number => Ok(segment),
+            Next::Ready(stale, segment) => {
+                drop(segment);
+                self.backend.remove(stale)?;
+                self.create_segment(number)
+            }
+            Next::NoSpace { number: refused, path, since }
+                if refused == number && since.elapsed() < NO_SPACE_RETRY =>
+            {
+                // Refused a moment ago: no new attempt on this thread before the retry is due.
+                self.next = Next::NoSpace { number: refused, path: path.clone(), since };
+                Err(Error::NoSpace { path })
+            }
+            Next::NoSpace { .. } | Next::None => self.create_segment(number),
+        }
+    }
+
+    /// Whether the log can get its next segment, without blocking: collects a finished
+    /// preparation, and after a failure for lack of space tries again (on a thread) once
+    /// [`NO_SPACE_RETRY`] has passed. Call it often (every tick): it is cheap.
+    ///
+    /// A full disk is not an error here: [`Space::Full`] says appends may soon fail with
+    /// `NoSpace` (once the tail segment is full), so the owner should stop taking new work.
+    /// Nothing already written is affected, and the log is not poisoned.
+    ///
+    /// # Errors
+    /// `Poisoned`, or an I/O failure preparing the segment other than a full disk (a failed
+    /// sync of the new file, say: never retried).
+    pub fn check_space(&mut self) -> Result<Space> {
+        self.check_poisoned()?;
+        if matches!(&self.next, Next::Preparing(_, handle, _) if handle.is_finished()) {
+            let Next::Preparing(number, handle, _) = std::mem::replace(&mut self.next, Next::None)
+            else {
+                unreachable!("matched above")
+            };
+            match join_preparation(handle) {
+                Ok(segment) => self.next = Next::Ready(number, segment),
+                Err(Error::NoSpace { path }) => {
+                    let since = std::time::Instant::now();
+                    self.next = Next::NoSpace { number, path, since };
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let retry = match &self.next {
+            Next::NoSpace { number, path, since } if since.elapsed() >= NO_SPACE_RETRY => {
+                Some((*number, path.clone()))
+            }
+            _ => None,
+        };
+        if let Some((number, path)) = retry {
+            self.next = Next::None;
+            if number == self.tail_segment() + 1 {
+                self.maybe_prepare_next(None);
+            }
+            match &mut self.next {
+                Next::Preparing(_, _, after_no_space) => *after_no_space = Some(path),
+                // Not prepared ahead (or no thread): the next rotation makes it, and says.
+                _ => return Ok(Space::Available),
+            }
+        }
+        Ok(match &self.next {
+            Next::NoSpace { path, .. } | Next::Preparing(_, _, Some(path)) => {
+                Space::Full { path: path.clone() }
+            }
+            _ => Space::Available,
+        })
     }
 
     fn tail_segment(&self) -> u64 {
@@ -662,17 +786,14 @@ impl<B: Backend> Wal<B> {
         // next segment could not be had (a full disk), and a restart would put new records
         // after a marker that leads nowhere (issue #22; recovery also refuses that tail).
         // A failure here leaves this segment as it was: the append can be retried.
-        let segment = match self.prepared.take() {
-            Some((prepared, handle)) if prepared == number => handle
-                .join()
-                .unwrap_or_else(|_| Err(Error::BadOption("segment preparation panicked".into())))?,
-            Some((stale, handle)) => {
-                if handle.join().is_ok_and(|result| result.is_ok()) {
-                    self.backend.remove(stale)?;
-                }
-                self.create_segment(number)?
+        let segment = match self.take_next(number) {
+            Ok(segment) => segment,
+            Err(Error::NoSpace { path }) => {
+                let since = std::time::Instant::now();
+                self.next = Next::NoSpace { number, path: path.clone(), since };
+                return Err(Error::NoSpace { path });
             }
-            None => self.create_segment(number)?,
+            Err(error) => return Err(error),
         };
         // Mark where this segment's records end, so recovery can tell it from a hole.
         if self.segment_bytes as usize - self.tail_offset >= RECORD_HEADER_BYTES {
@@ -719,18 +840,21 @@ impl<B: Backend> Wal<B> {
         let watermark = Watermark { confirmed: self.durable, target, generation: self.generation };
         let first_dirty = self.durable / self.segment_bytes;
         let mut syncers = Vec::new();
-        for (_, segment) in self.segments.iter_mut().filter(|(number, _)| *number >= first_dirty) {
+        for (number, segment) in
+            self.segments.iter_mut().filter(|(number, _)| *number >= first_dirty)
+        {
             watermark.encode(segment.bytes_mut(0, SEGMENT_HEADER_BYTES));
             segment.wrote(WATERMARK_OFFSET, WATERMARK_BYTES);
-            syncers.push(segment.syncer());
+            syncers.push((*number, segment.syncer()));
         }
-        Ok(Some(PendingSync { target, syncers }))
+        Ok(Some(PendingSync { target, from: self.durable, syncers }))
     }
 
     /// Takes the outcome of a sync: on success everything below its target is durable.
     ///
     /// # Errors
-    /// The sync's failure, as `Io { op: "fdatasync" }`; the log is poisoned from then on.
+    /// The sync's failure, as [`Error::Sync`] naming the segment and the bytes it left
+    /// unconfirmed; the log is poisoned from then on.
     pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<u64> {
         self.sync_in_flight = false;
         match outcome.result {
@@ -745,11 +869,15 @@ impl<B: Backend> Wal<B> {
                 }
                 Ok(self.durable)
             }
-            Err(source) => {
+            Err((number, source)) => {
                 // Never retried: the kernel may have dropped the dirty pages it failed to write.
                 self.poisoned = true;
-                let path = self.backend.path(self.tail_segment());
-                Err(Error::Io { op: "fdatasync", path, source })
+                let start = number * self.segment_bytes;
+                let end = start + self.segment_bytes;
+                let offset = outcome.from.clamp(start, end) - start;
+                let end_offset = outcome.target.clamp(start, end) - start;
+                let path = self.backend.path(number);
+                Err(Error::Sync { path, offset, end_offset, source })
             }
         }
     }
@@ -771,13 +899,14 @@ impl<B: Backend> Wal<B> {
         let watermark =
             Watermark { confirmed: confirmed.min(end), target: end, generation: self.generation };
         let mut syncers = Vec::new();
-        for (_, segment) in &mut self.segments {
+        for (number, segment) in &mut self.segments {
             watermark.encode(segment.bytes_mut(0, SEGMENT_HEADER_BYTES));
             segment.wrote(WATERMARK_OFFSET, WATERMARK_BYTES);
-            syncers.push(segment.syncer());
+            syncers.push((*number, segment.syncer()));
         }
         self.sync_in_flight = true;
-        self.finish_sync(PendingSync { target: end, syncers }.run())?;
+        let from = self.first_position();
+        self.finish_sync(PendingSync { target: end, from, syncers }.run())?;
         Ok(())
     }
 
@@ -920,7 +1049,8 @@ impl<B: Backend> Wal<B> {
     ///
     /// # Errors
     /// `Poisoned`, `BadOption` if larger than [`METADATA_BYTES_MAX`], or the failing I/O call
-    /// (which poisons the log: a promise that may not be durable must not be acted on).
+    /// (which poisons the log: a promise that may not be durable must not be acted on), except
+    /// `NoSpace`: the new file could not be written, the old one stands.
     pub fn set_metadata(&mut self, bytes: &[u8]) -> Result<()> {
         self.check_poisoned()?;
         if bytes.len() > METADATA_BYTES_MAX {
@@ -934,7 +1064,11 @@ impl<B: Backend> Wal<B> {
         file.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         file.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
         file.extend_from_slice(bytes);
-        self.backend.write_file_atomic(METADATA_FILE, &file).inspect_err(|_| self.poisoned = true)
+        // A full disk refuses the new file before anything is synced or renamed: the old
+        // metadata stands, nothing is lost, and the caller must not act on the new one.
+        self.backend
+            .write_file_atomic(METADATA_FILE, &file)
+            .inspect_err(|error| self.poisoned |= !matches!(error, Error::NoSpace { .. }))
     }
 }
 
@@ -954,6 +1088,11 @@ fn create<B: Backend>(
         Some(spare) => backend.reuse(spare, number, segment_bytes, &header),
         None => backend.create(number, segment_bytes, &header),
     }
+}
+
+/// The segment a preparation thread made, or why not.
+fn join_preparation<S>(handle: JoinHandle<Result<S>>) -> Result<S> {
+    handle.join().unwrap_or_else(|_| Err(Error::BadOption("segment preparation panicked".into())))
 }
 
 fn read_metadata<B: Backend>(backend: &B) -> Result<Option<Vec<u8>>> {

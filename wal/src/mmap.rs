@@ -383,6 +383,46 @@ fn map_unpopulated(file: &File, path: &Path) -> Result<Mmap> {
     unsafe { MmapOptions::new().map(file) }.map_err(io("mmap", path))
 }
 
+/// True for ENOSPC (and EDQUOT: a quota is a full disk too).
+fn is_no_space(error: &std::io::Error) -> bool {
+    let code = error.raw_os_error();
+    code == Some(rustix::io::Errno::NOSPC.raw_os_error())
+        || code == Some(rustix::io::Errno::DQUOT.raw_os_error())
+}
+
+impl MmapBackend {
+    /// A new segment's file under its temporary name, at full size and durable (not yet
+    /// renamed into place). Any ENOSPC is an `Io` error the caller turns into `NoSpace`.
+    fn create_temporary(&self, temporary: &Path, bytes: u64, header: &[u8]) -> Result<File> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(temporary)
+            .map_err(io("create", temporary))?;
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes).map_err(
+            |error| Error::Io { op: "fallocate", path: temporary.into(), source: error.into() },
+        )?;
+        // Real zeros, not unwritten extents: a later fdatasync then converts no extents.
+        file.write_all(header).map_err(io("write", temporary))?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut written = header.len() as u64;
+        while written < bytes {
+            let chunk = (bytes - written).min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..chunk]).map_err(io("write", temporary))?;
+            written += chunk as u64;
+            // Written back a few MiB at a time: one flush of the whole segment would queue
+            // tens of megabytes at the disk ahead of the live log's syncs.
+            if written % ZERO_FLUSH_BYTES < zeros.len() as u64 {
+                file.sync_data().map_err(io("fdatasync", temporary))?;
+            }
+        }
+        file.sync_all().map_err(io("fsync", temporary))?;
+        Ok(file)
+    }
+}
+
 impl Backend for MmapBackend {
     type Segment = MmapSegment;
 
@@ -393,44 +433,26 @@ impl Backend for MmapBackend {
     fn create(&self, number: u64, bytes: u64, header: &[u8]) -> Result<MmapSegment> {
         let path = self.path(number);
         let temporary = self.dir.join(format!("{number:016x}.wal.new"));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temporary)
-            .map_err(io("create", &temporary))?;
-        if let Err(error) =
-            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes)
-        {
-            let _ = std::fs::remove_file(&temporary);
-            if error == rustix::io::Errno::NOSPC {
-                return Err(Error::NoSpace { path });
-            }
-            return Err(Error::Io { op: "fallocate", path: temporary, source: error.into() });
-        }
-        // Real zeros, not unwritten extents: a later fdatasync then converts no extents.
-        file.write_all(header).map_err(io("write", &temporary))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut written = header.len() as u64;
-        while written < bytes {
-            let chunk = (bytes - written).min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..chunk]).map_err(io("write", &temporary))?;
-            written += chunk as u64;
-            // Written back a few MiB at a time: one flush of the whole segment would queue
-            // tens of megabytes at the disk ahead of the live log's syncs.
-            if written % ZERO_FLUSH_BYTES < zeros.len() as u64 {
-                file.sync_data().map_err(io("fdatasync", &temporary))?;
-            }
-        }
-        file.sync_all().map_err(io("fsync", &temporary))?;
-        std::fs::rename(&temporary, &path).map_err(io("rename", &path))?;
-        self.sync_dir()?;
-        // Not populated: its pages are in the page cache (just written), so a read faults one
-        // in without I/O, and the process maps only what it reads (its resident memory
-        // stays the few MiB around the tail, not whole segments).
-        let map = map_unpopulated(&file, &path)?;
-        Ok(MmapSegment::new(map, file))
+        self.create_temporary(&temporary, bytes, header)
+            .map_err(|error| {
+                // Its space comes back: a full disk is survivable, and the next try starts clean.
+                let _ = std::fs::remove_file(&temporary);
+                match error {
+                    Error::Io { source, .. } if is_no_space(&source) => {
+                        Error::NoSpace { path: path.clone() }
+                    }
+                    error => error,
+                }
+            })
+            .and_then(|file| {
+                std::fs::rename(&temporary, &path).map_err(io("rename", &path))?;
+                self.sync_dir()?;
+                // Not populated: its pages are in the page cache (just written), so a read faults
+                // one in without I/O, and the process maps only what it reads (its resident
+                // memory stays the few MiB around the tail, not whole segments).
+                let map = map_unpopulated(&file, &path)?;
+                Ok(MmapSegment::new(map, file))
+            })
     }
 
     fn open(&self, number: u64) -> Result<MmapSegment> {
@@ -605,11 +627,21 @@ impl Backend for MmapBackend {
     fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.dir.join(name);
         let temporary = self.dir.join(format!("{name}.new"));
-        let mut file = File::create(&temporary).map_err(io("create", &temporary))?;
+        // A full disk refuses the file before anything is synced or renamed: the old content
+        // stands, the partial file goes (its space comes back), and the error says `NoSpace`.
+        let no_space = |source: std::io::Error, op| {
+            if is_no_space(&source) {
+                let _ = std::fs::remove_file(&temporary);
+                Error::NoSpace { path: path.clone() }
+            } else {
+                Error::Io { op, path: temporary.clone(), source }
+            }
+        };
+        let mut file = File::create(&temporary).map_err(|source| no_space(source, "create"))?;
         // Written back a few MiB at a time, as a new segment's zeros: a snapshot of a hundred
         // megabytes flushed at once would hold the live log's syncs behind it.
         for chunk in bytes.chunks(ZERO_FLUSH_BYTES as usize) {
-            file.write_all(chunk).map_err(io("write", &temporary))?;
+            file.write_all(chunk).map_err(|source| no_space(source, "write"))?;
             if bytes.len() > chunk.len() {
                 file.sync_data().map_err(io("fdatasync", &temporary))?;
             }

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may unwrap.
 
-use quorum_wal::{Error, MmapBackend, Options, Record, SimBackend, Wal};
+use quorum_wal::{Error, MmapBackend, NO_SPACE_RETRY, Options, Record, SimBackend, Space, Wal};
 
 const SEGMENT_BYTES: u64 = 16 * 1024;
 
@@ -50,6 +50,77 @@ fn fill_until_no_space<B: quorum_wal::Backend>(
             Err(error) => return error,
         }
     }
+}
+
+/// `check_space` until it says `want`, appending nothing; panics after 5 s.
+fn await_space(wal: &mut Wal<SimBackend>, want: fn(&Space) -> bool, what: &str) -> Space {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let space = wal.check_space().unwrap();
+        if want(&space) {
+            return space;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: still {space:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Issue #21, point 3. With segments prepared ahead, a full disk shows in `check_space`
+/// (`Space::Full`, naming the segment) as soon as the next segment cannot be made, while the
+/// tail still has room; the log is not poisoned by it, appends into the tail and syncs go on,
+/// and once the tail is full an append fails with `NoSpace`, again without poisoning. When
+/// space comes back, `check_space` tries again by itself and the log goes on into new
+/// segments; a restart finds every record.
+#[test]
+fn a_full_disk_is_reported_ahead_never_poisons_and_the_log_resumes_when_space_returns() {
+    let disk = SimBackend::new();
+    // Room for the first segment and the one prepared ahead of it, not a third.
+    disk.limit_space(SEGMENT_BYTES * 2);
+    let options = Options { segment_bytes: SEGMENT_BYTES, prepare_ahead: true };
+    let (mut wal, _) = Wal::open(disk.clone(), options.clone()).unwrap();
+    let mut log = Vec::new();
+    let append = |wal: &mut Wal<SimBackend>, log: &mut Vec<(u64, Vec<u8>)>| {
+        let slot = log.len() as u64;
+        let bytes = vec![slot as u8; 500];
+        let result = wal.append(&record(slot, &bytes));
+        if result.is_ok() {
+            log.push((slot, bytes));
+        }
+        result
+    };
+    // Into segment 1 (prepared ahead): then segment 2's preparation fails.
+    while wal.end_position() < SEGMENT_BYTES + 1000 {
+        append(&mut wal, &mut log).unwrap();
+        wal.sync().unwrap();
+    }
+    let full = await_space(&mut wal, |space| matches!(space, Space::Full { .. }), "filling");
+    let Space::Full { path } = full else { unreachable!() };
+    assert!(path.ends_with("0000000000000002.wal"), "{}", path.display());
+    // The tail's room still takes appends, durably.
+    let error = loop {
+        match append(&mut wal, &mut log) {
+            Ok(_) => wal.sync().map(|_| ()).unwrap(),
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, Error::NoSpace { .. }), "{error}");
+    assert!(matches!(append(&mut wal, &mut log), Err(Error::NoSpace { .. })), "not poisoned");
+    assert_eq!(wal.sync().unwrap(), wal.end_position(), "syncs go on");
+    let before = log.len();
+    // Space is back: the retry (no call but check_space) makes the segment.
+    disk.limit_space(u64::MAX);
+    std::thread::sleep(NO_SPACE_RETRY);
+    await_space(&mut wal, |space| *space == Space::Available, "space freed");
+    for _ in 0..100 {
+        append(&mut wal, &mut log).unwrap();
+    }
+    wal.sync().unwrap();
+    assert!(wal.end_position() > 2 * SEGMENT_BYTES, "into segment 2 and on");
+    assert!(log.len() > before + 50);
+    drop(wal);
+    let (wal, recovery) = Wal::open(disk.crash_losing_unsynced(), options).unwrap();
+    assert!(recovery.damaged.is_empty(), "{:?}", recovery.damaged);
+    assert_same_log(&contents(&wal), &log, "after the restart");
 }
 
 /// Issue #22, point 2. The disk fills while the log rotates: the next segment cannot be made.
@@ -148,7 +219,7 @@ fn a_restart_after_a_failed_sync_recovers_what_the_disk_holds_not_the_page_cache
         }
     }
     disk.fail_syncs(1);
-    assert!(matches!(wal.sync(), Err(Error::Io { op: "fdatasync", .. })));
+    assert!(matches!(wal.sync(), Err(Error::Sync { .. })));
     drop(wal);
     log.truncate(3);
     let cached = disk.cached_image(0).unwrap();
@@ -481,7 +552,7 @@ fn a_restart_after_a_failed_fsync_on_a_real_disk_recovers_what_the_disk_holds() 
         wal.append(&record(slot, &bytes)).unwrap();
     }
     let error = wal.sync().unwrap_err();
-    assert!(matches!(error, Error::Io { op: "fdatasync", .. }), "{error}");
+    assert!(matches!(error, Error::Sync { .. }), "{error}");
     drop(wal);
     run(&format!("rm {tmpfs}/filler"));
     // The process restarts; the machine does not: the page cache is as the failure left it.

@@ -267,7 +267,11 @@ fn failed_sync_poisons_the_log() {
     let position = wal.append(&record(0, b"x")).unwrap();
     disk.fail_syncs(1);
     match wal.sync() {
-        Err(Error::Io { op, .. }) => assert_eq!(op, "fdatasync"),
+        Err(Error::Sync { path, offset, end_offset, .. }) => {
+            // The error names the segment and the bytes the sync was to make durable.
+            assert!(path.ends_with("0000000000000000.wal"), "{}", path.display());
+            assert!(offset < end_offset, "{offset}..{end_offset}");
+        }
         other => panic!("expected a sync error, got {other:?}"),
     }
     assert!(matches!(wal.append(&record(1, b"y")), Err(Error::Poisoned)));
