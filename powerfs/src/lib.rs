@@ -17,8 +17,16 @@
 //! unsynced change, or ([`Cut::Scattered`]) keeps a random part of them, page by page and
 //! directory by directory: writeback in any order, as a disk that reorders writes leaves it.
 //!
-//! Not modelled: torn pages (a 4 KiB page is kept or dropped whole), bit rot, I/O errors other
-//! than the cut's, a full disk, hard links, symbolic links, extended attributes, permissions
+//! Faults on demand, besides the cut: [`PowerFs::fail_syncs`] makes the next file syncs of
+//! chosen files fail with EIO, as a disk that cannot write them back: the writes such a sync
+//! covered are lost to the disk (the daemon reverts them to the last sync), as Linux leaves a
+//! failed writeback, though the kernel's page cache may still serve them to the process that
+//! wrote them. [`PowerFs::limit_space`] caps the bytes all files hold together: a write,
+//! `fallocate` or size change that would grow past it fails with ENOSPC (writes inside a
+//! file's size, as into a preallocated segment, still succeed), until the limit is lifted.
+//!
+//! Not modelled: torn pages (a 4 KiB page is kept or dropped whole), bit rot, read errors,
+//! hard links, symbolic links, extended attributes, permissions
 //! (everyone is root). Writes go through the kernel in write-through mode (no FUSE writeback
 //! cache), so each write reaches this daemon before the system call returns; the test `probe`
 //! checks the request sequence the WAL's file operations produce.
@@ -78,6 +86,10 @@ pub struct Counters {
     pub dirs_reverted: u64,
     /// Files whose unsynced size change a cut reverted.
     pub sizes_reverted: u64,
+    /// File syncs failed with EIO on demand ([`PowerFs::fail_syncs`]).
+    pub syncs_failed: u64,
+    /// Writes, fallocates and size changes refused with ENOSPC ([`PowerFs::limit_space`]).
+    pub no_space: u64,
 }
 
 /// What a cut did.
@@ -270,6 +282,20 @@ struct State {
     epoch: u64,
     /// Request names in arrival order, while tracing (the probe test reads them).
     trace: Option<Vec<String>>,
+    /// File syncs to fail with EIO: how many more, and of which files (by path).
+    failing_syncs: Option<(u32, PathMatch)>,
+    /// The bytes all files may hold together.
+    space_limit: Option<u64>,
+}
+
+/// Which files a fault strikes: a test of the path from the mount's root (`data/shard-0/…`).
+#[derive(Clone)]
+struct PathMatch(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for PathMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PathMatch")
+    }
 }
 
 impl State {
@@ -287,7 +313,78 @@ impl State {
             powered: true,
             epoch: 0,
             trace: None,
+            failing_syncs: None,
+            space_limit: None,
         }
+    }
+
+    /// The path of `ino` from the root (`a/b/c`), if a name reaches it.
+    fn path_of(&self, ino: u64) -> Option<String> {
+        let mut pending = vec![(INodeNo::ROOT.0, String::new())];
+        while let Some((dir, path)) = pending.pop() {
+            let Some(Inode { content: Content::Dir { entries, .. }, .. }) = self.inodes.get(&dir)
+            else {
+                continue;
+            };
+            for (name, child) in entries {
+                let joined = if path.is_empty() {
+                    name.to_string_lossy().into_owned()
+                } else {
+                    format!("{path}/{}", name.to_string_lossy())
+                };
+                if *child == ino {
+                    return Some(joined);
+                }
+                pending.push((*child, joined));
+            }
+        }
+        None
+    }
+
+    /// The bytes the files a name reaches hold together.
+    fn used_bytes(&self) -> u64 {
+        let mut used = 0;
+        let mut pending = vec![INodeNo::ROOT.0];
+        while let Some(ino) = pending.pop() {
+            match self.inodes.get(&ino).map(|inode| &inode.content) {
+                Some(Content::Dir { entries, .. }) => pending.extend(entries.values().copied()),
+                Some(Content::File(data)) => used += data.bytes.len() as u64,
+                None => {}
+            }
+        }
+        used
+    }
+
+    /// Whether growing file `ino` to `end` bytes stays within the space limit; counts a refusal.
+    fn room_for(&mut self, ino: u64, end: u64) -> bool {
+        let Some(limit) = self.space_limit else { return true };
+        let len = match self.inodes.get(&ino).map(|inode| &inode.content) {
+            Some(Content::File(data)) => data.bytes.len() as u64,
+            _ => return true,
+        };
+        if end <= len || self.used_bytes() + (end - len) <= limit {
+            return true;
+        }
+        self.counters.no_space += 1;
+        false
+    }
+
+    /// Whether this sync of `ino` is one to fail; if so, the writes it covered are lost to
+    /// the disk (reverted to the last sync), as a failed writeback leaves them.
+    fn sync_fails(&mut self, ino: u64) -> bool {
+        let Some((remaining, matching)) = &self.failing_syncs else { return false };
+        let matching = matching.clone();
+        if *remaining == 0 || !self.path_of(ino).is_some_and(|path| (matching.0)(&path)) {
+            return false;
+        }
+        if let Some((remaining, _)) = &mut self.failing_syncs {
+            *remaining -= 1;
+        }
+        self.counters.syncs_failed += 1;
+        if let Ok(file) = self.file_mut(ino) {
+            file.cut(&mut None);
+        }
+        true
     }
 
     fn note(&mut self, what: impl FnOnce() -> String) {
@@ -556,6 +653,9 @@ impl Filesystem for Daemon {
         let result = (|| {
             if let Some(size) = size {
                 state.note(|| format!("truncate {} {size}", ino.0));
+                if !state.room_for(ino.0, size) {
+                    return Err(Errno::ENOSPC);
+                }
                 state.file_mut(ino.0)?.set_len(size);
             }
             if let Some(mode) = mode {
@@ -714,6 +814,9 @@ impl Filesystem for Daemon {
         state.note(|| format!("write {} {offset} {}", ino.0, data.len()));
         state.counters.writes += 1;
         state.counters.bytes_written += data.len() as u64;
+        if !state.room_for(ino.0, offset + data.len() as u64) {
+            return reply.error(Errno::ENOSPC);
+        }
         match state.file_mut(ino.0) {
             Ok(file) => {
                 file.write(offset, data);
@@ -749,6 +852,9 @@ impl Filesystem for Daemon {
         }
         state.note(|| format!("fsync {} datasync={datasync}", ino.0));
         state.counters.file_syncs += 1;
+        if state.sync_fails(ino.0) {
+            return reply.error(Errno::EIO);
+        }
         let (due, epoch) = (Instant::now() + state.sync_latency, state.epoch);
         // fdatasync covers the size too (a read needs both).
         let point = match state.file_mut(ino.0) {
@@ -816,9 +922,13 @@ impl Filesystem for Daemon {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // Plenty of room: a full disk is not what this file system tests.
-        let blocks = 1 << 24;
-        reply.statfs(blocks, blocks, blocks, 1 << 20, 1 << 20, PAGE as u32, 255, PAGE as u32);
+        // Plenty of room, unless a limit is set.
+        let state = self.state();
+        let (blocks, free) = match state.space_limit {
+            Some(limit) => (limit / PAGE, limit.saturating_sub(state.used_bytes()) / PAGE),
+            None => (1 << 24, 1 << 24),
+        };
+        reply.statfs(blocks, free, free, 1 << 20, 1 << 20, PAGE as u32, 255, PAGE as u32);
     }
 
     fn fallocate(
@@ -839,6 +949,9 @@ impl Filesystem for Daemon {
         state.counters.fallocates += 1;
         if mode != 0 {
             return reply.error(Errno::EOPNOTSUPP);
+        }
+        if !state.room_for(ino.0, offset + length) {
+            return reply.error(Errno::ENOSPC);
         }
         match state.file_mut(ino.0) {
             Ok(file) => {
@@ -948,6 +1061,27 @@ impl PowerFs {
     #[must_use]
     pub fn counters(&self) -> Counters {
         self.lock().counters
+    }
+
+    /// The next `count` file syncs (`fsync`, `fdatasync`) of files whose path from the mount's
+    /// root (`data/shard-0/0000000000000003.wal`) `matching` accepts fail with EIO, and the
+    /// writes each covered are lost to the disk (reverted to the file's last good sync). Other
+    /// files' syncs go on as before. Replaces any earlier request; `count` 0 cancels.
+    pub fn fail_syncs(&self, count: u32, matching: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        self.lock().failing_syncs = Some((count, PathMatch(Arc::new(matching))));
+    }
+
+    /// Caps the bytes all files hold together at `limit` (`None` lifts the cap): growing a
+    /// file past it (a write past its end, `fallocate`, a size change) fails with ENOSPC.
+    /// Writes within a file's size are never refused.
+    pub fn limit_space(&self, limit: Option<u64>) {
+        self.lock().space_limit = limit;
+    }
+
+    /// The bytes the files hold together now.
+    #[must_use]
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
     }
 
     /// Starts recording the requests (names and arguments) in arrival order.
