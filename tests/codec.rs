@@ -134,6 +134,7 @@ fn reply_status() -> impl Strategy<Value = ReplyStatus> {
         Just(ReplyStatus::SessionExpired),
         Just(ReplyStatus::Busy),
         Just(ReplyStatus::Rejected),
+        Just(ReplyStatus::OutOfSpace),
         (1..u16::MAX).prop_map(|hint| ReplyStatus::NotLeader { hint: Some(NodeId(hint)) }),
         Just(ReplyStatus::NotLeader { hint: None }),
     ]

@@ -197,6 +197,8 @@ impl Lane {
                 let timeout = self.shared.options.request_timeout;
                 return Err(match state.last_error.clone() {
                     Some(ClientError::Refused(reason)) => ClientError::Refused(reason),
+                    // Registering the session was refused for want of disk space.
+                    Some(ClientError::OutOfSpace(reason)) => ClientError::OutOfSpace(reason),
                     Some(error) if state.writer.is_none() => error,
                     _ => ClientError::Timeout(timeout),
                 });
@@ -379,6 +381,11 @@ impl Lane {
             },
             ReplyStatus::Busy => Settled::Register,
             ReplyStatus::NotLeader { hint } => Settled::NotLeader(hint),
+            ReplyStatus::OutOfSpace => {
+                let reason = String::from_utf8_lossy(&reply.body).into_owned();
+                state.last_error = Some(ClientError::OutOfSpace(reason));
+                Settled::Done
+            }
             // Refused for good (a node that does not know the command): the requests waiting
             // for the session time out with this reason.
             _ => {
@@ -413,6 +420,9 @@ impl Lane {
             )),
             ReplyStatus::Rejected => {
                 Err(ClientError::Rejected(String::from_utf8_lossy(&reply.body).into_owned()))
+            }
+            ReplyStatus::OutOfSpace => {
+                Err(ClientError::OutOfSpace(String::from_utf8_lossy(&reply.body).into_owned()))
             }
             ReplyStatus::Busy => return Settled::Busy(reply.sequence),
             ReplyStatus::NotLeader { hint } => return Settled::NotLeader(hint),

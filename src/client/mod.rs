@@ -83,6 +83,10 @@ pub enum ClientError {
     /// The cluster refused the request for good.
     #[error("request rejected: {0}")]
     Rejected(String),
+    /// The shard's leader is out of disk space: the request was not applied (nor written).
+    /// The node resumes by itself once space is freed; retrying is up to the caller.
+    #[error("out of disk space: {0}")]
+    OutOfSpace(String),
     /// The request is older than what the server's session keeps (a count and a byte bound
     /// on replies): it was not applied now, and whether it was before is forgotten. Retrying
     /// with a new request is up to the caller.

@@ -129,6 +129,14 @@ pub struct Host<S: Hosted> {
     /// Total-order apply: where committed runs go, and the node's one state machine.
     forward: Option<(LocalSender<Vec<Committed>>, TotalRef<S>)>,
     committed: Vec<Committed>,
+    /// The shard failed (a sync failed, say): fenced until the node exits, nothing more
+    /// runs on it and nothing leaves it (no acknowledgement, vote or lead).
+    failed: bool,
+    /// The WAL's next segment could not be made for lack of space (the file named): the
+    /// replica is paused until it can (docs/disk-faults.md).
+    out_of_space: Option<std::path::PathBuf>,
+    /// Peer messages dropped and proposals refused while out of disk space.
+    pub out_of_space_dropped: u64,
 }
 
 /// Bytes a shard queued for its peers.
@@ -177,6 +185,9 @@ impl<S: Hosted> Host<S> {
             egress: Egress::default(),
             forward: None,
             committed: Vec::new(),
+            failed: false,
+            out_of_space: None,
+            out_of_space_dropped: 0,
         }))
     }
 
@@ -237,6 +248,12 @@ impl<S: Hosted> Host<S> {
     /// # Errors
     /// The shard failed.
     pub fn on_peer_message(&mut self, from: NodeId, message: Message) -> Result<(), ShardError> {
+        if self.out_of_space.is_some() {
+            // Paused: as if the message were lost. An Accept the replica could not persist
+            // is simply never acknowledged; the leader goes on with the other members.
+            self.out_of_space_dropped += 1;
+            return Ok(());
+        }
         let cluster_id = self.shard.replica().config().cluster_id;
         if let Err(refused) = self.shard.on_message(Envelope { cluster_id, from, message })? {
             tracing::warn!(shard = self.index, %refused, "message refused");
@@ -266,6 +283,25 @@ impl<S: Hosted> Host<S> {
             let Ok((id, payload)) = command else {
                 return Ok(Err("malformed request batch".to_string()));
             };
+            if let Some(path) = &self.out_of_space {
+                // Never proposed: nothing of it is written. A paused follower sends the
+                // client on to the leader it last heard.
+                let replica = self.shard.replica();
+                let (status, reason) = if replica.role() == RoleKind::Leader {
+                    let reason = format!(
+                        "out of disk space: shard {}'s WAL cannot create {}; free space on \
+                         this node (it resumes by itself)",
+                        self.index,
+                        path.display()
+                    );
+                    (ReplyStatus::OutOfSpace, Bytes::from(reason))
+                } else {
+                    (ReplyStatus::NotLeader { hint: replica.leader_hint() }, Bytes::new())
+                };
+                self.out_of_space_dropped += 1;
+                self.queue_refusal(connection, id, status, reason);
+                continue;
+            }
             let refused = match self.shard.propose(id, payload)? {
                 Ok(()) => {
                     self.waiting.insert(id, connection);
@@ -283,6 +319,39 @@ impl<S: Hosted> Host<S> {
         }
         self.shard.flush()?;
         Ok(Ok(()))
+    }
+
+    /// Asks the WAL whether it can get its next segment, and logs each change. While it
+    /// cannot (the disk is full), the shard is paused: proposals are refused with
+    /// [`ReplyStatus::OutOfSpace`], peer messages dropped and ticks skipped, so the replica
+    /// appends nothing it might not be able to persist (a record that did not fit would fail
+    /// the shard); syncs of what was appended go on. The WAL tries again by itself, and the
+    /// shard resumes once a segment is made. Returns true while paused.
+    ///
+    /// # Errors
+    /// The log is poisoned, or preparing a segment failed other than for lack of space.
+    pub fn check_space(&mut self) -> Result<bool, ShardError> {
+        let full = match self.shard.check_space()? {
+            quorum_wal::Space::Full { path } => Some(path),
+            quorum_wal::Space::Available => None,
+        };
+        match (&self.out_of_space, &full) {
+            (None, Some(path)) => tracing::error!(
+                shard = self.index,
+                path = %path.display(),
+                "out of disk space: the WAL cannot create its next segment; refusing \
+                 proposals and pausing this replica (no votes, no acknowledgements) until \
+                 space is freed"
+            ),
+            (Some(_), None) => tracing::warn!(
+                shard = self.index,
+                dropped = self.out_of_space_dropped,
+                "disk space is back: the WAL has its next segment; resuming"
+            ),
+            _ => {}
+        }
+        self.out_of_space = full;
+        Ok(self.out_of_space.is_some())
     }
 
     /// A client subscribes to the committed log from `from_slot`: it is sent committed runs
@@ -574,6 +643,9 @@ fn ack_before_sync() -> bool {
 pub fn pump<S: Hosted>(host: &HostRef<S>) {
     let mut guard = host.borrow_mut();
     let state = &mut *guard;
+    if state.failed {
+        return;
+    }
     state.route_messages();
     state.forward_committed();
     state.route_replies();
@@ -632,6 +704,9 @@ pub fn pump<S: Hosted>(host: &HostRef<S>) {
             state.sync_micros += in_sync.as_micros() as u64;
             state.sync_wait_micros += started.elapsed().as_micros() as u64;
             state.syncing = false;
+            if state.failed {
+                return;
+            }
             if let Err(error) = state.shard.finish_sync(outcome) {
                 return fail(&mut state, &error);
             }
@@ -650,6 +725,9 @@ fn write_snapshot<S: Hosted>(host: &HostRef<S>, pending: PendingSnapshot<MmapBac
         let started = std::time::Instant::now();
         let written = glommio::executor().spawn_blocking(move || pending.run()).await;
         let mut state = host.borrow_mut();
+        if state.failed {
+            return;
+        }
         let finishing = std::time::Instant::now();
         if let Err(error) = state.shard.finish_snapshot(written) {
             return fail(&mut state, &error);
@@ -675,6 +753,9 @@ pub fn with_shard<S: Hosted>(
     host: &HostRef<S>,
     f: impl FnOnce(&mut Host<S>) -> Result<(), ShardError>,
 ) {
+    if host.borrow().failed {
+        return;
+    }
     let result = f(&mut host.borrow_mut());
     match result {
         Ok(()) => pump(host),
@@ -685,6 +766,12 @@ pub fn with_shard<S: Hosted>(
 /// A shard failed (its log is poisoned or unreadable): stop the whole node, which then
 /// recovers from its logs and its peers on restart.
 pub fn fail<S: Hosted>(host: &mut Host<S>, error: &ShardError) {
+    if host.failed {
+        return;
+    }
+    // Fenced from now on: a failed sync is never retried, and nothing it covered may be
+    // acknowledged (docs/disk-faults.md). The node exits; a restart recovers from the disk.
+    host.failed = true;
     tracing::error!(shard = host.index, %error, "shard failed; stopping the node");
     host.control.failed.store(true, Ordering::SeqCst);
     host.control.stop.store(true, Ordering::SeqCst);

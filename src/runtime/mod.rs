@@ -383,6 +383,9 @@ async fn run_shard<S: Hosted>(
         glommio::timer::sleep(tick).await;
         stalls.on_tick(&host.borrow(), tick, shard_net.on_tick());
         host::with_shard(&host, |host| {
+            if host.check_space()? {
+                return Ok(()); // Paused: the disk is full (docs/disk-faults.md).
+            }
             host.shard.on_tick()?;
             host.skip_idle()
         });

@@ -474,6 +474,14 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         &self.wal
     }
 
+    /// Whether the WAL can get its next segment ([`Wal::check_space`]).
+    ///
+    /// # Errors
+    /// The WAL is poisoned, or preparing the segment failed other than for lack of space.
+    pub fn check_space(&mut self) -> Result<quorum_wal::Space, quorum_wal::Error> {
+        self.wal.check_space()
+    }
+
     /// Appends a persisted record; `then_send` and `extra` come back once it is durable.
     ///
     /// # Errors

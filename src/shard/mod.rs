@@ -462,6 +462,16 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         self.process_actions()
     }
 
+    /// Whether the WAL can get its next segment ([`quorum_wal::Wal::check_space`]): a full disk
+    /// is reported here before an append fails, so the runtime can stop feeding the replica
+    /// (issue #21, docs/disk-faults.md). Cheap; call it every tick.
+    ///
+    /// # Errors
+    /// The log is poisoned, or preparing the segment failed other than for lack of space.
+    pub fn check_space(&mut self) -> Result<quorum_wal::Space, ShardError> {
+        Ok(self.log.check_space()?)
+    }
+
     /// Moves the messages to send onto `out`.
     pub fn take_outbox(&mut self, out: &mut Vec<(NodeId, Message)>) {
         out.append(&mut self.outbox);

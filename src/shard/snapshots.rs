@@ -318,6 +318,12 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         if self.installing.as_ref().is_some_and(|installing| installing.snapshot.is_none()) {
             return self.finish_install(written);
         }
+        if let Err(quorum_wal::Error::NoSpace { path }) = &written.result {
+            // A full disk refused the file before anything was synced or renamed: the last
+            // snapshot stands and nothing is lost. The next one is due a whole interval on.
+            tracing::warn!(shard = self.settings.shard, path = %path.display(), "snapshot not written: out of disk space");
+            return Ok(());
+        }
         written.result?;
         let snapshot = written.snapshot;
         let slot = snapshot.header.slot;

@@ -179,6 +179,10 @@ pub enum ReplyStatus {
     /// A register-session command's reply: the body is the session's client id (8 bytes,
     /// little-endian), for the requests that follow on this shard.
     Registered,
+    /// Not proposed: the leader's disk is full (its WAL cannot get its next segment). The
+    /// body is a UTF-8 reason naming the file. Nothing was written; the node resumes by
+    /// itself once space is freed (docs/disk-faults.md).
+    OutOfSpace,
 }
 
 impl ReplyStatus {
@@ -192,6 +196,7 @@ impl ReplyStatus {
             ReplyStatus::Rejected => (5, 0),
             ReplyStatus::SessionExpired => (6, 0),
             ReplyStatus::Registered => (7, 0),
+            ReplyStatus::OutOfSpace => (8, 0),
         }
     }
 
@@ -205,6 +210,7 @@ impl ReplyStatus {
             5 => ReplyStatus::Rejected,
             6 => ReplyStatus::SessionExpired,
             7 => ReplyStatus::Registered,
+            8 => ReplyStatus::OutOfSpace,
             _ => return Err(FrameError::Invalid("unknown reply status")),
         })
     }
