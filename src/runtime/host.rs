@@ -289,8 +289,8 @@ impl<S: Hosted> Host<S> {
                 let replica = self.shard.replica();
                 let (status, reason) = if replica.role() == RoleKind::Leader {
                     let reason = format!(
-                        "out of disk space: shard {}'s WAL cannot create {}; free space on \
-                         this node (it resumes by itself)",
+                        "shard {}'s WAL cannot create {}; free space on this node (it \
+                         resumes by itself)",
                         self.index,
                         path.display()
                     );

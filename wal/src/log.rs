@@ -622,9 +622,13 @@ impl<B: Backend> Wal<B> {
                 self.create_segment(number)
             }
             Next::NoSpace { number: refused, path, since }
-                if refused == number && since.elapsed() < NO_SPACE_RETRY =>
+                if self.options.prepare_ahead
+                    && refused == number
+                    && since.elapsed() < NO_SPACE_RETRY =>
             {
-                // Refused a moment ago: no new attempt on this thread before the retry is due.
+                // Refused a moment ago: no new attempt on this thread before the retry is due
+                // (`check_space` makes it on a thread). Without preparation ahead (the
+                // simulator's logs: no clock may decide) every rotation tries again.
                 self.next = Next::NoSpace { number: refused, path: path.clone(), since };
                 Err(Error::NoSpace { path })
             }
