@@ -402,8 +402,7 @@ fn a_failed_sync_stops_the_node_and_loses_no_acknowledged_write() {
         let line = cluster
             .log_text(victim)
             .lines()
-            .filter(|line| line.contains("fdatasync failed on"))
-            .last()
+            .rfind(|line| line.contains("fdatasync failed on"))
             .map(str::to_string)
             .unwrap_or_else(|| panic!("no sync error logged:\n{}", cluster.tail(victim)));
         assert!(
