@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalSender};
-use quorum_wal::MmapBackend;
+use quorum_wal::{MmapBackend, PendingSync, SyncOutcome};
 
 use super::apply::{ShardLink, TotalRef};
 use super::{Control, Hosted};
@@ -670,35 +670,8 @@ pub fn pump<S: Hosted>(host: &HostRef<S>) {
     drop(guard);
     let host = host.clone();
     glommio::spawn_local(async move {
-        // fdatasync blocks: it runs on the executor's blocking pool, never on the reactor.
         let started = std::time::Instant::now();
-        let outcome = if durable && ack_before_sync() {
-            // The bug on purpose (ACK_BEFORE_SYNC_VARIABLE): durable now, flushed later.
-            let early = pending.outcome_before_flush();
-            thread_local!(static FLUSH_DUE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-            // One flush per delay: the one already due syncs this segment's writes too.
-            if !FLUSH_DUE.replace(true) {
-                glommio::spawn_local(async move {
-                    glommio::timer::sleep(ACK_BEFORE_SYNC_DELAY).await;
-                    FLUSH_DUE.set(false);
-                    glommio::executor().spawn_blocking(move || drop(pending.run())).await;
-                })
-                .detach();
-            }
-            (early, std::time::Duration::ZERO)
-        } else if durable {
-            glommio::executor()
-                .spawn_blocking(move || {
-                    let ran = std::time::Instant::now();
-                    let outcome = pending.run();
-                    (outcome, ran.elapsed())
-                })
-                .await
-        } else {
-            glommio::executor().yield_now().await;
-            (pending.skip(), std::time::Duration::ZERO)
-        };
-        let (outcome, in_sync) = outcome;
+        let (outcome, in_sync) = run_sync(pending, durable).await;
         {
             let mut state = host.borrow_mut();
             state.sync_micros += in_sync.as_micros() as u64;
@@ -714,6 +687,37 @@ pub fn pump<S: Hosted>(host: &HostRef<S>) {
         pump(&host);
     })
     .detach();
+}
+
+/// Runs a sync: `fdatasync` blocks, so it runs on the executor's blocking pool, never on the
+/// reactor. Returns its outcome and the time spent in the sync itself.
+async fn run_sync(pending: PendingSync, durable: bool) -> (SyncOutcome, std::time::Duration) {
+    if durable && ack_before_sync() {
+        // The bug on purpose (ACK_BEFORE_SYNC_VARIABLE): durable now, flushed later.
+        let early = pending.outcome_before_flush();
+        thread_local!(static FLUSH_DUE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        // One flush per delay: the one already due syncs this segment's writes too.
+        if !FLUSH_DUE.replace(true) {
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(ACK_BEFORE_SYNC_DELAY).await;
+                FLUSH_DUE.set(false);
+                glommio::executor().spawn_blocking(move || drop(pending.run())).await;
+            })
+            .detach();
+        }
+        (early, std::time::Duration::ZERO)
+    } else if durable {
+        glommio::executor()
+            .spawn_blocking(move || {
+                let ran = std::time::Instant::now();
+                let outcome = pending.run();
+                (outcome, ran.elapsed())
+            })
+            .await
+    } else {
+        glommio::executor().yield_now().await;
+        (pending.skip(), std::time::Duration::ZERO)
+    }
 }
 
 /// Writes a snapshot on the blocking pool (it may be large: write, fsync, rename), then lets

@@ -400,22 +400,25 @@ async fn run_shard<S: Hosted>(
             host::pump(&host);
         }
     }
-    {
-        let state = host.borrow();
-        tracing::info!(
-            shard,
-            dropped_messages = host::dropped_messages(&host),
-            shared_batches = state.shard.shared_batches,
-            unshared_batches = state.shard.unshared_batches,
-            busy_replies = state.busy_replies,
-            sync_mean_us = state.sync_micros / state.syncs().max(1),
-            sync_wait_mean_us = state.sync_wait_micros / state.syncs().max(1),
-            syncs = state.syncs(),
-            held_max_ms = stalls.held_max.as_millis() as u64,
-            "shard stopped"
-        );
-    }
+    log_stopped(&host, shard, &stalls);
     Ok(())
+}
+
+/// Logs what a shard did, as it stops.
+fn log_stopped<S: Hosted>(host: &host::HostRef<S>, shard: u16, stalls: &Stalls) {
+    let state = host.borrow();
+    tracing::info!(
+        shard,
+        dropped_messages = host::dropped_messages(host),
+        shared_batches = state.shard.shared_batches,
+        unshared_batches = state.shard.unshared_batches,
+        busy_replies = state.busy_replies,
+        sync_mean_us = state.sync_micros / state.syncs().max(1),
+        sync_wait_mean_us = state.sync_wait_micros / state.syncs().max(1),
+        syncs = state.syncs(),
+        held_max_ms = stalls.held_max.as_millis() as u64,
+        "shard stopped"
+    );
 }
 
 /// Times the shard's thread was held: a tick that comes late by more than a few heartbeats
