@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
+use quorum::machine::{KvCommand, KvStore, Outcome, SessionLimits, register_request};
 use quorum::shard::{Shard, settle_wired};
-use quorum::state_machine::{KvCommand, KvStore, Outcome, SessionLimits, register_request};
 use quorum_wal::{MmapBackend, Options};
 
 const CLUSTER: ClusterId = ClusterId(5);

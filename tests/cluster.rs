@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use quorum::bench::embedded::free_port_range;
 use quorum::client::{Client, ClientOptions, Tail, fetch_snapshot, node_status};
 use quorum::core::{Ballot, ClusterId, Message, NodeId, RoleKind, Slot};
-use quorum::state_machine::{Applier, KvStore, SessionLimits};
+use quorum::machine::{Applier, KvStore, SessionLimits};
 use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, Role, ShardStatus};
 
 const CLUSTER: u64 = 42;
@@ -591,7 +591,7 @@ fn killing_a_leader_elects_another_and_loses_no_acknowledged_write() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The victim leads the counter's shard, so its increments live through the failover.
-    let shard = quorum::state_machine::shard_for_key(b"counter", 2) as u16;
+    let shard = quorum::machine::shard_for_key(b"counter", 2) as u16;
     // (Asked again for a while: under load a status answer may be slow, or an election run.)
     let deadline = Instant::now() + Duration::from_secs(10);
     let victim = loop {

@@ -11,7 +11,7 @@ use quorum::core::{
     Ballot, BatchBuilder, ClusterId, Message, NodeId, ROUND_MAX, RequestId, SLOT_MAX, Slot,
     SlotRun, Value,
 };
-use quorum::state_machine::StateSummary;
+use quorum::machine::StateSummary;
 use quorum::transport::codec::{
     Body, Encoder, Frame, FrameError, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus,
     Role, ShardStatus, decode, frame_length,

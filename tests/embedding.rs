@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use quorum::bench::embedded::free_port_range;
 use quorum::client::node_status;
 use quorum::core::ClusterId;
-use quorum::node_config::{NodeConfig, NodeSettings};
+use quorum::machine::{StateMachine, StateSummary};
 use quorum::runtime::Node;
-use quorum::snapshot::SnapshotError;
-use quorum::state_machine::{StateMachine, StateSummary};
+use quorum::runtime::config::{NodeConfig, NodeSettings};
+use quorum::storage::snapshot::SnapshotError;
 
 const CLUSTER: u64 = 15;
 

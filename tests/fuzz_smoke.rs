@@ -14,9 +14,9 @@ use bytes::Bytes;
 use quorum::core::{
     Ballot, BatchBuilder, ClusterId, Message, NodeId, RequestId, RoleKind, Slot, SlotRun, Value,
 };
-use quorum::log_record;
-use quorum::snapshot::{Snapshot, SnapshotHeader};
-use quorum::state_machine::{Applier, KvCommand, KvStore, SessionLimits, StateSummary};
+use quorum::machine::{Applier, KvCommand, KvStore, SessionLimits, StateSummary};
+use quorum::storage::record;
+use quorum::storage::snapshot::{Snapshot, SnapshotHeader};
 use quorum::transport::codec::{
     Body, Encoder, Frame, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus, Role,
     ShardStatus,
@@ -243,7 +243,7 @@ fn write_seed_corpora() {
     .enumerate()
     {
         let mut head = Vec::new();
-        let (wal_record, rest) = log_record::encode_split(record, &mut head);
+        let (wal_record, rest) = record::encode_split(record, &mut head);
         let payload = [wal_record.payload, rest].concat();
         let wal_record = quorum_wal::Record { payload: &payload, ..wal_record };
         // As a WAL record under segment 1...

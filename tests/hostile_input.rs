@@ -16,12 +16,12 @@ use quorum::core::{
     Action, Ballot, BatchBuilder, ClusterId, Config, Envelope, Feed, Message, NodeId, ROUND_MAX,
     RefusedMessage, Replica, RequestId, RoleKind, SLOT_MAX, Slot, SlotRun, Value,
 };
-use quorum::shard::{Shard, ShardSettings};
-use quorum::snapshot::{Snapshot, SnapshotHeader};
-use quorum::state_machine::{
+use quorum::machine::{
     Applier, KvCommand, KvStore, Outcome, REGISTER_ENTROPY_BYTES, SessionLimits, register_request,
     seal_register,
 };
+use quorum::shard::{Shard, ShardSettings};
+use quorum::storage::snapshot::{Snapshot, SnapshotHeader};
 use quorum::transport::codec::{Body, Encoder, Frame, FrameError, decode};
 use quorum_wal::{Options, SimBackend};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use quorum::bench::embedded::free_port_range;
 use quorum::client::{Client, ClientOptions, node_status};
 use quorum::core::{BatchBuilder, ClusterId, Message, NodeId, RequestId, Slot};
-use quorum::state_machine::KvCommand;
+use quorum::machine::KvCommand;
 use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, ReplyStatus, Role};
 use quorum::transport::framing::read_frame;
 

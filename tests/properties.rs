@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use quorum::core::{Ballot, BatchBuilder, BatchReader, NodeId, RequestId, VoteSet, Voters};
-use quorum::state_machine::KvCommand;
+use quorum::machine::KvCommand;
 
 proptest! {
     /// Any two majorities of the same voters share a voter: the heart of Paxos safety.

@@ -15,10 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind};
+use quorum::machine::{KvCommand, KvReply, KvStore, Outcome, SessionLimits, register_request};
 use quorum::shard::{Shard, settle_wired};
-use quorum::state_machine::{
-    KvCommand, KvReply, KvStore, Outcome, SessionLimits, register_request,
-};
 use quorum_wal::{MmapBackend, Options};
 
 const CLUSTER: ClusterId = ClusterId(9);

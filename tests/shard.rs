@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind, Slot};
-use quorum::shard::{Shard, ShardError, ShardSettings, settle_wired};
-use quorum::state_machine::{
+use quorum::machine::{
     KvCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _, register_request,
 };
+use quorum::shard::{Shard, ShardError, ShardSettings, settle_wired};
 use quorum_wal::{Backend as _, Options, SimBackend};
 
 const CLUSTER: ClusterId = ClusterId(3);
@@ -555,8 +555,8 @@ fn a_peers_snapshot_is_durable_before_the_replica_goes_on_from_it_and_written_of
     assert!(shard.replica().commit_index() < pending.slot(), "went on before the write");
     assert_eq!(shard.machine().get(b"key-3").map(<[u8]>::len), Some(8), "the old state serves");
     // Not durable yet: a crash now restarts from the old state and its log.
-    let file = cluster.disks[victim].read_file(quorum::snapshot::FILE_NAME).unwrap();
-    let slot_on_disk = file.as_deref().and_then(quorum::snapshot::slot_in_header);
+    let file = cluster.disks[victim].read_file(quorum::storage::snapshot::FILE_NAME).unwrap();
+    let slot_on_disk = file.as_deref().and_then(quorum::storage::snapshot::slot_in_header);
     assert!(slot_on_disk.is_none_or(|slot| slot < pending.slot()), "{slot_on_disk:?}");
     let slot = pending.slot();
     shard.finish_snapshot(pending.run()).unwrap();

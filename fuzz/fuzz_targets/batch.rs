@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use quorum::core::{BatchBuilder, BatchReader, check_batch};
-use quorum::state_machine::{Applier, KvCommand, KvStore, SessionLimits};
+use quorum::machine::{Applier, KvCommand, KvStore, SessionLimits};
 
 fuzz_target!(|data: &[u8]| {
     let checked = check_batch(data);

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use quorum::core::Replica;
-use quorum::node_config::{NodeConfig, NodeSettings};
+use quorum::runtime::config::{NodeConfig, NodeSettings};
 
 fuzz_target!(|data: &[u8]| {
     // `from_file` reads the file as UTF-8 first: anything else is refused before TOML.

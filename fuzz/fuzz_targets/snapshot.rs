@@ -11,8 +11,8 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use quorum::core::{ClusterId, Slot};
-use quorum::snapshot::{HEADER_BYTES, Snapshot, SnapshotHeader};
-use quorum::state_machine::{Applier, KvStore, SessionLimits};
+use quorum::storage::snapshot::{HEADER_BYTES, Snapshot, SnapshotHeader};
+use quorum::machine::{Applier, KvStore, SessionLimits};
 
 fuzz_target!(|input: &[u8]| {
     // The first byte picks the session limits: the defaults, or small ones that make the

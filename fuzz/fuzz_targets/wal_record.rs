@@ -1,13 +1,13 @@
 //! The WAL's decoders on any bytes a disk could hold: a record (`decode_record`), a segment
 //! header (`SegmentHeader::decode`), its sync watermark (`Watermark::decode`), and the
-//! replica's record in a WAL record's fields (`log_record::decode`, fed the input's bytes as
+//! replica's record in a WAL record's fields (`record::decode`, fed the input's bytes as
 //! the fields directly, so that the record checksum does not stand in the way). None panics;
 //! what decodes re-encodes to the same bytes (a WAL record), or to what decodes again equal.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quorum::log_record;
+use quorum::storage::record;
 use quorum_wal::Record;
 use quorum_wal::format::{
     Decoded, SEGMENT_HEADER_BYTES, SegmentHeader, Watermark, decode_record, encode_record,
@@ -60,11 +60,11 @@ fuzz_target!(|input: &[u8]| {
 
 /// A replica's record that decodes from `record` is encoded into one that decodes equal.
 fn replica_record(record: &Record<'_>) {
-    let Ok(decoded) = log_record::decode(record) else { return };
+    let Ok(decoded) = record::decode(record) else { return };
     let mut head = Vec::new();
-    let (encoded, rest) = log_record::encode_split(&decoded, &mut head);
+    let (encoded, rest) = record::encode_split(&decoded, &mut head);
     let payload = [encoded.payload, rest].concat();
-    let again = log_record::decode(&Record { payload: &payload, ..encoded })
+    let again = record::decode(&Record { payload: &payload, ..encoded })
         .expect("a re-encoded replica record decodes");
     assert_eq!(again, decoded, "a replica record round-trips");
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::node_status;
 use crate::core::{ClusterId, NodeId, RoleKind};
-use crate::node_config::{ApplyMode, Durability, NodeConfig, NodeSettings};
 use crate::runtime::Node;
+use crate::runtime::config::{ApplyMode, Durability, NodeConfig, NodeSettings};
 
 /// The cluster id every embedded cluster uses.
 pub const EMBEDDED_CLUSTER_ID: u64 = 0x5155_4f52;

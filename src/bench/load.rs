@@ -15,7 +15,7 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::client::{Client, Completion};
-use crate::state_machine::{KvCommandRef, shard_for_key};
+use crate::machine::{KvCommandRef, shard_for_key};
 
 /// What load to apply.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::client::{Client, ClientOptions, node_status};
 use crate::core::{ClusterId, RoleKind};
-use crate::node_config::{ApplyMode, Durability};
+use crate::runtime::config::{ApplyMode, Durability};
 use embedded::{EmbeddedCluster, EmbeddedSpec};
 use load::{LoadSpec, Progress};
 

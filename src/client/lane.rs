@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::{ClientError, FRAME_BYTES_MAX, Response, Shared, handshake, random_bytes};
 use crate::core::{BatchBuilder, NodeId, RequestId};
-use crate::state_machine::{REGISTER_NONCE_BYTES, register_request};
+use crate::machine::{REGISTER_NONCE_BYTES, register_request};
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus};
 use crate::transport::framing::{Outgoing, read_frame};
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::core::{ClusterId, NodeId, RequestId, Slot};
-use crate::state_machine::{KvCommand, KvReply, shard_for_key};
+use crate::machine::{KvCommand, KvReply, shard_for_key};
 use crate::transport::codec::{
     Body, Encoder, Frame, Hello, HelloReply, PROTOCOL_VERSION, Role, ShardStatus,
 };
@@ -350,7 +350,7 @@ impl Client {
     }
 
     /// Sends a read-only request to one shard, answered by its state machine's
-    /// [`StateMachine::query`](crate::state_machine::StateMachine::query) (protocol.md §5.2),
+    /// [`StateMachine::query`](crate::machine::StateMachine::query) (protocol.md §5.2),
     /// and waits for the answer. A query is never applied: it may be retried freely.
     ///
     /// # Errors

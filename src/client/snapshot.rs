@@ -7,13 +7,13 @@ use super::{
     ClientError, ClientOptions, FRAME_BYTES_MAX, check_shard, handshake, random_client_id,
 };
 use crate::core::{ClusterId, Message, NodeId, Slot};
-use crate::snapshot::{ASSEMBLY_BYTES_MAX, Assembly, Piece, Snapshot};
+use crate::storage::snapshot::{ASSEMBLY_BYTES_MAX, Assembly, Piece, Snapshot};
 use crate::transport::codec::{Body, Encoder, Frame};
 use crate::transport::framing::{read_frame, write_frame};
 
 /// The newest snapshot of `shard` on the node at `address` (`HOST:PORT`, its listen address),
 /// checked; `None` if it has none (it has not taken one yet, or applies in total order).
-/// Restore it with [`crate::state_machine::Applier::restore`] (its `body`), then tail from its
+/// Restore it with [`crate::machine::Applier::restore`] (its `body`), then tail from its
 /// slot.
 ///
 /// # Errors

@@ -15,7 +15,7 @@ use super::{
     ClientError, ClientOptions, FRAME_BYTES_MAX, check_shard, handshake, random_client_id,
 };
 use crate::core::{Message, NodeId, SLOT_MAX, Slot, SlotRun, Value};
-use crate::merge::Merge;
+use crate::machine::merge::Merge;
 use crate::transport::codec::{Body, Encoder, Frame};
 use crate::transport::framing::{read_frame, write_frame};
 

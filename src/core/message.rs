@@ -208,7 +208,7 @@ pub enum Message {
         /// The first slot the sender lacks.
         from_slot: Slot,
     },
-    /// A piece of the sender's snapshot (its encoding, `crate::snapshot`): every slot below
+    /// A piece of the sender's snapshot (its encoding, `crate::storage::snapshot`): every slot below
     /// `slot` is applied in it. Sent instead of committed runs its WAL no longer holds, in
     /// pieces of bounded size, the first unasked, each next one when the receiver pulls it
     /// ([`Message::SnapshotPull`]). Handled by the shard around the replica, which assembles,

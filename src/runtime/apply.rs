@@ -14,9 +14,9 @@ use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::{Control, Hosted, NodeError, SESSION_LIMITS};
-use crate::node_config::NodeConfig;
-use crate::state_machine::{AppliedCommand, StateMachine};
-use crate::total_order::{Committed, TotalApplier};
+use crate::machine::total_order::{Committed, TotalApplier};
+use crate::machine::{AppliedCommand, StateMachine};
+use crate::runtime::config::NodeConfig;
 
 /// The node's one state machine, shared for status questions (its executor is the only other
 /// user).

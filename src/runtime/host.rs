@@ -17,9 +17,9 @@ use quorum_wal::{MmapBackend, PendingSync, SyncOutcome};
 use super::apply::{ShardLink, TotalRef};
 use super::{Control, Hosted};
 use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
+use crate::machine::total_order::Committed;
+use crate::machine::{AppliedCommand, Outcome};
 use crate::shard::{PendingSnapshot, Shard, ShardError};
-use crate::state_machine::{AppliedCommand, Outcome};
-use crate::total_order::Committed;
 use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
 use crate::transport::framing::Outgoing;
 

@@ -7,8 +7,8 @@
 //! put in a config file by mistake, and says what it is for in its name. Unset, the store is
 //! the plain [`KvStore`] (one branch per command).
 
-use crate::snapshot::SnapshotError;
-use crate::state_machine::{KvCommandRef, KvReply, KvStore, StateMachine, StateSummary};
+use crate::machine::{KvCommandRef, KvReply, KvStore, StateMachine, StateSummary};
+use crate::storage::snapshot::SnapshotError;
 
 /// Test-only: a node whose environment sets this makes its key-value store panic when it
 /// applies a put of the variable's value as a key.

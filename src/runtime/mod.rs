@@ -6,6 +6,7 @@
 //! segments are created and pre-faulted ahead of use by the WAL's own helper thread.
 
 mod apply;
+pub mod config;
 mod host;
 mod machine;
 mod net;
@@ -22,9 +23,9 @@ use quorum_wal::{MmapBackend, Options};
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::core::ClusterId;
-use crate::node_config::{ApplyMode, NodeConfig};
+use crate::machine::{SessionLimits, StateMachine};
+use crate::runtime::config::{ApplyMode, NodeConfig};
 use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings, panic_message};
-use crate::state_machine::{SessionLimits, StateMachine};
 pub use machine::NodeMachine;
 
 /// A state machine a node can host. Each shard's instance is made and used on that shard's
@@ -167,7 +168,7 @@ fn watch_executor(
 /// ```no_run
 /// # use quorum::runtime::{Node, NodeMachine};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let config: quorum::node_config::NodeConfig = todo!();
+/// # let config: quorum::runtime::config::NodeConfig = todo!();
 /// let node = Node::builder(config)
 ///     .state_machine(|_shard| NodeMachine::default())
 ///     .start()?;
@@ -362,7 +363,7 @@ async fn run_shard<S: Hosted>(
             return Ok(());
         }
     };
-    let durable = config.durability == crate::node_config::Durability::Fsync;
+    let durable = config.durability == crate::runtime::config::Durability::Fsync;
     let host = host::Host::new(opened, shard, control.clone(), durable, config.client_queue_bytes);
     if let Some(link) = total {
         host::connect_total(&host, link).await;
@@ -546,7 +547,7 @@ fn open_shard<S: Hosted>(
         snapshot_every_bytes: config.snapshot_every_bytes,
         // The largest a reader assembles (in memory): a larger state is still snapshotted
         // (restarts use it) but its log is kept.
-        snapshot_bytes_max: crate::snapshot::ASSEMBLY_BYTES_MAX as usize,
+        snapshot_bytes_max: crate::storage::snapshot::ASSEMBLY_BYTES_MAX as usize,
         // At most 32 MiB (`NodeConfig`): one frame each.
         snapshot_piece_bytes: config.snapshot_piece_bytes,
         ..ShardSettings::new(SESSION_LIMITS)

@@ -38,7 +38,7 @@ use super::Control;
 use super::Hosted;
 use super::host::{Cut, HostRef, Link, fail, pump, with_shard};
 use crate::core::{ClusterId, Message, NodeId};
-use crate::node_config::NodeConfig;
+use crate::runtime::config::NodeConfig;
 use crate::shard::SnapshotReader;
 use crate::transport::codec::{
     Body, Encoder, Frame, Hello, HelloReply, Member, PROTOCOL_VERSION, Role, ShardStatus,

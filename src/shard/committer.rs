@@ -2,8 +2,8 @@
 //! onward to the node's one applier in total-order mode.
 
 use crate::core::{Slot, Value};
-use crate::state_machine::{AppliedCommand, Applier, StateMachine};
-use crate::total_order::Committed;
+use crate::machine::total_order::Committed;
+use crate::machine::{AppliedCommand, Applier, StateMachine};
 
 use super::{Hooks, ShardError};
 

@@ -4,7 +4,7 @@
 //! that its checkers judge the code the node runs (docs/simulator.md).
 
 use crate::core::{Record, Slot, Value};
-use crate::state_machine::AppliedCommand;
+use crate::machine::AppliedCommand;
 
 /// A shard's entropy and its observers. Every observing method does nothing by default.
 pub trait Hooks {

@@ -9,8 +9,8 @@ use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Synced, Wal};
 
 use crate::core::log::Log;
 use crate::core::{Ballot, ClusterId, Message, NodeId, PersistSeq, Record, Slot, SlotRun, Value};
-use crate::log_record;
-use crate::snapshot::Snapshot;
+use crate::storage::record;
+use crate::storage::snapshot::Snapshot;
 
 use super::ShardError;
 use super::snapshots::read_snapshot_piece;
@@ -149,11 +149,11 @@ fn decode_sharing<B: Backend>(
     record: &quorum_wal::Record<'_>,
 ) -> Result<Record, ShardError> {
     let payload_len = record.payload.len();
-    let mut decoded = log_record::decode(record)?;
+    let mut decoded = record::decode(record)?;
     if batch_of(&decoded).is_some() {
         if let Some(shared) = wal.shared_appended(position, payload_len) {
             if let Record::Accepted { value, .. } | Record::Chosen { value, .. } = &mut decoded {
-                *value = Value::Batch(shared.slice(log_record::BATCH_OFFSET..));
+                *value = Value::Batch(shared.slice(record::BATCH_OFFSET..));
             }
         }
     }
@@ -169,7 +169,9 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         backend: &B,
         owner: (ClusterId, u16),
     ) -> Result<Option<Snapshot>, ShardError> {
-        let Some(bytes) = backend.read_file(crate::snapshot::FILE_NAME)? else { return Ok(None) };
+        let Some(bytes) = backend.read_file(crate::storage::snapshot::FILE_NAME)? else {
+            return Ok(None);
+        };
         Ok(Some(Snapshot::decode(Bytes::from(bytes), owner.0, owner.1)?))
     }
 
@@ -212,7 +214,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         let mut index = Vec::new();
         for item in wal.iter_from(wal.first_position()) {
             let (position, record) = item?;
-            note_stretch(&mut index, stretch_bytes, position, log_record::slots_named(&record));
+            note_stretch(&mut index, stretch_bytes, position, record::slots_named(&record));
             // Batches recovered from the log share its mapping rather than fill the heap (the
             // WAL's recovery has checked these records already).
             each(decode_sharing(&wal, position, &record)?)?;
@@ -308,7 +310,9 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// # Errors
     /// The file cannot be written.
     pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ShardError> {
-        self.wal.backend().write_file_atomic(crate::snapshot::FILE_NAME, &snapshot.bytes)?;
+        self.wal
+            .backend()
+            .write_file_atomic(crate::storage::snapshot::FILE_NAME, &snapshot.bytes)?;
         self.installed(snapshot.header.slot);
         Ok(())
     }
@@ -394,7 +398,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             if position >= durable {
                 break;
             }
-            if let Some((first, count)) = log_record::slots_named(&record) {
+            if let Some((first, count)) = record::slots_named(&record) {
                 let low = first.max(from_slot.0);
                 if low >= first.saturating_add(count).min(end_slot.0) {
                     continue; // Names none of the slots wanted.
@@ -405,7 +409,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
                     continue;
                 }
                 bytes += record.payload.len();
-            } else if !log_record::is_committed(&record) {
+            } else if !record::is_committed(&record) {
                 continue; // A promise says nothing of slots.
             }
             // Slots below the scratch log's base are ignored by it; those past `end_slot`
@@ -493,9 +497,9 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         then_send: Option<(NodeId, Message)>,
         extra: T,
     ) -> Result<(), ShardError> {
-        let (encoded, batch) = log_record::encode_split(record, &mut self.payload);
+        let (encoded, batch) = record::encode_split(record, &mut self.payload);
         let payload_len = encoded.payload.len() + batch.len();
-        let named = log_record::slots_named(&encoded);
+        let named = record::slots_named(&encoded);
         let position = self.wal.append_split(&encoded, batch)?;
         note_stretch(&mut self.index, self.stretch_bytes, position, named);
         let batch = batch_of(record).map(|(slot, batch)| AppendedBatch {
@@ -550,7 +554,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
                 if let Some(shared) = self.wal.shared_appended(batch.position, batch.payload_len) {
                     released.shared_batches.push(SharedBatch {
                         slot: batch.slot,
-                        bytes: shared.slice(log_record::BATCH_OFFSET..),
+                        bytes: shared.slice(record::BATCH_OFFSET..),
                         original: batch.original,
                     });
                 }

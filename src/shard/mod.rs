@@ -23,12 +23,12 @@ use crate::core::{
     Action, Config, Envelope, Message, NodeId, ProposeError, RefusedMessage, Replica, RequestId,
     Slot, SlotRun,
 };
-use crate::log_record;
-use crate::snapshot::SnapshotError;
-use crate::state_machine::{
+use crate::machine::total_order::Committed;
+use crate::machine::{
     AppliedCommand, Applier, REGISTER_ENTROPY_BYTES, SessionLimits, StateMachine, seal_register,
 };
-use crate::total_order::Committed;
+use crate::storage::record;
+use crate::storage::snapshot::SnapshotError;
 
 use committer::Committer;
 pub(crate) use committer::panic_message;
@@ -57,7 +57,7 @@ pub enum ShardError {
     Config(#[from] crate::core::ConfigError),
     /// The log holds a record no replica writes.
     #[error(transparent)]
-    BadRecord(#[from] log_record::BadLogRecord),
+    BadRecord(#[from] record::BadLogRecord),
     /// A committed batch did not decode.
     #[error(transparent)]
     BadBatch(#[from] crate::core::MalformedBatch),
@@ -127,7 +127,7 @@ impl ShardSettings {
             apply: ApplyTo::Shard,
             shard: 0,
             snapshot_every_bytes: 0,
-            snapshot_bytes_max: crate::snapshot::ASSEMBLY_BYTES_MAX as usize,
+            snapshot_bytes_max: crate::storage::snapshot::ASSEMBLY_BYTES_MAX as usize,
             snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES,
             archive_read_bytes_max: ARCHIVE_READ_BYTES_MAX,
             repair_nonce: random_nonce(),

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use quorum_wal::Backend;
 
 use crate::core::{Config, Message, NodeId, Slot};
-use crate::snapshot::{Piece, Snapshot, SnapshotHeader};
-use crate::state_machine::{Applier, StateMachine};
+use crate::machine::{Applier, StateMachine};
+use crate::storage::snapshot::{Piece, Snapshot, SnapshotHeader};
 
 use super::{Hooks, Shard, ShardError};
 
@@ -62,8 +62,9 @@ impl<B: Backend> PendingSnapshot<B> {
     /// it on a helper thread.
     #[must_use]
     pub fn run(self) -> SnapshotWritten {
-        let result =
-            self.backend.write_file_atomic(crate::snapshot::FILE_NAME, &self.snapshot.bytes);
+        let result = self
+            .backend
+            .write_file_atomic(crate::storage::snapshot::FILE_NAME, &self.snapshot.bytes);
         SnapshotWritten { snapshot: self.snapshot, result }
     }
 }
@@ -76,12 +77,12 @@ pub(super) fn read_snapshot_piece<B: Backend>(
     piece_bytes: usize,
     commit_index: Slot,
 ) -> Result<Option<Message>, ShardError> {
-    let name = crate::snapshot::FILE_NAME;
-    let head = crate::snapshot::HEADER_BYTES;
+    let name = crate::storage::snapshot::FILE_NAME;
+    let head = crate::storage::snapshot::HEADER_BYTES;
     let Some(range) = backend.read_file_range(name, head, offset, piece_bytes)? else {
         return Ok(None);
     };
-    let Some(held) = crate::snapshot::slot_in_header(&range.head) else {
+    let Some(held) = crate::storage::snapshot::slot_in_header(&range.head) else {
         return Ok(None); // Damaged: a restart would refuse it too.
     };
     if slot.is_some_and(|slot| slot != held) || offset >= range.total {
@@ -160,7 +161,7 @@ pub(super) struct Snapshots {
     pub(super) installed: u64,
     pub(super) released_bytes: u64,
     /// A peer's snapshot arriving in pieces.
-    pub(super) arriving: crate::snapshot::Assembly,
+    pub(super) arriving: crate::storage::snapshot::Assembly,
 }
 
 /// What a shard did with snapshots since it started.

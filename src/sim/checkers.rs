@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::core::{Ballot, NodeId, Record, RequestId, Slot, Value, VoteSet, Voters};
-use crate::merge::MergedBatch;
+use crate::machine::merge::MergedBatch;
 
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! same request id elsewhere when a reply does not come, as the real client library will.
 
 use crate::core::RequestId;
-use crate::state_machine::{KvCommand, KvReply};
+use crate::machine::{KvCommand, KvReply};
 
 use super::linearizability::{KvOp, KvResult};
 

@@ -5,8 +5,8 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::core::{Record, RequestId, Slot, Value};
+use crate::machine::{AppliedCommand, Outcome};
 use crate::shard::Hooks;
-use crate::state_machine::{AppliedCommand, Outcome};
 
 /// Something a shard did that a checker judges.
 #[derive(Debug)]

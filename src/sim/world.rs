@@ -16,16 +16,16 @@ use crate::core::{
     Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId,
     RoleKind, Value, Voters,
 };
-use crate::merge::MergedBatch;
-use crate::shard::{PendingSnapshot, Shard, ShardError, ShardSettings};
-use crate::state_machine::{
+use crate::machine::merge::MergedBatch;
+use crate::machine::{
     AppliedCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _, register_request,
     shard_for_key,
 };
+use crate::shard::{PendingSnapshot, Shard, ShardError, ShardSettings};
 
 /// The simulated replicas' session limits: a small reply window, so that it moves.
 const SIM_SESSIONS: SessionLimits = SessionLimits::with_replies_max(16);
-use crate::total_order::{Committed, TotalApplier};
+use crate::machine::total_order::{Committed, TotalApplier};
 
 use super::checkers::{Checker, Violation};
 use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_of};

@@ -21,7 +21,7 @@ use super::generated::quorum::wire as fb;
 use crate::core::{
     Ballot, ClusterId, InvalidMessage, Message, NodeId, RoleKind, Slot, SlotRun, Value,
 };
-use crate::state_machine::StateSummary;
+use crate::machine::StateSummary;
 
 /// Bytes of the length prefix.
 pub const PREFIX_BYTES: usize = 4;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quorum::bench::{self, BenchRow, BenchSpec, load::LoadSpec, report};
-use quorum::node_config::{ApplyMode, Durability};
+use quorum::runtime::config::{ApplyMode, Durability};
 
 /// With no options: a 3-voter cluster on loopback in this process (temporary data, fsync on),
 /// 10 s of 16-byte writes from 256 concurrent requests after 2 s of warm-up, then a table.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use quorum::client::{Client, ClientOptions, fetch_snapshot, node_status};
 use quorum::core::ClusterId;
-use quorum::state_machine::{Applier, KvStore, SessionLimits, StateMachine as _};
+use quorum::machine::{Applier, KvStore, SessionLimits, StateMachine as _};
 
 /// Where the cluster is.
 #[derive(clap::Args)]

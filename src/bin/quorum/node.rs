@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use quorum::node_config::{NodeConfig, NodeSettings};
 use quorum::runtime::Node;
+use quorum::runtime::config::{NodeConfig, NodeSettings};
 
 /// Flags override the same keys of the `--config` file.
 #[derive(clap::Args)]
@@ -52,7 +52,7 @@ pub struct NodeArgs {
     /// applies every shard's commands in one global order (slot i of shard k is position
     /// i × shards + k); replies then wait for the merge of all shards.
     #[arg(long, value_enum)]
-    apply: Option<quorum::node_config::ApplyMode>,
+    apply: Option<quorum::runtime::config::ApplyMode>,
     /// Pin shard k's thread to core k mod cores: true (default) or false.
     #[arg(long, value_name = "BOOL")]
     pin_cores: Option<bool>,
@@ -107,7 +107,7 @@ pub struct NodeArgs {
     /// fsync (default): acknowledge only what is on disk. none: never sync; for benchmarks
     /// only, a machine crash then loses acknowledged writes.
     #[arg(long, value_enum)]
-    durability: Option<quorum::node_config::Durability>,
+    durability: Option<quorum::runtime::config::Durability>,
     /// Client connections this node serves at once, over all its shards (default 4096; a
     /// client has one per shard). Past it a client is refused with a reason it prints, and
     /// the node logs it. Peers never count. The node raises its open-file limit to fit, or
@@ -189,7 +189,7 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         }
     };
     let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
-    if config.durability == quorum::node_config::Durability::None {
+    if config.durability == quorum::runtime::config::Durability::None {
         tracing::warn!("durability is off: acknowledged writes can be lost in a crash");
     }
     let node = match Node::start(config) {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use hdrhistogram::Histogram;
 use quorum::client::{ClientOptions, Tail, TailBatch};
 use quorum::core::{BatchReader, ClusterId};
-use quorum::state_machine::KvCommand;
+use quorum::machine::KvCommand;
 
 #[derive(clap::Args)]
 pub struct TailArgs {

@@ -8,8 +8,8 @@
 //! shard whose client waits.
 
 use crate::core::{Slot, Value};
-use crate::merge::{Merge, MergeError, MergedBatch};
-use crate::state_machine::{AppliedCommand, Applier, SessionLimits, StateMachine};
+use crate::machine::merge::{Merge, MergeError, MergedBatch};
+use crate::machine::{AppliedCommand, Applier, SessionLimits, StateMachine};
 
 /// A shard's committed run, as it leaves the shard for the total-order applier.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +125,7 @@ pub enum TotalOrderError {
 mod tests {
     use super::*;
     use crate::core::{BatchBuilder, RequestId};
-    use crate::state_machine::{
+    use crate::machine::{
         Applier, KvCommand, KvStore, Outcome, REGISTER_ENTROPY_BYTES, register_request,
         seal_register,
     };

@@ -1,0 +1,115 @@
+//! The contract between Quorum and the database it replicates ([`StateMachine`]), and what sits
+//! on Quorum's side of it: the [`applier`] that keeps client sessions, the built-in key-value
+//! store ([`kv`]), and one total order over all shards ([`merge`], [`total_order`]).
+
+pub mod applier;
+pub mod kv;
+pub mod merge;
+pub mod total_order;
+
+use crate::core::{RequestId, Slot};
+use crate::storage::snapshot::SnapshotError;
+
+pub use applier::{
+    Applier, REGISTER_ENTROPY_BYTES, REGISTER_NONCE_BYTES, SessionLimits, register_request,
+    seal_register,
+};
+pub use kv::{KvCommand, KvCommandRef, KvReply, KvStore, shard_for_key};
+
+/// What a database implements to be replicated by Quorum.
+///
+/// # Correctness
+/// `apply` must be deterministic: the same commands in the same order give the same state and
+/// the same replies on every replica. It must not read clocks, randomness or local files.
+pub trait StateMachine {
+    /// The reply to one command.
+    type Reply: Clone;
+
+    /// Applies one committed command and returns its reply.
+    fn apply(&mut self, command: &[u8]) -> Self::Reply;
+
+    /// Answers a read-only request from the state as it is, changing nothing. Every replica
+    /// at the same applied position gives the same answer. Until reads are served without the
+    /// log (issue #16), a query is ordered in the log like a command and answered where it
+    /// applies (protocol.md §5.2), so it is linearizable; the contract stays the same after.
+    fn query(&self, request: &[u8]) -> Self::Reply;
+
+    /// Appends a reply's encoding to `out`, to send it to the client.
+    fn encode_reply(reply: &Self::Reply, out: &mut Vec<u8>);
+
+    /// Reads a reply back from [`StateMachine::encode_reply`]'s bytes (the session table in a
+    /// snapshot); `None` if they do not decode.
+    fn decode_reply(bytes: &[u8]) -> Option<Self::Reply>;
+
+    /// The length of [`StateMachine::encode_reply`]'s bytes for `reply`: what a session is
+    /// charged for keeping it. Must be the same on every replica.
+    fn reply_size_bytes(reply: &Self::Reply) -> usize {
+        let mut encoded = Vec::new();
+        Self::encode_reply(reply, &mut encoded);
+        encoded.len()
+    }
+
+    /// A short summary of the state for operators and tests: equal states give equal
+    /// summaries on every replica.
+    fn summary(&self) -> StateSummary;
+
+    /// Appends the whole state to `out`, for a snapshot (docs/snapshots.md). Two replicas in
+    /// the same state must write the same bytes.
+    fn snapshot(&self, out: &mut Vec<u8>);
+
+    /// About how many bytes [`StateMachine::snapshot`] will append, so that the image is
+    /// built in one allocation (a large buffer grown by doubling leaves the allocator's heap
+    /// fragmented). 0 if unknown.
+    fn snapshot_size_hint(&self) -> usize {
+        0
+    }
+
+    /// The state [`StateMachine::snapshot`] wrote.
+    ///
+    /// # Errors
+    /// The bytes are not such an image. Never panics on bad input.
+    fn restore(image: &[u8]) -> Result<Self, SnapshotError>
+    where
+        Self: Sized;
+}
+
+/// What [`StateMachine::summary`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateSummary {
+    /// Entries held (keys, rows…).
+    pub entries: u64,
+    /// A hash of the whole state, independent of how it is laid out in memory.
+    pub digest: u64,
+}
+
+/// What became of one command of a committed batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome<R> {
+    /// Applied now, with this reply.
+    Applied(R),
+    /// Applied before under the same request id; this is the reply it got then.
+    Duplicate(R),
+    /// Too old to tell whether it was applied (its session dropped its reply, by count or by
+    /// bytes); not applied.
+    Expired,
+    /// The table holds no session of its client id (evicted while idle, or never
+    /// registered): not applied, and no request under that id will be (a retry could
+    /// otherwise be applied a second time). The client registers a new session.
+    SessionExpired,
+    /// A register-session command: the session's client id. A retry of the same command (its
+    /// nonce) gets the same id while the session lives.
+    Registered(u64),
+}
+
+/// What became of one applied client command, and where it was committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedCommand<R> {
+    /// The request.
+    pub id: RequestId,
+    /// The slot of its batch.
+    pub slot: Slot,
+    /// Its place in the batch.
+    pub index: u32,
+    /// What became of it.
+    pub outcome: Outcome<R>,
+}
