@@ -29,12 +29,12 @@ use bytes::Bytes;
 
 use crate::core::{ClusterId, NodeId, RequestId, Slot};
 use crate::machine::{KvCommand, KvReply, shard_for_key};
-use crate::transport::codec::{
-    Body, Encoder, Frame, Hello, HelloReply, PROTOCOL_VERSION, Role, ShardStatus,
-};
+use crate::transport::codec::{Body, Encoder, Frame, Hello, HelloReply, PROTOCOL_VERSION, Role};
 use crate::transport::framing::{ConnectionError, read_frame, write_frame};
 use crate::transport::shard_address;
 
+/// What [`node_status`] reports of each shard.
+pub use crate::transport::codec::ShardStatus;
 pub use lane::Completion;
 use lane::Lane;
 pub use snapshot::fetch_snapshot;

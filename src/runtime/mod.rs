@@ -317,8 +317,10 @@ fn start<S: Hosted>(config: NodeConfig, machine: Factory<S>) -> Result<Node, Nod
 }
 
 impl Node {
-    /// The flag that stops the node when set (for signal handlers).
+    /// The flag that stops the node when set (for signal handlers). For the binary: a program
+    /// that embeds a node calls [`Node::stop`].
     #[must_use]
+    #[doc(hidden)]
     pub fn control(&self) -> Arc<Control> {
         self.control.clone()
     }

@@ -75,7 +75,7 @@ fn batch_of(record: &Record) -> Option<(Slot, &Bytes)> {
 
 /// A replica's records in a WAL: appends them as they are persisted and, when a sync
 /// completes, releases the ones it covered with the replies they held back (I3). Shared by
-/// [`Shard`] and the simulator's disks, so both keep the same durability bookkeeping.
+/// [`Shard`](super::Shard) and the simulator's disks, so both keep the same durability bookkeeping.
 pub struct ReplicaLog<B: Backend, T> {
     wal: Wal<B>,
     unsynced: VecDeque<Unsynced<T>>,

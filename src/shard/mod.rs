@@ -8,8 +8,8 @@
 //! replies it holds back (`then_send`) leave only when a sync covering the record completed
 //! (protocol.md, I3). A failed sync poisons the log and fails the shard.
 //!
-//! The parts: [`log`] (the replica's records in the WAL), [`committer`] (where committed runs
-//! go), [`snapshots`] (taking, serving and installing them), [`hooks`] (entropy, and what the
+//! The parts: `log` (the replica's records in the WAL), `committer` (where committed runs
+//! go), `snapshots` (taking, serving and installing them), `hooks` (entropy, and what the
 //! simulator's checkers watch).
 
 mod committer;
