@@ -365,7 +365,7 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("src/transport/codec.rs", "encode", 121),
     ("src/transport/codec.rs", "encode_message", 114),
     ("src/transport/codec.rs", "decode", 243),
-    ("src/shard/log.rs", "open", 72),
+    ("src/shard/journal.rs", "open", 72),
     ("src/bin/quorum/bench.rs", "run", 100),
     ("src/bench/mod.rs", "run", 132),
     ("wal/src/log.rs", "recover", 153),

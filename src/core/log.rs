@@ -41,7 +41,7 @@ pub struct Log {
 
 impl Log {
     /// An empty log whose slots below `base` count as compacted: a scratch image of part of a
-    /// log, rebuilt from its records (see `shard::ReplicaLog::archived_runs`).
+    /// log, rebuilt from its records (see `shard::Journal::archived_runs`).
     #[must_use]
     pub fn starting_at(base: Slot) -> Log {
         Log { entries: VecDeque::new(), base: base.0 }

@@ -8,13 +8,13 @@
 //! replies it holds back (`then_send`) leave only when a sync covering the record completed
 //! (protocol.md, I3). A failed sync poisons the log and fails the shard.
 //!
-//! The parts: `log` (the replica's records in the WAL), `committer` (where committed runs
+//! The parts: `journal` (the replica's records in the WAL), `committer` (where committed runs
 //! go), `snapshots` (taking, serving and installing them), `hooks` (entropy, and what the
 //! simulator's checkers watch).
 
 mod committer;
 mod hooks;
-mod log;
+mod journal;
 mod snapshots;
 
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
@@ -33,7 +33,7 @@ use crate::storage::snapshot::SnapshotError;
 use committer::Committer;
 pub(crate) use committer::panic_message;
 pub use hooks::{Hooks, OsHooks};
-pub use log::{Released, ReplicaLog, SharedBatch};
+pub use journal::{Journal, Released, SharedBatch};
 use snapshots::{Installing, Snapshots, member_rank};
 pub use snapshots::{PendingSnapshot, SnapshotReader, SnapshotStats, SnapshotWritten};
 
@@ -139,12 +139,12 @@ impl ShardSettings {
 /// votes (protocol.md §3.9); alone in its shard, it cannot.
 fn repair_if_lost<B: Backend, T>(
     replica: &mut Replica,
-    log: &ReplicaLog<B, T>,
+    journal: &Journal<B, T>,
     settings: &ShardSettings,
 ) -> Result<(), ShardError> {
-    if let Some(reason) = log.repair_reason() {
+    if let Some(reason) = journal.repair_reason() {
         let voters = replica.config().voters.len();
-        if voters == 1 && log.lost_records() {
+        if voters == 1 && journal.lost_records() {
             return Err(ShardError::Unrepairable(reason.to_string()));
         }
         if voters > 1 && !replica.config().is_learner() {
@@ -163,7 +163,7 @@ fn repair_if_lost<B: Backend, T>(
 /// are [`OsHooks`]).
 pub struct Shard<B: Backend, S: StateMachine, H: Hooks = OsHooks> {
     replica: Replica,
-    log: ReplicaLog<B, H::Kept>,
+    journal: Journal<B, H::Kept>,
     committer: Committer<S>,
     hooks: H,
     settings: ShardSettings,
@@ -235,7 +235,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         let mut snapshots = Snapshots::default();
         let mut applier = Applier::new(machine, settings.sessions);
         let owner = (replica.config().cluster_id, settings.shard);
-        if let Some(snapshot) = ReplicaLog::<B, H::Kept>::read_snapshot(&backend, owner)? {
+        if let Some(snapshot) = Journal::<B, H::Kept>::read_snapshot(&backend, owner)? {
             if settings.apply == ApplyTo::Forward {
                 return Err(ShardError::ForwardFromSnapshot(snapshot.header.slot.0));
             }
@@ -263,19 +263,19 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             }
             Ok(())
         };
-        let log = ReplicaLog::open(backend, options, owner, floor, |record| {
+        let journal = Journal::open(backend, options, owner, floor, |record| {
             replica.replay(&record);
             hooks.replayed(&record);
             apply(&mut replica, &mut hooks)
         })?;
         replica.finish_recovery();
         apply(&mut replica, &mut hooks)?;
-        repair_if_lost(&mut replica, &log, &settings)?;
-        snapshots.taken_at_position = log.wal().end_position();
+        repair_if_lost(&mut replica, &journal, &settings)?;
+        snapshots.taken_at_position = journal.wal().end_position();
         snapshots.phase = Some(member_rank(replica.config()));
         Ok(Shard {
             replica,
-            log,
+            journal,
             committer,
             hooks,
             settings,
@@ -308,13 +308,13 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// The log.
     #[must_use]
     pub fn wal(&self) -> &Wal<B> {
-        self.log.wal()
+        self.journal.wal()
     }
 
     /// True if records wait for a sync.
     #[must_use]
     pub fn has_unsynced(&self) -> bool {
-        self.log.has_unsynced()
+        self.journal.has_unsynced()
     }
 
     /// Batches committed since the replica started (no-ops not counted).
@@ -427,7 +427,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// # Errors
     /// The log is poisoned.
     pub fn start_sync(&mut self) -> Result<Option<PendingSync>, ShardError> {
-        self.log.start_sync()
+        self.journal.start_sync()
     }
 
     /// A flush finished: tell the core what is durable and release the replies that waited.
@@ -435,7 +435,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// # Errors
     /// The flush failed (the log is now poisoned), or the shard failed.
     pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<(), ShardError> {
-        let mut released = self.log.finish_sync(outcome)?;
+        let mut released = self.journal.finish_sync(outcome)?;
         self.hooks.durable(std::mem::take(&mut released.extras));
         if let Some(seq) = released.seq {
             self.replica.on_persisted(seq);
@@ -469,7 +469,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// # Errors
     /// The log is poisoned, or preparing the segment failed other than for lack of space.
     pub fn check_space(&mut self) -> Result<quorum_wal::Space, ShardError> {
-        Ok(self.log.check_space()?)
+        Ok(self.journal.check_space()?)
     }
 
     /// Moves the messages to send onto `out`.
@@ -490,14 +490,14 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         out.append(&mut self.committer.replies);
     }
 
-    /// Slots below this may be gone from the WAL (see [`ReplicaLog::floor`]).
+    /// Slots below this may be gone from the WAL (see [`Journal::floor`]).
     #[must_use]
     pub fn log_floor(&self) -> Slot {
-        self.log.floor()
+        self.journal.floor()
     }
 
     /// The committed runs of `from_slot..end_slot` from the WAL, for slots the replica
-    /// compacted away (see [`ReplicaLog::archived_runs`]).
+    /// compacted away (see [`Journal::archived_runs`]).
     ///
     /// # Errors
     /// The log cannot be read.
@@ -507,7 +507,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         end_slot: Slot,
         bytes_max: usize,
     ) -> Result<Vec<SlotRun>, ShardError> {
-        self.log.archived_runs(from_slot, end_slot, bytes_max)
+        self.journal.archived_runs(from_slot, end_slot, bytes_max)
     }
 
     fn process_actions(&mut self) -> Result<(), ShardError> {
@@ -525,14 +525,14 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
                 Action::Send { to, message } => self.outbox.push((to, message)),
                 Action::Persist { seq, record, then_send } => {
                     let kept = self.hooks.keep(&record);
-                    self.log.append(seq, &record, then_send, kept)?
+                    self.journal.append(seq, &record, then_send, kept)?
                 }
                 Action::Commit { first_slot, count, value } => {
                     self.committer.commit(first_slot, count, value, true, &mut self.hooks)?
                 }
                 Action::SendArchived { to, from_slot, end_slot, commit_index } => {
                     let runs_max = self.replica.config().message_runs_max;
-                    let messages = self.log.archived_messages(
+                    let messages = self.journal.archived_messages(
                         from_slot,
                         end_slot,
                         commit_index,
@@ -544,7 +544,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
                 }
                 Action::Repaired => {
                     tracing::info!(shard = self.settings.shard, "repair finished: voting again");
-                    self.log.finish_repair()?;
+                    self.journal.finish_repair()?;
                     self.hooks.repaired();
                 }
             }

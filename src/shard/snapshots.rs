@@ -69,7 +69,7 @@ impl<B: Backend> PendingSnapshot<B> {
     }
 }
 
-/// [`ReplicaLog::snapshot_piece`], from the snapshot file in `backend`'s directory.
+/// [`Journal::snapshot_piece`], from the snapshot file in `backend`'s directory.
 pub(super) fn read_snapshot_piece<B: Backend>(
     backend: &B,
     slot: Option<Slot>,
@@ -103,7 +103,7 @@ pub struct SnapshotReader<B: Backend> {
 
 impl<B: Backend> SnapshotReader<B> {
     /// The piece of the snapshot at `slot` (any, with `None`) from `offset` on, if there is
-    /// such a snapshot (see [`ReplicaLog::snapshot_piece`]).
+    /// such a snapshot (see [`Journal::snapshot_piece`]).
     ///
     /// # Errors
     /// The file cannot be read.
@@ -190,7 +190,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         self.snapshot_piece(None, 0)
     }
 
-    /// [`ReplicaLog::snapshot_piece`] in this shard's piece size, at its commit position.
+    /// [`Journal::snapshot_piece`] in this shard's piece size, at its commit position.
     pub(super) fn snapshot_piece(
         &self,
         slot: Option<Slot>,
@@ -198,7 +198,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     ) -> Result<Option<Message>, ShardError> {
         let (piece_bytes, commit) =
             (self.settings.snapshot_piece_bytes, self.replica.commit_index());
-        self.log.snapshot_piece(slot, offset, piece_bytes, commit)
+        self.journal.snapshot_piece(slot, offset, piece_bytes, commit)
     }
 
     /// The piece a client fetching the snapshot pulled (see
@@ -220,7 +220,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     #[must_use]
     pub fn snapshot_reader(&self) -> SnapshotReader<B> {
         SnapshotReader {
-            backend: self.log.wal().backend().clone(),
+            backend: self.journal.wal().backend().clone(),
             piece_bytes: self.settings.snapshot_piece_bytes,
             commit_index: self.replica.commit_index(),
         }
@@ -259,12 +259,12 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         if let Some(installing) = &mut self.installing {
             let snapshot = installing.snapshot.take()?;
             self.snapshots.writing = true;
-            let backend = self.log.wal().backend().clone();
+            let backend = self.journal.wal().backend().clone();
             let image_time = std::time::Duration::ZERO;
             return Some(PendingSnapshot { backend, snapshot, image_time, install: true });
         }
         let every = self.settings.snapshot_every_bytes;
-        let end = self.log.wal().end_position();
+        let end = self.journal.wal().end_position();
         // A snapshot costs about its own size (the image is built on this thread): at least
         // four times that much log goes by between two, however small `every` is.
         let last_bytes = self.snapshots.current.map_or(0, |(_, bytes)| bytes as u64);
@@ -302,8 +302,8 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         let snapshot = Snapshot::encode_with(header, |out| applier.snapshot(out));
         let image_time = started.elapsed();
         self.snapshots.writing = true;
-        self.snapshots.taken_at_position = self.log.wal().end_position();
-        let backend = self.log.wal().backend().clone();
+        self.snapshots.taken_at_position = self.journal.wal().end_position();
+        let backend = self.journal.wal().backend().clone();
         PendingSnapshot { backend, snapshot, image_time, install: false }
     }
 
@@ -336,7 +336,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         self.snapshots.taken += 1;
         if fits {
             let (promised, base) = (self.replica.promised(), self.replica.log().base());
-            self.snapshots.released_bytes += self.log.release_below(slot, base, promised)?;
+            self.snapshots.released_bytes += self.journal.release_below(slot, base, promised)?;
         }
         Ok(())
     }
@@ -412,7 +412,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         let installing = self.installing.take().expect("an install was being written");
         written.result?;
         let slot = installing.header.slot;
-        self.log.installed(slot);
+        self.journal.installed(slot);
         self.snapshots.current = Some((installing.header, installing.bytes));
         if slot <= self.replica.commit_index() {
             return Ok(());

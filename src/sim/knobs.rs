@@ -75,7 +75,7 @@ pub struct Knobs {
     /// Committed slots a replica keeps in memory (`Config::retain_slots`): small, so that
     /// catch-up, elections and feeds often reach below it and are served from the WAL.
     pub retain_slots: u64,
-    /// Bytes one such read may take (`ReplicaLog::archived_runs`): small, so that readers
+    /// Bytes one such read may take (`Journal::archived_runs`): small, so that readers
     /// far behind must ask again many times.
     pub archive_read_bytes_max: usize,
     /// A replica snapshots its state every this many bytes of WAL and releases the segments

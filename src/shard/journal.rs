@@ -1,6 +1,7 @@
-//! A replica's records in its WAL: appended as persisted, released with the replies they held
-//! back once a sync covers them (I3), read back for slots the replica compacted away, and
-//! dropped behind snapshots.
+//! The journal: a replica's records in its WAL, appended as persisted, released with the
+//! replies they held back once a sync covers them (I3), read back for slots the replica
+//! compacted away, and dropped behind snapshots. (The log is the slots a replica holds,
+//! `core::log`; a record's bytes are `storage::record`; the WAL is the file format under all.)
 
 use std::collections::VecDeque;
 
@@ -76,11 +77,11 @@ fn batch_of(record: &Record) -> Option<(Slot, &Bytes)> {
 /// A replica's records in a WAL: appends them as they are persisted and, when a sync
 /// completes, releases the ones it covered with the replies they held back (I3). Shared by
 /// [`Shard`](super::Shard) and the simulator's disks, so both keep the same durability bookkeeping.
-pub struct ReplicaLog<B: Backend, T> {
+pub struct Journal<B: Backend, T> {
     wal: Wal<B>,
     unsynced: VecDeque<Unsynced<T>>,
     payload: Vec<u8>,
-    /// Where to start reading for a slot (see [`ReplicaLog::archived_runs`]).
+    /// Where to start reading for a slot (see [`Journal::archived_runs`]).
     index: Vec<Stretch>,
     stretch_bytes: u64,
     /// Slots below may no longer be in the log (a snapshot stands for them): readers of them
@@ -160,7 +161,7 @@ fn decode_sharing<B: Backend>(
     Ok(decoded)
 }
 
-impl<B: Backend, T> ReplicaLog<B, T> {
+impl<B: Backend, T> Journal<B, T> {
     /// The snapshot in the log's directory, checked as `owner`'s (cluster, shard), if any.
     ///
     /// # Errors
@@ -240,7 +241,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
         } else {
             None
         };
-        let log = ReplicaLog {
+        let journal = Journal {
             wal,
             unsynced: VecDeque::new(),
             payload: Vec::new(),
@@ -252,7 +253,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
             repair,
             lost_records,
         };
-        Ok(log)
+        Ok(journal)
     }
 
     /// Why the replica must repair before it votes (protocol.md §3.9): the WAL lost records
@@ -282,7 +283,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// being written may have replaced it already by a newer one, durable too).
     ///
     /// # Errors
-    /// See [`ReplicaLog::read_snapshot`].
+    /// See [`Journal::read_snapshot`].
     pub fn snapshot(&self) -> Result<Option<Snapshot>, ShardError> {
         Self::read_snapshot(self.wal.backend(), self.owner)
     }
@@ -318,7 +319,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     }
 
     /// A peer's snapshot at `slot` was written durably next to the log (by a helper thread:
-    /// see [`ReplicaLog::install_snapshot`]): reads below it get it from now on.
+    /// see [`Journal::install_snapshot`]): reads below it get it from now on.
     pub fn installed(&mut self, slot: Slot) {
         self.floor = self.floor.max(slot);
     }
@@ -436,7 +437,7 @@ impl<B: Backend, T> ReplicaLog<B, T> {
     /// bytes of records. Stops early where the log cannot tell yet (the reader asks again).
     ///
     /// # Errors
-    /// See [`ReplicaLog::archived_runs`].
+    /// See [`Journal::archived_runs`].
     pub fn archived_messages(
         &self,
         mut from_slot: Slot,
