@@ -87,6 +87,16 @@ pub enum NodeError {
         /// What failed.
         source: ShardError,
     },
+    /// A shard's damaged directory could not be set aside.
+    #[error("shard {shard}: cannot set its damaged directory aside as {path}: {source}")]
+    SetAside {
+        /// Which shard.
+        shard: u16,
+        /// The name it was to get.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// A shard's port could not be bound.
     #[error("shard {shard}: cannot listen on {address}: {source}")]
     Listen {
@@ -527,6 +537,53 @@ fn fit_open_files(config: &NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// A shard whose snapshot file is damaged (a checksum mismatch, a cut, an unknown format)
+/// cannot start from it: the log before it may be released. With other voters to repair from,
+/// its directory is set aside (renamed `shard-K.damaged-SECONDS`, kept for the operator) and
+/// the shard starts empty, as a wiped voter does: it takes no part in elections until every
+/// other voter has said what it holds and it has caught up (protocol.md §3.9). Alone, or for a
+/// snapshot of another cluster or shard (a misplaced directory, not damage), the start fails.
+/// Returns whether it set the directory aside.
+fn set_aside_if_snapshot_damaged(
+    config: &NodeConfig,
+    shard: u16,
+    backend: &MmapBackend,
+    dir: &std::path::Path,
+) -> Result<bool, NodeError> {
+    use crate::storage::snapshot::SnapshotError;
+    let owner = (config.cluster_id, shard);
+    let damage = match crate::shard::Journal::<MmapBackend, ()>::read_snapshot(backend, owner) {
+        Err(ShardError::Snapshot(
+            error @ (SnapshotError::Truncated(_)
+            | SnapshotError::Format(_)
+            | SnapshotError::Checksum
+            | SnapshotError::Image(_)),
+        )) => error,
+        Ok(_) | Err(_) => return Ok(false), // Sound, absent, or refused by the open itself.
+    };
+    let shard_config = config.shard_config(shard);
+    if shard_config.voters.len() < 2 {
+        return Ok(false); // No peer holds the log: the open refuses the file, and says why.
+    }
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let aside = dir.with_file_name(format!("shard-{shard}.damaged-{seconds}"));
+    std::fs::rename(dir, &aside).map_err(|source| NodeError::SetAside {
+        shard,
+        path: aside.clone(),
+        source,
+    })?;
+    tracing::error!(
+        shard,
+        %damage,
+        aside = %aside.display(),
+        "snapshot file damaged: its directory is set aside and the shard starts empty; it \
+         repairs from its peers before it votes (protocol.md §3.9)"
+    );
+    Ok(true)
+}
+
 fn open_shard<S: Hosted>(
     config: &NodeConfig,
     shard: u16,
@@ -539,8 +596,11 @@ fn open_shard<S: Hosted>(
         source,
     })?;
     let dir = config.data_dir.join(format!("shard-{shard}"));
-    let backend = MmapBackend::new(&dir)
-        .map_err(|error| NodeError::Shard { shard, source: ShardError::Wal(error) })?;
+    let wal_error = |error| NodeError::Shard { shard, source: ShardError::Wal(error) };
+    let mut backend = MmapBackend::new(&dir).map_err(wal_error)?;
+    if set_aside_if_snapshot_damaged(config, shard, &backend, &dir)? {
+        backend = MmapBackend::new(&dir).map_err(wal_error)?;
+    }
     let options = Options { segment_bytes: config.wal_segment_bytes, prepare_ahead: true };
     let settings = ShardSettings {
         sessions: SESSION_LIMITS,

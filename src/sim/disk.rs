@@ -83,7 +83,7 @@ impl SimDisk {
 
     /// Damages the durable image of a crashed disk as storage faults do, and returns what it
     /// did: a flipped bit or a zeroed stretch in a segment's records (below the last byte
-    /// written), or the whole directory gone (amnesia). `None` if there was nothing to damage.
+    /// written), a flipped bit in its header, or the whole directory gone (amnesia). `None` if there was nothing to damage.
     pub fn damage(&mut self, rng: &mut Xoshiro256PlusPlus) -> Option<&'static str> {
         if rng.next_u64() % 4 == 0 {
             self.backend = lossy_backend();
@@ -100,6 +100,13 @@ impl SimDisk {
         }
         let number = numbers[(rng.next_u64() % numbers.len() as u64) as usize];
         let mut image = self.backend.synced_image(number)?;
+        if rng.next_u64() % 8 == 0 {
+            // The header's checksummed fields: the segment can no longer be read as this
+            // log's, and the WAL cuts the log before it.
+            image[(rng.next_u64() % 32) as usize] ^= 1 << (rng.next_u64() % 8);
+            self.backend.set_synced_image(number, image);
+            return Some("header flipped");
+        }
         let header = quorum_wal::format::SEGMENT_HEADER_BYTES;
         let confirmed_here = (confirmed - number * self.segment_bytes).min(image.len() as u64);
         let last = image.iter().rposition(|byte| *byte != 0)?.min(confirmed_here as usize);

@@ -71,6 +71,8 @@ pub struct FaultCounts {
     pub bit_flips: u64,
     /// Zeroed stretches of a durable log image before a restart.
     pub zeroed: u64,
+    /// Bits flipped in a segment's header (its checksummed fields) before a restart.
+    pub header_flips: u64,
     /// Data directories of a voter wiped before a restart (amnesia).
     pub wiped: u64,
     /// Syncs of a file or a directory made to fail (each stops its node; a directory change

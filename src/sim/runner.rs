@@ -121,6 +121,7 @@ pub fn run_range(
                     faults.repaired += seen.repaired;
                     faults.bit_flips += seen.bit_flips;
                     faults.zeroed += seen.zeroed;
+                    faults.header_flips += seen.header_flips;
                     faults.wiped += seen.wiped;
                     faults.sync_errors += seen.sync_errors;
                     faults.full_disks += seen.full_disks;
@@ -183,10 +184,11 @@ impl Summary {
     pub fn faults_line(&self) -> String {
         let faults = &self.faults;
         format!(
-            "disk faults: bits flipped {}, stretches zeroed {}, voters wiped {}, syncs (file or directory) failed {}, \
+            "disk faults: bits flipped {}, stretches zeroed {}, segment headers damaged {}, voters wiped {}, syncs (file or directory) failed {}, \
              disks full {}; repairs started {} (first starts included), finished {}",
             faults.bit_flips,
             faults.zeroed,
+            faults.header_flips,
             faults.wiped,
             faults.sync_errors,
             faults.full_disks,

@@ -1202,6 +1202,7 @@ impl World {
             match what {
                 "wiped" => self.faults.wiped += 1,
                 "bit flipped" => self.faults.bit_flips += 1,
+                "header flipped" => self.faults.header_flips += 1,
                 _ => self.faults.zeroed += 1,
             }
         }

@@ -264,8 +264,11 @@ impl<B: Backend> Wal<B> {
     /// [`Recovery::repair_pending`] says so, at this opening and every later one until
     /// [`Wal::finish_repair`].
     ///
+    /// A segment whose header is damaged ends the log the same way: it and every later
+    /// segment are removed, and the damage reported as certainly synced.
+    ///
     /// # Errors
-    /// `Corrupt` for a broken segment sequence or header; the failing I/O call otherwise.
+    /// `Corrupt` for a broken segment sequence; the failing I/O call otherwise.
     pub fn open_repairing(backend: B, options: Options) -> Result<(Wal<B>, Recovery)> {
         Wal::open_with(backend, options, true)
     }
@@ -368,7 +371,8 @@ impl<B: Backend> Wal<B> {
         let mut generation_max = 0u32;
         let mut watermark_generation = 0u32;
         let mut marks = Marks { confirmed: 0, target: 0, torn: false };
-        for &number in numbers {
+        let mut header_damage = None;
+        for (at, &number) in numbers.iter().enumerate() {
             // What the page cache holds past the last completed sync may be bytes a failed
             // writeback never wrote: read the disk instead (docs/wal-format.md, Recovery).
             // Every segment, since no clean shutdown is recorded: it costs a cold read of the
@@ -376,7 +380,21 @@ impl<B: Backend> Wal<B> {
             self.backend.drop_cache(number)?;
             let segment = self.backend.open(number)?;
             let expected_bytes = (number != numbers[0]).then_some(self.segment_bytes);
-            let header = self.check_header(number, segment.bytes(), expected_bytes)?;
+            let header = match self.check_header(number, segment.bytes(), expected_bytes) {
+                Ok(header) => header,
+                Err(Error::Corrupt { offset, reason, .. }) if cut_damage => {
+                    // A header is synced before its segment gets a name, so a crash never
+                    // tears one: this is damage, and the segment's records (perhaps
+                    // acknowledged) cannot be read as this log's. The log ends before it.
+                    drop(segment);
+                    for &later in &numbers[at..] {
+                        self.backend.remove(later)?;
+                    }
+                    header_damage = Some((number, offset, reason));
+                    break;
+                }
+                Err(error) => return Err(error),
+            };
             self.segment_bytes = header.segment_bytes;
             match Watermark::decode(segment.bytes()) {
                 Some(watermark) if watermark.generation >= GENERATION_LIMIT => {
@@ -394,6 +412,19 @@ impl<B: Backend> Wal<B> {
                 None => marks.torn = true,
             }
             self.segments.push_back((number, segment));
+        }
+        if let Some((number, offset, reason)) = header_damage {
+            if self.segments.is_empty() {
+                let segment = self.create_segment(number)?;
+                self.segments.push_back((number, segment));
+            }
+            recovery.damaged.push(Damage {
+                segment: self.backend.path(number),
+                offset,
+                position: number * self.segment_bytes,
+                reason,
+                synced: Synced::Certainly,
+            });
         }
         // Scan every record of every segment, verifying each checksum.
         // The log is the longest run of valid records from the first segment: a segment goes on
@@ -468,6 +499,8 @@ impl<B: Backend> Wal<B> {
                 });
             }
             self.classify_tail_damage(index, offset, reason, marks, recovery);
+        }
+        {
             let certain = recovery.damaged.iter().find(|damage| damage.synced == Synced::Certainly);
             if let Some(damage) = certain.filter(|_| cut_damage && !recovery.repair_pending) {
                 // Durably, before a byte is cut: a crash during the repair must not leave a

@@ -113,3 +113,50 @@ fn open_repairing_reports_nothing_for_a_clean_log_or_a_torn_unsynced_tail() {
     assert!(!recovery.repair_pending, "a torn write no sync covered was never acknowledged");
     assert!(image.read_file(quorum_wal::REPAIR_FILE).unwrap().is_none());
 }
+
+/// A synced log of two segments (records of 300 bytes, 8 KiB of them in segment 1); the records
+/// written.
+fn two_segment_log() -> (SimBackend, u64) {
+    let disk = SimBackend::new();
+    let (mut wal, _) = Wal::open(disk.clone(), options()).unwrap();
+    let mut slot = 0;
+    while wal.end_position() < SEGMENT_BYTES + 8192 {
+        wal.append(&record(slot, &[7u8; 300])).unwrap();
+        slot += 1;
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    (disk.crash_losing_unsynced(), slot)
+}
+
+#[test]
+fn a_damaged_segment_header_is_refused_by_open_and_cut_with_a_marker_by_open_repairing() {
+    for damaged in [0u64, 1] {
+        let (disk, written) = two_segment_log();
+        disk.flip_bit(damaged, 8, 0); // The format version: the header's checksum fails.
+        assert!(
+            matches!(Wal::open(disk.clone(), options()), Err(Error::Corrupt { offset: 0, .. })),
+            "segment {damaged}"
+        );
+        let (wal, recovery) = Wal::open_repairing(disk.clone(), options()).unwrap();
+        let kept = slots(&wal);
+        assert!(kept.len() < written as usize, "segment {damaged}: nothing was cut");
+        assert_eq!(kept, (0..kept.len() as u64).collect::<Vec<_>>(), "a prefix is kept");
+        if damaged == 0 {
+            assert!(kept.is_empty(), "the records of a segment with a damaged header are dropped");
+        }
+        assert_eq!(recovery.damaged.len(), 1, "segment {damaged}");
+        assert_eq!(recovery.damaged[0].synced, Synced::Certainly);
+        assert_eq!(recovery.damaged[0].position, damaged * SEGMENT_BYTES);
+        assert!(recovery.repair_pending, "segment {damaged}: no repair marker");
+        drop(wal);
+        // The cut is durable and the log opens plainly now, still asking for its repair.
+        let (mut wal, recovery) =
+            Wal::open_repairing(disk.crash_losing_unsynced(), options()).unwrap();
+        assert!(recovery.repair_pending);
+        assert_eq!(slots(&wal), kept);
+        wal.append(&record(kept.len() as u64, b"repaired")).unwrap();
+        wal.sync().unwrap();
+        assert!(Wal::open(disk.crash_losing_unsynced(), options()).is_ok());
+    }
+}
