@@ -113,3 +113,18 @@ fn bench_runs_an_embedded_cluster_and_reports_json_and_a_plot() {
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("p99"), "an SVG plot");
 }
+
+#[test]
+fn sim_summarizes_a_range_as_json_for_the_soak_ledger() {
+    let (code, out, err) = quorum(&["sim", "--seeds", "5..8", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(summary["seeds"], 3);
+    assert_eq!((summary["seeds_from"].as_u64(), summary["seeds_to"].as_u64()), (Some(5), Some(8)));
+    assert_eq!(summary["violations"], 0);
+    assert!(summary["commands"].as_u64().unwrap() > 1000, "{summary}");
+    assert!(summary["faults"]["repairs_started"].as_u64().is_some(), "{summary}");
+    let (code, _, err) = quorum(&["sim", "--seed", "5", "--json"]);
+    assert_ne!(code, 0, "--json is for ranges");
+    assert!(err.contains("--json"), "{err}");
+}

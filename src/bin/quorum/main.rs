@@ -75,6 +75,11 @@ struct SimArgs {
     /// Print one line per seed.
     #[arg(long)]
     verbose: bool,
+    /// For a range: print the summary as one JSON object (seeds, violations and the failing
+    /// seeds, commands, faults, snapshots, seconds) instead of the text lines, for scripts and
+    /// the soak ledger (scripts/soak.sh --sim).
+    #[arg(long, conflicts_with = "seed")]
+    json: bool,
 }
 
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -157,6 +162,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         return if report.violation.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
     let seeds = args.seeds.unwrap_or(0..100);
+    let range = seeds.clone();
     let threads =
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let verbose = args.verbose;
@@ -168,11 +174,51 @@ fn run_sim(args: SimArgs) -> ExitCode {
             println!("{} ({seconds:.3}s)", seed_line(report));
         }
     });
-    println!("{}", summary.per_seed_line(threads));
-    println!("{}", summary.coverage_line());
-    println!("{}", summary.faults_line());
-    println!("{}", summary.line());
+    if args.json {
+        println!("{}", summary_json(&range, threads, &summary));
+    } else {
+        println!("{}", summary.per_seed_line(threads));
+        println!("{}", summary.coverage_line());
+        println!("{}", summary.faults_line());
+        println!("{}", summary.line());
+    }
     if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// A range's summary as one JSON object.
+fn summary_json(
+    range: &std::ops::Range<u64>,
+    threads: usize,
+    summary: &sim::runner::Summary,
+) -> serde_json::Value {
+    let (faults, snapshots) = (&summary.faults, &summary.snapshots);
+    serde_json::json!({
+        "seeds_from": range.start,
+        "seeds_to": range.end,
+        "seeds": summary.seeds,
+        "violations": summary.failures.len(),
+        "failing_seeds": summary.failures.iter().map(|report| report.seed).collect::<Vec<_>>(),
+        "commands": summary.commands,
+        "leader_changes": summary.leader_changes,
+        "seconds": summary.seconds,
+        "threads": threads,
+        "faults": {
+            "bits_flipped": faults.bit_flips,
+            "stretches_zeroed": faults.zeroed,
+            "headers_damaged": faults.header_flips,
+            "voters_wiped": faults.wiped,
+            "syncs_failed": faults.sync_errors,
+            "disks_full": faults.full_disks,
+            "repairs_started": faults.repairs,
+            "repairs_finished": faults.repaired,
+        },
+        "snapshots": {
+            "taken": snapshots.taken,
+            "restarts": snapshots.restarts,
+            "installed": snapshots.installed,
+            "pieces_pulled": snapshots.pulls,
+        },
+    })
 }
 
 fn seed_line(report: &sim::SeedReport) -> String {
