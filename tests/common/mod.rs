@@ -17,12 +17,21 @@ use quorum::{ClusterId, NodeId};
 /// Bytes of each value the writers put.
 pub const VALUE_BYTES: usize = 300;
 
-/// One node: where it listens, where it keeps its data, its process and its log file.
+/// One node: where it listens, where it keeps its data, what runs it (a command before the
+/// binary, `ip netns exec NS` say, or nothing), its process and its log file.
 pub struct Node {
     pub address: String,
     pub data_dir: PathBuf,
+    pub wrapper: Vec<String>,
     pub child: Option<Child>,
     pub log: PathBuf,
+}
+
+/// Where a node listens, keeps its data, and what runs it ([`Cluster::start_on`]).
+pub struct NodeSpec {
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub wrapper: Vec<String>,
 }
 
 /// Nodes `1..=n` of one cluster, each started with the same flags.
@@ -43,15 +52,34 @@ impl Cluster {
         logs: &std::path::Path,
         args: &[&str],
     ) -> Cluster {
-        let nodes: Vec<Node> = data_dirs
+        let specs = data_dirs
             .into_iter()
-            .enumerate()
-            .map(|(index, data_dir)| Node {
+            .map(|data_dir| NodeSpec {
                 address: format!(
                     "127.0.0.1:{}",
                     quorum::bench::embedded::free_port_range(1).unwrap()
                 ),
                 data_dir,
+                wrapper: Vec::new(),
+            })
+            .collect();
+        Cluster::start_on(cluster_id, specs, logs, args)
+    }
+
+    /// As [`Cluster::start`], on the addresses and with the wrappers given.
+    pub fn start_on(
+        cluster_id: u64,
+        specs: Vec<NodeSpec>,
+        logs: &std::path::Path,
+        args: &[&str],
+    ) -> Cluster {
+        let nodes: Vec<Node> = specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| Node {
+                address: spec.address,
+                data_dir: spec.data_dir,
+                wrapper: spec.wrapper,
                 child: None,
                 log: logs.join(format!("node-{}.log", index + 1)),
             })
@@ -74,7 +102,16 @@ impl Cluster {
     pub fn spawn(&mut self, index: usize) {
         let node = &self.nodes[index];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_quorum"))
+        let binary = env!("CARGO_BIN_EXE_quorum");
+        let mut command = match node.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("node")
             .args(["--id", &(index + 1).to_string()])
             .args(["--cluster-id", &self.cluster_id.0.to_string()])
