@@ -96,9 +96,11 @@ fn message() -> impl Strategy<Value = Message> {
             Message::Accepted { ballot, first_slot, count }
         }),
         (ballot(), ballot()).prop_map(|(ballot, promised)| Message::Rejected { ballot, promised }),
-        (ballot(), slot.clone())
-            .prop_map(|(ballot, commit_index)| Message::Heartbeat { ballot, commit_index }),
-        ballot().prop_map(|ballot| Message::HeartbeatAck { ballot }),
+        (ballot(), slot.clone(), any::<u64>()).prop_map(|(ballot, commit_index, read_round)| {
+            Message::Heartbeat { ballot, commit_index, read_round }
+        }),
+        (ballot(), any::<u64>())
+            .prop_map(|(ballot, read_round)| Message::HeartbeatAck { ballot, read_round }),
         slot.clone().prop_map(|from_slot| Message::CatchUpRequest { from_slot }),
         slot.clone().prop_map(|from_slot| Message::Subscribe { from_slot }),
         (runs(), slot.clone())
@@ -361,6 +363,7 @@ fn truncated_frames_are_refused() {
         body: Body::Peer(Message::Heartbeat {
             ballot: Ballot::new(1, NodeId(2)),
             commit_index: Slot(5),
+            read_round: 3,
         }),
     };
     let encoded = Encoder::default().encode_to_vec(&frame);

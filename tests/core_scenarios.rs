@@ -327,7 +327,11 @@ fn phase_one_recovers_the_highest_ballot_value_and_fills_holes_with_noops() {
 fn probe_is_refused_while_a_live_leader_is_heard() {
     let mut replica = replica();
     let leader = Ballot::new(1, PEER_A);
-    deliver(&mut replica, PEER_A, Message::Heartbeat { ballot: leader, commit_index: Slot(0) });
+    deliver(
+        &mut replica,
+        PEER_A,
+        Message::Heartbeat { ballot: leader, commit_index: Slot(0), read_round: 0 },
+    );
     let out = deliver(&mut replica, PEER_B, Message::Probe { round: 2, commit_index: Slot(0) });
     let refusal = Message::ProbeReply { round: 2, granted: false, promised: leader };
     assert_eq!(out, vec![Action::Send { to: PEER_B, message: refusal }]);
@@ -337,7 +341,11 @@ fn probe_is_refused_while_a_live_leader_is_heard() {
 fn probe_is_granted_once_the_leader_is_silent_for_an_election_timeout() {
     let mut replica = replica();
     let leader = Ballot::new(1, PEER_A);
-    deliver(&mut replica, PEER_A, Message::Heartbeat { ballot: leader, commit_index: Slot(0) });
+    deliver(
+        &mut replica,
+        PEER_A,
+        Message::Heartbeat { ballot: leader, commit_index: Slot(0), read_round: 0 },
+    );
     for _ in 0..replica.config().election_timeout_ticks {
         replica.on_tick();
     }
@@ -424,7 +432,8 @@ fn chosen_slots_to(actions: &[Action], to: NodeId) -> Vec<u64> {
 fn learner_subscribes_to_a_follower_not_the_leader() {
     let mut learner = learner(NodeId(4), None);
     // Node 1 (the first voter) leads: the learner passes over it.
-    let heartbeat = Message::Heartbeat { ballot: Ballot::new(1, ME), commit_index: Slot(0) };
+    let heartbeat =
+        Message::Heartbeat { ballot: Ballot::new(1, ME), commit_index: Slot(0), read_round: 0 };
     deliver(&mut learner, ME, heartbeat);
     learner.on_tick();
     assert_eq!(subscribes(&actions(&mut learner)), vec![(PEER_A, 0)]);
@@ -435,7 +444,8 @@ fn learner_moves_on_when_its_source_brings_no_progress() {
     let mut learner = learner(NodeId(4), None);
     // The leader (node 3) says slot 0 is committed; the learner subscribes to node 1, which
     // never sends it.
-    let heartbeat = Message::Heartbeat { ballot: Ballot::new(1, PEER_B), commit_index: Slot(1) };
+    let heartbeat =
+        Message::Heartbeat { ballot: Ballot::new(1, PEER_B), commit_index: Slot(1), read_round: 0 };
     deliver(&mut learner, PEER_B, heartbeat);
     learner.on_tick();
     assert_eq!(subscribes(&actions(&mut learner)), vec![(ME, 0)]);
@@ -580,7 +590,7 @@ fn follower_redirects_proposals_to_the_leader_it_hears() {
     deliver(
         &mut replica,
         PEER_B,
-        Message::Heartbeat { ballot: Ballot::new(1, PEER_B), commit_index: Slot(0) },
+        Message::Heartbeat { ballot: Ballot::new(1, PEER_B), commit_index: Slot(0), read_round: 0 },
     );
     assert_eq!(replica.propose(id(1), b"x"), Err(ProposeError::NotLeader { hint: Some(PEER_B) }));
 }
@@ -609,8 +619,11 @@ fn commit_position_commits_only_slots_accepted_in_the_leaders_ballot() {
     deliver_durably(&mut replica, PEER_B, accept(new, 1));
     // The new leader says slots 0 and 1 are chosen. Slot 0 was accepted under another ballot,
     // so its chosen value may differ: it must be fetched, and nothing commits yet.
-    let out =
-        deliver(&mut replica, PEER_B, Message::Heartbeat { ballot: new, commit_index: Slot(2) });
+    let out = deliver(
+        &mut replica,
+        PEER_B,
+        Message::Heartbeat { ballot: new, commit_index: Slot(2), read_round: 0 },
+    );
     assert!(out.iter().all(|action| !matches!(action, Action::Commit { .. })));
     assert!(out.contains(&Action::Send {
         to: PEER_B,

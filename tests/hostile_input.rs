@@ -163,7 +163,11 @@ impl Driver {
                         }
                     }
                     Action::Send { to, message } => sent.push((to, message)),
-                    Action::Commit { .. } | Action::SendArchived { .. } | Action::Repaired => {}
+                    Action::Commit { .. }
+                    | Action::SendArchived { .. }
+                    | Action::Repaired
+                    | Action::ReadReady { .. }
+                    | Action::ReadsAborted { .. } => {}
                 }
             }
             for message in own {
@@ -270,9 +274,13 @@ fn hostile_peer_messages(promised: Ballot) -> Vec<(&'static str, NodeId, Vec<Mes
         (
             "heartbeat in round u64::MAX at the last slot",
             PEER,
-            vec![Message::Heartbeat { ballot: huge, commit_index: Slot(u64::MAX) }],
+            vec![Message::Heartbeat { ballot: huge, commit_index: Slot(u64::MAX), read_round: 0 }],
         ),
-        ("heartbeat ack in round u64::MAX", PEER, vec![Message::HeartbeatAck { ballot: huge }]),
+        (
+            "heartbeat ack in round u64::MAX",
+            PEER,
+            vec![Message::HeartbeatAck { ballot: huge, read_round: 0 }],
+        ),
         (
             "probe in round u64::MAX",
             PEER,
@@ -316,7 +324,7 @@ fn hostile_peer_messages(promised: Ballot) -> Vec<(&'static str, NodeId, Vec<Mes
         (
             "heartbeat from ourselves",
             ME,
-            vec![Message::Heartbeat { ballot: above, commit_index: Slot(0) }],
+            vec![Message::Heartbeat { ballot: above, commit_index: Slot(0), read_round: 0 }],
         ),
         (
             "stale prepare from ourselves",
@@ -726,7 +734,11 @@ fn the_decoder_refuses_values_out_of_range_and_batches_that_do_not_parse() {
             "a heartbeat at the last slot",
             peer_frame(
                 PEER,
-                Message::Heartbeat { ballot: Ballot::new(1, PEER), commit_index: Slot(u64::MAX) },
+                Message::Heartbeat {
+                    ballot: Ballot::new(1, PEER),
+                    commit_index: Slot(u64::MAX),
+                    read_round: 0,
+                },
             ),
         ),
         (
@@ -1062,10 +1074,14 @@ impl MessageSpec {
             MessageSpec::Rejected(ballot, promised) => {
                 Message::Rejected { ballot: ballot.at(bases), promised: promised.at(bases) }
             }
-            MessageSpec::Heartbeat(ballot, commit) => {
-                Message::Heartbeat { ballot: ballot.at(bases), commit_index: slot(commit) }
+            MessageSpec::Heartbeat(ballot, commit) => Message::Heartbeat {
+                ballot: ballot.at(bases),
+                commit_index: slot(commit),
+                read_round: 0,
+            },
+            MessageSpec::HeartbeatAck(ballot) => {
+                Message::HeartbeatAck { ballot: ballot.at(bases), read_round: 0 }
             }
-            MessageSpec::HeartbeatAck(ballot) => Message::HeartbeatAck { ballot: ballot.at(bases) },
             MessageSpec::CatchUpRequest(from) => Message::CatchUpRequest { from_slot: slot(from) },
             MessageSpec::Subscribe(from) => Message::Subscribe { from_slot: slot(from) },
             MessageSpec::Chosen(chosen_runs, commit) => {
@@ -1250,7 +1266,9 @@ impl World {
             Message::Accept { ballot, first_slot, count, .. } => {
                 Message::Accepted { ballot: *ballot, first_slot: *first_slot, count: *count }
             }
-            Message::Heartbeat { ballot, .. } => Message::HeartbeatAck { ballot: *ballot },
+            Message::Heartbeat { ballot, .. } => {
+                Message::HeartbeatAck { ballot: *ballot, read_round: 0 }
+            }
             Message::CatchUpRequest { from_slot } | Message::Subscribe { from_slot } => {
                 self.chosen_runs(*from_slot)
             }
@@ -1293,7 +1311,8 @@ impl World {
                 target.deliver(*peer, accept)?;
                 self.chosen.push(value);
                 let commit_index = slot.plus(1);
-                target.deliver(*peer, Message::Heartbeat { ballot, commit_index })?;
+                target
+                    .deliver(*peer, Message::Heartbeat { ballot, commit_index, read_round: 0 })?;
             }
             Step::Tick(ticks) => target.tick(u32::from(*ticks)),
             Step::Propose(sequence) => {

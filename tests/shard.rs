@@ -573,3 +573,70 @@ fn a_peers_snapshot_is_durable_before_the_replica_goes_on_from_it_and_written_of
         .collect();
     assert_eq!(commits[victim], commits[leader], "caught up");
 }
+
+#[test]
+fn queries_are_answered_by_the_read_index_and_never_written_to_the_log() {
+    let mut cluster = Cluster::new();
+    while cluster.leader().is_none() {
+        cluster.tick();
+    }
+    for sequence in 1..=10 {
+        cluster.put(sequence, &format!("key-{}", sequence % 3), &format!("value-{sequence}"));
+    }
+    let leader = cluster.leader().unwrap();
+    let session = cluster.session();
+    let ends = |cluster: &Cluster| -> Vec<u64> {
+        cluster.shards.iter().map(|shard| shard.as_ref().unwrap().wal().end_position()).collect()
+    };
+    let before = ends(&cluster);
+    let get = KvCommand::Get { key: b"key-1".to_vec() }.encode();
+    for n in 0..10_000u64 {
+        let id = RequestId { client: session, sequence: RequestId::QUERY_BIT | (100 + n) };
+        let shard = cluster.shards[leader].as_mut().unwrap();
+        shard.propose(id, &get).unwrap().unwrap();
+        if n % 100 == 99 {
+            cluster.settle();
+        }
+    }
+    cluster.settle();
+    assert_eq!(ends(&cluster), before, "a query was written to some replica's log");
+    let answered: Vec<&KvReply> =
+        cluster.replies.iter().filter(|(id, _)| id.is_query()).map(|(_, reply)| reply).collect();
+    assert_eq!(answered.len(), 10_000, "every query answered");
+    assert!(answered.iter().all(|reply| **reply == KvReply::Value(Some(b"value-10".to_vec()))));
+    // A follower does not answer: it sends the client to the leader.
+    let follower = (leader + 1) % 3;
+    let id = RequestId { client: session, sequence: RequestId::QUERY_BIT | 1 };
+    let refused = cluster.shards[follower].as_mut().unwrap().propose(id, &get).unwrap();
+    assert!(matches!(refused, Err(quorum::core::ProposeError::NotLeader { .. })), "{refused:?}");
+}
+
+#[test]
+fn a_read_waits_for_its_confirmation_round_and_a_lost_leadership_aborts_it() {
+    let mut cluster = Cluster::new();
+    while cluster.leader().is_none() {
+        cluster.tick();
+    }
+    cluster.put(1, "k", "v1");
+    let leader = cluster.leader().unwrap();
+    let session = cluster.session();
+    // The other two voters are gone: the read cannot be confirmed, so it is never answered.
+    let mut others: Vec<_> = (0..3).filter(|i| *i != leader).collect();
+    let parked: Vec<_> = others.iter().map(|i| cluster.shards[*i].take()).collect();
+    let get = KvCommand::Get { key: b"k".to_vec() }.encode();
+    let id = RequestId { client: session, sequence: RequestId::QUERY_BIT | 7 };
+    cluster.shards[leader].as_mut().unwrap().propose(id, &get).unwrap().unwrap();
+    let mut aborted = Vec::new();
+    for _ in 0..200 {
+        cluster.tick();
+        cluster.shards[leader].as_mut().unwrap().take_aborted_reads(&mut aborted);
+        if !aborted.is_empty() {
+            break;
+        }
+    }
+    assert!(!cluster.replies.contains_key(&id), "a read was answered without a majority");
+    assert_eq!(aborted.first().map(|(read, _)| *read), Some(id), "check-quorum aborts it");
+    for (index, shard) in others.drain(..).zip(parked) {
+        cluster.shards[index] = shard;
+    }
+}

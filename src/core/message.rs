@@ -11,7 +11,7 @@
 use bytes::Bytes;
 
 use super::batch::{Value, check_batch};
-use super::types::{Ballot, ClusterId, NodeId, PersistSeq, ROUND_MAX, SLOT_MAX, Slot};
+use super::types::{Ballot, ClusterId, NodeId, PersistSeq, ROUND_MAX, RequestId, SLOT_MAX, Slot};
 
 /// A message that no correct sender sends: a value out of range, a run of no slots, a batch
 /// that does not parse. Refused whole, before anything is read from it (protocol.md §2.1).
@@ -189,11 +189,16 @@ pub enum Message {
         ballot: Ballot,
         /// The leader's commit position.
         commit_index: Slot,
+        /// The leader's latest read-index round (0: none yet), echoed in the ack: a majority's
+        /// acks of round `r` confirm the reads registered before it (protocol.md §5.3).
+        read_round: u64,
     },
     /// A voter hears the leader of `ballot` (keeps the leader's quorum check alive).
     HeartbeatAck {
         /// The leader's ballot.
         ballot: Ballot,
+        /// The heartbeat's read-index round.
+        read_round: u64,
     },
     /// Send me chosen values from `from_slot` on.
     CatchUpRequest {
@@ -293,10 +298,10 @@ impl Message {
             Message::Rejected { ballot, promised } => {
                 check_ballot(*ballot).and_then(|()| check_ballot(*promised))
             }
-            Message::Heartbeat { ballot, commit_index } => {
+            Message::Heartbeat { ballot, commit_index, read_round: _ } => {
                 check_own_ballot(*ballot, from).and_then(|()| check_slot(*commit_index))
             }
-            Message::HeartbeatAck { ballot } => check_ballot(*ballot),
+            Message::HeartbeatAck { ballot, read_round: _ } => check_ballot(*ballot),
             Message::CatchUpRequest { from_slot } | Message::Subscribe { from_slot } => {
                 check_slot(*from_slot)
             }
@@ -443,6 +448,18 @@ pub enum Action {
         end_slot: Slot,
         /// The sender's commit position, for the messages.
         commit_index: Slot,
+    },
+    /// Reads registered by [`crate::core::Replica::read`] are confirmed: answer each from the
+    /// state machine once every slot below its index is applied (protocol.md §5.3).
+    ReadReady {
+        /// The reads, each with its index.
+        reads: Vec<(RequestId, Slot)>,
+    },
+    /// Leadership ended before these reads were confirmed: tell their clients to go to the
+    /// leader.
+    ReadsAborted {
+        /// The reads.
+        ids: Vec<RequestId>,
     },
     /// The repair begun by [`crate::core::Replica::start_repair`] is over and durable: the
     /// runtime may forget that the log needed one (`Wal::finish_repair`). The replica votes

@@ -13,6 +13,7 @@ pub mod feed;
 pub mod log;
 pub mod message;
 pub mod quorum;
+pub mod read_index;
 pub mod repair;
 pub mod replica;
 pub mod types;

@@ -29,6 +29,7 @@ use super::feed::Feed;
 use super::log::Log;
 use super::message::{Action, Envelope, InvalidMessage, Message, Record, SlotRun};
 use super::quorum::{VoteSet, Voters};
+use super::read_index::ReadRounds;
 use super::repair::Repair;
 use super::types::{Ballot, NodeId, PersistSeq, ROUND_MAX, RequestId, Slot};
 
@@ -133,6 +134,10 @@ struct LeaderState {
     /// The tick each voter was last heard from (check-quorum).
     heard_tick: Vec<u64>,
     heartbeat_due_tick: u64,
+    /// The first slot past what phase 1 recovered: no read index is below it.
+    first_own_slot: Slot,
+    /// Reads being confirmed (protocol.md §5.3).
+    reads: ReadRounds,
 }
 
 /// How far a voter's phase 1 report has come. Parts are asked for one at a time, and only the
@@ -626,6 +631,58 @@ impl Replica {
         Ok(())
     }
 
+    /// Registers a read that the log need not carry (protocol.md §5.3). Once this replica has
+    /// confirmed it still leads, [`Action::ReadReady`] gives the read's index: answer it from
+    /// the state machine once it has applied every slot below that index. If leadership ends
+    /// first, [`Action::ReadsAborted`] names it.
+    ///
+    /// # Errors
+    /// `NotLeader`; nothing is changed then.
+    pub fn read(&mut self, id: RequestId) -> Result<(), ProposeError> {
+        let commit_index = self.commit_index;
+        let Role::Leader(leader) = &mut self.role else {
+            return Err(ProposeError::NotLeader { hint: self.leader_hint });
+        };
+        let index = commit_index.max(leader.first_own_slot);
+        if let Some(round) = leader.reads.add(id, index) {
+            self.start_read_round(round);
+        }
+        Ok(())
+    }
+
+    /// Counts the leader's own ack of read round `round` and asks every other voter for theirs.
+    fn start_read_round(&mut self, round: u64) {
+        let my_index = self.my_voter_index();
+        let commit_index = self.commit_index;
+        let Role::Leader(leader) = &self.role else { return };
+        let ballot = leader.ballot;
+        self.on_read_ack(my_index, ballot, round);
+        for index in 0..self.peers.len() {
+            let message = Message::Heartbeat { ballot, commit_index, read_round: round };
+            self.send(self.peers[index], message);
+        }
+    }
+
+    /// Voter `index` acked read round `round` of `ballot`: emits the reads it confirms, and
+    /// starts the next round if reads wait for one.
+    fn on_read_ack(&mut self, index: usize, ballot: Ballot, round: u64) {
+        let Role::Leader(leader) = &mut self.role else { return };
+        if leader.ballot != ballot {
+            return;
+        }
+        let voters = &self.voters;
+        let Some((reads, next)) = leader.reads.on_ack(index, round, |acks| voters.is_quorum(acks))
+        else {
+            return;
+        };
+        if !reads.is_empty() {
+            self.actions.push(Action::ReadReady { reads });
+        }
+        if let Some(next) = next {
+            self.start_read_round(next);
+        }
+    }
+
     /// Proposes a no-op over the next `slots` slots (a skip), after the open batch.
     ///
     /// # Errors
@@ -701,10 +758,12 @@ impl Replica {
                 self.on_accepted(from, ballot, first_slot, count)
             }
             Message::Rejected { ballot, promised } => self.on_rejected(ballot, promised),
-            Message::Heartbeat { ballot, commit_index } => {
-                self.on_heartbeat(from, ballot, commit_index)
+            Message::Heartbeat { ballot, commit_index, read_round } => {
+                self.on_heartbeat(from, ballot, commit_index, read_round)
             }
-            Message::HeartbeatAck { ballot } => self.on_heartbeat_ack(from, ballot),
+            Message::HeartbeatAck { ballot, read_round } => {
+                self.on_heartbeat_ack(from, ballot, read_round)
+            }
             Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
             Message::Subscribe { from_slot } => self.on_subscribe(from, from_slot),
             Message::Chosen { runs, commit_index } => self.on_chosen(runs, commit_index),
@@ -746,7 +805,7 @@ impl Replica {
             }
             Message::Prepare { .. } => {}
             Message::Accept { ballot, commit_index, .. }
-            | Message::Heartbeat { ballot, commit_index } => {
+            | Message::Heartbeat { ballot, commit_index, .. } => {
                 if ballot >= self.promised && ballot.node != self.config.node {
                     self.leader_hint = Some(ballot.node);
                 }
@@ -1042,6 +1101,8 @@ impl Replica {
             recovery,
             heard_tick: vec![now; self.voters.len()],
             heartbeat_due_tick: now,
+            first_own_slot: next_slot,
+            reads: ReadRounds::default(),
         }));
         self.leader_hint = Some(self.config.node);
         self.maybe_advance_commit();
@@ -1224,6 +1285,7 @@ impl Replica {
         leader.heartbeat_due_tick = now + interval;
         let ballot = leader.ballot;
         let commit_index = self.commit_index;
+        let read_round = leader.reads.current();
         // Retransmit Accepts that a voter has not acknowledged for half an election timeout:
         // the network may lose them, and a restarted voter may have lost them unsynced. Not
         // sooner: under load an ack can take longer than a heartbeat interval (a sync of a
@@ -1256,11 +1318,11 @@ impl Replica {
                 .get(index)
                 .copied()
                 .unwrap_or_else(|| self.config.learners[index - self.peers.len()]);
-            self.send(node, Message::Heartbeat { ballot, commit_index });
+            self.send(node, Message::Heartbeat { ballot, commit_index, read_round });
         }
     }
 
-    fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_index: Slot) {
+    fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_index: Slot, read_round: u64) {
         if self.config.is_learner() {
             self.leader_hint = Some(ballot.node);
             self.learn_commit_index(Ballot::ZERO, commit_index);
@@ -1271,11 +1333,11 @@ impl Replica {
             return;
         }
         self.follow(ballot, true);
-        self.send(from, Message::HeartbeatAck { ballot });
+        self.send(from, Message::HeartbeatAck { ballot, read_round });
         self.learn_commit_index(ballot, commit_index);
     }
 
-    fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot) {
+    fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, read_round: u64) {
         let now = self.now_tick;
         let Some(index) = self.voters.index_of(from) else { return };
         if let Role::Leader(leader) = &mut self.role {
@@ -1283,6 +1345,7 @@ impl Replica {
                 leader.heard_tick[index] = now;
             }
         }
+        self.on_read_ack(index, ballot, read_round);
     }
 
     // ----- Commit and catch-up (protocol.md §3.4, §3.5) ----------------------------------
@@ -1618,11 +1681,15 @@ impl Replica {
     }
 
     fn step_down_quietly(&mut self) {
-        if matches!(self.role, Role::Leader(_)) {
+        if let Role::Leader(leader) = &mut self.role {
             // Commands never proposed are dropped; their clients time out and retry (I9 keeps
-            // the retry from applying twice).
+            // the retry from applying twice). Reads not yet confirmed are aborted.
+            let aborted = leader.reads.abort();
             let _ = self.batch.take();
             self.leader_hint = None;
+            if !aborted.is_empty() {
+                self.actions.push(Action::ReadsAborted { ids: aborted });
+            }
         }
         self.role = if self.config.is_learner() { Role::Learner } else { Role::Follower };
     }

@@ -105,6 +105,7 @@ pub struct Host<S: Hosted> {
     encoder: Encoder,
     outbox: Vec<(NodeId, Message)>,
     applied: Vec<AppliedCommand<S::Reply>>,
+    aborted_reads: Vec<(RequestId, Option<crate::core::NodeId>)>,
     dropped_messages: u64,
     /// Syncs started (with durability off: sync points skipped).
     syncs: u64,
@@ -173,6 +174,7 @@ impl<S: Hosted> Host<S> {
             encoder: Encoder::default(),
             outbox: Vec::new(),
             applied: Vec::new(),
+            aborted_reads: Vec::new(),
             dropped_messages: 0,
             syncs: 0,
             durable,
@@ -573,6 +575,13 @@ impl<S: Hosted> Host<S> {
                     index: applied.index,
                     body,
                 });
+            }
+        }
+        // Reads aborted by a lost leadership go to the leader it names.
+        self.shard.take_aborted_reads(&mut self.aborted_reads);
+        for (id, hint) in std::mem::take(&mut self.aborted_reads) {
+            if let Some(connection) = self.waiting.remove(&id) {
+                self.queue_refusal(connection, id, ReplyStatus::NotLeader { hint }, Bytes::new());
             }
         }
         // A leader that lost its ballot may never answer what waits: send those clients to

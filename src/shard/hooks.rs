@@ -40,6 +40,9 @@ pub trait Hooks {
 
     /// Compacted slots were read back from the log for a peer: `messages` went to it.
     fn archived(&mut self, _messages: usize) {}
+
+    /// Queries were answered by the read index, without the log (protocol.md §5.3).
+    fn read_answered(&mut self, _count: usize) {}
 }
 
 /// A node's hooks: entropy from the operating system, and nothing kept or watched.

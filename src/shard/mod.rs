@@ -15,6 +15,7 @@
 mod committer;
 mod hooks;
 mod journal;
+mod reads;
 mod snapshots;
 
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
@@ -110,6 +111,10 @@ pub struct ShardSettings {
     /// Different at every start (random by default): tells this start's repair reports from
     /// an earlier one's (protocol.md §3.9).
     pub repair_nonce: u64,
+    /// Queries are answered by the read index, without the log (protocol.md §5.3); `false`
+    /// orders them in the log. Only with [`ApplyTo::Shard`]: with forwarding the state lives
+    /// elsewhere, and queries go through the log.
+    pub read_index: bool,
 }
 
 /// A number that differs between processes and calls (std's per-process random hash keys).
@@ -131,6 +136,7 @@ impl ShardSettings {
             snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES,
             archive_read_bytes_max: ARCHIVE_READ_BYTES_MAX,
             repair_nonce: random_nonce(),
+            read_index: true,
         }
     }
 }
@@ -170,6 +176,8 @@ pub struct Shard<B: Backend, S: StateMachine, H: Hooks = OsHooks> {
     snapshots: Snapshots,
     /// A peer's snapshot, checked and restored, until its file is durable.
     installing: Option<Installing<S>>,
+    /// Queries answered by the read index.
+    reads: reads::Reads,
     actions: Vec<Action>,
     outbox: Vec<(NodeId, Message)>,
     /// Batches the replica now keeps in the WAL's mapping instead of the heap.
@@ -281,6 +289,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             settings,
             snapshots,
             installing: None,
+            reads: reads::Reads::default(),
             actions: Vec::with_capacity(64),
             outbox: Vec::new(),
             shared_batches: 0,
@@ -382,11 +391,26 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
                 }
                 (_, Err(reason)) => Err(ProposeError::Refused(reason)),
             }
+        } else if id.is_query() && self.settings.read_index && self.settings.apply == ApplyTo::Shard
+        {
+            // Registered before the replica hears of it: a lone voter confirms at once.
+            self.reads.register(id, payload);
+            let read = self.replica.read(id);
+            if read.is_err() {
+                self.reads.forget(id);
+            }
+            read
         } else {
             self.replica.propose(id, payload)
         };
         self.process_actions()?;
         Ok(result)
+    }
+
+    /// Moves the reads aborted by a lost leadership onto `out`, each with the leader to send
+    /// its client to.
+    pub fn take_aborted_reads(&mut self, out: &mut Vec<(RequestId, Option<NodeId>)>) {
+        out.append(&mut self.reads.aborted);
     }
 
     /// An idle leader skips up to `target` (see [`Replica::skip_to`]).
@@ -547,7 +571,20 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
                     self.journal.finish_repair()?;
                     self.hooks.repaired();
                 }
+                Action::ReadReady { reads } => self.reads.confirmed(reads),
+                Action::ReadsAborted { ids } => {
+                    self.reads.aborted(ids, self.replica.leader_hint());
+                }
             }
+        }
+        // Every commit the replica announced is applied now: answer the reads it covers.
+        let applied = self.replica.commit_index();
+        let machine = self.committer.applier.machine();
+        let before = self.committer.replies.len();
+        self.reads.answer(applied, machine, &mut self.committer.replies);
+        let answered = self.committer.replies.len() - before;
+        if answered > 0 {
+            self.hooks.read_answered(answered);
         }
         Ok(())
     }

@@ -121,7 +121,8 @@ impl DirectCluster {
                         self.applied_commands[index] += commands as u64;
                     }
                 }
-                Action::Repaired => {}
+                // No reads here: the benches propose only.
+                Action::Repaired | Action::ReadReady { .. } | Action::ReadsAborted { .. } => {}
                 Action::SendArchived { .. } => {
                     unreachable!("nothing is compacted here: retain_slots is unbounded")
                 }

@@ -34,6 +34,8 @@ pub enum Observed {
     Repaired,
     /// Compacted slots were read back from the log: this many messages.
     Archived(usize),
+    /// Queries answered by the read index, without the log.
+    ReadsAnswered(usize),
 }
 
 /// Seeded entropy and a list of what happened since the world last took it.
@@ -96,5 +98,9 @@ impl Hooks for Recorder {
 
     fn archived(&mut self, messages: usize) {
         self.events.push(Observed::Archived(messages));
+    }
+
+    fn read_answered(&mut self, count: usize) {
+        self.events.push(Observed::ReadsAnswered(count));
     }
 }

@@ -28,6 +28,8 @@ pub struct SeedReport {
     pub merged: u64,
     /// Reads of compacted slots from a WAL (`Action::SendArchived`).
     pub archived_reads: u64,
+    /// Queries answered by a read index, without the log (protocol.md §5.3).
+    pub read_index_reads: u64,
     /// Snapshots taken and used.
     pub snapshots: SnapshotCounts,
     /// Disk faults injected, repairs run.
@@ -53,6 +55,7 @@ impl SeedReport {
             events: 0,
             merged: 0,
             archived_reads: 0,
+            read_index_reads: 0,
             snapshots: SnapshotCounts::default(),
             faults: FaultCounts::default(),
             knobs,

@@ -58,6 +58,8 @@ pub struct Summary {
     pub seeds_with_archived_reads: u64,
     /// Such reads, all seeds.
     pub archived_reads: u64,
+    /// Queries answered by a read index, all seeds.
+    pub read_index_reads: u64,
     /// Seeds where a replica installed a peer's snapshot.
     pub seeds_with_installs: u64,
     /// Snapshots taken, restarts from a snapshot, snapshots installed, all seeds.
@@ -93,38 +95,7 @@ pub fn run_range(
                     on_report(&report, seconds);
                     let mut summary =
                         summary.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    summary.seeds += 1;
-                    summary.commands += report.commands;
-                    summary.leader_changes += report.leader_changes;
-                    summary.commands_min = summary.commands_min.min(report.commands);
-                    summary.leader_changes_min =
-                        summary.leader_changes_min.min(report.leader_changes);
-                    summary.seeds_below_commands_min +=
-                        u64::from(report.commands < COMMANDS_PER_SEED_MIN);
-                    summary.seeds_without_leader_change += u64::from(report.leader_changes == 0);
-                    summary.seconds_per_seed_max = summary.seconds_per_seed_max.max(seconds);
-                    let knobs = &report.knobs;
-                    summary.seeds_with_learners += u64::from(knobs.learners > 0);
-                    summary.seeds_with_relay += u64::from(knobs.learners == 2 && knobs.relay);
-                    summary.seeds_with_shards += u64::from(knobs.shards > 1);
-                    summary.merged += report.merged;
-                    summary.seeds_with_archived_reads += u64::from(report.archived_reads > 0);
-                    summary.archived_reads += report.archived_reads;
-                    summary.seeds_with_installs += u64::from(report.snapshots.installed > 0);
-                    summary.snapshots.taken += report.snapshots.taken;
-                    summary.snapshots.restarts += report.snapshots.restarts;
-                    summary.snapshots.installed += report.snapshots.installed;
-                    summary.snapshots.pulls += report.snapshots.pulls;
-                    summary.snapshots.released_bytes += report.snapshots.released_bytes;
-                    let (faults, seen) = (&mut summary.faults, &report.faults);
-                    faults.repairs += seen.repairs;
-                    faults.repaired += seen.repaired;
-                    faults.bit_flips += seen.bit_flips;
-                    faults.zeroed += seen.zeroed;
-                    faults.header_flips += seen.header_flips;
-                    faults.wiped += seen.wiped;
-                    faults.sync_errors += seen.sync_errors;
-                    faults.full_disks += seen.full_disks;
+                    summary.add(&report, seconds);
                     if report.violation.is_some() {
                         summary.failures.push(report);
                     }
@@ -143,6 +114,41 @@ pub fn run_range(
 }
 
 impl Summary {
+    /// Counts one seed's report in (its failure, if any, is kept by the caller).
+    fn add(&mut self, report: &SeedReport, seconds: f64) {
+        self.seeds += 1;
+        self.commands += report.commands;
+        self.leader_changes += report.leader_changes;
+        self.commands_min = self.commands_min.min(report.commands);
+        self.leader_changes_min = self.leader_changes_min.min(report.leader_changes);
+        self.seeds_below_commands_min += u64::from(report.commands < COMMANDS_PER_SEED_MIN);
+        self.seeds_without_leader_change += u64::from(report.leader_changes == 0);
+        self.seconds_per_seed_max = self.seconds_per_seed_max.max(seconds);
+        let knobs = &report.knobs;
+        self.seeds_with_learners += u64::from(knobs.learners > 0);
+        self.seeds_with_relay += u64::from(knobs.learners == 2 && knobs.relay);
+        self.seeds_with_shards += u64::from(knobs.shards > 1);
+        self.merged += report.merged;
+        self.seeds_with_archived_reads += u64::from(report.archived_reads > 0);
+        self.archived_reads += report.archived_reads;
+        self.read_index_reads += report.read_index_reads;
+        self.seeds_with_installs += u64::from(report.snapshots.installed > 0);
+        self.snapshots.taken += report.snapshots.taken;
+        self.snapshots.restarts += report.snapshots.restarts;
+        self.snapshots.installed += report.snapshots.installed;
+        self.snapshots.pulls += report.snapshots.pulls;
+        self.snapshots.released_bytes += report.snapshots.released_bytes;
+        let (faults, seen) = (&mut self.faults, &report.faults);
+        faults.repairs += seen.repairs;
+        faults.repaired += seen.repaired;
+        faults.bit_flips += seen.bit_flips;
+        faults.zeroed += seen.zeroed;
+        faults.header_flips += seen.header_flips;
+        faults.wiped += seen.wiped;
+        faults.sync_errors += seen.sync_errors;
+        faults.full_disks += seen.full_disks;
+    }
+
     /// The one summary line `quorum sim` ends with.
     #[must_use]
     pub fn line(&self) -> String {
@@ -161,7 +167,8 @@ impl Summary {
     pub fn coverage_line(&self) -> String {
         format!(
             "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}; \
-             compacted slots read from a WAL in {} seeds ({} reads); snapshots taken {}, \
+             compacted slots read from a WAL in {} seeds ({} reads); queries answered by a read \
+             index {}; snapshots taken {}, \
              restarted from {}, installed from a peer {} (in {} seeds, {} pieces pulled), {} MB of \
              WAL released",
             self.seeds_with_learners,
@@ -170,6 +177,7 @@ impl Summary {
             self.merged,
             self.seeds_with_archived_reads,
             self.archived_reads,
+            self.read_index_reads,
             self.snapshots.taken,
             self.snapshots.restarts,
             self.snapshots.installed,

@@ -187,6 +187,8 @@ pub struct World {
     events: u64,
     merged: u64,
     archived_reads: u64,
+    /// Queries answered by a read index, without the log.
+    read_index_reads: u64,
     snapshots: SnapshotCounts,
     faults: FaultCounts,
     trace: Option<String>,
@@ -226,6 +228,7 @@ impl World {
             events: 0,
             merged: 0,
             archived_reads: 0,
+            read_index_reads: 0,
             snapshots: SnapshotCounts::default(),
             faults: FaultCounts::default(),
             trace: trace.then(String::new),
@@ -429,6 +432,7 @@ impl World {
             events: self.events,
             merged: self.merged,
             archived_reads: self.archived_reads,
+            read_index_reads: self.read_index_reads,
             faults: self.faults,
             snapshots: SnapshotCounts {
                 released_bytes: self
@@ -649,6 +653,14 @@ impl World {
         for command in replies {
             self.answer(node, shard, command);
         }
+        let mut aborted = Vec::new();
+        self.shard_mut(node, shard).take_aborted_reads(&mut aborted);
+        for (id, hint) in aborted {
+            if let Some(client) = self.nodes[node].shards[shard].waiting.remove(&id) {
+                let hint = hint.map(|hint| usize::from(hint.0) - 1);
+                self.client_send(client, id, ClientReply::Redirect(hint));
+            }
+        }
         self.start_disk_work(node, shard);
         if self.nodes[node].failing {
             return;
@@ -758,6 +770,7 @@ impl World {
                         self.nodes[node].damaged = false;
                     }
                 }
+                Observed::ReadsAnswered(count) => self.read_index_reads += count as u64,
                 Observed::Archived(messages) => {
                     self.archived_reads += 1;
                     self.trace(|| format!("n{} s{shard} archived: {messages} messages", id.0));
@@ -1431,10 +1444,12 @@ fn describe(message: &Message) -> String {
             format!("accepted {ballot} {}+{count}", first_slot.0)
         }
         Message::Rejected { ballot, promised } => format!("rejected {ballot} promised {promised}"),
-        Message::Heartbeat { ballot, commit_index } => {
-            format!("heartbeat {ballot} commit {}", commit_index.0)
+        Message::Heartbeat { ballot, commit_index, read_round } => {
+            format!("heartbeat {ballot} commit {} read-round {read_round}", commit_index.0)
         }
-        Message::HeartbeatAck { ballot } => format!("heartbeat-ack {ballot}"),
+        Message::HeartbeatAck { ballot, read_round } => {
+            format!("heartbeat-ack {ballot} read-round {read_round}")
+        }
         Message::CatchUpRequest { from_slot } => format!("catch-up-request from {}", from_slot.0),
         Message::Subscribe { from_slot } => format!("subscribe from {}", from_slot.0),
         Message::Chosen { runs, commit_index } => {

@@ -440,6 +440,17 @@ impl Encoder {
     }
 }
 
+fn encode_heartbeat<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    b: Ballot,
+    commit_index: Slot,
+    read_round: u64,
+) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    let b = ballot(b);
+    let args = fb::HeartbeatArgs { ballot: Some(&b), commit_index: commit_index.0, read_round };
+    (fb::Body::Heartbeat, fb::Heartbeat::create(builder, &args).as_union_value())
+}
+
 fn encode_message<'a>(
     builder: &mut FlatBufferBuilder<'a>,
     message: &Message,
@@ -499,14 +510,12 @@ fn encode_message<'a>(
             let args = fb::RejectedArgs { ballot: Some(&b), promised: Some(&promised) };
             (fb::Body::Rejected, fb::Rejected::create(builder, &args).as_union_value())
         }
-        Message::Heartbeat { ballot: b, commit_index } => {
-            let b = ballot(*b);
-            let args = fb::HeartbeatArgs { ballot: Some(&b), commit_index: commit_index.0 };
-            (fb::Body::Heartbeat, fb::Heartbeat::create(builder, &args).as_union_value())
+        Message::Heartbeat { ballot: b, commit_index, read_round } => {
+            encode_heartbeat(builder, *b, *commit_index, *read_round)
         }
-        Message::HeartbeatAck { ballot: b } => {
+        Message::HeartbeatAck { ballot: b, read_round } => {
             let b = ballot(*b);
-            let args = fb::HeartbeatAckArgs { ballot: Some(&b) };
+            let args = fb::HeartbeatAckArgs { ballot: Some(&b), read_round: *read_round };
             (fb::Body::HeartbeatAck, fb::HeartbeatAck::create(builder, &args).as_union_value())
         }
         Message::RepairQuery { nonce } => {
@@ -584,6 +593,16 @@ fn verifier_options() -> VerifierOptions {
     VerifierOptions { max_depth: 8, max_tables: 1 << 20, ..VerifierOptions::default() }
 }
 
+fn ballot_of(b: Option<&fb::Ballot>) -> Result<Ballot, FrameError> {
+    let b = b.ok_or(FrameError::Invalid("ballot missing"))?;
+    Ok(Ballot::new(b.round(), NodeId(b.node())))
+}
+
+fn heartbeat_of(m: fb::Heartbeat<'_>) -> Result<Message, FrameError> {
+    let (commit_index, read_round) = (Slot(m.commit_index()), m.read_round());
+    Ok(Message::Heartbeat { ballot: ballot_of(m.ballot())?, commit_index, read_round })
+}
+
 /// Decodes a frame's body: everything after the length prefix. Batches come out as slices of
 /// `body`, not copies.
 ///
@@ -600,10 +619,6 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
     let header = &rest[..header_len];
     let payload = body.slice(4 + header_len..);
     let frame = fb::root_as_frame_with_opts(&verifier_options(), header)?;
-    let ballot_of = |b: Option<&fb::Ballot>| -> Result<Ballot, FrameError> {
-        let b = b.ok_or(FrameError::Invalid("ballot missing"))?;
-        Ok(Ballot::new(b.round(), NodeId(b.node())))
-    };
     let value_of = |noop: bool, offset: u64, len: u64, count: u64| -> Result<Value, FrameError> {
         if count == 0 {
             return Err(FrameError::Invalid("a run of zero slots"));
@@ -683,16 +698,10 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             let m = frame.body_as_rejected().ok_or(missing)?;
             Message::Rejected { ballot: ballot_of(m.ballot())?, promised: ballot_of(m.promised())? }
         }
-        fb::Body::Heartbeat => {
-            let m = frame.body_as_heartbeat().ok_or(missing)?;
-            Message::Heartbeat {
-                ballot: ballot_of(m.ballot())?,
-                commit_index: Slot(m.commit_index()),
-            }
-        }
+        fb::Body::Heartbeat => heartbeat_of(frame.body_as_heartbeat().ok_or(missing)?)?,
         fb::Body::HeartbeatAck => {
             let m = frame.body_as_heartbeat_ack().ok_or(missing)?;
-            Message::HeartbeatAck { ballot: ballot_of(m.ballot())? }
+            Message::HeartbeatAck { ballot: ballot_of(m.ballot())?, read_round: m.read_round() }
         }
         fb::Body::CatchUpRequest => {
             let m = frame.body_as_catch_up_request().ok_or(missing)?;

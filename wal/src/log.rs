@@ -352,23 +352,15 @@ impl<B: Backend> Wal<B> {
         Ok(header)
     }
 
-    /// Scans the segments; returns the highest position a completed sync confirmed.
-    fn recover(
+    /// Opens every segment, checks its header and reads its watermark: the highest marks and
+    /// watermark generation. With `cut_damage`, a segment whose header is damaged ends the log:
+    /// it and the later ones are removed, and the damage is reported as certainly synced.
+    fn open_segments(
         &mut self,
         numbers: &[u64],
         recovery: &mut Recovery,
         cut_damage: bool,
-    ) -> Result<u64> {
-        for pair in numbers.windows(2) {
-            if pair[1] != pair[0] + 1 {
-                return Err(Error::Corrupt {
-                    segment: self.backend.path(pair[0] + 1),
-                    offset: 0,
-                    reason: "segment missing from the middle of the log",
-                });
-            }
-        }
-        let mut generation_max = 0u32;
+    ) -> Result<(Marks, u32)> {
         let mut watermark_generation = 0u32;
         let mut marks = Marks { confirmed: 0, target: 0, torn: false };
         let mut header_damage = None;
@@ -426,6 +418,27 @@ impl<B: Backend> Wal<B> {
                 synced: Synced::Certainly,
             });
         }
+        Ok((marks, watermark_generation))
+    }
+
+    /// Scans the segments; returns the highest position a completed sync confirmed.
+    fn recover(
+        &mut self,
+        numbers: &[u64],
+        recovery: &mut Recovery,
+        cut_damage: bool,
+    ) -> Result<u64> {
+        for pair in numbers.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(Error::Corrupt {
+                    segment: self.backend.path(pair[0] + 1),
+                    offset: 0,
+                    reason: "segment missing from the middle of the log",
+                });
+            }
+        }
+        let (marks, watermark_generation) = self.open_segments(numbers, recovery, cut_damage)?;
+        let mut generation_max = 0u32;
         // Scan every record of every segment, verifying each checksum.
         // The log is the longest run of valid records from the first segment: a segment goes on
         // into the next only through its end marker (or with no room left for one). Anything

@@ -200,6 +200,7 @@ fn summary_json(
         "failing_seeds": summary.failures.iter().map(|report| report.seed).collect::<Vec<_>>(),
         "commands": summary.commands,
         "leader_changes": summary.leader_changes,
+        "read_index_reads": summary.read_index_reads,
         "seconds": summary.seconds,
         "threads": threads,
         "faults": {

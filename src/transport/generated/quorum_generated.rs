@@ -1855,6 +1855,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Heartbeat<'a> {
 impl<'a> Heartbeat<'a> {
   pub const VT_BALLOT: ::flatbuffers::VOffsetT = 4;
   pub const VT_COMMIT_INDEX: ::flatbuffers::VOffsetT = 6;
+  pub const VT_READ_ROUND: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1866,6 +1867,7 @@ impl<'a> Heartbeat<'a> {
     args: &'args HeartbeatArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Heartbeat<'bldr>> {
     let mut builder = HeartbeatBuilder::new(_fbb);
+    builder.add_read_round(args.read_round);
     builder.add_commit_index(args.commit_index);
     if let Some(x) = args.ballot { builder.add_ballot(x); }
     builder.finish()
@@ -1886,6 +1888,13 @@ impl<'a> Heartbeat<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Heartbeat::VT_COMMIT_INDEX, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn read_round(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Heartbeat::VT_READ_ROUND, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Heartbeat<'_> {
@@ -1896,6 +1905,7 @@ impl ::flatbuffers::Verifiable for Heartbeat<'_> {
     v.visit_table(pos)?
      .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
      .visit_field::<u64>("commit_index", Self::VT_COMMIT_INDEX, false)?
+     .visit_field::<u64>("read_round", Self::VT_READ_ROUND, false)?
      .finish();
     Ok(())
   }
@@ -1903,6 +1913,7 @@ impl ::flatbuffers::Verifiable for Heartbeat<'_> {
 pub struct HeartbeatArgs<'a> {
     pub ballot: Option<&'a Ballot>,
     pub commit_index: u64,
+    pub read_round: u64,
 }
 impl<'a> Default for HeartbeatArgs<'a> {
   #[inline]
@@ -1910,6 +1921,7 @@ impl<'a> Default for HeartbeatArgs<'a> {
     HeartbeatArgs {
       ballot: None,
       commit_index: 0,
+      read_round: 0,
     }
   }
 }
@@ -1926,6 +1938,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HeartbeatBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_commit_index(&mut self, commit_index: u64) {
     self.fbb_.push_slot::<u64>(Heartbeat::VT_COMMIT_INDEX, commit_index, 0);
+  }
+  #[inline]
+  pub fn add_read_round(&mut self, read_round: u64) {
+    self.fbb_.push_slot::<u64>(Heartbeat::VT_READ_ROUND, read_round, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HeartbeatBuilder<'a, 'b, A> {
@@ -1947,6 +1963,7 @@ impl ::core::fmt::Debug for Heartbeat<'_> {
     let mut ds = f.debug_struct("Heartbeat");
       ds.field("ballot", &self.ballot());
       ds.field("commit_index", &self.commit_index());
+      ds.field("read_round", &self.read_round());
       ds.finish()
   }
 }
@@ -1967,6 +1984,7 @@ impl<'a> ::flatbuffers::Follow<'a> for HeartbeatAck<'a> {
 
 impl<'a> HeartbeatAck<'a> {
   pub const VT_BALLOT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_READ_ROUND: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1978,6 +1996,7 @@ impl<'a> HeartbeatAck<'a> {
     args: &'args HeartbeatAckArgs<'args>
   ) -> ::flatbuffers::WIPOffset<HeartbeatAck<'bldr>> {
     let mut builder = HeartbeatAckBuilder::new(_fbb);
+    builder.add_read_round(args.read_round);
     if let Some(x) = args.ballot { builder.add_ballot(x); }
     builder.finish()
   }
@@ -1990,6 +2009,13 @@ impl<'a> HeartbeatAck<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Ballot>(HeartbeatAck::VT_BALLOT, None)}
   }
+  #[inline]
+  pub fn read_round(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HeartbeatAck::VT_READ_ROUND, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for HeartbeatAck<'_> {
@@ -1999,18 +2025,21 @@ impl ::flatbuffers::Verifiable for HeartbeatAck<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<u64>("read_round", Self::VT_READ_ROUND, false)?
      .finish();
     Ok(())
   }
 }
 pub struct HeartbeatAckArgs<'a> {
     pub ballot: Option<&'a Ballot>,
+    pub read_round: u64,
 }
 impl<'a> Default for HeartbeatAckArgs<'a> {
   #[inline]
   fn default() -> Self {
     HeartbeatAckArgs {
       ballot: None,
+      read_round: 0,
     }
   }
 }
@@ -2023,6 +2052,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HeartbeatAckBuilder<'a, 'b, A
   #[inline]
   pub fn add_ballot(&mut self, ballot: &Ballot) {
     self.fbb_.push_slot_always::<&Ballot>(HeartbeatAck::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_read_round(&mut self, read_round: u64) {
+    self.fbb_.push_slot::<u64>(HeartbeatAck::VT_READ_ROUND, read_round, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HeartbeatAckBuilder<'a, 'b, A> {
@@ -2043,6 +2076,7 @@ impl ::core::fmt::Debug for HeartbeatAck<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("HeartbeatAck");
       ds.field("ballot", &self.ballot());
+      ds.field("read_round", &self.read_round());
       ds.finish()
   }
 }

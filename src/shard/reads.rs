@@ -1,0 +1,68 @@
+//! Queries answered without the log (protocol.md §5.3): a query goes to the replica's read
+//! index instead of into a batch; once the replica has confirmed it still leads and every slot
+//! below the read's index is applied, the state machine's `query` answers it. Reads aborted by a
+//! lost leadership are handed back for their clients to be sent to the leader.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use crate::core::{NodeId, RequestId, Slot};
+use crate::machine::{AppliedCommand, Outcome, StateMachine};
+
+/// A shard's reads in flight.
+#[derive(Debug, Default)]
+pub(super) struct Reads {
+    /// Each read's request, from registration to its answer.
+    payloads: FxHashMap<RequestId, Vec<u8>>,
+    /// Confirmed reads waiting until their index is applied, in index order.
+    ready: VecDeque<(Slot, RequestId)>,
+    /// Reads whose leadership ended first, with the leader to try.
+    pub(super) aborted: Vec<(RequestId, Option<NodeId>)>,
+}
+
+impl Reads {
+    /// Keeps a read's request until it is answered or aborted.
+    pub(super) fn register(&mut self, id: RequestId, payload: &[u8]) {
+        self.payloads.insert(id, payload.to_vec());
+    }
+
+    /// The read was refused before it was registered with the replica.
+    pub(super) fn forget(&mut self, id: RequestId) {
+        self.payloads.remove(&id);
+    }
+
+    /// The replica confirmed these reads.
+    pub(super) fn confirmed(&mut self, reads: Vec<(RequestId, Slot)>) {
+        for (id, index) in reads {
+            debug_assert!(self.ready.back().is_none_or(|(last, _)| *last <= index));
+            self.ready.push_back((index, id));
+        }
+    }
+
+    /// The replica lost its leadership before confirming these.
+    pub(super) fn aborted(&mut self, ids: Vec<RequestId>, hint: Option<NodeId>) {
+        for id in ids {
+            self.payloads.remove(&id);
+            self.aborted.push((id, hint));
+        }
+    }
+
+    /// Answers every confirmed read whose index is `applied` or below, onto `out`.
+    pub(super) fn answer<S: StateMachine>(
+        &mut self,
+        applied: Slot,
+        machine: &S,
+        out: &mut Vec<AppliedCommand<S::Reply>>,
+    ) {
+        while let Some(&(index, id)) = self.ready.front() {
+            if index > applied {
+                break;
+            }
+            self.ready.pop_front();
+            let Some(payload) = self.payloads.remove(&id) else { continue };
+            let outcome = Outcome::Applied(machine.query(&payload));
+            out.push(AppliedCommand { id, slot: index, index: 0, outcome });
+        }
+    }
+}
