@@ -1,0 +1,598 @@
+//! The replicated database: a [`StateMachine`] whose commands are SQL statements applied to
+//! one SQLite database per shard.
+//!
+//! # What a replica keeps, and why it is rebuilt at start
+//! Each shard's database is a file in `DATA_DIR/sqlite/`. It records the position it has
+//! applied through in its own table, [`APPLIED_TABLE`] (`shard`, `applied`: the commands this
+//! database has applied), written in the same transaction as the commands it counts. Today's
+//! [`StateMachine`] contract has no way to tell Quorum that position: at every start Quorum
+//! restores the newest snapshot (or starts from the machine it is given) and replays the log
+//! after it. So the database is rebuilt at start, from empty or from the snapshot's image,
+//! and may be written without syncing (`synchronous = OFF`): the log is what is durable.
+//! Once the contract can report a durable applied position, [`SqliteMachine::create`] keeps
+//! the file, syncs each commit, and hands back [`SqliteMachine::applied`].
+//!
+//! # Transactions
+//! [`SqliteMachine::apply_batch`] applies a run of commands in one transaction, each command
+//! in a savepoint of its own: a failing statement is rolled back to its savepoint and answers
+//! with SQLite's message, and the others stay. The trait's [`StateMachine::apply`] hands one
+//! command at a time and does not say where a committed batch ends, so each command through
+//! it is a batch of one.
+//!
+//! # Files
+//! A database restored from a snapshot is a new file (`shard-K.gN.db`, N the newest), because
+//! the one it replaces keeps serving until the snapshot is durable. A superseded file is
+//! removed when its machine is dropped; the newest stays after a clean stop.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use quorum::snapshot::SnapshotError;
+use quorum::state_machine::{StateMachine, StateSummary};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::command::{Statement, Value};
+use crate::determinism::{APPLIED_TABLE, Guard, REFUSAL_PREFIX, guard};
+use crate::reply::{ErrorKind, Outcome, Reply, StatementError, decode_reply, encode_reply};
+
+/// The largest reply, in bytes of values: a larger result is refused (and a command that
+/// would return it is rolled back), so that a reply always fits a frame and a session.
+pub const REPLY_BYTES_MAX: usize = 16 << 20;
+
+/// The statements the machine runs for itself. A user's statement with the same text is
+/// refused: it would be found in the statement cache already authorized.
+const BEGIN: &str = "BEGIN";
+const COMMIT: &str = "COMMIT";
+const SAVEPOINT: &str = "SAVEPOINT quorum_command";
+const RELEASE: &str = "RELEASE quorum_command";
+const ROLLBACK_TO: &str = "ROLLBACK TO quorum_command";
+const RECORD_APPLIED: &str = "UPDATE _quorum_applied SET applied = ?1 WHERE shard = ?2";
+const INTERNAL: &[&str] = &[BEGIN, COMMIT, SAVEPOINT, RELEASE, ROLLBACK_TO, RECORD_APPLIED];
+
+/// Why a database could not be created or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file could not be written or removed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A snapshot image that is not one of this machine's databases.
+    #[error("not a database image: {0}")]
+    Image(&'static str),
+}
+
+thread_local! {
+    /// The directory of the databases made on this thread: where [`StateMachine::restore`],
+    /// which is given nothing but the image, puts the database it restores. Quorum makes and
+    /// restores a shard's machine on that shard's executor thread.
+    static HOME: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+/// Generations of database files, the same counter for every shard of the process.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Per database file prefix (`DIR/shard-K`), the newest generation: a dropped machine of an
+/// older one removes its file.
+static NEWEST: Mutex<Option<HashMap<PathBuf, u64>>> = Mutex::new(None);
+
+fn newest(prefix: &Path) -> u64 {
+    let newest = NEWEST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    newest.as_ref().and_then(|map| map.get(prefix).copied()).unwrap_or(0)
+}
+
+fn set_newest(prefix: &Path, generation: u64) {
+    let mut newest = NEWEST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let map = newest.get_or_insert_with(HashMap::new);
+    let entry = map.entry(prefix.to_path_buf()).or_insert(0);
+    *entry = (*entry).max(generation);
+}
+
+/// One shard's SQL database.
+pub struct SqliteMachine {
+    connection: Connection,
+    guard: Guard,
+    shard: u16,
+    /// Commands applied (the value of [`APPLIED_TABLE`] as of the last commit).
+    applied: u64,
+    dir: PathBuf,
+    generation: u64,
+}
+
+impl std::fmt::Debug for SqliteMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteMachine")
+            .field("shard", &self.shard)
+            .field("applied", &self.applied)
+            .field("path", &self.path())
+            .finish()
+    }
+}
+
+impl SqliteMachine {
+    /// An empty database for `shard` in `dir` (created if missing), replacing any file an
+    /// earlier run left there (today's contract replays the log into an empty machine; see the
+    /// module's documentation). Remembers `dir` for this thread's restores.
+    ///
+    /// # Errors
+    /// The directory or the database cannot be created.
+    pub fn create(dir: &Path, shard: u16) -> Result<SqliteMachine, MachineError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| MachineError::Io { path: dir.to_path_buf(), source })?;
+        HOME.with(|home| *home.borrow_mut() = Some(dir.to_path_buf()));
+        remove_stale(dir, shard)?;
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+        let path = file_path(dir, shard, generation);
+        let connection = open(&path)?;
+        connection.execute_batch(&format!(
+            "CREATE TABLE {APPLIED_TABLE} (shard INTEGER PRIMARY KEY, applied INTEGER NOT NULL);
+             INSERT INTO {APPLIED_TABLE} VALUES ({shard}, 0);"
+        ))?;
+        SqliteMachine::with_connection(connection, dir, shard, 0, generation)
+    }
+
+    /// The database of a snapshot image ([`StateMachine::snapshot`]), as a new file in `dir`.
+    ///
+    /// # Errors
+    /// The image is not such a database (checked: header, size, `PRAGMA quick_check`, the
+    /// bookkeeping table), or the file cannot be written.
+    pub fn restore_in(dir: &Path, image: &[u8]) -> Result<SqliteMachine, MachineError> {
+        check_image_header(image)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| MachineError::Io { path: dir.to_path_buf(), source })?;
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+        let staging = dir.join(format!("restore-{generation}.tmp"));
+        std::fs::write(&staging, image)
+            .map_err(|source| MachineError::Io { path: staging.clone(), source })?;
+        let checked = (|| {
+            let connection = Connection::open(&staging)?;
+            let verdict: String = connection.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            if verdict != "ok" {
+                return Ok(Err(MachineError::Image("the database is damaged")));
+            }
+            let sql = format!("SELECT shard, applied FROM {APPLIED_TABLE}");
+            let mut statement = connection.prepare(&sql)?;
+            let rows: Vec<(i64, i64)> =
+                statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            Ok::<_, rusqlite::Error>(match rows[..] {
+                [(shard, applied)] => match (u16::try_from(shard), u64::try_from(applied)) {
+                    (Ok(shard), Ok(applied)) => Ok((shard, applied)),
+                    _ => Err(MachineError::Image("the applied position is out of range")),
+                },
+                _ => Err(MachineError::Image("the bookkeeping table must hold one row")),
+            })
+        })();
+        let (shard, applied) = match checked {
+            Ok(Ok(position)) => position,
+            Ok(Err(error)) => return Err(remove_then(&staging, error)),
+            Err(error) => return Err(remove_then(&staging, error.into())),
+        };
+        let path = file_path(dir, shard, generation);
+        std::fs::rename(&staging, &path)
+            .map_err(|source| MachineError::Io { path: path.clone(), source })?;
+        let connection = open(&path)?;
+        SqliteMachine::with_connection(connection, dir, shard, applied, generation)
+    }
+
+    fn with_connection(
+        connection: Connection,
+        dir: &Path,
+        shard: u16,
+        applied: u64,
+        generation: u64,
+    ) -> Result<SqliteMachine, MachineError> {
+        let guard = guard(&connection)?;
+        connection.set_prepared_statement_cache_capacity(256);
+        set_newest(&dir.join(format!("shard-{shard}")), generation);
+        Ok(SqliteMachine { connection, guard, shard, applied, dir: dir.to_path_buf(), generation })
+    }
+
+    /// The shard this database belongs to.
+    #[must_use]
+    pub fn shard(&self) -> u16 {
+        self.shard
+    }
+
+    /// Commands applied so far, as recorded in the database's [`APPLIED_TABLE`].
+    #[must_use]
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        file_path(&self.dir, self.shard, self.generation)
+    }
+
+    /// Applies `commands` in order in one transaction, each in its own savepoint, and records
+    /// the new applied position in the same transaction. One reply per command; a failing
+    /// command is rolled back alone.
+    ///
+    /// # Panics
+    /// The database itself fails (disk full, I/O error): going on would let this replica
+    /// diverge, so the node stops.
+    pub fn apply_batch(&mut self, commands: &[&[u8]]) -> Vec<Reply> {
+        self.internal(BEGIN, &[]);
+        let mut replies = Vec::with_capacity(commands.len());
+        for (at, command) in commands.iter().enumerate() {
+            let reply = self.apply_in_savepoint(command);
+            if self.connection.is_autocommit() {
+                // The statement ended the whole transaction (`INSERT OR ROLLBACK`,
+                // `RAISE(ROLLBACK, …)`): the commands before it are applied again, from the
+                // same state, so that it alone is undone.
+                self.internal(BEGIN, &[]);
+                for earlier in &commands[..at] {
+                    let _ = self.apply_in_savepoint(earlier);
+                }
+            }
+            replies.push(reply);
+        }
+        self.applied += commands.len() as u64;
+        let position = i64::try_from(self.applied).unwrap_or(i64::MAX);
+        self.internal(RECORD_APPLIED, &[Value::Integer(position), Value::Integer(self.shard.into())]);
+        self.internal(COMMIT, &[]);
+        replies
+    }
+
+    fn apply_in_savepoint(&mut self, command: &[u8]) -> Reply {
+        let statement = Statement::decode(command)
+            .map_err(|error| StatementError::new(ErrorKind::Malformed, error.to_string()))?;
+        self.internal(SAVEPOINT, &[]);
+        let reply = self.run(&statement, false);
+        if !self.connection.is_autocommit() {
+            if reply.is_err() {
+                self.internal(ROLLBACK_TO, &[]);
+            }
+            self.internal(RELEASE, &[]);
+        }
+        reply
+    }
+
+    /// Runs one of the machine's own statements; a failure is the database's, not the
+    /// command's.
+    fn internal(&self, sql: &str, params: &[Value]) {
+        let result = self.connection.prepare_cached(sql).and_then(|mut statement| {
+            for (index, value) in params.iter().enumerate() {
+                statement.raw_bind_parameter(index + 1, to_sql(value))?;
+            }
+            statement.raw_execute()
+        });
+        if let Err(error) = result {
+            panic!("shard {}: the database failed on `{sql}`: {error}", self.shard);
+        }
+    }
+
+    /// Runs a user's statement: checked by the guard, parameters bound, its rows collected.
+    /// `read_only`: refuse a statement that would write.
+    fn run(&self, statement: &Statement, read_only: bool) -> Reply {
+        let sql = statement.sql.trim();
+        if INTERNAL.contains(&sql) {
+            return Err(StatementError::new(
+                ErrorKind::NonDeterministic,
+                "the replication's own statements cannot be sent",
+            ));
+        }
+        self.guard.take_denial();
+        self.guard.checking.store(true, Ordering::Relaxed);
+        let reply = self.run_checked(sql, &statement.params, read_only);
+        self.guard.checking.store(false, Ordering::Relaxed);
+        reply.map_err(|error| self.statement_error(error))
+    }
+
+    fn run_checked(&self, sql: &str, params: &[Value], read_only: bool) -> Result<Outcome, Failure> {
+        let mut prepared = self.connection.prepare_cached(sql)?;
+        if read_only && !prepared.readonly() {
+            return Err(Failure::Refused(StatementError::new(
+                ErrorKind::NotReadOnly,
+                "a query must not write: send it as a command",
+            )));
+        }
+        if prepared.parameter_count() != params.len() {
+            return Err(Failure::Refused(StatementError::new(
+                ErrorKind::Sql,
+                format!(
+                    "the statement has {} parameters, {} given",
+                    prepared.parameter_count(),
+                    params.len()
+                ),
+            )));
+        }
+        for (index, value) in params.iter().enumerate() {
+            prepared.raw_bind_parameter(index + 1, to_sql(value))?;
+        }
+        let columns: Vec<String> = prepared.column_names().iter().map(|c| c.to_string()).collect();
+        let changes_before = self.connection.total_changes();
+        // SAFETY: the handle is this connection's, open for as long as `self`, and used on
+        // this thread only; the call only sets the value `last_insert_rowid` reports.
+        unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(self.connection.handle(), i64::MIN) };
+        let mut rows = Vec::new();
+        let mut bytes = 0;
+        let mut cursor = prepared.raw_query();
+        while let Some(row) = cursor.next()? {
+            let mut values = Vec::with_capacity(columns.len());
+            for index in 0..columns.len() {
+                let value = from_sql(row.get_ref(index)?);
+                bytes += value_bytes(&value);
+                values.push(value);
+            }
+            rows.push(values);
+            if bytes > REPLY_BYTES_MAX {
+                return Err(Failure::Refused(StatementError::new(
+                    ErrorKind::TooLarge,
+                    format!("the result exceeds {REPLY_BYTES_MAX} bytes: select fewer rows"),
+                )));
+            }
+        }
+        drop(cursor);
+        let changes = self.connection.total_changes() - changes_before;
+        let rowid = self.connection.last_insert_rowid();
+        let last_insert_rowid = (rowid != i64::MIN).then_some(rowid);
+        Ok(Outcome { changes, last_insert_rowid, columns, rows })
+    }
+
+    fn statement_error(&self, failure: Failure) -> StatementError {
+        let error = match failure {
+            Failure::Refused(error) => return error,
+            Failure::Sqlite(error) => error,
+        };
+        let denied = self.guard.take_denial();
+        let message = denied.unwrap_or_else(|| match &error {
+            rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+            other => other.to_string(),
+        });
+        match message.find(REFUSAL_PREFIX) {
+            Some(at) => StatementError::new(
+                ErrorKind::NonDeterministic,
+                message[at + REFUSAL_PREFIX.len()..].to_string(),
+            ),
+            None if matches!(error, rusqlite::Error::MultipleStatement) => StatementError::new(
+                ErrorKind::Malformed,
+                "one statement per command: send the others as commands of their own",
+            ),
+            None => StatementError::new(ErrorKind::Sql, message),
+        }
+    }
+
+    /// Every row of every table and the schema, in one order: `(rows, digest)`.
+    fn digest(&self) -> rusqlite::Result<(u64, u64)> {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut entries = 0;
+        let mut schema = self.connection.prepare(
+            "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name",
+        )?;
+        let objects: Vec<(String, String, String, Option<String>)> = schema
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut encoded = Vec::new();
+        for (kind, name, table, sql) in &objects {
+            for text in [kind, name, table, sql.as_ref().unwrap_or(kind)] {
+                hasher.update(&(text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+            if kind != "table" || name.starts_with("sqlite_") {
+                continue;
+            }
+            let quoted = name.replace('"', "\"\"");
+            let width =
+                self.connection.prepare(&format!("SELECT * FROM \"{quoted}\""))?.column_count();
+            let order: Vec<String> = (1..=width).map(|k| k.to_string()).collect();
+            let sql = format!("SELECT * FROM \"{quoted}\" ORDER BY {}", order.join(","));
+            let mut ordered = self.connection.prepare(&sql)?;
+            let mut rows = ordered.raw_query();
+            while let Some(row) = rows.next()? {
+                encoded.clear();
+                let values: Vec<Value> =
+                    (0..width).map(|k| row.get_ref(k).map(from_sql)).collect::<Result<_, _>>()?;
+                crate::command::put_values(&mut encoded, &values);
+                hasher.update(&encoded);
+                if name != APPLIED_TABLE {
+                    entries += 1;
+                }
+            }
+        }
+        Ok((entries, hasher.digest()))
+    }
+
+    /// The database's content as one canonical file: `VACUUM INTO` writes a fresh database,
+    /// laid out from its rows and schema alone, so replicas in one state give the same bytes
+    /// whatever their histories.
+    ///
+    /// # Errors
+    /// The copy cannot be written or read back.
+    pub fn image(&self) -> Result<Vec<u8>, MachineError> {
+        let path = self.dir.join(format!("snapshot-{}.tmp", GENERATION.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_file(&path);
+        let target = path.to_string_lossy().into_owned();
+        self.connection.execute("VACUUM INTO ?1", [&target])?;
+        let image = std::fs::read(&path);
+        let _ = std::fs::remove_file(&path);
+        let mut image = image.map_err(|source| MachineError::Io { path, source })?;
+        // The schema cookie (bytes 40..44) is the source's plus one, so it counts the copies
+        // a database went through: a replica restored from a snapshot would differ from one
+        // that was not. Any value is valid for a file no connection has open.
+        if let Some(cookie) = image.get_mut(40..44) {
+            cookie.copy_from_slice(&1u32.to_be_bytes());
+        }
+        Ok(image)
+    }
+}
+
+/// A statement's failure: SQLite's, or one of the machine's own refusals.
+enum Failure {
+    Sqlite(rusqlite::Error),
+    Refused(StatementError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Failure {
+        Failure::Sqlite(error)
+    }
+}
+
+impl StateMachine for SqliteMachine {
+    type Reply = Reply;
+
+    fn apply(&mut self, command: &[u8]) -> Reply {
+        self.apply_batch(&[command]).pop().unwrap_or_else(|| {
+            Err(StatementError::new(ErrorKind::Malformed, "no reply for the command"))
+        })
+    }
+
+    fn query(&self, request: &[u8]) -> Reply {
+        let statement = Statement::decode(request)
+            .map_err(|error| StatementError::new(ErrorKind::Malformed, error.to_string()))?;
+        self.run(&statement, true)
+    }
+
+    fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
+        encode_reply(reply, out);
+    }
+
+    fn decode_reply(bytes: &[u8]) -> Option<Reply> {
+        decode_reply(bytes).ok()
+    }
+
+    fn summary(&self) -> StateSummary {
+        match self.digest() {
+            Ok((entries, digest)) => StateSummary { entries, digest },
+            Err(error) => panic!("shard {}: the database cannot be read: {error}", self.shard),
+        }
+    }
+
+    /// # Panics
+    /// The image cannot be written (the disk is full): the trait has no error to return, and
+    /// a node that cannot snapshot must not go on as if it had.
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        match self.image() {
+            Ok(image) => out.extend_from_slice(&image),
+            Err(error) => panic!("shard {}: cannot snapshot the database: {error}", self.shard),
+        }
+    }
+
+    fn restore(image: &[u8]) -> Result<SqliteMachine, SnapshotError> {
+        let dir = HOME.with(|home| home.borrow().clone()).unwrap_or_else(std::env::temp_dir);
+        SqliteMachine::restore_in(&dir, image).map_err(|error| match error {
+            MachineError::Image(why) => SnapshotError::Image(why),
+            _ => SnapshotError::Image("the database image cannot be opened"),
+        })
+    }
+}
+
+impl Drop for SqliteMachine {
+    fn drop(&mut self) {
+        if self.generation < newest(&self.dir.join(format!("shard-{}", self.shard))) {
+            let path = self.path();
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}
+
+fn file_path(dir: &Path, shard: u16, generation: u64) -> PathBuf {
+    dir.join(format!("shard-{shard}.g{generation}.db"))
+}
+
+/// Removes what an earlier run left of `shard`'s databases in `dir`.
+fn remove_stale(dir: &Path, shard: u16) -> Result<(), MachineError> {
+    let io = |source| MachineError::Io { path: dir.to_path_buf(), source };
+    let prefix = format!("shard-{shard}.");
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path()).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_then(path: &Path, error: MachineError) -> MachineError {
+    let _ = std::fs::remove_file(path);
+    error
+}
+
+/// Opens a database the way every replica does. Not synced: the log is durable, and the
+/// database is rebuilt from it at start (the module's documentation). One connection holds
+/// it, so it is locked exclusively (no shared-memory file).
+fn open(path: &Path) -> Result<Connection, MachineError> {
+    let connection = Connection::open(path)?;
+    connection.execute_batch(
+        "PRAGMA locking_mode = EXCLUSIVE;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = OFF;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(connection)
+}
+
+/// Refuses an image that is not a whole SQLite database file before it reaches SQLite.
+fn check_image_header(image: &[u8]) -> Result<(), MachineError> {
+    if image.len() < 100 || &image[..16] != b"SQLite format 3\0" {
+        return Err(MachineError::Image("no SQLite header"));
+    }
+    let page_bytes = match u16::from_be_bytes([image[16], image[17]]) {
+        1 => 65536,
+        bytes if bytes >= 512 && bytes.is_power_of_two() => usize::from(bytes),
+        _ => return Err(MachineError::Image("a page size SQLite never writes")),
+    };
+    let pages = u32::from_be_bytes([image[28], image[29], image[30], image[31]]) as usize;
+    if image.len() % page_bytes != 0 || pages.checked_mul(page_bytes) != Some(image.len()) {
+        return Err(MachineError::Image("the image's length is not its pages'"));
+    }
+    Ok(())
+}
+
+fn to_sql(value: &Value) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(match value {
+        Value::Null => ValueRef::Null,
+        Value::Integer(integer) => ValueRef::Integer(*integer),
+        Value::Real(real) => ValueRef::Real(*real),
+        Value::Text(text) => ValueRef::Text(text.as_bytes()),
+        Value::Blob(blob) => ValueRef::Blob(blob),
+    })
+}
+
+fn from_sql(value: ValueRef<'_>) -> Value {
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(integer) => Value::Integer(integer),
+        ValueRef::Real(real) => Value::Real(real),
+        ValueRef::Text(text) => Value::Text(String::from_utf8_lossy(text).into_owned()),
+        ValueRef::Blob(blob) => Value::Blob(blob.to_vec()),
+    }
+}
+
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::Null => 1,
+        Value::Integer(_) | Value::Real(_) => 9,
+        Value::Text(text) => 5 + text.len(),
+        Value::Blob(blob) => 5 + blob.len(),
+    }
+}
+
+/// Reads the applied position recorded in a database file, for tools and tests.
+///
+/// # Errors
+/// The file is not one of this machine's databases.
+pub fn recorded_position(path: &Path) -> Result<Option<(u16, u64)>, MachineError> {
+    let connection = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let sql = format!("SELECT shard, applied FROM {APPLIED_TABLE}");
+    let row: Option<(i64, i64)> =
+        connection.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    Ok(row.map(|(shard, applied)| (shard as u16, applied as u64)))
+}
