@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use quorum::client::{Client, ClientError, ClientOptions};
-use quorum::core::ClusterId;
+use quorum::ClusterId;
 
 use crate::command::{Statement, Value};
 use crate::determinism::check_statement;

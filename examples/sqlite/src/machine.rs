@@ -30,8 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use quorum::snapshot::SnapshotError;
-use quorum::state_machine::{StateMachine, StateSummary};
+use quorum::{SnapshotError, StateMachine, StateSummary};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 
@@ -364,46 +363,6 @@ impl SqliteMachine {
         }
     }
 
-    /// Every row of every table and the schema, in one order: `(rows, digest)`.
-    fn digest(&self) -> rusqlite::Result<(u64, u64)> {
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        let mut entries = 0;
-        let mut schema = self.connection.prepare(
-            "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name",
-        )?;
-        let objects: Vec<(String, String, String, Option<String>)> = schema
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut encoded = Vec::new();
-        for (kind, name, table, sql) in &objects {
-            for text in [kind, name, table, sql.as_ref().unwrap_or(kind)] {
-                hasher.update(&(text.len() as u64).to_le_bytes());
-                hasher.update(text.as_bytes());
-            }
-            if kind != "table" || name.starts_with("sqlite_") {
-                continue;
-            }
-            let quoted = name.replace('"', "\"\"");
-            let width =
-                self.connection.prepare(&format!("SELECT * FROM \"{quoted}\""))?.column_count();
-            let order: Vec<String> = (1..=width).map(|k| k.to_string()).collect();
-            let sql = format!("SELECT * FROM \"{quoted}\" ORDER BY {}", order.join(","));
-            let mut ordered = self.connection.prepare(&sql)?;
-            let mut rows = ordered.raw_query();
-            while let Some(row) = rows.next()? {
-                encoded.clear();
-                let values: Vec<Value> =
-                    (0..width).map(|k| row.get_ref(k).map(from_sql)).collect::<Result<_, _>>()?;
-                crate::command::put_values(&mut encoded, &values);
-                hasher.update(&encoded);
-                if name != APPLIED_TABLE {
-                    entries += 1;
-                }
-            }
-        }
-        Ok((entries, hasher.digest()))
-    }
-
     /// The database's content as one canonical file: `VACUUM INTO` writes a fresh database,
     /// laid out from its rows and schema alone, so replicas in one state give the same bytes
     /// whatever their histories.
@@ -464,7 +423,7 @@ impl StateMachine for SqliteMachine {
     }
 
     fn summary(&self) -> StateSummary {
-        match self.digest() {
+        match content_digest(&self.connection) {
             Ok((entries, digest)) => StateSummary { entries, digest },
             Err(error) => panic!("shard {}: the database cannot be read: {error}", self.shard),
         }
@@ -500,6 +459,87 @@ impl Drop for SqliteMachine {
             }
         }
     }
+}
+
+/// Every row of every table and the schema, in one order, hashed: `(rows, digest)`. `rows`
+/// counts the rows of the user's tables (not the bookkeeping table, whose row still enters the
+/// digest). Two databases with the same schema and rows give the same pair, whatever their
+/// files' layout.
+///
+/// # Errors
+/// SQLite cannot read the database.
+pub fn content_digest(connection: &Connection) -> rusqlite::Result<(u64, u64)> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut entries = 0;
+    let mut schema = connection
+        .prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")?;
+    let objects: Vec<(String, String, String, Option<String>)> = schema
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut encoded = Vec::new();
+    for (kind, name, table, sql) in &objects {
+        for text in [kind, name, table, sql.as_ref().unwrap_or(kind)] {
+            hasher.update(&(text.len() as u64).to_le_bytes());
+            hasher.update(text.as_bytes());
+        }
+        if kind != "table" || name.starts_with("sqlite_") {
+            continue;
+        }
+        let quoted = name.replace('"', "\"\"");
+        let width = connection.prepare(&format!("SELECT * FROM \"{quoted}\""))?.column_count();
+        let order: Vec<String> = (1..=width).map(|k| k.to_string()).collect();
+        let sql = format!("SELECT * FROM \"{quoted}\" ORDER BY {}", order.join(","));
+        let mut ordered = connection.prepare(&sql)?;
+        let mut rows = ordered.raw_query();
+        while let Some(row) = rows.next()? {
+            encoded.clear();
+            let values: Vec<Value> =
+                (0..width).map(|k| row.get_ref(k).map(from_sql)).collect::<Result<_, _>>()?;
+            crate::command::put_values(&mut encoded, &values);
+            hasher.update(&encoded);
+            if name != APPLIED_TABLE {
+                entries += 1;
+            }
+        }
+    }
+    Ok((entries, hasher.digest()))
+}
+
+/// [`content_digest`] of the database file at `path`. For tools and tests that compare
+/// replicas' files once their nodes stopped. Opened read-write, though it only reads: a node
+/// killed mid-run leaves a write-ahead file that only a writable connection can recover
+/// (which moves its pages into the file and changes no row).
+///
+/// # Errors
+/// The file cannot be opened or read as a database.
+pub fn file_digest(path: &Path) -> Result<(u64, u64), MachineError> {
+    let connection = Connection::open(path)?;
+    Ok(content_digest(&connection)?)
+}
+
+/// The newest database file of `shard` in `dir` (`shard-K.gN.db` with the highest N): the
+/// one a node left at its last stop. `None` if there is none.
+///
+/// # Errors
+/// The directory cannot be read.
+pub fn newest_file(dir: &Path, shard: u16) -> Result<Option<PathBuf>, MachineError> {
+    let io = |source| MachineError::Io { path: dir.to_path_buf(), source };
+    let prefix = format!("shard-{shard}.g");
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let generation = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".db"))
+            .and_then(|number| number.parse::<u64>().ok());
+        if let Some(generation) = generation
+            && newest.as_ref().is_none_or(|(best, _)| generation > *best)
+        {
+            newest = Some((generation, entry.path()));
+        }
+    }
+    Ok(newest.map(|(_, path)| path))
 }
 
 fn file_path(dir: &Path, shard: u16, generation: u64) -> PathBuf {

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may unwrap.
 
-use quorum::state_machine::StateMachine;
+use quorum::StateMachine;
 use quorum_sqlite::command::DecodeError;
 use quorum_sqlite::determinism::check_statement;
 use quorum_sqlite::machine::recorded_position;
