@@ -55,10 +55,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A node logs its warnings; the bench's embedded nodes would bury its report under
+    // theirs (a new directory's repair, every start), so it shows errors only. RUST_LOG
+    // overrides both.
+    let default_level = if matches!(cli.command, Command::Bench(_)) { "error" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Node(args) => cli::node::run(&args),
         Command::Exec(args) => cli::sql::run(&args, cli::sql::Mode::Exec),
         Command::Query(args) => cli::sql::run(&args, cli::sql::Mode::Query),
