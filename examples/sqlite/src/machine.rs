@@ -21,8 +21,14 @@
 //!
 //! # Files
 //! A database restored from a snapshot is a new file (`shard-K.gN.db`, N the newest), because
-//! the one it replaces keeps serving until the snapshot is durable. A superseded file is
-//! removed when its machine is dropped; the newest stays after a clean stop.
+//! the one it replaces keeps serving until the snapshot is durable, and the install may yet be
+//! abandoned (the replica got past the snapshot's slot meanwhile). The machine that applies
+//! commands is the live one: on its first command it removes the files of older generations
+//! (their machines were replaced by then), and a machine dropped while another is live
+//! removes its own file unless it holds a restored state ahead of the live one's (installed
+//! just before a stop). A process that exits without dropping its machines (a node's
+//! executors end without dropping their tasks) leaves every file: [`current_file`] tells
+//! the one with the most commands applied, and the next start removes them all.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -81,20 +87,22 @@ thread_local! {
 /// Generations of database files, the same counter for every shard of the process.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
-/// Per database file prefix (`DIR/shard-K`), the newest generation: a dropped machine of an
-/// older one removes its file.
-static NEWEST: Mutex<Option<HashMap<PathBuf, u64>>> = Mutex::new(None);
-
-fn newest(prefix: &Path) -> u64 {
-    let newest = NEWEST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    newest.as_ref().and_then(|map| map.get(prefix).copied()).unwrap_or(0)
+/// What this process knows of one shard's database files (`DIR/shard-K`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Files {
+    /// The newest generation made.
+    newest: u64,
+    /// The live machine (the last to apply a command): its generation and, once it is
+    /// dropped, the commands it had applied.
+    live: Option<(u64, u64)>,
 }
 
-fn set_newest(prefix: &Path, generation: u64) {
-    let mut newest = NEWEST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let map = newest.get_or_insert_with(HashMap::new);
-    let entry = map.entry(prefix.to_path_buf()).or_insert(0);
-    *entry = (*entry).max(generation);
+/// Per database file prefix (`DIR/shard-K`), its [`Files`].
+static FILES: Mutex<Option<HashMap<PathBuf, Files>>> = Mutex::new(None);
+
+fn with_files<T>(prefix: &Path, f: impl FnOnce(&mut Files) -> T) -> T {
+    let mut files = FILES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    f(files.get_or_insert_with(HashMap::new).entry(prefix.to_path_buf()).or_default())
 }
 
 /// One shard's SQL database.
@@ -106,6 +114,8 @@ pub struct SqliteMachine {
     applied: u64,
     dir: PathBuf,
     generation: u64,
+    /// True once this machine applied a command: it is the live one ([`Files`]).
+    live: bool,
 }
 
 impl std::fmt::Debug for SqliteMachine {
@@ -192,8 +202,11 @@ impl SqliteMachine {
     ) -> Result<SqliteMachine, MachineError> {
         let guard = guard(&connection)?;
         connection.set_prepared_statement_cache_capacity(256);
-        set_newest(&dir.join(format!("shard-{shard}")), generation);
-        Ok(SqliteMachine { connection, guard, shard, applied, dir: dir.to_path_buf(), generation })
+        with_files(&dir.join(format!("shard-{shard}")), |files| {
+            files.newest = files.newest.max(generation);
+        });
+        let dir = dir.to_path_buf();
+        Ok(SqliteMachine { connection, guard, shard, applied, dir, generation, live: false })
     }
 
     /// The shard this database belongs to.
@@ -222,6 +235,9 @@ impl SqliteMachine {
     /// The database itself fails (disk full, I/O error): going on would let this replica
     /// diverge, so the node stops.
     pub fn apply_batch(&mut self, commands: &[&[u8]]) -> Vec<Reply> {
+        if !self.live {
+            self.become_live();
+        }
         self.internal(BEGIN, &[]);
         let mut replies = Vec::with_capacity(commands.len());
         for (at, command) in commands.iter().enumerate() {
@@ -242,6 +258,29 @@ impl SqliteMachine {
         self.internal(RECORD_APPLIED, &[Value::Integer(position), Value::Integer(self.shard.into())]);
         self.internal(COMMIT, &[]);
         replies
+    }
+
+    /// This machine applies from now on: the files of older generations belong to machines
+    /// replaced before it (a snapshot installed), and go.
+    fn become_live(&mut self) {
+        self.live = true;
+        with_files(&self.prefix(), |files| files.live = Some((self.generation, self.applied)));
+        let prefix = format!("shard-{}.g", self.shard);
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let generation = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|number| number.parse::<u64>().ok());
+            if generation.is_some_and(|generation| generation < self.generation) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn prefix(&self) -> PathBuf {
+        self.dir.join(format!("shard-{}", self.shard))
     }
 
     fn apply_in_savepoint(&mut self, command: &[u8]) -> Reply {
@@ -450,7 +489,17 @@ impl StateMachine for SqliteMachine {
 
 impl Drop for SqliteMachine {
     fn drop(&mut self) {
-        if self.generation < newest(&self.dir.join(format!("shard-{}", self.shard))) {
+        let (generation, applied, live) = (self.generation, self.applied, self.live);
+        let keep = with_files(&self.prefix(), |files| match files.live {
+            Some((live_generation, _)) if live_generation == generation => {
+                files.live = Some((generation, applied));
+                true
+            }
+            // A restored state not applied from yet: kept if it is ahead of the live one's.
+            Some((_, live_applied)) => !live && applied > live_applied,
+            None => generation >= files.newest,
+        });
+        if !keep {
             let path = self.path();
             for suffix in ["", "-wal", "-shm", "-journal"] {
                 let mut file = path.clone().into_os_string();
@@ -517,15 +566,17 @@ pub fn file_digest(path: &Path) -> Result<(u64, u64), MachineError> {
     Ok(content_digest(&connection)?)
 }
 
-/// The newest database file of `shard` in `dir` (`shard-K.gN.db` with the highest N): the
-/// one a node left at its last stop. `None` if there is none.
+/// The database file of `shard` in `dir` that holds the most: of the `shard-K.gN.db` files,
+/// the one with the most commands applied (its [`APPLIED_TABLE`]), the newer generation of
+/// two equal. The one to read once a node stopped (see the module's documentation on files).
+/// `None` if there is none.
 ///
 /// # Errors
-/// The directory cannot be read.
-pub fn newest_file(dir: &Path, shard: u16) -> Result<Option<PathBuf>, MachineError> {
+/// The directory cannot be read, or a file is not one of these databases.
+pub fn current_file(dir: &Path, shard: u16) -> Result<Option<PathBuf>, MachineError> {
     let io = |source| MachineError::Io { path: dir.to_path_buf(), source };
     let prefix = format!("shard-{shard}.g");
-    let mut newest: Option<(u64, PathBuf)> = None;
+    let mut best: Option<((u64, u64), PathBuf)> = None;
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -533,13 +584,14 @@ pub fn newest_file(dir: &Path, shard: u16) -> Result<Option<PathBuf>, MachineErr
             .strip_prefix(&prefix)
             .and_then(|rest| rest.strip_suffix(".db"))
             .and_then(|number| number.parse::<u64>().ok());
-        if let Some(generation) = generation
-            && newest.as_ref().is_none_or(|(best, _)| generation > *best)
-        {
-            newest = Some((generation, entry.path()));
+        let Some(generation) = generation else { continue };
+        let path = entry.path();
+        let applied = recorded_position(&path)?.map_or(0, |(_, applied)| applied);
+        if best.as_ref().is_none_or(|(rank, _)| (applied, generation) > *rank) {
+            best = Some(((applied, generation), path));
         }
     }
-    Ok(newest.map(|(_, path)| path))
+    Ok(best.map(|(_, path)| path))
 }
 
 fn file_path(dir: &Path, shard: u16, generation: u64) -> PathBuf {
@@ -630,7 +682,8 @@ fn value_bytes(value: &Value) -> usize {
 /// # Errors
 /// The file is not one of this machine's databases.
 pub fn recorded_position(path: &Path) -> Result<Option<(u16, u64)>, MachineError> {
-    let connection = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    // Read-write for the reason `file_digest` gives.
+    let connection = Connection::open(path)?;
     let sql = format!("SELECT shard, applied FROM {APPLIED_TABLE}");
     let row: Option<(i64, i64)> =
         connection.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;

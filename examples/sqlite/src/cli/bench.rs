@@ -21,7 +21,7 @@ use quorum::core::RoleKind;
 use quorum::{ClusterId, Durability, Node, NodeConfig, NodeSettings};
 use quorum_sqlite::Value;
 use quorum_sqlite::client::SqlClient;
-use quorum_sqlite::machine::{file_digest, newest_file};
+use quorum_sqlite::machine::{file_digest, current_file};
 
 use crate::cli::node::{database_dir, start};
 
@@ -270,7 +270,7 @@ impl Cluster {
             .iter()
             .map(|data_dir| {
                 let dir = database_dir(data_dir);
-                let path = newest_file(&dir, 0)
+                let path = current_file(&dir, 0)
                     .map_err(|error| error.to_string())?
                     .ok_or_else(|| format!("{}: no database file", dir.display()))?;
                 let (rows, checksum) =
