@@ -103,18 +103,19 @@ pub fn run(args: &SqlArgs, mode: Mode) -> ExitCode {
     }
 }
 
-/// The text printed for an outcome.
+/// The text printed for an outcome. JSON objects list a row's columns in the statement's
+/// order (built here: `serde_json`'s maps sort their keys).
 pub fn render(outcome: &Outcome, mode: Mode, json: bool) -> String {
     match (mode, json) {
         (Mode::Exec, true) => {
-            let mut object = serde_json::json!({
-                "changes": outcome.changes,
-                "last_insert_rowid": outcome.last_insert_rowid,
-            });
+            let rowid = outcome.last_insert_rowid.map_or("null".to_string(), |id| id.to_string());
+            let mut object =
+                format!("{{\"changes\":{},\"last_insert_rowid\":{rowid}", outcome.changes);
             if !outcome.columns.is_empty() {
-                object["rows"] = rows_json(outcome).into();
+                object.push_str(&format!(",\"rows\":[{}]", rows_json(outcome).join(",")));
             }
-            format!("{object}\n")
+            object.push_str("}\n");
+            object
         }
         (Mode::Exec, false) => {
             let mut text = format!(
@@ -131,18 +132,20 @@ pub fn render(outcome: &Outcome, mode: Mode, json: bool) -> String {
             }
             text
         }
-        (Mode::Query, true) => {
-            rows_json(outcome).iter().map(|row| format!("{row}\n")).collect()
-        }
+        (Mode::Query, true) => rows_json(outcome).iter().map(|row| format!("{row}\n")).collect(),
         (Mode::Query, false) => table(outcome),
     }
 }
 
+/// A value as JSON: a blob as `{"blob": "HEX"}`, a real that JSON cannot hold (NaN, an
+/// infinity) as null.
 fn value_json(value: &Value) -> serde_json::Value {
     match value {
         Value::Null => serde_json::Value::Null,
         Value::Integer(integer) => (*integer).into(),
-        Value::Real(real) => serde_json::Number::from_f64(*real).map_or(serde_json::Value::Null, Into::into),
+        Value::Real(real) => {
+            serde_json::Number::from_f64(*real).map_or(serde_json::Value::Null, Into::into)
+        }
         Value::Text(text) => text.clone().into(),
         Value::Blob(bytes) => {
             let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
@@ -151,18 +154,21 @@ fn value_json(value: &Value) -> serde_json::Value {
     }
 }
 
-fn rows_json(outcome: &Outcome) -> Vec<serde_json::Value> {
+/// Each row as one JSON object, its columns in order.
+fn rows_json(outcome: &Outcome) -> Vec<String> {
     outcome
         .rows
         .iter()
         .map(|row| {
-            let object: serde_json::Map<String, serde_json::Value> = outcome
+            let fields: Vec<String> = outcome
                 .columns
                 .iter()
                 .zip(row)
-                .map(|(column, value)| (column.clone(), value_json(value)))
+                .map(|(column, value)| {
+                    format!("{}:{}", serde_json::Value::from(column.as_str()), value_json(value))
+                })
                 .collect();
-            serde_json::Value::Object(object)
+            format!("{{{}}}", fields.join(","))
         })
         .collect()
 }
