@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use quorum::client::{Client, ClientError, ClientOptions};
 use quorum::ClusterId;
+use quorum::client::{Client, ClientError, ClientOptions};
 
 use crate::command::{Statement, Value};
 use crate::determinism::check_statement;
@@ -48,8 +48,11 @@ impl SqlClient {
         cluster_id: u64,
         request_timeout: Duration,
     ) -> Result<SqlClient, SqlClientError> {
-        let options =
-            ClientOptions { cluster_id: ClusterId(cluster_id), request_timeout, ..ClientOptions::default() };
+        let options = ClientOptions {
+            cluster_id: ClusterId(cluster_id),
+            request_timeout,
+            ..ClientOptions::default()
+        };
         Ok(SqlClient { client: Client::connect(seeds, options)? })
     }
 

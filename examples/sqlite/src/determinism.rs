@@ -208,8 +208,7 @@ pub fn check_statement(sql: &str, params: &[Value]) -> Result<(), StatementError
         let Token::Word(word) = token else { continue };
         let next = tokens.get(at + 1);
         let called = next == Some(&Token::Open);
-        if REFUSED_FUNCTIONS.contains(&word.as_str()) && (called || word.starts_with("current_"))
-        {
+        if REFUSED_FUNCTIONS.contains(&word.as_str()) && (called || word.starts_with("current_")) {
             return Err(refusal(format!("{word}() differs between replicas")));
         }
         if called && TIME_FUNCTIONS.iter().any(|(name, _)| name == word) {

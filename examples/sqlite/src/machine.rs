@@ -171,8 +171,9 @@ impl SqliteMachine {
             }
             let sql = format!("SELECT shard, applied FROM {APPLIED_TABLE}");
             let mut statement = connection.prepare(&sql)?;
-            let rows: Vec<(i64, i64)> =
-                statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            let rows: Vec<(i64, i64)> = statement
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
             Ok::<_, rusqlite::Error>(match rows[..] {
                 [(shard, applied)] => match (u16::try_from(shard), u64::try_from(applied)) {
                     (Ok(shard), Ok(applied)) => Ok((shard, applied)),
@@ -255,7 +256,10 @@ impl SqliteMachine {
         }
         self.applied += commands.len() as u64;
         let position = i64::try_from(self.applied).unwrap_or(i64::MAX);
-        self.internal(RECORD_APPLIED, &[Value::Integer(position), Value::Integer(self.shard.into())]);
+        self.internal(
+            RECORD_APPLIED,
+            &[Value::Integer(position), Value::Integer(self.shard.into())],
+        );
         self.internal(COMMIT, &[]);
         replies
     }
@@ -328,7 +332,12 @@ impl SqliteMachine {
         reply.map_err(|error| self.statement_error(error))
     }
 
-    fn run_checked(&self, sql: &str, params: &[Value], read_only: bool) -> Result<Outcome, Failure> {
+    fn run_checked(
+        &self,
+        sql: &str,
+        params: &[Value],
+        read_only: bool,
+    ) -> Result<Outcome, Failure> {
         let mut prepared = self.connection.prepare_cached(sql)?;
         if read_only && !prepared.readonly() {
             return Err(Failure::Refused(StatementError::new(
@@ -409,7 +418,8 @@ impl SqliteMachine {
     /// # Errors
     /// The copy cannot be written or read back.
     pub fn image(&self) -> Result<Vec<u8>, MachineError> {
-        let path = self.dir.join(format!("snapshot-{}.tmp", GENERATION.fetch_add(1, Ordering::Relaxed)));
+        let path =
+            self.dir.join(format!("snapshot-{}.tmp", GENERATION.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_file(&path);
         let target = path.to_string_lossy().into_owned();
         self.connection.execute("VACUUM INTO ?1", [&target])?;
@@ -642,7 +652,8 @@ fn check_image_header(image: &[u8]) -> Result<(), MachineError> {
         _ => return Err(MachineError::Image("a page size SQLite never writes")),
     };
     let pages = u32::from_be_bytes([image[28], image[29], image[30], image[31]]) as usize;
-    if image.len() % page_bytes != 0 || pages.checked_mul(page_bytes) != Some(image.len()) {
+    if !image.len().is_multiple_of(page_bytes) || pages.checked_mul(page_bytes) != Some(image.len())
+    {
         return Err(MachineError::Image("the image's length is not its pages'"));
     }
     Ok(())

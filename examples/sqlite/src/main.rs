@@ -29,7 +29,7 @@ enum Command {
     ///   quorum-sqlite node --id 1 --cluster-id 7 --listen 127.0.0.1:7000 \
     ///     --peers 1=127.0.0.1:7000,2=127.0.0.1:7010,3=127.0.0.1:7020 --data-dir /tmp/s1
     #[command(verbatim_doc_comment)]
-    Node(cli::node::NodeArgs),
+    Node(Box<cli::node::NodeArgs>),
     /// Apply one SQL statement (INSERT, UPDATE, DELETE, CREATE…) on every replica, once, and
     /// print the rows it changed (and the rows of a RETURNING clause).
     ///

@@ -56,7 +56,10 @@ fn statements_round_trip_and_garbage_is_a_typed_error() {
     assert_eq!(Statement::decode(&[1, 0, 0, 0, 0, 1, 0, 0, 0, 7]), Err(DecodeError::Tag(7)));
     assert_eq!(Statement::decode(&[1, 1, 0, 0, 0, 0xff, 0, 0, 0, 0]), Err(DecodeError::Utf8));
     // A forged count does not allocate for it; pseudo-random bytes never panic.
-    assert_eq!(Statement::decode(&[1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]), Err(DecodeError::Truncated));
+    assert_eq!(
+        Statement::decode(&[1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        Err(DecodeError::Truncated)
+    );
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for length in 0..2000 {
         let bytes: Vec<u8> = (0..length % 64)
@@ -80,7 +83,10 @@ fn replies_round_trip_and_cuts_are_refused() {
             changes: 3,
             last_insert_rowid: Some(-1),
             columns: vec!["a".into(), "b".into()],
-            rows: vec![vec![Value::Integer(1), Value::Null], vec![Value::Real(0.5), Value::Blob(vec![1])]],
+            rows: vec![
+                vec![Value::Integer(1), Value::Null],
+                vec![Value::Real(0.5), Value::Blob(vec![1])],
+            ],
         }),
         Err(quorum_sqlite::StatementError::new(ErrorKind::Sql, "UNIQUE constraint failed: t.id")),
     ];
@@ -167,7 +173,10 @@ fn a_batch_is_one_transaction_and_a_failing_statement_is_rolled_back_alone() {
         statement("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)", vec![]),
         statement("INSERT INTO t VALUES (1, 'one')", vec![]),
         statement("INSERT INTO t VALUES (1, 'again')", vec![]),
-        statement("INSERT INTO t VALUES (?1, ?2)", vec![Value::Integer(2), Value::Text("two".into())]),
+        statement(
+            "INSERT INTO t VALUES (?1, ?2)",
+            vec![Value::Integer(2), Value::Text("two".into())],
+        ),
         statement("INSERT INTO t VALUES (3, NULL)", vec![]),
         statement("INSERT OR ROLLBACK INTO t VALUES (2, 'rolls back everything')", vec![]),
         statement("INSERT INTO t (v) VALUES ('four')", vec![]),
@@ -217,7 +226,8 @@ fn fill(machine: &mut SqliteMachine, rows: i64) {
     exec(machine, "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB, r REAL)", vec![]).unwrap();
     exec(machine, "CREATE INDEX t_r ON t (r)", vec![]).unwrap();
     for id in 0..rows {
-        let params = vec![Value::Integer(id), Value::Blob(vec![id as u8; 40]), Value::Real(id as f64 / 3.0)];
+        let params =
+            vec![Value::Integer(id), Value::Blob(vec![id as u8; 40]), Value::Real(id as f64 / 3.0)];
         exec(machine, "INSERT INTO t VALUES (?1, ?2, ?3)", params).unwrap();
     }
 }
@@ -235,8 +245,14 @@ fn a_snapshot_restores_to_an_identical_database_and_bad_images_are_refused() {
     assert_eq!(restored.applied(), machine.applied());
     let mut again = Vec::new();
     restored.snapshot(&mut again);
-    let differ: Vec<usize> = (0..image.len().min(again.len())).filter(|&i| image[i] != again[i]).take(20).collect();
-    assert!(again == image, "one state, one image: lengths {} {}, differ at {differ:?}", again.len(), image.len());
+    let differ: Vec<usize> =
+        (0..image.len().min(again.len())).filter(|&i| image[i] != again[i]).take(20).collect();
+    assert!(
+        again == image,
+        "one state, one image: lengths {} {}, differ at {differ:?}",
+        again.len(),
+        image.len()
+    );
     // Another history to the same rows (one more row written then deleted, and a statement
     // that failed) gives the same rows, in as many pages.
     let mut other = SqliteMachine::create(&dir.path().join("c"), 0).unwrap();

@@ -112,7 +112,12 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "node {} exited {status}:\n{}", index + 1, self.tail(index));
+                assert!(
+                    status.success(),
+                    "node {} exited {status}:\n{}",
+                    index + 1,
+                    self.tail(index)
+                );
                 return;
             }
             assert!(Instant::now() < deadline, "node {} ignored SIGTERM", index + 1);
@@ -246,8 +251,11 @@ fn start_writers(
                 let mut sequence = 0;
                 while !stop.load(Ordering::Relaxed) {
                     sequence += 1;
-                    let params =
-                        vec![Value::Integer(writer), Value::Integer(sequence), Value::Text(payload.clone())];
+                    let params = vec![
+                        Value::Integer(writer),
+                        Value::Integer(sequence),
+                        Value::Text(payload.clone()),
+                    ];
                     let sql = "INSERT INTO t (writer, sequence, payload) VALUES (?1, ?2, ?3)";
                     let result = client.execute(0, sql, params);
                     let mut seen = seen.lock().unwrap();
@@ -278,7 +286,8 @@ fn text(bytes: &[u8]) -> String {
 /// Statements that fail are replies with SQLite's message; they change nothing, on every
 /// replica alike (the digests compared at the end cover it). Through the library and the CLI.
 fn failing_statements_are_replies(client: &SqlClient, address: &str) {
-    let error = client.execute(0, "INSERT INTO t (writer, sequence, payload) VALUE (1, 2, 3)", vec![]);
+    let error =
+        client.execute(0, "INSERT INTO t (writer, sequence, payload) VALUE (1, 2, 3)", vec![]);
     match error {
         Err(SqlClientError::Statement(error)) => {
             assert_eq!(error.kind, ErrorKind::Sql);
@@ -287,7 +296,11 @@ fn failing_statements_are_replies(client: &SqlClient, address: &str) {
         other => panic!("a syntax error: {other:?}"),
     }
     let duplicate = vec![Value::Integer(1), Value::Integer(1), Value::Text("again".into())];
-    match client.execute(0, "INSERT INTO t (writer, sequence, payload) VALUES (?1, ?2, ?3)", duplicate) {
+    match client.execute(
+        0,
+        "INSERT INTO t (writer, sequence, payload) VALUES (?1, ?2, ?3)",
+        duplicate,
+    ) {
         Err(SqlClientError::Statement(error)) => {
             assert_eq!(error.kind, ErrorKind::Sql);
             assert!(error.message.contains("UNIQUE constraint failed"), "{error}");
@@ -295,7 +308,9 @@ fn failing_statements_are_replies(client: &SqlClient, address: &str) {
         other => panic!("a constraint violation: {other:?}"),
     }
     match client.execute(0, "INSERT INTO other VALUES (random())", vec![]) {
-        Err(SqlClientError::Statement(error)) => assert_eq!(error.kind, ErrorKind::NonDeterministic),
+        Err(SqlClientError::Statement(error)) => {
+            assert_eq!(error.kind, ErrorKind::NonDeterministic)
+        }
         other => panic!("a non-deterministic statement: {other:?}"),
     }
     let cluster = ["--cluster", address, "--cluster-id"];
@@ -304,7 +319,8 @@ fn failing_statements_are_replies(client: &SqlClient, address: &str) {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("incomplete input"), "{}", text(&out.stderr));
     let insert = "INSERT INTO t (writer, sequence, payload) VALUES (?1, ?2, ?3) RETURNING writer";
-    let out = run_cli(&[&["exec"], &cluster[..], &[&id, insert, "-1", "1", "from the cli"]].concat());
+    let out =
+        run_cli(&[&["exec"], &cluster[..], &[&id, insert, "-1", "1", "from the cli"]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("1 row changed"), "{}", text(&out.stdout));
     let out = run_cli(&[&["exec"], &cluster[..], &[&id, insert, "-1", "1", "twice"]].concat());

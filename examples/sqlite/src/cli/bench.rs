@@ -21,7 +21,7 @@ use quorum::core::RoleKind;
 use quorum::{ClusterId, Durability, Node, NodeConfig, NodeSettings};
 use quorum_sqlite::Value;
 use quorum_sqlite::client::SqlClient;
-use quorum_sqlite::machine::{file_digest, current_file};
+use quorum_sqlite::machine::{current_file, file_digest};
 
 use crate::cli::node::{database_dir, start};
 
@@ -140,7 +140,8 @@ fn drive(
                             }
                             Err(error) => {
                                 errors.fetch_add(1, Ordering::Relaxed);
-                                let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
+                                let mut first =
+                                    first_error.lock().unwrap_or_else(|e| e.into_inner());
                                 first.get_or_insert(error);
                             }
                         }
@@ -184,8 +185,11 @@ impl Cluster {
         for _ in 0..VOTERS {
             addresses.push(format!("127.0.0.1:{}", free_port_range(1)?));
         }
-        let peers: Vec<String> =
-            addresses.iter().enumerate().map(|(i, address)| format!("{}={address}", i + 1)).collect();
+        let peers: Vec<String> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, address)| format!("{}={address}", i + 1))
+            .collect();
         let mut cluster = Cluster { nodes: Vec::new(), addresses, data_dirs: Vec::new() };
         for index in 0..usize::from(VOTERS) {
             let data_dir = base.join(format!("node-{}", index + 1));
@@ -217,8 +221,9 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let leader = self.addresses.iter().any(|address| {
-                node_status(address, ClusterId(EMBEDDED_CLUSTER_ID), false)
-                    .is_ok_and(|statuses| statuses.first().is_some_and(|s| s.role == RoleKind::Leader))
+                node_status(address, ClusterId(EMBEDDED_CLUSTER_ID), false).is_ok_and(|statuses| {
+                    statuses.first().is_some_and(|s| s.role == RoleKind::Leader)
+                })
             });
             if leader {
                 return Ok(());
@@ -251,7 +256,9 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("the nodes did not converge within {timeout:?}: applied {applied:?}"));
+                return Err(format!(
+                    "the nodes did not converge within {timeout:?}: applied {applied:?}"
+                ));
             }
             previous = Some(applied);
             std::thread::sleep(Duration::from_millis(100));
@@ -283,15 +290,20 @@ impl Cluster {
 
 fn replicated(args: &BenchArgs, base: &Path) -> Result<(Measured, Vec<Replica>), String> {
     let cluster = Cluster::start(base)?;
-    let client = SqlClient::connect(&cluster.addresses, EMBEDDED_CLUSTER_ID, Duration::from_secs(10))
-        .map_err(|error| format!("cannot connect: {error}"))?;
+    let client =
+        SqlClient::connect(&cluster.addresses, EMBEDDED_CLUSTER_ID, Duration::from_secs(10))
+            .map_err(|error| format!("cannot connect: {error}"))?;
     client.execute(0, CREATE_TABLE, vec![]).map_err(|error| format!("{CREATE_TABLE}: {error}"))?;
     let text = payload(args.payload_bytes);
-    let measured = drive(args.clients, window(args.warmup, args.duration), |client_index, sequence| {
-        let params =
-            vec![Value::Integer(client_index as i64), Value::Integer(sequence), Value::Text(text.clone())];
-        client.execute(0, INSERT, params).map(|_| ()).map_err(|error| error.to_string())
-    });
+    let measured =
+        drive(args.clients, window(args.warmup, args.duration), |client_index, sequence| {
+            let params = vec![
+                Value::Integer(client_index as i64),
+                Value::Integer(sequence),
+                Value::Text(text.clone()),
+            ];
+            client.execute(0, INSERT, params).map(|_| ()).map_err(|error| error.to_string())
+        });
     drop(client);
     cluster.await_converged(Duration::from_secs(30))?;
     let replicas = cluster.stop_and_read()?;
@@ -315,29 +327,39 @@ fn plain(args: &BenchArgs, base: &Path) -> Result<Measured, String> {
         .collect::<Result<_, _>>()
         .map_err(fail)?;
     let text = payload(args.payload_bytes);
-    let measured = drive(args.clients, window(args.warmup, args.duration), |client_index, sequence| {
-        // Each thread locks only its own connection: the mutex is never contended.
-        let connection = connections[client_index].lock().unwrap_or_else(|e| e.into_inner());
-        let mut statement = connection.prepare_cached(INSERT).map_err(|error| error.to_string())?;
-        statement
-            .execute(rusqlite::params![client_index as i64, sequence, text])
-            .map(|_| ())
-            .map_err(|error| error.to_string())
-    });
+    let measured =
+        drive(args.clients, window(args.warmup, args.duration), |client_index, sequence| {
+            // Each thread locks only its own connection: the mutex is never contended.
+            let connection = connections[client_index].lock().unwrap_or_else(|e| e.into_inner());
+            let mut statement =
+                connection.prepare_cached(INSERT).map_err(|error| error.to_string())?;
+            statement
+                .execute(rusqlite::params![client_index as i64, sequence, text])
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        });
     Ok(measured)
 }
 
 /// Runs `quorum-sqlite bench`.
 pub fn run(args: &BenchArgs) -> ExitCode {
-    if args.clients == 0 || !(args.duration > 0.0) || !(args.warmup >= 0.0) {
-        eprintln!("quorum-sqlite bench: --clients must be at least 1, --duration above 0, --warmup at least 0");
+    let duration_valid = args.duration.is_finite() && args.duration > 0.0;
+    let warmup_valid = args.warmup.is_finite() && args.warmup >= 0.0;
+    if args.clients == 0 || !duration_valid || !warmup_valid {
+        eprintln!(
+            "quorum-sqlite bench: --clients must be at least 1, --duration above 0 and \
+             --warmup at least 0 (seconds)"
+        );
         return ExitCode::from(2);
     }
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let base = match tempfile::Builder::new().prefix("quorum-sqlite-bench-").tempdir_in(&parent) {
         Ok(base) => base,
         Err(error) => {
-            eprintln!("quorum-sqlite bench: cannot create a directory in {}: {error}", parent.display());
+            eprintln!(
+                "quorum-sqlite bench: cannot create a directory in {}: {error}",
+                parent.display()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -367,9 +389,9 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             }
         }
     };
-    let identical = replicas.windows(2).all(|pair| {
-        pair[0].rows == pair[1].rows && pair[0].checksum == pair[1].checksum
-    });
+    let identical = replicas
+        .windows(2)
+        .all(|pair| pair[0].rows == pair[1].rows && pair[0].checksum == pair[1].checksum);
     report(args, &parent, &measured, &replicas, identical, plain.as_ref());
     if identical { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
@@ -383,7 +405,8 @@ fn report(
     plain: Option<&Measured>,
 ) {
     let rows = replicas.first().map_or(0, |replica| replica.rows);
-    let ratio = plain.map(|plain| if plain.rate() > 0.0 { measured.rate() / plain.rate() } else { 0.0 });
+    let ratio =
+        plain.map(|plain| if plain.rate() > 0.0 { measured.rate() / plain.rate() } else { 0.0 });
     if args.json {
         let mut object = serde_json::json!({
             "clients": args.clients,
@@ -420,7 +443,12 @@ fn report(
             measured.errors
         );
         for (index, replica) in replicas.iter().enumerate() {
-            println!("  node {}: {} rows, checksum {:016x}", index + 1, replica.rows, replica.checksum);
+            println!(
+                "  node {}: {} rows, checksum {:016x}",
+                index + 1,
+                replica.rows,
+                replica.checksum
+            );
         }
         println!(
             "  replicas {}; {} inserts acknowledged in all",

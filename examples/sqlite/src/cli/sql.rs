@@ -83,10 +83,11 @@ pub fn run(args: &SqlArgs, mode: Mode) -> ExitCode {
     };
     let seeds: Vec<String> = args.cluster.split(',').map(|seed| seed.trim().to_string()).collect();
     let timeout = Duration::from_millis(args.timeout_ms);
-    let result = SqlClient::connect(&seeds, args.cluster_id, timeout).and_then(|client| match mode {
-        Mode::Exec => client.execute(args.shard, &args.sql, params),
-        Mode::Query => client.query(args.shard, &args.sql, params),
-    });
+    let result =
+        SqlClient::connect(&seeds, args.cluster_id, timeout).and_then(|client| match mode {
+            Mode::Exec => client.execute(args.shard, &args.sql, params),
+            Mode::Query => client.query(args.shard, &args.sql, params),
+        });
     match result {
         Ok(outcome) => {
             print!("{}", render(&outcome, mode, args.json));
