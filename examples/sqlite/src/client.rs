@@ -94,8 +94,10 @@ impl SqlClient {
         decode(&response.body)
     }
 
-    /// Runs a read-only statement on shard `shard`'s database, ordered in the log with the
-    /// commands (linearizable).
+    /// Runs a read-only statement on shard `shard`'s database. Linearizable: the leader
+    /// answers it once a heartbeat round confirmed it still leads and its database applied
+    /// every command committed before the query arrived (the read index); the query is never
+    /// written to the log.
     ///
     /// # Errors
     /// As [`SqlClient::execute`]; also a statement that would write.

@@ -196,13 +196,16 @@ fn time_function(
 
 /// Refuses, before it is proposed, a statement that is certainly non-deterministic: a call of
 /// a refused function, a date or time function with no arguments, or `'now'`, `'localtime'`
-/// or `'utc'` (as a literal or a parameter) in a statement that calls a date or time function.
+/// or `'utc'` (as a literal or a parameter) in a statement that calls a date or time function;
+/// and, by its first keywords, a pragma, `ATTACH`/`DETACH`, transaction control or a
+/// temporary object.
 /// Lexical and conservative: what it lets through, the replicas still check.
 ///
 /// # Errors
 /// The refusal, saying what was found.
 pub fn check_statement(sql: &str, params: &[Value]) -> Result<(), StatementError> {
     let tokens = tokenize(sql);
+    check_leading_keywords(&tokens)?;
     let mut calls_time_function = false;
     for (at, token) in tokens.iter().enumerate() {
         let Token::Word(word) = token else { continue };
@@ -241,6 +244,37 @@ pub fn check_statement(sql: &str, params: &[Value]) -> Result<(), StatementError
         }
     }
     Ok(())
+}
+
+/// Refuses, by its first keywords, a statement the replicas' authorizer would deny whatever
+/// it names: pragmas, `ATTACH`/`DETACH`, transaction control, temporary objects. The same
+/// reasons as the authorizer's.
+fn check_leading_keywords(tokens: &[Token]) -> Result<(), StatementError> {
+    let words: Vec<&str> = tokens
+        .iter()
+        .take(3)
+        .map(|token| match token {
+            Token::Word(word) => word.as_str(),
+            _ => "",
+        })
+        .collect();
+    match words[..] {
+        ["pragma", name, ..] => {
+            Err(refusal(format!("PRAGMA {name} changes or reads one connection")))
+        }
+        ["pragma"] => Err(refusal("PRAGMA changes or reads one connection")),
+        ["attach" | "detach", ..] => {
+            Err(refusal("ATTACH and DETACH reach files outside the database"))
+        }
+        ["begin" | "commit" | "end" | "rollback" | "savepoint" | "release", ..] => Err(refusal(
+            "transaction control is the replicated log's: each command is applied in its own \
+             savepoint",
+        )),
+        ["create", "temp" | "temporary", ..] => {
+            Err(refusal("temporary objects live in one connection, not in the replicated database"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A token of SQL, as far as [`check_statement`] needs one.

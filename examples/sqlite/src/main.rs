@@ -41,16 +41,26 @@ enum Command {
     ///   "INSERT INTO users (name, age) VALUES (?1, ?2)" alice 42
     #[command(verbatim_doc_comment)]
     Exec(cli::sql::SqlArgs),
-    /// Run one read-only statement (SELECT…), ordered in the log with the writes, and print
-    /// its rows as a table (or one JSON object per row with --json). Parameters as for exec.
+    /// Run one read-only statement (SELECT…) and print its rows as a table (or one JSON
+    /// object per row with --json). Parameters as for exec.
+    ///
+    /// The shard's leader answers it from its database, linearizably (after one heartbeat
+    /// round confirms it still leads); a query is never written to the log. A statement that
+    /// would write is refused: send it with exec.
     ///
     /// Example: quorum-sqlite query --cluster 127.0.0.1:7000 "SELECT * FROM users WHERE age > ?1" 30
     #[command(verbatim_doc_comment)]
     Query(cli::sql::SqlArgs),
-    /// Benchmark: a 3-node cluster on loopback in this process (temporary directories, fsync
-    /// on) with K clients inserting small rows for S seconds, its three databases then
-    /// compared; and plain SQLite on the same disk (WAL, synchronous=FULL, one transaction
-    /// per insert, K threads with their own connections) for the same time.
+    /// Benchmark: replicated inserts (3 nodes, fsync) against plain SQLite on the same disk.
+    ///
+    /// Replicated: a 3-node cluster on loopback in this process, each node with its own
+    /// temporary directory and database, fsync on; K clients insert small rows for S
+    /// seconds, each waiting for its acknowledgement; then the three databases are compared
+    /// (row count and a checksum of every table dumped in order). Plain: one SQLite file on
+    /// the same disk, WAL mode, synchronous=FULL, one transaction per insert, K threads with
+    /// their own connections, for the same time. Prints both and their ratio; exits 1 if the
+    /// replicas differ.
+    #[command(verbatim_doc_comment)]
     Bench(cli::bench::BenchArgs),
 }
 

@@ -5,7 +5,7 @@
 
 use quorum::StateMachine;
 use quorum_sqlite::command::DecodeError;
-use quorum_sqlite::determinism::check_statement;
+use quorum_sqlite::determinism::{APPLIED_TABLE, check_statement};
 use quorum_sqlite::machine::recorded_position;
 use quorum_sqlite::reply::{decode_reply, encode_reply};
 use quorum_sqlite::{ErrorKind, Outcome, Reply, SqliteMachine, Statement, Value};
@@ -149,7 +149,14 @@ fn non_deterministic_sql_is_refused_before_proposing_and_by_every_replica() {
     ] {
         let reply = exec(&mut machine, sql, vec![]);
         assert!(reply.is_err(), "{sql}: {reply:?}");
+        if !sql.contains(APPLIED_TABLE) {
+            assert_eq!(kind(&reply), Some(ErrorKind::NonDeterministic), "{sql}: {reply:?}");
+            let early = check_statement(sql, &[]).unwrap_err();
+            assert_eq!(early.kind, ErrorKind::NonDeterministic, "{sql}");
+        }
     }
+    assert!(check_statement("CREATE TABLE temp_readings (x)", &[]).is_ok());
+    assert!(check_statement("SELECT * FROM t WHERE x = 'pragma'", &[]).is_ok());
     assert_eq!(query(&machine, "SELECT count(*) FROM t").rows, vec![vec![Value::Integer(0)]]);
     // Deterministic date arithmetic still works, computed by SQLite's own functions.
     let dated = exec(

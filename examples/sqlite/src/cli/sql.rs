@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quorum_sqlite::client::{SqlClient, SqlClientError};
+use quorum_sqlite::determinism::check_statement;
 use quorum_sqlite::{Outcome, Value};
 
 /// Which of the two subcommands.
@@ -16,6 +17,7 @@ pub enum Mode {
     Query,
 }
 
+/// The flags and arguments of `exec` and `query`.
 #[derive(clap::Args)]
 pub struct SqlArgs {
     /// Any members of the cluster, HOST:PORT[,HOST:PORT…] (their shard 0 port).
@@ -71,6 +73,8 @@ pub fn parse_param(text: &str) -> Result<Value, String> {
     }
 }
 
+/// Runs `exec` or `query`: exit 0 with the result printed, 1 if the statement failed or
+/// the cluster did not answer (the reason on stderr), 2 for unusable arguments.
 pub fn run(args: &SqlArgs, mode: Mode) -> ExitCode {
     let name = if mode == Mode::Exec { "exec" } else { "query" };
     let params: Result<Vec<Value>, String> = args.params.iter().map(|p| parse_param(p)).collect();
@@ -81,6 +85,11 @@ pub fn run(args: &SqlArgs, mode: Mode) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Refused here, before any connection: the same check the client makes before proposing.
+    if let Err(error) = check_statement(&args.sql, &params) {
+        eprintln!("quorum-sqlite {name}: {error}");
+        return ExitCode::FAILURE;
+    }
     let seeds: Vec<String> = args.cluster.split(',').map(|seed| seed.trim().to_string()).collect();
     let timeout = Duration::from_millis(args.timeout_ms);
     let result =
