@@ -375,6 +375,17 @@ impl<S: StateMachine> Applier<S> {
         batch: &[u8],
         mut on_outcome: impl FnMut(RequestId, Outcome<S::Reply>),
     ) -> Result<(), MalformedBatch> {
+        let applied = self.apply_commands(batch, &mut on_outcome);
+        // Also after a malformed batch: the commands before the damage were applied.
+        self.machine.on_batch_applied();
+        applied
+    }
+
+    fn apply_commands(
+        &mut self,
+        batch: &[u8],
+        on_outcome: &mut impl FnMut(RequestId, Outcome<S::Reply>),
+    ) -> Result<(), MalformedBatch> {
         for command in BatchReader::new(batch) {
             let (id, payload) = command?;
             let outcome = self.apply_one(id, payload);

@@ -28,6 +28,12 @@ pub trait StateMachine {
     /// Applies one committed command and returns its reply.
     fn apply(&mut self, command: &[u8]) -> Self::Reply;
 
+    /// Called once the commands of one committed batch were applied, before anything else
+    /// looks at the state (a query, a snapshot, a summary). A machine that groups its writes
+    /// (a database: one transaction per batch) makes them whole here. Where batches end
+    /// must not change what the commands do; the default does nothing.
+    fn on_batch_applied(&mut self) {}
+
     /// Answers a read-only request from the state as it is, changing nothing. Every replica
     /// at the same applied position gives the same answer. Until reads are served without the
     /// log (issue #16), a query is ordered in the log like a command and answered where it
