@@ -13,11 +13,13 @@
 //! the file, syncs each commit, and hands back [`SqliteMachine::applied`].
 //!
 //! # Transactions
-//! [`SqliteMachine::apply_batch`] applies a run of commands in one transaction, each command
-//! in a savepoint of its own: a failing statement is rolled back to its savepoint and answers
-//! with SQLite's message, and the others stay. The trait's [`StateMachine::apply`] hands one
-//! command at a time and does not say where a committed batch ends, so each command through
-//! it is a batch of one.
+//! Each committed batch is one transaction, each command in a savepoint of its own: a failing
+//! statement is rolled back to its savepoint and answers with SQLite's message, and the
+//! others stay. [`StateMachine::apply`] begins the transaction if none is open and
+//! [`StateMachine::on_batch_applied`] records the applied position and commits it
+//! ([`SqliteMachine::apply_batch`] does both for a run of commands). Anything that reads the
+//! database from outside the batch (a summary, a snapshot) commits an open transaction first,
+//! for a machine driven without the batch boundary.
 //!
 //! # Files
 //! A database restored from a snapshot is a new file (`shard-K.gN.db`, N the newest), because
@@ -110,8 +112,12 @@ pub struct SqliteMachine {
     connection: Connection,
     guard: Guard,
     shard: u16,
-    /// Commands applied (the value of [`APPLIED_TABLE`] as of the last commit).
+    /// Commands applied, the open transaction's included (what [`APPLIED_TABLE`] says once
+    /// it commits).
     applied: u64,
+    /// The commands applied in the open transaction: applied again should one of them end
+    /// it (see `apply_one`).
+    open: RefCell<Vec<Vec<u8>>>,
     dir: PathBuf,
     generation: u64,
     /// True once this machine applied a command: it is the live one ([`Files`]).
@@ -207,7 +213,8 @@ impl SqliteMachine {
             files.newest = files.newest.max(generation);
         });
         let dir = dir.to_path_buf();
-        Ok(SqliteMachine { connection, guard, shard, applied, dir, generation, live: false })
+        let open = RefCell::new(Vec::new());
+        Ok(SqliteMachine { connection, guard, shard, applied, open, dir, generation, live: false })
     }
 
     /// The shard this database belongs to.
@@ -216,7 +223,8 @@ impl SqliteMachine {
         self.shard
     }
 
-    /// Commands applied so far, as recorded in the database's [`APPLIED_TABLE`].
+    /// Commands applied so far: what the database's [`APPLIED_TABLE`] records once the open
+    /// transaction, if any, commits (at the end of each batch).
     #[must_use]
     pub fn applied(&self) -> u64 {
         self.applied
@@ -230,38 +238,58 @@ impl SqliteMachine {
 
     /// Applies `commands` in order in one transaction, each in its own savepoint, and records
     /// the new applied position in the same transaction. One reply per command; a failing
-    /// command is rolled back alone.
+    /// command is rolled back alone. What a node does for each committed batch, through
+    /// [`StateMachine::apply`] and [`StateMachine::on_batch_applied`].
     ///
     /// # Panics
     /// The database itself fails (disk full, I/O error): going on would let this replica
     /// diverge, so the node stops.
     pub fn apply_batch(&mut self, commands: &[&[u8]]) -> Vec<Reply> {
+        let replies = commands.iter().map(|command| self.apply_one(command)).collect();
+        self.commit_open();
+        replies
+    }
+
+    /// Applies one command in the open transaction (begun if none is), in a savepoint.
+    fn apply_one(&mut self, command: &[u8]) -> Reply {
         if !self.live {
             self.become_live();
         }
-        self.internal(BEGIN, &[]);
-        let mut replies = Vec::with_capacity(commands.len());
-        for (at, command) in commands.iter().enumerate() {
-            let reply = self.apply_in_savepoint(command);
-            if self.connection.is_autocommit() {
-                // The statement ended the whole transaction (`INSERT OR ROLLBACK`,
-                // `RAISE(ROLLBACK, …)`): the commands before it are applied again, from the
-                // same state, so that it alone is undone.
-                self.internal(BEGIN, &[]);
-                for earlier in &commands[..at] {
-                    let _ = self.apply_in_savepoint(earlier);
-                }
-            }
-            replies.push(reply);
+        if self.connection.is_autocommit() {
+            self.internal(BEGIN, &[]);
         }
-        self.applied += commands.len() as u64;
+        let reply = self.apply_in_savepoint(command);
+        if self.connection.is_autocommit() {
+            // The statement ended the whole transaction (`INSERT OR ROLLBACK`,
+            // `RAISE(ROLLBACK, …)`): the commands before it in the transaction are applied
+            // again, from the same state, so that it alone is undone. It is not kept among
+            // them: undone, it did nothing, and applied again it would end the transaction
+            // again.
+            self.internal(BEGIN, &[]);
+            let earlier = std::mem::take(self.open.get_mut());
+            for command in &earlier {
+                let _ = self.apply_in_savepoint(command);
+            }
+            *self.open.get_mut() = earlier;
+        } else {
+            self.open.get_mut().push(command.to_vec());
+        }
+        self.applied += 1;
+        reply
+    }
+
+    /// Records the applied position and commits the open transaction, if there is one.
+    /// Through `&self`: a query, a summary or a snapshot of a machine used without
+    /// [`StateMachine::on_batch_applied`] (tests, tools) commits first too.
+    fn commit_open(&self) {
+        if self.connection.is_autocommit() {
+            return;
+        }
         let position = i64::try_from(self.applied).unwrap_or(i64::MAX);
-        self.internal(
-            RECORD_APPLIED,
-            &[Value::Integer(position), Value::Integer(self.shard.into())],
-        );
+        let shard = Value::Integer(self.shard.into());
+        self.internal(RECORD_APPLIED, &[Value::Integer(position), shard]);
         self.internal(COMMIT, &[]);
-        replies
+        self.open.borrow_mut().clear();
     }
 
     /// This machine applies from now on: the files of older generations belong to machines
@@ -418,6 +446,7 @@ impl SqliteMachine {
     /// # Errors
     /// The copy cannot be written or read back.
     pub fn image(&self) -> Result<Vec<u8>, MachineError> {
+        self.commit_open();
         let path =
             self.dir.join(format!("snapshot-{}.tmp", GENERATION.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_file(&path);
@@ -452,9 +481,12 @@ impl StateMachine for SqliteMachine {
     type Reply = Reply;
 
     fn apply(&mut self, command: &[u8]) -> Reply {
-        self.apply_batch(&[command]).pop().unwrap_or_else(|| {
-            Err(StatementError::new(ErrorKind::Malformed, "no reply for the command"))
-        })
+        self.apply_one(command)
+    }
+
+    /// The end of a committed batch: its transaction commits.
+    fn on_batch_applied(&mut self) {
+        self.commit_open();
     }
 
     fn query(&self, request: &[u8]) -> Reply {
@@ -472,6 +504,7 @@ impl StateMachine for SqliteMachine {
     }
 
     fn summary(&self) -> StateSummary {
+        self.commit_open();
         match content_digest(&self.connection) {
             Ok((entries, digest)) => StateSummary { entries, digest },
             Err(error) => panic!("shard {}: the database cannot be read: {error}", self.shard),
@@ -499,6 +532,8 @@ impl StateMachine for SqliteMachine {
 
 impl Drop for SqliteMachine {
     fn drop(&mut self) {
+        // What a reader of the file after a clean stop expects to find.
+        self.commit_open();
         let (generation, applied, live) = (self.generation, self.applied, self.live);
         let keep = with_files(&self.prefix(), |files| match files.live {
             Some((live_generation, _)) if live_generation == generation => {

@@ -190,6 +190,9 @@ fn a_batch_is_one_transaction_and_a_failing_statement_is_rolled_back_alone() {
         statement("SELEC nothing", vec![]),
         b"not a command".to_vec(),
         statement("UPDATE t SET v = v || '!' WHERE id <= 2", vec![]),
+        // A second statement that ends the transaction: the first is not applied again.
+        statement("INSERT OR ROLLBACK INTO t VALUES (1, 'rolls back again')", vec![]),
+        statement("INSERT INTO t VALUES (5, 'five')", vec![]),
     ];
     let batch: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
     let replies = machine.apply_batch(&batch);
@@ -206,8 +209,10 @@ fn a_batch_is_one_transaction_and_a_failing_statement_is_rolled_back_alone() {
     assert_eq!(kind(&replies[8]), Some(ErrorKind::Malformed));
     let update = replies[9].as_ref().unwrap();
     assert_eq!((update.changes, update.last_insert_rowid), (2, None));
+    assert_eq!(kind(&replies[10]), Some(ErrorKind::Sql));
+    assert_eq!(replies[11].as_ref().unwrap().changes, 1);
     let rows = query(&machine, "SELECT id, v FROM t ORDER BY id").rows;
-    let expected: Vec<Vec<Value>> = [(1, "one!"), (2, "two!"), (3, "four")]
+    let expected: Vec<Vec<Value>> = [(1, "one!"), (2, "two!"), (3, "four"), (5, "five")]
         .iter()
         .map(|(id, v)| vec![Value::Integer(*id), Value::Text((*v).into())])
         .collect();
@@ -220,7 +225,7 @@ fn a_batch_is_one_transaction_and_a_failing_statement_is_rolled_back_alone() {
     assert_eq!(kind(&write), Some(ErrorKind::NotReadOnly));
     let wrong = exec(&mut machine, "INSERT INTO t VALUES (?1, ?2)", vec![Value::Integer(9)]);
     assert_eq!(kind(&wrong), Some(ErrorKind::Sql));
-    assert_eq!(query(&machine, "SELECT count(*) FROM t").rows, vec![vec![Value::Integer(3)]]);
+    assert_eq!(query(&machine, "SELECT count(*) FROM t").rows, vec![vec![Value::Integer(4)]]);
     // The position is committed with each batch, in the database file itself: a process that
     // stops finds it there.
     let (path, applied) = (machine.path(), machine.applied());
@@ -288,4 +293,31 @@ fn a_snapshot_restores_to_an_identical_database_and_bad_images_are_refused() {
     }
     assert!(SqliteMachine::restore_in(dir.path(), &flipped).is_err());
     assert!(SqliteMachine::restore_in(dir.path(), b"SQLite format 3\0garbage").is_err());
+}
+
+#[test]
+fn through_the_trait_a_batch_commits_at_its_end_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut machine = SqliteMachine::create(dir.path(), 0).unwrap();
+    exec(&mut machine, "CREATE TABLE t (x INTEGER UNIQUE)", vec![]).unwrap();
+    machine.on_batch_applied();
+    let path = machine.path();
+    assert_eq!(recorded_position(&path).unwrap(), Some((0, 1)));
+    // Commands of one batch, as a node applies them: one at a time, then the batch's end.
+    for x in 0..10 {
+        exec(&mut machine, "INSERT INTO t VALUES (?1)", vec![Value::Integer(x)]).unwrap();
+    }
+    let duplicate = exec(&mut machine, "INSERT OR ROLLBACK INTO t VALUES (3)", vec![]);
+    assert_eq!(kind(&duplicate), Some(ErrorKind::Sql));
+    exec(&mut machine, "INSERT INTO t VALUES (10)", vec![]).unwrap();
+    // Another connection sees nothing of the batch before its end, then all of it.
+    assert_eq!(recorded_position(&path).unwrap(), Some((0, 1)), "not committed mid-batch");
+    machine.on_batch_applied();
+    assert_eq!(recorded_position(&path).unwrap(), Some((0, 13)));
+    assert_eq!(query(&machine, "SELECT count(*) FROM t").rows, vec![vec![Value::Integer(11)]]);
+    // A machine driven without batch ends still commits before a snapshot or a summary.
+    exec(&mut machine, "INSERT INTO t VALUES (11)", vec![]).unwrap();
+    let summary = machine.summary();
+    assert_eq!(summary.entries, 12);
+    assert_eq!(recorded_position(&path).unwrap(), Some((0, 14)));
 }
