@@ -476,6 +476,41 @@ impl Cluster {
         })
     }
 
+    /// Each shard's role and known leader on each node the clients reach under `fault`, as
+    /// `shard: node role→leader …`.
+    fn view(&self, fault: &Fault) -> String {
+        let unreachable = match fault {
+            Fault::IsolateLeader(leader) => Some(*leader),
+            _ => None,
+        };
+        let statuses: Vec<_> = (0..NODES)
+            .map(|node| {
+                (unreachable != Some(node))
+                    .then(|| node_status(&self.addresses[node], ClusterId(CLUSTER), false).ok())
+                    .flatten()
+            })
+            .collect();
+        (0..usize::from(SHARDS))
+            .map(|shard| {
+                let nodes: Vec<String> = statuses
+                    .iter()
+                    .enumerate()
+                    .map(|(node, status)| match status {
+                        Some(status) => format!(
+                            "{}:{:?}→{}",
+                            node + 1,
+                            status[shard].role,
+                            status[shard].leader.map_or(0, |id| id.0)
+                        ),
+                        None => format!("{}:?", node + 1),
+                    })
+                    .collect();
+                format!("shard {shard}: {}", nodes.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The node leading `shard` that a majority names, if there is one.
     fn leader(&self, shard: u16) -> Option<usize> {
         let statuses = self.statuses(false);
@@ -507,16 +542,13 @@ impl Cluster {
     /// Waits until a put goes through on every shard.
     fn await_serving(&self, keys: &[String], timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
-        let mut last = String::new();
         for key in keys {
             loop {
-                match self.client(Duration::from_secs(2)).and_then(|c| c.put(key.as_bytes(), b"y"))
-                {
-                    Ok(()) => break,
-                    Err(error) => last = error.to_string(),
-                }
+                let put =
+                    self.client(Duration::from_secs(2)).and_then(|c| c.put(key.as_bytes(), b"y"));
+                let Err(error) = put else { break };
                 if Instant::now() > deadline {
-                    return Err(format!("no put on `{key}` within {timeout:?}: {last}"));
+                    return Err(format!("no put on `{key}` within {timeout:?}: {error}"));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -581,6 +613,8 @@ struct Shared {
     start: Instant,
     stop: AtomicBool,
     next_client: AtomicUsize,
+    /// Operations acknowledged so far, by every client and writer.
+    acked: AtomicUsize,
 }
 
 impl Shared {
@@ -660,6 +694,7 @@ fn hot_client(thread: usize, seed: u64, addresses: &[String], shared: &Shared) -
         match outcome {
             Ok(result) => {
                 record.ok += 1;
+                shared.acked.fetch_add(1, Ordering::Relaxed);
                 let complete = Some((complete_us, result));
                 record.history.push((key, Operation { client: logical, op, invoke_us, complete }));
             }
@@ -698,6 +733,7 @@ fn writer(thread: usize, addresses: &[String], shared: &Shared) -> Record {
         match client.put(key.as_bytes(), value.as_bytes()) {
             Ok(()) => {
                 record.ok += 1;
+                shared.acked.fetch_add(1, Ordering::Relaxed);
                 record.acked.push((key, value));
             }
             Err(error) => {
@@ -726,8 +762,10 @@ struct Stats {
     /// From a heal until both shards serve again.
     recovery_max: Duration,
     recovery_total: Duration,
-    /// When the first fault healed, on the clients' clock.
-    first_heal_us: Option<u64>,
+    /// When each fault healed, on the clients' clock.
+    heals_us: Vec<u64>,
+    /// Operations acknowledged while a fault held.
+    acked_during_faults: usize,
 }
 
 /// One cycle: pick a shard's leader, cut, hold, heal, wait until both shards serve.
@@ -743,8 +781,10 @@ fn run_cycle(
     let leader = cluster.await_leader(shard, Duration::from_secs(20))?;
     let fault = Fault::pick(cycle, leader, rng);
     let hold = Duration::from_millis(1200 + rng.below(800));
+    let acked_before = shared.acked.load(Ordering::Relaxed);
     cluster.net.set_faults(&fault.cuts(), fault.loss_percent());
     std::thread::sleep(hold);
+    let view = cluster.view(&fault);
     let mut replaced = None;
     if let Some(old) = fault.deposes() {
         // Asked before the heal, of the majority's side only (the old leader may be out of
@@ -759,7 +799,9 @@ fn run_cycle(
     }
     cluster.net.set_faults(&[], 0);
     let healed = Instant::now();
-    stats.first_heal_us.get_or_insert(shared.now_us());
+    stats.heals_us.push(shared.now_us());
+    let acked_during = shared.acked.load(Ordering::Relaxed) - acked_before;
+    stats.acked_during_faults += acked_during;
     cluster.await_serving(serving_keys, Duration::from_secs(30))?;
     let recovery = healed.elapsed();
     cluster.assert_running(&format!("cycle {cycle} ({fault:?})"));
@@ -769,7 +811,8 @@ fn run_cycle(
     stats.recovery_total += recovery;
     println!(
         "cycle {cycle}: {} {fault:?} (shard {shard}'s leader: node {}) for {} ms; new leader \
-         before the heal: {replaced:?}; serving {} ms after the heal",
+         before the heal: {replaced:?}; {acked_during} operations acknowledged during the fault; \
+         serving {} ms after the heal; before the heal {view}",
         KINDS[fault.kind()],
         leader + 1,
         hold.as_millis(),
@@ -908,6 +951,7 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
         start: Instant::now(),
         stop: AtomicBool::new(false),
         next_client: AtomicUsize::new(0),
+        acked: AtomicUsize::new(0),
     });
     let threads: Vec<_> = (0..CLIENTS + WRITERS)
         .map(|thread| {
@@ -922,6 +966,12 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
         })
         .collect();
 
+    // Every thread connected and going before the first fault.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shared.acked.load(Ordering::Relaxed) < 500 {
+        assert!(Instant::now() < deadline, "the clients make no progress before the faults");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut stats = Stats::default();
     for cycle in 0..cycles {
         if let Err(error) =
@@ -985,8 +1035,9 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
     }
     let check_seconds = checking.elapsed().as_secs_f64();
 
-    // The checker must see a stale read planted in this very history.
-    let after_us = stats.first_heal_us.unwrap_or(0);
+    // The checker must see a stale read planted in this very history, after half the cycles
+    // (so the history before it holds faults, and pending puts).
+    let after_us = stats.heals_us.get(stats.heals_us.len() / 2).copied().unwrap_or(0);
     let (key, (prefix, wrong)) = per_key
         .iter()
         .enumerate()
@@ -1009,7 +1060,7 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
         KINDS.iter().zip(stats.faults).map(|(kind, count)| format!("{kind} {count}")).collect();
     println!(
         "partitions, seed {seed}: {} cycles ({}); new leader before the heal in {} of {} \
-         faults that cut the leader off; operations {} ok / {} failed gets / {} indeterminate \
+         faults that cut the leader off; {} operations acknowledged during faults; operations {} ok / {} failed gets / {} indeterminate \
          puts ({seen_after_all} of them seen by a read); {} hot keys linearizable ({:.1} s to \
          check); {} acknowledged writes read back, 0 lost ({} puts unacknowledged); nodes converged; serving again \
          within {} ms of a heal (mean {} ms); {:.1} s",
@@ -1017,6 +1068,7 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
         faults.join(", "),
         stats.replaced,
         stats.deposing,
+        stats.acked_during_faults,
         sum(hot, |record| record.ok),
         sum(hot, |record| record.failed),
         sum(hot, |record| record.indeterminate),
