@@ -400,8 +400,11 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let addresses =
             (0..NODES).map(|node| format!("{}:{PORT}", net.address(End::Node(node)))).collect();
-        let logs =
-            (0..NODES).map(|node| dir.path().join(format!("node-{}.log", node + 1))).collect();
+        // QUORUM_PARTITION_LOGS keeps the nodes' logs in a directory of one's choice.
+        let log_dir = std::env::var_os("QUORUM_PARTITION_LOGS")
+            .map_or_else(|| dir.path().to_path_buf(), PathBuf::from);
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let logs = (0..NODES).map(|node| log_dir.join(format!("node-{}.log", node + 1))).collect();
         let mut cluster = Cluster { children: Vec::new(), addresses, logs, dir, net };
         for node in 0..NODES {
             let child = cluster.spawn(node);
@@ -436,7 +439,7 @@ impl Cluster {
             .args(["--wal-segment-mib", "1", "--snapshot-every-mib", "1", "--retain-slots", "64"])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("data-{}", node + 1)))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
