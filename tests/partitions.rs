@@ -1084,3 +1084,58 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A measurement, not a check: how long a follower cut off for a while takes to hear the
+/// leader again once the network heals.
+#[test]
+#[ignore = "a measurement: run with --ignored"]
+fn measure_catch_up_after_a_long_cut() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cluster = match Cluster::start() {
+        Ok(cluster) => cluster,
+        Err(reason) => return println!("skipped: {reason}"),
+    };
+    let serving_keys = keys_per_shard("serving");
+    cluster.await_serving(&serving_keys, Duration::from_secs(30)).unwrap();
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        stop: AtomicBool::new(false),
+        next_client: AtomicUsize::new(0),
+        acked: AtomicUsize::new(0),
+    });
+    let load = {
+        let (shared, addresses) = (Arc::clone(&shared), cluster.addresses.clone());
+        std::thread::spawn(move || writer(0, &addresses, &shared))
+    };
+    let leader = cluster.await_leader(0, Duration::from_secs(10)).unwrap();
+    let follower = (leader + 1) % NODES;
+    let cut = Duration::from_millis(env_number("QUORUM_PARTITION_CUT_MS", 8000));
+    cluster.net.set_faults(&Fault::LeaderInMajority { alone: follower }.cuts(), 0);
+    std::thread::sleep(cut);
+    let target: Vec<u64> = node_status(&cluster.addresses[leader], ClusterId(CLUSTER), false)
+        .unwrap()
+        .iter()
+        .map(|status| status.commit_index.0)
+        .collect();
+    cluster.net.set_faults(&[], 0);
+    let healed = Instant::now();
+    std::thread::sleep(Duration::from_millis(100));
+    let namespace = cluster.net.namespace(follower);
+    let sockets = run("ip", &["netns", "exec", &namespace, "ss", "-tin"], None).unwrap();
+    println!("node {}'s sockets 100 ms after the heal:\n{sockets}", follower + 1);
+    loop {
+        let status = node_status(&cluster.addresses[follower], ClusterId(CLUSTER), false).unwrap();
+        if status.iter().zip(&target).all(|(status, target)| status.commit_index.0 >= *target) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "node {} (a follower) cut off for {cut:?}: at the leader's commit position of the heal \
+         {} ms after it",
+        follower + 1,
+        healed.elapsed().as_millis()
+    );
+    shared.stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+}
