@@ -767,8 +767,8 @@ struct Stats {
     recovery_total: Duration,
     /// When each fault healed, on the clients' clock.
     heals_us: Vec<u64>,
-    /// Operations acknowledged while a fault held.
-    acked_during_faults: usize,
+    /// Operations acknowledged while a fault held, by kind.
+    acked_during: [usize; KINDS.len()],
 }
 
 /// One cycle: pick a shard's leader, cut, hold, heal, wait until both shards serve.
@@ -804,7 +804,7 @@ fn run_cycle(
     let healed = Instant::now();
     stats.heals_us.push(shared.now_us());
     let acked_during = shared.acked.load(Ordering::Relaxed) - acked_before;
-    stats.acked_during_faults += acked_during;
+    stats.acked_during[fault.kind()] += acked_during;
     cluster.await_serving(serving_keys, Duration::from_secs(30))?;
     let recovery = healed.elapsed();
     cluster.assert_running(&format!("cycle {cycle} ({fault:?})"));
@@ -1059,11 +1059,15 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
     let (hot, writers) = records.split_at(CLIENTS);
     let sum =
         |records: &[Record], field: fn(&Record) -> usize| records.iter().map(field).sum::<usize>();
-    let faults: Vec<String> =
-        KINDS.iter().zip(stats.faults).map(|(kind, count)| format!("{kind} {count}")).collect();
+    let faults: Vec<String> = (0..KINDS.len())
+        .map(|kind| {
+            let (count, acked) = (stats.faults[kind], stats.acked_during[kind]);
+            format!("{} {count} ({} acks per fault)", KINDS[kind], acked / count.max(1))
+        })
+        .collect();
     println!(
         "partitions, seed {seed}: {} cycles ({}); new leader before the heal in {} of {} \
-         faults that cut the leader off; {} operations acknowledged during faults; operations {} ok / {} failed gets / {} indeterminate \
+         faults that cut the leader off; operations {} ok / {} failed gets / {} indeterminate \
          puts ({seen_after_all} of them seen by a read); {} hot keys linearizable ({:.1} s to \
          check); {} acknowledged writes read back, 0 lost ({} puts unacknowledged); nodes converged; serving again \
          within {} ms of a heal (mean {} ms); {:.1} s",
@@ -1071,7 +1075,6 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
         faults.join(", "),
         stats.replaced,
         stats.deposing,
-        stats.acked_during_faults,
         sum(hot, |record| record.ok),
         sum(hot, |record| record.failed),
         sum(hot, |record| record.indeterminate),
