@@ -11,9 +11,11 @@
 //! packets between nodes. The fault holds for 1.2 to 2 s (elections take 300 ms here), then
 //! heals, and the cycle ends once both shards serve again.
 //!
-//! Throughout, clients put and get a few hot keys and record every operation with its
-//! invocation and completion times; a put whose outcome is unknown (a timeout, a broken
-//! connection) is recorded as such: it may or may not have taken effect. At the end each key's
+//! Throughout, clients put, get and compare-and-set a few hot keys (every value written is
+//! unique) and record every operation with its invocation and completion times; a write whose
+//! outcome is unknown (a timeout, a broken connection) is recorded as such: it may or may not
+//! have taken effect, at any time after it was invoked. A failed get is left out: it changed
+//! nothing. At the end each key's
 //! history must be linearizable (`quorum::sim::linearizability`), with a last read of every key
 //! after the clients stop; every acknowledged write of unique-key writers must read back; the
 //! nodes must agree on each shard's state. The recorded history, with one read turned stale,
@@ -643,7 +645,7 @@ struct Record {
     ok: usize,
     /// Gets that failed (left out of the history: a read changes nothing).
     failed: usize,
-    /// Puts that failed: they may or may not have taken effect.
+    /// Puts and compare-and-sets that failed: they may or may not have taken effect.
     indeterminate: usize,
 }
 
@@ -668,31 +670,71 @@ fn connect_until(addresses: &[String], shared: &Shared) -> Option<Client> {
     None
 }
 
-/// A linearizability client: random puts (unique values) and gets on the hot keys.
+/// Parses a hot key's value.
+fn parse_value(key: &str, bytes: Option<Vec<u8>>) -> Option<u64> {
+    bytes.map(|bytes| {
+        let text = String::from_utf8(bytes).unwrap();
+        text.parse().unwrap_or_else(|_| panic!("`{key}` holds `{text}`"))
+    })
+}
+
+/// One random operation on a hot key: a put of the unique `value`, a get, or a
+/// compare-and-set from the value this client last saw there to `value` (a duplicate apply of
+/// one shows in its history).
+fn hot_operation(
+    client: &Client,
+    rng: &mut Rng,
+    key: &str,
+    value: u64,
+    last_seen: &mut Option<u64>,
+) -> (KvOp, Result<KvResult, ClientError>) {
+    match rng.below(5) {
+        0 | 1 => {
+            let result = client.put(key.as_bytes(), value.to_string().as_bytes());
+            (KvOp::Put(value), result.map(|()| KvResult::Done))
+        }
+        2 | 3 => {
+            let result = client.get(key.as_bytes()).map(|read| parse_value(key, read));
+            if let Ok(read) = result {
+                *last_seen = read;
+            }
+            (KvOp::Get, result.map(KvResult::Value))
+        }
+        _ => {
+            let expected = *last_seen;
+            let text = expected.map(|expected| expected.to_string());
+            let new = value.to_string();
+            let result = client.compare_and_set(
+                key.as_bytes(),
+                text.as_ref().map(String::as_bytes),
+                new.as_bytes(),
+            );
+            let result = result.map(|(succeeded, previous)| {
+                let previous = parse_value(key, previous);
+                *last_seen = if succeeded { Some(value) } else { previous };
+                KvResult::CompareAndSet { succeeded, previous }
+            });
+            (KvOp::CompareAndSet { expected, new: value }, result)
+        }
+    }
+}
+
+/// A linearizability client: random puts, gets and compare-and-sets on the hot keys, every
+/// value written unique.
 fn hot_client(thread: usize, seed: u64, addresses: &[String], shared: &Shared) -> Record {
     let mut record = Record::default();
     let mut rng = Rng((seed ^ (thread as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)) | 1);
     let Some(mut client) = connect_until(addresses, shared) else { return record };
     let mut logical = shared.new_client();
+    let mut last_seen: Vec<Option<u64>> = vec![None; HOT_KEYS];
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let key = rng.below(HOT_KEYS as u64) as usize;
-        let name = hot_key(key);
+        n += 1;
+        let value = ((thread as u64 + 1) << 40) | n;
         let invoke_us = shared.now_us();
-        let (op, outcome) = if rng.below(2) == 0 {
-            n += 1;
-            let value = ((thread as u64 + 1) << 40) | n;
-            let result = client.put(name.as_bytes(), value.to_string().as_bytes());
-            (KvOp::Put(value), result.map(|()| KvResult::Done))
-        } else {
-            let result = client.get(name.as_bytes()).map(|read| {
-                KvResult::Value(read.map(|bytes| {
-                    let text = String::from_utf8(bytes).unwrap();
-                    text.parse().unwrap_or_else(|_| panic!("`{name}` holds `{text}`"))
-                }))
-            });
-            (KvOp::Get, result)
-        };
+        let (op, outcome) =
+            hot_operation(&client, &mut rng, &hot_key(key), value, &mut last_seen[key]);
         let complete_us = shared.now_us();
         match outcome {
             Ok(result) => {
@@ -1008,18 +1050,22 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
     }
     cluster.assert_running("at the end");
 
-    // Indeterminate puts whose value some read saw: they took effect after all.
-    let read_values: std::collections::HashSet<u64> = operations
+    // Indeterminate writes whose value some client saw: they took effect after all.
+    let seen: std::collections::HashSet<u64> = operations
         .iter()
         .filter_map(|(_, operation)| match &operation.complete {
-            Some((_, KvResult::Value(Some(value)))) => Some(*value),
+            Some((_, KvResult::Value(Some(value))))
+            | Some((_, KvResult::CompareAndSet { previous: Some(value), .. })) => Some(*value),
             _ => None,
         })
         .collect();
     let seen_after_all = operations
         .iter()
         .filter(|(_, operation)| operation.complete.is_none())
-        .filter(|(_, operation)| matches!(operation.op, KvOp::Put(value) if read_values.contains(&value)))
+        .filter(|(_, operation)| match operation.op {
+            KvOp::Put(value) | KvOp::CompareAndSet { new: value, .. } => seen.contains(&value),
+            _ => false,
+        })
         .count();
     let checking = Instant::now();
     let per_key = histories(operations);
@@ -1067,10 +1113,11 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
         .collect();
     println!(
         "partitions, seed {seed}: {} cycles ({}); new leader before the heal in {} of {} \
-         faults that cut the leader off; operations {} ok / {} failed gets / {} indeterminate \
-         puts ({seen_after_all} of them seen by a read); {} hot keys linearizable ({:.1} s to \
-         check); {} acknowledged writes read back, 0 lost ({} puts unacknowledged); nodes converged; serving again \
-         within {} ms of a heal (mean {} ms); {:.1} s",
+         faults that cut the leader off; hot-key operations {} ok / {} failed gets / {} \
+         indeterminate writes ({seen_after_all} of them seen later); {} hot keys linearizable \
+         ({:.1} s to check); {} acknowledged unique writes read back, 0 lost ({} puts \
+         unacknowledged); nodes converged; serving again within {} ms of a heal (mean {} ms); \
+         {:.1} s",
         stats.cycles,
         faults.join(", "),
         stats.replaced,
