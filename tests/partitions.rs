@@ -1135,6 +1135,31 @@ fn partitions_keep_the_history_linearizable_and_lose_no_acknowledged_write() {
     );
 }
 
+/// The TCP connections in `namespace` that are retransmitting with back-off: addresses, the
+/// retransmission timeout, the back-off count and the unacknowledged segments (`ss -tin`).
+fn backed_off(namespace: &str) -> Vec<String> {
+    let text = run("ip", &["netns", "exec", namespace, "ss", "-tin"], None).unwrap();
+    let mut out = Vec::new();
+    let mut connection = String::new();
+    for line in text.lines() {
+        if line.starts_with("ESTAB") {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            connection = format!("{} -> {}", fields[3], fields[4]);
+        } else if line.contains("backoff:") {
+            let pick = |name: &str| {
+                line.split_whitespace().find(|field| field.starts_with(name)).unwrap_or("")
+            };
+            out.push(format!(
+                "{connection} {} {} {}",
+                pick("rto:"),
+                pick("backoff:"),
+                pick("unacked:")
+            ));
+        }
+    }
+    out
+}
+
 /// A measurement, not a check: how long a follower cut off for a while takes to hear the
 /// leader again once the network heals.
 #[test]
@@ -1170,9 +1195,12 @@ fn measure_catch_up_after_a_long_cut() {
     cluster.net.set_faults(&[], 0);
     let healed = Instant::now();
     std::thread::sleep(Duration::from_millis(100));
-    let namespace = cluster.net.namespace(follower);
-    let sockets = run("ip", &["netns", "exec", &namespace, "ss", "-tin"], None).unwrap();
-    println!("node {}'s sockets 100 ms after the heal:\n{sockets}", follower + 1);
+    for node in [leader, follower] {
+        println!("node {}'s backed-off sockets 100 ms after the heal:", node + 1);
+        for line in backed_off(&cluster.net.namespace(node)) {
+            println!("  {line}");
+        }
+    }
     loop {
         let status = node_status(&cluster.addresses[follower], ClusterId(CLUSTER), false).unwrap();
         if status.iter().zip(&target).all(|(status, target)| status.commit_index.0 >= *target) {
