@@ -1217,3 +1217,43 @@ fn measure_catch_up_after_a_long_cut() {
     shared.stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
 }
+
+/// A measurement, not a check: how many puts one client gets through while shard 0's leader,
+/// which it was talking to, is cut from its peers (the client still reaches every node), by
+/// which node that leader was.
+#[test]
+#[ignore = "a measurement: run with --ignored"]
+fn measure_clients_when_the_leader_is_cut_off() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cluster = match Cluster::start() {
+        Ok(cluster) => cluster,
+        Err(reason) => return println!("skipped: {reason}"),
+    };
+    let serving_keys = keys_per_shard("serving");
+    cluster.await_serving(&serving_keys, Duration::from_secs(30)).unwrap();
+    let key = &keys_per_shard("cut")[0];
+    let rounds = env_number("QUORUM_PARTITION_CYCLES", 9);
+    for round in 0..rounds {
+        let leader = cluster.await_leader(0, Duration::from_secs(20)).unwrap();
+        let client = cluster.client(REQUEST_TIMEOUT).unwrap();
+        client.put(key.as_bytes(), b"before").unwrap();
+        cluster.net.set_faults(&Fault::LeaderInMinority(leader).cuts(), 0);
+        let cut = Instant::now();
+        let (mut acked, mut failed) = (0, 0);
+        while cut.elapsed() < Duration::from_millis(1500) {
+            match client.put(key.as_bytes(), b"during") {
+                Ok(()) => acked += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        let view = cluster.view(&Fault::LeaderInMinority(leader));
+        cluster.net.set_faults(&[], 0);
+        println!(
+            "round {round}: shard 0's leader node {} cut from its peers for 1.5 s: {acked} puts \
+             acknowledged, {failed} failed; before the heal {view}",
+            leader + 1
+        );
+        cluster.await_serving(&serving_keys, Duration::from_secs(30)).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
