@@ -25,6 +25,10 @@
 //! get through sends a window's worth, then waits for acknowledgements that cannot come back.
 //! The test still cuts one way, as the network would.
 //!
+//! Two ignored tests measure what the cycles showed about liveness (docs/partitions.md, "What
+//! the test found"): how long a follower cut off for seconds takes to hear the leader after the
+//! heal, and how many puts one client gets through while its leader is cut from its peers.
+//!
 //! `QUORUM_PARTITION_CYCLES` (default 20) and `QUORUM_PARTITION_SEED` (default 1) set the
 //! cycles and the seed. Needs root, iproute2 and nft (Debian `nftables`, which `.ci/run`
 //! installs); otherwise it prints `skipped: <reason>`. docs/partitions.md has the design.
