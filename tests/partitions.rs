@@ -45,8 +45,8 @@ use std::time::{Duration, Instant};
 
 use quorum::client::{Client, ClientError, ClientOptions, node_status};
 use quorum::core::{ClusterId, RoleKind};
-use quorum::sim::linearizability::{KvOp, KvResult, Operation, check_key};
 use quorum::shard_for_key;
+use quorum::sim::linearizability::{KvOp, KvResult, Operation, check_key};
 
 const CLUSTER: u64 = 79;
 const NODES: usize = 3;
