@@ -241,6 +241,10 @@ impl Lane {
     fn connect(&self) -> Result<(TcpStream, NodeId), ClientError> {
         let leader = self.lock().leader;
         let mut last = ClientError::Disconnected("no member to connect to".into());
+        // A member that knows no leader (a deposed one, or one mid-election) is taken only if
+        // no other names one: else every client may settle on it for a whole partition
+        // (docs/partitions.md, the second finding).
+        let mut leaderless = None;
         for address in self.candidates(leader) {
             let mut address = address;
             for _ in 0..=REDIRECTS_MAX {
@@ -262,6 +266,10 @@ impl Lane {
                         membership.members.insert(member.id, member.address.clone());
                     }
                 }
+                if handshake.reply.leader.is_none() {
+                    leaderless.get_or_insert((handshake.stream, handshake.node));
+                    break;
+                }
                 let hinted = handshake.reply.leader.filter(|leader| *leader != handshake.node);
                 let redirect = hinted.and_then(|leader| {
                     members.iter().find(|member| member.id == leader).map(|m| m.address.clone())
@@ -272,7 +280,7 @@ impl Lane {
                 }
             }
         }
-        Err(last)
+        leaderless.ok_or(last)
     }
 
     fn run(self: Arc<Lane>) {

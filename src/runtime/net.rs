@@ -464,6 +464,31 @@ fn keep_alive(fd: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bounds how long what a peer connection sent may stay unacknowledged before the kernel
+/// gives up on it (`TCP_USER_TIMEOUT`): two election timeouts, at least a second. Without it a
+/// link cut by a partition backs off its retransmissions (doubling, to two minutes) and stays
+/// silent for seconds after the network heals (docs/partitions.md, the first finding); with it
+/// the connection fails, and the dial loop, whose back-off stops at a second, makes a new one.
+fn bound_unacknowledged(fd: RawFd, election_timeout_ms: u32) -> std::io::Result<()> {
+    let timeout_ms = election_timeout_ms.saturating_mul(2).max(1000);
+    let value = libc::c_uint::try_from(timeout_ms).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_uint>()` bytes from a live local; the descriptor is
+    // an open TCP socket.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Accepts connections forever, each served by its own task.
 pub async fn accept_loop<S: Hosted>(net: Rc<ShardNet<S>>, listener: TcpListener) {
     let open_max = net.config.connections_max as usize + HANDSHAKES_EXTRA;
@@ -799,6 +824,7 @@ async fn dial_once<S: Hosted>(
         TcpStream::connect_timeout(address, HANDSHAKE_TIMEOUT).await.map_err(glommio_error)?;
     stream.set_nodelay(true).map_err(glommio_error)?;
     keep_alive(stream.as_raw_fd())?;
+    bound_unacknowledged(stream.as_raw_fd(), net.config.election_timeout_ms)?;
     let registration = net.watch(stream.as_raw_fd(), Some(address), Kind::Dialled);
     let hello = Hello { version: PROTOCOL_VERSION, role: Role::Peer };
     send(&mut stream, &header_of(net, Body::Hello(hello))).await?;
