@@ -35,9 +35,9 @@ pub trait StateMachine {
     fn on_batch_applied(&mut self) {}
 
     /// Answers a read-only request from the state as it is, changing nothing. Every replica
-    /// at the same applied position gives the same answer. Until reads are served without the
-    /// log (issue #16), a query is ordered in the log like a command and answered where it
-    /// applies (protocol.md §5.2), so it is linearizable; the contract stays the same after.
+    /// at the same applied position gives the same answer. The leader calls it for a query by
+    /// the read index, once it has confirmed it still leads and applied up to the query's
+    /// index (protocol.md §5.3), so the answer is linearizable without the log.
     fn query(&self, request: &[u8]) -> Self::Reply;
 
     /// Appends a reply's encoding to `out`, to send it to the client.
