@@ -195,6 +195,14 @@ impl Lane {
             if now >= deadline {
                 state.outstanding.remove(&sequence);
                 let timeout = self.shared.options.request_timeout;
+                // A connection that answered nothing for a whole request timeout may lead to a
+                // node that vanished (a partition keeps TCP silent, not broken): drop it, so
+                // the reader reconnects, to another member if that one does not answer
+                // (docs/partitions.md, the third finding). What is outstanding goes again under
+                // the same ids, so nothing applies twice.
+                if let Some(writer) = &state.writer {
+                    let _ = writer.shutdown(Shutdown::Both);
+                }
                 return Err(match state.last_error.clone() {
                     Some(ClientError::Refused(reason)) => ClientError::Refused(reason),
                     // Registering the session was refused for want of disk space.
