@@ -120,6 +120,9 @@ fn run(args: &[&str], rounds: &[(&str, Damage, &str)]) {
         cluster.await_caught_up(victim, leader, Duration::from_secs(60));
         cluster.assert_none_exited(what);
         println!("{what}: node {} ({done}) restarted, repaired, caught up: {line}", victim + 1);
+        // Its repair must be over (it heard from every other voter, §3.9) before a healthy
+        // voter goes: caught up by commit position alone, it may still be waiting for one.
+        await_new_line(&cluster, victim, before, "repair finished", Duration::from_secs(30));
         // The damaged voter and one other are now the only majority.
         let healthy = (0..NODES).find(|&index| index != victim).unwrap();
         cluster.kill(healthy);
