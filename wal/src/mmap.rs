@@ -472,7 +472,8 @@ impl MmapFileSink {
             return Ok(());
         }
         let source = std::io::Error::last_os_error();
-        if source.raw_os_error() == Some(libc::ENOSYS) || source.raw_os_error() == Some(libc::EINVAL)
+        if source.raw_os_error() == Some(libc::ENOSYS)
+            || source.raw_os_error() == Some(libc::EINVAL)
         {
             return Ok(()); // Not supported here (some file systems): the fsync does it all.
         }
