@@ -56,8 +56,8 @@ pub trait StateMachine {
     /// Writes the whole state to `out`, for a snapshot (docs/snapshots.md). Two replicas in
     /// the same state must write the same bytes. The image is streamed: `out` takes it in
     /// pieces of any size (it is buffered, checksummed and written to the snapshot's file as
-    /// it comes), so a state larger than memory is never held whole. The helpers in
-    /// [`crate::storage::snapshot`] (`write_u64`, `write_field`) write the usual fields.
+    /// it comes), so a state larger than memory is never held whole. [`crate::write_u64`] and
+    /// [`crate::write_field`] write the usual fields.
     ///
     /// # Errors
     /// `out`'s error (a full disk, say), passed on: the snapshot is then not taken.
@@ -65,7 +65,7 @@ pub trait StateMachine {
 
     /// The state [`StateMachine::snapshot`] wrote, read from a stream of exactly its bytes
     /// (buffered: small reads are cheap; it ends where the image ends). Read it in bounded
-    /// steps ([`crate::storage::snapshot::ImageReader`] does): a damaged length must never
+    /// steps ([`crate::ImageReader`] does): a damaged length must never
     /// make it allocate more than the stream holds. The snapshot's checksum is checked after
     /// this returns, over every byte, so a damaged stream is refused whatever it made of it.
     ///
