@@ -313,38 +313,11 @@ impl<S: StateMachine> Applier<S> {
         let mut by_nonce = HashMap::default();
         let mut reply_bytes = Vec::new();
         for _ in 0..clients {
-            let client = reader.u64()?;
-            if client == RequestId::REGISTER {
-                return Err(SnapshotError::Image("a session has the register command's id"));
-            }
-            let nonce = u128::from(reader.u64()?) | u128::from(reader.u64()?) << 64;
+            let (client, session) =
+                read_session::<S>(&mut reader, seen_commands, &limits, &mut reply_bytes)?;
+            let (nonce, last_used) = (session.nonce, session.last_used);
             if by_nonce.insert(nonce, client).is_some() {
                 return Err(SnapshotError::Image("two sessions have one nonce"));
-            }
-            let last_used = reader.u64()?;
-            if last_used > seen_commands {
-                return Err(SnapshotError::Image("a session was used after the last command"));
-            }
-            let dropped_through = match (reader.u64()?, reader.u64()?) {
-                (0, 0) => None,
-                (1, through) => Some(through),
-                _ => return Err(SnapshotError::Image("a session's dropped mark is malformed")),
-            };
-            let count = reader.u64()?;
-            let mut session = Session::new(last_used, nonce);
-            session.dropped_through = dropped_through;
-            let mut previous = dropped_through;
-            for _ in 0..count {
-                let sequence = reader.u64()?;
-                if previous.is_some_and(|previous| sequence <= previous) {
-                    return Err(SnapshotError::Image("a session's replies are out of order"));
-                }
-                previous = Some(sequence);
-                reader.field_into(&mut reply_bytes)?;
-                let reply = S::decode_reply(&reply_bytes)
-                    .ok_or(SnapshotError::Image("a session's reply does not decode"))?;
-                let bytes = S::reply_size_bytes(&reply);
-                session.insert(sequence, reply, bytes, &limits);
             }
             if sessions.insert(client, session).is_some() {
                 return Err(SnapshotError::Image("a client appears twice"));
@@ -480,6 +453,47 @@ impl<S: StateMachine> Applier<S> {
         assert_eq!(self.sessions.len(), self.by_last_use.len(), "eviction order out of step");
         assert_eq!(self.sessions.len(), self.by_nonce.len(), "nonces out of step");
     }
+}
+
+/// One session of an image's session table ([`Applier::restore`]), `reply` a buffer for its
+/// replies' bytes.
+fn read_session<S: StateMachine>(
+    reader: &mut ImageReader<'_>,
+    seen_commands: u64,
+    limits: &SessionLimits,
+    reply: &mut Vec<u8>,
+) -> Result<(u64, Session<S::Reply>), SnapshotError> {
+    let client = reader.u64()?;
+    if client == RequestId::REGISTER {
+        return Err(SnapshotError::Image("a session has the register command's id"));
+    }
+    let nonce = u128::from(reader.u64()?) | u128::from(reader.u64()?) << 64;
+    let last_used = reader.u64()?;
+    if last_used > seen_commands {
+        return Err(SnapshotError::Image("a session was used after the last command"));
+    }
+    let dropped_through = match (reader.u64()?, reader.u64()?) {
+        (0, 0) => None,
+        (1, through) => Some(through),
+        _ => return Err(SnapshotError::Image("a session's dropped mark is malformed")),
+    };
+    let count = reader.u64()?;
+    let mut session = Session::new(last_used, nonce);
+    session.dropped_through = dropped_through;
+    let mut previous = dropped_through;
+    for _ in 0..count {
+        let sequence = reader.u64()?;
+        if previous.is_some_and(|previous| sequence <= previous) {
+            return Err(SnapshotError::Image("a session's replies are out of order"));
+        }
+        previous = Some(sequence);
+        reader.field_into(reply)?;
+        let reply = S::decode_reply(reply)
+            .ok_or(SnapshotError::Image("a session's reply does not decode"))?;
+        let bytes = S::reply_size_bytes(&reply);
+        session.insert(sequence, reply, bytes, limits);
+    }
+    Ok((client, session))
 }
 
 #[cfg(test)]
