@@ -91,6 +91,10 @@ pub struct SnapshotCounts {
     pub installed: u64,
     /// Pieces of a peer's snapshot pulled (a transfer of n pieces pulls n - 1).
     pub pulls: u64,
+    /// Pieces damaged on their way (`Knobs::damaged_piece_ppm`).
+    pub damaged_pieces: u64,
+    /// Peers' snapshots refused by their receivers (damaged, cut short or foreign).
+    pub refused: u64,
     /// WAL bytes released behind them.
     pub released_bytes: u64,
 }

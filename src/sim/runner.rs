@@ -115,6 +115,8 @@ pub fn run_range(
                     summary.snapshots.restarts += report.snapshots.restarts;
                     summary.snapshots.installed += report.snapshots.installed;
                     summary.snapshots.pulls += report.snapshots.pulls;
+                    summary.snapshots.damaged_pieces += report.snapshots.damaged_pieces;
+                    summary.snapshots.refused += report.snapshots.refused;
                     summary.snapshots.released_bytes += report.snapshots.released_bytes;
                     let (faults, seen) = (&mut summary.faults, &report.faults);
                     faults.repairs += seen.repairs;
@@ -161,8 +163,8 @@ impl Summary {
         format!(
             "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}; \
              compacted slots read from a WAL in {} seeds ({} reads); snapshots taken {}, \
-             restarted from {}, installed from a peer {} (in {} seeds, {} pieces pulled), {} MB of \
-             WAL released",
+             restarted from {}, installed from a peer {} (in {} seeds, {} pieces pulled; {} pieces \
+             damaged, {} snapshots refused), {} MB of WAL released",
             self.seeds_with_learners,
             self.seeds_with_relay,
             self.seeds_with_shards,
@@ -174,6 +176,8 @@ impl Summary {
             self.snapshots.installed,
             self.seeds_with_installs,
             self.snapshots.pulls,
+            self.snapshots.damaged_pieces,
+            self.snapshots.refused,
             self.snapshots.released_bytes / 1_000_000
         )
     }
