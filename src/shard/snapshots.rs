@@ -207,6 +207,8 @@ pub(super) struct Snapshots<F> {
     pub(super) taken: u64,
     pub(super) installed: u64,
     pub(super) refused: u64,
+    /// Why the last peer's snapshot refused was.
+    pub(super) last_refusal: Option<SnapshotError>,
     pub(super) released_bytes: u64,
     /// A peer's snapshot arriving in pieces, written to a file as they come.
     pub(super) arriving: Assembly<F>,
@@ -223,6 +225,7 @@ impl<F: std::io::Write> Snapshots<F> {
             taken: 0,
             installed: 0,
             refused: 0,
+            last_refusal: None,
             released_bytes: 0,
             arriving: Assembly::new(owner),
         }
@@ -304,6 +307,13 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             released_bytes: self.snapshots.released_bytes,
             current: self.snapshots.current.map(|(header, bytes)| (header.slot, bytes)),
         }
+    }
+
+    /// Why the last peer's snapshot this shard refused was refused (damaged, cut short,
+    /// foreign, or an image that does not restore), if it refused one.
+    #[must_use]
+    pub fn snapshot_refusal(&self) -> Option<&SnapshotError> {
+        self.snapshots.last_refusal.as_ref()
     }
 
     /// Starts a snapshot if one is due (`snapshot_every_bytes` of WAL since the last, and at
@@ -452,6 +462,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// next catch-up.
     fn refused(&mut self, from: NodeId, slot: Slot, error: &SnapshotError) {
         self.snapshots.refused += 1;
+        self.snapshots.last_refusal = Some(error.clone());
         let shard = self.settings.shard;
         tracing::warn!(shard, from = from.0, slot = slot.0, %error, "a peer's snapshot refused");
     }
