@@ -434,8 +434,9 @@ fn a_failed_sync_stops_the_node_and_loses_no_acknowledged_write() {
     let status = cluster.await_exit(follower, Duration::from_secs(60));
     assert!(!status.success(), "{status}");
     assert_eq!(cluster.nodes[follower].fs.counters().syncs_failed, failed_before + 1);
-    let line = cluster.await_log(follower, "shard failed", Duration::ZERO);
-    assert!(line.contains("snapshot.") && line.contains("fsync failed"), "{line}");
+    let line = cluster.await_log(follower, "/snapshot.", Duration::ZERO);
+    assert!(line.contains("shard failed") && line.contains("fsync failed"), "{line}");
+    assert!(line.contains(".new"), "the temporary's sync failed, before any rename: {line}");
     println!("node {} exited ({status}) after its failed snapshot sync: {line}", follower + 1);
     writers.await_acked(100, Duration::from_secs(30), "with the follower down");
     cluster.spawn(follower);

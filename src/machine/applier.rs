@@ -283,14 +283,6 @@ impl<S: StateMachine> Applier<S> {
         self.machine.snapshot(out)
     }
 
-    /// [`Applier::snapshot`] into memory (tests, small tools).
-    #[must_use]
-    pub fn snapshot_to_vec(&self) -> Vec<u8> {
-        let mut image = Vec::new();
-        self.snapshot(&mut image).expect("an image in memory");
-        image
-    }
-
     /// The applier [`Applier::snapshot`] wrote, keeping sessions within `limits` from now on
     /// (the replicas of a shard must agree on them).
     ///
