@@ -98,3 +98,16 @@ pub struct SnapshotCounts {
     /// WAL bytes released behind them.
     pub released_bytes: u64,
 }
+
+impl SnapshotCounts {
+    /// Adds another seed's counts.
+    pub fn add(&mut self, other: &SnapshotCounts) {
+        self.taken += other.taken;
+        self.restarts += other.restarts;
+        self.installed += other.installed;
+        self.pulls += other.pulls;
+        self.damaged_pieces += other.damaged_pieces;
+        self.refused += other.refused;
+        self.released_bytes += other.released_bytes;
+    }
+}

@@ -111,13 +111,7 @@ pub fn run_range(
                     summary.seeds_with_archived_reads += u64::from(report.archived_reads > 0);
                     summary.archived_reads += report.archived_reads;
                     summary.seeds_with_installs += u64::from(report.snapshots.installed > 0);
-                    summary.snapshots.taken += report.snapshots.taken;
-                    summary.snapshots.restarts += report.snapshots.restarts;
-                    summary.snapshots.installed += report.snapshots.installed;
-                    summary.snapshots.pulls += report.snapshots.pulls;
-                    summary.snapshots.damaged_pieces += report.snapshots.damaged_pieces;
-                    summary.snapshots.refused += report.snapshots.refused;
-                    summary.snapshots.released_bytes += report.snapshots.released_bytes;
+                    summary.snapshots.add(&report.snapshots);
                     let (faults, seen) = (&mut summary.faults, &report.faults);
                     faults.repairs += seen.repairs;
                     faults.repaired += seen.repaired;
