@@ -208,8 +208,9 @@ pub struct NodeStart<S: Hosted> {
 
 impl NodeBuilder {
     /// The state machine each shard runs: `make(shard)` is called once per shard, on that
-    /// shard's executor, when the node starts (and once more, with the shard count, for the
-    /// node's one machine under `--apply total`). A snapshot restores through
+    /// shard's executor, when the node starts (twice if the shard's stored snapshot is damaged
+    /// and its directory is set aside to be repaired from peers; and once more, with the shard
+    /// count, for the node's one machine under `--apply total`). A snapshot restores through
     /// [`StateMachine::restore`] instead.
     pub fn state_machine<S: Hosted>(
         self,
@@ -301,9 +302,7 @@ fn start<S: Hosted>(config: NodeConfig, machine: Factory<S>) -> Result<Node, Nod
         let link = total.as_mut().map(|total| total.link(shard));
         let make = machine.clone();
         let handle = builder
-            .spawn(move || {
-                run_shard(shard_config, shard, shard_control, started, link, make(shard))
-            })
+            .spawn(move || run_shard(shard_config, shard, shard_control, started, link, make))
             .map_err(|error| NodeError::Executor { shard, reason: error.to_string() })?;
         threads.push(watch_executor(handle, format!("shard {shard}"), control.clone()));
     }
@@ -365,9 +364,9 @@ async fn run_shard<S: Hosted>(
     control: Arc<Control>,
     started: std::sync::mpsc::SyncSender<Result<(), NodeError>>,
     total: Option<apply::ShardLink<S>>,
-    machine: S,
+    make: Factory<S>,
 ) -> Result<(), NodeError> {
-    let opened = open_shard(&config, shard, total.is_some(), machine);
+    let opened = open_shard(&config, shard, total.is_some(), &make);
     let (opened, listener) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -537,34 +536,32 @@ fn fit_open_files(config: &NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// A shard whose snapshot file is damaged (a checksum mismatch, a cut, an unknown format)
-/// cannot start from it: the log before it may be released. With other voters to repair from,
-/// its directory is set aside (renamed `shard-K.damaged-SECONDS`, kept for the operator) and
-/// the shard starts empty, as a wiped voter does: it takes no part in elections until every
-/// other voter has said what it holds and it has caught up (protocol.md §3.9). Alone, or for a
-/// snapshot of another cluster or shard (a misplaced directory, not damage), the start fails.
-/// Returns whether it set the directory aside.
-fn set_aside_if_snapshot_damaged(
-    config: &NodeConfig,
-    shard: u16,
-    backend: &MmapBackend,
-    dir: &std::path::Path,
-) -> Result<bool, NodeError> {
+/// True for a snapshot the open refused as damaged (a checksum mismatch, a cut, an unknown
+/// format, a malformed image), not as another cluster's or shard's (a misplaced directory).
+fn is_damage(error: &ShardError) -> bool {
     use crate::storage::snapshot::SnapshotError;
-    let owner = (config.cluster_id, shard);
-    let damage = match crate::shard::Journal::<MmapBackend, ()>::read_snapshot(backend, owner) {
-        Err(ShardError::Snapshot(
-            error @ (SnapshotError::Truncated(_)
-            | SnapshotError::Format(_)
-            | SnapshotError::Checksum
-            | SnapshotError::Image(_)),
-        )) => error,
-        Ok(_) | Err(_) => return Ok(false), // Sound, absent, or refused by the open itself.
-    };
-    let shard_config = config.shard_config(shard);
-    if shard_config.voters.len() < 2 {
-        return Ok(false); // No peer holds the log: the open refuses the file, and says why.
-    }
+    matches!(
+        error,
+        ShardError::Snapshot(
+            SnapshotError::Truncated(_)
+                | SnapshotError::Format(_)
+                | SnapshotError::Checksum
+                | SnapshotError::Image(_)
+        )
+    )
+}
+
+/// A shard whose snapshot file is damaged cannot start from it: the log before it may be
+/// released. With other voters to repair from, its directory is set aside (renamed
+/// `shard-K.damaged-SECONDS`, kept for the operator) and the shard starts empty, as a wiped
+/// voter does: it takes no part in elections until every other voter has said what it holds
+/// and it has caught up (protocol.md §3.9). Alone, or for a snapshot of another cluster or
+/// shard, the start fails with the open's error.
+fn set_aside_damaged(
+    shard: u16,
+    dir: &std::path::Path,
+    damage: &ShardError,
+) -> Result<(), NodeError> {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
@@ -581,14 +578,14 @@ fn set_aside_if_snapshot_damaged(
         "snapshot file damaged: its directory is set aside and the shard starts empty; it \
          repairs from its peers before it votes (protocol.md §3.9)"
     );
-    Ok(true)
+    Ok(())
 }
 
 fn open_shard<S: Hosted>(
     config: &NodeConfig,
     shard: u16,
     forward: bool,
-    machine: S,
+    make: &Factory<S>,
 ) -> Result<(host::NodeShard<S>, glommio::net::TcpListener), NodeError> {
     let listener = net::bind(&config.listen, shard).map_err(|source| NodeError::Listen {
         shard,
@@ -596,11 +593,6 @@ fn open_shard<S: Hosted>(
         source,
     })?;
     let dir = config.data_dir.join(format!("shard-{shard}"));
-    let wal_error = |error| NodeError::Shard { shard, source: ShardError::Wal(error) };
-    let mut backend = MmapBackend::new(&dir).map_err(wal_error)?;
-    if set_aside_if_snapshot_damaged(config, shard, &backend, &dir)? {
-        backend = MmapBackend::new(&dir).map_err(wal_error)?;
-    }
     let options = Options { segment_bytes: config.wal_segment_bytes, prepare_ahead: true };
     let settings = ShardSettings {
         sessions: SESSION_LIMITS,
@@ -614,7 +606,19 @@ fn open_shard<S: Hosted>(
         snapshot_piece_bytes: config.snapshot_piece_bytes,
         ..ShardSettings::new(SESSION_LIMITS)
     };
-    let opened = Shard::open_with(config.shard_config(shard), backend, options, machine, settings)
-        .map_err(|source| NodeError::Shard { shard, source })?;
+    let open = || {
+        let backend = MmapBackend::new(&dir).map_err(ShardError::Wal)?;
+        let shard_config = config.shard_config(shard);
+        Shard::open_with(shard_config, backend, options.clone(), make(shard), settings.clone())
+    };
+    let opened = match open() {
+        // The first open has let go of the directory: it can be renamed.
+        Err(damage) if is_damage(&damage) && config.shard_config(shard).voters.len() >= 2 => {
+            set_aside_damaged(shard, &dir, &damage)?;
+            open()
+        }
+        opened => opened,
+    };
+    let opened = opened.map_err(|source| NodeError::Shard { shard, source })?;
     Ok((opened, listener))
 }
