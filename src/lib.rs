@@ -62,4 +62,6 @@ pub use crate::runtime::config::{
     ApplyMode, Durability, NodeConfig, NodeConfigError, NodeSettings,
 };
 pub use crate::runtime::{Hosted, Node, NodeBuilder, NodeError, NodeStart};
-pub use crate::storage::snapshot::SnapshotError;
+pub use crate::storage::snapshot::{
+    ImageReader, SnapshotError, SnapshotHeader, read_snapshot, write_field, write_u64,
+};

@@ -477,11 +477,17 @@ fn snapshots_bound_the_wal_and_bring_a_returning_voter_back() {
     // A reader fetches node 1's snapshot (in thirteen pieces), restores the state it holds,
     // and could tail from its slot.
     let options = ClientOptions { cluster_id: ClusterId(CLUSTER), ..Default::default() };
-    let snapshot = fetch_snapshot(cluster.address(1), &options, 0).unwrap().unwrap();
-    assert!(snapshot.bytes.len() > 12 * 256 * 1024, "{} bytes", snapshot.bytes.len());
+    let fetched_path = cluster.dir.path().join("fetched.snapshot");
+    let snapshot = fetch_snapshot(cluster.address(1), &options, 0, &fetched_path).unwrap().unwrap();
+    assert!(snapshot.bytes > 12 * 256 * 1024, "{} bytes", snapshot.bytes);
+    assert_eq!(std::fs::metadata(&fetched_path).unwrap().len(), snapshot.bytes);
     assert!(snapshot.header.slot.0 > 0 && snapshot.header.slot.0 <= statuses[0][0].commit_index.0);
-    let restored =
-        Applier::<KvStore>::restore(snapshot.body(), SessionLimits::with_replies_max(64)).unwrap();
+    let mut file = std::fs::File::open(&fetched_path).unwrap();
+    let limits = SessionLimits::with_replies_max(64);
+    let (_, _, restored) = quorum::read_snapshot(&mut file, (ClusterId(CLUSTER), 0), |body| {
+        Applier::<KvStore>::restore(body, limits)
+    })
+    .unwrap();
     assert_eq!(restored.machine().get(b"before"), Some(&b"node 3 stops"[..]));
     assert_eq!(restored.machine().get(b"key-7").map(<[u8]>::len), Some(32 * 1024));
     // The same from the command line, to a file: the bytes the library fetched.
@@ -495,7 +501,7 @@ fn snapshots_bound_the_wal_and_bring_a_returning_voter_back() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(&format!("snapshot at slot {}", snapshot.header.slot.0)), "{stdout}");
-    assert_eq!(std::fs::read(&backup).unwrap(), snapshot.bytes);
+    assert_eq!(std::fs::read(&backup).unwrap(), std::fs::read(&fetched_path).unwrap());
     // A tail from slot 0 is told where the log now starts, instead of waiting forever.
     let child = tail(&cluster, 1, 0, 10);
     let output = child.wait_with_output().unwrap();
@@ -539,7 +545,9 @@ fn total_order_apply_gives_every_node_one_state_machine_in_one_order() {
     drop(client);
     // With one state machine for the node, shards take no snapshots: there is none to fetch.
     let options = ClientOptions { cluster_id: ClusterId(CLUSTER), ..Default::default() };
-    assert!(fetch_snapshot(cluster.address(1), &options, 1).unwrap().is_none());
+    let none = cluster.dir.path().join("none.snapshot");
+    assert!(fetch_snapshot(cluster.address(1), &options, 1, &none).unwrap().is_none());
+    assert!(!none.exists());
     // A voter killed and restarted applies the same merged order again from its log.
     cluster.kill9(2);
     cluster.start(2);

@@ -62,20 +62,20 @@ impl StateMachine for Ledger {
         StateSummary { entries: self.balances.iter().filter(|b| **b > 0).count() as u64, digest }
     }
 
-    fn snapshot(&self, out: &mut Vec<u8>) {
-        for balance in self.balances {
-            out.extend_from_slice(&balance.to_le_bytes());
-        }
+    /// Streamed: the balances one after the other (a large state writes its image in as many
+    /// pieces as it likes; nothing is held whole).
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.balances.iter().try_for_each(|balance| quorum::write_u64(out, *balance))
     }
 
-    fn restore(image: &[u8]) -> Result<Ledger, SnapshotError> {
+    /// Read back from the stream; a stream cut short or too long is an error, never a panic.
+    fn restore(image: &mut dyn std::io::Read) -> Result<Ledger, SnapshotError> {
+        let mut reader = quorum::ImageReader::new(image);
         let mut ledger = Ledger::default();
-        if image.len() != 8 * ledger.balances.len() {
-            return Err(SnapshotError::Image("a ledger image is four balances"));
+        for balance in &mut ledger.balances {
+            *balance = reader.u64()?;
         }
-        for (balance, bytes) in ledger.balances.iter_mut().zip(image.chunks_exact(8)) {
-            *balance = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-        }
+        reader.finish("a ledger image is four balances")?;
         Ok(ledger)
     }
 }

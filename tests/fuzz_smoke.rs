@@ -198,7 +198,7 @@ fn applier_image(limits: SessionLimits) -> Vec<u8> {
         applier.apply_batch(&kv_batch(client), |_, _| {}).unwrap();
     }
     let mut image = Vec::new();
-    applier.snapshot(&mut image);
+    applier.snapshot(&mut image).unwrap();
     image
 }
 

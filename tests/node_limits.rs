@@ -260,8 +260,9 @@ fn node_with_a_snapshot(extra: &[&str]) -> OneNode {
     let options = ClientOptions { cluster_id: ClusterId(CLUSTER), ..ClientOptions::default() };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let snapshot = quorum::client::fetch_snapshot(&node.address, &options, 0).unwrap();
-        if snapshot.is_some_and(|snapshot| snapshot.bytes.len() > 2 << 20) {
+        let snapshot =
+            quorum::client::fetch_snapshot_into(&node.address, &options, 0, || Ok(Vec::new()));
+        if snapshot.unwrap().is_some_and(|(snapshot, _)| snapshot.bytes > 2 << 20) {
             return node;
         }
         assert!(Instant::now() < deadline, "no snapshot taken:\n{}", node.log());
@@ -465,7 +466,10 @@ fn floods_of_snapshot_pulls_and_digests_leave_writes_working() {
             for _ in 0..4 {
                 scope.spawn(|| {
                     while Instant::now() < until {
-                        let snapshot = quorum::client::fetch_snapshot(&node.address, &options, 0);
+                        let snapshot =
+                            quorum::client::fetch_snapshot_into(&node.address, &options, 0, || {
+                                Ok(Vec::new())
+                            });
                         assert!(snapshot.unwrap().is_some());
                         pulls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

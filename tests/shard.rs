@@ -218,7 +218,7 @@ fn snapshots_release_the_log_and_a_replica_behind_them_installs_one() {
     let first = leader_shard.wal().first_position();
     assert!(first > 2 * 64 * 1024, "the leader's log was released up to {first}");
     assert!(stats.current.unwrap().0 > stopped_at);
-    assert!(stats.current.unwrap().1 > 4 * PIECE_BYTES, "sent in several pieces: {stats:?}");
+    assert!(stats.current.unwrap().1 > 4 * PIECE_BYTES as u64, "sent in several pieces: {stats:?}");
     // It comes back: what it lacks is in no one's log any more, so it is sent a snapshot, in
     // pieces it pulls one by one.
     cluster.shards[victim] =

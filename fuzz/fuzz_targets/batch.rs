@@ -40,9 +40,10 @@ fuzz_target!(|data: &[u8]| {
     let applied = applier.apply_batch(data, |_, _| {});
     assert_eq!(applied.err(), checked.err(), "apply refuses what the check refuses");
     let mut image = Vec::new();
-    applier.snapshot(&mut image);
-    let restored = Applier::<KvStore>::restore(&image, limits).expect("its own image restores");
+    applier.snapshot(&mut image).expect("an image in memory");
+    let restored =
+        Applier::<KvStore>::restore(&mut &image[..], limits).expect("its own image restores");
     let mut again = Vec::new();
-    restored.snapshot(&mut again);
+    restored.snapshot(&mut again).expect("an image in memory");
     assert_eq!(again, image, "an image restores to the same image");
 });

@@ -1,17 +1,21 @@
 //! Snapshot images on any bytes a disk or a peer could hold: the snapshot file's header and
-//! checksum (`Snapshot::decode`), and the key-value applier's image behind it
-//! (`Applier::<KvStore>::restore`, which restores the session table and then `KvStore`),
-//! read from the input directly so that the checksum does not stand in the way. Neither
-//! panics nor allocates from a count it has not checked; an image that restores is written
-//! again (`Applier::snapshot`) into one that restores to the same image, and a snapshot that
-//! decodes re-encodes into one that decodes to the same header and body.
+//! checksum (`Snapshot::decode`), the same bytes read in one pass as a shard reads its file
+//! (`read_snapshot`, the applier restored from the stream) and put together from pieces as a
+//! receiver does (`Assembly`), with the same verdict each way; and the key-value applier's
+//! image behind it (`Applier::<KvStore>::restore`, which restores the session table and then
+//! `KvStore`), read from the input directly so that the checksum does not stand in the way.
+//! None panics nor allocates from a count it has not checked; an image that restores is
+//! written again (`Applier::snapshot`) into one that restores to the same image, and a
+//! snapshot that decodes re-encodes into one that decodes to the same header and body.
 
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use quorum::core::{ClusterId, Slot};
-use quorum::storage::snapshot::{HEADER_BYTES, Snapshot, SnapshotHeader};
+use quorum::storage::snapshot::{
+    Assembly, HEADER_BYTES, Piece, Snapshot, SnapshotHeader, read_snapshot,
+};
 use quorum::machine::{Applier, KvStore, SessionLimits};
 
 fuzz_target!(|input: &[u8]| {
@@ -39,24 +43,49 @@ fuzz_target!(|input: &[u8]| {
         ),
         None => (0, 0),
     };
-    if let Ok(snapshot) = Snapshot::decode(Bytes::copy_from_slice(data), ClusterId(cluster), shard)
-    {
-        // Re-encoded, it decodes to the same header and body (not always the same bytes:
-        // the two bytes after the shard number are not checked).
+    let owner = (ClusterId(cluster), shard);
+    let streamed =
+        read_snapshot(&mut &data[..], owner, |body| Applier::<KvStore>::restore(body, limits));
+    let decoded = Snapshot::decode(Bytes::copy_from_slice(data), ClusterId(cluster), shard);
+    if let Ok(snapshot) = &decoded {
+        // Re-encoded, it decodes to the same header and body (the two bytes after the shard
+        // number are checked to be zero, so the bytes are the same too).
         let again = Snapshot::encode(snapshot.header, snapshot.body());
-        let again = Snapshot::decode(again.bytes, ClusterId(cluster), shard)
-            .expect("a re-encoded snapshot decodes");
-        assert_eq!((again.header, again.body()), (snapshot.header, snapshot.body()));
-        let _ = Applier::<KvStore>::restore(snapshot.body(), limits);
+        assert_eq!(again.bytes, snapshot.bytes);
+        let restored = Applier::<KvStore>::restore(&mut snapshot.body(), limits);
+        assert_eq!(streamed.is_ok(), restored.is_ok(), "read in one pass as in memory");
+    } else {
+        assert!(streamed.is_err(), "a snapshot refused in memory is refused in one pass");
     }
+    // In pieces of 1 to 1786 bytes, each appended to a sink: taken whole, byte for byte, if
+    // and only if it decodes.
+    let piece_bytes = 1 + usize::from(mode) * 7;
+    let slot = Slot(data.get(24..32).map_or(0, |slot| u64::from_le_bytes(slot.try_into().expect("8"))));
+    let mut assembly = Assembly::new(owner);
+    let (mut offset, mut whole) = (0, false);
+    loop {
+        let end = (offset + piece_bytes).min(data.len());
+        let total = data.len() as u64;
+        match assembly.take(slot, offset as u64, total, &data[offset..end], || Ok(Vec::new())) {
+            Ok(Piece::Whole(assembled)) => {
+                assert_eq!(assembled.out, data, "every piece reached the sink in order");
+                whole = true;
+                break;
+            }
+            Ok(Piece::Pull(_, next)) => offset = usize::try_from(next).expect("within the input"),
+            _ => break,
+        }
+    }
+    assert_eq!(whole, decoded.is_ok(), "put together from pieces as decoded in memory");
 
     // As an image.
-    let Ok(applier) = Applier::<KvStore>::restore(data, limits) else { return };
+    let Ok(applier) = Applier::<KvStore>::restore(&mut &data[..], limits) else { return };
     let mut image = Vec::new();
-    applier.snapshot(&mut image);
-    let restored = Applier::<KvStore>::restore(&image, limits).expect("its own image restores");
+    applier.snapshot(&mut image).expect("an image in memory");
+    let restored =
+        Applier::<KvStore>::restore(&mut &image[..], limits).expect("its own image restores");
     let mut again = Vec::new();
-    restored.snapshot(&mut again);
+    restored.snapshot(&mut again).expect("an image in memory");
     assert_eq!(again, image, "an image restores to the same image");
     // The image wrapped in a snapshot file is taken back whole.
     let header = SnapshotHeader { cluster_id: ClusterId(7), shard: 3, slot: Slot(5) };

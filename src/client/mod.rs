@@ -37,7 +37,7 @@ use crate::transport::shard_address;
 pub use crate::transport::codec::ShardStatus;
 pub use lane::Completion;
 use lane::Lane;
-pub use snapshot::fetch_snapshot;
+pub use snapshot::{FetchedSnapshot, fetch_snapshot, fetch_snapshot_into};
 pub use tail::{Tail, TailBatch};
 
 /// The largest frame a client reads.

@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::{Outcome, StateMachine};
 use crate::core::{BatchReader, MalformedBatch, RequestId};
-use crate::storage::snapshot::{ImageReader, SnapshotError, put_field};
+use crate::storage::snapshot::{ImageReader, SnapshotError, write_field, write_u64};
 /// Bytes of a register-session command's payload as its client sends it: the second half of
 /// its nonce (the first is in the request's sequence).
 pub const REGISTER_NONCE_BYTES: usize = 8;
@@ -247,43 +247,40 @@ impl<S: StateMachine> Applier<S> {
         self.sessions.len()
     }
 
-    /// Appends the image of the applied state: the commands applied and seen, the session
-    /// table (clients in order, each one's nonce, last use, dropped mark and replies in
-    /// order), the evicted ids in eviction order, and the state machine's image.
-    pub fn snapshot(&self, out: &mut Vec<u8>) {
-        let replies: usize = self.sessions.values().map(|session| session.replies.len()).sum();
-        out.reserve(
-            40 + 56 * self.sessions.len()
-                + 8 * self.evicted_order.len()
-                + 64 * replies
-                + self.machine.snapshot_size_hint(),
-        );
-        out.extend_from_slice(&self.applied_commands.to_le_bytes());
-        out.extend_from_slice(&self.seen_commands.to_le_bytes());
-        out.extend_from_slice(&(self.sessions.len() as u64).to_le_bytes());
+    /// Writes the image of the applied state to `out`: the commands applied and seen, the
+    /// session table (clients in order, each one's nonce, last use, dropped mark and replies
+    /// in order), the evicted ids in eviction order, then the state machine's image, streamed
+    /// (docs/snapshots.md).
+    ///
+    /// # Errors
+    /// `out`'s, or the state machine's.
+    pub fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        write_u64(out, self.applied_commands)?;
+        write_u64(out, self.seen_commands)?;
+        write_u64(out, self.sessions.len() as u64)?;
         let mut clients: Vec<u64> = self.sessions.keys().copied().collect();
         clients.sort_unstable();
         let mut reply = Vec::new();
         for client in clients {
             let session = &self.sessions[&client];
-            out.extend_from_slice(&client.to_le_bytes());
-            out.extend_from_slice(&session.nonce.to_le_bytes());
-            out.extend_from_slice(&session.last_used.to_le_bytes());
-            out.extend_from_slice(&u64::from(session.dropped_through.is_some()).to_le_bytes());
-            out.extend_from_slice(&session.dropped_through.unwrap_or(0).to_le_bytes());
-            out.extend_from_slice(&(session.replies.len() as u64).to_le_bytes());
+            write_u64(out, client)?;
+            out.write_all(&session.nonce.to_le_bytes())?;
+            write_u64(out, session.last_used)?;
+            write_u64(out, u64::from(session.dropped_through.is_some()))?;
+            write_u64(out, session.dropped_through.unwrap_or(0))?;
+            write_u64(out, session.replies.len() as u64)?;
             for (sequence, value, _) in &session.replies {
-                out.extend_from_slice(&sequence.to_le_bytes());
+                write_u64(out, *sequence)?;
                 reply.clear();
                 S::encode_reply(value, &mut reply);
-                put_field(out, &reply);
+                write_field(out, &reply)?;
             }
         }
-        out.extend_from_slice(&(self.evicted_order.len() as u64).to_le_bytes());
+        write_u64(out, self.evicted_order.len() as u64)?;
         for client in &self.evicted_order {
-            out.extend_from_slice(&client.to_le_bytes());
+            write_u64(out, *client)?;
         }
-        self.machine.snapshot(out);
+        self.machine.snapshot(out)
     }
 
     /// The applier [`Applier::snapshot`] wrote, keeping sessions within `limits` from now on
@@ -291,7 +288,10 @@ impl<S: StateMachine> Applier<S> {
     ///
     /// # Errors
     /// The image is malformed.
-    pub fn restore(image: &[u8], limits: SessionLimits) -> Result<Applier<S>, SnapshotError> {
+    pub fn restore(
+        image: &mut dyn std::io::Read,
+        limits: SessionLimits,
+    ) -> Result<Applier<S>, SnapshotError> {
         limits.check();
         let mut reader = ImageReader::new(image);
         let applied_commands = reader.u64()?;
@@ -303,38 +303,13 @@ impl<S: StateMachine> Applier<S> {
         let mut sessions = HashMap::default();
         let mut by_last_use = BTreeSet::new();
         let mut by_nonce = HashMap::default();
+        let mut reply_bytes = Vec::new();
         for _ in 0..clients {
-            let client = reader.u64()?;
-            if client == RequestId::REGISTER {
-                return Err(SnapshotError::Image("a session has the register command's id"));
-            }
-            let nonce = u128::from(reader.u64()?) | u128::from(reader.u64()?) << 64;
+            let (client, session) =
+                read_session::<S>(&mut reader, seen_commands, &limits, &mut reply_bytes)?;
+            let (nonce, last_used) = (session.nonce, session.last_used);
             if by_nonce.insert(nonce, client).is_some() {
                 return Err(SnapshotError::Image("two sessions have one nonce"));
-            }
-            let last_used = reader.u64()?;
-            if last_used > seen_commands {
-                return Err(SnapshotError::Image("a session was used after the last command"));
-            }
-            let dropped_through = match (reader.u64()?, reader.u64()?) {
-                (0, 0) => None,
-                (1, through) => Some(through),
-                _ => return Err(SnapshotError::Image("a session's dropped mark is malformed")),
-            };
-            let count = reader.u64()?;
-            let mut session = Session::new(last_used, nonce);
-            session.dropped_through = dropped_through;
-            let mut previous = dropped_through;
-            for _ in 0..count {
-                let sequence = reader.u64()?;
-                if previous.is_some_and(|previous| sequence <= previous) {
-                    return Err(SnapshotError::Image("a session's replies are out of order"));
-                }
-                previous = Some(sequence);
-                let reply = S::decode_reply(reader.field()?)
-                    .ok_or(SnapshotError::Image("a session's reply does not decode"))?;
-                let bytes = S::reply_size_bytes(&reply);
-                session.insert(sequence, reply, bytes, &limits);
             }
             if sessions.insert(client, session).is_some() {
                 return Err(SnapshotError::Image("a client appears twice"));
@@ -483,6 +458,47 @@ impl<S: StateMachine> Applier<S> {
     }
 }
 
+/// One session of an image's session table ([`Applier::restore`]), `reply` a buffer for its
+/// replies' bytes.
+fn read_session<S: StateMachine>(
+    reader: &mut ImageReader<'_>,
+    seen_commands: u64,
+    limits: &SessionLimits,
+    reply: &mut Vec<u8>,
+) -> Result<(u64, Session<S::Reply>), SnapshotError> {
+    let client = reader.u64()?;
+    if client == RequestId::REGISTER {
+        return Err(SnapshotError::Image("a session has the register command's id"));
+    }
+    let nonce = u128::from(reader.u64()?) | u128::from(reader.u64()?) << 64;
+    let last_used = reader.u64()?;
+    if last_used > seen_commands {
+        return Err(SnapshotError::Image("a session was used after the last command"));
+    }
+    let dropped_through = match (reader.u64()?, reader.u64()?) {
+        (0, 0) => None,
+        (1, through) => Some(through),
+        _ => return Err(SnapshotError::Image("a session's dropped mark is malformed")),
+    };
+    let count = reader.u64()?;
+    let mut session = Session::new(last_used, nonce);
+    session.dropped_through = dropped_through;
+    let mut previous = dropped_through;
+    for _ in 0..count {
+        let sequence = reader.u64()?;
+        if previous.is_some_and(|previous| sequence <= previous) {
+            return Err(SnapshotError::Image("a session's replies are out of order"));
+        }
+        previous = Some(sequence);
+        reader.field_into(reply)?;
+        let reply = S::decode_reply(reply)
+            .ok_or(SnapshotError::Image("a session's reply does not decode"))?;
+        let bytes = S::reply_size_bytes(&reply);
+        session.insert(sequence, reply, bytes, limits);
+    }
+    Ok((client, session))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,8 +642,8 @@ mod tests {
             for (at, command) in commands.iter().enumerate() {
                 if at == cut {
                     let mut image = Vec::new();
-                    restarted.snapshot(&mut image);
-                    restarted = Applier::restore(&image, limits).unwrap();
+                    restarted.snapshot(&mut image).unwrap();
+                    restarted = Applier::restore(&mut &image[..], limits).unwrap();
                 }
                 let one = apply(&mut straight, std::slice::from_ref(command));
                 let other = apply(&mut restarted, std::slice::from_ref(command));
@@ -639,8 +655,8 @@ mod tests {
                 proptest::prop_assert!(straight.sessions() <= bound, "{} sessions", straight.sessions());
             }
             let (mut one, mut other) = (Vec::new(), Vec::new());
-            straight.snapshot(&mut one);
-            restarted.snapshot(&mut other);
+            straight.snapshot(&mut one).unwrap();
+            restarted.snapshot(&mut other).unwrap();
             proptest::prop_assert_eq!(one, other);
         }
     }
@@ -707,8 +723,8 @@ mod tests {
         assert_eq!(applier.applied_commands(), 5);
         // The eviction survives a snapshot.
         let mut image = Vec::new();
-        applier.snapshot(&mut image);
-        let mut restored = Applier::<KvStore>::restore(&image, limits).unwrap();
+        applier.snapshot(&mut image).unwrap();
+        let mut restored = Applier::<KvStore>::restore(&mut &image[..], limits).unwrap();
         let late = apply(&mut restored, &[(2, 3, put(b"b", b"3")), (1, 1, put(b"a", b"x"))]);
         assert_eq!(late, vec![Outcome::SessionExpired, Outcome::Duplicate(KvReply::Done)]);
     }
@@ -728,8 +744,8 @@ mod tests {
         // also from a replica restored from a snapshot.
         assert_eq!(apply(&mut applier, &[register(1, 99)]), vec![Outcome::Registered(first)]);
         let mut image = Vec::new();
-        applier.snapshot(&mut image);
-        let mut restored = Applier::<KvStore>::restore(&image, limits).unwrap();
+        applier.snapshot(&mut image).unwrap();
+        let mut restored = Applier::<KvStore>::restore(&mut &image[..], limits).unwrap();
         assert_eq!(apply(&mut restored, &[register(2, 77)]), vec![Outcome::Registered(second)]);
         // Its requests apply; one under an id nobody registered does not.
         let forged = first.wrapping_add(1);
@@ -832,13 +848,14 @@ mod tests {
         }
         applier.apply_batch(&builder.take(), |_, _| {}).unwrap();
         let mut image = Vec::new();
-        applier.snapshot(&mut image);
+        applier.snapshot(&mut image).unwrap();
         let mut restored =
-            Applier::<KvStore>::restore(&image, SessionLimits::with_replies_max(2)).unwrap();
+            Applier::<KvStore>::restore(&mut &image[..], SessionLimits::with_replies_max(2))
+                .unwrap();
         assert_eq!(restored.machine(), applier.machine());
         assert_eq!(restored.applied_commands(), 5);
         let mut again = Vec::new();
-        restored.snapshot(&mut again);
+        restored.snapshot(&mut again).unwrap();
         assert_eq!(again, image, "the same state writes the same bytes");
         // A retry of a request the snapshot's sessions remember gets its first reply.
         let put = KvCommand::Put { key: b"key2".to_vec(), value: b"other".to_vec() }.encode();
@@ -849,14 +866,17 @@ mod tests {
         assert_eq!(outcomes, vec![Outcome::Duplicate(KvReply::Done)]);
         for len in 0..image.len() {
             assert!(
-                Applier::<KvStore>::restore(&image[..len], SessionLimits::with_replies_max(2))
+                Applier::<KvStore>::restore(&mut &image[..len], SessionLimits::with_replies_max(2))
                     .is_err(),
                 "cut at {len}"
             );
         }
         let mut longer = image.clone();
         longer.push(0);
-        assert!(Applier::<KvStore>::restore(&longer, SessionLimits::with_replies_max(2)).is_err());
+        assert!(
+            Applier::<KvStore>::restore(&mut &longer[..], SessionLimits::with_replies_max(2))
+                .is_err()
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::{StateMachine, StateSummary};
-use crate::storage::snapshot::{ImageReader, SnapshotError, put_field};
+use crate::storage::snapshot::{ImageReader, SnapshotError, put_field, write_field, write_u64};
 
 /// The shard a key belongs to: a stable hash, the same on every node and every build.
 #[must_use]
@@ -413,37 +413,36 @@ impl StateMachine for KvStore {
         }
     }
 
-    fn snapshot_size_hint(&self) -> usize {
-        8 + self.entries.iter().map(|(key, value)| 8 + key.len() + value.len()).sum::<usize>()
-    }
-
     /// Entries sorted by key, each key and value length-prefixed.
-    fn snapshot(&self, out: &mut Vec<u8>) {
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let mut entries: Vec<(&Bytes24, &Bytes24)> = self.entries.iter().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        write_u64(out, entries.len() as u64)?;
         for (key, value) in entries {
-            put_field(out, key);
-            put_field(out, value);
+            write_field(out, key)?;
+            write_field(out, value)?;
         }
+        Ok(())
     }
 
-    fn restore(image: &[u8]) -> Result<KvStore, SnapshotError> {
+    fn restore(image: &mut dyn std::io::Read) -> Result<KvStore, SnapshotError> {
         let mut reader = ImageReader::new(image);
         let count = reader.u64()?;
         let mut store = KvStore::default();
+        let (mut key, mut value) = (Vec::new(), Vec::new());
         // Not reserved from `count`: a damaged count must not allocate without bound.
         for _ in 0..count {
-            let key = reader.field()?;
-            let value = reader.field()?;
-            if store.entries.insert(Bytes24::from_slice(key), Bytes24::from_slice(value)).is_some()
+            reader.field_into(&mut key)?;
+            reader.field_into(&mut value)?;
+            if store
+                .entries
+                .insert(Bytes24::from_slice(&key), Bytes24::from_slice(&value))
+                .is_some()
             {
                 return Err(SnapshotError::Image("a key appears twice"));
             }
         }
-        if !reader.rest().is_empty() {
-            return Err(SnapshotError::Image("bytes after the last entry"));
-        }
+        reader.finish("bytes after the last entry")?;
         Ok(store)
     }
 

@@ -59,22 +59,26 @@ pub trait StateMachine {
     /// summaries on every replica.
     fn summary(&self) -> StateSummary;
 
-    /// Appends the whole state to `out`, for a snapshot (docs/snapshots.md). Two replicas in
-    /// the same state must write the same bytes.
-    fn snapshot(&self, out: &mut Vec<u8>);
-
-    /// About how many bytes [`StateMachine::snapshot`] will append, so that the image is
-    /// built in one allocation (a large buffer grown by doubling leaves the allocator's heap
-    /// fragmented). 0 if unknown.
-    fn snapshot_size_hint(&self) -> usize {
-        0
-    }
-
-    /// The state [`StateMachine::snapshot`] wrote.
+    /// Writes the whole state to `out`, for a snapshot (docs/snapshots.md). Two replicas in
+    /// the same state must write the same bytes. The image is streamed: `out` takes it in
+    /// pieces of any size (it is buffered, checksummed and written to the snapshot's file as
+    /// it comes), so a state larger than memory is never held whole. [`crate::write_u64`] and
+    /// [`crate::write_field`] write the usual fields.
     ///
     /// # Errors
-    /// The bytes are not such an image. Never panics on bad input.
-    fn restore(image: &[u8]) -> Result<Self, SnapshotError>
+    /// `out`'s error (a full disk, say), passed on: the snapshot is then not taken.
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+
+    /// The state [`StateMachine::snapshot`] wrote, read from a stream of exactly its bytes
+    /// (buffered: small reads are cheap; it ends where the image ends). Read it in bounded
+    /// steps ([`crate::ImageReader`] does): a damaged length must never
+    /// make it allocate more than the stream holds. The snapshot's checksum is checked after
+    /// this returns, over every byte, so a damaged stream is refused whatever it made of it.
+    ///
+    /// # Errors
+    /// The bytes are not such an image, or the stream is cut short
+    /// ([`SnapshotError::reading`]). Never panics on bad input.
+    fn restore(image: &mut dyn std::io::Read) -> Result<Self, SnapshotError>
     where
         Self: Sized;
 }

@@ -71,17 +71,13 @@ impl StateMachine for NodeMachine {
         self.store.summary()
     }
 
-    fn snapshot(&self, out: &mut Vec<u8>) {
-        self.store.snapshot(out);
-    }
-
-    fn snapshot_size_hint(&self) -> usize {
-        self.store.snapshot_size_hint()
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.store.snapshot(out)
     }
 
     /// The trap is not part of the state: a restored store has none (a test that needs it
     /// after a snapshot restore sets nothing up for it).
-    fn restore(image: &[u8]) -> Result<NodeMachine, SnapshotError> {
+    fn restore(image: &mut dyn std::io::Read) -> Result<NodeMachine, SnapshotError> {
         Ok(NodeMachine { store: KvStore::restore(image)?, panic_on_key: None })
     }
 }

@@ -547,6 +547,7 @@ fn is_damage(error: &ShardError) -> bool {
                 | SnapshotError::Format(_)
                 | SnapshotError::Checksum
                 | SnapshotError::Image(_)
+                | SnapshotError::Unreadable(_)
         )
     )
 }
@@ -599,9 +600,6 @@ fn open_shard<S: Hosted>(
         apply: if forward { ApplyTo::Forward } else { ApplyTo::Shard },
         shard,
         snapshot_every_bytes: config.snapshot_every_bytes,
-        // The largest a reader assembles (in memory): a larger state is still snapshotted
-        // (restarts use it) but its log is kept.
-        snapshot_bytes_max: crate::storage::snapshot::ASSEMBLY_BYTES_MAX as usize,
         // At most 32 MiB (`NodeConfig`): one frame each.
         snapshot_piece_bytes: config.snapshot_piece_bytes,
         ..ShardSettings::new(SESSION_LIMITS)

@@ -9,9 +9,8 @@ use bytes::Bytes;
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Synced, Wal};
 
 use crate::core::log::Log;
-use crate::core::{Ballot, ClusterId, Message, NodeId, PersistSeq, Record, Slot, SlotRun, Value};
+use crate::core::{Ballot, Message, NodeId, PersistSeq, Record, Slot, SlotRun, Value};
 use crate::storage::record;
-use crate::storage::snapshot::Snapshot;
 
 use super::ShardError;
 use super::snapshots::read_snapshot_piece;
@@ -89,8 +88,6 @@ pub struct Journal<B: Backend, T> {
     floor: Slot,
     /// The promise last written to the WAL's metadata file.
     metadata_promise: Ballot,
-    /// The cluster and shard whose snapshots sit next to the log.
-    owner: (ClusterId, u16),
     /// Why the replica must repair before it votes (protocol.md §3.9), if it must.
     repair: Option<String>,
     /// The repair is for records a completed sync had made durable, not a new directory.
@@ -162,23 +159,9 @@ fn decode_sharing<B: Backend>(
 }
 
 impl<B: Backend, T> Journal<B, T> {
-    /// The snapshot in the log's directory, checked as `owner`'s (cluster, shard), if any.
-    ///
-    /// # Errors
-    /// The file cannot be read, or is damaged or another shard's.
-    pub fn read_snapshot(
-        backend: &B,
-        owner: (ClusterId, u16),
-    ) -> Result<Option<Snapshot>, ShardError> {
-        let Some(bytes) = backend.read_file(crate::storage::snapshot::FILE_NAME)? else {
-            return Ok(None);
-        };
-        Ok(Some(Snapshot::decode(Bytes::from(bytes), owner.0, owner.1)?))
-    }
-
     /// Opens the log and hands `each` the records it recovered, one at a time, in order (so a
     /// long log is never held in memory whole), the promise of a released prefix first (as a
-    /// `Promised` record). `owner`: the cluster and shard. `floor`: the slot of the snapshot
+    /// `Promised` record). `floor`: the slot of the snapshot
     /// the replica starts from (0 if none); the log may have released the records below it.
     ///
     /// # Errors
@@ -186,7 +169,6 @@ impl<B: Backend, T> Journal<B, T> {
     pub fn open(
         backend: B,
         options: Options,
-        owner: (ClusterId, u16),
         floor: Slot,
         mut each: impl FnMut(Record) -> Result<(), ShardError>,
     ) -> Result<Self, ShardError> {
@@ -249,7 +231,6 @@ impl<B: Backend, T> Journal<B, T> {
             stretch_bytes,
             floor,
             metadata_promise,
-            owner,
             repair,
             lost_records,
         };
@@ -279,15 +260,6 @@ impl<B: Backend, T> Journal<B, T> {
         Ok(self.wal.finish_repair()?)
     }
 
-    /// The newest durable snapshot next to the log, if any (read from its file: a snapshot
-    /// being written may have replaced it already by a newer one, durable too).
-    ///
-    /// # Errors
-    /// See [`Journal::read_snapshot`].
-    pub fn snapshot(&self) -> Result<Option<Snapshot>, ShardError> {
-        Self::read_snapshot(self.wal.backend(), self.owner)
-    }
-
     /// The piece `offset..offset + piece_bytes` of the durable snapshot, as a message, if there
     /// is one and it is the snapshot at `slot` (any, with `None`).
     ///
@@ -303,23 +275,10 @@ impl<B: Backend, T> Journal<B, T> {
         read_snapshot_piece(self.wal.backend(), slot, offset, piece_bytes, commit_index)
     }
 
-    /// A peer's snapshot, checked and ahead of the replica, is made durable next to the log
-    /// before anything builds on it (a `Committed` record past its slot would otherwise,
-    /// after a crash, claim slots this log never held); reads below its slot get it from then
-    /// on, not the partial records this log may hold of them.
-    ///
-    /// # Errors
-    /// The file cannot be written.
-    pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ShardError> {
-        self.wal
-            .backend()
-            .write_file_atomic(crate::storage::snapshot::FILE_NAME, &snapshot.bytes)?;
-        self.installed(snapshot.header.slot);
-        Ok(())
-    }
-
-    /// A peer's snapshot at `slot` was written durably next to the log (by a helper thread:
-    /// see [`Journal::install_snapshot`]): reads below it get it from now on.
+    /// A peer's snapshot at `slot` was written durably next to the log (by a helper thread,
+    /// before anything builds on it: a `Committed` record past its slot would otherwise, after
+    /// a crash, claim slots this log never held): reads below it get it from now on, not the
+    /// partial records this log may hold of them.
     pub fn installed(&mut self, slot: Slot) {
         self.floor = self.floor.max(slot);
     }

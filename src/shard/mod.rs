@@ -35,7 +35,7 @@ use committer::Committer;
 pub(crate) use committer::panic_message;
 pub use hooks::{Hooks, OsHooks};
 pub use journal::{Journal, Released, SharedBatch};
-use snapshots::{Installing, Snapshots, member_rank};
+use snapshots::{Installing, Snapshots, member_rank, restore_snapshot, snapshot_slot};
 pub use snapshots::{PendingSnapshot, SnapshotReader, SnapshotStats, SnapshotWritten};
 
 /// Most bytes of records one read of compacted slots takes by default: a range is read in
@@ -99,10 +99,6 @@ pub struct ShardSettings {
     /// 0: never (the log keeps everything). Only with [`ApplyTo::Shard`]: with forwarding the
     /// state lives elsewhere.
     pub snapshot_every_bytes: u64,
-    /// The largest snapshot that may stand for a released prefix, and that this shard
-    /// assembles from a peer's pieces (in memory). A larger one is taken (restarts use it)
-    /// but the log keeps its prefix.
-    pub snapshot_bytes_max: usize,
     /// A snapshot is sent in pieces of at most this many bytes, each pulled by the receiver.
     pub snapshot_piece_bytes: usize,
     /// Most bytes of records one read of compacted slots takes (see
@@ -132,7 +128,6 @@ impl ShardSettings {
             apply: ApplyTo::Shard,
             shard: 0,
             snapshot_every_bytes: 0,
-            snapshot_bytes_max: crate::storage::snapshot::ASSEMBLY_BYTES_MAX as usize,
             snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES,
             archive_read_bytes_max: ARCHIVE_READ_BYTES_MAX,
             repair_nonce: random_nonce(),
@@ -173,9 +168,9 @@ pub struct Shard<B: Backend, S: StateMachine, H: Hooks = OsHooks> {
     committer: Committer<S>,
     hooks: H,
     settings: ShardSettings,
-    snapshots: Snapshots,
+    snapshots: Snapshots<B::FileSink>,
     /// A peer's snapshot, checked and restored, until its file is durable.
-    installing: Option<Installing<S>>,
+    installing: Option<Installing<S, B::FileSink>>,
     /// Queries answered by the read index.
     reads: reads::Reads,
     actions: Vec<Action>,
@@ -240,16 +235,20 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         mut hooks: H,
     ) -> Result<Self, ShardError> {
         let mut replica = Replica::recovering(config)?;
-        let mut snapshots = Snapshots::default();
-        let mut applier = Applier::new(machine, settings.sessions);
         let owner = (replica.config().cluster_id, settings.shard);
-        if let Some(snapshot) = Journal::<B, H::Kept>::read_snapshot(&backend, owner)? {
-            if settings.apply == ApplyTo::Forward {
-                return Err(ShardError::ForwardFromSnapshot(snapshot.header.slot.0));
+        let mut snapshots = Snapshots::new(owner);
+        let mut applier = Applier::new(machine, settings.sessions);
+        if settings.apply == ApplyTo::Forward {
+            if let Some(slot) = snapshot_slot(&backend)? {
+                return Err(ShardError::ForwardFromSnapshot(slot.0));
             }
-            applier = Applier::restore(snapshot.body(), settings.sessions)?;
-            replica.install_snapshot(snapshot.header.slot, snapshot.header.slot);
-            snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
+        }
+        if let Some((header, bytes, restored)) =
+            restore_snapshot(&backend, owner, settings.sessions)?
+        {
+            applier = restored;
+            replica.install_snapshot(header.slot, header.slot);
+            snapshots.current = Some((header, bytes));
         }
         let floor = snapshots.current.map_or(Slot(0), |(header, _)| header.slot);
         let mut committer = Committer {
@@ -271,7 +270,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             }
             Ok(())
         };
-        let journal = Journal::open(backend, options, owner, floor, |record| {
+        let journal = Journal::open(backend, options, floor, |record| {
             replica.replay(&record);
             hooks.replayed(&record);
             apply(&mut replica, &mut hooks)

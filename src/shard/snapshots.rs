@@ -1,12 +1,18 @@
-//! A shard's snapshots: taking its own (the image on the shard's thread, the write on a
-//! helper), serving pieces of the durable one, and installing a peer's.
+//! A shard's snapshots: taking its own (the image streamed into its file on the shard's
+//! thread, made durable on a helper), serving pieces of the durable one, and installing a
+//! peer's (each piece appended to a file as it comes, the whole checked and restored from the
+//! file, then made durable on the helper). No snapshot is ever held in memory whole, so a
+//! state of many GiB costs a piece's worth of memory (docs/snapshots.md, "Streams").
 
 use bytes::Bytes;
-use quorum_wal::Backend;
+use quorum_wal::{Backend, FileSink};
 
-use crate::core::{Config, Message, NodeId, Slot};
-use crate::machine::{Applier, StateMachine};
-use crate::storage::snapshot::{Piece, Snapshot, SnapshotHeader};
+use crate::core::{ClusterId, Config, Message, NodeId, Slot};
+use crate::machine::{Applier, SessionLimits, StateMachine};
+use crate::storage::snapshot::{
+    Assembled, Assembly, FILE_NAME, HEADER_BYTES, Piece, SnapshotError, SnapshotHeader,
+    read_snapshot, write_snapshot,
+};
 
 use super::{Hooks, Shard, ShardError};
 
@@ -22,12 +28,14 @@ pub(super) fn member_rank(config: &Config) -> (u64, u64) {
     (rank as u64, members.count().max(1) as u64)
 }
 
-/// A snapshot being written, off the shard's thread; hand the outcome to
-/// [`Shard::finish_snapshot`].
+/// A snapshot being written: its file streamed on the shard's thread, to be made durable off
+/// it ([`PendingSnapshot::run`]); hand the outcome to [`Shard::finish_snapshot`].
 pub struct PendingSnapshot<B: Backend> {
-    backend: B,
-    snapshot: Snapshot,
-    /// How long building the image took (on the shard's thread: a pause in its service).
+    /// The file, whole but not yet durable, or what stopped its writing.
+    file: quorum_wal::Result<B::FileSink>,
+    header: SnapshotHeader,
+    bytes: u64,
+    /// How long streaming the image took (on the shard's thread: a pause in its service).
     image_time: std::time::Duration,
     /// A peer's snapshot being installed, not one taken here.
     install: bool,
@@ -35,7 +43,8 @@ pub struct PendingSnapshot<B: Backend> {
 
 /// The outcome of [`PendingSnapshot::run`].
 pub struct SnapshotWritten {
-    snapshot: Snapshot,
+    header: SnapshotHeader,
+    bytes: u64,
     result: quorum_wal::Result<()>,
 }
 
@@ -43,7 +52,7 @@ impl<B: Backend> PendingSnapshot<B> {
     /// The snapshot's slot.
     #[must_use]
     pub fn slot(&self) -> Slot {
-        self.snapshot.header.slot
+        self.header.slot
     }
 
     /// True if this is a peer's snapshot being installed, not one taken here.
@@ -52,21 +61,60 @@ impl<B: Backend> PendingSnapshot<B> {
         self.install
     }
 
-    /// How long building its image took, on the shard's thread.
+    /// How long streaming its image took, on the shard's thread.
     #[must_use]
     pub fn image_time(&self) -> std::time::Duration {
         self.image_time
     }
 
-    /// Writes the snapshot file durably (write, fsync, rename, directory fsync). Blocks: run
-    /// it on a helper thread.
+    /// Makes the snapshot file durable and puts it in place (written back a few MiB at a
+    /// time, fsync, rename, directory fsync). Blocks: run it on a helper thread.
     #[must_use]
     pub fn run(self) -> SnapshotWritten {
-        let result = self
-            .backend
-            .write_file_atomic(crate::storage::snapshot::FILE_NAME, &self.snapshot.bytes);
-        SnapshotWritten { snapshot: self.snapshot, result }
+        let result = self.file.and_then(FileSink::finish);
+        SnapshotWritten { header: self.header, bytes: self.bytes, result }
     }
+}
+
+/// Streams a snapshot under `header` into a new file that will replace the one beside the
+/// log: `write_body` writes the applier's image, the header is completed at the end.
+fn stream_snapshot<B: Backend>(
+    backend: &B,
+    header: SnapshotHeader,
+    write_body: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> quorum_wal::Result<(B::FileSink, u64)> {
+    let mut file = backend.create_file(FILE_NAME)?;
+    let written = write_snapshot(header, &mut file, write_body)
+        .and_then(|(head, total)| file.write_at(0, &head).map(|()| total));
+    match written {
+        Ok(total) => Ok((file, total)),
+        Err(source) => Err(file.failure().unwrap_or(quorum_wal::Error::Io {
+            op: "write the snapshot's image",
+            path: FILE_NAME.into(),
+            source,
+        })),
+    }
+}
+
+/// The applier of the snapshot beside the log, read in one pass and checked as `owner`'s, with
+/// its header and size; `None` if there is none.
+///
+/// # Errors
+/// The file cannot be read, or is damaged or another shard's.
+pub(super) fn restore_snapshot<B: Backend, S: StateMachine>(
+    backend: &B,
+    owner: (ClusterId, u16),
+    sessions: SessionLimits,
+) -> Result<Option<(SnapshotHeader, u64, Applier<S>)>, super::ShardError> {
+    let Some(mut file) = backend.open_file(FILE_NAME)? else { return Ok(None) };
+    Ok(Some(read_snapshot(&mut file, owner, |body| Applier::restore(body, sessions))?))
+}
+
+/// The slot of the snapshot beside the log, from its header, if there is one of a known
+/// version.
+pub(super) fn snapshot_slot<B: Backend>(backend: &B) -> Result<Option<Slot>, super::ShardError> {
+    let range = backend.read_file_range(FILE_NAME, HEADER_BYTES, 0, 0)?;
+    Ok(range.and_then(|range| crate::storage::snapshot::slot_in_header(&range.head)))
 }
 
 /// [`Journal::snapshot_piece`], from the snapshot file in `backend`'s directory.
@@ -77,9 +125,7 @@ pub(super) fn read_snapshot_piece<B: Backend>(
     piece_bytes: usize,
     commit_index: Slot,
 ) -> Result<Option<Message>, ShardError> {
-    let name = crate::storage::snapshot::FILE_NAME;
-    let head = crate::storage::snapshot::HEADER_BYTES;
-    let Some(range) = backend.read_file_range(name, head, offset, piece_bytes)? else {
+    let Some(range) = backend.read_file_range(FILE_NAME, HEADER_BYTES, offset, piece_bytes)? else {
         return Ok(None);
     };
     let Some(held) = crate::storage::snapshot::slot_in_header(&range.head) else {
@@ -134,22 +180,23 @@ impl<B: Backend> SnapshotReader<B> {
 
 /// A peer's snapshot being installed: checked and restored, its file being written durably
 /// (by the same helper as the shard's own snapshots) before the shard goes on from it.
-pub(super) struct Installing<S: StateMachine> {
+pub(super) struct Installing<S: StateMachine, F> {
     pub(super) applier: Applier<S>,
     pub(super) header: SnapshotHeader,
-    pub(super) bytes: usize,
+    pub(super) bytes: u64,
     /// The sender's commit position, for the core.
     pub(super) commit_index: Slot,
-    /// The snapshot, until its write is handed out by [`Shard::start_snapshot`].
-    pub(super) snapshot: Option<Snapshot>,
+    /// The file the pieces were written to, until its finish is handed out by
+    /// [`Shard::start_snapshot`].
+    pub(super) file: Option<F>,
 }
 
-/// Snapshot bookkeeping of a shard.
-#[derive(Debug, Default)]
-pub(super) struct Snapshots {
+/// Snapshot bookkeeping of a shard; `F` the files its backend writes.
+#[derive(Debug)]
+pub(super) struct Snapshots<F> {
     /// The newest durable snapshot's header and size. Its bytes stay in its file (read back
     /// for a reader below the log's floor): an image may be large.
-    pub(super) current: Option<(SnapshotHeader, usize)>,
+    pub(super) current: Option<(SnapshotHeader, u64)>,
     pub(super) writing: bool,
     /// The WAL's end when the last snapshot was started.
     pub(super) taken_at_position: u64,
@@ -159,9 +206,30 @@ pub(super) struct Snapshots {
     pub(super) phase: Option<(u64, u64)>,
     pub(super) taken: u64,
     pub(super) installed: u64,
+    pub(super) refused: u64,
+    /// Why the last peer's snapshot refused was.
+    pub(super) last_refusal: Option<SnapshotError>,
     pub(super) released_bytes: u64,
-    /// A peer's snapshot arriving in pieces.
-    pub(super) arriving: crate::storage::snapshot::Assembly,
+    /// A peer's snapshot arriving in pieces, written to a file as they come.
+    pub(super) arriving: Assembly<F>,
+}
+
+impl<F: std::io::Write> Snapshots<F> {
+    /// No snapshot yet, of the shard `owner` (cluster, shard).
+    pub(super) fn new(owner: (ClusterId, u16)) -> Snapshots<F> {
+        Snapshots {
+            current: None,
+            writing: false,
+            taken_at_position: 0,
+            phase: None,
+            taken: 0,
+            installed: 0,
+            refused: 0,
+            last_refusal: None,
+            released_bytes: 0,
+            arriving: Assembly::new(owner),
+        }
+    }
 }
 
 /// What a shard did with snapshots since it started.
@@ -171,10 +239,13 @@ pub struct SnapshotStats {
     pub taken: u64,
     /// Snapshots received from peers and installed.
     pub installed: u64,
+    /// Snapshots received from peers and refused: damaged, cut short, foreign, or not
+    /// restorable (the old state kept).
+    pub refused: u64,
     /// WAL bytes released behind snapshots.
     pub released_bytes: u64,
     /// The newest snapshot's slot and size.
-    pub current: Option<(Slot, usize)>,
+    pub current: Option<(Slot, u64)>,
 }
 
 impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
@@ -232,9 +303,17 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         SnapshotStats {
             taken: self.snapshots.taken,
             installed: self.snapshots.installed,
+            refused: self.snapshots.refused,
             released_bytes: self.snapshots.released_bytes,
             current: self.snapshots.current.map(|(header, bytes)| (header.slot, bytes)),
         }
+    }
+
+    /// Why the last peer's snapshot this shard refused was refused (damaged, cut short,
+    /// foreign, or an image that does not restore), if it refused one.
+    #[must_use]
+    pub fn snapshot_refusal(&self) -> Option<&SnapshotError> {
+        self.snapshots.last_refusal.as_ref()
     }
 
     /// Starts a snapshot if one is due (`snapshot_every_bytes` of WAL since the last, and at
@@ -257,17 +336,17 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             return None;
         }
         if let Some(installing) = &mut self.installing {
-            let snapshot = installing.snapshot.take()?;
+            let file = Ok(installing.file.take()?);
             self.snapshots.writing = true;
-            let backend = self.journal.wal().backend().clone();
+            let (header, bytes) = (installing.header, installing.bytes);
             let image_time = std::time::Duration::ZERO;
-            return Some(PendingSnapshot { backend, snapshot, image_time, install: true });
+            return Some(PendingSnapshot { file, header, bytes, image_time, install: true });
         }
         let every = self.settings.snapshot_every_bytes;
         let end = self.journal.wal().end_position();
         // A snapshot costs about its own size (the image is built on this thread): at least
         // four times that much log goes by between two, however small `every` is.
-        let last_bytes = self.snapshots.current.map_or(0, |(_, bytes)| bytes as u64);
+        let last_bytes = self.snapshots.current.map_or(0, |(_, bytes)| bytes);
         let due = every.max(4 * last_bytes);
         let phase = match self.snapshots.phase {
             Some((rank, members)) if last_bytes >= PHASED_IMAGE_BYTES => due / members * rank,
@@ -299,24 +378,25 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         };
         let applier = &self.committer.applier;
         let started = std::time::Instant::now();
-        let snapshot = Snapshot::encode_with(header, |out| applier.snapshot(out));
+        let streamed =
+            stream_snapshot(self.journal.wal().backend(), header, |out| applier.snapshot(out));
         let image_time = started.elapsed();
         self.snapshots.writing = true;
         self.snapshots.taken_at_position = self.journal.wal().end_position();
-        let backend = self.journal.wal().backend().clone();
-        PendingSnapshot { backend, snapshot, image_time, install: false }
+        let bytes = streamed.as_ref().map_or(0, |(_, bytes)| *bytes);
+        let file = streamed.map(|(file, _)| file);
+        PendingSnapshot { file, header, bytes, image_time, install: false }
     }
 
     /// A snapshot's write finished: it becomes the one readers below the floor are sent, and
-    /// the WAL drops the segments it covers (if it is no larger than `snapshot_bytes_max`, so
-    /// that a reader can assemble it).
+    /// the WAL drops the segments it covers (whatever its size: readers stream it too).
     ///
     /// # Errors
     /// The write failed, or the WAL failed to release. The shard is then failed: a
     /// snapshot that may be half-written is never built upon.
     pub fn finish_snapshot(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
         self.snapshots.writing = false;
-        if self.installing.as_ref().is_some_and(|installing| installing.snapshot.is_none()) {
+        if self.installing.as_ref().is_some_and(|installing| installing.file.is_none()) {
             return self.finish_install(written);
         }
         if let Err(quorum_wal::Error::NoSpace { path }) = &written.result {
@@ -326,18 +406,14 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             return Ok(());
         }
         written.result?;
-        let snapshot = written.snapshot;
-        let slot = snapshot.header.slot;
+        let slot = written.header.slot;
         if self.snapshots.current.is_some_and(|(current, _)| current.slot > slot) {
             return Ok(()); // One installed meanwhile is newer (and durable).
         }
-        let fits = snapshot.bytes.len() <= self.settings.snapshot_bytes_max;
-        self.snapshots.current = Some((snapshot.header, snapshot.bytes.len()));
+        self.snapshots.current = Some((written.header, written.bytes));
         self.snapshots.taken += 1;
-        if fits {
-            let (promised, base) = (self.replica.promised(), self.replica.log().base());
-            self.snapshots.released_bytes += self.journal.release_below(slot, base, promised)?;
-        }
+        let (promised, base) = (self.replica.promised(), self.replica.log().base());
+        self.snapshots.released_bytes += self.journal.release_below(slot, base, promised)?;
         Ok(())
     }
 
@@ -353,15 +429,23 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
                 if self.committer.forwarded.is_some() {
                     return Ok(()); // Never released with forwarding (see `install`).
                 }
-                let (commit, max) =
-                    (self.replica.commit_index(), self.settings.snapshot_bytes_max as u64);
-                match self.snapshots.arriving.receive(commit, slot, offset, total, bytes, max) {
-                    Piece::Whole(bytes) => self.install(bytes, commit_index)?,
-                    Piece::Pull(slot, offset) => {
+                let backend = self.journal.wal().backend();
+                let open = || backend.create_file(FILE_NAME).map_err(std::io::Error::other);
+                let commit = self.replica.commit_index();
+                match self.snapshots.arriving.receive(commit, slot, offset, total, &bytes, open) {
+                    Ok(Piece::Whole(assembled)) => self.install(from, assembled, commit_index),
+                    Ok(Piece::Pull(slot, offset)) => {
                         self.replica.on_snapshot_piece();
                         self.outbox.push((from, Message::SnapshotPull { slot, offset }));
                     }
-                    Piece::Ignored => {}
+                    Ok(Piece::Ignored) => {}
+                    Ok(Piece::Refused(error)) => self.refused(from, slot, &error),
+                    Err(error) => {
+                        // A full disk, say: dropped; the reader asks again at its next
+                        // catch-up.
+                        let shard = self.settings.shard;
+                        tracing::warn!(shard, slot = slot.0, %error, "a peer's snapshot could not be written");
+                    }
                 }
             }
             Message::SnapshotPull { slot, offset } => {
@@ -374,32 +458,45 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         Ok(())
     }
 
-    /// A peer's snapshot: checked and restored here, then written durably by the helper that
+    /// A peer's snapshot refused: the old state stands, and the reader asks again at its
+    /// next catch-up.
+    fn refused(&mut self, from: NodeId, slot: Slot, error: &SnapshotError) {
+        self.snapshots.refused += 1;
+        self.snapshots.last_refusal = Some(error.clone());
+        let shard = self.settings.shard;
+        tracing::warn!(shard, from = from.0, slot = slot.0, %error, "a peer's snapshot refused");
+    }
+
+    /// A peer's snapshot, whole and its checksum checked: restored here from its file (read
+    /// back in one pass, checked again on the way), then written durably by the helper that
     /// writes the shard's own ([`Shard::start_snapshot`]), and only then do the state machine
     /// and the replica go on from it ([`Shard::finish_snapshot`]); the shard serves on from
     /// its old state meanwhile. Nothing changes if it is refused, not ahead of this replica,
-    /// or another is being installed.
-    fn install(&mut self, bytes: Bytes, commit_index: Slot) -> Result<(), ShardError> {
+    /// or another is being installed (its file is then dropped).
+    fn install(&mut self, from: NodeId, assembled: Assembled<B::FileSink>, commit_index: Slot) {
         if self.committer.forwarded.is_some() || self.installing.is_some() {
             // Never released with forwarding (a confused peer); or one is under way, and the
             // reader asks again from its next catch-up.
-            return Ok(());
+            return;
         }
-        let cluster_id = self.replica.config().cluster_id;
-        let Ok(snapshot) = Snapshot::decode(bytes, cluster_id, self.settings.shard) else {
-            return Ok(()); // Damaged on the way: the reader asks again.
-        };
-        let slot = snapshot.header.slot;
-        if slot <= self.replica.commit_index() {
-            return Ok(());
+        let Assembled { header, bytes, out: mut file } = assembled;
+        if header.slot <= self.replica.commit_index() {
+            return;
         }
-        let Ok(applier) = Applier::restore(snapshot.body(), self.settings.sessions) else {
-            return Ok(());
-        };
-        let (header, bytes) = (snapshot.header, snapshot.bytes.len());
-        let snapshot = Some(snapshot);
-        self.installing = Some(Installing { applier, header, bytes, commit_index, snapshot });
-        Ok(())
+        let owner = (self.replica.config().cluster_id, self.settings.shard);
+        let sessions = self.settings.sessions;
+        let restored =
+            file.read_back().map_err(|error| SnapshotError::Unreadable(error.to_string()));
+        let restored = restored.and_then(|mut reader| {
+            read_snapshot(&mut reader, owner, |body| Applier::<S>::restore(body, sessions))
+        });
+        match restored {
+            Ok((_, _, applier)) => {
+                let file = Some(file);
+                self.installing = Some(Installing { applier, header, bytes, commit_index, file });
+            }
+            Err(error) => self.refused(from, header.slot, &error),
+        }
     }
 
     /// A peer's snapshot is durable next to the log: the state machine and the replica go on

@@ -15,6 +15,8 @@ pub struct SimDisk {
     segment_bytes: u64,
     /// WAL bytes released behind snapshots, over every incarnation before the running one.
     pub released_bytes: u64,
+    /// Peers' snapshots refused, over every incarnation before the running one.
+    pub refused_snapshots: u64,
     /// The log's durable position before and after the last completed sync: what that sync's
     /// watermark confirms is below the first (docs/wal-format.md, "Watermarks").
     durable_positions: (u64, u64),
@@ -36,6 +38,7 @@ impl SimDisk {
             backend: lossy_backend(),
             segment_bytes,
             released_bytes: 0,
+            refused_snapshots: 0,
             durable_positions: (0, 0),
         }
     }

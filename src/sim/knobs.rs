@@ -94,6 +94,10 @@ pub struct Knobs {
     /// snapshot_piece_bytes`): whole, or 256 B to 4 KiB, so that most transfers take several
     /// pieces, each pulled, through loss, duplication, reordering and restarts.
     pub snapshot_piece_bytes: usize,
+    /// Chance in a million that a snapshot piece reaches its receiver damaged (a byte flipped:
+    /// the sender's file rotted under it), while faults are on: off in half the seeds. The
+    /// receiver must refuse the whole snapshot by its checksum and keep its old state.
+    pub damaged_piece_ppm: u64,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -143,6 +147,7 @@ impl Knobs {
             wal_segment_bytes: [24 << 10, 64 << 10][between(rng, 0, 1) as usize],
             retain_bytes: [u64::MAX, 2 << 10, 16 << 10][between(rng, 0, 2) as usize],
             snapshot_piece_bytes: [1 << 30, 256, 1024, 4096][between(rng, 0, 3) as usize],
+            damaged_piece_ppm: [0, 0, 2_000, 20_000][between(rng, 0, 3) as usize],
         }
     }
 }

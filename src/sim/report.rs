@@ -96,6 +96,23 @@ pub struct SnapshotCounts {
     pub installed: u64,
     /// Pieces of a peer's snapshot pulled (a transfer of n pieces pulls n - 1).
     pub pulls: u64,
+    /// Pieces damaged on their way (`Knobs::damaged_piece_ppm`).
+    pub damaged_pieces: u64,
+    /// Peers' snapshots refused by their receivers (damaged, cut short or foreign).
+    pub refused: u64,
     /// WAL bytes released behind them.
     pub released_bytes: u64,
+}
+
+impl SnapshotCounts {
+    /// Adds another seed's counts.
+    pub fn add(&mut self, other: &SnapshotCounts) {
+        self.taken += other.taken;
+        self.restarts += other.restarts;
+        self.installed += other.installed;
+        self.pulls += other.pulls;
+        self.damaged_pieces += other.damaged_pieces;
+        self.refused += other.refused;
+        self.released_bytes += other.released_bytes;
+    }
 }

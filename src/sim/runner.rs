@@ -169,8 +169,8 @@ impl Summary {
             "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}; \
              compacted slots read from a WAL in {} seeds ({} reads); queries answered by a read \
              index {}; snapshots taken {}, \
-             restarted from {}, installed from a peer {} (in {} seeds, {} pieces pulled), {} MB of \
-             WAL released",
+             restarted from {}, installed from a peer {} (in {} seeds, {} pieces pulled; {} pieces \
+             damaged, {} snapshots refused), {} MB of WAL released",
             self.seeds_with_learners,
             self.seeds_with_relay,
             self.seeds_with_shards,
@@ -183,6 +183,8 @@ impl Summary {
             self.snapshots.installed,
             self.seeds_with_installs,
             self.snapshots.pulls,
+            self.snapshots.damaged_pieces,
+            self.snapshots.refused,
             self.snapshots.released_bytes / 1_000_000
         )
     }

@@ -444,6 +444,15 @@ impl World {
                         shard.disk.released_bytes + running.map_or(0, |stats| stats.released_bytes)
                     })
                     .sum(),
+                refused: self
+                    .nodes
+                    .iter()
+                    .flat_map(|node| &node.shards)
+                    .map(|shard| {
+                        let running = shard.shard.as_ref().map(|s| s.snapshot_stats().refused);
+                        shard.disk.refused_snapshots + running.unwrap_or(0)
+                    })
+                    .sum(),
                 ..self.snapshots
             },
             knobs: self.knobs.clone(),
@@ -848,6 +857,7 @@ impl World {
         if self.faults_on && self.chance(self.knobs.loss_ppm) {
             return;
         }
+        let message = self.maybe_damage_piece(message);
         let from_id = self.nodes[from].id;
         if self.faults_on && self.chance(self.knobs.duplicate_ppm) {
             let delay = self.delay();
@@ -858,6 +868,24 @@ impl World {
         }
         let delay = self.delay();
         self.schedule(delay, Event::Deliver { to: to_index, shard, from: from_id, message });
+    }
+
+    /// A snapshot piece damaged on its way, by chance (`Knobs::damaged_piece_ppm`): one byte
+    /// flipped, as if the sender's file had rotted under the read.
+    fn maybe_damage_piece(&mut self, message: Message) -> Message {
+        let Message::Snapshot { slot, offset, total, bytes, commit_index } = message else {
+            return message;
+        };
+        if !self.faults_on || bytes.is_empty() || !self.chance(self.knobs.damaged_piece_ppm) {
+            return Message::Snapshot { slot, offset, total, bytes, commit_index };
+        }
+        let mut damaged = bytes.to_vec();
+        let at = (self.rng.next_u64() % damaged.len() as u64) as usize;
+        damaged[at] ^= 1 << (self.rng.next_u64() % 8);
+        self.snapshots.damaged_pieces += 1;
+        self.trace(|| format!("snapshot piece at {} offset {offset}: byte {at} damaged", slot.0));
+        let bytes = bytes::Bytes::from(damaged);
+        Message::Snapshot { slot, offset, total, bytes, commit_index }
     }
 
     // ----- Clients -----------------------------------------------------------------------
@@ -1182,6 +1210,7 @@ impl World {
             let state = &mut self.nodes[node].shards[shard];
             if let Some(stopped) = state.shard.take() {
                 state.disk.released_bytes += stopped.snapshot_stats().released_bytes;
+                state.disk.refused_snapshots += stopped.snapshot_stats().refused;
             }
             (state.syncing, state.snapshotting) = (None, None);
             state.disk.crash(&mut self.rng, survives, torn);

@@ -10,7 +10,8 @@
 //! - A spare is never listed as a segment, whatever the moment of a crash.
 //! - A [`Syncer`] makes durable every write made to its segment before [`Segment::syncer`] was
 //!   called, or fails; a failure says nothing about which of those writes survive.
-//! - `write_file_atomic` leaves either the old or the new content after a crash, never a mix.
+//! - `write_file_atomic` leaves either the old or the new content after a crash, never a mix,
+//!   and so does a [`FileSink`] (the old content until [`FileSink::finish`] returns).
 //! - After `drop_cache`, `open` reads no byte of a write whose writeback failed.
 
 use std::path::PathBuf;
@@ -61,10 +62,50 @@ pub trait Syncer: Send {
     fn sync(self: Box<Self>) -> std::io::Result<()>;
 }
 
+/// A file written in one pass under a temporary name ([`Backend::create_file`]: a snapshot of
+/// any size, never held in memory whole), then put in place of its name, atomically and
+/// durably, by [`FileSink::finish`]. Dropped unfinished, it is gone (its temporary deleted); a
+/// crash before `finish` returns leaves the file it was to replace, or none.
+pub trait FileSink: std::io::Write + Send {
+    /// Reads it back ([`FileSink::read_back`]).
+    type Reader: std::io::Read + Send + 'static;
+    /// Writes `bytes` at `offset`, over bytes already written (a header completed once the
+    /// body is written); the next [`std::io::Write::write`] still appends.
+    ///
+    /// # Errors
+    /// The OS's error.
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()>;
+    /// The bytes written so far, from the first: a peer's snapshot is restored from what
+    /// arrived before it replaces the one in place.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn read_back(&mut self) -> Result<Self::Reader>;
+    /// Bytes appended so far.
+    fn written_bytes(&self) -> u64;
+    /// The typed error of the first write that failed (`NoSpace` for a full disk), if one did:
+    /// a write returns only the OS's error.
+    fn failure(&mut self) -> Option<crate::Error>;
+    /// Makes it durable and puts it in place of its name: written back a few MiB at a time
+    /// (one flush of a large file would queue it all at the disk ahead of the log's syncs),
+    /// fsynced, renamed over the name, the directory fsynced. Blocks: run it off the thread
+    /// that serves. A write that failed fails it (nothing is renamed).
+    ///
+    /// # Errors
+    /// The failing I/O call, or the write that failed; the old file then stands.
+    fn finish(self) -> Result<()>
+    where
+        Self: Sized;
+}
+
 /// A directory of segments and small files.
 pub trait Backend: Send + Clone + 'static {
     /// Its segments.
     type Segment: Segment + 'static;
+    /// A file being written in one pass ([`Backend::create_file`]).
+    type FileSink: FileSink<Reader = Self::FileReader> + 'static;
+    /// A file read from its start ([`Backend::open_file`]).
+    type FileReader: std::io::Read + Send + 'static;
     /// Segment numbers present, in any order.
     ///
     /// # Errors
@@ -182,6 +223,20 @@ pub trait Backend: Send + Clone + 'static {
     /// # Errors
     /// The failing I/O call.
     fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Starts writing a file that will replace `name` (any size: it is streamed to the disk,
+    /// never held whole), under a temporary name of its own (ending in `.new`, so that
+    /// [`Backend::remove_leftovers`] deletes what a crash left); see [`FileSink`]. Several may
+    /// be written at once, for the same name too: the last to finish stands.
+    ///
+    /// # Errors
+    /// The failing I/O call (`NoSpace` for a full disk).
+    fn create_file(&self, name: &str) -> Result<Self::FileSink>;
+    /// A file read from its start, streamed (no size limit), `None` if absent. It reads one
+    /// version: a replacement meanwhile changes nothing it reads.
+    ///
+    /// # Errors
+    /// The failing I/O call.
+    fn open_file(&self, name: &str) -> Result<Option<Self::FileReader>>;
     /// Deletes a small file durably; nothing if it is absent.
     ///
     /// # Errors

@@ -13,13 +13,13 @@ pub mod mmap;
 pub mod sim;
 pub mod sync_thread;
 
-pub use backend::{Backend, FileRange, Segment, Syncer};
+pub use backend::{Backend, FileRange, FileSink, Segment, Syncer};
 pub use error::{Error, Result};
 pub use format::Record;
 pub use log::{
     Damage, GENERATION_LIMIT, Iter, METADATA_BYTES_MAX, METADATA_FILE, NO_SPACE_RETRY, Options,
     PendingSync, REPAIR_FILE, Recovery, Space, SyncOutcome, Synced, Wal,
 };
-pub use mmap::MmapBackend;
-pub use sim::{SimBackend, Tear};
+pub use mmap::{MmapBackend, MmapFileSink};
+pub use sim::{SimBackend, SimFileSink, Tear};
 pub use sync_thread::SyncThread;

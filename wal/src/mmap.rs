@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use memmap2::{Mmap, MmapOptions};
 
-use crate::backend::{Backend, FileRange, Segment, Syncer};
+use crate::backend::{Backend, FileRange, FileSink, Segment, Syncer};
 use crate::error::{Error, Result};
 
 /// Segments in files under one directory.
@@ -423,8 +423,132 @@ impl MmapBackend {
     }
 }
 
+/// Numbers the temporaries of files being written ([`Backend::create_file`]), so that two
+/// written at once never share one.
+static FILE_SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A file being written in one pass ([`FileSink`]): `{name}.{n}.new` until finished.
+#[derive(Debug)]
+pub struct MmapFileSink {
+    file: File,
+    temporary: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    written: u64,
+    failure: Option<Error>,
+    finished: bool,
+}
+
+impl MmapFileSink {
+    /// Notes a failed write as a typed error (the first one), and returns the OS's.
+    fn failed(&mut self, source: std::io::Error, op: &'static str) -> std::io::Error {
+        if self.failure.is_none() {
+            let copy = match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            };
+            self.failure = Some(if is_no_space(&source) {
+                Error::NoSpace { path: self.path.clone() }
+            } else {
+                Error::Io { op, path: self.temporary.clone(), source: copy }
+            });
+        }
+        source
+    }
+
+    /// Starts the writeback of `offset..offset + len` and waits for it (and for any earlier
+    /// writeback of those pages).
+    fn write_back(&self, offset: u64, len: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(()); // Beyond any file: the fsync below writes it.
+        };
+        // SAFETY: a plain system call on a descriptor this sink owns; no memory is passed.
+        let done = unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, len, flags) };
+        if done == 0 {
+            return Ok(());
+        }
+        let source = std::io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::ENOSYS)
+            || source.raw_os_error() == Some(libc::EINVAL)
+        {
+            return Ok(()); // Not supported here (some file systems): the fsync does it all.
+        }
+        Err(Error::Io { op: "sync_file_range", path: self.temporary.clone(), source })
+    }
+}
+
+impl Write for MmapFileSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self.file.write(bytes) {
+            Ok(written) => {
+                self.written += written as u64;
+                Ok(written)
+            }
+            Err(source) if source.kind() == std::io::ErrorKind::Interrupted => Err(source),
+            Err(source) => Err(self.failed(source, "write")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FileSink for MmapFileSink {
+    type Reader = File;
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(bytes, offset).map_err(|source| self.failed(source, "pwrite"))
+    }
+
+    fn read_back(&mut self) -> Result<File> {
+        File::open(&self.temporary).map_err(io("open", &self.temporary))
+    }
+
+    fn written_bytes(&self) -> u64 {
+        self.written
+    }
+
+    fn failure(&mut self) -> Option<Error> {
+        self.failure.take()
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if let Some(failure) = self.failure.take() {
+            return Err(failure);
+        }
+        // Written back a few MiB at a time, as a new segment's zeros: a snapshot of a hundred
+        // megabytes flushed at once would hold the live log's syncs behind it.
+        let mut offset = 0;
+        while offset < self.written {
+            let len = ZERO_FLUSH_BYTES.min(self.written - offset);
+            self.write_back(offset, len)?;
+            offset += len;
+        }
+        self.file.sync_all().map_err(io("fsync", &self.temporary))?;
+        std::fs::rename(&self.temporary, &self.path).map_err(io("rename", &self.path))?;
+        self.finished = true;
+        sync_directory(&self.dir)
+    }
+}
+
+impl Drop for MmapFileSink {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Given up (or failed): its space comes back now, not at the next start.
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
 impl Backend for MmapBackend {
     type Segment = MmapSegment;
+    type FileSink = MmapFileSink;
+    type FileReader = File;
 
     fn list(&self) -> Result<Vec<u64>> {
         self.numbered(".wal")
@@ -560,9 +684,10 @@ impl Backend for MmapBackend {
     }
 
     fn remove_leftovers(&self) -> Result<()> {
-        // Every temporary this backend makes is named `{final name}.new` (segments being
-        // created, `write_file_atomic`'s files such as `metadata.new` and the shard's
-        // `snapshot.new`); none is ever read, and a crash leaves it behind.
+        // Every temporary this backend makes ends in `.new` (segments being created as
+        // `{name}.new`, `write_file_atomic`'s files such as `metadata.new`, and files written
+        // in one pass such as the shard's snapshots, `snapshot.{n}.new`); none is ever read
+        // after a restart, and a crash leaves it behind.
         let mut removed = false;
         for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
             let entry = entry.map_err(io("read directory", &self.dir))?;
@@ -615,6 +740,31 @@ impl Backend for MmapBackend {
         Ok(Some(FileRange { head: read(0, head)?, bytes: read(offset, len)?, total }))
     }
 
+    fn create_file(&self, name: &str) -> Result<MmapFileSink> {
+        let path = self.dir.join(name);
+        let number = FILE_SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = self.dir.join(format!("{name}.{number}.new"));
+        let file = File::create(&temporary).map_err(|source| {
+            if is_no_space(&source) {
+                Error::NoSpace { path: path.clone() }
+            } else {
+                Error::Io { op: "create", path: temporary.clone(), source }
+            }
+        })?;
+        let dir = self.dir.clone();
+        let (written, failure, finished) = (0, None, false);
+        Ok(MmapFileSink { file, temporary, path, dir, written, failure, finished })
+    }
+
+    fn open_file(&self, name: &str) -> Result<Option<File>> {
+        let path = self.dir.join(name);
+        match File::open(&path) {
+            Ok(file) => Ok(Some(file)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { op: "open", path, source }),
+        }
+    }
+
     fn remove_file(&self, name: &str) -> Result<()> {
         let path = self.dir.join(name);
         match std::fs::remove_file(&path) {
@@ -657,6 +807,37 @@ mod tests {
     #![allow(clippy::unwrap_used)] // Tests may unwrap.
 
     use super::*;
+
+    /// A file written in one pass is invisible until finished, patched in place, read back
+    /// before it is, and gone without a trace if dropped unfinished.
+    #[test]
+    fn a_streamed_file_replaces_its_name_only_when_finished() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = MmapBackend::new(dir.path()).unwrap();
+        backend.write_file_atomic("image", b"old").unwrap();
+        let mut sink = backend.create_file("image").unwrap();
+        let mut other = backend.create_file("image").unwrap();
+        sink.write_all(b"....body").unwrap();
+        sink.write_at(0, b"head").unwrap();
+        other.write_all(b"given up").unwrap();
+        assert_eq!(sink.written_bytes(), 8);
+        let mut back = Vec::new();
+        sink.read_back().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"headbody");
+        assert_eq!(backend.read_file("image").unwrap().unwrap(), b"old");
+        drop(other);
+        sink.finish().unwrap();
+        let mut read = Vec::new();
+        backend.open_file("image").unwrap().unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"headbody");
+        assert!(backend.open_file("absent").unwrap().is_none());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["image"], "no temporary left behind");
+    }
 
     /// A read that fails is an error naming the file and the offset, never a panic or a fault.
     /// (A directory opened as a file fails every read, with EISDIR; a bad sector cannot be

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::backend::{Backend, Segment, Syncer};
+use crate::backend::{Backend, FileSink, Segment, Syncer};
 use crate::error::{Error, Result};
 
 /// A write made since the last sync of its segment.
@@ -363,8 +363,62 @@ impl Syncer for SimSyncer {
     }
 }
 
+/// A file being written in one pass ([`FileSink`]): its bytes in memory (the simulator's
+/// files are small) until [`FileSink::finish`] replaces the file as
+/// [`Backend::write_file_atomic`] does, failing syncs and directory entries alike. Unfinished,
+/// it is nowhere on the disk: a crash loses it whole.
+#[derive(Debug)]
+pub struct SimFileSink {
+    disk: SimBackend,
+    name: String,
+    bytes: Vec<u8>,
+}
+
+impl std::io::Write for SimFileSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FileSink for SimFileSink {
+    type Reader = std::io::Cursor<Vec<u8>>;
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let end = start + bytes.len();
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
+        }
+        self.bytes[start..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn read_back(&mut self) -> Result<Self::Reader> {
+        Ok(std::io::Cursor::new(self.bytes.clone()))
+    }
+
+    fn written_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn failure(&mut self) -> Option<Error> {
+        None
+    }
+
+    fn finish(self) -> Result<()> {
+        self.disk.write_file_atomic(&self.name, &self.bytes)
+    }
+}
+
 impl Backend for SimBackend {
     type Segment = SimSegment;
+    type FileSink = SimFileSink;
+    type FileReader = std::io::Cursor<Vec<u8>>;
 
     fn list(&self) -> Result<Vec<u64>> {
         Ok(self.lock().segments.keys().copied().collect())
@@ -473,6 +527,15 @@ impl Backend for SimBackend {
 
     fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.lock().files.get(name).cloned())
+    }
+
+    fn create_file(&self, name: &str) -> Result<SimFileSink> {
+        let (disk, name, bytes) = (self.clone(), name.to_string(), Vec::new());
+        Ok(SimFileSink { disk, name, bytes })
+    }
+
+    fn open_file(&self, name: &str) -> Result<Option<Self::FileReader>> {
+        Ok(self.read_file(name)?.map(std::io::Cursor::new))
     }
 
     fn remove_file(&self, name: &str) -> Result<()> {

@@ -252,7 +252,7 @@ fn opening_a_log_deletes_the_temporaries_an_interrupted_write_left() {
     wal.sync().unwrap();
     wal.set_metadata(b"promised 2.1").unwrap();
     drop(wal);
-    let leftovers = ["0000000000000001.wal.new", "metadata.new", "snapshot.new"];
+    let leftovers = ["0000000000000001.wal.new", "metadata.new", "snapshot.new", "snapshot.7.new"];
     for name in leftovers {
         std::fs::write(dir.path().join(name), vec![9u8; 64 << 10]).unwrap();
     }

@@ -34,6 +34,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,14 +162,35 @@ impl SqliteMachine {
     /// # Errors
     /// The image is not such a database (checked: header, size, `PRAGMA quick_check`, the
     /// bookkeeping table), or the file cannot be written.
-    pub fn restore_in(dir: &Path, image: &[u8]) -> Result<SqliteMachine, MachineError> {
-        check_image_header(image)?;
+    pub fn restore_in(dir: &Path, image: &mut dyn Read) -> Result<SqliteMachine, MachineError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| MachineError::Io { path: dir.to_path_buf(), source })?;
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         let staging = dir.join(format!("restore-{generation}.tmp"));
-        std::fs::write(&staging, image)
-            .map_err(|source| MachineError::Io { path: staging.clone(), source })?;
+        // Streamed into the file SQLite will open: the image is never held whole.
+        let written = std::fs::File::create(&staging)
+            .and_then(|mut file| std::io::copy(image, &mut file))
+            .map_err(|source| {
+                remove_then(&staging, MachineError::Io { path: staging.clone(), source })
+            })?;
+        let mut header = [0; 100];
+        let head = std::fs::File::open(&staging).and_then(|mut file| {
+            let read = file.read(&mut header)?;
+            Ok(read + file.read(&mut header[read..])?)
+        });
+        match head {
+            Ok(read) if read == header.len() => {}
+            Ok(_) => return Err(remove_then(&staging, MachineError::Image("no SQLite header"))),
+            Err(source) => {
+                return Err(remove_then(
+                    &staging,
+                    MachineError::Io { path: staging.clone(), source },
+                ));
+            }
+        }
+        if let Err(error) = check_image_header(&header, written) {
+            return Err(remove_then(&staging, error));
+        }
         let checked = (|| {
             let connection = Connection::open(&staging)?;
             let verdict: String = connection.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
@@ -445,22 +467,33 @@ impl SqliteMachine {
     ///
     /// # Errors
     /// The copy cannot be written or read back.
-    pub fn image(&self) -> Result<Vec<u8>, MachineError> {
+    pub fn write_image(&self, out: &mut dyn Write) -> Result<(), MachineError> {
+        use std::os::unix::fs::FileExt;
         self.commit_open();
         let path =
             self.dir.join(format!("snapshot-{}.tmp", GENERATION.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_file(&path);
         let target = path.to_string_lossy().into_owned();
         self.connection.execute("VACUUM INTO ?1", [&target])?;
-        let image = std::fs::read(&path);
-        let _ = std::fs::remove_file(&path);
-        let mut image = image.map_err(|source| MachineError::Io { path, source })?;
         // The schema cookie (bytes 40..44) is the source's plus one, so it counts the copies
         // a database went through: a replica restored from a snapshot would differ from one
         // that was not. Any value is valid for a file no connection has open.
-        if let Some(cookie) = image.get_mut(40..44) {
-            cookie.copy_from_slice(&1u32.to_be_bytes());
-        }
+        let copied =
+            std::fs::OpenOptions::new().read(true).write(true).open(&path).and_then(|mut file| {
+                file.write_all_at(&1u32.to_be_bytes(), 40)?;
+                std::io::copy(&mut file, out)
+            });
+        let _ = std::fs::remove_file(&path);
+        copied.map(drop).map_err(|source| MachineError::Io { path, source })
+    }
+
+    /// The snapshot image ([`SqliteMachine::write_image`]) in memory, for tests and tools.
+    ///
+    /// # Errors
+    /// As [`SqliteMachine::write_image`].
+    pub fn image(&self) -> Result<Vec<u8>, MachineError> {
+        let mut image = Vec::new();
+        self.write_image(&mut image)?;
         Ok(image)
     }
 }
@@ -511,21 +544,21 @@ impl StateMachine for SqliteMachine {
         }
     }
 
-    /// # Panics
-    /// The image cannot be written (the disk is full): the trait has no error to return, and
-    /// a node that cannot snapshot must not go on as if it had.
-    fn snapshot(&self, out: &mut Vec<u8>) {
-        match self.image() {
-            Ok(image) => out.extend_from_slice(&image),
-            Err(error) => panic!("shard {}: cannot snapshot the database: {error}", self.shard),
-        }
+    /// The database copied by `VACUUM INTO` and streamed out; a failure (a full disk) is
+    /// passed on, and the snapshot is not taken.
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        self.write_image(out).map_err(|error| match error {
+            MachineError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })
     }
 
-    fn restore(image: &[u8]) -> Result<SqliteMachine, SnapshotError> {
+    fn restore(image: &mut dyn Read) -> Result<SqliteMachine, SnapshotError> {
         let dir = HOME.with(|home| home.borrow().clone()).unwrap_or_else(std::env::temp_dir);
         SqliteMachine::restore_in(&dir, image).map_err(|error| match error {
             MachineError::Image(why) => SnapshotError::Image(why),
-            _ => SnapshotError::Image("the database image cannot be opened"),
+            MachineError::Io { source, .. } => SnapshotError::reading(&source),
+            MachineError::Sqlite(_) => SnapshotError::Image("the database image cannot be opened"),
         })
     }
 }
@@ -677,18 +710,17 @@ fn open(path: &Path) -> Result<Connection, MachineError> {
 }
 
 /// Refuses an image that is not a whole SQLite database file before it reaches SQLite.
-fn check_image_header(image: &[u8]) -> Result<(), MachineError> {
-    if image.len() < 100 || &image[..16] != b"SQLite format 3\0" {
+fn check_image_header(header: &[u8; 100], length: u64) -> Result<(), MachineError> {
+    if &header[..16] != b"SQLite format 3\0" {
         return Err(MachineError::Image("no SQLite header"));
     }
-    let page_bytes = match u16::from_be_bytes([image[16], image[17]]) {
+    let page_bytes = match u16::from_be_bytes([header[16], header[17]]) {
         1 => 65536,
-        bytes if bytes >= 512 && bytes.is_power_of_two() => usize::from(bytes),
+        bytes if bytes >= 512 && bytes.is_power_of_two() => u64::from(bytes),
         _ => return Err(MachineError::Image("a page size SQLite never writes")),
     };
-    let pages = u32::from_be_bytes([image[28], image[29], image[30], image[31]]) as usize;
-    if !image.len().is_multiple_of(page_bytes) || pages.checked_mul(page_bytes) != Some(image.len())
-    {
+    let pages = u64::from(u32::from_be_bytes([header[28], header[29], header[30], header[31]]));
+    if !length.is_multiple_of(page_bytes) || pages.checked_mul(page_bytes) != Some(length) {
         return Err(MachineError::Image("the image's length is not its pages'"));
     }
     Ok(())

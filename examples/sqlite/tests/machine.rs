@@ -250,13 +250,13 @@ fn a_snapshot_restores_to_an_identical_database_and_bad_images_are_refused() {
     let mut machine = SqliteMachine::create(&dir.path().join("a"), 0).unwrap();
     fill(&mut machine, 500);
     let mut image = Vec::new();
-    machine.snapshot(&mut image);
-    let restored = SqliteMachine::restore_in(&dir.path().join("b"), &image).unwrap();
+    machine.snapshot(&mut image).unwrap();
+    let restored = SqliteMachine::restore_in(&dir.path().join("b"), &mut &image[..]).unwrap();
     assert_eq!(restored.summary(), machine.summary());
     assert_eq!(restored.summary().entries, 500);
     assert_eq!(restored.applied(), machine.applied());
     let mut again = Vec::new();
-    restored.snapshot(&mut again);
+    restored.snapshot(&mut again).unwrap();
     let differ: Vec<usize> =
         (0..image.len().min(again.len())).filter(|&i| image[i] != again[i]).take(20).collect();
     assert!(
@@ -272,8 +272,8 @@ fn a_snapshot_restores_to_an_identical_database_and_bad_images_are_refused() {
     exec(&mut other, "DELETE FROM t WHERE id = 500", vec![]).unwrap();
     assert_ne!(other.applied(), machine.applied());
     let (mut mine, mut theirs) = (Vec::new(), Vec::new());
-    machine.snapshot(&mut mine);
-    other.snapshot(&mut theirs);
+    machine.snapshot(&mut mine).unwrap();
+    other.snapshot(&mut theirs).unwrap();
     assert_eq!(mine.len(), theirs.len());
     assert_eq!(other.summary().entries, machine.summary().entries);
     // Restored replicas go on identically.
@@ -284,15 +284,15 @@ fn a_snapshot_restores_to_an_identical_database_and_bad_images_are_refused() {
     assert_eq!(restored.summary(), machine.summary());
     // Damaged images: refused with an error, never a panic.
     for cut in [0, 10, 99, 100, 4096, image.len() - 1] {
-        assert!(SqliteMachine::restore_in(dir.path(), &image[..cut]).is_err(), "cut at {cut}");
+        assert!(SqliteMachine::restore_in(dir.path(), &mut &image[..cut]).is_err(), "cut at {cut}");
     }
     let mut flipped = image.clone();
     let middle = flipped.len() / 2;
     for byte in &mut flipped[middle..middle + 64] {
         *byte ^= 0x5a;
     }
-    assert!(SqliteMachine::restore_in(dir.path(), &flipped).is_err());
-    assert!(SqliteMachine::restore_in(dir.path(), b"SQLite format 3\0garbage").is_err());
+    assert!(SqliteMachine::restore_in(dir.path(), &mut &flipped[..]).is_err());
+    assert!(SqliteMachine::restore_in(dir.path(), &mut &b"SQLite format 3\0garbage"[..]).is_err());
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use quorum::client::{Client, ClientOptions, fetch_snapshot, node_status};
 use quorum::core::ClusterId;
 use quorum::machine::{Applier, KvStore, SessionLimits, StateMachine as _};
+use quorum::read_snapshot;
 
 /// Where the cluster is.
 #[derive(clap::Args)]
@@ -152,8 +153,28 @@ pub struct SnapshotArgs {
 pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
     let options =
         ClientOptions { cluster_id: ClusterId(args.cluster_id.unwrap_or(0)), ..Default::default() };
-    let snapshot = match fetch_snapshot(&args.node, &options, args.shard) {
-        Ok(Some(snapshot)) => snapshot,
+    // Streamed to a file (a snapshot may be larger than memory), then restored from it in one
+    // pass to print what it holds; without --out, a temporary file deleted after.
+    let path = args.out.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("quorum-snapshot-{}-{}", std::process::id(), args.shard))
+    });
+    let fetched = fetch_snapshot(&args.node, &options, args.shard, &path);
+    let summary = fetched.as_ref().ok().and_then(Option::as_ref).map(|fetched| {
+        let owner = (fetched.header.cluster_id, args.shard);
+        let limits = SessionLimits::with_replies_max(1);
+        std::fs::File::open(&path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))
+            .and_then(|mut file| {
+                read_snapshot(&mut file, owner, |body| Applier::<KvStore>::restore(body, limits))
+                    .map_err(|error| format!("the snapshot's image does not restore: {error}"))
+            })
+            .map(|(_, _, applier)| applier.machine().summary())
+    });
+    if args.out.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
+    let fetched = match fetched {
+        Ok(Some(fetched)) => fetched,
         Ok(None) => {
             eprintln!(
                 "quorum snapshot: shard {} of {} has no snapshot (none taken yet, or --apply total)",
@@ -166,27 +187,16 @@ pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let state =
-        match Applier::<KvStore>::restore(snapshot.body(), SessionLimits::with_replies_max(1)) {
-            Ok(applier) => applier.machine().summary(),
-            Err(error) => {
-                eprintln!("quorum snapshot: the snapshot's image does not restore: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-    if let Some(path) = &args.out {
-        if let Err(error) = std::fs::write(path, &snapshot.bytes) {
-            eprintln!("quorum snapshot: cannot write {}: {error}", path.display());
+    let state = match summary.expect("fetched") {
+        Ok(state) => state,
+        Err(error) => {
+            eprintln!("quorum snapshot: {error}");
             return ExitCode::FAILURE;
         }
-    }
+    };
     println!(
         "shard {}: snapshot at slot {} (every slot below applied), {} bytes, entries {}, digest {:016x}",
-        args.shard,
-        snapshot.header.slot.0,
-        snapshot.bytes.len(),
-        state.entries,
-        state.digest,
+        args.shard, fetched.header.slot.0, fetched.bytes, state.entries, state.digest,
     );
     ExitCode::SUCCESS
 }

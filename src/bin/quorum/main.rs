@@ -96,7 +96,8 @@ fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
 
 /// glibc's malloc serves large buffers from fresh mappings until it sees one freed, then
 /// raises its thresholds to that size for good and serves them from its heaps: the process's
-/// memory steps up at the first large free (a snapshot's image) in the middle of a run.
+/// memory steps up at the first large free (a snapshot piece, a large batch) in the middle of a
+/// run.
 /// Setting the thresholds where that adjustment would take them, from the start, makes the
 /// choice once. (Thresholds of 1 MiB instead, every large buffer in a mapping of its own,
 /// cost a quarter of the throughput of 4 KiB writes, BENCHMARKS.md.)

@@ -100,8 +100,8 @@ pub struct NodeArgs {
     #[arg(long, value_name = "MIB")]
     snapshot_every_mib: Option<u32>,
     /// A snapshot goes to a peer that needs it in pieces of at most this many KiB (default
-    /// 4096), the receiver pulling each next one once it holds the one before; it assembles
-    /// a snapshot of up to 1 GiB in memory.
+    /// 4096), the receiver pulling each next one once it holds the one before and writing it
+    /// to a file: a snapshot of any size costs a piece of memory.
     #[arg(long, value_name = "KIB")]
     snapshot_piece_kib: Option<u32>,
     /// fsync (default): acknowledge only what is on disk. none: never sync; for benchmarks
