@@ -2,12 +2,14 @@
 //! runs before persisting a batch) and `BatchReader` (what apply iterates) agree on every
 //! input, a batch that parses is rebuilt byte for byte by `BatchBuilder`, each command's
 //! payload that decodes as a `KvCommand` re-encodes to itself, and the key-value applier takes
-//! the batch (or refuses it where the check did) without panicking.
+//! the batch (or refuses it where the check did) without panicking. Skipping the batch (what a
+//! restart over a machine that persists itself does) decides every command as applying it did,
+//! with sessions bounded by count (as such a machine's are), and its image restores.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quorum::core::{BatchBuilder, BatchReader, check_batch};
+use quorum::core::{BatchBuilder, BatchReader, Slot, check_batch};
 use quorum::machine::{Applier, KvCommand, KvStore, SessionLimits};
 
 fuzz_target!(|data: &[u8]| {
@@ -37,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         evicted_max: 2,
     };
     let mut applier = Applier::new(KvStore::default(), limits);
-    let applied = applier.apply_batch(data, |_, _| {});
+    let applied = applier.apply_batch(Slot(1), data, |_, _| {});
     assert_eq!(applied.err(), checked.err(), "apply refuses what the check refuses");
     let mut image = Vec::new();
     applier.snapshot(&mut image).expect("an image in memory");
@@ -46,4 +48,19 @@ fuzz_target!(|data: &[u8]| {
     let mut again = Vec::new();
     restored.snapshot(&mut again).expect("an image in memory");
     assert_eq!(again, image, "an image restores to the same image");
+    let counted = SessionLimits { reply_bytes_max: usize::MAX, ..limits };
+    let mut applying = Applier::new(KvStore::default(), counted);
+    let mut skipping = Applier::new(KvStore::default(), counted);
+    let applied = applying.apply_batch(Slot(1), data, |_, _| {});
+    let skipped = skipping.skip_batch(data);
+    assert_eq!(applied.err(), skipped.err(), "skip refuses what apply refuses");
+    assert_eq!(applying.applied_commands(), skipping.applied_commands(), "the same decisions");
+    assert_eq!(applying.sessions(), skipping.sessions());
+    let mut image = Vec::new();
+    skipping.snapshot(&mut image).expect("an image in memory");
+    let restored =
+        Applier::<KvStore>::restore(&mut &image[..], counted).expect("a skipped image restores");
+    let mut again = Vec::new();
+    restored.snapshot(&mut again).expect("an image in memory");
+    assert_eq!(again, image, "replies not known here survive the image");
 });

@@ -18,11 +18,16 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::{Outcome, StateMachine};
-use crate::core::{BatchReader, MalformedBatch, RequestId};
+use crate::core::{BatchReader, MalformedBatch, RequestId, Slot};
 use crate::storage::snapshot::{ImageReader, SnapshotError, write_field, write_u64};
 /// Bytes of a register-session command's payload as its client sends it: the second half of
 /// its nonce (the first is in the request's sequence).
 pub const REGISTER_NONCE_BYTES: usize = 8;
+
+/// Marks, in a snapshot's session table, a reply held as applied but not known
+/// ([`Applier::skip_batch`]): the sequence is written with this bit and no reply follows.
+/// Client sequences stay below [`RequestId::QUERY_BIT`], so the bit is free.
+const UNKNOWN_REPLY_BIT: u64 = 1 << 63;
 
 /// Bytes of fresh entropy the leader appends to a register-session command before proposing
 /// it ([`seal_register`]).
@@ -114,7 +119,9 @@ impl Default for SessionLimits {
 /// makes that, the eviction of the oldest and the look-up of a retry cheap.
 #[derive(Debug)]
 struct Session<R> {
-    replies: VecDeque<(u64, R, usize)>,
+    /// `None`: applied while its reply was not known here (a batch the machine already held,
+    /// [`Applier::skip_batch`]); a retry of it is answered [`Outcome::Expired`].
+    replies: VecDeque<(u64, Option<R>, usize)>,
     /// The bytes of the replies held (the third field of each).
     reply_bytes: usize,
     /// The highest sequence whose reply was dropped: a request at or below it that is not
@@ -144,7 +151,9 @@ impl<R> Session<R> {
         }
     }
 
-    fn get(&self, sequence: u64) -> Option<&R> {
+    /// The reply held for `sequence`: `Some(None)` if it was applied but its reply is not
+    /// known here.
+    fn get(&self, sequence: u64) -> Option<&Option<R>> {
         self.position(sequence).ok().map(|at| &self.replies[at].1)
     }
 
@@ -155,7 +164,7 @@ impl<R> Session<R> {
 
     /// Keeps `reply` (of `bytes` bytes) for `sequence` (not held yet), then the newest
     /// replies within the limits.
-    fn insert(&mut self, sequence: u64, reply: R, bytes: usize, limits: &SessionLimits) {
+    fn insert(&mut self, sequence: u64, reply: Option<R>, bytes: usize, limits: &SessionLimits) {
         match self.position(sequence) {
             Ok(at) => {
                 self.reply_bytes -= self.replies[at].2;
@@ -217,8 +226,14 @@ pub struct Applier<S: StateMachine> {
 
 impl<S: StateMachine> Applier<S> {
     /// An applier keeping sessions within `limits`.
-    pub fn new(machine: S, limits: SessionLimits) -> Applier<S> {
+    pub fn new(machine: S, mut limits: SessionLimits) -> Applier<S> {
         limits.check();
+        if S::PERSISTS {
+            // A restart over such a machine records the batches it held without their
+            // replies (`skip_batch`): bounded by bytes, which it would not know, its sessions
+            // would drop other replies than its peers'. Bounded by count alone, they match.
+            limits.reply_bytes_max = usize::MAX;
+        }
         Applier {
             machine,
             sessions: HashMap::default(),
@@ -235,6 +250,11 @@ impl<S: StateMachine> Applier<S> {
     /// The state machine.
     pub fn machine(&self) -> &S {
         &self.machine
+    }
+
+    /// The state machine, to sync it ([`StateMachine::sync`]).
+    pub fn machine_mut(&mut self) -> &mut S {
+        &mut self.machine
     }
 
     /// Commands applied so far (duplicates and expired ones not counted).
@@ -270,6 +290,11 @@ impl<S: StateMachine> Applier<S> {
             write_u64(out, session.dropped_through.unwrap_or(0))?;
             write_u64(out, session.replies.len() as u64)?;
             for (sequence, value, _) in &session.replies {
+                let Some(value) = value else {
+                    // Applied, its reply not known here: the sequence alone, marked.
+                    write_u64(out, sequence | UNKNOWN_REPLY_BIT)?;
+                    continue;
+                };
                 write_u64(out, *sequence)?;
                 reply.clear();
                 S::encode_reply(value, &mut reply);
@@ -291,6 +316,29 @@ impl<S: StateMachine> Applier<S> {
     pub fn restore(
         image: &mut dyn std::io::Read,
         limits: SessionLimits,
+    ) -> Result<Applier<S>, SnapshotError> {
+        Applier::restore_over(image, limits, None)
+    }
+
+    /// [`Applier::restore`], but with `machine` (one that persists itself and already holds
+    /// the image's state or a later one: [`StateMachine::persisted_slot`]) instead of the
+    /// image's machine: only the session table is restored, and the rest of the image is
+    /// read through (so that its checksum is still checked) without restoring it.
+    ///
+    /// # Errors
+    /// As [`Applier::restore`].
+    pub fn restore_sessions(
+        image: &mut dyn std::io::Read,
+        limits: SessionLimits,
+        machine: S,
+    ) -> Result<Applier<S>, SnapshotError> {
+        Applier::restore_over(image, limits, Some(machine))
+    }
+
+    fn restore_over(
+        image: &mut dyn std::io::Read,
+        limits: SessionLimits,
+        kept: Option<S>,
     ) -> Result<Applier<S>, SnapshotError> {
         limits.check();
         let mut reader = ImageReader::new(image);
@@ -326,7 +374,14 @@ impl<S: StateMachine> Applier<S> {
             }
             evicted_order.push_back(client);
         }
-        let machine = S::restore(reader.rest())?;
+        let machine = match kept {
+            Some(machine) => {
+                std::io::copy(reader.rest(), &mut std::io::sink())
+                    .map_err(|error| SnapshotError::reading(&error))?;
+                machine
+            }
+            None => S::restore(reader.rest())?,
+        };
         let mut applier = Applier::new(machine, limits);
         applier.sessions = sessions;
         applier.by_last_use = by_last_use;
@@ -347,13 +402,32 @@ impl<S: StateMachine> Applier<S> {
     /// when it enters the system, so this means a bug or corruption that got past the checks.
     pub fn apply_batch(
         &mut self,
+        slot: Slot,
         batch: &[u8],
         mut on_outcome: impl FnMut(RequestId, Outcome<S::Reply>),
     ) -> Result<(), MalformedBatch> {
         let applied = self.apply_commands(batch, &mut on_outcome);
         // Also after a malformed batch: the commands before the damage were applied.
-        self.machine.on_batch_applied();
+        self.machine.on_batch_applied(slot);
         applied
+    }
+
+    /// Goes through a committed batch that the state machine already holds (it persists
+    /// itself and came back past it: [`StateMachine::persisted_slot`]), deciding for every
+    /// command exactly what [`Applier::apply_batch`] decided (so the session table stays the
+    /// one every replica has) without calling the machine. The replies of the commands it
+    /// applied are not known here: each is kept as applied with its reply unknown, and a
+    /// retry of one is answered [`Outcome::Expired`] (it may have been applied), never applied
+    /// again.
+    ///
+    /// # Errors
+    /// A malformed batch, as [`Applier::apply_batch`].
+    pub fn skip_batch(&mut self, batch: &[u8]) -> Result<(), MalformedBatch> {
+        for command in BatchReader::new(batch) {
+            let (id, payload) = command?;
+            self.decide(id, payload, false);
+        }
+        Ok(())
     }
 
     fn apply_commands(
@@ -370,6 +444,12 @@ impl<S: StateMachine> Applier<S> {
     }
 
     fn apply_one(&mut self, id: RequestId, payload: &[u8]) -> Outcome<S::Reply> {
+        self.decide(id, payload, true)
+    }
+
+    /// What becomes of one command; with `apply` false, a command to apply is only recorded
+    /// as applied (its reply unknown) and the machine is not called.
+    fn decide(&mut self, id: RequestId, payload: &[u8], apply: bool) -> Outcome<S::Reply> {
         self.seen_commands += 1;
         if id.client == RequestId::REGISTER {
             return self.register(id.sequence, payload);
@@ -383,16 +463,23 @@ impl<S: StateMachine> Applier<S> {
         };
         let outcome = if id.is_query() {
             // Read-only: nothing to deduplicate, so nothing kept.
-            Outcome::Applied(self.machine.query(payload))
-        } else if let Some(reply) = session.get(id.sequence) {
-            Outcome::Duplicate(reply.clone())
+            if apply { Outcome::Applied(self.machine.query(payload)) } else { Outcome::Expired }
+        } else if let Some(held) = session.get(id.sequence) {
+            match held {
+                Some(reply) => Outcome::Duplicate(reply.clone()),
+                None => Outcome::Expired,
+            }
         } else if session.forgot(id.sequence) {
+            Outcome::Expired
+        } else if !apply {
+            self.applied_commands += 1;
+            session.insert(id.sequence, None, 0, &self.limits);
             Outcome::Expired
         } else {
             let reply = self.machine.apply(payload);
             self.applied_commands += 1;
             let bytes = S::reply_size_bytes(&reply);
-            session.insert(id.sequence, reply.clone(), bytes, &self.limits);
+            session.insert(id.sequence, Some(reply.clone()), bytes, &self.limits);
             Outcome::Applied(reply)
         };
         self.maybe_evict();
@@ -485,16 +572,21 @@ fn read_session<S: StateMachine>(
     session.dropped_through = dropped_through;
     let mut previous = dropped_through;
     for _ in 0..count {
-        let sequence = reader.u64()?;
+        let marked = reader.u64()?;
+        let sequence = marked & !UNKNOWN_REPLY_BIT;
         if previous.is_some_and(|previous| sequence <= previous) {
             return Err(SnapshotError::Image("a session's replies are out of order"));
         }
         previous = Some(sequence);
+        if marked & UNKNOWN_REPLY_BIT != 0 {
+            session.insert(sequence, None, 0, limits);
+            continue;
+        }
         reader.field_into(reply)?;
         let reply = S::decode_reply(reply)
             .ok_or(SnapshotError::Image("a session's reply does not decode"))?;
         let bytes = S::reply_size_bytes(&reply);
-        session.insert(sequence, reply, bytes, limits);
+        session.insert(sequence, Some(reply), bytes, limits);
     }
     Ok((client, session))
 }
@@ -550,7 +642,7 @@ mod tests {
             builder.push(id(*client, *sequence), command);
         }
         let mut outcomes = Vec::new();
-        applier.apply_batch(&builder.take(), |_, outcome| outcomes.push(outcome)).unwrap();
+        applier.apply_batch(Slot(1), &builder.take(), |_, outcome| outcomes.push(outcome)).unwrap();
         outcomes
     }
 
@@ -575,7 +667,7 @@ mod tests {
                 if forgotten {
                     continue;
                 }
-                session.insert(sequence, step, bytes, &limits);
+                session.insert(sequence, Some(step), bytes, &limits);
                 model.insert(sequence, (step, bytes));
                 let held_bytes = |model: &std::collections::BTreeMap<u64, (usize, usize)>| {
                     model.values().map(|(_, bytes)| bytes).sum::<usize>()
@@ -584,15 +676,16 @@ mod tests {
                     let (dropped, _) = model.pop_first().unwrap();
                     model_dropped = Some(dropped);
                 }
-                let held: Vec<(u64, usize, usize)> = session.replies.iter().copied().collect();
-                let expected: Vec<(u64, usize, usize)> =
-                    model.iter().map(|(k, (v, b))| (*k, *v, *b)).collect();
+                let held: Vec<(u64, Option<usize>, usize)> =
+                    session.replies.iter().copied().collect();
+                let expected: Vec<(u64, Option<usize>, usize)> =
+                    model.iter().map(|(k, (v, b))| (*k, Some(*v), *b)).collect();
                 proptest::prop_assert_eq!(held, expected);
                 proptest::prop_assert_eq!(session.reply_bytes, held_bytes(&model));
                 for probe in 0..20 {
                     proptest::prop_assert_eq!(
-                        session.get(probe),
-                        model.get(&probe).map(|(step, _)| step)
+                        session.get(probe).copied().flatten(),
+                        model.get(&probe).map(|(step, _)| *step)
                     );
                 }
             }
@@ -828,7 +921,7 @@ mod tests {
         builder.push(id(7, 2), &cas);
         let batch = builder.take();
         let mut outcomes = Vec::new();
-        applier.apply_batch(&batch, |id, outcome| outcomes.push((id, outcome))).unwrap();
+        applier.apply_batch(Slot(1), &batch, |id, outcome| outcomes.push((id, outcome))).unwrap();
         let first = KvReply::CompareAndSet { succeeded: true, previous: Some(b"1".to_vec()) };
         assert_eq!(outcomes[1].1, Outcome::Applied(first.clone()));
         assert_eq!(outcomes[2].1, Outcome::Duplicate(first));
@@ -846,7 +939,7 @@ mod tests {
             let value = vec![b'v'; sequence as usize * 10];
             builder.push(id(sequence % 2 + 1, sequence), &KvCommand::Put { key, value }.encode());
         }
-        applier.apply_batch(&builder.take(), |_, _| {}).unwrap();
+        applier.apply_batch(Slot(1), &builder.take(), |_, _| {}).unwrap();
         let mut image = Vec::new();
         applier.snapshot(&mut image).unwrap();
         let mut restored =
@@ -862,7 +955,9 @@ mod tests {
         let mut builder = BatchBuilder::new(4096);
         builder.push(id(2, 5), &put);
         let mut outcomes = Vec::new();
-        restored.apply_batch(&builder.take(), |_, outcome| outcomes.push(outcome)).unwrap();
+        restored
+            .apply_batch(Slot(1), &builder.take(), |_, outcome| outcomes.push(outcome))
+            .unwrap();
         assert_eq!(outcomes, vec![Outcome::Duplicate(KvReply::Done)]);
         for len in 0..image.len() {
             assert!(
@@ -890,7 +985,7 @@ mod tests {
         }
         let batch = builder.take();
         let mut outcomes = Vec::new();
-        applier.apply_batch(&batch, |_, outcome| outcomes.push(outcome)).unwrap();
+        applier.apply_batch(Slot(1), &batch, |_, outcome| outcomes.push(outcome)).unwrap();
         assert_eq!(outcomes[3], Outcome::Expired);
         assert_eq!(applier.applied_commands(), 3);
     }

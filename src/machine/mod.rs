@@ -28,11 +28,50 @@ pub trait StateMachine {
     /// Applies one committed command and returns its reply.
     fn apply(&mut self, command: &[u8]) -> Self::Reply;
 
-    /// Called once the commands of one committed batch were applied, before anything else
-    /// looks at the state (a query, a snapshot, a summary). A machine that groups its writes
-    /// (a database: one transaction per batch) makes them whole here. Where batches end
-    /// must not change what the commands do; the default does nothing.
-    fn on_batch_applied(&mut self) {}
+    /// Called once the commands of the committed batch at `slot` were applied, before
+    /// anything else looks at the state (a query, a snapshot, a summary). A machine that
+    /// groups its writes (a database: one transaction per batch) makes them whole here, and
+    /// a machine that persists itself records `slot` in the same write (see
+    /// [`StateMachine::persisted_slot`]). Where batches end must not change what the commands
+    /// do; the default does nothing.
+    fn on_batch_applied(&mut self, slot: Slot) {
+        let _ = slot;
+    }
+
+    /// True for a machine that keeps its state in storage of its own (an on-disk database)
+    /// and reports how far with [`StateMachine::persisted_slot`]. Fixed for the type, so that
+    /// every replica keeps its sessions alike: such a machine's sessions are bounded by the
+    /// count of replies alone ([`SessionLimits::replies_max`]), not by their bytes, so its
+    /// replies should be small (a row count, a status; a large answer belongs to a query).
+    const PERSISTS: bool = false;
+
+    /// For a machine that keeps its state in storage of its own (an on-disk database): the
+    /// slot of the last batch that storage holds (the `slot` of the last
+    /// [`StateMachine::on_batch_applied`] it recorded), as found when the machine was made,
+    /// or `None` for a machine that starts empty (the default: a state held in memory).
+    ///
+    /// With `Some(slot)`, a start that finds a snapshot at or below `slot` restores only
+    /// Quorum's session table from it and keeps this machine, and the batches up to `slot`
+    /// are not applied again: a restart applies only the log after it (docs/embedding.md,
+    /// "A machine that persists itself"). A snapshot above `slot` is restored as for any
+    /// machine. Only for shards that apply their own log (`--apply shard`), and only read if
+    /// [`StateMachine::PERSISTS`] is true.
+    fn persisted_slot(&self) -> Option<Slot> {
+        None
+    }
+
+    /// Makes every batch applied so far durable in the machine's own storage, so that
+    /// after a crash or a power cut [`StateMachine::persisted_slot`] is at least the last
+    /// one. Quorum calls it before a snapshot releases the log below it, so that the log a
+    /// restart may need is kept until the machine holds it durably. The default does
+    /// nothing: a machine held in memory is rebuilt from the snapshot and the log.
+    ///
+    /// # Errors
+    /// The storage's (a failed fsync): the shard stops, as for a failed sync of its log,
+    /// and the log is not released.
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 
     /// Answers a read-only request from the state as it is, changing nothing. Every replica
     /// at the same applied position gives the same answer. The leader calls it for a query by

@@ -97,7 +97,7 @@ impl<S: StateMachine> TotalApplier<S> {
             on_merged(&merged);
             let mut index = 0;
             let before = self.applier.applied_commands();
-            let result = self.applier.apply_batch(&merged.batch, |id, outcome| {
+            let result = self.applier.apply_batch(merged.slot, &merged.batch, |id, outcome| {
                 let applied = AppliedCommand { id, slot: merged.slot, index, outcome };
                 on_applied(merged.shard, applied);
                 index += 1;
@@ -139,7 +139,7 @@ mod tests {
         let mut scratch = Applier::new(KvStore::default(), SessionLimits::DEFAULT);
         let mut session = None;
         scratch
-            .apply_batch(&builder.take(), |_, outcome| {
+            .apply_batch(Slot(1), &builder.take(), |_, outcome| {
                 if let Outcome::Registered(id) = outcome {
                     session = Some(id);
                 }

@@ -132,6 +132,13 @@ pub enum NodeError {
         /// The process's hard limit.
         hard: u64,
     },
+    /// A state machine that persists itself under `--apply total`, whose merged order is
+    /// applied from the start at every start: it would apply its batches twice.
+    #[error(
+        "this state machine persists itself (StateMachine::persisted_slot), which needs each \
+         shard to apply its own log: use --apply shard"
+    )]
+    PersistedTotal,
     /// An executor panicked (a broken invariant, or the state machine): the node stopped.
     #[error("{executor} panicked: {message}")]
     Panicked {
@@ -277,6 +284,9 @@ fn start<S: Hosted>(config: NodeConfig, machine: Factory<S>) -> Result<Node, Nod
         ApplyMode::Shard => None,
         ApplyMode::Total => {
             let one = machine(config.shards);
+            if S::PERSISTS {
+                return Err(NodeError::PersistedTotal);
+            }
             Some(apply::start(&config, &control, &mut threads, one)?)
         }
     };

@@ -16,6 +16,12 @@ pub(super) struct Committer<S: StateMachine> {
     /// Total-order apply: committed runs wait here for the node's one state machine instead
     /// of being applied to this shard's.
     pub(super) forwarded: Option<Vec<Committed>>,
+    /// The last slot the state machine held when the shard opened, if it persists itself
+    /// ([`StateMachine::persisted_slot`]): batches up to it only go through the session
+    /// table. `None` once the machine is replaced by a snapshot's.
+    pub(super) persisted: Option<Slot>,
+    /// Batches the machine already held, not applied again.
+    pub(super) skipped_batches: u64,
 }
 
 impl<S: StateMachine> Committer<S> {
@@ -36,12 +42,16 @@ impl<S: StateMachine> Committer<S> {
             return Ok(());
         }
         let Value::Batch(bytes) = value else { return Ok(()) };
+        if self.persisted.is_some_and(|persisted| first_slot <= persisted) {
+            self.skipped_batches += 1;
+            return Ok(self.applier.skip_batch(&bytes)?);
+        }
         let (out, applier) = (&mut self.replies, &mut self.applier);
         let mut index = 0;
         // A state machine that panics stops the shard (and the node) half-way through a
         // batch: say which one, so that the operator can find the command.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            applier.apply_batch(&bytes, |id, outcome| {
+            applier.apply_batch(first_slot, &bytes, |id, outcome| {
                 let command = AppliedCommand { id, slot: first_slot, index, outcome };
                 hooks.applied(&command);
                 if replies {

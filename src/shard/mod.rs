@@ -26,7 +26,7 @@ use crate::core::{
 };
 use crate::machine::total_order::Committed;
 use crate::machine::{
-    AppliedCommand, Applier, REGISTER_ENTROPY_BYTES, SessionLimits, StateMachine, seal_register,
+    AppliedCommand, REGISTER_ENTROPY_BYTES, SessionLimits, StateMachine, seal_register,
 };
 use crate::storage::record;
 use crate::storage::snapshot::SnapshotError;
@@ -35,7 +35,7 @@ use committer::Committer;
 pub(crate) use committer::panic_message;
 pub use hooks::{Hooks, OsHooks};
 pub use journal::{Journal, Released, SharedBatch};
-use snapshots::{Installing, Snapshots, member_rank, restore_snapshot, snapshot_slot};
+use snapshots::{Installing, Snapshots, member_rank, open_applier, persisted_past, snapshot_slot};
 pub use snapshots::{PendingSnapshot, SnapshotReader, SnapshotStats, SnapshotWritten};
 
 /// Most bytes of records one read of compacted slots takes by default: a range is read in
@@ -237,16 +237,14 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         let mut replica = Replica::recovering(config)?;
         let owner = (replica.config().cluster_id, settings.shard);
         let mut snapshots = Snapshots::new(owner);
-        let mut applier = Applier::new(machine, settings.sessions);
-        if settings.apply == ApplyTo::Forward {
-            if let Some(slot) = snapshot_slot(&backend)? {
-                return Err(ShardError::ForwardFromSnapshot(slot.0));
-            }
+        let snapshot_at = snapshot_slot(&backend)?;
+        if let Some(slot) = snapshot_at.filter(|_| settings.apply == ApplyTo::Forward) {
+            return Err(ShardError::ForwardFromSnapshot(slot.0));
         }
-        if let Some((header, bytes, restored)) =
-            restore_snapshot(&backend, owner, settings.sessions)?
-        {
-            applier = restored;
+        let persisted = persisted_past(&machine, snapshot_at, settings.shard);
+        let (applier, restored) =
+            open_applier(&backend, owner, settings.sessions, machine, persisted.is_some())?;
+        if let Some((header, bytes)) = restored {
             replica.install_snapshot(header.slot, header.slot);
             snapshots.current = Some((header, bytes));
         }
@@ -256,6 +254,8 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             replies: Vec::new(),
             committed_batches: 0,
             forwarded: (settings.apply == ApplyTo::Forward).then(Vec::new),
+            persisted,
+            skipped_batches: 0,
         };
         // Replayed record by record, committed runs applied as the records commit them, so
         // neither the records nor the log's slots pile up in memory (the log compacts).
@@ -335,6 +335,13 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     #[must_use]
     pub fn applied_commands(&self) -> u64 {
         self.committer.applier.applied_commands()
+    }
+
+    /// Committed batches the state machine already held when the shard opened (it persists
+    /// itself: [`StateMachine::persisted_slot`]), so not applied again.
+    #[must_use]
+    pub fn skipped_batches(&self) -> u64 {
+        self.committer.skipped_batches
     }
 
     /// A message arrived from a peer.

@@ -96,18 +96,54 @@ fn stream_snapshot<B: Backend>(
     }
 }
 
-/// The applier of the snapshot beside the log, read in one pass and checked as `owner`'s, with
-/// its header and size; `None` if there is none.
+/// A snapshot beside the log: its header and size.
+pub(super) type Current = (SnapshotHeader, u64);
+
+/// The slot a machine that persists itself holds ([`StateMachine::persisted_slot`]), if it
+/// holds the snapshot's (`snapshot_at`) or later: it is then kept, and only the session table
+/// comes from the snapshot.
+pub(super) fn persisted_past<S: StateMachine>(
+    machine: &S,
+    snapshot_at: Option<Slot>,
+    shard: u16,
+) -> Option<Slot> {
+    let held = if S::PERSISTS { machine.persisted_slot()? } else { return None };
+    if snapshot_at.is_some_and(|at| at > held) {
+        return None;
+    }
+    tracing::info!(
+        shard,
+        slot = held.0,
+        "the state machine persists itself and holds the batches up to this slot: only the \
+         session table comes from the snapshot, and only later batches are applied"
+    );
+    Some(held)
+}
+
+/// The applier a shard opens with, and the snapshot beside the log (header and size) if there
+/// is one, read in one pass and checked as `owner`'s: the snapshot's machine, or with `keep`
+/// `machine` and only the snapshot's session table.
 ///
 /// # Errors
 /// The file cannot be read, or is damaged or another shard's.
-pub(super) fn restore_snapshot<B: Backend, S: StateMachine>(
+pub(super) fn open_applier<B: Backend, S: StateMachine>(
     backend: &B,
     owner: (ClusterId, u16),
     sessions: SessionLimits,
-) -> Result<Option<(SnapshotHeader, u64, Applier<S>)>, super::ShardError> {
-    let Some(mut file) = backend.open_file(FILE_NAME)? else { return Ok(None) };
-    Ok(Some(read_snapshot(&mut file, owner, |body| Applier::restore(body, sessions))?))
+    machine: S,
+    keep: bool,
+) -> Result<(Applier<S>, Option<Current>), super::ShardError> {
+    let Some(mut file) = backend.open_file(FILE_NAME)? else {
+        return Ok((Applier::new(machine, sessions), None));
+    };
+    let (header, bytes, applier) = read_snapshot(&mut file, owner, |body| {
+        if keep {
+            Applier::restore_sessions(body, sessions, machine)
+        } else {
+            Applier::restore(body, sessions)
+        }
+    })?;
+    Ok((applier, Some((header, bytes))))
 }
 
 /// The slot of the snapshot beside the log, from its header, if there is one of a known
@@ -376,10 +412,16 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             shard: self.settings.shard,
             slot: self.replica.commit_index(),
         };
-        let applier = &self.committer.applier;
         let started = std::time::Instant::now();
-        let streamed =
-            stream_snapshot(self.journal.wal().backend(), header, |out| applier.snapshot(out));
+        // A machine that persists itself holds what this snapshot covers durably before the
+        // snapshot lets the log below it go (a restart may start from the machine).
+        let synced = self.committer.applier.machine_mut().sync().map_err(|source| {
+            quorum_wal::Error::Io { op: "sync the state machine", path: FILE_NAME.into(), source }
+        });
+        let applier = &self.committer.applier;
+        let streamed = synced.and_then(|()| {
+            stream_snapshot(self.journal.wal().backend(), header, |out| applier.snapshot(out))
+        });
         let image_time = started.elapsed();
         self.snapshots.writing = true;
         self.snapshots.taken_at_position = self.journal.wal().end_position();
@@ -515,6 +557,8 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             return Ok(());
         }
         self.committer.applier = installing.applier;
+        // The machine is the snapshot's now: every later batch is applied to it.
+        self.committer.persisted = None;
         self.snapshots.installed += 1;
         self.hooks.installed(slot);
         self.replica.install_snapshot(slot, installing.commit_index);

@@ -1,16 +1,17 @@
 //! The replicated database: a [`StateMachine`] whose commands are SQL statements applied to
 //! one SQLite database per shard.
 //!
-//! # What a replica keeps, and why it is rebuilt at start
+//! # What a replica keeps, and where a restart starts
 //! Each shard's database is a file in `DATA_DIR/sqlite/`. It records the position it has
-//! applied through in its own table, [`APPLIED_TABLE`] (`shard`, `applied`: the commands this
-//! database has applied), written in the same transaction as the commands it counts. Today's
-//! [`StateMachine`] contract has no way to tell Quorum that position: at every start Quorum
-//! restores the newest snapshot (or starts from the machine it is given) and replays the log
-//! after it. So the database is rebuilt at start, from empty or from the snapshot's image,
-//! and may be written without syncing (`synchronous = OFF`): the log is what is durable.
-//! Once the contract can report a durable applied position, [`SqliteMachine::create`] keeps
-//! the file, syncs each commit, and hands back [`SqliteMachine::applied`].
+//! applied through in its own table, [`APPLIED_TABLE`] (`shard`; `applied`, the commands this
+//! database has applied; `slot`, the slot of its last batch), written in the same transaction
+//! as the commands it counts. The machine reports that slot to Quorum
+//! ([`StateMachine::persisted_slot`]): a restart opens the file
+//! ([`SqliteMachine::open_or_create`]) and Quorum applies only the batches after it, taking
+//! only its session table from the snapshot. Commits are not synced one by one
+//! (`synchronous = NORMAL` in WAL mode: a crash loses nothing, a power cut may take the last
+//! commits back but leaves the database whole); [`StateMachine::sync`], which Quorum calls
+//! before a snapshot releases the log, syncs them, so the log a restart needs is always kept.
 //!
 //! # Transactions
 //! Each committed batch is one transaction, each command in a savepoint of its own: a failing
@@ -30,7 +31,7 @@
 //! removes its own file unless it holds a restored state ahead of the live one's (installed
 //! just before a stop). A process that exits without dropping its machines (a node's
 //! executors end without dropping their tasks) leaves every file: [`current_file`] tells
-//! the one with the most commands applied, and the next start removes them all.
+//! the one with the most commands applied, which the next start opens, removing the others.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use quorum::{SnapshotError, StateMachine, StateSummary};
+use quorum::{Slot, SnapshotError, StateMachine, StateSummary};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 
@@ -58,7 +59,7 @@ const COMMIT: &str = "COMMIT";
 const SAVEPOINT: &str = "SAVEPOINT quorum_command";
 const RELEASE: &str = "RELEASE quorum_command";
 const ROLLBACK_TO: &str = "ROLLBACK TO quorum_command";
-const RECORD_APPLIED: &str = "UPDATE _quorum_applied SET applied = ?1 WHERE shard = ?2";
+const RECORD_APPLIED: &str = "UPDATE _quorum_applied SET applied = ?1, slot = ?3 WHERE shard = ?2";
 const INTERNAL: &[&str] = &[BEGIN, COMMIT, SAVEPOINT, RELEASE, ROLLBACK_TO, RECORD_APPLIED];
 
 /// Why a database could not be created or restored.
@@ -116,6 +117,10 @@ pub struct SqliteMachine {
     /// Commands applied, the open transaction's included (what [`APPLIED_TABLE`] says once
     /// it commits).
     applied: u64,
+    /// The slot of the last batch applied (what [`APPLIED_TABLE`] says once it commits).
+    slot: Option<u64>,
+    /// The slot the file held when this machine was made ([`StateMachine::persisted_slot`]).
+    persisted: Option<u64>,
     /// The commands applied in the open transaction: applied again should one of them end
     /// it (see `apply_one`).
     open: RefCell<Vec<Vec<u8>>>,
@@ -137,8 +142,8 @@ impl std::fmt::Debug for SqliteMachine {
 
 impl SqliteMachine {
     /// An empty database for `shard` in `dir` (created if missing), replacing any file an
-    /// earlier run left there (today's contract replays the log into an empty machine; see the
-    /// module's documentation). Remembers `dir` for this thread's restores.
+    /// earlier run left there ([`SqliteMachine::open_or_create`] keeps it). Remembers `dir`
+    /// for this thread's restores.
     ///
     /// # Errors
     /// The directory or the database cannot be created.
@@ -151,10 +156,57 @@ impl SqliteMachine {
         let path = file_path(dir, shard, generation);
         let connection = open(&path)?;
         connection.execute_batch(&format!(
-            "CREATE TABLE {APPLIED_TABLE} (shard INTEGER PRIMARY KEY, applied INTEGER NOT NULL);
-             INSERT INTO {APPLIED_TABLE} VALUES ({shard}, 0);"
+            "CREATE TABLE {APPLIED_TABLE} (shard INTEGER PRIMARY KEY, applied INTEGER NOT NULL,
+                                           slot INTEGER);
+             INSERT INTO {APPLIED_TABLE} VALUES ({shard}, 0, NULL);"
         ))?;
-        SqliteMachine::with_connection(connection, dir, shard, 0, generation)
+        let at = Position { applied: 0, slot: None };
+        SqliteMachine::with_connection(connection, dir, shard, at, generation)
+    }
+
+    /// The database an earlier run left for `shard` in `dir` (the one with the most commands
+    /// applied: [`current_file`]; the others are removed), or an empty one if there is none
+    /// or it cannot be read. Quorum then applies only the batches after the slot it holds
+    /// ([`StateMachine::persisted_slot`]). Remembers `dir` for this thread's restores.
+    ///
+    /// # Errors
+    /// The directory or the database cannot be opened or created.
+    pub fn open_or_create(dir: &Path, shard: u16) -> Result<SqliteMachine, MachineError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| MachineError::Io { path: dir.to_path_buf(), source })?;
+        let found = current_file(dir, shard)?;
+        let Some((path, (_, at))) = found.and_then(|path| match recorded_position(&path) {
+            Ok(Some((file_shard, at))) if file_shard == shard => Some((path, (file_shard, at))),
+            // Another shard's, or written before the bookkeeping had a slot: start over.
+            _ => None,
+        }) else {
+            return SqliteMachine::create(dir, shard);
+        };
+        HOME.with(|home| *home.borrow_mut() = Some(dir.to_path_buf()));
+        let generation = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_prefix(&format!("shard-{shard}.g")))
+            .and_then(|rest| rest.strip_suffix(".db"))
+            .and_then(|number| number.parse::<u64>().ok())
+            .ok_or(MachineError::Image("a database file name without its generation"))?;
+        GENERATION.fetch_max(generation + 1, Ordering::Relaxed);
+        let keep = path.clone().into_os_string();
+        let io = |source| MachineError::Io { path: dir.to_path_buf(), source };
+        let prefix = format!("shard-{shard}.");
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let other = entry.path();
+            let ours = other.as_os_str().to_string_lossy().starts_with(&*keep.to_string_lossy());
+            if entry.file_name().to_string_lossy().starts_with(&prefix) && !ours {
+                std::fs::remove_file(&other).map_err(io)?;
+            }
+        }
+        let connection = open(&path)?;
+        let mut machine = SqliteMachine::with_connection(connection, dir, shard, at, generation)?;
+        // It applies from here on: no older generation is left to replace.
+        machine.become_live();
+        Ok(machine)
     }
 
     /// The database of a snapshot image ([`StateMachine::snapshot`]), as a new file in `dir`.
@@ -197,36 +249,47 @@ impl SqliteMachine {
             if verdict != "ok" {
                 return Ok(Err(MachineError::Image("the database is damaged")));
             }
-            let sql = format!("SELECT shard, applied FROM {APPLIED_TABLE}");
+            let sql = format!("SELECT shard, applied, slot FROM {APPLIED_TABLE}");
             let mut statement = connection.prepare(&sql)?;
-            let rows: Vec<(i64, i64)> = statement
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let rows: Vec<(i64, i64, Option<i64>)> = statement
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             Ok::<_, rusqlite::Error>(match rows[..] {
-                [(shard, applied)] => match (u16::try_from(shard), u64::try_from(applied)) {
-                    (Ok(shard), Ok(applied)) => Ok((shard, applied)),
-                    _ => Err(MachineError::Image("the applied position is out of range")),
-                },
+                [(shard, applied, slot)] => {
+                    let slot = slot.map(u64::try_from).transpose();
+                    match (u16::try_from(shard), u64::try_from(applied), slot) {
+                        (Ok(shard), Ok(applied), Ok(slot)) => {
+                            Ok((shard, Position { applied, slot }))
+                        }
+                        _ => Err(MachineError::Image("the applied position is out of range")),
+                    }
+                }
                 _ => Err(MachineError::Image("the bookkeeping table must hold one row")),
             })
         })();
-        let (shard, applied) = match checked {
+        let (shard, at) = match checked {
             Ok(Ok(position)) => position,
             Ok(Err(error)) => return Err(remove_then(&staging, error)),
             Err(error) => return Err(remove_then(&staging, error.into())),
         };
+        // Durable before it is named: a restart may open it in place of the log's replay.
+        let synced = std::fs::File::open(&staging).and_then(|file| file.sync_all());
+        synced.map_err(|source| {
+            remove_then(&staging, MachineError::Io { path: staging.clone(), source })
+        })?;
         let path = file_path(dir, shard, generation);
         std::fs::rename(&staging, &path)
+            .and_then(|()| sync_dir(dir))
             .map_err(|source| MachineError::Io { path: path.clone(), source })?;
         let connection = open(&path)?;
-        SqliteMachine::with_connection(connection, dir, shard, applied, generation)
+        SqliteMachine::with_connection(connection, dir, shard, at, generation)
     }
 
     fn with_connection(
         connection: Connection,
         dir: &Path,
         shard: u16,
-        applied: u64,
+        at: Position,
         generation: u64,
     ) -> Result<SqliteMachine, MachineError> {
         let guard = guard(&connection)?;
@@ -236,7 +299,19 @@ impl SqliteMachine {
         });
         let dir = dir.to_path_buf();
         let open = RefCell::new(Vec::new());
-        Ok(SqliteMachine { connection, guard, shard, applied, open, dir, generation, live: false })
+        let (applied, slot, persisted) = (at.applied, at.slot, at.slot);
+        Ok(SqliteMachine {
+            connection,
+            guard,
+            shard,
+            applied,
+            slot,
+            persisted,
+            open,
+            dir,
+            generation,
+            live: false,
+        })
     }
 
     /// The shard this database belongs to.
@@ -308,8 +383,12 @@ impl SqliteMachine {
             return;
         }
         let position = i64::try_from(self.applied).unwrap_or(i64::MAX);
+        let slot = match self.slot {
+            Some(slot) => Value::Integer(i64::try_from(slot).unwrap_or(i64::MAX)),
+            None => Value::Null,
+        };
         let shard = Value::Integer(self.shard.into());
-        self.internal(RECORD_APPLIED, &[Value::Integer(position), shard]);
+        self.internal(RECORD_APPLIED, &[Value::Integer(position), shard, slot]);
         self.internal(COMMIT, &[]);
         self.open.borrow_mut().clear();
     }
@@ -512,14 +591,39 @@ impl From<rusqlite::Error> for Failure {
 
 impl StateMachine for SqliteMachine {
     type Reply = Reply;
+    const PERSISTS: bool = true;
 
     fn apply(&mut self, command: &[u8]) -> Reply {
         self.apply_one(command)
     }
 
-    /// The end of a committed batch: its transaction commits.
-    fn on_batch_applied(&mut self) {
+    /// The end of a committed batch: its transaction commits, recording its slot.
+    fn on_batch_applied(&mut self, slot: Slot) {
+        self.slot = Some(slot.0);
         self.commit_open();
+    }
+
+    /// The database persists itself: a restart goes on from the slot its file holds (`None`
+    /// before its first batch).
+    fn persisted_slot(&self) -> Option<Slot> {
+        self.persisted.map(Slot)
+    }
+
+    /// Commits are written without a sync (`synchronous = NORMAL` in WAL mode: a crash keeps
+    /// the database whole, a power cut may take the last commits back); this syncs the
+    /// database, its WAL and their directory, so every batch applied so far survives both.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.commit_open();
+        let path = self.path();
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        std::fs::File::open(&path)?.sync_all()?;
+        match std::fs::File::open(&wal) {
+            Ok(file) => file.sync_all()?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+        sync_dir(&self.dir)
     }
 
     fn query(&self, request: &[u8]) -> Reply {
@@ -664,7 +768,8 @@ pub fn current_file(dir: &Path, shard: u16) -> Result<Option<PathBuf>, MachineEr
             .and_then(|number| number.parse::<u64>().ok());
         let Some(generation) = generation else { continue };
         let path = entry.path();
-        let applied = recorded_position(&path)?.map_or(0, |(_, applied)| applied);
+        // A file that cannot be read ranks last (`open_or_create` then starts over).
+        let applied = recorded_position(&path).ok().flatten().map_or(0, |(_, at)| at.applied);
         if best.as_ref().is_none_or(|(rank, _)| (applied, generation) > *rank) {
             best = Some(((applied, generation), path));
         }
@@ -694,15 +799,16 @@ fn remove_then(path: &Path, error: MachineError) -> MachineError {
     error
 }
 
-/// Opens a database the way every replica does. Not synced: the log is durable, and the
-/// database is rebuilt from it at start (the module's documentation). Not locked
+/// Opens a database the way every replica does. Commits are not synced one by one: the log
+/// is durable, and [`StateMachine::sync`] syncs the database before the log below a snapshot
+/// goes (the module's documentation). Not locked
 /// exclusively: a tool (or `bench`, in the same process, whose stopped nodes' machines may
 /// outlive their executors) can read it beside the replica.
 fn open(path: &Path) -> Result<Connection, MachineError> {
     let connection = Connection::open(path)?;
     connection.execute_batch(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = OFF;
+         PRAGMA synchronous = NORMAL;
          PRAGMA cache_size = -65536;
          PRAGMA temp_store = MEMORY;",
     )?;
@@ -759,11 +865,28 @@ fn value_bytes(value: &Value) -> usize {
 ///
 /// # Errors
 /// The file is not one of this machine's databases.
-pub fn recorded_position(path: &Path) -> Result<Option<(u16, u64)>, MachineError> {
+pub fn recorded_position(path: &Path) -> Result<Option<(u16, Position)>, MachineError> {
     // Read-write for the reason `file_digest` gives.
     let connection = Connection::open(path)?;
-    let sql = format!("SELECT shard, applied FROM {APPLIED_TABLE}");
-    let row: Option<(i64, i64)> =
-        connection.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-    Ok(row.map(|(shard, applied)| (shard as u16, applied as u64)))
+    let sql = format!("SELECT shard, applied, slot FROM {APPLIED_TABLE}");
+    let row: Option<(i64, i64, Option<i64>)> =
+        connection.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+    Ok(row.map(|(shard, applied, slot)| {
+        (shard as u16, Position { applied: applied as u64, slot: slot.map(|slot| slot as u64) })
+    }))
+}
+
+/// Where a database is: the commands it applied and the slot of its last batch (its
+/// [`APPLIED_TABLE`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Commands applied.
+    pub applied: u64,
+    /// The slot of the last batch applied; `None` before the first.
+    pub slot: Option<u64>,
+}
+
+/// Syncs a directory, so that the names made in it last.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may unwrap.
 
-use quorum::StateMachine;
+use quorum::{Slot, StateMachine};
 use quorum_sqlite::command::DecodeError;
 use quorum_sqlite::determinism::{APPLIED_TABLE, check_statement};
-use quorum_sqlite::machine::recorded_position;
+use quorum_sqlite::machine::{Position, recorded_position};
 use quorum_sqlite::reply::{decode_reply, encode_reply};
 use quorum_sqlite::{ErrorKind, Outcome, Reply, SqliteMachine, Statement, Value};
 
@@ -231,7 +231,7 @@ fn a_batch_is_one_transaction_and_a_failing_statement_is_rolled_back_alone() {
     let (path, applied) = (machine.path(), machine.applied());
     assert_eq!(applied, commands.len() as u64 + 2, "queries are not applied");
     drop(machine);
-    assert_eq!(recorded_position(&path).unwrap(), Some((3, applied)));
+    assert_eq!(recorded_position(&path).unwrap(), Some((3, Position { applied, slot: None })));
 }
 
 fn fill(machine: &mut SqliteMachine, rows: i64) {
@@ -300,9 +300,10 @@ fn through_the_trait_a_batch_commits_at_its_end_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let mut machine = SqliteMachine::create(dir.path(), 0).unwrap();
     exec(&mut machine, "CREATE TABLE t (x INTEGER UNIQUE)", vec![]).unwrap();
-    machine.on_batch_applied();
+    machine.on_batch_applied(Slot(4));
     let path = machine.path();
-    assert_eq!(recorded_position(&path).unwrap(), Some((0, 1)));
+    let at = |applied, slot| Some((0, Position { applied, slot: Some(slot) }));
+    assert_eq!(recorded_position(&path).unwrap(), at(1, 4));
     // Commands of one batch, as a node applies them: one at a time, then the batch's end.
     for x in 0..10 {
         exec(&mut machine, "INSERT INTO t VALUES (?1)", vec![Value::Integer(x)]).unwrap();
@@ -311,13 +312,37 @@ fn through_the_trait_a_batch_commits_at_its_end_with_its_position() {
     assert_eq!(kind(&duplicate), Some(ErrorKind::Sql));
     exec(&mut machine, "INSERT INTO t VALUES (10)", vec![]).unwrap();
     // Another connection sees nothing of the batch before its end, then all of it.
-    assert_eq!(recorded_position(&path).unwrap(), Some((0, 1)), "not committed mid-batch");
-    machine.on_batch_applied();
-    assert_eq!(recorded_position(&path).unwrap(), Some((0, 13)));
+    assert_eq!(recorded_position(&path).unwrap(), at(1, 4), "not committed mid-batch");
+    machine.on_batch_applied(Slot(7));
+    assert_eq!(recorded_position(&path).unwrap(), at(13, 7));
     assert_eq!(query(&machine, "SELECT count(*) FROM t").rows, vec![vec![Value::Integer(11)]]);
     // A machine driven without batch ends still commits before a snapshot or a summary.
     exec(&mut machine, "INSERT INTO t VALUES (11)", vec![]).unwrap();
     let summary = machine.summary();
     assert_eq!(summary.entries, 12);
-    assert_eq!(recorded_position(&path).unwrap(), Some((0, 14)));
+    assert_eq!(recorded_position(&path).unwrap(), at(14, 7));
+}
+
+#[test]
+fn a_reopened_database_goes_on_from_the_slot_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut machine = SqliteMachine::open_or_create(dir.path(), 2).unwrap();
+    assert_eq!(machine.persisted_slot(), None, "an empty database holds no batch");
+    exec(&mut machine, "CREATE TABLE t (x INTEGER)", vec![]).unwrap();
+    machine.on_batch_applied(Slot(3));
+    exec(&mut machine, "INSERT INTO t VALUES (1)", vec![]).unwrap();
+    machine.on_batch_applied(Slot(9));
+    machine.sync().unwrap();
+    let (summary, path) = (machine.summary(), machine.path());
+    // As a process killed mid-way leaves it: the machine is never dropped.
+    std::mem::forget(machine);
+    let reopened = SqliteMachine::open_or_create(dir.path(), 2).unwrap();
+    assert_eq!(reopened.path(), path, "the same file, kept");
+    assert_eq!(reopened.persisted_slot(), Some(Slot(9)));
+    assert_eq!(reopened.summary(), summary);
+    assert_eq!(reopened.applied(), 2);
+    // Another shard's files are not this one's.
+    let other = SqliteMachine::open_or_create(dir.path(), 3).unwrap();
+    assert_eq!(other.persisted_slot(), None);
+    assert!(path.exists());
 }

@@ -379,6 +379,11 @@ fn a_killed_leader_loses_no_acknowledged_insert_and_every_replica_ends_identical
     std::thread::sleep(Duration::from_secs(2));
     cluster.spawn(leader);
     std::thread::sleep(Duration::from_secs(3));
+    // It reopened its database where the kill left it, instead of rebuilding it from the
+    // snapshot and the log.
+    // (The first start, of an empty database, says nothing of it.)
+    let log = std::fs::read_to_string(&cluster.nodes[leader].log).unwrap();
+    assert!(log.contains("the state machine persists itself"), "{}", cluster.tail(leader));
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
         writer.join().unwrap();

@@ -203,8 +203,8 @@ pub fn start(config: NodeConfig) -> Result<Node, String> {
     let node = Node::builder(config).state_machine(move |shard| {
         // Made on the shard's own thread; a directory that worked a moment ago and fails now
         // leaves nothing to go on with, and the node stops with this message.
-        SqliteMachine::create(&dir, shard)
-            .unwrap_or_else(|error| panic!("shard {shard}: cannot create its database: {error}"))
+        SqliteMachine::open_or_create(&dir, shard)
+            .unwrap_or_else(|error| panic!("shard {shard}: cannot open its database: {error}"))
     });
     node.start().map_err(|error| error.to_string())
 }
