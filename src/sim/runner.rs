@@ -133,11 +133,7 @@ impl Summary {
         self.archived_reads += report.archived_reads;
         self.read_index_reads += report.read_index_reads;
         self.seeds_with_installs += u64::from(report.snapshots.installed > 0);
-        self.snapshots.taken += report.snapshots.taken;
-        self.snapshots.restarts += report.snapshots.restarts;
-        self.snapshots.installed += report.snapshots.installed;
-        self.snapshots.pulls += report.snapshots.pulls;
-        self.snapshots.released_bytes += report.snapshots.released_bytes;
+        self.snapshots.add(&report.snapshots);
         let (faults, seen) = (&mut self.faults, &report.faults);
         faults.repairs += seen.repairs;
         faults.repaired += seen.repaired;
