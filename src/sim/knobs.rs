@@ -94,6 +94,22 @@ pub struct Knobs {
     /// snapshot_piece_bytes`): whole, or 256 B to 4 KiB, so that most transfers take several
     /// pieces, each pulled, through loss, duplication, reordering and restarts.
     pub snapshot_piece_bytes: usize,
+    /// Lease reads on (`Config::read_lease`, protocol.md §5.4): half the seeds; every seed
+    /// when the clock bound is broken.
+    pub read_lease: bool,
+    /// The drift bound the replicas are configured with (`Config::max_clock_drift_ppm`).
+    pub max_clock_drift_ppm: u32,
+    /// Each node's clock rate, in millionths of real time: within the bound, or, with
+    /// [`SimOptions::break_clock_bound`], anywhere from half to one and a half.
+    pub clock_rate_ppm: Vec<u64>,
+}
+
+/// What a whole simulated range is run with, beyond its seeds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimOptions {
+    /// Clocks drift beyond the bound the replicas are configured with (`quorum sim
+    /// --break-clock-bound`): lease reads may then be stale, and the checkers must say so.
+    pub break_clock_bound: bool,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -105,6 +121,26 @@ pub fn between(rng: &mut Xoshiro256PlusPlus, low: u64, high: u64) -> u64 {
 impl Knobs {
     /// Draws a configuration.
     pub fn draw(rng: &mut Xoshiro256PlusPlus) -> Knobs {
+        Knobs::draw_with(rng, SimOptions::default())
+    }
+
+    /// Draws a configuration, clocks as `options` say.
+    pub fn draw_with(rng: &mut Xoshiro256PlusPlus, options: SimOptions) -> Knobs {
+        let mut knobs = Knobs::draw_cluster(rng);
+        knobs.read_lease = options.break_clock_bound || between(rng, 0, 1) == 1;
+        knobs.max_clock_drift_ppm = [10_000, 50_000, 100_000, 200_000][between(rng, 0, 3) as usize];
+        let drift = u64::from(knobs.max_clock_drift_ppm);
+        let (low, high) = if options.break_clock_bound {
+            (500_000, 1_500_000)
+        } else {
+            (1_000_000 - drift, 1_000_000 + drift)
+        };
+        let nodes = knobs.voters + knobs.learners;
+        knobs.clock_rate_ppm = (0..nodes).map(|_| between(rng, low, high)).collect();
+        knobs
+    }
+
+    fn draw_cluster(rng: &mut Xoshiro256PlusPlus) -> Knobs {
         let heartbeat_interval_ticks = between(rng, 2, 5) as u32;
         Knobs {
             voters: between(rng, 3, 5) as usize,
@@ -143,6 +179,9 @@ impl Knobs {
             wal_segment_bytes: [24 << 10, 64 << 10][between(rng, 0, 1) as usize],
             retain_bytes: [u64::MAX, 2 << 10, 16 << 10][between(rng, 0, 2) as usize],
             snapshot_piece_bytes: [1 << 30, 256, 1024, 4096][between(rng, 0, 3) as usize],
+            read_lease: false,
+            max_clock_drift_ppm: 0,
+            clock_rate_ppm: Vec::new(),
         }
     }
 }

@@ -13,8 +13,8 @@ use quorum_wal::{PendingSync, SimBackend};
 
 use crate::core::Slot;
 use crate::core::{
-    Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId,
-    RoleKind, Value, Voters,
+    Ballot, ClusterId, Config, Consistency, Envelope, Message, NodeId, ProposeError, ReadOptions,
+    ReadPath, Replica, RequestId, RoleKind, Value, Voters,
 };
 use crate::machine::merge::MergedBatch;
 use crate::machine::{
@@ -31,9 +31,11 @@ use super::checkers::{Checker, Violation};
 use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_of};
 use super::disk::SimDisk;
 use super::knobs::{Knobs, between};
+use super::knobs::SimOptions;
 use super::linearizability::{KvOp, Operation, check_key};
+use super::reads::{StaleRead, anywhere, check_monotonic, check_stale_reads, draw_read};
 use super::recorder::{Observed, Recorder};
-use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, SeedReport, SnapshotCounts};
+use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, ReadCounts, SeedReport, SnapshotCounts};
 
 const CLUSTER: ClusterId = ClusterId(0x5157_4f52_554d);
 /// How long the liveness phase may take before it counts as a violation.
@@ -156,6 +158,34 @@ struct SimNode {
     /// storage is not intact, so no other node's is damaged meanwhile (a majority keeps
     /// every acknowledged write, the promise the checkers hold the cluster to).
     damaged: bool,
+    /// Its clock: a rate in millionths of real time, and the tick count it gave this
+    /// incarnation's replicas since it started (`clock_start_us`). Ticks follow the clock: a
+    /// node that was paused gets every tick it missed before it handles anything else, as
+    /// the runtime's clock does (protocol.md §5.4).
+    clock: NodeClock,
+}
+
+/// A node's clock (see [`SimNode::clock`]).
+#[derive(Clone, Copy, Debug)]
+struct NodeClock {
+    rate_ppm: u64,
+    start_us: u64,
+    given: u64,
+}
+
+impl NodeClock {
+    /// Ticks of `tick_us` on this clock from its start to `now_us`.
+    fn ticks_at(&self, now_us: u64, tick_us: u64) -> u64 {
+        let elapsed = u128::from(now_us.saturating_sub(self.start_us));
+        (elapsed * u128::from(self.rate_ppm) / (1_000_000 * u128::from(tick_us))) as u64
+    }
+
+    /// Real microseconds from `now_us` to this clock's next tick.
+    fn until_next_tick(&self, now_us: u64, tick_us: u64) -> u64 {
+        let next = u128::from(self.given + 1) * u128::from(tick_us) * 1_000_000;
+        let at = u128::from(self.start_us) + next.div_ceil(u128::from(self.rate_ppm));
+        (at as u64).saturating_sub(now_us).max(1)
+    }
 }
 
 /// A whole simulated cluster. Build with [`World::new`], run with [`World::run`].
@@ -189,6 +219,10 @@ pub struct World {
     archived_reads: u64,
     /// Queries answered by a read index, without the log.
     read_index_reads: u64,
+    /// Reads answered, per consistency, and what became of them.
+    reads: ReadCounts,
+    /// The stale reads answered, checked against the chosen log at the end (I12).
+    stale_reads: Vec<StaleRead>,
     snapshots: SnapshotCounts,
     faults: FaultCounts,
     trace: Option<String>,
@@ -199,8 +233,13 @@ pub struct World {
 impl World {
     /// A world drawn from `seed`; with `trace`, every event is written to a readable trace.
     pub fn new(seed: u64, trace: bool) -> World {
+        World::with_options(seed, trace, SimOptions::default())
+    }
+
+    /// A world drawn from `seed`, clocks as `options` say.
+    pub fn with_options(seed: u64, trace: bool, options: SimOptions) -> World {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-        let knobs = Knobs::draw(&mut rng);
+        let knobs = Knobs::draw_with(&mut rng, options);
         let voter_ids: Vec<NodeId> = (1..=knobs.voters as u16).map(NodeId).collect();
         let node_count = knobs.voters + knobs.learners;
         let mut world = World {
@@ -229,6 +268,8 @@ impl World {
             merged: 0,
             archived_reads: 0,
             read_index_reads: 0,
+            reads: ReadCounts::default(),
+            stale_reads: Vec::new(),
             snapshots: SnapshotCounts::default(),
             faults: FaultCounts::default(),
             trace: trace.then(String::new),
@@ -236,29 +277,7 @@ impl World {
             knobs,
         };
         for index in 0..node_count {
-            let id = NodeId(index as u16 + 1);
-            let shards = (0..world.knobs.shards).map(|_| world.fresh_shard()).collect();
-            world.nodes.push(SimNode {
-                id,
-                up: true,
-                restart_at_us: 0,
-                incarnation: 0,
-                paused_until_us: 0,
-                shards,
-                total: TotalApplier::new(
-                    world.knobs.shards as u16,
-                    KvStore::default(),
-                    SIM_SESSIONS,
-                ),
-                merge_off: false,
-                failing: false,
-                damaged: false,
-            });
-            for shard in 0..world.knobs.shards {
-                world.start_replica(index, shard);
-            }
-            let phase = world.rng.next_u64() % world.knobs.tick_us;
-            world.schedule(phase, Event::Tick { node: index, incarnation: 0 });
+            world.add_node(index);
         }
         for client in 0..world.knobs.clients {
             world.clients.push(SimClient::new(client as u64 + 1, &world.knobs));
@@ -272,6 +291,31 @@ impl World {
         world.schedule(forced, Event::ForceLeaderChange);
         world.schedule(world.knobs.safety_us, Event::EndSafety);
         world
+    }
+
+    /// Node `index`: its shards started, its clock at a random phase.
+    fn add_node(&mut self, index: usize) {
+        let id = NodeId(index as u16 + 1);
+        let shards = (0..self.knobs.shards).map(|_| self.fresh_shard()).collect();
+        let phase = self.rng.next_u64() % self.knobs.tick_us;
+        let rate_ppm = self.knobs.clock_rate_ppm[index];
+        self.nodes.push(SimNode {
+            id,
+            up: true,
+            restart_at_us: 0,
+            incarnation: 0,
+            paused_until_us: 0,
+            shards,
+            total: TotalApplier::new(self.knobs.shards as u16, KvStore::default(), SIM_SESSIONS),
+            merge_off: false,
+            failing: false,
+            damaged: false,
+            clock: NodeClock { rate_ppm, start_us: phase, given: 0 },
+        });
+        for shard in 0..self.knobs.shards {
+            self.start_replica(index, shard);
+        }
+        self.schedule(phase + 1, Event::Tick { node: index, incarnation: 0 });
     }
 
     fn fresh_shard(&self) -> ShardReplica {
@@ -310,6 +354,8 @@ impl World {
             ^ ((node as u64) << 48)
             ^ ((shard as u64) << 40)
             ^ self.nodes[node].incarnation;
+        config.read_lease = self.knobs.read_lease;
+        config.max_clock_drift_ppm = self.knobs.max_clock_drift_ppm;
         config
     }
 
@@ -323,6 +369,7 @@ impl World {
             snapshot_piece_bytes: self.knobs.snapshot_piece_bytes,
             archive_read_bytes_max: self.knobs.archive_read_bytes_max,
             repair_nonce: self.rng.next_u64(),
+            tick_us: self.knobs.tick_us,
             ..ShardSettings::new(SIM_SESSIONS)
         };
         let hooks = Recorder::new(self.rng.next_u64());
@@ -433,6 +480,7 @@ impl World {
             merged: self.merged,
             archived_reads: self.archived_reads,
             read_index_reads: self.read_index_reads,
+            reads: self.reads,
             faults: self.faults,
             snapshots: SnapshotCounts {
                 released_bytes: self
@@ -510,6 +558,20 @@ impl World {
         if self.deferred(node, || Event::Tick { node, incarnation }) {
             return;
         }
+        self.catch_up_clock(node);
+        let next = self.nodes[node].clock.until_next_tick(self.now_us, self.knobs.tick_us);
+        self.schedule(next, Event::Tick { node, incarnation });
+    }
+
+    /// Gives `node`'s replicas every tick its clock has passed since the last: at a tick of
+    /// its own, and before it handles anything else (after a pause, many at once).
+    fn catch_up_clock(&mut self, node: usize) {
+        let clock = &mut self.nodes[node].clock;
+        let due = clock.ticks_at(self.now_us, self.knobs.tick_us).saturating_sub(clock.given);
+        if due == 0 {
+            return;
+        }
+        clock.given += due;
         for shard in 0..self.knobs.shards {
             if self.nodes[node].failing {
                 break; // The process is stopping.
@@ -524,7 +586,7 @@ impl World {
                 .max()
                 .unwrap_or(Slot(0));
             let running = self.shard_mut(node, shard);
-            let mut result = running.on_tick();
+            let mut result = running.on_ticks(due);
             if result.is_ok() && skip && running.replica().role() == RoleKind::Leader {
                 result = running.propose_skip(skip_slots);
             }
@@ -536,7 +598,6 @@ impl World {
             }
             self.settle(node, shard);
         }
-        self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
     }
 
     fn alive(&self, node: usize) -> bool {
@@ -581,6 +642,10 @@ impl World {
         if self.deferred(to, || Event::Deliver { to, shard, from, message: message.clone() }) {
             return;
         }
+        self.catch_up_clock(to);
+        if !self.alive(to) {
+            return;
+        }
         let id = self.nodes[to].id;
         self.trace(|| format!("n{} s{shard} <- n{} {}", id.0, from.0, describe(&message)));
         let envelope = Envelope { cluster_id: CLUSTER, from, message };
@@ -602,6 +667,10 @@ impl World {
         if self.deferred(node, || Event::SyncDone { node, shard, incarnation }) {
             return;
         }
+        self.catch_up_clock(node);
+        if !self.alive(node) {
+            return;
+        }
         let state = &mut self.nodes[node].shards[shard];
         let pending = state.syncing.take().expect("a sync under way");
         let running = state.shard.as_mut().expect("a live node has its shards");
@@ -618,6 +687,10 @@ impl World {
             return;
         }
         if self.deferred(node, || Event::SnapshotDone { node, shard, incarnation }) {
+            return;
+        }
+        self.catch_up_clock(node);
+        if !self.alive(node) {
             return;
         }
         let state = &mut self.nodes[node].shards[shard];
@@ -782,7 +855,9 @@ impl World {
     /// The outcome of an applied command goes to the client waiting for it, if any.
     fn answer(&mut self, node: usize, shard: usize, command: AppliedCommand<KvReply>) {
         let reply = match command.outcome {
-            Outcome::Applied(reply) | Outcome::Duplicate(reply) => ClientReply::Applied(reply),
+            Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
+                ClientReply::Applied(reply, command.slot)
+            }
             Outcome::Registered(session) => ClientReply::Registered(session),
             // A long-delayed copy of a request its client has long moved past (so it was
             // acknowledged, so applied): refusing it is exactly-once working. (A missing
@@ -882,10 +957,15 @@ impl World {
         }
         if !resend {
             // A timeout: the node may be down or cut off; try the next one.
+            let nodes = self.nodes.len();
             let pending = self.clients[client].pending.as_mut().expect("checked");
             let shard = pending.shard;
-            pending.target = (pending.target + 1) % self.knobs.voters;
-            self.clients[client].leader_hint[shard] = None;
+            if !pending.register && anywhere(&pending.read) {
+                pending.target = (pending.target + 1) % nodes;
+            } else {
+                pending.target = (pending.target + 1) % self.knobs.voters;
+                self.clients[client].leader_hint[shard] = None;
+            }
         }
         self.send_request(client);
     }
@@ -909,8 +989,17 @@ impl World {
             }
         };
         let shard = shard_for_key(&key_bytes(key), self.knobs.shards);
-        let target = self.clients[client].leader_hint[shard]
-            .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize);
+        let read = if op == KvOp::Get {
+            draw_read(&mut self.rng, &self.knobs, self.clients[client].read_floor[shard])
+        } else {
+            ReadOptions::default()
+        };
+        let target = if anywhere(&read) {
+            (self.rng.next_u64() % self.nodes.len() as u64) as usize
+        } else {
+            self.clients[client].leader_hint[shard]
+                .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize)
+        };
         let sequence = self.clients[client].sequence | query_bit(&op);
         let (id, register, payload) = match self.clients[client].sessions[shard] {
             Some(session) => (RequestId { client: session, sequence }, false, encode(key, &op)),
@@ -921,8 +1010,9 @@ impl World {
                 (register, true, payload.to_vec())
             }
         };
-        self.clients[client].pending =
-            Some(Pending { id, register, key, shard, op, payload, invoke_us: self.now_us, target });
+        let invoke_us = self.now_us;
+        let pending = Pending { id, register, key, shard, op, read, payload, invoke_us, target };
+        self.clients[client].pending = Some(pending);
         self.send_request(client);
     }
 
@@ -931,7 +1021,8 @@ impl World {
         state.timer_token += 1;
         let token = state.timer_token;
         let mut pending = state.pending.clone().expect("a request to send");
-        if let Some(hint) = state.leader_hint[pending.shard] {
+        let anywhere = !pending.register && anywhere(&pending.read);
+        if let (false, Some(hint)) = (anywhere, state.leader_hint[pending.shard]) {
             pending.target = hint;
         }
         state.pending.as_mut().expect("checked").target = pending.target;
@@ -951,10 +1042,23 @@ impl World {
         if self.deferred(node, || Event::ClientRequest { node, client, pending: pending.clone() }) {
             return;
         }
+        self.catch_up_clock(node);
+        if !self.alive(node) {
+            return;
+        }
         let shard = pending.shard;
         let running = self.shard_mut(node, shard);
         // A register-session command gets the leader's entropy in `Shard::propose`.
-        let proposed = running.propose(pending.id, &pending.payload);
+        let proposed = if pending.id.is_query() {
+            let read = running.read(pending.id, &pending.payload, pending.read);
+            if let Ok(Ok(ReadPath::Lease)) = read {
+                self.reads.by_lease += 1;
+            }
+            read.map(|result| result.map(|_| ()))
+        } else {
+            running.propose(pending.id, &pending.payload)
+        };
+        let running = self.shard_mut(node, shard);
         let result = match proposed {
             Ok(Ok(())) => running.flush().map(Ok),
             other => other,
@@ -963,6 +1067,9 @@ impl World {
             Ok(Ok(())) => {
                 self.nodes[node].shards[shard].waiting.insert(pending.id, client);
                 self.settle(node, shard);
+            }
+            Ok(Err(ProposeError::TooStale { .. })) => {
+                self.client_send(client, pending.id, ClientReply::TooStale);
             }
             Ok(Err(ProposeError::NotLeader { hint })) => {
                 let hint = hint.map(|id| id.0 as usize - 1);
@@ -1005,6 +1112,25 @@ impl World {
             return; // A late reply to an earlier attempt of a finished request.
         }
         match reply {
+            ClientReply::Redirect(_) if !pending.register && anywhere(&pending.read) => {
+                // A follower read no leader gave an index for in time: try another member.
+                let state = &mut self.clients[client];
+                let next = (pending.target + 1) % self.nodes.len();
+                state.pending.as_mut().expect("checked").target = next;
+                state.timer_token += 1;
+                let token = state.timer_token;
+                let backoff = between(&mut self.rng, 1_000, 5_000);
+                self.schedule(backoff, Event::ClientWake { client, token, resend: true });
+            }
+            ClientReply::TooStale => {
+                self.reads.too_stale += 1;
+                let state = &mut self.clients[client];
+                state.pending = None;
+                state.timer_token += 1;
+                let token = state.timer_token;
+                let think = between(&mut self.rng, 0, self.knobs.think_us);
+                self.schedule(think, Event::ClientWake { client, token, resend: false });
+            }
             ClientReply::Redirect(hint) => {
                 let hint = hint.filter(|node| *node < self.knobs.voters && *node != pending.target);
                 let state = &mut self.clients[client];
@@ -1026,10 +1152,15 @@ impl World {
                 self.schedule(backoff, Event::ClientWake { client, token, resend: true });
             }
             ClientReply::Registered(session) => self.on_registered(client, pending, session),
-            ClientReply::Applied(reply) => {
+            ClientReply::Applied(reply, slot) => {
                 let result = result_of(&reply);
+                if id.is_query() && !self.on_read_answered(client, &pending, slot, &result) {
+                    return;
+                }
                 let state = &mut self.clients[client];
-                state.leader_hint[pending.shard] = Some(pending.target);
+                if !anywhere(&pending.read) {
+                    state.leader_hint[pending.shard] = Some(pending.target);
+                }
                 state.seen[pending.key] = match &result {
                     super::linearizability::KvResult::Value(value) => *value,
                     super::linearizability::KvResult::CompareAndSet { succeeded: true, .. } => {
@@ -1063,6 +1194,41 @@ impl World {
                 self.schedule(think, Event::ClientWake { client, token, resend: false });
             }
         }
+    }
+
+    /// A client's read was answered at `slot` with `result`: counts it, keeps a stale one
+    /// for the check against the log (I12, which it must not go back from the client's
+    /// earlier reads for) and raises the client's floor. Returns true if the read joins the
+    /// linearizable history (all but stale ones).
+    fn on_read_answered(
+        &mut self,
+        client: usize,
+        pending: &Pending,
+        slot: Slot,
+        result: &super::linearizability::KvResult,
+    ) -> bool {
+        self.reads.count(pending.read.consistency);
+        let floor = &mut self.clients[client].read_floor[pending.shard];
+        let previous = *floor;
+        *floor = (*floor).max(slot);
+        if pending.read.consistency != Consistency::Stale {
+            return true;
+        }
+        let super::linearizability::KvResult::Value(value) = result else {
+            panic!("a get answered {result:?}");
+        };
+        let read =
+            StaleRead { client, shard: pending.shard, key: pending.key, slot, value: *value };
+        self.record(check_monotonic(&read, previous));
+        self.stale_reads.push(read);
+        self.queries_answered += 1;
+        let state = &mut self.clients[client];
+        state.pending = None;
+        state.timer_token += 1;
+        let token = state.timer_token;
+        let think = between(&mut self.rng, 0, self.knobs.think_us);
+        self.schedule(think, Event::ClientWake { client, token, resend: false });
+        false
     }
 
     // ----- Faults ------------------------------------------------------------------------
@@ -1246,7 +1412,11 @@ impl World {
             self.nodes[node].damaged = false;
         }
         let incarnation = self.nodes[node].incarnation;
-        self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
+        // A new process: its clock counts ticks from now, at the node's rate.
+        let clock = &mut self.nodes[node].clock;
+        (clock.start_us, clock.given) = (self.now_us, 0);
+        let next = clock.until_next_tick(self.now_us, self.knobs.tick_us);
+        self.schedule(next, Event::Tick { node, incarnation });
     }
 
     // ----- Liveness ----------------------------------------------------------------------
@@ -1340,6 +1510,9 @@ impl World {
     }
 
     fn final_checks(&mut self) -> Result<(), Violation> {
+        let checker = &self.checker;
+        let chosen = |shard: usize, slot: u64| checker.chosen_value(shard, slot).cloned();
+        check_stale_reads(&mut self.stale_reads, self.knobs.shards, SIM_SESSIONS, chosen)?;
         for node in &self.nodes {
             for shard in &node.shards {
                 let running = shard.shard.as_ref().expect("all nodes are up at the end");
@@ -1451,6 +1624,10 @@ fn describe(message: &Message) -> String {
             format!("heartbeat-ack {ballot} read-round {read_round}")
         }
         Message::CatchUpRequest { from_slot } => format!("catch-up-request from {}", from_slot.0),
+        Message::ReadIndexRequest { nonce } => format!("read-index-request {nonce}"),
+        Message::ReadIndexReply { nonce, read_index } => {
+            format!("read-index-reply {nonce} {:?}", read_index.map(|slot| slot.0))
+        }
         Message::Subscribe { from_slot } => format!("subscribe from {}", from_slot.0),
         Message::Chosen { runs, commit_index } => {
             format!("chosen runs {} commit {}", runs.len(), commit_index.0)
