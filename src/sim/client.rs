@@ -28,6 +28,9 @@ pub struct Pending {
     pub invoke_us: u64,
     /// The node it was last sent to.
     pub target: usize,
+    /// Sent to `target` whatever the client's leader hint says (until a redirect or a
+    /// timeout): a client with a stale view of who leads.
+    pub pinned: bool,
 }
 
 /// One simulated client.

@@ -100,7 +100,8 @@ pub struct Knobs {
     /// The drift bound the replicas are configured with (`Config::max_clock_drift_ppm`).
     pub max_clock_drift_ppm: u32,
     /// Each node's clock rate, in millionths of real time: within the bound, or, with
-    /// [`SimOptions::break_clock_bound`], anywhere from half to one and a half.
+    /// [`SimOptions::break_clock_bound`], one voter's at a fifth to a half and the others' at
+    /// one to one and a half.
     pub clock_rate_ppm: Vec<u64>,
 }
 
@@ -130,13 +131,19 @@ impl Knobs {
         knobs.read_lease = options.break_clock_bound || between(rng, 0, 1) == 1;
         knobs.max_clock_drift_ppm = [10_000, 50_000, 100_000, 200_000][between(rng, 0, 3) as usize];
         let drift = u64::from(knobs.max_clock_drift_ppm);
-        let (low, high) = if options.break_clock_bound {
-            (500_000, 1_500_000)
-        } else {
-            (1_000_000 - drift, 1_000_000 + drift)
-        };
         let nodes = knobs.voters + knobs.learners;
-        knobs.clock_rate_ppm = (0..nodes).map(|_| between(rng, low, high)).collect();
+        knobs.clock_rate_ppm =
+            (0..nodes).map(|_| between(rng, 1_000_000 - drift, 1_000_000 + drift)).collect();
+        if options.break_clock_bound {
+            // One voter's clock runs at a fifth to a half of real time, the others' up to half
+            // again fast: a leader there outlives its lease in real time, and its followers'
+            // election timeouts end early.
+            for rate in &mut knobs.clock_rate_ppm {
+                *rate = between(rng, 1_000_000, 1_500_000);
+            }
+            let slow = between(rng, 0, knobs.voters as u64 - 1) as usize;
+            knobs.clock_rate_ppm[slow] = between(rng, 200_000, 500_000);
+        }
         knobs
     }
 

@@ -960,6 +960,7 @@ impl World {
             let nodes = self.nodes.len();
             let pending = self.clients[client].pending.as_mut().expect("checked");
             let shard = pending.shard;
+            pending.pinned = false;
             if !pending.register && anywhere(&pending.read) {
                 pending.target = (pending.target + 1) % nodes;
             } else {
@@ -994,8 +995,14 @@ impl World {
         } else {
             ReadOptions::default()
         };
+        let pinned = op == KvOp::Get && !anywhere(&read) && self.rng.next_u64() % 4 == 0;
         let target = if anywhere(&read) {
             (self.rng.next_u64() % self.nodes.len() as u64) as usize
+        } else if pinned {
+            // A client with a stale view of who leads (a new one, or one whose connection
+            // outlived a leader change) asks any voter: a deposed leader that still believes
+            // it leads must not answer (I10).
+            (self.rng.next_u64() % self.knobs.voters as u64) as usize
         } else {
             self.clients[client].leader_hint[shard]
                 .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize)
@@ -1011,7 +1018,8 @@ impl World {
             }
         };
         let invoke_us = self.now_us;
-        let pending = Pending { id, register, key, shard, op, read, payload, invoke_us, target };
+        let pending =
+            Pending { id, register, key, shard, op, read, payload, invoke_us, target, pinned };
         self.clients[client].pending = Some(pending);
         self.send_request(client);
     }
@@ -1021,7 +1029,7 @@ impl World {
         state.timer_token += 1;
         let token = state.timer_token;
         let mut pending = state.pending.clone().expect("a request to send");
-        let anywhere = !pending.register && anywhere(&pending.read);
+        let anywhere = !pending.register && (pending.pinned || anywhere(&pending.read));
         if let (false, Some(hint)) = (anywhere, state.leader_hint[pending.shard]) {
             pending.target = hint;
         }
@@ -1054,6 +1062,8 @@ impl World {
             if let Ok(Ok(ReadPath::Lease)) = read {
                 self.reads.by_lease += 1;
             }
+            let consistency = pending.read.consistency;
+            self.trace(|| format!("n{} s{shard} client {client} read {consistency:?}: {read:?}", node + 1));
             read.map(|result| result.map(|_| ()))
         } else {
             running.propose(pending.id, &pending.payload)
@@ -1134,6 +1144,7 @@ impl World {
             ClientReply::Redirect(hint) => {
                 let hint = hint.filter(|node| *node < self.knobs.voters && *node != pending.target);
                 let state = &mut self.clients[client];
+                state.pending.as_mut().expect("checked").pinned = false;
                 state.leader_hint[pending.shard] = hint;
                 if hint.is_none() {
                     state.pending.as_mut().expect("checked").target =
