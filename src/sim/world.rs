@@ -82,6 +82,12 @@ enum Event {
         resend: bool,
     },
     Fault,
+    /// With the clock bound broken: a leader's clock runs slow for a while.
+    ClockFault,
+    /// The clock fault on `node` ends.
+    ClockHeal {
+        node: usize,
+    },
     ForceLeaderChange,
     Restart {
         node: usize,
@@ -165,26 +171,46 @@ struct SimNode {
     clock: NodeClock,
 }
 
-/// A node's clock (see [`SimNode::clock`]).
+/// A node's clock (see [`SimNode::clock`]): `base` ticks at `start_us`, then one every
+/// `tick_us` of its own time, which runs at `rate_ppm` millionths of real time.
 #[derive(Clone, Copy, Debug)]
 struct NodeClock {
     rate_ppm: u64,
+    /// Its usual rate (within the drift bound); a clock fault changes `rate_ppm` for a while.
+    usual_ppm: u64,
     start_us: u64,
+    base: u64,
     given: u64,
 }
 
 impl NodeClock {
+    fn new(rate_ppm: u64, start_us: u64) -> NodeClock {
+        NodeClock { rate_ppm, usual_ppm: rate_ppm, start_us, base: 0, given: 0 }
+    }
+
     /// Ticks of `tick_us` on this clock from its start to `now_us`.
     fn ticks_at(&self, now_us: u64, tick_us: u64) -> u64 {
         let elapsed = u128::from(now_us.saturating_sub(self.start_us));
-        (elapsed * u128::from(self.rate_ppm) / (1_000_000 * u128::from(tick_us))) as u64
+        self.base + (elapsed * u128::from(self.rate_ppm) / (1_000_000 * u128::from(tick_us))) as u64
     }
 
     /// Real microseconds from `now_us` to this clock's next tick.
     fn until_next_tick(&self, now_us: u64, tick_us: u64) -> u64 {
-        let next = u128::from(self.given + 1) * u128::from(tick_us) * 1_000_000;
+        let next = u128::from(self.given + 1 - self.base) * u128::from(tick_us) * 1_000_000;
         let at = u128::from(self.start_us) + next.div_ceil(u128::from(self.rate_ppm));
         (at as u64).saturating_sub(now_us).max(1)
+    }
+
+    /// Runs at `rate_ppm` from `now_us` on, having counted what it had so far.
+    fn set_rate(&mut self, now_us: u64, tick_us: u64, rate_ppm: u64) {
+        self.base = self.ticks_at(now_us, tick_us).max(self.given);
+        self.start_us = now_us;
+        self.rate_ppm = rate_ppm;
+    }
+
+    /// A new process on this node: ticks from zero, from now, at the usual rate.
+    fn restart(&mut self, now_us: u64) {
+        *self = NodeClock::new(self.usual_ppm, now_us);
     }
 }
 
@@ -289,6 +315,9 @@ impl World {
         let forced =
             between(&mut world.rng, world.knobs.safety_us / 4, world.knobs.safety_us * 3 / 4);
         world.schedule(forced, Event::ForceLeaderChange);
+        if world.knobs.clock_faults {
+            world.schedule(forced / 2, Event::ClockFault);
+        }
         world.schedule(world.knobs.safety_us, Event::EndSafety);
         world
     }
@@ -310,7 +339,7 @@ impl World {
             merge_off: false,
             failing: false,
             damaged: false,
-            clock: NodeClock { rate_ppm, start_us: phase, given: 0 },
+            clock: NodeClock::new(rate_ppm, phase),
         });
         for shard in 0..self.knobs.shards {
             self.start_replica(index, shard);
@@ -519,6 +548,13 @@ impl World {
                 self.on_client_wake(client, token, resend)
             }
             Event::Fault => self.on_fault(),
+            Event::ClockFault => self.on_clock_fault(),
+            Event::ClockHeal { node } => {
+                // The ticks owed at the old rate stay owed: `set_rate` counts them in.
+                let (now, tick, clock) = (self.now_us, self.knobs.tick_us, &mut self.nodes[node].clock);
+                clock.set_rate(now, tick, clock.usual_ppm);
+                self.trace(|| format!("n{}'s clock runs at its usual rate again", node + 1));
+            }
             Event::ForceLeaderChange => self.on_force_leader_change(),
             Event::Restart { node } => self.restart(node),
             Event::Fail { node, incarnation } => {
@@ -1312,6 +1348,39 @@ impl World {
     }
 
     /// Makes sure every seed sees at least one leader change: crash the leader of a shard.
+    /// Breaks the clock bound the replicas rely on (`--break-clock-bound`): the leader of a
+    /// random shard gets a clock running at a tenth to a half of real time for 20–300 ms, and
+    /// half the time is cut off from the other nodes for as long (clients still reach it), so
+    /// that its lease outlives, in real time, the election timeouts of the voters that
+    /// granted it. Lease reads may then be stale: the checkers must say so.
+    fn on_clock_fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let next = between(&mut self.rng, 50_000, 300_000);
+        self.schedule(next, Event::ClockFault);
+        let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
+        let leader = (0..self.knobs.voters).find(|node| {
+            self.alive(*node)
+                && self.replica(*node, shard).is_some_and(|r| r.role() == RoleKind::Leader)
+        });
+        let Some(node) = leader else { return };
+        let duration = between(&mut self.rng, 20_000, 300_000);
+        let rate = between(&mut self.rng, 100_000, 500_000);
+        let (now, tick) = (self.now_us, self.knobs.tick_us);
+        self.nodes[node].clock.set_rate(now, tick, rate);
+        self.trace(|| format!("n{}'s clock runs at {rate} ppm for {duration}us", node + 1));
+        self.schedule(duration, Event::ClockHeal { node });
+        if self.rng.next_u64() % 2 == 0 {
+            let links: Vec<(usize, usize)> = (0..self.nodes.len())
+                .filter(|other| *other != node)
+                .flat_map(|other| [(node, other), (other, node)])
+                .collect();
+            self.trace(|| format!("isolate n{} for {duration}us", node + 1));
+            self.block(links, duration);
+        }
+    }
+
     fn on_force_leader_change(&mut self) {
         if !self.faults_on {
             return;
@@ -1425,7 +1494,7 @@ impl World {
         let incarnation = self.nodes[node].incarnation;
         // A new process: its clock counts ticks from now, at the node's rate.
         let clock = &mut self.nodes[node].clock;
-        (clock.start_us, clock.given) = (self.now_us, 0);
+        clock.restart(self.now_us);
         let next = clock.until_next_tick(self.now_us, self.knobs.tick_us);
         self.schedule(next, Event::Tick { node, incarnation });
     }
