@@ -134,7 +134,7 @@ fn requests() -> impl Strategy<Value = Requests> {
     (
         prop::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from),
         consistency,
-        mostly_up_to(SLOT_MAX.0),
+        0..=SLOT_MAX.0,
         prop::option::of(any::<u64>()),
         prop::option::of(any::<u64>()),
     )
@@ -264,6 +264,15 @@ proptest! {
             }
             _ => prop_assert_eq!(decoded.unwrap(), frame),
         }
+    }
+
+    #[test]
+    fn a_read_from_beyond_the_largest_slot_is_refused(beyond in SLOT_MAX.0 + 1..) {
+        let read = ReadOptions { from_slot: Slot(beyond), ..ReadOptions::default() };
+        let body = Body::Requests(Requests { batch: Bytes::new(), read });
+        let frame = Frame { cluster_id: ClusterId(1), from: NodeId(0), shard: 0, body };
+        let decoded = decode(&after_prefix(&Encoder::default().encode_to_vec(&frame)));
+        prop_assert!(matches!(decoded, Err(FrameError::Invalid(_))), "{:?}", decoded);
     }
 
     #[test]

@@ -304,23 +304,8 @@ impl<S: Hosted> Host<S> {
             let Ok((id, payload)) = command else {
                 return Ok(Err("malformed request batch".to_string()));
             };
-            if let Some(path) = &self.out_of_space {
-                // Never proposed: nothing of it is written. A paused follower sends the
-                // client on to the leader it last heard.
-                let replica = self.shard.replica();
-                let (status, reason) = if replica.role() == RoleKind::Leader {
-                    let reason = format!(
-                        "shard {}'s WAL cannot create {}; free space on this node (it \
-                         resumes by itself)",
-                        self.index,
-                        path.display()
-                    );
-                    (ReplyStatus::OutOfSpace, Bytes::from(reason))
-                } else {
-                    (ReplyStatus::NotLeader { hint: replica.leader_hint() }, Bytes::new())
-                };
-                self.out_of_space_dropped += 1;
-                self.queue_refusal(connection, id, status, reason);
+            if self.out_of_space.is_some() {
+                self.refuse_out_of_space(connection, id);
                 continue;
             }
             let proposed = if id.is_query() {
@@ -334,27 +319,51 @@ impl<S: Hosted> Host<S> {
             } else {
                 self.shard.propose(id, payload)?
             };
-            let (status, body) = match proposed {
+            match proposed {
                 Ok(()) => {
                     self.waiting.insert(id, connection);
-                    continue;
                 }
-                Err(ProposeError::NotLeader { hint }) => {
-                    (ReplyStatus::NotLeader { hint }, Bytes::new())
-                }
-                Err(ProposeError::Busy) => {
-                    self.busy_replies += 1;
-                    (ReplyStatus::Busy, Bytes::new())
-                }
-                Err(ProposeError::TooStale { behind_slots, behind_ms }) => {
-                    (ReplyStatus::TooStale, ReplyStatus::too_stale_body(behind_slots, behind_ms))
-                }
-                Err(error) => (ReplyStatus::Rejected, Bytes::from(error.to_string())),
-            };
-            self.queue_refusal(connection, id, status, body);
+                Err(refused) => self.refuse(connection, id, refused),
+            }
         }
         self.shard.flush()?;
         Ok(Ok(()))
+    }
+
+    /// Tells the client why its request `id` was not taken.
+    fn refuse(&mut self, connection: u64, id: RequestId, refused: ProposeError) {
+        let (status, body) = match refused {
+            ProposeError::NotLeader { hint } => (ReplyStatus::NotLeader { hint }, Bytes::new()),
+            ProposeError::Busy => {
+                self.busy_replies += 1;
+                (ReplyStatus::Busy, Bytes::new())
+            }
+            ProposeError::TooStale { behind_slots, behind_ms } => {
+                (ReplyStatus::TooStale, ReplyStatus::too_stale_body(behind_slots, behind_ms))
+            }
+            error => (ReplyStatus::Rejected, Bytes::from(error.to_string())),
+        };
+        self.queue_refusal(connection, id, status, body);
+    }
+
+    /// A request that arrived while the disk is full: never proposed, so nothing of it is
+    /// written. A paused follower sends the client on to the leader it last heard.
+    fn refuse_out_of_space(&mut self, connection: u64, id: RequestId) {
+        let Some(path) = &self.out_of_space else { return };
+        let replica = self.shard.replica();
+        let (status, reason) = if replica.role() == RoleKind::Leader {
+            let reason = format!(
+                "shard {}'s WAL cannot create {}; free space on this node (it resumes by \
+                 itself)",
+                self.index,
+                path.display()
+            );
+            (ReplyStatus::OutOfSpace, Bytes::from(reason))
+        } else {
+            (ReplyStatus::NotLeader { hint: replica.leader_hint() }, Bytes::new())
+        };
+        self.out_of_space_dropped += 1;
+        self.queue_refusal(connection, id, status, reason);
     }
 
     /// Asks the WAL whether it can get its next segment, and logs each change. While it

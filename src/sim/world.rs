@@ -1170,12 +1170,7 @@ impl World {
             }
             ClientReply::TooStale => {
                 self.reads.too_stale += 1;
-                let state = &mut self.clients[client];
-                state.pending = None;
-                state.timer_token += 1;
-                let token = state.timer_token;
-                let think = between(&mut self.rng, 0, self.knobs.think_us);
-                self.schedule(think, Event::ClientWake { client, token, resend: false });
+                self.client_moves_on(client);
             }
             ClientReply::Redirect(hint) => {
                 let hint = hint.filter(|node| *node < self.knobs.voters && *node != pending.target);
@@ -1199,48 +1194,58 @@ impl World {
                 self.schedule(backoff, Event::ClientWake { client, token, resend: true });
             }
             ClientReply::Registered(session) => self.on_registered(client, pending, session),
-            ClientReply::Applied(reply, slot) => {
-                let result = result_of(&reply);
-                if id.is_query() && !self.on_read_answered(client, &pending, slot, &result) {
-                    return;
-                }
-                let state = &mut self.clients[client];
-                if !anywhere(&pending.read) {
-                    state.leader_hint[pending.shard] = Some(pending.target);
-                }
-                state.seen[pending.key] = match &result {
-                    super::linearizability::KvResult::Value(value) => *value,
-                    super::linearizability::KvResult::CompareAndSet { succeeded: true, .. } => {
-                        match pending.op {
-                            KvOp::CompareAndSet { new, .. } => Some(new),
-                            _ => None,
-                        }
-                    }
-                    super::linearizability::KvResult::CompareAndSet { previous, .. } => *previous,
-                    super::linearizability::KvResult::Done => match pending.op {
-                        KvOp::Put(value) => Some(value),
-                        _ => None,
-                    },
-                };
-                state.pending = None;
-                state.timer_token += 1;
-                let token = state.timer_token;
-                self.history[pending.key].push(Operation {
-                    client,
-                    op: pending.op.clone(),
-                    invoke_us: pending.invoke_us,
-                    complete: Some((self.now_us, result)),
-                });
-                if id.is_query() {
-                    self.queries_answered += 1;
-                } else {
-                    self.acknowledged.push((pending.shard, id));
-                }
-                self.trace(|| format!("client {client} done {:?} -> {reply:?}", pending.op));
-                let think = between(&mut self.rng, 0, self.knobs.think_us);
-                self.schedule(think, Event::ClientWake { client, token, resend: false });
-            }
+            ClientReply::Applied(reply, slot) => self.on_applied(client, &pending, &reply, slot),
         }
+    }
+
+    /// A client's request was applied (or its read answered, at `slot`): the history gets
+    /// it, and the client thinks, then sends its next request.
+    fn on_applied(&mut self, client: usize, pending: &Pending, reply: &KvReply, slot: Slot) {
+        let (id, result) = (pending.id, result_of(reply));
+        if id.is_query() && !self.on_read_answered(client, pending, slot, &result) {
+            return;
+        }
+        let state = &mut self.clients[client];
+        if !anywhere(&pending.read) {
+            state.leader_hint[pending.shard] = Some(pending.target);
+        }
+        state.seen[pending.key] = match &result {
+            super::linearizability::KvResult::Value(value) => *value,
+            super::linearizability::KvResult::CompareAndSet { succeeded: true, .. } => {
+                match pending.op {
+                    KvOp::CompareAndSet { new, .. } => Some(new),
+                    _ => None,
+                }
+            }
+            super::linearizability::KvResult::CompareAndSet { previous, .. } => *previous,
+            super::linearizability::KvResult::Done => match pending.op {
+                KvOp::Put(value) => Some(value),
+                _ => None,
+            },
+        };
+        self.history[pending.key].push(Operation {
+            client,
+            op: pending.op.clone(),
+            invoke_us: pending.invoke_us,
+            complete: Some((self.now_us, result)),
+        });
+        if id.is_query() {
+            self.queries_answered += 1;
+        } else {
+            self.acknowledged.push((pending.shard, id));
+        }
+        self.trace(|| format!("client {client} done {:?} -> {reply:?}", pending.op));
+        self.client_moves_on(client);
+    }
+
+    /// The client's request is over: it thinks, then sends its next one.
+    fn client_moves_on(&mut self, client: usize) {
+        let state = &mut self.clients[client];
+        state.pending = None;
+        state.timer_token += 1;
+        let token = state.timer_token;
+        let think = between(&mut self.rng, 0, self.knobs.think_us);
+        self.schedule(think, Event::ClientWake { client, token, resend: false });
     }
 
     /// A client's read was answered at `slot` with `result`: counts it, keeps a stale one
@@ -1269,12 +1274,8 @@ impl World {
         self.record(check_monotonic(&read, previous));
         self.stale_reads.push(read);
         self.queries_answered += 1;
-        let state = &mut self.clients[client];
-        state.pending = None;
-        state.timer_token += 1;
-        let token = state.timer_token;
-        let think = between(&mut self.rng, 0, self.knobs.think_us);
-        self.schedule(think, Event::ClientWake { client, token, resend: false });
+        self.trace(|| format!("client {client} done stale get at {} -> {value:?}", slot.0));
+        self.client_moves_on(client);
         false
     }
 

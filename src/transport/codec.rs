@@ -600,14 +600,7 @@ fn encode_message<'a>(
             (fb::Body::RepairQuery, fb::RepairQuery::create(builder, &args).as_union_value())
         }
         Message::RepairReport { nonce, promised, slot_end, commit_index } => {
-            let promised = ballot(*promised);
-            let args = fb::RepairReportArgs {
-                nonce: *nonce,
-                promised: Some(&promised),
-                slot_end: slot_end.0,
-                commit_index: commit_index.0,
-            };
-            (fb::Body::RepairReport, fb::RepairReport::create(builder, &args).as_union_value())
+            encode_repair_report(builder, *nonce, *promised, *slot_end, *commit_index)
         }
         Message::CatchUpRequest { from_slot } => {
             let args = fb::CatchUpRequestArgs { from_slot: from_slot.0 };
@@ -642,6 +635,23 @@ fn encode_message<'a>(
             (fb::Body::ReadIndexReply, fb::ReadIndexReply::create(builder, &args).as_union_value())
         }
     }
+}
+
+fn encode_repair_report<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    nonce: u64,
+    promised: Ballot,
+    slot_end: Slot,
+    commit_index: Slot,
+) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    let promised = ballot(promised);
+    let args = fb::RepairReportArgs {
+        nonce,
+        promised: Some(&promised),
+        slot_end: slot_end.0,
+        commit_index: commit_index.0,
+    };
+    (fb::Body::RepairReport, fb::RepairReport::create(builder, &args).as_union_value())
 }
 
 fn encode_snapshot<'a>(
