@@ -138,14 +138,16 @@ fn requests() -> impl Strategy<Value = Requests> {
         prop::option::of(any::<u64>()),
         prop::option::of(any::<u64>()),
     )
-        .prop_map(|(batch, consistency, from_slot, behind_slots_max, behind_ms_max)| Requests {
-            batch,
-            read: ReadOptions {
-                consistency,
-                from_slot: Slot(from_slot),
-                behind_slots_max,
-                behind_ms_max,
-            },
+        .prop_map(|(batch, consistency, from_slot, behind_slots_max, behind_ms_max)| {
+            Requests {
+                batch,
+                read: ReadOptions {
+                    consistency,
+                    from_slot: Slot(from_slot),
+                    behind_slots_max,
+                    behind_ms_max,
+                },
+            }
         })
 }
 

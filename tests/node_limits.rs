@@ -564,7 +564,9 @@ fn forge(address: &str, clients: &[u64], sequences: u64, command: &[u8]) -> Vec<
             builder.push(RequestId { client, sequence }, command);
         }
     }
-    stream.write_all(&client_frame(Body::Requests(Requests::linearizable(builder.take())))).unwrap();
+    stream
+        .write_all(&client_frame(Body::Requests(Requests::linearizable(builder.take()))))
+        .unwrap();
     let mut statuses = Vec::new();
     while statuses.len() < clients.len() * sequences as usize {
         match read_frame(&mut stream, 1 << 20).unwrap().body {

@@ -489,8 +489,8 @@ impl Lane {
                 Err(ClientError::OutOfSpace(String::from_utf8_lossy(&reply.body).into_owned()))
             }
             ReplyStatus::TooStale => {
-                let (behind_slots, behind_ms) = ReplyStatus::too_stale_of(&reply.body)
-                    .unwrap_or((u64::MAX, u64::MAX));
+                let (behind_slots, behind_ms) =
+                    ReplyStatus::too_stale_of(&reply.body).unwrap_or((u64::MAX, u64::MAX));
                 Err(ClientError::TooStale { shard: self.shard, behind_slots, behind_ms })
             }
             ReplyStatus::Busy => return Settled::Busy(reply.sequence),

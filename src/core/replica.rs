@@ -784,14 +784,14 @@ impl Replica {
     /// start, and starts the next round if reads wait for one.
     fn on_read_ack(&mut self, index: usize, ballot: Ballot, round: u64) {
         let now = self.now_tick;
-        let lease_ticks = if self.config.read_lease { Some(self.config.lease_ticks()) } else { None };
+        let lease_ticks =
+            if self.config.read_lease { Some(self.config.lease_ticks()) } else { None };
         let Role::Leader(leader) = &mut self.role else { return };
         if leader.ballot != ballot {
             return;
         }
         let voters = &self.voters;
-        let Some(confirmed) =
-            leader.reads.on_ack(index, round, now, |acks| voters.is_quorum(acks))
+        let Some(confirmed) = leader.reads.on_ack(index, round, now, |acks| voters.is_quorum(acks))
         else {
             return;
         };
@@ -847,7 +847,8 @@ impl Replica {
             return;
         };
         let index = read_index.unwrap_or(Slot(0));
-        self.actions.push(Action::ReadReady { reads: ids.into_iter().map(|id| (id, index)).collect() });
+        self.actions
+            .push(Action::ReadReady { reads: ids.into_iter().map(|id| (id, index)).collect() });
         if let Some(next) = next {
             self.ask_read_index(next);
         }

@@ -361,9 +361,8 @@ pub struct ReadSettings {
 /// Not a number, or not below 100 %.
 pub fn parse_drift(text: &str) -> Result<u32, String> {
     let number = text.trim().trim_end_matches('%').trim();
-    let percent: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a percentage such as 10% or 0.5%"))?;
+    let percent: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a percentage such as 10% or 0.5%"))?;
     if !(0.0..100.0).contains(&percent) {
         return Err(format!("`{text}`: a drift bound is at least 0 % and below 100 %"));
     }
@@ -580,7 +579,8 @@ impl NodeConfig {
             32 << 10,
         )? as usize)
             << 10;
-        let client_queue_bytes = client_queue_bytes(settings.client_queue_mib, snapshot_piece_bytes)?;
+        let client_queue_bytes =
+            client_queue_bytes(settings.client_queue_mib, snapshot_piece_bytes)?;
         let idle_timeout_ms = settings.idle_timeout_ms.unwrap_or(IDLE_TIMEOUT_MS_DEFAULT);
         if idle_timeout_ms != 0 {
             in_range("idle_timeout_ms", idle_timeout_ms, 100, 86_400_000)?;

@@ -30,8 +30,8 @@ use crate::machine::total_order::{Committed, TotalApplier};
 use super::checkers::{Checker, Violation};
 use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_of};
 use super::disk::SimDisk;
-use super::knobs::{Knobs, between};
 use super::knobs::SimOptions;
+use super::knobs::{Knobs, between};
 use super::linearizability::{KvOp, Operation, check_key};
 use super::reads::{StaleRead, anywhere, check_monotonic, check_stale_reads, draw_read};
 use super::recorder::{Observed, Recorder};
@@ -551,7 +551,8 @@ impl World {
             Event::ClockFault => self.on_clock_fault(),
             Event::ClockHeal { node } => {
                 // The ticks owed at the old rate stay owed: `set_rate` counts them in.
-                let (now, tick, clock) = (self.now_us, self.knobs.tick_us, &mut self.nodes[node].clock);
+                let (now, tick, clock) =
+                    (self.now_us, self.knobs.tick_us, &mut self.nodes[node].clock);
                 clock.set_rate(now, tick, clock.usual_ppm);
                 self.trace(|| format!("n{}'s clock runs at its usual rate again", node + 1));
             }
@@ -1099,7 +1100,9 @@ impl World {
                 self.reads.by_lease += 1;
             }
             let consistency = pending.read.consistency;
-            self.trace(|| format!("n{} s{shard} client {client} read {consistency:?}: {read:?}", node + 1));
+            self.trace(|| {
+                format!("n{} s{shard} client {client} read {consistency:?}: {read:?}", node + 1)
+            });
             read.map(|result| result.map(|_| ()))
         } else {
             running.propose(pending.id, &pending.payload)

@@ -662,13 +662,8 @@ fn encode_snapshot<'a>(
     bytes_len: u64,
     commit_index: Slot,
 ) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
-    let args = fb::SnapshotArgs {
-        bytes_len,
-        commit_index: commit_index.0,
-        slot: slot.0,
-        offset,
-        total,
-    };
+    let args =
+        fb::SnapshotArgs { bytes_len, commit_index: commit_index.0, slot: slot.0, offset, total };
     (fb::Body::Snapshot, fb::Snapshot::create(builder, &args).as_union_value())
 }
 

@@ -97,9 +97,10 @@ enum Staleness {
 
 fn parse_staleness(text: &str) -> Result<Staleness, String> {
     let number = |digits: &str| {
-        digits.trim().parse::<u64>().map_err(|_| {
-            format!("`{text}` is not a count of slots (50) or a time (250ms, 2s)")
-        })
+        digits
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{text}` is not a count of slots (50) or a time (250ms, 2s)"))
     };
     if let Some(ms) = text.strip_suffix("ms") {
         Ok(Staleness::Millis(number(ms)?))
