@@ -46,6 +46,45 @@ pub fn limits_line(limits: &super::limits::Limits) -> String {
     )
 }
 
+/// The header of the table of reads and writes apart.
+#[must_use]
+pub fn split_header() -> String {
+    format!(
+        "{:>6} {:>7} {:>12} {:>12} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9} {:>9}",
+        "shards",
+        "clients",
+        "reads",
+        "read ops/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "write ops/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs"
+    )
+}
+
+/// One row of the table of reads and writes apart.
+#[must_use]
+pub fn split_line(row: &BenchRow) -> String {
+    let split = &row.split;
+    format!(
+        "{:>6} {:>7} {:>12} {:>12.0} {:>9.0} {:>9.0} {:>9.0} {:>12.0} {:>9.0} {:>9.0} {:>9.0}",
+        row.shards,
+        row.clients,
+        row.consistency,
+        split.read_ops_per_sec,
+        split.read_p50_us,
+        split.read_p99_us,
+        split.read_p999_us,
+        split.write_ops_per_sec,
+        split.write_p50_us,
+        split.write_p99_us,
+        split.write_p999_us
+    )
+}
+
 /// The table's header.
 #[must_use]
 pub fn header() -> String {
