@@ -130,14 +130,22 @@ impl Driver {
     }
 }
 
-/// Writes every key once, so that the load's gets find values (not counted).
-fn preload(client: &Client, shard: u16, keys: &[Vec<u8>], value: &[u8]) -> Result<(), String> {
-    for chunk in keys.chunks(1024) {
-        let commands: Vec<Vec<u8>> =
-            chunk.iter().map(|key| KvCommandRef::Put { key, value }.encode()).collect();
-        let slices: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
-        for ticket in client.submit_many(shard, &slices) {
-            ticket.wait().map_err(|error| format!("preloading the keys: {error}"))?;
+/// Writes every key of the loaded shards once, so that the load's gets find values (not
+/// counted).
+fn preload(client: &Client, spec: &LoadSpec, by_shard: &[Vec<Vec<u8>>]) -> Result<(), String> {
+    let value = vec![0x5A; spec.payload_bytes];
+    for (shard, keys) in by_shard.iter().enumerate() {
+        let shard = shard as u16;
+        if spec.only_shard.is_some_and(|only| only != shard) {
+            continue;
+        }
+        for chunk in keys.chunks(1024) {
+            let put = |key: &Vec<u8>| KvCommandRef::Put { key, value: &value }.encode();
+            let commands: Vec<Vec<u8>> = chunk.iter().map(put).collect();
+            let slices: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
+            for ticket in client.submit_many(shard, &slices) {
+                ticket.wait().map_err(|error| format!("preloading the keys: {error}"))?;
+            }
         }
     }
     Ok(())
@@ -185,11 +193,7 @@ pub fn run(
         ));
     }
     if spec.read_ratio > 0.0 {
-        for (shard, keys) in by_shard.iter().enumerate() {
-            if spec.only_shard.is_none_or(|only| usize::from(only) == shard) {
-                preload(client, shard as u16, keys, &vec![0x5A; spec.payload_bytes])?;
-            }
-        }
+        preload(client, spec, &by_shard)?;
     }
     // The shards that get load, each with its share of the requests and of the rate.
     let loaded = spec.only_shard.map_or(shards, |_| 1);

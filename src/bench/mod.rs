@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{Client, ClientOptions, node_status};
+use crate::client::{Client, ClientOptions, Consistency, node_status};
 use crate::core::{ClusterId, RoleKind};
 use crate::runtime::config::{ApplyMode, Durability};
 use embedded::{EmbeddedCluster, EmbeddedSpec};
@@ -153,7 +153,7 @@ impl ReadWriteSplit {
     }
 }
 
-fn consistency_name(consistency: crate::client::Consistency) -> String {
+fn consistency_name(consistency: Consistency) -> String {
     format!("{consistency:?}").to_lowercase()
 }
 
@@ -196,6 +196,21 @@ fn proc_status_kib(field: &str) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse::<f64>().ok()
 }
 
+/// The embedded cluster, unless the bench drives a target.
+fn start_embedded(spec: &BenchSpec, read_lease: bool) -> Result<Option<EmbeddedCluster>, String> {
+    if spec.target.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(EmbeddedCluster::start(&EmbeddedSpec {
+        voters: spec.voters,
+        shards: spec.shards,
+        durability: spec.durability,
+        wal_segment_mib: 64,
+        apply: spec.apply,
+        read_lease,
+    })?))
+}
+
 /// Runs one bench: starts the embedded cluster unless a target is given, applies the load,
 /// and returns the row.
 ///
@@ -204,19 +219,8 @@ fn proc_status_kib(field: &str) -> Option<f64> {
 pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     // Peak memory is per run: reset the high-water mark a previous run of a sweep left.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let embedded_lease =
-        spec.target.is_none().then_some(spec.load.consistency == crate::client::Consistency::Lease);
-    let embedded = match &spec.target {
-        Some(_) => None,
-        None => Some(EmbeddedCluster::start(&EmbeddedSpec {
-            voters: spec.voters,
-            shards: spec.shards,
-            durability: spec.durability,
-            wal_segment_mib: 64,
-            apply: spec.apply,
-            read_lease: spec.load.consistency == crate::client::Consistency::Lease,
-        })?),
-    };
+    let lease = spec.load.consistency == Consistency::Lease;
+    let embedded = start_embedded(spec, lease)?;
     let (addresses, cluster_id) = match (&embedded, &spec.target) {
         (Some(cluster), _) => (cluster.addresses().to_vec(), cluster.cluster_id()),
         (None, Some(target)) => (target.clone(), ClusterId(spec.cluster_id)),
@@ -311,7 +315,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         payload_bytes: spec.load.payload_bytes,
         read_ratio: spec.load.read_ratio,
         consistency: consistency_name(spec.load.consistency),
-        read_lease: embedded_lease,
+        read_lease: spec.target.is_none().then_some(lease),
         keys: spec.load.keys,
         only_shard: spec.load.only_shard,
         seconds,

@@ -26,9 +26,9 @@ pub struct BenchArgs {
     warmup: f64,
     /// Fraction of requests that are gets, 0 to 1: reads off the log of keys written once
     /// before the load starts, counted apart from the writes (the `read_` and `write_`
-    /// columns and JSON fields).
-    #[arg(long, default_value_t = 0.0)]
-    read_ratio: f64,
+    /// columns and JSON fields). A comma list runs each (0 once, whatever --consistency).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    read_ratio: Vec<f64>,
     /// How the gets are read: linearizable (the leader's read index), lease (the embedded
     /// cluster then runs with --read-lease), follower (any member, through the leader's read
     /// index) or stale (any member, at once). A comma list runs each, one row each.
@@ -100,27 +100,35 @@ impl ConsistencyArg {
     }
 }
 
-/// Every run the arguments ask for: shards, concurrent requests and how gets are read.
-fn runs(args: &BenchArgs, shard_values: &[u16]) -> Vec<(u16, usize, Consistency)> {
+/// One run: shards, concurrent requests, the fraction of gets and how they are read.
+type Run = (u16, usize, f64, Consistency);
+
+/// Every run the arguments ask for (a write-only one once, whatever the consistencies).
+fn runs(args: &BenchArgs, shard_values: &[u16]) -> Vec<Run> {
     let mut runs = Vec::new();
     for shards in shard_values {
-        for clients in &args.clients {
-            for consistency in &args.consistency {
-                runs.push((*shards, *clients, consistency.consistency()));
+        for read_ratio in &args.read_ratio {
+            for clients in &args.clients {
+                for consistency in &args.consistency {
+                    runs.push((*shards, *clients, *read_ratio, consistency.consistency()));
+                    if *read_ratio == 0.0 {
+                        break;
+                    }
+                }
             }
         }
     }
     runs
 }
 
-fn spec(args: &BenchArgs, shards: u16, clients: usize, consistency: Consistency) -> BenchSpec {
+fn spec(args: &BenchArgs, (shards, clients, read_ratio, consistency): Run) -> BenchSpec {
     BenchSpec {
         load: LoadSpec {
             clients,
             payload_bytes: args.payload_bytes,
             duration: Duration::from_secs_f64(args.duration),
             warmup: Duration::from_secs_f64(args.warmup),
-            read_ratio: args.read_ratio,
+            read_ratio,
             consistency,
             keys: args.keys,
             rate: args.rate,
@@ -137,8 +145,8 @@ fn spec(args: &BenchArgs, shards: u16, clients: usize, consistency: Consistency)
 }
 
 fn check(args: &BenchArgs) -> Result<(), String> {
-    if !(0.0..=1.0).contains(&args.read_ratio) {
-        return Err(format!("--read-ratio {} is not between 0 and 1", args.read_ratio));
+    if let Some(bad) = args.read_ratio.iter().find(|ratio| !(0.0..=1.0).contains(*ratio)) {
+        return Err(format!("--read-ratio {bad} is not between 0 and 1"));
     }
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         return Err(format!("--duration {} must be a positive number of seconds", args.duration));
@@ -195,15 +203,17 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         }
     };
     let mut rows: Vec<BenchRow> = Vec::new();
-    for (index, (shards, clients, consistency)) in runs.iter().enumerate() {
-        let spec = spec(args, *shards, *clients, *consistency);
+    for (index, run) in runs.iter().enumerate() {
+        let spec = spec(args, *run);
+        let (shards, clients, read_ratio, consistency) = run;
         if !args.json {
             eprintln!(
-                "run {}/{}: {} shards, {} concurrent requests, {} reads{}",
+                "run {}/{}: {} shards, {} concurrent requests, read ratio {} ({}){}",
                 index + 1,
                 runs.len(),
                 shards,
                 clients,
+                read_ratio,
                 format!("{consistency:?}").to_lowercase(),
                 if args.durability == Durability::None { ", DURABILITY OFF" } else { "" }
             );
@@ -231,7 +241,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         for row in &rows {
             println!("{}", report::line(row));
         }
-        if args.read_ratio > 0.0 {
+        if args.read_ratio.iter().any(|ratio| *ratio > 0.0) {
             println!("{}", report::split_header());
             for row in &rows {
                 println!("{}", report::split_line(row));
