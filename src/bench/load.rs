@@ -32,8 +32,9 @@ pub struct LoadSpec {
     pub warmup: Duration,
     /// Fraction of requests that are gets.
     pub read_ratio: f64,
-    /// How the gets are read.
-    pub consistency: Consistency,
+    /// How the gets are read; `None`: as commands ordered in the log (how gets went before
+    /// reads left the log, for comparison).
+    pub consistency: Option<Consistency>,
     /// Distinct keys.
     pub keys: u64,
     /// Open loop at this many requests per second, instead of a closed loop.
@@ -85,7 +86,8 @@ struct Driver {
     keys: Vec<Vec<u8>>,
     value: Vec<u8>,
     read_ratio: f64,
-    read: ReadOptions,
+    /// `None`: gets are sent as commands, through the log.
+    read: Option<ReadOptions>,
     rng: Xoshiro256PlusPlus,
 }
 
@@ -109,20 +111,24 @@ impl Driver {
         commands: &[(Vec<u8>, bool)],
         notify: &mpsc::Sender<Completion>,
     ) -> Vec<u64> {
+        // Through the log, a get is a command like a write.
+        let as_command = |write: bool| write || self.read.is_none();
         let pick = |write: bool| -> Vec<&[u8]> {
-            commands.iter().filter(|(_, w)| *w == write).map(|(c, _)| c.as_slice()).collect()
+            let kind = |w: &bool| as_command(*w) == write;
+            commands.iter().filter(|(_, w)| kind(w)).map(|(c, _)| c.as_slice()).collect()
         };
         let (writes, reads) = (pick(true), pick(false));
         let mut next_write =
             if writes.is_empty() { 0 } else { client.submit_notify(self.shard, &writes, notify) };
-        let mut next_read = if reads.is_empty() {
-            0
-        } else {
-            client.submit_reads_notify(self.shard, &reads, self.read, notify)
+        let mut next_read = match self.read {
+            Some(read) if !reads.is_empty() => {
+                client.submit_reads_notify(self.shard, &reads, read, notify)
+            }
+            _ => 0,
         };
         let mut sequences = Vec::with_capacity(commands.len());
         for (_, write) in commands {
-            let next = if *write { &mut next_write } else { &mut next_read };
+            let next = if as_command(*write) { &mut next_write } else { &mut next_read };
             sequences.push(*next);
             *next += 1;
         }
@@ -216,7 +222,9 @@ pub fn run(
             keys,
             value: vec![0xA5; spec.payload_bytes],
             read_ratio: spec.read_ratio,
-            read: ReadOptions { consistency: spec.consistency, ..ReadOptions::default() },
+            read: spec
+                .consistency
+                .map(|consistency| ReadOptions { consistency, ..ReadOptions::default() }),
             rng: Xoshiro256PlusPlus::seed_from_u64(u64::from(shard) + 1),
         };
         let rate = spec.rate.map(|rate| rate / f64::from(loaded));

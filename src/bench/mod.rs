@@ -62,7 +62,8 @@ pub struct BenchRow {
     pub payload_bytes: usize,
     /// Fraction of gets.
     pub read_ratio: f64,
-    /// How the gets were read: linearizable, lease, follower or stale (protocol.md §5.3–§5.5).
+    /// How the gets were read: linearizable, lease, follower or stale (protocol.md §5.3–§5.5),
+    /// or log (as commands ordered in the log, for comparison).
     pub consistency: String,
     /// Lease reads on in the embedded cluster (`--read-lease`; `None` for a target).
     pub read_lease: Option<bool>,
@@ -153,8 +154,8 @@ impl ReadWriteSplit {
     }
 }
 
-fn consistency_name(consistency: Consistency) -> String {
-    format!("{consistency:?}").to_lowercase()
+fn consistency_name(consistency: Option<Consistency>) -> String {
+    consistency.map_or("log".into(), |consistency| format!("{consistency:?}").to_lowercase())
 }
 
 fn durability_name(not_durable: bool) -> String {
@@ -219,7 +220,7 @@ fn start_embedded(spec: &BenchSpec, read_lease: bool) -> Result<Option<EmbeddedC
 pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     // Peak memory is per run: reset the high-water mark a previous run of a sweep left.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let lease = spec.load.consistency == Consistency::Lease;
+    let lease = spec.load.consistency == Some(Consistency::Lease);
     let embedded = start_embedded(spec, lease)?;
     let (addresses, cluster_id) = match (&embedded, &spec.target) {
         (Some(cluster), _) => (cluster.addresses().to_vec(), cluster.cluster_id()),

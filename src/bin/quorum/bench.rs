@@ -31,7 +31,8 @@ pub struct BenchArgs {
     read_ratio: Vec<f64>,
     /// How the gets are read: linearizable (the leader's read index), lease (the embedded
     /// cluster then runs with --read-lease), follower (any member, through the leader's read
-    /// index) or stale (any member, at once). A comma list runs each, one row each.
+    /// index), stale (any member, at once), or log (as commands ordered in the log, as gets
+    /// went before reads left it: for comparison). A comma list runs each, one row each.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "linearizable")]
     consistency: Vec<ConsistencyArg>,
     /// Distinct keys.
@@ -87,21 +88,24 @@ enum ConsistencyArg {
     Lease,
     Follower,
     Stale,
+    Log,
 }
 
 impl ConsistencyArg {
-    fn consistency(self) -> Consistency {
+    /// `None`: through the log.
+    fn consistency(self) -> Option<Consistency> {
         match self {
-            ConsistencyArg::Linearizable => Consistency::Linearizable,
-            ConsistencyArg::Lease => Consistency::Lease,
-            ConsistencyArg::Follower => Consistency::Follower,
-            ConsistencyArg::Stale => Consistency::Stale,
+            ConsistencyArg::Linearizable => Some(Consistency::Linearizable),
+            ConsistencyArg::Lease => Some(Consistency::Lease),
+            ConsistencyArg::Follower => Some(Consistency::Follower),
+            ConsistencyArg::Stale => Some(Consistency::Stale),
+            ConsistencyArg::Log => None,
         }
     }
 }
 
 /// One run: shards, concurrent requests, the fraction of gets and how they are read.
-type Run = (u16, usize, f64, Consistency);
+type Run = (u16, usize, f64, Option<Consistency>);
 
 /// Every run the arguments ask for (a write-only one once, whatever the consistencies).
 fn runs(args: &BenchArgs, shard_values: &[u16]) -> Vec<Run> {
@@ -214,7 +218,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                 shards,
                 clients,
                 read_ratio,
-                format!("{consistency:?}").to_lowercase(),
+                consistency.map_or("log".into(), |c| format!("{c:?}").to_lowercase()),
                 if args.durability == Durability::None { ", DURABILITY OFF" } else { "" }
             );
         }
