@@ -778,3 +778,155 @@ fn bad_input_closes_that_connection_and_the_node_serves_on() {
     assert_eq!(client.get(b"after").unwrap().as_deref(), Some(&b"2"[..]));
     cluster.await_converged(&[1, 2, 3], Duration::from_secs(10));
 }
+
+/// Sends SIGSTOP or SIGCONT to node `id`.
+fn signal(cluster: &TestCluster, id: u16, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(cluster.children[&id].id()).unwrap();
+    // SAFETY: `kill` has no memory effects; the pid is our own live child's.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal} to node {id}");
+}
+
+fn reading(consistency: quorum::client::Consistency) -> quorum::client::ReadOptions {
+    quorum::client::ReadOptions { consistency, ..quorum::client::ReadOptions::default() }
+}
+
+#[test]
+fn a_leader_cut_off_from_its_voters_stops_answering_reads_within_the_election_timeout() {
+    use quorum::client::Consistency;
+    let cluster = TestCluster::with_flags(3, 0, 1, &["--read-lease"]);
+    let client = cluster.client();
+    client.put(b"k", b"v").unwrap();
+    let leader = loop {
+        if let Some(leader) = cluster.leader(0, None) {
+            break leader;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Lease reads are answered once the leader has held its lease an election timeout.
+    std::thread::sleep(Duration::from_millis(2 * ELECTION_TIMEOUT_MS));
+    for consistency in [Consistency::Linearizable, Consistency::Lease] {
+        let read = client.get_with(b"k", reading(consistency)).unwrap();
+        assert_eq!(read.value.as_deref(), Some(&b"v"[..]), "{consistency:?}");
+    }
+    // Readers that keep asking the leader, each read at most 400 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let last_success: Arc<Mutex<BTreeMap<&str, Instant>>> = Arc::default();
+    let readers: Vec<_> =
+        [("linearizable", Consistency::Linearizable), ("lease", Consistency::Lease)]
+            .into_iter()
+            .map(|(name, consistency)| {
+                let options = ClientOptions {
+                    cluster_id: ClusterId(CLUSTER),
+                    request_timeout: Duration::from_millis(400),
+                    ..ClientOptions::default()
+                };
+                let reader =
+                    Client::connect(&[cluster.address(leader).to_string()], options).unwrap();
+                let (stop, last_success) = (stop.clone(), last_success.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if reader.get_with(b"k", reading(consistency)).is_ok() {
+                            last_success.lock().unwrap().insert(name, Instant::now());
+                        }
+                    }
+                })
+            })
+            .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let others: Vec<u16> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let cut = Instant::now();
+    for id in &others {
+        signal(&cluster, *id, libc::SIGSTOP);
+    }
+    std::thread::sleep(Duration::from_millis(4 * ELECTION_TIMEOUT_MS));
+    stop.store(true, Ordering::SeqCst);
+    let last = last_success.lock().unwrap().clone();
+    for id in &others {
+        signal(&cluster, *id, libc::SIGCONT);
+    }
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let after_cut = |name: &str| last.get(name).map(|at| at.saturating_duration_since(cut));
+    // A linearizable read needs a round its voters ack: none is confirmed after the cut but
+    // one already under way (an ack sent before the stop).
+    let linearizable = after_cut("linearizable").unwrap();
+    assert!(linearizable < Duration::from_millis(50), "linearizable {linearizable:?} after");
+    // A lease read is answered until the lease ends: shorter than an election timeout.
+    let lease = after_cut("lease").unwrap();
+    eprintln!("last read answered after the cut: linearizable {linearizable:?}, lease {lease:?}");
+    assert!(
+        lease < Duration::from_millis(ELECTION_TIMEOUT_MS),
+        "a lease read answered {lease:?} after the cut"
+    );
+}
+
+#[test]
+fn a_follower_read_sees_every_write_acknowledged_at_the_leader_and_gets_leave_the_wal_alone() {
+    use quorum::client::Consistency;
+    let cluster = TestCluster::new(3, 0, 2);
+    let writer = cluster.client();
+    writer.put(b"warm", b"up").unwrap();
+    let leader = loop {
+        if let Some(leader) = cluster.leader(0, None) {
+            break leader;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let options = ClientOptions {
+        cluster_id: ClusterId(CLUSTER),
+        request_timeout: Duration::from_secs(20),
+        read_member: Some(NodeId(follower)),
+        ..ClientOptions::default()
+    };
+    let reader = Client::connect(&[cluster.address(follower).to_string()], options).unwrap();
+    let mut stale_slots: BTreeMap<u16, Slot> = BTreeMap::new();
+    for i in 0..300u32 {
+        let key = format!("key-{}", i % 7);
+        writer.put(key.as_bytes(), i.to_string().as_bytes()).unwrap();
+        let read = reader.get_with(key.as_bytes(), reading(Consistency::Follower)).unwrap();
+        assert_eq!(read.value, Some(i.to_string().into_bytes()), "follower read {i}");
+        // A stale read of the same member: no older than what the follower read reflected.
+        let stale = reader.get_with(key.as_bytes(), reading(Consistency::Stale)).unwrap();
+        assert_eq!(stale.value, Some(i.to_string().into_bytes()), "stale read {i}");
+        let previous = stale_slots.insert(stale.shard, stale.slot).unwrap_or(Slot(0));
+        assert!(stale.slot >= previous && stale.slot >= read.slot, "stale reads go forward");
+    }
+    // 10,000 gets in every consistency write nothing: no sync anywhere, no commit.
+    // Converged, and every lazily persisted commit position written (one tick after it is
+    // learned from a heartbeat).
+    cluster.await_converged(&[1, 2, 3], Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cluster.await_converged(&[1, 2, 3], Duration::from_secs(20));
+    for i in 0..10_000u32 {
+        let consistency = [
+            Consistency::Linearizable,
+            Consistency::Lease,
+            Consistency::Follower,
+            Consistency::Stale,
+        ][(i % 4) as usize];
+        let client = if i % 2 == 0 { &writer } else { &reader };
+        let key = format!("key-{}", i % 7);
+        assert!(client.get_with(key.as_bytes(), reading(consistency)).unwrap().value.is_some());
+    }
+    let after = cluster.await_converged(&[1, 2, 3], Duration::from_secs(20));
+    for (node, (before, after)) in before.iter().zip(&after).enumerate() {
+        for (shard, (before, after)) in before.iter().zip(after).enumerate() {
+            assert_eq!(before.syncs, after.syncs, "node {} shard {shard} synced", node + 1);
+            assert_eq!(before.commit_index, after.commit_index, "node {} shard {shard}", node + 1);
+        }
+    }
+    // The command line reads too, and says where a stale read stands.
+    let output = Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .args(["kv", "--cluster", cluster.address(follower), "--cluster-id", &CLUSTER.to_string()])
+        .args(["get", "key-3", "--consistency", "stale", "--member", &follower.to_string()])
+        .args(["--max-staleness", "10s", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(line["value"], "297", "{line}");
+    assert_eq!(line["consistency"], "stale");
+    assert!(line["slot"].as_u64().unwrap() > 0, "{line}");
+}

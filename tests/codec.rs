@@ -8,13 +8,13 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use quorum::core::RoleKind;
 use quorum::core::{
-    Ballot, BatchBuilder, ClusterId, Message, NodeId, ROUND_MAX, RequestId, SLOT_MAX, Slot,
-    SlotRun, Value,
+    Ballot, BatchBuilder, ClusterId, Consistency, Message, NodeId, ROUND_MAX, ReadOptions,
+    RequestId, SLOT_MAX, Slot, SlotRun, Value,
 };
 use quorum::machine::StateSummary;
 use quorum::transport::codec::{
     Body, Encoder, Frame, FrameError, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus,
-    Role, ShardStatus, decode, frame_length,
+    Requests, Role, ShardStatus, decode, frame_length,
 };
 use quorum::transport::framing::Outgoing;
 
@@ -116,8 +116,39 @@ fn message() -> impl Strategy<Value = Message> {
                 let total = offset + bytes.len() as u64 + after;
                 Message::Snapshot { slot, offset, total, bytes: Bytes::from(bytes), commit_index }
             }),
-        (slot, any::<u64>()).prop_map(|(slot, offset)| Message::SnapshotPull { slot, offset }),
+        (slot.clone(), any::<u64>())
+            .prop_map(|(slot, offset)| Message::SnapshotPull { slot, offset }),
+        any::<u64>().prop_map(|nonce| Message::ReadIndexRequest { nonce }),
+        (any::<u64>(), prop::option::of(slot))
+            .prop_map(|(nonce, read_index)| Message::ReadIndexReply { nonce, read_index }),
     ]
+}
+
+fn requests() -> impl Strategy<Value = Requests> {
+    let consistency = prop_oneof![
+        Just(Consistency::Linearizable),
+        Just(Consistency::Lease),
+        Just(Consistency::Follower),
+        Just(Consistency::Stale),
+    ];
+    (
+        prop::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from),
+        consistency,
+        0..=SLOT_MAX.0,
+        prop::option::of(any::<u64>()),
+        prop::option::of(any::<u64>()),
+    )
+        .prop_map(|(batch, consistency, from_slot, behind_slots_max, behind_ms_max)| {
+            Requests {
+                batch,
+                read: ReadOptions {
+                    consistency,
+                    from_slot: Slot(from_slot),
+                    behind_slots_max,
+                    behind_ms_max,
+                },
+            }
+        })
 }
 
 /// Splits an encoded frame into its length and body, as a reader would.
@@ -137,6 +168,7 @@ fn reply_status() -> impl Strategy<Value = ReplyStatus> {
         Just(ReplyStatus::Busy),
         Just(ReplyStatus::Rejected),
         Just(ReplyStatus::OutOfSpace),
+        Just(ReplyStatus::TooStale),
         (1..u16::MAX).prop_map(|hint| ReplyStatus::NotLeader { hint: Some(NodeId(hint)) }),
         Just(ReplyStatus::NotLeader { hint: None }),
     ]
@@ -174,7 +206,7 @@ fn frame_body() -> impl Strategy<Value = Body> {
                     members,
                 })
             }),
-        1 => bytes().prop_map(Body::Requests),
+        1 => requests().prop_map(Body::Requests),
         1 => prop::collection::vec(reply, 0..6).prop_map(Body::Replies),
         1 => any::<bool>().prop_map(|digest| Body::StatusRequest { digest }),
         1 => (0..4u8, any::<u16>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
@@ -234,6 +266,15 @@ proptest! {
             }
             _ => prop_assert_eq!(decoded.unwrap(), frame),
         }
+    }
+
+    #[test]
+    fn a_read_from_beyond_the_largest_slot_is_refused(beyond in SLOT_MAX.0 + 1..) {
+        let read = ReadOptions { from_slot: Slot(beyond), ..ReadOptions::default() };
+        let body = Body::Requests(Requests { batch: Bytes::new(), read });
+        let frame = Frame { cluster_id: ClusterId(1), from: NodeId(0), shard: 0, body };
+        let decoded = decode(&after_prefix(&Encoder::default().encode_to_vec(&frame)));
+        prop_assert!(matches!(decoded, Err(FrameError::Invalid(_))), "{:?}", decoded);
     }
 
     #[test]

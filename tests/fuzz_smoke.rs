@@ -18,8 +18,8 @@ use quorum::machine::{Applier, KvCommand, KvStore, SessionLimits, StateSummary};
 use quorum::storage::record;
 use quorum::storage::snapshot::{Snapshot, SnapshotHeader};
 use quorum::transport::codec::{
-    Body, Encoder, Frame, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus, Role,
-    ShardStatus,
+    Body, Encoder, Frame, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus, Requests,
+    Role, ShardStatus,
 };
 use quorum_wal::format::{
     SEGMENT_HEADER_BYTES, SegmentHeader, Watermark, encode_record, record_bytes,
@@ -153,7 +153,7 @@ fn frames() -> Vec<Frame> {
             leader: None,
             members: vec![],
         }),
-        Body::Requests(kv_batch(42)),
+        Body::Requests(Requests::linearizable(kv_batch(42))),
         Body::Replies(vec![
             Reply {
                 sequence: 1,

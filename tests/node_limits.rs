@@ -15,7 +15,9 @@ use quorum::bench::embedded::free_port_range;
 use quorum::client::{Client, ClientOptions, node_status};
 use quorum::core::{BatchBuilder, ClusterId, Message, NodeId, RequestId, Slot};
 use quorum::machine::KvCommand;
-use quorum::transport::codec::{Body, Encoder, Frame, Hello, PROTOCOL_VERSION, ReplyStatus, Role};
+use quorum::transport::codec::{
+    Body, Encoder, Frame, Hello, PROTOCOL_VERSION, ReplyStatus, Requests, Role,
+};
 use quorum::transport::framing::read_frame;
 
 const CLUSTER: u64 = 77;
@@ -566,7 +568,9 @@ fn forge(address: &str, clients: &[u64], sequences: u64, command: &[u8]) -> Vec<
             builder.push(RequestId { client, sequence }, command);
         }
     }
-    stream.write_all(&client_frame(Body::Requests(builder.take()))).unwrap();
+    stream
+        .write_all(&client_frame(Body::Requests(Requests::linearizable(builder.take()))))
+        .unwrap();
     let mut statuses = Vec::new();
     while statuses.len() < clients.len() * sequences as usize {
         match read_frame(&mut stream, 1 << 20).unwrap().body {

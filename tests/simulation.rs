@@ -5,14 +5,14 @@
 
 use quorum::sim::report::COMMANDS_PER_SEED_MIN;
 use quorum::sim::runner::run_range;
-use quorum::sim::trace_seed;
+use quorum::sim::{SimOptions, trace_seed};
 
 /// Seeds 0..1000 with every fault (about a minute on 2 cores); the acceptance run covers
 /// 0..5000 (`quorum sim --seeds 0..5000`).
 #[test]
 fn smoke_range_has_no_violation() {
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    let summary = run_range(0..1000, threads, |_, _| {});
+    let summary = run_range(0..1000, threads, SimOptions::default(), |_, _| {});
     for failure in &summary.failures {
         let violation = failure.violation.as_ref().expect("failures have a violation");
         eprintln!(

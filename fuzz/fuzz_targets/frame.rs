@@ -33,8 +33,8 @@ fuzz_target!(|data: &[u8]| {
         }
         // Client commands are checked by the shard, not the decoder: the check must not
         // panic either.
-        Body::Requests(batch) => {
-            let _ = check_batch(&batch);
+        Body::Requests(requests) => {
+            let _ = check_batch(&requests.batch);
         }
         _ => {}
     }

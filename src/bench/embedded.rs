@@ -26,6 +26,8 @@ pub struct EmbeddedSpec {
     pub wal_segment_mib: u32,
     /// Where committed commands are applied.
     pub apply: ApplyMode,
+    /// Lease reads on (protocol.md §5.4).
+    pub read_lease: bool,
 }
 
 /// A running in-process cluster.
@@ -104,6 +106,7 @@ impl EmbeddedCluster {
                 durability: Some(spec.durability),
                 // A bench opens a few connections; three nodes share this process's files.
                 connections_max: Some(1024),
+                read_lease: Some(spec.read_lease),
                 ..NodeSettings::default()
             };
             let config = NodeConfig::resolve(settings).map_err(|error| error.to_string())?;

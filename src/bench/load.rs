@@ -1,8 +1,10 @@
 //! The load: KV puts (and gets, by `read_ratio`) on random keys, from one driver thread per
-//! shard through the client library. Closed loop: each driver keeps its share of the
-//! concurrent requests outstanding, sending a new one as each completes. Open loop: requests
-//! go out on a fixed schedule and latency counts from the scheduled time, so a stall is not
-//! hidden by requests that were never sent (coordinated omission).
+//! shard through the client library. Gets are reads off the log with the spec's consistency
+//! (protocol.md §5.3–§5.5), of keys written once before the load starts; reads and writes are
+//! counted and timed apart. Closed loop: each driver keeps its share of the concurrent
+//! requests outstanding, sending a new one as each completes. Open loop: requests go out on a
+//! fixed schedule and latency counts from the scheduled time, so a stall is not hidden by
+//! requests that were never sent (coordinated omission).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use hdrhistogram::Histogram;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::client::{Client, Completion};
+use crate::client::{Client, Completion, Consistency, ReadOptions};
 use crate::machine::{KvCommandRef, shard_for_key};
 
 /// What load to apply.
@@ -30,6 +32,9 @@ pub struct LoadSpec {
     pub warmup: Duration,
     /// Fraction of requests that are gets.
     pub read_ratio: f64,
+    /// How the gets are read; `None`: as commands ordered in the log (how gets went before
+    /// reads left the log, for comparison).
+    pub consistency: Option<Consistency>,
     /// Distinct keys.
     pub keys: u64,
     /// Open loop at this many requests per second, instead of a closed loop.
@@ -44,6 +49,10 @@ pub struct LoadResult {
     pub ops: u64,
     /// Of them, writes.
     pub writes: u64,
+    /// Latency of the reads alone, in nanoseconds.
+    pub read_latency: Histogram<u64>,
+    /// Latency of the writes alone, in nanoseconds.
+    pub write_latency: Histogram<u64>,
     /// Requests that failed (timeouts, rejections) in the window.
     pub errors: u64,
     /// Requests an open loop could not send because too many were outstanding.
@@ -77,6 +86,8 @@ struct Driver {
     keys: Vec<Vec<u8>>,
     value: Vec<u8>,
     read_ratio: f64,
+    /// `None`: gets are sent as commands, through the log.
+    read: Option<ReadOptions>,
     rng: Xoshiro256PlusPlus,
 }
 
@@ -91,6 +102,59 @@ impl Driver {
             (KvCommandRef::Put { key, value: &self.value }.encode(), true)
         }
     }
+
+    /// Sends `commands` (each with whether it writes): writes as commands, reads off the log.
+    /// Returns each one's sequence number, in order.
+    fn submit(
+        &self,
+        client: &Client,
+        commands: &[(Vec<u8>, bool)],
+        notify: &mpsc::Sender<Completion>,
+    ) -> Vec<u64> {
+        // Through the log, a get is a command like a write.
+        let as_command = |write: bool| write || self.read.is_none();
+        let pick = |write: bool| -> Vec<&[u8]> {
+            let kind = |w: &bool| as_command(*w) == write;
+            commands.iter().filter(|(_, w)| kind(w)).map(|(c, _)| c.as_slice()).collect()
+        };
+        let (writes, reads) = (pick(true), pick(false));
+        let mut next_write =
+            if writes.is_empty() { 0 } else { client.submit_notify(self.shard, &writes, notify) };
+        let mut next_read = match self.read {
+            Some(read) if !reads.is_empty() => {
+                client.submit_reads_notify(self.shard, &reads, read, notify)
+            }
+            _ => 0,
+        };
+        let mut sequences = Vec::with_capacity(commands.len());
+        for (_, write) in commands {
+            let next = if as_command(*write) { &mut next_write } else { &mut next_read };
+            sequences.push(*next);
+            *next += 1;
+        }
+        sequences
+    }
+}
+
+/// Writes every key of the loaded shards once, so that the load's gets find values (not
+/// counted).
+fn preload(client: &Client, spec: &LoadSpec, by_shard: &[Vec<Vec<u8>>]) -> Result<(), String> {
+    let value = vec![0x5A; spec.payload_bytes];
+    for (shard, keys) in by_shard.iter().enumerate() {
+        let shard = shard as u16;
+        if spec.only_shard.is_some_and(|only| only != shard) {
+            continue;
+        }
+        for chunk in keys.chunks(1024) {
+            let put = |key: &Vec<u8>| KvCommandRef::Put { key, value: &value }.encode();
+            let commands: Vec<Vec<u8>> = chunk.iter().map(put).collect();
+            let slices: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
+            for ticket in client.submit_many(shard, &slices) {
+                ticket.wait().map_err(|error| format!("preloading the keys: {error}"))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Counters the progress line reads while the load runs.
@@ -134,6 +198,9 @@ pub fn run(
             shards - 1
         ));
     }
+    if spec.read_ratio > 0.0 {
+        preload(client, spec, &by_shard)?;
+    }
     // The shards that get load, each with its share of the requests and of the rate.
     let loaded = spec.only_shard.map_or(shards, |_| 1);
     let begin = Instant::now();
@@ -155,6 +222,9 @@ pub fn run(
             keys,
             value: vec![0xA5; spec.payload_bytes],
             read_ratio: spec.read_ratio,
+            read: spec
+                .consistency
+                .map(|consistency| ReadOptions { consistency, ..ReadOptions::default() }),
             rng: Xoshiro256PlusPlus::seed_from_u64(u64::from(shard) + 1),
         };
         let rate = spec.rate.map(|rate| rate / f64::from(loaded));
@@ -173,6 +243,8 @@ pub fn run(
         total.errors += part.errors;
         total.unsent += part.unsent;
         total.latency.add(&part.latency).map_err(|error| error.to_string())?;
+        total.read_latency.add(&part.read_latency).map_err(|error| error.to_string())?;
+        total.write_latency.add(&part.write_latency).map_err(|error| error.to_string())?;
     }
     stop.store(true, Ordering::SeqCst);
     Ok(total)
@@ -180,14 +252,17 @@ pub fn run(
 
 impl LoadResult {
     fn empty(seconds: f64) -> LoadResult {
+        let histogram =
+            || Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("valid bounds");
         LoadResult {
             ops: 0,
             writes: 0,
+            read_latency: histogram(),
+            write_latency: histogram(),
             errors: 0,
             unsent: 0,
             seconds,
-            latency: Histogram::new_with_bounds(1_000, 120_000_000_000, 3)
-                .expect("valid histogram bounds"),
+            latency: histogram(),
         }
     }
 
@@ -202,6 +277,8 @@ impl LoadResult {
             self.writes += u64::from(write);
             let nanos = now.duration_since(started).as_nanos() as u64;
             self.latency.saturating_record(nanos.max(1_000));
+            let apart = if write { &mut self.write_latency } else { &mut self.read_latency };
+            apart.saturating_record(nanos.max(1_000));
         } else {
             self.errors += 1;
         }
@@ -218,17 +295,15 @@ fn closed_loop(
     let (sender, completions) = mpsc::channel::<Completion>();
     let mut in_flight: HashMap<u64, (Instant, bool)> = HashMap::with_capacity(driver.window * 2);
     let mut tally = LoadResult::empty(0.0);
-    let send = |driver: &mut Driver,
-                count: usize,
-                in_flight: &mut HashMap<u64, (Instant, bool)>| {
-        let commands: Vec<(Vec<u8>, bool)> = (0..count).map(|_| driver.command()).collect();
-        let slices: Vec<&[u8]> = commands.iter().map(|(command, _)| command.as_slice()).collect();
-        let now = Instant::now();
-        let first = client.submit_notify(driver.shard, &slices, &sender);
-        for (offset, (_, write)) in commands.iter().enumerate() {
-            in_flight.insert(first + offset as u64, (now, *write));
-        }
-    };
+    let send =
+        |driver: &mut Driver, count: usize, in_flight: &mut HashMap<u64, (Instant, bool)>| {
+            let commands: Vec<(Vec<u8>, bool)> = (0..count).map(|_| driver.command()).collect();
+            let now = Instant::now();
+            let sequences = driver.submit(client, &commands, &sender);
+            for (sequence, (_, write)) in sequences.into_iter().zip(&commands) {
+                in_flight.insert(sequence, (now, *write));
+            }
+        };
     send(driver, driver.window, &mut in_flight);
     while Instant::now() < window.end && !stop.load(Ordering::Relaxed) {
         let Ok(first) = completions.recv_timeout(Duration::from_millis(100)) else { continue };
@@ -274,14 +349,14 @@ fn open_loop(
                 tally.unsent += (count - send_now) as u64;
             }
             let commands: Vec<(Vec<u8>, bool)> = (0..send_now).map(|_| driver.command()).collect();
-            let slices: Vec<&[u8]> =
-                commands.iter().map(|(command, _)| command.as_slice()).collect();
-            if !slices.is_empty() {
-                let first = client.submit_notify(driver.shard, &slices, &sender);
-                for (offset, (_, write)) in commands.iter().enumerate() {
+            if !commands.is_empty() {
+                let sequences = driver.submit(client, &commands, &sender);
+                for (offset, (sequence, (_, write))) in
+                    sequences.into_iter().zip(&commands).enumerate()
+                {
                     // Latency counts from when the request was due, not when it went out.
                     let due_at = begin + interval.mul_f64((scheduled + offset as u64) as f64);
-                    in_flight.insert(first + offset as u64, (due_at, *write));
+                    in_flight.insert(sequence, (due_at, *write));
                 }
             }
             scheduled = due;

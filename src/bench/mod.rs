@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{Client, ClientOptions, node_status};
+use crate::client::{Client, ClientOptions, Consistency, node_status};
 use crate::core::{ClusterId, RoleKind};
 use crate::runtime::config::{ApplyMode, Durability};
 use embedded::{EmbeddedCluster, EmbeddedSpec};
@@ -62,6 +62,11 @@ pub struct BenchRow {
     pub payload_bytes: usize,
     /// Fraction of gets.
     pub read_ratio: f64,
+    /// How the gets were read: linearizable, lease, follower or stale (protocol.md §5.3–§5.5),
+    /// or log (as commands ordered in the log, for comparison).
+    pub consistency: String,
+    /// Lease reads on in the embedded cluster (`--read-lease`; `None` for a target).
+    pub read_lease: Option<bool>,
     /// Distinct keys.
     pub keys: u64,
     /// Only this shard was loaded (the others idle), if set.
@@ -103,6 +108,58 @@ pub struct BenchRow {
     pub rss_mib_by_second: Vec<f64>,
     /// The machine's limits, measured in the same invocation.
     pub limits: Option<limits::Limits>,
+    /// Reads and writes apart.
+    #[serde(flatten)]
+    pub split: ReadWriteSplit,
+}
+
+/// Reads and writes measured apart: completed per second and latency percentiles in
+/// microseconds (in JSON as `read_…` and `write_…` fields).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReadWriteSplit {
+    /// Reads completed per second.
+    pub read_ops_per_sec: f64,
+    /// Read latency, median.
+    pub read_p50_us: f64,
+    /// 99th percentile.
+    pub read_p99_us: f64,
+    /// 99.9th percentile.
+    pub read_p999_us: f64,
+    /// Writes committed per second.
+    pub write_ops_per_sec: f64,
+    /// Write latency, median.
+    pub write_p50_us: f64,
+    /// 99th percentile.
+    pub write_p99_us: f64,
+    /// 99.9th percentile.
+    pub write_p999_us: f64,
+}
+
+impl ReadWriteSplit {
+    fn of(result: &load::LoadResult) -> ReadWriteSplit {
+        let micros = |histogram: &hdrhistogram::Histogram<u64>, quantile: f64| {
+            histogram.value_at_quantile(quantile) as f64 / 1000.0
+        };
+        let (reads, writes) = (&result.read_latency, &result.write_latency);
+        ReadWriteSplit {
+            read_ops_per_sec: (result.ops - result.writes) as f64 / result.seconds,
+            read_p50_us: micros(reads, 0.5),
+            read_p99_us: micros(reads, 0.99),
+            read_p999_us: micros(reads, 0.999),
+            write_ops_per_sec: result.writes as f64 / result.seconds,
+            write_p50_us: micros(writes, 0.5),
+            write_p99_us: micros(writes, 0.99),
+            write_p999_us: micros(writes, 0.999),
+        }
+    }
+}
+
+fn consistency_name(consistency: Option<Consistency>) -> String {
+    consistency.map_or("log".into(), |consistency| format!("{consistency:?}").to_lowercase())
+}
+
+fn durability_name(not_durable: bool) -> String {
+    if not_durable { "none".into() } else { "fsync".into() }
 }
 
 /// Sums of server counters over a cluster.
@@ -140,6 +197,21 @@ fn proc_status_kib(field: &str) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse::<f64>().ok()
 }
 
+/// The embedded cluster, unless the bench drives a target.
+fn start_embedded(spec: &BenchSpec, read_lease: bool) -> Result<Option<EmbeddedCluster>, String> {
+    if spec.target.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(EmbeddedCluster::start(&EmbeddedSpec {
+        voters: spec.voters,
+        shards: spec.shards,
+        durability: spec.durability,
+        wal_segment_mib: 64,
+        apply: spec.apply,
+        read_lease,
+    })?))
+}
+
 /// Runs one bench: starts the embedded cluster unless a target is given, applies the load,
 /// and returns the row.
 ///
@@ -148,16 +220,8 @@ fn proc_status_kib(field: &str) -> Option<f64> {
 pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     // Peak memory is per run: reset the high-water mark a previous run of a sweep left.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let embedded = match &spec.target {
-        Some(_) => None,
-        None => Some(EmbeddedCluster::start(&EmbeddedSpec {
-            voters: spec.voters,
-            shards: spec.shards,
-            durability: spec.durability,
-            wal_segment_mib: 64,
-            apply: spec.apply,
-        })?),
-    };
+    let lease = spec.load.consistency == Some(Consistency::Lease);
+    let embedded = start_embedded(spec, lease)?;
     let (addresses, cluster_id) = match (&embedded, &spec.target) {
         (Some(cluster), _) => (cluster.addresses().to_vec(), cluster.cluster_id()),
         (None, Some(target)) => (target.clone(), ClusterId(spec.cluster_id)),
@@ -243,15 +307,16 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         cluster: spec.target.as_ref().map_or("embedded".to_string(), |t| t.join(",")),
         voters: target.map_or(spec.voters, |status| status.voters),
         shards: target.map_or(spec.shards, |status| status.shards),
-        durability: match target.map_or(spec.durability == Durability::None, |s| s.not_durable) {
-            false => "fsync".into(),
-            true => "none".into(),
-        },
+        durability: durability_name(
+            target.map_or(spec.durability == Durability::None, |s| s.not_durable),
+        ),
         apply: if spec.target.is_some() { "as configured".into() } else { spec.apply.to_string() },
         clients: spec.load.clients,
         rate: spec.load.rate,
         payload_bytes: spec.load.payload_bytes,
         read_ratio: spec.load.read_ratio,
+        consistency: consistency_name(spec.load.consistency),
+        read_lease: spec.target.is_none().then_some(lease),
         keys: spec.load.keys,
         only_shard: spec.load.only_shard,
         seconds,
@@ -275,6 +340,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         peak_rss_mib,
         rss_mib_by_second: rss,
         limits: None,
+        split: ReadWriteSplit::of(&result),
     })
 }
 

@@ -20,8 +20,8 @@ pub fn conditions(row: &BenchRow) -> String {
         None => format!("closed loop, {} concurrent requests", row.clients),
     };
     format!(
-        "cluster {} ({} voters, apply {}), {durability}, {load}, {}-byte values, read ratio {}, \
-         {} keys, {:.0}s measured after {:.0}s warm-up",
+        "cluster {} ({} voters, apply {}), {durability}, {load}, {}-byte values, read ratio {} \
+         (first run), {} keys, {:.0}s measured after {:.0}s warm-up",
         row.cluster,
         row.voters,
         row.apply,
@@ -43,6 +43,47 @@ pub fn limits_line(limits: &super::limits::Limits) -> String {
         limits.fsyncs_per_sec,
         limits.fsync_p50_us,
         limits.loopback_gbit_per_sec
+    )
+}
+
+/// The header of the table of reads and writes apart.
+#[must_use]
+pub fn split_header() -> String {
+    format!(
+        "{:>6} {:>7} {:>5} {:>12} {:>12} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9} {:>9}",
+        "shards",
+        "clients",
+        "ratio",
+        "reads",
+        "read ops/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "write ops/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs"
+    )
+}
+
+/// One row of the table of reads and writes apart.
+#[must_use]
+pub fn split_line(row: &BenchRow) -> String {
+    let split = &row.split;
+    format!(
+        "{:>6} {:>7} {:>5} {:>12} {:>12.0} {:>9.0} {:>9.0} {:>9.0} {:>12.0} {:>9.0} {:>9.0} {:>9.0}",
+        row.shards,
+        row.clients,
+        row.read_ratio,
+        row.consistency,
+        split.read_ops_per_sec,
+        split.read_p50_us,
+        split.read_p99_us,
+        split.read_p999_us,
+        split.write_ops_per_sec,
+        split.write_p50_us,
+        split.write_p99_us,
+        split.write_p999_us
     )
 }
 

@@ -1,6 +1,7 @@
-//! One shard's connection: a thread that connects to the shard's leader, re-sends what is
-//! outstanding after every (re)connection, and reads replies; callers write their requests
-//! on the current connection themselves, under the lane's lock.
+//! One shard's connection: a thread that connects to the shard's leader (or, for reads any
+//! member may answer, to one chosen member), re-sends what is outstanding after every
+//! (re)connection, and reads replies; callers write their requests on the current connection
+//! themselves, under the lane's lock.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,9 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{ClientError, FRAME_BYTES_MAX, Response, Shared, handshake, random_bytes};
-use crate::core::{BatchBuilder, NodeId, RequestId};
+use crate::core::{BatchBuilder, NodeId, ReadOptions, RequestId};
 use crate::machine::{REGISTER_NONCE_BYTES, register_request};
-use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus};
+use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, Requests};
 use crate::transport::framing::{Outgoing, read_frame};
 
 /// Pause before re-sending requests a busy leader turned away.
@@ -26,6 +27,8 @@ const REDIRECTS_MAX: usize = 3;
 
 struct Pending {
     command: Bytes,
+    /// How its frame asks the queries in it to be read.
+    read: ReadOptions,
     /// The session it was first sent under: every retry goes under the same one, or a retry
     /// under a new session could apply it twice.
     session: Option<u64>,
@@ -62,9 +65,22 @@ struct LaneState {
     encoder: Encoder,
 }
 
+/// Whom a lane talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    /// The shard's leader, followed through redirects; requests go under the session it
+    /// registers.
+    Leader,
+    /// One member, whatever its role (follower and stale reads, protocol.md §5.5), then the
+    /// others if it cannot be reached. Reads need no session: requests carry the client's
+    /// label.
+    Member(NodeId),
+}
+
 pub(super) struct Lane {
     shared: Arc<Shared>,
     shard: u16,
+    target: Target,
     state: Mutex<LaneState>,
     changed: Condvar,
     /// Held while writing to the socket, so that the reader, which needs only `state`, is
@@ -76,14 +92,20 @@ pub(super) struct Lane {
 type ToWrite = Option<(Arc<TcpStream>, Outgoing)>;
 
 impl Lane {
-    pub(super) fn start(shared: Arc<Shared>, shard: u16) -> Arc<Lane> {
-        let state = LaneState {
-            registering: Some(register_request(random_bytes())),
-            ..LaneState::default()
+    pub(super) fn start(shared: Arc<Shared>, shard: u16, target: Target) -> Arc<Lane> {
+        let state = match target {
+            Target::Leader => LaneState {
+                registering: Some(register_request(random_bytes())),
+                ..LaneState::default()
+            },
+            Target::Member(_) => {
+                LaneState { session: Some(shared.client_id), ..LaneState::default() }
+            }
         };
         let lane = Arc::new(Lane {
             shared,
             shard,
+            target,
             state: Mutex::new(state),
             changed: Condvar::new(),
             write_lock: Mutex::new(()),
@@ -120,24 +142,41 @@ impl Lane {
         sequences: impl Iterator<Item = u64>,
     ) -> ToWrite {
         let writer = state.writer.clone()?;
-        let mut builder = BatchBuilder::new(usize::MAX);
+        // One frame per way of reading: a frame's queries share one consistency.
+        let mut frames: Vec<(ReadOptions, BatchBuilder)> = Vec::new();
+        fn builder_for(
+            frames: &mut Vec<(ReadOptions, BatchBuilder)>,
+            read: ReadOptions,
+        ) -> &mut BatchBuilder {
+            let at = frames.iter().position(|(options, _)| *options == read).unwrap_or_else(|| {
+                frames.push((read, BatchBuilder::new(usize::MAX)));
+                frames.len() - 1
+            });
+            &mut frames[at].1
+        }
         if let (true, Some((id, payload))) = (register, &state.registering) {
-            builder.push(*id, payload);
+            builder_for(&mut frames, ReadOptions::default()).push(*id, payload);
         }
         let current = state.session;
         for sequence in sequences {
             if let Some(pending) = state.outstanding.get_mut(&sequence) {
                 let Some(session) = pending.session.or(current) else { continue };
                 pending.session = Some(session);
-                builder.push(RequestId { client: session, sequence }, &pending.command);
+                let id = RequestId { client: session, sequence };
+                builder_for(&mut frames, pending.read).push(id, &pending.command);
             }
         }
-        if builder.is_empty() {
+        let mut out = Outgoing::default();
+        for (read, mut builder) in frames {
+            if builder.is_empty() {
+                continue;
+            }
+            let frame = self.frame(Body::Requests(Requests { batch: builder.take(), read }));
+            out.push(&mut state.encoder, &frame);
+        }
+        if out.is_empty() {
             return None;
         }
-        let frame = self.frame(Body::Requests(builder.take()));
-        let mut out = Outgoing::default();
-        out.push(&mut state.encoder, &frame);
         Some((writer, out))
     }
 
@@ -164,12 +203,14 @@ impl Lane {
         &self,
         sequences: &[u64],
         commands: &[&[u8]],
+        read: ReadOptions,
         notify: Option<&std::sync::mpsc::Sender<Completion>>,
     ) {
         let mut state = self.lock();
         for (sequence, command) in sequences.iter().zip(commands) {
             let pending = Pending {
                 command: Bytes::copy_from_slice(command),
+                read,
                 session: None,
                 result: None,
                 notify: notify.cloned(),
@@ -231,11 +272,15 @@ impl Lane {
         self.shared.closed.load(Ordering::SeqCst)
     }
 
-    /// Candidates to connect to, the known leader first.
+    /// Candidates to connect to, the known leader (or the lane's member) first.
     fn candidates(&self, leader: Option<NodeId>) -> Vec<String> {
         let membership = self.shared.membership.lock().unwrap_or_else(|e| e.into_inner());
         let mut list: Vec<String> = Vec::new();
-        if let Some(address) = leader.and_then(|leader| membership.members.get(&leader)) {
+        let first = match self.target {
+            Target::Leader => leader,
+            Target::Member(member) => Some(member),
+        };
+        if let Some(address) = first.and_then(|first| membership.members.get(&first)) {
             list.push(address.clone());
         }
         list.extend(membership.members.values().cloned());
@@ -273,6 +318,9 @@ impl Lane {
                     for member in members {
                         membership.members.insert(member.id, member.address.clone());
                     }
+                }
+                if self.target != Target::Leader {
+                    return Ok((handshake.stream, handshake.node));
                 }
                 if handshake.reply.leader.is_none() {
                     leaderless.get_or_insert((handshake.stream, handshake.node));
@@ -439,6 +487,11 @@ impl Lane {
             }
             ReplyStatus::OutOfSpace => {
                 Err(ClientError::OutOfSpace(String::from_utf8_lossy(&reply.body).into_owned()))
+            }
+            ReplyStatus::TooStale => {
+                let (behind_slots, behind_ms) =
+                    ReplyStatus::too_stale_of(&reply.body).unwrap_or((u64::MAX, u64::MAX));
+                Err(ClientError::TooStale { shard: self.shard, behind_slots, behind_ms })
             }
             ReplyStatus::Busy => return Settled::Busy(reply.sequence),
             ReplyStatus::NotLeader { hint } => return Settled::NotLeader(hint),

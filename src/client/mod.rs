@@ -7,11 +7,20 @@
 //! the outstanding requests are sent again with the same ids, so a retry is never applied
 //! twice (the replicated session table answers it with the first reply).
 //!
+//! Reads never enter the log (protocol.md §5.3–§5.5); each names a [`Consistency`]:
+//! `Linearizable` (the default) and `Lease` go to the leader, `Follower` and `Stale` to one
+//! member chosen per client ([`ClientOptions::read_member`]), so readers spread over the
+//! members. A client's stale reads of a shard never go back before what its earlier reads of
+//! it reflected.
+//!
 //! ```no_run
-//! use quorum::client::{Client, ClientOptions};
+//! use quorum::client::{Client, ClientOptions, Consistency, ReadOptions};
 //! let client = Client::connect(&["127.0.0.1:7000".to_string()], ClientOptions::default())?;
 //! client.put(b"key", b"value")?;
 //! assert_eq!(client.get(b"key")?, Some(b"value".to_vec()));
+//! let stale = ReadOptions { consistency: Consistency::Stale, ..ReadOptions::default() };
+//! let read = client.get_with(b"key", stale)?;
+//! println!("{:?} as of slot {} of shard {}", read.value, read.slot.0, read.shard);
 //! # Ok::<(), quorum::client::ClientError>(())
 //! ```
 
@@ -22,7 +31,7 @@ mod tail;
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,9 +43,10 @@ use crate::transport::framing::{ConnectionError, read_frame, write_frame};
 use crate::transport::shard_address;
 
 /// What [`node_status`] reports of each shard.
+pub use crate::core::{Consistency, ReadOptions};
 pub use crate::transport::codec::ShardStatus;
 pub use lane::Completion;
-use lane::Lane;
+use lane::{Lane, Target};
 pub use snapshot::{FetchedSnapshot, fetch_snapshot, fetch_snapshot_into};
 pub use tail::{Tail, TailBatch};
 
@@ -55,6 +65,9 @@ pub struct ClientOptions {
     /// The label this client's connections carry in the handshake (nodes log it); random if
     /// `None`. Not the id of its sessions: each shard assigns those (protocol.md §5.1).
     pub client_id: Option<u64>,
+    /// The member follower and stale reads go to first (others if it cannot be reached);
+    /// `None`: one picked from the client's label, so that clients spread over the members.
+    pub read_member: Option<NodeId>,
 }
 
 impl Default for ClientOptions {
@@ -64,6 +77,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             client_id: None,
+            read_member: None,
         }
     }
 }
@@ -101,6 +115,20 @@ pub enum ClientError {
          connect a new client and retry"
     )]
     SessionExpired,
+    /// A stale read was refused: the member that got it is further behind than the read's
+    /// bound allows (protocol.md §5.5). Another member, or a later try, may answer.
+    #[error(
+        "shard {shard}: the member is {behind_slots} slots and {behind_ms} ms behind by its own \
+         view, beyond the read's bound"
+    )]
+    TooStale {
+        /// The shard.
+        shard: u16,
+        /// Committed slots it had heard of and not applied.
+        behind_slots: u64,
+        /// Milliseconds since it last knew itself up to date, on its clock.
+        behind_ms: u64,
+    },
     /// A reply that does not decode.
     #[error("malformed reply: {0}")]
     BadReply(String),
@@ -135,6 +163,17 @@ pub struct Response {
     pub body: Bytes,
 }
 
+/// A key's value as a read found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The value, if the key is set.
+    pub value: Option<Vec<u8>>,
+    /// The key's shard.
+    pub shard: u16,
+    /// The state read reflects every slot of the shard's log below this one, and none above.
+    pub slot: Slot,
+}
+
 /// Where a command sits in the cluster's one log: slot `s` of shard `k` is global position
 /// `s * shards + k`; `index` orders commands inside the batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -165,6 +204,10 @@ struct Shared {
 pub struct Client {
     shared: Arc<Shared>,
     lanes: Vec<Arc<Lane>>,
+    /// Per shard, the lane to the member follower and stale reads go to, once used.
+    member_lanes: Vec<OnceLock<Arc<Lane>>>,
+    /// Per shard, the highest slot a read has reflected: stale reads start there.
+    read_floors: Vec<AtomicU64>,
     next_sequence: AtomicU64,
     next_append_shard: AtomicU64,
 }
@@ -268,11 +311,14 @@ impl Client {
                         membership: Mutex::new(Membership { members }),
                         closed: AtomicBool::new(false),
                     });
-                    let lanes =
-                        (0..reply.shards).map(|shard| Lane::start(shared.clone(), shard)).collect();
+                    let lanes = (0..reply.shards)
+                        .map(|shard| Lane::start(shared.clone(), shard, Target::Leader))
+                        .collect();
                     return Ok(Client {
                         shared,
                         lanes,
+                        member_lanes: (0..reply.shards).map(|_| OnceLock::new()).collect(),
+                        read_floors: (0..reply.shards).map(|_| AtomicU64::new(0)).collect(),
                         next_sequence: AtomicU64::new(1),
                         next_append_shard: AtomicU64::new(0),
                     });
@@ -313,7 +359,7 @@ impl Client {
         let deadline = Instant::now() + self.shared.options.request_timeout;
         let first = self.next_sequence.fetch_add(commands.len() as u64, Ordering::Relaxed);
         let sequences: Vec<u64> = (first..first + commands.len() as u64).collect();
-        lane.submit(&sequences, commands, None);
+        lane.submit(&sequences, commands, ReadOptions::default(), None);
         sequences
             .into_iter()
             .map(|sequence| Ticket { lane: lane.clone(), sequence, deadline })
@@ -336,8 +382,93 @@ impl Client {
         let lane = &self.lanes[usize::from(shard)];
         let first = self.next_sequence.fetch_add(commands.len() as u64, Ordering::Relaxed);
         let sequences: Vec<u64> = (first..first + commands.len() as u64).collect();
-        lane.submit(&sequences, commands, Some(notify));
+        lane.submit(&sequences, commands, ReadOptions::default(), Some(notify));
         first
+    }
+
+    /// Sends read-only requests to one shard without waiting, read as `read` says; each
+    /// outcome is sent to `notify` as it arrives, like [`Client::submit_notify`]'s. Returns
+    /// the first sequence number; the requests get consecutive ones.
+    ///
+    /// # Panics
+    /// `shard` is not below [`Client::shards`].
+    pub fn submit_reads_notify(
+        &self,
+        shard: u16,
+        requests: &[&[u8]],
+        read: ReadOptions,
+        notify: &std::sync::mpsc::Sender<Completion>,
+    ) -> u64 {
+        let (lane, read) = self.read_lane(shard, read);
+        let count = requests.len() as u64;
+        let first = self.next_sequence.fetch_add(count, Ordering::Relaxed);
+        let sequences: Vec<u64> =
+            (first..first + count).map(|sequence| sequence | RequestId::QUERY_BIT).collect();
+        lane.submit(&sequences, requests, read, Some(notify));
+        first | RequestId::QUERY_BIT
+    }
+
+    /// The lane a read goes by, and its options with the shard's floor for a stale one.
+    fn read_lane(&self, shard: u16, mut read: ReadOptions) -> (Arc<Lane>, ReadOptions) {
+        let index = usize::from(shard);
+        match read.consistency {
+            Consistency::Linearizable | Consistency::Lease => (self.lanes[index].clone(), read),
+            Consistency::Follower | Consistency::Stale => {
+                if read.consistency == Consistency::Stale {
+                    let floor = Slot(self.read_floors[index].load(Ordering::Relaxed));
+                    read.from_slot = read.from_slot.max(floor);
+                }
+                let lane = self.member_lanes[index].get_or_init(|| {
+                    Lane::start(self.shared.clone(), shard, Target::Member(self.read_member()))
+                });
+                (lane.clone(), read)
+            }
+        }
+    }
+
+    /// The member follower and stale reads go to.
+    fn read_member(&self) -> NodeId {
+        if let Some(member) = self.shared.options.read_member {
+            return member;
+        }
+        let members: Vec<NodeId> = self.members().into_iter().map(|(id, _)| id).collect();
+        let pick = (self.shared.client_id % members.len().max(1) as u64) as usize;
+        members.get(pick).copied().unwrap_or(NodeId(1))
+    }
+
+    /// Sends a read-only request to one shard, read as `read` says, and waits for the answer
+    /// (never applied: it may be retried freely). Its [`Response::slot`] is the position its
+    /// state reflects: every slot below applied.
+    ///
+    /// # Errors
+    /// See [`ClientError`]; [`ClientError::TooStale`] for a stale read beyond its bound.
+    pub fn query_with(
+        &self,
+        shard: u16,
+        request: &[u8],
+        read: ReadOptions,
+    ) -> Result<Response, ClientError> {
+        let (lane, read) = self.read_lane(shard, read);
+        let deadline = Instant::now() + self.shared.options.request_timeout;
+        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed) | RequestId::QUERY_BIT;
+        lane.submit(&[sequence], &[request], read, None);
+        let response = Ticket { lane, sequence, deadline }.wait()?;
+        self.read_floors[usize::from(shard)].fetch_max(response.slot.0, Ordering::Relaxed);
+        Ok(response)
+    }
+
+    /// Reads `key` as `read` says, with where the state read stands.
+    ///
+    /// # Errors
+    /// See [`Client::query_with`].
+    pub fn get_with(&self, key: &[u8], read: ReadOptions) -> Result<Read, ClientError> {
+        let shard = shard_for_key(key, usize::from(self.shared.shards)) as u16;
+        let command = KvCommand::Get { key: key.to_vec() };
+        let response = self.query_with(shard, &command.encode(), read)?;
+        match KvReply::decode(&response.body) {
+            Some(KvReply::Value(value)) => Ok(Read { value, shard, slot: response.slot }),
+            other => Err(ClientError::BadReply(format!("a get answered {other:?}"))),
+        }
     }
 
     /// Sends one command to one shard and waits for its reply.
@@ -350,17 +481,15 @@ impl Client {
     }
 
     /// Sends a read-only request to one shard, answered by its state machine's
-    /// [`StateMachine::query`](crate::machine::StateMachine::query) (protocol.md §5.2),
-    /// and waits for the answer. A query is never applied: it may be retried freely.
+    /// [`StateMachine::query`](crate::machine::StateMachine::query) (protocol.md §5.2) by
+    /// the leader's read index, without the log (§5.3), and waits for the answer. A query is
+    /// never applied: it may be retried freely. [`Client::query_with`] reads with another
+    /// consistency.
     ///
     /// # Errors
     /// See [`ClientError`].
     pub fn query(&self, shard: u16, request: &[u8]) -> Result<Response, ClientError> {
-        let lane = &self.lanes[usize::from(shard)];
-        let deadline = Instant::now() + self.shared.options.request_timeout;
-        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed) | RequestId::QUERY_BIT;
-        lane.submit(&[sequence], &[request], None);
-        Ticket { lane: lane.clone(), sequence, deadline }.wait()
+        self.query_with(shard, request, ReadOptions::default())
     }
 
     fn kv(&self, key: &[u8], command: &KvCommand) -> Result<KvReply, ClientError> {
@@ -382,7 +511,8 @@ impl Client {
         self.kv(key, &command).map(|_| ())
     }
 
-    /// Reads `key`, linearizably: a query ([`Client::query`]), ordered in the log like a write.
+    /// Reads `key`, linearizably: a query ([`Client::query`]) the leader answers by its read
+    /// index, without the log.
     ///
     /// # Errors
     /// See [`ClientError`].
@@ -450,7 +580,7 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::SeqCst);
-        for lane in &self.lanes {
+        for lane in self.lanes.iter().chain(self.member_lanes.iter().filter_map(OnceLock::get)) {
             lane.close();
         }
     }

@@ -44,6 +44,14 @@ pub struct Config {
     pub retain_bytes: u64,
     /// Seeds the replica's random source (election jitter). Give each replica its own.
     pub random_seed: u64,
+    /// Lease reads (protocol.md §5.4): a leader answers [`crate::core::Consistency::Lease`]
+    /// reads at once while a majority's acknowledgements grant it a lease, and a voter keeps
+    /// the promise that makes that safe (it helps no other candidate within an election
+    /// timeout of hearing a leader, nor after a restart). Set it alike on every voter.
+    pub read_lease: bool,
+    /// The bound on clock drift leases rely on: every member's clock runs at a rate within
+    /// this many parts per million of real time (100,000: 10 %). Below 1,000,000.
+    pub max_clock_drift_ppm: u32,
 }
 
 impl Config {
@@ -75,7 +83,25 @@ impl Config {
             retain_slots: Config::RETAIN_SLOTS_DEFAULT,
             retain_bytes: Config::RETAIN_BYTES_DEFAULT,
             random_seed: u64::from(node.0),
+            read_lease: false,
+            max_clock_drift_ppm: Config::MAX_CLOCK_DRIFT_PPM_DEFAULT,
         }
+    }
+
+    /// The drift bound unless configured otherwise: 10 %.
+    pub const MAX_CLOCK_DRIFT_PPM_DEFAULT: u32 = 100_000;
+
+    /// How long a lease lasts, in ticks, from the start of the round that granted it
+    /// (protocol.md §5.4): `(election_timeout_ticks − 1) · (1 − ρ) / (1 + ρ)` for the drift
+    /// bound ρ, rounded down. A voter that acked the round helps no other candidate for at least
+    /// `election_timeout_ticks − 1` of its own ticks after the ack (one is lost to not knowing
+    /// where in a tick a message arrived); at worst the leader's clock is slow by ρ and the
+    /// voter's fast by ρ, so the leader's lease must be shorter by that ratio.
+    #[must_use]
+    pub fn lease_ticks(&self) -> u64 {
+        let ppm = u128::from(self.max_clock_drift_ppm.min(999_999));
+        let timeout = u128::from(self.election_timeout_ticks.saturating_sub(1));
+        (timeout * (1_000_000 - ppm) / (1_000_000 + ppm)) as u64
     }
 
     /// True if this replica is a learner.
@@ -139,6 +165,15 @@ impl Config {
         if self.accept_ahead_slots_max < self.skip_slots_max * self.pipeline_depth_max as u64 {
             return Err(AcceptAheadTooSmall(self.accept_ahead_slots_max));
         }
+        if self.max_clock_drift_ppm >= 1_000_000 {
+            return Err(DriftTooLarge(self.max_clock_drift_ppm));
+        }
+        if self.read_lease && self.lease_ticks() <= u64::from(self.heartbeat_interval_ticks) {
+            return Err(LeaseTooShort {
+                lease_ticks: self.lease_ticks(),
+                heartbeat_interval_ticks: self.heartbeat_interval_ticks,
+            });
+        }
         Ok(())
     }
 }
@@ -184,4 +219,19 @@ pub enum ConfigError {
     /// Acceptors would refuse a full pipeline of skips.
     #[error("accept_ahead_slots_max ({0}) must be at least skip_slots_max × pipeline_depth_max")]
     AcceptAheadTooSmall(u64),
+    /// A drift bound of 100 % or more: no lease can be safe.
+    #[error("max_clock_drift_ppm ({0}) must be below 1,000,000 (100 %)")]
+    DriftTooLarge(u32),
+    /// Leases would lapse between the heartbeats that renew them.
+    #[error(
+        "a lease of {lease_ticks} ticks (the election timeout shortened by the drift bound) \
+         must outlast heartbeat_interval_ticks ({heartbeat_interval_ticks}): lengthen the \
+         election timeout or lower the drift bound"
+    )]
+    LeaseTooShort {
+        /// The lease the configuration gives.
+        lease_ticks: u64,
+        /// The configured heartbeat interval.
+        heartbeat_interval_ticks: u32,
+    },
 }

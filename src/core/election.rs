@@ -41,6 +41,12 @@ impl ElectionTimer {
         self.restart(now, rng);
     }
 
+    /// Count as having heard a live leader at `now`, without moving the deadline: a restarted
+    /// voter under leases refuses to help depose whoever leads for one timeout.
+    pub fn assume_leader_heard(&mut self, now: u64) {
+        self.leader_heard_tick = Some(now);
+    }
+
     /// Forget the leader (it stepped down, or this replica did).
     pub fn forget_leader(&mut self) {
         self.leader_heard_tick = None;

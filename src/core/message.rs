@@ -263,6 +263,21 @@ pub enum Message {
         /// The sender's commit position: more may follow up to here.
         commit_index: Slot,
     },
+    /// A follower or learner asks the leader for a read index, for the reads of its own
+    /// clients that arrived before it asked (protocol.md §5.5).
+    ReadIndexRequest {
+        /// Chosen by the asker (different at every start), echoed in the reply.
+        nonce: u64,
+    },
+    /// The leader's answer to a [`Message::ReadIndexRequest`], once a round that started after
+    /// the request arrived confirmed its leadership: every write acknowledged before the
+    /// request was sent lies below `read_index`. `None`: the sender does not lead (any more).
+    ReadIndexReply {
+        /// The request's nonce.
+        nonce: u64,
+        /// The read index, or `None`.
+        read_index: Option<Slot>,
+    },
 }
 
 impl Message {
@@ -320,7 +335,10 @@ impl Message {
             Message::Chosen { runs, commit_index } => {
                 check_slot(*commit_index).and_then(|()| check_runs(runs))
             }
-            Message::RepairQuery { nonce: _ } => Ok(()),
+            Message::RepairQuery { nonce: _ } | Message::ReadIndexRequest { nonce: _ } => Ok(()),
+            Message::ReadIndexReply { nonce: _, read_index } => {
+                read_index.map_or(Ok(()), check_slot)
+            }
             Message::RepairReport { nonce: _, promised, slot_end, commit_index } => {
                 check_ballot(*promised)
                     .and_then(|()| check_slot(*slot_end))
@@ -350,6 +368,8 @@ impl Message {
             Message::Chosen { .. } => "chosen",
             Message::Snapshot { .. } => "snapshot",
             Message::SnapshotPull { .. } => "snapshot-pull",
+            Message::ReadIndexRequest { .. } => "read-index-request",
+            Message::ReadIndexReply { .. } => "read-index-reply",
         }
     }
 }
@@ -455,8 +475,8 @@ pub enum Action {
         /// The reads, each with its index.
         reads: Vec<(RequestId, Slot)>,
     },
-    /// Leadership ended before these reads were confirmed: tell their clients to go to the
-    /// leader.
+    /// Leadership ended before these reads were confirmed, or (reads through the leader) no
+    /// leader gave their index in time: tell their clients to go to the leader.
     ReadsAborted {
         /// The reads.
         ids: Vec<RequestId>,

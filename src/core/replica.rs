@@ -29,7 +29,9 @@ use super::feed::Feed;
 use super::log::Log;
 use super::message::{Action, Envelope, InvalidMessage, Message, Record, SlotRun};
 use super::quorum::{VoteSet, Voters};
-use super::read_index::ReadRounds;
+use super::read_index::{
+    Consistency, Freshness, ReadPath, ReadRounds, Reader, Staleness, ThroughLeader,
+};
 use super::repair::Repair;
 use super::types::{Ballot, NodeId, PersistSeq, ROUND_MAX, RequestId, Slot};
 
@@ -68,6 +70,18 @@ pub enum ProposeError {
         payload_bytes: usize,
         /// The configured batch limit.
         batch_bytes_max: usize,
+    },
+    /// A stale read whose member is further behind than the read's bound allows: refused
+    /// rather than answered older (protocol.md §5.5).
+    #[error(
+        "this member may be {behind_slots} slots and {behind_ms} ms behind its leader, beyond \
+         the read's bound"
+    )]
+    TooStale {
+        /// Committed slots the member has heard of and not applied.
+        behind_slots: u64,
+        /// Milliseconds since it last knew itself up to date, on its own clock.
+        behind_ms: u64,
     },
     /// A skip longer than configured.
     #[error("skip of {slots} slots exceeds skip_slots_max ({skip_slots_max})")]
@@ -138,6 +152,10 @@ struct LeaderState {
     first_own_slot: Slot,
     /// Reads being confirmed (protocol.md §5.3).
     reads: ReadRounds,
+    /// Lease reads are answered at once while `now` is below this (protocol.md §5.4).
+    lease_until_tick: u64,
+    /// ... and at or past this: an election timeout after this leadership began.
+    lease_reads_from_tick: u64,
 }
 
 /// How far a voter's phase 1 report has come. Parts are asked for one at a time, and only the
@@ -207,6 +225,10 @@ pub struct Replica {
     subscription: Subscription,
     /// Set while the log may lack acknowledged records: no votes until it is over (§3.9).
     repair: Option<Repair>,
+    /// Reads of this replica's clients waiting for a read index from the leader (§5.5).
+    through_leader: ThroughLeader,
+    /// When this replica last knew it was up to date (stale reads' bound, §5.5).
+    freshness: Freshness,
 }
 
 /// A learner this replica feeds, until its lease runs out.
@@ -269,7 +291,13 @@ impl Replica {
         let peers: Vec<NodeId> =
             voters.ids().iter().copied().filter(|node| *node != config.node).collect();
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.random_seed);
-        let election = ElectionTimer::new(config.election_timeout_ticks, 0, &mut rng);
+        let mut election = ElectionTimer::new(config.election_timeout_ticks, 0, &mut rng);
+        if config.read_lease {
+            // A leader may hold a lease that counted this replica's ack from before it
+            // restarted: help no candidate for an election timeout, as if it had just heard
+            // that leader (protocol.md §5.4).
+            election.assume_leader_heard(0);
+        }
         let role = if config.is_learner() { Role::Learner } else { Role::Follower };
         let replica = Replica {
             batch: BatchBuilder::new(config.batch_bytes_max),
@@ -296,6 +324,8 @@ impl Replica {
             subscribers: Vec::new(),
             subscription: Subscription::default(),
             repair: None,
+            through_leader: ThroughLeader::default(),
+            freshness: Freshness::default(),
             config,
         };
         Ok(replica)
@@ -475,6 +505,18 @@ impl Replica {
 
     // ----- Inputs ------------------------------------------------------------------------
 
+    /// `ticks` ticks of time have passed at once (a runtime whose thread was held catches up
+    /// with its clock, so that the tick count never lags real time: leases rely on it,
+    /// protocol.md §5.4). Everything a tick does runs once, at the new time; every rule is a
+    /// deadline, so nothing is lost by not running the ticks between.
+    pub fn on_ticks(&mut self, ticks: u64) {
+        if ticks == 0 {
+            return;
+        }
+        self.now_tick += ticks - 1;
+        self.on_tick();
+    }
+
     /// One tick of time has passed.
     pub fn on_tick(&mut self) {
         self.now_tick += 1;
@@ -513,6 +555,7 @@ impl Replica {
             }
             Role::Leader(_) => self.leader_tick(),
         }
+        self.read_index_tick();
         self.maybe_request_catch_up();
         self.subscribers.retain(|subscriber| subscriber.lease_until_tick >= now);
         if self.commit_index > self.commit_index_persisted {
@@ -631,23 +674,96 @@ impl Replica {
         Ok(())
     }
 
-    /// Registers a read that the log need not carry (protocol.md §5.3). Once this replica has
-    /// confirmed it still leads, [`Action::ReadReady`] gives the read's index: answer it from
-    /// the state machine once it has applied every slot below that index. If leadership ends
-    /// first, [`Action::ReadsAborted`] names it.
+    /// Registers a read that the log need not carry (protocol.md §5.3–§5.5). Once it may be
+    /// answered, [`Action::ReadReady`] gives its index: answer it from the state machine once
+    /// every slot below that index is applied. If it cannot be confirmed (leadership ends
+    /// first, or no leader gives a follower its index in time), [`Action::ReadsAborted`] names
+    /// it. A stale read is ready at once, at the commit position or `from_slot` if higher.
     ///
     /// # Errors
-    /// `NotLeader`; nothing is changed then.
-    pub fn read(&mut self, id: RequestId) -> Result<(), ProposeError> {
+    /// `NotLeader` for a linearizable or lease read on a replica that does not lead; nothing
+    /// is changed then.
+    pub fn read(
+        &mut self,
+        id: RequestId,
+        consistency: Consistency,
+        from_slot: Slot,
+    ) -> Result<ReadPath, ProposeError> {
+        let now = self.now_tick;
         let commit_index = self.commit_index;
-        let Role::Leader(leader) = &mut self.role else {
-            return Err(ProposeError::NotLeader { hint: self.leader_hint });
+        let leader = match &mut self.role {
+            Role::Leader(leader) => Some(leader),
+            _ => None,
         };
-        let index = commit_index.max(leader.first_own_slot);
-        if let Some(round) = leader.reads.add(id, index) {
-            self.start_read_round(round);
+        match (consistency, leader) {
+            (Consistency::Stale, _) => {
+                let reads = vec![(id, commit_index.max(from_slot))];
+                self.actions.push(Action::ReadReady { reads });
+                Ok(ReadPath::Stale)
+            }
+            (Consistency::Follower, None) => {
+                if let Some(nonce) = self.through_leader.add(id, now) {
+                    self.ask_read_index(nonce);
+                }
+                Ok(ReadPath::ThroughLeader)
+            }
+            (Consistency::Linearizable | Consistency::Lease, None) => {
+                Err(ProposeError::NotLeader { hint: self.leader_hint })
+            }
+            (_, Some(leader)) => {
+                let index = commit_index.max(leader.first_own_slot);
+                let leased = self.config.read_lease
+                    && now >= leader.lease_reads_from_tick
+                    && now < leader.lease_until_tick;
+                if consistency == Consistency::Lease && leased {
+                    self.actions.push(Action::ReadReady { reads: vec![(id, index)] });
+                    return Ok(ReadPath::Lease);
+                }
+                if let Some(round) = leader.reads.add(Reader::Local(id), index, now) {
+                    self.start_read_round(round);
+                }
+                Ok(ReadPath::Round)
+            }
         }
-        Ok(())
+    }
+
+    /// How far behind this replica may be, by what it knows (stale reads' bounds, §5.5).
+    #[must_use]
+    pub fn staleness(&self) -> Staleness {
+        let now = self.now_tick;
+        if let Role::Leader(leader) = &self.role {
+            // A leader had all that was committed as long as it led: as of when a majority
+            // (itself included) last acknowledged it.
+            let mut heard = leader.heard_tick.clone();
+            heard.sort_unstable_by(|a, b| b.cmp(a));
+            let as_of = heard.get(self.voters.majority() - 1).copied().unwrap_or(now);
+            return Staleness { slots: 0, ticks: now.saturating_sub(as_of) };
+        }
+        Staleness {
+            slots: self.known_commit_index.0.saturating_sub(self.commit_index.0),
+            ticks: now.saturating_sub(self.freshness.as_of_tick()),
+        }
+    }
+
+    /// True if this replica leads and holds a lease it may answer lease reads from now.
+    #[must_use]
+    pub fn holds_lease(&self) -> bool {
+        let now = self.now_tick;
+        match &self.role {
+            Role::Leader(leader) => {
+                self.config.read_lease
+                    && now >= leader.lease_reads_from_tick
+                    && now < leader.lease_until_tick
+            }
+            _ => false,
+        }
+    }
+
+    /// Seeds the nonces this replica's requests for a read index carry (§5.5) with a number
+    /// that differs at every start, so that a reply meant for an earlier incarnation is never
+    /// taken for this one's.
+    pub fn seed_nonces(&mut self, nonce: u64) {
+        self.through_leader.seed(nonce);
     }
 
     /// Counts the leader's own ack of read round `round` and asks every other voter for theirs.
@@ -656,30 +772,100 @@ impl Replica {
         let commit_index = self.commit_index;
         let Role::Leader(leader) = &self.role else { return };
         let ballot = leader.ballot;
-        self.on_read_ack(my_index, ballot, round);
         for index in 0..self.peers.len() {
             let message = Message::Heartbeat { ballot, commit_index, read_round: round };
             self.send(self.peers[index], message);
         }
+        self.on_read_ack(my_index, ballot, round);
     }
 
-    /// Voter `index` acked read round `round` of `ballot`: emits the reads it confirms, and
-    /// starts the next round if reads wait for one.
+    /// Voter `index` acked read round `round` of `ballot`: emits the reads it confirms (and
+    /// answers the peers that asked for a read index), extends the lease from the round's
+    /// start, and starts the next round if reads wait for one.
     fn on_read_ack(&mut self, index: usize, ballot: Ballot, round: u64) {
+        let now = self.now_tick;
+        let lease_ticks =
+            if self.config.read_lease { Some(self.config.lease_ticks()) } else { None };
         let Role::Leader(leader) = &mut self.role else { return };
         if leader.ballot != ballot {
             return;
         }
         let voters = &self.voters;
-        let Some((reads, next)) = leader.reads.on_ack(index, round, |acks| voters.is_quorum(acks))
+        let Some(confirmed) = leader.reads.on_ack(index, round, now, |acks| voters.is_quorum(acks))
         else {
             return;
         };
-        if !reads.is_empty() {
-            self.actions.push(Action::ReadReady { reads });
+        if let Some(lease_ticks) = lease_ticks {
+            // From when the round's heartbeats left, not from when the acks came back: each
+            // voter's election timeout runs from its ack, which is later (protocol.md §5.4).
+            let until = confirmed.started_tick + lease_ticks;
+            leader.lease_until_tick = leader.lease_until_tick.max(until);
         }
-        if let Some(next) = next {
+        let mut local = Vec::new();
+        for (reader, read_index) in confirmed.reads {
+            match reader {
+                Reader::Local(id) => local.push((id, read_index)),
+                Reader::Remote { node, nonce } => {
+                    let reply = Message::ReadIndexReply { nonce, read_index: Some(read_index) };
+                    self.send(node, reply);
+                }
+            }
+        }
+        if !local.is_empty() {
+            self.actions.push(Action::ReadReady { reads: local });
+        }
+        if let Some(next) = confirmed.next {
             self.start_read_round(next);
+        }
+    }
+
+    /// Asks the leader this replica last heard for a read index (§5.5); with none known, the
+    /// request waits for the next resend.
+    fn ask_read_index(&mut self, nonce: u64) {
+        if let Some(leader) = self.leader_hint.filter(|leader| *leader != self.config.node) {
+            self.send(leader, Message::ReadIndexRequest { nonce });
+        }
+    }
+
+    /// A peer asks for a read index: registered like a read of our own if this replica leads,
+    /// refused at once otherwise.
+    fn on_read_index_request(&mut self, from: NodeId, nonce: u64) {
+        let (now, commit_index) = (self.now_tick, self.commit_index);
+        let Role::Leader(leader) = &mut self.role else {
+            self.send(from, Message::ReadIndexReply { nonce, read_index: None });
+            return;
+        };
+        let index = commit_index.max(leader.first_own_slot);
+        if let Some(round) = leader.reads.add(Reader::Remote { node: from, nonce }, index, now) {
+            self.start_read_round(round);
+        }
+    }
+
+    fn on_read_index_reply(&mut self, nonce: u64, read_index: Option<Slot>) {
+        let now = self.now_tick;
+        let Some((ids, next)) = self.through_leader.on_reply(nonce, read_index, now) else {
+            return;
+        };
+        let index = read_index.unwrap_or(Slot(0));
+        self.actions
+            .push(Action::ReadReady { reads: ids.into_iter().map(|id| (id, index)).collect() });
+        if let Some(next) = next {
+            self.ask_read_index(next);
+        }
+    }
+
+    /// Resends a request for a read index that went unanswered for a heartbeat interval, to
+    /// whoever leads now; aborts its reads after two election timeouts.
+    fn read_index_tick(&mut self) {
+        let now = self.now_tick;
+        let resend = u64::from(self.config.heartbeat_interval_ticks);
+        let abort = 2 * u64::from(self.config.election_timeout_ticks);
+        let (again, aborted) = self.through_leader.on_tick(now, resend, abort);
+        if let Some(nonce) = again {
+            self.ask_read_index(nonce);
+        }
+        if !aborted.is_empty() {
+            self.actions.push(Action::ReadsAborted { ids: aborted });
         }
     }
 
@@ -767,6 +953,10 @@ impl Replica {
             Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
             Message::Subscribe { from_slot } => self.on_subscribe(from, from_slot),
             Message::Chosen { runs, commit_index } => self.on_chosen(runs, commit_index),
+            Message::ReadIndexRequest { nonce } => self.on_read_index_request(from, nonce),
+            Message::ReadIndexReply { nonce, read_index } => {
+                self.on_read_index_reply(nonce, read_index)
+            }
             Message::RepairQuery { nonce } if !learner => {
                 let report = Message::RepairReport {
                     nonce,
@@ -981,6 +1171,16 @@ impl Replica {
             self.send_archived(from, from_slot, self.config.message_runs_max as u64);
             return;
         }
+        if self.config.read_lease
+            && ballot > self.promised
+            && from != self.config.node
+            && self.election.hears_live_leader(self.now_tick)
+        {
+            // Under leases a voter helps no candidate within an election timeout of hearing a
+            // leader, prepares included: it may have granted this candidate's probe before it
+            // acked the heartbeat a lease counts (protocol.md §5.4). The candidate asks again.
+            return;
+        }
         if ballot > self.promised {
             self.raise_promise(ballot);
             if from != self.config.node {
@@ -1103,6 +1303,11 @@ impl Replica {
             heartbeat_due_tick: now,
             first_own_slot: next_slot,
             reads: ReadRounds::default(),
+            lease_until_tick: 0,
+            // A former leader's lease ended before this one could be elected (its voters
+            // refused to help for an election timeout); waiting one more here costs lease
+            // reads (they take rounds meanwhile) and guards that argument (protocol.md §5.4).
+            lease_reads_from_tick: now + u64::from(self.config.election_timeout_ticks),
         }));
         self.leader_hint = Some(self.config.node);
         self.maybe_advance_commit();
@@ -1285,6 +1490,9 @@ impl Replica {
         leader.heartbeat_due_tick = now + interval;
         let ballot = leader.ballot;
         let commit_index = self.commit_index;
+        // Under leases every heartbeat that finds no round in flight starts one, so a healthy
+        // majority's acks keep the lease renewed (protocol.md §5.4).
+        let renewal = if self.config.read_lease { leader.reads.renew(now) } else { None };
         let read_round = leader.reads.current();
         // Retransmit Accepts that a voter has not acknowledged for half an election timeout:
         // the network may lose them, and a restarted voter may have lost them unsynced. Not
@@ -1319,6 +1527,9 @@ impl Replica {
                 .copied()
                 .unwrap_or_else(|| self.config.learners[index - self.peers.len()]);
             self.send(node, Message::Heartbeat { ballot, commit_index, read_round });
+        }
+        if let Some(round) = renewal {
+            self.on_read_ack(my_index, ballot, round);
         }
     }
 
@@ -1355,6 +1566,7 @@ impl Replica {
     /// anything else must come by catch-up.
     fn learn_commit_index(&mut self, ballot: Ballot, commit_index: Slot) {
         self.known_commit_index = self.known_commit_index.max(commit_index);
+        self.freshness.told(commit_index, self.commit_index, self.now_tick);
         if ballot != Ballot::ZERO {
             let mut slot = self.commit_index;
             while slot < commit_index {
@@ -1394,6 +1606,7 @@ impl Replica {
             self.known_commit_index = self.known_commit_index.max(self.commit_index);
             self.actions.push(Action::Commit { first_slot, count, value });
         }
+        self.freshness.on_commit(self.commit_index);
         self.compact();
         self.feed_subscribers();
         if self.repair.is_some() {
@@ -1483,6 +1696,7 @@ impl Replica {
             self.learn_chosen(run.first_slot, run.count, run.ballot, &run.value);
         }
         self.known_commit_index = self.known_commit_index.max(commit_index);
+        self.freshness.told(commit_index, self.commit_index, self.now_tick);
         self.maybe_advance_commit();
         if self.commit_index > before {
             // Progress: ask for the next part at once rather than at the next tick.
@@ -1687,8 +1901,17 @@ impl Replica {
             let aborted = leader.reads.abort();
             let _ = self.batch.take();
             self.leader_hint = None;
-            if !aborted.is_empty() {
-                self.actions.push(Action::ReadsAborted { ids: aborted });
+            let mut ids = Vec::new();
+            for reader in aborted {
+                match reader {
+                    Reader::Local(id) => ids.push(id),
+                    Reader::Remote { node, nonce } => {
+                        self.send(node, Message::ReadIndexReply { nonce, read_index: None });
+                    }
+                }
+            }
+            if !ids.is_empty() {
+                self.actions.push(Action::ReadsAborted { ids });
             }
         }
         self.role = if self.config.is_learner() { Role::Learner } else { Role::Follower };

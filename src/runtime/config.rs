@@ -94,6 +94,12 @@ pub struct NodeSettings {
     /// MiB that may wait to be sent to one client before it is disconnected as one that does
     /// not read (default 16, and at least two snapshot pieces).
     pub client_queue_mib: Option<u32>,
+    /// Leaders answer lease reads from a lease (protocol.md §5.4); set it alike on every
+    /// voter, whose side of the lease it also turns on.
+    pub read_lease: Option<bool>,
+    /// The bound on clock drift leases rely on, a percentage of real time such as `"10%"`
+    /// (the default) or `"0.5%"`.
+    pub max_clock_drift: Option<String>,
 }
 
 /// Where a node applies committed commands.
@@ -188,6 +194,8 @@ impl NodeSettings {
             read_timeout_ms: overrides.read_timeout_ms.or(self.read_timeout_ms),
             write_timeout_ms: overrides.write_timeout_ms.or(self.write_timeout_ms),
             client_queue_mib: overrides.client_queue_mib.or(self.client_queue_mib),
+            read_lease: overrides.read_lease.or(self.read_lease),
+            max_clock_drift: overrides.max_clock_drift.or(self.max_clock_drift),
         }
     }
 }
@@ -334,6 +342,63 @@ pub struct NodeConfig {
     pub write_timeout_ms: u32,
     /// Bytes that may wait for one client before it is disconnected.
     pub client_queue_bytes: usize,
+    /// Lease reads, and the drift bound they rely on.
+    pub reads: ReadSettings,
+}
+
+/// How a node reads without the log beyond the read index (protocol.md §5.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadSettings {
+    /// Leases on (`--read-lease`).
+    pub lease: bool,
+    /// The drift bound, in parts per million (`--max-clock-drift`).
+    pub max_clock_drift_ppm: u32,
+}
+
+/// Reads a drift bound such as `10%`, `0.5%` or `10` (a percentage) as parts per million.
+///
+/// # Errors
+/// Not a number, or not below 100 %.
+pub fn parse_drift(text: &str) -> Result<u32, String> {
+    let number = text.trim().trim_end_matches('%').trim();
+    let percent: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a percentage such as 10% or 0.5%"))?;
+    if !(0.0..100.0).contains(&percent) {
+        return Err(format!("`{text}`: a drift bound is at least 0 % and below 100 %"));
+    }
+    Ok((percent * 10_000.0).round() as u32)
+}
+
+fn read_settings(
+    read_lease: Option<bool>,
+    max_clock_drift: Option<&str>,
+) -> Result<ReadSettings, NodeConfigError> {
+    let max_clock_drift_ppm = match max_clock_drift {
+        Some(text) => parse_drift(text).map_err(NodeConfigError::Timing)?,
+        None => Config::MAX_CLOCK_DRIFT_PPM_DEFAULT,
+    };
+    Ok(ReadSettings { lease: read_lease.unwrap_or(false), max_clock_drift_ppm })
+}
+
+fn client_queue_bytes(
+    client_queue_mib: Option<u32>,
+    snapshot_piece_bytes: usize,
+) -> Result<usize, NodeConfigError> {
+    Ok(match client_queue_mib {
+        // A client fetching the snapshot may hold one piece while it is sent the next.
+        None => ((CLIENT_QUEUE_MIB_DEFAULT as usize) << 20).max(2 * snapshot_piece_bytes),
+        Some(mib) => {
+            let bytes = (in_range("client_queue_mib", mib, 1, 1 << 16)? as usize) << 20;
+            if bytes < 2 * snapshot_piece_bytes {
+                return Err(NodeConfigError::Sizes(format!(
+                    "client_queue_mib ({mib}) must hold two snapshot pieces (2 × \
+                     snapshot_piece_kib = {} KiB), or a client fetching the snapshot is cut off",
+                    2 * (snapshot_piece_bytes >> 10)
+                )));
+            }
+            bytes
+        }
+    })
 }
 
 /// Client connections a node serves at once by default.
@@ -514,21 +579,8 @@ impl NodeConfig {
             32 << 10,
         )? as usize)
             << 10;
-        let client_queue_bytes = match settings.client_queue_mib {
-            // A client fetching the snapshot may hold one piece while it is sent the next.
-            None => ((CLIENT_QUEUE_MIB_DEFAULT as usize) << 20).max(2 * snapshot_piece_bytes),
-            Some(mib) => {
-                let bytes = (in_range("client_queue_mib", mib, 1, 1 << 16)? as usize) << 20;
-                if bytes < 2 * snapshot_piece_bytes {
-                    return Err(Sizes(format!(
-                        "client_queue_mib ({mib}) must hold two snapshot pieces (2 × \
-                         snapshot_piece_kib = {} KiB), or a client fetching the snapshot is cut off",
-                        2 * (snapshot_piece_bytes >> 10)
-                    )));
-                }
-                bytes
-            }
-        };
+        let client_queue_bytes =
+            client_queue_bytes(settings.client_queue_mib, snapshot_piece_bytes)?;
         let idle_timeout_ms = settings.idle_timeout_ms.unwrap_or(IDLE_TIMEOUT_MS_DEFAULT);
         if idle_timeout_ms != 0 {
             in_range("idle_timeout_ms", idle_timeout_ms, 100, 86_400_000)?;
@@ -591,6 +643,7 @@ impl NodeConfig {
                 3_600_000,
             )?,
             client_queue_bytes,
+            reads: read_settings(settings.read_lease, settings.max_clock_drift.as_deref())?,
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =
@@ -625,6 +678,8 @@ impl NodeConfig {
             ((self.frame_bytes_max() - (1 << 20)) / self.batch_bytes_max).clamp(1, 256);
         config.random_seed =
             (u64::from(self.id.0) << 16) ^ u64::from(shard) ^ self.cluster_id.0.rotate_left(32);
+        config.read_lease = self.reads.lease;
+        config.max_clock_drift_ppm = self.reads.max_clock_drift_ppm;
         config
     }
 }

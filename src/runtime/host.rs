@@ -15,12 +15,13 @@ use glommio::channels::local_channel::{self, LocalSender};
 use quorum_wal::{MmapBackend, PendingSync, SyncOutcome};
 
 use super::apply::{ShardLink, TotalRef};
+use super::clock::TickClock;
 use super::{Control, Hosted};
 use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
 use crate::machine::total_order::Committed;
 use crate::machine::{AppliedCommand, Outcome};
 use crate::shard::{PendingSnapshot, Shard, ShardError};
-use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, ShardStatus};
+use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, Requests, ShardStatus};
 use crate::transport::framing::Outgoing;
 
 /// The shard type a node runs: its state machine over the WAL on real files.
@@ -138,6 +139,8 @@ pub struct Host<S: Hosted> {
     out_of_space: Option<std::path::PathBuf>,
     /// Peer messages dropped and proposals refused while out of disk space.
     pub out_of_space_dropped: u64,
+    /// The replica's ticks, from the machine's clock.
+    clock: TickClock,
 }
 
 /// Bytes a shard queued for its peers.
@@ -158,8 +161,8 @@ impl<S: Hosted> Host<S> {
         shard: NodeShard<S>,
         index: u16,
         control: std::sync::Arc<Control>,
-        durable: bool,
-        client_queue_bytes: usize,
+        (durable, client_queue_bytes): (bool, usize),
+        clock: TickClock,
     ) -> HostRef<S> {
         Rc::new(RefCell::new(Host {
             shard,
@@ -190,7 +193,20 @@ impl<S: Hosted> Host<S> {
             failed: false,
             out_of_space: None,
             out_of_space_dropped: 0,
+            clock,
         }))
+    }
+
+    /// Gives the replica every tick that elapsed on the clock since the last call.
+    ///
+    /// # Errors
+    /// The shard failed.
+    pub fn catch_up_clock(&mut self) -> Result<(), ShardError> {
+        let due = self.clock.due();
+        if due > 0 {
+            self.shard.on_ticks(due)?;
+        }
+        Ok(())
     }
 
     /// This shard's frame header fields.
@@ -263,21 +279,24 @@ impl<S: Hosted> Host<S> {
         Ok(())
     }
 
-    /// Client commands in the batch encoding, from connection `connection`.
+    /// Client commands in the batch encoding, from connection `connection`; the queries
+    /// among them read as `requests.read` says.
     ///
     /// # Errors
     /// `Ok(Err(reason))`: the batch is malformed; close the connection. `Err`: the shard failed.
     pub fn on_requests(
         &mut self,
         connection: u64,
-        batch: &Bytes,
+        requests: &Requests,
     ) -> Result<Result<(), String>, ShardError> {
+        let batch = &requests.batch;
         let Some(link) = self.clients.get(&connection) else {
             return Ok(Ok(()));
         };
         if link.overflowed {
             return Ok(Err("the client does not read its replies".to_string()));
         }
+        let mut clock_read = false;
         // Requests name the session they belong to (registered on this shard, protocol.md
         // §5.1), not the connection's client label: a client keeps its sessions across
         // reconnections, and a session id nobody registered is refused when it applies.
@@ -285,42 +304,66 @@ impl<S: Hosted> Host<S> {
             let Ok((id, payload)) = command else {
                 return Ok(Err("malformed request batch".to_string()));
             };
-            if let Some(path) = &self.out_of_space {
-                // Never proposed: nothing of it is written. A paused follower sends the
-                // client on to the leader it last heard.
-                let replica = self.shard.replica();
-                let (status, reason) = if replica.role() == RoleKind::Leader {
-                    let reason = format!(
-                        "shard {}'s WAL cannot create {}; free space on this node (it \
-                         resumes by itself)",
-                        self.index,
-                        path.display()
-                    );
-                    (ReplyStatus::OutOfSpace, Bytes::from(reason))
-                } else {
-                    (ReplyStatus::NotLeader { hint: replica.leader_hint() }, Bytes::new())
-                };
-                self.out_of_space_dropped += 1;
-                self.queue_refusal(connection, id, status, reason);
+            if self.out_of_space.is_some() {
+                self.refuse_out_of_space(connection, id);
                 continue;
             }
-            let refused = match self.shard.propose(id, payload)? {
+            let proposed = if id.is_query() {
+                if !clock_read {
+                    // A lease is judged against the clock as it is now, not as of the last
+                    // tick the thread got to run (protocol.md §5.4).
+                    self.catch_up_clock()?;
+                    clock_read = true;
+                }
+                self.shard.read(id, payload, requests.read)?.map(|_| ())
+            } else {
+                self.shard.propose(id, payload)?
+            };
+            match proposed {
                 Ok(()) => {
                     self.waiting.insert(id, connection);
-                    continue;
                 }
-                Err(ProposeError::NotLeader { hint }) => (ReplyStatus::NotLeader { hint }, None),
-                Err(ProposeError::Busy) => {
-                    self.busy_replies += 1;
-                    (ReplyStatus::Busy, None)
-                }
-                Err(error) => (ReplyStatus::Rejected, Some(error.to_string())),
-            };
-            let (status, reason) = refused;
-            self.queue_refusal(connection, id, status, reason.map_or_else(Bytes::new, Bytes::from));
+                Err(refused) => self.refuse(connection, id, refused),
+            }
         }
         self.shard.flush()?;
         Ok(Ok(()))
+    }
+
+    /// Tells the client why its request `id` was not taken.
+    fn refuse(&mut self, connection: u64, id: RequestId, refused: ProposeError) {
+        let (status, body) = match refused {
+            ProposeError::NotLeader { hint } => (ReplyStatus::NotLeader { hint }, Bytes::new()),
+            ProposeError::Busy => {
+                self.busy_replies += 1;
+                (ReplyStatus::Busy, Bytes::new())
+            }
+            ProposeError::TooStale { behind_slots, behind_ms } => {
+                (ReplyStatus::TooStale, ReplyStatus::too_stale_body(behind_slots, behind_ms))
+            }
+            error => (ReplyStatus::Rejected, Bytes::from(error.to_string())),
+        };
+        self.queue_refusal(connection, id, status, body);
+    }
+
+    /// A request that arrived while the disk is full: never proposed, so nothing of it is
+    /// written. A paused follower sends the client on to the leader it last heard.
+    fn refuse_out_of_space(&mut self, connection: u64, id: RequestId) {
+        let Some(path) = &self.out_of_space else { return };
+        let replica = self.shard.replica();
+        let (status, reason) = if replica.role() == RoleKind::Leader {
+            let reason = format!(
+                "shard {}'s WAL cannot create {}; free space on this node (it resumes by \
+                 itself)",
+                self.index,
+                path.display()
+            );
+            (ReplyStatus::OutOfSpace, Bytes::from(reason))
+        } else {
+            (ReplyStatus::NotLeader { hint: replica.leader_hint() }, Bytes::new())
+        };
+        self.out_of_space_dropped += 1;
+        self.queue_refusal(connection, id, status, reason);
     }
 
     /// Asks the WAL whether it can get its next segment, and logs each change. While it

@@ -6,6 +6,7 @@
 //! segments are created and pre-faulted ahead of use by the WAL's own helper thread.
 
 mod apply;
+mod clock;
 pub mod config;
 mod host;
 mod machine;
@@ -385,7 +386,14 @@ async fn run_shard<S: Hosted>(
         }
     };
     let durable = config.durability == crate::runtime::config::Durability::Fsync;
-    let host = host::Host::new(opened, shard, control.clone(), durable, config.client_queue_bytes);
+    let tick = Duration::from_millis(u64::from(config.tick_ms));
+    let host = host::Host::new(
+        opened,
+        shard,
+        control.clone(),
+        (durable, config.client_queue_bytes),
+        clock::TickClock::new(tick),
+    );
     if let Some(link) = total {
         host::connect_total(&host, link).await;
     }
@@ -399,7 +407,6 @@ async fn run_shard<S: Hosted>(
     }
     let _ = started.send(Ok(()));
     tracing::info!(shard, listen = %config.listen, "shard running");
-    let tick = Duration::from_millis(u64::from(config.tick_ms));
     let mut stalls = Stalls::new(&config);
     while !control.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(tick).await;
@@ -408,7 +415,9 @@ async fn run_shard<S: Hosted>(
             if host.check_space()? {
                 return Ok(()); // Paused: the disk is full (docs/disk-faults.md).
             }
-            host.shard.on_tick()?;
+            // Every tick that elapsed, however late this wake: the replica's tick count
+            // follows the clock (leases rely on it, protocol.md §5.4).
+            host.catch_up_clock()?;
             host.skip_idle()
         });
     }
@@ -612,6 +621,7 @@ fn open_shard<S: Hosted>(
         snapshot_every_bytes: config.snapshot_every_bytes,
         // At most 32 MiB (`NodeConfig`): one frame each.
         snapshot_piece_bytes: config.snapshot_piece_bytes,
+        tick_us: u64::from(config.tick_ms) * 1000,
         ..ShardSettings::new(SESSION_LIMITS)
     };
     let open = || {

@@ -25,6 +25,19 @@ pub(super) struct Committer<S: StateMachine> {
 }
 
 impl<S: StateMachine> Committer<S> {
+    /// Applies to `applier`'s machine, or with `forward` hands the runs on; `persisted`: the
+    /// slot the machine already holds ([`StateMachine::persisted_slot`]).
+    pub(super) fn new(applier: Applier<S>, forward: bool, persisted: Option<Slot>) -> Committer<S> {
+        Committer {
+            applier,
+            replies: Vec::new(),
+            committed_batches: 0,
+            forwarded: forward.then(Vec::new),
+            persisted,
+            skipped_batches: 0,
+        }
+    }
+
     /// Applies a committed run here, or hands it on. `replies`: keep the outcomes of its
     /// commands for the clients waiting on them (none wait for runs replayed at start-up).
     pub(super) fn commit(

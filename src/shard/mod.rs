@@ -21,8 +21,8 @@ mod snapshots;
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
 use crate::core::{
-    Action, Config, Envelope, Message, NodeId, ProposeError, RefusedMessage, Replica, RequestId,
-    Slot, SlotRun,
+    Action, Config, Consistency, Envelope, Message, NodeId, ProposeError, ReadOptions, ReadPath,
+    RefusedMessage, Replica, RequestId, Slot, SlotRun,
 };
 use crate::machine::total_order::Committed;
 use crate::machine::{
@@ -105,12 +105,16 @@ pub struct ShardSettings {
     /// [`ARCHIVE_READ_BYTES_MAX`]).
     pub archive_read_bytes_max: usize,
     /// Different at every start (random by default): tells this start's repair reports from
-    /// an earlier one's (protocol.md §3.9).
+    /// an earlier one's (protocol.md §3.9), and seeds the nonces of its requests for a read
+    /// index (§5.5).
     pub repair_nonce: u64,
     /// Queries are answered by the read index, without the log (protocol.md §5.3); `false`
     /// orders them in the log. Only with [`ApplyTo::Shard`]: with forwarding the state lives
     /// elsewhere, and queries go through the log.
     pub read_index: bool,
+    /// How long one of the replica's ticks is, in microseconds: stale reads' bound in
+    /// milliseconds is counted in ticks.
+    pub tick_us: u64,
 }
 
 /// A number that differs between processes and calls (std's per-process random hash keys).
@@ -132,6 +136,7 @@ impl ShardSettings {
             archive_read_bytes_max: ARCHIVE_READ_BYTES_MAX,
             repair_nonce: random_nonce(),
             read_index: true,
+            tick_us: 1000,
         }
     }
 }
@@ -249,14 +254,8 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             snapshots.current = Some((header, bytes));
         }
         let floor = snapshots.current.map_or(Slot(0), |(header, _)| header.slot);
-        let mut committer = Committer {
-            applier,
-            replies: Vec::new(),
-            committed_batches: 0,
-            forwarded: (settings.apply == ApplyTo::Forward).then(Vec::new),
-            persisted,
-            skipped_batches: 0,
-        };
+        let forward = settings.apply == ApplyTo::Forward;
+        let mut committer = Committer::new(applier, forward, persisted);
         // Replayed record by record, committed runs applied as the records commit them, so
         // neither the records nor the log's slots pile up in memory (the log compacts).
         let mut actions = Vec::new();
@@ -278,6 +277,9 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         replica.finish_recovery();
         apply(&mut replica, &mut hooks)?;
         repair_if_lost(&mut replica, &journal, &settings)?;
+        // Different at every start, like the repair's: a read index meant for an earlier
+        // incarnation's request is never taken for this one's (protocol.md §5.5).
+        replica.seed_nonces(settings.repair_nonce.rotate_left(32) ^ 0x5245_4144);
         snapshots.taken_at_position = journal.wal().end_position();
         snapshots.phase = Some(member_rank(replica.config()));
         Ok(Shard {
@@ -373,7 +375,15 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// # Errors
     /// The shard failed.
     pub fn on_tick(&mut self) -> Result<(), ShardError> {
-        self.replica.on_tick();
+        self.on_ticks(1)
+    }
+
+    /// `ticks` ticks of time passed at once ([`Replica::on_ticks`]).
+    ///
+    /// # Errors
+    /// The shard failed.
+    pub fn on_ticks(&mut self, ticks: u64) -> Result<(), ShardError> {
+        self.replica.on_ticks(ticks);
         self.process_actions()
     }
 
@@ -397,20 +407,74 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
                 }
                 (_, Err(reason)) => Err(ProposeError::Refused(reason)),
             }
-        } else if id.is_query() && self.settings.read_index && self.settings.apply == ApplyTo::Shard
-        {
-            // Registered before the replica hears of it: a lone voter confirms at once.
-            self.reads.register(id, payload);
-            let read = self.replica.read(id);
-            if read.is_err() {
-                self.reads.forget(id);
-            }
-            read
+        } else if id.is_query() && self.reads_off_the_log() {
+            self.register_read(id, payload, ReadOptions::default()).map(|_| ())
         } else {
             self.replica.propose(id, payload)
         };
         self.process_actions()?;
         Ok(result)
+    }
+
+    /// A query with its consistency (protocol.md §5.3–§5.5): answered without the log, by the
+    /// read index, a lease, the leader's index for a follower, or at once if stale; its answer
+    /// comes out of [`Shard::take_replies`], with the slot its state reflects (every slot
+    /// below it applied). Returns how it was taken. Without reads off the log
+    /// ([`ShardSettings::read_index`] off, or [`ApplyTo::Forward`]) every read is ordered in
+    /// the log by the leader, whatever its consistency.
+    ///
+    /// # Errors
+    /// `Ok(Err(..))`: refused (not the leader for a linearizable or lease read; a stale read
+    /// beyond its bound, [`ProposeError::TooStale`]). `Err(..)`: the shard failed.
+    pub fn read(
+        &mut self,
+        id: RequestId,
+        payload: &[u8],
+        options: ReadOptions,
+    ) -> Result<Result<ReadPath, ProposeError>, ShardError> {
+        let anywhere = matches!(options.consistency, Consistency::Follower | Consistency::Stale);
+        let result = if self.reads_off_the_log() {
+            self.register_read(id, payload, options)
+        } else if anywhere {
+            // The state lives with the node's one applier (or reads are ordered in the log):
+            // only the leader can answer, in the log.
+            Err(ProposeError::Refused(
+                "follower and stale reads need reads off the log, by each shard's own state \
+                 machine (--apply shard)",
+            ))
+        } else {
+            self.replica.propose(id, payload).map(|()| ReadPath::Round)
+        };
+        self.process_actions()?;
+        Ok(result)
+    }
+
+    fn reads_off_the_log(&self) -> bool {
+        self.settings.read_index && self.settings.apply == ApplyTo::Shard
+    }
+
+    fn register_read(
+        &mut self,
+        id: RequestId,
+        payload: &[u8],
+        options: ReadOptions,
+    ) -> Result<ReadPath, ProposeError> {
+        if options.consistency == Consistency::Stale {
+            let staleness = self.replica.staleness();
+            let behind_ms = staleness.ticks.saturating_mul(self.settings.tick_us) / 1000;
+            let too_many = options.behind_slots_max.is_some_and(|max| staleness.slots > max);
+            let too_old = options.behind_ms_max.is_some_and(|max| behind_ms > max);
+            if too_many || too_old {
+                return Err(ProposeError::TooStale { behind_slots: staleness.slots, behind_ms });
+            }
+        }
+        // Registered before the replica hears of it: a lone voter confirms at once.
+        self.reads.register(id, payload);
+        let read = self.replica.read(id, options.consistency, options.from_slot);
+        if read.is_err() {
+            self.reads.forget(id);
+        }
+        read
     }
 
     /// Moves the reads aborted by a lost leadership onto `out`, each with the leader to send

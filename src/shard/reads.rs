@@ -3,7 +3,7 @@
 //! below the read's index is applied, the state machine's `query` answers it. Reads aborted by a
 //! lost leadership are handed back for their clients to be sent to the leader.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
@@ -15,8 +15,10 @@ use crate::machine::{AppliedCommand, Outcome, StateMachine};
 pub(super) struct Reads {
     /// Each read's request, from registration to its answer.
     payloads: FxHashMap<RequestId, Vec<u8>>,
-    /// Confirmed reads waiting until their index is applied, in index order.
-    ready: VecDeque<(Slot, RequestId)>,
+    /// Confirmed reads waiting until their index is applied, by index (and arrival).
+    ready: BTreeMap<(Slot, u64), RequestId>,
+    /// Numbers the reads that became ready, to keep their order within one index.
+    readied: u64,
     /// Reads whose leadership ended first, with the leader to try.
     pub(super) aborted: Vec<(RequestId, Option<NodeId>)>,
 }
@@ -35,8 +37,8 @@ impl Reads {
     /// The replica confirmed these reads.
     pub(super) fn confirmed(&mut self, reads: Vec<(RequestId, Slot)>) {
         for (id, index) in reads {
-            debug_assert!(self.ready.back().is_none_or(|(last, _)| *last <= index));
-            self.ready.push_back((index, id));
+            self.readied += 1;
+            self.ready.insert((index, self.readied), id);
         }
     }
 
@@ -48,21 +50,22 @@ impl Reads {
         }
     }
 
-    /// Answers every confirmed read whose index is `applied` or below, onto `out`.
+    /// Answers every confirmed read whose index is `applied` or below, onto `out`, each with
+    /// `applied` as its slot: the answer reflects every slot below it.
     pub(super) fn answer<S: StateMachine>(
         &mut self,
         applied: Slot,
         machine: &S,
         out: &mut Vec<AppliedCommand<S::Reply>>,
     ) {
-        while let Some(&(index, id)) = self.ready.front() {
-            if index > applied {
+        while let Some(entry) = self.ready.first_entry() {
+            if entry.key().0 > applied {
                 break;
             }
-            self.ready.pop_front();
+            let id = entry.remove();
             let Some(payload) = self.payloads.remove(&id) else { continue };
             let outcome = Outcome::Applied(machine.query(&payload));
-            out.push(AppliedCommand { id, slot: index, index: 0, outcome });
+            out.push(AppliedCommand { id, slot: applied, index: 0, outcome });
         }
     }
 }

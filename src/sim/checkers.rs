@@ -423,6 +423,11 @@ impl Checker {
         }
     }
 
+    /// The value chosen at `slot` of `shard`, if any yet.
+    pub fn chosen_value(&self, shard: usize, slot: u64) -> Option<&Value> {
+        self.chosen[shard].get(&slot)
+    }
+
     /// Slots chosen so far in `shard`.
     pub fn chosen_slots(&self, shard: usize) -> usize {
         self.chosen[shard].len()

@@ -1,7 +1,7 @@
 //! Simulated clients: each keeps one request outstanding, follows redirects, and retries the
 //! same request id elsewhere when a reply does not come, as the real client library will.
 
-use crate::core::RequestId;
+use crate::core::{ReadOptions, RequestId, Slot};
 use crate::machine::{KvCommand, KvReply};
 
 use super::linearizability::{KvOp, KvResult};
@@ -20,12 +20,17 @@ pub struct Pending {
     pub shard: usize,
     /// The operation, as the linearizability checker sees it.
     pub op: KvOp,
+    /// How a get is read (protocol.md §5.3–§5.5); linearizable for the rest.
+    pub read: ReadOptions,
     /// The encoded command (the register-session command's, while `register`).
     pub payload: Vec<u8>,
     /// When it was first sent.
     pub invoke_us: u64,
     /// The node it was last sent to.
     pub target: usize,
+    /// Sent to `target` whatever the client's leader hint says (until a redirect or a
+    /// timeout): a client with a stale view of who leads.
+    pub pinned: bool,
 }
 
 /// One simulated client.
@@ -46,6 +51,9 @@ pub struct SimClient {
     pub timer_token: u64,
     /// Per key, the last value this client saw (to aim compare-and-sets at live values).
     pub seen: Vec<Option<u64>>,
+    /// Per shard, the highest position a read of this client reflected: its stale reads
+    /// start there, as the client library's do.
+    pub read_floor: Vec<Slot>,
 }
 
 impl SimClient {
@@ -59,6 +67,7 @@ impl SimClient {
             leader_hint: vec![None; knobs.shards],
             timer_token: 0,
             seen: vec![None; knobs.keys],
+            read_floor: vec![Slot(0); knobs.shards],
         }
     }
 }
@@ -106,8 +115,11 @@ pub fn result_of(reply: &KvReply) -> KvResult {
 /// A node's answer to a client.
 #[derive(Clone, Debug)]
 pub enum ClientReply {
-    /// The command was applied (now or before: a retry gets the first reply).
-    Applied(KvReply),
+    /// The command was applied (now or before: a retry gets the first reply), or the read
+    /// answered, at this slot (a read: its state reflects every slot below).
+    Applied(KvReply, Slot),
+    /// A stale read refused: the member was further behind than its bound.
+    TooStale,
     /// A register-session command was applied: the session's id.
     Registered(u64),
     /// Not the leader; try this node.

@@ -98,6 +98,24 @@ pub struct Knobs {
     /// the sender's file rotted under it), while faults are on: off in half the seeds. The
     /// receiver must refuse the whole snapshot by its checksum and keep its old state.
     pub damaged_piece_ppm: u64,
+    /// Lease reads on (`Config::read_lease`, protocol.md §5.4): half the seeds; every seed
+    /// when the clock bound is broken.
+    pub read_lease: bool,
+    /// The drift bound the replicas are configured with (`Config::max_clock_drift_ppm`).
+    pub max_clock_drift_ppm: u32,
+    /// Each node's clock rate, in millionths of real time, within the bound.
+    pub clock_rate_ppm: Vec<u64>,
+    /// Clock faults beyond the bound ([`SimOptions::break_clock_bound`]): now and then a
+    /// leader's clock runs at a tenth to a half of real time for a while.
+    pub clock_faults: bool,
+}
+
+/// What a whole simulated range is run with, beyond its seeds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimOptions {
+    /// Clocks drift beyond the bound the replicas are configured with (`quorum sim
+    /// --break-clock-bound`): lease reads may then be stale, and the checkers must say so.
+    pub break_clock_bound: bool,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -109,6 +127,23 @@ pub fn between(rng: &mut Xoshiro256PlusPlus, low: u64, high: u64) -> u64 {
 impl Knobs {
     /// Draws a configuration.
     pub fn draw(rng: &mut Xoshiro256PlusPlus) -> Knobs {
+        Knobs::draw_with(rng, SimOptions::default())
+    }
+
+    /// Draws a configuration, clocks as `options` say.
+    pub fn draw_with(rng: &mut Xoshiro256PlusPlus, options: SimOptions) -> Knobs {
+        let mut knobs = Knobs::draw_cluster(rng);
+        knobs.read_lease = options.break_clock_bound || between(rng, 0, 1) == 1;
+        knobs.max_clock_drift_ppm = [10_000, 50_000, 100_000, 200_000][between(rng, 0, 3) as usize];
+        let drift = u64::from(knobs.max_clock_drift_ppm);
+        let nodes = knobs.voters + knobs.learners;
+        knobs.clock_rate_ppm =
+            (0..nodes).map(|_| between(rng, 1_000_000 - drift, 1_000_000 + drift)).collect();
+        knobs.clock_faults = options.break_clock_bound;
+        knobs
+    }
+
+    fn draw_cluster(rng: &mut Xoshiro256PlusPlus) -> Knobs {
         let heartbeat_interval_ticks = between(rng, 2, 5) as u32;
         Knobs {
             voters: between(rng, 3, 5) as usize,
@@ -148,6 +183,10 @@ impl Knobs {
             retain_bytes: [u64::MAX, 2 << 10, 16 << 10][between(rng, 0, 2) as usize],
             snapshot_piece_bytes: [1 << 30, 256, 1024, 4096][between(rng, 0, 3) as usize],
             damaged_piece_ppm: [0, 0, 2_000, 20_000][between(rng, 0, 3) as usize],
+            read_lease: false,
+            max_clock_drift_ppm: 0,
+            clock_rate_ppm: Vec::new(),
+            clock_faults: false,
         }
     }
 }

@@ -9,13 +9,14 @@ pub mod direct;
 pub mod disk;
 pub mod knobs;
 pub mod linearizability;
+pub mod reads;
 pub mod recorder;
 pub mod report;
 pub mod runner;
 pub mod world;
 
 pub use checkers::Violation;
-pub use knobs::Knobs;
+pub use knobs::{Knobs, SimOptions};
 pub use report::SeedReport;
 pub use world::World;
 

@@ -30,6 +30,8 @@ pub struct SeedReport {
     pub archived_reads: u64,
     /// Queries answered by a read index, without the log (protocol.md §5.3).
     pub read_index_reads: u64,
+    /// Reads answered, per consistency.
+    pub reads: ReadCounts,
     /// Snapshots taken and used.
     pub snapshots: SnapshotCounts,
     /// Disk faults injected, repairs run.
@@ -41,8 +43,8 @@ pub struct SeedReport {
 impl SeedReport {
     /// The report of a seed whose run panicked: an assertion in the code under test fired.
     #[must_use]
-    pub fn panicked(seed: u64, message: String) -> SeedReport {
-        let knobs = Knobs::draw(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
+    pub fn panicked(seed: u64, message: String, options: super::knobs::SimOptions) -> SeedReport {
+        let knobs = Knobs::draw_with(&mut Xoshiro256PlusPlus::seed_from_u64(seed), options);
         SeedReport {
             seed,
             violation: Some(Violation {
@@ -56,10 +58,51 @@ impl SeedReport {
             merged: 0,
             archived_reads: 0,
             read_index_reads: 0,
+            reads: ReadCounts::default(),
             snapshots: SnapshotCounts::default(),
             faults: FaultCounts::default(),
             knobs,
         }
+    }
+}
+
+/// The clients' reads answered, per consistency (protocol.md §5.3–§5.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadCounts {
+    /// By the leader's read index.
+    pub linearizable: u64,
+    /// Asked for a lease (answered from one, or by the read index without).
+    pub lease: u64,
+    /// Of which answered from a lease, at once.
+    pub by_lease: u64,
+    /// Asked of any member, linearizable.
+    pub follower: u64,
+    /// Stale, checked against the chosen log.
+    pub stale: u64,
+    /// Stale reads refused: the member was behind their bound.
+    pub too_stale: u64,
+}
+
+impl ReadCounts {
+    /// Counts one read answered.
+    pub fn count(&mut self, consistency: crate::core::Consistency) {
+        use crate::core::Consistency::*;
+        match consistency {
+            Linearizable => self.linearizable += 1,
+            Lease => self.lease += 1,
+            Follower => self.follower += 1,
+            Stale => self.stale += 1,
+        }
+    }
+
+    /// Adds `other` in.
+    pub fn add(&mut self, other: &ReadCounts) {
+        self.linearizable += other.linearizable;
+        self.lease += other.lease;
+        self.by_lease += other.by_lease;
+        self.follower += other.follower;
+        self.stale += other.stale;
+        self.too_stale += other.too_stale;
     }
 }
 

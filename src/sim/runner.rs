@@ -4,13 +4,15 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, SeedReport, SnapshotCounts};
+use super::knobs::SimOptions;
+use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, ReadCounts, SeedReport, SnapshotCounts};
 
 /// Runs one seed; an assertion that fires inside it (a replica's own invariant check) is a
 /// violation of that seed, not the end of the whole range.
 #[must_use]
-pub fn run_seed_catching_panics(seed: u64) -> SeedReport {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::run_seed(seed))) {
+pub fn run_seed_catching_panics(seed: u64, options: SimOptions) -> SeedReport {
+    let run = || super::World::with_options(seed, false, options).run().0;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(report) => report,
         Err(panic) => {
             let message = panic
@@ -18,7 +20,7 @@ pub fn run_seed_catching_panics(seed: u64) -> SeedReport {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_string()))
                 .unwrap_or_else(|| "a panic without a message".to_string());
-            SeedReport::panicked(seed, message)
+            SeedReport::panicked(seed, message, options)
         }
     }
 }
@@ -60,6 +62,8 @@ pub struct Summary {
     pub archived_reads: u64,
     /// Queries answered by a read index, all seeds.
     pub read_index_reads: u64,
+    /// The clients' reads, per consistency, all seeds.
+    pub reads: ReadCounts,
     /// Seeds where a replica installed a peer's snapshot.
     pub seeds_with_installs: u64,
     /// Snapshots taken, restarts from a snapshot, snapshots installed, all seeds.
@@ -72,6 +76,7 @@ pub struct Summary {
 pub fn run_range(
     seeds: std::ops::Range<u64>,
     threads: usize,
+    options: SimOptions,
     on_report: impl Fn(&SeedReport, f64) + Sync,
 ) -> Summary {
     let started = Instant::now();
@@ -90,7 +95,7 @@ pub fn run_range(
                         break;
                     }
                     let seed_started = Instant::now();
-                    let report = run_seed_catching_panics(seed);
+                    let report = run_seed_catching_panics(seed, options);
                     let seconds = seed_started.elapsed().as_secs_f64();
                     on_report(&report, seconds);
                     let mut summary =
@@ -132,6 +137,7 @@ impl Summary {
         self.seeds_with_archived_reads += u64::from(report.archived_reads > 0);
         self.archived_reads += report.archived_reads;
         self.read_index_reads += report.read_index_reads;
+        self.reads.add(&report.reads);
         self.seeds_with_installs += u64::from(report.snapshots.installed > 0);
         self.snapshots.add(&report.snapshots);
         let (faults, seen) = (&mut self.faults, &report.faults);
@@ -164,7 +170,8 @@ impl Summary {
         format!(
             "coverage: learners in {} seeds (a relay in {}), 2-4 shards in {}; merged batches {}; \
              compacted slots read from a WAL in {} seeds ({} reads); queries answered by a read \
-             index {}; snapshots taken {}, \
+             index {}; reads linearizable {}, lease {} ({} from a lease), follower {}, stale {} \
+             ({} refused as too stale); snapshots taken {}, \
              restarted from {}, installed from a peer {} (in {} seeds, {} pieces pulled; {} pieces \
              damaged, {} snapshots refused), {} MB of WAL released",
             self.seeds_with_learners,
@@ -174,6 +181,12 @@ impl Summary {
             self.seeds_with_archived_reads,
             self.archived_reads,
             self.read_index_reads,
+            self.reads.linearizable,
+            self.reads.lease,
+            self.reads.by_lease,
+            self.reads.follower,
+            self.reads.stale,
+            self.reads.too_stale,
             self.snapshots.taken,
             self.snapshots.restarts,
             self.snapshots.installed,

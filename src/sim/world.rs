@@ -13,8 +13,8 @@ use quorum_wal::{PendingSync, SimBackend};
 
 use crate::core::Slot;
 use crate::core::{
-    Ballot, ClusterId, Config, Envelope, Message, NodeId, ProposeError, Replica, RequestId,
-    RoleKind, Value, Voters,
+    Ballot, ClusterId, Config, Consistency, Envelope, Message, NodeId, ProposeError, ReadOptions,
+    ReadPath, Replica, RequestId, RoleKind, Value, Voters,
 };
 use crate::machine::merge::MergedBatch;
 use crate::machine::{
@@ -30,10 +30,12 @@ use crate::machine::total_order::{Committed, TotalApplier};
 use super::checkers::{Checker, Violation};
 use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_of};
 use super::disk::SimDisk;
+use super::knobs::SimOptions;
 use super::knobs::{Knobs, between};
 use super::linearizability::{KvOp, Operation, check_key};
+use super::reads::{StaleRead, anywhere, check_monotonic, check_stale_reads, draw_read};
 use super::recorder::{Observed, Recorder};
-use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, SeedReport, SnapshotCounts};
+use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, ReadCounts, SeedReport, SnapshotCounts};
 
 const CLUSTER: ClusterId = ClusterId(0x5157_4f52_554d);
 /// How long the liveness phase may take before it counts as a violation.
@@ -80,6 +82,12 @@ enum Event {
         resend: bool,
     },
     Fault,
+    /// With the clock bound broken: a leader's clock runs slow for a while.
+    ClockFault,
+    /// The clock fault on `node` ends.
+    ClockHeal {
+        node: usize,
+    },
     ForceLeaderChange,
     Restart {
         node: usize,
@@ -156,6 +164,54 @@ struct SimNode {
     /// storage is not intact, so no other node's is damaged meanwhile (a majority keeps
     /// every acknowledged write, the promise the checkers hold the cluster to).
     damaged: bool,
+    /// Its clock: a rate in millionths of real time, and the tick count it gave this
+    /// incarnation's replicas since it started (`clock_start_us`). Ticks follow the clock: a
+    /// node that was paused gets every tick it missed before it handles anything else, as
+    /// the runtime's clock does (protocol.md §5.4).
+    clock: NodeClock,
+}
+
+/// A node's clock (see [`SimNode::clock`]): `base` ticks at `start_us`, then one every
+/// `tick_us` of its own time, which runs at `rate_ppm` millionths of real time.
+#[derive(Clone, Copy, Debug)]
+struct NodeClock {
+    rate_ppm: u64,
+    /// Its usual rate (within the drift bound); a clock fault changes `rate_ppm` for a while.
+    usual_ppm: u64,
+    start_us: u64,
+    base: u64,
+    given: u64,
+}
+
+impl NodeClock {
+    fn new(rate_ppm: u64, start_us: u64) -> NodeClock {
+        NodeClock { rate_ppm, usual_ppm: rate_ppm, start_us, base: 0, given: 0 }
+    }
+
+    /// Ticks of `tick_us` on this clock from its start to `now_us`.
+    fn ticks_at(&self, now_us: u64, tick_us: u64) -> u64 {
+        let elapsed = u128::from(now_us.saturating_sub(self.start_us));
+        self.base + (elapsed * u128::from(self.rate_ppm) / (1_000_000 * u128::from(tick_us))) as u64
+    }
+
+    /// Real microseconds from `now_us` to this clock's next tick.
+    fn until_next_tick(&self, now_us: u64, tick_us: u64) -> u64 {
+        let next = u128::from(self.given + 1 - self.base) * u128::from(tick_us) * 1_000_000;
+        let at = u128::from(self.start_us) + next.div_ceil(u128::from(self.rate_ppm));
+        (at as u64).saturating_sub(now_us).max(1)
+    }
+
+    /// Runs at `rate_ppm` from `now_us` on, having counted what it had so far.
+    fn set_rate(&mut self, now_us: u64, tick_us: u64, rate_ppm: u64) {
+        self.base = self.ticks_at(now_us, tick_us).max(self.given);
+        self.start_us = now_us;
+        self.rate_ppm = rate_ppm;
+    }
+
+    /// A new process on this node: ticks from zero, from now, at the usual rate.
+    fn restart(&mut self, now_us: u64) {
+        *self = NodeClock::new(self.usual_ppm, now_us);
+    }
 }
 
 /// A whole simulated cluster. Build with [`World::new`], run with [`World::run`].
@@ -189,6 +245,10 @@ pub struct World {
     archived_reads: u64,
     /// Queries answered by a read index, without the log.
     read_index_reads: u64,
+    /// Reads answered, per consistency, and what became of them.
+    reads: ReadCounts,
+    /// The stale reads answered, checked against the chosen log at the end (I12).
+    stale_reads: Vec<StaleRead>,
     snapshots: SnapshotCounts,
     faults: FaultCounts,
     trace: Option<String>,
@@ -199,8 +259,13 @@ pub struct World {
 impl World {
     /// A world drawn from `seed`; with `trace`, every event is written to a readable trace.
     pub fn new(seed: u64, trace: bool) -> World {
+        World::with_options(seed, trace, SimOptions::default())
+    }
+
+    /// A world drawn from `seed`, clocks as `options` say.
+    pub fn with_options(seed: u64, trace: bool, options: SimOptions) -> World {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-        let knobs = Knobs::draw(&mut rng);
+        let knobs = Knobs::draw_with(&mut rng, options);
         let voter_ids: Vec<NodeId> = (1..=knobs.voters as u16).map(NodeId).collect();
         let node_count = knobs.voters + knobs.learners;
         let mut world = World {
@@ -229,6 +294,8 @@ impl World {
             merged: 0,
             archived_reads: 0,
             read_index_reads: 0,
+            reads: ReadCounts::default(),
+            stale_reads: Vec::new(),
             snapshots: SnapshotCounts::default(),
             faults: FaultCounts::default(),
             trace: trace.then(String::new),
@@ -236,29 +303,7 @@ impl World {
             knobs,
         };
         for index in 0..node_count {
-            let id = NodeId(index as u16 + 1);
-            let shards = (0..world.knobs.shards).map(|_| world.fresh_shard()).collect();
-            world.nodes.push(SimNode {
-                id,
-                up: true,
-                restart_at_us: 0,
-                incarnation: 0,
-                paused_until_us: 0,
-                shards,
-                total: TotalApplier::new(
-                    world.knobs.shards as u16,
-                    KvStore::default(),
-                    SIM_SESSIONS,
-                ),
-                merge_off: false,
-                failing: false,
-                damaged: false,
-            });
-            for shard in 0..world.knobs.shards {
-                world.start_replica(index, shard);
-            }
-            let phase = world.rng.next_u64() % world.knobs.tick_us;
-            world.schedule(phase, Event::Tick { node: index, incarnation: 0 });
+            world.add_node(index);
         }
         for client in 0..world.knobs.clients {
             world.clients.push(SimClient::new(client as u64 + 1, &world.knobs));
@@ -270,8 +315,36 @@ impl World {
         let forced =
             between(&mut world.rng, world.knobs.safety_us / 4, world.knobs.safety_us * 3 / 4);
         world.schedule(forced, Event::ForceLeaderChange);
+        if world.knobs.clock_faults {
+            world.schedule(forced / 2, Event::ClockFault);
+        }
         world.schedule(world.knobs.safety_us, Event::EndSafety);
         world
+    }
+
+    /// Node `index`: its shards started, its clock at a random phase.
+    fn add_node(&mut self, index: usize) {
+        let id = NodeId(index as u16 + 1);
+        let shards = (0..self.knobs.shards).map(|_| self.fresh_shard()).collect();
+        let phase = self.rng.next_u64() % self.knobs.tick_us;
+        let rate_ppm = self.knobs.clock_rate_ppm[index];
+        self.nodes.push(SimNode {
+            id,
+            up: true,
+            restart_at_us: 0,
+            incarnation: 0,
+            paused_until_us: 0,
+            shards,
+            total: TotalApplier::new(self.knobs.shards as u16, KvStore::default(), SIM_SESSIONS),
+            merge_off: false,
+            failing: false,
+            damaged: false,
+            clock: NodeClock::new(rate_ppm, phase),
+        });
+        for shard in 0..self.knobs.shards {
+            self.start_replica(index, shard);
+        }
+        self.schedule(phase + 1, Event::Tick { node: index, incarnation: 0 });
     }
 
     fn fresh_shard(&self) -> ShardReplica {
@@ -310,6 +383,8 @@ impl World {
             ^ ((node as u64) << 48)
             ^ ((shard as u64) << 40)
             ^ self.nodes[node].incarnation;
+        config.read_lease = self.knobs.read_lease;
+        config.max_clock_drift_ppm = self.knobs.max_clock_drift_ppm;
         config
     }
 
@@ -323,6 +398,7 @@ impl World {
             snapshot_piece_bytes: self.knobs.snapshot_piece_bytes,
             archive_read_bytes_max: self.knobs.archive_read_bytes_max,
             repair_nonce: self.rng.next_u64(),
+            tick_us: self.knobs.tick_us,
             ..ShardSettings::new(SIM_SESSIONS)
         };
         let hooks = Recorder::new(self.rng.next_u64());
@@ -433,6 +509,7 @@ impl World {
             merged: self.merged,
             archived_reads: self.archived_reads,
             read_index_reads: self.read_index_reads,
+            reads: self.reads,
             faults: self.faults,
             snapshots: SnapshotCounts {
                 released_bytes: self
@@ -480,6 +557,14 @@ impl World {
                 self.on_client_wake(client, token, resend)
             }
             Event::Fault => self.on_fault(),
+            Event::ClockFault => self.on_clock_fault(),
+            Event::ClockHeal { node } => {
+                // The ticks owed at the old rate stay owed: `set_rate` counts them in.
+                let (now, tick, clock) =
+                    (self.now_us, self.knobs.tick_us, &mut self.nodes[node].clock);
+                clock.set_rate(now, tick, clock.usual_ppm);
+                self.trace(|| format!("n{}'s clock runs at its usual rate again", node + 1));
+            }
             Event::ForceLeaderChange => self.on_force_leader_change(),
             Event::Restart { node } => self.restart(node),
             Event::Fail { node, incarnation } => {
@@ -519,6 +604,20 @@ impl World {
         if self.deferred(node, || Event::Tick { node, incarnation }) {
             return;
         }
+        self.catch_up_clock(node);
+        let next = self.nodes[node].clock.until_next_tick(self.now_us, self.knobs.tick_us);
+        self.schedule(next, Event::Tick { node, incarnation });
+    }
+
+    /// Gives `node`'s replicas every tick its clock has passed since the last: at a tick of
+    /// its own, and before it handles anything else (after a pause, many at once).
+    fn catch_up_clock(&mut self, node: usize) {
+        let clock = &mut self.nodes[node].clock;
+        let due = clock.ticks_at(self.now_us, self.knobs.tick_us).saturating_sub(clock.given);
+        if due == 0 {
+            return;
+        }
+        clock.given += due;
         for shard in 0..self.knobs.shards {
             if self.nodes[node].failing {
                 break; // The process is stopping.
@@ -533,7 +632,7 @@ impl World {
                 .max()
                 .unwrap_or(Slot(0));
             let running = self.shard_mut(node, shard);
-            let mut result = running.on_tick();
+            let mut result = running.on_ticks(due);
             if result.is_ok() && skip && running.replica().role() == RoleKind::Leader {
                 result = running.propose_skip(skip_slots);
             }
@@ -545,7 +644,6 @@ impl World {
             }
             self.settle(node, shard);
         }
-        self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
     }
 
     fn alive(&self, node: usize) -> bool {
@@ -590,6 +688,10 @@ impl World {
         if self.deferred(to, || Event::Deliver { to, shard, from, message: message.clone() }) {
             return;
         }
+        self.catch_up_clock(to);
+        if !self.alive(to) {
+            return;
+        }
         let id = self.nodes[to].id;
         self.trace(|| format!("n{} s{shard} <- n{} {}", id.0, from.0, describe(&message)));
         let envelope = Envelope { cluster_id: CLUSTER, from, message };
@@ -611,6 +713,10 @@ impl World {
         if self.deferred(node, || Event::SyncDone { node, shard, incarnation }) {
             return;
         }
+        self.catch_up_clock(node);
+        if !self.alive(node) {
+            return;
+        }
         let state = &mut self.nodes[node].shards[shard];
         let pending = state.syncing.take().expect("a sync under way");
         let running = state.shard.as_mut().expect("a live node has its shards");
@@ -627,6 +733,10 @@ impl World {
             return;
         }
         if self.deferred(node, || Event::SnapshotDone { node, shard, incarnation }) {
+            return;
+        }
+        self.catch_up_clock(node);
+        if !self.alive(node) {
             return;
         }
         let state = &mut self.nodes[node].shards[shard];
@@ -791,7 +901,9 @@ impl World {
     /// The outcome of an applied command goes to the client waiting for it, if any.
     fn answer(&mut self, node: usize, shard: usize, command: AppliedCommand<KvReply>) {
         let reply = match command.outcome {
-            Outcome::Applied(reply) | Outcome::Duplicate(reply) => ClientReply::Applied(reply),
+            Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
+                ClientReply::Applied(reply, command.slot)
+            }
             Outcome::Registered(session) => ClientReply::Registered(session),
             // A long-delayed copy of a request its client has long moved past (so it was
             // acknowledged, so applied): refusing it is exactly-once working. (A missing
@@ -910,10 +1022,16 @@ impl World {
         }
         if !resend {
             // A timeout: the node may be down or cut off; try the next one.
+            let nodes = self.nodes.len();
             let pending = self.clients[client].pending.as_mut().expect("checked");
             let shard = pending.shard;
-            pending.target = (pending.target + 1) % self.knobs.voters;
-            self.clients[client].leader_hint[shard] = None;
+            pending.pinned = false;
+            if !pending.register && anywhere(&pending.read) {
+                pending.target = (pending.target + 1) % nodes;
+            } else {
+                pending.target = (pending.target + 1) % self.knobs.voters;
+                self.clients[client].leader_hint[shard] = None;
+            }
         }
         self.send_request(client);
     }
@@ -937,8 +1055,23 @@ impl World {
             }
         };
         let shard = shard_for_key(&key_bytes(key), self.knobs.shards);
-        let target = self.clients[client].leader_hint[shard]
-            .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize);
+        let read = if op == KvOp::Get {
+            draw_read(&mut self.rng, &self.knobs, self.clients[client].read_floor[shard])
+        } else {
+            ReadOptions::default()
+        };
+        let pinned = op == KvOp::Get && !anywhere(&read) && self.rng.next_u64() % 4 == 0;
+        let target = if anywhere(&read) {
+            (self.rng.next_u64() % self.nodes.len() as u64) as usize
+        } else if pinned {
+            // A client with a stale view of who leads (a new one, or one whose connection
+            // outlived a leader change) asks any voter: a deposed leader that still believes
+            // it leads must not answer (I10).
+            (self.rng.next_u64() % self.knobs.voters as u64) as usize
+        } else {
+            self.clients[client].leader_hint[shard]
+                .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize)
+        };
         let sequence = self.clients[client].sequence | query_bit(&op);
         let (id, register, payload) = match self.clients[client].sessions[shard] {
             Some(session) => (RequestId { client: session, sequence }, false, encode(key, &op)),
@@ -949,8 +1082,10 @@ impl World {
                 (register, true, payload.to_vec())
             }
         };
-        self.clients[client].pending =
-            Some(Pending { id, register, key, shard, op, payload, invoke_us: self.now_us, target });
+        let invoke_us = self.now_us;
+        let pending =
+            Pending { id, register, key, shard, op, read, payload, invoke_us, target, pinned };
+        self.clients[client].pending = Some(pending);
         self.send_request(client);
     }
 
@@ -959,7 +1094,8 @@ impl World {
         state.timer_token += 1;
         let token = state.timer_token;
         let mut pending = state.pending.clone().expect("a request to send");
-        if let Some(hint) = state.leader_hint[pending.shard] {
+        let anywhere = !pending.register && (pending.pinned || anywhere(&pending.read));
+        if let (false, Some(hint)) = (anywhere, state.leader_hint[pending.shard]) {
             pending.target = hint;
         }
         state.pending.as_mut().expect("checked").target = pending.target;
@@ -979,10 +1115,27 @@ impl World {
         if self.deferred(node, || Event::ClientRequest { node, client, pending: pending.clone() }) {
             return;
         }
+        self.catch_up_clock(node);
+        if !self.alive(node) {
+            return;
+        }
         let shard = pending.shard;
         let running = self.shard_mut(node, shard);
         // A register-session command gets the leader's entropy in `Shard::propose`.
-        let proposed = running.propose(pending.id, &pending.payload);
+        let proposed = if pending.id.is_query() {
+            let read = running.read(pending.id, &pending.payload, pending.read);
+            if let Ok(Ok(ReadPath::Lease)) = read {
+                self.reads.by_lease += 1;
+            }
+            let consistency = pending.read.consistency;
+            self.trace(|| {
+                format!("n{} s{shard} client {client} read {consistency:?}: {read:?}", node + 1)
+            });
+            read.map(|result| result.map(|_| ()))
+        } else {
+            running.propose(pending.id, &pending.payload)
+        };
+        let running = self.shard_mut(node, shard);
         let result = match proposed {
             Ok(Ok(())) => running.flush().map(Ok),
             other => other,
@@ -991,6 +1144,9 @@ impl World {
             Ok(Ok(())) => {
                 self.nodes[node].shards[shard].waiting.insert(pending.id, client);
                 self.settle(node, shard);
+            }
+            Ok(Err(ProposeError::TooStale { .. })) => {
+                self.client_send(client, pending.id, ClientReply::TooStale);
             }
             Ok(Err(ProposeError::NotLeader { hint })) => {
                 let hint = hint.map(|id| id.0 as usize - 1);
@@ -1033,9 +1189,24 @@ impl World {
             return; // A late reply to an earlier attempt of a finished request.
         }
         match reply {
+            ClientReply::Redirect(_) if !pending.register && anywhere(&pending.read) => {
+                // A follower read no leader gave an index for in time: try another member.
+                let state = &mut self.clients[client];
+                let next = (pending.target + 1) % self.nodes.len();
+                state.pending.as_mut().expect("checked").target = next;
+                state.timer_token += 1;
+                let token = state.timer_token;
+                let backoff = between(&mut self.rng, 1_000, 5_000);
+                self.schedule(backoff, Event::ClientWake { client, token, resend: true });
+            }
+            ClientReply::TooStale => {
+                self.reads.too_stale += 1;
+                self.client_moves_on(client);
+            }
             ClientReply::Redirect(hint) => {
                 let hint = hint.filter(|node| *node < self.knobs.voters && *node != pending.target);
                 let state = &mut self.clients[client];
+                state.pending.as_mut().expect("checked").pinned = false;
                 state.leader_hint[pending.shard] = hint;
                 if hint.is_none() {
                     state.pending.as_mut().expect("checked").target =
@@ -1054,43 +1225,89 @@ impl World {
                 self.schedule(backoff, Event::ClientWake { client, token, resend: true });
             }
             ClientReply::Registered(session) => self.on_registered(client, pending, session),
-            ClientReply::Applied(reply) => {
-                let result = result_of(&reply);
-                let state = &mut self.clients[client];
-                state.leader_hint[pending.shard] = Some(pending.target);
-                state.seen[pending.key] = match &result {
-                    super::linearizability::KvResult::Value(value) => *value,
-                    super::linearizability::KvResult::CompareAndSet { succeeded: true, .. } => {
-                        match pending.op {
-                            KvOp::CompareAndSet { new, .. } => Some(new),
-                            _ => None,
-                        }
-                    }
-                    super::linearizability::KvResult::CompareAndSet { previous, .. } => *previous,
-                    super::linearizability::KvResult::Done => match pending.op {
-                        KvOp::Put(value) => Some(value),
-                        _ => None,
-                    },
-                };
-                state.pending = None;
-                state.timer_token += 1;
-                let token = state.timer_token;
-                self.history[pending.key].push(Operation {
-                    client,
-                    op: pending.op.clone(),
-                    invoke_us: pending.invoke_us,
-                    complete: Some((self.now_us, result)),
-                });
-                if id.is_query() {
-                    self.queries_answered += 1;
-                } else {
-                    self.acknowledged.push((pending.shard, id));
-                }
-                self.trace(|| format!("client {client} done {:?} -> {reply:?}", pending.op));
-                let think = between(&mut self.rng, 0, self.knobs.think_us);
-                self.schedule(think, Event::ClientWake { client, token, resend: false });
-            }
+            ClientReply::Applied(reply, slot) => self.on_applied(client, &pending, &reply, slot),
         }
+    }
+
+    /// A client's request was applied (or its read answered, at `slot`): the history gets
+    /// it, and the client thinks, then sends its next request.
+    fn on_applied(&mut self, client: usize, pending: &Pending, reply: &KvReply, slot: Slot) {
+        let (id, result) = (pending.id, result_of(reply));
+        if id.is_query() && !self.on_read_answered(client, pending, slot, &result) {
+            return;
+        }
+        let state = &mut self.clients[client];
+        if !anywhere(&pending.read) {
+            state.leader_hint[pending.shard] = Some(pending.target);
+        }
+        state.seen[pending.key] = match &result {
+            super::linearizability::KvResult::Value(value) => *value,
+            super::linearizability::KvResult::CompareAndSet { succeeded: true, .. } => {
+                match pending.op {
+                    KvOp::CompareAndSet { new, .. } => Some(new),
+                    _ => None,
+                }
+            }
+            super::linearizability::KvResult::CompareAndSet { previous, .. } => *previous,
+            super::linearizability::KvResult::Done => match pending.op {
+                KvOp::Put(value) => Some(value),
+                _ => None,
+            },
+        };
+        self.history[pending.key].push(Operation {
+            client,
+            op: pending.op.clone(),
+            invoke_us: pending.invoke_us,
+            complete: Some((self.now_us, result)),
+        });
+        if id.is_query() {
+            self.queries_answered += 1;
+        } else {
+            self.acknowledged.push((pending.shard, id));
+        }
+        self.trace(|| format!("client {client} done {:?} -> {reply:?}", pending.op));
+        self.client_moves_on(client);
+    }
+
+    /// The client's request is over: it thinks, then sends its next one.
+    fn client_moves_on(&mut self, client: usize) {
+        let state = &mut self.clients[client];
+        state.pending = None;
+        state.timer_token += 1;
+        let token = state.timer_token;
+        let think = between(&mut self.rng, 0, self.knobs.think_us);
+        self.schedule(think, Event::ClientWake { client, token, resend: false });
+    }
+
+    /// A client's read was answered at `slot` with `result`: counts it, keeps a stale one
+    /// for the check against the log (I12, which it must not go back from the client's
+    /// earlier reads for) and raises the client's floor. Returns true if the read joins the
+    /// linearizable history (all but stale ones).
+    fn on_read_answered(
+        &mut self,
+        client: usize,
+        pending: &Pending,
+        slot: Slot,
+        result: &super::linearizability::KvResult,
+    ) -> bool {
+        self.reads.count(pending.read.consistency);
+        let floor = &mut self.clients[client].read_floor[pending.shard];
+        let previous = *floor;
+        *floor = (*floor).max(slot);
+        if pending.read.consistency != Consistency::Stale {
+            return true;
+        }
+        let super::linearizability::KvResult::Value(value) = result else {
+            panic!("a get answered {result:?}");
+        };
+        let read =
+            StaleRead { client, shard: pending.shard, key: pending.key, slot, value: *value };
+        self.record(check_monotonic(&read, previous));
+        self.stale_reads.push(read);
+        self.queries_answered += 1;
+        self.trace(|| format!("client {client} done stale get at {} -> {value:?}", slot.0));
+        self.client_moves_on(client);
+        false
     }
 
     // ----- Faults ------------------------------------------------------------------------
@@ -1163,6 +1380,39 @@ impl World {
     }
 
     /// Makes sure every seed sees at least one leader change: crash the leader of a shard.
+    /// Breaks the clock bound the replicas rely on (`--break-clock-bound`): the leader of a
+    /// random shard gets a clock running at a tenth to a half of real time for 20–300 ms, and
+    /// half the time is cut off from the other nodes for as long (clients still reach it), so
+    /// that its lease outlives, in real time, the election timeouts of the voters that
+    /// granted it. Lease reads may then be stale: the checkers must say so.
+    fn on_clock_fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let next = between(&mut self.rng, 50_000, 300_000);
+        self.schedule(next, Event::ClockFault);
+        let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
+        let leader = (0..self.knobs.voters).find(|node| {
+            self.alive(*node)
+                && self.replica(*node, shard).is_some_and(|r| r.role() == RoleKind::Leader)
+        });
+        let Some(node) = leader else { return };
+        let duration = between(&mut self.rng, 20_000, 300_000);
+        let rate = between(&mut self.rng, 100_000, 500_000);
+        let (now, tick) = (self.now_us, self.knobs.tick_us);
+        self.nodes[node].clock.set_rate(now, tick, rate);
+        self.trace(|| format!("n{}'s clock runs at {rate} ppm for {duration}us", node + 1));
+        self.schedule(duration, Event::ClockHeal { node });
+        if self.rng.next_u64() % 2 == 0 {
+            let links: Vec<(usize, usize)> = (0..self.nodes.len())
+                .filter(|other| *other != node)
+                .flat_map(|other| [(node, other), (other, node)])
+                .collect();
+            self.trace(|| format!("isolate n{} for {duration}us", node + 1));
+            self.block(links, duration);
+        }
+    }
+
     fn on_force_leader_change(&mut self) {
         if !self.faults_on {
             return;
@@ -1275,7 +1525,11 @@ impl World {
             self.nodes[node].damaged = false;
         }
         let incarnation = self.nodes[node].incarnation;
-        self.schedule(self.knobs.tick_us, Event::Tick { node, incarnation });
+        // A new process: its clock counts ticks from now, at the node's rate.
+        let clock = &mut self.nodes[node].clock;
+        clock.restart(self.now_us);
+        let next = clock.until_next_tick(self.now_us, self.knobs.tick_us);
+        self.schedule(next, Event::Tick { node, incarnation });
     }
 
     // ----- Liveness ----------------------------------------------------------------------
@@ -1369,6 +1623,9 @@ impl World {
     }
 
     fn final_checks(&mut self) -> Result<(), Violation> {
+        let checker = &self.checker;
+        let chosen = |shard: usize, slot: u64| checker.chosen_value(shard, slot).cloned();
+        check_stale_reads(&mut self.stale_reads, self.knobs.shards, SIM_SESSIONS, chosen)?;
         for node in &self.nodes {
             for shard in &node.shards {
                 let running = shard.shard.as_ref().expect("all nodes are up at the end");
@@ -1480,6 +1737,10 @@ fn describe(message: &Message) -> String {
             format!("heartbeat-ack {ballot} read-round {read_round}")
         }
         Message::CatchUpRequest { from_slot } => format!("catch-up-request from {}", from_slot.0),
+        Message::ReadIndexRequest { nonce } => format!("read-index-request {nonce}"),
+        Message::ReadIndexReply { nonce, read_index } => {
+            format!("read-index-reply {nonce} {:?}", read_index.map(|slot| slot.0))
+        }
         Message::Subscribe { from_slot } => format!("subscribe from {}", from_slot.0),
         Message::Chosen { runs, commit_index } => {
             format!("chosen runs {} commit {}", runs.len(), commit_index.0)

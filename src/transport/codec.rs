@@ -19,7 +19,8 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, VerifierOptions, W
 
 use super::generated::quorum::wire as fb;
 use crate::core::{
-    Ballot, ClusterId, InvalidMessage, Message, NodeId, RoleKind, Slot, SlotRun, Value,
+    Ballot, ClusterId, Consistency, InvalidMessage, Message, NodeId, ReadOptions, RoleKind,
+    SLOT_MAX, Slot, SlotRun, Value,
 };
 use crate::machine::StateSummary;
 
@@ -31,7 +32,10 @@ pub const PREFIX_BYTES: usize = 4;
 /// session would apply a request that one evicting idle sessions refuses, so the two must not
 /// serve one shard together. 6: sessions are registered (the reply status `Registered`), and
 /// a request under an unregistered client id is refused, where 5 opened a session for it.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: reads off the log in every consistency (`ReadIndexRequest`/`ReadIndexReply` between
+/// replicas, a consistency on client requests, the reply status `TooStale`), which a 6 peer
+/// would refuse as an unknown message.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +60,7 @@ pub enum Body {
     /// The answer to a `Hello`.
     HelloReply(HelloReply),
     /// Client commands in the batch encoding (`core::BatchBuilder`); not yet validated.
-    Requests(Bytes),
+    Requests(Requests),
     /// Replies to client commands.
     Replies(Vec<Reply>),
     /// A client asks how the shard is doing; with `digest`, also for the state's summary,
@@ -82,6 +86,23 @@ impl Body {
             Body::StatusRequest { .. } => "status-request",
             Body::Status(_) => "status",
         }
+    }
+}
+
+/// A frame of client commands, and how the queries among them are read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// The commands, in the batch encoding; not yet validated.
+    pub batch: Bytes,
+    /// How the queries among them are read (protocol.md §5.3–§5.5).
+    pub read: ReadOptions,
+}
+
+impl Requests {
+    /// Commands whose queries are read linearizably.
+    #[must_use]
+    pub fn linearizable(batch: Bytes) -> Requests {
+        Requests { batch, read: ReadOptions::default() }
     }
 }
 
@@ -183,9 +204,30 @@ pub enum ReplyStatus {
     /// body is a UTF-8 reason naming the file. Nothing was written; the node resumes by
     /// itself once space is freed (docs/disk-faults.md).
     OutOfSpace,
+    /// A stale read refused: the member is further behind than the read's bound allows
+    /// (protocol.md §5.5). The body is how far: slots, then milliseconds, each a u64
+    /// little-endian ([`ReplyStatus::too_stale_body`]).
+    TooStale,
 }
 
 impl ReplyStatus {
+    /// The body of a [`ReplyStatus::TooStale`] reply: how far behind the member may be.
+    #[must_use]
+    pub fn too_stale_body(behind_slots: u64, behind_ms: u64) -> Bytes {
+        let mut body = Vec::with_capacity(16);
+        body.extend_from_slice(&behind_slots.to_le_bytes());
+        body.extend_from_slice(&behind_ms.to_le_bytes());
+        Bytes::from(body)
+    }
+
+    /// `(slots, milliseconds)` from a [`ReplyStatus::TooStale`] reply's body, if it is one.
+    #[must_use]
+    pub fn too_stale_of(body: &[u8]) -> Option<(u64, u64)> {
+        let slots: [u8; 8] = body.get(..8)?.try_into().ok()?;
+        let ms: [u8; 8] = body.get(8..16)?.try_into().ok()?;
+        Some((u64::from_le_bytes(slots), u64::from_le_bytes(ms)))
+    }
+
     fn code(self) -> (u8, u16) {
         match self {
             ReplyStatus::Applied => (0, 0),
@@ -197,6 +239,7 @@ impl ReplyStatus {
             ReplyStatus::SessionExpired => (6, 0),
             ReplyStatus::Registered => (7, 0),
             ReplyStatus::OutOfSpace => (8, 0),
+            ReplyStatus::TooStale => (9, 0),
         }
     }
 
@@ -211,6 +254,7 @@ impl ReplyStatus {
             6 => ReplyStatus::SessionExpired,
             7 => ReplyStatus::Registered,
             8 => ReplyStatus::OutOfSpace,
+            9 => ReplyStatus::TooStale,
             _ => return Err(FrameError::Invalid("unknown reply status")),
         })
     }
@@ -345,37 +389,12 @@ impl Encoder {
                 };
                 (fb::Body::HelloReply, fb::HelloReply::create(builder, &args).as_union_value())
             }
-            Body::Requests(batch) => {
-                payload_len += batch.len() as u64;
-                payloads.push(batch.clone());
-                let args = fb::RequestsArgs { count: 0 };
-                (fb::Body::Requests, fb::Requests::create(builder, &args).as_union_value())
+            Body::Requests(requests) => {
+                payload_len += requests.batch.len() as u64;
+                payloads.push(requests.batch.clone());
+                encode_requests(builder, requests.read)
             }
-            Body::Replies(replies) => {
-                let heads: Vec<fb::ReplyHead> = replies
-                    .iter()
-                    .map(|reply| {
-                        let (status, hint) = reply.status.code();
-                        let head = fb::ReplyHead::new(
-                            reply.sequence,
-                            reply.slot.0,
-                            payload_len,
-                            reply.body.len() as u32,
-                            reply.index,
-                            status,
-                            hint,
-                        );
-                        if !reply.body.is_empty() {
-                            payload_len += reply.body.len() as u64;
-                            payloads.push(reply.body.clone());
-                        }
-                        head
-                    })
-                    .collect();
-                let heads = builder.create_vector(&heads);
-                let args = fb::RepliesArgs { replies: Some(heads) };
-                (fb::Body::Replies, fb::Replies::create(builder, &args).as_union_value())
-            }
+            Body::Replies(replies) => encode_replies(builder, replies, payloads, &mut payload_len),
             Body::StatusRequest { digest } => {
                 let args = fb::StatusRequestArgs { digest: *digest };
                 (
@@ -383,29 +402,7 @@ impl Encoder {
                     fb::StatusRequest::create(builder, &args).as_union_value(),
                 )
             }
-            Body::Status(status) => {
-                let role = match status.role {
-                    RoleKind::Follower => 0,
-                    RoleKind::Candidate => 1,
-                    RoleKind::Leader => 2,
-                    RoleKind::Learner => 3,
-                };
-                let args = fb::StatusArgs {
-                    role,
-                    leader: status.leader.map_or(0, |node| node.0),
-                    commit_index: status.commit_index.0,
-                    applied_commands: status.applied_commands,
-                    entries: status.summary.entries,
-                    digest: status.summary.digest,
-                    syncs: status.syncs,
-                    not_durable: status.not_durable,
-                    voters: status.voters,
-                    egress_bytes: status.egress_bytes,
-                    chosen_bytes: status.chosen_bytes,
-                    batches: status.batches,
-                };
-                (fb::Body::Status, fb::Status::create(builder, &args).as_union_value())
-            }
+            Body::Status(status) => encode_status(builder, status),
         };
         let args = fb::FrameArgs {
             cluster_id: frame.cluster_id.0,
@@ -438,6 +435,86 @@ impl Encoder {
         }
         head
     }
+}
+
+fn encode_requests<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    read: ReadOptions,
+) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    let consistency = match read.consistency {
+        Consistency::Linearizable => 0,
+        Consistency::Lease => 1,
+        Consistency::Follower => 2,
+        Consistency::Stale => 3,
+    };
+    let args = fb::RequestsArgs {
+        count: 0,
+        consistency,
+        from_slot: read.from_slot.0,
+        has_behind_slots_max: read.behind_slots_max.is_some(),
+        behind_slots_max: read.behind_slots_max.unwrap_or(0),
+        has_behind_ms_max: read.behind_ms_max.is_some(),
+        behind_ms_max: read.behind_ms_max.unwrap_or(0),
+    };
+    (fb::Body::Requests, fb::Requests::create(builder, &args).as_union_value())
+}
+
+fn encode_replies<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    replies: &[Reply],
+    payloads: &mut Vec<Bytes>,
+    payload_len: &mut u64,
+) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    let heads: Vec<fb::ReplyHead> = replies
+        .iter()
+        .map(|reply| {
+            let (status, hint) = reply.status.code();
+            let head = fb::ReplyHead::new(
+                reply.sequence,
+                reply.slot.0,
+                *payload_len,
+                reply.body.len() as u32,
+                reply.index,
+                status,
+                hint,
+            );
+            if !reply.body.is_empty() {
+                *payload_len += reply.body.len() as u64;
+                payloads.push(reply.body.clone());
+            }
+            head
+        })
+        .collect();
+    let heads = builder.create_vector(&heads);
+    let args = fb::RepliesArgs { replies: Some(heads) };
+    (fb::Body::Replies, fb::Replies::create(builder, &args).as_union_value())
+}
+
+fn encode_status<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    status: &ShardStatus,
+) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    let role = match status.role {
+        RoleKind::Follower => 0,
+        RoleKind::Candidate => 1,
+        RoleKind::Leader => 2,
+        RoleKind::Learner => 3,
+    };
+    let args = fb::StatusArgs {
+        role,
+        leader: status.leader.map_or(0, |node| node.0),
+        commit_index: status.commit_index.0,
+        applied_commands: status.applied_commands,
+        entries: status.summary.entries,
+        digest: status.summary.digest,
+        syncs: status.syncs,
+        not_durable: status.not_durable,
+        voters: status.voters,
+        egress_bytes: status.egress_bytes,
+        chosen_bytes: status.chosen_bytes,
+        batches: status.batches,
+    };
+    (fb::Body::Status, fb::Status::create(builder, &args).as_union_value())
 }
 
 fn encode_heartbeat<'a>(
@@ -523,14 +600,7 @@ fn encode_message<'a>(
             (fb::Body::RepairQuery, fb::RepairQuery::create(builder, &args).as_union_value())
         }
         Message::RepairReport { nonce, promised, slot_end, commit_index } => {
-            let promised = ballot(*promised);
-            let args = fb::RepairReportArgs {
-                nonce: *nonce,
-                promised: Some(&promised),
-                slot_end: slot_end.0,
-                commit_index: commit_index.0,
-            };
-            (fb::Body::RepairReport, fb::RepairReport::create(builder, &args).as_union_value())
+            encode_repair_report(builder, *nonce, *promised, *slot_end, *commit_index)
         }
         Message::CatchUpRequest { from_slot } => {
             let args = fb::CatchUpRequestArgs { from_slot: from_slot.0 };
@@ -543,14 +613,7 @@ fn encode_message<'a>(
         Message::Snapshot { slot, offset, total, bytes, commit_index } => {
             *payload_len += bytes.len() as u64;
             payloads.push(bytes.clone());
-            let args = fb::SnapshotArgs {
-                bytes_len: bytes.len() as u64,
-                commit_index: commit_index.0,
-                slot: slot.0,
-                offset: *offset,
-                total: *total,
-            };
-            (fb::Body::Snapshot, fb::Snapshot::create(builder, &args).as_union_value())
+            encode_snapshot(builder, *slot, *offset, *total, bytes.len() as u64, *commit_index)
         }
         Message::SnapshotPull { slot, offset } => {
             let args = fb::SnapshotPullArgs { slot: slot.0, offset: *offset };
@@ -561,7 +624,47 @@ fn encode_message<'a>(
             let args = fb::ChosenArgs { runs: Some(runs), commit_index: commit_index.0 };
             (fb::Body::Chosen, fb::Chosen::create(builder, &args).as_union_value())
         }
+        Message::ReadIndexRequest { nonce } => {
+            let args = fb::ReadIndexRequestArgs { nonce: *nonce };
+            let body = fb::ReadIndexRequest::create(builder, &args).as_union_value();
+            (fb::Body::ReadIndexRequest, body)
+        }
+        Message::ReadIndexReply { nonce, read_index } => {
+            let (granted, read_index) = (read_index.is_some(), read_index.map_or(0, |s| s.0));
+            let args = fb::ReadIndexReplyArgs { nonce: *nonce, granted, read_index };
+            (fb::Body::ReadIndexReply, fb::ReadIndexReply::create(builder, &args).as_union_value())
+        }
     }
+}
+
+fn encode_repair_report<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    nonce: u64,
+    promised: Ballot,
+    slot_end: Slot,
+    commit_index: Slot,
+) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    let promised = ballot(promised);
+    let args = fb::RepairReportArgs {
+        nonce,
+        promised: Some(&promised),
+        slot_end: slot_end.0,
+        commit_index: commit_index.0,
+    };
+    (fb::Body::RepairReport, fb::RepairReport::create(builder, &args).as_union_value())
+}
+
+fn encode_snapshot<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    slot: Slot,
+    offset: u64,
+    total: u64,
+    bytes_len: u64,
+    commit_index: Slot,
+) -> (fb::Body, WIPOffset<flatbuffers::UnionWIPOffset>) {
+    let args =
+        fb::SnapshotArgs { bytes_len, commit_index: commit_index.0, slot: slot.0, offset, total };
+    (fb::Body::Snapshot, fb::Snapshot::create(builder, &args).as_union_value())
 }
 
 fn encode_runs<'a>(
@@ -785,27 +888,11 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             return finish(&frame, Body::HelloReply(reply));
         }
         fb::Body::Requests => {
-            frame.body_as_requests().ok_or(missing)?;
-            return finish(&frame, Body::Requests(payload));
+            let read = read_options_of(frame.body_as_requests().ok_or(missing)?)?;
+            return finish(&frame, Body::Requests(Requests { batch: payload, read }));
         }
         fb::Body::Replies => {
-            let m = frame.body_as_replies().ok_or(missing)?;
-            let heads = m.replies().ok_or(FrameError::Invalid("replies missing"))?;
-            let mut replies = Vec::with_capacity(heads.len());
-            for head in heads {
-                let start = head.body_offset();
-                let end = start
-                    .checked_add(u64::from(head.body_len()))
-                    .filter(|end| *end <= payload.len() as u64)
-                    .ok_or(FrameError::Invalid("reply body outside the payload"))?;
-                replies.push(Reply {
-                    sequence: head.sequence(),
-                    status: ReplyStatus::from_code(head.status(), head.hint())?,
-                    slot: Slot(head.slot()),
-                    index: head.index(),
-                    body: payload.slice(start as usize..end as usize),
-                });
-            }
+            let replies = replies_of(frame.body_as_replies().ok_or(missing)?, &payload)?;
             return finish(&frame, Body::Replies(replies));
         }
         fb::Body::StatusRequest => {
@@ -813,33 +900,84 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             return finish(&frame, Body::StatusRequest { digest: m.digest() });
         }
         fb::Body::Status => {
-            let m = frame.body_as_status().ok_or(missing)?;
-            let role = match m.role() {
-                0 => RoleKind::Follower,
-                1 => RoleKind::Candidate,
-                2 => RoleKind::Leader,
-                3 => RoleKind::Learner,
-                _ => return Err(FrameError::Invalid("unknown role in status")),
-            };
-            let status = ShardStatus {
-                role,
-                leader: (m.leader() != 0).then_some(NodeId(m.leader())),
-                commit_index: Slot(m.commit_index()),
-                applied_commands: m.applied_commands(),
-                summary: StateSummary { entries: m.entries(), digest: m.digest() },
-                syncs: m.syncs(),
-                not_durable: m.not_durable(),
-                voters: m.voters(),
-                egress_bytes: m.egress_bytes(),
-                chosen_bytes: m.chosen_bytes(),
-                batches: m.batches(),
-            };
+            let status = status_of(frame.body_as_status().ok_or(missing)?)?;
             return finish(&frame, Body::Status(status));
+        }
+        fb::Body::ReadIndexRequest => {
+            let m = frame.body_as_read_index_request().ok_or(missing)?;
+            Message::ReadIndexRequest { nonce: m.nonce() }
+        }
+        fb::Body::ReadIndexReply => {
+            let m = frame.body_as_read_index_reply().ok_or(missing)?;
+            let read_index = m.granted().then_some(Slot(m.read_index()));
+            Message::ReadIndexReply { nonce: m.nonce(), read_index }
         }
         _ => return Err(FrameError::Invalid("unknown message type")),
     };
     body.validate(NodeId(frame.from()))?;
     finish(&frame, Body::Peer(body))
+}
+
+fn read_options_of(m: fb::Requests<'_>) -> Result<ReadOptions, FrameError> {
+    let consistency = match m.consistency() {
+        0 => Consistency::Linearizable,
+        1 => Consistency::Lease,
+        2 => Consistency::Follower,
+        3 => Consistency::Stale,
+        _ => return Err(FrameError::Invalid("unknown read consistency")),
+    };
+    if m.from_slot() > SLOT_MAX.0 {
+        return Err(FrameError::Invalid("a read's from_slot beyond the largest slot"));
+    }
+    Ok(ReadOptions {
+        consistency,
+        from_slot: Slot(m.from_slot()),
+        behind_slots_max: m.has_behind_slots_max().then_some(m.behind_slots_max()),
+        behind_ms_max: m.has_behind_ms_max().then_some(m.behind_ms_max()),
+    })
+}
+
+fn replies_of(m: fb::Replies<'_>, payload: &Bytes) -> Result<Vec<Reply>, FrameError> {
+    let heads = m.replies().ok_or(FrameError::Invalid("replies missing"))?;
+    let mut replies = Vec::with_capacity(heads.len());
+    for head in heads {
+        let start = head.body_offset();
+        let end = start
+            .checked_add(u64::from(head.body_len()))
+            .filter(|end| *end <= payload.len() as u64)
+            .ok_or(FrameError::Invalid("reply body outside the payload"))?;
+        replies.push(Reply {
+            sequence: head.sequence(),
+            status: ReplyStatus::from_code(head.status(), head.hint())?,
+            slot: Slot(head.slot()),
+            index: head.index(),
+            body: payload.slice(start as usize..end as usize),
+        });
+    }
+    Ok(replies)
+}
+
+fn status_of(m: fb::Status<'_>) -> Result<ShardStatus, FrameError> {
+    let role = match m.role() {
+        0 => RoleKind::Follower,
+        1 => RoleKind::Candidate,
+        2 => RoleKind::Leader,
+        3 => RoleKind::Learner,
+        _ => return Err(FrameError::Invalid("unknown role in status")),
+    };
+    Ok(ShardStatus {
+        role,
+        leader: (m.leader() != 0).then_some(NodeId(m.leader())),
+        commit_index: Slot(m.commit_index()),
+        applied_commands: m.applied_commands(),
+        summary: StateSummary { entries: m.entries(), digest: m.digest() },
+        syncs: m.syncs(),
+        not_durable: m.not_durable(),
+        voters: m.voters(),
+        egress_bytes: m.egress_bytes(),
+        chosen_bytes: m.chosen_bytes(),
+        batches: m.batches(),
+    })
 }
 
 fn finish(frame: &fb::Frame<'_>, body: Body) -> Result<Frame, FrameError> {

@@ -422,7 +422,7 @@ mod tests {
 
     use super::*;
     use crate::core::{ClusterId, NodeId};
-    use crate::transport::codec::Body;
+    use crate::transport::codec::{Body, Requests};
 
     /// A stream that hands out scripted chunks, then has nothing more for now (`Pending`)
     /// or ends.
@@ -527,7 +527,7 @@ mod tests {
             cluster_id: ClusterId(3),
             from: NodeId(0),
             shard: 1,
-            body: Body::Requests(Bytes::from(vec![7u8; 20 << 10])),
+            body: Body::Requests(Requests::linearizable(Bytes::from(vec![7u8; 20 << 10]))),
         };
         let mut stream = Encoder::default().encode_to_vec(&big);
         stream.extend((0..10).flat_map(status_request));

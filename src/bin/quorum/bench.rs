@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quorum::bench::{self, BenchRow, BenchSpec, load::LoadSpec, report};
+use quorum::client::Consistency;
 use quorum::runtime::config::{ApplyMode, Durability};
 
 /// With no options: a 3-voter cluster on loopback in this process (temporary data, fsync on),
@@ -23,9 +24,17 @@ pub struct BenchArgs {
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// Fraction of requests that are (linearizable) gets, 0 to 1.
-    #[arg(long, default_value_t = 0.0)]
-    read_ratio: f64,
+    /// Fraction of requests that are gets, 0 to 1: reads off the log of keys written once
+    /// before the load starts, counted apart from the writes (the `read_` and `write_`
+    /// columns and JSON fields). A comma list runs each (0 once, whatever --consistency).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    read_ratio: Vec<f64>,
+    /// How the gets are read: linearizable (the leader's read index), lease (the embedded
+    /// cluster then runs with --read-lease), follower (any member, through the leader's read
+    /// index), stale (any member, at once), or log (as commands ordered in the log, as gets
+    /// went before reads left it: for comparison). A comma list runs each, one row each.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "linearizable")]
+    consistency: Vec<ConsistencyArg>,
     /// Distinct keys.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
@@ -73,9 +82,75 @@ pub struct BenchArgs {
     no_limits: bool,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConsistencyArg {
+    Linearizable,
+    Lease,
+    Follower,
+    Stale,
+    Log,
+}
+
+impl ConsistencyArg {
+    /// `None`: through the log.
+    fn consistency(self) -> Option<Consistency> {
+        match self {
+            ConsistencyArg::Linearizable => Some(Consistency::Linearizable),
+            ConsistencyArg::Lease => Some(Consistency::Lease),
+            ConsistencyArg::Follower => Some(Consistency::Follower),
+            ConsistencyArg::Stale => Some(Consistency::Stale),
+            ConsistencyArg::Log => None,
+        }
+    }
+}
+
+/// One run: shards, concurrent requests, the fraction of gets and how they are read.
+type Run = (u16, usize, f64, Option<Consistency>);
+
+/// Every run the arguments ask for (a write-only one once, whatever the consistencies).
+fn runs(args: &BenchArgs, shard_values: &[u16]) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for shards in shard_values {
+        for read_ratio in &args.read_ratio {
+            for clients in &args.clients {
+                for consistency in &args.consistency {
+                    runs.push((*shards, *clients, *read_ratio, consistency.consistency()));
+                    if *read_ratio == 0.0 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    runs
+}
+
+fn spec(args: &BenchArgs, (shards, clients, read_ratio, consistency): Run) -> BenchSpec {
+    BenchSpec {
+        load: LoadSpec {
+            clients,
+            payload_bytes: args.payload_bytes,
+            duration: Duration::from_secs_f64(args.duration),
+            warmup: Duration::from_secs_f64(args.warmup),
+            read_ratio,
+            consistency,
+            keys: args.keys,
+            rate: args.rate,
+            only_shard: args.only_shard,
+        },
+        shards,
+        voters: args.voters,
+        durability: args.durability,
+        apply: args.apply,
+        target: args.target.clone(),
+        cluster_id: args.cluster_id,
+        progress: !args.json,
+    }
+}
+
 fn check(args: &BenchArgs) -> Result<(), String> {
-    if !(0.0..=1.0).contains(&args.read_ratio) {
-        return Err(format!("--read-ratio {} is not between 0 and 1", args.read_ratio));
+    if let Some(bad) = args.read_ratio.iter().find(|ratio| !(0.0..=1.0).contains(*ratio)) {
+        return Err(format!("--read-ratio {bad} is not between 0 and 1"));
     }
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         return Err(format!("--duration {} must be a positive number of seconds", args.duration));
@@ -116,12 +191,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     let default_shards = (cores / args.voters.max(1)).max(1);
     let shard_values =
         if args.shards.is_empty() { vec![default_shards] } else { args.shards.clone() };
-    let mut runs = Vec::new();
-    for shards in &shard_values {
-        for clients in &args.clients {
-            runs.push((*shards, *clients));
-        }
-    }
+    let runs = runs(args, &shard_values);
     let limits = if args.no_limits {
         None
     } else {
@@ -137,33 +207,18 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         }
     };
     let mut rows: Vec<BenchRow> = Vec::new();
-    for (index, (shards, clients)) in runs.iter().enumerate() {
-        let spec = BenchSpec {
-            load: LoadSpec {
-                clients: *clients,
-                payload_bytes: args.payload_bytes,
-                duration: Duration::from_secs_f64(args.duration),
-                warmup: Duration::from_secs_f64(args.warmup),
-                read_ratio: args.read_ratio,
-                keys: args.keys,
-                rate: args.rate,
-                only_shard: args.only_shard,
-            },
-            shards: *shards,
-            voters: args.voters,
-            durability: args.durability,
-            apply: args.apply,
-            target: args.target.clone(),
-            cluster_id: args.cluster_id,
-            progress: !args.json,
-        };
+    for (index, run) in runs.iter().enumerate() {
+        let spec = spec(args, *run);
+        let (shards, clients, read_ratio, consistency) = run;
         if !args.json {
             eprintln!(
-                "run {}/{}: {} shards, {} concurrent requests{}",
+                "run {}/{}: {} shards, {} concurrent requests, read ratio {} ({}){}",
                 index + 1,
                 runs.len(),
                 shards,
                 clients,
+                read_ratio,
+                consistency.map_or("log".into(), |c| format!("{c:?}").to_lowercase()),
                 if args.durability == Durability::None { ", DURABILITY OFF" } else { "" }
             );
         }
@@ -189,6 +244,12 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         println!("{}", report::header());
         for row in &rows {
             println!("{}", report::line(row));
+        }
+        if args.read_ratio.iter().any(|ratio| *ratio > 0.0) {
+            println!("{}", report::split_header());
+            for row in &rows {
+                println!("{}", report::split_line(row));
+            }
         }
         if rows.iter().any(|row| row.errors > 0 || row.unsent > 0) {
             println!("errors: requests that failed (timeouts, rejections); see --json for unsent");

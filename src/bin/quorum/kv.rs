@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
-use quorum::client::{Client, ClientOptions, fetch_snapshot, node_status};
-use quorum::core::ClusterId;
+use quorum::client::{
+    Client, ClientOptions, Consistency, ReadOptions, fetch_snapshot, node_status,
+};
+use quorum::core::{ClusterId, NodeId};
 use quorum::machine::{Applier, KvStore, SessionLimits, StateMachine as _};
 use quorum::read_snapshot;
 
@@ -33,8 +35,12 @@ pub struct KvArgs {
 enum Operation {
     /// Set KEY to VALUE.
     Put { key: String, value: String },
-    /// Print KEY's value (linearizable: ordered in the log like a write).
-    Get { key: String },
+    /// Print KEY's value, read without the log (docs/protocol.md §5.3-§5.5).
+    Get {
+        key: String,
+        #[command(flatten)]
+        read: GetArgs,
+    },
     /// Remove KEY.
     Del { key: String },
     /// Set KEY to NEW if it holds EXPECTED (`--absent` instead: if it is not set).
@@ -51,16 +57,130 @@ enum Operation {
     Append { entry: String },
 }
 
+/// How `quorum kv get` reads.
+#[derive(clap::Args)]
+struct GetArgs {
+    /// linearizable: by the leader's read index (one heartbeat round); lease: from the
+    /// leader's lease if it holds one (`quorum node --read-lease`; safe only within the
+    /// clock-drift bound), else as linearizable; follower: linearizable, answered by the
+    /// member --member names (or any) after asking its leader for the read index; stale: at
+    /// once from what the member has applied, with the position it reflects.
+    #[arg(long, value_enum, default_value = "linearizable")]
+    consistency: ConsistencyArg,
+    /// With --consistency stale: refuse rather than answer if the member may be further
+    /// behind than this: a count of log positions (slots of the key's shard), or a time such
+    /// as 250ms or 2s since it last knew itself up to date with its leader.
+    #[arg(long, value_name = "SLOTS|MSms", value_parser = parse_staleness)]
+    max_staleness: Option<Staleness>,
+    /// The member follower and stale reads go to (its node id); any member if not given.
+    #[arg(long, value_name = "ID")]
+    member: Option<u16>,
+    /// Print one JSON object: key, value, shard, slot (the read reflects every slot of the
+    /// shard's log below it) and consistency.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConsistencyArg {
+    Linearizable,
+    Lease,
+    Follower,
+    Stale,
+}
+
+/// A `--max-staleness` bound.
+#[derive(Clone, Copy, Debug)]
+enum Staleness {
+    Slots(u64),
+    Millis(u64),
+}
+
+fn parse_staleness(text: &str) -> Result<Staleness, String> {
+    let number = |digits: &str| {
+        digits
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{text}` is not a count of slots (50) or a time (250ms, 2s)"))
+    };
+    if let Some(ms) = text.strip_suffix("ms") {
+        Ok(Staleness::Millis(number(ms)?))
+    } else if let Some(seconds) = text.strip_suffix('s') {
+        Ok(Staleness::Millis(number(seconds)?.saturating_mul(1000)))
+    } else {
+        Ok(Staleness::Slots(number(text)?))
+    }
+}
+
+impl GetArgs {
+    fn options(&self) -> Result<ReadOptions, String> {
+        let consistency = match self.consistency {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Lease => Consistency::Lease,
+            ConsistencyArg::Follower => Consistency::Follower,
+            ConsistencyArg::Stale => Consistency::Stale,
+        };
+        let mut read = ReadOptions { consistency, ..ReadOptions::default() };
+        match (self.max_staleness, consistency) {
+            (None, _) => {}
+            (Some(_), consistency) if consistency != Consistency::Stale => {
+                return Err("--max-staleness bounds stale reads: add --consistency stale".into());
+            }
+            (Some(Staleness::Slots(slots)), _) => read.behind_slots_max = Some(slots),
+            (Some(Staleness::Millis(ms)), _) => read.behind_ms_max = Some(ms),
+        }
+        Ok(read)
+    }
+
+    fn name(&self) -> &'static str {
+        match self.consistency {
+            ConsistencyArg::Linearizable => "linearizable",
+            ConsistencyArg::Lease => "lease",
+            ConsistencyArg::Follower => "follower",
+            ConsistencyArg::Stale => "stale",
+        }
+    }
+}
+
 fn connect(args: &ClusterArgs) -> Result<Client, String> {
+    connect_reading_from(args, None)
+}
+
+fn connect_reading_from(args: &ClusterArgs, member: Option<u16>) -> Result<Client, String> {
     let options = ClientOptions {
         cluster_id: ClusterId(args.cluster_id.unwrap_or(0)),
         request_timeout: std::time::Duration::from_millis(args.timeout_ms),
+        read_member: member.map(NodeId),
         ..ClientOptions::default()
     };
     Client::connect(&args.cluster, options).map_err(|error| error.to_string())
 }
 
+/// `quorum kv get`: the value, or with `--json` one object with where the read stands.
+fn get(args: &ClusterArgs, key: &str, read: &GetArgs) -> Result<String, String> {
+    let options = read.options()?;
+    let client = connect_reading_from(args, read.member)?;
+    let answer = client.get_with(key.as_bytes(), options).map_err(|error| error.to_string())?;
+    if !read.json {
+        return Ok(answer
+            .value
+            .map_or("(absent)".to_string(), |v| String::from_utf8_lossy(&v).into_owned()));
+    }
+    let value = answer.value.map(|v| String::from_utf8_lossy(&v).into_owned());
+    let line = serde_json::json!({
+        "key": key,
+        "value": value,
+        "shard": answer.shard,
+        "slot": answer.slot.0,
+        "consistency": read.name(),
+    });
+    Ok(line.to_string())
+}
+
 pub fn run_kv(args: &KvArgs) -> ExitCode {
+    if let Operation::Get { key, read } = &args.operation {
+        return print_outcome(get(&args.cluster, key, read));
+    }
     let result = connect(&args.cluster).and_then(|client| {
         let text = |bytes: Option<Vec<u8>>| {
             bytes.map_or("(absent)".to_string(), |v| String::from_utf8_lossy(&v).into_owned())
@@ -69,7 +189,7 @@ pub fn run_kv(args: &KvArgs) -> ExitCode {
             Operation::Put { key, value } => {
                 client.put(key.as_bytes(), value.as_bytes()).map(|()| "OK".into())
             }
-            Operation::Get { key } => client.get(key.as_bytes()).map(text),
+            Operation::Get { .. } => unreachable!("answered above"),
             Operation::Del { key } => client.delete(key.as_bytes()).map(|()| "OK".into()),
             Operation::Cas { key, expected, new, absent } => {
                 let expected = if *absent { None } else { expected.as_deref().map(str::as_bytes) };
@@ -86,6 +206,10 @@ pub fn run_kv(args: &KvArgs) -> ExitCode {
         }
         .map_err(|error| error.to_string())
     });
+    print_outcome(result)
+}
+
+fn print_outcome(result: Result<String, String>) -> ExitCode {
     match result {
         Ok(line) => {
             println!("{line}");

@@ -80,6 +80,11 @@ struct SimArgs {
     /// the soak ledger (scripts/soak.sh --sim).
     #[arg(long, conflicts_with = "seed")]
     json: bool,
+    /// Let the nodes' clocks drift beyond the bound their replicas are configured with (rates
+    /// from half to one and a half of real time, leases on in every seed): lease reads may
+    /// then be stale, and the checkers must find it (docs/simulator.md).
+    #[arg(long)]
+    break_clock_bound: bool,
 }
 
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -152,13 +157,11 @@ fn init_logging_quiet() {
 }
 
 fn run_sim(args: SimArgs) -> ExitCode {
+    let options = sim::SimOptions { break_clock_bound: args.break_clock_bound };
     if let Some(seed) = args.seed {
-        let report = if args.trace {
-            // Printed as it happens: if an assertion fires, the trace up to it is on screen.
-            sim::World::new(seed, false).printing_trace().run().0
-        } else {
-            sim::run_seed(seed)
-        };
+        let world = sim::World::with_options(seed, false, options);
+        // Printed as it happens: if an assertion fires, the trace up to it is on screen.
+        let report = if args.trace { world.printing_trace().run().0 } else { world.run().0 };
         println!("{}", seed_line(&report));
         return if report.violation.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
@@ -167,10 +170,11 @@ fn run_sim(args: SimArgs) -> ExitCode {
     let threads =
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let verbose = args.verbose;
-    let summary = sim::runner::run_range(seeds, threads, |report, seconds| {
+    let summary = sim::runner::run_range(seeds, threads, options, |report, seconds| {
         if report.violation.is_some() {
             eprintln!("{}", seed_line(report));
-            eprintln!("  replay: quorum sim --seed {} --trace", report.seed);
+            let flag = if options.break_clock_bound { " --break-clock-bound" } else { "" };
+            eprintln!("  replay: quorum sim --seed {}{flag} --trace", report.seed);
         } else if verbose {
             println!("{} ({seconds:.3}s)", seed_line(report));
         }
@@ -202,6 +206,14 @@ fn summary_json(
         "commands": summary.commands,
         "leader_changes": summary.leader_changes,
         "read_index_reads": summary.read_index_reads,
+        "reads": {
+            "linearizable": summary.reads.linearizable,
+            "lease": summary.reads.lease,
+            "by_lease": summary.reads.by_lease,
+            "follower": summary.reads.follower,
+            "stale": summary.reads.stale,
+            "too_stale": summary.reads.too_stale,
+        },
         "seconds": summary.seconds,
         "threads": threads,
         "faults": {

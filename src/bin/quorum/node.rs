@@ -132,6 +132,23 @@ pub struct NodeArgs {
     /// pieces); a client with more waiting does not read and is disconnected.
     #[arg(long, value_name = "MIB")]
     client_queue_mib: Option<u32>,
+    /// Lease reads: a leader answers `--consistency lease` reads at once while a majority's
+    /// heartbeat acknowledgements grant it a lease (shorter than the election timeout by the
+    /// drift margin), and this node, as a voter, helps no other candidate within an election
+    /// timeout of hearing a leader or of starting. Safe only while every member's clock keeps
+    /// --max-clock-drift (docs/protocol.md §5.4); set it alike on every voter. Without it,
+    /// lease reads are answered by the read index.
+    #[arg(long)]
+    read_lease: bool,
+    /// The bound on clock drift leases rely on: every member's monotonic clock runs within
+    /// this percentage of real time (default 10%). If a clock drifts further (or stops while
+    /// the process runs), a deposed leader may answer a lease read with stale data.
+    #[arg(long, value_name = "PERCENT", value_parser = check_drift)]
+    max_clock_drift: Option<String>,
+}
+
+fn check_drift(text: &str) -> Result<String, String> {
+    quorum::runtime::config::parse_drift(text).map(|_| text.to_string())
 }
 
 impl NodeArgs {
@@ -166,6 +183,8 @@ impl NodeArgs {
             read_timeout_ms: self.read_timeout_ms,
             write_timeout_ms: self.write_timeout_ms,
             client_queue_mib: self.client_queue_mib,
+            read_lease: self.read_lease.then_some(true),
+            max_clock_drift: self.max_clock_drift.clone(),
         }
     }
 }

@@ -97,10 +97,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 22;
+pub const ENUM_MAX_BODY: u8 = 24;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 23] = [
+pub const ENUM_VALUES_BODY: [Body; 25] = [
   Body::NONE,
   Body::Probe,
   Body::ProbeReply,
@@ -124,6 +124,8 @@ pub const ENUM_VALUES_BODY: [Body; 23] = [
   Body::SnapshotPull,
   Body::RepairQuery,
   Body::RepairReport,
+  Body::ReadIndexRequest,
+  Body::ReadIndexReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -154,9 +156,11 @@ impl Body {
   pub const SnapshotPull: Self = Self(20);
   pub const RepairQuery: Self = Self(21);
   pub const RepairReport: Self = Self(22);
+  pub const ReadIndexRequest: Self = Self(23);
+  pub const ReadIndexReply: Self = Self(24);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 22;
+  pub const ENUM_MAX: u8 = 24;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Probe,
@@ -181,6 +185,8 @@ impl Body {
     Self::SnapshotPull,
     Self::RepairQuery,
     Self::RepairReport,
+    Self::ReadIndexRequest,
+    Self::ReadIndexReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -208,6 +214,8 @@ impl Body {
       Self::SnapshotPull => Some("SnapshotPull"),
       Self::RepairQuery => Some("RepairQuery"),
       Self::RepairReport => Some("RepairReport"),
+      Self::ReadIndexRequest => Some("ReadIndexRequest"),
+      Self::ReadIndexReply => Some("ReadIndexReply"),
       _ => None,
     }
   }
@@ -2905,6 +2913,232 @@ impl ::core::fmt::Debug for RepairReport<'_> {
       ds.finish()
   }
 }
+pub enum ReadIndexRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReadIndexRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadIndexRequest<'a> {
+  type Inner = ReadIndexRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadIndexRequest<'a> {
+  pub const VT_NONCE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadIndexRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadIndexRequestArgs
+  ) -> ::flatbuffers::WIPOffset<ReadIndexRequest<'bldr>> {
+    let mut builder = ReadIndexRequestBuilder::new(_fbb);
+    builder.add_nonce(args.nonce);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn nonce(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadIndexRequest::VT_NONCE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadIndexRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("nonce", Self::VT_NONCE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadIndexRequestArgs {
+    pub nonce: u64,
+}
+impl<'a> Default for ReadIndexRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    ReadIndexRequestArgs {
+      nonce: 0,
+    }
+  }
+}
+
+pub struct ReadIndexRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadIndexRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: u64) {
+    self.fbb_.push_slot::<u64>(ReadIndexRequest::VT_NONCE, nonce, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadIndexRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadIndexRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadIndexRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadIndexRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadIndexRequest");
+      ds.field("nonce", &self.nonce());
+      ds.finish()
+  }
+}
+pub enum ReadIndexReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReadIndexReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadIndexReply<'a> {
+  type Inner = ReadIndexReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadIndexReply<'a> {
+  pub const VT_NONCE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GRANTED: ::flatbuffers::VOffsetT = 6;
+  pub const VT_READ_INDEX: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadIndexReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadIndexReplyArgs
+  ) -> ::flatbuffers::WIPOffset<ReadIndexReply<'bldr>> {
+    let mut builder = ReadIndexReplyBuilder::new(_fbb);
+    builder.add_read_index(args.read_index);
+    builder.add_nonce(args.nonce);
+    builder.add_granted(args.granted);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn nonce(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadIndexReply::VT_NONCE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn granted(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ReadIndexReply::VT_GRANTED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn read_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadIndexReply::VT_READ_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadIndexReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("nonce", Self::VT_NONCE, false)?
+     .visit_field::<bool>("granted", Self::VT_GRANTED, false)?
+     .visit_field::<u64>("read_index", Self::VT_READ_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadIndexReplyArgs {
+    pub nonce: u64,
+    pub granted: bool,
+    pub read_index: u64,
+}
+impl<'a> Default for ReadIndexReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    ReadIndexReplyArgs {
+      nonce: 0,
+      granted: false,
+      read_index: 0,
+    }
+  }
+}
+
+pub struct ReadIndexReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadIndexReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: u64) {
+    self.fbb_.push_slot::<u64>(ReadIndexReply::VT_NONCE, nonce, 0);
+  }
+  #[inline]
+  pub fn add_granted(&mut self, granted: bool) {
+    self.fbb_.push_slot::<bool>(ReadIndexReply::VT_GRANTED, granted, false);
+  }
+  #[inline]
+  pub fn add_read_index(&mut self, read_index: u64) {
+    self.fbb_.push_slot::<u64>(ReadIndexReply::VT_READ_INDEX, read_index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadIndexReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadIndexReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadIndexReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadIndexReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadIndexReply");
+      ds.field("nonce", &self.nonce());
+      ds.field("granted", &self.granted());
+      ds.field("read_index", &self.read_index());
+      ds.finish()
+  }
+}
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3346,6 +3580,12 @@ impl<'a> ::flatbuffers::Follow<'a> for Requests<'a> {
 
 impl<'a> Requests<'a> {
   pub const VT_COUNT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FROM_SLOT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_HAS_BEHIND_SLOTS_MAX: ::flatbuffers::VOffsetT = 10;
+  pub const VT_BEHIND_SLOTS_MAX: ::flatbuffers::VOffsetT = 12;
+  pub const VT_HAS_BEHIND_MS_MAX: ::flatbuffers::VOffsetT = 14;
+  pub const VT_BEHIND_MS_MAX: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3357,7 +3597,13 @@ impl<'a> Requests<'a> {
     args: &'args RequestsArgs
   ) -> ::flatbuffers::WIPOffset<Requests<'bldr>> {
     let mut builder = RequestsBuilder::new(_fbb);
+    builder.add_behind_ms_max(args.behind_ms_max);
+    builder.add_behind_slots_max(args.behind_slots_max);
+    builder.add_from_slot(args.from_slot);
     builder.add_count(args.count);
+    builder.add_has_behind_ms_max(args.has_behind_ms_max);
+    builder.add_has_behind_slots_max(args.has_behind_slots_max);
+    builder.add_consistency(args.consistency);
     builder.finish()
   }
 
@@ -3369,6 +3615,48 @@ impl<'a> Requests<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Requests::VT_COUNT, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn consistency(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(Requests::VT_CONSISTENCY, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn from_slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Requests::VT_FROM_SLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn has_behind_slots_max(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Requests::VT_HAS_BEHIND_SLOTS_MAX, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn behind_slots_max(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Requests::VT_BEHIND_SLOTS_MAX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn has_behind_ms_max(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Requests::VT_HAS_BEHIND_MS_MAX, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn behind_ms_max(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Requests::VT_BEHIND_MS_MAX, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Requests<'_> {
@@ -3378,18 +3666,36 @@ impl ::flatbuffers::Verifiable for Requests<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u32>("count", Self::VT_COUNT, false)?
+     .visit_field::<u8>("consistency", Self::VT_CONSISTENCY, false)?
+     .visit_field::<u64>("from_slot", Self::VT_FROM_SLOT, false)?
+     .visit_field::<bool>("has_behind_slots_max", Self::VT_HAS_BEHIND_SLOTS_MAX, false)?
+     .visit_field::<u64>("behind_slots_max", Self::VT_BEHIND_SLOTS_MAX, false)?
+     .visit_field::<bool>("has_behind_ms_max", Self::VT_HAS_BEHIND_MS_MAX, false)?
+     .visit_field::<u64>("behind_ms_max", Self::VT_BEHIND_MS_MAX, false)?
      .finish();
     Ok(())
   }
 }
 pub struct RequestsArgs {
     pub count: u32,
+    pub consistency: u8,
+    pub from_slot: u64,
+    pub has_behind_slots_max: bool,
+    pub behind_slots_max: u64,
+    pub has_behind_ms_max: bool,
+    pub behind_ms_max: u64,
 }
 impl<'a> Default for RequestsArgs {
   #[inline]
   fn default() -> Self {
     RequestsArgs {
       count: 0,
+      consistency: 0,
+      from_slot: 0,
+      has_behind_slots_max: false,
+      behind_slots_max: 0,
+      has_behind_ms_max: false,
+      behind_ms_max: 0,
     }
   }
 }
@@ -3402,6 +3708,30 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestsBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_count(&mut self, count: u32) {
     self.fbb_.push_slot::<u32>(Requests::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn add_consistency(&mut self, consistency: u8) {
+    self.fbb_.push_slot::<u8>(Requests::VT_CONSISTENCY, consistency, 0);
+  }
+  #[inline]
+  pub fn add_from_slot(&mut self, from_slot: u64) {
+    self.fbb_.push_slot::<u64>(Requests::VT_FROM_SLOT, from_slot, 0);
+  }
+  #[inline]
+  pub fn add_has_behind_slots_max(&mut self, has_behind_slots_max: bool) {
+    self.fbb_.push_slot::<bool>(Requests::VT_HAS_BEHIND_SLOTS_MAX, has_behind_slots_max, false);
+  }
+  #[inline]
+  pub fn add_behind_slots_max(&mut self, behind_slots_max: u64) {
+    self.fbb_.push_slot::<u64>(Requests::VT_BEHIND_SLOTS_MAX, behind_slots_max, 0);
+  }
+  #[inline]
+  pub fn add_has_behind_ms_max(&mut self, has_behind_ms_max: bool) {
+    self.fbb_.push_slot::<bool>(Requests::VT_HAS_BEHIND_MS_MAX, has_behind_ms_max, false);
+  }
+  #[inline]
+  pub fn add_behind_ms_max(&mut self, behind_ms_max: u64) {
+    self.fbb_.push_slot::<u64>(Requests::VT_BEHIND_MS_MAX, behind_ms_max, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestsBuilder<'a, 'b, A> {
@@ -3422,6 +3752,12 @@ impl ::core::fmt::Debug for Requests<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Requests");
       ds.field("count", &self.count());
+      ds.field("consistency", &self.consistency());
+      ds.field("from_slot", &self.from_slot());
+      ds.field("has_behind_slots_max", &self.has_behind_slots_max());
+      ds.field("behind_slots_max", &self.behind_slots_max());
+      ds.field("has_behind_ms_max", &self.has_behind_ms_max());
+      ds.field("behind_ms_max", &self.behind_ms_max());
       ds.finish()
   }
 }
@@ -4306,6 +4642,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_read_index_request(&self) -> Option<ReadIndexRequest<'a>> {
+    if self.body_type() == Body::ReadIndexRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadIndexRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_read_index_reply(&self) -> Option<ReadIndexReply<'a>> {
+    if self.body_type() == Body::ReadIndexReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadIndexReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -4341,6 +4707,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::SnapshotPull => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SnapshotPull>>("Body::SnapshotPull", pos),
           Body::RepairQuery => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairQuery>>("Body::RepairQuery", pos),
           Body::RepairReport => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairReport>>("Body::RepairReport", pos),
+          Body::ReadIndexRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadIndexRequest>>("Body::ReadIndexRequest", pos),
+          Body::ReadIndexReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadIndexReply>>("Body::ReadIndexReply", pos),
           _ => Ok(()),
         }
      })?
@@ -4565,6 +4933,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::RepairReport => {
           if let Some(x) = self.body_as_repair_report() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReadIndexRequest => {
+          if let Some(x) = self.body_as_read_index_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReadIndexReply => {
+          if let Some(x) = self.body_as_read_index_reply() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

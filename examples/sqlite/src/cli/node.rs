@@ -167,6 +167,10 @@ impl NodeArgs {
             read_timeout_ms: self.read_timeout_ms,
             write_timeout_ms: self.write_timeout_ms,
             client_queue_mib: self.client_queue_mib,
+            // Lease reads are not offered by quorum-sqlite's command line: its queries read
+            // by the read index (a config file may still turn leases on).
+            read_lease: None,
+            max_clock_drift: None,
         }
     }
 }
