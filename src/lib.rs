@@ -43,6 +43,8 @@ pub mod bench;
 pub mod client;
 #[doc(hidden)]
 pub mod core;
+#[cfg(feature = "front")]
+pub mod front;
 #[doc(hidden)]
 pub mod machine;
 #[doc(hidden)]

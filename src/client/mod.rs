@@ -35,8 +35,8 @@ use crate::transport::shard_address;
 
 /// What [`node_status`] reports of each shard.
 pub use crate::transport::codec::ShardStatus;
-pub use lane::Completion;
-use lane::Lane;
+pub use lane::{Callback, Completion};
+use lane::{Lane, Notify};
 pub use snapshot::fetch_snapshot;
 pub use tail::{Tail, TailBatch};
 
@@ -338,6 +338,44 @@ impl Client {
         let sequences: Vec<u64> = (first..first + commands.len() as u64).collect();
         lane.submit(&sequences, commands, Some(notify));
         first
+    }
+
+    /// Sends commands to one shard without waiting, as one frame; each outcome is handed to
+    /// its callback (one per command, in order) as it arrives, on the client's connection
+    /// thread, so a callback must not block. `queries`: the commands are read-only requests
+    /// ([`Client::query`]) rather than commands for the log. Like [`Client::submit_notify`],
+    /// they are retried but never time out: a caller that gives up calls
+    /// [`Client::abandon`]. Returns the sequence numbers, in order (for `abandon`).
+    ///
+    /// # Panics
+    /// `shard` is not below [`Client::shards`], or `callbacks` and `commands` differ in length.
+    pub fn submit_with(
+        &self,
+        shard: u16,
+        queries: bool,
+        commands: &[&[u8]],
+        callbacks: Vec<Callback>,
+    ) -> Vec<u64> {
+        assert_eq!(commands.len(), callbacks.len(), "one callback per command");
+        let lane = &self.lanes[usize::from(shard)];
+        let first = self.next_sequence.fetch_add(commands.len() as u64, Ordering::Relaxed);
+        let query_bit = if queries { RequestId::QUERY_BIT } else { 0 };
+        let sequences: Vec<u64> =
+            (first..first + commands.len() as u64).map(|sequence| sequence | query_bit).collect();
+        let notifies = callbacks.into_iter().map(|callback| Some(Notify::Callback(callback)));
+        lane.submit_notifying(&sequences, commands, notifies);
+        sequences
+    }
+
+    /// Forgets requests of one shard sent with [`Client::submit_with`] or
+    /// [`Client::submit_notify`] that the caller no longer waits for: they are not re-sent
+    /// after a reconnection, and their callbacks are dropped uncalled. Whether they were
+    /// applied is unknown (a write may still be).
+    ///
+    /// # Panics
+    /// `shard` is not below [`Client::shards`].
+    pub fn abandon(&self, shard: u16, sequences: &[u64]) {
+        self.lanes[usize::from(shard)].abandon(sequences.iter().copied());
     }
 
     /// Sends one command to one shard and waits for its reply.

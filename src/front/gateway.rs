@@ -1,0 +1,325 @@
+//! The front ends' way into the cluster: one [`Client`] shared by every connection, with an
+//! async face. A request is submitted with a callback that completes a tokio channel on the
+//! client's connection thread ([`Client::submit_with`]), so no thread waits per request and a
+//! pipeline of requests to one shard leaves in one frame.
+//!
+//! Reads are queries (the shard leader's read index, linearizable: protocol.md §5.3), writes
+//! are commands for the log: their replies come once a majority has them durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::FrontConfig;
+use crate::client::{
+    Callback, Client, ClientError, ClientOptions, Position, Response, ShardStatus,
+};
+use crate::core::ClusterId;
+use crate::core::batch::COMMAND_HEADER_BYTES;
+use crate::machine::{KvCommand, KvReply, shard_for_key};
+
+/// Whether a request reads (a query: never in the log) or writes (a command for the log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Answered by the shard leader's state machine after a read-index round.
+    Read,
+    /// Committed through the log, durable on a majority before its reply.
+    Write,
+}
+
+/// Why a request through a front end failed; [`RequestError::code`] is the stable name each
+/// front end reports.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No reply in time: no leader (an election runs, or a majority is down) or a slow one.
+    #[error(
+        "no reply from the shard's leader within {0:?} (no leader, or no majority): a write may \
+         or may not have been applied; try again"
+    )]
+    Timeout(Duration),
+    /// The cluster cannot be reached, or refused the request for now.
+    #[error("the cluster is unavailable: {0}")]
+    Unavailable(String),
+    /// The command does not fit in one of the node's batches.
+    #[error(
+        "the command takes {bytes} bytes, more than the node's limit of {max} (key and value together)"
+    )]
+    TooLarge {
+        /// The encoded command's size.
+        bytes: usize,
+        /// The largest that fits.
+        max: usize,
+    },
+    /// The shard's leader has no disk space left; nothing was applied.
+    #[error("out of disk space: {0}")]
+    OutOfSpace(String),
+    /// The cluster refused the command for good.
+    #[error("rejected by the cluster: {0}")]
+    Rejected(String),
+    /// A reply the front end cannot read (a bug, or another state machine behind the node).
+    #[error("a reply that is not a key-value reply: {0}")]
+    BadReply(String),
+}
+
+impl RequestError {
+    /// The error's stable code, as the front ends name it.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::Timeout(_) => "timeout",
+            RequestError::Unavailable(_) => "unavailable",
+            RequestError::TooLarge { .. } => "too_large",
+            RequestError::OutOfSpace(_) => "out_of_space",
+            RequestError::Rejected(_) => "rejected",
+            RequestError::BadReply(_) => "bad_reply",
+        }
+    }
+}
+
+impl From<ClientError> for RequestError {
+    fn from(error: ClientError) -> RequestError {
+        match error {
+            ClientError::Timeout(timeout) => RequestError::Timeout(timeout),
+            ClientError::OutOfSpace(reason) => RequestError::OutOfSpace(reason),
+            ClientError::Rejected(reason) => RequestError::Rejected(reason),
+            ClientError::BadReply(reason) => RequestError::BadReply(reason),
+            // The session was evicted or the reply window passed it: not applied now; the
+            // client registers a new session for the next request.
+            error @ (ClientError::Expired | ClientError::SessionExpired) => {
+                RequestError::Unavailable(error.to_string())
+            }
+            error => RequestError::Unavailable(error.to_string()),
+        }
+    }
+}
+
+/// The cluster, as the front ends use it.
+pub struct Gateway {
+    client: Client,
+    request_timeout: Duration,
+    command_bytes_max: usize,
+    node: String,
+    cluster_id: ClusterId,
+    next_append_shard: AtomicU64,
+}
+
+/// Requests submitted to one shard, not yet answered: [`Submitted::wait`] gives their
+/// outcomes.
+pub struct Submitted<'a> {
+    gateway: &'a Gateway,
+    shard: u16,
+    sequences: Vec<u64>,
+    receivers: Vec<oneshot::Receiver<Result<Response, ClientError>>>,
+    deadline: tokio::time::Instant,
+}
+
+impl Submitted<'_> {
+    /// The outcomes, in the order submitted; a request not answered by the deadline fails
+    /// with [`RequestError::Timeout`] and is abandoned (not re-sent again).
+    pub async fn wait(self) -> Vec<Result<Response, RequestError>> {
+        let mut outcomes = Vec::with_capacity(self.receivers.len());
+        let mut abandoned = Vec::new();
+        for (receiver, sequence) in self.receivers.into_iter().zip(&self.sequences) {
+            let outcome = match tokio::time::timeout_at(self.deadline, receiver).await {
+                Ok(Ok(result)) => result.map_err(RequestError::from),
+                // The callback was dropped uncalled: the client closed.
+                Ok(Err(_)) => Err(RequestError::Unavailable("the client closed".into())),
+                Err(_) => {
+                    abandoned.push(*sequence);
+                    Err(RequestError::Timeout(self.gateway.request_timeout))
+                }
+            };
+            outcomes.push(outcome);
+        }
+        if !abandoned.is_empty() {
+            self.gateway.client.abandon(self.shard, &abandoned);
+        }
+        outcomes
+    }
+}
+
+/// A KV reply as the answer to one kind of command, or why not.
+fn expect_reply(response: Result<Response, RequestError>) -> Result<KvReply, RequestError> {
+    let response = response?;
+    match KvReply::decode(&response.body) {
+        Some(KvReply::Invalid) => {
+            Err(RequestError::Rejected("the store could not decode the command".into()))
+        }
+        Some(reply) => Ok(reply),
+        None => Err(RequestError::BadReply(format!("{} bytes", response.body.len()))),
+    }
+}
+
+impl Gateway {
+    /// Connects to the node and its peers (`config.seeds`).
+    ///
+    /// # Errors
+    /// No seed answered, or the cluster refused the client.
+    pub fn connect(config: &FrontConfig) -> Result<Gateway, ClientError> {
+        let options = ClientOptions {
+            cluster_id: config.cluster_id,
+            request_timeout: config.request_timeout,
+            ..ClientOptions::default()
+        };
+        let client = Client::connect(&config.seeds, options)?;
+        Ok(Gateway {
+            client,
+            request_timeout: config.request_timeout,
+            command_bytes_max: config.batch_bytes_max.saturating_sub(COMMAND_HEADER_BYTES),
+            node: config.seeds.first().cloned().unwrap_or_default(),
+            cluster_id: config.cluster_id,
+            next_append_shard: AtomicU64::new(0),
+        })
+    }
+
+    /// The largest encoded command the node takes: a key and its value (and, for a
+    /// compare-and-set, the expected value) must fit in it with a few bytes of framing.
+    #[must_use]
+    pub fn command_bytes_max(&self) -> usize {
+        self.command_bytes_max
+    }
+
+    /// The shard `key` lives on.
+    #[must_use]
+    pub fn shard_of(&self, key: &[u8]) -> u16 {
+        shard_for_key(key, usize::from(self.client.shards())) as u16
+    }
+
+    /// Shards in the cluster.
+    #[must_use]
+    pub fn shards(&self) -> u16 {
+        self.client.shards()
+    }
+
+    /// `command`, encoded, if it fits in a batch.
+    ///
+    /// # Errors
+    /// [`RequestError::TooLarge`].
+    pub fn encode(&self, command: &KvCommand) -> Result<Vec<u8>, RequestError> {
+        let bytes = command.encode();
+        if bytes.len() > self.command_bytes_max {
+            return Err(RequestError::TooLarge { bytes: bytes.len(), max: self.command_bytes_max });
+        }
+        Ok(bytes)
+    }
+
+    /// Sends encoded commands (all reads or all writes) to one shard, in one frame, without
+    /// waiting; they take effect in the order given.
+    #[must_use]
+    pub fn submit(&self, shard: u16, access: Access, commands: &[&[u8]]) -> Submitted<'_> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut receivers = Vec::with_capacity(commands.len());
+        let callbacks: Vec<Callback> = commands
+            .iter()
+            .map(|_| {
+                let (sender, receiver) = oneshot::channel();
+                receivers.push(receiver);
+                Box::new(move |result| {
+                    // A receiver gone gave up waiting.
+                    let _ = sender.send(result);
+                }) as Callback
+            })
+            .collect();
+        let sequences = self.client.submit_with(shard, access == Access::Read, commands, callbacks);
+        Submitted { gateway: self, shard, sequences, receivers, deadline }
+    }
+
+    /// Sends one KV command to its key's shard and waits for the reply.
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn kv(
+        &self,
+        key: &[u8],
+        access: Access,
+        command: &KvCommand,
+    ) -> Result<KvReply, RequestError> {
+        let bytes = self.encode(command)?;
+        let submitted = self.submit(self.shard_of(key), access, &[&bytes]);
+        let outcome = submitted.wait().await.pop();
+        expect_reply(outcome.unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into()))))
+    }
+
+    /// Reads `key`, linearizably.
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RequestError> {
+        match self.kv(key, Access::Read, &KvCommand::Get { key: key.to_vec() }).await? {
+            KvReply::Value(value) => Ok(value),
+            other => Err(RequestError::BadReply(format!("a get answered {other:?}"))),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), RequestError> {
+        let command = KvCommand::Put { key: key.to_vec(), value: value.to_vec() };
+        self.kv(key, Access::Write, &command).await.map(|_| ())
+    }
+
+    /// Removes `key` (whether or not it was there).
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn delete(&self, key: &[u8]) -> Result<(), RequestError> {
+        self.kv(key, Access::Write, &KvCommand::Delete { key: key.to_vec() }).await.map(|_| ())
+    }
+
+    /// Sets `key` to `new` if it holds `expected` (`None`: if absent); whether it did, and
+    /// what the key held.
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn compare_and_set(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<(bool, Option<Vec<u8>>), RequestError> {
+        let command = KvCommand::CompareAndSet {
+            key: key.to_vec(),
+            expected: expected.map(<[u8]>::to_vec),
+            new: new.to_vec(),
+        };
+        match self.kv(key, Access::Write, &command).await? {
+            KvReply::CompareAndSet { succeeded, previous } => Ok((succeeded, previous)),
+            other => Err(RequestError::BadReply(format!("a compare-and-set answered {other:?}"))),
+        }
+    }
+
+    /// Appends an opaque entry to the log (shards taken in turn); its committed position.
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn append(&self, entry: &[u8]) -> Result<Position, RequestError> {
+        let shards = u64::from(self.client.shards());
+        let shard = (self.next_append_shard.fetch_add(1, Ordering::Relaxed) % shards) as u16;
+        let bytes = self.encode(&KvCommand::Append { entry: entry.to_vec() })?;
+        let outcome = self.submit(shard, Access::Write, &[&bytes]).wait().await.pop();
+        let response =
+            outcome.unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into())))?;
+        Ok(self.client.position(&response))
+    }
+
+    /// How each shard of this node is doing (its status request, on a blocking thread).
+    ///
+    /// # Errors
+    /// The node does not answer.
+    pub async fn status(&self) -> Result<Vec<ShardStatus>, RequestError> {
+        let (node, cluster_id) = (self.node.clone(), self.cluster_id);
+        tokio::task::spawn_blocking(move || crate::client::node_status(&node, cluster_id, false))
+            .await
+            .map_err(|error| RequestError::Unavailable(error.to_string()))?
+            .map_err(RequestError::from)
+    }
+
+    /// This node's client address.
+    #[must_use]
+    pub fn node_address(&self) -> &str {
+        &self.node
+    }
+}
