@@ -94,6 +94,10 @@ pub struct NodeSettings {
     /// MiB that may wait to be sent to one client before it is disconnected as one that does
     /// not read (default 16, and at least two snapshot pieces).
     pub client_queue_mib: Option<u32>,
+    /// Where to serve the HTTP/JSON API, `HOST:PORT` (docs/http.md); unset: not served.
+    pub http_listen: Option<String>,
+    /// Where to serve the Redis protocol, `HOST:PORT` (docs/redis.md); unset: not served.
+    pub redis_listen: Option<String>,
 }
 
 /// Where a node applies committed commands.
@@ -188,6 +192,8 @@ impl NodeSettings {
             read_timeout_ms: overrides.read_timeout_ms.or(self.read_timeout_ms),
             write_timeout_ms: overrides.write_timeout_ms.or(self.write_timeout_ms),
             client_queue_mib: overrides.client_queue_mib.or(self.client_queue_mib),
+            http_listen: overrides.http_listen.or(self.http_listen),
+            redis_listen: overrides.redis_listen.or(self.redis_listen),
         }
     }
 }
@@ -334,6 +340,10 @@ pub struct NodeConfig {
     pub write_timeout_ms: u32,
     /// Bytes that may wait for one client before it is disconnected.
     pub client_queue_bytes: usize,
+    /// Where the HTTP/JSON front end listens, if it runs (the binary starts it).
+    pub http_listen: Option<String>,
+    /// Where the Redis-protocol front end listens, if it runs (the binary starts it).
+    pub redis_listen: Option<String>,
 }
 
 /// Client connections a node serves at once by default.
@@ -591,6 +601,12 @@ impl NodeConfig {
                 3_600_000,
             )?,
             client_queue_bytes,
+            http_listen: settings.http_listen.as_deref().map(|value| check_address("http_listen", value)).transpose()?,
+            redis_listen: settings
+                .redis_listen
+                .as_deref()
+                .map(|value| check_address("redis_listen", value))
+                .transpose()?,
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use quorum::front::{FrontConfig, FrontEnds};
 use quorum::runtime::Node;
 use quorum::runtime::config::{NodeConfig, NodeSettings};
 
@@ -132,6 +133,15 @@ pub struct NodeArgs {
     /// pieces); a client with more waiting does not read and is disconnected.
     #[arg(long, value_name = "MIB")]
     client_queue_mib: Option<u32>,
+    /// Serve the HTTP/JSON API here, HOST:PORT (docs/http.md): any node answers any request,
+    /// forwarding to each key's shard leader. Not served unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    http_listen: Option<String>,
+    /// Serve the Redis protocol here, HOST:PORT (docs/redis.md): redis-cli and Redis client
+    /// libraries work unchanged for GET, SET, DEL and the commands listed there. Not served
+    /// unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    redis_listen: Option<String>,
 }
 
 impl NodeArgs {
@@ -166,6 +176,8 @@ impl NodeArgs {
             read_timeout_ms: self.read_timeout_ms,
             write_timeout_ms: self.write_timeout_ms,
             client_queue_mib: self.client_queue_mib,
+            http_listen: self.http_listen.clone(),
+            redis_listen: self.redis_listen.clone(),
         }
     }
 }
@@ -189,6 +201,7 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         }
     };
     let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
+    let front_config = front_config(&config);
     if config.durability == quorum::runtime::config::Durability::None {
         tracing::warn!("durability is off: acknowledged writes can be lost in a crash");
     }
@@ -196,6 +209,15 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         Ok(node) => node,
         Err(error) => {
             eprintln!("quorum node: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let fronts = match front_config.map(|config| FrontEnds::start(&config)).transpose() {
+        Ok(fronts) => fronts,
+        Err(error) => {
+            eprintln!("quorum node: {error}");
+            node.stop();
+            let _ = node.wait();
             return ExitCode::FAILURE;
         }
     };
@@ -212,6 +234,9 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!(id, "stopping");
+    if let Some(fronts) = fronts {
+        fronts.stop();
+    }
     node.stop();
     match node.wait() {
         Ok(()) => {
@@ -223,4 +248,18 @@ pub fn run(args: &NodeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The front ends' settings, if the node serves any: their client starts at this node's own
+/// listener, then its fellow voters.
+fn front_config(config: &NodeConfig) -> Option<FrontConfig> {
+    if config.http_listen.is_none() && config.redis_listen.is_none() {
+        return None;
+    }
+    let mut seeds = vec![config.listen.clone()];
+    seeds.extend(config.voters.values().filter(|address| **address != config.listen).cloned());
+    let mut front = FrontConfig::new(seeds, config.cluster_id, config.batch_bytes_max);
+    front.http_listen = config.http_listen.clone();
+    front.redis_listen = config.redis_listen.clone();
+    Some(front)
 }

@@ -167,6 +167,9 @@ impl NodeArgs {
             read_timeout_ms: self.read_timeout_ms,
             write_timeout_ms: self.write_timeout_ms,
             client_queue_mib: self.client_queue_mib,
+            // The front ends serve the built-in KV store, not SQLite.
+            http_listen: None,
+            redis_listen: None,
         }
     }
 }
