@@ -601,7 +601,11 @@ impl NodeConfig {
                 3_600_000,
             )?,
             client_queue_bytes,
-            http_listen: settings.http_listen.as_deref().map(|value| check_address("http_listen", value)).transpose()?,
+            http_listen: settings
+                .http_listen
+                .as_deref()
+                .map(|value| check_address("http_listen", value))
+                .transpose()?,
             redis_listen: settings
                 .redis_listen
                 .as_deref()

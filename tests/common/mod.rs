@@ -98,7 +98,8 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let args = args.iter().map(|arg| (*arg).to_string()).collect();
-        let mut cluster = Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args, shards: 1 };
+        let mut cluster =
+            Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args, shards: 1 };
         for index in 0..cluster.nodes.len() {
             cluster.spawn(index);
         }
@@ -248,7 +249,8 @@ impl Cluster {
                 .flatten()
                 .filter(|other| other[shard].leader == Some(NodeId(index as u16 + 1)))
                 .count();
-            if status[shard].role == quorum::core::RoleKind::Leader && named * 2 > self.nodes.len() {
+            if status[shard].role == quorum::core::RoleKind::Leader && named * 2 > self.nodes.len()
+            {
                 return Some(index);
             }
         }
