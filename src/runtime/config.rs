@@ -159,6 +159,19 @@ impl NodeSettings {
         })
     }
 
+    /// Where the front ends listen (`http_listen`, `redis_listen`), each checked as
+    /// `HOST:PORT`. The node itself does not serve them: the binary starts them beside it
+    /// (`quorum::front`).
+    ///
+    /// # Errors
+    /// An address that is not `HOST:PORT`.
+    pub fn front_listeners(&self) -> Result<(Option<String>, Option<String>), NodeConfigError> {
+        let check = |field, value: &Option<String>| {
+            value.as_deref().map(|value| check_address(field, value)).transpose()
+        };
+        Ok((check("http_listen", &self.http_listen)?, check("redis_listen", &self.redis_listen)?))
+    }
+
     /// `self`, with every value `overrides` sets replacing it.
     #[must_use]
     pub fn overridden_by(self, overrides: NodeSettings) -> NodeSettings {
@@ -340,10 +353,6 @@ pub struct NodeConfig {
     pub write_timeout_ms: u32,
     /// Bytes that may wait for one client before it is disconnected.
     pub client_queue_bytes: usize,
-    /// Where the HTTP/JSON front end listens, if it runs (the binary starts it).
-    pub http_listen: Option<String>,
-    /// Where the Redis-protocol front end listens, if it runs (the binary starts it).
-    pub redis_listen: Option<String>,
 }
 
 /// Client connections a node serves at once by default.
@@ -601,16 +610,6 @@ impl NodeConfig {
                 3_600_000,
             )?,
             client_queue_bytes,
-            http_listen: settings
-                .http_listen
-                .as_deref()
-                .map(|value| check_address("http_listen", value))
-                .transpose()?,
-            redis_listen: settings
-                .redis_listen
-                .as_deref()
-                .map(|value| check_address("redis_listen", value))
-                .transpose()?,
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =

@@ -182,26 +182,36 @@ impl NodeArgs {
     }
 }
 
-pub fn run(args: &NodeArgs) -> ExitCode {
+/// The node's configuration and its front ends' listeners, from the file and the flags;
+/// the error already printed.
+/// Where the HTTP and the Redis front ends listen, if they do.
+type Listeners = (Option<String>, Option<String>);
+
+fn resolve(args: &NodeArgs) -> Result<(NodeConfig, Listeners), ExitCode> {
     let file = match &args.config {
-        Some(path) => match NodeSettings::from_file(path) {
-            Ok(settings) => settings,
-            Err(error) => {
-                eprintln!("quorum node: {error}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(path) => NodeSettings::from_file(path).map_err(|error| {
+            eprintln!("quorum node: {error}");
+            ExitCode::from(2)
+        })?,
         None => NodeSettings::default(),
     };
-    let config = match NodeConfig::resolve(file.overridden_by(args.settings())) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("quorum node: {error}");
-            return ExitCode::from(2);
-        }
+    let settings = file.overridden_by(args.settings());
+    let checked = settings
+        .front_listeners()
+        .and_then(|listeners| NodeConfig::resolve(settings).map(|config| (config, listeners)));
+    checked.map_err(|error| {
+        eprintln!("quorum node: {error}");
+        ExitCode::from(2)
+    })
+}
+
+pub fn run(args: &NodeArgs) -> ExitCode {
+    let (config, listeners) = match resolve(args) {
+        Ok(resolved) => resolved,
+        Err(code) => return code,
     };
     let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
-    let front_config = front_config(&config);
+    let front_config = front_config(&config, listeners);
     if config.durability == quorum::runtime::config::Durability::None {
         tracing::warn!("durability is off: acknowledged writes can be lost in a crash");
     }
@@ -252,14 +262,17 @@ pub fn run(args: &NodeArgs) -> ExitCode {
 
 /// The front ends' settings, if the node serves any: their client starts at this node's own
 /// listener, then its fellow voters.
-fn front_config(config: &NodeConfig) -> Option<FrontConfig> {
-    if config.http_listen.is_none() && config.redis_listen.is_none() {
+fn front_config(
+    config: &NodeConfig,
+    (http_listen, redis_listen): Listeners,
+) -> Option<FrontConfig> {
+    if http_listen.is_none() && redis_listen.is_none() {
         return None;
     }
     let mut seeds = vec![config.listen.clone()];
     seeds.extend(config.voters.values().filter(|address| **address != config.listen).cloned());
     let mut front = FrontConfig::new(seeds, config.cluster_id, config.batch_bytes_max);
-    front.http_listen = config.http_listen.clone();
-    front.redis_listen = config.redis_listen.clone();
+    front.http_listen = http_listen;
+    front.redis_listen = redis_listen;
     Some(front)
 }

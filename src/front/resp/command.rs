@@ -151,11 +151,11 @@ pub enum Command {
     /// `CLIENT SETINFO …` and others answered `OK` without effect.
     ClientIgnored,
     /// `COMMAND` (the table), `COMMAND COUNT`, `COMMAND DOCS`, `COMMAND INFO name…`.
-    CommandTable(Option<Vec<Bytes>>),
+    Table(Option<Vec<Bytes>>),
     /// `COMMAND COUNT`.
-    CommandCount,
+    TableCount,
     /// `COMMAND DOCS …`: none kept.
-    CommandDocs,
+    TableDocs,
     /// `INFO [section]`.
     Info,
     /// `CONFIG GET parameter…`.
@@ -244,8 +244,16 @@ pub fn parse(arguments: Vec<Bytes>) -> Result<Command, Reply> {
     if !fits {
         return Err(arity_error(spec.name));
     }
+    match parse_data(spec.name, rest)? {
+        Some(command) => Ok(command),
+        None => parse_connection(spec.name, name, rest),
+    }
+}
+
+/// The commands on keys; `None` for the others.
+fn parse_data(name: &str, rest: &[Bytes]) -> Result<Option<Command>, Reply> {
     let key = |at: usize| rest[at].clone();
-    Ok(match spec.name {
+    Ok(Some(match name {
         "get" => Command::Get(key(0)),
         "strlen" => Command::Strlen(key(0)),
         "exists" => Command::Exists(rest.to_vec()),
@@ -270,12 +278,19 @@ pub fn parse(arguments: Vec<Bytes>) -> Result<Command, Reply> {
                 by.checked_neg().ok_or_else(|| Reply::error("ERR decrement would overflow"))?;
             Command::IncrBy(key(0), negated)
         }
+        _ => return Ok(None),
+    }))
+}
+
+/// The connection's own commands (`name` as sent, for the unknown-command error).
+fn parse_connection(lower: &str, name: &[u8], rest: &[Bytes]) -> Result<Command, Reply> {
+    Ok(match lower {
         "ping" => match rest {
             [] => Command::Ping(None),
             [message] => Command::Ping(Some(message.clone())),
             _ => return Err(arity_error("ping")),
         },
-        "echo" => Command::Echo(key(0)),
+        "echo" => Command::Echo(rest[0].clone()),
         "hello" => parse_hello(rest)?,
         "auth" => Command::Auth(rest.len()),
         "select" => match integer(&rest[0]) {
@@ -287,10 +302,10 @@ pub fn parse(arguments: Vec<Bytes>) -> Result<Command, Reply> {
         "reset" => Command::Reset,
         "client" => parse_client(rest)?,
         "command" => match rest.first().map(|sub| upper(sub)).as_deref() {
-            None => Command::CommandTable(None),
-            Some("COUNT") => Command::CommandCount,
-            Some("DOCS") => Command::CommandDocs,
-            Some("INFO") => Command::CommandTable(Some(rest[1..].to_vec())),
+            None => Command::Table(None),
+            Some("COUNT") => Command::TableCount,
+            Some("DOCS") => Command::TableDocs,
+            Some("INFO") => Command::Table(Some(rest[1..].to_vec())),
             Some(other) => {
                 return Err(Reply::error(format!(
                     "ERR unknown subcommand '{other}'. Try COMMAND HELP."
@@ -412,6 +427,7 @@ mod tests {
         text.split(' ').map(|word| Bytes::from(word.to_string())).collect()
     }
 
+    #[allow(clippy::panic)]
     #[test]
     fn requests_become_commands_or_redis_errors() {
         assert_eq!(parse(args("GET k")), Ok(Command::Get(Bytes::from("k"))));
@@ -427,7 +443,7 @@ mod tests {
         assert_eq!(parse(args("SET k v NX XX")), Err(syntax_error()));
         assert_eq!(parse(args("GET")), Err(arity_error("get")));
         assert_eq!(parse(args("MSET a 1 b")), Err(arity_error("mset")));
-        assert_eq!(parse(args("DECRBY k -9223372036854775808")).is_err(), true);
+        assert!(parse(args("DECRBY k -9223372036854775808")).is_err());
         let Err(Reply::Error(text)) = parse(args("FROB a b")) else { panic!() };
         assert_eq!(text, "ERR unknown command 'FROB', with args beginning with: 'a' 'b' ");
         let Err(Reply::Error(text)) = parse(args("EXPIRE k 10")) else { panic!() };

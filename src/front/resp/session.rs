@@ -75,6 +75,9 @@ enum Step {
     Complex(Command),
 }
 
+/// One phase of a shard's requests in a pipeline: its reads, then its writes.
+type Phase = (Vec<Queued>, Vec<Queued>);
+
 /// A single request waiting in a pipeline: its reply's place and what it is.
 struct Queued {
     at: usize,
@@ -244,7 +247,7 @@ impl Session {
             return;
         }
         // Per shard, its phases: the reads and then the writes of each.
-        let mut phases: BTreeMap<u16, Vec<(Vec<Queued>, Vec<Queued>)>> = BTreeMap::new();
+        let mut phases: BTreeMap<u16, Vec<Phase>> = BTreeMap::new();
         for (shard, request) in queued {
             let list = phases.entry(shard).or_default();
             let new_phase = match list.last() {
@@ -264,7 +267,7 @@ impl Session {
         }
         let gateway = &self.shared.gateway;
         let rounds = phases.values().map(Vec::len).max().unwrap_or(0);
-        let mut phases: Vec<(u16, std::vec::IntoIter<(Vec<Queued>, Vec<Queued>)>)> =
+        let mut phases: Vec<(u16, std::vec::IntoIter<Phase>)> =
             phases.into_iter().map(|(shard, list)| (shard, list.into_iter())).collect();
         for _ in 0..rounds {
             let mut waiting = Vec::new();
@@ -400,6 +403,13 @@ impl Session {
                 self.write_many(present).await.map_err(failed)?;
                 Reply::Integer(count)
             }
+            other => return self.read_modify_write(other).await,
+        })
+    }
+
+    /// The commands that read a key and write what they make of it, by compare-and-set.
+    async fn read_modify_write(&self, command: Command) -> Result<Reply, Reply> {
+        Ok(match command {
             Command::Set { key, value, condition, get } => {
                 let (before, written) = self
                     .update(&key, |current| {
@@ -444,12 +454,8 @@ impl Session {
                 let text = written.unwrap_or_default();
                 Reply::Integer(stored_integer(&text)?)
             }
-            other => self.local_reply(other),
+            other => Reply::error(format!("ERR internal: {other:?} is not a data command")),
         })
-    }
-
-    fn local_reply(&self, command: Command) -> Reply {
-        Reply::error(format!("ERR internal: {command:?} is not a data command"))
     }
 
     /// The connection's own commands: no cluster request.
@@ -488,40 +494,11 @@ impl Session {
             Command::ClientGetName => Reply::optional(self.name.as_ref().map(|name| name.to_vec())),
             Command::ClientId => Reply::Integer(self.id as i64),
             Command::ClientInfo => Reply::text(self.client_info()),
-            Command::CommandTable(None) => Reply::Array(TABLE.iter().map(describe).collect()),
-            Command::CommandTable(Some(names)) => Reply::Array(
-                names
-                    .iter()
-                    .map(|name| {
-                        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-                        TABLE.iter().find(|spec| spec.name == lower).map_or(Reply::Null, describe)
-                    })
-                    .collect(),
-            ),
-            Command::CommandCount => Reply::Integer(TABLE.len() as i64),
-            Command::CommandDocs => Reply::Map(Vec::new()),
+            Command::Table(names) => command_table(names),
+            Command::TableCount => Reply::Integer(TABLE.len() as i64),
+            Command::TableDocs => Reply::Map(Vec::new()),
             Command::Info => Reply::text(self.info()),
-            Command::ConfigGet(patterns) => {
-                // What tools ask for (redis-benchmark: `save`, `appendonly`), answered for what
-                // a node does: no snapshots to disk, every write in a log synced before the
-                // reply.
-                let known = [
-                    ("save", ""),
-                    ("appendonly", "yes"),
-                    ("appendfsync", "always"),
-                    ("databases", "1"),
-                ];
-                let pairs = known
-                    .iter()
-                    .filter(|(name, _)| {
-                        patterns.iter().any(|pattern| {
-                            &pattern[..] == b"*" || pattern.eq_ignore_ascii_case(name.as_bytes())
-                        })
-                    })
-                    .map(|(name, value)| (Reply::text(*name), Reply::text(*value)))
-                    .collect();
-                Reply::Map(pairs)
-            }
+            Command::ConfigGet(patterns) => config_get(&patterns),
             data => Reply::error(format!("ERR internal: {data:?} is not a connection command")),
         }
     }
@@ -570,6 +547,37 @@ impl Session {
             gateway.shards(),
         )
     }
+}
+
+/// `COMMAND` (every served command) or `COMMAND INFO name…` (those, null for others).
+fn command_table(names: Option<Vec<Bytes>>) -> Reply {
+    let Some(names) = names else { return Reply::Array(TABLE.iter().map(describe).collect()) };
+    Reply::Array(
+        names
+            .iter()
+            .map(|name| {
+                let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+                TABLE.iter().find(|spec| spec.name == lower).map_or(Reply::Null, describe)
+            })
+            .collect(),
+    )
+}
+
+/// `CONFIG GET`: what tools ask for (redis-benchmark: `save`, `appendonly`), answered for
+/// what a node does: no snapshots to disk, every write in a log synced before the reply.
+fn config_get(patterns: &[Bytes]) -> Reply {
+    let known =
+        [("save", ""), ("appendonly", "yes"), ("appendfsync", "always"), ("databases", "1")];
+    let pairs = known
+        .iter()
+        .filter(|(name, _)| {
+            patterns.iter().any(|pattern| {
+                &pattern[..] == b"*" || pattern.eq_ignore_ascii_case(name.as_bytes())
+            })
+        })
+        .map(|(name, value)| (Reply::text(*name), Reply::text(*value)))
+        .collect();
+    Reply::Map(pairs)
 }
 
 /// The Redis version a node reports (`INFO`, `HELLO`): the one whose commands it follows, so
