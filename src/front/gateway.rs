@@ -1,12 +1,19 @@
 //! The front ends' way into the cluster: one [`Client`] shared by every connection, with an
 //! async face. A request is submitted with a callback that completes a tokio channel on the
-//! client's connection thread ([`Client::submit_with`]), so no thread waits per request and a
-//! pipeline of requests to one shard leaves in one frame.
+//! client's connection thread ([`Client::submit_with`]), so no thread waits per request.
+//!
+//! Requests to one shard are gathered across connections: the first to find a shard's outbox
+//! empty yields once to the runtime, so that every other connection ready to run adds its own,
+//! then sends them all, one frame per run of reads or of writes. Each connection's requests
+//! keep their order (one outbox per shard, sent under a lock in the order added). Without
+//! this, each of 256 connections sending one request at a time cost a frame of its own, and
+//! the front end served a sixth of what the native client does (BENCHMARKS.md).
 //!
 //! Reads are queries (the shard leader's read index, linearizable: protocol.md §5.3), writes
 //! are commands for the log: their replies come once a majority has them durable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -94,9 +101,31 @@ impl From<ClientError> for RequestError {
     }
 }
 
+/// A request waiting in a shard's outbox.
+struct Entry {
+    access: Access,
+    command: Vec<u8>,
+    callback: Callback,
+    /// Its sequence number, once sent (to abandon it after a timeout).
+    sequence: Arc<OnceLock<u64>>,
+}
+
+/// One shard's requests not yet sent.
+#[derive(Default)]
+struct Outbox {
+    entries: Vec<Entry>,
+    /// A task will send them: those added meanwhile go with them.
+    flushing: bool,
+}
+
 /// The cluster, as the front ends use it.
 pub struct Gateway {
     client: Client,
+    /// Per shard: requests waiting to be sent.
+    outboxes: Vec<Mutex<Outbox>>,
+    /// Per shard: held while an outbox's requests are taken and sent, so that requests added
+    /// later are sent later.
+    sending: Vec<Mutex<()>>,
     request_timeout: Duration,
     command_bytes_max: usize,
     node: String,
@@ -109,7 +138,7 @@ pub struct Gateway {
 pub struct Submitted<'a> {
     gateway: &'a Gateway,
     shard: u16,
-    sequences: Vec<u64>,
+    sequences: Vec<Arc<OnceLock<u64>>>,
     receivers: Vec<oneshot::Receiver<Result<Response, ClientError>>>,
     deadline: tokio::time::Instant,
 }
@@ -126,7 +155,7 @@ impl Submitted<'_> {
                 // The callback was dropped uncalled: the client closed.
                 Ok(Err(_)) => Err(RequestError::Unavailable("the client closed".into())),
                 Err(_) => {
-                    abandoned.push(*sequence);
+                    abandoned.extend(sequence.get().copied());
                     Err(RequestError::Timeout(self.gateway.request_timeout))
                 }
             };
@@ -163,7 +192,10 @@ impl Gateway {
             ..ClientOptions::default()
         };
         let client = Client::connect(&config.seeds, options)?;
+        let shards = usize::from(client.shards());
         Ok(Gateway {
+            outboxes: (0..shards).map(|_| Mutex::new(Outbox::default())).collect(),
+            sending: (0..shards).map(|_| Mutex::new(())).collect(),
             client,
             request_timeout: config.request_timeout,
             command_bytes_max: config.batch_bytes_max.saturating_sub(COMMAND_HEADER_BYTES),
@@ -204,25 +236,72 @@ impl Gateway {
         Ok(bytes)
     }
 
-    /// Sends encoded commands (all reads or all writes) to one shard, in one frame, without
-    /// waiting; they take effect in the order given.
-    #[must_use]
-    pub fn submit(&self, shard: u16, access: Access, commands: &[&[u8]]) -> Submitted<'_> {
+    /// Sends encoded commands (all reads or all writes) to one shard, with those other
+    /// connections send at the same moment; they take effect in the order given, and after
+    /// what this connection submitted before.
+    pub async fn submit(&self, shard: u16, access: Access, commands: &[&[u8]]) -> Submitted<'_> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let mut receivers = Vec::with_capacity(commands.len());
-        let callbacks: Vec<Callback> = commands
-            .iter()
-            .map(|_| {
-                let (sender, receiver) = oneshot::channel();
-                receivers.push(receiver);
-                Box::new(move |result| {
-                    // A receiver gone gave up waiting.
-                    let _ = sender.send(result);
-                }) as Callback
-            })
-            .collect();
-        let sequences = self.client.submit_with(shard, access == Access::Read, commands, callbacks);
+        let mut sequences = Vec::with_capacity(commands.len());
+        let entries = commands.iter().map(|command| {
+            let (sender, receiver) = oneshot::channel();
+            receivers.push(receiver);
+            let sequence = Arc::new(OnceLock::new());
+            sequences.push(sequence.clone());
+            let callback: Callback = Box::new(move |result| {
+                // A receiver gone gave up waiting.
+                let _ = sender.send(result);
+            });
+            Entry { access, command: command.to_vec(), callback, sequence }
+        });
+        let outbox = &self.outboxes[usize::from(shard)];
+        let flush = {
+            let mut outbox = outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            outbox.entries.extend(entries);
+            !std::mem::replace(&mut outbox.flushing, true)
+        };
+        if flush {
+            // Let the other connections ready to run add theirs, then send everything.
+            tokio::task::yield_now().await;
+            self.flush(shard);
+        }
         Submitted { gateway: self, shard, sequences, receivers, deadline }
+    }
+
+    /// Sends what waits in `shard`'s outbox: one frame per run of reads or writes, in order.
+    fn flush(&self, shard: u16) {
+        let _sending = self.sending[usize::from(shard)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = {
+            let mut outbox = self.outboxes[usize::from(shard)]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            outbox.flushing = false;
+            std::mem::take(&mut outbox.entries)
+        };
+        let mut entries = entries.into_iter().peekable();
+        while let Some(first) = entries.next() {
+            let access = first.access;
+            let mut run = vec![first];
+            while let Some(next) = entries.next_if(|entry| entry.access == access) {
+                run.push(next);
+            }
+            let mut slots = Vec::with_capacity(run.len());
+            let mut owned_commands = Vec::with_capacity(run.len());
+            let mut owned_callbacks: Vec<Callback> = Vec::with_capacity(run.len());
+            for entry in run {
+                slots.push(entry.sequence);
+                owned_commands.push(entry.command);
+                owned_callbacks.push(entry.callback);
+            }
+            let commands: Vec<&[u8]> = owned_commands.iter().map(Vec::as_slice).collect();
+            let sent =
+                self.client.submit_with(shard, access == Access::Read, &commands, owned_callbacks);
+            for (slot, sequence) in slots.iter().zip(sent) {
+                let _ = slot.set(sequence);
+            }
+        }
     }
 
     /// Sends one KV command to its key's shard and waits for the reply.
@@ -236,7 +315,7 @@ impl Gateway {
         command: &KvCommand,
     ) -> Result<KvReply, RequestError> {
         let bytes = self.encode(command)?;
-        let submitted = self.submit(self.shard_of(key), access, &[&bytes]);
+        let submitted = self.submit(self.shard_of(key), access, &[&bytes]).await;
         let outcome = submitted.wait().await.pop();
         expect_reply(outcome.unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into()))))
     }
@@ -299,7 +378,7 @@ impl Gateway {
         let shards = u64::from(self.client.shards());
         let shard = (self.next_append_shard.fetch_add(1, Ordering::Relaxed) % shards) as u16;
         let bytes = self.encode(&KvCommand::Append { entry: entry.to_vec() })?;
-        let outcome = self.submit(shard, Access::Write, &[&bytes]).wait().await.pop();
+        let outcome = self.submit(shard, Access::Write, &[&bytes]).await.wait().await.pop();
         let response =
             outcome.unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into())))?;
         Ok(self.client.position(&response))

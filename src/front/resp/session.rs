@@ -279,7 +279,7 @@ impl Session {
                     }
                     let commands: Vec<&[u8]> =
                         group.iter().map(|request| &request.command[..]).collect();
-                    let submitted = gateway.submit(*shard, access, &commands);
+                    let submitted = gateway.submit(*shard, access, &commands).await;
                     waiting.push((submitted, group));
                 }
             }
@@ -297,7 +297,7 @@ impl Session {
         let mut waiting = Vec::with_capacity(keys.len());
         for key in keys {
             let command = gateway.encode(&KvCommand::Get { key: key.to_vec() })?;
-            waiting.push(gateway.submit(gateway.shard_of(key), Access::Read, &[&command]));
+            waiting.push(gateway.submit(gateway.shard_of(key), Access::Read, &[&command]).await);
         }
         let mut values = Vec::with_capacity(keys.len());
         for submitted in waiting {
@@ -319,7 +319,7 @@ impl Session {
         let mut waiting = Vec::with_capacity(commands.len());
         for (key, command) in commands {
             let bytes = gateway.encode(&command)?;
-            waiting.push(gateway.submit(gateway.shard_of(&key), Access::Write, &[&bytes]));
+            waiting.push(gateway.submit(gateway.shard_of(&key), Access::Write, &[&bytes]).await);
         }
         let mut first_error = None;
         for submitted in waiting {
