@@ -9,6 +9,8 @@
 //!   [`NodeBuilder::state_machine`] and [`NodeStart::start`] (docs/embedding.md).
 //! - Talk to a cluster: [`client::Client`] (proposals, queries, the KV commands, tails of the
 //!   committed log, snapshots).
+//! - Serve HTTP/JSON and the Redis protocol beside a node (feature `front`):
+//!   `front::FrontEnds::start` (docs/http.md, docs/redis.md).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
