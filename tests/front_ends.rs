@@ -297,6 +297,28 @@ fn hostile_input(cluster: &Cluster) -> Result<(), String> {
     if !answer.starts_with(b"HTTP/1.1 400") {
         return Err(format!("garbage HTTP got {:?}", String::from_utf8_lossy(&answer)));
     }
+    // Clients that hang up right after their request: the requests they left behind do not
+    // hold up anyone else's to the same shard.
+    for n in 0..100 {
+        let mut stream = TcpStream::connect(http(cluster, 0)).map_err(|error| error.to_string())?;
+        let request =
+            format!("PUT /v1/kv/hung-up-{n} HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nv");
+        stream.write_all(request.as_bytes()).map_err(|error| error.to_string())?;
+        drop(stream);
+        let mut stream =
+            TcpStream::connect(redis(cluster, 0)).map_err(|error| error.to_string())?;
+        stream
+            .write_all(format!("SET hung-up-{n} v\r\nGET hung-up-{n}\r\n").as_bytes())
+            .map_err(|error| error.to_string())?;
+        drop(stream);
+    }
+    let answer = exchange(&address, b"SET after-hang-ups yes\r\nGET after-hang-ups\r\nQUIT\r\n")?;
+    if answer != b"+OK\r\n$3\r\nyes\r\n+OK\r\n" {
+        return Err(format!(
+            "after clients hung up, SET and GET got {:?}",
+            String::from_utf8_lossy(&answer)
+        ));
+    }
     // Idle connections by the hundred cost nothing to the others.
     let idle: Vec<TcpStream> = (0..200)
         .flat_map(|_| [TcpStream::connect(redis(cluster, 0)), TcpStream::connect(http(cluster, 0))])

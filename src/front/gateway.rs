@@ -118,6 +118,18 @@ struct Outbox {
     flushing: bool,
 }
 
+/// Sends a shard's outbox when dropped.
+struct FlushOnDrop<'a> {
+    gateway: &'a Gateway,
+    shard: u16,
+}
+
+impl Drop for FlushOnDrop<'_> {
+    fn drop(&mut self) {
+        self.gateway.flush(self.shard);
+    }
+}
+
 /// The cluster, as the front ends use it.
 pub struct Gateway {
     client: Client,
@@ -261,9 +273,11 @@ impl Gateway {
             !std::mem::replace(&mut outbox.flushing, true)
         };
         if flush {
-            // Let the other connections ready to run add theirs, then send everything.
+            // Let the other connections ready to run add theirs, then send everything: when
+            // the guard drops, also if this task is dropped while it yields (an HTTP client
+            // that hung up), or the outbox would wait for a flush that never comes.
+            let _flush = FlushOnDrop { gateway: self, shard };
             tokio::task::yield_now().await;
-            self.flush(shard);
         }
         Submitted { gateway: self, shard, sequences, receivers, deadline }
     }
