@@ -291,23 +291,50 @@ impl Session {
         }
     }
 
+    /// Sends `commands` (each with its key) all at once, one submission per shard; their
+    /// outcomes in the order given.
+    async fn many(
+        &self,
+        access: Access,
+        commands: Vec<(Bytes, KvCommand)>,
+    ) -> Result<Vec<Result<KvReply, RequestError>>, RequestError> {
+        let gateway = &self.shared.gateway;
+        let count = commands.len();
+        let mut by_shard: BTreeMap<u16, (Vec<usize>, Vec<Vec<u8>>)> = BTreeMap::new();
+        for (at, (key, command)) in commands.into_iter().enumerate() {
+            let (places, encoded) = by_shard.entry(gateway.shard_of(&key)).or_default();
+            places.push(at);
+            encoded.push(gateway.encode(&command)?);
+        }
+        let mut waiting = Vec::with_capacity(by_shard.len());
+        for (shard, (places, encoded)) in by_shard {
+            let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            waiting.push((places, gateway.submit(shard, access, &slices).await));
+        }
+        let mut outcomes: Vec<Option<Result<KvReply, RequestError>>> =
+            (0..count).map(|_| None).collect();
+        for (places, submitted) in waiting {
+            for (at, outcome) in places.into_iter().zip(submitted.wait().await) {
+                outcomes[at] = Some(decode(outcome));
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into())))
+            })
+            .collect())
+    }
+
     /// Reads `keys`, all at once.
     async fn read_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Vec<u8>>>, RequestError> {
-        let gateway = &self.shared.gateway;
-        let mut waiting = Vec::with_capacity(keys.len());
-        for key in keys {
-            let command = gateway.encode(&KvCommand::Get { key: key.to_vec() })?;
-            waiting.push(gateway.submit(gateway.shard_of(key), Access::Read, &[&command]).await);
-        }
+        let gets =
+            keys.iter().map(|key| (key.clone(), KvCommand::Get { key: key.to_vec() })).collect();
         let mut values = Vec::with_capacity(keys.len());
-        for submitted in waiting {
-            for outcome in submitted.wait().await {
-                match decode(outcome)? {
-                    KvReply::Value(value) => values.push(value),
-                    other => {
-                        return Err(RequestError::BadReply(format!("a get answered {other:?}")));
-                    }
-                }
+        for outcome in self.many(Access::Read, gets).await? {
+            match outcome? {
+                KvReply::Value(value) => values.push(value),
+                other => return Err(RequestError::BadReply(format!("a get answered {other:?}"))),
             }
         }
         Ok(values)
@@ -315,21 +342,8 @@ impl Session {
 
     /// Writes `commands` (each with its key), all at once; the first failure, if any.
     async fn write_many(&self, commands: Vec<(Bytes, KvCommand)>) -> Result<(), RequestError> {
-        let gateway = &self.shared.gateway;
-        let mut waiting = Vec::with_capacity(commands.len());
-        for (key, command) in commands {
-            let bytes = gateway.encode(&command)?;
-            waiting.push(gateway.submit(gateway.shard_of(&key), Access::Write, &[&bytes]).await);
-        }
-        let mut first_error = None;
-        for submitted in waiting {
-            for outcome in submitted.wait().await {
-                if let Err(error) = decode(outcome) {
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let outcomes = self.many(Access::Write, commands).await?;
+        outcomes.into_iter().find_map(Result::err).map_or(Ok(()), Err)
     }
 
     /// Sets `key` to what `change` makes of its current value (`None`: leave it), by
