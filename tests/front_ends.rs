@@ -280,7 +280,8 @@ fn hostile_input(cluster: &Cluster) -> Result<(), String> {
             ));
         }
     }
-    // Random bytes: each connection answers or closes, never hangs the node.
+    // Random bytes to both front ends: each connection answers or closes, never hangs the
+    // node.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..200 {
         let bytes: Vec<u8> = (0..64)
@@ -291,9 +292,11 @@ fn hostile_input(cluster: &Cluster) -> Result<(), String> {
                 state as u8
             })
             .collect();
-        let mut stream = TcpStream::connect(&address).map_err(|error| error.to_string())?;
-        stream.write_all(&bytes).map_err(|error| error.to_string())?;
-        drop(stream);
+        for front in [address.clone(), http(cluster, 0)] {
+            let mut stream = TcpStream::connect(&front).map_err(|error| error.to_string())?;
+            stream.write_all(&bytes).map_err(|error| error.to_string())?;
+            drop(stream);
+        }
     }
     // HTTP that is not HTTP, a header block that never ends.
     let answer = exchange(&http(cluster, 0), b"NOT HTTP AT ALL\r\n\r\n")?;
