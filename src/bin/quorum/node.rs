@@ -132,6 +132,32 @@ pub struct NodeArgs {
     /// pieces); a client with more waiting does not read and is disconnected.
     #[arg(long, value_name = "MIB")]
     client_queue_mib: Option<u32>,
+    /// Client sessions each shard holds before idle ones are evicted, least recently used
+    /// first (default 100000). A soft bound: a session used within the last
+    /// --session-idle-commands-min commands is never evicted, so a shard holds at most this
+    /// many plus those registered within that window. A request of an evicted session is
+    /// refused ("session expired"), never applied. EVERY NODE OF A CLUSTER MUST USE THE SAME
+    /// SESSION SETTINGS (all five --session*): they decide which requests are applied.
+    /// docs/operations.md has the memory they cost.
+    #[arg(long, value_name = "N")]
+    sessions_max: Option<u64>,
+    /// A session is idle, and may be evicted, once this many commands were applied on its
+    /// shard since its last request (default 1000000). Counted in the log, never in time:
+    /// every replica evicts the same session at the same command. Same on every node.
+    #[arg(long, value_name = "COMMANDS")]
+    session_idle_commands_min: Option<u64>,
+    /// Replies each session keeps, the newest, so that a retry gets its first reply
+    /// (default 4096). A retry of an older request is refused as expired. Same on every node.
+    #[arg(long, value_name = "N")]
+    session_replies_max: Option<u32>,
+    /// KiB of replies each session keeps (default 1024); the newest reply is kept whatever
+    /// its size. Same on every node.
+    #[arg(long, value_name = "KIB")]
+    session_replies_kib: Option<u32>,
+    /// Evicted session ids each shard remembers (default 1000000, about 40 bytes each), so
+    /// that no new session is given one of them. Same on every node.
+    #[arg(long, value_name = "N")]
+    sessions_evicted_max: Option<u64>,
 }
 
 impl NodeArgs {
@@ -166,6 +192,11 @@ impl NodeArgs {
             read_timeout_ms: self.read_timeout_ms,
             write_timeout_ms: self.write_timeout_ms,
             client_queue_mib: self.client_queue_mib,
+            sessions_max: self.sessions_max,
+            session_idle_commands_min: self.session_idle_commands_min,
+            session_replies_max: self.session_replies_max,
+            session_replies_kib: self.session_replies_kib,
+            sessions_evicted_max: self.sessions_evicted_max,
         }
     }
 }

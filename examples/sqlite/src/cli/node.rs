@@ -167,6 +167,8 @@ impl NodeArgs {
             read_timeout_ms: self.read_timeout_ms,
             write_timeout_ms: self.write_timeout_ms,
             client_queue_mib: self.client_queue_mib,
+            // The session limits (`sessions_max`, …) come from the config file alone here.
+            ..NodeSettings::default()
         }
     }
 }
