@@ -33,7 +33,7 @@ enum Command {
     ///   quorum node --id 1 --cluster-id 7 --listen 127.0.0.1:7000 \
     ///     --peers 1=127.0.0.1:7000,2=127.0.0.1:7010,3=127.0.0.1:7020 --data-dir /tmp/q1 --shards 2
     #[command(verbatim_doc_comment)]
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Use a cluster's key-value store: put, get, del, cas, append.
     ///
     /// Example: quorum kv --cluster 127.0.0.1:7000 put greeting hello
