@@ -410,18 +410,29 @@ impl<S: Hosted> Host<S> {
             RoleKind::Leader => Some(replica.node()),
             _ => replica.leader_hint(),
         };
-        let (applied_commands, summary) = match &self.forward {
+        let shards = (self.control.commits.len() as u64).max(1);
+        let (applied_commands, summary, applied_index, sessions, limits) = match &self.forward {
             // Total-order apply: every shard reports the node's one state machine, and the
             // commands it carried itself.
             Some((_, total)) => {
                 let total = total.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let summary = if digest { total.machine().summary() } else { Default::default() };
-                (total.applied_by_shard(self.index), summary)
+                // The merge applied every position below its next: this shard's slots below
+                // ⌈(next − k) / S⌉.
+                let next = total.next_position();
+                let index = u64::from(self.index);
+                let applied = next.saturating_sub(index).div_ceil(shards);
+                let sessions = total.sessions() as u64;
+                let limits = total.session_limits();
+                (total.applied_by_shard(self.index), summary, Slot(applied), sessions, limits)
             }
             None => {
                 let machine = self.shard.machine();
                 let summary = if digest { machine.summary() } else { Default::default() };
-                (self.shard.applied_commands(), summary)
+                // A shard applies each committed run as it commits it.
+                let (applied, sessions) = (replica.commit_index(), self.shard.sessions() as u64);
+                let limits = self.shard.session_limits();
+                (self.shard.applied_commands(), summary, applied, sessions, limits)
             }
         };
         ShardStatus {
@@ -436,6 +447,12 @@ impl<S: Hosted> Host<S> {
             egress_bytes: self.egress.bytes,
             chosen_bytes: self.egress.chosen_bytes,
             batches: self.shard.committed_batches(),
+            promised: replica.promised(),
+            applied_index,
+            sessions,
+            snapshot_slot: self.shard.snapshot_stats().current.map(|(slot, _)| slot),
+            apply_total: self.forward.is_some(),
+            session_limits: Some(limits),
         }
     }
 

@@ -337,6 +337,18 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         self.committer.applier.applied_commands()
     }
 
+    /// Client sessions the applier's table holds.
+    #[must_use]
+    pub fn sessions(&self) -> usize {
+        self.committer.applier.sessions()
+    }
+
+    /// The limits the applier's session table keeps.
+    #[must_use]
+    pub fn session_limits(&self) -> SessionLimits {
+        self.committer.applier.limits()
+    }
+
     /// Committed batches the state machine already held when the shard opened (it persists
     /// itself: [`StateMachine::persisted_slot`]), so not applied again.
     #[must_use]
