@@ -1,8 +1,8 @@
-//! `quorum kv` and `quorum status`: talk to a running cluster.
+//! `quorum kv` and `quorum snapshot`: talk to a running cluster.
 
 use std::process::ExitCode;
 
-use quorum::client::{Client, ClientOptions, fetch_snapshot, node_status};
+use quorum::client::{Client, ClientOptions, fetch_snapshot};
 use quorum::core::ClusterId;
 use quorum::machine::{Applier, KvStore, SessionLimits, StateMachine as _};
 use quorum::read_snapshot;
@@ -93,42 +93,6 @@ pub fn run_kv(args: &KvArgs) -> ExitCode {
         }
         Err(error) => {
             eprintln!("quorum kv: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-#[derive(clap::Args)]
-pub struct StatusArgs {
-    /// The node's address, HOST:PORT (its --listen address).
-    #[arg(long, value_name = "HOST:PORT")]
-    node: String,
-    /// The cluster's id; when given, a node of another cluster refuses us.
-    #[arg(long)]
-    cluster_id: Option<u64>,
-}
-
-pub fn run_status(args: &StatusArgs) -> ExitCode {
-    match node_status(&args.node, ClusterId(args.cluster_id.unwrap_or(0)), true) {
-        Ok(statuses) => {
-            for (shard, status) in statuses.iter().enumerate() {
-                println!(
-                    "shard {shard}: {:?}, leader {}, commit index {}, applied {}, entries {}, digest {:016x}, syncs {}, egress {} bytes ({} of committed runs)",
-                    status.role,
-                    status.leader.map_or("unknown".to_string(), |node| node.0.to_string()),
-                    status.commit_index.0,
-                    status.applied_commands,
-                    status.summary.entries,
-                    status.summary.digest,
-                    status.syncs,
-                    status.egress_bytes,
-                    status.chosen_bytes,
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("quorum status: {error}");
             ExitCode::FAILURE
         }
     }

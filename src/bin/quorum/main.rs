@@ -1,9 +1,10 @@
-//! `quorum`: the command line. `node` runs a node, `kv`, `status` and `tail` talk to a cluster,
-//! `bench` measures one, `sim` runs the deterministic simulator.
+//! `quorum`: the command line. `node` runs a node; `kv`, `status`, `health`, `snapshot` and
+//! `tail` talk to a cluster; `bench` measures one; `sim` runs the deterministic simulator.
 
 mod bench;
 mod kv;
 mod node;
+mod status;
 mod tail;
 
 use std::process::ExitCode;
@@ -38,8 +39,17 @@ enum Command {
     ///
     /// Example: quorum kv --cluster 127.0.0.1:7000 put greeting hello
     Kv(kv::KvArgs),
-    /// Print how each shard of one node is doing (role, leader, commit index, state digest).
-    Status(kv::StatusArgs),
+    /// Print how a node (--node) or a whole cluster (--cluster) is doing: every member and
+    /// every shard in one table (role, ballot, leader, commit and applied positions, lag).
+    ///
+    /// Example: quorum status --cluster 127.0.0.1:7000 --json
+    Status(status::StatusArgs),
+    /// Check a cluster: exit 0 if healthy, 1 if not, naming each problem (a member
+    /// unreachable, a shard without a leader, a member lagging past --lag-max-slots, members
+    /// whose session limits differ).
+    ///
+    /// Example: quorum health --cluster 127.0.0.1:7000 || page-someone
+    Health(status::HealthArgs),
     /// Fetch a shard's newest snapshot from a node (in pieces), check it, print its slot and
     /// state digest, and write it to a file (a backup; tail from its slot to follow on).
     ///
@@ -122,7 +132,8 @@ fn main() -> ExitCode {
             node::run(&args)
         }
         Command::Kv(args) => kv::run_kv(&args),
-        Command::Status(args) => kv::run_status(&args),
+        Command::Status(args) => status::run_status(&args),
+        Command::Health(args) => status::run_health(&args),
         Command::Snapshot(args) => kv::run_snapshot(&args),
         Command::Tail(args) => tail::run(&args),
         Command::Bench(args) => {
