@@ -15,6 +15,7 @@
 //! # Ok::<(), quorum::client::ClientError>(())
 //! ```
 
+mod backup;
 mod cluster;
 mod lane;
 mod snapshot;
@@ -36,6 +37,7 @@ use crate::transport::shard_address;
 
 /// What [`node_status`] reports of each shard.
 pub use crate::transport::codec::ShardStatus;
+pub use backup::{BackupSaveError, SavedBackup, save_backup};
 pub use cluster::{ClusterStatus, MemberStatus, Problem, cluster_status};
 pub use lane::Completion;
 use lane::Lane;
@@ -209,6 +211,8 @@ fn check_shard(shard: u16, shards: u16) -> Result<(), ClientError> {
 struct Handshake {
     stream: TcpStream,
     node: NodeId,
+    /// The cluster the node answered for (its own, when we asked for any).
+    cluster_id: ClusterId,
     reply: HelloReply,
 }
 
@@ -243,7 +247,7 @@ fn handshake(
     if let Some(reason) = reply.refusal {
         return Err(ClientError::Refused(format!("{address}: {reason}")));
     }
-    Ok(Handshake { stream, node: answer.from, reply })
+    Ok(Handshake { stream, node: answer.from, cluster_id: answer.cluster_id, reply })
 }
 
 impl Client {

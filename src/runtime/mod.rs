@@ -10,6 +10,7 @@ pub mod config;
 mod host;
 mod machine;
 mod net;
+pub mod restore;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -99,10 +99,15 @@ pub fn run_kv(args: &KvArgs) -> ExitCode {
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct SnapshotArgs {
+    /// Back up the whole cluster (`save`) or build a node's data directory from a backup
+    /// (`restore`); without one, fetch one shard's snapshot from --node.
+    #[command(subcommand)]
+    action: Option<crate::backup::SnapshotAction>,
     /// The node's address, HOST:PORT (its --listen address).
     #[arg(long, value_name = "HOST:PORT")]
-    node: String,
+    node: Option<String>,
     /// The cluster's id; when given, a node of another cluster refuses us.
     #[arg(long)]
     cluster_id: Option<u64>,
@@ -115,6 +120,16 @@ pub struct SnapshotArgs {
 }
 
 pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
+    if let Some(action) = &args.action {
+        return crate::backup::run(action);
+    }
+    let Some(node) = &args.node else {
+        eprintln!(
+            "quorum snapshot: give --node HOST:PORT (one shard's snapshot), or `save` (a backup \
+             of the whole cluster) or `restore` (a data directory from a backup)"
+        );
+        return ExitCode::from(2);
+    };
     let options =
         ClientOptions { cluster_id: ClusterId(args.cluster_id.unwrap_or(0)), ..Default::default() };
     // Streamed to a file (a snapshot may be larger than memory), then restored from it in one
@@ -122,7 +137,7 @@ pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
     let path = args.out.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("quorum-snapshot-{}-{}", std::process::id(), args.shard))
     });
-    let fetched = fetch_snapshot(&args.node, &options, args.shard, &path);
+    let fetched = fetch_snapshot(node, &options, args.shard, &path);
     let summary = fetched.as_ref().ok().and_then(Option::as_ref).map(|fetched| {
         let owner = (fetched.header.cluster_id, args.shard);
         let limits = SessionLimits::with_replies_max(1);
@@ -142,7 +157,7 @@ pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
         Ok(None) => {
             eprintln!(
                 "quorum snapshot: shard {} of {} has no snapshot (none taken yet, or --apply total)",
-                args.shard, args.node
+                args.shard, node
             );
             return ExitCode::FAILURE;
         }

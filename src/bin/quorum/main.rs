@@ -1,6 +1,7 @@
 //! `quorum`: the command line. `node` runs a node; `kv`, `status`, `health`, `snapshot` and
 //! `tail` talk to a cluster; `bench` measures one; `sim` runs the deterministic simulator.
 
+mod backup;
 mod bench;
 mod kv;
 mod node;
@@ -50,10 +51,15 @@ enum Command {
     ///
     /// Example: quorum health --cluster 127.0.0.1:7000 || page-someone
     Health(status::HealthArgs),
-    /// Fetch a shard's newest snapshot from a node (in pieces), check it, print its slot and
-    /// state digest, and write it to a file (a backup; tail from its slot to follow on).
+    /// Back up a whole cluster (`save`), build a node's data directory from a backup
+    /// (`restore`), or fetch one shard's newest snapshot from a node (in pieces), check it,
+    /// print its slot and state digest, and write it to a file (tail from its slot to follow
+    /// on).
     ///
-    /// Example: quorum snapshot --node 127.0.0.1:7000 --shard 0 --out shard-0.snapshot
+    /// Examples: quorum snapshot save --cluster 127.0.0.1:7000 --out cluster.backup
+    ///           quorum snapshot restore cluster.backup --data-dir DIR --id 1 --peers … --cluster-id 8
+    ///           quorum snapshot --node 127.0.0.1:7000 --shard 0 --out shard-0.snapshot
+    #[command(verbatim_doc_comment)]
     Snapshot(kv::SnapshotArgs),
     /// Print a node's committed log as it grows: every shard merged into one global order
     /// (or one shard), from any position; from the node's log first, then live.
