@@ -34,6 +34,12 @@ pub struct NodeSpec {
     pub wrapper: Vec<String>,
 }
 
+/// The shard count `args` give (`--shards N`), 1 if they do not.
+fn shards_in(args: &[&str]) -> u16 {
+    let at = args.iter().position(|arg| *arg == "--shards");
+    at.and_then(|at| args.get(at + 1)).and_then(|count| count.parse().ok()).unwrap_or(1)
+}
+
 /// Nodes `1..=n` of one cluster, each started with the same flags.
 pub struct Cluster {
     pub nodes: Vec<Node>,
@@ -44,7 +50,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts one node per data directory, on free loopback ports, with `args` added to the
-    /// flags every node gets (one shard, 1 MiB segments, fast elections). Logs go to
+    /// flags every node gets (one shard unless `args` say `--shards`, 1 MiB segments, fast
+    /// elections). Logs go to
     /// `logs/node-K.log`.
     pub fn start(
         cluster_id: u64,
@@ -57,7 +64,7 @@ impl Cluster {
             .map(|data_dir| NodeSpec {
                 address: format!(
                     "127.0.0.1:{}",
-                    quorum::bench::embedded::free_port_range(1).unwrap()
+                    quorum::bench::embedded::free_port_range(shards_in(args)).unwrap()
                 ),
                 data_dir,
                 wrapper: Vec::new(),
@@ -117,7 +124,12 @@ impl Cluster {
             .args(["--cluster-id", &self.cluster_id.0.to_string()])
             .args(["--listen", &node.address])
             .args(["--peers", &self.peers])
-            .args(["--shards", "1", "--wal-segment-mib", "1"])
+            .args(if self.args.iter().any(|arg| arg == "--shards") {
+                &[][..]
+            } else {
+                &["--shards", "1"]
+            })
+            .args(["--wal-segment-mib", "1"])
             .args(["--election-timeout-ms", "300", "--heartbeat-interval-ms", "30"])
             .args(&self.args)
             .arg("--data-dir")
