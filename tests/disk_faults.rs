@@ -100,6 +100,8 @@ fn a_failed_sync_stops_the_node_and_loses_no_acknowledged_write() {
             line.contains(".wal") && line.contains("bytes ") && line.contains("never retried"),
             "{line}"
         );
+        let event = cluster.log_text(victim).lines().any(|line| line.contains("WAL sync failed"));
+        assert!(event, "no `WAL sync failed` event:\n{}", cluster.tail(victim));
         let role = if victim == leader { "leader" } else { "follower" };
         println!("node {} ({role}) exited ({status}) after its failed sync: {line}", victim + 1);
         // The other two go on serving.

@@ -102,6 +102,8 @@ pub struct Host<S: Hosted> {
     waiting: HashMap<RequestId, u64>,
     syncing: bool,
     was_leader: bool,
+    /// The replica's role at the last pump, to log each change.
+    was_role: RoleKind,
     encoder: Encoder,
     outbox: Vec<(NodeId, Message)>,
     applied: Vec<AppliedCommand<S::Reply>>,
@@ -171,6 +173,7 @@ impl<S: Hosted> Host<S> {
             waiting: HashMap::new(),
             syncing: false,
             was_leader: false,
+            was_role: RoleKind::Follower,
             encoder: Encoder::default(),
             outbox: Vec::new(),
             applied: Vec::new(),
@@ -610,9 +613,19 @@ impl<S: Hosted> Host<S> {
                 self.queue_refusal(connection, id, ReplyStatus::NotLeader { hint }, Bytes::new());
             }
         }
-        if leader != self.was_leader {
-            let ballot = self.shard.replica().leader_ballot();
-            tracing::info!(shard = self.index, leader, ?ballot, "leadership changed");
+        let role = self.shard.replica().role();
+        if role != self.was_role {
+            let replica = self.shard.replica();
+            let (promised, hint) = (replica.promised(), replica.leader_hint().map(|node| node.0));
+            tracing::info!(
+                shard = self.index,
+                role = ?role,
+                previous = ?self.was_role,
+                ballot = %format_args!("{}.{}", promised.round, promised.node.0),
+                leader = hint,
+                "role changed"
+            );
+            self.was_role = role;
         }
         self.was_leader = leader;
         let cluster_id = self.shard.replica().config().cluster_id;

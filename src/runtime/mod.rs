@@ -488,6 +488,11 @@ impl Stalls {
         // A new segment (its preparation may have been waited for), a snapshot started (its
         // image was built here), one finished (its release ran here).
         let rotated = segment != self.last_segment;
+        if rotated {
+            // Seen at the tick after: several rotations within one tick are one event.
+            let segments = segment.saturating_sub(self.last_segment);
+            tracing::info!(shard = host.index, segment, segments, "WAL segment rotated");
+        }
         let (image, release) = (started != self.last_started, taken != self.last_taken);
         (self.last_segment, self.last_started, self.last_taken) = (segment, started, taken);
         let (shard, held_ms) = (host.index, held.as_millis() as u64);

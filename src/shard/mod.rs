@@ -477,7 +477,18 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// # Errors
     /// The flush failed (the log is now poisoned), or the shard failed.
     pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<(), ShardError> {
-        let mut released = self.journal.finish_sync(outcome)?;
+        let mut released = match self.journal.finish_sync(outcome) {
+            Ok(released) => released,
+            Err(error) => {
+                tracing::error!(
+                    shard = self.settings.shard,
+                    %error,
+                    "WAL sync failed: the log is poisoned and the shard stops (a failed sync is \
+                     never retried)"
+                );
+                return Err(error);
+            }
+        };
         self.hooks.durable(std::mem::take(&mut released.extras));
         if let Some(seq) = released.seq {
             self.replica.on_persisted(seq);

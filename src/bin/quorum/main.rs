@@ -134,7 +134,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::Node(args) => {
-            init_logging();
+            if let Err(error) = init_logging(args.log_format, args.log_level.as_deref()) {
+                eprintln!("quorum node: {error}");
+                return ExitCode::from(2);
+            }
             node::run(&args)
         }
         Command::Kv(args) => kv::run_kv(&args),
@@ -149,16 +152,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr as text or JSON lines; `level` (else `RUST_LOG`, else `info`) filters.
+fn init_logging(format: node::LogFormat, level: Option<&str>) -> Result<(), String> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|error| format!("--log-level `{level}`: {error}"))?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        node::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        node::LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+    Ok(())
 }
 
 /// The bench's embedded nodes log only warnings, so the progress line stays readable.

@@ -8,9 +8,28 @@ use std::time::Duration;
 use quorum::runtime::Node;
 use quorum::runtime::config::{NodeConfig, NodeSettings};
 
+/// How the node writes its log (to stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for people: time, level, where, message, fields.
+    #[default]
+    Text,
+    /// One JSON object per line for machines: timestamp, level, target, fields (message
+    /// among them), and the span fields.
+    Json,
+}
+
 /// Flags override the same keys of the `--config` file.
 #[derive(clap::Args)]
 pub struct NodeArgs {
+    /// How the log on stderr looks: text (default) or json (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Which events are logged: a level (error, warn, info, debug, trace) or directives as
+    /// RUST_LOG takes them (`info,quorum::runtime::net=debug`). Default: RUST_LOG if set,
+    /// else info.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
     /// A TOML file with any of the settings below (keys as the flags, with `_` for `-`).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
