@@ -400,6 +400,25 @@ impl<S: Hosted> Host<S> {
         }
     }
 
+    /// One event for every change of the replica's role (docs/operations.md, "Logs").
+    fn maybe_log_role_change(&mut self) {
+        let replica = self.shard.replica();
+        let role = replica.role();
+        if role == self.was_role {
+            return;
+        }
+        let (promised, hint) = (replica.promised(), replica.leader_hint().map(|node| node.0));
+        tracing::info!(
+            shard = self.index,
+            role = ?role,
+            previous = ?self.was_role,
+            ballot = %format_args!("{}.{}", promised.round, promised.node.0),
+            leader = hint,
+            "role changed"
+        );
+        self.was_role = role;
+    }
+
     /// Syncs started so far.
     pub fn syncs(&self) -> u64 {
         self.syncs
@@ -613,20 +632,7 @@ impl<S: Hosted> Host<S> {
                 self.queue_refusal(connection, id, ReplyStatus::NotLeader { hint }, Bytes::new());
             }
         }
-        let role = self.shard.replica().role();
-        if role != self.was_role {
-            let replica = self.shard.replica();
-            let (promised, hint) = (replica.promised(), replica.leader_hint().map(|node| node.0));
-            tracing::info!(
-                shard = self.index,
-                role = ?role,
-                previous = ?self.was_role,
-                ballot = %format_args!("{}.{}", promised.round, promised.node.0),
-                leader = hint,
-                "role changed"
-            );
-            self.was_role = role;
-        }
+        self.maybe_log_role_change();
         self.was_leader = leader;
         let cluster_id = self.shard.replica().config().cluster_id;
         let me = self.shard.replica().node();
