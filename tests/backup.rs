@@ -283,3 +283,28 @@ fn a_backup_under_writes_restores_into_a_new_cluster_with_the_sources_digests() 
         assert_eq!(staging, 0, "{name}: a half-built directory was left");
     }
 }
+
+#[test]
+fn a_cluster_applying_the_merged_order_is_not_backed_up_shard_by_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Cluster::start(53, vec![dir.path().join("node")], dir.path(), &["--apply", "total"]);
+    node.await_serving(Duration::from_secs(20));
+    let out = dir.path().join("cluster.backup");
+    let (code, _, stderr) = quorum(&[
+        "snapshot",
+        "save",
+        "--cluster",
+        &node.nodes[0].address,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--apply total"), "{stderr}");
+    assert!(!out.exists(), "nothing written");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
