@@ -408,14 +408,17 @@ impl<S: Hosted> Host<S> {
             return;
         }
         let (promised, hint) = (replica.promised(), replica.leader_hint().map(|node| node.0));
-        tracing::info!(
-            shard = self.index,
-            role = ?role,
-            previous = ?self.was_role,
-            ballot = %format_args!("{}.{}", promised.round, promised.node.0),
-            leader = hint,
-            "role changed"
-        );
+        let ballot = format!("{}.{}", promised.round, promised.node.0);
+        let (shard, previous) = (self.index, self.was_role);
+        // A replica cut off from its leader probes again every election timeout: its
+        // follower ↔ candidate steps are debug, so that a partition does not fill the log;
+        // leadership won or lost, and learning, are info.
+        let probing = [RoleKind::Follower, RoleKind::Candidate];
+        if probing.contains(&role) && probing.contains(&previous) {
+            tracing::debug!(shard, ?role, ?previous, ballot, leader = hint, "role changed");
+        } else {
+            tracing::info!(shard, ?role, ?previous, ballot, leader = hint, "role changed");
+        }
         self.was_role = role;
     }
 
