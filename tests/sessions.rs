@@ -208,6 +208,12 @@ fn a_million_clients_keep_memory_flat_and_an_evicted_retry_is_refused() {
         clients as f64 / seconds,
         (peak as f64 / reference as f64 - 1.0) * 100.0
     );
+    // The table itself within its bound: max(sessions_max, idle window), protocol.md §5.
+    let status =
+        quorum::client::node_status(&cluster.nodes[0].address, ClusterId(CLUSTER), false).unwrap();
+    let held = status[0].sessions;
+    eprintln!("sessions held at the end: {held}");
+    assert!(defaults || held <= 20_000, "{held} sessions held, more than the bound");
     assert!(
         defaults || peak * 100 <= reference * 110,
         "memory grew more than 10 % after {REFERENCE_CLIENTS} clients: {reference} → {peak} KiB"
