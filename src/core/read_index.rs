@@ -17,7 +17,7 @@
 //!   election timeout by the clock-drift margin), since no voter of that majority helps elect
 //!   another leader within an election timeout of acking.
 //! - **Reads through the leader** (§5.5): a follower or learner asks its leader for a read
-//!   index ([`Reader::Remote`] on the leader's side, [`ThroughLeader`] on the asker's), waits
+//!   index (`Reader::Remote` on the leader's side, `ThroughLeader` on the asker's), waits
 //!   until it has applied that far, and answers from its own state.
 //! - **Leadership lost** (a step-down, a higher ballot): the reads pending are aborted, for
 //!   their clients to retry at the new leader.
