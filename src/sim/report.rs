@@ -128,6 +128,20 @@ pub struct FaultCounts {
     pub full_disks: u64,
 }
 
+impl FaultCounts {
+    /// Adds another seed's counts.
+    pub fn add(&mut self, other: &FaultCounts) {
+        self.repairs += other.repairs;
+        self.repaired += other.repaired;
+        self.bit_flips += other.bit_flips;
+        self.zeroed += other.zeroed;
+        self.header_flips += other.header_flips;
+        self.wiped += other.wiped;
+        self.sync_errors += other.sync_errors;
+        self.full_disks += other.full_disks;
+    }
+}
+
 /// How often snapshots were taken and used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotCounts {

@@ -140,15 +140,7 @@ impl Summary {
         self.reads.add(&report.reads);
         self.seeds_with_installs += u64::from(report.snapshots.installed > 0);
         self.snapshots.add(&report.snapshots);
-        let (faults, seen) = (&mut self.faults, &report.faults);
-        faults.repairs += seen.repairs;
-        faults.repaired += seen.repaired;
-        faults.bit_flips += seen.bit_flips;
-        faults.zeroed += seen.zeroed;
-        faults.header_flips += seen.header_flips;
-        faults.wiped += seen.wiped;
-        faults.sync_errors += seen.sync_errors;
-        faults.full_disks += seen.full_disks;
+        self.faults.add(&report.faults);
     }
 
     /// The one summary line `quorum sim` ends with.
