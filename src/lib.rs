@@ -9,6 +9,8 @@
 //!   [`NodeBuilder::state_machine`] and [`NodeStart::start`] (docs/embedding.md).
 //! - Talk to a cluster: [`client::Client`] (proposals, queries, the KV commands, tails of the
 //!   committed log, snapshots).
+//! - Serve HTTP/JSON and the Redis protocol beside a node (feature `front`):
+//!   `front::FrontEnds::start` (docs/http.md, docs/redis.md).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,6 +45,8 @@ pub mod bench;
 pub mod client;
 #[doc(hidden)]
 pub mod core;
+#[cfg(feature = "front")]
+pub mod front;
 #[doc(hidden)]
 pub mod machine;
 #[doc(hidden)]

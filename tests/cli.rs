@@ -66,6 +66,25 @@ fn tail_says_what_is_wrong() {
 }
 
 #[test]
+fn kv_get_refuses_bad_read_options_before_connecting() {
+    // Nothing listens on port 1: each refusal comes before any connection is tried.
+    let get = ["kv", "--cluster", "127.0.0.1:1", "get", "k"];
+    for (extra, mentions) in [
+        (&["--consistency", "eventual"][..], "possible values"),
+        (&["--consistency", "stale", "--max-staleness", "soon"][..], "not a count of slots"),
+        (&["--max-staleness", "5"][..], "--consistency stale"),
+    ] {
+        let args: Vec<&str> = get.iter().chain(extra).copied().collect();
+        let (code, _, stderr) = quorum(&args);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(stderr.contains(mentions), "{extra:?} should mention {mentions}: {stderr}");
+    }
+    let (code, _, stderr) = quorum(&["node", "--max-clock-drift", "150%"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("below 100 %"), "{stderr}");
+}
+
+#[test]
 fn bench_refuses_bad_options() {
     for (args, mentions) in [
         (&["bench", "--read-ratio", "2"][..], "--read-ratio"),

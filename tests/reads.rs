@@ -198,6 +198,22 @@ fn a_lease_read_is_answered_at_once_only_within_a_lease_that_counts_from_the_rou
 }
 
 #[test]
+fn ticks_that_elapsed_at_once_end_a_lease_as_if_each_had_come() {
+    let mut leader = Replica::new(config(ME, true)).unwrap();
+    let (ballot, sent) = elect(&mut leader);
+    ack_rounds(&mut leader, ballot, &sent);
+    while !leader.holds_lease() {
+        leader.on_tick();
+        let sent = actions(&mut leader);
+        ack_rounds(&mut leader, ballot, &sent);
+    }
+    // The thread was held for 7 ticks (a runtime catches up with its clock in one call).
+    leader.on_ticks(7);
+    assert!(!leader.holds_lease(), "a lease of 7 ticks is over 7 ticks later");
+    assert_eq!(leader.read(id(1), Consistency::Lease, Slot(0)), Ok(ReadPath::Round));
+}
+
+#[test]
 fn under_leases_a_voter_helps_no_candidate_within_an_election_timeout_of_a_leader() {
     for read_lease in [false, true] {
         let mut voter = Replica::new(config(ME, read_lease)).unwrap();

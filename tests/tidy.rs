@@ -268,8 +268,18 @@ fn no_import_cycles_between_modules() {
 
 /// The library's top-level modules, lowest layer first: each may use only those before it
 /// (ARCHITECTURE.md draws the map). A new module joins the list where it belongs.
-const LAYERS: &[&str] =
-    &["core", "storage", "machine", "shard", "transport", "client", "runtime", "sim", "bench"];
+const LAYERS: &[&str] = &[
+    "core",
+    "storage",
+    "machine",
+    "shard",
+    "transport",
+    "client",
+    "front",
+    "runtime",
+    "sim",
+    "bench",
+];
 
 /// Layers point down: no module of `src/` names one above it (`crate::runtime` from `shard/`),
 /// in a `use` or in a path in code; unit tests may reach anywhere.

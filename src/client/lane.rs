@@ -34,8 +34,20 @@ struct Pending {
     session: Option<u64>,
     result: Option<Result<Response, ClientError>>,
     /// Where to deliver the result instead of keeping it for a waiter.
-    notify: Option<std::sync::mpsc::Sender<Completion>>,
+    notify: Option<Notify>,
 }
+
+/// Where a request's outcome goes instead of to a waiting [`super::Ticket`].
+pub(super) enum Notify {
+    /// Sent on a channel, with its shard and sequence ([`super::Client::submit_notify`]).
+    Channel(std::sync::mpsc::Sender<Completion>),
+    /// Handed to a function, once ([`super::Client::submit_with`]).
+    Callback(Callback),
+}
+
+/// A function given a request's outcome, once, on the client's connection thread (so it must
+/// not block: complete a channel, wake a task): see [`super::Client::submit_with`].
+pub type Callback = Box<dyn FnOnce(Result<Response, ClientError>) + Send>;
 
 /// The outcome of a request submitted with [`super::Client::submit_notify`].
 #[derive(Debug)]
@@ -206,14 +218,26 @@ impl Lane {
         read: ReadOptions,
         notify: Option<&std::sync::mpsc::Sender<Completion>>,
     ) {
+        let notifies = sequences.iter().map(|_| notify.cloned().map(Notify::Channel));
+        self.submit_notifying(sequences, commands, read, notifies);
+    }
+
+    /// [`Lane::submit`], each request's outcome going where its `notifies` entry says.
+    pub(super) fn submit_notifying(
+        &self,
+        sequences: &[u64],
+        commands: &[&[u8]],
+        read: ReadOptions,
+        notifies: impl Iterator<Item = Option<Notify>>,
+    ) {
         let mut state = self.lock();
-        for (sequence, command) in sequences.iter().zip(commands) {
+        for ((sequence, command), notify) in sequences.iter().zip(commands).zip(notifies) {
             let pending = Pending {
                 command: Bytes::copy_from_slice(command),
                 read,
                 session: None,
                 result: None,
-                notify: notify.cloned(),
+                notify,
             };
             state.outstanding.insert(*sequence, pending);
         }
@@ -257,6 +281,15 @@ impl Lane {
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
+        }
+    }
+
+    /// Forgets requests nobody waits for any more: they are no longer re-sent after a
+    /// reconnection, and a reply that still comes is dropped (they may still be applied).
+    pub(super) fn abandon(&self, sequences: impl Iterator<Item = u64>) {
+        let mut state = self.lock();
+        for sequence in sequences {
+            state.outstanding.remove(&sequence);
         }
     }
 
@@ -499,13 +532,18 @@ impl Lane {
         let forgotten = matches!(result, Err(ClientError::SessionExpired))
             && pending.session.is_some()
             && pending.session == state.session;
-        if let Some(notify) = &pending.notify {
-            let completion = Completion { shard: self.shard, sequence: reply.sequence, result };
-            // A receiver that is gone no longer cares.
-            let _ = notify.send(completion);
-            state.outstanding.remove(&reply.sequence);
-        } else {
-            pending.result = Some(result);
+        match pending.notify.take() {
+            Some(Notify::Channel(notify)) => {
+                let completion = Completion { shard: self.shard, sequence: reply.sequence, result };
+                // A receiver that is gone no longer cares.
+                let _ = notify.send(completion);
+                state.outstanding.remove(&reply.sequence);
+            }
+            Some(Notify::Callback(callback)) => {
+                state.outstanding.remove(&reply.sequence);
+                callback(result);
+            }
+            None => pending.result = Some(result),
         }
         if forgotten {
             // The shard forgot the session: this request may have been applied under it, so

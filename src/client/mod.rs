@@ -45,8 +45,8 @@ use crate::transport::shard_address;
 /// What [`node_status`] reports of each shard.
 pub use crate::core::{Consistency, ReadOptions};
 pub use crate::transport::codec::ShardStatus;
-pub use lane::Completion;
-use lane::{Lane, Target};
+pub use lane::{Callback, Completion};
+use lane::{Lane, Notify, Target};
 pub use snapshot::{FetchedSnapshot, fetch_snapshot, fetch_snapshot_into};
 pub use tail::{Tail, TailBatch};
 
@@ -406,6 +406,55 @@ impl Client {
             (first..first + count).map(|sequence| sequence | RequestId::QUERY_BIT).collect();
         lane.submit(&sequences, requests, read, Some(notify));
         first | RequestId::QUERY_BIT
+    }
+
+    /// Sends requests to one shard without waiting, as one frame; each outcome is handed to
+    /// its callback (one per request, in order) as it arrives, on the client's connection
+    /// thread, so a callback must not block. `read`: the requests are read-only queries read
+    /// as it says ([`Client::query_with`]); `None`: they are commands for the log. Like
+    /// [`Client::submit_notify`]'s, they are retried but never time out: a caller that gives up
+    /// calls [`Client::abandon`]. Returns the sequence numbers, in order (for `abandon`).
+    ///
+    /// # Panics
+    /// `shard` is not below [`Client::shards`], or `callbacks` and `requests` differ in length.
+    pub fn submit_with(
+        &self,
+        shard: u16,
+        read: Option<ReadOptions>,
+        requests: &[&[u8]],
+        callbacks: Vec<Callback>,
+    ) -> Vec<u64> {
+        assert_eq!(requests.len(), callbacks.len(), "one callback per request");
+        let (lane, options, query_bit) = match read {
+            Some(read) => {
+                let (lane, read) = self.read_lane(shard, read);
+                (lane, read, RequestId::QUERY_BIT)
+            }
+            None => (self.lanes[usize::from(shard)].clone(), ReadOptions::default(), 0),
+        };
+        let count = requests.len() as u64;
+        let first = self.next_sequence.fetch_add(count, Ordering::Relaxed);
+        let sequences: Vec<u64> =
+            (first..first + count).map(|sequence| sequence | query_bit).collect();
+        let notifies = callbacks.into_iter().map(|callback| Some(Notify::Callback(callback)));
+        lane.submit_notifying(&sequences, requests, options, notifies);
+        sequences
+    }
+
+    /// Forgets requests of one shard sent with [`Client::submit_with`],
+    /// [`Client::submit_notify`] or [`Client::submit_reads_notify`] that the caller no longer
+    /// waits for: they are not re-sent after a reconnection, and their callbacks are dropped
+    /// uncalled. Whether a write among them was applied is unknown.
+    ///
+    /// # Panics
+    /// `shard` is not below [`Client::shards`].
+    pub fn abandon(&self, shard: u16, sequences: &[u64]) {
+        let index = usize::from(shard);
+        self.lanes[index].abandon(sequences.iter().copied());
+        // Reads of another consistency went by the member's lane.
+        if let Some(lane) = self.member_lanes[index].get() {
+            lane.abandon(sequences.iter().copied());
+        }
     }
 
     /// The lane a read goes by, and its options with the shard's floor for a stale one.

@@ -11,13 +11,15 @@
 //!   acks a heartbeat only if it has promised no higher ballot; so once a majority (the leader
 //!   included) acked round `r`, no other leader had completed phase 1 when those acks were
 //!   sent, and no write acknowledged by one can be missing. One round confirms every read that
-//!   arrived before it started; reads arriving meanwhile wait for the next.
+//!   arrived before it started; reads arriving meanwhile wait for the next, which the leader
+//!   starts at its next flush while fewer than [`ROUNDS_IN_FLIGHT_MAX`] are out. An ack of
+//!   round `r` counts for every round up to `r`: it was sent after they all started.
 //! - **The lease** (§5.4): a confirmed round also tells when it started; with leases on, the
 //!   leader may answer reads at once until that start plus the lease (shorter than the
 //!   election timeout by the clock-drift margin), since no voter of that majority helps elect
 //!   another leader within an election timeout of acking.
 //! - **Reads through the leader** (§5.5): a follower or learner asks its leader for a read
-//!   index ([`Reader::Remote`] on the leader's side, [`ThroughLeader`] on the asker's), waits
+//!   index (`Reader::Remote` on the leader's side, `ThroughLeader` on the asker's), waits
 //!   until it has applied that far, and answers from its own state.
 //! - **Leadership lost** (a step-down, a higher ballot): the reads pending are aborted, for
 //!   their clients to retry at the new leader.
@@ -116,12 +118,17 @@ struct Round {
     reads: Vec<(Reader, Slot)>,
 }
 
-/// A leader's reads: the round in flight and the reads waiting for the next.
+/// Rounds a leader keeps out at once: reads that arrive while one is out go in the next at the
+/// leader's next flush instead of waiting for it to come back, so a read waits one round trip,
+/// not up to two.
+pub const ROUNDS_IN_FLIGHT_MAX: usize = 4;
+
+/// A leader's reads: the rounds in flight, oldest first, and the reads waiting for the next.
 #[derive(Debug, Default)]
 pub(super) struct ReadRounds {
     /// The last round number started (0: none). Heartbeats carry it.
     last: u64,
-    in_flight: Option<Round>,
+    in_flight: std::collections::VecDeque<Round>,
     waiting: Vec<(Reader, Slot)>,
 }
 
@@ -140,14 +147,23 @@ impl ReadRounds {
 
     /// Starts a round even if no read waits (a lease renewal), unless one is in flight.
     pub(super) fn renew(&mut self, now: u64) -> Option<u64> {
-        if self.in_flight.is_some() {
+        if !self.in_flight.is_empty() {
             return None;
         }
         self.start(now)
     }
 
     fn maybe_start(&mut self, now: u64) -> Option<u64> {
-        if self.in_flight.is_some() || self.waiting.is_empty() {
+        if !self.in_flight.is_empty() || self.waiting.is_empty() {
+            return None;
+        }
+        self.start(now)
+    }
+
+    /// At a flush: a round for the reads that wait, if fewer than [`ROUNDS_IN_FLIGHT_MAX`] are
+    /// out (every read that arrived in one burst of inputs shares it).
+    pub(super) fn maybe_pipeline(&mut self, now: u64) -> Option<u64> {
+        if self.waiting.is_empty() || self.in_flight.len() >= ROUNDS_IN_FLIGHT_MAX {
             return None;
         }
         self.start(now)
@@ -157,12 +173,13 @@ impl ReadRounds {
         self.last += 1;
         let reads = std::mem::take(&mut self.waiting);
         let round = Round { number: self.last, started_tick: now, acks: VoteSet::default(), reads };
-        self.in_flight = Some(round);
+        self.in_flight.push_back(round);
         Some(self.last)
     }
 
-    /// Voter `index` acked round `round`. Once `is_quorum` holds for the acks, the round is
-    /// confirmed: its reads, its start, and the next round to start if reads wait for one.
+    /// Voter `index` acked round `round`, so every round up to it. The oldest rounds for which
+    /// `is_quorum` now holds are confirmed: their reads, the latest one's start, and the next
+    /// round to start if reads wait for one and none is left out.
     pub(super) fn on_ack(
         &mut self,
         index: usize,
@@ -170,24 +187,30 @@ impl ReadRounds {
         now: u64,
         is_quorum: impl Fn(VoteSet) -> bool,
     ) -> Option<Confirmed> {
-        let in_flight = self.in_flight.as_mut()?;
-        // An ack of a later heartbeat of the same round counts too: it was sent after the
-        // round began. Acks of earlier rounds do not.
-        if round != in_flight.number {
-            return None;
+        // An ack of a later heartbeat counts for every round started before it: it was sent
+        // after they began. Acks of rounds before the oldest in flight count for none.
+        for in_flight in self.in_flight.iter_mut().take_while(|r| r.number <= round) {
+            in_flight.acks.insert(index);
         }
-        in_flight.acks.insert(index);
-        if !is_quorum(in_flight.acks) {
-            return None;
+        let mut confirmed: Option<Confirmed> = None;
+        while self.in_flight.front().is_some_and(|oldest| is_quorum(oldest.acks)) {
+            let Some(Round { reads, started_tick, .. }) = self.in_flight.pop_front() else {
+                break;
+            };
+            let all =
+                confirmed.get_or_insert(Confirmed { reads: Vec::new(), started_tick, next: None });
+            all.reads.extend(reads);
+            all.started_tick = started_tick;
         }
-        let Round { reads, started_tick, .. } = self.in_flight.take()?;
-        Some(Confirmed { reads, started_tick, next: self.maybe_start(now) })
+        let mut confirmed = confirmed?;
+        confirmed.next = self.maybe_start(now);
+        Some(confirmed)
     }
 
     /// Leadership ended: every read pending, to abort.
     pub(super) fn abort(&mut self) -> Vec<Reader> {
         let mut readers: Vec<Reader> = self.waiting.drain(..).map(|(reader, _)| reader).collect();
-        if let Some(round) = self.in_flight.take() {
+        for round in self.in_flight.drain(..) {
             readers.extend(round.reads.into_iter().map(|(reader, _)| reader));
         }
         readers
@@ -348,6 +371,34 @@ mod tests {
         assert_eq!(rounds.on_ack(0, 1, 9, majority), None, "round 1 is over");
         assert_eq!(rounds.abort(), vec![read(2).0]);
         assert!(rounds.abort().is_empty());
+    }
+
+    #[test]
+    fn rounds_pipeline_at_a_flush_and_a_later_ack_confirms_the_earlier_ones() {
+        let mut rounds = ReadRounds::default();
+        let majority = |acks: VoteSet| acks.count() >= 2;
+        assert_eq!(rounds.add(read(1).0, read(1).1, 1), Some(1));
+        assert_eq!(rounds.add(read(2).0, read(2).1, 2), None, "waits for a flush");
+        assert_eq!(rounds.maybe_pipeline(2), Some(2), "the flush sends it out beside round 1");
+        for n in 3..=ROUNDS_IN_FLIGHT_MAX as u64 + 2 {
+            rounds.add(read(n).0, read(n).1, n);
+            rounds.maybe_pipeline(n);
+        }
+        assert_eq!(rounds.maybe_pipeline(9), None, "nothing waits");
+        rounds.add(read(9).0, read(9).1, 9);
+        assert_eq!(rounds.maybe_pipeline(9), None, "the most rounds are out");
+        for round in 1..=ROUNDS_IN_FLIGHT_MAX as u64 {
+            assert_eq!(rounds.on_ack(0, round, 9, majority), None, "the leader's own");
+        }
+        let confirmed = rounds.on_ack(1, 3, 10, majority).unwrap();
+        assert_eq!(
+            confirmed.reads,
+            vec![read(1), read(2), read(3)],
+            "round 3's ack covers 1 and 2"
+        );
+        assert_eq!(confirmed.started_tick, 3);
+        assert_eq!(confirmed.next, None, "round 4 is still out");
+        assert_eq!(rounds.on_ack(1, 2, 11, majority), None, "a late ack of a confirmed round");
     }
 
     #[test]

@@ -912,6 +912,14 @@ impl Replica {
     /// every input that arrived together, so that they share a batch (natural batching).
     pub fn flush(&mut self) {
         self.maybe_send_proposals();
+        // Reads that arrived while a round was out go in a round of their own now, not after it
+        // comes back (protocol.md §5.3).
+        let now = self.now_tick;
+        if let Role::Leader(leader) = &mut self.role {
+            if let Some(round) = leader.reads.maybe_pipeline(now) {
+                self.start_read_round(round);
+            }
+        }
     }
 
     // ----- Dispatch ----------------------------------------------------------------------

@@ -100,6 +100,10 @@ pub struct NodeSettings {
     /// The bound on clock drift leases rely on, a percentage of real time such as `"10%"`
     /// (the default) or `"0.5%"`.
     pub max_clock_drift: Option<String>,
+    /// Where to serve the HTTP/JSON API, `HOST:PORT` (docs/http.md); unset: not served.
+    pub http_listen: Option<String>,
+    /// Where to serve the Redis protocol, `HOST:PORT` (docs/redis.md); unset: not served.
+    pub redis_listen: Option<String>,
 }
 
 /// Where a node applies committed commands.
@@ -161,6 +165,19 @@ impl NodeSettings {
         })
     }
 
+    /// Where the front ends listen (`http_listen`, `redis_listen`), each checked as
+    /// `HOST:PORT`. The node itself does not serve them: the binary starts them beside it
+    /// (`quorum::front`).
+    ///
+    /// # Errors
+    /// An address that is not `HOST:PORT`.
+    pub fn front_listeners(&self) -> Result<(Option<String>, Option<String>), NodeConfigError> {
+        let check = |field, value: &Option<String>| {
+            value.as_deref().map(|value| check_address(field, value)).transpose()
+        };
+        Ok((check("http_listen", &self.http_listen)?, check("redis_listen", &self.redis_listen)?))
+    }
+
     /// `self`, with every value `overrides` sets replacing it.
     #[must_use]
     pub fn overridden_by(self, overrides: NodeSettings) -> NodeSettings {
@@ -196,6 +213,8 @@ impl NodeSettings {
             client_queue_mib: overrides.client_queue_mib.or(self.client_queue_mib),
             read_lease: overrides.read_lease.or(self.read_lease),
             max_clock_drift: overrides.max_clock_drift.or(self.max_clock_drift),
+            http_listen: overrides.http_listen.or(self.http_listen),
+            redis_listen: overrides.redis_listen.or(self.redis_listen),
         }
     }
 }

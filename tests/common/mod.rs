@@ -25,6 +25,10 @@ pub struct Node {
     pub wrapper: Vec<String>,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Where its HTTP front end listens, if it has one ([`Cluster::start_with_front_ends`]).
+    pub http: Option<String>,
+    /// Where its Redis front end listens, if it has one.
+    pub redis: Option<String>,
 }
 
 /// Where a node listens, keeps its data, and what runs it ([`Cluster::start_on`]).
@@ -40,6 +44,7 @@ pub struct Cluster {
     pub cluster_id: ClusterId,
     peers: String,
     args: Vec<String>,
+    shards: u16,
 }
 
 impl Cluster {
@@ -82,6 +87,8 @@ impl Cluster {
                 wrapper: spec.wrapper,
                 child: None,
                 log: logs.join(format!("node-{}.log", index + 1)),
+                http: None,
+                redis: None,
             })
             .collect();
         let peers = nodes
@@ -91,7 +98,45 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let args = args.iter().map(|arg| (*arg).to_string()).collect();
-        let mut cluster = Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args };
+        let mut cluster =
+            Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args, shards: 1 };
+        for index in 0..cluster.nodes.len() {
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    /// As [`Cluster::start`] with `shards` shards per node, each node also serving HTTP and
+    /// the Redis protocol on free loopback ports (`Node::http`, `Node::redis`).
+    pub fn start_with_front_ends(
+        cluster_id: u64,
+        data_dirs: Vec<PathBuf>,
+        logs: &std::path::Path,
+        args: &[&str],
+        shards: u16,
+    ) -> Cluster {
+        let free = |count| quorum::bench::embedded::free_port_range(count).unwrap();
+        let nodes: Vec<Node> = data_dirs
+            .into_iter()
+            .enumerate()
+            .map(|(index, data_dir)| Node {
+                address: format!("127.0.0.1:{}", free(shards)),
+                data_dir,
+                wrapper: Vec::new(),
+                child: None,
+                log: logs.join(format!("node-{}.log", index + 1)),
+                http: Some(format!("127.0.0.1:{}", free(1))),
+                redis: Some(format!("127.0.0.1:{}", free(1))),
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| format!("{}={}", index + 1, node.address))
+            .collect::<Vec<_>>()
+            .join(",");
+        let args = args.iter().map(|arg| (*arg).to_string()).collect();
+        let mut cluster = Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args, shards };
         for index in 0..cluster.nodes.len() {
             cluster.spawn(index);
         }
@@ -117,9 +162,11 @@ impl Cluster {
             .args(["--cluster-id", &self.cluster_id.0.to_string()])
             .args(["--listen", &node.address])
             .args(["--peers", &self.peers])
-            .args(["--shards", "1", "--wal-segment-mib", "1"])
+            .args(["--shards", &self.shards.to_string(), "--wal-segment-mib", "1"])
             .args(["--election-timeout-ms", "300", "--heartbeat-interval-ms", "30"])
             .args(&self.args)
+            .args(node.http.iter().flat_map(|address| ["--http-listen", address.as_str()]))
+            .args(node.redis.iter().flat_map(|address| ["--redis-listen", address.as_str()]))
             .arg("--data-dir")
             .arg(&node.data_dir)
             .env("RUST_LOG", "info")
@@ -182,6 +229,28 @@ impl Cluster {
                 .filter(|other| other[0].leader == Some(NodeId(index as u16 + 1)))
                 .count();
             if status[0].role == quorum::core::RoleKind::Leader && named * 2 > self.nodes.len() {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// The node a majority of the nodes name as `shard`'s leader, if it says so itself.
+    pub fn shard_leader(&self, shard: usize) -> Option<usize> {
+        let statuses: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|node| node_status(&node.address, self.cluster_id, false).ok())
+            .collect();
+        for (index, status) in statuses.iter().enumerate() {
+            let Some(status) = status else { continue };
+            let named = statuses
+                .iter()
+                .flatten()
+                .filter(|other| other[shard].leader == Some(NodeId(index as u16 + 1)))
+                .count();
+            if status[shard].role == quorum::core::RoleKind::Leader && named * 2 > self.nodes.len()
+            {
                 return Some(index);
             }
         }

@@ -179,6 +179,10 @@ fn get(args: &ClusterArgs, key: &str, read: &GetArgs) -> Result<String, String> 
 
 pub fn run_kv(args: &KvArgs) -> ExitCode {
     if let Operation::Get { key, read } = &args.operation {
+        if let Err(error) = read.options() {
+            eprintln!("quorum kv: {error}");
+            return ExitCode::from(2);
+        }
         return print_outcome(get(&args.cluster, key, read));
     }
     let result = connect(&args.cluster).and_then(|client| {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use quorum::front::{FrontConfig, FrontEnds};
 use quorum::runtime::Node;
 use quorum::runtime::config::{NodeConfig, NodeSettings};
 
@@ -132,6 +133,15 @@ pub struct NodeArgs {
     /// pieces); a client with more waiting does not read and is disconnected.
     #[arg(long, value_name = "MIB")]
     client_queue_mib: Option<u32>,
+    /// Serve the HTTP/JSON API here, HOST:PORT (docs/http.md): any node answers any request,
+    /// forwarding to each key's shard leader. Not served unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    http_listen: Option<String>,
+    /// Serve the Redis protocol here, HOST:PORT (docs/redis.md): redis-cli and Redis client
+    /// libraries work unchanged for GET, SET, DEL and the commands listed there. Not served
+    /// unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    redis_listen: Option<String>,
     /// Lease reads: a leader answers `--consistency lease` reads at once while a majority's
     /// heartbeat acknowledgements grant it a lease (shorter than the election timeout by the
     /// drift margin), and this node, as a voter, helps no other candidate within an election
@@ -185,29 +195,42 @@ impl NodeArgs {
             client_queue_mib: self.client_queue_mib,
             read_lease: self.read_lease.then_some(true),
             max_clock_drift: self.max_clock_drift.clone(),
+            http_listen: self.http_listen.clone(),
+            redis_listen: self.redis_listen.clone(),
         }
     }
 }
 
-pub fn run(args: &NodeArgs) -> ExitCode {
+/// The node's configuration and its front ends' listeners, from the file and the flags;
+/// the error already printed.
+/// Where the HTTP and the Redis front ends listen, if they do.
+type Listeners = (Option<String>, Option<String>);
+
+fn resolve(args: &NodeArgs) -> Result<(NodeConfig, Listeners), ExitCode> {
     let file = match &args.config {
-        Some(path) => match NodeSettings::from_file(path) {
-            Ok(settings) => settings,
-            Err(error) => {
-                eprintln!("quorum node: {error}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(path) => NodeSettings::from_file(path).map_err(|error| {
+            eprintln!("quorum node: {error}");
+            ExitCode::from(2)
+        })?,
         None => NodeSettings::default(),
     };
-    let config = match NodeConfig::resolve(file.overridden_by(args.settings())) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("quorum node: {error}");
-            return ExitCode::from(2);
-        }
+    let settings = file.overridden_by(args.settings());
+    let checked = settings
+        .front_listeners()
+        .and_then(|listeners| NodeConfig::resolve(settings).map(|config| (config, listeners)));
+    checked.map_err(|error| {
+        eprintln!("quorum node: {error}");
+        ExitCode::from(2)
+    })
+}
+
+pub fn run(args: &NodeArgs) -> ExitCode {
+    let (config, listeners) = match resolve(args) {
+        Ok(resolved) => resolved,
+        Err(code) => return code,
     };
     let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
+    let front_config = front_config(&config, listeners);
     if config.durability == quorum::runtime::config::Durability::None {
         tracing::warn!("durability is off: acknowledged writes can be lost in a crash");
     }
@@ -215,6 +238,15 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         Ok(node) => node,
         Err(error) => {
             eprintln!("quorum node: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let fronts = match front_config.map(|config| FrontEnds::start(&config)).transpose() {
+        Ok(fronts) => fronts,
+        Err(error) => {
+            eprintln!("quorum node: {error}");
+            node.stop();
+            let _ = node.wait();
             return ExitCode::FAILURE;
         }
     };
@@ -231,6 +263,9 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!(id, "stopping");
+    if let Some(fronts) = fronts {
+        fronts.stop();
+    }
     node.stop();
     match node.wait() {
         Ok(()) => {
@@ -242,4 +277,21 @@ pub fn run(args: &NodeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The front ends' settings, if the node serves any: their client starts at this node's own
+/// listener, then its fellow voters.
+fn front_config(
+    config: &NodeConfig,
+    (http_listen, redis_listen): Listeners,
+) -> Option<FrontConfig> {
+    if http_listen.is_none() && redis_listen.is_none() {
+        return None;
+    }
+    let mut seeds = vec![config.listen.clone()];
+    seeds.extend(config.voters.values().filter(|address| **address != config.listen).cloned());
+    let mut front = FrontConfig::new(seeds, config.cluster_id, config.batch_bytes_max);
+    front.http_listen = http_listen;
+    front.redis_listen = redis_listen;
+    Some(front)
 }

@@ -171,6 +171,9 @@ impl NodeArgs {
             // by the read index (a config file may still turn leases on).
             read_lease: None,
             max_clock_drift: None,
+            // The front ends serve the built-in KV store, not SQLite.
+            http_listen: None,
+            redis_listen: None,
         }
     }
 }

@@ -1,0 +1,605 @@
+//! The front ends with real, unmodified clients against one cluster of three real `quorum
+//! node` processes (two shards, each node serving HTTP and the Redis protocol): the curl
+//! examples of docs/http.md, exactly as written; redis-cli; the programs of clients/ (Python
+//! urllib, requests and redis-py; C libcurl and hiredis; Go redigo and net/http; Java
+//! HttpClient). Values written through one front end are read through another and through the
+//! native client. Malformed and oversized input is refused without harm to anyone else. Last,
+//! the leader of a shard is killed while redis-py and curl write through it and the other
+//! nodes: every write they saw acknowledged is there afterwards.
+//!
+//! A client whose tool is not installed is reported SKIPPED (with the package to install) and
+//! not run; .ci/run installs them all, so in CI none is skipped. One cluster serves the whole
+//! file, so the file costs one start-up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may unwrap.
+
+mod common;
+
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+/// The repository's root.
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// True if `program` is on the path (or, for an absolute path, the file is there).
+fn installed(program: &str) -> bool {
+    if program.starts_with('/') {
+        return std::path::Path::new(program).exists();
+    }
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A Python that has redis-py and requests (Debian's, whatever else is first on the path).
+fn python() -> Option<String> {
+    ["/usr/bin/python3", "python3"].into_iter().map(str::to_string).find(|python| {
+        Command::new(python)
+            .args(["-c", "import redis, requests"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Runs a command; its stdout, or an error with everything it printed.
+fn run(command: &mut Command) -> Result<String, String> {
+    let output = command.output().map_err(|error| format!("{command:?}: {error}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!(
+            "{command:?} exited {}:\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(stdout)
+}
+
+/// Steps that each pass, fail or are skipped; failures are gathered, so every step runs.
+#[derive(Default)]
+struct Steps {
+    failures: Vec<String>,
+    passed: usize,
+    skipped: Vec<String>,
+}
+
+impl Steps {
+    fn run(&mut self, name: &str, step: impl FnOnce() -> Result<(), String>) {
+        let started = Instant::now();
+        match step() {
+            Ok(()) => {
+                self.passed += 1;
+                println!("passed: {name} ({:.1} s)", started.elapsed().as_secs_f64());
+            }
+            Err(reason) => {
+                println!("FAILED: {name}: {reason}");
+                self.failures.push(format!("{name}: {reason}"));
+            }
+        }
+    }
+
+    /// Runs the step if every tool is installed; else says SKIPPED and which package to get.
+    fn run_with(
+        &mut self,
+        name: &str,
+        tools: &[(&str, &str)],
+        step: impl FnOnce() -> Result<(), String>,
+    ) {
+        if let Some((tool, package)) = tools.iter().find(|(tool, _)| !installed(tool)) {
+            println!("SKIPPED: {name}: `{tool}` is not installed (apt-get install {package})");
+            self.skipped.push(name.to_string());
+            return;
+        }
+        self.run(name, step);
+    }
+}
+
+fn http(cluster: &Cluster, index: usize) -> String {
+    cluster.nodes[index].http.clone().unwrap()
+}
+
+fn redis(cluster: &Cluster, index: usize) -> String {
+    cluster.nodes[index].redis.clone().unwrap()
+}
+
+/// Sends `request` on a new connection and reads until the node closes it or 5 s pass.
+fn exchange(address: &str, request: &[u8]) -> Result<Vec<u8>, String> {
+    let mut stream = TcpStream::connect(address).map_err(|error| error.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(request).map_err(|error| error.to_string())?;
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => Ok(answer),
+        Err(error) => {
+            Err(format!("no close after {:?}: {error}", String::from_utf8_lossy(&answer)))
+        }
+    }
+}
+
+/// The `sh` blocks under docs/http.md's "Examples", each with the `output` block after it.
+fn doc_examples() -> Vec<(String, Option<String>)> {
+    let text = std::fs::read_to_string(root().join("docs/http.md")).unwrap();
+    let examples =
+        text.split("\n## Examples\n").nth(1).expect("docs/http.md has an Examples section");
+    let examples = examples.split("\n## ").next().unwrap();
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut lines = examples.lines();
+    while let Some(line) = lines.next() {
+        if let Some(kind) = line.strip_prefix("```").filter(|kind| !kind.is_empty()) {
+            let body: Vec<&str> = lines.by_ref().take_while(|line| *line != "```").collect();
+            blocks.push((kind.to_string(), body.join("\n") + "\n"));
+        }
+    }
+    let mut pairs = Vec::new();
+    let mut blocks = blocks.into_iter().peekable();
+    while let Some((kind, body)) = blocks.next() {
+        assert_eq!(kind, "sh", "an `{kind}` block without an `sh` block before it");
+        let output = blocks.next_if(|(kind, _)| kind == "output").map(|(_, body)| body);
+        pairs.push((body, output));
+    }
+    pairs
+}
+
+fn curl_docs(cluster: &Cluster) -> Result<(), String> {
+    let examples = doc_examples();
+    if examples.len() < 6 {
+        return Err(format!("only {} examples found in docs/http.md", examples.len()));
+    }
+    for (script, expected) in examples {
+        let output = run(Command::new("bash")
+            .args(["-c", &format!("set -euo pipefail\n{script}")])
+            .env("HTTP", http(cluster, 1)))?;
+        if let Some(expected) = expected {
+            if output != expected {
+                return Err(format!("example\n{script}printed\n{output}instead of\n{expected}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn redis_cli(cluster: &Cluster) -> Result<(), String> {
+    let (host, port) =
+        redis(cluster, 2).rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
+    let cli =
+        |args: &[&str]| run(Command::new("redis-cli").args(["-h", &host, "-p", &port]).args(args));
+    let expect = |args: &[&str], want: &str| -> Result<(), String> {
+        let got = cli(args)?;
+        if got != want {
+            return Err(format!("redis-cli {args:?} printed {got:?}, not {want:?}"));
+        }
+        Ok(())
+    };
+    expect(&["SET", "cli:k", "v"], "OK\n")?;
+    expect(&["GET", "cli:k"], "v\n")?;
+    expect(&["GET", "native:greeting"], "from the native client\n")?;
+    expect(&["PING"], "PONG\n")?;
+    expect(&["SET", "cli:k", "w", "NX"], "\n")?;
+    expect(&["SET", "cli:k", "w", "XX", "GET"], "v\n")?;
+    expect(&["APPEND", "cli:k", "xyz"], "4\n")?;
+    expect(&["STRLEN", "cli:k"], "4\n")?;
+    expect(&["MSET", "cli:a", "1", "cli:b", "2"], "OK\n")?;
+    expect(&["MGET", "cli:a", "cli:b", "cli:none"], "1\n2\n\n")?;
+    expect(&["DEL", "cli:a", "cli:none"], "1\n")?;
+    expect(&["EXISTS", "cli:a", "cli:b"], "1\n")?;
+    expect(&["DECRBY", "cli:n", "3"], "-3\n")?;
+    // redis-cli prints an error reply with an empty line after it.
+    expect(&["FROB", "x"], "ERR unknown command 'FROB', with args beginning with: 'x' \n\n")?;
+    let info = cli(&["INFO"])?;
+    if !info.contains("redis_version:") {
+        return Err(format!("INFO: {info}"));
+    }
+    // A scripted session on one connection, as a person would pipe it in; RESP3 too.
+    let session = run(Command::new("bash").args([
+        "-c",
+        &format!("printf 'HELLO 3\\nSET cli:s one\\nGET cli:s\\nCLIENT SETNAME me\\nCLIENT GETNAME\\n' | redis-cli -h {host} -p {port}"),
+    ]))?;
+    if !session.ends_with("OK\none\nOK\nme\n") || !session.contains("proto") {
+        return Err(format!("scripted session printed {session:?}"));
+    }
+    // redis-benchmark, briefly: pipelining works end to end.
+    if installed("redis-benchmark") {
+        run(Command::new("redis-benchmark").args([
+            "-h", &host, "-p", &port, "-t", "set,get", "-n", "2000", "-P", "16", "-c", "4", "-q",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Runs one of clients/'s programs; it prints `OK NAME` at the end when every check held.
+fn client_program(command: &mut Command, name: &str) -> Result<(), String> {
+    let output = run(command)?;
+    if !output.lines().any(|line| line == format!("OK {name}")) {
+        return Err(format!("no `OK {name}` in:\n{output}"));
+    }
+    Ok(())
+}
+
+/// What every client program wrote, read back through the native client and the other front
+/// end: `NAME:http` and `NAME:redis` where the program speaks each.
+fn cross_check(cluster: &Cluster, written: &[(&str, bool, bool)]) -> Result<(), String> {
+    let client = cluster.client(Duration::from_secs(10))?;
+    for (name, over_http, over_redis) in written {
+        for (speaks, key, value) in [
+            (*over_http, format!("{name}:http"), format!("written by {name} over HTTP")),
+            (*over_redis, format!("{name}:redis"), format!("written by {name} over RESP")),
+        ] {
+            if !speaks {
+                continue;
+            }
+            let native = client.get(key.as_bytes()).map_err(|error| error.to_string())?;
+            if native.as_deref() != Some(value.as_bytes()) {
+                return Err(format!("the native client reads {key} as {native:?}"));
+            }
+            // Through the HTTP front end of node 3, raw.
+            let url = format!("http://{}/v1/kv/{key}", http(cluster, 2));
+            let raw = run(Command::new("curl").args([
+                "-s",
+                "-H",
+                "Accept: application/octet-stream",
+                &url,
+            ]))?;
+            if raw != value {
+                return Err(format!("curl reads {key} as {raw:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hostile_input(cluster: &Cluster) -> Result<(), String> {
+    let address = redis(cluster, 0);
+    for (request, want) in [
+        (&b"*1\r\n$x\r\n"[..], "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*99999999\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n:5\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"),
+        (
+            b"PING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000000\r\n",
+            "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (b"SET k \"unbalanced\r\n", "-ERR Protocol error: unbalanced quotes in request\r\n"),
+    ] {
+        let answer = exchange(&address, request)?;
+        if answer != want.as_bytes() {
+            return Err(format!(
+                "{:?} got {:?}, not {want:?}",
+                String::from_utf8_lossy(request),
+                String::from_utf8_lossy(&answer)
+            ));
+        }
+    }
+    // Random bytes to both front ends: each connection answers or closes, never hangs the
+    // node.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..200 {
+        let bytes: Vec<u8> = (0..64)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        for front in [address.clone(), http(cluster, 0)] {
+            let mut stream = TcpStream::connect(&front).map_err(|error| error.to_string())?;
+            stream.write_all(&bytes).map_err(|error| error.to_string())?;
+            drop(stream);
+        }
+    }
+    // HTTP that is not HTTP, a header block that never ends.
+    let answer = exchange(&http(cluster, 0), b"NOT HTTP AT ALL\r\n\r\n")?;
+    if !answer.starts_with(b"HTTP/1.1 400") {
+        return Err(format!("garbage HTTP got {:?}", String::from_utf8_lossy(&answer)));
+    }
+    // Clients that hang up right after their request: the requests they left behind do not
+    // hold up anyone else's to the same shard.
+    for n in 0..100 {
+        let mut stream = TcpStream::connect(http(cluster, 0)).map_err(|error| error.to_string())?;
+        let request =
+            format!("PUT /v1/kv/hung-up-{n} HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nv");
+        stream.write_all(request.as_bytes()).map_err(|error| error.to_string())?;
+        drop(stream);
+        let mut stream =
+            TcpStream::connect(redis(cluster, 0)).map_err(|error| error.to_string())?;
+        stream
+            .write_all(format!("SET hung-up-{n} v\r\nGET hung-up-{n}\r\n").as_bytes())
+            .map_err(|error| error.to_string())?;
+        drop(stream);
+    }
+    let answer = exchange(&address, b"SET after-hang-ups yes\r\nGET after-hang-ups\r\nQUIT\r\n")?;
+    if answer != b"+OK\r\n$3\r\nyes\r\n+OK\r\n" {
+        return Err(format!(
+            "after clients hung up, SET and GET got {:?}",
+            String::from_utf8_lossy(&answer)
+        ));
+    }
+    // Idle connections by the hundred cost nothing to the others.
+    let idle: Vec<TcpStream> = (0..200)
+        .flat_map(|_| [TcpStream::connect(redis(cluster, 0)), TcpStream::connect(http(cluster, 0))])
+        .collect::<Result<_, _>>()
+        .map_err(|error| error.to_string())?;
+    let pong = exchange(&address, b"PING\r\nQUIT\r\n")?;
+    if pong != b"+PONG\r\n+OK\r\n" {
+        return Err(format!("after hostile input PING got {:?}", String::from_utf8_lossy(&pong)));
+    }
+    let health =
+        run(Command::new("curl").args(["-s", &format!("http://{}/health", http(cluster, 0))]))?;
+    if health != "{\"status\":\"up\"}\n" {
+        return Err(format!("after hostile input /health got {health:?}"));
+    }
+    drop(idle);
+    Ok(())
+}
+
+/// Lines a child prints, each with when it arrived.
+fn collect_lines(child: &mut std::process::Child) -> Arc<Mutex<Vec<(Instant, String)>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stdout = child.stdout.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push((Instant::now(), line));
+        }
+    });
+    lines
+}
+
+/// Kills the leader of shard 0 while redis-py (through the victim first, then the others) and
+/// curl (through a survivor) write; every write either saw acknowledged is read back.
+fn leader_killed(cluster: &mut Cluster, python: &str) -> Result<(), String> {
+    let victim = cluster.shard_leader(0).ok_or("shard 0 has no leader")?;
+    let survivors: Vec<usize> = (0..3).filter(|index| *index != victim).collect();
+    let seconds = 6;
+    let mut addresses = vec![redis(cluster, victim)];
+    addresses.extend(survivors.iter().map(|index| redis(cluster, *index)));
+    let mut writer = Command::new(python)
+        .arg(root().join("clients/python/writer.py"))
+        .args([&seconds.to_string(), "failover-py"])
+        .args(&addresses)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| error.to_string())?;
+    let script = format!(
+        "while [ $SECONDS -lt {seconds} ]; do i=$((i+1)); \
+         code=$(curl -s -m 12 -o /dev/null -w '%{{http_code}}' -X PUT --data-binary \"value $i\" http://{}/v1/kv/failover-curl:$i) || true; \
+         [ \"$code\" = 200 ] && echo failover-curl:$i; done; true",
+        http(cluster, survivors[0])
+    );
+    let mut curl = Command::new("bash")
+        .args(["-c", &format!("i=0; {script}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let (py_lines, curl_lines) = (collect_lines(&mut writer), collect_lines(&mut curl));
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.kill(victim);
+    let killed = Instant::now();
+    println!("killed node {} (shard 0's leader)", victim + 1);
+    writer.wait().map_err(|error| error.to_string())?;
+    curl.wait().map_err(|error| error.to_string())?;
+    std::thread::sleep(Duration::from_millis(200));
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for (what, lines, prefix) in
+        [("redis-py", &py_lines, "failover-py:"), ("curl", &curl_lines, "failover-curl:")]
+    {
+        let lines = lines.lock().unwrap();
+        let after = lines.iter().filter(|(at, _)| *at > killed + Duration::from_secs(1)).count();
+        println!(
+            "{what}: {} writes acknowledged, {after} of them more than 1 s after the kill",
+            lines.len()
+        );
+        if lines.is_empty() || after == 0 {
+            return Err(format!(
+                "{what} made no progress across the kill ({} acknowledged, {after} after)",
+                lines.len()
+            ));
+        }
+        for (_, key) in lines.iter() {
+            let n = key.strip_prefix(prefix).ok_or(format!("odd line {key}"))?;
+            acked.push((key.clone(), format!("value {n}")));
+        }
+    }
+    let lost = common::lost_writes(cluster, &acked, 4);
+    if !lost.is_empty() {
+        return Err(format!(
+            "{} of {} acknowledged writes lost, e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)]
+        ));
+    }
+    // And through a survivor's front ends, the last of each.
+    for (key, value) in acked.iter().rev().take(20) {
+        let url = format!("http://{}/v1/kv/{key}", http(cluster, survivors[1]));
+        let raw =
+            run(Command::new("curl").args(["-s", "-H", "Accept: application/octet-stream", &url]))?;
+        if raw != *value {
+            return Err(format!("after the kill curl reads {key} as {raw:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every node's HTTP front end answers /health.
+fn await_front_ends(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for index in 0..cluster.nodes.len() {
+        while exchange(
+            &http(cluster, index),
+            b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .map_or(true, |answer| !answer.starts_with(b"HTTP/1.1 200"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {}'s HTTP front end does not answer",
+                index + 1
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_across_a_leader_kill()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = (1..=3).map(|n| dir.path().join(format!("node-{n}"))).collect();
+    let mut cluster = Cluster::start_with_front_ends(19, dirs, dir.path(), &[], 2);
+    cluster.await_serving(Duration::from_secs(30));
+    await_front_ends(&cluster);
+    let native = cluster.client(Duration::from_secs(10)).unwrap();
+    native.put(b"native:greeting", b"from the native client").unwrap();
+    let build = dir.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    let clients = root().join("clients");
+    let mut steps = Steps::default();
+    let mut written: Vec<(&str, bool, bool)> = Vec::new();
+
+    steps.run_with("curl: every example of docs/http.md", &[("curl", "curl")], || {
+        curl_docs(&cluster)
+    });
+    steps.run_with("redis-cli", &[("redis-cli", "redis-tools"), ("curl", "curl")], || {
+        redis_cli(&cluster)
+    });
+    match python() {
+        Some(python) => {
+            steps.run("Python: urllib, requests, redis-py (clients/python/kv.py)", || {
+                client_program(
+                    Command::new(&python).arg(clients.join("python/kv.py")).args([
+                        http(&cluster, 0),
+                        redis(&cluster, 1),
+                        "python".into(),
+                    ]),
+                    "python",
+                )
+            });
+            written.push(("python", true, true));
+        }
+        None => println!(
+            "SKIPPED: Python: no python3 with redis-py and requests (apt-get install python3-redis python3-requests)"
+        ),
+    }
+    steps.run_with(
+        "C: hiredis (clients/c/kv_hiredis.c)",
+        &[
+            ("cc", "build-essential"),
+            (
+                "pkg-config --exists hiredis || test -e /usr/include/hiredis/hiredis.h",
+                "libhiredis-dev",
+            ),
+        ],
+        || {
+            let binary = build.join("kv_hiredis");
+            run(Command::new("cc")
+                .arg(clients.join("c/kv_hiredis.c"))
+                .args(["-O1", "-lhiredis", "-o"])
+                .arg(&binary))?;
+            let (host, port) = redis(&cluster, 2)
+                .rsplit_once(':')
+                .map(|(h, p)| (h.to_string(), p.to_string()))
+                .unwrap();
+            client_program(Command::new(&binary).args([host, port, "hiredis".into()]), "hiredis")
+        },
+    );
+    written.push(("hiredis", false, true));
+    steps.run_with(
+        "C: libcurl (clients/c/kv_curl.c)",
+        &[("cc", "build-essential"), ("curl-config", "libcurl4-openssl-dev")],
+        || {
+            let binary = build.join("kv_curl");
+            run(Command::new("cc")
+                .arg(clients.join("c/kv_curl.c"))
+                .args(["-O1", "-lcurl", "-o"])
+                .arg(&binary))?;
+            client_program(
+                Command::new(&binary).args([http(&cluster, 1), "libcurl".into()]),
+                "libcurl",
+            )
+        },
+    );
+    written.push(("libcurl", true, false));
+    steps.run_with(
+        "Go: redigo and net/http (clients/go/kv_redigo.go)",
+        &[
+            ("go", "golang-go"),
+            (
+                "test -d /usr/share/gocode/src/github.com/gomodule/redigo",
+                "golang-github-gomodule-redigo-dev",
+            ),
+        ],
+        || {
+            client_program(
+                Command::new("go")
+                    .args([
+                        "run",
+                        "kv_redigo.go",
+                        &http(&cluster, 2),
+                        &redis(&cluster, 0),
+                        "redigo",
+                    ])
+                    .current_dir(clients.join("go"))
+                    .env("GO111MODULE", "off")
+                    .env("GOPATH", "/usr/share/gocode")
+                    .env("GOFLAGS", "")
+                    .env("GOCACHE", build.join("gocache")),
+                "redigo",
+            )
+        },
+    );
+    written.push(("redigo", true, true));
+    steps.run_with(
+        "Java: java.net.http.HttpClient (clients/java/Kv.java)",
+        &[("java", "default-jdk-headless")],
+        || {
+            client_program(
+                Command::new("java")
+                    .arg(clients.join("java/Kv.java"))
+                    .args([http(&cluster, 0), "java".into()]),
+                "java",
+            )
+        },
+    );
+    written.push(("java", true, false));
+    let ran: Vec<(&str, bool, bool)> = written
+        .into_iter()
+        .filter(|(name, _, _)| {
+            !steps.skipped.iter().any(|skipped| skipped.to_lowercase().contains(name))
+        })
+        .collect();
+    steps.run_with(
+        "writes of each client read through the native client and curl",
+        &[("curl", "curl")],
+        || cross_check(&cluster, &ran),
+    );
+    steps.run_with("malformed, oversized and idle connections", &[("curl", "curl")], || {
+        hostile_input(&cluster)
+    });
+    match python() {
+        Some(python) if installed("curl") => {
+            steps.run("a shard leader killed under redis-py and curl writers", || {
+                leader_killed(&mut cluster, &python)
+            });
+        }
+        _ => println!("SKIPPED: the leader kill: it needs curl and python3-redis"),
+    }
+    println!(
+        "{} passed, {} failed, {} skipped",
+        steps.passed,
+        steps.failures.len(),
+        steps.skipped.len()
+    );
+    assert!(steps.failures.is_empty(), "{}", steps.failures.join("\n\n"));
+}
