@@ -121,6 +121,8 @@ fn message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|nonce| Message::ReadIndexRequest { nonce }),
         (any::<u64>(), prop::option::of(slot))
             .prop_map(|(nonce, read_index)| Message::ReadIndexReply { nonce, read_index }),
+        (ballot(), any::<u16>())
+            .prop_map(|(ballot, to)| Message::TimeoutNow { ballot, to: NodeId(to) }),
     ]
 }
 
@@ -240,7 +242,8 @@ fn body_and_sender() -> impl Strategy<Value = (Body, u16)> {
             Body::Peer(
                 Message::Prepare { ballot, .. }
                 | Message::Accept { ballot, .. }
-                | Message::Heartbeat { ballot, .. },
+                | Message::Heartbeat { ballot, .. }
+                | Message::TimeoutNow { ballot, .. },
             ) => ballot.node.0,
             _ => 2,
         };

@@ -781,3 +781,105 @@ fn a_late_accept_from_an_older_ballot_does_not_change_a_chosen_slot() {
     assert_eq!(entry.value, Some(Value::Noop));
     assert!(entry.chosen);
 }
+
+/// The `TimeoutNow` messages among `actions`, by recipient.
+fn timeouts_now(actions: &[Action]) -> Vec<(NodeId, Ballot, NodeId)> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send { to, message: Message::TimeoutNow { ballot, to: target } } => {
+                Some((*to, *ballot, *target))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_transferring_leader_takes_no_proposal_and_lets_go_once_its_proposals_are_chosen() {
+    let mut replica = replica();
+    let ballot = elect(&mut replica);
+    replica.propose(id(1), b"before").unwrap();
+    replica.flush();
+    let sent = actions(&mut replica);
+    let out = persist_all(&mut replica, sent);
+    let first_slot = out
+        .iter()
+        .find_map(|action| match action {
+            Action::Send { message: Message::Accept { first_slot, .. }, .. } => Some(*first_slot),
+            _ => None,
+        })
+        .expect("the proposal went out");
+    assert_eq!(replica.transfer_leadership(ME), Err(quorum::core::TransferError::ToSelf));
+    assert_eq!(
+        replica.transfer_leadership(NodeId(9)),
+        Err(quorum::core::TransferError::NotAVoter(NodeId(9)))
+    );
+    replica.transfer_leadership(PEER_A).unwrap();
+    assert_eq!(replica.transferring_to(), Some(PEER_A));
+    assert_eq!(
+        replica.transfer_leadership(PEER_B),
+        Err(quorum::core::TransferError::UnderWay(PEER_A))
+    );
+    assert_eq!(
+        replica.propose(id(2), b"after"),
+        Err(ProposeError::NotLeader { hint: Some(PEER_A) }),
+        "new proposals are redirected to the successor"
+    );
+    assert!(timeouts_now(&actions(&mut replica)).is_empty(), "a proposal is still in flight");
+    let out = deliver(&mut replica, PEER_B, Message::Accepted { ballot, first_slot, count: 1 });
+    assert_eq!(
+        timeouts_now(&out),
+        vec![(PEER_A, ballot, PEER_A), (PEER_B, ballot, PEER_A)],
+        "every voter is let go once everything proposed is chosen"
+    );
+    assert!(!replica.holds_lease());
+}
+
+#[test]
+fn a_transfer_not_taken_up_within_an_election_timeout_is_given_up() {
+    let mut replica = replica();
+    elect(&mut replica);
+    replica.transfer_leadership(PEER_A).unwrap();
+    let out = actions(&mut replica);
+    assert_eq!(timeouts_now(&out).len(), 2, "nothing was in flight: let go at once");
+    // The peers keep answering heartbeats (so check-quorum holds) but nobody takes over.
+    for _ in 0..config(ME).election_timeout_ticks {
+        replica.on_tick();
+        for action in actions(&mut replica) {
+            if let Action::Send { to, message: Message::Heartbeat { ballot, read_round, .. } } =
+                action
+            {
+                deliver(&mut replica, to, Message::HeartbeatAck { ballot, read_round });
+            }
+        }
+    }
+    assert_eq!(replica.role(), RoleKind::Leader);
+    assert_eq!(replica.transferring_to(), None);
+    replica.propose(id(1), b"again").unwrap();
+}
+
+#[test]
+fn the_successor_stands_at_once_and_a_voter_lets_go_only_of_the_leader_it_follows() {
+    let leader = Ballot::new(3, PEER_B);
+    let heartbeat = Message::Heartbeat { ballot: leader, commit_index: Slot(0), read_round: 0 };
+    // The successor: a prepare of a higher round at once, no pre-vote.
+    let mut successor = replica();
+    deliver_durably(&mut successor, PEER_B, heartbeat.clone());
+    let out = deliver(&mut successor, PEER_B, Message::TimeoutNow { ballot: leader, to: ME });
+    assert_eq!(successor.role(), RoleKind::Candidate);
+    let prepares: Vec<Ballot> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send { message: Message::Prepare { ballot, .. }, .. } => Some(*ballot),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(prepares, vec![Ballot::new(4, ME); 2], "phase 1 at once, above the leader");
+    // A late TimeoutNow of an older leader changes nothing.
+    let mut voter = replica();
+    deliver_durably(&mut voter, PEER_B, heartbeat);
+    let old = Ballot::new(2, PEER_A);
+    assert!(deliver(&mut voter, PEER_A, Message::TimeoutNow { ballot: old, to: ME }).is_empty());
+    assert_eq!(voter.role(), RoleKind::Follower);
+}

@@ -532,3 +532,27 @@ fn a_stale_read_says_where_it_stands_and_is_refused_beyond_its_bound() {
     let positions = ReadOptions { behind_slots_max: Some(0), ..with(Consistency::Stale) };
     assert!(cluster.read(lagging, 4, "k", positions).is_ok(), "0 slots behind");
 }
+
+#[test]
+fn under_leases_a_voter_the_leader_let_go_helps_its_successor_at_once_and_no_one_else_earlier() {
+    let mut voter = Replica::new(config(ME, true)).unwrap();
+    for _ in 0..10 {
+        voter.on_tick();
+    }
+    actions(&mut voter);
+    let leader = Ballot::new(1, PEER_A);
+    let heartbeat = Message::Heartbeat { ballot: leader, commit_index: Slot(0), read_round: 3 };
+    deliver(&mut voter, PEER_A, heartbeat.clone());
+    // A TimeoutNow of a ballot this voter does not follow lets nothing go.
+    let other = Message::TimeoutNow { ballot: Ballot::new(0, PEER_B), to: PEER_B };
+    deliver(&mut voter, PEER_B, other);
+    let prepare = Message::Prepare { ballot: Ballot::new(2, PEER_B), from_slot: Slot(0) };
+    let refused = deliver(&mut voter, PEER_B, prepare.clone());
+    assert!(!refused.iter().any(|a| matches!(a, Action::Persist { .. })), "{refused:?}");
+    // The leader lets go (it answers no lease read any more, protocol.md §3.10); its later
+    // heartbeats do not make the voter sticky again.
+    deliver(&mut voter, PEER_A, Message::TimeoutNow { ballot: leader, to: PEER_B });
+    deliver(&mut voter, PEER_A, heartbeat);
+    let answer = deliver(&mut voter, PEER_B, prepare);
+    assert!(answer.iter().any(|a| matches!(a, Action::Persist { .. })), "{answer:?}");
+}

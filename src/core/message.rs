@@ -278,6 +278,16 @@ pub enum Message {
         /// The read index, or `None`.
         read_index: Option<Slot>,
     },
+    /// Leadership transfer (protocol.md §3.10): the leader of `ballot`, which accepts no new
+    /// proposals and answers no lease reads any more, has everything it proposed chosen and
+    /// tells every voter so. Each stops counting that leader as live (it helps the next
+    /// candidate at once); `to` starts an election at once, without a pre-vote.
+    TimeoutNow {
+        /// The releasing leader's ballot.
+        ballot: Ballot,
+        /// The voter that is to stand at once.
+        to: NodeId,
+    },
 }
 
 impl Message {
@@ -339,6 +349,7 @@ impl Message {
             Message::ReadIndexReply { nonce: _, read_index } => {
                 read_index.map_or(Ok(()), check_slot)
             }
+            Message::TimeoutNow { ballot, to: _ } => check_own_ballot(*ballot, from),
             Message::RepairReport { nonce: _, promised, slot_end, commit_index } => {
                 check_ballot(*promised)
                     .and_then(|()| check_slot(*slot_end))
@@ -370,6 +381,7 @@ impl Message {
             Message::SnapshotPull { .. } => "snapshot-pull",
             Message::ReadIndexRequest { .. } => "read-index-request",
             Message::ReadIndexReply { .. } => "read-index-reply",
+            Message::TimeoutNow { .. } => "timeout-now",
         }
     }
 }

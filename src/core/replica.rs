@@ -48,6 +48,26 @@ pub enum RoleKind {
     Learner,
 }
 
+/// Why a leadership transfer was refused ([`Replica::transfer_leadership`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// This replica does not lead; `hint` is the leader it last heard, if any.
+    #[error("not the leader (leader hint: {hint:?})")]
+    NotLeader {
+        /// The leader this replica last heard.
+        hint: Option<NodeId>,
+    },
+    /// The leader itself was named.
+    #[error("this replica already leads")]
+    ToSelf,
+    /// The node named is not a voter of this shard (a learner, or unknown).
+    #[error("node {} is not another voter of this shard", .0.0)]
+    NotAVoter(NodeId),
+    /// A transfer is already under way, to the node named.
+    #[error("a transfer to node {} is under way", .0.0)]
+    UnderWay(NodeId),
+}
+
 /// Why a proposal was not taken. Expected outcomes, not failures (docs/style.md, Errors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
@@ -154,8 +174,22 @@ struct LeaderState {
     reads: ReadRounds,
     /// Lease reads are answered at once while `now` is below this (protocol.md §5.4).
     lease_until_tick: u64,
-    /// ... and at or past this: an election timeout after this leadership began.
+    /// ... and at or past this: an election timeout after this leadership began, or never
+    /// once it began handing leadership away.
     lease_reads_from_tick: u64,
+    /// A transfer of leadership under way (protocol.md §3.10).
+    transfer: Option<Transfer>,
+}
+
+/// A leader handing its leadership to another voter (protocol.md §3.10).
+#[derive(Debug)]
+struct Transfer {
+    to: NodeId,
+    /// The transfer is given up at this tick if the leader still leads (an election timeout
+    /// after it began): it takes proposals again, still without lease reads.
+    until_tick: u64,
+    /// `TimeoutNow` went out (once everything proposed was chosen).
+    sent: bool,
 }
 
 /// How far a voter's phase 1 report has come. Parts are asked for one at a time, and only the
@@ -229,6 +263,9 @@ pub struct Replica {
     through_leader: ThroughLeader,
     /// When this replica last knew it was up to date (stale reads' bound, §5.5).
     freshness: Freshness,
+    /// The ballot of a leader that handed its leadership away (`TimeoutNow`): its messages no
+    /// longer count as hearing a live leader, so this voter helps its successor at once.
+    released: Option<Ballot>,
 }
 
 /// A learner this replica feeds, until its lease runs out.
@@ -326,6 +363,7 @@ impl Replica {
             repair: None,
             through_leader: ThroughLeader::default(),
             freshness: Freshness::default(),
+            released: None,
             config,
         };
         Ok(replica)
@@ -648,9 +686,7 @@ impl Replica {
     /// # Errors
     /// `NotLeader`, `Busy` or `TooLarge`; nothing is changed then.
     pub fn propose(&mut self, id: RequestId, payload: &[u8]) -> Result<(), ProposeError> {
-        if !matches!(self.role, Role::Leader(_)) {
-            return Err(ProposeError::NotLeader { hint: self.leader_hint });
-        }
+        self.check_takes_proposals()?;
         if payload.len().saturating_add(super::batch::COMMAND_HEADER_BYTES)
             > self.config.batch_bytes_max
         {
@@ -874,9 +910,7 @@ impl Replica {
     /// # Errors
     /// `NotLeader`, `Busy` (pipeline full) or `SkipTooLong`.
     pub fn propose_skip(&mut self, slots: u64) -> Result<Slot, ProposeError> {
-        if !matches!(self.role, Role::Leader(_)) {
-            return Err(ProposeError::NotLeader { hint: self.leader_hint });
-        }
+        self.check_takes_proposals()?;
         if slots == 0 || slots > self.config.skip_slots_max {
             return Err(ProposeError::SkipTooLong {
                 slots,
@@ -965,6 +999,7 @@ impl Replica {
             Message::ReadIndexReply { nonce, read_index } => {
                 self.on_read_index_reply(nonce, read_index)
             }
+            Message::TimeoutNow { ballot, to } if !learner => self.on_timeout_now(ballot, to),
             Message::RepairQuery { nonce } if !learner => {
                 let report = Message::RepairReport {
                     nonce,
@@ -985,6 +1020,7 @@ impl Replica {
             Message::Probe { .. }
             | Message::Prepare { .. }
             | Message::Accept { .. }
+            | Message::TimeoutNow { .. }
             | Message::RepairQuery { .. } => {}
         }
         Ok(())
@@ -1316,11 +1352,102 @@ impl Replica {
             // refused to help for an election timeout); waiting one more here costs lease
             // reads (they take rounds meanwhile) and guards that argument (protocol.md §5.4).
             lease_reads_from_tick: now + u64::from(self.config.election_timeout_ticks),
+            transfer: None,
         }));
         self.leader_hint = Some(self.config.node);
         self.maybe_advance_commit();
         self.leader_tick();
         self.maybe_send_proposals();
+    }
+
+    // ----- Leadership transfer (protocol.md §3.10) ---------------------------------------
+
+    /// Hands this shard's leadership to voter `to`: from now on no new proposal is taken
+    /// (each is refused with `to` as the hint) and no lease read is answered for the rest of
+    /// this ballot; once everything proposed is chosen, every voter is told (`TimeoutNow`)
+    /// and `to` stands for election at once. If `to` has not taken over an election timeout
+    /// later, this replica leads on. Reads by the read index go on meanwhile.
+    ///
+    /// # Errors
+    /// This replica does not lead, `to` is not another voter, or a transfer is under way;
+    /// nothing is changed then.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        let now = self.now_tick;
+        let timeout = u64::from(self.config.election_timeout_ticks);
+        let hint = self.leader_hint;
+        let Role::Leader(leader) = &mut self.role else {
+            return Err(TransferError::NotLeader { hint });
+        };
+        if to == self.config.node {
+            return Err(TransferError::ToSelf);
+        }
+        if !self.peers.contains(&to) {
+            return Err(TransferError::NotAVoter(to));
+        }
+        if let Some(transfer) = &leader.transfer {
+            return Err(TransferError::UnderWay(transfer.to));
+        }
+        leader.transfer = Some(Transfer { to, until_tick: now + timeout, sent: false });
+        // Once any voter may help `to` at once, no lease of this ballot is safe to answer from
+        // (the voters' stickiness is what a lease rests on, §5.4); nor after an aborted
+        // transfer, since a voter told may still help whoever asks.
+        leader.lease_reads_from_tick = u64::MAX;
+        self.maybe_send_proposals();
+        self.maybe_release_leadership();
+        Ok(())
+    }
+
+    /// The voter this leader is handing its leadership to, if it is.
+    #[must_use]
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Leader(leader) => leader.transfer.as_ref().map(|transfer| transfer.to),
+            _ => None,
+        }
+    }
+
+    /// `Ok` if this replica leads and is not handing its leadership away.
+    fn check_takes_proposals(&self) -> Result<(), ProposeError> {
+        match &self.role {
+            Role::Leader(leader) => match &leader.transfer {
+                Some(transfer) => Err(ProposeError::NotLeader { hint: Some(transfer.to) }),
+                None => Ok(()),
+            },
+            _ => Err(ProposeError::NotLeader { hint: self.leader_hint }),
+        }
+    }
+
+    /// A transferring leader whose proposals are all chosen tells every voter it lets go.
+    fn maybe_release_leadership(&mut self) {
+        let batch_empty = self.batch.is_empty();
+        let Role::Leader(leader) = &mut self.role else { return };
+        let Some(transfer) = &mut leader.transfer else { return };
+        if transfer.sent || !batch_empty || !leader.in_flight.is_empty() {
+            return;
+        }
+        if !leader.recovery.is_empty() {
+            return;
+        }
+        transfer.sent = true;
+        let (ballot, to) = (leader.ballot, transfer.to);
+        for index in 0..self.peers.len() {
+            self.send(self.peers[index], Message::TimeoutNow { ballot, to });
+        }
+    }
+
+    fn on_timeout_now(&mut self, ballot: Ballot, to: NodeId) {
+        // Only the leader this voter follows can let it go: a late message of an older
+        // leader must not unstick it from a newer one, whose lease may count on it.
+        if ballot != self.promised || !matches!(self.role, Role::Follower) {
+            return;
+        }
+        self.released = Some(ballot);
+        self.election.forget_leader();
+        if to == self.config.node && self.repair.is_none() {
+            // Stand at once: no pre-vote (the leader asked), a fresh timer for phase 1.
+            self.election.restart(self.now_tick, &mut self.rng);
+            self.start_prepare();
+        }
     }
 
     // ----- Phase 2 (protocol.md §3.3) ----------------------------------------------------
@@ -1459,6 +1586,7 @@ impl Replica {
         }
         self.maybe_advance_commit();
         self.maybe_send_proposals();
+        self.maybe_release_leadership();
     }
 
     fn on_rejected(&mut self, ballot: Ballot, promised: Ballot) {
@@ -1490,6 +1618,11 @@ impl Replica {
         if heard < self.voters.majority() {
             self.step_down();
             return;
+        }
+        if leader.transfer.as_ref().is_some_and(|transfer| now >= transfer.until_tick) {
+            // The successor did not take over in time (it was down, cut off, or behind):
+            // lead on, still without lease reads for this ballot (§3.10).
+            leader.transfer = None;
         }
         if now < leader.heartbeat_due_tick {
             return;
@@ -1891,7 +2024,13 @@ impl Replica {
             self.step_down();
         }
         self.leader_hint = Some(ballot.node);
-        self.election.heard_leader(self.now_tick, &mut self.rng);
+        if self.released == Some(ballot) {
+            // It handed its leadership away: wait for its successor as for any leader, but
+            // do not refuse to help elect one (§3.10).
+            self.election.restart(self.now_tick, &mut self.rng);
+        } else {
+            self.election.heard_leader(self.now_tick, &mut self.rng);
+        }
     }
 
     /// Leaves any candidacy or leadership for the follower role.

@@ -22,7 +22,7 @@ use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
 use crate::core::{
     Action, Config, Consistency, Envelope, Message, NodeId, ProposeError, ReadOptions, ReadPath,
-    RefusedMessage, Replica, RequestId, Slot, SlotRun,
+    RefusedMessage, Replica, RequestId, Slot, SlotRun, TransferError,
 };
 use crate::machine::total_order::Committed;
 use crate::machine::{
@@ -504,6 +504,21 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             self.process_actions()?;
         }
         Ok(())
+    }
+
+    /// Hands this shard's leadership to voter `to` ([`Replica::transfer_leadership`],
+    /// protocol.md §3.10).
+    ///
+    /// # Errors
+    /// `Ok(Err(..))`: refused (not the leader, `to` not another voter, a transfer under way).
+    /// `Err(..)`: the shard failed.
+    pub fn transfer_leadership(
+        &mut self,
+        to: NodeId,
+    ) -> Result<Result<(), TransferError>, ShardError> {
+        let result = self.replica.transfer_leadership(to);
+        self.process_actions()?;
+        Ok(result)
     }
 
     /// Sends the open batch if the pipeline has room (after a burst of proposals).

@@ -126,6 +126,8 @@ pub struct FaultCounts {
     pub sync_errors: u64,
     /// Disks that filled up (each stops its node until space is freed).
     pub full_disks: u64,
+    /// Leadership transfers a leader took on (`move-leader`, protocol.md §3.10).
+    pub leader_moves: u64,
 }
 
 impl FaultCounts {
@@ -139,6 +141,7 @@ impl FaultCounts {
         self.wiped += other.wiped;
         self.sync_errors += other.sync_errors;
         self.full_disks += other.full_disks;
+        self.leader_moves += other.leader_moves;
     }
 }
 

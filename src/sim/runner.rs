@@ -196,7 +196,7 @@ impl Summary {
         let faults = &self.faults;
         format!(
             "disk faults: bits flipped {}, stretches zeroed {}, segment headers damaged {}, voters wiped {}, syncs (file or directory) failed {}, \
-             disks full {}; repairs started {} (first starts included), finished {}",
+             disks full {}; repairs started {} (first starts included), finished {}; leadership moves asked {}",
             faults.bit_flips,
             faults.zeroed,
             faults.header_flips,
@@ -204,7 +204,8 @@ impl Summary {
             faults.sync_errors,
             faults.full_disks,
             faults.repairs,
-            faults.repaired
+            faults.repaired,
+            faults.leader_moves
         )
     }
 

@@ -89,6 +89,8 @@ enum Event {
         node: usize,
     },
     ForceLeaderChange,
+    /// A shard's leader is asked to hand its leadership to another voter (protocol.md §3.10).
+    MoveLeader,
     Restart {
         node: usize,
     },
@@ -315,6 +317,8 @@ impl World {
         let forced =
             between(&mut world.rng, world.knobs.safety_us / 4, world.knobs.safety_us * 3 / 4);
         world.schedule(forced, Event::ForceLeaderChange);
+        let moved = between(&mut world.rng, 0, world.knobs.fault_interval_us * 2);
+        world.schedule(moved, Event::MoveLeader);
         if world.knobs.clock_faults {
             world.schedule(forced / 2, Event::ClockFault);
         }
@@ -566,6 +570,7 @@ impl World {
                 self.trace(|| format!("n{}'s clock runs at its usual rate again", node + 1));
             }
             Event::ForceLeaderChange => self.on_force_leader_change(),
+            Event::MoveLeader => self.on_move_leader(),
             Event::Restart { node } => self.restart(node),
             Event::Fail { node, incarnation } => {
                 if self.nodes[node].up && self.nodes[node].incarnation == incarnation {
@@ -1431,6 +1436,36 @@ impl World {
         }
     }
 
+    /// Asks one shard's leader to hand leadership to a random other voter, as an operator's
+    /// `move-leader` would, while faults go on; again a while later.
+    fn on_move_leader(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let next = between(&mut self.rng, 0, self.knobs.fault_interval_us * 4);
+        self.schedule(next, Event::MoveLeader);
+        let shard = (self.rng.next_u64() % self.knobs.shards as u64) as usize;
+        let leader = (0..self.knobs.voters).find(|node| {
+            self.alive(*node)
+                && self.replica(*node, shard).is_some_and(|r| r.role() == RoleKind::Leader)
+        });
+        let Some(node) = leader else { return };
+        let others = self.knobs.voters as u64 - 1;
+        let to = (node + 1 + (self.rng.next_u64() % others) as usize) % self.knobs.voters;
+        let to_id = self.nodes[to].id;
+        self.catch_up_clock(node);
+        if !self.alive(node) {
+            return;
+        }
+        self.trace(|| format!("n{} s{shard}: move leadership to n{}", node + 1, to_id.0));
+        match self.shard_mut(node, shard).transfer_leadership(to_id) {
+            Ok(Ok(())) => self.faults.leader_moves += 1,
+            Ok(Err(_)) => {}
+            Err(error) => self.fail(node, &error),
+        }
+        self.settle(node, shard);
+    }
+
     fn block(&mut self, links: Vec<(usize, usize)>, duration: u64) {
         for (from, to) in &links {
             self.blocked[*from][*to] += 1;
@@ -1741,6 +1776,7 @@ fn describe(message: &Message) -> String {
         Message::ReadIndexReply { nonce, read_index } => {
             format!("read-index-reply {nonce} {:?}", read_index.map(|slot| slot.0))
         }
+        Message::TimeoutNow { ballot, to } => format!("timeout-now {ballot} to n{}", to.0),
         Message::Subscribe { from_slot } => format!("subscribe from {}", from_slot.0),
         Message::Chosen { runs, commit_index } => {
             format!("chosen runs {} commit {}", runs.len(), commit_index.0)

@@ -34,8 +34,8 @@ pub const PREFIX_BYTES: usize = 4;
 /// a request under an unregistered client id is refused, where 5 opened a session for it.
 /// 7: reads off the log in every consistency (`ReadIndexRequest`/`ReadIndexReply` between
 /// replicas, a consistency on client requests, the reply status `TooStale`), which a 6 peer
-/// would refuse as an unknown message.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// would refuse as an unknown message. 8: leadership transfer (`TimeoutNow`).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// One frame of one shard's connection, as it crosses the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -634,6 +634,11 @@ fn encode_message<'a>(
             let args = fb::ReadIndexReplyArgs { nonce: *nonce, granted, read_index };
             (fb::Body::ReadIndexReply, fb::ReadIndexReply::create(builder, &args).as_union_value())
         }
+        Message::TimeoutNow { ballot: b, to } => {
+            let b = ballot(*b);
+            let args = fb::TimeoutNowArgs { ballot: Some(&b), to: to.0 };
+            (fb::Body::TimeoutNow, fb::TimeoutNow::create(builder, &args).as_union_value())
+        }
     }
 }
 
@@ -911,6 +916,10 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             let m = frame.body_as_read_index_reply().ok_or(missing)?;
             let read_index = m.granted().then_some(Slot(m.read_index()));
             Message::ReadIndexReply { nonce: m.nonce(), read_index }
+        }
+        fb::Body::TimeoutNow => {
+            let m = frame.body_as_timeout_now().ok_or(missing)?;
+            Message::TimeoutNow { ballot: ballot_of(m.ballot())?, to: NodeId(m.to()) }
         }
         _ => return Err(FrameError::Invalid("unknown message type")),
     };

@@ -225,6 +225,7 @@ fn summary_json(
             "disks_full": faults.full_disks,
             "repairs_started": faults.repairs,
             "repairs_finished": faults.repaired,
+            "leader_moves": faults.leader_moves,
         },
         "snapshots": {
             "taken": snapshots.taken,

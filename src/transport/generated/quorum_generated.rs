@@ -97,10 +97,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 24;
+pub const ENUM_MAX_BODY: u8 = 25;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 25] = [
+pub const ENUM_VALUES_BODY: [Body; 26] = [
   Body::NONE,
   Body::Probe,
   Body::ProbeReply,
@@ -126,6 +126,7 @@ pub const ENUM_VALUES_BODY: [Body; 25] = [
   Body::RepairReport,
   Body::ReadIndexRequest,
   Body::ReadIndexReply,
+  Body::TimeoutNow,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -158,9 +159,10 @@ impl Body {
   pub const RepairReport: Self = Self(22);
   pub const ReadIndexRequest: Self = Self(23);
   pub const ReadIndexReply: Self = Self(24);
+  pub const TimeoutNow: Self = Self(25);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 24;
+  pub const ENUM_MAX: u8 = 25;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Probe,
@@ -187,6 +189,7 @@ impl Body {
     Self::RepairReport,
     Self::ReadIndexRequest,
     Self::ReadIndexReply,
+    Self::TimeoutNow,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -216,6 +219,7 @@ impl Body {
       Self::RepairReport => Some("RepairReport"),
       Self::ReadIndexRequest => Some("ReadIndexRequest"),
       Self::ReadIndexReply => Some("ReadIndexReply"),
+      Self::TimeoutNow => Some("TimeoutNow"),
       _ => None,
     }
   }
@@ -3139,6 +3143,119 @@ impl ::core::fmt::Debug for ReadIndexReply<'_> {
       ds.finish()
   }
 }
+pub enum TimeoutNowOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TimeoutNow<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TimeoutNow<'a> {
+  type Inner = TimeoutNow<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TimeoutNow<'a> {
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TO: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TimeoutNow { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TimeoutNowArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TimeoutNow<'bldr>> {
+    let mut builder = TimeoutNowBuilder::new(_fbb);
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.add_to(args.to);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(TimeoutNow::VT_BALLOT, None)}
+  }
+  #[inline]
+  pub fn to(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(TimeoutNow::VT_TO, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TimeoutNow<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<u16>("to", Self::VT_TO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TimeoutNowArgs<'a> {
+    pub ballot: Option<&'a Ballot>,
+    pub to: u16,
+}
+impl<'a> Default for TimeoutNowArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TimeoutNowArgs {
+      ballot: None,
+      to: 0,
+    }
+  }
+}
+
+pub struct TimeoutNowBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TimeoutNowBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(TimeoutNow::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_to(&mut self, to: u16) {
+    self.fbb_.push_slot::<u16>(TimeoutNow::VT_TO, to, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TimeoutNowBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TimeoutNowBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TimeoutNow<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TimeoutNow<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TimeoutNow");
+      ds.field("ballot", &self.ballot());
+      ds.field("to", &self.to());
+      ds.finish()
+  }
+}
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4672,6 +4789,21 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_timeout_now(&self) -> Option<TimeoutNow<'a>> {
+    if self.body_type() == Body::TimeoutNow {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TimeoutNow::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -4709,6 +4841,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::RepairReport => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairReport>>("Body::RepairReport", pos),
           Body::ReadIndexRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadIndexRequest>>("Body::ReadIndexRequest", pos),
           Body::ReadIndexReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadIndexReply>>("Body::ReadIndexReply", pos),
+          Body::TimeoutNow => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TimeoutNow>>("Body::TimeoutNow", pos),
           _ => Ok(()),
         }
      })?
@@ -4947,6 +5080,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::ReadIndexReply => {
           if let Some(x) = self.body_as_read_index_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::TimeoutNow => {
+          if let Some(x) = self.body_as_timeout_now() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
