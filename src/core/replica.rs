@@ -1406,6 +1406,23 @@ impl Replica {
         }
     }
 
+    /// The voter a leader would best hand its leadership to: the one heard from last (an
+    /// `Accepted` or a heartbeat's ack), within an election timeout; `None` if this replica
+    /// does not lead or hears no other voter.
+    #[must_use]
+    pub fn transfer_candidate(&self) -> Option<NodeId> {
+        let Role::Leader(leader) = &self.role else { return None };
+        let timeout = u64::from(self.config.election_timeout_ticks);
+        let me = self.config.node;
+        self.voters
+            .ids()
+            .iter()
+            .zip(&leader.heard_tick)
+            .filter(|(node, heard)| **node != me && self.now_tick < **heard + timeout)
+            .max_by_key(|(node, heard)| (**heard, std::cmp::Reverse(node.0)))
+            .map(|(node, _)| *node)
+    }
+
     /// `Ok` if this replica leads and is not handing its leadership away.
     fn check_takes_proposals(&self) -> Result<(), ProposeError> {
         match &self.role {

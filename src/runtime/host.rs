@@ -447,6 +447,50 @@ impl<S: Hosted> Host<S> {
 
     /// The status a client asked for; the state's summary only with `digest` (it hashes the
     /// whole state).
+    /// Begins handing this shard's leadership to voter `to` (protocol.md §3.10), for an
+    /// operator's `move-leader` or a node stopping: the outcome, as the operator is told it.
+    ///
+    /// # Errors
+    /// The shard failed.
+    pub fn move_leader(
+        &mut self,
+        to: NodeId,
+    ) -> Result<Result<(), crate::transport::codec::MoveRefused>, ShardError> {
+        let outcome = self.shard.transfer_leadership(to)?;
+        if outcome.is_ok() {
+            tracing::info!(shard = self.index, to = to.0, "handing leadership over");
+        }
+        Ok(outcome.map_err(|error| {
+            let leader = match error {
+                crate::core::TransferError::NotLeader { hint } => hint,
+                _ => None,
+            };
+            crate::transport::codec::MoveRefused { reason: error.to_string(), leader }
+        }))
+    }
+
+    /// At each tick: records whether this node leads the shard, and while the node is about
+    /// to stop ([`super::Node::hand_over`]) begins handing a leadership it holds over.
+    ///
+    /// # Errors
+    /// The shard failed.
+    pub fn hand_over_if_stopping(&mut self) -> Result<(), ShardError> {
+        let replica = self.shard.replica();
+        let leads = replica.role() == RoleKind::Leader;
+        self.control.leading[usize::from(self.index)].store(leads, Ordering::Relaxed);
+        if !leads || !self.control.handover.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if replica.transferring_to().is_some() {
+            return Ok(());
+        }
+        if let Some(to) = replica.transfer_candidate() {
+            // A refusal (a transfer just given up) is tried again at the next tick.
+            let _ = self.move_leader(to)?;
+        }
+        Ok(())
+    }
+
     pub fn status(&self, digest: bool) -> ShardStatus {
         let replica = self.shard.replica();
         let leader = match replica.role() {

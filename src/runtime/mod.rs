@@ -60,12 +60,18 @@ pub struct Control {
     pub open_connections: AtomicUsize,
     /// Client connections served, over all shards: at most `connections_max`.
     pub client_connections: AtomicUsize,
+    /// Set to have every shard this node leads hand its leadership to another voter before
+    /// the node stops ([`Node::hand_over`], protocol.md §3.10).
+    pub handover: AtomicBool,
+    /// Per shard, whether this node led it at the shard's last tick.
+    pub leading: Vec<AtomicBool>,
 }
 
 impl Control {
     fn new(shards: u16) -> Control {
         Control {
             commits: (0..shards).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+            leading: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             ..Control::default()
         }
     }
@@ -201,6 +207,7 @@ pub struct Node {
     threads: Vec<JoinHandle<Result<(), NodeError>>>,
     listen: String,
     cluster_id: ClusterId,
+    tick_ms: u32,
 }
 
 /// A node being configured: [`Node::builder`], then [`NodeBuilder::state_machine`].
@@ -318,7 +325,7 @@ fn start<S: Hosted>(config: NodeConfig, machine: Factory<S>) -> Result<Node, Nod
         threads.push(watch_executor(handle, format!("shard {shard}"), control.clone()));
     }
     let (listen, cluster_id) = (config.listen.clone(), config.cluster_id);
-    let node = Node { control, threads, listen, cluster_id };
+    let node = Node { control, threads, listen, cluster_id, tick_ms: config.tick_ms };
     for ready_rx in ready {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -343,6 +350,27 @@ impl Node {
     #[doc(hidden)]
     pub fn control(&self) -> Arc<Control> {
         self.control.clone()
+    }
+
+    /// Hands the leadership of every shard this node leads to another voter (the one it heard
+    /// from last), and waits until it leads none or `timeout` passed: a node about to stop
+    /// does so, so that its clients see a quick hand-over instead of an election timeout
+    /// (protocol.md §3.10). Returns how many shards it still led at the end (0: all handed
+    /// over). The node keeps serving as a follower meanwhile; call [`Node::stop`] after.
+    #[must_use]
+    pub fn hand_over(&self, timeout: Duration) -> usize {
+        self.control.handover.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        // Each shard's next tick starts its transfer and counts itself again.
+        std::thread::sleep(Duration::from_millis(u64::from(self.tick_ms) * 2));
+        loop {
+            let leading =
+                self.control.leading.iter().filter(|leads| leads.load(Ordering::SeqCst)).count();
+            if leading == 0 || std::time::Instant::now() >= deadline {
+                return leading;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Asks every shard to stop.
@@ -418,6 +446,7 @@ async fn run_shard<S: Hosted>(
             // Every tick that elapsed, however late this wake: the replica's tick count
             // follows the clock (leases rely on it, protocol.md §5.4).
             host.catch_up_clock()?;
+            host.hand_over_if_stopping()?;
             host.skip_idle()
         });
     }

@@ -755,6 +755,18 @@ async fn read_client<S: Hosted>(
                 };
                 net.host.borrow_mut().send_to_client(connection, Body::Status(status));
             }
+            Body::MoveLeader { to } => {
+                let mut outcome = None;
+                with_shard(&net.host, |host| {
+                    outcome = Some(host.move_leader(to)?);
+                    Ok(())
+                });
+                // None: the shard failed, and the node stops.
+                if let Some(outcome) = outcome {
+                    let reply = Body::MoveLeaderReply(outcome);
+                    net.host.borrow_mut().send_to_client(connection, reply);
+                }
+            }
             Body::Peer(Message::Subscribe { from_slot }) => {
                 watched.kind.set(Kind::Tail);
                 net.host.borrow_mut().subscribe_client(connection, from_slot);

@@ -71,6 +71,23 @@ pub enum Body {
     },
     /// The answer.
     Status(ShardStatus),
+    /// An operator asks the shard's leader to hand leadership to voter `to` (protocol.md
+    /// §3.10, `quorum move-leader`).
+    MoveLeader {
+        /// The successor.
+        to: NodeId,
+    },
+    /// The answer to a [`Body::MoveLeader`]: `Ok` once the transfer began, else why not.
+    MoveLeaderReply(Result<(), MoveRefused>),
+}
+
+/// Why a shard did not begin a leadership transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveRefused {
+    /// The reason, for a person.
+    pub reason: String,
+    /// The shard's leader as far as the node knows (ask it instead), if not itself.
+    pub leader: Option<NodeId>,
 }
 
 impl Body {
@@ -85,6 +102,8 @@ impl Body {
             Body::Replies(_) => "replies",
             Body::StatusRequest { .. } => "status-request",
             Body::Status(_) => "status",
+            Body::MoveLeader { .. } => "move-leader",
+            Body::MoveLeaderReply(_) => "move-leader-reply",
         }
     }
 }
@@ -403,6 +422,22 @@ impl Encoder {
                 )
             }
             Body::Status(status) => encode_status(builder, status),
+            Body::MoveLeader { to } => {
+                let args = fb::MoveLeaderArgs { to: to.0 };
+                (fb::Body::MoveLeader, fb::MoveLeader::create(builder, &args).as_union_value())
+            }
+            Body::MoveLeaderReply(outcome) => {
+                let (refusal, leader) = match outcome {
+                    Ok(()) => (None, 0),
+                    Err(refused) => (
+                        Some(builder.create_string(&refused.reason)),
+                        refused.leader.map_or(0, |leader| leader.0),
+                    ),
+                };
+                let args = fb::MoveLeaderReplyArgs { started: outcome.is_ok(), refusal, leader };
+                let body = fb::MoveLeaderReply::create(builder, &args).as_union_value();
+                (fb::Body::MoveLeaderReply, body)
+            }
         };
         let args = fb::FrameArgs {
             cluster_id: frame.cluster_id.0,
@@ -903,6 +938,20 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
         fb::Body::StatusRequest => {
             let m = frame.body_as_status_request().ok_or(missing)?;
             return finish(&frame, Body::StatusRequest { digest: m.digest() });
+        }
+        fb::Body::MoveLeader => {
+            let m = frame.body_as_move_leader().ok_or(missing)?;
+            return finish(&frame, Body::MoveLeader { to: NodeId(m.to()) });
+        }
+        fb::Body::MoveLeaderReply => {
+            let m = frame.body_as_move_leader_reply().ok_or(missing)?;
+            let outcome = if m.started() {
+                Ok(())
+            } else {
+                let reason = m.refusal().unwrap_or("refused").to_string();
+                Err(MoveRefused { reason, leader: (m.leader() != 0).then_some(NodeId(m.leader())) })
+            };
+            return finish(&frame, Body::MoveLeaderReply(outcome));
         }
         fb::Body::Status => {
             let status = status_of(frame.body_as_status().ok_or(missing)?)?;

@@ -97,10 +97,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 25;
+pub const ENUM_MAX_BODY: u8 = 27;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 26] = [
+pub const ENUM_VALUES_BODY: [Body; 28] = [
   Body::NONE,
   Body::Probe,
   Body::ProbeReply,
@@ -127,6 +127,8 @@ pub const ENUM_VALUES_BODY: [Body; 26] = [
   Body::ReadIndexRequest,
   Body::ReadIndexReply,
   Body::TimeoutNow,
+  Body::MoveLeader,
+  Body::MoveLeaderReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -160,9 +162,11 @@ impl Body {
   pub const ReadIndexRequest: Self = Self(23);
   pub const ReadIndexReply: Self = Self(24);
   pub const TimeoutNow: Self = Self(25);
+  pub const MoveLeader: Self = Self(26);
+  pub const MoveLeaderReply: Self = Self(27);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 25;
+  pub const ENUM_MAX: u8 = 27;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Probe,
@@ -190,6 +194,8 @@ impl Body {
     Self::ReadIndexRequest,
     Self::ReadIndexReply,
     Self::TimeoutNow,
+    Self::MoveLeader,
+    Self::MoveLeaderReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -220,6 +226,8 @@ impl Body {
       Self::ReadIndexRequest => Some("ReadIndexRequest"),
       Self::ReadIndexReply => Some("ReadIndexReply"),
       Self::TimeoutNow => Some("TimeoutNow"),
+      Self::MoveLeader => Some("MoveLeader"),
+      Self::MoveLeaderReply => Some("MoveLeaderReply"),
       _ => None,
     }
   }
@@ -3256,6 +3264,232 @@ impl ::core::fmt::Debug for TimeoutNow<'_> {
       ds.finish()
   }
 }
+pub enum MoveLeaderOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MoveLeader<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MoveLeader<'a> {
+  type Inner = MoveLeader<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MoveLeader<'a> {
+  pub const VT_TO: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MoveLeader { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MoveLeaderArgs
+  ) -> ::flatbuffers::WIPOffset<MoveLeader<'bldr>> {
+    let mut builder = MoveLeaderBuilder::new(_fbb);
+    builder.add_to(args.to);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn to(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(MoveLeader::VT_TO, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MoveLeader<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u16>("to", Self::VT_TO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MoveLeaderArgs {
+    pub to: u16,
+}
+impl<'a> Default for MoveLeaderArgs {
+  #[inline]
+  fn default() -> Self {
+    MoveLeaderArgs {
+      to: 0,
+    }
+  }
+}
+
+pub struct MoveLeaderBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MoveLeaderBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_to(&mut self, to: u16) {
+    self.fbb_.push_slot::<u16>(MoveLeader::VT_TO, to, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MoveLeaderBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MoveLeaderBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MoveLeader<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MoveLeader<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MoveLeader");
+      ds.field("to", &self.to());
+      ds.finish()
+  }
+}
+pub enum MoveLeaderReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MoveLeaderReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MoveLeaderReply<'a> {
+  type Inner = MoveLeaderReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MoveLeaderReply<'a> {
+  pub const VT_STARTED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REFUSAL: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LEADER: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MoveLeaderReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MoveLeaderReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MoveLeaderReply<'bldr>> {
+    let mut builder = MoveLeaderReplyBuilder::new(_fbb);
+    if let Some(x) = args.refusal { builder.add_refusal(x); }
+    builder.add_leader(args.leader);
+    builder.add_started(args.started);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn started(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(MoveLeaderReply::VT_STARTED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn refusal(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MoveLeaderReply::VT_REFUSAL, None)}
+  }
+  #[inline]
+  pub fn leader(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(MoveLeaderReply::VT_LEADER, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MoveLeaderReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("started", Self::VT_STARTED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("refusal", Self::VT_REFUSAL, false)?
+     .visit_field::<u16>("leader", Self::VT_LEADER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MoveLeaderReplyArgs<'a> {
+    pub started: bool,
+    pub refusal: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub leader: u16,
+}
+impl<'a> Default for MoveLeaderReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MoveLeaderReplyArgs {
+      started: false,
+      refusal: None,
+      leader: 0,
+    }
+  }
+}
+
+pub struct MoveLeaderReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MoveLeaderReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_started(&mut self, started: bool) {
+    self.fbb_.push_slot::<bool>(MoveLeaderReply::VT_STARTED, started, false);
+  }
+  #[inline]
+  pub fn add_refusal(&mut self, refusal: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MoveLeaderReply::VT_REFUSAL, refusal);
+  }
+  #[inline]
+  pub fn add_leader(&mut self, leader: u16) {
+    self.fbb_.push_slot::<u16>(MoveLeaderReply::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MoveLeaderReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MoveLeaderReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MoveLeaderReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MoveLeaderReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MoveLeaderReply");
+      ds.field("started", &self.started());
+      ds.field("refusal", &self.refusal());
+      ds.field("leader", &self.leader());
+      ds.finish()
+  }
+}
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4804,6 +5038,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_move_leader(&self) -> Option<MoveLeader<'a>> {
+    if self.body_type() == Body::MoveLeader {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MoveLeader::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_move_leader_reply(&self) -> Option<MoveLeaderReply<'a>> {
+    if self.body_type() == Body::MoveLeaderReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MoveLeaderReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -4842,6 +5106,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::ReadIndexRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadIndexRequest>>("Body::ReadIndexRequest", pos),
           Body::ReadIndexReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadIndexReply>>("Body::ReadIndexReply", pos),
           Body::TimeoutNow => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TimeoutNow>>("Body::TimeoutNow", pos),
+          Body::MoveLeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveLeader>>("Body::MoveLeader", pos),
+          Body::MoveLeaderReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveLeaderReply>>("Body::MoveLeaderReply", pos),
           _ => Ok(()),
         }
      })?
@@ -5087,6 +5353,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::TimeoutNow => {
           if let Some(x) = self.body_as_timeout_now() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::MoveLeader => {
+          if let Some(x) = self.body_as_move_leader() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::MoveLeaderReply => {
+          if let Some(x) = self.body_as_move_leader_reply() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
