@@ -29,13 +29,15 @@ fn node_refuses_bad_configuration_with_one_message() {
         "--data-dir",
         data,
     ];
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--id", "9"], "9"),
         (&["--id", "1", "--snapshot-piece-kib", "65536"], "snapshot_piece_kib"),
         (&["--id", "1", "--upstream", "2"], "upstream 2: only a learner"),
         (&["--id", "1", "--election-timeout-ms", "10"], "election_timeout_ms"),
         (&["--id", "1", "--shards", "0"], "shards"),
         (&["--id", "1", "--wal-segment-mib", "0"], "wal_segment_mib"),
+        (&["--id", "1", "--sessions-max", "0"], "`sessions_max` = 0 is out of range"),
+        (&["--id", "1", "--session-replies-max", "0"], "`session_replies_max` = 0"),
     ];
     for (extra, mentions) in cases {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();

@@ -11,7 +11,7 @@ use quorum::core::{
     Ballot, BatchBuilder, ClusterId, Consistency, Message, NodeId, ROUND_MAX, ReadOptions,
     RequestId, SLOT_MAX, Slot, SlotRun, Value,
 };
-use quorum::machine::StateSummary;
+use quorum::machine::{SessionLimits, StateSummary};
 use quorum::transport::codec::{
     Body, Encoder, Frame, FrameError, Hello, HelloReply, Member, PREFIX_BYTES, Reply, ReplyStatus,
     Requests, Role, ShardStatus, decode, frame_length,
@@ -228,6 +228,18 @@ fn frame_body() -> impl Strategy<Value = Body> {
                     egress_bytes: commit ^ applied,
                     chosen_bytes: applied.rotate_left(7),
                     batches: commit.rotate_left(11),
+                    promised: Ballot { round: applied, node: NodeId(leader) },
+                    applied_index: Slot(commit / 2),
+                    sessions: entries,
+                    snapshot_slot: (digest != 0).then_some(Slot(digest)),
+                    apply_total: applied % 3 == 0,
+                    session_limits: (entries % 2 == 0).then_some(SessionLimits {
+                        replies_max: (leader as usize) + 1,
+                        reply_bytes_max: 1 << 20,
+                        sessions_max: 7,
+                        idle_commands_min: commit | 1,
+                        evicted_max: 9,
+                    }),
                 })
             }
         ),

@@ -100,6 +100,8 @@ fn a_failed_sync_stops_the_node_and_loses_no_acknowledged_write() {
             line.contains(".wal") && line.contains("bytes ") && line.contains("never retried"),
             "{line}"
         );
+        let event = cluster.log_text(victim).lines().any(|line| line.contains("WAL sync failed"));
+        assert!(event, "no `WAL sync failed` event:\n{}", cluster.tail(victim));
         let role = if victim == leader { "leader" } else { "follower" };
         println!("node {} ({role}) exited ({status}) after its failed sync: {line}", victim + 1);
         // The other two go on serving.
@@ -125,8 +127,15 @@ fn a_failed_sync_stops_the_node_and_loses_no_acknowledged_write() {
     let status = cluster.await_exit(follower, Duration::from_secs(60));
     assert!(!status.success(), "{status}");
     assert_eq!(disks[follower].counters().syncs_failed, failed_before + 1);
-    let line = cluster.await_log(follower, "/snapshot.", Duration::ZERO);
-    assert!(line.contains("shard failed") && line.contains("fsync failed"), "{line}");
+    let event = cluster.await_log(follower, "/snapshot.", Duration::ZERO);
+    assert!(event.contains("snapshot write failed"), "its own event first: {event}");
+    let line = cluster
+        .log_text(follower)
+        .lines()
+        .find(|line| line.contains("/snapshot.") && line.contains("shard failed"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no shard failure logged:\n{}", cluster.tail(follower)));
+    assert!(line.contains("fsync failed"), "{line}");
     assert!(line.contains(".new"), "the temporary's sync failed, before any rename: {line}");
     println!("node {} exited ({status}) after its failed snapshot sync: {line}", follower + 1);
     writers.await_acked(100, Duration::from_secs(30), "with the follower down");

@@ -183,6 +183,12 @@ fn frames() -> Vec<Frame> {
             egress_bytes: 1000,
             chosen_bytes: 100,
             batches: 2,
+            promised: quorum::core::Ballot { round: 4, node: NodeId(1) },
+            applied_index: Slot(8),
+            sessions: 5,
+            snapshot_slot: Some(Slot(4)),
+            apply_total: false,
+            session_limits: Some(SessionLimits::DEFAULT),
         }),
     ]);
     // Senders as the decoder's checks want them: a proposal from its ballot's node.

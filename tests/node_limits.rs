@@ -384,7 +384,8 @@ fn connections_past_the_limit_are_refused_with_a_reason_the_client_prints() {
         stderr.contains("refused by the cluster") && stderr.contains("--connections-max"),
         "{stderr}"
     );
-    node.await_log("connections refused", Duration::from_secs(5));
+    node.await_log("connection refused", Duration::from_secs(5));
+    node.await_log("peer=127.0.0.1:", Duration::from_secs(5));
     // A place given back is taken again.
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -24,6 +24,8 @@
 //! # Ok::<(), quorum::client::ClientError>(())
 //! ```
 
+mod backup;
+mod cluster;
 mod lane;
 mod snapshot;
 mod tail;
@@ -42,9 +44,11 @@ use crate::transport::codec::{Body, Encoder, Frame, Hello, HelloReply, PROTOCOL_
 use crate::transport::framing::{ConnectionError, read_frame, write_frame};
 use crate::transport::shard_address;
 
-/// What [`node_status`] reports of each shard.
 pub use crate::core::{Consistency, ReadOptions};
+/// What [`node_status`] reports of each shard.
 pub use crate::transport::codec::ShardStatus;
+pub use backup::{BackupSaveError, SavedBackup, save_backup};
+pub use cluster::{ClusterStatus, MemberStatus, Problem, cluster_status};
 pub use lane::{Callback, Completion};
 use lane::{Lane, Notify, Target};
 pub use snapshot::{FetchedSnapshot, fetch_snapshot, fetch_snapshot_into};
@@ -250,6 +254,8 @@ fn check_shard(shard: u16, shards: u16) -> Result<(), ClientError> {
 struct Handshake {
     stream: TcpStream,
     node: NodeId,
+    /// The cluster the node answered for (its own, when we asked for any).
+    cluster_id: ClusterId,
     reply: HelloReply,
 }
 
@@ -284,7 +290,7 @@ fn handshake(
     if let Some(reason) = reply.refusal {
         return Err(ClientError::Refused(format!("{address}: {reason}")));
     }
-    Ok(Handshake { stream, node: answer.from, reply })
+    Ok(Handshake { stream, node: answer.from, cluster_id: answer.cluster_id, reply })
 }
 
 impl Client {
@@ -663,6 +669,20 @@ pub fn node_status(
     digest: bool,
 ) -> Result<Vec<ShardStatus>, ClientError> {
     let options = ClientOptions { cluster_id, ..ClientOptions::default() };
+    node_status_with(address, &options, digest)
+}
+
+/// [`node_status`] with these options (their cluster id and connect timeout; a digest may
+/// take up to the request timeout).
+///
+/// # Errors
+/// The node cannot be reached or refuses us.
+pub fn node_status_with(
+    address: &str,
+    options: &ClientOptions,
+    digest: bool,
+) -> Result<Vec<ShardStatus>, ClientError> {
+    let options = options.clone();
     let client_id = random_client_id();
     let first = handshake(&options, client_id, address, 0)?;
     let shards = first.reply.shards;
@@ -683,7 +703,9 @@ pub fn node_status(
             body: Body::StatusRequest { digest },
         };
         let io = |error: &dyn std::fmt::Display| ClientError::Disconnected(error.to_string());
-        stream.set_read_timeout(Some(options.connect_timeout)).map_err(|error| io(&error))?;
+        // A digest hashes the whole state, spaced from the last: it may take a while.
+        let wait = if digest { options.request_timeout } else { options.connect_timeout };
+        stream.set_read_timeout(Some(wait)).map_err(|error| io(&error))?;
         write_frame(&mut stream, &mut Encoder::default(), &ask).map_err(|error| io(&error))?;
         match read_frame(&mut stream, FRAME_BYTES_MAX).map_err(|error| io(&error))?.body {
             Body::Status(status) => statuses.push(status),

@@ -267,6 +267,12 @@ impl<S: StateMachine> Applier<S> {
         self.sessions.len()
     }
 
+    /// The limits the session table keeps (those it was made with, but bounded by count
+    /// alone for a machine that persists itself).
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
+    }
+
     /// Writes the image of the applied state to `out`: the commands applied and seen, the
     /// session table (clients in order, each one's nonce, last use, dropped mark and replies
     /// in order), the evicted ids in eviction order, then the state machine's image, streamed

@@ -53,6 +53,18 @@ impl<S: StateMachine> TotalApplier<S> {
         self.applier.applied_commands()
     }
 
+    /// Sessions held by the one table.
+    #[must_use]
+    pub fn sessions(&self) -> usize {
+        self.applier.sessions()
+    }
+
+    /// The one table's session limits.
+    #[must_use]
+    pub fn session_limits(&self) -> SessionLimits {
+        self.applier.limits()
+    }
+
     /// Commands carried by `shard` that were applied so far.
     #[must_use]
     pub fn applied_by_shard(&self, shard: u16) -> u64 {

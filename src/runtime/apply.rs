@@ -13,7 +13,7 @@ use std::time::Duration;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::{Control, Hosted, NodeError, SESSION_LIMITS};
+use super::{Control, Hosted, NodeError};
 use crate::machine::total_order::{Committed, TotalApplier};
 use crate::machine::{AppliedCommand, StateMachine};
 use crate::runtime::config::NodeConfig;
@@ -60,7 +60,7 @@ pub fn start<S: Hosted>(
     threads: &mut Vec<JoinHandle<Result<(), NodeError>>>,
     machine: S,
 ) -> Result<TotalApply<S>, NodeError> {
-    let total = Arc::new(Mutex::new(TotalApplier::new(config.shards, machine, SESSION_LIMITS)));
+    let total = Arc::new(Mutex::new(TotalApplier::new(config.shards, machine, config.sessions)));
     let mut links = Vec::new();
     let mut ends = Vec::new();
     for _ in 0..config.shards {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::core::{ClusterId, Config, NodeId};
+use crate::machine::SessionLimits;
 
 /// Every setting, each optional: what a file or the flags say. [`NodeConfig::resolve`] merges
 /// two of these and checks the result.
@@ -104,6 +105,20 @@ pub struct NodeSettings {
     pub http_listen: Option<String>,
     /// Where to serve the Redis protocol, `HOST:PORT` (docs/redis.md); unset: not served.
     pub redis_listen: Option<String>,
+    /// Client sessions each shard holds before idle ones are evicted, least recently used
+    /// first (a soft bound: a session used within `session_idle_commands_min` commands is
+    /// kept). Every node of a cluster must use the same session settings.
+    pub sessions_max: Option<u64>,
+    /// A session is idle, and may be evicted, once this many commands were applied on its
+    /// shard since its last request (counted in the log, so every replica evicts the same
+    /// session at the same command).
+    pub session_idle_commands_min: Option<u64>,
+    /// Replies each session keeps for retries, the newest.
+    pub session_replies_max: Option<u32>,
+    /// KiB of replies each session keeps (the newest reply is kept whatever its size).
+    pub session_replies_kib: Option<u32>,
+    /// Evicted session ids each shard remembers, so that no new session is given one.
+    pub sessions_evicted_max: Option<u64>,
 }
 
 /// Where a node applies committed commands.
@@ -215,6 +230,13 @@ impl NodeSettings {
             max_clock_drift: overrides.max_clock_drift.or(self.max_clock_drift),
             http_listen: overrides.http_listen.or(self.http_listen),
             redis_listen: overrides.redis_listen.or(self.redis_listen),
+            sessions_max: overrides.sessions_max.or(self.sessions_max),
+            session_idle_commands_min: overrides
+                .session_idle_commands_min
+                .or(self.session_idle_commands_min),
+            session_replies_max: overrides.session_replies_max.or(self.session_replies_max),
+            session_replies_kib: overrides.session_replies_kib.or(self.session_replies_kib),
+            sessions_evicted_max: overrides.sessions_evicted_max.or(self.sessions_evicted_max),
         }
     }
 }
@@ -363,6 +385,8 @@ pub struct NodeConfig {
     pub client_queue_bytes: usize,
     /// Lease reads, and the drift bound they rely on.
     pub reads: ReadSettings,
+    /// What each shard's session table keeps (protocol.md §5); the same on every node.
+    pub sessions: SessionLimits,
 }
 
 /// How a node reads without the log beyond the read index (protocol.md §5.4).
@@ -506,6 +530,53 @@ fn in_range<T: Into<u64> + Copy>(
     Ok(value)
 }
 
+/// The session table's limits from the settings, each checked (defaults:
+/// [`SessionLimits::DEFAULT`]).
+fn resolve_sessions(settings: &NodeSettings) -> Result<SessionLimits, NodeConfigError> {
+    let defaults = SessionLimits::DEFAULT;
+    let or = |value: Option<u64>, default: usize| value.unwrap_or(default as u64);
+    let sessions_max =
+        in_range("sessions_max", or(settings.sessions_max, defaults.sessions_max), 1, 1 << 30)?;
+    let idle_commands_min = in_range(
+        "session_idle_commands_min",
+        settings.session_idle_commands_min.unwrap_or(defaults.idle_commands_min),
+        1,
+        1 << 40,
+    )?;
+    let replies_max = in_range(
+        "session_replies_max",
+        settings.session_replies_max.map_or(defaults.replies_max as u64, u64::from),
+        1,
+        1 << 20,
+    )?;
+    let reply_bytes_max = match settings.session_replies_kib {
+        Some(kib) => in_range("session_replies_kib", kib, 1, 1 << 20)? as usize * 1024,
+        None => defaults.reply_bytes_max,
+    };
+    let evicted_max = in_range(
+        "sessions_evicted_max",
+        or(settings.sessions_evicted_max, defaults.evicted_max),
+        1,
+        1 << 30,
+    )?;
+    Ok(SessionLimits {
+        replies_max: replies_max as usize,
+        reply_bytes_max,
+        sessions_max: sessions_max as usize,
+        idle_commands_min,
+        evicted_max: evicted_max as usize,
+    })
+}
+
+/// `idle_timeout_ms`: 0 (never) or a time in range.
+fn resolve_idle_timeout(value: Option<u32>) -> Result<u32, NodeConfigError> {
+    let idle_timeout_ms = value.unwrap_or(IDLE_TIMEOUT_MS_DEFAULT);
+    if idle_timeout_ms != 0 {
+        in_range("idle_timeout_ms", idle_timeout_ms, 100, 86_400_000)?;
+    }
+    Ok(idle_timeout_ms)
+}
+
 impl NodeConfig {
     /// Checks merged settings, filling in defaults, and returns the first problem found.
     ///
@@ -544,6 +615,7 @@ impl NodeConfig {
                 return bad("not a member: give the id of a voter or another learner");
             }
         }
+        let sessions = resolve_sessions(&settings)?;
         let data_dir = settings.data_dir.ok_or(Missing("data_dir"))?;
         let default_shards =
             std::thread::available_parallelism().map_or(1, |cores| cores.get() as u16);
@@ -600,10 +672,7 @@ impl NodeConfig {
             << 10;
         let client_queue_bytes =
             client_queue_bytes(settings.client_queue_mib, snapshot_piece_bytes)?;
-        let idle_timeout_ms = settings.idle_timeout_ms.unwrap_or(IDLE_TIMEOUT_MS_DEFAULT);
-        if idle_timeout_ms != 0 {
-            in_range("idle_timeout_ms", idle_timeout_ms, 100, 86_400_000)?;
-        }
+        let idle_timeout_ms = resolve_idle_timeout(settings.idle_timeout_ms)?;
         let config = NodeConfig {
             id,
             cluster_id,
@@ -663,6 +732,7 @@ impl NodeConfig {
             )?,
             client_queue_bytes,
             reads: read_settings(settings.read_lease, settings.max_clock_drift.as_deref())?,
+            sessions,
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =
@@ -741,6 +811,42 @@ mod tests {
         assert_eq!(NodeConfig::resolve(large_pieces).unwrap().client_queue_bytes, 64 << 20);
         let never_idle = NodeSettings { idle_timeout_ms: Some(0), ..good() };
         assert_eq!(NodeConfig::resolve(never_idle).unwrap().idle_timeout_ms, 0);
+    }
+
+    #[test]
+    fn session_limits_default_to_the_appliers_and_each_bad_one_is_named() {
+        assert_eq!(NodeConfig::resolve(good()).unwrap().sessions, SessionLimits::DEFAULT);
+        let file: NodeSettings = toml::from_str(
+            "sessions_max = 10\nsession_idle_commands_min = 20\nsession_replies_max = 3\n\
+             session_replies_kib = 2\nsessions_evicted_max = 40\n",
+        )
+        .unwrap();
+        let sessions = NodeConfig::resolve(good().overridden_by(file)).unwrap().sessions;
+        let expected = SessionLimits {
+            sessions_max: 10,
+            idle_commands_min: 20,
+            replies_max: 3,
+            reply_bytes_max: 2048,
+            evicted_max: 40,
+        };
+        assert_eq!(sessions, expected);
+        let cases: [(NodeSettings, &str); 5] = [
+            (NodeSettings { sessions_max: Some(0), ..good() }, "`sessions_max` = 0"),
+            (
+                NodeSettings { session_idle_commands_min: Some(0), ..good() },
+                "`session_idle_commands_min` = 0 is out of range: use 1 to",
+            ),
+            (NodeSettings { session_replies_max: Some(0), ..good() }, "`session_replies_max` = 0"),
+            (NodeSettings { session_replies_kib: Some(0), ..good() }, "`session_replies_kib` = 0"),
+            (
+                NodeSettings { sessions_evicted_max: Some(0), ..good() },
+                "`sessions_evicted_max` = 0",
+            ),
+        ];
+        for (settings, expected) in cases {
+            let message = NodeConfig::resolve(settings).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} does not say {expected:?}");
+        }
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct Host<S: Hosted> {
     waiting: HashMap<RequestId, u64>,
     syncing: bool,
     was_leader: bool,
+    /// The replica's role at the last pump, to log each change.
+    was_role: RoleKind,
     encoder: Encoder,
     outbox: Vec<(NodeId, Message)>,
     applied: Vec<AppliedCommand<S::Reply>>,
@@ -174,6 +176,7 @@ impl<S: Hosted> Host<S> {
             waiting: HashMap::new(),
             syncing: false,
             was_leader: false,
+            was_role: RoleKind::Follower,
             encoder: Encoder::default(),
             outbox: Vec::new(),
             applied: Vec::new(),
@@ -440,6 +443,28 @@ impl<S: Hosted> Host<S> {
         }
     }
 
+    /// One event for every change of the replica's role (docs/operations.md, "Logs").
+    fn maybe_log_role_change(&mut self) {
+        let replica = self.shard.replica();
+        let role = replica.role();
+        if role == self.was_role {
+            return;
+        }
+        let (promised, hint) = (replica.promised(), replica.leader_hint().map(|node| node.0));
+        let ballot = format!("{}.{}", promised.round, promised.node.0);
+        let (shard, previous) = (self.index, self.was_role);
+        // A replica cut off from its leader probes again every election timeout: its
+        // follower ↔ candidate steps are debug, so that a partition does not fill the log;
+        // leadership won or lost, and learning, are info.
+        let probing = [RoleKind::Follower, RoleKind::Candidate];
+        if probing.contains(&role) && probing.contains(&previous) {
+            tracing::debug!(shard, ?role, ?previous, ballot, leader = hint, "role changed");
+        } else {
+            tracing::info!(shard, ?role, ?previous, ballot, leader = hint, "role changed");
+        }
+        self.was_role = role;
+    }
+
     /// Syncs started so far.
     pub fn syncs(&self) -> u64 {
         self.syncs
@@ -497,18 +522,29 @@ impl<S: Hosted> Host<S> {
             RoleKind::Leader => Some(replica.node()),
             _ => replica.leader_hint(),
         };
-        let (applied_commands, summary) = match &self.forward {
+        let shards = (self.control.commits.len() as u64).max(1);
+        let (applied_commands, summary, applied_index, sessions, limits) = match &self.forward {
             // Total-order apply: every shard reports the node's one state machine, and the
             // commands it carried itself.
             Some((_, total)) => {
                 let total = total.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let summary = if digest { total.machine().summary() } else { Default::default() };
-                (total.applied_by_shard(self.index), summary)
+                // The merge applied every position below its next: this shard's slots below
+                // ⌈(next − k) / S⌉.
+                let next = total.next_position();
+                let index = u64::from(self.index);
+                let applied = next.saturating_sub(index).div_ceil(shards);
+                let sessions = total.sessions() as u64;
+                let limits = total.session_limits();
+                (total.applied_by_shard(self.index), summary, Slot(applied), sessions, limits)
             }
             None => {
                 let machine = self.shard.machine();
                 let summary = if digest { machine.summary() } else { Default::default() };
-                (self.shard.applied_commands(), summary)
+                // A shard applies each committed run as it commits it.
+                let (applied, sessions) = (replica.commit_index(), self.shard.sessions() as u64);
+                let limits = self.shard.session_limits();
+                (self.shard.applied_commands(), summary, applied, sessions, limits)
             }
         };
         ShardStatus {
@@ -523,6 +559,12 @@ impl<S: Hosted> Host<S> {
             egress_bytes: self.egress.bytes,
             chosen_bytes: self.egress.chosen_bytes,
             batches: self.shard.committed_batches(),
+            promised: replica.promised(),
+            applied_index,
+            sessions,
+            snapshot_slot: self.shard.snapshot_stats().current.map(|(slot, _)| slot),
+            apply_total: self.forward.is_some(),
+            session_limits: Some(limits),
         }
     }
 
@@ -680,10 +722,7 @@ impl<S: Hosted> Host<S> {
                 self.queue_refusal(connection, id, ReplyStatus::NotLeader { hint }, Bytes::new());
             }
         }
-        if leader != self.was_leader {
-            let ballot = self.shard.replica().leader_ballot();
-            tracing::info!(shard = self.index, leader, ?ballot, "leadership changed");
-        }
+        self.maybe_log_role_change();
         self.was_leader = leader;
         let cluster_id = self.shard.replica().config().cluster_id;
         let me = self.shard.replica().node();

@@ -11,6 +11,7 @@ pub mod config;
 mod host;
 mod machine;
 mod net;
+pub mod restore;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +25,7 @@ use quorum_wal::{MmapBackend, Options};
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::core::ClusterId;
-use crate::machine::{SessionLimits, StateMachine};
+use crate::machine::StateMachine;
 use crate::runtime::config::{ApplyMode, NodeConfig};
 use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings, panic_message};
 pub use machine::NodeMachine;
@@ -40,9 +41,6 @@ impl<T: StateMachine<Reply: Send> + Send + 'static> Hosted for T {}
 /// Makes a state machine for shard `k` (with `--apply total`, `k` = the shard count for the
 /// node's one machine). Called on the executor that will use it.
 type Factory<S> = Arc<dyn Fn(u16) -> S + Send + Sync>;
-
-/// What the session table keeps for deduplicating retries (protocol.md §5).
-pub const SESSION_LIMITS: SessionLimits = SessionLimits::DEFAULT;
 
 /// What the shards of a node share: whether to stop, whether one failed, and each shard's
 /// commit position (so an idle shard's leader knows how far to skip).
@@ -528,6 +526,11 @@ impl Stalls {
         // A new segment (its preparation may have been waited for), a snapshot started (its
         // image was built here), one finished (its release ran here).
         let rotated = segment != self.last_segment;
+        if rotated {
+            // Seen at the tick after: several rotations within one tick are one event.
+            let segments = segment.saturating_sub(self.last_segment);
+            tracing::info!(shard = host.index, segment, segments, "WAL segment rotated");
+        }
         let (image, release) = (started != self.last_started, taken != self.last_taken);
         (self.last_segment, self.last_started, self.last_taken) = (segment, started, taken);
         let (shard, held_ms) = (host.index, held.as_millis() as u64);
@@ -644,14 +647,14 @@ fn open_shard<S: Hosted>(
     let dir = config.data_dir.join(format!("shard-{shard}"));
     let options = Options { segment_bytes: config.wal_segment_bytes, prepare_ahead: true };
     let settings = ShardSettings {
-        sessions: SESSION_LIMITS,
+        sessions: config.sessions,
         apply: if forward { ApplyTo::Forward } else { ApplyTo::Shard },
         shard,
         snapshot_every_bytes: config.snapshot_every_bytes,
         // At most 32 MiB (`NodeConfig`): one frame each.
         snapshot_piece_bytes: config.snapshot_piece_bytes,
         tick_us: u64::from(config.tick_ms) * 1000,
-        ..ShardSettings::new(SESSION_LIMITS)
+        ..ShardSettings::new(config.sessions)
     };
     let open = || {
         let backend = MmapBackend::new(&dir).map_err(ShardError::Wal)?;

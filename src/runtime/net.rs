@@ -268,23 +268,37 @@ impl Default for Digests {
     }
 }
 
-/// Connections refused, logged at most once a second with how many there were.
+/// Refused connections logged one by one in each second; more are counted, not logged.
+const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
+
+/// Connections refused: each is one event with its reason and the peer's address, up to
+/// [`REFUSALS_LOGGED_PER_SECOND`] a second; past that (a flood) they are counted and the
+/// count logged when the next second begins, so that refusing costs no more than accepting.
 #[derive(Default)]
 struct RefusalLog {
-    refused: Cell<u64>,
-    logged_at: Cell<Option<Instant>>,
+    second_began: Cell<Option<Instant>>,
+    logged: Cell<u32>,
+    unlogged: Cell<u64>,
 }
 
 impl RefusalLog {
-    fn refused(&self, shard: u16, reason: &str) {
-        self.refused.set(self.refused.get() + 1);
+    fn refused(&self, shard: u16, reason: &str, peer: Option<SocketAddr>) {
         let now = Instant::now();
-        let due =
-            self.logged_at.get().is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
-        if due {
-            let refused = self.refused.replace(0);
-            tracing::warn!(shard, refused, reason, "connections refused");
-            self.logged_at.set(Some(now));
+        let began = self.second_began.get();
+        if began.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            let unlogged = self.unlogged.replace(0);
+            if unlogged > 0 {
+                tracing::warn!(shard, unlogged, "more connections refused in the last second");
+            }
+            self.second_began.set(Some(now));
+            self.logged.set(0);
+        }
+        if self.logged.get() < REFUSALS_LOGGED_PER_SECOND {
+            self.logged.set(self.logged.get() + 1);
+            let peer = peer.map_or_else(|| "unknown".to_string(), |peer| peer.to_string());
+            tracing::warn!(shard, %peer, reason, "connection refused");
+        } else {
+            self.unlogged.set(self.unlogged.get() + 1);
         }
     }
 }
@@ -498,7 +512,8 @@ pub async fn accept_loop<S: Hosted>(net: Rc<ShardNet<S>>, listener: TcpListener)
                 // Past the limit, closed unread: nothing of it is kept, not even a task.
                 let open: Count = |control| &control.open_connections;
                 let Some(place) = Counted::take(&net.control, open, open_max) else {
-                    net.refusals.refused(net.shard, "too many connections; closed unread");
+                    let peer = stream.peer_addr().ok();
+                    net.refusals.refused(net.shard, "too many connections; closed unread", peer);
                     drop(stream);
                     continue;
                 };
@@ -518,7 +533,7 @@ pub async fn accept_loop<S: Hosted>(net: Rc<ShardNet<S>>, listener: TcpListener)
             }
             Err(error) => {
                 // Out of descriptors, say: logged once a second, tried again shortly.
-                net.refusals.refused(net.shard, &format!("accept failed: {error}"));
+                net.refusals.refused(net.shard, &format!("accept failed: {error}"), None);
                 glommio::timer::sleep(BACKOFF_MIN).await;
             }
         }
@@ -599,8 +614,9 @@ async fn serve<S: Hosted>(
         return Err(ConnectionError::Protocol("the first frame is not a hello".into()));
     };
     if let Some(reason) = check_hello(net, &first, &hello) {
-        let _ = send(&mut stream, &hello_reply(net, Some(reason.clone()))).await;
-        return Err(ConnectionError::Protocol(reason));
+        net.refusals.refused(net.shard, &reason, peer);
+        let _ = send(&mut stream, &hello_reply(net, Some(reason))).await;
+        return Ok(());
     }
     let watched = registration.watched.clone();
     match hello.role {
@@ -625,7 +641,7 @@ async fn serve<S: Hosted>(
                     "this node serves at most {max} client connections (--connections-max); \
                      try again later, or another node"
                 );
-                net.refusals.refused(net.shard, &reason);
+                net.refusals.refused(net.shard, &reason, peer);
                 let _ = send(&mut stream, &hello_reply(net, Some(reason))).await;
                 // Its write side closed first, so the refusal arrives before the end.
                 let _ = stream.shutdown(std::net::Shutdown::Write).await;

@@ -339,6 +339,18 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         self.committer.applier.applied_commands()
     }
 
+    /// Client sessions the applier's table holds.
+    #[must_use]
+    pub fn sessions(&self) -> usize {
+        self.committer.applier.sessions()
+    }
+
+    /// The limits the applier's session table keeps.
+    #[must_use]
+    pub fn session_limits(&self) -> SessionLimits {
+        self.committer.applier.limits()
+    }
+
     /// Committed batches the state machine already held when the shard opened (it persists
     /// itself: [`StateMachine::persisted_slot`]), so not applied again.
     #[must_use]
@@ -544,7 +556,18 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// # Errors
     /// The flush failed (the log is now poisoned), or the shard failed.
     pub fn finish_sync(&mut self, outcome: SyncOutcome) -> Result<(), ShardError> {
-        let mut released = self.journal.finish_sync(outcome)?;
+        let mut released = match self.journal.finish_sync(outcome) {
+            Ok(released) => released,
+            Err(error) => {
+                tracing::error!(
+                    shard = self.settings.shard,
+                    %error,
+                    "WAL sync failed: the log is poisoned and the shard stops (a failed sync is \
+                     never retried)"
+                );
+                return Err(error);
+            }
+        };
         self.hooks.durable(std::mem::take(&mut released.extras));
         if let Some(seq) = released.seq {
             self.replica.on_persisted(seq);

@@ -447,6 +447,10 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             tracing::warn!(shard = self.settings.shard, path = %path.display(), "snapshot not written: out of disk space");
             return Ok(());
         }
+        let shard = self.settings.shard;
+        if let Err(error) = &written.result {
+            tracing::error!(shard, slot = written.header.slot.0, %error, "snapshot write failed");
+        }
         written.result?;
         let slot = written.header.slot;
         if self.snapshots.current.is_some_and(|(current, _)| current.slot > slot) {
@@ -455,7 +459,10 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         self.snapshots.current = Some((written.header, written.bytes));
         self.snapshots.taken += 1;
         let (promised, base) = (self.replica.promised(), self.replica.log().base());
-        self.snapshots.released_bytes += self.journal.release_below(slot, base, promised)?;
+        let released_bytes = self.journal.release_below(slot, base, promised)?;
+        self.snapshots.released_bytes += released_bytes;
+        let bytes = written.bytes;
+        tracing::info!(shard, slot = slot.0, bytes, released_bytes, "snapshot taken");
         Ok(())
     }
 
@@ -549,8 +556,17 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// The write failed (the shard is then failed, as for its own snapshots).
     fn finish_install(&mut self, written: SnapshotWritten) -> Result<(), ShardError> {
         let installing = self.installing.take().expect("an install was being written");
+        let (shard, slot) = (self.settings.shard, installing.header.slot);
+        if let Err(error) = &written.result {
+            tracing::error!(shard, slot = slot.0, %error, "a peer's snapshot could not be made durable");
+        }
         written.result?;
-        let slot = installing.header.slot;
+        tracing::info!(
+            shard,
+            slot = slot.0,
+            bytes = installing.bytes,
+            "snapshot from a peer installed"
+        );
         self.journal.installed(slot);
         self.snapshots.current = Some((installing.header, installing.bytes));
         if slot <= self.replica.commit_index() {

@@ -298,6 +298,74 @@ pub fn read_snapshot<T>(
     Ok((fields.header, HEADER_BYTES as u64 + fields.body_bytes, restored?))
 }
 
+/// A snapshot copied under another cluster id ([`copy_snapshot_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copied {
+    /// The copy's completed header, to be written over its first [`HEADER_BYTES`].
+    pub head: [u8; HEADER_BYTES],
+    /// The copy's header (the original's, with the new cluster id).
+    pub header: SnapshotHeader,
+    /// Its length, the original's.
+    pub bytes: u64,
+}
+
+/// Copies the snapshot at the start of `input` (`owner`'s: cluster and shard), in one pass,
+/// to `out` as the same snapshot of cluster `to`: `out` gets a zeroed header then the body,
+/// and the completed header is returned, to be written over the first [`HEADER_BYTES`] (the
+/// checksum covers the cluster id, so it cannot be known before the body has gone by). The
+/// original is checked on the way, as [`read_snapshot`] would: a damaged or cut one is
+/// refused (and what was written is no snapshot). `input` is read to the snapshot's end and
+/// no further, so snapshots may follow each other in one stream.
+///
+/// # Errors
+/// The outer error is `out`'s; the inner one what is wrong with the snapshot read.
+pub fn copy_snapshot_for(
+    input: &mut dyn Read,
+    owner: (ClusterId, u16),
+    to: ClusterId,
+    out: &mut dyn Write,
+) -> std::io::Result<Result<Copied, SnapshotError>> {
+    let mut head = [0u8; HEADER_BYTES];
+    if let Err(error) = input.read_exact(&mut head) {
+        return Ok(Err(match SnapshotError::reading(&error) {
+            SnapshotError::Truncated(_) => SnapshotError::Truncated("shorter than the header"),
+            other => other,
+        }));
+    }
+    let fields = match decode_header(&head, owner) {
+        Ok(fields) => fields,
+        Err(error) => return Ok(Err(error)),
+    };
+    out.write_all(&[0; HEADER_BYTES])?;
+    let mut original = crc32c::crc32c(&head[..HEADER_CHECKED_BYTES]);
+    let mut body_crc = 0;
+    let mut left = fields.body_bytes;
+    let mut buffer = vec![0u8; STREAM_BUFFER_BYTES];
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buffer.len());
+        let read = match input.read(&mut buffer[..want]) {
+            Ok(0) => {
+                return Ok(Err(SnapshotError::Truncated(
+                    "the body is shorter than its header says",
+                )));
+            }
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Ok(Err(SnapshotError::reading(&error))),
+        };
+        original = crc32c::crc32c_append(original, &buffer[..read]);
+        body_crc = crc32c::crc32c_append(body_crc, &buffer[..read]);
+        out.write_all(&buffer[..read])?;
+        left -= read as u64;
+    }
+    if original != fields.crc {
+        return Ok(Err(SnapshotError::Checksum));
+    }
+    let header = SnapshotHeader { cluster_id: to, ..fields.header };
+    let head = encode_header(header, fields.body_bytes, body_crc);
+    Ok(Ok(Copied { head, header, bytes: HEADER_BYTES as u64 + fields.body_bytes }))
+}
+
 /// A snapshot's bytes, checked, with its header: the whole in memory, for tests, fuzzing and
 /// small tools (a shard never holds one: [`write_snapshot`], [`read_snapshot`]).
 #[derive(Clone, Debug)]
@@ -721,6 +789,41 @@ mod tests {
         assembly
             .take(Slot(slot), offset as u64, total, &snapshot[offset..end], || Ok(Vec::new()))
             .unwrap()
+    }
+
+    #[test]
+    fn a_copy_for_another_cluster_reads_as_that_clusters_and_damage_is_refused() {
+        let original = snapshot_at(9, 600_000);
+        let mut input = &original[..];
+        let mut copy = Vec::new();
+        let copied =
+            copy_snapshot_for(&mut input, OWNER, ClusterId(8), &mut copy).unwrap().unwrap();
+        assert!(input.is_empty(), "read to its end");
+        copy[..HEADER_BYTES].copy_from_slice(&copied.head);
+        assert_eq!(copied.bytes, original.len() as u64);
+        let read = Snapshot::decode(Bytes::from(copy), ClusterId(8), OWNER.1).unwrap();
+        assert_eq!(read.header.slot, Slot(9));
+        assert_eq!(read.body(), &original[HEADER_BYTES..]);
+        // Followed by more bytes: only the snapshot is read.
+        let mut longer = original.to_vec();
+        longer.extend_from_slice(b"next");
+        let mut input = &longer[..];
+        copy_snapshot_for(&mut input, OWNER, ClusterId(8), &mut Vec::new()).unwrap().unwrap();
+        assert_eq!(input, b"next");
+        let copy_of = |bytes: &[u8]| {
+            copy_snapshot_for(&mut &bytes[..], OWNER, ClusterId(8), &mut Vec::new()).unwrap()
+        };
+        let mut flipped = original.to_vec();
+        flipped[HEADER_BYTES + 300_000] ^= 4;
+        assert_eq!(copy_of(&flipped), Err(SnapshotError::Checksum));
+        assert!(matches!(
+            copy_of(&original[..original.len() - 1]),
+            Err(SnapshotError::Truncated(_))
+        ));
+        assert!(matches!(copy_of(&original[..20]), Err(SnapshotError::Truncated(_))));
+        let foreign =
+            copy_snapshot_for(&mut &original[..], (ClusterId(3), 2), ClusterId(8), &mut Vec::new());
+        assert!(matches!(foreign.unwrap(), Err(SnapshotError::Elsewhere { cluster: 7, .. })));
     }
 
     #[test]

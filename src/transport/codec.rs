@@ -22,7 +22,7 @@ use crate::core::{
     Ballot, ClusterId, Consistency, InvalidMessage, Message, NodeId, ReadOptions, RoleKind,
     SLOT_MAX, Slot, SlotRun, Value,
 };
-use crate::machine::StateSummary;
+use crate::machine::{SessionLimits, StateSummary};
 
 /// Bytes of the length prefix.
 pub const PREFIX_BYTES: usize = 4;
@@ -151,6 +151,19 @@ pub struct ShardStatus {
     pub chosen_bytes: u64,
     /// Batches committed here since the replica started (no-ops not counted).
     pub batches: u64,
+    /// The highest ballot this replica promised (the leader's, once it leads or follows).
+    pub promised: Ballot,
+    /// Slots below this are applied here (with `--apply total`, by the node's merge).
+    pub applied_index: Slot,
+    /// Client sessions the shard's table holds (with `--apply total`, the node's one table).
+    pub sessions: u64,
+    /// The slot of the shard's newest snapshot, if it has one.
+    pub snapshot_slot: Option<Slot>,
+    /// True if the node applies the merged order of all shards (`--apply total`): it takes
+    /// no snapshots, and its shards' states are one.
+    pub apply_total: bool,
+    /// The session limits the node runs with (`None` from a node too old to say).
+    pub session_limits: Option<SessionLimits>,
 }
 
 /// Who is dialling.
@@ -525,6 +538,7 @@ fn encode_replies<'a>(
     (fb::Body::Replies, fb::Replies::create(builder, &args).as_union_value())
 }
 
+/// A shard status as its FlatBuffers table.
 fn encode_status<'a>(
     builder: &mut FlatBufferBuilder<'a>,
     status: &ShardStatus,
@@ -535,6 +549,8 @@ fn encode_status<'a>(
         RoleKind::Leader => 2,
         RoleKind::Learner => 3,
     };
+    let limits = status.session_limits;
+    let limit = |field: fn(&SessionLimits) -> u64| limits.as_ref().map_or(0, field);
     let args = fb::StatusArgs {
         role,
         leader: status.leader.map_or(0, |node| node.0),
@@ -548,6 +564,17 @@ fn encode_status<'a>(
         egress_bytes: status.egress_bytes,
         chosen_bytes: status.chosen_bytes,
         batches: status.batches,
+        promised_round: status.promised.round,
+        promised_node: status.promised.node.0,
+        applied_index: status.applied_index.0,
+        sessions: status.sessions,
+        snapshot_slot: status.snapshot_slot.map_or(0, |slot| slot.0),
+        apply_total: status.apply_total,
+        session_replies_max: limit(|limits| limits.replies_max as u64),
+        session_reply_bytes_max: limit(|limits| limits.reply_bytes_max as u64),
+        sessions_max: limit(|limits| limits.sessions_max as u64),
+        session_idle_commands_min: limit(|limits| limits.idle_commands_min),
+        sessions_evicted_max: limit(|limits| limits.evicted_max as u64),
     };
     (fb::Body::Status, fb::Status::create(builder, &args).as_union_value())
 }
@@ -954,7 +981,7 @@ pub fn decode(body: &Bytes) -> Result<Frame, FrameError> {
             return finish(&frame, Body::MoveLeaderReply(outcome));
         }
         fb::Body::Status => {
-            let status = status_of(frame.body_as_status().ok_or(missing)?)?;
+            let status = decode_status(frame.body_as_status().ok_or(missing)?)?;
             return finish(&frame, Body::Status(status));
         }
         fb::Body::ReadIndexRequest => {
@@ -1015,13 +1042,34 @@ fn replies_of(m: fb::Replies<'_>, payload: &Bytes) -> Result<Vec<Reply>, FrameEr
     Ok(replies)
 }
 
-fn status_of(m: fb::Status<'_>) -> Result<ShardStatus, FrameError> {
+/// A shard status from its table. The session limits are input: reported only if every one
+/// is in the range a node accepts (a node too old to send them sends zeros).
+fn decode_status(m: fb::Status<'_>) -> Result<ShardStatus, FrameError> {
     let role = match m.role() {
         0 => RoleKind::Follower,
         1 => RoleKind::Candidate,
         2 => RoleKind::Leader,
         3 => RoleKind::Learner,
         _ => return Err(FrameError::Invalid("unknown role in status")),
+    };
+    let size = |value: u64| usize::try_from(value).ok().filter(|value| *value > 0);
+    let session_limits = match (
+        size(m.session_replies_max()),
+        size(m.session_reply_bytes_max()),
+        size(m.sessions_max()),
+        m.session_idle_commands_min(),
+        size(m.sessions_evicted_max()),
+    ) {
+        (Some(replies_max), Some(reply_bytes_max), Some(sessions_max), 1.., Some(evicted_max)) => {
+            Some(SessionLimits {
+                replies_max,
+                reply_bytes_max,
+                sessions_max,
+                idle_commands_min: m.session_idle_commands_min(),
+                evicted_max,
+            })
+        }
+        _ => None,
     };
     Ok(ShardStatus {
         role,
@@ -1035,6 +1083,12 @@ fn status_of(m: fb::Status<'_>) -> Result<ShardStatus, FrameError> {
         egress_bytes: m.egress_bytes(),
         chosen_bytes: m.chosen_bytes(),
         batches: m.batches(),
+        promised: Ballot { round: m.promised_round(), node: NodeId(m.promised_node()) },
+        applied_index: Slot(m.applied_index()),
+        sessions: m.sessions(),
+        snapshot_slot: (m.snapshot_slot() != 0).then_some(Slot(m.snapshot_slot())),
+        apply_total: m.apply_total(),
+        session_limits,
     })
 }
 

@@ -38,6 +38,12 @@ pub struct NodeSpec {
     pub wrapper: Vec<String>,
 }
 
+/// The shard count `args` give (`--shards N`), 1 if they do not.
+fn shards_in(args: &[&str]) -> u16 {
+    let at = args.iter().position(|arg| *arg == "--shards");
+    at.and_then(|at| args.get(at + 1)).and_then(|count| count.parse().ok()).unwrap_or(1)
+}
+
 /// Nodes `1..=n` of one cluster, each started with the same flags.
 pub struct Cluster {
     pub nodes: Vec<Node>,
@@ -49,7 +55,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts one node per data directory, on free loopback ports, with `args` added to the
-    /// flags every node gets (one shard, 1 MiB segments, fast elections). Logs go to
+    /// flags every node gets (one shard unless `args` say `--shards`, 1 MiB segments, fast
+    /// elections). Logs go to
     /// `logs/node-K.log`.
     pub fn start(
         cluster_id: u64,
@@ -62,7 +69,7 @@ impl Cluster {
             .map(|data_dir| NodeSpec {
                 address: format!(
                     "127.0.0.1:{}",
-                    quorum::bench::embedded::free_port_range(1).unwrap()
+                    quorum::bench::embedded::free_port_range(shards_in(args)).unwrap()
                 ),
                 data_dir,
                 wrapper: Vec::new(),
@@ -97,9 +104,9 @@ impl Cluster {
             .map(|(index, node)| format!("{}={}", index + 1, node.address))
             .collect::<Vec<_>>()
             .join(",");
+        let shards = shards_in(args);
         let args = args.iter().map(|arg| (*arg).to_string()).collect();
-        let mut cluster =
-            Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args, shards: 1 };
+        let mut cluster = Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args, shards };
         for index in 0..cluster.nodes.len() {
             cluster.spawn(index);
         }
@@ -162,7 +169,14 @@ impl Cluster {
             .args(["--cluster-id", &self.cluster_id.0.to_string()])
             .args(["--listen", &node.address])
             .args(["--peers", &self.peers])
-            .args(["--shards", &self.shards.to_string(), "--wal-segment-mib", "1"])
+            // `--shards` from `args` if they give it (`Cluster::start`), else the count the
+            // cluster was started with.
+            .args(if self.args.iter().any(|arg| arg == "--shards") {
+                Vec::new()
+            } else {
+                vec!["--shards".to_string(), self.shards.to_string()]
+            })
+            .args(["--wal-segment-mib", "1"])
             .args(["--election-timeout-ms", "300", "--heartbeat-interval-ms", "30"])
             .args(&self.args)
             .args(node.http.iter().flat_map(|address| ["--http-listen", address.as_str()]))

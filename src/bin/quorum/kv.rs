@@ -1,10 +1,8 @@
-//! `quorum kv` and `quorum status`: talk to a running cluster.
+//! `quorum kv` and `quorum snapshot`: talk to a running cluster.
 
 use std::process::ExitCode;
 
-use quorum::client::{
-    Client, ClientOptions, Consistency, ReadOptions, fetch_snapshot, node_status,
-};
+use quorum::client::{Client, ClientOptions, Consistency, ReadOptions, fetch_snapshot};
 use quorum::core::{ClusterId, NodeId};
 use quorum::machine::{Applier, KvStore, SessionLimits, StateMachine as _};
 use quorum::read_snapshot;
@@ -227,46 +225,15 @@ fn print_outcome(result: Result<String, String>) -> ExitCode {
 }
 
 #[derive(clap::Args)]
-pub struct StatusArgs {
-    /// The node's address, HOST:PORT (its --listen address).
-    #[arg(long, value_name = "HOST:PORT")]
-    node: String,
-    /// The cluster's id; when given, a node of another cluster refuses us.
-    #[arg(long)]
-    cluster_id: Option<u64>,
-}
-
-pub fn run_status(args: &StatusArgs) -> ExitCode {
-    match node_status(&args.node, ClusterId(args.cluster_id.unwrap_or(0)), true) {
-        Ok(statuses) => {
-            for (shard, status) in statuses.iter().enumerate() {
-                println!(
-                    "shard {shard}: {:?}, leader {}, commit index {}, applied {}, entries {}, digest {:016x}, syncs {}, egress {} bytes ({} of committed runs)",
-                    status.role,
-                    status.leader.map_or("unknown".to_string(), |node| node.0.to_string()),
-                    status.commit_index.0,
-                    status.applied_commands,
-                    status.summary.entries,
-                    status.summary.digest,
-                    status.syncs,
-                    status.egress_bytes,
-                    status.chosen_bytes,
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("quorum status: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct SnapshotArgs {
+    /// Back up the whole cluster (`save`) or build a node's data directory from a backup
+    /// (`restore`); without one, fetch one shard's snapshot from --node.
+    #[command(subcommand)]
+    action: Option<crate::backup::SnapshotAction>,
     /// The node's address, HOST:PORT (its --listen address).
     #[arg(long, value_name = "HOST:PORT")]
-    node: String,
+    node: Option<String>,
     /// The cluster's id; when given, a node of another cluster refuses us.
     #[arg(long)]
     cluster_id: Option<u64>,
@@ -279,6 +246,16 @@ pub struct SnapshotArgs {
 }
 
 pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
+    if let Some(action) = &args.action {
+        return crate::backup::run(action);
+    }
+    let Some(node) = &args.node else {
+        eprintln!(
+            "quorum snapshot: give --node HOST:PORT (one shard's snapshot), or `save` (a backup \
+             of the whole cluster) or `restore` (a data directory from a backup)"
+        );
+        return ExitCode::from(2);
+    };
     let options =
         ClientOptions { cluster_id: ClusterId(args.cluster_id.unwrap_or(0)), ..Default::default() };
     // Streamed to a file (a snapshot may be larger than memory), then restored from it in one
@@ -286,7 +263,7 @@ pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
     let path = args.out.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("quorum-snapshot-{}-{}", std::process::id(), args.shard))
     });
-    let fetched = fetch_snapshot(&args.node, &options, args.shard, &path);
+    let fetched = fetch_snapshot(node, &options, args.shard, &path);
     let summary = fetched.as_ref().ok().and_then(Option::as_ref).map(|fetched| {
         let owner = (fetched.header.cluster_id, args.shard);
         let limits = SessionLimits::with_replies_max(1);
@@ -306,7 +283,7 @@ pub fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
         Ok(None) => {
             eprintln!(
                 "quorum snapshot: shard {} of {} has no snapshot (none taken yet, or --apply total)",
-                args.shard, args.node
+                args.shard, node
             );
             return ExitCode::FAILURE;
         }

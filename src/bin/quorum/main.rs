@@ -1,9 +1,11 @@
-//! `quorum`: the command line. `node` runs a node, `kv`, `status` and `tail` talk to a cluster,
-//! `bench` measures one, `sim` runs the deterministic simulator.
+//! `quorum`: the command line. `node` runs a node; `kv`, `status`, `health`, `snapshot` and
+//! `tail` talk to a cluster; `bench` measures one; `sim` runs the deterministic simulator.
 
+mod backup;
 mod bench;
 mod kv;
 mod node;
+mod status;
 mod tail;
 
 use std::process::ExitCode;
@@ -33,17 +35,31 @@ enum Command {
     ///   quorum node --id 1 --cluster-id 7 --listen 127.0.0.1:7000 \
     ///     --peers 1=127.0.0.1:7000,2=127.0.0.1:7010,3=127.0.0.1:7020 --data-dir /tmp/q1 --shards 2
     #[command(verbatim_doc_comment)]
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Use a cluster's key-value store: put, get, del, cas, append.
     ///
     /// Example: quorum kv --cluster 127.0.0.1:7000 put greeting hello
     Kv(kv::KvArgs),
-    /// Print how each shard of one node is doing (role, leader, commit index, state digest).
-    Status(kv::StatusArgs),
-    /// Fetch a shard's newest snapshot from a node (in pieces), check it, print its slot and
-    /// state digest, and write it to a file (a backup; tail from its slot to follow on).
+    /// Print how a node (--node) or a whole cluster (--cluster) is doing: every member and
+    /// every shard in one table (role, ballot, leader, commit and applied positions, lag).
     ///
-    /// Example: quorum snapshot --node 127.0.0.1:7000 --shard 0 --out shard-0.snapshot
+    /// Example: quorum status --cluster 127.0.0.1:7000 --json
+    Status(status::StatusArgs),
+    /// Check a cluster: exit 0 if healthy, 1 if not, naming each problem (a member
+    /// unreachable, a shard without a leader, a member lagging past --lag-max-slots, members
+    /// whose session limits differ).
+    ///
+    /// Example: quorum health --cluster 127.0.0.1:7000 || page-someone
+    Health(status::HealthArgs),
+    /// Back up a whole cluster (`save`), build a node's data directory from a backup
+    /// (`restore`), or fetch one shard's newest snapshot from a node (in pieces), check it,
+    /// print its slot and state digest, and write it to a file (tail from its slot to follow
+    /// on).
+    ///
+    /// Examples: quorum snapshot save --cluster 127.0.0.1:7000 --out cluster.backup
+    ///           quorum snapshot restore cluster.backup --data-dir DIR --id 1 --peers … --cluster-id 8
+    ///           quorum snapshot --node 127.0.0.1:7000 --shard 0 --out shard-0.snapshot
+    #[command(verbatim_doc_comment)]
     Snapshot(kv::SnapshotArgs),
     /// Print a node's committed log as it grows: every shard merged into one global order
     /// (or one shard), from any position; from the node's log first, then live.
@@ -123,11 +139,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::Node(args) => {
-            init_logging();
+            if let Err(error) = init_logging(args.log_format, args.log_level.as_deref()) {
+                eprintln!("quorum node: {error}");
+                return ExitCode::from(2);
+            }
             node::run(&args)
         }
         Command::Kv(args) => kv::run_kv(&args),
-        Command::Status(args) => kv::run_status(&args),
+        Command::Status(args) => status::run_status(&args),
+        Command::Health(args) => status::run_health(&args),
         Command::Snapshot(args) => kv::run_snapshot(&args),
         Command::Tail(args) => tail::run(&args),
         Command::Bench(args) => {
@@ -137,16 +157,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr as text or JSON lines; `level` (else `RUST_LOG`, else `info`) filters.
+fn init_logging(format: node::LogFormat, level: Option<&str>) -> Result<(), String> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|error| format!("--log-level `{level}`: {error}"))?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        node::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        node::LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+    Ok(())
 }
 
 /// The bench's embedded nodes log only warnings, so the progress line stays readable.

@@ -9,9 +9,28 @@ use quorum::front::{FrontConfig, FrontEnds};
 use quorum::runtime::Node;
 use quorum::runtime::config::{NodeConfig, NodeSettings};
 
+/// How the node writes its log (to stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for people: time, level, where, message, fields.
+    #[default]
+    Text,
+    /// One JSON object per line for machines: timestamp, level, target, fields (message
+    /// among them), and the span fields.
+    Json,
+}
+
 /// Flags override the same keys of the `--config` file.
 #[derive(clap::Args)]
 pub struct NodeArgs {
+    /// How the log on stderr looks: text (default) or json (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Which events are logged: a level (error, warn, info, debug, trace) or directives as
+    /// RUST_LOG takes them (`info,quorum::runtime::net=debug`). Default: RUST_LOG if set,
+    /// else info.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
     /// A TOML file with any of the settings below (keys as the flags, with `_` for `-`).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -155,6 +174,32 @@ pub struct NodeArgs {
     /// the process runs), a deposed leader may answer a lease read with stale data.
     #[arg(long, value_name = "PERCENT", value_parser = check_drift)]
     max_clock_drift: Option<String>,
+    /// Client sessions each shard holds before idle ones are evicted, least recently used
+    /// first (default 100000). A soft bound: a session used within the last
+    /// --session-idle-commands-min commands is never evicted, so a shard holds at most this
+    /// many plus those registered within that window. A request of an evicted session is
+    /// refused ("session expired"), never applied. EVERY NODE OF A CLUSTER MUST USE THE SAME
+    /// SESSION SETTINGS (all five --session*): they decide which requests are applied.
+    /// docs/operations.md has the memory they cost.
+    #[arg(long, value_name = "N")]
+    sessions_max: Option<u64>,
+    /// A session is idle, and may be evicted, once this many commands were applied on its
+    /// shard since its last request (default 1000000). Counted in the log, never in time:
+    /// every replica evicts the same session at the same command. Same on every node.
+    #[arg(long, value_name = "COMMANDS")]
+    session_idle_commands_min: Option<u64>,
+    /// Replies each session keeps, the newest, so that a retry gets its first reply
+    /// (default 4096). A retry of an older request is refused as expired. Same on every node.
+    #[arg(long, value_name = "N")]
+    session_replies_max: Option<u32>,
+    /// KiB of replies each session keeps (default 1024); the newest reply is kept whatever
+    /// its size. Same on every node.
+    #[arg(long, value_name = "KIB")]
+    session_replies_kib: Option<u32>,
+    /// Evicted session ids each shard remembers (default 1000000, about 40 bytes each), so
+    /// that no new session is given one of them. Same on every node.
+    #[arg(long, value_name = "N")]
+    sessions_evicted_max: Option<u64>,
 }
 
 fn check_drift(text: &str) -> Result<String, String> {
@@ -197,6 +242,11 @@ impl NodeArgs {
             max_clock_drift: self.max_clock_drift.clone(),
             http_listen: self.http_listen.clone(),
             redis_listen: self.redis_listen.clone(),
+            sessions_max: self.sessions_max,
+            session_idle_commands_min: self.session_idle_commands_min,
+            session_replies_max: self.session_replies_max,
+            session_replies_kib: self.session_replies_kib,
+            sessions_evicted_max: self.sessions_evicted_max,
         }
     }
 }

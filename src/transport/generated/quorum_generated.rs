@@ -4332,6 +4332,17 @@ impl<'a> Status<'a> {
   pub const VT_EGRESS_BYTES: ::flatbuffers::VOffsetT = 22;
   pub const VT_CHOSEN_BYTES: ::flatbuffers::VOffsetT = 24;
   pub const VT_BATCHES: ::flatbuffers::VOffsetT = 26;
+  pub const VT_PROMISED_ROUND: ::flatbuffers::VOffsetT = 28;
+  pub const VT_PROMISED_NODE: ::flatbuffers::VOffsetT = 30;
+  pub const VT_APPLIED_INDEX: ::flatbuffers::VOffsetT = 32;
+  pub const VT_SESSIONS: ::flatbuffers::VOffsetT = 34;
+  pub const VT_SNAPSHOT_SLOT: ::flatbuffers::VOffsetT = 36;
+  pub const VT_APPLY_TOTAL: ::flatbuffers::VOffsetT = 38;
+  pub const VT_SESSION_REPLIES_MAX: ::flatbuffers::VOffsetT = 40;
+  pub const VT_SESSION_REPLY_BYTES_MAX: ::flatbuffers::VOffsetT = 42;
+  pub const VT_SESSIONS_MAX: ::flatbuffers::VOffsetT = 44;
+  pub const VT_SESSION_IDLE_COMMANDS_MIN: ::flatbuffers::VOffsetT = 46;
+  pub const VT_SESSIONS_EVICTED_MAX: ::flatbuffers::VOffsetT = 48;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4343,6 +4354,15 @@ impl<'a> Status<'a> {
     args: &'args StatusArgs
   ) -> ::flatbuffers::WIPOffset<Status<'bldr>> {
     let mut builder = StatusBuilder::new(_fbb);
+    builder.add_sessions_evicted_max(args.sessions_evicted_max);
+    builder.add_session_idle_commands_min(args.session_idle_commands_min);
+    builder.add_sessions_max(args.sessions_max);
+    builder.add_session_reply_bytes_max(args.session_reply_bytes_max);
+    builder.add_session_replies_max(args.session_replies_max);
+    builder.add_snapshot_slot(args.snapshot_slot);
+    builder.add_sessions(args.sessions);
+    builder.add_applied_index(args.applied_index);
+    builder.add_promised_round(args.promised_round);
     builder.add_batches(args.batches);
     builder.add_chosen_bytes(args.chosen_bytes);
     builder.add_egress_bytes(args.egress_bytes);
@@ -4351,8 +4371,10 @@ impl<'a> Status<'a> {
     builder.add_entries(args.entries);
     builder.add_applied_commands(args.applied_commands);
     builder.add_commit_index(args.commit_index);
+    builder.add_promised_node(args.promised_node);
     builder.add_voters(args.voters);
     builder.add_leader(args.leader);
+    builder.add_apply_total(args.apply_total);
     builder.add_not_durable(args.not_durable);
     builder.add_role(args.role);
     builder.finish()
@@ -4443,6 +4465,83 @@ impl<'a> Status<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Status::VT_BATCHES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn promised_round(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_PROMISED_ROUND, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn promised_node(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Status::VT_PROMISED_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn applied_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_APPLIED_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn sessions(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_SESSIONS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn snapshot_slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_SNAPSHOT_SLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn apply_total(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Status::VT_APPLY_TOTAL, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn session_replies_max(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_SESSION_REPLIES_MAX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn session_reply_bytes_max(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_SESSION_REPLY_BYTES_MAX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn sessions_max(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_SESSIONS_MAX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn session_idle_commands_min(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_SESSION_IDLE_COMMANDS_MIN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn sessions_evicted_max(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_SESSIONS_EVICTED_MAX, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Status<'_> {
@@ -4463,6 +4562,17 @@ impl ::flatbuffers::Verifiable for Status<'_> {
      .visit_field::<u64>("egress_bytes", Self::VT_EGRESS_BYTES, false)?
      .visit_field::<u64>("chosen_bytes", Self::VT_CHOSEN_BYTES, false)?
      .visit_field::<u64>("batches", Self::VT_BATCHES, false)?
+     .visit_field::<u64>("promised_round", Self::VT_PROMISED_ROUND, false)?
+     .visit_field::<u16>("promised_node", Self::VT_PROMISED_NODE, false)?
+     .visit_field::<u64>("applied_index", Self::VT_APPLIED_INDEX, false)?
+     .visit_field::<u64>("sessions", Self::VT_SESSIONS, false)?
+     .visit_field::<u64>("snapshot_slot", Self::VT_SNAPSHOT_SLOT, false)?
+     .visit_field::<bool>("apply_total", Self::VT_APPLY_TOTAL, false)?
+     .visit_field::<u64>("session_replies_max", Self::VT_SESSION_REPLIES_MAX, false)?
+     .visit_field::<u64>("session_reply_bytes_max", Self::VT_SESSION_REPLY_BYTES_MAX, false)?
+     .visit_field::<u64>("sessions_max", Self::VT_SESSIONS_MAX, false)?
+     .visit_field::<u64>("session_idle_commands_min", Self::VT_SESSION_IDLE_COMMANDS_MIN, false)?
+     .visit_field::<u64>("sessions_evicted_max", Self::VT_SESSIONS_EVICTED_MAX, false)?
      .finish();
     Ok(())
   }
@@ -4480,6 +4590,17 @@ pub struct StatusArgs {
     pub egress_bytes: u64,
     pub chosen_bytes: u64,
     pub batches: u64,
+    pub promised_round: u64,
+    pub promised_node: u16,
+    pub applied_index: u64,
+    pub sessions: u64,
+    pub snapshot_slot: u64,
+    pub apply_total: bool,
+    pub session_replies_max: u64,
+    pub session_reply_bytes_max: u64,
+    pub sessions_max: u64,
+    pub session_idle_commands_min: u64,
+    pub sessions_evicted_max: u64,
 }
 impl<'a> Default for StatusArgs {
   #[inline]
@@ -4497,6 +4618,17 @@ impl<'a> Default for StatusArgs {
       egress_bytes: 0,
       chosen_bytes: 0,
       batches: 0,
+      promised_round: 0,
+      promised_node: 0,
+      applied_index: 0,
+      sessions: 0,
+      snapshot_slot: 0,
+      apply_total: false,
+      session_replies_max: 0,
+      session_reply_bytes_max: 0,
+      sessions_max: 0,
+      session_idle_commands_min: 0,
+      sessions_evicted_max: 0,
     }
   }
 }
@@ -4555,6 +4687,50 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Status::VT_BATCHES, batches, 0);
   }
   #[inline]
+  pub fn add_promised_round(&mut self, promised_round: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_PROMISED_ROUND, promised_round, 0);
+  }
+  #[inline]
+  pub fn add_promised_node(&mut self, promised_node: u16) {
+    self.fbb_.push_slot::<u16>(Status::VT_PROMISED_NODE, promised_node, 0);
+  }
+  #[inline]
+  pub fn add_applied_index(&mut self, applied_index: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_APPLIED_INDEX, applied_index, 0);
+  }
+  #[inline]
+  pub fn add_sessions(&mut self, sessions: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_SESSIONS, sessions, 0);
+  }
+  #[inline]
+  pub fn add_snapshot_slot(&mut self, snapshot_slot: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_SNAPSHOT_SLOT, snapshot_slot, 0);
+  }
+  #[inline]
+  pub fn add_apply_total(&mut self, apply_total: bool) {
+    self.fbb_.push_slot::<bool>(Status::VT_APPLY_TOTAL, apply_total, false);
+  }
+  #[inline]
+  pub fn add_session_replies_max(&mut self, session_replies_max: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_SESSION_REPLIES_MAX, session_replies_max, 0);
+  }
+  #[inline]
+  pub fn add_session_reply_bytes_max(&mut self, session_reply_bytes_max: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_SESSION_REPLY_BYTES_MAX, session_reply_bytes_max, 0);
+  }
+  #[inline]
+  pub fn add_sessions_max(&mut self, sessions_max: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_SESSIONS_MAX, sessions_max, 0);
+  }
+  #[inline]
+  pub fn add_session_idle_commands_min(&mut self, session_idle_commands_min: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_SESSION_IDLE_COMMANDS_MIN, session_idle_commands_min, 0);
+  }
+  #[inline]
+  pub fn add_sessions_evicted_max(&mut self, sessions_evicted_max: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_SESSIONS_EVICTED_MAX, sessions_evicted_max, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusBuilder {
@@ -4584,6 +4760,17 @@ impl ::core::fmt::Debug for Status<'_> {
       ds.field("egress_bytes", &self.egress_bytes());
       ds.field("chosen_bytes", &self.chosen_bytes());
       ds.field("batches", &self.batches());
+      ds.field("promised_round", &self.promised_round());
+      ds.field("promised_node", &self.promised_node());
+      ds.field("applied_index", &self.applied_index());
+      ds.field("sessions", &self.sessions());
+      ds.field("snapshot_slot", &self.snapshot_slot());
+      ds.field("apply_total", &self.apply_total());
+      ds.field("session_replies_max", &self.session_replies_max());
+      ds.field("session_reply_bytes_max", &self.session_reply_bytes_max());
+      ds.field("sessions_max", &self.sessions_max());
+      ds.field("session_idle_commands_min", &self.session_idle_commands_min());
+      ds.field("sessions_evicted_max", &self.sessions_evicted_max());
       ds.finish()
   }
 }

@@ -174,6 +174,12 @@ impl NodeArgs {
             // The front ends serve the built-in KV store, not SQLite.
             http_listen: None,
             redis_listen: None,
+            // The session limits come from the config file alone here.
+            sessions_max: None,
+            session_idle_commands_min: None,
+            session_replies_max: None,
+            session_replies_kib: None,
+            sessions_evicted_max: None,
         }
     }
 }
