@@ -556,3 +556,27 @@ fn under_leases_a_voter_the_leader_let_go_helps_its_successor_at_once_and_no_one
     let answer = deliver(&mut voter, PEER_B, prepare);
     assert!(answer.iter().any(|a| matches!(a, Action::Persist { .. })), "{answer:?}");
 }
+
+#[test]
+fn a_leader_handing_over_answers_no_lease_read_for_the_rest_of_its_ballot() {
+    let mut leader = Replica::new(config(ME, true)).unwrap();
+    let (ballot, sent) = elect(&mut leader);
+    ack_rounds(&mut leader, ballot, &sent);
+    while !leader.holds_lease() {
+        leader.on_tick();
+        let sent = actions(&mut leader);
+        ack_rounds(&mut leader, ballot, &sent);
+    }
+    leader.transfer_leadership(PEER_A).unwrap();
+    assert!(!leader.holds_lease(), "a voter let go may help elect the successor at once");
+    assert_eq!(leader.read(id(1), Consistency::Lease, Slot(0)), Ok(ReadPath::Round));
+    // The successor never takes over: the transfer is given up, the lease stays gone.
+    for _ in 0..3 * config(ME, true).election_timeout_ticks {
+        leader.on_tick();
+        let sent = actions(&mut leader);
+        ack_rounds(&mut leader, ballot, &sent);
+    }
+    assert_eq!(leader.role(), RoleKind::Leader);
+    assert_eq!(leader.transferring_to(), None);
+    assert!(!leader.holds_lease(), "no lease again in this ballot");
+}

@@ -8,9 +8,12 @@
 
 use std::fmt;
 
-use super::{ClientError, ClientOptions, handshake, node_status_with, random_client_id};
+use super::{
+    ClientError, ClientOptions, FRAME_BYTES_MAX, handshake, node_status_with, random_client_id,
+};
 use crate::core::{NodeId, RoleKind, Slot};
-use crate::transport::codec::ShardStatus;
+use crate::transport::codec::{Body, Encoder, Frame, MoveRefused, ShardStatus};
+use crate::transport::framing::{read_frame, write_frame};
 
 /// One member and what it said (or why it said nothing).
 #[derive(Clone, Debug)]
@@ -248,6 +251,36 @@ impl ClusterStatus {
             }
         }
         problems
+    }
+}
+
+/// Asks the node at `address` to hand its leadership of `shard` to voter `to` (protocol.md
+/// §3.10). `Ok(Ok(()))`: it leads and began the transfer (which it gives up if `to` has not
+/// taken over an election timeout later); `Ok(Err(..))`: it refused, saying why and whom it
+/// knows to lead.
+///
+/// # Errors
+/// The node could not be reached or answered something else.
+pub fn move_leader(
+    address: &str,
+    options: &ClientOptions,
+    shard: u16,
+    to: NodeId,
+) -> Result<Result<(), MoveRefused>, ClientError> {
+    let mut answer = handshake(options, random_client_id(), address, shard)?;
+    let ask = Frame {
+        cluster_id: options.cluster_id,
+        from: NodeId(0),
+        shard,
+        body: Body::MoveLeader { to },
+    };
+    let io = |error: &dyn fmt::Display| ClientError::Disconnected(error.to_string());
+    let stream = &mut answer.stream;
+    stream.set_read_timeout(Some(options.connect_timeout)).map_err(|error| io(&error))?;
+    write_frame(stream, &mut Encoder::default(), &ask).map_err(|error| io(&error))?;
+    match read_frame(stream, FRAME_BYTES_MAX).map_err(|error| io(&error))?.body {
+        Body::MoveLeaderReply(outcome) => Ok(outcome),
+        other => Err(ClientError::BadReply(format!("a move-leader answered {}", other.kind()))),
     }
 }
 

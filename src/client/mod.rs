@@ -45,10 +45,11 @@ use crate::transport::framing::{ConnectionError, read_frame, write_frame};
 use crate::transport::shard_address;
 
 pub use crate::core::{Consistency, ReadOptions};
+pub use crate::transport::codec::MoveRefused;
 /// What [`node_status`] reports of each shard.
 pub use crate::transport::codec::ShardStatus;
 pub use backup::{BackupSaveError, SavedBackup, save_backup};
-pub use cluster::{ClusterStatus, MemberStatus, Problem, cluster_status};
+pub use cluster::{ClusterStatus, MemberStatus, Problem, cluster_status, move_leader};
 pub use lane::{Callback, Completion};
 use lane::{Lane, Notify, Target};
 pub use snapshot::{FetchedSnapshot, fetch_snapshot, fetch_snapshot_into};

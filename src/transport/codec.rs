@@ -697,8 +697,7 @@ fn encode_message<'a>(
             (fb::Body::ReadIndexReply, fb::ReadIndexReply::create(builder, &args).as_union_value())
         }
         Message::TimeoutNow { ballot: b, to } => {
-            let b = ballot(*b);
-            let args = fb::TimeoutNowArgs { ballot: Some(&b), to: to.0 };
+            let args = fb::TimeoutNowArgs { ballot: Some(&ballot(*b)), to: to.0 };
             (fb::Body::TimeoutNow, fb::TimeoutNow::create(builder, &args).as_union_value())
         }
     }

@@ -4,6 +4,7 @@
 mod backup;
 mod bench;
 mod kv;
+mod move_leader;
 mod node;
 mod status;
 mod tail;
@@ -51,6 +52,13 @@ enum Command {
     ///
     /// Example: quorum health --cluster 127.0.0.1:7000 || page-someone
     Health(status::HealthArgs),
+    /// Hand one shard's leadership, or every shard's, to another voter (protocol.md §3.10):
+    /// the leader stops taking writes for it, lets its voters go once everything it proposed
+    /// is chosen, and the new leader is elected at once. Prints how long each took.
+    ///
+    /// Example: quorum move-leader --node 127.0.0.1:7000 --to 2
+    #[command(name = "move-leader")]
+    MoveLeader(move_leader::MoveLeaderArgs),
     /// Back up a whole cluster (`save`), build a node's data directory from a backup
     /// (`restore`), or fetch one shard's newest snapshot from a node (in pieces), check it,
     /// print its slot and state digest, and write it to a file (tail from its slot to follow
@@ -148,6 +156,7 @@ fn main() -> ExitCode {
         Command::Kv(args) => kv::run_kv(&args),
         Command::Status(args) => status::run_status(&args),
         Command::Health(args) => status::run_health(&args),
+        Command::MoveLeader(args) => move_leader::run(&args),
         Command::Snapshot(args) => kv::run_snapshot(&args),
         Command::Tail(args) => tail::run(&args),
         Command::Bench(args) => {

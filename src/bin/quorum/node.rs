@@ -252,10 +252,11 @@ impl NodeArgs {
 }
 
 /// The node's configuration and its front ends' listeners, from the file and the flags;
-/// the error already printed.
 /// Where the HTTP and the Redis front ends listen, if they do.
 type Listeners = (Option<String>, Option<String>);
 
+/// The node's configuration and its front ends' listeners, from the file and the flags;
+/// the error already printed.
 fn resolve(args: &NodeArgs) -> Result<(NodeConfig, Listeners), ExitCode> {
     let file = match &args.config {
         Some(path) => NodeSettings::from_file(path).map_err(|error| {
@@ -280,6 +281,7 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         Err(code) => return code,
     };
     let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
+    let handover_timeout = Duration::from_millis(2 * u64::from(config.election_timeout_ms));
     let front_config = front_config(&config, listeners);
     if config.durability == quorum::runtime::config::Durability::None {
         tracing::warn!("durability is off: acknowledged writes can be lost in a crash");
@@ -311,6 +313,14 @@ pub fn run(args: &NodeArgs) -> ExitCode {
     tracing::info!(id, shards, %listen, "node running");
     while !stop.load(Ordering::SeqCst) && !control.stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if !control.stop.load(Ordering::SeqCst) {
+        // Asked to stop (not failed): hand each shard this node leads to another voter
+        // first, so its clients see a quick hand-over, not an election timeout (§3.10).
+        let started = std::time::Instant::now();
+        let still_led = node.hand_over(handover_timeout);
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::info!(id, still_led, ms, "leadership handed over");
     }
     tracing::info!(id, "stopping");
     if let Some(fronts) = fronts {
