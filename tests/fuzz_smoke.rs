@@ -25,7 +25,7 @@ use quorum_wal::format::{
     SEGMENT_HEADER_BYTES, SegmentHeader, Watermark, encode_record, record_bytes,
 };
 
-/// Seconds each target runs in the test: 7 targets, about 70 s, plus the build.
+/// Seconds each target runs in the test: 9 targets, about 90 s, plus the build.
 const SECONDS_PER_TARGET: u32 = 10;
 
 fn root() -> &'static Path {

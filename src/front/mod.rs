@@ -13,6 +13,8 @@
 //! at what a command of the node can hold, parsers refuse what they cannot read with a reply
 //! naming the reason, connections are counted and bounded; no input panics a front end.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod http;
 mod resp;

@@ -5,7 +5,7 @@
 //! stable code.
 
 mod api;
-mod body;
+pub(super) mod body;
 
 use std::sync::Arc;
 use std::time::Duration;

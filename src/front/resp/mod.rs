@@ -5,8 +5,8 @@
 //! and is closed after [`WRITE_TIMEOUT`]. A request that cannot be parsed gets
 //! `-ERR Protocol error: …` and its connection is closed, as Redis does.
 
-mod command;
-mod parse;
+pub(super) mod command;
+pub(super) mod parse;
 mod reply;
 mod session;
 
