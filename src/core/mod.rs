@@ -23,6 +23,6 @@ pub use config::{Config, ConfigError};
 pub use feed::Feed;
 pub use message::{Action, Envelope, InvalidMessage, Message, Record, SlotRun};
 pub use quorum::{VoteSet, Voters};
-pub use read_index::{Consistency, ReadOptions, ReadPath, Staleness};
+pub use read_index::{Consistency, ReadOptions, ReadPath, Staleness, StalenessBound};
 pub use replica::{ProposeError, RefusedMessage, Replica, RoleKind, TransferError};
 pub use types::{Ballot, ClusterId, NodeId, PersistSeq, ROUND_MAX, RequestId, SLOT_MAX, Slot};

@@ -48,6 +48,60 @@ pub enum Consistency {
     Stale,
 }
 
+impl Consistency {
+    /// Every consistency, by the name the command line and the HTTP API give it.
+    pub const NAMES: [(&'static str, Consistency); 4] = [
+        ("linearizable", Consistency::Linearizable),
+        ("lease", Consistency::Lease),
+        ("follower", Consistency::Follower),
+        ("stale", Consistency::Stale),
+    ];
+
+    /// The consistency `name` names, if any.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Consistency> {
+        Self::NAMES.iter().find(|(known, _)| *known == name).map(|(_, consistency)| *consistency)
+    }
+
+    /// Its name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, known)| *known == self).map_or("linearizable", |(n, _)| n)
+    }
+}
+
+/// A bound on how far behind a stale read may be, as a person writes it: a count of slots
+/// (`50`) or a time since the member last knew itself up to date (`250ms`, `2s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StalenessBound {
+    /// Committed slots heard of and not applied.
+    Slots(u64),
+    /// Milliseconds.
+    Millis(u64),
+}
+
+impl StalenessBound {
+    /// Reads `50`, `250ms` or `2s`.
+    ///
+    /// # Errors
+    /// Anything else, with a message saying what is expected.
+    pub fn parse(text: &str) -> Result<StalenessBound, String> {
+        let number = |digits: &str| {
+            digits
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("`{text}` is not a count of slots (50) or a time (250ms, 2s)"))
+        };
+        if let Some(ms) = text.strip_suffix("ms") {
+            Ok(StalenessBound::Millis(number(ms)?))
+        } else if let Some(seconds) = text.strip_suffix('s') {
+            Ok(StalenessBound::Millis(number(seconds)?.saturating_mul(1000)))
+        } else {
+            Ok(StalenessBound::Slots(number(text)?))
+        }
+    }
+}
+
 /// What a read asks besides its payload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -63,6 +117,28 @@ pub struct ReadOptions {
     /// A stale read is refused, not answered, if the member last knew itself up to date with
     /// its leader (or source) longer than this many milliseconds ago, on its own clock.
     pub behind_ms_max: Option<u64>,
+}
+
+impl ReadOptions {
+    /// A read of `consistency`, bounded by `bound` if given (only a stale read takes one).
+    ///
+    /// # Errors
+    /// A bound on a read that is not stale.
+    pub fn new(
+        consistency: Consistency,
+        bound: Option<StalenessBound>,
+    ) -> Result<ReadOptions, &'static str> {
+        let mut read = ReadOptions { consistency, ..ReadOptions::default() };
+        match (bound, consistency) {
+            (None, _) => {}
+            (Some(_), consistency) if consistency != Consistency::Stale => {
+                return Err("a staleness bound is for stale reads only");
+            }
+            (Some(StalenessBound::Slots(slots)), _) => read.behind_slots_max = Some(slots),
+            (Some(StalenessBound::Millis(ms)), _) => read.behind_ms_max = Some(ms),
+        }
+        Ok(read)
+    }
 }
 
 /// How far behind a replica may be, by its own view (protocol.md §5.5).

@@ -67,6 +67,10 @@ pub enum RequestError {
     /// A reply the front end cannot read (a bug, or another state machine behind the node).
     #[error("a reply that is not a key-value reply: {0}")]
     BadReply(String),
+    /// A stale read whose member is further behind than the read's bound: refused, not
+    /// answered older.
+    #[error("{0}")]
+    TooStale(String),
 }
 
 impl RequestError {
@@ -80,6 +84,7 @@ impl RequestError {
             RequestError::OutOfSpace(_) => "out_of_space",
             RequestError::Rejected(_) => "rejected",
             RequestError::BadReply(_) => "bad_reply",
+            RequestError::TooStale(_) => "too_stale",
         }
     }
 }
@@ -91,6 +96,7 @@ impl From<ClientError> for RequestError {
             ClientError::OutOfSpace(reason) => RequestError::OutOfSpace(reason),
             ClientError::Rejected(reason) => RequestError::Rejected(reason),
             ClientError::BadReply(reason) => RequestError::BadReply(reason),
+            error @ ClientError::TooStale { .. } => RequestError::TooStale(error.to_string()),
             // The session was evicted or the reply window passed it: not applied now; the
             // client registers a new session for the next request.
             error @ (ClientError::Expired | ClientError::SessionExpired) => {
@@ -104,6 +110,8 @@ impl From<ClientError> for RequestError {
 /// A request waiting in a shard's outbox.
 struct Entry {
     access: Access,
+    /// How a read is read (unused for a write).
+    read: ReadOptions,
     command: Vec<u8>,
     callback: Callback,
     /// Its sequence number, once sent (to abandon it after a timeout).
@@ -252,6 +260,17 @@ impl Gateway {
     /// connections send at the same moment; they take effect in the order given, and after
     /// what this connection submitted before.
     pub async fn submit(&self, shard: u16, access: Access, commands: &[&[u8]]) -> Submitted<'_> {
+        self.submit_as(shard, access, ReadOptions::default(), commands).await
+    }
+
+    /// [`Gateway::submit`], reads read as `read` says.
+    pub async fn submit_as(
+        &self,
+        shard: u16,
+        access: Access,
+        read: ReadOptions,
+        commands: &[&[u8]],
+    ) -> Submitted<'_> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let mut receivers = Vec::with_capacity(commands.len());
         let mut sequences = Vec::with_capacity(commands.len());
@@ -264,7 +283,7 @@ impl Gateway {
                 // A receiver gone gave up waiting.
                 let _ = sender.send(result);
             });
-            Entry { access, command: command.to_vec(), callback, sequence }
+            Entry { access, read, command: command.to_vec(), callback, sequence }
         });
         let outbox = &self.outboxes[usize::from(shard)];
         let flush = {
@@ -296,9 +315,12 @@ impl Gateway {
         };
         let mut entries = entries.into_iter().peekable();
         while let Some(first) = entries.next() {
-            let access = first.access;
+            let (access, options) = (first.access, first.read);
             let mut run = vec![first];
-            while let Some(next) = entries.next_if(|entry| entry.access == access) {
+            let same = |entry: &Entry| {
+                entry.access == access && (access == Access::Write || entry.read == options)
+            };
+            while let Some(next) = entries.next_if(same) {
                 run.push(next);
             }
             let mut slots = Vec::with_capacity(run.len());
@@ -310,8 +332,7 @@ impl Gateway {
                 owned_callbacks.push(entry.callback);
             }
             let commands: Vec<&[u8]> = owned_commands.iter().map(Vec::as_slice).collect();
-            // Reads are linearizable, by the shard leader's read index (docs/http.md).
-            let read = (access == Access::Read).then(ReadOptions::default);
+            let read = (access == Access::Read).then_some(options);
             let sent = self.client.submit_with(shard, read, &commands, owned_callbacks);
             for (slot, sequence) in slots.iter().zip(sent) {
                 let _ = slot.set(sequence);
@@ -329,8 +350,22 @@ impl Gateway {
         access: Access,
         command: &KvCommand,
     ) -> Result<KvReply, RequestError> {
+        self.kv_as(key, access, ReadOptions::default(), command).await
+    }
+
+    /// [`Gateway::kv`], a read read as `read` says.
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn kv_as(
+        &self,
+        key: &[u8],
+        access: Access,
+        read: ReadOptions,
+        command: &KvCommand,
+    ) -> Result<KvReply, RequestError> {
         let bytes = self.encode(command)?;
-        let submitted = self.submit(self.shard_of(key), access, &[&bytes]).await;
+        let submitted = self.submit_as(self.shard_of(key), access, read, &[&bytes]).await;
         let outcome = submitted.wait().await.pop();
         expect_reply(outcome.unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into()))))
     }
@@ -340,7 +375,20 @@ impl Gateway {
     /// # Errors
     /// See [`RequestError`].
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RequestError> {
-        match self.kv(key, Access::Read, &KvCommand::Get { key: key.to_vec() }).await? {
+        self.get_with(key, ReadOptions::default()).await
+    }
+
+    /// Reads `key` as `read` says (docs/http.md, "Reads").
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn get_with(
+        &self,
+        key: &[u8],
+        read: ReadOptions,
+    ) -> Result<Option<Vec<u8>>, RequestError> {
+        let command = KvCommand::Get { key: key.to_vec() };
+        match self.kv_as(key, Access::Read, read, &command).await? {
             KvReply::Value(value) => Ok(value),
             other => Err(RequestError::BadReply(format!("a get answered {other:?}"))),
         }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use quorum::client::{Client, ClientOptions, Consistency, ReadOptions, fetch_snapshot};
-use quorum::core::{ClusterId, NodeId};
+use quorum::core::{ClusterId, NodeId, StalenessBound};
 use quorum::machine::{Applier, KvStore, SessionLimits, StateMachine as _};
 use quorum::read_snapshot;
 
@@ -69,7 +69,7 @@ struct GetArgs {
     /// behind than this: a count of log positions (slots of the key's shard), or a time such
     /// as 250ms or 2s since it last knew itself up to date with its leader.
     #[arg(long, value_name = "SLOTS|MSms", value_parser = parse_staleness)]
-    max_staleness: Option<Staleness>,
+    max_staleness: Option<StalenessBound>,
     /// The member follower and stale reads go to (its node id); any member if not given.
     #[arg(long, value_name = "ID")]
     member: Option<u16>,
@@ -87,27 +87,8 @@ enum ConsistencyArg {
     Stale,
 }
 
-/// A `--max-staleness` bound.
-#[derive(Clone, Copy, Debug)]
-enum Staleness {
-    Slots(u64),
-    Millis(u64),
-}
-
-fn parse_staleness(text: &str) -> Result<Staleness, String> {
-    let number = |digits: &str| {
-        digits
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| format!("`{text}` is not a count of slots (50) or a time (250ms, 2s)"))
-    };
-    if let Some(ms) = text.strip_suffix("ms") {
-        Ok(Staleness::Millis(number(ms)?))
-    } else if let Some(seconds) = text.strip_suffix('s') {
-        Ok(Staleness::Millis(number(seconds)?.saturating_mul(1000)))
-    } else {
-        Ok(Staleness::Slots(number(text)?))
-    }
+fn parse_staleness(text: &str) -> Result<StalenessBound, String> {
+    StalenessBound::parse(text)
 }
 
 impl GetArgs {
@@ -118,16 +99,8 @@ impl GetArgs {
             ConsistencyArg::Follower => Consistency::Follower,
             ConsistencyArg::Stale => Consistency::Stale,
         };
-        let mut read = ReadOptions { consistency, ..ReadOptions::default() };
-        match (self.max_staleness, consistency) {
-            (None, _) => {}
-            (Some(_), consistency) if consistency != Consistency::Stale => {
-                return Err("--max-staleness bounds stale reads: add --consistency stale".into());
-            }
-            (Some(Staleness::Slots(slots)), _) => read.behind_slots_max = Some(slots),
-            (Some(Staleness::Millis(ms)), _) => read.behind_ms_max = Some(ms),
-        }
-        Ok(read)
+        ReadOptions::new(consistency, self.max_staleness)
+            .map_err(|_| "--max-staleness bounds stale reads: add --consistency stale".into())
     }
 
     fn name(&self) -> &'static str {

@@ -16,6 +16,7 @@ use super::body::{
     ApiError, bytes_field, json_object, json_response, optional_bytes_field, read_body, take_bytes,
     value_from_body, wants_raw,
 };
+use crate::core::{Consistency, ReadOptions, StalenessBound};
 use crate::front::Gateway;
 
 /// Where keys start in a KV path.
@@ -107,18 +108,42 @@ fn query_pairs(uri: &Uri, allowed: &[&str]) -> Result<Vec<(String, String)>, Api
 fn base64_asked(uri: &Uri) -> Result<bool, ApiError> {
     let mut base64 = false;
     for (_, value) in query_pairs(uri, &["encoding"])? {
-        base64 = match value.as_str() {
-            "base64" => true,
-            "text" => false,
-            other => {
-                return Err(ApiError::bad_request(
-                    "bad_parameter",
-                    format!("encoding `{other}`: use text (the default) or base64"),
-                ));
-            }
-        };
+        base64 = encoding(&value)?;
     }
     Ok(base64)
+}
+
+fn encoding(value: &str) -> Result<bool, ApiError> {
+    match value {
+        "base64" => Ok(true),
+        "text" => Ok(false),
+        other => Err(ApiError::bad_request(
+            "bad_parameter",
+            format!("encoding `{other}`: use text (the default) or base64"),
+        )),
+    }
+}
+
+/// A get's query: `encoding`, `consistency` (linearizable, the default; lease, follower,
+/// stale) and, for a stale read, `max_staleness` (slots, or a time such as `250ms`).
+fn get_parameters(uri: &Uri) -> Result<(bool, ReadOptions), ApiError> {
+    let (mut base64, mut consistency, mut bound) = (false, Consistency::Linearizable, None);
+    let bad = |message: String| ApiError::bad_request("bad_parameter", message);
+    for (name, value) in query_pairs(uri, &["encoding", "consistency", "max_staleness"])? {
+        match name.as_str() {
+            "encoding" => base64 = encoding(&value)?,
+            "consistency" => {
+                consistency = Consistency::from_name(&value).ok_or_else(|| {
+                    let names: Vec<&str> = Consistency::NAMES.iter().map(|(n, _)| *n).collect();
+                    bad(format!("consistency `{value}`: use one of {}", names.join(", ")))
+                })?;
+            }
+            _ => bound = Some(StalenessBound::parse(&value).map_err(bad)?),
+        }
+    }
+    let read = ReadOptions::new(consistency, bound)
+        .map_err(|_| bad("max_staleness bounds stale reads: add consistency=stale".into()))?;
+    Ok((base64, read))
 }
 
 fn ok() -> Response {
@@ -131,8 +156,8 @@ async fn get_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri, KV_PREFIX)?;
-    let base64 = base64_asked(&uri)?;
-    let Some(value) = gateway.get(&key).await? else {
+    let (base64, read) = get_parameters(&uri)?;
+    let Some(value) = gateway.get_with(&key, read).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "key_not_found", "the key is not set"));
     };
     if wants_raw(&headers) {

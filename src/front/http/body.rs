@@ -65,6 +65,8 @@ impl From<RequestError> for ApiError {
             RequestError::OutOfSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             RequestError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RequestError::BadReply(_) => StatusCode::BAD_GATEWAY,
+            // The member is behind: another, or a laxer bound, may answer.
+            RequestError::TooStale(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.code(), error.to_string())
     }

@@ -89,7 +89,9 @@ struct Queued {
 /// The reply for a request that failed.
 pub fn failure(error: &RequestError) -> Reply {
     let code = match error {
-        RequestError::Timeout(_) | RequestError::Unavailable(_) => "TRYAGAIN",
+        RequestError::Timeout(_) | RequestError::Unavailable(_) | RequestError::TooStale(_) => {
+            "TRYAGAIN"
+        }
         RequestError::OutOfSpace(_) => "MISCONF",
         RequestError::TooLarge { .. } | RequestError::Rejected(_) | RequestError::BadReply(_) => {
             "ERR"
