@@ -206,6 +206,7 @@ pub struct Node {
     listen: String,
     cluster_id: ClusterId,
     tick_ms: u32,
+    election_timeout_ms: u32,
 }
 
 /// A node being configured: [`Node::builder`], then [`NodeBuilder::state_machine`].
@@ -323,7 +324,8 @@ fn start<S: Hosted>(config: NodeConfig, machine: Factory<S>) -> Result<Node, Nod
         threads.push(watch_executor(handle, format!("shard {shard}"), control.clone()));
     }
     let (listen, cluster_id) = (config.listen.clone(), config.cluster_id);
-    let node = Node { control, threads, listen, cluster_id, tick_ms: config.tick_ms };
+    let (tick_ms, election_timeout_ms) = (config.tick_ms, config.election_timeout_ms);
+    let node = Node { control, threads, listen, cluster_id, tick_ms, election_timeout_ms };
     for ready_rx in ready {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -369,6 +371,24 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Stops the node as an operator's stop should: unless a shard failed, hands every
+    /// shard it leads over first ([`Node::hand_over`], for at most two election timeouts,
+    /// logged as `leadership handed over`), then stops every shard and waits for them.
+    ///
+    /// # Errors
+    /// A shard failed.
+    pub fn shut_down(self) -> Result<(), NodeError> {
+        if !self.control.stop.load(Ordering::SeqCst) {
+            let started = std::time::Instant::now();
+            let timeout = Duration::from_millis(2 * u64::from(self.election_timeout_ms));
+            let still_led = self.hand_over(timeout);
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(still_led, ms, "leadership handed over");
+        }
+        self.stop();
+        self.wait()
     }
 
     /// Asks every shard to stop.

@@ -281,7 +281,6 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         Err(code) => return code,
     };
     let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
-    let handover_timeout = Duration::from_millis(2 * u64::from(config.election_timeout_ms));
     let front_config = front_config(&config, listeners);
     if config.durability == quorum::runtime::config::Durability::None {
         tracing::warn!("durability is off: acknowledged writes can be lost in a crash");
@@ -314,20 +313,12 @@ pub fn run(args: &NodeArgs) -> ExitCode {
     while !stop.load(Ordering::SeqCst) && !control.stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if !control.stop.load(Ordering::SeqCst) {
-        // Asked to stop (not failed): hand each shard this node leads to another voter
-        // first, so its clients see a quick hand-over, not an election timeout (§3.10).
-        let started = std::time::Instant::now();
-        let still_led = node.hand_over(handover_timeout);
-        let ms = started.elapsed().as_millis() as u64;
-        tracing::info!(id, still_led, ms, "leadership handed over");
-    }
     tracing::info!(id, "stopping");
+    // The front ends go first: what they forward goes to the shards' new leaders anyway.
     if let Some(fronts) = fronts {
         fronts.stop();
     }
-    node.stop();
-    match node.wait() {
+    match node.shut_down() {
         Ok(()) => {
             tracing::info!(id, "stopped cleanly");
             ExitCode::SUCCESS

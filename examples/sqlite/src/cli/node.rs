@@ -255,8 +255,7 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!(id, "stopping");
-    node.stop();
-    match node.wait() {
+    match node.shut_down() {
         Ok(()) => {
             tracing::info!(id, "stopped cleanly");
             ExitCode::SUCCESS
