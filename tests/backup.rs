@@ -10,22 +10,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, quorum};
 use quorum::machine::{KvCommand, KvStore, StateMachine as _, shard_for_key};
-
-fn quorum(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_quorum")).args(args).output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// An acknowledged put: where it was committed, and what.
 #[derive(Clone, Debug)]

@@ -6,19 +6,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
-
-fn quorum(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_quorum")).args(args).output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use common::{Cluster, quorum};
 
 /// Runs `quorum health` until its exit code is `code`; its last output.
 fn await_health(seed: &str, code: i32, timeout: Duration) -> (String, String) {

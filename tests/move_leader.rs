@@ -7,23 +7,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Writers, assert_none_lost};
+use common::{Cluster, Writers, assert_none_lost, quorum};
 
 const CLUSTER_ID: &str = "43";
-
-fn quorum(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_quorum")).args(args).output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// A writer that times each of its puts: the longest one so far, in µs.
 fn timed_writer(

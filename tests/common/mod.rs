@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 use quorum::client::{Client, ClientError, ClientOptions, node_status};
 use quorum::{ClusterId, NodeId};
 
+/// Runs the `quorum` binary with `args`: its exit code, standard output and standard error.
+pub fn quorum(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_quorum")).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Bytes of each value the writers put.
 pub const VALUE_BYTES: usize = 300;
 
