@@ -95,6 +95,14 @@ impl RequestId {
     pub fn is_query(self) -> bool {
         self.client != RequestId::REGISTER && self.sequence & RequestId::QUERY_BIT != 0
     }
+
+    /// True unless a client's request has the sequence's top bit set: only register-session
+    /// commands use it (and a snapshot marks replies with it), so a node refuses such a
+    /// request and the applier never keeps one (protocol.md §5.1).
+    #[must_use]
+    pub fn has_valid_sequence(self) -> bool {
+        self.client == RequestId::REGISTER || self.sequence < 1 << 63
+    }
 }
 
 /// The sequence number of a persist action; `on_persisted(seq)` reports every persist up to and

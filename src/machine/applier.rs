@@ -26,7 +26,9 @@ pub const REGISTER_NONCE_BYTES: usize = 8;
 
 /// Marks, in a snapshot's session table, a reply held as applied but not known
 /// ([`Applier::skip_batch`]): the sequence is written with this bit and no reply follows.
-/// Client sequences stay below [`RequestId::QUERY_BIT`], so the bit is free.
+/// Client sequences stay below it: a node refuses a request with it set and the applier keeps
+/// none ([`RequestId::has_valid_sequence`]; a fuzzed batch found the image misread when one
+/// was kept).
 const UNKNOWN_REPLY_BIT: u64 = 1 << 63;
 
 /// Bytes of fresh entropy the leader appends to a register-session command before proposing
@@ -459,6 +461,12 @@ impl<S: StateMachine> Applier<S> {
         self.seen_commands += 1;
         if id.client == RequestId::REGISTER {
             return self.register(id.sequence, payload);
+        }
+        if !id.has_valid_sequence() {
+            // Never kept, so a snapshot never mistakes its sequence for a marked one; every
+            // replica decides the same. (The node refuses such requests at the door.)
+            self.maybe_evict();
+            return Outcome::Expired;
         }
         let now = self.seen_commands;
         let Some(session) = touch(&mut self.sessions, &mut self.by_last_use, id.client, now) else {
@@ -908,6 +916,31 @@ mod tests {
         let (id, _) = register_request([0; 16]);
         assert_eq!(id.client, RequestId::REGISTER);
         assert!(id.sequence >= 1 << 63, "never a client's own sequence");
+    }
+
+    #[test]
+    fn a_request_with_the_sequences_top_bit_is_not_applied_and_the_image_restores() {
+        // Found by the batch fuzz target: such a sequence, kept, read back as a reply marked
+        // unknown, and the rest of the image was misread.
+        let mut applier = Applier::new(KvStore::default(), SessionLimits::with_replies_max(4));
+        open(&mut applier, &[7]);
+        let put = KvCommand::Put { key: b"k".to_vec(), value: b"1".to_vec() }.encode();
+        let mut builder = BatchBuilder::new(4096);
+        builder.push(id(7, 0x8f00_0000_0000_0000), &put);
+        builder.push(id(7, 1), &put);
+        let batch = builder.take();
+        let mut outcomes = Vec::new();
+        applier.apply_batch(Slot(1), &batch, |id, outcome| outcomes.push((id, outcome))).unwrap();
+        assert_eq!(outcomes[0].1, Outcome::Expired);
+        assert!(matches!(outcomes[1].1, Outcome::Applied(_)));
+        assert_eq!(applier.applied_commands(), 1);
+        let mut image = Vec::new();
+        applier.snapshot(&mut image).unwrap();
+        let limits = SessionLimits::with_replies_max(4);
+        let restored = Applier::<KvStore>::restore(&mut &image[..], limits).unwrap();
+        let mut again = Vec::new();
+        restored.snapshot(&mut again).unwrap();
+        assert_eq!(again, image);
     }
 
     #[test]

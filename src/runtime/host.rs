@@ -307,6 +307,12 @@ impl<S: Hosted> Host<S> {
             let Ok((id, payload)) = command else {
                 return Ok(Err("malformed request batch".to_string()));
             };
+            if !id.has_valid_sequence() {
+                return Ok(Err(format!(
+                    "a request's sequence {:#x} has its top bit set (reserved)",
+                    id.sequence
+                )));
+            }
             if self.out_of_space.is_some() {
                 self.refuse_out_of_space(connection, id);
                 continue;
