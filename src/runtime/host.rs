@@ -508,16 +508,23 @@ impl<S: Hosted> Host<S> {
     pub fn hand_over_if_stopping(&mut self) -> Result<(), ShardError> {
         let replica = self.shard.replica();
         let leads = replica.role() == RoleKind::Leader;
-        self.control.leading[usize::from(self.index)].store(leads, Ordering::Relaxed);
+        let leading = &self.control.leading[usize::from(self.index)];
         if !leads || !self.control.handover.load(Ordering::Relaxed) {
+            leading.store(leads, Ordering::Relaxed);
             return Ok(());
         }
         if replica.transferring_to().is_some() {
+            leading.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        if let Some(to) = replica.transfer_candidate() {
-            // A refusal (a transfer just given up) is tried again at the next tick.
-            let _ = self.move_leader(to)?;
+        match replica.transfer_candidate() {
+            Some(to) => {
+                leading.store(true, Ordering::Relaxed);
+                // A refusal (a transfer just given up) is tried again at the next tick.
+                let _ = self.move_leader(to)?;
+            }
+            // No voter to hand to (a lone voter, or none heard lately): nothing to wait for.
+            None => leading.store(false, Ordering::Relaxed),
         }
         Ok(())
     }
