@@ -197,8 +197,8 @@ fn a_lease_read_is_answered_at_once_only_within_a_lease_that_counts_from_the_rou
     assert_eq!(leader.read(id(4), Consistency::Lease, Slot(0)), Ok(ReadPath::Round));
 }
 
-#[test]
-fn ticks_that_elapsed_at_once_end_a_lease_as_if_each_had_come() {
+/// A leader under leases, its rounds acked by a peer until it holds a lease; and its ballot.
+fn leader_holding_a_lease() -> (Replica, Ballot) {
     let mut leader = Replica::new(config(ME, true)).unwrap();
     let (ballot, sent) = elect(&mut leader);
     ack_rounds(&mut leader, ballot, &sent);
@@ -207,6 +207,12 @@ fn ticks_that_elapsed_at_once_end_a_lease_as_if_each_had_come() {
         let sent = actions(&mut leader);
         ack_rounds(&mut leader, ballot, &sent);
     }
+    (leader, ballot)
+}
+
+#[test]
+fn ticks_that_elapsed_at_once_end_a_lease_as_if_each_had_come() {
+    let (mut leader, _) = leader_holding_a_lease();
     // The thread was held for 7 ticks (a runtime catches up with its clock in one call).
     leader.on_ticks(7);
     assert!(!leader.holds_lease(), "a lease of 7 ticks is over 7 ticks later");
@@ -559,14 +565,7 @@ fn under_leases_a_voter_the_leader_let_go_helps_its_successor_at_once_and_no_one
 
 #[test]
 fn a_leader_handing_over_answers_no_lease_read_for_the_rest_of_its_ballot() {
-    let mut leader = Replica::new(config(ME, true)).unwrap();
-    let (ballot, sent) = elect(&mut leader);
-    ack_rounds(&mut leader, ballot, &sent);
-    while !leader.holds_lease() {
-        leader.on_tick();
-        let sent = actions(&mut leader);
-        ack_rounds(&mut leader, ballot, &sent);
-    }
+    let (mut leader, ballot) = leader_holding_a_lease();
     leader.transfer_leadership(PEER_A).unwrap();
     assert!(!leader.holds_lease(), "a voter let go may help elect the successor at once");
     assert_eq!(leader.read(id(1), Consistency::Lease, Slot(0)), Ok(ReadPath::Round));

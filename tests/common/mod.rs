@@ -240,23 +240,7 @@ impl Cluster {
 
     /// The node a majority of the nodes name as shard 0's leader, if it says so itself.
     pub fn leader(&self) -> Option<usize> {
-        let statuses: Vec<_> = self
-            .nodes
-            .iter()
-            .map(|node| node_status(&node.address, self.cluster_id, false).ok())
-            .collect();
-        for (index, status) in statuses.iter().enumerate() {
-            let Some(status) = status else { continue };
-            let named = statuses
-                .iter()
-                .flatten()
-                .filter(|other| other[0].leader == Some(NodeId(index as u16 + 1)))
-                .count();
-            if status[0].role == quorum::core::RoleKind::Leader && named * 2 > self.nodes.len() {
-                return Some(index);
-            }
-        }
-        None
+        self.shard_leader(0)
     }
 
     /// The node a majority of the nodes name as `shard`'s leader, if it says so itself.
