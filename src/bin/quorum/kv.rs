@@ -92,24 +92,23 @@ fn parse_staleness(text: &str) -> Result<StalenessBound, String> {
 }
 
 impl GetArgs {
-    fn options(&self) -> Result<ReadOptions, String> {
-        let consistency = match self.consistency {
+    fn consistency(&self) -> Consistency {
+        match self.consistency {
             ConsistencyArg::Linearizable => Consistency::Linearizable,
             ConsistencyArg::Lease => Consistency::Lease,
             ConsistencyArg::Follower => Consistency::Follower,
             ConsistencyArg::Stale => Consistency::Stale,
-        };
-        ReadOptions::new(consistency, self.max_staleness)
+        }
+    }
+
+    fn options(&self) -> Result<ReadOptions, String> {
+        ReadOptions::new(self.consistency(), self.max_staleness)
             .map_err(|_| "--max-staleness bounds stale reads: add --consistency stale".into())
     }
 
+    /// The name `--json` reports, as the HTTP API spells it.
     fn name(&self) -> &'static str {
-        match self.consistency {
-            ConsistencyArg::Linearizable => "linearizable",
-            ConsistencyArg::Lease => "lease",
-            ConsistencyArg::Follower => "follower",
-            ConsistencyArg::Stale => "stale",
-        }
+        self.consistency().name()
     }
 }
 
