@@ -17,11 +17,15 @@ use quorum_wal::{MmapBackend, PendingSync, SyncOutcome};
 use super::apply::{ShardLink, TotalRef};
 use super::clock::TickClock;
 use super::{Control, Hosted};
-use crate::core::{Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot};
+use crate::core::{
+    Envelope, Feed, Message, NodeId, ProposeError, RequestId, RoleKind, Slot, TransferError,
+};
 use crate::machine::total_order::Committed;
 use crate::machine::{AppliedCommand, Outcome};
 use crate::shard::{PendingSnapshot, Shard, ShardError};
-use crate::transport::codec::{Body, Encoder, Frame, Reply, ReplyStatus, Requests, ShardStatus};
+use crate::transport::codec::{
+    Body, Encoder, Frame, MoveRefused, Reply, ReplyStatus, Requests, ShardStatus,
+};
 use crate::transport::framing::Outgoing;
 
 /// The shard type a node runs: its state machine over the WAL on real files.
@@ -483,20 +487,17 @@ impl<S: Hosted> Host<S> {
     ///
     /// # Errors
     /// The shard failed.
-    pub fn move_leader(
-        &mut self,
-        to: NodeId,
-    ) -> Result<Result<(), crate::transport::codec::MoveRefused>, ShardError> {
+    pub fn move_leader(&mut self, to: NodeId) -> Result<Result<(), MoveRefused>, ShardError> {
         let outcome = self.shard.transfer_leadership(to)?;
         if outcome.is_ok() {
             tracing::info!(shard = self.index, to = to.0, "handing leadership over");
         }
         Ok(outcome.map_err(|error| {
             let leader = match error {
-                crate::core::TransferError::NotLeader { hint } => hint,
+                TransferError::NotLeader { hint } => hint,
                 _ => None,
             };
-            crate::transport::codec::MoveRefused { reason: error.to_string(), leader }
+            MoveRefused { reason: error.to_string(), leader }
         }))
     }
 
