@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, quorum};
+use quorum::machine::kv::coord::revision_of;
 use quorum::machine::{KvCommand, KvStore, StateMachine as _, shard_for_key};
 
 /// An acknowledged put: where it was committed, and what.
@@ -79,7 +80,9 @@ fn model(acked: &[Acked], slots: &[u64]) -> Vec<(u64, u64)> {
             for put in puts {
                 let command =
                     KvCommand::Put { key: put.key.clone().into(), value: put.value.clone().into() };
-                store.apply(&command.encode());
+                // Each write's revision is its place in the merged order (docs/coordination.md).
+                let position = put.slot * slots.len() as u64 + shard as u64;
+                store.apply_at(revision_of(position, put.index), &command.encode());
             }
             let summary = store.summary();
             (summary.entries, summary.digest)

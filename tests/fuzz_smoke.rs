@@ -201,7 +201,7 @@ fn frames() -> Vec<Frame> {
 fn applier_image(limits: SessionLimits) -> Vec<u8> {
     let mut applier = Applier::new(KvStore::default(), limits);
     for client in [5, 6, 7] {
-        applier.apply_batch(Slot(1), &kv_batch(client), |_, _| {}).unwrap();
+        applier.apply_batch(Slot(1), 1, &kv_batch(client), |_, _| {}).unwrap();
     }
     let mut image = Vec::new();
     applier.snapshot(&mut image).unwrap();

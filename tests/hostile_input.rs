@@ -61,7 +61,7 @@ fn batch(commands: u64) -> Bytes {
     alone.push(register, &sealed);
     let mut outcomes = Vec::new();
     let mut scratch = Applier::new(KvStore::default(), SessionLimits::DEFAULT);
-    scratch.apply_batch(Slot(1), &alone.take(), |_, outcome| outcomes.push(outcome)).unwrap();
+    scratch.apply_batch(Slot(1), 1, &alone.take(), |_, outcome| outcomes.push(outcome)).unwrap();
     let [Outcome::Registered(session)] = outcomes[..] else { panic!("{outcomes:?}") };
     for sequence in 0..commands {
         let command = KvCommand::Put { key: b"k".to_vec(), value: sequence.to_le_bytes().to_vec() };

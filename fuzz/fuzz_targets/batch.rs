@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         evicted_max: 2,
     };
     let mut applier = Applier::new(KvStore::default(), limits);
-    let applied = applier.apply_batch(Slot(1), data, |_, _| {});
+    let applied = applier.apply_batch(Slot(1), 1, data, |_, _| {});
     assert_eq!(applied.err(), checked.err(), "apply refuses what the check refuses");
     let mut image = Vec::new();
     applier.snapshot(&mut image).expect("an image in memory");
@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let counted = SessionLimits { reply_bytes_max: usize::MAX, ..limits };
     let mut applying = Applier::new(KvStore::default(), counted);
     let mut skipping = Applier::new(KvStore::default(), counted);
-    let applied = applying.apply_batch(Slot(1), data, |_, _| {});
+    let applied = applying.apply_batch(Slot(1), 1, data, |_, _| {});
     let skipped = skipping.skip_batch(data);
     assert_eq!(applied.err(), skipped.err(), "skip refuses what apply refuses");
     assert_eq!(applying.applied_commands(), skipping.applied_commands(), "the same decisions");

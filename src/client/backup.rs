@@ -218,7 +218,7 @@ fn attempt<S: StateMachine>(
             None => (Slot(0), Applier::new(make(shard), limits)),
         };
         let to = slot_for_position(position, shards, shard);
-        replay(address, options, shard, from, to, &mut applier)?;
+        replay(address, options, (shard, shards), from, to, &mut applier)?;
         let header = SnapshotHeader { cluster_id, shard, slot: to };
         let (head, bytes) = write_snapshot(header, &mut out, |body| applier.snapshot(body))
             .map_err(io("write", &partial))?;
@@ -285,11 +285,12 @@ fn restore<S: StateMachine>(
 }
 
 /// Applies `shard`'s committed batches of slots `from..to` to `applier`, as the node's log
-/// holds them (a subscription from `from`, read until it passes `to`).
+/// holds them (a subscription from `from`, read until it passes `to`), at the merged-order
+/// positions of a node with `shards` shards.
 fn replay<S: StateMachine>(
     address: &str,
     options: &ClientOptions,
-    shard: u16,
+    (shard, shards): (u16, u16),
     from: Slot,
     to: Slot,
     applier: &mut Applier<S>,
@@ -330,8 +331,9 @@ fn replay<S: StateMachine>(
                 if run.count != 1 {
                     return Err(log(format!("a batch over {} slots", run.count)));
                 }
+                let position = run.first_slot.0 * u64::from(shards) + u64::from(shard);
                 applier
-                    .apply_batch(run.first_slot, batch, |_, _| {})
+                    .apply_batch(run.first_slot, position, batch, |_, _| {})
                     .map_err(|error| log(format!("slot {}: {error}", run.first_slot.0)))?;
             }
             next = run.end_slot();

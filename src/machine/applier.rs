@@ -403,7 +403,9 @@ impl<S: StateMachine> Applier<S> {
         Ok(applier)
     }
 
-    /// Applies every command of an encoded batch in order, calling `on_outcome` for each.
+    /// Applies every command of an encoded batch in order, calling `on_outcome` for each;
+    /// `position` is the batch's place in the merged order of every shard (`slot · shards +
+    /// shard`), which stamps each command's revision ([`StateMachine::apply_at`]).
     ///
     /// # Errors
     /// A malformed batch; the commands before the damage were applied. A batch is validated
@@ -411,10 +413,11 @@ impl<S: StateMachine> Applier<S> {
     pub fn apply_batch(
         &mut self,
         slot: Slot,
+        position: u64,
         batch: &[u8],
         mut on_outcome: impl FnMut(RequestId, Outcome<S::Reply>),
     ) -> Result<(), MalformedBatch> {
-        let applied = self.apply_commands(batch, &mut on_outcome);
+        let applied = self.apply_commands(position, batch, &mut on_outcome);
         // Also after a malformed batch: the commands before the damage were applied.
         self.machine.on_batch_applied(slot);
         applied
@@ -433,31 +436,35 @@ impl<S: StateMachine> Applier<S> {
     pub fn skip_batch(&mut self, batch: &[u8]) -> Result<(), MalformedBatch> {
         for command in BatchReader::new(batch) {
             let (id, payload) = command?;
-            self.decide(id, payload, false);
+            self.decide(id, payload, None);
         }
         Ok(())
     }
 
     fn apply_commands(
         &mut self,
+        position: u64,
         batch: &[u8],
         on_outcome: &mut impl FnMut(RequestId, Outcome<S::Reply>),
     ) -> Result<(), MalformedBatch> {
-        for command in BatchReader::new(batch) {
+        for (index, command) in BatchReader::new(batch).enumerate() {
             let (id, payload) = command?;
-            let outcome = self.apply_one(id, payload);
+            let revision = super::kv::coord::revision_of(position, index as u32);
+            let outcome = self.decide(id, payload, Some(revision));
             on_outcome(id, outcome);
         }
         Ok(())
     }
 
-    fn apply_one(&mut self, id: RequestId, payload: &[u8]) -> Outcome<S::Reply> {
-        self.decide(id, payload, true)
-    }
-
-    /// What becomes of one command; with `apply` false, a command to apply is only recorded
-    /// as applied (its reply unknown) and the machine is not called.
-    fn decide(&mut self, id: RequestId, payload: &[u8], apply: bool) -> Outcome<S::Reply> {
+    /// What becomes of one command, applied at `revision`; with `None`, a command to apply is
+    /// only recorded as applied (its reply unknown) and the machine is not called.
+    fn decide(
+        &mut self,
+        id: RequestId,
+        payload: &[u8],
+        revision: Option<u64>,
+    ) -> Outcome<S::Reply> {
+        let apply = revision.is_some();
         self.seen_commands += 1;
         if id.client == RequestId::REGISTER {
             return self.register(id.sequence, payload);
@@ -485,16 +492,16 @@ impl<S: StateMachine> Applier<S> {
             }
         } else if session.forgot(id.sequence) {
             Outcome::Expired
-        } else if !apply {
-            self.applied_commands += 1;
-            session.insert(id.sequence, None, 0, &self.limits);
-            Outcome::Expired
-        } else {
-            let reply = self.machine.apply(payload);
+        } else if let Some(revision) = revision {
+            let reply = self.machine.apply_at(revision, payload);
             self.applied_commands += 1;
             let bytes = S::reply_size_bytes(&reply);
             session.insert(id.sequence, Some(reply.clone()), bytes, &self.limits);
             Outcome::Applied(reply)
+        } else {
+            self.applied_commands += 1;
+            session.insert(id.sequence, None, 0, &self.limits);
+            Outcome::Expired
         };
         self.maybe_evict();
         outcome
@@ -656,7 +663,10 @@ mod tests {
             builder.push(id(*client, *sequence), command);
         }
         let mut outcomes = Vec::new();
-        applier.apply_batch(Slot(1), &builder.take(), |_, outcome| outcomes.push(outcome)).unwrap();
+        let position = applier.seen_commands;
+        applier
+            .apply_batch(Slot(1), position, &builder.take(), |_, outcome| outcomes.push(outcome))
+            .unwrap();
         outcomes
     }
 
@@ -930,7 +940,9 @@ mod tests {
         builder.push(id(7, 1), &put);
         let batch = builder.take();
         let mut outcomes = Vec::new();
-        applier.apply_batch(Slot(1), &batch, |id, outcome| outcomes.push((id, outcome))).unwrap();
+        applier
+            .apply_batch(Slot(1), 1, &batch, |id, outcome| outcomes.push((id, outcome)))
+            .unwrap();
         assert_eq!(outcomes[0].1, Outcome::Expired);
         assert!(matches!(outcomes[1].1, Outcome::Applied(_)));
         assert_eq!(applier.applied_commands(), 1);
@@ -960,7 +972,9 @@ mod tests {
         builder.push(id(7, 2), &cas);
         let batch = builder.take();
         let mut outcomes = Vec::new();
-        applier.apply_batch(Slot(1), &batch, |id, outcome| outcomes.push((id, outcome))).unwrap();
+        applier
+            .apply_batch(Slot(1), 1, &batch, |id, outcome| outcomes.push((id, outcome)))
+            .unwrap();
         let first = KvReply::CompareAndSet { succeeded: true, previous: Some(b"1".to_vec()) };
         assert_eq!(outcomes[1].1, Outcome::Applied(first.clone()));
         assert_eq!(outcomes[2].1, Outcome::Duplicate(first));
@@ -978,7 +992,7 @@ mod tests {
             let value = vec![b'v'; sequence as usize * 10];
             builder.push(id(sequence % 2 + 1, sequence), &KvCommand::Put { key, value }.encode());
         }
-        applier.apply_batch(Slot(1), &builder.take(), |_, _| {}).unwrap();
+        applier.apply_batch(Slot(1), 1, &builder.take(), |_, _| {}).unwrap();
         let mut image = Vec::new();
         applier.snapshot(&mut image).unwrap();
         let mut restored =
@@ -995,7 +1009,7 @@ mod tests {
         builder.push(id(2, 5), &put);
         let mut outcomes = Vec::new();
         restored
-            .apply_batch(Slot(1), &builder.take(), |_, outcome| outcomes.push(outcome))
+            .apply_batch(Slot(1), 1, &builder.take(), |_, outcome| outcomes.push(outcome))
             .unwrap();
         assert_eq!(outcomes, vec![Outcome::Duplicate(KvReply::Done)]);
         for len in 0..image.len() {
@@ -1024,7 +1038,7 @@ mod tests {
         }
         let batch = builder.take();
         let mut outcomes = Vec::new();
-        applier.apply_batch(Slot(1), &batch, |_, outcome| outcomes.push(outcome)).unwrap();
+        applier.apply_batch(Slot(1), 1, &batch, |_, outcome| outcomes.push(outcome)).unwrap();
         assert_eq!(outcomes[3], Outcome::Expired);
         assert_eq!(applier.applied_commands(), 3);
     }

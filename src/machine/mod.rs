@@ -14,7 +14,7 @@ pub use applier::{
     Applier, REGISTER_ENTROPY_BYTES, REGISTER_NONCE_BYTES, SessionLimits, register_request,
     seal_register,
 };
-pub use kv::{KvCommand, KvCommandRef, KvReply, KvStore, shard_for_key};
+pub use kv::{CoordCommand, CoordReply, KvCommand, KvCommandRef, KvReply, KvStore, shard_for_key};
 
 /// What a database implements to be replicated by Quorum.
 ///
@@ -27,6 +27,15 @@ pub trait StateMachine {
 
     /// Applies one committed command and returns its reply.
     fn apply(&mut self, command: &[u8]) -> Self::Reply;
+
+    /// Applies one committed command at `revision`, its place in the merged order of every
+    /// shard ([`kv::coord::revision_of`]: revisions grow along the order, and every replica
+    /// applies a command at the same one). A machine that stamps its writes (the built-in
+    /// store's revisions) takes it here; the default calls [`StateMachine::apply`].
+    fn apply_at(&mut self, revision: u64, command: &[u8]) -> Self::Reply {
+        let _ = revision;
+        self.apply(command)
+    }
 
     /// Called once the commands of the committed batch at `slot` were applied, before
     /// anything else looks at the state (a query, a snapshot, a summary). A machine that

@@ -109,11 +109,16 @@ impl<S: StateMachine> TotalApplier<S> {
             on_merged(&merged);
             let mut index = 0;
             let before = self.applier.applied_commands();
-            let result = self.applier.apply_batch(merged.slot, &merged.batch, |id, outcome| {
-                let applied = AppliedCommand { id, slot: merged.slot, index, outcome };
-                on_applied(merged.shard, applied);
-                index += 1;
-            });
+            let result = self.applier.apply_batch(
+                merged.slot,
+                merged.position,
+                &merged.batch,
+                |id, outcome| {
+                    let applied = AppliedCommand { id, slot: merged.slot, index, outcome };
+                    on_applied(merged.shard, applied);
+                    index += 1;
+                },
+            );
             self.applied_by_shard[usize::from(merged.shard)] +=
                 self.applier.applied_commands() - before;
             result?;
@@ -151,7 +156,7 @@ mod tests {
         let mut scratch = Applier::new(KvStore::default(), SessionLimits::DEFAULT);
         let mut session = None;
         scratch
-            .apply_batch(Slot(1), &builder.take(), |_, outcome| {
+            .apply_batch(Slot(1), 1, &builder.take(), |_, outcome| {
                 if let Outcome::Registered(id) = outcome {
                     session = Some(id);
                 }

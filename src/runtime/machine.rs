@@ -44,6 +44,11 @@ impl StateMachine for NodeMachine {
     type Reply = KvReply;
 
     fn apply(&mut self, command: &[u8]) -> KvReply {
+        let revision = self.store.revision() + 1;
+        self.apply_at(revision, command)
+    }
+
+    fn apply_at(&mut self, revision: u64, command: &[u8]) -> KvReply {
         if let Some(trap) = &self.panic_on_key {
             match KvCommandRef::decode(command) {
                 Some(KvCommandRef::Put { key, .. }) if key == &trap[..] => {
@@ -52,7 +57,7 @@ impl StateMachine for NodeMachine {
                 _ => {}
             }
         }
-        self.store.apply(command)
+        self.store.apply_at(revision, command)
     }
 
     fn query(&self, request: &[u8]) -> KvReply {

@@ -670,6 +670,7 @@ fn open_shard<S: Hosted>(
         sessions: config.sessions,
         apply: if forward { ApplyTo::Forward } else { ApplyTo::Shard },
         shard,
+        shards: config.shards,
         snapshot_every_bytes: config.snapshot_every_bytes,
         // At most 32 MiB (`NodeConfig`): one frame each.
         snapshot_piece_bytes: config.snapshot_piece_bytes,

@@ -22,12 +22,20 @@ pub(super) struct Committer<S: StateMachine> {
     pub(super) persisted: Option<Slot>,
     /// Batches the machine already held, not applied again.
     pub(super) skipped_batches: u64,
+    /// This shard's number and the node's count of shards: slot `s` is global position
+    /// `s · shards + shard`.
+    place: (u64, u64),
 }
 
 impl<S: StateMachine> Committer<S> {
     /// Applies to `applier`'s machine, or with `forward` hands the runs on; `persisted`: the
     /// slot the machine already holds ([`StateMachine::persisted_slot`]).
-    pub(super) fn new(applier: Applier<S>, forward: bool, persisted: Option<Slot>) -> Committer<S> {
+    pub(super) fn new(
+        applier: Applier<S>,
+        forward: bool,
+        persisted: Option<Slot>,
+        place: (u64, u64),
+    ) -> Committer<S> {
         Committer {
             applier,
             replies: Vec::new(),
@@ -35,6 +43,7 @@ impl<S: StateMachine> Committer<S> {
             forwarded: forward.then(Vec::new),
             persisted,
             skipped_batches: 0,
+            place,
         }
     }
 
@@ -60,11 +69,12 @@ impl<S: StateMachine> Committer<S> {
             return Ok(self.applier.skip_batch(&bytes)?);
         }
         let (out, applier) = (&mut self.replies, &mut self.applier);
+        let position = first_slot.0 * self.place.1 + self.place.0;
         let mut index = 0;
         // A state machine that panics stops the shard (and the node) half-way through a
         // batch: say which one, so that the operator can find the command.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            applier.apply_batch(first_slot, &bytes, |id, outcome| {
+            applier.apply_batch(first_slot, position, &bytes, |id, outcome| {
                 let command = AppliedCommand { id, slot: first_slot, index, outcome };
                 hooks.applied(&command);
                 if replies {

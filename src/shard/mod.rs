@@ -95,6 +95,9 @@ pub struct ShardSettings {
     pub apply: ApplyTo,
     /// The shard's number (snapshots name it).
     pub shard: u16,
+    /// How many shards the node has: with `shard`, where a slot lies in the merged order
+    /// (`slot · shards + shard`), which the state machine's revisions follow.
+    pub shards: u16,
     /// Take a snapshot every this many bytes of WAL, then let the WAL drop what it covers;
     /// 0: never (the log keeps everything). Only with [`ApplyTo::Shard`]: with forwarding the
     /// state lives elsewhere.
@@ -131,6 +134,7 @@ impl ShardSettings {
             sessions,
             apply: ApplyTo::Shard,
             shard: 0,
+            shards: 1,
             snapshot_every_bytes: 0,
             snapshot_piece_bytes: SNAPSHOT_PIECE_BYTES,
             archive_read_bytes_max: ARCHIVE_READ_BYTES_MAX,
@@ -255,7 +259,8 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         }
         let floor = snapshots.current.map_or(Slot(0), |(header, _)| header.slot);
         let forward = settings.apply == ApplyTo::Forward;
-        let mut committer = Committer::new(applier, forward, persisted);
+        let place = (u64::from(settings.shard), u64::from(settings.shards.max(1)));
+        let mut committer = Committer::new(applier, forward, persisted, place);
         // Replayed record by record, committed runs applied as the records commit them, so
         // neither the records nor the log's slots pile up in memory (the log compacts).
         let mut actions = Vec::new();

@@ -108,7 +108,9 @@ pub fn result_of(reply: &KvReply) -> KvResult {
         KvReply::CompareAndSet { succeeded, previous } => {
             KvResult::CompareAndSet { succeeded: *succeeded, previous: decode_value(previous) }
         }
-        KvReply::Invalid => panic!("the simulator only sends valid commands"),
+        KvReply::Invalid | KvReply::Coord(_) => {
+            panic!("the simulator sends only valid key-value commands")
+        }
     }
 }
 

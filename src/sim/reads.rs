@@ -109,7 +109,8 @@ pub fn check_stale_reads(
                     });
                 };
                 if let Value::Batch(bytes) = value {
-                    let replayed = applier.apply_batch(Slot(applied), &bytes, |_, _| {});
+                    let position = applied * shards as u64 + shard as u64;
+                    let replayed = applier.apply_batch(Slot(applied), position, &bytes, |_, _| {});
                     replayed.map_err(|error| Violation {
                         invariant,
                         detail: format!("shard {shard} slot {applied} does not replay: {error}"),

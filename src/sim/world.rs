@@ -398,6 +398,7 @@ impl World {
         let config = self.config(node, shard);
         let settings = ShardSettings {
             shard: shard as u16,
+            shards: self.knobs.shards as u16,
             snapshot_every_bytes: self.knobs.snapshot_every_bytes,
             snapshot_piece_bytes: self.knobs.snapshot_piece_bytes,
             archive_read_bytes_max: self.knobs.archive_read_bytes_max,

@@ -1,16 +1,8 @@
-//! The built-in key-value store: Quorum's own state machine, behind `quorum kv` and the bench.
+//! The key-value commands and replies on the wire: a tag byte, then length-prefixed fields (the
+//! hot path, encoded by hand), or the coordination commands' tag and their postcard body.
 
-use std::collections::HashMap;
-
-use super::{StateMachine, StateSummary};
-use crate::storage::snapshot::{ImageReader, SnapshotError, put_field, write_field, write_u64};
-
-/// The shard a key belongs to: a stable hash, the same on every node and every build.
-#[must_use]
-pub fn shard_for_key(key: &[u8], shards: usize) -> usize {
-    assert!(shards > 0, "no shards");
-    (xxhash_rust::xxh3::xxh3_64(key) % shards as u64) as usize
-}
+use super::coord::{COORD_TAG, CoordReply};
+use crate::storage::snapshot::put_field;
 
 /// A key-value command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +57,8 @@ pub enum KvReply {
     },
     /// The command did not decode; nothing changed.
     Invalid,
+    /// The reply to a coordination command ([`super::CoordCommand`]).
+    Coord(CoordReply),
 }
 
 const GET: u8 = 1;
@@ -112,12 +106,16 @@ impl KvReply {
                 }
             }
             KvReply::Invalid => out.push(REPLY_INVALID),
+            KvReply::Coord(reply) => reply.encode(out),
         }
     }
 
     /// Decodes a reply; `None` if the bytes are not one.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<KvReply> {
+        if bytes.first() == Some(&COORD_TAG) {
+            return CoordReply::decode(bytes).map(KvReply::Coord);
+        }
         let (&tag, mut rest) = bytes.split_first()?;
         let reply = match tag {
             REPLY_DONE => KvReply::Done,
@@ -302,163 +300,6 @@ impl<'a> KvCommandRef<'a> {
     }
 }
 
-/// The built-in replicated key-value store. Its hasher is seeded at random per replica
-/// (keys come from clients; nothing depends on the map's order).
-#[derive(Clone, Debug, Default)]
-pub struct KvStore {
-    entries: HashMap<Bytes24, Bytes24, foldhash::fast::RandomState>,
-}
-
-/// Keys and values up to 24 bytes live inside the table itself: a lookup compares the key
-/// without following a pointer, and a small value is updated without the allocator (the KV
-/// store's lookups were a third of a node's CPU with heap-allocated keys).
-type Bytes24 = smallvec::SmallVec<[u8; 24]>;
-
-impl PartialEq for KvStore {
-    fn eq(&self, other: &KvStore) -> bool {
-        self.entries.len() == other.entries.len()
-            && self.entries.iter().all(|(key, value)| other.entries.get(key) == Some(value))
-    }
-}
-
-impl Eq for KvStore {}
-
-impl KvStore {
-    /// Sets `key`, reusing the existing key and value allocations when it is present.
-    fn set(&mut self, key: &[u8], value: &[u8]) {
-        match self.entries.get_mut(key) {
-            Some(held) => {
-                held.clear();
-                held.extend_from_slice(value);
-            }
-            None => {
-                self.entries.insert(Bytes24::from_slice(key), Bytes24::from_slice(value));
-            }
-        }
-    }
-
-    /// The value of `key`, read locally (not linearizable on its own).
-    #[must_use]
-    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(|value| value.as_slice())
-    }
-
-    /// How many keys are set.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True if no key is set.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-impl StateMachine for KvStore {
-    type Reply = KvReply;
-
-    /// A get; any other command sent as a query is `Invalid` and changes nothing.
-    fn query(&self, request: &[u8]) -> KvReply {
-        match KvCommandRef::decode(request) {
-            Some(KvCommandRef::Get { key }) => {
-                KvReply::Value(self.entries.get(key).map(|value| value.to_vec()))
-            }
-            _ => KvReply::Invalid,
-        }
-    }
-
-    fn apply(&mut self, command: &[u8]) -> KvReply {
-        match KvCommandRef::decode(command) {
-            None => KvReply::Invalid,
-            Some(KvCommandRef::Get { key }) => {
-                KvReply::Value(self.entries.get(key).map(|value| value.to_vec()))
-            }
-            Some(KvCommandRef::Put { key, value }) => {
-                self.set(key, value);
-                KvReply::Done
-            }
-            Some(KvCommandRef::Delete { key }) => {
-                self.entries.remove(key);
-                KvReply::Done
-            }
-            Some(KvCommandRef::CompareAndSet { key, expected, new }) => {
-                let previous = self.entries.get(key).map(|value| value.to_vec());
-                let succeeded = previous.as_deref() == expected;
-                if succeeded {
-                    self.set(key, new);
-                }
-                KvReply::CompareAndSet { succeeded, previous }
-            }
-            Some(KvCommandRef::Append { .. }) => KvReply::Done,
-        }
-    }
-
-    fn encode_reply(reply: &KvReply, out: &mut Vec<u8>) {
-        reply.encode(out);
-    }
-
-    fn decode_reply(bytes: &[u8]) -> Option<KvReply> {
-        KvReply::decode(bytes)
-    }
-
-    fn reply_size_bytes(reply: &KvReply) -> usize {
-        // A tag byte, then each field with its 4-byte length (`KvReply::encode`).
-        match reply {
-            KvReply::Done | KvReply::Value(None) | KvReply::Invalid => 1,
-            KvReply::Value(Some(value)) => 1 + 4 + value.len(),
-            KvReply::CompareAndSet { previous: None, .. } => 3,
-            KvReply::CompareAndSet { previous: Some(previous), .. } => 3 + 4 + previous.len(),
-        }
-    }
-
-    /// Entries sorted by key, each key and value length-prefixed.
-    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let mut entries: Vec<(&Bytes24, &Bytes24)> = self.entries.iter().collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        write_u64(out, entries.len() as u64)?;
-        for (key, value) in entries {
-            write_field(out, key)?;
-            write_field(out, value)?;
-        }
-        Ok(())
-    }
-
-    fn restore(image: &mut dyn std::io::Read) -> Result<KvStore, SnapshotError> {
-        let mut reader = ImageReader::new(image);
-        let count = reader.u64()?;
-        let mut store = KvStore::default();
-        let (mut key, mut value) = (Vec::new(), Vec::new());
-        // Not reserved from `count`: a damaged count must not allocate without bound.
-        for _ in 0..count {
-            reader.field_into(&mut key)?;
-            reader.field_into(&mut value)?;
-            if store
-                .entries
-                .insert(Bytes24::from_slice(&key), Bytes24::from_slice(&value))
-                .is_some()
-            {
-                return Err(SnapshotError::Image("a key appears twice"));
-            }
-        }
-        reader.finish("bytes after the last entry")?;
-        Ok(store)
-    }
-
-    fn summary(&self) -> StateSummary {
-        // Order-independent: the sum of one hash per entry.
-        let digest = self.entries.iter().fold(0u64, |sum, (key, value)| {
-            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-            hasher.update(&(key.len() as u64).to_le_bytes());
-            hasher.update(key);
-            hasher.update(value);
-            sum.wrapping_add(hasher.digest())
-        });
-        StateSummary { entries: self.entries.len() as u64, digest }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,7 +325,6 @@ mod tests {
                 assert_eq!(KvCommand::decode(&encoded[..cut]), None);
             }
         }
-        assert_eq!(KvStore::default().apply(&[9, 9, 9]), KvReply::Invalid);
     }
 
     #[test]
@@ -505,22 +345,5 @@ mod tests {
                 assert_eq!(KvReply::decode(&encoded[..cut]), None);
             }
         }
-    }
-
-    #[test]
-    fn summary_depends_on_content_not_insertion_order() {
-        let mut a = KvStore::default();
-        let mut b = KvStore::default();
-        let put = |key: &[u8], value: &[u8]| {
-            KvCommand::Put { key: key.to_vec(), value: value.to_vec() }.encode()
-        };
-        a.apply(&put(b"x", b"1"));
-        a.apply(&put(b"y", b"2"));
-        b.apply(&put(b"y", b"2"));
-        b.apply(&put(b"x", b"1"));
-        assert_eq!(a.summary(), b.summary());
-        b.apply(&put(b"x", b"3"));
-        assert_ne!(a.summary(), b.summary());
-        assert_eq!(b.summary().entries, 2);
     }
 }

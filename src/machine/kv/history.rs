@@ -1,0 +1,162 @@
+//! The store's recent changes, in revision order: what a watch reads from a past revision, and
+//! what a read at a past revision undoes. Bounded in bytes; the oldest go first (compaction).
+
+use std::collections::VecDeque;
+
+use super::Bytes24;
+use super::coord::{Change, ChangeKind, ChangesReply, KeyRange};
+use super::entry::Entry;
+
+/// The bytes of history a store keeps by default (per shard): at 100-byte writes about
+/// 300,000 changes; at the coordination rates of a few thousand writes a second, minutes.
+pub const HISTORY_BYTES_DEFAULT: usize = 64 << 20;
+
+/// What an event costs beyond its key and values: its revision, kind and the entry's fields.
+const EVENT_OVERHEAD_BYTES: usize = 96;
+
+/// One change, with what it replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Event {
+    pub(super) revision: u64,
+    pub(super) kind: ChangeKind,
+    pub(super) key: Bytes24,
+    /// A put's value, or a lock holder's.
+    pub(super) value: Bytes24,
+    /// For a key's change: the entry before it (`None`: absent). Locks keep none.
+    pub(super) previous: Option<Entry>,
+}
+
+impl Event {
+    fn bytes(&self) -> usize {
+        EVENT_OVERHEAD_BYTES
+            + self.key.len()
+            + self.value.len()
+            + self.previous.as_ref().map_or(0, |entry| entry.value.len())
+    }
+
+    /// A lock or election's change, not a key's.
+    pub(super) fn is_lock(&self) -> bool {
+        matches!(
+            self.kind,
+            ChangeKind::Locked { .. } | ChangeKind::Unlocked | ChangeKind::Proclaimed
+        )
+    }
+}
+
+/// The recent changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct History {
+    events: VecDeque<Event>,
+    bytes: usize,
+    bytes_max: usize,
+    /// The newest revision dropped (0: none): reads at it and after, and watches from the one
+    /// after it, have every change they need.
+    compacted: u64,
+}
+
+impl Default for History {
+    fn default() -> History {
+        History::new(HISTORY_BYTES_DEFAULT)
+    }
+}
+
+impl History {
+    pub(super) fn new(bytes_max: usize) -> History {
+        History { events: VecDeque::new(), bytes: 0, bytes_max, compacted: 0 }
+    }
+
+    pub(super) fn bytes_max(&self) -> usize {
+        self.bytes_max
+    }
+
+    pub(super) fn compacted(&self) -> u64 {
+        self.compacted
+    }
+
+    /// The newest whole revisions of at most `bytes_max` bytes, oldest first, and the
+    /// compaction mark that goes with them (every change after it is among them). The same
+    /// for every replica that holds at least those changes, however much more it holds.
+    pub(super) fn newest(&self, bytes_max: usize) -> (u64, Vec<&Event>) {
+        let mut first = self.events.len();
+        let mut bytes = 0;
+        while first > 0 {
+            let revision = self.events[first - 1].revision;
+            let mut start = first;
+            let mut taken = bytes;
+            while start > 0 && self.events[start - 1].revision == revision {
+                taken += self.events[start - 1].bytes();
+                start -= 1;
+            }
+            if taken > bytes_max {
+                break;
+            }
+            (first, bytes) = (start, taken);
+        }
+        let compacted = match self.events.get(first) {
+            Some(event) if first > 0 => event.revision - 1,
+            _ if first == self.events.len() && first > 0 => self.events[first - 1].revision,
+            _ => self.compacted,
+        };
+        (compacted, self.events.range(first..).collect())
+    }
+
+    /// Records a change; drops the oldest whole revisions past the bound.
+    pub(super) fn push(&mut self, event: Event) {
+        debug_assert!(self.events.back().is_none_or(|last| last.revision <= event.revision));
+        self.bytes += event.bytes();
+        self.events.push_back(event);
+        while self.bytes > self.bytes_max {
+            let Some(oldest) = self.events.front().map(|event| event.revision) else { break };
+            // A whole revision at a time: a watch never sees half of a command.
+            while self.events.front().is_some_and(|event| event.revision == oldest) {
+                let Some(dropped) = self.events.pop_front() else { break };
+                self.bytes -= dropped.bytes();
+            }
+            self.compacted = oldest;
+        }
+    }
+
+    /// Puts back an image's bookkeeping ([`History::push`] then brings in its events).
+    pub(super) fn restored(bytes_max: usize, compacted: u64) -> History {
+        History { compacted, ..History::new(bytes_max) }
+    }
+
+    /// The key events after `revision`, newest first: what a read at `revision` undoes.
+    pub(super) fn after(&self, revision: u64) -> impl Iterator<Item = &Event> {
+        let first = self.events.partition_point(|event| event.revision <= revision);
+        self.events.range(first..).rev().filter(|event| !event.is_lock())
+    }
+
+    /// The changes of `range` (keys, or with `locks` lock names) from revision `from` on, at
+    /// most about `limit` (whole revisions); `newest` is the store's latest revision.
+    pub(super) fn changes(
+        &self,
+        range: &KeyRange,
+        from: u64,
+        limit: usize,
+        locks: bool,
+        newest: u64,
+    ) -> ChangesReply {
+        let first = self.events.partition_point(|event| event.revision < from);
+        let mut changes: Vec<Change> = Vec::new();
+        let mut through = newest.max(from.saturating_sub(1));
+        for event in self.events.range(first..) {
+            if changes.len() >= limit
+                && changes.last().is_some_and(|c| c.revision != event.revision)
+            {
+                // Every event before this one was looked at.
+                through = event.revision - 1;
+                break;
+            }
+            if event.is_lock() == locks && range.contains(&event.key) {
+                changes.push(Change {
+                    revision: event.revision,
+                    kind: event.kind,
+                    key: event.key.to_vec(),
+                    value: event.value.to_vec(),
+                });
+            }
+        }
+        ChangesReply { changes, through }
+    }
+}
