@@ -26,6 +26,7 @@
 
 mod backup;
 mod cluster;
+mod coord;
 mod lane;
 mod snapshot;
 mod tail;
@@ -50,6 +51,7 @@ pub use crate::transport::codec::MoveRefused;
 pub use crate::transport::codec::ShardStatus;
 pub use backup::{BackupSaveError, SavedBackup, save_backup};
 pub use cluster::{ClusterStatus, MemberStatus, Problem, cluster_status, move_leader};
+pub use coord::{Lease, RangeOptions, TxnOutcome, Watch};
 pub use lane::{Callback, Completion};
 use lane::{Lane, Notify, Target};
 pub use snapshot::{FetchedSnapshot, fetch_snapshot, fetch_snapshot_into};
@@ -137,6 +139,16 @@ pub enum ClientError {
     /// A reply that does not decode.
     #[error("malformed reply: {0}")]
     BadReply(String),
+    /// The store refused a coordination command (docs/coordination.md); nothing of it was
+    /// applied.
+    #[error("{0}")]
+    Coordination(crate::machine::kv::CoordError),
+    /// A transaction names keys or locks of several shards: it would not be atomic. Keep
+    /// what one transaction touches on one shard (docs/coordination.md).
+    #[error(
+        "the transaction's keys lie on shards {0:?}; a transaction runs on one shard (docs/coordination.md)"
+    )]
+    CrossShard(Vec<u16>),
     /// A tail asked for slots a shard's log no longer holds: a snapshot at `slot` stands for
     /// them (the node's `--snapshot-every-mib`).
     #[error(

@@ -543,6 +543,13 @@ impl Replica {
 
     // ----- Inputs ------------------------------------------------------------------------
 
+    /// Ticks since the replica was made: its clock, which the shard's leader also times its
+    /// state machine's timers by (a lease's TTL).
+    #[must_use]
+    pub fn now_tick(&self) -> u64 {
+        self.now_tick
+    }
+
     /// `ticks` ticks of time have passed at once (a runtime whose thread was held catches up
     /// with its clock, so that the tick count never lags real time: leases rely on it,
     /// protocol.md §5.4). Everything a tick does runs once, at the new time; every rule is a

@@ -85,6 +85,12 @@ impl RequestId {
     /// The `client` of a register-session command (protocol.md §5.1): no session has this id.
     pub const REGISTER: u64 = 0;
 
+    /// The `client` of a command the shard's leader proposes of its own (a state machine's
+    /// timer running out: a lease's expiry): applied without a session, never deduplicated (such
+    /// a command is refused when it no longer applies), and refused from clients at the door. No
+    /// session has this id.
+    pub const LEADER: u64 = u64::MAX;
+
     /// Set in the `sequence` of a query (protocol.md §5.2): answered by the state machine's
     /// read-only `query`, never applied, never kept in its session. Sequences of commands stay
     /// below it.

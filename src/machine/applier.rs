@@ -469,6 +469,18 @@ impl<S: StateMachine> Applier<S> {
         if id.client == RequestId::REGISTER {
             return self.register(id.sequence, payload);
         }
+        if id.client == RequestId::LEADER && !id.is_query() {
+            // The leader's own command (a timer's): no session to keep it in.
+            let outcome = match revision {
+                Some(revision) => {
+                    self.applied_commands += 1;
+                    Outcome::Applied(self.machine.apply_at(revision, payload))
+                }
+                None => Outcome::Expired,
+            };
+            self.maybe_evict();
+            return outcome;
+        }
         if !id.has_valid_sequence() {
             // Never kept, so a snapshot never mistakes its sequence for a marked one; every
             // replica decides the same. (The node refuses such requests at the door.)
@@ -526,6 +538,7 @@ impl<S: StateMachine> Applier<S> {
         let mut client = xxhash_rust::xxh3::xxh3_64_with_seed(payload, sequence);
         let mut attempt = 0;
         while client == RequestId::REGISTER
+            || client == RequestId::LEADER
             || self.sessions.contains_key(&client)
             || self.evicted.contains(&client)
         {

@@ -82,11 +82,39 @@ pub trait StateMachine {
         Ok(())
     }
 
+    /// The timers the shard's leader keeps for the machine (a lease's TTL: docs/coordination.md),
+    /// appended to `out`. Apply never reads a clock: the leader times each timer on its own
+    /// clock, restarting it whenever its generation changes (a keep-alive was applied) and
+    /// whenever it becomes leader, and once it runs out proposes
+    /// [`StateMachine::timer_command`] through the log. The default has none.
+    fn timers(&self, out: &mut Vec<Timer>) {
+        let _ = out;
+    }
+
+    /// The command the leader proposes when `timer` runs out (a lease's expiry). It must be
+    /// refused when applied if the timer moved on since (its generation changed): the leader's
+    /// view may be late.
+    fn timer_command(&self, timer: &Timer) -> Vec<u8> {
+        let _ = timer;
+        Vec::new()
+    }
+
     /// Answers a read-only request from the state as it is, changing nothing. Every replica
     /// at the same applied position gives the same answer. The leader calls it for a query by
     /// the read index, once it has confirmed it still leads and applied up to the query's
     /// index (protocol.md §5.3), so the answer is linearizable without the log.
     fn query(&self, request: &[u8]) -> Self::Reply;
+
+    /// True for the reply of a write whose place in the merged order must follow real time
+    /// across shards (the built-in store's coordination writes, docs/coordination.md): the
+    /// node answers it only once every shard has committed past it, so that a write made after
+    /// the answer, on any shard, comes later in the merged order. It costs the answer the wait
+    /// for the other shards (an idle one's skip). The default: none, each write answered once
+    /// its own shard has it.
+    fn orders_across_shards(reply: &Self::Reply) -> bool {
+        let _ = reply;
+        false
+    }
 
     /// Appends a reply's encoding to `out`, to send it to the client.
     fn encode_reply(reply: &Self::Reply, out: &mut Vec<u8>);
@@ -129,6 +157,17 @@ pub trait StateMachine {
     fn restore(image: &mut dyn std::io::Read) -> Result<Self, SnapshotError>
     where
         Self: Sized;
+}
+
+/// A timer of the state machine's, run by the shard's leader ([`StateMachine::timers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timer {
+    /// Which timer (a lease's id).
+    pub id: u64,
+    /// Changes whenever the timer is restarted (a lease's keep-alives applied).
+    pub generation: u64,
+    /// How long it runs, in milliseconds.
+    pub ttl_ms: u64,
 }
 
 /// What [`StateMachine::summary`] reports.

@@ -113,6 +113,10 @@ pub struct Host<S: Hosted> {
     outbox: Vec<(NodeId, Message)>,
     applied: Vec<AppliedCommand<S::Reply>>,
     aborted_reads: Vec<(RequestId, Option<crate::core::NodeId>)>,
+    /// Replies held until every shard of the node has committed past their place in the
+    /// merged order ([`crate::machine::StateMachine::orders_across_shards`]): the position,
+    /// the connection, the reply. In position order.
+    held: std::collections::VecDeque<(u64, u64, Reply)>,
     dropped_messages: u64,
     /// Syncs started (with durability off: sync points skipped).
     syncs: u64,
@@ -185,6 +189,7 @@ impl<S: Hosted> Host<S> {
             outbox: Vec::new(),
             applied: Vec::new(),
             aborted_reads: Vec::new(),
+            held: std::collections::VecDeque::new(),
             dropped_messages: 0,
             syncs: 0,
             durable,
@@ -316,6 +321,9 @@ impl<S: Hosted> Host<S> {
                     "a request's sequence {:#x} has its top bit set (reserved)",
                     id.sequence
                 )));
+            }
+            if id.client == RequestId::LEADER {
+                return Ok(Err("a request under the leader's own client id (reserved)".into()));
             }
             if self.out_of_space.is_some() {
                 self.refuse_out_of_space(connection, id);
@@ -692,10 +700,43 @@ impl<S: Hosted> Host<S> {
         Ok(())
     }
 
+    /// Sends the held replies every shard has now committed past.
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let commit = self.shard.replica().commit_index().0;
+        self.control.commits[usize::from(self.index)].store(commit, Ordering::Relaxed);
+        let frontier = self.control.merged_commit();
+        while let Some((position, ..)) = self.held.front()
+            && *position < frontier
+        {
+            let Some((_, connection, reply)) = self.held.pop_front() else { break };
+            if let Some(link) = self.clients.get_mut(&connection) {
+                link.replies.push(reply);
+            }
+        }
+    }
+
     fn route_replies(&mut self) {
+        self.release_held();
         self.shard.take_replies(&mut self.applied);
+        let shards = self.control.commits.len() as u64;
+        let forwarding = self.forward.is_some();
         for applied in self.applied.drain(..) {
             let Some(connection) = self.waiting.remove(&applied.id) else { continue };
+            // A write that must follow real time across shards (a coordination write) is
+            // answered once every shard has committed past it: whatever its client writes
+            // next, on any shard, gets a later place in the merged order (docs/coordination.md).
+            // With total-order apply the merge has already passed it.
+            let in_order = !forwarding
+                && !applied.id.is_query()
+                && match &applied.outcome {
+                    Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
+                        S::orders_across_shards(reply)
+                    }
+                    _ => false,
+                };
             let encoded = |reply: &S::Reply| {
                 let mut encoded = Vec::new();
                 S::encode_reply(reply, &mut encoded);
@@ -710,16 +751,21 @@ impl<S: Hosted> Host<S> {
                     (ReplyStatus::Registered, Bytes::copy_from_slice(&client.to_le_bytes()))
                 }
             };
-            if let Some(link) = self.clients.get_mut(&connection) {
-                link.replies.push(Reply {
-                    sequence: applied.id.sequence,
-                    status,
-                    slot: applied.slot,
-                    index: applied.index,
-                    body,
-                });
+            let reply = Reply {
+                sequence: applied.id.sequence,
+                status,
+                slot: applied.slot,
+                index: applied.index,
+                body,
+            };
+            if in_order {
+                let position = applied.slot.0 * shards + u64::from(self.index);
+                self.held.push_back((position, connection, reply));
+            } else if let Some(link) = self.clients.get_mut(&connection) {
+                link.replies.push(reply);
             }
         }
+        self.release_held();
         // Reads aborted by a lost leadership go to the leader it names.
         self.shard.take_aborted_reads(&mut self.aborted_reads);
         for (id, hint) in std::mem::take(&mut self.aborted_reads) {

@@ -7,7 +7,7 @@
 //! put in a config file by mistake, and says what it is for in its name. Unset, the store is
 //! the plain [`KvStore`] (one branch per command).
 
-use crate::machine::{KvCommandRef, KvReply, KvStore, StateMachine, StateSummary};
+use crate::machine::{KvCommandRef, KvReply, KvStore, StateMachine, StateSummary, Timer};
 use crate::storage::snapshot::SnapshotError;
 
 /// Test-only: a node whose environment sets this makes its key-value store panic when it
@@ -62,6 +62,18 @@ impl StateMachine for NodeMachine {
 
     fn query(&self, request: &[u8]) -> KvReply {
         self.store.query(request)
+    }
+
+    fn timers(&self, out: &mut Vec<Timer>) {
+        self.store.timers(out);
+    }
+
+    fn timer_command(&self, timer: &Timer) -> Vec<u8> {
+        self.store.timer_command(timer)
+    }
+
+    fn orders_across_shards(reply: &KvReply) -> bool {
+        KvStore::orders_across_shards(reply)
     }
 
     fn encode_reply(reply: &KvReply, out: &mut Vec<u8>) {

@@ -75,6 +75,16 @@ impl Control {
     }
 
     /// The highest commit position among the node's shards other than `shard`.
+    /// The first global position some shard of this node has not committed: every shard's
+    /// commit, as its board says (`commit · shards + shard`), the lowest of them.
+    fn merged_commit(&self) -> u64 {
+        let shards = self.commits.len() as u64;
+        let commit = |(shard, commit): (usize, &CachePadded<AtomicU64>)| {
+            commit.load(Ordering::Relaxed) * shards + shard as u64
+        };
+        self.commits.iter().enumerate().map(commit).min().unwrap_or(0)
+    }
+
     fn others_commit_max(&self, shard: u16) -> u64 {
         let others = self.commits.iter().enumerate().filter(|(k, _)| *k != usize::from(shard));
         others.map(|(_, commit)| commit.load(Ordering::Relaxed)).max().unwrap_or(0)

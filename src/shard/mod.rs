@@ -17,6 +17,7 @@ mod hooks;
 mod journal;
 mod reads;
 mod snapshots;
+mod timers;
 
 use quorum_wal::{Backend, Options, PendingSync, SyncOutcome, Wal};
 
@@ -182,6 +183,8 @@ pub struct Shard<B: Backend, S: StateMachine, H: Hooks = OsHooks> {
     installing: Option<Installing<S, B::FileSink>>,
     /// Queries answered by the read index.
     reads: reads::Reads,
+    /// The state machine's timers, while this replica leads.
+    timers: timers::LeaderTimers,
     actions: Vec<Action>,
     outbox: Vec<(NodeId, Message)>,
     /// Batches the replica now keeps in the WAL's mapping instead of the heap.
@@ -296,6 +299,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             snapshots,
             installing: None,
             reads: reads::Reads::default(),
+            timers: timers::LeaderTimers::default(),
             actions: Vec::with_capacity(64),
             outbox: Vec::new(),
             shared_batches: 0,
@@ -401,6 +405,32 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     /// The shard failed.
     pub fn on_ticks(&mut self, ticks: u64) -> Result<(), ShardError> {
         self.replica.on_ticks(ticks);
+        self.process_actions()?;
+        self.run_timers()
+    }
+
+    /// As the leader, proposes the commands of the state machine's timers that ran out (a
+    /// lease's expiry: [`StateMachine::timers`]), timed on the replica's ticks. Only where the
+    /// machine lives ([`ApplyTo::Shard`]). A proposal refused (the pipeline is full) is made
+    /// again a second later.
+    fn run_timers(&mut self) -> Result<(), ShardError> {
+        if self.settings.apply != ApplyTo::Shard {
+            return Ok(());
+        }
+        let now_ms = self.replica.now_tick().saturating_mul(self.settings.tick_us) / 1000;
+        let leading = self.replica.role() == crate::core::RoleKind::Leader;
+        let machine = self.committer.applier.machine();
+        let due = self.timers.due(now_ms, leading, |out| machine.timers(out));
+        if due.is_empty() {
+            return Ok(());
+        }
+        for timer in due {
+            let command = machine.timer_command(&timer);
+            let id = RequestId { client: RequestId::LEADER, sequence: self.timers.next_sequence };
+            self.timers.next_sequence += 1;
+            // Refused (busy, or leadership moving): proposed again after a while.
+            let _ = self.replica.propose(id, &command);
+        }
         self.process_actions()
     }
 

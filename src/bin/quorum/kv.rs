@@ -2,9 +2,12 @@
 
 use std::process::ExitCode;
 
-use quorum::client::{Client, ClientOptions, Consistency, ReadOptions, fetch_snapshot};
+use quorum::client::{
+    Client, ClientOptions, Consistency, RangeOptions, ReadOptions, fetch_snapshot,
+};
 use quorum::core::{ClusterId, NodeId, StalenessBound};
-use quorum::machine::{Applier, KvStore, SessionLimits, StateMachine as _};
+use quorum::machine::kv::{CoordCommand, CoordReply, KeyRange, KeyValue};
+use quorum::machine::{Applier, KvStore, SessionLimits, StateMachine as _, shard_for_key};
 use quorum::read_snapshot;
 
 /// Where the cluster is.
@@ -31,16 +34,30 @@ pub struct KvArgs {
 
 #[derive(clap::Subcommand)]
 enum Operation {
-    /// Set KEY to VALUE.
-    Put { key: String, value: String },
+    /// Set KEY to VALUE (with --lease, deleted when that lease ends).
+    Put {
+        key: String,
+        value: String,
+        /// The lease KEY lives by (`quorum lease grant`).
+        #[arg(long, value_name = "ID")]
+        lease: Option<u64>,
+        /// Print one JSON object: key, revision.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print KEY's value, read without the log (docs/protocol.md §5.3-§5.5).
     Get {
         key: String,
         #[command(flatten)]
         read: GetArgs,
     },
-    /// Remove KEY.
-    Del { key: String },
+    /// Remove KEY (with --prefix, every key that starts with it; printed: how many).
+    Del {
+        key: String,
+        /// Remove every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+    },
     /// Set KEY to NEW if it holds EXPECTED (`--absent` instead: if it is not set).
     Cas {
         key: String,
@@ -73,8 +90,22 @@ struct GetArgs {
     /// The member follower and stale reads go to (its node id); any member if not given.
     #[arg(long, value_name = "ID")]
     member: Option<u16>,
-    /// Print one JSON object: key, value, shard, slot (the read reflects every slot of the
-    /// shard's log below it) and consistency.
+    /// Read every key that starts with KEY, sorted: one consistent cut of every shard at one
+    /// revision (docs/coordination.md). Printed: `key value` per line.
+    #[arg(long)]
+    prefix: bool,
+    /// Read as of revision R (kept for a while: older ones are refused as compacted).
+    #[arg(long, value_name = "R")]
+    rev: Option<u64>,
+    /// With --prefix: at most N keys (the JSON says `more` if there are others).
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// With --prefix: print keys only.
+    #[arg(long)]
+    keys_only: bool,
+    /// Print one JSON object: key, value, create_revision, mod_revision, version, lease,
+    /// shard, slot (the read reflects every slot of the shard's log below it) and
+    /// consistency; with --prefix: revision, more, and the entries.
     #[arg(long)]
     json: bool,
 }
@@ -112,7 +143,7 @@ impl GetArgs {
     }
 }
 
-fn connect(args: &ClusterArgs) -> Result<Client, String> {
+pub fn connect(args: &ClusterArgs) -> Result<Client, String> {
     connect_reading_from(args, None)
 }
 
@@ -130,21 +161,80 @@ fn connect_reading_from(args: &ClusterArgs, member: Option<u16>) -> Result<Clien
 fn get(args: &ClusterArgs, key: &str, read: &GetArgs) -> Result<String, String> {
     let options = read.options()?;
     let client = connect_reading_from(args, read.member)?;
-    let answer = client.get_with(key.as_bytes(), options).map_err(|error| error.to_string())?;
-    if !read.json {
-        return Ok(answer
-            .value
-            .map_or("(absent)".to_string(), |v| String::from_utf8_lossy(&v).into_owned()));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let range_options = RangeOptions {
+        limit: read.limit.unwrap_or(0),
+        revision: read.rev.unwrap_or(0),
+        keys_only: read.keys_only,
+        read: options,
+    };
+    if read.prefix {
+        let range = KeyRange::Prefix(key.as_bytes().to_vec());
+        let answer = client.range(&range, range_options).map_err(|error| error.to_string())?;
+        if read.json {
+            let entries: Vec<_> =
+                answer.entries.iter().map(|kv| entry_json(kv, read.keys_only)).collect();
+            let line = serde_json::json!({
+                "prefix": key,
+                "revision": answer.revision,
+                "more": answer.more,
+                "entries": entries,
+                "consistency": read.name(),
+            });
+            return Ok(line.to_string());
+        }
+        let lines: Vec<String> = answer
+            .entries
+            .iter()
+            .map(|kv| {
+                if read.keys_only {
+                    text(&kv.key)
+                } else {
+                    format!("{} {}", text(&kv.key), text(&kv.value))
+                }
+            })
+            .collect();
+        return Ok(lines.join("\n"));
     }
-    let value = answer.value.map(|v| String::from_utf8_lossy(&v).into_owned());
-    let line = serde_json::json!({
-        "key": key,
-        "value": value,
-        "shard": answer.shard,
-        "slot": answer.slot.0,
-        "consistency": read.name(),
-    });
+    let shard = shard_for_key(key.as_bytes(), usize::from(client.shards())) as u16;
+    let command = CoordCommand::Range {
+        range: KeyRange::Key(key.as_bytes().to_vec()),
+        limit: 1,
+        revision: range_options.revision,
+        keys_only: false,
+    };
+    let (reply, response) =
+        client.coordinate(shard, &command, options).map_err(|error| error.to_string())?;
+    let CoordReply::Range(answer) = reply else {
+        return Err(format!("a read answered {reply:?}"));
+    };
+    let entry = answer.entries.first();
+    if !read.json {
+        return Ok(entry.map_or("(absent)".to_string(), |kv| text(&kv.value)));
+    }
+    let mut line = match entry {
+        Some(kv) => entry_json(kv, false),
+        None => serde_json::json!({"key": key, "value": null}),
+    };
+    line["shard"] = serde_json::json!(response.shard);
+    line["slot"] = serde_json::json!(response.slot.0);
+    line["consistency"] = serde_json::json!(read.name());
     Ok(line.to_string())
+}
+
+fn entry_json(kv: &KeyValue, keys_only: bool) -> serde_json::Value {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let mut line = serde_json::json!({
+        "key": text(&kv.key),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "lease": kv.lease,
+    });
+    if !keys_only {
+        line["value"] = serde_json::json!(text(&kv.value));
+    }
+    line
 }
 
 pub fn run_kv(args: &KvArgs) -> ExitCode {
@@ -160,11 +250,22 @@ pub fn run_kv(args: &KvArgs) -> ExitCode {
             bytes.map_or("(absent)".to_string(), |v| String::from_utf8_lossy(&v).into_owned())
         };
         match &args.operation {
-            Operation::Put { key, value } => {
-                client.put(key.as_bytes(), value.as_bytes()).map(|()| "OK".into())
-            }
+            Operation::Put { key, value, lease, json } => client
+                .put_leased(key.as_bytes(), value.as_bytes(), lease.unwrap_or(0))
+                .map(|revision| {
+                    if *json {
+                        serde_json::json!({"key": key, "revision": revision}).to_string()
+                    } else {
+                        "OK".into()
+                    }
+                }),
             Operation::Get { .. } => unreachable!("answered above"),
-            Operation::Del { key } => client.delete(key.as_bytes()).map(|()| "OK".into()),
+            Operation::Del { key, prefix: false } => {
+                client.delete(key.as_bytes()).map(|()| "OK".into())
+            }
+            Operation::Del { key, prefix: true } => client
+                .delete_range(&KeyRange::Prefix(key.as_bytes().to_vec()))
+                .map(|count| format!("deleted {count}")),
             Operation::Cas { key, expected, new, absent } => {
                 let expected = if *absent { None } else { expected.as_deref().map(str::as_bytes) };
                 client.compare_and_set(key.as_bytes(), expected, new.as_bytes()).map(

@@ -3,6 +3,7 @@
 
 mod backup;
 mod bench;
+mod coord;
 mod kv;
 mod move_leader;
 mod node;
@@ -41,6 +42,33 @@ enum Command {
     ///
     /// Example: quorum kv --cluster 127.0.0.1:7000 put greeting hello
     Kv(kv::KvArgs),
+    /// Grant, keep alive, revoke and list leases: keys written with a lease, and locks taken
+    /// with one, end with it (docs/coordination.md).
+    ///
+    /// Example: quorum lease --cluster 127.0.0.1:7000 grant 10 --json
+    Lease(coord::LeaseArgs),
+    /// Run COMMAND holding a lock: waits its turn (first come, first served), hands COMMAND the
+    /// fencing token in QUORUM_LOCK_TOKEN, releases the lock when COMMAND exits. The lock lives
+    /// by a lease this process keeps alive: if it dies or stops, the lock goes to the next in
+    /// line after --ttl seconds, and writes fenced by the old token are refused.
+    ///
+    /// Example: quorum lock --cluster 127.0.0.1:7000 nightly-job -- ./run-job.sh
+    Lock(coord::LockArgs),
+    /// Campaign in an election with a value and lead until interrupted, or (without a value)
+    /// print the leader and every change.
+    ///
+    /// Example: quorum elect --cluster 127.0.0.1:7000 scheduler node-a
+    Elect(coord::ElectArgs),
+    /// Run a transaction: if every compare holds, the --then operations, else the --else ones;
+    /// atomically, at one revision (all keys on one shard).
+    ///
+    /// Example: quorum txn --cluster 127.0.0.1:7000 --if 'config version = 3' --then 'put config v2'
+    Txn(coord::TxnArgs),
+    /// Print every change of a key or prefix, one line each, in revision order, from now or
+    /// from a revision (--rev), until interrupted; resumes through leader changes.
+    ///
+    /// Example: quorum watch --cluster 127.0.0.1:7000 config/ --prefix --json
+    Watch(coord::WatchArgs),
     /// Print how a node (--node) or a whole cluster (--cluster) is doing: every member and
     /// every shard in one table (role, ballot, leader, commit and applied positions, lag).
     ///
@@ -154,6 +182,11 @@ fn main() -> ExitCode {
             node::run(&args)
         }
         Command::Kv(args) => kv::run_kv(&args),
+        Command::Lease(args) => coord::run_lease(&args),
+        Command::Lock(args) => coord::run_lock(&args),
+        Command::Elect(args) => coord::run_elect(&args),
+        Command::Txn(args) => coord::run_txn(&args),
+        Command::Watch(args) => coord::run_watch(&args),
         Command::Status(args) => status::run_status(&args),
         Command::Health(args) => status::run_health(&args),
         Command::MoveLeader(args) => move_leader::run(&args),

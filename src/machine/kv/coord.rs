@@ -192,6 +192,8 @@ pub struct ChangesReply {
     /// Every change of the range up to this revision is in `changes` (or there was none):
     /// the next read asks from the revision after it.
     pub through: u64,
+    /// True if changes past `through` were left for the next read (the limit).
+    pub more: bool,
 }
 
 /// A lock or election's holder.

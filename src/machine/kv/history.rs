@@ -140,12 +140,14 @@ impl History {
         let first = self.events.partition_point(|event| event.revision < from);
         let mut changes: Vec<Change> = Vec::new();
         let mut through = newest.max(from.saturating_sub(1));
+        let mut more = false;
         for event in self.events.range(first..) {
             if changes.len() >= limit
                 && changes.last().is_some_and(|c| c.revision != event.revision)
             {
                 // Every event before this one was looked at.
                 through = event.revision - 1;
+                more = true;
                 break;
             }
             if event.is_lock() == locks && range.contains(&event.key) {
@@ -157,6 +159,6 @@ impl History {
                 });
             }
         }
-        ChangesReply { changes, through }
+        ChangesReply { changes, through, more }
     }
 }

@@ -26,11 +26,23 @@ use entry::Entry;
 use history::{Event, History};
 use locks::{Locks, Released};
 
-/// The shard a key belongs to: a stable hash, the same on every node and every build.
+/// The shard a key belongs to: a stable hash, the same on every node and every build. A key
+/// with a hash tag, a non-empty `{…}` (the first `{` and the first `}` after it, as Redis
+/// Cluster reads them), is placed by the tag alone: keys and locks that share a tag share a
+/// shard, so one transaction can touch them all (docs/coordination.md).
 #[must_use]
 pub fn shard_for_key(key: &[u8], shards: usize) -> usize {
     assert!(shards > 0, "no shards");
-    (xxhash_rust::xxh3::xxh3_64(key) % shards as u64) as usize
+    (xxhash_rust::xxh3::xxh3_64(hash_tag(key)) % shards as u64) as usize
+}
+
+/// What of `key` places it: its hash tag if it has one, else all of it.
+fn hash_tag(key: &[u8]) -> &[u8] {
+    let Some(open) = key.iter().position(|&byte| byte == b'{') else { return key };
+    match key[open + 1..].iter().position(|&byte| byte == b'}') {
+        Some(length) if length > 0 => &key[open + 1..open + 1 + length],
+        _ => key,
+    }
 }
 
 /// Keys and values up to 24 bytes live inside the table itself: a lookup compares the key
@@ -524,6 +536,11 @@ impl StateMachine for KvStore {
         }
     }
 
+    /// Coordination writes: their revisions follow real time across shards.
+    fn orders_across_shards(reply: &KvReply) -> bool {
+        matches!(reply, KvReply::Coord(_))
+    }
+
     fn encode_reply(reply: &KvReply, out: &mut Vec<u8>) {
         reply.encode(out);
     }
@@ -545,6 +562,19 @@ impl StateMachine for KvStore {
                 encoded.len()
             }
         }
+    }
+
+    /// One per lease: its TTL, restarted by each keep-alive.
+    fn timers(&self, out: &mut Vec<super::Timer>) {
+        out.extend(self.leases.iter().map(|(&id, lease)| super::Timer {
+            id,
+            generation: lease.refreshes,
+            ttl_ms: lease.ttl_ms,
+        }));
+    }
+
+    fn timer_command(&self, timer: &super::Timer) -> Vec<u8> {
+        CoordCommand::LeaseExpire { id: timer.id, refreshes: timer.generation }.encode()
     }
 
     fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {

@@ -539,3 +539,17 @@ fn an_image_of_the_first_format_still_restores() {
     let store = KvStore::restore(&mut image.as_slice()).unwrap();
     assert_eq!(store.get(b"key"), Some(&b"value"[..]));
 }
+
+#[test]
+fn keys_with_one_hash_tag_share_a_shard() {
+    assert_eq!(hash_tag(b"{job}lock"), b"job");
+    assert_eq!(hash_tag(b"out{job}"), b"job");
+    assert_eq!(hash_tag(b"{}x"), b"{}x", "an empty tag is no tag");
+    assert_eq!(hash_tag(b"{a"), b"{a");
+    assert_eq!(hash_tag(b"x{a}{b}"), b"a", "the first tag");
+    for shards in 1..8 {
+        let shard = shard_for_key(b"{job}lock", shards);
+        assert_eq!(shard_for_key(b"{job}out", shards), shard);
+        assert_eq!(shard_for_key(b"job", shards), shard);
+    }
+}
