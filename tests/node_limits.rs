@@ -651,3 +651,28 @@ fn a_request_with_the_reserved_sequence_bit_closes_its_connection_and_changes_no
     client.put(b"k", b"after").unwrap();
     assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"after"[..]));
 }
+
+/// A request under the leader's own client id (`RequestId::LEADER`: a lease's expiry, which
+/// no session keeps) closes the connection: a client cannot pass a command off as the
+/// leader's. Nothing of it is applied and the node goes on serving.
+#[test]
+fn a_request_under_the_leaders_own_client_id_closes_its_connection_and_changes_nothing() {
+    let node = OneNode::start(1, &[], &[]);
+    node.await_up();
+    let options = ClientOptions {
+        cluster_id: ClusterId(CLUSTER),
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(std::slice::from_ref(&node.address), options).unwrap();
+    client.put(b"k", b"before").unwrap();
+    let mut stream = client_connection(&node.address, 44);
+    let mut builder = BatchBuilder::new(usize::MAX);
+    let put = KvCommand::Put { key: b"k".to_vec(), value: b"forged".to_vec() }.encode();
+    builder.push(RequestId { client: RequestId::LEADER, sequence: 1 }, &put);
+    stream
+        .write_all(&client_frame(Body::Requests(Requests::linearizable(builder.take()))))
+        .unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(10)), "the connection stays open");
+    assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"before"[..]));
+}

@@ -136,8 +136,8 @@ fn a_million_clients_keep_memory_flat_and_an_evicted_retry_is_refused() {
     assert!(clients > REFERENCE_CLIENTS * 2, "at least 200,000 clients to compare");
     let dir = tempfile::tempdir().unwrap();
     // Sessions bounded small, so the table reaches its bound early; the log's memory and
-    // disk bounded too (batches kept in memory, snapshots releasing the WAL), so that what is
-    // measured is what the clients cost.
+    // disk bounded too (batches kept in memory, snapshots releasing the WAL), and the store's
+    // recent changes (docs/coordination.md), so that what is measured is what the clients cost.
     let limits = [
         "--sessions-max",
         "10000",
@@ -149,6 +149,8 @@ fn a_million_clients_keep_memory_flat_and_an_evicted_retry_is_refused() {
         "8",
         "--snapshot-every-mib",
         "16",
+        "--history-mib",
+        "1",
     ];
     // QUORUM_SESSION_DEFAULTS=1: the node's default session limits instead, to measure what
     // they cost (reported, not asserted: the defaults reach their bound later).

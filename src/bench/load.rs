@@ -41,6 +41,18 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     /// Load only this shard (every request, and the whole rate); the others stay idle.
     pub only_shard: Option<u16>,
+    /// What the requests are.
+    pub workload: Workload,
+}
+
+/// What a load's requests are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Workload {
+    /// Puts and gets of random keys.
+    #[default]
+    Kv,
+    /// Lock and unlock cycles, each worker on a lock of its own (`super::locks`).
+    Lock,
 }
 
 /// What a load run measured.
@@ -164,9 +176,10 @@ pub struct Progress {
     pub completed: AtomicU64,
 }
 
-struct Window {
-    start: Instant,
-    end: Instant,
+/// The measured part of a run.
+pub(super) struct Window {
+    pub(super) start: Instant,
+    pub(super) end: Instant,
 }
 
 impl Window {
@@ -184,6 +197,9 @@ pub fn run(
     spec: &LoadSpec,
     progress: &Arc<Progress>,
 ) -> Result<LoadResult, String> {
+    if spec.workload == Workload::Lock {
+        return super::locks::run(client, spec, progress);
+    }
     let shards = client.shards();
     let by_shard = keys_by_shard(spec.keys.max(1), shards);
     if let Some(shard) = by_shard.iter().position(Vec::is_empty) {
@@ -238,20 +254,25 @@ pub fn run(
     let mut total = LoadResult::empty(spec.duration.as_secs_f64());
     for handle in handles {
         let part = handle.join().map_err(|_| "a load driver panicked".to_string())?;
-        total.ops += part.ops;
-        total.writes += part.writes;
-        total.errors += part.errors;
-        total.unsent += part.unsent;
-        total.latency.add(&part.latency).map_err(|error| error.to_string())?;
-        total.read_latency.add(&part.read_latency).map_err(|error| error.to_string())?;
-        total.write_latency.add(&part.write_latency).map_err(|error| error.to_string())?;
+        total.merge(&part)?;
     }
     stop.store(true, Ordering::SeqCst);
     Ok(total)
 }
 
 impl LoadResult {
-    fn empty(seconds: f64) -> LoadResult {
+    /// Adds `part`'s counts and latencies to these.
+    pub(super) fn merge(&mut self, part: &LoadResult) -> Result<(), String> {
+        self.ops += part.ops;
+        self.writes += part.writes;
+        self.errors += part.errors;
+        self.unsent += part.unsent;
+        self.latency.add(&part.latency).map_err(|error| error.to_string())?;
+        self.read_latency.add(&part.read_latency).map_err(|error| error.to_string())?;
+        self.write_latency.add(&part.write_latency).map_err(|error| error.to_string())
+    }
+
+    pub(super) fn empty(seconds: f64) -> LoadResult {
         let histogram =
             || Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("valid bounds");
         LoadResult {
@@ -267,7 +288,7 @@ impl LoadResult {
     }
 
     /// Counts a completed request if it completed inside the measured window.
-    fn record(&mut self, window: &Window, started: Instant, write: bool, ok: bool) {
+    pub(super) fn record(&mut self, window: &Window, started: Instant, write: bool, ok: bool) {
         let now = Instant::now();
         if !window.contains(now) {
             return;

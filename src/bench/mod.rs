@@ -5,6 +5,7 @@
 pub mod embedded;
 pub mod limits;
 pub mod load;
+mod locks;
 pub mod report;
 
 use std::io::Write;
@@ -46,6 +47,8 @@ pub struct BenchSpec {
 pub struct BenchRow {
     /// "embedded" or the target's addresses.
     pub cluster: String,
+    /// "kv" or "lock" (ops are then lock+unlock cycles).
+    pub workload: String,
     /// Voters.
     pub voters: u16,
     /// Shards per node.
@@ -305,6 +308,10 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     let seconds = result.seconds;
     Ok(BenchRow {
         cluster: spec.target.as_ref().map_or("embedded".to_string(), |t| t.join(",")),
+        workload: match spec.load.workload {
+            load::Workload::Kv => "kv".to_string(),
+            load::Workload::Lock => "lock".to_string(),
+        },
         voters: target.map_or(spec.voters, |status| status.voters),
         shards: target.map_or(spec.shards, |status| status.shards),
         durability: durability_name(

@@ -145,29 +145,7 @@ impl Client {
             let round = answers.iter().map(|(_, reached)| *reached).max().unwrap_or(0);
             first_revision_at(round * u64::from(self.shards())) - 1
         };
-        let deadline = Instant::now() + self.shared.options.request_timeout;
-        for (index, &shard) in shards.iter().enumerate() {
-            // An answer at exactly the cut stands; one past it is read again at the cut (the
-            // shard undoes what came after); one behind waits until the shard reaches it.
-            let (reply, reached) = &answers[index];
-            if reflected(*reached, shard, self.shards()) == cut
-                || (options.revision != 0 && reflected(*reached, shard, self.shards()) >= cut)
-            {
-                let _ = reply;
-                continue;
-            }
-            loop {
-                let (reply, reached) = ask(shard, cut)?;
-                if reflected(reached, shard, self.shards()) >= cut {
-                    answers[index] = (reply, reached);
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    return Err(ClientError::Timeout(self.shared.options.request_timeout));
-                }
-                std::thread::sleep(CATCH_UP_PAUSE);
-            }
-        }
+        self.catch_up_to(&shards, &mut answers, cut, options.revision != 0, ask)?;
         let limit = if options.limit == 0 {
             crate::machine::kv::coord::RANGE_LIMIT_MAX
         } else {
@@ -182,6 +160,38 @@ impl Client {
             more = true;
         }
         Ok(RangeReply { entries, more, revision: cut })
+    }
+
+    /// Reads again, at `cut`, each shard whose answer is not at it: one past it (it undoes what
+    /// came after), one behind it once it has reached it. With `given` (a revision asked for),
+    /// an answer at or past the cut was read at it already.
+    fn catch_up_to(
+        &self,
+        shards: &[u16],
+        answers: &mut [(RangeReply, u64)],
+        cut: u64,
+        given: bool,
+        ask: impl Fn(u16, u64) -> Result<(RangeReply, u64), ClientError>,
+    ) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.shared.options.request_timeout;
+        for (index, &shard) in shards.iter().enumerate() {
+            let reached = reflected(answers[index].1, shard, self.shards());
+            if reached == cut || (given && reached >= cut) {
+                continue;
+            }
+            loop {
+                let (reply, reached) = ask(shard, cut)?;
+                if reflected(reached, shard, self.shards()) >= cut {
+                    answers[index] = (reply, reached);
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(ClientError::Timeout(self.shared.options.request_timeout));
+                }
+                std::thread::sleep(CATCH_UP_PAUSE);
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the keys of `range`; returns how many. A range over several shards is deleted

@@ -471,11 +471,10 @@ impl<S: StateMachine> Applier<S> {
         }
         if id.client == RequestId::LEADER && !id.is_query() {
             // The leader's own command (a timer's): no session to keep it in.
+            // Counted as applied either way: skipping decides what applying did.
+            self.applied_commands += 1;
             let outcome = match revision {
-                Some(revision) => {
-                    self.applied_commands += 1;
-                    Outcome::Applied(self.machine.apply_at(revision, payload))
-                }
+                Some(revision) => Outcome::Applied(self.machine.apply_at(revision, payload)),
                 None => Outcome::Expired,
             };
             self.maybe_evict();
@@ -939,6 +938,29 @@ mod tests {
         let (id, _) = register_request([0; 16]);
         assert_eq!(id.client, RequestId::REGISTER);
         assert!(id.sequence >= 1 << 63, "never a client's own sequence");
+    }
+
+    #[test]
+    fn the_leaders_own_commands_apply_without_a_session_and_skipping_counts_them_alike() {
+        use crate::machine::kv::{CoordCommand, CoordReply};
+        let mut builder = BatchBuilder::new(1 << 16);
+        let grant = CoordCommand::LeaseGrant { id: 1, ttl_ms: 5000 }.encode();
+        builder.push(RequestId { client: RequestId::LEADER, sequence: 0 }, &grant);
+        let batch = builder.take();
+        let mut applying = Applier::new(KvStore::default(), limits(16, 1 << 20));
+        let mut outcomes = Vec::new();
+        applying.apply_batch(Slot(1), 1, &batch, |_, outcome| outcomes.push(outcome)).unwrap();
+        assert!(
+            matches!(
+                &outcomes[0],
+                Outcome::Applied(KvReply::Coord(CoordReply::Lease { id: 1, .. }))
+            ),
+            "{outcomes:?}"
+        );
+        assert_eq!(applying.sessions(), 0, "no session kept");
+        let mut skipping = Applier::new(KvStore::default(), limits(16, usize::MAX));
+        skipping.skip_batch(&batch).unwrap();
+        assert_eq!(skipping.applied_commands(), applying.applied_commands());
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct NodeSettings {
     pub http_listen: Option<String>,
     /// Where to serve the Redis protocol, `HOST:PORT` (docs/redis.md); unset: not served.
     pub redis_listen: Option<String>,
+    /// MiB of recent changes the built-in store keeps per shard, for watches and reads at a
+    /// past revision (docs/coordination.md; default 64).
+    pub history_mib: Option<u64>,
     /// Client sessions each shard holds before idle ones are evicted, least recently used
     /// first (a soft bound: a session used within `session_idle_commands_min` commands is
     /// kept). Every node of a cluster must use the same session settings.
@@ -230,6 +233,7 @@ impl NodeSettings {
             max_clock_drift: overrides.max_clock_drift.or(self.max_clock_drift),
             http_listen: overrides.http_listen.or(self.http_listen),
             redis_listen: overrides.redis_listen.or(self.redis_listen),
+            history_mib: overrides.history_mib.or(self.history_mib),
             sessions_max: overrides.sessions_max.or(self.sessions_max),
             session_idle_commands_min: overrides
                 .session_idle_commands_min
@@ -387,6 +391,8 @@ pub struct NodeConfig {
     pub reads: ReadSettings,
     /// What each shard's session table keeps (protocol.md §5); the same on every node.
     pub sessions: SessionLimits,
+    /// Bytes of recent changes the built-in store keeps per shard (docs/coordination.md).
+    pub history_bytes: usize,
 }
 
 /// How a node reads without the log beyond the read index (protocol.md §5.4).
@@ -616,6 +622,9 @@ impl NodeConfig {
             }
         }
         let sessions = resolve_sessions(&settings)?;
+        let history_bytes = in_range("history_mib", settings.history_mib.unwrap_or(64), 1, 1 << 20)?
+            as usize
+            * (1 << 20);
         let data_dir = settings.data_dir.ok_or(Missing("data_dir"))?;
         let default_shards =
             std::thread::available_parallelism().map_or(1, |cores| cores.get() as u16);
@@ -733,6 +742,7 @@ impl NodeConfig {
             client_queue_bytes,
             reads: read_settings(settings.read_lease, settings.max_clock_drift.as_deref())?,
             sessions,
+            history_bytes,
         };
         // Shard k listens on PORT + k: every node's ports must fit.
         let addresses =

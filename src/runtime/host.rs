@@ -718,53 +718,68 @@ impl<S: Hosted> Host<S> {
         }
     }
 
+    /// Queues `applied`'s reply for its client, or holds it until every shard has committed
+    /// past it (a write that must follow real time across shards).
+    fn answer(
+        &mut self,
+        connection: u64,
+        applied: AppliedCommand<S::Reply>,
+        shards: u64,
+        forwarding: bool,
+    ) {
+        // A write that must follow real time across shards (a coordination write) is
+        // answered once every shard has committed past it: whatever its client writes
+        // next, on any shard, gets a later place in the merged order (docs/coordination.md).
+        // With total-order apply the merge has already passed it.
+        let in_order = !forwarding
+            && !applied.id.is_query()
+            && match &applied.outcome {
+                Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
+                    S::orders_across_shards(reply)
+                }
+                _ => false,
+            };
+        let encoded = |reply: &S::Reply| {
+            let mut encoded = Vec::new();
+            S::encode_reply(reply, &mut encoded);
+            Bytes::from(encoded)
+        };
+        let (status, body) = match applied.outcome {
+            Outcome::Applied(reply) => (ReplyStatus::Applied, encoded(&reply)),
+            Outcome::Duplicate(reply) => (ReplyStatus::Duplicate, encoded(&reply)),
+            Outcome::Expired => (ReplyStatus::Expired, Bytes::new()),
+            Outcome::SessionExpired => (ReplyStatus::SessionExpired, Bytes::new()),
+            Outcome::Registered(client) => {
+                (ReplyStatus::Registered, Bytes::copy_from_slice(&client.to_le_bytes()))
+            }
+        };
+        let reply = Reply {
+            sequence: applied.id.sequence,
+            status,
+            slot: applied.slot,
+            index: applied.index,
+            body,
+        };
+        if in_order {
+            let position = applied.slot.0 * shards + u64::from(self.index);
+            self.held.push_back((position, connection, reply));
+        } else if let Some(link) = self.clients.get_mut(&connection) {
+            link.replies.push(reply);
+        }
+    }
+
     fn route_replies(&mut self) {
         self.release_held();
         self.shard.take_replies(&mut self.applied);
         let shards = self.control.commits.len() as u64;
         let forwarding = self.forward.is_some();
-        for applied in self.applied.drain(..) {
+        // Taken and put back, to keep its allocation from pump to pump.
+        let mut replies = std::mem::take(&mut self.applied);
+        for applied in replies.drain(..) {
             let Some(connection) = self.waiting.remove(&applied.id) else { continue };
-            // A write that must follow real time across shards (a coordination write) is
-            // answered once every shard has committed past it: whatever its client writes
-            // next, on any shard, gets a later place in the merged order (docs/coordination.md).
-            // With total-order apply the merge has already passed it.
-            let in_order = !forwarding
-                && !applied.id.is_query()
-                && match &applied.outcome {
-                    Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
-                        S::orders_across_shards(reply)
-                    }
-                    _ => false,
-                };
-            let encoded = |reply: &S::Reply| {
-                let mut encoded = Vec::new();
-                S::encode_reply(reply, &mut encoded);
-                Bytes::from(encoded)
-            };
-            let (status, body) = match applied.outcome {
-                Outcome::Applied(reply) => (ReplyStatus::Applied, encoded(&reply)),
-                Outcome::Duplicate(reply) => (ReplyStatus::Duplicate, encoded(&reply)),
-                Outcome::Expired => (ReplyStatus::Expired, Bytes::new()),
-                Outcome::SessionExpired => (ReplyStatus::SessionExpired, Bytes::new()),
-                Outcome::Registered(client) => {
-                    (ReplyStatus::Registered, Bytes::copy_from_slice(&client.to_le_bytes()))
-                }
-            };
-            let reply = Reply {
-                sequence: applied.id.sequence,
-                status,
-                slot: applied.slot,
-                index: applied.index,
-                body,
-            };
-            if in_order {
-                let position = applied.slot.0 * shards + u64::from(self.index);
-                self.held.push_back((position, connection, reply));
-            } else if let Some(link) = self.clients.get_mut(&connection) {
-                link.replies.push(reply);
-            }
+            self.answer(connection, applied, shards, forwarding);
         }
+        self.applied = replies;
         self.release_held();
         // Reads aborted by a lost leadership go to the leader it names.
         self.shard.take_aborted_reads(&mut self.aborted_reads);

@@ -24,7 +24,7 @@ pub struct NodeMachine {
 impl NodeMachine {
     /// The store, with the trap the environment asks for (logged: a node running with it is
     /// one bad key away from stopping).
-    pub fn from_environment() -> NodeMachine {
+    pub fn from_environment(history_bytes: usize) -> NodeMachine {
         let panic_on_key = std::env::var_os(PANIC_ON_KEY_VARIABLE)
             .map(|key| key.into_encoded_bytes().into_boxed_slice());
         static WARNED: std::sync::Once = std::sync::Once::new();
@@ -36,7 +36,7 @@ impl NodeMachine {
                 )
             });
         }
-        NodeMachine { store: KvStore::default(), panic_on_key }
+        NodeMachine { store: KvStore::with_history_bytes(history_bytes), panic_on_key }
     }
 }
 

@@ -269,7 +269,10 @@ impl Node {
     /// # Errors
     /// As [`NodeStart::start`].
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        Node::builder(config).state_machine(|_| NodeMachine::from_environment()).start()
+        let history_bytes = config.history_bytes;
+        Node::builder(config)
+            .state_machine(move |_| NodeMachine::from_environment(history_bytes))
+            .start()
     }
 
     /// A client of this node's cluster, connected through this node: it proposes commands

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use quorum::bench::{self, BenchRow, BenchSpec, load::LoadSpec, report};
+use quorum::bench::load::{LoadSpec, Workload};
+use quorum::bench::{self, BenchRow, BenchSpec, report};
 use quorum::client::Consistency;
 use quorum::runtime::config::{ApplyMode, Durability};
 
@@ -76,10 +77,21 @@ pub struct BenchArgs {
     /// Write an SVG of throughput and p99 against the swept parameter (shards or clients).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// kv: puts (and gets, --read-ratio) of random keys. lock: each of --clients workers takes
+    /// and releases a lock of its own name with a lease of its own, over and over; ops are
+    /// lock+unlock cycles (docs/coordination.md).
+    #[arg(long, value_enum, default_value = "kv")]
+    workload: WorkloadArg,
     /// Skip measuring the machine's limits (memcpy, fdatasync, loopback TCP; about 2 s)
     /// before the runs.
     #[arg(long)]
     no_limits: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WorkloadArg {
+    Kv,
+    Lock,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -137,6 +149,10 @@ fn spec(args: &BenchArgs, (shards, clients, read_ratio, consistency): Run) -> Be
             keys: args.keys,
             rate: args.rate,
             only_shard: args.only_shard,
+            workload: match args.workload {
+                WorkloadArg::Kv => Workload::Kv,
+                WorkloadArg::Lock => Workload::Lock,
+            },
         },
         shards,
         voters: args.voters,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use quorum::client::{Client, ClientError};
+use quorum::client::{Client, ClientError, TxnOutcome};
 use quorum::machine::kv::{
     Change, ChangeKind, Compare, CompareOp, CoordError, KeyRange, Target, Txn, TxnOp, TxnResult,
 };
@@ -536,21 +536,9 @@ pub fn run_txn(args: &TxnArgs) -> ExitCode {
     let (mut compares, mut success, mut failure) =
         (args.compares.clone(), args.success.clone(), args.failure.clone());
     if compares.is_empty() && success.is_empty() && failure.is_empty() {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match line.split_once(char::is_whitespace) {
-                Some(("if", rest)) => compares.push(rest.trim().to_string()),
-                Some(("then", rest)) => success.push(rest.trim().to_string()),
-                Some(("else", rest)) => failure.push(rest.trim().to_string()),
-                _ => {
-                    eprintln!("quorum txn: `{line}` does not start with if, then or else");
-                    return ExitCode::from(2);
-                }
-            }
+        if let Err(line) = read_txn_lines(&mut compares, &mut success, &mut failure) {
+            eprintln!("quorum txn: `{line}` does not start with if, then or else");
+            return ExitCode::from(2);
         }
     }
     let parsed = (|| -> Result<Txn, String> {
@@ -575,6 +563,12 @@ pub fn run_txn(args: &TxnArgs) -> ExitCode {
         Ok(outcome) => outcome,
         Err(error) => return fail("txn", error),
     };
+    print_outcome(&outcome, args.json);
+    if outcome.succeeded { ExitCode::SUCCESS } else { ExitCode::from(3) }
+}
+
+/// A transaction's outcome, as lines or one JSON object.
+fn print_outcome(outcome: &TxnOutcome, as_json: bool) {
     let results: Vec<serde_json::Value> = outcome
         .results
         .iter()
@@ -587,7 +581,7 @@ pub fn run_txn(args: &TxnArgs) -> ExitCode {
             })).collect::<Vec<_>>()}),
         })
         .collect();
-    if args.json {
+    if as_json {
         println!(
             "{}",
             json!({"succeeded": outcome.succeeded, "revision": outcome.revision, "results": results})
@@ -610,5 +604,27 @@ pub fn run_txn(args: &TxnArgs) -> ExitCode {
             }
         }
     }
-    if outcome.succeeded { ExitCode::SUCCESS } else { ExitCode::from(3) }
+}
+
+/// The transaction's lines from standard input (`if …`, `then …`, `else …`; blank lines and
+/// `#` comments skipped); `Err` with the first line that is none of them.
+fn read_txn_lines(
+    compares: &mut Vec<String>,
+    success: &mut Vec<String>,
+    failure: &mut Vec<String>,
+) -> Result<(), String> {
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once(char::is_whitespace) {
+            Some(("if", rest)) => compares.push(rest.trim().to_string()),
+            Some(("then", rest)) => success.push(rest.trim().to_string()),
+            Some(("else", rest)) => failure.push(rest.trim().to_string()),
+            _ => return Err(line.to_string()),
+        }
+    }
+    Ok(())
 }

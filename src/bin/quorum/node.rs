@@ -183,6 +183,11 @@ pub struct NodeArgs {
     /// docs/operations.md has the memory they cost.
     #[arg(long, value_name = "N")]
     sessions_max: Option<u64>,
+    /// MiB of recent changes the key-value store keeps per shard (default 64): how far back
+    /// a watch can resume and a read at a past revision (--rev) can go. The newest 1 MiB is
+    /// also kept in snapshots.
+    #[arg(long, value_name = "MIB")]
+    history_mib: Option<u64>,
     /// A session is idle, and may be evicted, once this many commands were applied on its
     /// shard since its last request (default 1000000). Counted in the log, never in time:
     /// every replica evicts the same session at the same command. Same on every node.
@@ -243,6 +248,7 @@ impl NodeArgs {
             http_listen: self.http_listen.clone(),
             redis_listen: self.redis_listen.clone(),
             sessions_max: self.sessions_max,
+            history_mib: self.history_mib,
             session_idle_commands_min: self.session_idle_commands_min,
             session_replies_max: self.session_replies_max,
             session_replies_kib: self.session_replies_kib,

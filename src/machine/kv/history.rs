@@ -11,9 +11,6 @@ use super::entry::Entry;
 /// 300,000 changes; at the coordination rates of a few thousand writes a second, minutes.
 pub const HISTORY_BYTES_DEFAULT: usize = 64 << 20;
 
-/// What an event costs beyond its key and values: its revision, kind and the entry's fields.
-const EVENT_OVERHEAD_BYTES: usize = 96;
-
 /// One change, with what it replaced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Event {
@@ -27,11 +24,14 @@ pub(super) struct Event {
 }
 
 impl Event {
+    /// What the event takes in memory: itself, and what its key and values hold on the heap
+    /// (a [`Bytes24`] of more than 24 bytes).
     fn bytes(&self) -> usize {
-        EVENT_OVERHEAD_BYTES
-            + self.key.len()
-            + self.value.len()
-            + self.previous.as_ref().map_or(0, |entry| entry.value.len())
+        let heap = |bytes: &Bytes24| if bytes.spilled() { bytes.capacity() } else { 0 };
+        std::mem::size_of::<Event>()
+            + heap(&self.key)
+            + heap(&self.value)
+            + self.previous.as_ref().map_or(0, |entry| heap(&entry.value))
     }
 
     /// A lock or election's change, not a key's.

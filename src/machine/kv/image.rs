@@ -107,6 +107,27 @@ pub(super) fn read(image: &mut dyn std::io::Read) -> Result<KvStore, SnapshotErr
         let entry = read_entry(&mut reader, &mut value)?;
         insert(&mut store, &key, entry)?;
     }
+    read_leases_and_locks(&mut reader, &mut store, &mut key, &mut value)?;
+    store.history = read_history(&mut reader, &store, &mut key, &mut value)?;
+    reader.finish("bytes after the last change")?;
+    Ok(store)
+}
+
+fn insert(store: &mut KvStore, key: &[u8], entry: Entry) -> Result<(), SnapshotError> {
+    if store.entries.insert(Bytes24::from_slice(key), entry).is_some() {
+        return Err(SnapshotError::Image("a key appears twice"));
+    }
+    store.ordered.insert(Bytes24::from_slice(key));
+    Ok(())
+}
+
+/// The leases and locks, and what lives by each lease (rebuilt from the keys and locks).
+fn read_leases_and_locks(
+    reader: &mut ImageReader<'_>,
+    store: &mut KvStore,
+    key: &mut Vec<u8>,
+    value: &mut Vec<u8>,
+) -> Result<(), SnapshotError> {
     for _ in 0..reader.u64()? {
         let id = reader.u64()?;
         let lease = Lease { ttl_ms: reader.u64()?, refreshes: reader.u64()?, ..Lease::default() };
@@ -115,18 +136,18 @@ pub(super) fn read(image: &mut dyn std::io::Read) -> Result<KvStore, SnapshotErr
         }
     }
     for _ in 0..reader.u64()? {
-        reader.field_into(&mut key)?;
-        reader.field_into(&mut value)?;
-        let lock: Lock = postcard::from_bytes(&value)
+        reader.field_into(key)?;
+        reader.field_into(value)?;
+        let lock: Lock = postcard::from_bytes(value)
             .map_err(|_| SnapshotError::Image("a lock does not decode"))?;
         let leases = lock.holder.iter().map(|holder| holder.lease);
         for lease in leases.chain(lock.waiters.iter().map(|(lease, _)| *lease)) {
             let Some(lease) = store.leases.get_mut(&lease) else {
                 return Err(SnapshotError::Image("a lock names a lease that does not exist"));
             };
-            lease.locks.insert(Bytes24::from_slice(&key));
+            lease.locks.insert(Bytes24::from_slice(key));
         }
-        if store.locks.by_name.insert(Bytes24::from_slice(&key), lock).is_some() {
+        if store.locks.by_name.insert(Bytes24::from_slice(key), lock).is_some() {
             return Err(SnapshotError::Image("a lock appears twice"));
         }
     }
@@ -138,6 +159,16 @@ pub(super) fn read(image: &mut dyn std::io::Read) -> Result<KvStore, SnapshotErr
             lease.keys.insert(key.clone());
         }
     }
+    Ok(())
+}
+
+/// The recent changes, in revision order, none past the store's revision.
+fn read_history(
+    reader: &mut ImageReader<'_>,
+    store: &KvStore,
+    key: &mut Vec<u8>,
+    value: &mut Vec<u8>,
+) -> Result<History, SnapshotError> {
     let compacted = reader.u64()?;
     let mut history = History::restored(store.history.bytes_max(), compacted);
     let mut last = compacted;
@@ -151,12 +182,12 @@ pub(super) fn read(image: &mut dyn std::io::Read) -> Result<KvStore, SnapshotErr
             4 => ChangeKind::Proclaimed,
             _ => return Err(SnapshotError::Image("a change of unknown kind")),
         };
-        reader.field_into(&mut key)?;
-        reader.field_into(&mut value)?;
-        let (event_key, event_value) = (Bytes24::from_slice(&key), Bytes24::from_slice(&value));
+        reader.field_into(key)?;
+        reader.field_into(value)?;
+        let (event_key, event_value) = (Bytes24::from_slice(key), Bytes24::from_slice(value));
         let previous = match reader.u64()? {
             0 => None,
-            1 => Some(read_entry(&mut reader, &mut value)?),
+            1 => Some(read_entry(reader, value)?),
             _ => return Err(SnapshotError::Image("a change's previous entry is garbled")),
         };
         if revision < last || revision > store.revision {
@@ -165,15 +196,5 @@ pub(super) fn read(image: &mut dyn std::io::Read) -> Result<KvStore, SnapshotErr
         last = revision;
         history.push(Event { revision, kind, key: event_key, value: event_value, previous });
     }
-    store.history = history;
-    reader.finish("bytes after the last change")?;
-    Ok(store)
-}
-
-fn insert(store: &mut KvStore, key: &[u8], entry: Entry) -> Result<(), SnapshotError> {
-    if store.entries.insert(Bytes24::from_slice(key), entry).is_some() {
-        return Err(SnapshotError::Image("a key appears twice"));
-    }
-    store.ordered.insert(Bytes24::from_slice(key));
-    Ok(())
+    Ok(history)
 }

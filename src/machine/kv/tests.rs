@@ -1,3 +1,6 @@
+//! The store's own tests: revisions, ranges at past revisions, the change feed, leases,
+//! locks and fencing, transactions, images.
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -261,7 +264,7 @@ proptest! {
 
 #[test]
 fn the_change_feed_keeps_whole_revisions_and_reports_compaction() {
-    let mut store = KvStore::with_history_bytes(1000);
+    let mut store = KvStore::with_history_bytes(4000);
     // One command, three changes at one revision.
     let grant = CoordCommand::LeaseGrant { id: 7, ttl_ms: 5000 };
     assert_eq!(coord(&mut store, 1, grant), CoordReply::Lease { id: 7, ttl_ms: 5000 });
@@ -413,6 +416,22 @@ fn a_fenced_write_fails_once_the_lock_has_moved_on() {
         CoordReply::Txn { succeeded: false, .. }
     ));
     assert_eq!(range_at(&store, key(b"out"), 0).entries[0].value, b"two");
+}
+
+#[test]
+fn an_elections_leader_proclaims_and_its_changes_are_watched() {
+    let mut store = KvStore::default();
+    for (revision, id) in [(1, 1), (2, 2)] {
+        coord(&mut store, revision, CoordCommand::LeaseGrant { id, ttl_ms: 5000 });
+    }
+    let lock = |lease| CoordCommand::Lock {
+        name: b"job".to_vec(),
+        lease,
+        value: format!("holder {lease}").into_bytes(),
+    };
+    coord(&mut store, 10, lock(1));
+    coord(&mut store, 11, lock(2));
+    coord(&mut store, 20, CoordCommand::LeaseExpire { id: 1, refreshes: 0 });
     // Elections: the leader proclaims; someone else's token is refused.
     assert!(matches!(
         coord(

@@ -176,6 +176,7 @@ impl NodeArgs {
             redis_listen: None,
             // The session limits come from the config file alone here.
             sessions_max: None,
+            history_mib: None,
             session_idle_commands_min: None,
             session_replies_max: None,
             session_replies_kib: None,
