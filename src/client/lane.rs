@@ -35,6 +35,9 @@ struct Pending {
     result: Option<Result<Response, ClientError>>,
     /// Where to deliver the result instead of keeping it for a waiter.
     notify: Option<Notify>,
+    /// What its waiter waits on (one per request: a reply wakes its own waiter, not every
+    /// thread waiting on the lane).
+    waker: Option<Arc<Condvar>>,
 }
 
 /// Where a request's outcome goes instead of to a waiting [`super::Ticket`].
@@ -94,7 +97,6 @@ pub(super) struct Lane {
     shard: u16,
     target: Target,
     state: Mutex<LaneState>,
-    changed: Condvar,
     /// Held while writing to the socket, so that the reader, which needs only `state`, is
     /// never held up by a large write.
     write_lock: Mutex<()>,
@@ -119,7 +121,6 @@ impl Lane {
             shard,
             target,
             state: Mutex::new(state),
-            changed: Condvar::new(),
             write_lock: Mutex::new(()),
         });
         let runner = lane.clone();
@@ -238,6 +239,7 @@ impl Lane {
                 session: None,
                 result: None,
                 notify,
+                waker: None,
             };
             state.outstanding.insert(*sequence, pending);
         }
@@ -276,8 +278,8 @@ impl Lane {
                     _ => ClientError::Timeout(timeout),
                 });
             }
-            state = self
-                .changed
+            let waker = pending.waker.get_or_insert_with(|| Arc::new(Condvar::new())).clone();
+            state = waker
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
@@ -298,7 +300,6 @@ impl Lane {
         if let Some(writer) = state.writer.take() {
             let _ = writer.shutdown(Shutdown::Both);
         }
-        self.changed.notify_all();
     }
 
     fn closed(&self) -> bool {
@@ -378,7 +379,6 @@ impl Lane {
                 Ok(connected) => connected,
                 Err(error) => {
                     self.lock().last_error = Some(error);
-                    self.changed.notify_all();
                     std::thread::sleep(RECONNECT_PAUSE);
                     continue;
                 }
@@ -427,7 +427,6 @@ impl Lane {
                     }
                 }
             }
-            self.changed.notify_all();
             if let Some(hint) = redirect {
                 self.lock().leader = hint;
                 // No leader yet (an election runs), or a stale hint: do not spin on it.
@@ -543,7 +542,12 @@ impl Lane {
                 state.outstanding.remove(&reply.sequence);
                 callback(result);
             }
-            None => pending.result = Some(result),
+            None => {
+                pending.result = Some(result);
+                if let Some(waker) = &pending.waker {
+                    waker.notify_one();
+                }
+            }
         }
         if forgotten {
             // The shard forgot the session: this request may have been applied under it, so
