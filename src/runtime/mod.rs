@@ -10,6 +10,7 @@ mod clock;
 pub mod config;
 mod host;
 mod machine;
+pub mod metrics;
 mod net;
 pub mod restore;
 
@@ -63,6 +64,9 @@ pub struct Control {
     pub handover: AtomicBool,
     /// Per shard, whether this node led it at the shard's last tick.
     pub leading: Vec<AtomicBool>,
+    /// Per shard, its metrics: written by that shard only, read by scrapes
+    /// ([`metrics::NodeProbe`]).
+    pub metrics: metrics::NodeMetrics,
 }
 
 impl Control {
@@ -70,6 +74,9 @@ impl Control {
         Control {
             commits: (0..shards).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             leading: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            metrics: (0..shards)
+                .map(|_| CachePadded::new(metrics::ShardMetrics::default()))
+                .collect(),
             ..Control::default()
         }
     }
@@ -212,6 +219,7 @@ fn watch_executor(
 /// ```
 pub struct Node {
     control: Arc<Control>,
+    id: crate::core::NodeId,
     threads: Vec<JoinHandle<Result<(), NodeError>>>,
     listen: String,
     cluster_id: ClusterId,
@@ -283,6 +291,14 @@ impl Node {
         Client::connect(std::slice::from_ref(&self.listen), options)
     }
 
+    /// This node's metrics and readiness, read from its shards when asked (a scrape, `GET
+    /// /ready`): ready while every shard knows its leader and has applied to within
+    /// `ready_lag_slots` of the highest commit position it knows of.
+    #[must_use]
+    pub fn probe(&self, ready_lag_slots: u64) -> metrics::NodeProbe {
+        metrics::NodeProbe::new(self.control.clone(), self.id.0, ready_lag_slots)
+    }
+
     /// The address clients and peers reach this node's shard 0 at (shard `k` at its port + `k`).
     #[must_use]
     pub fn address(&self) -> &str {
@@ -335,7 +351,8 @@ fn start<S: Hosted>(config: NodeConfig, machine: Factory<S>) -> Result<Node, Nod
     }
     let (listen, cluster_id) = (config.listen.clone(), config.cluster_id);
     let (tick_ms, election_timeout_ms) = (config.tick_ms, config.election_timeout_ms);
-    let node = Node { control, threads, listen, cluster_id, tick_ms, election_timeout_ms };
+    let id = config.id;
+    let node = Node { control, id, threads, listen, cluster_id, tick_ms, election_timeout_ms };
     for ready_rx in ready {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -477,6 +494,7 @@ async fn run_shard<S: Hosted>(
             host.hand_over_if_stopping()?;
             host.skip_idle()
         });
+        host.borrow_mut().publish_metrics();
     }
     // A clean stop leaves everything appended durable, the commit index included, so a
     // restart finds the state it left (a failed shard skips this: its log is poisoned).

@@ -1,0 +1,717 @@
+//! The node's metrics and readiness, read when asked (docs/operations.md, "Metrics").
+//!
+//! Each shard keeps its counters where it already keeps them, on its own thread, and copies
+//! them into its [`ShardMetrics`] (relaxed atomic stores on a cache line of its own, written
+//! by that shard only) at every tick; the few things timed as they happen (a sync, a snapshot
+//! write) go into single-writer [`AtomicHistogram`]s. A scrape reads those atomics through a
+//! `prometheus-client` collector and encodes them in the Prometheus text format. So nothing on
+//! a command's path takes a lock, allocates or pays a store for metrics; what a scrape sees is
+//! at most one tick (5 ms by default) old.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::Control;
+use crate::core::RoleKind;
+
+/// The `Content-Type` of what [`NodeProbe::metrics_text`] returns (Prometheus text 0.0.4).
+pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The default of `--ready-lag-slots`: how far this node's applied position may trail the
+/// highest commit position it knows of while it counts as ready.
+pub const READY_LAG_SLOTS_DEFAULT: u64 = 10_000;
+
+/// Upper bounds of the sync duration buckets, in seconds: an SSD's `fdatasync` takes 0.1 to
+/// 2 ms, a disk's or a cloud volume's 2 to 20 ms; past 100 ms something is wrong.
+const SYNC_BUCKETS_SECONDS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Upper bounds of the snapshot write buckets, in seconds (a write, its fsync and rename).
+const SNAPSHOT_BUCKETS_SECONDS: [f64; 10] =
+    [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Why a connection was refused before it was served: the `reason` label of
+/// `quorum_connections_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// More connections in their handshake or served than `--connections-max` + 64: closed
+    /// unread.
+    OpenMax,
+    /// More client connections than `--connections-max`: refused with a reason.
+    ClientsMax,
+    /// A `Hello` of another protocol version, cluster or shard, or from a peer that is not a
+    /// member.
+    Handshake,
+    /// `accept` itself failed (out of file descriptors, say).
+    Accept,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] =
+        [Refusal::OpenMax, Refusal::ClientsMax, Refusal::Handshake, Refusal::Accept];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::OpenMax => "connections_open_max",
+            Refusal::ClientsMax => "client_connections_max",
+            Refusal::Handshake => "handshake",
+            Refusal::Accept => "accept_failed",
+        }
+    }
+}
+
+/// A histogram with fixed buckets and one writer (its shard's thread): recording is one
+/// relaxed add, no lock. A scrape that runs during a write may see the bucket before its sum;
+/// the count it reports is the buckets' total, so the two it encodes always agree.
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    bounds: &'static [f64],
+    /// Per bucket (one more than bounds: the last is +Inf), observations in it alone.
+    buckets: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    fn new(bounds: &'static [f64]) -> AtomicHistogram {
+        let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        AtomicHistogram { bounds, buckets, sum_nanos: AtomicU64::new(0) }
+    }
+
+    /// Records one observation.
+    pub fn record(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let index = self.bounds.iter().position(|bound| seconds <= *bound);
+        let bucket = &self.buckets[index.unwrap_or(self.bounds.len())];
+        bucket.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum()
+    }
+
+    fn encode(&self, encoder: &mut MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Per bucket, not cumulative: the encoder sums them as it writes each `le`.
+        let mut count = 0;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let observed = bucket.load(Ordering::Relaxed);
+            count += observed;
+            let bound = self.bounds.get(index).copied().unwrap_or(f64::INFINITY);
+            buckets.push((bound, observed));
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+/// One shard's metrics, written by its shard only ([`super::host::Host::publish_metrics`] at
+/// every tick, the histograms as things happen), read by scrapes.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    /// The replica's role: [`role_code`].
+    pub role: AtomicU64,
+    /// The promised ballot.
+    pub ballot_round: AtomicU64,
+    /// The node of the promised ballot.
+    pub ballot_node: AtomicU64,
+    /// The leader this replica knows of (itself if it leads), 0 if none.
+    pub leader: AtomicU64,
+    /// Times the known leader changed to another node, seen at ticks.
+    pub leader_changes: AtomicU64,
+    /// Times the replica's role changed.
+    pub role_changes: AtomicU64,
+    /// Every slot below is committed here.
+    pub commit_slot: AtomicU64,
+    /// The highest commit position a leader or peer told this replica of.
+    pub known_commit_slot: AtomicU64,
+    /// Every slot below is applied (with `--apply total`: by the node's merge).
+    pub applied_slot: AtomicU64,
+    /// Client commands applied.
+    pub commands_applied: AtomicU64,
+    /// Batches committed (no-ops not counted).
+    pub batches_committed: AtomicU64,
+    /// WAL bytes appended since the node started.
+    pub wal_appended_bytes: AtomicU64,
+    /// Syncs started (with durability off: sync points passed).
+    pub wal_syncs: AtomicU64,
+    /// Time spent in `fdatasync`, per sync.
+    pub wal_sync_seconds: AtomicHistogram,
+    /// Syncs that failed (each one fails the shard and stops the node).
+    pub wal_sync_errors: AtomicU64,
+    /// The shard failed and is fenced; the node is stopping.
+    pub failed: AtomicBool,
+    /// The disk is full: the replica is paused.
+    pub out_of_space: AtomicBool,
+    /// Peer messages dropped and proposals refused while out of space.
+    pub out_of_space_dropped: AtomicU64,
+    /// The replica repairs before it votes again (protocol.md §3.9).
+    pub repairing: AtomicBool,
+    /// Snapshots taken here.
+    pub snapshots_taken: AtomicU64,
+    /// Snapshots from peers installed.
+    pub snapshots_installed: AtomicU64,
+    /// Snapshots from peers refused.
+    pub snapshots_refused: AtomicU64,
+    /// The newest snapshot's size, 0 if none.
+    pub snapshot_bytes: AtomicU64,
+    /// WAL bytes released behind snapshots.
+    pub snapshot_released_bytes: AtomicU64,
+    /// Time from a snapshot's image to its file being durable, per snapshot taken here.
+    pub snapshot_write_seconds: AtomicHistogram,
+    /// Client sessions held.
+    pub sessions: AtomicU64,
+    /// Proposals refused `Busy` (the pipeline and the open batch full).
+    pub busy_replies: AtomicU64,
+    /// Messages to peers dropped (unreachable, or too far behind to queue more).
+    pub peer_messages_dropped: AtomicU64,
+    /// Bytes queued for peers.
+    pub peer_sent_bytes: AtomicU64,
+    /// Of those, frames of committed runs (catch-up, learners).
+    pub peer_chosen_sent_bytes: AtomicU64,
+    /// Connections refused, by [`Refusal`].
+    pub refused: [AtomicU64; 4],
+}
+
+impl Default for ShardMetrics {
+    fn default() -> ShardMetrics {
+        ShardMetrics {
+            role: AtomicU64::new(0),
+            ballot_round: AtomicU64::new(0),
+            ballot_node: AtomicU64::new(0),
+            leader: AtomicU64::new(0),
+            leader_changes: AtomicU64::new(0),
+            role_changes: AtomicU64::new(0),
+            commit_slot: AtomicU64::new(0),
+            known_commit_slot: AtomicU64::new(0),
+            applied_slot: AtomicU64::new(0),
+            commands_applied: AtomicU64::new(0),
+            batches_committed: AtomicU64::new(0),
+            wal_appended_bytes: AtomicU64::new(0),
+            wal_syncs: AtomicU64::new(0),
+            wal_sync_seconds: AtomicHistogram::new(&SYNC_BUCKETS_SECONDS),
+            wal_sync_errors: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            out_of_space: AtomicBool::new(false),
+            out_of_space_dropped: AtomicU64::new(0),
+            repairing: AtomicBool::new(false),
+            snapshots_taken: AtomicU64::new(0),
+            snapshots_installed: AtomicU64::new(0),
+            snapshots_refused: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
+            snapshot_released_bytes: AtomicU64::new(0),
+            snapshot_write_seconds: AtomicHistogram::new(&SNAPSHOT_BUCKETS_SECONDS),
+            sessions: AtomicU64::new(0),
+            busy_replies: AtomicU64::new(0),
+            peer_messages_dropped: AtomicU64::new(0),
+            peer_sent_bytes: AtomicU64::new(0),
+            peer_chosen_sent_bytes: AtomicU64::new(0),
+            refused: [const { AtomicU64::new(0) }; 4],
+        }
+    }
+}
+
+impl ShardMetrics {
+    /// Counts a refused connection.
+    pub fn count_refusal(&self, refusal: Refusal) {
+        let index = Refusal::ALL.iter().position(|each| *each == refusal).unwrap_or(0);
+        self.refused[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every shard's metrics, one cache line (or more) each.
+pub type NodeMetrics = Vec<CachePadded<ShardMetrics>>;
+
+/// A role as the `role` gauge stores it.
+#[must_use]
+pub fn role_code(role: RoleKind) -> u64 {
+    match role {
+        RoleKind::Follower => 0,
+        RoleKind::Candidate => 1,
+        RoleKind::Leader => 2,
+        RoleKind::Learner => 3,
+    }
+}
+
+const ROLES: [(u64, &str); 4] = [(0, "follower"), (1, "candidate"), (2, "leader"), (3, "learner")];
+
+/// Why one shard keeps the node from being ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotReady {
+    /// The shard.
+    pub shard: u16,
+    /// Why, in a sentence.
+    pub reason: String,
+}
+
+/// What a node tells its metrics listener: its metrics and readiness, read from the shards'
+/// atomics when asked. Cheap to clone; holds nothing the shards wait for.
+#[derive(Clone, Debug)]
+pub struct NodeProbe {
+    registry: Arc<Registry>,
+    control: Arc<Control>,
+    ready_lag_slots: u64,
+}
+
+impl NodeProbe {
+    pub(super) fn new(control: Arc<Control>, node: u16, ready_lag_slots: u64) -> NodeProbe {
+        let mut registry = Registry::with_prefix("quorum");
+        let collector = NodeCollector { control: control.clone(), node, ready_lag_slots };
+        registry.register_collector(Box::new(collector));
+        NodeProbe { registry: Arc::new(registry), control, ready_lag_slots }
+    }
+
+    /// Every metric, in the Prometheus text format ([`METRICS_CONTENT_TYPE`]).
+    #[must_use]
+    pub fn metrics_text(&self) -> String {
+        let mut text = String::with_capacity(16 << 10);
+        // Writing into a String cannot fail, and the collector's own encodes only fail with
+        // the writer.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Why the node is not ready, shard by shard; empty when it is: every shard knows its
+    /// leader, and has applied to within `--ready-lag-slots` of the highest commit position
+    /// it knows of.
+    #[must_use]
+    pub fn not_ready(&self) -> Vec<NotReady> {
+        not_ready(&self.control, self.ready_lag_slots)
+    }
+}
+
+#[cfg(feature = "front")]
+impl crate::front::Probe for NodeProbe {
+    fn metrics_text(&self) -> String {
+        NodeProbe::metrics_text(self)
+    }
+
+    fn not_ready(&self) -> Vec<(u16, String)> {
+        let reasons = NodeProbe::not_ready(self);
+        reasons.into_iter().map(|NotReady { shard, reason }| (shard, reason)).collect()
+    }
+}
+
+fn not_ready(control: &Control, lag_slots_max: u64) -> Vec<NotReady> {
+    let mut reasons = Vec::new();
+    if control.stop.load(Ordering::Relaxed) {
+        reasons.push(NotReady { shard: 0, reason: "the node is stopping".to_string() });
+    }
+    for (shard, metrics) in control.metrics.iter().enumerate() {
+        let shard = shard as u16;
+        let reason = if metrics.failed.load(Ordering::Relaxed) {
+            "the shard failed; the node is stopping".to_string()
+        } else if metrics.out_of_space.load(Ordering::Relaxed) {
+            "out of disk space: the replica is paused".to_string()
+        } else if metrics.leader.load(Ordering::Relaxed) == 0 {
+            "no known leader".to_string()
+        } else {
+            let known = metrics.known_commit_slot.load(Ordering::Relaxed);
+            let commit = metrics.commit_slot.load(Ordering::Relaxed).max(known);
+            let applied = metrics.applied_slot.load(Ordering::Relaxed);
+            let lag = commit.saturating_sub(applied);
+            if lag <= lag_slots_max {
+                continue;
+            }
+            format!(
+                "applied to slot {applied}, {lag} slots behind the commit position {commit} \
+                 (--ready-lag-slots {lag_slots_max})"
+            )
+        };
+        reasons.push(NotReady { shard, reason });
+    }
+    reasons
+}
+
+/// Encodes the node's metrics at each scrape.
+#[derive(Debug)]
+struct NodeCollector {
+    control: Arc<Control>,
+    node: u16,
+    ready_lag_slots: u64,
+}
+
+/// A metric's name, help, unit and type, before its samples.
+type Descriptor = (&'static str, &'static str, Option<Unit>, MetricType);
+
+impl NodeCollector {
+    /// One series per shard of a counter or gauge read from each shard's metrics.
+    fn per_shard(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        (name, help, unit, kind): Descriptor,
+        value: impl Fn(&ShardMetrics) -> u64,
+    ) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), kind)?;
+        for (shard, metrics) in self.control.metrics.iter().enumerate() {
+            let labels = [("shard", shard.to_string())];
+            let family = metric.encode_family(&labels)?;
+            let value = value(metrics);
+            match kind {
+                MetricType::Counter => ConstCounter::new(value).encode(family)?,
+                _ => ConstGauge::new(value as i64).encode(family)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn histogram(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        (name, help): (&'static str, &'static str),
+        histogram: impl Fn(&ShardMetrics) -> &AtomicHistogram,
+    ) -> Result<(), std::fmt::Error> {
+        let unit = Some(Unit::Seconds);
+        let mut metric =
+            encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Histogram)?;
+        for (shard, metrics) in self.control.metrics.iter().enumerate() {
+            let labels = [("shard", shard.to_string())];
+            histogram(metrics).encode(&mut metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// The node's own series: who it is, whether it is ready, its connections.
+    fn encode_node(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let control = &self.control;
+        let help = "This node: its id, shard count and version, as labels (the value is 1)";
+        let mut info = encoder.encode_descriptor("node", help, None, MetricType::Gauge)?;
+        let labels = [
+            ("node", self.node.to_string()),
+            ("shards", control.metrics.len().to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ];
+        ConstGauge::new(1).encode(info.encode_family(&labels)?)?;
+        let ready = i64::from(not_ready(control, self.ready_lag_slots).is_empty());
+        let help = "1 while GET /ready answers 200: every shard knows its leader and is applied \
+                    to within --ready-lag-slots of its commit position";
+        ConstGauge::new(ready).encode(encoder.encode_descriptor(
+            "ready",
+            help,
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let clients = control.client_connections.load(Ordering::Relaxed) as i64;
+        ConstGauge::new(clients).encode(encoder.encode_descriptor(
+            "client_connections",
+            "Client connections served, over all shards (at most --connections-max)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let open = control.open_connections.load(Ordering::Relaxed) as i64;
+        ConstGauge::new(open).encode(encoder.encode_descriptor(
+            "open_connections",
+            "Connections accepted that are not peers': clients and those in their handshake",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+
+    /// Roles as a state set: one series per shard and role, 1 for the role it has.
+    fn encode_roles(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let help = "The replica's role: 1 on the series of the role it has";
+        let mut metric = encoder.encode_descriptor("role", help, None, MetricType::Gauge)?;
+        for (shard, metrics) in self.control.metrics.iter().enumerate() {
+            let role = metrics.role.load(Ordering::Relaxed);
+            for (code, name) in ROLES {
+                let labels = [("shard", shard.to_string()), ("role", name.to_string())];
+                ConstGauge::new(i64::from(role == code)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_refusals(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let help = "Connections refused before being served, by reason";
+        let mut metric =
+            encoder.encode_descriptor("connections_refused", help, None, MetricType::Counter)?;
+        for (shard, metrics) in self.control.metrics.iter().enumerate() {
+            for (index, refusal) in Refusal::ALL.iter().enumerate() {
+                let labels = [("shard", shard.to_string()), ("reason", refusal.label().into())];
+                let count = metrics.refused[index].load(Ordering::Relaxed);
+                ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_consensus(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let load = |field: fn(&ShardMetrics) -> &AtomicU64| {
+            move |metrics: &ShardMetrics| field(metrics).load(Ordering::Relaxed)
+        };
+        let series: [(Descriptor, fn(&ShardMetrics) -> &AtomicU64); 10] = [
+            (("ballot_round", "The round of the highest ballot promised", None, Gauge), |m| {
+                &m.ballot_round
+            }),
+            (("ballot_node", "The node of the highest ballot promised", None, Gauge), |m| {
+                &m.ballot_node
+            }),
+            (
+                ("leader_node", "The leader known (this node if it leads), 0 if none", None, Gauge),
+                |m| &m.leader,
+            ),
+            (
+                ("leader_changes", "Times the known leader changed to another node", None, Counter),
+                |m| &m.leader_changes,
+            ),
+            (("role_changes", "Times the replica's role changed", None, Counter), |m| {
+                &m.role_changes
+            }),
+            (("commit_slot", "Every slot below is committed here", None, Gauge), |m| {
+                &m.commit_slot
+            }),
+            (
+                (
+                    "known_commit_slot",
+                    "The highest commit position a leader or peer told of",
+                    None,
+                    Gauge,
+                ),
+                |m| &m.known_commit_slot,
+            ),
+            (
+                ("applied_slot", "Every slot below is applied to the state machine", None, Gauge),
+                |m| &m.applied_slot,
+            ),
+            (("commands_applied", "Client commands committed and applied", None, Counter), |m| {
+                &m.commands_applied
+            }),
+            (
+                (
+                    "batches_committed",
+                    "Batches of commands committed (no-ops not counted)",
+                    None,
+                    Counter,
+                ),
+                |m| &m.batches_committed,
+            ),
+        ];
+        for (descriptor, field) in series {
+            self.per_shard(encoder, descriptor, load(field))?;
+        }
+        Ok(())
+    }
+
+    fn encode_storage(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let load = |field: fn(&ShardMetrics) -> &AtomicU64| {
+            move |metrics: &ShardMetrics| field(metrics).load(Ordering::Relaxed)
+        };
+        let series: [(Descriptor, fn(&ShardMetrics) -> &AtomicU64); 9] = [
+            (
+                (
+                    "wal_appended",
+                    "WAL bytes appended since the node started",
+                    Some(Unit::Bytes),
+                    Counter,
+                ),
+                |m| &m.wal_appended_bytes,
+            ),
+            (("wal_syncs", "WAL syncs started", None, Counter), |m| &m.wal_syncs),
+            (
+                ("wal_sync_errors", "WAL syncs that failed (each fails the shard)", None, Counter),
+                |m| &m.wal_sync_errors,
+            ),
+            (
+                (
+                    "out_of_space_dropped",
+                    "Messages dropped and proposals refused while the disk was full",
+                    None,
+                    Counter,
+                ),
+                |m| &m.out_of_space_dropped,
+            ),
+            (("snapshots_taken", "Snapshots taken and made durable here", None, Counter), |m| {
+                &m.snapshots_taken
+            }),
+            (
+                (
+                    "snapshots_installed",
+                    "Snapshots received from peers and installed",
+                    None,
+                    Counter,
+                ),
+                |m| &m.snapshots_installed,
+            ),
+            (
+                ("snapshots_refused", "Snapshots received from peers and refused", None, Counter),
+                |m| &m.snapshots_refused,
+            ),
+            (
+                (
+                    "snapshot_size",
+                    "The newest snapshot's size, 0 if none",
+                    Some(Unit::Bytes),
+                    Gauge,
+                ),
+                |m| &m.snapshot_bytes,
+            ),
+            (
+                (
+                    "snapshot_released",
+                    "WAL bytes released behind snapshots",
+                    Some(Unit::Bytes),
+                    Counter,
+                ),
+                |m| &m.snapshot_released_bytes,
+            ),
+        ];
+        for (descriptor, field) in series {
+            self.per_shard(encoder, descriptor, load(field))?;
+        }
+        let flag = |field: fn(&ShardMetrics) -> &AtomicBool| {
+            move |metrics: &ShardMetrics| u64::from(field(metrics).load(Ordering::Relaxed))
+        };
+        let flags: [(Descriptor, fn(&ShardMetrics) -> &AtomicBool); 3] = [
+            (("shard_failed", "1 once the shard failed (the node then stops)", None, Gauge), |m| {
+                &m.failed
+            }),
+            (
+                ("out_of_space", "1 while the disk is full and the replica paused", None, Gauge),
+                |m| &m.out_of_space,
+            ),
+            (
+                (
+                    "repairing",
+                    "1 while the replica repairs before voting (protocol.md §3.9)",
+                    None,
+                    Gauge,
+                ),
+                |m| &m.repairing,
+            ),
+        ];
+        for (descriptor, field) in flags {
+            self.per_shard(encoder, descriptor, flag(field))?;
+        }
+        let help = "Time in fdatasync, per WAL sync";
+        self.histogram(encoder, ("wal_sync_duration", help), |m| &m.wal_sync_seconds)?;
+        let help = "Time to write, sync and rename a snapshot taken here";
+        self.histogram(encoder, ("snapshot_write_duration", help), |m| &m.snapshot_write_seconds)
+    }
+
+    fn encode_traffic(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let load = |field: fn(&ShardMetrics) -> &AtomicU64| {
+            move |metrics: &ShardMetrics| field(metrics).load(Ordering::Relaxed)
+        };
+        let series: [(Descriptor, fn(&ShardMetrics) -> &AtomicU64); 5] = [
+            (("sessions", "Client sessions held", None, Gauge), |m| &m.sessions),
+            (
+                (
+                    "busy_replies",
+                    "Proposals refused Busy: pipeline and open batch full",
+                    None,
+                    Counter,
+                ),
+                |m| &m.busy_replies,
+            ),
+            (
+                (
+                    "peer_messages_dropped",
+                    "Messages to peers dropped (unreachable or too far behind)",
+                    None,
+                    Counter,
+                ),
+                |m| &m.peer_messages_dropped,
+            ),
+            (("peer_sent", "Bytes queued for peers", Some(Unit::Bytes), Counter), |m| {
+                &m.peer_sent_bytes
+            }),
+            (
+                (
+                    "peer_chosen_sent",
+                    "Bytes queued for peers in frames of committed runs",
+                    Some(Unit::Bytes),
+                    Counter,
+                ),
+                |m| &m.peer_chosen_sent_bytes,
+            ),
+        ];
+        for (descriptor, field) in series {
+            self.per_shard(encoder, descriptor, load(field))?;
+        }
+        self.encode_refusals(encoder)
+    }
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_node(&mut encoder)?;
+        self.encode_roles(&mut encoder)?;
+        self.encode_consensus(&mut encoder)?;
+        self.encode_storage(&mut encoder)?;
+        self.encode_traffic(&mut encoder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(shards: u16) -> NodeProbe {
+        NodeProbe::new(Arc::new(Control::new(shards)), 7, READY_LAG_SLOTS_DEFAULT)
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_labelled_by_shard() {
+        let probe = probe(2);
+        let metrics = &probe.control.metrics[1];
+        metrics.commands_applied.store(42, Ordering::Relaxed);
+        metrics.role.store(role_code(RoleKind::Leader), Ordering::Relaxed);
+        metrics.wal_sync_seconds.record(Duration::from_micros(300));
+        metrics.wal_sync_seconds.record(Duration::from_secs(5));
+        metrics.count_refusal(Refusal::ClientsMax);
+        let text = probe.metrics_text();
+        assert!(text.contains("# TYPE quorum_commands_applied_total counter\n"), "{text}");
+        assert!(text.contains("quorum_commands_applied_total{shard=\"1\"} 42\n"), "{text}");
+        assert!(text.contains("quorum_commands_applied_total{shard=\"0\"} 0\n"), "{text}");
+        assert!(text.contains("quorum_role{shard=\"1\",role=\"leader\"} 1\n"), "{text}");
+        assert!(text.contains("quorum_role{shard=\"1\",role=\"follower\"} 0\n"), "{text}");
+        assert!(text.contains("quorum_wal_appended_bytes_total{shard=\"0\"} 0\n"), "{text}");
+        let bucket = "quorum_wal_sync_duration_seconds_bucket{shard=\"1\",le=\"0.0005\"} 1\n";
+        assert!(text.contains(bucket), "{text}");
+        let infinite = "quorum_wal_sync_duration_seconds_bucket{shard=\"1\",le=\"+Inf\"} 2\n";
+        assert!(text.contains(infinite), "{text}");
+        assert!(text.contains("quorum_wal_sync_duration_seconds_count{shard=\"1\"} 2\n"), "{text}");
+        let refused =
+            "quorum_connections_refused_total{shard=\"1\",reason=\"client_connections_max\"} 1\n";
+        assert!(text.contains(refused), "{text}");
+        assert!(text.contains("quorum_node{node=\"7\",shards=\"2\",version="), "{text}");
+    }
+
+    #[test]
+    fn ready_needs_a_leader_and_a_small_lag_on_every_shard() {
+        let probe = probe(2);
+        let not_ready = probe.not_ready();
+        assert_eq!(not_ready.len(), 2, "{not_ready:?}");
+        assert_eq!(not_ready[0].reason, "no known leader");
+        for metrics in &probe.control.metrics {
+            metrics.leader.store(3, Ordering::Relaxed);
+        }
+        assert_eq!(probe.not_ready(), Vec::new());
+        let behind = &probe.control.metrics[1];
+        behind.known_commit_slot.store(READY_LAG_SLOTS_DEFAULT + 11, Ordering::Relaxed);
+        behind.applied_slot.store(10, Ordering::Relaxed);
+        let not_ready = probe.not_ready();
+        assert_eq!(not_ready.len(), 1, "{not_ready:?}");
+        assert_eq!(not_ready[0].shard, 1);
+        assert!(not_ready[0].reason.contains("10001 slots behind"), "{not_ready:?}");
+        behind.applied_slot.store(11, Ordering::Relaxed);
+        assert_eq!(probe.not_ready(), Vec::new());
+        assert!(probe.metrics_text().contains("quorum_ready 1\n"));
+    }
+}
