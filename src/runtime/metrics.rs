@@ -306,9 +306,6 @@ impl crate::front::Probe for NodeProbe {
 
 fn not_ready(control: &Control, lag_slots_max: u64) -> Vec<NotReady> {
     let mut reasons = Vec::new();
-    if control.stop.load(Ordering::Relaxed) {
-        reasons.push(NotReady { shard: 0, reason: "the node is stopping".to_string() });
-    }
     for (shard, metrics) in control.metrics.iter().enumerate() {
         let shard = shard as u16;
         let reason = if metrics.failed.load(Ordering::Relaxed) {
@@ -343,22 +340,120 @@ struct NodeCollector {
     ready_lag_slots: u64,
 }
 
-/// A metric's name, help, unit and type, before its samples.
-type Descriptor = (&'static str, &'static str, Option<Unit>, MetricType);
+/// A per-shard counter or gauge: its name (after `quorum_`, before the unit and `_total`),
+/// help, unit and type, and where each shard keeps it.
+struct Series<T: 'static> {
+    name: &'static str,
+    help: &'static str,
+    /// Counted in bytes: `_bytes` after the name.
+    bytes: bool,
+    kind: MetricType,
+    field: fn(&ShardMetrics) -> &T,
+}
+
+/// A counter of `field`.
+const fn counter(
+    name: &'static str,
+    help: &'static str,
+    field: fn(&ShardMetrics) -> &AtomicU64,
+) -> Series<AtomicU64> {
+    Series { name, help, bytes: false, kind: MetricType::Counter, field }
+}
+
+/// A gauge of `field`.
+const fn gauge<T>(
+    name: &'static str,
+    help: &'static str,
+    field: fn(&ShardMetrics) -> &T,
+) -> Series<T> {
+    Series { name, help, bytes: false, kind: MetricType::Gauge, field }
+}
+
+/// `series` counted in bytes (`_bytes` after its name).
+const fn in_bytes(series: Series<AtomicU64>) -> Series<AtomicU64> {
+    Series { bytes: true, ..series }
+}
+
+/// The replica and the log: ballots, leaders, positions, what was committed and applied.
+const CONSENSUS: [Series<AtomicU64>; 10] = [
+    gauge("ballot_round", "The round of the highest ballot promised", |m| &m.ballot_round),
+    gauge("ballot_node", "The node of the highest ballot promised", |m| &m.ballot_node),
+    gauge("leader_node", "The leader known (this node if it leads), 0 if none", |m| &m.leader),
+    counter("leader_changes", "Times the known leader changed (the first one counts)", |m| {
+        &m.leader_changes
+    }),
+    counter("role_changes", "Times the replica's role changed", |m| &m.role_changes),
+    gauge("commit_slot", "Every slot below is committed here", |m| &m.commit_slot),
+    gauge("known_commit_slot", "The highest commit position a leader or peer told of", |m| {
+        &m.known_commit_slot
+    }),
+    gauge("applied_slot", "Every slot below is applied to the state machine", |m| &m.applied_slot),
+    counter("commands_applied", "Client commands committed and applied", |m| &m.commands_applied),
+    counter("batches_committed", "Batches committed (no-ops not counted)", |m| {
+        &m.batches_committed
+    }),
+];
+
+/// The WAL and the snapshots.
+const STORAGE: [Series<AtomicU64>; 9] = [
+    in_bytes(counter("wal_appended", "WAL bytes appended since the node started", |m| {
+        &m.wal_appended_bytes
+    })),
+    counter("wal_syncs", "WAL syncs started", |m| &m.wal_syncs),
+    counter("wal_sync_errors", "WAL syncs that failed (each fails the shard)", |m| {
+        &m.wal_sync_errors
+    }),
+    counter("out_of_space_dropped", "Messages dropped, proposals refused: disk full", |m| {
+        &m.out_of_space_dropped
+    }),
+    counter("snapshots_taken", "Snapshots taken and made durable here", |m| &m.snapshots_taken),
+    counter("snapshots_installed", "Snapshots from peers installed", |m| &m.snapshots_installed),
+    counter("snapshots_refused", "Snapshots from peers refused", |m| &m.snapshots_refused),
+    in_bytes(gauge("snapshot_size", "The newest snapshot's size, 0 if none", |m| {
+        &m.snapshot_bytes
+    })),
+    in_bytes(counter("snapshot_released", "WAL bytes released behind snapshots", |m| {
+        &m.snapshot_released_bytes
+    })),
+];
+
+/// States of the shard, each a gauge of 0 or 1.
+const FLAGS: [Series<AtomicBool>; 3] = [
+    gauge("shard_failed", "1 once the shard failed (the node then stops)", |m| &m.failed),
+    gauge("out_of_space", "1 while the disk is full and the replica paused", |m| &m.out_of_space),
+    gauge("repairing", "1 while the replica repairs before it votes again", |m| &m.repairing),
+];
+
+/// Clients and peers.
+const TRAFFIC: [Series<AtomicU64>; 5] = [
+    gauge("sessions", "Client sessions held", |m| &m.sessions),
+    counter("busy_replies", "Proposals refused Busy: pipeline and open batch full", |m| {
+        &m.busy_replies
+    }),
+    counter("peer_messages_dropped", "Messages to peers dropped: unreachable, or behind", |m| {
+        &m.peer_messages_dropped
+    }),
+    in_bytes(counter("peer_sent", "Bytes queued for peers", |m| &m.peer_sent_bytes)),
+    in_bytes(counter("peer_chosen_sent", "Of those, in frames of committed runs", |m| {
+        &m.peer_chosen_sent_bytes
+    })),
+];
 
 impl NodeCollector {
-    /// One series per shard of a counter or gauge read from each shard's metrics.
-    fn per_shard(
+    /// One series per shard of `series`, its value read by `value`.
+    fn per_shard<T>(
         &self,
         encoder: &mut DescriptorEncoder,
-        (name, help, unit, kind): Descriptor,
-        value: impl Fn(&ShardMetrics) -> u64,
+        series: &Series<T>,
+        value: impl Fn(&T) -> u64,
     ) -> Result<(), std::fmt::Error> {
+        let (name, help, kind) = (series.name, series.help, series.kind);
+        let unit = series.bytes.then_some(Unit::Bytes);
         let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), kind)?;
         for (shard, metrics) in self.control.metrics.iter().enumerate() {
             let labels = [("shard", shard.to_string())];
             let family = metric.encode_family(&labels)?;
-            let value = value(metrics);
+            let value = value((series.field)(metrics));
             match kind {
                 MetricType::Counter => ConstCounter::new(value).encode(family)?,
                 _ => ConstGauge::new(value as i64).encode(family)?,
@@ -383,6 +478,16 @@ impl NodeCollector {
         Ok(())
     }
 
+    /// A gauge of the node as a whole.
+    fn node_gauge(
+        encoder: &mut DescriptorEncoder,
+        (name, help): (&'static str, &'static str),
+        value: i64,
+    ) -> Result<(), std::fmt::Error> {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value).encode(metric)
+    }
+
     /// The node's own series: who it is, whether it is ready, its connections.
     fn encode_node(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let control = &self.control;
@@ -397,27 +502,13 @@ impl NodeCollector {
         let ready = i64::from(not_ready(control, self.ready_lag_slots).is_empty());
         let help = "1 while GET /ready answers 200: every shard knows its leader and is applied \
                     to within --ready-lag-slots of its commit position";
-        ConstGauge::new(ready).encode(encoder.encode_descriptor(
-            "ready",
-            help,
-            None,
-            MetricType::Gauge,
-        )?)?;
+        NodeCollector::node_gauge(encoder, ("ready", help), ready)?;
         let clients = control.client_connections.load(Ordering::Relaxed) as i64;
-        ConstGauge::new(clients).encode(encoder.encode_descriptor(
-            "client_connections",
-            "Client connections served, over all shards (at most --connections-max)",
-            None,
-            MetricType::Gauge,
-        )?)?;
+        let help = "Client connections served, over all shards (at most --connections-max)";
+        NodeCollector::node_gauge(encoder, ("client_connections", help), clients)?;
         let open = control.open_connections.load(Ordering::Relaxed) as i64;
-        ConstGauge::new(open).encode(encoder.encode_descriptor(
-            "open_connections",
-            "Connections accepted that are not peers': clients and those in their handshake",
-            None,
-            MetricType::Gauge,
-        )?)?;
-        Ok(())
+        let help = "Connections accepted that are not peers': clients and those in their handshake";
+        NodeCollector::node_gauge(encoder, ("open_connections", help), open)
     }
 
     /// Roles as a state set: one series per shard and role, 1 for the role it has.
@@ -447,214 +538,25 @@ impl NodeCollector {
         }
         Ok(())
     }
-
-    fn encode_consensus(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use MetricType::{Counter, Gauge};
-        let load = |field: fn(&ShardMetrics) -> &AtomicU64| {
-            move |metrics: &ShardMetrics| field(metrics).load(Ordering::Relaxed)
-        };
-        let series: [(Descriptor, fn(&ShardMetrics) -> &AtomicU64); 10] = [
-            (("ballot_round", "The round of the highest ballot promised", None, Gauge), |m| {
-                &m.ballot_round
-            }),
-            (("ballot_node", "The node of the highest ballot promised", None, Gauge), |m| {
-                &m.ballot_node
-            }),
-            (
-                ("leader_node", "The leader known (this node if it leads), 0 if none", None, Gauge),
-                |m| &m.leader,
-            ),
-            (
-                ("leader_changes", "Times the known leader changed to another node", None, Counter),
-                |m| &m.leader_changes,
-            ),
-            (("role_changes", "Times the replica's role changed", None, Counter), |m| {
-                &m.role_changes
-            }),
-            (("commit_slot", "Every slot below is committed here", None, Gauge), |m| {
-                &m.commit_slot
-            }),
-            (
-                (
-                    "known_commit_slot",
-                    "The highest commit position a leader or peer told of",
-                    None,
-                    Gauge,
-                ),
-                |m| &m.known_commit_slot,
-            ),
-            (
-                ("applied_slot", "Every slot below is applied to the state machine", None, Gauge),
-                |m| &m.applied_slot,
-            ),
-            (("commands_applied", "Client commands committed and applied", None, Counter), |m| {
-                &m.commands_applied
-            }),
-            (
-                (
-                    "batches_committed",
-                    "Batches of commands committed (no-ops not counted)",
-                    None,
-                    Counter,
-                ),
-                |m| &m.batches_committed,
-            ),
-        ];
-        for (descriptor, field) in series {
-            self.per_shard(encoder, descriptor, load(field))?;
-        }
-        Ok(())
-    }
-
-    fn encode_storage(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use MetricType::{Counter, Gauge};
-        let load = |field: fn(&ShardMetrics) -> &AtomicU64| {
-            move |metrics: &ShardMetrics| field(metrics).load(Ordering::Relaxed)
-        };
-        let series: [(Descriptor, fn(&ShardMetrics) -> &AtomicU64); 9] = [
-            (
-                (
-                    "wal_appended",
-                    "WAL bytes appended since the node started",
-                    Some(Unit::Bytes),
-                    Counter,
-                ),
-                |m| &m.wal_appended_bytes,
-            ),
-            (("wal_syncs", "WAL syncs started", None, Counter), |m| &m.wal_syncs),
-            (
-                ("wal_sync_errors", "WAL syncs that failed (each fails the shard)", None, Counter),
-                |m| &m.wal_sync_errors,
-            ),
-            (
-                (
-                    "out_of_space_dropped",
-                    "Messages dropped and proposals refused while the disk was full",
-                    None,
-                    Counter,
-                ),
-                |m| &m.out_of_space_dropped,
-            ),
-            (("snapshots_taken", "Snapshots taken and made durable here", None, Counter), |m| {
-                &m.snapshots_taken
-            }),
-            (
-                (
-                    "snapshots_installed",
-                    "Snapshots received from peers and installed",
-                    None,
-                    Counter,
-                ),
-                |m| &m.snapshots_installed,
-            ),
-            (
-                ("snapshots_refused", "Snapshots received from peers and refused", None, Counter),
-                |m| &m.snapshots_refused,
-            ),
-            (
-                (
-                    "snapshot_size",
-                    "The newest snapshot's size, 0 if none",
-                    Some(Unit::Bytes),
-                    Gauge,
-                ),
-                |m| &m.snapshot_bytes,
-            ),
-            (
-                (
-                    "snapshot_released",
-                    "WAL bytes released behind snapshots",
-                    Some(Unit::Bytes),
-                    Counter,
-                ),
-                |m| &m.snapshot_released_bytes,
-            ),
-        ];
-        for (descriptor, field) in series {
-            self.per_shard(encoder, descriptor, load(field))?;
-        }
-        let flag = |field: fn(&ShardMetrics) -> &AtomicBool| {
-            move |metrics: &ShardMetrics| u64::from(field(metrics).load(Ordering::Relaxed))
-        };
-        let flags: [(Descriptor, fn(&ShardMetrics) -> &AtomicBool); 3] = [
-            (("shard_failed", "1 once the shard failed (the node then stops)", None, Gauge), |m| {
-                &m.failed
-            }),
-            (
-                ("out_of_space", "1 while the disk is full and the replica paused", None, Gauge),
-                |m| &m.out_of_space,
-            ),
-            (
-                (
-                    "repairing",
-                    "1 while the replica repairs before voting (protocol.md §3.9)",
-                    None,
-                    Gauge,
-                ),
-                |m| &m.repairing,
-            ),
-        ];
-        for (descriptor, field) in flags {
-            self.per_shard(encoder, descriptor, flag(field))?;
-        }
-        let help = "Time in fdatasync, per WAL sync";
-        self.histogram(encoder, ("wal_sync_duration", help), |m| &m.wal_sync_seconds)?;
-        let help = "Time to write, sync and rename a snapshot taken here";
-        self.histogram(encoder, ("snapshot_write_duration", help), |m| &m.snapshot_write_seconds)
-    }
-
-    fn encode_traffic(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use MetricType::{Counter, Gauge};
-        let load = |field: fn(&ShardMetrics) -> &AtomicU64| {
-            move |metrics: &ShardMetrics| field(metrics).load(Ordering::Relaxed)
-        };
-        let series: [(Descriptor, fn(&ShardMetrics) -> &AtomicU64); 5] = [
-            (("sessions", "Client sessions held", None, Gauge), |m| &m.sessions),
-            (
-                (
-                    "busy_replies",
-                    "Proposals refused Busy: pipeline and open batch full",
-                    None,
-                    Counter,
-                ),
-                |m| &m.busy_replies,
-            ),
-            (
-                (
-                    "peer_messages_dropped",
-                    "Messages to peers dropped (unreachable or too far behind)",
-                    None,
-                    Counter,
-                ),
-                |m| &m.peer_messages_dropped,
-            ),
-            (("peer_sent", "Bytes queued for peers", Some(Unit::Bytes), Counter), |m| {
-                &m.peer_sent_bytes
-            }),
-            (
-                (
-                    "peer_chosen_sent",
-                    "Bytes queued for peers in frames of committed runs",
-                    Some(Unit::Bytes),
-                    Counter,
-                ),
-                |m| &m.peer_chosen_sent_bytes,
-            ),
-        ];
-        for (descriptor, field) in series {
-            self.per_shard(encoder, descriptor, load(field))?;
-        }
-        self.encode_refusals(encoder)
-    }
 }
 
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        self.encode_node(&mut encoder)?;
-        self.encode_roles(&mut encoder)?;
-        self.encode_consensus(&mut encoder)?;
-        self.encode_storage(&mut encoder)?;
-        self.encode_traffic(&mut encoder)
+        let encoder = &mut encoder;
+        self.encode_node(encoder)?;
+        self.encode_roles(encoder)?;
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        for series in CONSENSUS.iter().chain(&STORAGE).chain(&TRAFFIC) {
+            self.per_shard(encoder, series, load)?;
+        }
+        for series in &FLAGS {
+            self.per_shard(encoder, series, |flag| u64::from(flag.load(Ordering::Relaxed)))?;
+        }
+        self.encode_refusals(encoder)?;
+        let help = "Time in fdatasync, per WAL sync";
+        self.histogram(encoder, ("wal_sync_duration", help), |m| &m.wal_sync_seconds)?;
+        let help = "Time to write, sync and rename a snapshot file";
+        self.histogram(encoder, ("snapshot_write_duration", help), |m| &m.snapshot_write_seconds)
     }
 }
 
