@@ -893,6 +893,22 @@ mod tests {
     }
 
     #[test]
+    fn front_listeners_come_from_the_file_and_flags_each_address_checked() {
+        let file: NodeSettings =
+            toml::from_str("metrics_listen = \"127.0.0.1:9100\"\nready_lag_slots = 50\n").unwrap();
+        let listeners = file.clone().front_listeners().unwrap();
+        assert_eq!(listeners.metrics.as_deref(), Some("127.0.0.1:9100"));
+        assert_eq!((listeners.http, listeners.ready_lag_slots), (None, 50));
+        let flags = NodeSettings { ready_lag_slots: Some(7), ..NodeSettings::default() };
+        assert_eq!(file.clone().overridden_by(flags).front_listeners().unwrap().ready_lag_slots, 7);
+        let unset = NodeSettings::default().front_listeners().unwrap();
+        assert_eq!(unset.ready_lag_slots, crate::runtime::metrics::READY_LAG_SLOTS_DEFAULT);
+        let bad = NodeSettings { metrics_listen: Some("nowhere".into()), ..file };
+        let error = bad.front_listeners().unwrap_err().to_string();
+        assert!(error.starts_with("`metrics_listen` = `nowhere` is not HOST:PORT"), "{error}");
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_refused() {
         assert!(toml::from_str::<NodeSettings>("shard = 4\n").is_err());
     }
