@@ -96,6 +96,14 @@ fn parse_with_prometheus_client(python: &str, text: &str) -> serde_json::Value {
 const NODE_WIDE: [&str; 4] =
     ["quorum_node", "quorum_ready", "quorum_client_connections", "quorum_open_connections"];
 
+/// The histograms, each per shard.
+const HISTOGRAMS: [&str; 4] = [
+    "quorum_wal_sync_duration_seconds",
+    "quorum_snapshot_write_duration_seconds",
+    "quorum_commit_duration_seconds",
+    "quorum_batch_size_bytes",
+];
+
 /// Checks what the parser read: every family typed and documented, counters' samples named
 /// `_total`, every per-shard series labelled by shard, and histograms whole.
 fn check_families(families: &serde_json::Value) {
@@ -123,8 +131,7 @@ fn check_families(families: &serde_json::Value) {
             }
         }
     }
-    for histogram in ["quorum_wal_sync_duration_seconds", "quorum_snapshot_write_duration_seconds"]
-    {
+    for histogram in HISTOGRAMS {
         assert_eq!(families[histogram]["type"], "histogram", "{histogram}");
     }
 }
@@ -216,6 +223,7 @@ fn metrics_parse_and_move_with_writes_and_ready_follows_the_leaders() {
 
     // Every node applies what commits (followers too): each one's counter rises by the
     // writes, within a few ticks of their commit.
+    let mut commits_timed = 0.0;
     for (index, address) in listeners.iter().enumerate() {
         let wanted = before[index] + WRITES as f64;
         let text =
@@ -227,6 +235,10 @@ fn metrics_parse_and_move_with_writes_and_ready_follows_the_leaders() {
         assert!(sum_of(&text, "quorum_wal_syncs_total") >= 1.0);
         // fsync durability (the default): every sync is timed.
         assert!(sum_of(&text, "quorum_wal_sync_duration_seconds_count") >= 1.0);
+        // Every replica sees the batches commit; only a shard's leader times them.
+        assert!(sum_of(&text, "quorum_batch_size_bytes_count") >= 1.0, "node {}", index + 1);
+        assert!(sum_of(&text, "quorum_batch_size_bytes_sum") >= (WRITES * 20) as f64);
+        commits_timed += sum_of(&text, "quorum_commit_duration_seconds_count");
         assert_eq!(sum_of(&text, "quorum_role"), 2.0, "one role per shard: {text}");
         assert_eq!(sum_of(&text, "quorum_ready"), 1.0);
         if let Some(python) = &python {
@@ -242,6 +254,8 @@ fn metrics_parse_and_move_with_writes_and_ready_follows_the_leaders() {
             assert_eq!(parsed, applied, "node {}", index + 1);
         }
     }
+    // Each write was one batch or shared one with others; the leaders timed them all.
+    assert!(commits_timed >= 1.0, "no commit was timed");
     let answer = get(&listeners[0], "/metrics");
     assert_eq!(answer.status, 200);
     assert_eq!(answer.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");

@@ -28,8 +28,9 @@ use crate::transport::codec::{
 };
 use crate::transport::framing::Outgoing;
 
-/// The shard type a node runs: its state machine over the WAL on real files.
-pub type NodeShard<S> = Shard<MmapBackend, S>;
+/// The shard type a node runs: its state machine over the WAL on real files, observed for the
+/// metrics.
+pub type NodeShard<S> = Shard<MmapBackend, S, super::metrics::NodeHooks>;
 
 /// Bytes that may wait for one peer before messages to it are dropped (a client's bound is
 /// `--client-queue-mib`).

@@ -450,7 +450,8 @@ async fn run_shard<S: Hosted>(
     total: Option<apply::ShardLink<S>>,
     make: Factory<S>,
 ) -> Result<(), NodeError> {
-    let opened = open_shard(&config, shard, total.is_some(), &make);
+    let hooks = || metrics::NodeHooks::new(control.clone(), shard, config.id);
+    let opened = open_shard(&config, shard, total.is_some(), &make, hooks);
     let (opened, listener) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -686,6 +687,7 @@ fn open_shard<S: Hosted>(
     shard: u16,
     forward: bool,
     make: &Factory<S>,
+    hooks: impl Fn() -> metrics::NodeHooks,
 ) -> Result<(host::NodeShard<S>, glommio::net::TcpListener), NodeError> {
     let listener = net::bind(&config.listen, shard).map_err(|source| NodeError::Listen {
         shard,
@@ -708,7 +710,8 @@ fn open_shard<S: Hosted>(
     let open = || {
         let backend = MmapBackend::new(&dir).map_err(ShardError::Wal)?;
         let shard_config = config.shard_config(shard);
-        Shard::open_with(shard_config, backend, options.clone(), make(shard), settings.clone())
+        let (machine, settings) = (make(shard), settings.clone());
+        Shard::open_hooked(shard_config, backend, options.clone(), machine, settings, hooks())
     };
     let opened = match open() {
         // The first open has let go of the directory: it can be renamed.
