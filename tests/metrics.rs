@@ -2,8 +2,9 @@
 //! docs/operations.md): a real Prometheus text-format parser (the `prometheus_client` Python
 //! package's, Debian's python3-prometheus-client) reads every node's metrics without error;
 //! the commands counter of every node rises by at least the writes made, and the WAL's
-//! counters and fsync histogram move with them; `/ready` is 200 on a healthy cluster and 503,
-//! naming the shard and why, on a node whose peers were killed.
+//! counters, the fsync, commit latency and batch size histograms move with them; `/ready` is
+//! 200 on a healthy cluster and 503, naming the shard and why, on a node whose peers were
+//! killed. `/metrics` and `/ready` answer the same on the HTTP front end's port.
 //!
 //! Without that Python package the parser's part is reported SKIPPED (with the package to
 //! install) and the rest still runs; .ci/run installs it, so in CI nothing is skipped.
@@ -216,7 +217,8 @@ fn metrics_parse_and_move_with_writes_and_ready_follows_the_leaders() {
         .map(|address| sum_of(&get(address, "/metrics").body, "quorum_wal_appended_bytes_total"))
         .collect();
 
-    let client = cluster.client(Duration::from_secs(10)).unwrap();
+    // Generous timeouts: on a loaded machine an election may come between the writes.
+    let client = cluster.client(Duration::from_secs(30)).unwrap();
     for n in 0..WRITES {
         client.put(format!("metrics-{n}").as_bytes(), b"a value of some bytes").unwrap();
     }
@@ -227,7 +229,7 @@ fn metrics_parse_and_move_with_writes_and_ready_follows_the_leaders() {
     for (index, address) in listeners.iter().enumerate() {
         let wanted = before[index] + WRITES as f64;
         let text =
-            await_metrics(address, Duration::from_secs(10), |text| sum_of(text, command) >= wanted);
+            await_metrics(address, Duration::from_secs(30), |text| sum_of(text, command) >= wanted);
         let applied = sum_of(&text, command);
         assert!(applied >= wanted, "node {}: {command} {applied}, wanted {wanted}", index + 1);
         let appended = sum_of(&text, "quorum_wal_appended_bytes_total");
@@ -240,7 +242,9 @@ fn metrics_parse_and_move_with_writes_and_ready_follows_the_leaders() {
         assert!(sum_of(&text, "quorum_batch_size_bytes_sum") >= (WRITES * 20) as f64);
         commits_timed += sum_of(&text, "quorum_commit_duration_seconds_count");
         assert_eq!(sum_of(&text, "quorum_role"), 2.0, "one role per shard: {text}");
-        assert_eq!(sum_of(&text, "quorum_ready"), 1.0);
+        // 1 unless an election is under way (a loaded machine can start one): what /ready
+        // says, checked below.
+        assert!([0.0, 1.0].contains(&sum_of(&text, "quorum_ready")), "{text}");
         if let Some(python) = &python {
             let families = parse_with_prometheus_client(python, &text);
             check_families(&families);
@@ -256,14 +260,23 @@ fn metrics_parse_and_move_with_writes_and_ready_follows_the_leaders() {
     }
     // Each write was one batch or shared one with others; the leaders timed them all.
     assert!(commits_timed >= 1.0, "no commit was timed");
-    let answer = get(&listeners[0], "/metrics");
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    // The same endpoints beside the API on the HTTP port (--http-listen).
+    let http = cluster.nodes[0].http.clone().unwrap();
+    for address in [&listeners[0], &http] {
+        let answer = get(address, "/metrics");
+        assert_eq!(answer.status, 200, "{address}");
+        assert_eq!(answer.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+        assert!(sum_of(&answer.body, command) >= before[0] + WRITES as f64, "{address}");
+        if let Some(python) = &python {
+            check_families(&parse_with_prometheus_client(python, &answer.body));
+        }
+    }
+    await_ready(&http, 200, Duration::from_secs(20));
 
     // Node 1 alone: no shard can have a leader (check-quorum), and /ready says so.
     cluster.kill(1);
     cluster.kill(2);
-    let not_ready = await_ready(&listeners[0], 503, Duration::from_secs(15));
+    let not_ready = await_ready(&listeners[0], 503, Duration::from_secs(30));
     let body: serde_json::Value = serde_json::from_str(&not_ready.body).unwrap();
     assert_eq!(body["ready"], false, "{body}");
     let shards = body["not_ready"].as_array().unwrap();
@@ -272,6 +285,7 @@ fn metrics_parse_and_move_with_writes_and_ready_follows_the_leaders() {
         assert!(shard["shard"].as_u64().unwrap() < 2, "{body}");
         assert_eq!(shard["reason"], "no known leader", "{body}");
     }
+    assert_eq!(get(&http, "/ready").status, 503, "the HTTP port's /ready says the same");
     // Still up, and its metrics still read.
     assert_eq!(get(&listeners[0], "/health").status, 200);
     let text = await_metrics(&listeners[0], Duration::from_secs(5), |text| {

@@ -116,7 +116,8 @@ impl Cluster {
     }
 
     /// As [`Cluster::start`], each node also serving `/metrics`, `/ready` and `/health` on a
-    /// free loopback port of its own (`Node::metrics`, `--metrics-listen`).
+    /// free loopback port of its own (`Node::metrics`, `--metrics-listen`), and HTTP on
+    /// another (`Node::http`), where `/metrics` and `/ready` are served too.
     pub fn start_with_metrics(
         cluster_id: u64,
         data_dirs: Vec<PathBuf>,
@@ -133,7 +134,7 @@ impl Cluster {
                 wrapper: Vec::new(),
                 child: None,
                 log: logs.join(format!("node-{}.log", index + 1)),
-                http: None,
+                http: Some(format!("127.0.0.1:{}", free(1))),
                 redis: None,
                 metrics: Some(format!("127.0.0.1:{}", free(1))),
             })
