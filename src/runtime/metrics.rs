@@ -2,11 +2,12 @@
 //!
 //! Each shard keeps its counters where it already keeps them, on its own thread, and copies
 //! them into its [`ShardMetrics`] (relaxed atomic stores on a cache line of its own, written
-//! by that shard only) at every tick; the few things timed as they happen (a sync, a snapshot
-//! write) go into single-writer [`AtomicHistogram`]s. A scrape reads those atomics through a
-//! `prometheus-client` collector and encodes them in the Prometheus text format. So nothing on
-//! a command's path takes a lock, allocates or pays a store for metrics; what a scrape sees is
-//! at most one tick (5 ms by default) old.
+//! by that shard only) at every tick; what is observed as it happens (a sync's and a snapshot
+//! write's duration; per batch, its size and, on the leader, its commit latency through
+//! [`NodeHooks`]) goes into single-writer [`AtomicHistogram`]s. A scrape reads those atomics
+//! through a `prometheus-client` collector and encodes them in the Prometheus text format. So
+//! nothing per command takes a lock, allocates or pays a store for metrics; what a scrape sees
+//! of the counters is at most one tick (5 ms by default) old.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
