@@ -65,6 +65,7 @@ pub use crate::machine::{KvCommand, KvReply, KvStore, StateMachine, StateSummary
 pub use crate::runtime::config::{
     ApplyMode, Durability, NodeConfig, NodeConfigError, NodeSettings,
 };
+pub use crate::runtime::metrics::{NodeProbe, NotReady};
 pub use crate::runtime::{Hosted, Node, NodeBuilder, NodeError, NodeStart};
 pub use crate::storage::snapshot::{
     ImageReader, SnapshotError, SnapshotHeader, read_snapshot, write_field, write_u64,

@@ -28,6 +28,9 @@ pub use gateway::{Access, Gateway, RequestError, Submitted};
 use crate::client::ClientError;
 use crate::core::ClusterId;
 
+/// Connections the metrics listener serves at once: a few scrapers and probes.
+const METRICS_CONNECTIONS_MAX: usize = 64;
+
 /// How the front ends of one node are set up.
 #[derive(Clone, Debug)]
 pub struct FrontConfig {
@@ -40,6 +43,12 @@ pub struct FrontConfig {
     pub http_listen: Option<String>,
     /// Where to serve the Redis protocol, if at all.
     pub redis_listen: Option<String>,
+    /// Where to serve `/metrics`, `/ready` and `/health` alone (docs/operations.md), if at
+    /// all. Needs [`FrontConfig::probe`].
+    pub metrics_listen: Option<String>,
+    /// The node's metrics and readiness: served on the metrics listener, and on the HTTP
+    /// port beside the API.
+    pub probe: Option<Arc<dyn Probe>>,
     /// The node's largest batch (`--batch-bytes-max`): a command must fit in one, so values,
     /// bodies and bulk strings are capped by it.
     pub batch_bytes_max: usize,
@@ -62,6 +71,8 @@ impl FrontConfig {
             cluster_id,
             http_listen: None,
             redis_listen: None,
+            metrics_listen: None,
+            probe: None,
             batch_bytes_max,
             request_timeout: Duration::from_secs(10),
             connections_max: 4096,
@@ -70,13 +81,23 @@ impl FrontConfig {
     }
 }
 
+/// What a node tells its operator's endpoints, read at each request (`GET /metrics`,
+/// `GET /ready`): [`crate::runtime::metrics::NodeProbe`] for a node.
+pub trait Probe: std::fmt::Debug + Send + Sync + 'static {
+    /// Every metric, in the Prometheus text format (version 0.0.4).
+    fn metrics_text(&self) -> String;
+
+    /// Why the node is not ready, as `(shard, reason)`; empty when it is.
+    fn not_ready(&self) -> Vec<(u16, String)>;
+}
+
 /// Why the front ends could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
     /// A listener could not be bound.
     #[error("cannot listen for {what} on {address}: {source}")]
     Bind {
-        /// "HTTP" or "Redis".
+        /// "HTTP", "Redis" or "metrics".
         what: &'static str,
         /// The address given.
         address: String,
@@ -89,6 +110,9 @@ pub enum FrontError {
     /// The gateway's client could not reach the node.
     #[error("the front ends cannot reach their node: {0}")]
     Client(#[from] ClientError),
+    /// A metrics listener without the node's probe to serve.
+    #[error("a metrics listener needs the node's probe (FrontConfig::probe)")]
+    NoProbe,
 }
 
 /// A node's running front ends; [`FrontEnds::stop`] ends them.
@@ -96,14 +120,16 @@ pub struct FrontEnds {
     runtime: Option<tokio::runtime::Runtime>,
     http: Option<SocketAddr>,
     redis: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 }
 
 impl FrontEnds {
-    /// Connects the gateway to the node and starts listening where `config` says.
+    /// Connects the gateway to the node (if HTTP or Redis is served) and starts listening
+    /// where `config` says.
     ///
     /// # Errors
     /// A listener that cannot be bound, a runtime that cannot start, a node that does not
-    /// answer.
+    /// answer, a metrics listener without a probe.
     pub fn start(config: &FrontConfig) -> Result<FrontEnds, FrontError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads.max(1))
@@ -112,7 +138,6 @@ impl FrontEnds {
             .enable_time()
             .build()
             .map_err(FrontError::Runtime)?;
-        let gateway = Arc::new(Gateway::connect(config)?);
         let bind = |what: &'static str, address: &str| -> Result<_, FrontError> {
             let error = |source| FrontError::Bind { what, address: address.to_string(), source };
             let listener = std::net::TcpListener::bind(address).map_err(error)?;
@@ -121,18 +146,32 @@ impl FrontEnds {
             let _entered = runtime.enter();
             Ok((tokio::net::TcpListener::from_std(listener).map_err(error)?, local))
         };
-        let mut fronts = FrontEnds { runtime: None, http: None, redis: None };
-        if let Some(address) = &config.http_listen {
-            let (listener, local) = bind("HTTP", address)?;
-            runtime.spawn(http::serve(listener, gateway.clone(), config.connections_max));
-            tracing::info!(address = %local, "serving HTTP/JSON");
-            fronts.http = Some(local);
+        let mut fronts = FrontEnds { runtime: None, http: None, redis: None, metrics: None };
+        if let Some(address) = &config.metrics_listen {
+            // First, and without the gateway: the operator's endpoints answer even while the
+            // node cannot serve clients (that is when /ready says why).
+            let probe = config.probe.clone().ok_or(FrontError::NoProbe)?;
+            let (listener, local) = bind("metrics", address)?;
+            let routes = http::probe_routes(probe);
+            runtime.spawn(http::serve(listener, routes, METRICS_CONNECTIONS_MAX));
+            tracing::info!(address = %local, "serving /metrics, /ready and /health");
+            fronts.metrics = Some(local);
         }
-        if let Some(address) = &config.redis_listen {
-            let (listener, local) = bind("Redis", address)?;
-            runtime.spawn(resp::serve(listener, gateway.clone(), config.connections_max));
-            tracing::info!(address = %local, "serving the Redis protocol");
-            fronts.redis = Some(local);
+        if config.http_listen.is_some() || config.redis_listen.is_some() {
+            let gateway = Arc::new(Gateway::connect(config)?);
+            if let Some(address) = &config.http_listen {
+                let (listener, local) = bind("HTTP", address)?;
+                let routes = http::api_routes(gateway.clone(), config.probe.clone());
+                runtime.spawn(http::serve(listener, routes, config.connections_max));
+                tracing::info!(address = %local, "serving HTTP/JSON");
+                fronts.http = Some(local);
+            }
+            if let Some(address) = &config.redis_listen {
+                let (listener, local) = bind("Redis", address)?;
+                runtime.spawn(resp::serve(listener, gateway.clone(), config.connections_max));
+                tracing::info!(address = %local, "serving the Redis protocol");
+                fronts.redis = Some(local);
+            }
         }
         fronts.runtime = Some(runtime);
         Ok(fronts)
@@ -148,6 +187,12 @@ impl FrontEnds {
     #[must_use]
     pub fn redis_address(&self) -> Option<SocketAddr> {
         self.redis
+    }
+
+    /// Where `/metrics`, `/ready` and `/health` are served alone, if they are.
+    #[must_use]
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// Stops serving: listeners close, open connections are dropped (a request in flight may

@@ -100,11 +100,13 @@ async fn run_apply<S: Hosted>(
                     (0..senders.len()).map(|_| Vec::new()).collect();
                 let result = {
                     let mut total = total.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    runs.iter().try_for_each(|run| {
+                    let pushed = runs.iter().try_for_each(|run| {
                         total.push(shard as u16, run, |to, applied| {
                             outcomes[usize::from(to)].push(applied);
                         })
-                    })
+                    });
+                    publish_metrics(&total, &control);
+                    pushed
                 };
                 if let Err(error) = result {
                     tracing::error!(shard, %error, "total-order apply failed; stopping the node");
@@ -125,4 +127,20 @@ async fn run_apply<S: Hosted>(
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+/// Publishes what the node's one state machine applied, for every shard, where scrapes read it
+/// (the shards publish the rest): once per message of runs, under the lock it already holds.
+fn publish_metrics<S: StateMachine>(total: &TotalApplier<S>, control: &Control) {
+    let shards = (control.metrics.len() as u64).max(1);
+    let (next, sessions) = (total.next_position(), total.sessions() as u64);
+    for (index, metrics) in control.metrics.iter().enumerate() {
+        // The merge applied every position below its next: shard k's slots below
+        // ⌈(next − k) / S⌉ (as `Host::status` reports it).
+        let applied = next.saturating_sub(index as u64).div_ceil(shards);
+        metrics.applied_slot.store(applied, Ordering::Relaxed);
+        let commands = total.applied_by_shard(index as u16);
+        metrics.commands_applied.store(commands, Ordering::Relaxed);
+        metrics.sessions.store(sessions, Ordering::Relaxed);
+    }
 }

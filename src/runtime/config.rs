@@ -108,6 +108,12 @@ pub struct NodeSettings {
     /// MiB of recent changes the built-in store keeps per shard, for watches and reads at a
     /// past revision (docs/coordination.md; default 64).
     pub history_mib: Option<u64>,
+    /// Where to serve `/metrics`, `/ready` and `/health` alone, `HOST:PORT`
+    /// (docs/operations.md); unset: only on `http_listen`, if that is set.
+    pub metrics_listen: Option<String>,
+    /// `/ready` answers 503 while a shard's applied position trails the highest commit
+    /// position it knows of by more than this many slots (default 10000).
+    pub ready_lag_slots: Option<u64>,
     /// Client sessions each shard holds before idle ones are evicted, least recently used
     /// first (a soft bound: a session used within `session_idle_commands_min` commands is
     /// kept). Every node of a cluster must use the same session settings.
@@ -122,6 +128,19 @@ pub struct NodeSettings {
     pub session_replies_kib: Option<u32>,
     /// Evicted session ids each shard remembers, so that no new session is given one.
     pub sessions_evicted_max: Option<u64>,
+}
+
+/// Where a node's front ends listen, checked ([`NodeSettings::front_listeners`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontListeners {
+    /// The HTTP/JSON API (with `/metrics` and `/ready` beside it).
+    pub http: Option<String>,
+    /// The Redis protocol.
+    pub redis: Option<String>,
+    /// `/metrics`, `/ready` and `/health` alone.
+    pub metrics: Option<String>,
+    /// `/ready`'s bound on how far the applied position may trail the commit position.
+    pub ready_lag_slots: u64,
 }
 
 /// Where a node applies committed commands.
@@ -183,17 +202,24 @@ impl NodeSettings {
         })
     }
 
-    /// Where the front ends listen (`http_listen`, `redis_listen`), each checked as
-    /// `HOST:PORT`. The node itself does not serve them: the binary starts them beside it
-    /// (`quorum::front`).
+    /// Where the front ends listen (`http_listen`, `redis_listen`, `metrics_listen`), each
+    /// checked as `HOST:PORT`, and the readiness bound. The node itself does not serve them:
+    /// the binary starts them beside it (`quorum::front`).
     ///
     /// # Errors
     /// An address that is not `HOST:PORT`.
-    pub fn front_listeners(&self) -> Result<(Option<String>, Option<String>), NodeConfigError> {
+    pub fn front_listeners(&self) -> Result<FrontListeners, NodeConfigError> {
         let check = |field, value: &Option<String>| {
             value.as_deref().map(|value| check_address(field, value)).transpose()
         };
-        Ok((check("http_listen", &self.http_listen)?, check("redis_listen", &self.redis_listen)?))
+        Ok(FrontListeners {
+            http: check("http_listen", &self.http_listen)?,
+            redis: check("redis_listen", &self.redis_listen)?,
+            metrics: check("metrics_listen", &self.metrics_listen)?,
+            ready_lag_slots: self
+                .ready_lag_slots
+                .unwrap_or(crate::runtime::metrics::READY_LAG_SLOTS_DEFAULT),
+        })
     }
 
     /// `self`, with every value `overrides` sets replacing it.
@@ -234,6 +260,8 @@ impl NodeSettings {
             http_listen: overrides.http_listen.or(self.http_listen),
             redis_listen: overrides.redis_listen.or(self.redis_listen),
             history_mib: overrides.history_mib.or(self.history_mib),
+            metrics_listen: overrides.metrics_listen.or(self.metrics_listen),
+            ready_lag_slots: overrides.ready_lag_slots.or(self.ready_lag_slots),
             sessions_max: overrides.sessions_max.or(self.sessions_max),
             session_idle_commands_min: overrides
                 .session_idle_commands_min
@@ -872,6 +900,22 @@ mod tests {
         let flags = NodeSettings { shards: Some(1), ..NodeSettings::default() };
         let merged = file.overridden_by(flags);
         assert_eq!((merged.id, merged.shards), (Some(2), Some(1)));
+    }
+
+    #[test]
+    fn front_listeners_come_from_the_file_and_flags_each_address_checked() {
+        let file: NodeSettings =
+            toml::from_str("metrics_listen = \"127.0.0.1:9100\"\nready_lag_slots = 50\n").unwrap();
+        let listeners = file.clone().front_listeners().unwrap();
+        assert_eq!(listeners.metrics.as_deref(), Some("127.0.0.1:9100"));
+        assert_eq!((listeners.http, listeners.ready_lag_slots), (None, 50));
+        let flags = NodeSettings { ready_lag_slots: Some(7), ..NodeSettings::default() };
+        assert_eq!(file.clone().overridden_by(flags).front_listeners().unwrap().ready_lag_slots, 7);
+        let unset = NodeSettings::default().front_listeners().unwrap();
+        assert_eq!(unset.ready_lag_slots, crate::runtime::metrics::READY_LAG_SLOTS_DEFAULT);
+        let bad = NodeSettings { metrics_listen: Some("nowhere".into()), ..file };
+        let error = bad.front_listeners().unwrap_err().to_string();
+        assert!(error.starts_with("`metrics_listen` = `nowhere` is not HOST:PORT"), "{error}");
     }
 
     #[test]

@@ -28,8 +28,9 @@ use crate::transport::codec::{
 };
 use crate::transport::framing::Outgoing;
 
-/// The shard type a node runs: its state machine over the WAL on real files.
-pub type NodeShard<S> = Shard<MmapBackend, S>;
+/// The shard type a node runs: its state machine over the WAL on real files, observed for the
+/// metrics.
+pub type NodeShard<S> = Shard<MmapBackend, S, super::metrics::NodeHooks>;
 
 /// Bytes that may wait for one peer before messages to it are dropped (a client's bound is
 /// `--client-queue-mib`).
@@ -151,6 +152,13 @@ pub struct Host<S: Hosted> {
     pub out_of_space_dropped: u64,
     /// The replica's ticks, from the machine's clock.
     clock: TickClock,
+    /// The WAL's end when the node started: bytes appended since are what it wrote.
+    wal_start_position: u64,
+    /// Changes of the replica's role, and of the leader it knows (seen at ticks), for the
+    /// metrics.
+    role_changes: u64,
+    leader_changes: u64,
+    last_leader: Option<NodeId>,
 }
 
 /// Bytes a shard queued for its peers.
@@ -174,6 +182,7 @@ impl<S: Hosted> Host<S> {
         (durable, client_queue_bytes): (bool, usize),
         clock: TickClock,
     ) -> HostRef<S> {
+        let wal_start_position = shard.wal().end_position();
         Rc::new(RefCell::new(Host {
             shard,
             index,
@@ -206,6 +215,10 @@ impl<S: Hosted> Host<S> {
             out_of_space: None,
             out_of_space_dropped: 0,
             clock,
+            wal_start_position,
+            role_changes: 0,
+            leader_changes: 0,
+            last_leader: None,
         }))
     }
 
@@ -481,11 +494,69 @@ impl<S: Hosted> Host<S> {
             tracing::info!(shard, ?role, ?previous, ballot, leader = hint, "role changed");
         }
         self.was_role = role;
+        self.role_changes += 1;
     }
 
     /// Syncs started so far.
     pub fn syncs(&self) -> u64 {
         self.syncs
+    }
+
+    /// This shard's metrics, where scrapes read them.
+    fn metrics(&self) -> &super::metrics::ShardMetrics {
+        &self.control.metrics[usize::from(self.index)]
+    }
+
+    /// Copies this shard's counters where scrapes read them (docs/operations.md, "Metrics"):
+    /// at every tick, so the paths that count them pay nothing more. With `--apply total` the
+    /// applied position, commands and sessions are the applier's to publish.
+    pub fn publish_metrics(&mut self) {
+        let replica = self.shard.replica();
+        let leader = match replica.role() {
+            RoleKind::Leader => Some(replica.node()),
+            _ => replica.leader_hint(),
+        };
+        if leader.is_some() && leader != self.last_leader {
+            self.leader_changes += 1;
+            self.last_leader = leader;
+        }
+        let store = |field: &std::sync::atomic::AtomicU64, value: u64| {
+            field.store(value, Ordering::Relaxed);
+        };
+        let metrics = self.metrics();
+        let promised = replica.promised();
+        store(&metrics.role, super::metrics::role_code(replica.role()));
+        store(&metrics.ballot_round, promised.round);
+        store(&metrics.ballot_node, u64::from(promised.node.0));
+        store(&metrics.leader, leader.map_or(0, |node| u64::from(node.0)));
+        store(&metrics.leader_changes, self.leader_changes);
+        store(&metrics.role_changes, self.role_changes);
+        let commit = replica.commit_index().0;
+        store(&metrics.commit_slot, commit);
+        store(&metrics.known_commit_slot, commit + replica.staleness().slots);
+        if self.forward.is_none() {
+            // A shard applies each committed run as it commits it.
+            store(&metrics.applied_slot, commit);
+            store(&metrics.commands_applied, self.shard.applied_commands());
+            store(&metrics.sessions, self.shard.sessions() as u64);
+        }
+        store(&metrics.batches_committed, self.shard.committed_batches());
+        let appended = self.shard.wal().end_position().saturating_sub(self.wal_start_position);
+        store(&metrics.wal_appended_bytes, appended);
+        store(&metrics.wal_syncs, self.syncs);
+        metrics.out_of_space.store(self.out_of_space.is_some(), Ordering::Relaxed);
+        store(&metrics.out_of_space_dropped, self.out_of_space_dropped);
+        metrics.repairing.store(replica.is_repairing(), Ordering::Relaxed);
+        let snapshots = self.shard.snapshot_stats();
+        store(&metrics.snapshots_taken, snapshots.taken);
+        store(&metrics.snapshots_installed, snapshots.installed);
+        store(&metrics.snapshots_refused, snapshots.refused);
+        store(&metrics.snapshot_bytes, snapshots.current.map_or(0, |(_, bytes)| bytes));
+        store(&metrics.snapshot_released_bytes, snapshots.released_bytes);
+        store(&metrics.busy_replies, self.busy_replies);
+        store(&metrics.peer_messages_dropped, self.dropped_messages);
+        store(&metrics.peer_sent_bytes, self.egress.bytes);
+        store(&metrics.peer_chosen_sent_bytes, self.egress.chosen_bytes);
     }
 
     /// The status a client asked for; the state's summary only with `digest` (it hashes the
@@ -890,7 +961,11 @@ pub fn pump<S: Hosted>(host: &HostRef<S>) {
             if state.failed {
                 return;
             }
+            if durable {
+                state.metrics().wal_sync_seconds.record(in_sync);
+            }
             if let Err(error) = state.shard.finish_sync(outcome) {
+                state.metrics().wal_sync_errors.fetch_add(1, Ordering::Relaxed);
                 return fail(&mut state, &error);
             }
         }
@@ -947,6 +1022,7 @@ fn write_snapshot<S: Hosted>(host: &HostRef<S>, pending: PendingSnapshot<MmapBac
             return fail(&mut state, &error);
         }
         let release_micros = finishing.elapsed().as_micros() as u64;
+        state.metrics().snapshot_write_seconds.record(finishing.duration_since(started));
         let stats = state.shard.snapshot_stats();
         tracing::debug!(
             shard = state.index,
@@ -986,6 +1062,7 @@ pub fn fail<S: Hosted>(host: &mut Host<S>, error: &ShardError) {
     // Fenced from now on: a failed sync is never retried, and nothing it covered may be
     // acknowledged (docs/disk-faults.md). The node exits; a restart recovers from the disk.
     host.failed = true;
+    host.metrics().failed.store(true, Ordering::Relaxed);
     tracing::error!(shard = host.index, %error, "shard failed; stopping the node");
     host.control.failed.store(true, Ordering::SeqCst);
     host.control.stop.store(true, Ordering::SeqCst);

@@ -10,6 +10,7 @@ mod clock;
 pub mod config;
 mod host;
 mod machine;
+pub mod metrics;
 mod net;
 pub mod restore;
 
@@ -63,6 +64,9 @@ pub struct Control {
     pub handover: AtomicBool,
     /// Per shard, whether this node led it at the shard's last tick.
     pub leading: Vec<AtomicBool>,
+    /// Per shard, its metrics: written by that shard only, read by scrapes
+    /// ([`metrics::NodeProbe`]).
+    pub metrics: metrics::NodeMetrics,
 }
 
 impl Control {
@@ -70,6 +74,9 @@ impl Control {
         Control {
             commits: (0..shards).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             leading: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            metrics: (0..shards)
+                .map(|_| CachePadded::new(metrics::ShardMetrics::default()))
+                .collect(),
             ..Control::default()
         }
     }
@@ -212,6 +219,7 @@ fn watch_executor(
 /// ```
 pub struct Node {
     control: Arc<Control>,
+    id: crate::core::NodeId,
     threads: Vec<JoinHandle<Result<(), NodeError>>>,
     listen: String,
     cluster_id: ClusterId,
@@ -286,6 +294,14 @@ impl Node {
         Client::connect(std::slice::from_ref(&self.listen), options)
     }
 
+    /// This node's metrics and readiness, read from its shards when asked (a scrape, `GET
+    /// /ready`): ready while every shard knows its leader and has applied to within
+    /// `ready_lag_slots` of the highest commit position it knows of.
+    #[must_use]
+    pub fn probe(&self, ready_lag_slots: u64) -> metrics::NodeProbe {
+        metrics::NodeProbe::new(self.control.clone(), self.id.0, ready_lag_slots)
+    }
+
     /// The address clients and peers reach this node's shard 0 at (shard `k` at its port + `k`).
     #[must_use]
     pub fn address(&self) -> &str {
@@ -338,7 +354,8 @@ fn start<S: Hosted>(config: NodeConfig, machine: Factory<S>) -> Result<Node, Nod
     }
     let (listen, cluster_id) = (config.listen.clone(), config.cluster_id);
     let (tick_ms, election_timeout_ms) = (config.tick_ms, config.election_timeout_ms);
-    let node = Node { control, threads, listen, cluster_id, tick_ms, election_timeout_ms };
+    let id = config.id;
+    let node = Node { control, id, threads, listen, cluster_id, tick_ms, election_timeout_ms };
     for ready_rx in ready {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -436,7 +453,8 @@ async fn run_shard<S: Hosted>(
     total: Option<apply::ShardLink<S>>,
     make: Factory<S>,
 ) -> Result<(), NodeError> {
-    let opened = open_shard(&config, shard, total.is_some(), &make);
+    let hooks = || metrics::NodeHooks::new(control.clone(), shard, config.id);
+    let opened = open_shard(&config, shard, total.is_some(), &make, hooks);
     let (opened, listener) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -480,6 +498,7 @@ async fn run_shard<S: Hosted>(
             host.hand_over_if_stopping()?;
             host.skip_idle()
         });
+        host.borrow_mut().publish_metrics();
     }
     // A clean stop leaves everything appended durable, the commit index included, so a
     // restart finds the state it left (a failed shard skips this: its log is poisoned).
@@ -671,6 +690,7 @@ fn open_shard<S: Hosted>(
     shard: u16,
     forward: bool,
     make: &Factory<S>,
+    hooks: impl Fn() -> metrics::NodeHooks,
 ) -> Result<(host::NodeShard<S>, glommio::net::TcpListener), NodeError> {
     let listener = net::bind(&config.listen, shard).map_err(|source| NodeError::Listen {
         shard,
@@ -693,7 +713,8 @@ fn open_shard<S: Hosted>(
     let open = || {
         let backend = MmapBackend::new(&dir).map_err(ShardError::Wal)?;
         let shard_config = config.shard_config(shard);
-        Shard::open_with(shard_config, backend, options.clone(), make(shard), settings.clone())
+        let (machine, settings) = (make(shard), settings.clone());
+        Shard::open_hooked(shard_config, backend, options.clone(), machine, settings, hooks())
     };
     let opened = match open() {
         // The first open has let go of the directory: it can be renamed.

@@ -37,6 +37,7 @@ use quorum_wal::MmapBackend;
 use super::Control;
 use super::Hosted;
 use super::host::{Cut, HostRef, Link, fail, pump, with_shard};
+use super::metrics::Refusal;
 use crate::core::{ClusterId, Message, NodeId};
 use crate::runtime::config::NodeConfig;
 use crate::shard::SnapshotReader;
@@ -126,6 +127,12 @@ impl<S: Hosted> ShardNet<S> {
             snapshot_reads: glommio::sync::Semaphore::new(1),
             digests: Digests::default(),
         })
+    }
+
+    /// A connection refused before it was served: counted for the metrics, and logged.
+    fn refused(&self, refusal: Refusal, reason: &str, peer: Option<SocketAddr>) {
+        self.control.metrics[usize::from(self.shard)].count_refusal(refusal);
+        self.refusals.refused(self.shard, reason, peer);
     }
 
     /// A tick: sets the coarse clock and, every [`SWEEP_INTERVAL`], closes the connections
@@ -513,7 +520,7 @@ pub async fn accept_loop<S: Hosted>(net: Rc<ShardNet<S>>, listener: TcpListener)
                 let open: Count = |control| &control.open_connections;
                 let Some(place) = Counted::take(&net.control, open, open_max) else {
                     let peer = stream.peer_addr().ok();
-                    net.refusals.refused(net.shard, "too many connections; closed unread", peer);
+                    net.refused(Refusal::OpenMax, "too many connections; closed unread", peer);
                     drop(stream);
                     continue;
                 };
@@ -533,7 +540,7 @@ pub async fn accept_loop<S: Hosted>(net: Rc<ShardNet<S>>, listener: TcpListener)
             }
             Err(error) => {
                 // Out of descriptors, say: logged once a second, tried again shortly.
-                net.refusals.refused(net.shard, &format!("accept failed: {error}"), None);
+                net.refused(Refusal::Accept, &format!("accept failed: {error}"), None);
                 glommio::timer::sleep(BACKOFF_MIN).await;
             }
         }
@@ -614,7 +621,7 @@ async fn serve<S: Hosted>(
         return Err(ConnectionError::Protocol("the first frame is not a hello".into()));
     };
     if let Some(reason) = check_hello(net, &first, &hello) {
-        net.refusals.refused(net.shard, &reason, peer);
+        net.refused(Refusal::Handshake, &reason, peer);
         let _ = send(&mut stream, &hello_reply(net, Some(reason))).await;
         return Ok(());
     }
@@ -641,7 +648,7 @@ async fn serve<S: Hosted>(
                     "this node serves at most {max} client connections (--connections-max); \
                      try again later, or another node"
                 );
-                net.refusals.refused(net.shard, &reason, peer);
+                net.refused(Refusal::ClientsMax, &reason, peer);
                 let _ = send(&mut stream, &hello_reply(net, Some(reason))).await;
                 // Its write side closed first, so the refusal arrives before the end.
                 let _ = stream.shutdown(std::net::Shutdown::Write).await;

@@ -39,6 +39,9 @@ pub struct Node {
     pub http: Option<String>,
     /// Where its Redis front end listens, if it has one.
     pub redis: Option<String>,
+    /// Where it serves `/metrics`, `/ready` and `/health`, if it does
+    /// ([`Cluster::start_with_metrics`]).
+    pub metrics: Option<String>,
 }
 
 /// Where a node listens, keeps its data, and what runs it ([`Cluster::start_on`]).
@@ -106,15 +109,47 @@ impl Cluster {
                 log: logs.join(format!("node-{}.log", index + 1)),
                 http: None,
                 redis: None,
+                metrics: None,
             })
             .collect();
+        Cluster::spawn_all(cluster_id, nodes, args, shards_in(args))
+    }
+
+    /// As [`Cluster::start`], each node also serving `/metrics`, `/ready` and `/health` on a
+    /// free loopback port of its own (`Node::metrics`, `--metrics-listen`), and HTTP on
+    /// another (`Node::http`), where `/metrics` and `/ready` are served too.
+    pub fn start_with_metrics(
+        cluster_id: u64,
+        data_dirs: Vec<PathBuf>,
+        logs: &std::path::Path,
+        args: &[&str],
+    ) -> Cluster {
+        let free = |count| quorum::bench::embedded::free_port_range(count).unwrap();
+        let nodes = data_dirs
+            .into_iter()
+            .enumerate()
+            .map(|(index, data_dir)| Node {
+                address: format!("127.0.0.1:{}", free(shards_in(args))),
+                data_dir,
+                wrapper: Vec::new(),
+                child: None,
+                log: logs.join(format!("node-{}.log", index + 1)),
+                http: Some(format!("127.0.0.1:{}", free(1))),
+                redis: None,
+                metrics: Some(format!("127.0.0.1:{}", free(1))),
+            })
+            .collect();
+        Cluster::spawn_all(cluster_id, nodes, args, shards_in(args))
+    }
+
+    /// A cluster of `nodes`, every one started.
+    fn spawn_all(cluster_id: u64, nodes: Vec<Node>, args: &[&str], shards: u16) -> Cluster {
         let peers = nodes
             .iter()
             .enumerate()
             .map(|(index, node)| format!("{}={}", index + 1, node.address))
             .collect::<Vec<_>>()
             .join(",");
-        let shards = shards_in(args);
         let args = args.iter().map(|arg| (*arg).to_string()).collect();
         let mut cluster = Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args, shards };
         for index in 0..cluster.nodes.len() {
@@ -144,20 +179,10 @@ impl Cluster {
                 log: logs.join(format!("node-{}.log", index + 1)),
                 http: Some(format!("127.0.0.1:{}", free(1))),
                 redis: Some(format!("127.0.0.1:{}", free(1))),
+                metrics: None,
             })
             .collect();
-        let peers = nodes
-            .iter()
-            .enumerate()
-            .map(|(index, node)| format!("{}={}", index + 1, node.address))
-            .collect::<Vec<_>>()
-            .join(",");
-        let args = args.iter().map(|arg| (*arg).to_string()).collect();
-        let mut cluster = Cluster { nodes, cluster_id: ClusterId(cluster_id), peers, args, shards };
-        for index in 0..cluster.nodes.len() {
-            cluster.spawn(index);
-        }
-        cluster
+        Cluster::spawn_all(cluster_id, nodes, args, shards)
     }
 
     /// Starts node `index` (again), its log appended to.
@@ -191,6 +216,7 @@ impl Cluster {
             .args(&self.args)
             .args(node.http.iter().flat_map(|address| ["--http-listen", address.as_str()]))
             .args(node.redis.iter().flat_map(|address| ["--redis-listen", address.as_str()]))
+            .args(node.metrics.iter().flat_map(|address| ["--metrics-listen", address.as_str()]))
             .arg("--data-dir")
             .arg(&node.data_dir)
             .env("RUST_LOG", "info")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use quorum::front::{FrontConfig, FrontEnds};
 use quorum::runtime::Node;
-use quorum::runtime::config::{NodeConfig, NodeSettings};
+use quorum::runtime::config::{FrontListeners, NodeConfig, NodeSettings};
 
 /// How the node writes its log (to stderr).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -161,6 +161,16 @@ pub struct NodeArgs {
     /// unless given.
     #[arg(long, value_name = "HOST:PORT")]
     redis_listen: Option<String>,
+    /// Serve GET /metrics (Prometheus text format), /ready and /health here, HOST:PORT, on a
+    /// listener of their own (docs/operations.md lists every metric). /metrics and /ready are
+    /// also served on --http-listen if given. Not served unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// GET /ready answers 200 only while every shard knows its leader and has applied to
+    /// within this many slots of the highest commit position it knows of (default 10000);
+    /// 503 otherwise, naming each shard that is not ready and why.
+    #[arg(long, value_name = "SLOTS")]
+    ready_lag_slots: Option<u64>,
     /// Lease reads: a leader answers `--consistency lease` reads at once while a majority's
     /// heartbeat acknowledgements grant it a lease (shorter than the election timeout by the
     /// drift margin), and this node, as a voter, helps no other candidate within an election
@@ -247,6 +257,8 @@ impl NodeArgs {
             max_clock_drift: self.max_clock_drift.clone(),
             http_listen: self.http_listen.clone(),
             redis_listen: self.redis_listen.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            ready_lag_slots: self.ready_lag_slots,
             sessions_max: self.sessions_max,
             history_mib: self.history_mib,
             session_idle_commands_min: self.session_idle_commands_min,
@@ -258,12 +270,8 @@ impl NodeArgs {
 }
 
 /// The node's configuration and its front ends' listeners, from the file and the flags;
-/// Where the HTTP and the Redis front ends listen, if they do.
-type Listeners = (Option<String>, Option<String>);
-
-/// The node's configuration and its front ends' listeners, from the file and the flags;
 /// the error already printed.
-fn resolve(args: &NodeArgs) -> Result<(NodeConfig, Listeners), ExitCode> {
+fn resolve(args: &NodeArgs) -> Result<(NodeConfig, FrontListeners), ExitCode> {
     let file = match &args.config {
         Some(path) => NodeSettings::from_file(path).map_err(|error| {
             eprintln!("quorum node: {error}");
@@ -287,6 +295,7 @@ pub fn run(args: &NodeArgs) -> ExitCode {
         Err(code) => return code,
     };
     let (id, shards, listen) = (config.id.0, config.shards, config.listen.clone());
+    let ready_lag_slots = listeners.ready_lag_slots;
     let front_config = front_config(&config, listeners);
     if config.durability == quorum::runtime::config::Durability::None {
         tracing::warn!("durability is off: acknowledged writes can be lost in a crash");
@@ -298,6 +307,10 @@ pub fn run(args: &NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let front_config = front_config.map(|mut front| {
+        front.probe = Some(std::sync::Arc::new(node.probe(ready_lag_slots)));
+        front
+    });
     let fronts = match front_config.map(|config| FrontEnds::start(&config)).transpose() {
         Ok(fronts) => fronts,
         Err(error) => {
@@ -338,11 +351,9 @@ pub fn run(args: &NodeArgs) -> ExitCode {
 
 /// The front ends' settings, if the node serves any: their client starts at this node's own
 /// listener, then its fellow voters.
-fn front_config(
-    config: &NodeConfig,
-    (http_listen, redis_listen): Listeners,
-) -> Option<FrontConfig> {
-    if http_listen.is_none() && redis_listen.is_none() {
+fn front_config(config: &NodeConfig, listeners: FrontListeners) -> Option<FrontConfig> {
+    let FrontListeners { http: http_listen, redis: redis_listen, metrics, .. } = listeners;
+    if http_listen.is_none() && redis_listen.is_none() && metrics.is_none() {
         return None;
     }
     let mut seeds = vec![config.listen.clone()];
@@ -350,5 +361,6 @@ fn front_config(
     let mut front = FrontConfig::new(seeds, config.cluster_id, config.batch_bytes_max);
     front.http_listen = http_listen;
     front.redis_listen = redis_listen;
+    front.metrics_listen = metrics;
     Some(front)
 }

@@ -6,6 +6,7 @@
 
 mod api;
 pub(super) mod body;
+mod probe;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +15,28 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::Gateway;
+use super::{Gateway, Probe};
 
 /// A request's headers must arrive within this long.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves HTTP on `listener` until the runtime stops.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, connections_max: usize) {
-    let router = api::routes(gateway);
+/// The HTTP/JSON API's routes, with `/metrics` and `/ready` beside them if the node gave its
+/// probe.
+pub fn api_routes(gateway: Arc<Gateway>, probe: Option<Arc<dyn Probe>>) -> axum::Router {
+    let api = api::routes(gateway);
+    match probe {
+        Some(probe) => api.merge(probe::routes(probe)),
+        None => api,
+    }
+}
+
+/// The metrics listener's routes: `/metrics`, `/ready`, `/health`.
+pub fn probe_routes(probe: Arc<dyn Probe>) -> axum::Router {
+    probe::listener_routes(probe)
+}
+
+/// Serves `router` over HTTP on `listener` until the runtime stops.
+pub async fn serve(listener: TcpListener, router: axum::Router, connections_max: usize) {
     let permits = Arc::new(Semaphore::new(connections_max));
     loop {
         let (stream, peer) = match listener.accept().await {

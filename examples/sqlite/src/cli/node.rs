@@ -174,6 +174,10 @@ impl NodeArgs {
             // The front ends serve the built-in KV store, not SQLite.
             http_listen: None,
             redis_listen: None,
+            // Not served by quorum-sqlite yet: an embedding program serves `Node::probe`
+            // itself (docs/operations.md, "Metrics").
+            metrics_listen: None,
+            ready_lag_slots: None,
             // The session limits come from the config file alone here.
             sessions_max: None,
             history_mib: None,
