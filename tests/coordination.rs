@@ -74,6 +74,7 @@ fn a_paused_lock_holder_loses_the_lock_and_its_fenced_write_is_refused() {
     );
     let mut first = Command::new(binary)
         .args(["lock", "--cluster", &seeds, "--ttl", "2", "{job}lock", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -262,4 +263,78 @@ fn keys_with_a_lease_go_when_it_is_no_longer_kept_alive() {
     assert!(stderr.contains("no lease 12345"), "{stderr}");
     let (code, _, stderr) = quorum(&["txn", "--cluster", &seeds, "--if", "k wat = 3"]);
     assert_eq!(code, 2, "{stderr}");
+}
+
+/// Reads lines from a child's standard output as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+#[test]
+fn an_election_passes_to_the_next_candidate_when_its_leader_resigns_and_observers_see_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 84);
+    let seeds = seeds(&cluster);
+    let binary = env!("CARGO_BIN_EXE_quorum");
+    let campaign = |value: &str| {
+        Command::new(binary)
+            .args(["elect", "--cluster", &seeds, "--ttl", "5", "--json", "scheduler", value])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = campaign("node-a");
+    let first_lines = lines_of(&mut first);
+    let led: serde_json::Value =
+        serde_json::from_str(&first_lines.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap();
+    assert_eq!((led["leader"].as_bool(), led["value"].as_str()), (Some(true), Some("node-a")));
+    let mut second = campaign("node-b");
+    let second_lines = lines_of(&mut second);
+    let mut observer = Command::new(binary)
+        .args(["elect", "--cluster", &seeds, "--json", "scheduler"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let observed = lines_of(&mut observer);
+    let now: serde_json::Value =
+        serde_json::from_str(&observed.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap();
+    assert_eq!(now["value"], "node-a", "{now}");
+    assert!(
+        second_lines.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the second candidate waits while the first leads"
+    );
+    // The leader resigns (SIGTERM): the second candidate leads, with a higher token.
+    signal(first.id(), "-TERM");
+    assert!(first.wait().unwrap().success());
+    let next: serde_json::Value =
+        serde_json::from_str(&second_lines.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap();
+    assert_eq!(next["value"], "node-b");
+    assert!(next["token"].as_u64() > led["token"].as_u64(), "{led} then {next}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line =
+            observed.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["value"] == "node-b" {
+            assert_eq!(event["token"], next["token"]);
+            break;
+        }
+    }
+    for mut child in [second, observer] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
