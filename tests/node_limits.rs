@@ -631,6 +631,15 @@ fn forged_session_ids_are_refused_and_a_restarted_client_writes_anew() {
 /// been kept; the applier's own refusal is a unit test in machine/applier.rs.)
 #[test]
 fn a_request_with_the_reserved_sequence_bit_closes_its_connection_and_changes_nothing() {
+    let (_node, client) =
+        refused_at_the_door(RequestId { client: 7, sequence: 0x8f00_0000_0000_0000 }, 43);
+    client.put(b"k", b"after").unwrap();
+    assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"after"[..]));
+}
+
+/// Sends a put under `id` on a raw connection to a fresh node, checks that the node closed
+/// the connection and applied nothing; returns the node, still serving, and a client of it.
+fn refused_at_the_door(id: RequestId, label: u64) -> (OneNode, Client) {
     let node = OneNode::start(1, &[], &[]);
     node.await_up();
     let options = ClientOptions {
@@ -640,17 +649,16 @@ fn a_request_with_the_reserved_sequence_bit_closes_its_connection_and_changes_no
     };
     let client = Client::connect(std::slice::from_ref(&node.address), options).unwrap();
     client.put(b"k", b"before").unwrap();
-    let mut stream = client_connection(&node.address, 43);
+    let mut stream = client_connection(&node.address, label);
     let mut builder = BatchBuilder::new(usize::MAX);
     let put = KvCommand::Put { key: b"k".to_vec(), value: b"forged".to_vec() }.encode();
-    builder.push(RequestId { client: 7, sequence: 0x8f00_0000_0000_0000 }, &put);
+    builder.push(id, &put);
     stream
         .write_all(&client_frame(Body::Requests(Requests::linearizable(builder.take()))))
         .unwrap();
     assert!(closed_within(&mut stream, Duration::from_secs(10)), "the connection stays open");
     assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"before"[..]));
-    client.put(b"k", b"after").unwrap();
-    assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"after"[..]));
+    (node, client)
 }
 
 /// A request under the leader's own client id (`RequestId::LEADER`: a lease's expiry, which
@@ -658,22 +666,7 @@ fn a_request_with_the_reserved_sequence_bit_closes_its_connection_and_changes_no
 /// leader's. Nothing of it is applied and the node goes on serving.
 #[test]
 fn a_request_under_the_leaders_own_client_id_closes_its_connection_and_changes_nothing() {
-    let node = OneNode::start(1, &[], &[]);
-    node.await_up();
-    let options = ClientOptions {
-        cluster_id: ClusterId(CLUSTER),
-        request_timeout: Duration::from_secs(5),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect(std::slice::from_ref(&node.address), options).unwrap();
-    client.put(b"k", b"before").unwrap();
-    let mut stream = client_connection(&node.address, 44);
-    let mut builder = BatchBuilder::new(usize::MAX);
-    let put = KvCommand::Put { key: b"k".to_vec(), value: b"forged".to_vec() }.encode();
-    builder.push(RequestId { client: RequestId::LEADER, sequence: 1 }, &put);
-    stream
-        .write_all(&client_frame(Body::Requests(Requests::linearizable(builder.take()))))
-        .unwrap();
-    assert!(closed_within(&mut stream, Duration::from_secs(10)), "the connection stays open");
-    assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"before"[..]));
+    let (_node, client) =
+        refused_at_the_door(RequestId { client: RequestId::LEADER, sequence: 1 }, 44);
+    client.put(b"k", b"after").unwrap();
 }

@@ -368,17 +368,27 @@ fn leases_refuse_bad_input_and_an_expiry_loses_to_a_keep_alive() {
     assert_eq!(range_at(&store, key(b"j"), 0).entries[0].value, b"2");
 }
 
-#[test]
-fn a_fenced_write_fails_once_the_lock_has_moved_on() {
+/// A store with leases 1 and 2 granted at revisions 1 and 2.
+fn two_leases() -> KvStore {
     let mut store = KvStore::default();
     for (revision, id) in [(1, 1), (2, 2)] {
         coord(&mut store, revision, CoordCommand::LeaseGrant { id, ttl_ms: 5000 });
     }
-    let lock = |lease| CoordCommand::Lock {
+    store
+}
+
+/// Lease `lease` takes (or waits for) lock `job`, showing the value `holder LEASE`.
+fn lock(lease: u64) -> CoordCommand {
+    CoordCommand::Lock {
         name: b"job".to_vec(),
         lease,
         value: format!("holder {lease}").into_bytes(),
-    };
+    }
+}
+
+#[test]
+fn a_fenced_write_fails_once_the_lock_has_moved_on() {
+    let mut store = two_leases();
     let CoordReply::Lock { holder: first, held: true, .. } = coord(&mut store, 10, lock(1)) else {
         panic!()
     };
@@ -420,15 +430,7 @@ fn a_fenced_write_fails_once_the_lock_has_moved_on() {
 
 #[test]
 fn an_elections_leader_proclaims_and_its_changes_are_watched() {
-    let mut store = KvStore::default();
-    for (revision, id) in [(1, 1), (2, 2)] {
-        coord(&mut store, revision, CoordCommand::LeaseGrant { id, ttl_ms: 5000 });
-    }
-    let lock = |lease| CoordCommand::Lock {
-        name: b"job".to_vec(),
-        lease,
-        value: format!("holder {lease}").into_bytes(),
-    };
+    let mut store = two_leases();
     coord(&mut store, 10, lock(1));
     coord(&mut store, 11, lock(2));
     coord(&mut store, 20, CoordCommand::LeaseExpire { id: 1, refreshes: 0 });
