@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use super::{Client, ClientError, Response};
 use crate::core::ReadOptions;
 use crate::machine::kv::coord::first_revision_at;
+use crate::machine::kv::watch::{WatchRound, reflected};
 use crate::machine::kv::{
-    Change, ChangesReply, CoordCommand, CoordError, CoordReply, Holder, KeyRange, LeaseInfo,
-    RangeReply, Txn, TxnResult,
+    Change, CoordCommand, CoordError, CoordReply, Holder, KeyRange, LeaseInfo, RangeReply, Txn,
+    TxnResult,
 };
 use crate::machine::{KvReply, shard_for_key};
 
@@ -49,12 +50,6 @@ pub struct Lease {
     pub id: u64,
     /// Its time to live, in milliseconds.
     pub ttl_ms: u64,
-}
-
-/// The highest revision a shard whose answer reflects every slot below `slot` has every
-/// write of: its next slot lies at global position `slot · shards + shard`.
-fn reflected(slot: u64, shard: u16, shards: u16) -> u64 {
-    first_revision_at(slot * u64::from(shards) + u64::from(shard)) - 1
 }
 
 impl Client {
@@ -467,8 +462,7 @@ impl Watch<'_> {
     /// [`Watch::next_revision`]; see [`ClientError`].
     pub fn poll(&mut self) -> Result<Vec<Change>, ClientError> {
         let shards = self.client.shards();
-        let mut complete = u64::MAX;
-        let mut changes = Vec::new();
+        let mut round = WatchRound::new(self.next);
         for &shard in &self.shards {
             let command = CoordCommand::Changes {
                 range: self.range.clone(),
@@ -478,23 +472,13 @@ impl Watch<'_> {
             };
             let (reply, response) =
                 self.client.coordinate(shard, &command, ReadOptions::default())?;
-            let CoordReply::Changes(ChangesReply { changes: found, through, more }) = reply else {
+            let CoordReply::Changes(found) = reply else {
                 return Err(unexpected("a change feed", &reply));
             };
-            // Complete through `through`; with nothing more, through everything it reflects.
-            let shard_complete = if more {
-                through
-            } else {
-                through.max(reflected(response.slot.0, response.shard, shards))
-            };
-            complete = complete.min(shard_complete);
-            changes.extend(found);
+            round.add(found, response.slot.0, response.shard, shards);
         }
-        changes.retain(|change| change.revision <= complete && change.revision >= self.next);
-        changes.sort_by_key(|change| change.revision);
-        if complete != u64::MAX && complete >= self.next {
-            self.next = complete + 1;
-        }
+        let (changes, next) = round.finish();
+        self.next = next;
         Ok(changes)
     }
 

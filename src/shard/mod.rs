@@ -420,7 +420,8 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         let now_ms = self.replica.now_tick().saturating_mul(self.settings.tick_us) / 1000;
         let leading = self.replica.role() == crate::core::RoleKind::Leader;
         let machine = self.committer.applier.machine();
-        let due = self.timers.due(now_ms, leading, |out| machine.timers(out));
+        let drift_ppm = self.replica.config().max_clock_drift_ppm;
+        let due = self.timers.due(now_ms, leading, drift_ppm, |out| machine.timers(out));
         if due.is_empty() {
             return Ok(());
         }

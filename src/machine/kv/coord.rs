@@ -465,6 +465,16 @@ pub enum CoordReply {
         /// Keys deleted.
         keys: u64,
     },
+    /// A lease ended by its leader's expiry ([`CoordCommand::LeaseExpire`]): the keys deleted
+    /// with it.
+    Expired {
+        /// The lease.
+        id: u64,
+        /// The expiry's revision.
+        revision: u64,
+        /// Keys deleted.
+        keys: u64,
+    },
     /// The leases.
     Leases(Vec<LeaseInfo>),
     /// A lock taken (`held`) or waited for.

@@ -9,6 +9,7 @@ mod entry;
 mod history;
 mod image;
 mod locks;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -423,7 +424,12 @@ impl KvStore {
                 Some(lease) if lease.refreshes != *refreshes => {
                     CoordReply::Refused(CoordError::LeaseRefreshed { id: *id })
                 }
-                _ => self.end_lease(*id, revision),
+                _ => match self.end_lease(*id, revision) {
+                    CoordReply::Revoked { revision, keys } => {
+                        CoordReply::Expired { id: *id, revision, keys }
+                    }
+                    other => other,
+                },
             },
             CoordCommand::Lock { name, lease, value } => self.lock(name, *lease, value, revision),
             CoordCommand::Unlock { name, lease } => {

@@ -350,7 +350,7 @@ fn leases_refuse_bad_input_and_an_expiry_loses_to_a_keep_alive() {
     assert_eq!((leases[0].id, leases[0].keys, leases[0].refreshes), (1, 1, 1));
     assert_eq!(
         coord(&mut store, 10, CoordCommand::LeaseExpire { id: 1, refreshes: 1 }),
-        CoordReply::Revoked { revision: 10, keys: 1 }
+        CoordReply::Expired { id: 1, revision: 10, keys: 1 }
     );
     assert!(range_at(&store, key(b"k"), 0).entries.is_empty());
     assert_eq!(
