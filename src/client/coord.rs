@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Client, ClientError, Response};
 use crate::core::ReadOptions;
-use crate::machine::kv::coord::first_revision_at;
+use crate::machine::kv::coord::{CHANGES_WAIT_MS_MAX, first_revision_at};
 use crate::machine::kv::watch::{WatchRound, reflected};
 use crate::machine::kv::{
     Change, CoordCommand, CoordError, CoordReply, Holder, KeyRange, LeaseInfo, RangeReply, Txn,
@@ -461,14 +461,21 @@ impl Watch<'_> {
     /// [`CoordError::Compacted`] if the shards no longer keep the changes from
     /// [`Watch::next_revision`]; see [`ClientError`].
     pub fn poll(&mut self) -> Result<Vec<Change>, ClientError> {
+        self.poll_waiting(0)
+    }
+
+    /// [`Watch::poll`], each shard holding the read up to `wait_ms` while it has nothing
+    /// ([`CoordCommand::ChangesWait`]; 0: a plain [`CoordCommand::Changes`]). The answer goes
+    /// through the same bookkeeping, so waiting changes only when it comes.
+    fn poll_waiting(&mut self, wait_ms: u32) -> Result<Vec<Change>, ClientError> {
         let shards = self.client.shards();
         let mut round = WatchRound::new(self.next);
         for &shard in &self.shards {
-            let command = CoordCommand::Changes {
-                range: self.range.clone(),
-                from: self.next,
-                limit: 0,
-                locks: self.locks,
+            let (range, from, limit, locks) = (self.range.clone(), self.next, 0, self.locks);
+            let command = if wait_ms == 0 {
+                CoordCommand::Changes { range, from, limit, locks }
+            } else {
+                CoordCommand::ChangesWait { range, from, limit, locks, wait_ms }
             };
             let (reply, response) =
                 self.client.coordinate(shard, &command, ReadOptions::default())?;
@@ -482,20 +489,43 @@ impl Watch<'_> {
         Ok(changes)
     }
 
-    /// Waits up to `timeout` for changes, polling; returns them (empty if none came).
+    /// Waits up to `timeout` for changes; returns them (empty if none came). A watch on one
+    /// shard (a key's, or any on a one-shard node) waits at the shard's leader
+    /// ([`CoordCommand::ChangesWait`]), which answers as soon as a change of the range is
+    /// applied. A watch over several shards polls them, pausing 1 ms doubling to 10 ms while
+    /// nothing comes: a wait at one shard would hold up the changes of the others. So does a
+    /// watch whose shard refused to hold it ([`CoordError::TooManyWatches`], or a node from
+    /// before waiting reads, which finds the command malformed).
     ///
     /// # Errors
     /// See [`Watch::poll`].
     pub fn wait(&mut self, timeout: Duration) -> Result<Vec<Change>, ClientError> {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(1);
+        let mut held = self.shards.len() == 1;
         loop {
-            let changes = self.poll()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait_ms = if held {
+                u32::try_from(left.as_millis()).unwrap_or(u32::MAX).min(CHANGES_WAIT_MS_MAX)
+            } else {
+                0
+            };
+            let changes = match self.poll_waiting(wait_ms) {
+                Err(ClientError::Coordination(
+                    CoordError::TooManyWatches { .. } | CoordError::Malformed,
+                )) if wait_ms > 0 => {
+                    held = false;
+                    continue;
+                }
+                other => other?,
+            };
             if !changes.is_empty() || Instant::now() >= deadline {
                 return Ok(changes);
             }
-            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-            pause = (pause * 2).min(Duration::from_millis(10));
+            if wait_ms == 0 {
+                std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                pause = (pause * 2).min(Duration::from_millis(10));
+            }
         }
     }
 }

@@ -105,6 +105,43 @@ pub trait StateMachine {
     /// index (protocol.md §5.3), so the answer is linearizable without the log.
     fn query(&self, request: &[u8]) -> Self::Reply;
 
+    /// For a query whose answer says "nothing yet" and that asked to wait (a watch's long
+    /// poll, the built-in store's [`kv::CoordCommand::ChangesWait`]): where and how long it
+    /// waits. The shard's leader then holds the read, confirmed already by its read index,
+    /// and asks [`StateMachine::query`] again once a change [`StateMachine::changed_since`]
+    /// reports matches [`QueryWait::on`], or once `wait_ms` passed (answering what it says
+    /// then). The default: no query waits.
+    ///
+    /// # Correctness
+    /// Waiting only delays an answer that reflects at least the read's index: a query must
+    /// ask to wait only if an answer later is as right as one now.
+    fn query_wait(&self, request: &[u8], reply: &Self::Reply) -> Option<QueryWait> {
+        let _ = (request, reply);
+        None
+    }
+
+    /// The answer to a query that would wait ([`StateMachine::query_wait`]) while the shard
+    /// holds [`WAITING_QUERIES_MAX`] already: a refusal the client understands. `None` (the
+    /// default) answers at once what the query found.
+    fn wait_refused(&self, request: &[u8]) -> Option<Self::Reply> {
+        let _ = request;
+        None
+    }
+
+    /// A number that changes whenever keys change (the built-in store's revision): the shard
+    /// asks [`StateMachine::changed_since`] only when it moved. The default never moves.
+    fn change_mark(&self) -> u64 {
+        0
+    }
+
+    /// Visits every key changed since [`StateMachine::change_mark`] was `mark` (a key may come
+    /// more than once); false if the machine cannot tell (it no longer keeps them), and every
+    /// waiting query is then asked again.
+    fn changed_since(&self, mark: u64, visit: &mut dyn FnMut(&[u8])) -> bool {
+        let _ = (mark, visit);
+        false
+    }
+
     /// True for the reply of a write whose place in the merged order must follow real time
     /// across shards (the built-in store's coordination writes, docs/coordination.md): the
     /// node answers it only once every shard has committed past it, so that a write made after
@@ -157,6 +194,42 @@ pub trait StateMachine {
     fn restore(image: &mut dyn std::io::Read) -> Result<Self, SnapshotError>
     where
         Self: Sized;
+}
+
+/// Most queries that wait ([`StateMachine::query_wait`]) one shard holds at once; past it a
+/// query that would wait gets [`StateMachine::wait_refused`].
+pub const WAITING_QUERIES_MAX: usize = 16_384;
+
+/// Where and how long a query waits ([`StateMachine::query_wait`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryWait {
+    /// The changes that wake it.
+    pub on: WaitOn,
+    /// The longest it waits, in milliseconds (counted in the shard's ticks).
+    pub wait_ms: u64,
+}
+
+/// The keys whose change wakes a waiting query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitOn {
+    /// This key.
+    Key(Vec<u8>),
+    /// Any key that starts with these bytes.
+    Prefix(Vec<u8>),
+    /// Any key at all (asked again after every batch that changed one).
+    Any,
+}
+
+impl WaitOn {
+    /// True if a change of `key` may answer the query.
+    #[must_use]
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            WaitOn::Key(one) => key == one.as_slice(),
+            WaitOn::Prefix(prefix) => key.starts_with(prefix),
+            WaitOn::Any => true,
+        }
+    }
 }
 
 /// A timer of the state machine's, run by the shard's leader ([`StateMachine::timers`]).

@@ -406,7 +406,29 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
     pub fn on_ticks(&mut self, ticks: u64) -> Result<(), ShardError> {
         self.replica.on_ticks(ticks);
         self.process_actions()?;
+        self.expire_parked_reads();
         self.run_timers()
+    }
+
+    /// The shard's clock, in milliseconds of ticks.
+    fn now_ms(&self) -> u64 {
+        self.replica.now_tick().saturating_mul(self.settings.tick_us) / 1000
+    }
+
+    /// Answers the parked reads whose wait is over (empty, with where the state is now).
+    fn expire_parked_reads(&mut self) {
+        if self.reads.parked() == 0 {
+            return;
+        }
+        let applied = self.replica.commit_index();
+        let now_ms = self.now_ms();
+        let machine = self.committer.applier.machine();
+        let before = self.committer.replies.len();
+        self.reads.expire(applied, machine, now_ms, &mut self.committer.replies);
+        let answered = self.committer.replies.len() - before;
+        if answered > 0 {
+            self.hooks.read_answered(answered);
+        }
     }
 
     /// As the leader, proposes the commands of the state machine's timers that ran out (a
@@ -417,7 +439,7 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         if self.settings.apply != ApplyTo::Shard {
             return Ok(());
         }
-        let now_ms = self.replica.now_tick().saturating_mul(self.settings.tick_us) / 1000;
+        let now_ms = self.now_ms();
         let leading = self.replica.role() == crate::core::RoleKind::Leader;
         let machine = self.committer.applier.machine();
         let drift_ppm = self.replica.config().max_clock_drift_ppm;
@@ -723,9 +745,15 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         }
         // Every commit the replica announced is applied now: answer the reads it covers.
         let applied = self.replica.commit_index();
+        let leading = self.replica.role() == crate::core::RoleKind::Leader;
+        if !leading && self.reads.parked() > 0 {
+            // Only a leader wakes parked reads; a new one answers them once asked again.
+            self.reads.abort_parked(self.replica.leader_hint());
+        }
+        let now_ms = self.now_ms();
         let machine = self.committer.applier.machine();
         let before = self.committer.replies.len();
-        self.reads.answer(applied, machine, &mut self.committer.replies);
+        self.reads.answer(applied, machine, leading, now_ms, &mut self.committer.replies);
         let answered = self.committer.replies.len() - before;
         if answered > 0 {
             self.hooks.read_answered(answered);

@@ -419,7 +419,33 @@ pub enum CoordCommand {
         /// The value.
         value: Vec<u8>,
     },
+    /// [`CoordCommand::Changes`] that waits: while the range has no change from `from` on, the
+    /// shard's leader holds the read (confirmed by its read index first) until one is applied
+    /// or `wait_ms` passes, then answers [`CoordReply::Changes`] from the state as applied then
+    /// (empty, with the present `through`, on time out). A watch's long poll. At most
+    /// [`WATCHES_WAITING_MAX`] wait on one shard; past it the read is refused with
+    /// [`CoordError::TooManyWatches`]. Last of the enum, so that the encodings of the others
+    /// are those of earlier versions.
+    ChangesWait {
+        /// The keys (or, with `locks`, the names of locks and elections).
+        range: KeyRange,
+        /// The first revision wanted.
+        from: u64,
+        /// At most about this many (0: [`CHANGES_LIMIT_MAX`]).
+        limit: u32,
+        /// Watch locks and elections instead of keys.
+        locks: bool,
+        /// How long to wait for a change, in milliseconds (longer waits are cut to [`CHANGES_WAIT_MS_MAX`]).
+        wait_ms: u32,
+    },
 }
+
+/// Most change-feed reads that wait ([`CoordCommand::ChangesWait`]) one shard holds at once.
+pub const WATCHES_WAITING_MAX: usize = crate::machine::WAITING_QUERIES_MAX;
+
+/// The longest a change-feed read waits at the shard, in milliseconds: well under a client's
+/// request timeout (10 s by default), so that a waiting read is never taken for a lost one.
+pub const CHANGES_WAIT_MS_MAX: u32 = 5_000;
 
 /// The reply to a [`CoordCommand`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -579,6 +605,13 @@ pub enum CoordError {
     /// A write sent as a query (only reads are answered off the log).
     #[error("a write cannot be sent as a read")]
     NotARead,
+    /// A change-feed read that would wait ([`CoordCommand::ChangesWait`]) while the shard
+    /// already holds its most: poll without waiting, or later.
+    #[error("{max} watches already wait on this shard; poll, or wait later")]
+    TooManyWatches {
+        /// The most that wait on one shard ([`WATCHES_WAITING_MAX`]).
+        max: u64,
+    },
 }
 
 impl CoordCommand {
@@ -604,6 +637,7 @@ impl CoordCommand {
             self,
             CoordCommand::Range { .. }
                 | CoordCommand::Changes { .. }
+                | CoordCommand::ChangesWait { .. }
                 | CoordCommand::LeaseList
                 | CoordCommand::LockHolder { .. }
         )
@@ -618,7 +652,8 @@ impl CoordCommand {
             CoordCommand::Put { key, value, .. } => check_write(key, value),
             CoordCommand::Delete(range)
             | CoordCommand::Range { range, .. }
-            | CoordCommand::Changes { range, .. } => check_key_len(range.longest_key()),
+            | CoordCommand::Changes { range, .. }
+            | CoordCommand::ChangesWait { range, .. } => check_key_len(range.longest_key()),
             CoordCommand::Txn(txn) => {
                 let count = |what: &str, count: usize| {
                     if count > TXN_OPS_MAX {
@@ -685,7 +720,8 @@ impl CoordCommand {
             CoordCommand::Put { key, .. } => vec![key],
             CoordCommand::Delete(range)
             | CoordCommand::Range { range, .. }
-            | CoordCommand::Changes { range, .. } => vec![range.start()],
+            | CoordCommand::Changes { range, .. }
+            | CoordCommand::ChangesWait { range, .. } => vec![range.start()],
             CoordCommand::Txn(txn) => {
                 let mut keys: Vec<&[u8]> = Vec::new();
                 for compare in &txn.compares {

@@ -127,6 +127,16 @@ impl History {
         self.events.range(first..).rev().filter(|event| !event.is_lock())
     }
 
+    /// Every event after `revision`, keys' and locks', oldest first; `None` if some of them
+    /// were dropped (compacted).
+    pub(super) fn since(&self, revision: u64) -> Option<impl Iterator<Item = &Event>> {
+        if revision < self.compacted {
+            return None;
+        }
+        let first = self.events.partition_point(|event| event.revision <= revision);
+        Some(self.events.range(first..))
+    }
+
     /// The changes of `range` (keys, or with `locks` lock names) from revision `from` on, at
     /// most about `limit` (whole revisions); `newest` is the store's latest revision.
     pub(super) fn changes(

@@ -20,7 +20,7 @@ pub use coord::{
 };
 pub use history::HISTORY_BYTES_DEFAULT;
 
-use super::{StateMachine, StateSummary};
+use super::{QueryWait, StateMachine, StateSummary, WaitOn};
 use crate::storage::snapshot::SnapshotError;
 use coord::{CHANGES_LIMIT_MAX, COORD_TAG, RANGE_LIMIT_MAX};
 use entry::Entry;
@@ -451,6 +451,7 @@ impl KvStore {
             },
             CoordCommand::Range { .. }
             | CoordCommand::Changes { .. }
+            | CoordCommand::ChangesWait { .. }
             | CoordCommand::LeaseList
             | CoordCommand::LockHolder { .. } => self.read_coord(command),
         }
@@ -468,7 +469,8 @@ impl KvStore {
                     Err(error) => CoordReply::Refused(error),
                 }
             }
-            CoordCommand::Changes { range, from, limit, locks } => {
+            CoordCommand::Changes { range, from, limit, locks }
+            | CoordCommand::ChangesWait { range, from, limit, locks, .. } => {
                 self.changes(range, *from, *limit, *locks)
             }
             CoordCommand::LeaseList => CoordReply::Leases(self.leases().collect()),
@@ -523,6 +525,46 @@ impl StateMachine for KvStore {
             }
             _ => KvReply::Invalid,
         }
+    }
+
+    /// A [`CoordCommand::ChangesWait`] that found no change waits on its range's keys.
+    fn query_wait(&self, request: &[u8], reply: &KvReply) -> Option<QueryWait> {
+        let KvReply::Coord(CoordReply::Changes(found)) = reply else { return None };
+        if !found.changes.is_empty() || found.more || request.first() != Some(&COORD_TAG) {
+            return None;
+        }
+        let Some(CoordCommand::ChangesWait { range, wait_ms, .. }) = CoordCommand::decode(request)
+        else {
+            return None;
+        };
+        if wait_ms == 0 {
+            return None;
+        }
+        let on = match range {
+            KeyRange::Key(key) => WaitOn::Key(key),
+            KeyRange::Prefix(prefix) => WaitOn::Prefix(prefix),
+            KeyRange::Span { .. } => WaitOn::Any,
+        };
+        Some(QueryWait { on, wait_ms: u64::from(wait_ms.min(coord::CHANGES_WAIT_MS_MAX)) })
+    }
+
+    fn wait_refused(&self, _request: &[u8]) -> Option<KvReply> {
+        Some(KvReply::Coord(CoordReply::Refused(CoordError::TooManyWatches {
+            max: coord::WATCHES_WAITING_MAX as u64,
+        })))
+    }
+
+    fn change_mark(&self) -> u64 {
+        self.revision
+    }
+
+    /// Keys and lock names alike (a lock watch waits on its name).
+    fn changed_since(&self, mark: u64, visit: &mut dyn FnMut(&[u8])) -> bool {
+        let Some(events) = self.history.since(mark) else { return false };
+        for event in events {
+            visit(&event.key);
+        }
+        true
     }
 
     /// Applied outside a replica (a test, a tool): each command one revision past the last.
