@@ -283,6 +283,18 @@ impl KvStore {
         CoordReply::Revoked { revision, keys: lease.keys.len() as u64 }
     }
 
+    /// The leader's expiry of lease `id`, which saw `refreshes` keep-alives: refused if another
+    /// was applied since.
+    fn expire_lease(&mut self, id: u64, refreshes: u64, revision: u64) -> CoordReply {
+        if self.leases.get(&id).is_some_and(|lease| lease.refreshes != refreshes) {
+            return CoordReply::Refused(CoordError::LeaseRefreshed { id });
+        }
+        match self.end_lease(id, revision) {
+            CoordReply::Revoked { revision, keys } => CoordReply::Expired { id, revision, keys },
+            other => other,
+        }
+    }
+
     fn lock(&mut self, name: &[u8], lease: u64, value: &[u8], revision: u64) -> CoordReply {
         let Some(held_by) = self.leases.get_mut(&lease) else {
             return CoordReply::Refused(CoordError::LeaseNotFound { id: lease });
@@ -420,17 +432,9 @@ impl KvStore {
                 None => CoordReply::Refused(CoordError::LeaseNotFound { id: *id }),
             },
             CoordCommand::LeaseRevoke { id } => self.end_lease(*id, revision),
-            CoordCommand::LeaseExpire { id, refreshes } => match self.leases.get(id) {
-                Some(lease) if lease.refreshes != *refreshes => {
-                    CoordReply::Refused(CoordError::LeaseRefreshed { id: *id })
-                }
-                _ => match self.end_lease(*id, revision) {
-                    CoordReply::Revoked { revision, keys } => {
-                        CoordReply::Expired { id: *id, revision, keys }
-                    }
-                    other => other,
-                },
-            },
+            CoordCommand::LeaseExpire { id, refreshes } => {
+                self.expire_lease(*id, *refreshes, revision)
+            }
             CoordCommand::Lock { name, lease, value } => self.lock(name, *lease, value, revision),
             CoordCommand::Unlock { name, lease } => {
                 CoordReply::Unlocked(self.unlock(name, *lease, revision))

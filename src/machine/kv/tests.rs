@@ -574,3 +574,23 @@ fn keys_with_one_hash_tag_share_a_shard() {
         assert_eq!(shard_for_key(b"job", shards), shard);
     }
 }
+
+#[test]
+fn a_waiting_change_feed_read_and_an_expiry_round_trip_and_older_commands_keep_their_encoding() {
+    let range = KeyRange::Prefix(b"p".to_vec());
+    let wait = CoordCommand::ChangesWait {
+        range: range.clone(),
+        from: 7,
+        limit: 2,
+        locks: false,
+        wait_ms: 500,
+    };
+    assert_eq!(CoordCommand::decode(&wait.encode()), Some(wait));
+    // The waiting read is the last variant: a plain change-feed read keeps its tag.
+    let plain = CoordCommand::Changes { range, from: 7, limit: 2, locks: false };
+    assert_eq!(plain.encode()[..2], [coord::COORD_TAG, 3]);
+    let reply = KvReply::Coord(CoordReply::Expired { id: 9, revision: 1 << 20, keys: 2 });
+    let mut bytes = Vec::new();
+    reply.encode(&mut bytes);
+    assert_eq!(KvReply::decode(&bytes), Some(reply));
+}
