@@ -422,9 +422,17 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
         }
         let applied = self.replica.commit_index();
         let now_ms = self.now_ms();
+        self.answering_reads(|reads, machine, out| reads.expire(applied, machine, now_ms, out));
+    }
+
+    /// Lets `answer` answer reads onto the replies, and tells the hooks how many it answered.
+    fn answering_reads(
+        &mut self,
+        answer: impl FnOnce(&mut reads::Reads, &S, &mut Vec<AppliedCommand<S::Reply>>),
+    ) {
         let machine = self.committer.applier.machine();
         let before = self.committer.replies.len();
-        self.reads.expire(applied, machine, now_ms, &mut self.committer.replies);
+        answer(&mut self.reads, machine, &mut self.committer.replies);
         let answered = self.committer.replies.len() - before;
         if answered > 0 {
             self.hooks.read_answered(answered);
@@ -751,13 +759,9 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             self.reads.abort_parked(self.replica.leader_hint());
         }
         let now_ms = self.now_ms();
-        let machine = self.committer.applier.machine();
-        let before = self.committer.replies.len();
-        self.reads.answer(applied, machine, leading, now_ms, &mut self.committer.replies);
-        let answered = self.committer.replies.len() - before;
-        if answered > 0 {
-            self.hooks.read_answered(answered);
-        }
+        self.answering_reads(|reads, machine, out| {
+            reads.answer(applied, machine, leading, now_ms, out);
+        });
         Ok(())
     }
 }

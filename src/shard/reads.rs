@@ -105,22 +105,12 @@ impl Reads {
             let Some(payload) = self.payloads.remove(&id) else { continue };
             let reply = machine.query(&payload);
             let Some(wait) = machine.query_wait(&payload, &reply).filter(|_| leading) else {
-                out.push(AppliedCommand {
-                    id,
-                    slot: applied,
-                    index: 0,
-                    outcome: Outcome::Applied(reply),
-                });
+                out.push(answered(id, applied, reply));
                 continue;
             };
             if self.parked.len() >= WAITING_QUERIES_MAX {
                 let refused = machine.wait_refused(&payload).unwrap_or(reply);
-                out.push(AppliedCommand {
-                    id,
-                    slot: applied,
-                    index: 0,
-                    outcome: Outcome::Applied(refused),
-                });
+                out.push(answered(id, applied, refused));
                 continue;
             }
             self.park(
@@ -196,12 +186,7 @@ impl Reads {
             if machine.query_wait(&read.payload, &reply).is_some() {
                 self.park(id, read);
             } else {
-                out.push(AppliedCommand {
-                    id,
-                    slot: applied,
-                    index: 0,
-                    outcome: Outcome::Applied(reply),
-                });
+                out.push(answered(id, applied, reply));
             }
         }
     }
@@ -218,12 +203,8 @@ impl Reads {
             if deadline_ms > now_ms {
                 break;
             }
-            let read = self.unpark(id);
-            assert!(read.is_some(), "a deadline of read {id:?}, which is not parked");
-            if let Some(read) = read {
-                let outcome = Outcome::Applied(machine.query(&read.payload));
-                out.push(AppliedCommand { id, slot: applied, index: 0, outcome });
-            }
+            let read = self.unpark(id).expect("every deadline is of a parked read");
+            out.push(answered(id, applied, machine.query(&read.payload)));
         }
     }
 
@@ -238,4 +219,9 @@ impl Reads {
         assert!(self.by_key.is_empty(), "keys still indexed: {}", self.by_key.len());
         assert!(self.deadlines.is_empty(), "deadlines left: {}", self.deadlines.len());
     }
+}
+
+/// Read `id`'s answer, reflecting every slot below `slot`.
+fn answered<R>(id: RequestId, slot: Slot, reply: R) -> AppliedCommand<R> {
+    AppliedCommand { id, slot, index: 0, outcome: Outcome::Applied(reply) }
 }
