@@ -24,6 +24,7 @@ use crate::client::{
 };
 use crate::core::batch::COMMAND_HEADER_BYTES;
 use crate::core::{ClusterId, ReadOptions};
+use crate::machine::kv::{CoordCommand, CoordError, CoordReply};
 use crate::machine::{KvCommand, KvReply, shard_for_key};
 
 /// Whether a request reads (a query: never in the log) or writes (a command for the log).
@@ -71,6 +72,10 @@ pub enum RequestError {
     /// answered older.
     #[error("{0}")]
     TooStale(String),
+    /// The store refused a coordination command (nothing of it applied): an unknown lease,
+    /// a compacted revision, a key over the limit, …
+    #[error("{0}")]
+    Coordination(CoordError),
 }
 
 impl RequestError {
@@ -85,6 +90,7 @@ impl RequestError {
             RequestError::Rejected(_) => "rejected",
             RequestError::BadReply(_) => "bad_reply",
             RequestError::TooStale(_) => "too_stale",
+            RequestError::Coordination(error) => error.code(),
         }
     }
 }
@@ -97,6 +103,7 @@ impl From<ClientError> for RequestError {
             ClientError::Rejected(reason) => RequestError::Rejected(reason),
             ClientError::BadReply(reason) => RequestError::BadReply(reason),
             error @ ClientError::TooStale { .. } => RequestError::TooStale(error.to_string()),
+            ClientError::Coordination(error) => RequestError::Coordination(error),
             // The session was evicted or the reply window passed it: not applied now; the
             // client registers a new session for the next request.
             error @ (ClientError::Expired | ClientError::SessionExpired) => {
@@ -430,6 +437,34 @@ impl Gateway {
         match self.kv(key, Access::Write, &command).await? {
             KvReply::CompareAndSet { succeeded, previous } => Ok((succeeded, previous)),
             other => Err(RequestError::BadReply(format!("a compare-and-set answered {other:?}"))),
+        }
+    }
+
+    /// Sends a coordination command to `shard`: a read as a query read as `read` says, any
+    /// other command through the log (as [`Client::coordinate`] does, without a thread
+    /// waiting). A refusal is [`RequestError::Coordination`].
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn coordinate(
+        &self,
+        shard: u16,
+        command: &CoordCommand,
+        read: ReadOptions,
+    ) -> Result<CoordReply, RequestError> {
+        command.check().map_err(RequestError::Coordination)?;
+        let bytes = command.encode();
+        if bytes.len() > self.command_bytes_max {
+            return Err(RequestError::TooLarge { bytes: bytes.len(), max: self.command_bytes_max });
+        }
+        let access = if command.is_read() { Access::Read } else { Access::Write };
+        let outcome = self.submit_as(shard, access, read, &[&bytes]).await.wait().await.pop();
+        match expect_reply(
+            outcome.unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into()))),
+        )? {
+            KvReply::Coord(CoordReply::Refused(error)) => Err(RequestError::Coordination(error)),
+            KvReply::Coord(reply) => Ok(reply),
+            other => Err(RequestError::BadReply(format!("a coordination command got {other:?}"))),
         }
     }
 

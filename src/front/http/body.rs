@@ -12,6 +12,7 @@ use http_body_util::BodyExt as _;
 use serde_json::{Map, Value, json};
 
 use crate::front::RequestError;
+use crate::machine::kv::CoordError;
 
 /// An answer that is an error: its status, stable code and message, and fields to add beside
 /// `error` (a compare-and-set's current value).
@@ -67,8 +68,29 @@ impl From<RequestError> for ApiError {
             RequestError::BadReply(_) => StatusCode::BAD_GATEWAY,
             // The member is behind: another, or a laxer bound, may answer.
             RequestError::TooStale(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::Coordination(error) => coordination_status(error),
         };
         ApiError::new(status, error.code(), error.to_string())
+    }
+}
+
+/// The HTTP status of a coordination refusal: the request's fault (4xx) except a shard too
+/// busy to hold another watch.
+fn coordination_status(error: &CoordError) -> StatusCode {
+    match error {
+        CoordError::KeyTooLarge { .. } | CoordError::ValueTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        CoordError::LeaseNotFound { .. } => StatusCode::NOT_FOUND,
+        CoordError::LeaseExists { .. } | CoordError::LeaseRefreshed { .. } => StatusCode::CONFLICT,
+        CoordError::Compacted { .. } => StatusCode::GONE,
+        CoordError::NotHolder { .. } => StatusCode::PRECONDITION_FAILED,
+        CoordError::TooManyWatches { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        CoordError::TooManyOps { .. }
+        | CoordError::ZeroLease
+        | CoordError::BadTtl { .. }
+        | CoordError::Malformed
+        | CoordError::NotARead => StatusCode::BAD_REQUEST,
     }
 }
 

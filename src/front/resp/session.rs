@@ -93,9 +93,10 @@ pub fn failure(error: &RequestError) -> Reply {
             "TRYAGAIN"
         }
         RequestError::OutOfSpace(_) => "MISCONF",
-        RequestError::TooLarge { .. } | RequestError::Rejected(_) | RequestError::BadReply(_) => {
-            "ERR"
-        }
+        RequestError::TooLarge { .. }
+        | RequestError::Rejected(_)
+        | RequestError::BadReply(_)
+        | RequestError::Coordination(_) => "ERR",
     };
     Reply::error(format!("{code} {error}"))
 }

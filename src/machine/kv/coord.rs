@@ -614,6 +614,28 @@ pub enum CoordError {
     },
 }
 
+impl CoordError {
+    /// The error's stable code, as the front ends report it (snake case, never renamed).
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            CoordError::KeyTooLarge { .. } => "key_too_large",
+            CoordError::ValueTooLarge { .. } => "value_too_large",
+            CoordError::TooManyOps { .. } => "too_many_ops",
+            CoordError::LeaseNotFound { .. } => "lease_not_found",
+            CoordError::ZeroLease => "zero_lease",
+            CoordError::LeaseExists { .. } => "lease_exists",
+            CoordError::BadTtl { .. } => "bad_ttl",
+            CoordError::LeaseRefreshed { .. } => "lease_refreshed",
+            CoordError::Compacted { .. } => "compacted",
+            CoordError::NotHolder { .. } => "not_holder",
+            CoordError::Malformed => "malformed",
+            CoordError::NotARead => "not_a_read",
+            CoordError::TooManyWatches { .. } => "too_many_watches",
+        }
+    }
+}
+
 impl CoordCommand {
     /// The command's bytes: [`COORD_TAG`], then its postcard encoding.
     #[must_use]
