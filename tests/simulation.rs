@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches may unwrap.
 
 use quorum::sim::report::COMMANDS_PER_SEED_MIN;
-use quorum::sim::runner::run_range;
+use quorum::sim::runner::{run_range, run_seed_catching_panics};
 use quorum::sim::{SimOptions, trace_seed};
 
 /// Seeds 0..1000 with every fault (about a minute on 2 cores); the acceptance run covers
@@ -35,4 +35,40 @@ fn same_seed_gives_the_same_trace() {
     assert_eq!(first_report.commands, second_report.commands);
     let (_, other) = trace_seed(43);
     assert!(first != other, "different seeds should explore different runs");
+}
+
+/// The first seed below `seeds` whose run with `options` breaks `invariant`, trying seeds
+/// in turn (each planted bug below is caught within its first hundred seeds).
+fn first_caught(options: SimOptions, invariant: &str, seeds: u64) -> Option<u64> {
+    (0..seeds).find(|&seed| {
+        let report = run_seed_catching_panics(seed, options);
+        match &report.violation {
+            Some(violation) if violation.invariant == invariant => true,
+            Some(other) => {
+                panic!("seed {seed} broke {} instead: {}", other.invariant, other.detail)
+            }
+            None => false,
+        }
+    })
+}
+
+#[test]
+fn the_lease_checker_catches_leases_that_ignore_clock_drift() {
+    let options = SimOptions { leases_ignore_drift: true, ..SimOptions::default() };
+    let caught = first_caught(options, "C1 leases", 200);
+    assert!(caught.is_some(), "no seed of 0..200 caught leases ending early on fast clocks");
+}
+
+#[test]
+fn the_fencing_checker_catches_writes_without_their_token_compare() {
+    let options = SimOptions { unfenced_writes: true, ..SimOptions::default() };
+    let caught = first_caught(options, "C2 fencing", 200);
+    assert!(caught.is_some(), "no seed of 0..200 caught a paused holder overwriting its successor");
+}
+
+#[test]
+fn the_watch_checker_catches_a_round_that_ends_at_the_furthest_shard() {
+    let options = SimOptions { watch_furthest: true, ..SimOptions::default() };
+    let caught = first_caught(options, "C3 watches", 200);
+    assert!(caught.is_some(), "no seed of 0..200 caught a watch skipping a slow shard's changes");
 }

@@ -108,6 +108,12 @@ impl Reads {
                 out.push(answered(id, applied, reply));
                 continue;
             };
+            if self.parked.contains_key(&id) {
+                // A client's retry of a read that is parked (the same id, resent after the
+                // client's timeout, or a duplicated message): the same read, which the parked
+                // copy answers.
+                continue;
+            }
             if self.parked.len() >= WAITING_QUERIES_MAX {
                 let refused = machine.wait_refused(&payload).unwrap_or(reply);
                 out.push(answered(id, applied, refused));

@@ -4,6 +4,7 @@
 use crate::core::{ReadOptions, RequestId, Slot};
 use crate::machine::{KvCommand, KvReply};
 
+use super::coord::{CoordStep, Locker, Watcher};
 use super::linearizability::{KvOp, KvResult};
 
 /// A request a client is waiting on.
@@ -31,6 +32,42 @@ pub struct Pending {
     /// Sent to `target` whatever the client's leader hint says (until a redirect or a
     /// timeout): a client with a stale view of who leads.
     pub pinned: bool,
+    /// A coordination request (`op` and `key` matter only for the transactions on shared
+    /// keys).
+    pub coord: Option<CoordStep>,
+}
+
+impl Pending {
+    /// The operation's encoded command (`unfenced`: the planted bug of fenced writes sent
+    /// without their compare).
+    pub fn encoded(&self, unfenced: bool) -> Vec<u8> {
+        match &self.coord {
+            Some(step) => {
+                super::coord::command(step, &key_bytes(self.key), &self.op, unfenced).encode()
+            }
+            None => encode(self.key, &self.op),
+        }
+    }
+
+    /// True if it goes as a query (protocol.md §5.2): answered where it is ordered, never
+    /// applied.
+    pub fn is_read(&self) -> bool {
+        match &self.coord {
+            Some(step) => super::coord::command(step, &[], &self.op, false).is_read(),
+            None => self.op == KvOp::Get,
+        }
+    }
+}
+
+/// What a simulated client does.
+#[derive(Debug)]
+pub enum Role {
+    /// Reads and writes the shared keys (some compare-and-sets and gets as transactions).
+    Kv,
+    /// Takes a lock under a lease and writes through its fencing token.
+    Locker(Locker),
+    /// Follows the shared keys' changes.
+    Watcher(Watcher),
 }
 
 /// One simulated client.
@@ -54,6 +91,8 @@ pub struct SimClient {
     /// Per shard, the highest position a read of this client reflected: its stale reads
     /// start there, as the client library's do.
     pub read_floor: Vec<Slot>,
+    /// What it does.
+    pub role: Role,
 }
 
 impl SimClient {
@@ -68,6 +107,7 @@ impl SimClient {
             timer_token: 0,
             seen: vec![None; knobs.keys],
             read_floor: vec![Slot(0); knobs.shards],
+            role: Role::Kv,
         }
     }
 }

@@ -108,6 +108,21 @@ pub struct Knobs {
     /// Clock faults beyond the bound ([`SimOptions::break_clock_bound`]): now and then a
     /// leader's clock runs at a tenth to a half of real time for a while.
     pub clock_faults: bool,
+    /// Clients that take locks under leases (the first ones), 2 to 4.
+    pub lockers: usize,
+    /// Locks they contend for, 1 or 2 (at least two lockers each).
+    pub locks: usize,
+    /// Clients that watch every shared key's changes (after the lockers), 0 to 2.
+    pub watchers: usize,
+    /// The lockers' lease TTLs, in milliseconds (the store's least is 1,000).
+    pub lease_ttl_ms_min: u64,
+    /// See `lease_ttl_ms_min`.
+    pub lease_ttl_ms_max: u64,
+    /// How long the lockers go on once the faults stop, in microseconds (0 in a third of the
+    /// seeds). Under faults a lease seldom runs out: every leader change gives it a whole TTL
+    /// again. In the calm after, leases of paused holders do, and their fenced writes meet
+    /// their successors'.
+    pub coord_tail_us: u64,
 }
 
 /// What a whole simulated range is run with, beyond its seeds.
@@ -116,6 +131,16 @@ pub struct SimOptions {
     /// Clocks drift beyond the bound the replicas are configured with (`quorum sim
     /// --break-clock-bound`): lease reads may then be stale, and the checkers must say so.
     pub break_clock_bound: bool,
+    /// A planted bug: the replicas are configured for clocks that never drift while the
+    /// clocks drift as usual, so a leader whose clock runs fast ends leases early. The lease
+    /// checker (C1) must find it.
+    pub leases_ignore_drift: bool,
+    /// A planted bug: the lockers' fenced writes go without their compare. The fencing
+    /// checker (C2) must find it.
+    pub unfenced_writes: bool,
+    /// A planted bug: a watch round across shards ends at the furthest shard instead of the
+    /// nearest. The watch checker (C3) must find it.
+    pub watch_furthest: bool,
 }
 
 /// Draws uniformly from `low..=high`.
@@ -140,6 +165,17 @@ impl Knobs {
         knobs.clock_rate_ppm =
             (0..nodes).map(|_| between(rng, 1_000_000 - drift, 1_000_000 + drift)).collect();
         knobs.clock_faults = options.break_clock_bound;
+        // At least two lockers per lock, so that a lock passes from one to another.
+        knobs.lockers = between(rng, 2, 4) as usize;
+        knobs.locks = between(rng, 1, knobs.lockers as u64 / 2) as usize;
+        knobs.watchers = between(rng, 0, 2) as usize;
+        knobs.lease_ttl_ms_min = 1_000;
+        knobs.lease_ttl_ms_max = 1_500;
+        knobs.coord_tail_us = [0, 2_000_000, 3_000_000][between(rng, 0, 2) as usize];
+        if options.leases_ignore_drift {
+            // Lease reads would trip over the same lie first (I10): off, to see C1 catch it.
+            knobs.read_lease = false;
+        }
         knobs
     }
 
@@ -187,6 +223,12 @@ impl Knobs {
             max_clock_drift_ppm: 0,
             clock_rate_ppm: Vec::new(),
             clock_faults: false,
+            lockers: 0,
+            locks: 0,
+            watchers: 0,
+            lease_ttl_ms_min: 0,
+            lease_ttl_ms_max: 0,
+            coord_tail_us: 0,
         }
     }
 }

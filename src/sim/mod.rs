@@ -5,6 +5,7 @@
 
 pub mod checkers;
 pub mod client;
+pub mod coord;
 pub mod direct;
 pub mod disk;
 pub mod knobs;

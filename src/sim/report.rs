@@ -4,6 +4,7 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::checkers::Violation;
+use super::coord::CoordCounts;
 use super::knobs::Knobs;
 
 /// Commands every seed should commit; fewer means the run explored too little.
@@ -36,6 +37,8 @@ pub struct SeedReport {
     pub snapshots: SnapshotCounts,
     /// Disk faults injected, repairs run.
     pub faults: FaultCounts,
+    /// What the coordination workload did (leases, locks, fenced writes, watches, txns).
+    pub coord: CoordCounts,
     /// The knobs drawn from the seed.
     pub knobs: Knobs,
 }
@@ -61,6 +64,7 @@ impl SeedReport {
             reads: ReadCounts::default(),
             snapshots: SnapshotCounts::default(),
             faults: FaultCounts::default(),
+            coord: CoordCounts::default(),
             knobs,
         }
     }

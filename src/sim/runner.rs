@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::coord::CoordCounts;
 use super::knobs::SimOptions;
 use super::report::{COMMANDS_PER_SEED_MIN, FaultCounts, ReadCounts, SeedReport, SnapshotCounts};
 
@@ -70,6 +71,12 @@ pub struct Summary {
     pub snapshots: SnapshotCounts,
     /// Disk faults injected and repairs run, all seeds.
     pub faults: FaultCounts,
+    /// The coordination workload, all seeds.
+    pub coord: CoordCounts,
+    /// Seeds where a lease ran out (an expiry applied).
+    pub seeds_with_expiries: u64,
+    /// Seeds where a fenced write was refused (its lock had moved on).
+    pub seeds_with_fenced_refusals: u64,
 }
 
 /// Runs `seeds` with `threads` threads, calling `on_report` for each seed as it finishes.
@@ -141,6 +148,9 @@ impl Summary {
         self.seeds_with_installs += u64::from(report.snapshots.installed > 0);
         self.snapshots.add(&report.snapshots);
         self.faults.add(&report.faults);
+        self.coord.add(&report.coord);
+        self.seeds_with_expiries += u64::from(report.coord.expired > 0);
+        self.seeds_with_fenced_refusals += u64::from(report.coord.fenced_refused > 0);
     }
 
     /// The one summary line `quorum sim` ends with.
@@ -187,6 +197,27 @@ impl Summary {
             self.snapshots.damaged_pieces,
             self.snapshots.refused,
             self.snapshots.released_bytes / 1_000_000
+        )
+    }
+
+    /// The coordination workload: leases, locks, fenced writes, transactions and watches.
+    #[must_use]
+    pub fn coord_line(&self) -> String {
+        let coord = &self.coord;
+        format!(
+            "coordination: leases granted {}, expired {} (in {} seeds); locks taken {}; fenced \
+             writes applied {}, refused {} (in {} seeds); transactions {}; watch rounds {}, \
+             changes watched and checked {}",
+            coord.leases,
+            coord.expired,
+            self.seeds_with_expiries,
+            coord.locks,
+            coord.fenced,
+            coord.fenced_refused,
+            self.seeds_with_fenced_refusals,
+            coord.txns,
+            coord.watch_rounds,
+            coord.watched
         )
     }
 

@@ -16,6 +16,7 @@ use crate::core::{
     Ballot, ClusterId, Config, Consistency, Envelope, Message, NodeId, ProposeError, ReadOptions,
     ReadPath, Replica, RequestId, RoleKind, Value, Voters,
 };
+use crate::machine::kv::{CoordCommand, CoordReply, KeyRange};
 use crate::machine::merge::MergedBatch;
 use crate::machine::{
     AppliedCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _, register_request,
@@ -28,7 +29,11 @@ const SIM_SESSIONS: SessionLimits = SessionLimits::with_replies_max(16);
 use crate::machine::total_order::{Committed, TotalApplier};
 
 use super::checkers::{Checker, Violation};
-use super::client::{ClientReply, Pending, SimClient, encode, key_bytes, result_of};
+use super::client::{ClientReply, Pending, Role, SimClient, key_bytes, result_of};
+use super::coord::{
+    CoordChecker, CoordStep, Locker, Next, WATCHED_PREFIX, Watcher, check_watcher, lock_name,
+    txn_result,
+};
 use super::disk::SimDisk;
 use super::knobs::SimOptions;
 use super::knobs::{Knobs, between};
@@ -256,6 +261,10 @@ pub struct World {
     trace: Option<String>,
     /// Print trace lines as they happen (so a panic still leaves the trace up to it).
     trace_to_stdout: bool,
+    /// The coordination workload's checkers (C1, C2) and counts.
+    coord: CoordChecker,
+    /// What the run is run with (the planted bugs among them).
+    options: SimOptions,
 }
 
 impl World {
@@ -302,13 +311,26 @@ impl World {
             faults: FaultCounts::default(),
             trace: trace.then(String::new),
             trace_to_stdout: false,
+            coord: CoordChecker::default(),
+            options,
             knobs,
         };
         for index in 0..node_count {
             world.add_node(index);
         }
         for client in 0..world.knobs.clients {
-            world.clients.push(SimClient::new(client as u64 + 1, &world.knobs));
+            let mut state = SimClient::new(client as u64 + 1, &world.knobs);
+            let (lockers, watchers) = (world.knobs.lockers, world.knobs.watchers);
+            if client < lockers {
+                state.role = Role::Locker(Locker::new(client % world.knobs.locks));
+            } else if client < lockers + watchers {
+                let limit = between(&mut world.rng, 1, 8) as u32;
+                // Half the watchers wait at the leader for changes (held reads), briefly
+                // against the clients' timeouts.
+                let wait_ms = [0, 0, 2, 20][between(&mut world.rng, 0, 3) as usize];
+                state.role = Role::Watcher(Watcher::new(limit, wait_ms));
+            }
+            world.clients.push(state);
             let think = between(&mut world.rng, 0, world.knobs.think_us);
             world.schedule(think, Event::ClientWake { client, token: 0, resend: false });
         }
@@ -388,7 +410,8 @@ impl World {
             ^ ((shard as u64) << 40)
             ^ self.nodes[node].incarnation;
         config.read_lease = self.knobs.read_lease;
-        config.max_clock_drift_ppm = self.knobs.max_clock_drift_ppm;
+        config.max_clock_drift_ppm =
+            if self.options.leases_ignore_drift { 0 } else { self.knobs.max_clock_drift_ppm };
         config
     }
 
@@ -516,6 +539,7 @@ impl World {
             read_index_reads: self.read_index_reads,
             reads: self.reads,
             faults: self.faults,
+            coord: self.coord.counts,
             snapshots: SnapshotCounts {
                 released_bytes: self
                     .nodes
@@ -906,6 +930,14 @@ impl World {
 
     /// The outcome of an applied command goes to the client waiting for it, if any.
     fn answer(&mut self, node: usize, shard: usize, command: AppliedCommand<KvReply>) {
+        if let (
+            RequestId::LEADER,
+            Outcome::Applied(KvReply::Coord(CoordReply::Expired { id, .. })),
+        ) = (command.id.client, &command.outcome)
+        {
+            self.coord.on_expired(*id, self.now_us);
+            self.trace(|| format!("n{} s{shard} lease {id:x} expired", node + 1));
+        }
         let reply = match command.outcome {
             Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
                 ClientReply::Applied(reply, command.slot)
@@ -1021,7 +1053,7 @@ impl World {
             return;
         }
         if self.clients[client].pending.is_none() {
-            if !self.stopping {
+            if !self.stopping || self.in_coord_tail(client) {
                 self.start_request(client);
             }
             return;
@@ -1043,30 +1075,14 @@ impl World {
     }
 
     fn start_request(&mut self, client: usize) {
-        let key = (self.rng.next_u64() % self.knobs.keys as u64) as usize;
-        let state = &mut self.clients[client];
-        state.sequence += 1;
-        let fresh = (state.id << 32) | state.sequence;
-        let op = match self.rng.next_u64() % 10 {
-            0..=2 => KvOp::Get,
-            3..=5 => KvOp::Put(fresh),
-            6 => KvOp::Delete,
-            _ => {
-                let expected = if self.rng.next_u64() % 4 == 0 {
-                    None
-                } else {
-                    self.clients[client].seen[key]
-                };
-                KvOp::CompareAndSet { expected, new: fresh }
-            }
-        };
-        let shard = shard_for_key(&key_bytes(key), self.knobs.shards);
-        let read = if op == KvOp::Get {
+        let Some((key, shard, op, coord)) = self.draw_request(client) else { return };
+        let read = if op == KvOp::Get && coord.is_none() {
             draw_read(&mut self.rng, &self.knobs, self.clients[client].read_floor[shard])
         } else {
             ReadOptions::default()
         };
-        let pinned = op == KvOp::Get && !anywhere(&read) && self.rng.next_u64() % 4 == 0;
+        let pinned =
+            op == KvOp::Get && coord.is_none() && !anywhere(&read) && self.rng.next_u64() % 4 == 0;
         let target = if anywhere(&read) {
             (self.rng.next_u64() % self.nodes.len() as u64) as usize
         } else if pinned {
@@ -1078,21 +1094,78 @@ impl World {
             self.clients[client].leader_hint[shard]
                 .unwrap_or_else(|| (self.rng.next_u64() % self.knobs.voters as u64) as usize)
         };
-        let sequence = self.clients[client].sequence | query_bit(&op);
-        let (id, register, payload) = match self.clients[client].sessions[shard] {
-            Some(session) => (RequestId { client: session, sequence }, false, encode(key, &op)),
+        let invoke_us = self.now_us;
+        let mut pending = Pending {
+            id: RequestId { client: 0, sequence: 0 },
+            register: false,
+            key,
+            shard,
+            op,
+            read,
+            payload: Vec::new(),
+            invoke_us,
+            target,
+            pinned,
+            coord,
+        };
+        let sequence = self.clients[client].sequence | query_bit(&pending);
+        match self.clients[client].sessions[shard] {
+            Some(session) => {
+                pending.id = RequestId { client: session, sequence };
+                pending.payload = pending.encoded(self.options.unfenced_writes);
+            }
             None => {
                 let mut nonce = [0; 16];
                 self.rng.fill_bytes(&mut nonce);
                 let (register, payload) = register_request(nonce);
-                (register, true, payload.to_vec())
+                (pending.id, pending.register, pending.payload) =
+                    (register, true, payload.to_vec());
             }
-        };
-        let invoke_us = self.now_us;
-        let pending =
-            Pending { id, register, key, shard, op, read, payload, invoke_us, target, pinned };
+        }
         self.clients[client].pending = Some(pending);
         self.send_request(client);
+    }
+
+    /// The client's next operation, its sequence number taken: the shared key (for the
+    /// key-value operations and transactions), its shard, the operation and, for a
+    /// coordination request, its step. None: the client sleeps first (its wake is set).
+    fn draw_request(&mut self, client: usize) -> Option<(usize, usize, KvOp, Option<CoordStep>)> {
+        let World { clients, rng, knobs, now_us, .. } = self;
+        let state = &mut clients[client];
+        let step = match &mut state.role {
+            Role::Locker(locker) => match locker.next(state.id, *now_us, knobs, rng) {
+                Next::Send(step) => {
+                    let shard = shard_for_key(&lock_name(locker.lock), knobs.shards);
+                    Some((shard, step))
+                }
+                Next::Sleep(sleep_us) => {
+                    state.timer_token += 1;
+                    let token = state.timer_token;
+                    self.schedule(sleep_us, Event::ClientWake { client, token, resend: false });
+                    return None;
+                }
+            },
+            Role::Watcher(watcher) => Some(watcher.ask()),
+            Role::Kv => None,
+        };
+        state.sequence += 1;
+        if let Some((shard, step)) = step {
+            return Some((0, shard, KvOp::Get, Some(step)));
+        }
+        let key = (rng.next_u64() % knobs.keys as u64) as usize;
+        let fresh = (state.id << 32) | state.sequence;
+        let (op, txn) = match rng.next_u64() % 20 {
+            0..=5 => (KvOp::Get, None),
+            6 => (KvOp::Get, Some(CoordStep::TxnGet)),
+            7..=12 => (KvOp::Put(fresh), None),
+            13 | 14 => (KvOp::Delete, None),
+            draw => {
+                let expected = if rng.next_u64() % 4 == 0 { None } else { state.seen[key] };
+                let txn = (draw % 2 == 0).then_some(CoordStep::TxnCas);
+                (KvOp::CompareAndSet { expected, new: fresh }, txn)
+            }
+        };
+        Some((key, shard_for_key(&key_bytes(key), knobs.shards), op, txn))
     }
 
     fn send_request(&mut self, client: usize) {
@@ -1176,14 +1249,14 @@ impl World {
         let state = &mut self.clients[client];
         state.sessions[shard] = Some(session);
         state.leader_hint[shard] = Some(pending.target);
-        let sequence = state.sequence | query_bit(&pending.op);
-        let operation = Pending {
+        let sequence = state.sequence | query_bit(&pending);
+        let mut operation = Pending {
             id: RequestId { client: session, sequence },
             register: false,
-            payload: encode(pending.key, &pending.op),
             invoke_us: self.now_us,
             ..pending
         };
+        operation.payload = operation.encoded(self.options.unfenced_writes);
         state.pending = Some(operation);
         self.trace(|| format!("client {client} s{shard}: session {session}"));
         self.send_request(client);
@@ -1238,7 +1311,19 @@ impl World {
     /// A client's request was applied (or its read answered, at `slot`): the history gets
     /// it, and the client thinks, then sends its next request.
     fn on_applied(&mut self, client: usize, pending: &Pending, reply: &KvReply, slot: Slot) {
-        let (id, result) = (pending.id, result_of(reply));
+        let result = match (&pending.coord, reply) {
+            (None, _) => result_of(reply),
+            (Some(step @ (CoordStep::TxnCas | CoordStep::TxnGet)), KvReply::Coord(coord)) => {
+                self.coord.counts.txns += 1;
+                txn_result(step, &pending.op, coord)
+            }
+            (Some(step), KvReply::Coord(coord)) => {
+                let step = step.clone();
+                return self.on_coord_applied(client, pending, &step, coord, slot);
+            }
+            (Some(step), other) => panic!("{step:?} answered {other:?}"),
+        };
+        let id = pending.id;
         if id.is_query() && !self.on_read_answered(client, pending, slot, &result) {
             return;
         }
@@ -1272,6 +1357,54 @@ impl World {
             self.acknowledged.push((pending.shard, id));
         }
         self.trace(|| format!("client {client} done {:?} -> {reply:?}", pending.op));
+        self.client_moves_on(client);
+    }
+
+    /// A locker's or a watcher's request was answered: its checker and its client move on.
+    fn on_coord_applied(
+        &mut self,
+        client: usize,
+        pending: &Pending,
+        step: &CoordStep,
+        reply: &CoordReply,
+        slot: Slot,
+    ) {
+        self.clients[client].leader_hint[pending.shard] = Some(pending.target);
+        if pending.id.is_query() {
+            self.queries_answered += 1;
+        } else {
+            self.acknowledged.push((pending.shard, pending.id));
+        }
+        self.trace(|| format!("client {client} done {step:?} -> {reply:?}"));
+        let result = self.coord.on_reply(step, reply, pending.invoke_us);
+        self.record(result);
+        let (shards, furthest) = (self.knobs.shards, self.options.watch_furthest);
+        let World { clients, rng, coord, .. } = self;
+        let mut quick = false;
+        match (&mut clients[client].role, reply) {
+            (Role::Locker(locker), _) => {
+                locker.on_reply(step, reply, rng);
+                quick = locker.waiting();
+            }
+            (Role::Watcher(watcher), CoordReply::Changes(found)) => {
+                let rounds = watcher.rounds;
+                watcher.on_reply(found.clone(), slot.0, shards, furthest);
+                coord.counts.watch_rounds += watcher.rounds - rounds;
+                quick = true;
+            }
+            (Role::Watcher(watcher), _) => watcher.restart_round(),
+            (Role::Kv, _) => panic!("a key-value client got {reply:?}"),
+        }
+        if quick {
+            // Polling (a lock's line, a watch): a short pause, not a whole think time.
+            let state = &mut self.clients[client];
+            state.pending = None;
+            state.timer_token += 1;
+            let token = state.timer_token;
+            let pause = between(&mut self.rng, 500, 5_000);
+            self.schedule(pause, Event::ClientWake { client, token, resend: false });
+            return;
+        }
         self.client_moves_on(client);
     }
 
@@ -1599,7 +1732,8 @@ impl World {
             self.record(Err(Violation { invariant: "liveness", detail }));
             return;
         }
-        let requests_done = self.clients.iter().all(|client| client.pending.is_none());
+        let requests_done = self.clients.iter().all(|client| client.pending.is_none())
+            && self.now_us >= self.liveness_started_us + self.knobs.coord_tail_us;
         let leaders = (0..self.knobs.shards).all(|shard| self.shard_leader(shard).is_some());
         let caught_up = (0..self.knobs.shards).all(|shard| {
             let commits: Vec<u64> = self
@@ -1623,6 +1757,12 @@ impl World {
             return;
         }
         self.schedule(10_000, Event::LivenessCheck);
+    }
+
+    /// True while the lockers go on after the faults stop (`Knobs::coord_tail_us`).
+    fn in_coord_tail(&self, client: usize) -> bool {
+        matches!(self.clients[client].role, Role::Locker(_))
+            && self.now_us < self.liveness_started_us + self.knobs.coord_tail_us
     }
 
     fn shard_leader(&self, shard: usize) -> Option<usize> {
@@ -1715,6 +1855,43 @@ impl World {
                 detail: format!("key {key}: {detail}"),
             })?;
         }
+        self.coord.check()?;
+        self.check_watchers()
+    }
+
+    /// C3: each watcher received exactly the store's changes of the shared keys from its
+    /// start to its next revision, read at the end from the first node's shards (all caught
+    /// up, and a snapshot keeps the change history these runs make).
+    fn check_watchers(&mut self) -> Result<(), Violation> {
+        if self.knobs.watchers == 0 {
+            return Ok(());
+        }
+        let mut expected = Vec::new();
+        for shard in &self.nodes[0].shards {
+            let machine = shard.shard.as_ref().expect("all nodes are up").machine();
+            let mut from = 1;
+            loop {
+                let range = KeyRange::Prefix(WATCHED_PREFIX.to_vec());
+                let ask = CoordCommand::Changes { range, from, limit: 0, locks: false };
+                match machine.query(&ask.encode()) {
+                    KvReply::Coord(CoordReply::Changes(found)) => {
+                        expected.extend(found.changes);
+                        if !found.more {
+                            break;
+                        }
+                        from = found.through + 1;
+                    }
+                    other => panic!("the final change feed answered {other:?}"),
+                }
+            }
+        }
+        expected.sort_by_key(|change| change.revision);
+        for (index, client) in self.clients.iter().enumerate() {
+            if let Role::Watcher(watcher) = &client.role {
+                check_watcher(index, &watcher.received, &expected, watcher.start, watcher.next)?;
+                self.coord.counts.watched += watcher.received.len() as u64;
+            }
+        }
         Ok(())
     }
 }
@@ -1790,7 +1967,7 @@ fn describe(message: &Message) -> String {
     }
 }
 
-/// Gets go as queries (protocol.md §5.2): answered where they are ordered, never applied.
-fn query_bit(op: &KvOp) -> u64 {
-    if matches!(op, KvOp::Get) { RequestId::QUERY_BIT } else { 0 }
+/// Reads go as queries (protocol.md §5.2): answered where they are ordered, never applied.
+fn query_bit(pending: &Pending) -> u64 {
+    if pending.is_read() { RequestId::QUERY_BIT } else { 0 }
 }

@@ -137,6 +137,12 @@ struct SimArgs {
     /// then be stale, and the checkers must find it (docs/simulator.md).
     #[arg(long)]
     break_clock_bound: bool,
+    /// Plant a known bug, to see the checkers catch it (docs/simulator.md, "Planted bugs"):
+    /// `leases-ignore-drift` (replicas configured for clocks that never drift: a fast clock
+    /// ends leases early), `unfenced-writes` (lock holders write without their token's
+    /// compare), `watch-furthest` (a watch round across shards ends at the furthest shard).
+    #[arg(long, value_parser = ["leases-ignore-drift", "unfenced-writes", "watch-furthest"])]
+    plant: Option<String>,
 }
 
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -224,7 +230,13 @@ fn init_logging_quiet() {
 }
 
 fn run_sim(args: SimArgs) -> ExitCode {
-    let options = sim::SimOptions { break_clock_bound: args.break_clock_bound };
+    let plant = args.plant.as_deref();
+    let options = sim::SimOptions {
+        break_clock_bound: args.break_clock_bound,
+        leases_ignore_drift: plant == Some("leases-ignore-drift"),
+        unfenced_writes: plant == Some("unfenced-writes"),
+        watch_furthest: plant == Some("watch-furthest"),
+    };
     if let Some(seed) = args.seed {
         let world = sim::World::with_options(seed, false, options);
         // Printed as it happens: if an assertion fires, the trace up to it is on screen.
@@ -240,7 +252,11 @@ fn run_sim(args: SimArgs) -> ExitCode {
     let summary = sim::runner::run_range(seeds, threads, options, |report, seconds| {
         if report.violation.is_some() {
             eprintln!("{}", seed_line(report));
-            let flag = if options.break_clock_bound { " --break-clock-bound" } else { "" };
+            let mut flag =
+                String::from(if options.break_clock_bound { " --break-clock-bound" } else { "" });
+            if let Some(plant) = plant {
+                flag.push_str(&format!(" --plant {plant}"));
+            }
             eprintln!("  replay: quorum sim --seed {}{flag} --trace", report.seed);
         } else if verbose {
             println!("{} ({seconds:.3}s)", seed_line(report));
@@ -252,6 +268,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         println!("{}", summary.per_seed_line(threads));
         println!("{}", summary.coverage_line());
         println!("{}", summary.faults_line());
+        println!("{}", summary.coord_line());
         println!("{}", summary.line());
     }
     if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
@@ -299,6 +316,16 @@ fn summary_json(
             "restarts": snapshots.restarts,
             "installed": snapshots.installed,
             "pieces_pulled": snapshots.pulls,
+        },
+        "coordination": {
+            "leases": summary.coord.leases,
+            "expired": summary.coord.expired,
+            "locks": summary.coord.locks,
+            "fenced": summary.coord.fenced,
+            "fenced_refused": summary.coord.fenced_refused,
+            "txns": summary.coord.txns,
+            "watch_rounds": summary.coord.watch_rounds,
+            "watched": summary.coord.watched,
         },
     })
 }
