@@ -96,7 +96,8 @@ pub fn failure(error: &RequestError) -> Reply {
         RequestError::TooLarge { .. }
         | RequestError::Rejected(_)
         | RequestError::BadReply(_)
-        | RequestError::Coordination(_) => "ERR",
+        | RequestError::Coordination(_)
+        | RequestError::CrossShard(_) => "ERR",
     };
     Reply::error(format!("{code} {error}"))
 }
