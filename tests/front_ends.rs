@@ -292,6 +292,58 @@ fn live_watch(cluster: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// Expiry through redis-cli: SET PX goes after its TTL (not before), PTTL/TTL count down,
+/// EXPIRE, PERSIST, and an expiry under the store's shortest lease is refused.
+fn redis_expiry(cluster: &Cluster) -> Result<(), String> {
+    let (host, port) =
+        redis(cluster, 0).rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
+    let cli = |args: &[&str]| {
+        run(Command::new("redis-cli").args(["-h", &host, "-p", &port]).args(args))
+            .map(|out| out.trim_end().to_string())
+    };
+    let expect = |args: &[&str], want: &str| -> Result<(), String> {
+        let got = cli(args)?;
+        if got != want {
+            return Err(format!("redis-cli {args:?} printed {got:?}, not {want:?}"));
+        }
+        Ok(())
+    };
+    let set = Instant::now();
+    expect(&["SET", "rx:short", "v", "PX", "1500"], "OK")?;
+    let pttl: i64 = cli(&["PTTL", "rx:short"])?.parse().map_err(|_| "PTTL is not a number")?;
+    if !(1..=1500).contains(&pttl) {
+        return Err(format!("PTTL of a 1500 ms key: {pttl}"));
+    }
+    expect(&["TTL", "rx:short"], if pttl >= 500 { "1" } else { "0" })
+        .or_else(|_| expect(&["TTL", "rx:short"], "1"))?;
+    while cli(&["GET", "rx:short"])? == "v" {
+        if set.elapsed() > Duration::from_secs(10) {
+            return Err("a key SET with PX 1500 is there after 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if set.elapsed() < Duration::from_millis(1500) {
+        return Err(format!("a key SET with PX 1500 went after {:?}", set.elapsed()));
+    }
+    expect(&["TTL", "rx:short"], "-2")?;
+    expect(&["SET", "rx:kept", "v", "EX", "100"], "OK")?;
+    expect(&["PERSIST", "rx:kept"], "1")?;
+    expect(&["TTL", "rx:kept"], "-1")?;
+    expect(&["PERSIST", "rx:kept"], "0")?;
+    expect(&["EXPIRE", "rx:none", "100"], "0")?;
+    expect(&["EXPIRE", "rx:kept", "100"], "1")?;
+    expect(&["TTL", "rx:kept"], "100").or_else(|_| expect(&["TTL", "rx:kept"], "99"))?;
+    expect(&["GET", "rx:kept"], "v")?;
+    expect(&["SETEX", "rx:setex", "50", "w"], "OK")?;
+    expect(&["GET", "rx:setex"], "w")?;
+    expect(
+        &["SET", "rx:tiny", "v", "PX", "500"],
+        "ERR invalid expire time in 'set' command: Quorum's shortest expiry is 1000 ms (a lease's minimum; docs/redis.md)",
+    )?;
+    expect(&["SET", "rx:kept", "plain"], "OK")?;
+    expect(&["TTL", "rx:kept"], "-1")
+}
+
 fn redis_cli(cluster: &Cluster) -> Result<(), String> {
     let (host, port) =
         redis(cluster, 2).rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
@@ -599,6 +651,11 @@ fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_ac
     steps.run_with("redis-cli", &[("redis-cli", "redis-tools"), ("curl", "curl")], || {
         redis_cli(&cluster)
     });
+    steps.run_with(
+        "redis-cli: SET EX/PX, EXPIRE, TTL, PERSIST",
+        &[("redis-cli", "redis-tools")],
+        || redis_expiry(&cluster),
+    );
     match python() {
         Some(python) => {
             steps.run("Python: urllib, requests, redis-py (clients/python/kv.py)", || {
