@@ -170,6 +170,180 @@ fn curl_docs(cluster: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// curl: `args` against node `index`'s HTTP front end; its output.
+fn curl_at(cluster: &Cluster, index: usize, args: &[&str]) -> Result<String, String> {
+    let address = http(cluster, index);
+    let args: Vec<String> = args.iter().map(|arg| arg.replace("$HTTP", &address)).collect();
+    run(Command::new("curl").args(["-gs"]).args(&args))
+}
+
+/// The number after `"name":` in a JSON text.
+fn json_number(text: &str, name: &str) -> Result<u64, String> {
+    let pattern = format!("\"{name}\":");
+    let at = text.find(&pattern).ok_or_else(|| format!("no `{name}` in {text}"))?;
+    let digits: String =
+        text[at + pattern.len()..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().map_err(|_| format!("`{name}` is not a number in {text}"))
+}
+
+/// Leases, locks, fenced writes and a live watch over HTTP: a key put with a 1 s lease goes
+/// once it expires (not before); a lock whose holder's lease expires passes to the next in
+/// line, and the first holder's fenced write with its old token is refused while the new
+/// holder's lands; a watch stream started before a write sees it.
+fn http_coordination(cluster: &Cluster) -> Result<(), String> {
+    let granted = Instant::now();
+    let lease =
+        curl_at(cluster, 0, &["-X", "POST", "-d", r#"{"ttl_ms":1000}"#, "http://$HTTP/v1/leases"])?;
+    let lease = json_number(&lease, "id")?;
+    let url = format!("http://$HTTP/v1/kv/http:leased?lease={lease}");
+    curl_at(cluster, 0, &["-X", "PUT", "--data-binary", "short-lived", &url])?;
+    let get = |index| curl_at(cluster, index, &["http://$HTTP/v1/kv/http:leased"]);
+    if !get(1)?.contains("short-lived") {
+        return Err("the leased key is not there".into());
+    }
+    while get(2)?.contains("short-lived") {
+        if granted.elapsed() > Duration::from_secs(10) {
+            return Err("the key of a 1 s lease is there after 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if granted.elapsed() < Duration::from_millis(1000) {
+        return Err(format!("the key of a 1 s lease went after {:?}", granted.elapsed()));
+    }
+    fenced_after_expiry(cluster)?;
+    live_watch(cluster)
+}
+
+fn fenced_after_expiry(cluster: &Cluster) -> Result<(), String> {
+    let grant = |ttl: &str| -> Result<u64, String> {
+        let body = format!("{{\"ttl_ms\":{ttl}}}");
+        json_number(
+            &curl_at(cluster, 1, &["-X", "POST", "-d", &body, "http://$HTTP/v1/leases"])?,
+            "id",
+        )
+    };
+    let (first, second) = (grant("1000")?, grant("30000")?);
+    let lock = |lease: u64, timeout: u64| -> Result<String, String> {
+        let body = format!("{{\"lease\":{lease},\"timeout_ms\":{timeout}}}");
+        curl_at(cluster, 2, &["-X", "POST", "-d", &body, "http://$HTTP/v1/locks/{fence}lock"])
+    };
+    let first_token = json_number(&lock(first, 0)?, "token")?;
+    // The first holder's lease expires (nobody keeps it alive): the lock passes on.
+    let taken = lock(second, 10_000)?;
+    let second_token = json_number(&taken, "token")?;
+    if second_token <= first_token {
+        return Err(format!("tokens {first_token} then {second_token}: they must grow"));
+    }
+    let write = |value: &str, token: u64| {
+        let url = format!("http://$HTTP/v1/kv/{{fence}}out?lock={{fence}}lock&token={token}");
+        curl_at(cluster, 0, &["-w", " %{http_code}", "-X", "PUT", "--data-binary", value, &url])
+    };
+    let late = write("late", first_token)?;
+    if !late.contains("fence_failed") || !late.ends_with(" 412") {
+        return Err(format!("the old holder's fenced write answered {late}"));
+    }
+    let landed = write("current", second_token)?;
+    if !landed.ends_with(" 200") {
+        return Err(format!("the holder's fenced write answered {landed}"));
+    }
+    let value = curl_at(cluster, 1, &["http://$HTTP/v1/kv/{fence}out"])?;
+    if value.trim() != r#"{"key":"{fence}out","value":"current"}"# {
+        return Err(format!("the fenced key holds {value}"));
+    }
+    curl_at(cluster, 1, &["-X", "DELETE", &format!("http://$HTTP/v1/leases/{second}")])?;
+    Ok(())
+}
+
+fn live_watch(cluster: &Cluster) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+    let headers = dir.path().join("headers");
+    let url = format!("http://{}/v1/watch?prefix=live/&limit=1&timeout_ms=20000", http(cluster, 1));
+    let watcher = Command::new("curl")
+        .args(["-sN", "-D"])
+        .arg(&headers)
+        .arg(&url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| error.to_string())?;
+    // Once the headers are in, the watch has its first revision: a later write is after it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&headers).map_or(true, |text| !text.contains("\r\n\r\n")) {
+        if Instant::now() > deadline {
+            return Err("the watch stream did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    curl_at(cluster, 2, &["-X", "PUT", "--data-binary", "later", "http://$HTTP/v1/kv/live/k"])?;
+    let output = watcher.wait_with_output().map_err(|error| error.to_string())?;
+    let line = String::from_utf8_lossy(&output.stdout).into_owned();
+    let first: u64 = std::fs::read_to_string(&headers)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("quorum-watch-revision: "))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or("no quorum-watch-revision header")?;
+    let revision = json_number(&line, "revision")?;
+    let want = format!(
+        "{{\"key\":\"live/k\",\"revision\":{revision},\"type\":\"put\",\"value\":\"later\"}}\n"
+    );
+    if line != want || revision < first {
+        return Err(format!("the watch printed {line:?} (from revision {first})"));
+    }
+    Ok(())
+}
+
+/// Expiry through redis-cli: SET PX goes after its TTL (not before), PTTL/TTL count down,
+/// EXPIRE, PERSIST, and an expiry under the store's shortest lease is refused.
+fn redis_expiry(cluster: &Cluster) -> Result<(), String> {
+    let (host, port) =
+        redis(cluster, 0).rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
+    let cli = |args: &[&str]| {
+        run(Command::new("redis-cli").args(["-h", &host, "-p", &port]).args(args))
+            .map(|out| out.trim_end().to_string())
+    };
+    let expect = |args: &[&str], want: &str| -> Result<(), String> {
+        let got = cli(args)?;
+        if got != want {
+            return Err(format!("redis-cli {args:?} printed {got:?}, not {want:?}"));
+        }
+        Ok(())
+    };
+    let set = Instant::now();
+    expect(&["SET", "rx:short", "v", "PX", "1500"], "OK")?;
+    let pttl: i64 = cli(&["PTTL", "rx:short"])?.parse().map_err(|_| "PTTL is not a number")?;
+    if !(1..=1500).contains(&pttl) {
+        return Err(format!("PTTL of a 1500 ms key: {pttl}"));
+    }
+    expect(&["TTL", "rx:short"], if pttl >= 500 { "1" } else { "0" })
+        .or_else(|_| expect(&["TTL", "rx:short"], "1"))?;
+    while cli(&["GET", "rx:short"])? == "v" {
+        if set.elapsed() > Duration::from_secs(10) {
+            return Err("a key SET with PX 1500 is there after 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if set.elapsed() < Duration::from_millis(1500) {
+        return Err(format!("a key SET with PX 1500 went after {:?}", set.elapsed()));
+    }
+    expect(&["TTL", "rx:short"], "-2")?;
+    expect(&["SET", "rx:kept", "v", "EX", "100"], "OK")?;
+    expect(&["PERSIST", "rx:kept"], "1")?;
+    expect(&["TTL", "rx:kept"], "-1")?;
+    expect(&["PERSIST", "rx:kept"], "0")?;
+    expect(&["EXPIRE", "rx:none", "100"], "0")?;
+    expect(&["EXPIRE", "rx:kept", "100"], "1")?;
+    expect(&["TTL", "rx:kept"], "100").or_else(|_| expect(&["TTL", "rx:kept"], "99"))?;
+    expect(&["GET", "rx:kept"], "v")?;
+    expect(&["SETEX", "rx:setex", "50", "w"], "OK")?;
+    expect(&["GET", "rx:setex"], "w")?;
+    expect(
+        &["SET", "rx:tiny", "v", "PX", "500"],
+        "ERR invalid expire time in 'set' command: Quorum's shortest expiry is 1000 ms (a lease's minimum; docs/redis.md)",
+    )?;
+    expect(&["SET", "rx:kept", "plain"], "OK")?;
+    expect(&["TTL", "rx:kept"], "-1")
+}
+
 fn redis_cli(cluster: &Cluster) -> Result<(), String> {
     let (host, port) =
         redis(cluster, 2).rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
@@ -471,9 +645,17 @@ fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_ac
     steps.run_with("curl: every example of docs/http.md", &[("curl", "curl")], || {
         curl_docs(&cluster)
     });
+    steps.run_with("curl: leases, locks, fenced writes, a live watch", &[("curl", "curl")], || {
+        http_coordination(&cluster)
+    });
     steps.run_with("redis-cli", &[("redis-cli", "redis-tools"), ("curl", "curl")], || {
         redis_cli(&cluster)
     });
+    steps.run_with(
+        "redis-cli: SET EX/PX, EXPIRE, TTL, PERSIST",
+        &[("redis-cli", "redis-tools")],
+        || redis_expiry(&cluster),
+    );
     match python() {
         Some(python) => {
             steps.run("Python: urllib, requests, redis-py (clients/python/kv.py)", || {

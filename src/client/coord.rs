@@ -3,12 +3,12 @@
 //! across shards in revision order, leases on every shard, locks with fencing tokens,
 //! elections and single-shard transactions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::{Client, ClientError, Response};
 use crate::core::ReadOptions;
-use crate::machine::kv::coord::{CHANGES_WAIT_MS_MAX, first_revision_at};
+use crate::machine::kv::coord::{CHANGES_WAIT_MS_MAX, RANGE_LIMIT_MAX, first_revision_at};
 use crate::machine::kv::watch::{WatchRound, reflected};
 use crate::machine::kv::{
     Change, CoordCommand, CoordError, CoordReply, Holder, KeyRange, LeaseInfo, RangeReply, Txn,
@@ -110,10 +110,7 @@ impl Client {
         range: &KeyRange,
         options: RangeOptions,
     ) -> Result<RangeReply, ClientError> {
-        let shards: Vec<u16> = match range {
-            KeyRange::Key(key) => vec![self.shard_of(key)],
-            _ => (0..self.shards()).collect(),
-        };
+        let shards = range_shards(range, self.shards());
         let ask = |shard: u16, revision: u64| -> Result<(RangeReply, u64), ClientError> {
             let command = CoordCommand::Range {
                 range: range.clone(),
@@ -130,31 +127,9 @@ impl Client {
         for &shard in &shards {
             answers.push(ask(shard, options.revision)?);
         }
-        // Now: the cut below the first slot no shard has reached, `r · shards`, r being the
-        // highest next slot among the answers. Every write acknowledged before this read lies
-        // below it (its shard had committed it, so that shard's next slot is past it), and
-        // shards behind reach it by their idle skips (to the highest commit of the others).
-        let cut = if options.revision != 0 {
-            options.revision
-        } else {
-            let round = answers.iter().map(|(_, reached)| *reached).max().unwrap_or(0);
-            first_revision_at(round * u64::from(self.shards())) - 1
-        };
+        let cut = range_cut(options.revision, answers.iter().map(|(_, slot)| *slot), self.shards());
         self.catch_up_to(&shards, &mut answers, cut, options.revision != 0, ask)?;
-        let limit = if options.limit == 0 {
-            crate::machine::kv::coord::RANGE_LIMIT_MAX
-        } else {
-            options.limit
-        } as usize;
-        let mut more = answers.iter().any(|(reply, _)| reply.more);
-        let mut entries: Vec<_> =
-            answers.into_iter().flat_map(|(reply, _)| reply.entries).collect();
-        entries.sort_by(|a, b| a.key.cmp(&b.key));
-        if entries.len() > limit {
-            entries.truncate(limit);
-            more = true;
-        }
-        Ok(RangeReply { entries, more, revision: cut })
+        Ok(merge_range(answers.into_iter().map(|(reply, _)| reply), options.limit, cut))
     }
 
     /// Reads again, at `cut`, each shard whose answer is not at it: one past it (it undoes what
@@ -170,8 +145,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let deadline = Instant::now() + self.shared.options.request_timeout;
         for (index, &shard) in shards.iter().enumerate() {
-            let reached = reflected(answers[index].1, shard, self.shards());
-            if reached == cut || (given && reached >= cut) {
+            if at_cut(answers[index].1, shard, self.shards(), cut, given) {
                 continue;
             }
             loop {
@@ -195,12 +169,8 @@ impl Client {
     /// # Errors
     /// See [`ClientError`].
     pub fn delete_range(&self, range: &KeyRange) -> Result<u64, ClientError> {
-        let shards: Vec<u16> = match range {
-            KeyRange::Key(key) => vec![self.shard_of(key)],
-            _ => (0..self.shards()).collect(),
-        };
         let mut count = 0;
-        for shard in shards {
+        for shard in range_shards(range, self.shards()) {
             let command = CoordCommand::Delete(range.clone());
             match self.coordinate(shard, &command, ReadOptions::default())?.0 {
                 CoordReply::Deleted { count: deleted, .. } => count += deleted,
@@ -218,11 +188,7 @@ impl Client {
     /// see [`ClientError`].
     pub fn txn(&self, txn: &Txn) -> Result<TxnOutcome, ClientError> {
         let command = CoordCommand::Txn(txn.clone());
-        let shards: BTreeSet<u16> = command.keys().iter().map(|key| self.shard_of(key)).collect();
-        if shards.len() > 1 {
-            return Err(ClientError::CrossShard(shards.into_iter().collect()));
-        }
-        let shard = shards.first().copied().unwrap_or(0);
+        let shard = txn_shard(&command, self.shards()).map_err(ClientError::CrossShard)?;
         match self.coordinate(shard, &command, ReadOptions::default())?.0 {
             CoordReply::Txn { succeeded, revision, results } => {
                 Ok(TxnOutcome { succeeded, revision, results })
@@ -239,12 +205,7 @@ impl Client {
     pub fn lease_grant(&self, ttl: Duration) -> Result<Lease, ClientError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let mut id = [0; 8];
-            getrandom::fill(&mut id).map_err(|error| ClientError::Rejected(error.to_string()))?;
-            let id = u64::from_le_bytes(id) >> 1;
-            if id == 0 {
-                continue;
-            }
+            let id = lease_id_random().map_err(|error| ClientError::Rejected(error.to_string()))?;
             let mut granted = 0;
             for shard in 0..self.shards() {
                 let command = CoordCommand::LeaseGrant { id, ttl_ms };
@@ -313,21 +274,10 @@ impl Client {
     /// # Errors
     /// See [`ClientError`].
     pub fn leases(&self) -> Result<Vec<LeaseInfo>, ClientError> {
-        let mut leases: std::collections::BTreeMap<u64, LeaseInfo> = Default::default();
+        let mut leases: BTreeMap<u64, LeaseInfo> = BTreeMap::new();
         for shard in 0..self.shards() {
             match self.coordinate(shard, &CoordCommand::LeaseList, ReadOptions::default())?.0 {
-                CoordReply::Leases(list) => {
-                    for lease in list {
-                        let held = leases.entry(lease.id).or_insert(LeaseInfo {
-                            keys: 0,
-                            locks: 0,
-                            ..lease.clone()
-                        });
-                        held.keys += lease.keys;
-                        held.locks += lease.locks;
-                        held.refreshes = held.refreshes.max(lease.refreshes);
-                    }
-                }
+                CoordReply::Leases(list) => merge_leases(&mut leases, list),
                 other => return Err(unexpected("a lease list", &other)),
             }
         }
@@ -417,10 +367,7 @@ impl Client {
     /// # Errors
     /// See [`ClientError`] (finding the present revision).
     pub fn watch(&self, range: KeyRange, from: u64, locks: bool) -> Result<Watch<'_>, ClientError> {
-        let shards: Vec<u16> = match &range {
-            KeyRange::Key(key) => vec![self.shard_of(key)],
-            _ => (0..self.shards()).collect(),
-        };
+        let shards = range_shards(&range, self.shards());
         let next = if from != 0 {
             from
         } else {
@@ -527,6 +474,101 @@ impl Watch<'_> {
                 pause = (pause * 2).min(Duration::from_millis(10));
             }
         }
+    }
+}
+
+// The pure parts of the coordination calls, shared with the front ends' async versions
+// (`front::coord`), so that both read the same cut and merge the same way.
+
+/// The shards a range spans: a key's own, else every shard.
+#[must_use]
+pub fn range_shards(range: &KeyRange, shards: u16) -> Vec<u16> {
+    match range {
+        KeyRange::Key(key) => vec![shard_for_key(key, usize::from(shards)) as u16],
+        _ => (0..shards).collect(),
+    }
+}
+
+/// The revision a range read is a cut at: `revision` if one was asked (nonzero), else now,
+/// from the slots the shards' first answers reflect (`reached`).
+#[must_use]
+pub fn range_cut(revision: u64, reached: impl Iterator<Item = u64>, shards: u16) -> u64 {
+    if revision != 0 {
+        return revision;
+    }
+    // Now: the cut below the first slot no shard has reached, `r · shards`, r being the
+    // highest next slot among the answers. Every write acknowledged before this read lies
+    // below it (its shard had committed it, so that shard's next slot is past it), and
+    // shards behind reach it by their idle skips (to the highest commit of the others).
+    let round = reached.max().unwrap_or(0);
+    first_revision_at(round * u64::from(shards)) - 1
+}
+
+/// True if `shard`'s answer, reflecting its slots below `slot`, is at `cut` already (with
+/// `given`, a revision asked for, any answer at or past it was read at it).
+#[must_use]
+pub fn at_cut(slot: u64, shard: u16, shards: u16, cut: u64, given: bool) -> bool {
+    let reached = reflected(slot, shard, shards);
+    reached == cut || (given && reached >= cut)
+}
+
+/// The shards' answers at one cut as one reply: sorted, at most `limit` (0: the most one
+/// answer carries), `more` if any shard had more or the limit cut it.
+#[must_use]
+pub fn merge_range(answers: impl Iterator<Item = RangeReply>, limit: u32, cut: u64) -> RangeReply {
+    let limit = if limit == 0 { RANGE_LIMIT_MAX } else { limit } as usize;
+    let mut more = false;
+    let mut entries = Vec::new();
+    for reply in answers {
+        more |= reply.more;
+        entries.extend(reply.entries);
+    }
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    if entries.len() > limit {
+        entries.truncate(limit);
+        more = true;
+    }
+    RangeReply { entries, more, revision: cut }
+}
+
+/// The shard a transaction (or any command) runs on: the one every key and lock name it
+/// touches lives on; the shards they span if there are several.
+///
+/// # Errors
+/// The shards, sorted, when there is more than one.
+pub fn txn_shard(command: &CoordCommand, shards: u16) -> Result<u16, Vec<u16>> {
+    let spanned: BTreeSet<u16> =
+        command.keys().iter().map(|key| shard_for_key(key, usize::from(shards)) as u16).collect();
+    if spanned.len() > 1 {
+        return Err(spanned.into_iter().collect());
+    }
+    Ok(spanned.first().copied().unwrap_or(0))
+}
+
+/// A fresh random lease id: nonzero, below 2^63 (ids with the top bit set are left for ids
+/// that carry meaning of their own, as the Redis front end's expiry leases do).
+///
+/// # Errors
+/// The operating system gave no randomness.
+pub fn lease_id_random() -> Result<u64, getrandom::Error> {
+    loop {
+        let mut id = [0; 8];
+        getrandom::fill(&mut id)?;
+        let id = u64::from_le_bytes(id) >> 1;
+        if id != 0 {
+            return Ok(id);
+        }
+    }
+}
+
+/// Adds one shard's lease list to `leases`: the keys and locks of a lease summed over shards.
+pub fn merge_leases(leases: &mut BTreeMap<u64, LeaseInfo>, list: Vec<LeaseInfo>) {
+    for lease in list {
+        let held =
+            leases.entry(lease.id).or_insert(LeaseInfo { keys: 0, locks: 0, ..lease.clone() });
+        held.keys += lease.keys;
+        held.locks += lease.locks;
+        held.refreshes = held.refreshes.max(lease.refreshes);
     }
 }
 

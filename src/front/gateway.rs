@@ -76,6 +76,12 @@ pub enum RequestError {
     /// a compacted revision, a key over the limit, …
     #[error("{0}")]
     Coordination(CoordError),
+    /// A transaction whose keys and lock names lie on several shards: refused before it was
+    /// sent (a transaction runs on one shard; put its keys under one hash tag).
+    #[error(
+        "the transaction's keys lie on shards {0:?}; a transaction runs on one shard: put its keys and locks under one hash tag, such as {{tag}}key (docs/coordination.md)"
+    )]
+    CrossShard(Vec<u16>),
 }
 
 impl RequestError {
@@ -91,6 +97,7 @@ impl RequestError {
             RequestError::BadReply(_) => "bad_reply",
             RequestError::TooStale(_) => "too_stale",
             RequestError::Coordination(error) => error.code(),
+            RequestError::CrossShard(_) => "cross_shard",
         }
     }
 }
@@ -104,6 +111,7 @@ impl From<ClientError> for RequestError {
             ClientError::BadReply(reason) => RequestError::BadReply(reason),
             error @ ClientError::TooStale { .. } => RequestError::TooStale(error.to_string()),
             ClientError::Coordination(error) => RequestError::Coordination(error),
+            ClientError::CrossShard(shards) => RequestError::CrossShard(shards),
             // The session was evicted or the reply window passed it: not applied now; the
             // client registers a new session for the next request.
             error @ (ClientError::Expired | ClientError::SessionExpired) => {
@@ -192,6 +200,18 @@ impl Submitted<'_> {
             self.gateway.client.abandon(self.shard, &abandoned);
         }
         outcomes
+    }
+}
+
+/// A coordination command's reply in `response`, or the refusal it is.
+fn coordination_reply(response: Response) -> Result<(CoordReply, Response), RequestError> {
+    match KvReply::decode(&response.body) {
+        Some(KvReply::Coord(CoordReply::Refused(error))) => Err(RequestError::Coordination(error)),
+        Some(KvReply::Coord(reply)) => Ok((reply, response)),
+        Some(KvReply::Invalid) => {
+            Err(RequestError::Rejected("the store could not decode the command".into()))
+        }
+        other => Err(RequestError::BadReply(format!("a coordination command got {other:?}"))),
     }
 }
 
@@ -452,20 +472,70 @@ impl Gateway {
         command: &CoordCommand,
         read: ReadOptions,
     ) -> Result<CoordReply, RequestError> {
-        command.check().map_err(RequestError::Coordination)?;
-        let bytes = command.encode();
-        if bytes.len() > self.command_bytes_max {
-            return Err(RequestError::TooLarge { bytes: bytes.len(), max: self.command_bytes_max });
+        self.coordinate_at(shard, command, read).await.map(|(reply, _)| reply)
+    }
+
+    /// [`Gateway::coordinate`], with the response the reply came in: the slot its shard's
+    /// state reflected (what a range's cut and a watch's merge need).
+    ///
+    /// # Errors
+    /// See [`RequestError`].
+    pub async fn coordinate_at(
+        &self,
+        shard: u16,
+        command: &CoordCommand,
+        read: ReadOptions,
+    ) -> Result<(CoordReply, Response), RequestError> {
+        let mut outcomes = self.coordinate_many(&[(shard, command)], read).await;
+        outcomes.pop().unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into())))
+    }
+
+    /// Sends coordination commands to their shards all at once (each after those before it to
+    /// the same shard) and waits for every reply; the outcomes in the order given.
+    pub async fn coordinate_many(
+        &self,
+        commands: &[(u16, &CoordCommand)],
+        read: ReadOptions,
+    ) -> Vec<Result<(CoordReply, Response), RequestError>> {
+        let mut waiting = Vec::with_capacity(commands.len());
+        for (shard, command) in commands {
+            let encoded = command.check().map_err(RequestError::Coordination).and_then(|()| {
+                let bytes = command.encode();
+                if bytes.len() > self.command_bytes_max {
+                    return Err(RequestError::TooLarge {
+                        bytes: bytes.len(),
+                        max: self.command_bytes_max,
+                    });
+                }
+                Ok(bytes)
+            });
+            waiting.push(match encoded {
+                Ok(bytes) => {
+                    let access = if command.is_read() { Access::Read } else { Access::Write };
+                    Ok(self.submit_as(*shard, access, read, &[&bytes]).await)
+                }
+                Err(error) => Err(error),
+            });
         }
-        let access = if command.is_read() { Access::Read } else { Access::Write };
-        let outcome = self.submit_as(shard, access, read, &[&bytes]).await.wait().await.pop();
-        match expect_reply(
-            outcome.unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into()))),
-        )? {
-            KvReply::Coord(CoordReply::Refused(error)) => Err(RequestError::Coordination(error)),
-            KvReply::Coord(reply) => Ok(reply),
-            other => Err(RequestError::BadReply(format!("a coordination command got {other:?}"))),
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for submitted in waiting {
+            let outcome = match submitted {
+                Ok(submitted) => submitted
+                    .wait()
+                    .await
+                    .pop()
+                    .unwrap_or_else(|| Err(RequestError::BadReply("no outcome".into()))),
+                Err(error) => Err(error),
+            };
+            outcomes.push(outcome.and_then(coordination_reply));
         }
+        outcomes
+    }
+
+    /// How long a request may wait for the cluster.
+    #[must_use]
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// Appends an opaque entry to the log (shards taken in turn); its committed position.

@@ -13,6 +13,7 @@
 //! at what a command of the node can hold, parsers refuse what they cannot read with a reply
 //! naming the reason, connections are counted and bounded; no input panics a front end.
 
+mod coord;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use coord::FrontWatch;
 pub use gateway::{Access, Gateway, RequestError, Submitted};
 
 use crate::client::ClientError;

@@ -462,6 +462,10 @@ impl<B: Backend, S: StateMachine, H: Hooks> Shard<B, S, H> {
             // Refused (busy, or leadership moving): proposed again after a while.
             let _ = self.replica.propose(id, &command);
         }
+        // Sent now: left in the open batch, an expiry would wait for the next client request
+        // to this shard, and the batch it waits in keeps the idle leader from skipping
+        // (`Replica::skip_to`), which holds the other shards' coordination replies.
+        self.replica.flush();
         self.process_actions()
     }
 

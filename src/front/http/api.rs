@@ -1,6 +1,6 @@
 //! The routes (docs/http.md): the key-value store under `/v1/kv/KEY`, compare-and-set under
-//! `/v1/cas/KEY`, log appends, this node's status, and health. The coordination routes
-//! (ranges, txn, leases, locks, watch) are reserved and answer 501 until they are served.
+//! `/v1/cas/KEY`, log appends, this node's status, and health; the coordination routes
+//! (ranges, txn, leases, locks, watch) are in `coord.rs`.
 
 use std::sync::Arc;
 
@@ -9,18 +9,18 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{delete, get, post};
 use serde_json::{Map, Value, json};
 
 use super::body::{
     ApiError, bytes_field, json_object, json_response, optional_bytes_field, read_body, take_bytes,
     value_from_body, wants_raw,
 };
+use super::coord;
+use super::request::{KV_PREFIX, body_cap, encoding, key_of, query_pairs};
 use crate::core::{Consistency, ReadOptions, StalenessBound};
 use crate::front::Gateway;
 
-/// Where keys start in a KV path.
-const KV_PREFIX: &str = "/v1/kv/";
 /// Where keys start in a compare-and-set path.
 const CAS_PREFIX: &str = "/v1/cas/";
 
@@ -34,16 +34,15 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/cas/{*key}", post(compare_and_set))
         .route("/v1/append", post(append))
-        // Reserved for the coordination API (issue #18): ranges, transactions, leases,
-        // locks, watches.
-        .route("/v1/kv", any(not_yet))
-        .route("/v1/kv/", any(not_yet))
-        .route("/v1/txn", any(not_yet))
-        .route("/v1/leases", any(not_yet))
-        .route("/v1/leases/{*rest}", any(not_yet))
-        .route("/v1/locks/{*rest}", any(not_yet))
-        .route("/v1/watch", any(not_yet))
-        .route("/v1/watch/{*rest}", any(not_yet))
+        // The coordination API (docs/http.md, "Coordination").
+        .route("/v1/kv", get(coord::range))
+        .route("/v1/kv/", get(coord::range))
+        .route("/v1/txn", post(coord::txn))
+        .route("/v1/leases", get(coord::lease_list).post(coord::lease_grant))
+        .route("/v1/leases/{id}", delete(coord::lease_revoke))
+        .route("/v1/leases/{id}/keepalive", post(coord::lease_keep_alive))
+        .route("/v1/locks/{*name}", get(coord::lock_holder).post(coord::lock).delete(coord::unlock))
+        .route("/v1/watch", get(coord::watch))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(gateway)
@@ -73,37 +72,6 @@ async fn status(State(gateway): Shared) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, json!({ "node": gateway.node_address(), "shards": shards })))
 }
 
-/// The key a path names after `prefix`, percent-decoded: any bytes.
-fn key_of(uri: &Uri, prefix: &str) -> Result<Vec<u8>, ApiError> {
-    let path = uri.path();
-    let encoded = path.strip_prefix(prefix).unwrap_or_default();
-    if encoded.is_empty() {
-        return Err(ApiError::bad_request("bad_key", "the key is empty"));
-    }
-    Ok(percent_encoding::percent_decode_str(encoded).collect())
-}
-
-/// The query's parameters as pairs, every name among `allowed`.
-fn query_pairs(uri: &Uri, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
-    let mut pairs = Vec::new();
-    for pair in uri.query().unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |text: &str| {
-            percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
-        };
-        let name = decode(name);
-        if !allowed.contains(&name.as_str()) {
-            let allowed = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
-            return Err(ApiError::bad_request(
-                "bad_parameter",
-                format!("unknown query parameter `{name}` (this endpoint takes: {allowed})"),
-            ));
-        }
-        pairs.push((name, decode(value)));
-    }
-    Ok(pairs)
-}
-
 /// `encoding=base64` (or `text`, the default) from the query.
 fn base64_asked(uri: &Uri) -> Result<bool, ApiError> {
     let mut base64 = false;
@@ -111,17 +79,6 @@ fn base64_asked(uri: &Uri) -> Result<bool, ApiError> {
         base64 = encoding(&value)?;
     }
     Ok(base64)
-}
-
-fn encoding(value: &str) -> Result<bool, ApiError> {
-    match value {
-        "base64" => Ok(true),
-        "text" => Ok(false),
-        other => Err(ApiError::bad_request(
-            "bad_parameter",
-            format!("encoding `{other}`: use text (the default) or base64"),
-        )),
-    }
 }
 
 /// A get's query: `encoding`, `consistency` (linearizable, the default; lease, follower,
@@ -146,7 +103,7 @@ fn get_parameters(uri: &Uri) -> Result<(bool, ReadOptions), ApiError> {
     Ok((base64, read))
 }
 
-fn ok() -> Response {
+pub(super) fn ok() -> Response {
     json_response(StatusCode::OK, json!({ "ok": true }))
 }
 
@@ -155,6 +112,9 @@ async fn get_key(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if coord::asks_meta(&uri) {
+        return coord::get_with_meta(&gateway, &uri).await;
+    }
     let key = key_of(&uri, KV_PREFIX)?;
     let (base64, read) = get_parameters(&uri)?;
     let Some(value) = gateway.get_with(&key, read).await? else {
@@ -170,19 +130,15 @@ async fn get_key(
     Ok(json_response(StatusCode::OK, Value::Object(object)))
 }
 
-/// Caps: a raw value cannot be larger than a command; a JSON envelope holds base64 (4/3 of
-/// the value) or escaped text, so it gets twice that.
-fn body_cap(gateway: &Gateway, headers: &HeaderMap) -> usize {
-    let max = gateway.command_bytes_max();
-    if super::body::is_json(headers) { max.saturating_mul(2).saturating_add(1024) } else { max }
-}
-
 async fn put_key(
     State(gateway): Shared,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if coord::asks_coordinated_put(&uri) {
+        return coord::put_coordinated(&gateway, &uri, &headers, body).await;
+    }
     let key = key_of(&uri, KV_PREFIX)?;
     query_pairs(&uri, &[])?;
     let bytes = read_body(&headers, body, body_cap(&gateway, &headers)).await?;
@@ -255,17 +211,6 @@ async fn append(
         StatusCode::OK,
         json!({ "position": { "global": position.global, "index": position.index } }),
     ))
-}
-
-async fn not_yet(uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        format!(
-            "{} is reserved for the coordination API (ranges, txn, leases, locks, watch) and not served yet",
-            uri.path()
-        ),
-    )
 }
 
 async fn unknown_endpoint(uri: Uri) -> ApiError {

@@ -69,6 +69,7 @@ impl From<RequestError> for ApiError {
             // The member is behind: another, or a laxer bound, may answer.
             RequestError::TooStale(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::Coordination(error) => coordination_status(error),
+            RequestError::CrossShard(_) => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, error.code(), error.to_string())
     }

@@ -6,7 +6,9 @@
 
 mod api;
 pub(super) mod body;
+mod coord;
 mod probe;
+mod request;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 
 use super::reply::{Protocol, Reply};
+use crate::machine::kv::coord::{LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN};
 
 /// One served command, as `COMMAND` describes it.
 pub struct Spec {
@@ -39,6 +40,13 @@ pub const TABLE: &[Spec] = &[
     spec("exists", -2, READ, (1, -1, 1)),
     spec("mget", -2, READ, (1, -1, 1)),
     spec("set", -3, WRITE, (1, 1, 1)),
+    spec("setex", 4, WRITE, (1, 1, 1)),
+    spec("psetex", 4, WRITE, (1, 1, 1)),
+    spec("expire", 3, &["write", "fast"], (1, 1, 1)),
+    spec("pexpire", 3, &["write", "fast"], (1, 1, 1)),
+    spec("persist", 2, &["write", "fast"], (1, 1, 1)),
+    spec("ttl", 2, READ, (1, 1, 1)),
+    spec("pttl", 2, READ, (1, 1, 1)),
     spec("setnx", 3, WRITE, (1, 1, 1)),
     spec("getset", 3, WRITE, (1, 1, 1)),
     spec("mset", -3, WRITE, (1, -1, 2)),
@@ -63,15 +71,8 @@ pub const TABLE: &[Spec] = &[
 
 /// Commands Redis has that come with the coordination API (leases, txn, ranges, watch).
 const NOT_YET: &[&str] = &[
-    "expire",
-    "pexpire",
     "expireat",
     "pexpireat",
-    "ttl",
-    "pttl",
-    "persist",
-    "setex",
-    "psetex",
     "getex",
     "getdel",
     "multi",
@@ -179,6 +180,21 @@ pub enum Command {
         /// Reply with the old value.
         get: bool,
     },
+    /// `SET key value EX|PX n`, `SETEX`, `PSETEX`: a put living by a lease of `ttl_ms`.
+    SetExpiring {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// Its time to live, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// `EXPIRE key seconds`, `PEXPIRE key ms` (in milliseconds; 0 or less deletes the key).
+    Expire(Bytes, i64),
+    /// `TTL key` (false) or `PTTL key` (true).
+    Ttl(Bytes, bool),
+    /// `PERSIST key`.
+    Persist(Bytes),
     /// `SETNX key value`.
     SetNx(Bytes, Bytes),
     /// `GETSET key value`.
@@ -260,6 +276,18 @@ fn parse_data(name: &str, rest: &[Bytes]) -> Result<Option<Command>, Reply> {
         "mget" => Command::MGet(rest.to_vec()),
         "set" => parse_set(rest)?,
         "setnx" => Command::SetNx(key(0), key(1)),
+        "setex" | "psetex" => {
+            let scale = if name == "setex" { 1000 } else { 1 };
+            let ttl_ms = expiry_ms(integer(&rest[1])?, scale, name)?;
+            Command::SetExpiring { key: key(0), value: key(2), ttl_ms }
+        }
+        "expire" | "pexpire" => {
+            let scale = if name == "expire" { 1000 } else { 1 };
+            Command::Expire(key(0), integer(&rest[1])?.saturating_mul(scale))
+        }
+        "ttl" => Command::Ttl(key(0), false),
+        "pttl" => Command::Ttl(key(0), true),
+        "persist" => Command::Persist(key(0)),
         "getset" => Command::GetSet(key(0), key(1)),
         "mset" => {
             if rest.len() % 2 != 0 {
@@ -328,23 +356,59 @@ fn parse_connection(lower: &str, name: &[u8], rest: &[Bytes]) -> Result<Command,
 
 fn parse_set(rest: &[Bytes]) -> Result<Command, Reply> {
     let (key, value) = (rest[0].clone(), rest[1].clone());
-    let (mut condition, mut get) = (Condition::Always, false);
-    for option in &rest[2..] {
+    let (mut condition, mut get, mut ttl_ms) = (Condition::Always, false, None);
+    let mut options = rest[2..].iter();
+    while let Some(option) = options.next() {
         match upper(option).as_str() {
             "NX" if condition == Condition::Always => condition = Condition::IfAbsent,
             "XX" if condition == Condition::Always => condition = Condition::IfPresent,
             "GET" => get = true,
-            // No key has an expiry yet, so keeping it changes nothing.
-            "KEEPTTL" => {}
-            "EX" | "PX" | "EXAT" | "PXAT" => {
+            // A plain SET clears an expiry, as in Redis; keeping it is not served yet.
+            "KEEPTTL" => {
                 return Err(Reply::error(
-                    "ERR SET with an expiry is not served by Quorum yet (expiry comes with leases; docs/redis.md)",
+                    "ERR SET with KEEPTTL is not served by Quorum yet (docs/redis.md)",
+                ));
+            }
+            unit @ ("EX" | "PX") if ttl_ms.is_none() => {
+                let amount = options.next().ok_or_else(syntax_error)?;
+                let scale = if unit == "EX" { 1000 } else { 1 };
+                ttl_ms = Some(expiry_ms(integer(amount)?, scale, "set")?);
+            }
+            "EXAT" | "PXAT" => {
+                return Err(Reply::error(
+                    "ERR SET with EXAT/PXAT is not served by Quorum yet: use EX or PX (docs/redis.md)",
                 ));
             }
             _ => return Err(syntax_error()),
         }
     }
-    Ok(Command::Set { key, value, condition, get })
+    match ttl_ms {
+        None => Ok(Command::Set { key, value, condition, get }),
+        Some(ttl_ms) if condition == Condition::Always && !get => {
+            Ok(Command::SetExpiring { key, value, ttl_ms })
+        }
+        Some(_) => Err(Reply::error(
+            "ERR SET with an expiry and NX, XX or GET is not served by Quorum yet (docs/redis.md)",
+        )),
+    }
+}
+
+/// An expiry in milliseconds (`amount` of `scale` ms), checked: positive, and no shorter than
+/// the store's shortest lease, [`LEASE_TTL_MS_MIN`] (a shorter one is refused rather than
+/// lengthened).
+fn expiry_ms(amount: i64, scale: i64, name: &str) -> Result<u64, Reply> {
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
+    let ms =
+        u64::try_from(amount.checked_mul(scale).ok_or_else(invalid)?).map_err(|_| invalid())?;
+    if ms == 0 || ms > LEASE_TTL_MS_MAX {
+        return Err(invalid());
+    }
+    if ms < LEASE_TTL_MS_MIN {
+        return Err(Reply::error(format!(
+            "ERR invalid expire time in '{name}' command: Quorum's shortest expiry is {LEASE_TTL_MS_MIN} ms (a lease's minimum; docs/redis.md)"
+        )));
+    }
+    Ok(ms)
 }
 
 fn parse_hello(rest: &[Bytes]) -> Result<Command, Reply> {
@@ -446,9 +510,17 @@ mod tests {
         assert!(parse(args("DECRBY k -9223372036854775808")).is_err());
         let Err(Reply::Error(text)) = parse(args("FROB a b")) else { panic!() };
         assert_eq!(text, "ERR unknown command 'FROB', with args beginning with: 'a' 'b' ");
-        let Err(Reply::Error(text)) = parse(args("EXPIRE k 10")) else { panic!() };
+        let Err(Reply::Error(text)) = parse(args("MULTI")) else { panic!() };
         assert!(text.contains("not served by Quorum yet"), "{text}");
-        assert!(parse(args("SET k v EX 10")).is_err());
+        assert_eq!(
+            parse(args("SET k v PX 1500")),
+            Ok(Command::SetExpiring { key: "k".into(), value: "v".into(), ttl_ms: 1500 })
+        );
+        let Err(Reply::Error(text)) = parse(args("SET k v PX 999")) else { panic!() };
+        assert!(text.contains("shortest expiry is 1000 ms"), "{text}");
+        assert!(parse(args("SET k v EX 0")).is_err());
+        assert!(parse(args("SET k v EX 10 NX")).is_err());
+        assert_eq!(parse(args("PEXPIRE k -5")), Ok(Command::Expire("k".into(), -5)));
         assert_eq!(
             parse(args("HELLO 3 SETNAME me")),
             Ok(Command::Hello { protocol: Some(Protocol::Resp3), name: Some("me".into()) })

@@ -6,6 +6,7 @@
 //! `-ERR Protocol error: …` and its connection is closed, as Redis does.
 
 pub(super) mod command;
+mod expiry;
 pub(super) mod parse;
 mod reply;
 mod session;

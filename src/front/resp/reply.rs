@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 
+use crate::front::RequestError;
+
 /// The protocol a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -101,6 +103,22 @@ impl Reply {
             }
         }
     }
+}
+
+/// The reply for a request that failed.
+pub fn failure(error: &RequestError) -> Reply {
+    let code = match error {
+        RequestError::Timeout(_) | RequestError::Unavailable(_) | RequestError::TooStale(_) => {
+            "TRYAGAIN"
+        }
+        RequestError::OutOfSpace(_) => "MISCONF",
+        RequestError::TooLarge { .. }
+        | RequestError::Rejected(_)
+        | RequestError::BadReply(_)
+        | RequestError::Coordination(_)
+        | RequestError::CrossShard(_) => "ERR",
+    };
+    Reply::error(format!("{code} {error}"))
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::command::{Command, Condition, TABLE, describe, parse};
-use super::reply::{Protocol, Reply};
+use super::expiry;
+use super::reply::{Protocol, Reply, failure};
 use crate::front::{Access, Gateway, RequestError};
 use crate::machine::{KvCommand, KvReply};
 
@@ -84,21 +85,6 @@ struct Queued {
     access: Access,
     command: Vec<u8>,
     finish: Finish,
-}
-
-/// The reply for a request that failed.
-pub fn failure(error: &RequestError) -> Reply {
-    let code = match error {
-        RequestError::Timeout(_) | RequestError::Unavailable(_) | RequestError::TooStale(_) => {
-            "TRYAGAIN"
-        }
-        RequestError::OutOfSpace(_) => "MISCONF",
-        RequestError::TooLarge { .. }
-        | RequestError::Rejected(_)
-        | RequestError::BadReply(_)
-        | RequestError::Coordination(_) => "ERR",
-    };
-    Reply::error(format!("{code} {error}"))
 }
 
 fn finish(how: Finish, reply: Result<KvReply, RequestError>) -> Reply {
@@ -234,7 +220,11 @@ impl Session {
             | Command::MSet(_)
             | Command::Del(_)
             | Command::Append(..)
-            | Command::IncrBy(..) => Step::Complex(command),
+            | Command::IncrBy(..)
+            | Command::SetExpiring { .. }
+            | Command::Expire(..)
+            | Command::Ttl(..)
+            | Command::Persist(_) => Step::Complex(command),
             local => Step::Done(self.answer_locally(local)),
         }
     }
@@ -420,6 +410,14 @@ impl Session {
                 self.write_many(present).await.map_err(failed)?;
                 Reply::Integer(count)
             }
+            Command::SetExpiring { key, value, ttl_ms } => {
+                expiry::set_expiring(&self.shared.gateway, &key, &value, ttl_ms).await
+            }
+            Command::Expire(key, ttl_ms) => {
+                expiry::set_expiry(&self.shared.gateway, &key, Some(ttl_ms)).await
+            }
+            Command::Persist(key) => expiry::set_expiry(&self.shared.gateway, &key, None).await,
+            Command::Ttl(key, millis) => expiry::ttl(&self.shared.gateway, &key, millis).await,
             other => return self.read_modify_write(other).await,
         })
     }
