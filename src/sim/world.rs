@@ -320,16 +320,7 @@ impl World {
         }
         for client in 0..world.knobs.clients {
             let mut state = SimClient::new(client as u64 + 1, &world.knobs);
-            let (lockers, watchers) = (world.knobs.lockers, world.knobs.watchers);
-            if client < lockers {
-                state.role = Role::Locker(Locker::new(client % world.knobs.locks));
-            } else if client < lockers + watchers {
-                let limit = between(&mut world.rng, 1, 8) as u32;
-                // Half the watchers wait at the leader for changes (held reads), briefly
-                // against the clients' timeouts.
-                let wait_ms = [0, 0, 2, 20][between(&mut world.rng, 0, 3) as usize];
-                state.role = Role::Watcher(Watcher::new(limit, wait_ms));
-            }
+            state.role = world.draw_role(client);
             world.clients.push(state);
             let think = between(&mut world.rng, 0, world.knobs.think_us);
             world.schedule(think, Event::ClientWake { client, token: 0, resend: false });
@@ -346,6 +337,23 @@ impl World {
         }
         world.schedule(world.knobs.safety_us, Event::EndSafety);
         world
+    }
+
+    /// What client `client` does: the first ones lock, the next ones watch, the rest read
+    /// and write the shared keys.
+    fn draw_role(&mut self, client: usize) -> Role {
+        let (lockers, watchers) = (self.knobs.lockers, self.knobs.watchers);
+        if client < lockers {
+            return Role::Locker(Locker::new(client % self.knobs.locks));
+        }
+        if client >= lockers + watchers {
+            return Role::Kv;
+        }
+        let limit = between(&mut self.rng, 1, 8) as u32;
+        // Half the watchers wait at the leader for changes (held reads), briefly against the
+        // clients' timeouts.
+        let wait_ms = [0, 0, 2, 20][between(&mut self.rng, 0, 3) as usize];
+        Role::Watcher(Watcher::new(limit, wait_ms))
     }
 
     /// Node `index`: its shards started, its clock at a random phase.
