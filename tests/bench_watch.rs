@@ -42,7 +42,8 @@ fn the_watch_workload_delivers_every_acknowledged_put_once_and_in_order() {
     assert_eq!(watch.missed, 0, "{watch:?}");
     assert_eq!(watch.duplicated, 0, "{watch:?}");
     assert_eq!(watch.out_of_order, 0, "{watch:?}");
-    assert_eq!(watch.errors, 0, "{watch:?}");
+    assert_eq!(watch.put_errors, 0, "{watch:?}");
+    assert_eq!(watch.wait_errors, 0, "{watch:?}");
     assert!(row.ops_per_sec > 0.0, "events delivered in the window");
     assert!(row.p99_us > 0.0, "{row:?}");
     assert!(row.p99_us >= row.p50_us, "{row:?}");

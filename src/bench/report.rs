@@ -123,7 +123,7 @@ pub fn watch_line(row: &BenchRow) -> String {
         watch.missed,
         watch.duplicated,
         watch.out_of_order,
-        watch.errors
+        watch.put_errors + watch.wait_errors
     )
 }
 

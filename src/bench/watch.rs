@@ -8,12 +8,13 @@
 //! minus that due time: what a user sees from deciding to write to learning of it, a writer
 //! that falls behind included (latency counts from when the put was due, not when it left, as
 //! in the key-value open loop). The watchers share one [`Client`], whose blocking calls wake
-//! only their own waiter.
+//! only their own waiter; the writer has a client of its own, as it would be a process of
+//! its own, so that its puts do not queue in the watchers' client.
 //!
-//! Each event is checked: a put's number seen twice by its key's watcher is a duplicate, one
-//! seen after a higher one is out of order, and a put acknowledged to the writer that its
-//! watcher never saw (after a drain of up to [`DRAIN`] once writing stops) is missed. All three
-//! must be 0.
+//! Each event is checked: a put's number seen twice by its key's watcher is a duplicate, an
+//! event of a lower revision than the one before it is out of order, and a put acknowledged
+//! to the writer that its watcher had not seen by the end of a drain of [`DRAIN`] once
+//! writing stops is missed. All three must be 0.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,18 +25,23 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::load::{LoadResult, LoadSpec, OPEN_LOOP_OUTSTANDING_MAX, Progress, Window};
-use crate::client::{Client, Completion, Watch};
+use crate::client::{Client, ClientOptions, Completion, Watch};
 use crate::machine::kv::{Change, KeyRange};
 use crate::machine::{KvCommandRef, shard_for_key};
 
 /// Puts per second when the spec names no rate: the goal of issue #18 is at this rate.
 pub const PUTS_PER_SEC_DEFAULT: f64 = 10_000.0;
 
-/// How long the watchers may take to see the last puts once writing stopped.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long the watchers may take to see the last puts once writing stopped (and the writer
+/// to get their answers): a put acknowledged but not seen by then counts as missed, so this
+/// is long beside any delivery latency, even on a loaded machine.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// How long one [`Watch::wait`] lasts: short, so that a watcher notices the end of the run.
 const WAIT_ROUND: Duration = Duration::from_millis(250);
+
+/// Tries to open a watch (each a read of the present revision) before a watcher gives up.
+const WATCH_OPEN_ATTEMPTS: usize = 10;
 
 /// Each watcher thread's stack: it only blocks in the client.
 const WATCHER_STACK_BYTES: usize = 256 * 1024;
@@ -62,10 +68,13 @@ pub struct WatchCounts {
     pub missed: u64,
     /// Events seen a second time.
     pub duplicated: u64,
-    /// Events seen after a later put of the same key.
+    /// Events received after one of a later revision.
     pub out_of_order: u64,
-    /// Failed puts and failed waits.
-    pub errors: u64,
+    /// Puts that failed or had no answer by the end of the drain (one may still have been
+    /// applied, and its event seen: that is no error of the watch).
+    pub put_errors: u64,
+    /// Failed [`Watch::wait`] calls and undecodable events.
+    pub wait_errors: u64,
 }
 
 /// A put's value: its number for its key and when it was due (nanoseconds from the start),
@@ -113,6 +122,8 @@ struct Seen {
     latencies_ns: Vec<u64>,
     /// Every put number received, in order.
     numbers: Vec<u64>,
+    /// The revision of the last event received.
+    revision_last: u64,
     out_of_order: u64,
     errors: u64,
 }
@@ -132,9 +143,13 @@ impl Seen {
                 self.errors += 1;
                 continue;
             };
-            if self.numbers.last().is_some_and(|last| *last > number) {
+            // A watch gives changes in revision order. (Not necessarily in the order the
+            // puts were sent: a put the client sent again after a later one was taken is
+            // applied after it.)
+            if change.revision < self.revision_last {
                 self.out_of_order += 1;
             }
+            self.revision_last = change.revision;
             self.numbers.push(number);
             if start.window.contains(at) {
                 let due = start.begin + Duration::from_nanos(due_ns);
@@ -150,13 +165,15 @@ impl Seen {
 /// key's last put, or the drain ran out.
 fn watch_one(client: &Client, shared: &Shared<'_>, index: usize) -> Seen {
     let mut seen = Seen::default();
-    let mut watch: Watch<'_> = loop {
-        match client.watch(KeyRange::Key(key_of(index)), 0, false) {
-            Ok(watch) => break watch,
-            Err(_) => seen.errors += 1,
-        }
-    };
+    let opened: Option<Watch<'_>> = (0..WATCH_OPEN_ATTEMPTS).find_map(|_| {
+        let opened = client.watch(KeyRange::Key(key_of(index)), 0, false);
+        seen.errors += u64::from(opened.is_err());
+        opened.ok()
+    });
+    // Counted even if it failed, so that the writer does not wait for it forever (its key's
+    // puts then count as missed).
     shared.ready.fetch_add(1, Ordering::SeqCst);
+    let Some(mut watch) = opened else { return seen };
     let mut drain_end: Option<Instant> = None;
     loop {
         match watch.wait(WAIT_ROUND) {
@@ -323,6 +340,13 @@ pub fn run(client: &Client, spec: &LoadSpec, progress: &Progress) -> Result<Load
         done: AtomicBool::new(false),
         last_sent: (0..spec.watchers).map(|_| AtomicU64::new(0)).collect(),
     };
+    // The writer has a client of its own, as a writer and its watchers would be apart: its
+    // puts do not queue behind the watchers' requests in the client.
+    let addresses: Vec<String> = client.members().into_iter().map(|(_, address)| address).collect();
+    let options =
+        ClientOptions { request_timeout: Duration::from_secs(30), ..ClientOptions::default() };
+    let writer = Client::connect(&addresses, options)
+        .map_err(|error| format!("the writer's client: {error}"))?;
     let (written, seen) = std::thread::scope(|scope| -> Result<(Written, Vec<Seen>), String> {
         let mut watchers = Vec::with_capacity(spec.watchers);
         for index in 0..spec.watchers {
@@ -341,7 +365,7 @@ pub fn run(client: &Client, spec: &LoadSpec, progress: &Progress) -> Result<Load
         let window =
             Window { start: begin + spec.warmup, end: begin + spec.warmup + spec.duration };
         let _ = shared.start.set(Start { begin, window });
-        let written = write(client, &shared, rate, spec.payload_bytes);
+        let written = write(&writer, &shared, rate, spec.payload_bytes);
         // A watcher that panicked saw nothing: its key's puts count as missed, and it as an
         // error.
         let lost = Seen { errors: 1, ..Seen::default() };
@@ -364,9 +388,9 @@ fn tally(spec: &LoadSpec, rate: f64, written: &Written, seen: &[Seen]) -> LoadRe
             result.read_latency.saturating_record(*latency);
         }
         result.ops += watcher.latencies_ns.len() as u64;
-        result.errors += watcher.errors;
     }
-    result.errors += written.errors;
+    let wait_errors: u64 = seen.iter().map(|watcher| watcher.errors).sum();
+    result.errors = wait_errors + written.errors;
     result.unsent = written.unsent;
     result.write_latency = written.latency.clone();
     let (missed, duplicated) = compare(&written.acknowledged, seen);
@@ -382,7 +406,8 @@ fn tally(spec: &LoadSpec, rate: f64, written: &Written, seen: &[Seen]) -> LoadRe
         missed,
         duplicated,
         out_of_order: seen.iter().map(|watcher| watcher.out_of_order).sum(),
-        errors: result.errors,
+        put_errors: written.errors,
+        wait_errors,
     });
     result
 }
