@@ -7,8 +7,11 @@
 use std::collections::HashMap;
 
 use quorum::core::{ClusterId, Config, NodeId, RequestId, RoleKind, Slot};
+use quorum::machine::kv::coord::WATCHES_WAITING_MAX;
+use quorum::machine::kv::{Change, ChangeKind, ChangesReply, CoordCommand, CoordError, KeyRange};
 use quorum::machine::{
-    KvCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _, register_request,
+    CoordReply, KvCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _,
+    register_request,
 };
 use quorum::shard::{Shard, ShardError, ShardSettings, settle_wired};
 use quorum_wal::{Backend as _, Options, SimBackend};
@@ -36,6 +39,9 @@ struct Cluster {
     registered: HashMap<RequestId, u64>,
     /// The session the harness's puts go under, once registered.
     session: Option<u64>,
+    /// Every answer to a query, from any replica, in the order they came out (a leader that
+    /// lost its leadership must not answer a parked read: its answers count too).
+    answers: Vec<(RequestId, KvReply)>,
 }
 
 impl Cluster {
@@ -55,6 +61,7 @@ impl Cluster {
             replies: HashMap::new(),
             registered: HashMap::new(),
             session: None,
+            answers: Vec::new(),
         }
     }
 
@@ -80,6 +87,7 @@ impl Cluster {
             replies: HashMap::new(),
             registered: HashMap::new(),
             session: None,
+            answers: Vec::new(),
         }
     }
 
@@ -102,18 +110,24 @@ impl Cluster {
     /// Delivers messages and completes syncs until nothing moves.
     fn settle(&mut self) {
         let (replies, registered) = (&mut self.replies, &mut self.registered);
+        let answers = &mut self.answers;
         settle_wired(&mut self.shards, |shard, applied| {
-            if shard.replica().role() == RoleKind::Leader {
-                for applied in applied {
-                    match applied.outcome {
-                        Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
-                            replies.insert(applied.id, reply);
-                        }
-                        Outcome::Registered(session) => {
-                            registered.insert(applied.id, session);
-                        }
-                        Outcome::Expired | Outcome::SessionExpired => {}
+            let leading = shard.replica().role() == RoleKind::Leader;
+            for applied in applied {
+                if let (true, Outcome::Applied(reply)) = (applied.id.is_query(), &applied.outcome) {
+                    answers.push((applied.id, reply.clone()));
+                }
+                if !leading {
+                    continue;
+                }
+                match applied.outcome {
+                    Outcome::Applied(reply) | Outcome::Duplicate(reply) => {
+                        replies.insert(applied.id, reply);
                     }
+                    Outcome::Registered(session) => {
+                        registered.insert(applied.id, session);
+                    }
+                    Outcome::Expired | Outcome::SessionExpired => {}
                 }
             }
         })
@@ -639,4 +653,210 @@ fn a_read_waits_for_its_confirmation_round_and_a_lost_leadership_aborts_it() {
     for (index, shard) in others.drain(..).zip(parked) {
         cluster.shards[index] = shard;
     }
+}
+
+// Change-feed reads that wait at the leader (`CoordCommand::ChangesWait`, shard/reads.rs).
+
+impl Cluster {
+    /// Sends the leader a change-feed read of `range` from the revision after its present one,
+    /// waiting up to `wait_ms`, and settles; returns the read's id.
+    fn watch(&mut self, sequence: u64, range: KeyRange, wait_ms: u32) -> RequestId {
+        let session = self.session();
+        let leader = self.leader().expect("a leader");
+        let from = self.shards[leader].as_ref().unwrap().machine().revision() + 1;
+        let command =
+            CoordCommand::ChangesWait { range, from, limit: 0, locks: false, wait_ms }.encode();
+        let id = RequestId { client: session, sequence: RequestId::QUERY_BIT | sequence };
+        self.shards[leader].as_mut().unwrap().propose(id, &command).unwrap().unwrap();
+        self.settle();
+        id
+    }
+
+    /// Every answer read `id` got, from any replica.
+    fn answers_to(&self, id: RequestId) -> Vec<&KvReply> {
+        self.answers
+            .iter()
+            .filter(|(answered, _)| *answered == id)
+            .map(|(_, reply)| reply)
+            .collect()
+    }
+
+    /// The change feed read `id` was answered with, once; `None` while it is not answered.
+    fn changes_of(&self, id: RequestId) -> Option<ChangesReply> {
+        let answers = self.answers_to(id);
+        assert!(answers.len() <= 1, "read {id:?} answered {} times: {answers:?}", answers.len());
+        match answers.first()? {
+            KvReply::Coord(CoordReply::Changes(found)) => Some(found.clone()),
+            other => panic!("read {id:?} answered {other:?}"),
+        }
+    }
+
+    fn leader_revision(&self) -> u64 {
+        self.shards[self.leader().unwrap()].as_ref().unwrap().machine().revision()
+    }
+}
+
+/// A cluster with a leader and a session, and `key` written once.
+fn cluster_with(key: &str) -> Cluster {
+    let mut cluster = Cluster::new();
+    while cluster.leader().is_none() {
+        cluster.tick();
+    }
+    cluster.put(1, key, "first");
+    cluster
+}
+
+fn put_change(key: &str, value: &str, revision: u64) -> Change {
+    Change { revision, kind: ChangeKind::Put, key: key.into(), value: value.into() }
+}
+
+#[test]
+fn a_parked_change_feed_read_wakes_when_its_key_is_written_and_not_for_another_key() {
+    let mut cluster = cluster_with("watched");
+    let id = cluster.watch(1, KeyRange::Key(b"watched".to_vec()), 5_000);
+    assert_eq!(cluster.changes_of(id), None, "nothing changed since: the read waits");
+    // Other keys, one of them the watched key with more after it, do not answer it.
+    cluster.put(2, "other", "o");
+    cluster.put(3, "watched-not", "o");
+    cluster.put(4, "watche", "o");
+    assert_eq!(cluster.changes_of(id), None, "answered for a write to another key");
+    // Its key written, it is answered at once (its wait was 5,000 ticks), with the write.
+    cluster.put(5, "watched", "second");
+    let revision = cluster.leader_revision();
+    let found = cluster.changes_of(id).expect("woken by its key's write");
+    assert_eq!(found.changes, vec![put_change("watched", "second", revision)]);
+    assert_eq!(found.through, revision);
+    assert!(!found.more);
+    // Answered once: a later write of the key does not answer it again.
+    cluster.put(6, "watched", "third");
+    assert_eq!(cluster.answers_to(id).len(), 1);
+}
+
+#[test]
+fn a_parked_prefix_read_wakes_for_a_key_under_its_prefix_only() {
+    let mut cluster = cluster_with("dir/first");
+    let id = cluster.watch(1, KeyRange::Prefix(b"dir/".to_vec()), 5_000);
+    cluster.put(2, "dir", "not under dir/");
+    cluster.put(3, "dirt/x", "nor this");
+    cluster.put(4, "other", "nor this");
+    assert_eq!(cluster.changes_of(id), None, "answered for a key outside its prefix");
+    cluster.put(5, "dir/second", "under");
+    let revision = cluster.leader_revision();
+    let found = cluster.changes_of(id).expect("woken by a key under its prefix");
+    assert_eq!(found.changes, vec![put_change("dir/second", "under", revision)]);
+}
+
+#[test]
+fn a_parked_read_answers_empty_at_its_deadline_and_only_then() {
+    let mut cluster = cluster_with("k");
+    let before = cluster.leader_revision();
+    // One tick is a millisecond (ShardSettings::tick_us).
+    let id = cluster.watch(1, KeyRange::Key(b"k".to_vec()), 40);
+    for tick in 1..40 {
+        cluster.tick();
+        assert_eq!(cluster.changes_of(id), None, "answered {tick} ticks into a 40 ms wait");
+    }
+    cluster.tick();
+    let found = cluster.changes_of(id).expect("answered at its deadline");
+    assert!(found.changes.is_empty(), "{found:?}");
+    assert!(!found.more);
+    assert!(found.through >= before, "through {} is before {before}", found.through);
+    // Answered: a write of its key now does not answer it again.
+    cluster.put(2, "k", "late");
+    assert_eq!(cluster.answers_to(id).len(), 1);
+}
+
+#[test]
+fn a_leader_that_loses_its_leadership_aborts_its_parked_reads_with_the_new_leader() {
+    let mut cluster = cluster_with("k");
+    let id = cluster.watch(1, KeyRange::Key(b"k".to_vec()), 5_000);
+    let old = cluster.leader().unwrap();
+    let new = (old + 1) % 3;
+    let to = NodeId(new as u16 + 1);
+    cluster.shards[old].as_mut().unwrap().transfer_leadership(to).unwrap().unwrap();
+    for _ in 0..100 {
+        cluster.settle();
+        if cluster.leader() == Some(new) {
+            break;
+        }
+        cluster.tick();
+    }
+    assert_eq!(cluster.leader(), Some(new), "the leadership moved");
+    let mut aborted = Vec::new();
+    cluster.shards[old].as_mut().unwrap().take_aborted_reads(&mut aborted);
+    // Aborted as the old leader steps down, which is when it hears the candidate's prepare:
+    // it does not know yet who will lead, so it names no one rather than a wrong node.
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert_eq!(aborted[0].0, id);
+    assert!(aborted[0].1.is_none_or(|hint| hint == to), "{aborted:?}");
+    assert_eq!(cluster.changes_of(id), None, "a former leader answered a parked read");
+    // Not parked anywhere any more: its key written under the new leader, no one answers it.
+    cluster.put(2, "k", "under the new leader");
+    assert_eq!(cluster.changes_of(id), None);
+}
+
+#[test]
+fn past_the_most_parked_a_change_feed_read_is_refused_with_too_many_watches() {
+    let mut cluster = cluster_with("k");
+    let range = KeyRange::Key(b"k".to_vec());
+    let session = cluster.session();
+    let leader = cluster.leader().unwrap();
+    let from = cluster.leader_revision() + 1;
+    let command = CoordCommand::ChangesWait {
+        range: range.clone(),
+        from,
+        limit: 0,
+        locks: false,
+        wait_ms: 5_000,
+    }
+    .encode();
+    let ids: Vec<RequestId> = (0..=WATCHES_WAITING_MAX as u64)
+        .map(|n| RequestId { client: session, sequence: RequestId::QUERY_BIT | (100 + n) })
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        cluster.shards[leader].as_mut().unwrap().propose(*id, &command).unwrap().unwrap();
+        if n % 1_000 == 999 || n + 1 == WATCHES_WAITING_MAX {
+            cluster.settle();
+        }
+    }
+    cluster.settle();
+    // The first WATCHES_WAITING_MAX wait; the one past them is refused at once.
+    let (last, parked) = ids.split_last().unwrap();
+    assert!(
+        parked.iter().all(|id| cluster.answers_to(*id).is_empty()),
+        "a read within the most was answered"
+    );
+    let refused = KvReply::Coord(CoordReply::Refused(CoordError::TooManyWatches {
+        max: WATCHES_WAITING_MAX as u64,
+    }));
+    assert_eq!(cluster.answers_to(*last), vec![&refused]);
+    // Its key written, every parked read is answered with the write, and there is room again.
+    cluster.put(2, "k", "now");
+    let revision = cluster.leader_revision();
+    let woken = cluster.answers.iter().filter(|(id, _)| parked.contains(id)).count();
+    assert_eq!(woken, WATCHES_WAITING_MAX, "every parked read woken once");
+    assert_eq!(
+        cluster.changes_of(parked[0]).unwrap().changes,
+        vec![put_change("k", "now", revision)]
+    );
+    let again = cluster.watch(1, range, 5_000);
+    assert_eq!(cluster.changes_of(again), None, "room again: it waits");
+}
+
+#[test]
+fn a_follower_answers_a_change_feed_read_at_once_instead_of_holding_it() {
+    use quorum::core::{Consistency, ReadOptions};
+    let mut cluster = cluster_with("k");
+    let follower = (cluster.leader().unwrap() + 1) % 3;
+    let from = cluster.leader_revision() + 1;
+    let session = cluster.session();
+    let range = KeyRange::Key(b"k".to_vec());
+    let command = CoordCommand::ChangesWait { range, from, limit: 0, locks: false, wait_ms: 5_000 };
+    let id = RequestId { client: session, sequence: RequestId::QUERY_BIT | 1 };
+    let options = ReadOptions { consistency: Consistency::Follower, ..ReadOptions::default() };
+    let shard = cluster.shards[follower].as_mut().unwrap();
+    shard.read(id, &command.encode(), options).unwrap().unwrap();
+    cluster.settle();
+    let found = cluster.changes_of(id).expect("a follower does not hold a read");
+    assert!(found.changes.is_empty(), "{found:?}");
 }

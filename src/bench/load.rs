@@ -43,6 +43,8 @@ pub struct LoadSpec {
     pub only_shard: Option<u16>,
     /// What the requests are.
     pub workload: Workload,
+    /// Watchers, one key each ([`Workload::Watch`] only).
+    pub watchers: usize,
 }
 
 /// What a load's requests are.
@@ -53,6 +55,20 @@ pub enum Workload {
     Kv,
     /// Lock and unlock cycles, each worker on a lock of its own (`super::locks`).
     Lock,
+    /// Watchers of a key each, and puts to those keys at a rate (`super::watch`).
+    Watch,
+}
+
+impl Workload {
+    /// Its name on the command line and in the bench row.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Kv => "kv",
+            Workload::Lock => "lock",
+            Workload::Watch => "watch",
+        }
+    }
 }
 
 /// What a load run measured.
@@ -71,12 +87,15 @@ pub struct LoadResult {
     pub unsent: u64,
     /// The measured window's length.
     pub seconds: f64,
-    /// Latency from submit (open loop: from the scheduled time) to reply, in nanoseconds.
+    /// Latency from submit (open loop: from the scheduled time) to reply, in nanoseconds
+    /// (the watch workload: from a put's scheduled time to its event's delivery).
     pub latency: Histogram<u64>,
+    /// What only the watch workload measures.
+    pub watch: Option<super::watch::WatchCounts>,
 }
 
 /// Most requests an open-loop driver keeps outstanding before it stops sending.
-const OPEN_LOOP_OUTSTANDING_MAX: usize = 1 << 20;
+pub(super) const OPEN_LOOP_OUTSTANDING_MAX: usize = 1 << 20;
 
 fn key_name(index: u64) -> Vec<u8> {
     format!("key{index:010}").into_bytes()
@@ -183,7 +202,7 @@ pub(super) struct Window {
 }
 
 impl Window {
-    fn contains(&self, at: Instant) -> bool {
+    pub(super) fn contains(&self, at: Instant) -> bool {
         at >= self.start && at < self.end
     }
 }
@@ -197,8 +216,10 @@ pub fn run(
     spec: &LoadSpec,
     progress: &Arc<Progress>,
 ) -> Result<LoadResult, String> {
-    if spec.workload == Workload::Lock {
-        return super::locks::run(client, spec, progress);
+    match spec.workload {
+        Workload::Lock => return super::locks::run(client, spec, progress),
+        Workload::Watch => return super::watch::run(client, spec, progress),
+        Workload::Kv => {}
     }
     let shards = client.shards();
     let by_shard = keys_by_shard(spec.keys.max(1), shards);
@@ -284,6 +305,7 @@ impl LoadResult {
             unsent: 0,
             seconds,
             latency: histogram(),
+            watch: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod load;
 mod locks;
 pub mod report;
+pub mod watch;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -47,7 +48,8 @@ pub struct BenchSpec {
 pub struct BenchRow {
     /// "embedded" or the target's addresses.
     pub cluster: String,
-    /// "kv" or "lock" (ops are then lock+unlock cycles).
+    /// "kv", "lock" (ops are then lock+unlock cycles) or "watch" (ops are events delivered,
+    /// latencies from a put's scheduled time to its event's delivery; see `watch`).
     pub workload: String,
     /// Voters.
     pub voters: u16,
@@ -114,6 +116,8 @@ pub struct BenchRow {
     /// Reads and writes apart.
     #[serde(flatten)]
     pub split: ReadWriteSplit,
+    /// The watch workload's own numbers (puts, missed and duplicated events).
+    pub watch: Option<watch::WatchCounts>,
 }
 
 /// Reads and writes measured apart: completed per second and latency percentiles in
@@ -308,10 +312,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     let seconds = result.seconds;
     Ok(BenchRow {
         cluster: spec.target.as_ref().map_or("embedded".to_string(), |t| t.join(",")),
-        workload: match spec.load.workload {
-            load::Workload::Kv => "kv".to_string(),
-            load::Workload::Lock => "lock".to_string(),
-        },
+        workload: spec.load.workload.name().to_string(),
         voters: target.map_or(spec.voters, |status| status.voters),
         shards: target.map_or(spec.shards, |status| status.shards),
         durability: durability_name(
@@ -348,6 +349,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         rss_mib_by_second: rss,
         limits: None,
         split: ReadWriteSplit::of(&result),
+        watch: result.watch.clone(),
     })
 }
 

@@ -87,6 +87,46 @@ pub fn split_line(row: &BenchRow) -> String {
     )
 }
 
+/// The header of the watch workload's table (the main table's ops/s are events delivered
+/// per second and its latencies delivery latencies).
+#[must_use]
+pub fn watch_header() -> String {
+    format!(
+        "{:>8} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>10} {:>12} {:>6}",
+        "watchers",
+        "puts/s",
+        "events/s",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "put p99 µs",
+        "missed",
+        "duplicated",
+        "out of order",
+        "errors"
+    )
+}
+
+/// One row of the watch workload's table (empty for a row of another workload).
+#[must_use]
+pub fn watch_line(row: &BenchRow) -> String {
+    let Some(watch) = &row.watch else { return String::new() };
+    format!(
+        "{:>8} {:>10.0} {:>10.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>7} {:>10} {:>12} {:>6}",
+        watch.watchers,
+        watch.puts_per_sec,
+        row.ops_per_sec,
+        row.p50_us,
+        row.p99_us,
+        row.max_us,
+        watch.put_p99_us,
+        watch.missed,
+        watch.duplicated,
+        watch.out_of_order,
+        watch.put_errors + watch.wait_errors
+    )
+}
+
 /// The table's header.
 #[must_use]
 pub fn header() -> String {

@@ -11,6 +11,10 @@
 //! leadership lost aborts what is parked, as it does reads not yet confirmed. At most
 //! [`WAITING_QUERIES_MAX`] are parked; past it a read that would wait is answered with the
 //! machine's refusal ([`StateMachine::wait_refused`]).
+//!
+//! Tested on three wired replicas in `tests/shard.rs`: a parked read woken by its key or a key
+//! under its prefix and by no other, answered empty at its deadline, aborted by a lost
+//! leadership, refused past the most, and never held by a follower.
 
 use std::collections::BTreeMap;
 

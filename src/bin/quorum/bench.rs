@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quorum::bench::load::{LoadSpec, Workload};
-use quorum::bench::{self, BenchRow, BenchSpec, report};
+use quorum::bench::{self, BenchRow, BenchSpec, report, watch};
 use quorum::client::Consistency;
 use quorum::runtime::config::{ApplyMode, Durability};
 
@@ -51,9 +51,14 @@ pub struct BenchArgs {
     /// each request's scheduled time.
     #[arg(long, requires = "rate")]
     open_loop: bool,
-    /// Requests per second for --open-loop.
-    #[arg(long, requires = "open_loop")]
+    /// Requests per second for --open-loop; with --workload watch, puts per second (default
+    /// 10,000), always an open loop.
+    #[arg(long, value_name = "PER_SECOND")]
     rate: Option<f64>,
+    /// Watchers for --workload watch: each watches a key of its own (`watch-I`, spread over
+    /// the shards), blocking in the client's `Watch::wait` on a thread of its own.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    watchers: usize,
     /// Send every request to shard K and leave the others idle (their leaders then skip so
     /// the merged order keeps moving; see `quorum tail --hold-report`).
     #[arg(long, value_name = "K")]
@@ -79,7 +84,10 @@ pub struct BenchArgs {
     plot: Option<PathBuf>,
     /// kv: puts (and gets, --read-ratio) of random keys. lock: each of --clients workers takes
     /// and releases a lock of its own name with a lease of its own, over and over; ops are
-    /// lock+unlock cycles (docs/coordination.md).
+    /// lock+unlock cycles (docs/coordination.md). watch: --watchers watchers of a key each and
+    /// puts to those keys in turn at --rate; ops are events delivered, latency runs from when
+    /// a put was due to when its watcher got the event, and missed, duplicated and
+    /// out-of-order events are counted (each must be 0).
     #[arg(long, value_enum, default_value = "kv")]
     workload: WorkloadArg,
     /// Skip measuring the machine's limits (memcpy, fdatasync, loopback TCP; about 2 s)
@@ -92,6 +100,17 @@ pub struct BenchArgs {
 enum WorkloadArg {
     Kv,
     Lock,
+    Watch,
+}
+
+impl WorkloadArg {
+    fn workload(self) -> Workload {
+        match self {
+            WorkloadArg::Kv => Workload::Kv,
+            WorkloadArg::Lock => Workload::Lock,
+            WorkloadArg::Watch => Workload::Watch,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -147,12 +166,13 @@ fn spec(args: &BenchArgs, (shards, clients, read_ratio, consistency): Run) -> Be
             read_ratio,
             consistency,
             keys: args.keys,
-            rate: args.rate,
-            only_shard: args.only_shard,
-            workload: match args.workload {
-                WorkloadArg::Kv => Workload::Kv,
-                WorkloadArg::Lock => Workload::Lock,
+            rate: match args.workload {
+                WorkloadArg::Watch => Some(args.rate.unwrap_or(watch::PUTS_PER_SEC_DEFAULT)),
+                _ => args.rate,
             },
+            only_shard: args.only_shard,
+            workload: args.workload.workload(),
+            watchers: args.watchers,
         },
         shards,
         voters: args.voters,
@@ -188,6 +208,13 @@ fn check(args: &BenchArgs) -> Result<(), String> {
     }
     if args.rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
         return Err("--rate must be a positive number of requests per second".into());
+    }
+    let watching = matches!(args.workload, WorkloadArg::Watch);
+    if args.rate.is_some() && !args.open_loop && !watching {
+        return Err("--rate needs --open-loop (or --workload watch)".into());
+    }
+    if watching && args.watchers == 0 {
+        return Err("--watchers must be at least 1".into());
     }
     if args.target.is_some() && args.shards.len() > 1 {
         return Err("--shards sweeps the embedded cluster; a --target runs as configured".into());
@@ -253,23 +280,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         }
     }
     if !args.json {
-        println!("{}", report::conditions(&rows[0]));
-        if let Some(limits) = &limits {
-            println!("{}", report::limits_line(limits));
-        }
-        println!("{}", report::header());
-        for row in &rows {
-            println!("{}", report::line(row));
-        }
-        if args.read_ratio.iter().any(|ratio| *ratio > 0.0) {
-            println!("{}", report::split_header());
-            for row in &rows {
-                println!("{}", report::split_line(row));
-            }
-        }
-        if rows.iter().any(|row| row.errors > 0 || row.unsent > 0) {
-            println!("errors: requests that failed (timeouts, rejections); see --json for unsent");
-        }
+        print_table(args, &rows, limits.as_ref());
     }
     if let Some(path) = &args.plot {
         let (parameter, points): (&str, Vec<(f64, &BenchRow)>) = if shard_values.len() > 1 {
@@ -283,4 +294,31 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The table for people: the conditions, the limits, a line per run.
+fn print_table(args: &BenchArgs, rows: &[BenchRow], limits: Option<&bench::limits::Limits>) {
+    println!("{}", report::conditions(&rows[0]));
+    if let Some(limits) = limits {
+        println!("{}", report::limits_line(limits));
+    }
+    println!("{}", report::header());
+    for row in rows {
+        println!("{}", report::line(row));
+    }
+    if args.read_ratio.iter().any(|ratio| *ratio > 0.0) {
+        println!("{}", report::split_header());
+        for row in rows {
+            println!("{}", report::split_line(row));
+        }
+    }
+    if rows.iter().any(|row| row.watch.is_some()) {
+        println!("{}", report::watch_header());
+        for row in rows {
+            println!("{}", report::watch_line(row));
+        }
+    }
+    if rows.iter().any(|row| row.errors > 0 || row.unsent > 0) {
+        println!("errors: requests that failed (timeouts, rejections); see --json for unsent");
+    }
 }
