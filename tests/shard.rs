@@ -860,3 +860,19 @@ fn a_follower_answers_a_change_feed_read_at_once_instead_of_holding_it() {
     let found = cluster.changes_of(id).expect("a follower does not hold a read");
     assert!(found.changes.is_empty(), "{found:?}");
 }
+
+#[test]
+fn a_read_resent_while_it_is_held_is_the_same_read_and_answered_once() {
+    let mut cluster = cluster_with("watched");
+    let range = KeyRange::Key(b"watched".to_vec());
+    let id = cluster.watch(1, range.clone(), 5_000);
+    // The client's retry after its timeout (or a duplicated frame): the same id and command,
+    // while the first copy is held. Once this parked it a second time, and the shard stopped
+    // on its own assertion.
+    assert_eq!(cluster.watch(1, range, 5_000), id);
+    assert_eq!(cluster.changes_of(id), None, "nothing changed: the read still waits");
+    cluster.put(2, "watched", "second");
+    let revision = cluster.leader_revision();
+    let found = cluster.changes_of(id).expect("woken by its key's write, and answered once");
+    assert_eq!(found.changes, vec![put_change("watched", "second", revision)]);
+}
