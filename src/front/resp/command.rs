@@ -32,6 +32,7 @@ const fn spec(
 const READ: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom"];
 const LOCAL: &[&str] = &["fast", "loading", "stale"];
+const SESSION: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 /// Every command served.
 pub const TABLE: &[Spec] = &[
@@ -67,6 +68,11 @@ pub const TABLE: &[Spec] = &[
     spec("config", -2, LOCAL, (0, 0, 0)),
     spec("quit", -1, LOCAL, (0, 0, 0)),
     spec("reset", 1, LOCAL, (0, 0, 0)),
+    spec("multi", 1, SESSION, (0, 0, 0)),
+    spec("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], (0, 0, 0)),
+    spec("discard", 1, SESSION, (0, 0, 0)),
+    spec("watch", -2, SESSION, (1, -1, 1)),
+    spec("unwatch", 1, SESSION, (0, 0, 0)),
 ];
 
 /// Commands Redis has that come with the coordination API (leases, txn, ranges, watch).
@@ -75,11 +81,6 @@ const NOT_YET: &[&str] = &[
     "pexpireat",
     "getex",
     "getdel",
-    "multi",
-    "exec",
-    "discard",
-    "watch",
-    "unwatch",
     "scan",
     "keys",
     "subscribe",
@@ -207,6 +208,16 @@ pub enum Command {
     Append(Bytes, Bytes),
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: the key and what to add.
     IncrBy(Bytes, i64),
+    /// `MULTI`.
+    Multi,
+    /// `EXEC`.
+    Exec,
+    /// `DISCARD`.
+    Discard,
+    /// `WATCH key…`.
+    Watch(Vec<Bytes>),
+    /// `UNWATCH`.
+    Unwatch,
 }
 
 /// Redis's text for a command it does not know, with the first arguments shown.
@@ -260,10 +271,39 @@ pub fn parse(arguments: Vec<Bytes>) -> Result<Command, Reply> {
     if !fits {
         return Err(arity_error(spec.name));
     }
-    match parse_data(spec.name, rest)? {
+    if let Some(command) = parse_data(spec.name, rest)? {
+        return Ok(command);
+    }
+    match parse_session(spec.name, rest)? {
         Some(command) => Ok(command),
         None => parse_connection(spec.name, name, rest),
     }
+}
+
+/// The commands that change what the connection does next (transactions); `None` for the
+/// others.
+fn parse_session(name: &str, rest: &[Bytes]) -> Result<Option<Command>, Reply> {
+    Ok(Some(match name {
+        "multi" => Command::Multi,
+        "exec" => Command::Exec,
+        "discard" => Command::Discard,
+        "watch" => Command::Watch(rest.to_vec()),
+        "unwatch" => Command::Unwatch,
+        _ => return Ok(None),
+    }))
+}
+
+/// An integer as Redis reads one from a value: decimal, no spaces, within i64.
+///
+/// # Errors
+/// Redis's "not an integer" reply.
+pub fn stored_integer(value: &[u8]) -> Result<i64, Reply> {
+    let not_integer = || Reply::error("ERR value is not an integer or out of range");
+    let text = std::str::from_utf8(value).map_err(|_| not_integer())?;
+    if text.is_empty() || text.len() > 20 || text.starts_with('+') || text.trim() != text {
+        return Err(not_integer());
+    }
+    text.parse().map_err(|_| not_integer())
 }
 
 /// The commands on keys; `None` for the others.
@@ -510,7 +550,10 @@ mod tests {
         assert!(parse(args("DECRBY k -9223372036854775808")).is_err());
         let Err(Reply::Error(text)) = parse(args("FROB a b")) else { panic!() };
         assert_eq!(text, "ERR unknown command 'FROB', with args beginning with: 'a' 'b' ");
-        let Err(Reply::Error(text)) = parse(args("MULTI")) else { panic!() };
+        assert_eq!(parse(args("multi")), Ok(Command::Multi));
+        assert_eq!(parse(args("WATCH a b")), Ok(Command::Watch(vec!["a".into(), "b".into()])));
+        assert_eq!(parse(args("WATCH")), Err(arity_error("watch")));
+        let Err(Reply::Error(text)) = parse(args("PUBLISH c m")) else { panic!() };
         assert!(text.contains("not served by Quorum yet"), "{text}");
         assert_eq!(
             parse(args("SET k v PX 1500")),
@@ -527,5 +570,14 @@ mod tests {
         );
         assert!(parse(args("HELLO 4")).is_err());
         assert!(parse(args("SELECT 1")).is_err());
+    }
+
+    #[test]
+    fn stored_integers_are_read_as_redis_reads_them() {
+        assert_eq!(stored_integer(b"-12"), Ok(-12));
+        assert!(stored_integer(b" 1").is_err());
+        assert!(stored_integer(b"+1").is_err());
+        assert!(stored_integer(b"9223372036854775808").is_err());
+        assert!(stored_integer(b"").is_err());
     }
 }

@@ -10,6 +10,7 @@ mod expiry;
 pub(super) mod parse;
 mod reply;
 mod session;
+mod txn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -31,6 +31,8 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// `%N` and the pairs in RESP3; a flat array of them in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// The null array (`*-1` in RESP2, `_` in RESP3): `EXEC` after a watched key changed.
+    NullArray,
 }
 
 impl Reply {
@@ -83,6 +85,10 @@ impl Reply {
             }
             Reply::Null => match protocol {
                 Protocol::Resp2 => out.extend_from_slice(b"$-1\r\n"),
+                Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
+            },
+            Reply::NullArray => match protocol {
+                Protocol::Resp2 => out.extend_from_slice(b"*-1\r\n"),
                 Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
             },
             Reply::Array(elements) => {
@@ -141,5 +147,7 @@ mod tests {
         assert_eq!(encoded(&map, Protocol::Resp2), b"*2\r\n$5\r\nproto\r\n:3\r\n");
         assert_eq!(encoded(&map, Protocol::Resp3), b"%1\r\n$5\r\nproto\r\n:3\r\n");
         assert_eq!(encoded(&Reply::error("ERR a\r\nb"), Protocol::Resp2), b"-ERR a  b\r\n");
+        assert_eq!(encoded(&Reply::NullArray, Protocol::Resp2), b"*-1\r\n");
+        assert_eq!(encoded(&Reply::NullArray, Protocol::Resp3), b"_\r\n");
     }
 }

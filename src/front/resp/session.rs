@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
-use super::command::{Command, Condition, TABLE, describe, parse};
+use super::command::{Command, Condition, TABLE, describe, parse, stored_integer};
 use super::expiry;
 use super::reply::{Protocol, Reply, failure};
+use super::txn::{self, Transaction};
 use crate::front::{Access, Gateway, RequestError};
 use crate::machine::{KvCommand, KvReply};
 
@@ -47,6 +48,7 @@ pub struct Session {
     name: Option<Bytes>,
     protocol: Protocol,
     quit: bool,
+    transaction: Transaction,
 }
 
 /// How a one-request reply is made from the store's answer.
@@ -74,6 +76,8 @@ enum Step {
     Single { shard: u16, access: Access, command: Vec<u8>, finish: Finish },
     /// Several steps, run alone.
     Complex(Command),
+    /// Several steps that change the connection's state (`EXEC`, `WATCH`), run alone.
+    Session(Command),
 }
 
 /// One phase of a shard's requests in a pipeline: its reads, then its writes.
@@ -122,20 +126,18 @@ fn decode(
         .ok_or_else(|| RequestError::BadReply(format!("{} bytes", response.body.len())))
 }
 
-/// An integer as Redis reads one from a value: decimal, no spaces, within i64.
-fn stored_integer(value: &[u8]) -> Result<i64, Reply> {
-    let not_integer = || Reply::error("ERR value is not an integer or out of range");
-    let text = std::str::from_utf8(value).map_err(|_| not_integer())?;
-    if text.is_empty() || text.len() > 20 || text.starts_with('+') || text.trim() != text {
-        return Err(not_integer());
-    }
-    text.parse().map_err(|_| not_integer())
-}
-
 impl Session {
     /// A new connection's session.
     pub fn new(shared: Arc<Shared>, id: u64, peer: SocketAddr) -> Session {
-        Session { shared, id, peer, name: None, protocol: Protocol::Resp2, quit: false }
+        Session {
+            shared,
+            id,
+            peer,
+            name: None,
+            protocol: Protocol::Resp2,
+            quit: false,
+            transaction: Transaction::default(),
+        }
     }
 
     /// True once the client said `QUIT`.
@@ -154,8 +156,11 @@ impl Session {
             }
             let at = replies.len();
             let step = match parse(arguments) {
-                Ok(command) => self.plan(command),
-                Err(reply) => Step::Done(reply),
+                Ok(command) => self.plan_in_context(command),
+                Err(reply) => {
+                    self.transaction.refused();
+                    Step::Done(reply)
+                }
             };
             match step {
                 Step::Done(reply) => replies.push((Some(reply), self.protocol)),
@@ -168,11 +173,47 @@ impl Session {
                     let reply = self.run_complex(command).await;
                     replies.push((Some(reply), self.protocol));
                 }
+                Step::Session(command) => {
+                    self.run_queued(std::mem::take(&mut queued), &mut replies).await;
+                    let reply = self.run_session(command).await;
+                    replies.push((Some(reply), self.protocol));
+                }
             }
         }
         self.run_queued(queued, &mut replies).await;
         for (reply, protocol) in replies {
             reply.unwrap_or_else(|| Reply::error("ERR internal: no reply")).encode(protocol, out);
+        }
+    }
+
+    /// What a command needs, in the connection's state: inside `MULTI`, queued.
+    fn plan_in_context(&mut self, command: Command) -> Step {
+        match command {
+            Command::Multi => Step::Done(self.transaction.begin()),
+            Command::Discard => Step::Done(self.transaction.discard()),
+            Command::Exec | Command::Watch(_) => Step::Session(command),
+            Command::Unwatch if !self.transaction.in_multi() => {
+                Step::Done(self.transaction.unwatch())
+            }
+            Command::Quit | Command::Reset => self.plan(command),
+            command if self.transaction.in_multi() => {
+                let gateway = self.shared.gateway.clone();
+                Step::Done(self.transaction.queue(command, |key| gateway.shard_of(key)))
+            }
+            command => self.plan(command),
+        }
+    }
+
+    /// `EXEC` and `WATCH`.
+    async fn run_session(&mut self, command: Command) -> Reply {
+        let gateway = self.shared.gateway.clone();
+        match command {
+            Command::Exec => match self.transaction.take() {
+                Ok((watched, queued)) => txn::exec(&gateway, watched, queued).await,
+                Err(reply) => reply,
+            },
+            Command::Watch(keys) => txn::watch(&gateway, &mut self.transaction, keys).await,
+            other => Reply::error(format!("ERR internal: {other:?} is not a session command")),
         }
     }
 
@@ -500,6 +541,7 @@ impl Session {
             Command::Reset => {
                 self.protocol = Protocol::Resp2;
                 self.name = None;
+                self.transaction = Transaction::default();
                 Reply::Simple("RESET")
             }
             Command::ClientSetName(name) => {
@@ -598,17 +640,3 @@ fn config_get(patterns: &[Bytes]) -> Reply {
 /// The Redis version a node reports (`INFO`, `HELLO`): the one whose commands it follows, so
 /// that clients checking a version for the commands they use find them.
 const REDIS_VERSION: &str = "7.0.0";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stored_integers_are_read_as_redis_reads_them() {
-        assert_eq!(stored_integer(b"-12"), Ok(-12));
-        assert!(stored_integer(b" 1").is_err());
-        assert!(stored_integer(b"+1").is_err());
-        assert!(stored_integer(b"9223372036854775808").is_err());
-        assert!(stored_integer(b"").is_err());
-    }
-}

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Quorum's Redis transactions, scans and keyspace subscriptions from redis-py, unchanged.
+
+    python3 coordination.py REDIS_HOST:PORT OTHER_REDIS_HOST:PORT
+
+Through the first node: an optimistic transaction (WATCH, then MULTI/EXEC in a pipeline) that
+succeeds, and one that fails with WatchError because a client of the other node changed the
+watched key; a transaction over keys of two shards refused with CROSSSLOT. Prints one line per
+check and `OK coordination` at the end; exits 1 at the first wrong answer.
+"""
+import sys
+
+import redis
+
+
+def check(what, got, want):
+    if got != want:
+        print(f"FAILED {what}: got {got!r}, want {want!r}")
+        sys.exit(1)
+    print(f"ok {what}")
+
+
+def connect(address):
+    host, port = address.rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), socket_timeout=15)
+
+
+def transactions(mine, theirs):
+    # The keys share the hash tag {acct}, so they lie on one shard.
+    mine.set("{acct}:balance", "10")
+    with mine.pipeline(transaction=True) as pipe:
+        pipe.watch("{acct}:balance")
+        balance = int(pipe.get("{acct}:balance"))
+        pipe.multi()
+        pipe.set("{acct}:balance", balance - 3)
+        pipe.incr("{acct}:spent", 3)
+        pipe.get("{acct}:balance")
+        check("a watched transaction commits", pipe.execute(), [True, 3, b"7"])
+
+    with mine.pipeline(transaction=True) as pipe:
+        pipe.watch("{acct}:balance")
+        pipe.get("{acct}:balance")
+        theirs.set("{acct}:balance", "100")  # another client, through another node
+        pipe.multi()
+        pipe.set("{acct}:balance", "0")
+        try:
+            pipe.execute()
+            outcome = "committed"
+        except redis.WatchError:
+            outcome = "WatchError"
+        check("a transaction whose watched key changed fails", outcome, "WatchError")
+    check("the other client's write stands", mine.get("{acct}:balance"), b"100")
+
+    # Without a hash tag keys spread over the shards: some pair lands on two.
+    refused = None
+    for i in range(1, 40):
+        try:
+            with mine.pipeline(transaction=True) as pipe:
+                pipe.set("spread:0", "x")
+                pipe.set(f"spread:{i}", "x")
+                pipe.execute()
+        except redis.ResponseError as error:
+            refused = str(error)
+            break
+    check("a transaction over two shards is refused with CROSSSLOT",
+          refused is not None and "CROSSSLOT" in refused and "hash tag" in refused, True)
+
+
+def main():
+    mine, theirs = connect(sys.argv[1]), connect(sys.argv[2])
+    transactions(mine, theirs)
+    print("OK coordination")
+
+
+if __name__ == "__main__":
+    main()
