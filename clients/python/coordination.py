@@ -5,7 +5,8 @@
 
 Through the first node: an optimistic transaction (WATCH, then MULTI/EXEC in a pipeline) that
 succeeds, and one that fails with WatchError because a client of the other node changed the
-watched key; a transaction over keys of two shards refused with CROSSSLOT. Prints one line per
+watched key; a transaction over keys of two shards refused with CROSSSLOT. SCAN (scan_iter)
+and KEYS of a prefix, and KEYS of another glob refused. Prints one line per
 check and `OK coordination` at the end; exits 1 at the first wrong answer.
 """
 import sys
@@ -66,9 +67,24 @@ def transactions(mine, theirs):
           refused is not None and "CROSSSLOT" in refused and "hash tag" in refused, True)
 
 
+def scans(mine):
+    wanted = {f"scan:{i}".encode() for i in range(25)}
+    mine.mset({key: "v" for key in wanted})
+    mine.set("scanx", "not under the prefix")
+    check("scan_iter lists the prefix's keys", set(mine.scan_iter(match="scan:*", count=4)), wanted)
+    check("KEYS lists them too", set(mine.keys("scan:*")), wanted)
+    try:
+        mine.keys("scan:?")
+        refused = ""
+    except redis.ResponseError as error:
+        refused = str(error)
+    check("KEYS with a glob that is not a prefix is refused", "only prefix patterns" in refused, True)
+
+
 def main():
     mine, theirs = connect(sys.argv[1]), connect(sys.argv[2])
     transactions(mine, theirs)
+    scans(mine)
     print("OK coordination")
 
 

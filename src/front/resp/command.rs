@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::reply::{Protocol, Reply};
-use crate::machine::kv::coord::{LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN};
+use crate::machine::kv::coord::{LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN, RANGE_LIMIT_MAX};
 
 /// One served command, as `COMMAND` describes it.
 pub struct Spec {
@@ -73,6 +73,9 @@ pub const TABLE: &[Spec] = &[
     spec("discard", 1, SESSION, (0, 0, 0)),
     spec("watch", -2, SESSION, (1, -1, 1)),
     spec("unwatch", 1, SESSION, (0, 0, 0)),
+    spec("scan", -2, &["readonly"], (0, 0, 0)),
+    spec("keys", 2, &["readonly"], (0, 0, 0)),
+    spec("dbsize", 1, READ, (0, 0, 0)),
 ];
 
 /// Commands Redis has that come with the coordination API (leases, txn, ranges, watch).
@@ -81,14 +84,11 @@ const NOT_YET: &[&str] = &[
     "pexpireat",
     "getex",
     "getdel",
-    "scan",
-    "keys",
     "subscribe",
     "psubscribe",
     "unsubscribe",
     "punsubscribe",
     "publish",
-    "dbsize",
     "flushdb",
     "flushall",
     "randomkey",
@@ -218,6 +218,21 @@ pub enum Command {
     Watch(Vec<Bytes>),
     /// `UNWATCH`.
     Unwatch,
+    /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`.
+    Scan {
+        /// Where to continue (0: from the start).
+        cursor: u64,
+        /// The keys to list (none: all).
+        pattern: Option<Bytes>,
+        /// Keys to list at most in this call.
+        count: u32,
+        /// A `TYPE` other than `string` was asked for: there are no such keys.
+        other_type: bool,
+    },
+    /// `KEYS pattern`.
+    Keys(Bytes),
+    /// `DBSIZE`.
+    DbSize,
 }
 
 /// Redis's text for a command it does not know, with the first arguments shown.
@@ -336,6 +351,9 @@ fn parse_data(name: &str, rest: &[Bytes]) -> Result<Option<Command>, Reply> {
             Command::MSet(rest.chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect())
         }
         "del" => Command::Del(rest.to_vec()),
+        "scan" => parse_scan(rest)?,
+        "keys" => Command::Keys(key(0)),
+        "dbsize" => Command::DbSize,
         "append" => Command::Append(key(0), key(1)),
         "incr" => Command::IncrBy(key(0), 1),
         "decr" => Command::IncrBy(key(0), -1),
@@ -392,6 +410,31 @@ fn parse_connection(lower: &str, name: &[u8], rest: &[Bytes]) -> Result<Command,
         },
         _ => return Err(unknown(name, rest)),
     })
+}
+
+fn parse_scan(rest: &[Bytes]) -> Result<Command, Reply> {
+    let cursor = std::str::from_utf8(&rest[0])
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut other_type) = (None, 10, false);
+    let mut options = rest[1..].iter();
+    while let Some(option) = options.next() {
+        let value = options.next().ok_or_else(syntax_error)?;
+        match upper(option).as_str() {
+            "MATCH" => pattern = Some(value.clone()),
+            "COUNT" => {
+                count = match integer(value)? {
+                    n if n < 1 => return Err(syntax_error()),
+                    n => u32::try_from(n).unwrap_or(u32::MAX).min(RANGE_LIMIT_MAX),
+                };
+            }
+            // Every key holds a string.
+            "TYPE" => other_type = !value.eq_ignore_ascii_case(b"string"),
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(Command::Scan { cursor, pattern, count, other_type })
 }
 
 fn parse_set(rest: &[Bytes]) -> Result<Command, Reply> {
@@ -553,6 +596,17 @@ mod tests {
         assert_eq!(parse(args("multi")), Ok(Command::Multi));
         assert_eq!(parse(args("WATCH a b")), Ok(Command::Watch(vec!["a".into(), "b".into()])));
         assert_eq!(parse(args("WATCH")), Err(arity_error("watch")));
+        assert_eq!(
+            parse(args("SCAN 7 match pre* COUNT 100")),
+            Ok(Command::Scan {
+                cursor: 7,
+                pattern: Some("pre*".into()),
+                count: 100,
+                other_type: false
+            })
+        );
+        assert_eq!(parse(args("SCAN x")), Err(Reply::error("ERR invalid cursor")));
+        assert_eq!(parse(args("SCAN 0 COUNT 0")), Err(syntax_error()));
         let Err(Reply::Error(text)) = parse(args("PUBLISH c m")) else { panic!() };
         assert!(text.contains("not served by Quorum yet"), "{text}");
         assert_eq!(

@@ -9,6 +9,7 @@ pub(super) mod command;
 mod expiry;
 pub(super) mod parse;
 mod reply;
+mod scan;
 mod session;
 mod txn;
 
@@ -48,7 +49,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, connections_max
         request_bytes_max: bulk_bytes_max.saturating_mul(2).max(16 << 20),
         inline_bytes_max: INLINE_BYTES_MAX,
     };
-    let shared = Arc::new(Shared { gateway, connections: AtomicUsize::new(0), listen });
+    let shared = Arc::new(Shared {
+        gateway,
+        connections: AtomicUsize::new(0),
+        listen,
+        cursors: std::sync::Mutex::default(),
+    });
     let permits = Arc::new(Semaphore::new(connections_max));
     let next_id = AtomicU64::new(1);
     loop {

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use super::command::{Command, Condition, TABLE, describe, parse, stored_integer};
 use super::expiry;
 use super::reply::{Protocol, Reply, failure};
+use super::scan::{self, Cursors};
 use super::txn::{self, Transaction};
 use crate::front::{Access, Gateway, RequestError};
 use crate::machine::{KvCommand, KvReply};
@@ -38,6 +39,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Where this front end listens.
     pub listen: SocketAddr,
+    /// The node's open `SCAN` cursors.
+    pub cursors: std::sync::Mutex<Cursors>,
 }
 
 /// One connection's state.
@@ -265,7 +268,10 @@ impl Session {
             | Command::SetExpiring { .. }
             | Command::Expire(..)
             | Command::Ttl(..)
-            | Command::Persist(_) => Step::Complex(command),
+            | Command::Persist(_)
+            | Command::Scan { .. }
+            | Command::Keys(_)
+            | Command::DbSize => Step::Complex(command),
             local => Step::Done(self.answer_locally(local)),
         }
     }
@@ -459,6 +465,15 @@ impl Session {
             }
             Command::Persist(key) => expiry::set_expiry(&self.shared.gateway, &key, None).await,
             Command::Ttl(key, millis) => expiry::ttl(&self.shared.gateway, &key, millis).await,
+            Command::Scan { other_type: true, .. } => {
+                Reply::Array(vec![Reply::text("0"), Reply::Array(Vec::new())])
+            }
+            Command::Scan { cursor, pattern, count, other_type: false } => {
+                let (gateway, cursors) = (&self.shared.gateway, &self.shared.cursors);
+                scan::scan(gateway, cursors, cursor, pattern, count).await
+            }
+            Command::Keys(pattern) => scan::keys(&self.shared.gateway, &pattern).await,
+            Command::DbSize => scan::dbsize(&self.shared.gateway).await,
             other => return self.read_modify_write(other).await,
         })
     }
