@@ -705,17 +705,14 @@ fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_ac
                 )
             });
             written.push(("python", true, true));
-            steps.run(
-                "redis-py: WATCH/MULTI/EXEC, SCAN, KEYS (clients/python/coordination.py)",
-                || {
-                    client_program(
-                        Command::new(&python)
-                            .arg(clients.join("python/coordination.py"))
-                            .args([redis(&cluster, 0), redis(&cluster, 1)]),
-                        "coordination",
-                    )
-                },
-            );
+            steps.run("redis-py: WATCH/MULTI/EXEC, SCAN, KEYS, keyspace SUBSCRIBE (clients/python/coordination.py)", || {
+                client_program(
+                    Command::new(&python)
+                        .arg(clients.join("python/coordination.py"))
+                        .args([redis(&cluster, 0), redis(&cluster, 1)]),
+                    "coordination",
+                )
+            });
         }
         None => println!(
             "SKIPPED: Python: no python3 with redis-py and requests (apt-get install python3-redis python3-requests)"

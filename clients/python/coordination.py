@@ -6,10 +6,12 @@
 Through the first node: an optimistic transaction (WATCH, then MULTI/EXEC in a pipeline) that
 succeeds, and one that fails with WatchError because a client of the other node changed the
 watched key; a transaction over keys of two shards refused with CROSSSLOT. SCAN (scan_iter)
-and KEYS of a prefix, and KEYS of another glob refused. Prints one line per
+and KEYS of a prefix, and KEYS of another glob refused. A pubsub on __keyspace@0__:KEY and on
+__keyspace@0__:PREFIX* gets the writes of a client of the other node. Prints one line per
 check and `OK coordination` at the end; exits 1 at the first wrong answer.
 """
 import sys
+import time
 
 import redis
 
@@ -81,10 +83,46 @@ def scans(mine):
     check("KEYS with a glob that is not a prefix is refused", "only prefix patterns" in refused, True)
 
 
+def next_message(pubsub, seconds=15):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        if message is not None:
+            return message
+    return None
+
+
+def subscriptions(mine, theirs):
+    pubsub = mine.pubsub()
+    pubsub.subscribe("__keyspace@0__:sub:k")
+    pubsub.psubscribe("__keyspace@0__:subp:*")
+    # Both confirmations: from then on every change is delivered.
+    confirmed = [pubsub.get_message(timeout=10) for _ in range(2)]
+    check("subscriptions are confirmed", [m and m["type"] for m in confirmed],
+          ["subscribe", "psubscribe"])
+    theirs.set("sub:k", "v")  # another client, through another node
+    message = next_message(pubsub)
+    check("a SET is published on the key's channel",
+          message and (message["type"], message["channel"], message["data"]),
+          ("message", b"__keyspace@0__:sub:k", b"set"))
+    theirs.delete("subp:x")
+    theirs.set("subp:x", "1")
+    theirs.delete("subp:x")
+    got = [next_message(pubsub) for _ in range(2)]
+    check("a prefix's SET and DEL reach its pattern",
+          [m and (m["type"], m["pattern"], m["channel"], m["data"]) for m in got],
+          [("pmessage", b"__keyspace@0__:subp:*", b"__keyspace@0__:subp:x", b"set"),
+           ("pmessage", b"__keyspace@0__:subp:*", b"__keyspace@0__:subp:x", b"del")])
+    pubsub.unsubscribe()
+    pubsub.punsubscribe()
+    pubsub.close()
+
+
 def main():
     mine, theirs = connect(sys.argv[1]), connect(sys.argv[2])
     transactions(mine, theirs)
     scans(mine)
+    subscriptions(mine, theirs)
     print("OK coordination")
 
 

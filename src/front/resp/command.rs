@@ -32,6 +32,7 @@ const fn spec(
 const READ: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom"];
 const LOCAL: &[&str] = &["fast", "loading", "stale"];
+const SUBSCRIBE: &[&str] = &["pubsub", "noscript", "loading", "stale"];
 const SESSION: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 /// Every command served.
@@ -76,6 +77,10 @@ pub const TABLE: &[Spec] = &[
     spec("scan", -2, &["readonly"], (0, 0, 0)),
     spec("keys", 2, &["readonly"], (0, 0, 0)),
     spec("dbsize", 1, READ, (0, 0, 0)),
+    spec("subscribe", -2, SUBSCRIBE, (0, 0, 0)),
+    spec("psubscribe", -2, SUBSCRIBE, (0, 0, 0)),
+    spec("unsubscribe", -1, SUBSCRIBE, (0, 0, 0)),
+    spec("punsubscribe", -1, SUBSCRIBE, (0, 0, 0)),
 ];
 
 /// Commands Redis has that come with the coordination API (leases, txn, ranges, watch).
@@ -84,10 +89,6 @@ const NOT_YET: &[&str] = &[
     "pexpireat",
     "getex",
     "getdel",
-    "subscribe",
-    "psubscribe",
-    "unsubscribe",
-    "punsubscribe",
     "publish",
     "flushdb",
     "flushall",
@@ -233,6 +234,14 @@ pub enum Command {
     Keys(Bytes),
     /// `DBSIZE`.
     DbSize,
+    /// `SUBSCRIBE channel…`.
+    Subscribe(Vec<Bytes>),
+    /// `PSUBSCRIBE pattern…`.
+    PSubscribe(Vec<Bytes>),
+    /// `UNSUBSCRIBE [channel…]`.
+    Unsubscribe(Vec<Bytes>),
+    /// `PUNSUBSCRIBE [pattern…]`.
+    PUnsubscribe(Vec<Bytes>),
 }
 
 /// Redis's text for a command it does not know, with the first arguments shown.
@@ -304,6 +313,10 @@ fn parse_session(name: &str, rest: &[Bytes]) -> Result<Option<Command>, Reply> {
         "discard" => Command::Discard,
         "watch" => Command::Watch(rest.to_vec()),
         "unwatch" => Command::Unwatch,
+        "subscribe" => Command::Subscribe(rest.to_vec()),
+        "psubscribe" => Command::PSubscribe(rest.to_vec()),
+        "unsubscribe" => Command::Unsubscribe(rest.to_vec()),
+        "punsubscribe" => Command::PUnsubscribe(rest.to_vec()),
         _ => return Ok(None),
     }))
 }

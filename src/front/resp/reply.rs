@@ -33,6 +33,8 @@ pub enum Reply {
     Map(Vec<(Reply, Reply)>),
     /// The null array (`*-1` in RESP2, `_` in RESP3): `EXEC` after a watched key changed.
     NullArray,
+    /// `>N` and the elements in RESP3 (what a subscription pushes); an array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -91,7 +93,13 @@ impl Reply {
                 Protocol::Resp2 => out.extend_from_slice(b"*-1\r\n"),
                 Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
             },
-            Reply::Array(elements) => {
+            Reply::Push(elements) if protocol == Protocol::Resp3 => {
+                header(out, b'>', elements.len());
+                for element in elements {
+                    element.encode(protocol, out);
+                }
+            }
+            Reply::Array(elements) | Reply::Push(elements) => {
                 header(out, b'*', elements.len());
                 for element in elements {
                     element.encode(protocol, out);
@@ -149,5 +157,8 @@ mod tests {
         assert_eq!(encoded(&Reply::error("ERR a\r\nb"), Protocol::Resp2), b"-ERR a  b\r\n");
         assert_eq!(encoded(&Reply::NullArray, Protocol::Resp2), b"*-1\r\n");
         assert_eq!(encoded(&Reply::NullArray, Protocol::Resp3), b"_\r\n");
+        let push = Reply::Push(vec![Reply::text("message")]);
+        assert_eq!(encoded(&push, Protocol::Resp2), b"*1\r\n$7\r\nmessage\r\n");
+        assert_eq!(encoded(&push, Protocol::Resp3), b">1\r\n$7\r\nmessage\r\n");
     }
 }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use super::command::{Command, Condition, TABLE, describe, parse, stored_integer};
 use super::expiry;
+use super::pubsub::Subscriptions;
 use super::reply::{Protocol, Reply, failure};
 use super::scan::{self, Cursors};
 use super::txn::{self, Transaction};
@@ -52,6 +53,7 @@ pub struct Session {
     protocol: Protocol,
     quit: bool,
     transaction: Transaction,
+    subscriptions: Subscriptions,
 }
 
 /// How a one-request reply is made from the store's answer.
@@ -140,6 +142,7 @@ impl Session {
             protocol: Protocol::Resp2,
             quit: false,
             transaction: Transaction::default(),
+            subscriptions: Subscriptions::default(),
         }
     }
 
@@ -158,6 +161,10 @@ impl Session {
                 break;
             }
             let at = replies.len();
+            if let Some(refused) = self.subscribed_refusal(&arguments) {
+                replies.push((Some(refused), self.protocol));
+                continue;
+            }
             let step = match parse(arguments) {
                 Ok(command) => self.plan_in_context(command),
                 Err(reply) => {
@@ -178,8 +185,9 @@ impl Session {
                 }
                 Step::Session(command) => {
                     self.run_queued(std::mem::take(&mut queued), &mut replies).await;
-                    let reply = self.run_session(command).await;
-                    replies.push((Some(reply), self.protocol));
+                    for reply in self.run_session(command).await {
+                        replies.push((Some(reply), self.protocol));
+                    }
                 }
             }
         }
@@ -194,7 +202,24 @@ impl Session {
         match command {
             Command::Multi => Step::Done(self.transaction.begin()),
             Command::Discard => Step::Done(self.transaction.discard()),
+            Command::Exec
+            | Command::Watch(_)
+            | Command::Subscribe(_)
+            | Command::PSubscribe(_)
+            | Command::Unsubscribe(_)
+            | Command::PUnsubscribe(_)
+                if !self.transaction.in_multi() =>
+            {
+                Step::Session(command)
+            }
             Command::Exec | Command::Watch(_) => Step::Session(command),
+            // RESP2's subscribed mode answers a PING with a message-shaped array.
+            Command::Ping(message)
+                if self.subscriptions.active() && self.protocol == Protocol::Resp2 =>
+            {
+                let message = Reply::Bulk(message.unwrap_or_default());
+                Step::Done(Reply::Array(vec![Reply::text("pong"), message]))
+            }
             Command::Unwatch if !self.transaction.in_multi() => {
                 Step::Done(self.transaction.unwatch())
             }
@@ -207,17 +232,55 @@ impl Session {
         }
     }
 
-    /// `EXEC` and `WATCH`.
-    async fn run_session(&mut self, command: Command) -> Reply {
+    /// `EXEC`, `WATCH` and the subscriptions: their replies (one per channel for these).
+    async fn run_session(&mut self, command: Command) -> Vec<Reply> {
         let gateway = self.shared.gateway.clone();
-        match command {
+        let subscriptions = &mut self.subscriptions;
+        vec![match command {
             Command::Exec => match self.transaction.take() {
                 Ok((watched, queued)) => txn::exec(&gateway, watched, queued).await,
                 Err(reply) => reply,
             },
             Command::Watch(keys) => txn::watch(&gateway, &mut self.transaction, keys).await,
+            Command::Subscribe(names) => {
+                return subscriptions.subscribe(&gateway, names, false).await;
+            }
+            Command::PSubscribe(names) => {
+                return subscriptions.subscribe(&gateway, names, true).await;
+            }
+            Command::Unsubscribe(names) => return subscriptions.unsubscribe(names, false),
+            Command::PUnsubscribe(names) => return subscriptions.unsubscribe(names, true),
             other => Reply::error(format!("ERR internal: {other:?} is not a session command")),
+        }]
+    }
+
+    /// In RESP2's subscribed mode, the refusal of a command other than the subscriptions',
+    /// `PING`, `QUIT` and `RESET` (Redis's).
+    fn subscribed_refusal(&self, arguments: &[Bytes]) -> Option<Reply> {
+        if !self.subscriptions.active() || self.protocol != Protocol::Resp2 {
+            return None;
         }
+        let name = String::from_utf8_lossy(arguments.first()?).to_ascii_lowercase();
+        let allowed =
+            ["subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ping", "quit", "reset"];
+        (!allowed.contains(&name.as_str())).then(|| {
+            Reply::error(format!(
+                "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            ))
+        })
+    }
+
+    /// The next message a subscription pushes, when one is queued.
+    pub fn poll_push(&mut self, context: &mut std::task::Context<'_>) -> std::task::Poll<Reply> {
+        self.subscriptions.poll_push(context)
+    }
+
+    /// Appends `reply` and every message queued now to `out`.
+    pub fn push(&mut self, reply: Option<Reply>, out: &mut Vec<u8>) {
+        if let Some(reply) = reply {
+            reply.encode(self.protocol, out);
+        }
+        self.subscriptions.drain(self.protocol, out);
     }
 
     /// What a command needs; the connection's own commands are answered here.
@@ -557,6 +620,7 @@ impl Session {
                 self.protocol = Protocol::Resp2;
                 self.name = None;
                 self.transaction = Transaction::default();
+                self.subscriptions.clear();
                 Reply::Simple("RESET")
             }
             Command::ClientSetName(name) => {
