@@ -383,11 +383,47 @@ fn redis_cli(cluster: &Cluster) -> Result<(), String> {
     if !session.ends_with("OK\none\nOK\nme\n") || !session.contains("proto") {
         return Err(format!("scripted session printed {session:?}"));
     }
+    redis_cli_coordination(&host, &port)?;
     // redis-benchmark, briefly: pipelining works end to end.
     if installed("redis-benchmark") {
         run(Command::new("redis-benchmark").args([
             "-h", &host, "-p", &port, "-t", "set,get", "-n", "2000", "-P", "16", "-c", "4", "-q",
         ]))?;
+    }
+    Ok(())
+}
+
+/// redis-cli's --scan over a prefix, KEYS of a glob refused, and a transaction typed in.
+fn redis_cli_coordination(host: &str, port: &str) -> Result<(), String> {
+    let cli =
+        |args: &[&str]| run(Command::new("redis-cli").args(["-h", host, "-p", port]).args(args));
+    let mut wanted: Vec<String> = (0..30).map(|i| format!("pre{i:02}")).collect();
+    let mut mset = vec!["MSET".to_string()];
+    for key in &wanted {
+        mset.extend([key.clone(), "v".into()]);
+    }
+    mset.extend(["prx".into(), "v".into(), "apre".into(), "v".into()]);
+    cli(&mset.iter().map(String::as_str).collect::<Vec<_>>())?;
+    wanted.sort();
+    let listed = cli(&["--scan", "--pattern", "pre*"])?;
+    let mut listed: Vec<String> = listed.lines().map(str::to_string).collect();
+    listed.sort();
+    if listed != wanted {
+        return Err(format!("redis-cli --scan --pattern 'pre*' listed {listed:?}"));
+    }
+    let refused = cli(&["KEYS", "a?c"])?;
+    if !refused.starts_with("ERR Quorum serves only prefix patterns") {
+        return Err(format!("KEYS 'a?c' printed {refused:?}"));
+    }
+    let typed = run(Command::new("bash").args([
+        "-c",
+        &format!(
+            "printf 'EXEC\\nMULTI\\nSET {{t}}a 1\\nINCR {{t}}a\\nGET {{t}}a\\nEXEC\\nMULTI\\nSETNX {{t}}a 2\\nEXEC\\n' | redis-cli -h {host} -p {port}"
+        ),
+    ]))?;
+    let want = "ERR EXEC without MULTI\n\nOK\nQUEUED\nQUEUED\nQUEUED\nOK\n2\n2\nOK\n";
+    if !typed.starts_with(want) || !typed.contains("EXECABORT") {
+        return Err(format!("a typed transaction printed {typed:?}"));
     }
     Ok(())
 }
@@ -669,6 +705,14 @@ fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_ac
                 )
             });
             written.push(("python", true, true));
+            steps.run("redis-py: WATCH/MULTI/EXEC, SCAN, KEYS, keyspace SUBSCRIBE (clients/python/coordination.py)", || {
+                client_program(
+                    Command::new(&python)
+                        .arg(clients.join("python/coordination.py"))
+                        .args([redis(&cluster, 0), redis(&cluster, 1)]),
+                    "coordination",
+                )
+            });
         }
         None => println!(
             "SKIPPED: Python: no python3 with redis-py and requests (apt-get install python3-redis python3-requests)"

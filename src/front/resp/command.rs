@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::reply::{Protocol, Reply};
-use crate::machine::kv::coord::{LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN};
+use crate::machine::kv::coord::{LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN, RANGE_LIMIT_MAX};
 
 /// One served command, as `COMMAND` describes it.
 pub struct Spec {
@@ -32,6 +32,8 @@ const fn spec(
 const READ: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom"];
 const LOCAL: &[&str] = &["fast", "loading", "stale"];
+const SUBSCRIBE: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+const SESSION: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 /// Every command served.
 pub const TABLE: &[Spec] = &[
@@ -67,6 +69,18 @@ pub const TABLE: &[Spec] = &[
     spec("config", -2, LOCAL, (0, 0, 0)),
     spec("quit", -1, LOCAL, (0, 0, 0)),
     spec("reset", 1, LOCAL, (0, 0, 0)),
+    spec("multi", 1, SESSION, (0, 0, 0)),
+    spec("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], (0, 0, 0)),
+    spec("discard", 1, SESSION, (0, 0, 0)),
+    spec("watch", -2, SESSION, (1, -1, 1)),
+    spec("unwatch", 1, SESSION, (0, 0, 0)),
+    spec("scan", -2, &["readonly"], (0, 0, 0)),
+    spec("keys", 2, &["readonly"], (0, 0, 0)),
+    spec("dbsize", 1, READ, (0, 0, 0)),
+    spec("subscribe", -2, SUBSCRIBE, (0, 0, 0)),
+    spec("psubscribe", -2, SUBSCRIBE, (0, 0, 0)),
+    spec("unsubscribe", -1, SUBSCRIBE, (0, 0, 0)),
+    spec("punsubscribe", -1, SUBSCRIBE, (0, 0, 0)),
 ];
 
 /// Commands Redis has that come with the coordination API (leases, txn, ranges, watch).
@@ -75,19 +89,7 @@ const NOT_YET: &[&str] = &[
     "pexpireat",
     "getex",
     "getdel",
-    "multi",
-    "exec",
-    "discard",
-    "watch",
-    "unwatch",
-    "scan",
-    "keys",
-    "subscribe",
-    "psubscribe",
-    "unsubscribe",
-    "punsubscribe",
     "publish",
-    "dbsize",
     "flushdb",
     "flushall",
     "randomkey",
@@ -207,6 +209,39 @@ pub enum Command {
     Append(Bytes, Bytes),
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: the key and what to add.
     IncrBy(Bytes, i64),
+    /// `MULTI`.
+    Multi,
+    /// `EXEC`.
+    Exec,
+    /// `DISCARD`.
+    Discard,
+    /// `WATCH key…`.
+    Watch(Vec<Bytes>),
+    /// `UNWATCH`.
+    Unwatch,
+    /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`.
+    Scan {
+        /// Where to continue (0: from the start).
+        cursor: u64,
+        /// The keys to list (none: all).
+        pattern: Option<Bytes>,
+        /// Keys to list at most in this call.
+        count: u32,
+        /// A `TYPE` other than `string` was asked for: there are no such keys.
+        other_type: bool,
+    },
+    /// `KEYS pattern`.
+    Keys(Bytes),
+    /// `DBSIZE`.
+    DbSize,
+    /// `SUBSCRIBE channel…`.
+    Subscribe(Vec<Bytes>),
+    /// `PSUBSCRIBE pattern…`.
+    PSubscribe(Vec<Bytes>),
+    /// `UNSUBSCRIBE [channel…]`.
+    Unsubscribe(Vec<Bytes>),
+    /// `PUNSUBSCRIBE [pattern…]`.
+    PUnsubscribe(Vec<Bytes>),
 }
 
 /// Redis's text for a command it does not know, with the first arguments shown.
@@ -260,10 +295,43 @@ pub fn parse(arguments: Vec<Bytes>) -> Result<Command, Reply> {
     if !fits {
         return Err(arity_error(spec.name));
     }
-    match parse_data(spec.name, rest)? {
+    if let Some(command) = parse_data(spec.name, rest)? {
+        return Ok(command);
+    }
+    match parse_session(spec.name, rest)? {
         Some(command) => Ok(command),
         None => parse_connection(spec.name, name, rest),
     }
+}
+
+/// The commands that change what the connection does next (transactions); `None` for the
+/// others.
+fn parse_session(name: &str, rest: &[Bytes]) -> Result<Option<Command>, Reply> {
+    Ok(Some(match name {
+        "multi" => Command::Multi,
+        "exec" => Command::Exec,
+        "discard" => Command::Discard,
+        "watch" => Command::Watch(rest.to_vec()),
+        "unwatch" => Command::Unwatch,
+        "subscribe" => Command::Subscribe(rest.to_vec()),
+        "psubscribe" => Command::PSubscribe(rest.to_vec()),
+        "unsubscribe" => Command::Unsubscribe(rest.to_vec()),
+        "punsubscribe" => Command::PUnsubscribe(rest.to_vec()),
+        _ => return Ok(None),
+    }))
+}
+
+/// An integer as Redis reads one from a value: decimal, no spaces, within i64.
+///
+/// # Errors
+/// Redis's "not an integer" reply.
+pub fn stored_integer(value: &[u8]) -> Result<i64, Reply> {
+    let not_integer = || Reply::error("ERR value is not an integer or out of range");
+    let text = std::str::from_utf8(value).map_err(|_| not_integer())?;
+    if text.is_empty() || text.len() > 20 || text.starts_with('+') || text.trim() != text {
+        return Err(not_integer());
+    }
+    text.parse().map_err(|_| not_integer())
 }
 
 /// The commands on keys; `None` for the others.
@@ -296,6 +364,9 @@ fn parse_data(name: &str, rest: &[Bytes]) -> Result<Option<Command>, Reply> {
             Command::MSet(rest.chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect())
         }
         "del" => Command::Del(rest.to_vec()),
+        "scan" => parse_scan(rest)?,
+        "keys" => Command::Keys(key(0)),
+        "dbsize" => Command::DbSize,
         "append" => Command::Append(key(0), key(1)),
         "incr" => Command::IncrBy(key(0), 1),
         "decr" => Command::IncrBy(key(0), -1),
@@ -352,6 +423,31 @@ fn parse_connection(lower: &str, name: &[u8], rest: &[Bytes]) -> Result<Command,
         },
         _ => return Err(unknown(name, rest)),
     })
+}
+
+fn parse_scan(rest: &[Bytes]) -> Result<Command, Reply> {
+    let cursor = std::str::from_utf8(&rest[0])
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut other_type) = (None, 10, false);
+    let mut options = rest[1..].iter();
+    while let Some(option) = options.next() {
+        let value = options.next().ok_or_else(syntax_error)?;
+        match upper(option).as_str() {
+            "MATCH" => pattern = Some(value.clone()),
+            "COUNT" => {
+                count = match integer(value)? {
+                    n if n < 1 => return Err(syntax_error()),
+                    n => u32::try_from(n).unwrap_or(u32::MAX).min(RANGE_LIMIT_MAX),
+                };
+            }
+            // Every key holds a string.
+            "TYPE" => other_type = !value.eq_ignore_ascii_case(b"string"),
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(Command::Scan { cursor, pattern, count, other_type })
 }
 
 fn parse_set(rest: &[Bytes]) -> Result<Command, Reply> {
@@ -510,7 +606,21 @@ mod tests {
         assert!(parse(args("DECRBY k -9223372036854775808")).is_err());
         let Err(Reply::Error(text)) = parse(args("FROB a b")) else { panic!() };
         assert_eq!(text, "ERR unknown command 'FROB', with args beginning with: 'a' 'b' ");
-        let Err(Reply::Error(text)) = parse(args("MULTI")) else { panic!() };
+        assert_eq!(parse(args("multi")), Ok(Command::Multi));
+        assert_eq!(parse(args("WATCH a b")), Ok(Command::Watch(vec!["a".into(), "b".into()])));
+        assert_eq!(parse(args("WATCH")), Err(arity_error("watch")));
+        assert_eq!(
+            parse(args("SCAN 7 match pre* COUNT 100")),
+            Ok(Command::Scan {
+                cursor: 7,
+                pattern: Some("pre*".into()),
+                count: 100,
+                other_type: false
+            })
+        );
+        assert_eq!(parse(args("SCAN x")), Err(Reply::error("ERR invalid cursor")));
+        assert_eq!(parse(args("SCAN 0 COUNT 0")), Err(syntax_error()));
+        let Err(Reply::Error(text)) = parse(args("PUBLISH c m")) else { panic!() };
         assert!(text.contains("not served by Quorum yet"), "{text}");
         assert_eq!(
             parse(args("SET k v PX 1500")),
@@ -527,5 +637,14 @@ mod tests {
         );
         assert!(parse(args("HELLO 4")).is_err());
         assert!(parse(args("SELECT 1")).is_err());
+    }
+
+    #[test]
+    fn stored_integers_are_read_as_redis_reads_them() {
+        assert_eq!(stored_integer(b"-12"), Ok(-12));
+        assert!(stored_integer(b" 1").is_err());
+        assert!(stored_integer(b"+1").is_err());
+        assert!(stored_integer(b"9223372036854775808").is_err());
+        assert!(stored_integer(b"").is_err());
     }
 }

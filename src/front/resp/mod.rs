@@ -8,12 +8,17 @@
 pub(super) mod command;
 mod expiry;
 pub(super) mod parse;
+mod pubsub;
 mod reply;
+mod scan;
 mod session;
+mod txn;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -47,7 +52,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, connections_max
         request_bytes_max: bulk_bytes_max.saturating_mul(2).max(16 << 20),
         inline_bytes_max: INLINE_BYTES_MAX,
     };
-    let shared = Arc::new(Shared { gateway, connections: AtomicUsize::new(0), listen });
+    let shared = Arc::new(Shared {
+        gateway,
+        connections: AtomicUsize::new(0),
+        listen,
+        cursors: std::sync::Mutex::default(),
+    });
     let permits = Arc::new(Semaphore::new(connections_max));
     let next_id = AtomicU64::new(1);
     loop {
@@ -78,6 +88,46 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, connections_max
     }
 }
 
+/// The whole requests `buffer` holds (at most [`PIPELINE_MAX`]), and the parse error that
+/// ended them, if one did.
+fn whole_requests(
+    parser: &mut RequestParser,
+    buffer: &mut BytesMut,
+) -> (Vec<Vec<bytes::Bytes>>, Option<parse::ParseError>) {
+    let mut requests = Vec::new();
+    while requests.len() < PIPELINE_MAX {
+        match parser.next(buffer) {
+            Ok(Some(request)) if request.is_empty() => {}
+            Ok(Some(request)) => requests.push(request),
+            Ok(None) => break,
+            Err(error) => return (requests, Some(error)),
+        }
+    }
+    (requests, None)
+}
+
+/// What an idle connection wakes for.
+enum Wake {
+    /// Bytes from the client (0: it closed).
+    Read(std::io::Result<usize>),
+    /// A message one of its subscriptions pushes.
+    Push(reply::Reply),
+}
+
+/// Waits for the client's next bytes or a subscription's next message, whichever comes
+/// first. Both waits can be dropped unfinished without loss: a read that did not complete
+/// read nothing, and a message not yet taken stays queued.
+async fn wake(stream: &mut TcpStream, buffer: &mut BytesMut, session: &mut Session) -> Wake {
+    let mut read = std::pin::pin!(stream.read_buf(buffer));
+    std::future::poll_fn(|context| {
+        if let Poll::Ready(reply) = session.poll_push(context) {
+            return Poll::Ready(Wake::Push(reply));
+        }
+        read.as_mut().poll(context).map(Wake::Read)
+    })
+    .await
+}
+
 /// Tells a connection over the limit why it is closed, as Redis does.
 async fn refuse(mut stream: TcpStream) {
     let reply = b"-ERR max number of clients reached\r\n";
@@ -94,31 +144,25 @@ async fn connection(
     let mut parser = RequestParser::new(limits);
     let mut out = Vec::new();
     loop {
-        let mut requests = Vec::new();
-        let mut failure = None;
-        while requests.len() < PIPELINE_MAX {
-            match parser.next(&mut buffer) {
-                Ok(Some(request)) if request.is_empty() => {}
-                Ok(Some(request)) => requests.push(request),
-                Ok(None) => break,
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
+        let (requests, failure) = whole_requests(&mut parser, &mut buffer);
+        let mut pushed = None;
         if requests.is_empty() && failure.is_none() {
             if buffer.capacity() - buffer.len() < READ_BYTES / 4 {
                 buffer.reserve(READ_BYTES);
             }
-            match stream.read_buf(&mut buffer).await {
-                Ok(0) if buffer.is_empty() && !parser.in_request() => return Ok(()),
-                Ok(0) => return Err("the client closed in the middle of a request".into()),
-                Ok(_) => continue,
-                Err(error) => return Err(format!("read: {error}")),
+            match wake(&mut stream, &mut buffer, &mut session).await {
+                Wake::Read(Ok(0)) if buffer.is_empty() && !parser.in_request() => return Ok(()),
+                Wake::Read(Ok(0)) => {
+                    return Err("the client closed in the middle of a request".into());
+                }
+                Wake::Read(Ok(_)) => continue,
+                Wake::Read(Err(error)) => return Err(format!("read: {error}")),
+                Wake::Push(reply) => pushed = Some(reply),
             }
         }
         session.run(requests, &mut out).await;
+        // A subscription's messages go out between pipelines' replies, never inside them.
+        session.push(pushed, &mut out);
         if let Some(error) = &failure {
             reply::Reply::error(format!("ERR Protocol error: {error}"))
                 .encode(reply::Protocol::Resp2, &mut out);

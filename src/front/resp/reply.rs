@@ -31,6 +31,10 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// `%N` and the pairs in RESP3; a flat array of them in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// The null array (`*-1` in RESP2, `_` in RESP3): `EXEC` after a watched key changed.
+    NullArray,
+    /// `>N` and the elements in RESP3 (what a subscription pushes); an array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -85,7 +89,17 @@ impl Reply {
                 Protocol::Resp2 => out.extend_from_slice(b"$-1\r\n"),
                 Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
             },
-            Reply::Array(elements) => {
+            Reply::NullArray => match protocol {
+                Protocol::Resp2 => out.extend_from_slice(b"*-1\r\n"),
+                Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
+            },
+            Reply::Push(elements) if protocol == Protocol::Resp3 => {
+                header(out, b'>', elements.len());
+                for element in elements {
+                    element.encode(protocol, out);
+                }
+            }
+            Reply::Array(elements) | Reply::Push(elements) => {
                 header(out, b'*', elements.len());
                 for element in elements {
                     element.encode(protocol, out);
@@ -141,5 +155,10 @@ mod tests {
         assert_eq!(encoded(&map, Protocol::Resp2), b"*2\r\n$5\r\nproto\r\n:3\r\n");
         assert_eq!(encoded(&map, Protocol::Resp3), b"%1\r\n$5\r\nproto\r\n:3\r\n");
         assert_eq!(encoded(&Reply::error("ERR a\r\nb"), Protocol::Resp2), b"-ERR a  b\r\n");
+        assert_eq!(encoded(&Reply::NullArray, Protocol::Resp2), b"*-1\r\n");
+        assert_eq!(encoded(&Reply::NullArray, Protocol::Resp3), b"_\r\n");
+        let push = Reply::Push(vec![Reply::text("message")]);
+        assert_eq!(encoded(&push, Protocol::Resp2), b"*1\r\n$7\r\nmessage\r\n");
+        assert_eq!(encoded(&push, Protocol::Resp3), b">1\r\n$7\r\nmessage\r\n");
     }
 }

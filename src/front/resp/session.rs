@@ -19,9 +19,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
-use super::command::{Command, Condition, TABLE, describe, parse};
+use super::command::{Command, Condition, TABLE, describe, parse, stored_integer};
 use super::expiry;
+use super::pubsub::Subscriptions;
 use super::reply::{Protocol, Reply, failure};
+use super::scan::{self, Cursors};
+use super::txn::{self, Transaction};
 use crate::front::{Access, Gateway, RequestError};
 use crate::machine::{KvCommand, KvReply};
 
@@ -37,6 +40,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Where this front end listens.
     pub listen: SocketAddr,
+    /// The node's open `SCAN` cursors.
+    pub cursors: std::sync::Mutex<Cursors>,
 }
 
 /// One connection's state.
@@ -47,6 +52,8 @@ pub struct Session {
     name: Option<Bytes>,
     protocol: Protocol,
     quit: bool,
+    transaction: Transaction,
+    subscriptions: Subscriptions,
 }
 
 /// How a one-request reply is made from the store's answer.
@@ -74,6 +81,8 @@ enum Step {
     Single { shard: u16, access: Access, command: Vec<u8>, finish: Finish },
     /// Several steps, run alone.
     Complex(Command),
+    /// Several steps that change the connection's state (`EXEC`, `WATCH`), run alone.
+    Session(Command),
 }
 
 /// One phase of a shard's requests in a pipeline: its reads, then its writes.
@@ -122,20 +131,19 @@ fn decode(
         .ok_or_else(|| RequestError::BadReply(format!("{} bytes", response.body.len())))
 }
 
-/// An integer as Redis reads one from a value: decimal, no spaces, within i64.
-fn stored_integer(value: &[u8]) -> Result<i64, Reply> {
-    let not_integer = || Reply::error("ERR value is not an integer or out of range");
-    let text = std::str::from_utf8(value).map_err(|_| not_integer())?;
-    if text.is_empty() || text.len() > 20 || text.starts_with('+') || text.trim() != text {
-        return Err(not_integer());
-    }
-    text.parse().map_err(|_| not_integer())
-}
-
 impl Session {
     /// A new connection's session.
     pub fn new(shared: Arc<Shared>, id: u64, peer: SocketAddr) -> Session {
-        Session { shared, id, peer, name: None, protocol: Protocol::Resp2, quit: false }
+        Session {
+            shared,
+            id,
+            peer,
+            name: None,
+            protocol: Protocol::Resp2,
+            quit: false,
+            transaction: Transaction::default(),
+            subscriptions: Subscriptions::default(),
+        }
     }
 
     /// True once the client said `QUIT`.
@@ -153,9 +161,16 @@ impl Session {
                 break;
             }
             let at = replies.len();
+            if let Some(refused) = self.subscribed_refusal(&arguments) {
+                replies.push((Some(refused), self.protocol));
+                continue;
+            }
             let step = match parse(arguments) {
-                Ok(command) => self.plan(command),
-                Err(reply) => Step::Done(reply),
+                Ok(command) => self.plan_in_context(command),
+                Err(reply) => {
+                    self.transaction.refused();
+                    Step::Done(reply)
+                }
             };
             match step {
                 Step::Done(reply) => replies.push((Some(reply), self.protocol)),
@@ -168,12 +183,104 @@ impl Session {
                     let reply = self.run_complex(command).await;
                     replies.push((Some(reply), self.protocol));
                 }
+                Step::Session(command) => {
+                    self.run_queued(std::mem::take(&mut queued), &mut replies).await;
+                    for reply in self.run_session(command).await {
+                        replies.push((Some(reply), self.protocol));
+                    }
+                }
             }
         }
         self.run_queued(queued, &mut replies).await;
         for (reply, protocol) in replies {
             reply.unwrap_or_else(|| Reply::error("ERR internal: no reply")).encode(protocol, out);
         }
+    }
+
+    /// What a command needs, in the connection's state: inside `MULTI`, queued.
+    fn plan_in_context(&mut self, command: Command) -> Step {
+        match command {
+            Command::Multi => Step::Done(self.transaction.begin()),
+            Command::Discard => Step::Done(self.transaction.discard()),
+            Command::Exec
+            | Command::Watch(_)
+            | Command::Subscribe(_)
+            | Command::PSubscribe(_)
+            | Command::Unsubscribe(_)
+            | Command::PUnsubscribe(_)
+                if !self.transaction.in_multi() =>
+            {
+                Step::Session(command)
+            }
+            Command::Exec | Command::Watch(_) => Step::Session(command),
+            // RESP2's subscribed mode answers a PING with a message-shaped array.
+            Command::Ping(message)
+                if self.subscriptions.active() && self.protocol == Protocol::Resp2 =>
+            {
+                let message = Reply::Bulk(message.unwrap_or_default());
+                Step::Done(Reply::Array(vec![Reply::text("pong"), message]))
+            }
+            Command::Unwatch if !self.transaction.in_multi() => {
+                Step::Done(self.transaction.unwatch())
+            }
+            Command::Quit | Command::Reset => self.plan(command),
+            command if self.transaction.in_multi() => {
+                let gateway = self.shared.gateway.clone();
+                Step::Done(self.transaction.queue(command, |key| gateway.shard_of(key)))
+            }
+            command => self.plan(command),
+        }
+    }
+
+    /// `EXEC`, `WATCH` and the subscriptions: their replies (one per channel for these).
+    async fn run_session(&mut self, command: Command) -> Vec<Reply> {
+        let gateway = self.shared.gateway.clone();
+        let subscriptions = &mut self.subscriptions;
+        vec![match command {
+            Command::Exec => match self.transaction.take() {
+                Ok((watched, queued)) => txn::exec(&gateway, watched, queued).await,
+                Err(reply) => reply,
+            },
+            Command::Watch(keys) => txn::watch(&gateway, &mut self.transaction, keys).await,
+            Command::Subscribe(names) => {
+                return subscriptions.subscribe(&gateway, names, false).await;
+            }
+            Command::PSubscribe(names) => {
+                return subscriptions.subscribe(&gateway, names, true).await;
+            }
+            Command::Unsubscribe(names) => return subscriptions.unsubscribe(names, false),
+            Command::PUnsubscribe(names) => return subscriptions.unsubscribe(names, true),
+            other => Reply::error(format!("ERR internal: {other:?} is not a session command")),
+        }]
+    }
+
+    /// In RESP2's subscribed mode, the refusal of a command other than the subscriptions',
+    /// `PING`, `QUIT` and `RESET` (Redis's).
+    fn subscribed_refusal(&self, arguments: &[Bytes]) -> Option<Reply> {
+        if !self.subscriptions.active() || self.protocol != Protocol::Resp2 {
+            return None;
+        }
+        let name = String::from_utf8_lossy(arguments.first()?).to_ascii_lowercase();
+        let allowed =
+            ["subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ping", "quit", "reset"];
+        (!allowed.contains(&name.as_str())).then(|| {
+            Reply::error(format!(
+                "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            ))
+        })
+    }
+
+    /// The next message a subscription pushes, when one is queued.
+    pub fn poll_push(&mut self, context: &mut std::task::Context<'_>) -> std::task::Poll<Reply> {
+        self.subscriptions.poll_push(context)
+    }
+
+    /// Appends `reply` and every message queued now to `out`.
+    pub fn push(&mut self, reply: Option<Reply>, out: &mut Vec<u8>) {
+        if let Some(reply) = reply {
+            reply.encode(self.protocol, out);
+        }
+        self.subscriptions.drain(self.protocol, out);
     }
 
     /// What a command needs; the connection's own commands are answered here.
@@ -224,7 +331,10 @@ impl Session {
             | Command::SetExpiring { .. }
             | Command::Expire(..)
             | Command::Ttl(..)
-            | Command::Persist(_) => Step::Complex(command),
+            | Command::Persist(_)
+            | Command::Scan { .. }
+            | Command::Keys(_)
+            | Command::DbSize => Step::Complex(command),
             local => Step::Done(self.answer_locally(local)),
         }
     }
@@ -418,6 +528,15 @@ impl Session {
             }
             Command::Persist(key) => expiry::set_expiry(&self.shared.gateway, &key, None).await,
             Command::Ttl(key, millis) => expiry::ttl(&self.shared.gateway, &key, millis).await,
+            Command::Scan { other_type: true, .. } => {
+                Reply::Array(vec![Reply::text("0"), Reply::Array(Vec::new())])
+            }
+            Command::Scan { cursor, pattern, count, other_type: false } => {
+                let (gateway, cursors) = (&self.shared.gateway, &self.shared.cursors);
+                scan::scan(gateway, cursors, cursor, pattern, count).await
+            }
+            Command::Keys(pattern) => scan::keys(&self.shared.gateway, &pattern).await,
+            Command::DbSize => scan::dbsize(&self.shared.gateway).await,
             other => return self.read_modify_write(other).await,
         })
     }
@@ -500,6 +619,8 @@ impl Session {
             Command::Reset => {
                 self.protocol = Protocol::Resp2;
                 self.name = None;
+                self.transaction = Transaction::default();
+                self.subscriptions.clear();
                 Reply::Simple("RESET")
             }
             Command::ClientSetName(name) => {
@@ -598,17 +719,3 @@ fn config_get(patterns: &[Bytes]) -> Reply {
 /// The Redis version a node reports (`INFO`, `HELLO`): the one whose commands it follows, so
 /// that clients checking a version for the commands they use find them.
 const REDIS_VERSION: &str = "7.0.0";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stored_integers_are_read_as_redis_reads_them() {
-        assert_eq!(stored_integer(b"-12"), Ok(-12));
-        assert!(stored_integer(b" 1").is_err());
-        assert!(stored_integer(b"+1").is_err());
-        assert!(stored_integer(b"9223372036854775808").is_err());
-        assert!(stored_integer(b"").is_err());
-    }
-}
