@@ -285,7 +285,7 @@ pub fn parse(arguments: Vec<Bytes>) -> Result<Command, Reply> {
     let Some(spec) = TABLE.iter().find(|spec| spec.name == lower) else {
         if NOT_YET.contains(&lower.as_str()) {
             return Err(Reply::error(format!(
-                "ERR command '{lower}' is not served by Quorum yet (it comes with leases, transactions and watches; docs/redis.md)"
+                "ERR command '{lower}' is not served by Quorum (docs/redis.md lists what is)"
             )));
         }
         return Err(unknown(name, rest));
