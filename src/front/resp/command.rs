@@ -621,7 +621,7 @@ mod tests {
         assert_eq!(parse(args("SCAN x")), Err(Reply::error("ERR invalid cursor")));
         assert_eq!(parse(args("SCAN 0 COUNT 0")), Err(syntax_error()));
         let Err(Reply::Error(text)) = parse(args("PUBLISH c m")) else { panic!() };
-        assert!(text.contains("not served by Quorum yet"), "{text}");
+        assert!(text.contains("is not served by Quorum"), "{text}");
         assert_eq!(
             parse(args("SET k v PX 1500")),
             Ok(Command::SetExpiring { key: "k".into(), value: "v".into(), ttl_ms: 1500 })
