@@ -190,7 +190,7 @@ pub struct Locker {
 }
 
 impl Locker {
-    /// A locker of client `client` that contends for lock `lock`.
+    /// A locker that contends for lock `lock`.
     pub fn new(lock: usize) -> Locker {
         Locker { lock, lease: 0, ttl_ms: 0, leases_granted: 0, kept_us: 0, phase: Phase::Unleased }
     }
