@@ -179,22 +179,12 @@ impl Gateway {
     /// # Errors
     /// [`CoordError::LeaseNotFound`] if no shard has it; see [`RequestError`].
     pub async fn lease_keep_alive(&self, id: u64) -> Result<u64, RequestError> {
-        let command = CoordCommand::LeaseKeepAlive { id };
-        let (mut ttl_ms, mut found) = (u64::MAX, false);
-        for outcome in self.every_shard(&command).await {
-            match outcome {
-                Ok(CoordReply::Lease { ttl_ms: ttl, .. }) => {
-                    ttl_ms = ttl_ms.min(ttl);
-                    found = true;
-                }
-                Ok(other) => return Err(unexpected("a keep-alive", &other)),
-                // A lease of the Redis front end lives on its key's shard alone.
-                Err(RequestError::Coordination(CoordError::LeaseNotFound { .. })) => {}
-                Err(error) => return Err(error),
+        let mut ttl_ms = u64::MAX;
+        for reply in self.lease_replies(id, &CoordCommand::LeaseKeepAlive { id }).await? {
+            match reply {
+                CoordReply::Lease { ttl_ms: ttl, .. } => ttl_ms = ttl_ms.min(ttl),
+                other => return Err(unexpected("a keep-alive", &other)),
             }
-        }
-        if !found {
-            return Err(refused(CoordError::LeaseNotFound { id }));
         }
         Ok(ttl_ms)
     }
@@ -205,22 +195,38 @@ impl Gateway {
     /// # Errors
     /// [`CoordError::LeaseNotFound`] if no shard has it; see [`RequestError`].
     pub async fn lease_revoke(&self, id: u64) -> Result<u64, RequestError> {
-        let (mut keys, mut found) = (0, false);
-        for outcome in self.every_shard(&CoordCommand::LeaseRevoke { id }).await {
+        let mut keys = 0;
+        for reply in self.lease_replies(id, &CoordCommand::LeaseRevoke { id }).await? {
+            match reply {
+                CoordReply::Revoked { keys: deleted, .. } => keys += deleted,
+                other => return Err(unexpected("a revoke", &other)),
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The replies to `command` about lease `id` of the shards that have it (a lease of the
+    /// Redis front end lives on its key's shard alone).
+    ///
+    /// # Errors
+    /// [`CoordError::LeaseNotFound`] if no shard has it; see [`RequestError`].
+    async fn lease_replies(
+        &self,
+        id: u64,
+        command: &CoordCommand,
+    ) -> Result<Vec<CoordReply>, RequestError> {
+        let mut replies = Vec::new();
+        for outcome in self.every_shard(command).await {
             match outcome {
-                Ok(CoordReply::Revoked { keys: deleted, .. }) => {
-                    keys += deleted;
-                    found = true;
-                }
-                Ok(other) => return Err(unexpected("a revoke", &other)),
+                Ok(reply) => replies.push(reply),
                 Err(RequestError::Coordination(CoordError::LeaseNotFound { .. })) => {}
                 Err(error) => return Err(error),
             }
         }
-        if !found {
+        if replies.is_empty() {
             return Err(refused(CoordError::LeaseNotFound { id }));
         }
-        Ok(keys)
+        Ok(replies)
     }
 
     /// Every lease, its keys and locks counted over all shards.

@@ -1403,27 +1403,28 @@ impl World {
             (Role::Watcher(watcher), _) => watcher.restart_round(),
             (Role::Kv, _) => panic!("a key-value client got {reply:?}"),
         }
-        if quick {
-            // Polling (a lock's line, a watch): a short pause, not a whole think time.
-            let state = &mut self.clients[client];
-            state.pending = None;
-            state.timer_token += 1;
-            let token = state.timer_token;
-            let pause = between(&mut self.rng, 500, 5_000);
-            self.schedule(pause, Event::ClientWake { client, token, resend: false });
-            return;
-        }
-        self.client_moves_on(client);
+        // Polling (a lock's line, a watch): a short pause, not a whole think time.
+        let pause = if quick {
+            between(&mut self.rng, 500, 5_000)
+        } else {
+            between(&mut self.rng, 0, self.knobs.think_us)
+        };
+        self.client_waits(client, pause);
     }
 
     /// The client's request is over: it thinks, then sends its next one.
     fn client_moves_on(&mut self, client: usize) {
+        let think = between(&mut self.rng, 0, self.knobs.think_us);
+        self.client_waits(client, think);
+    }
+
+    /// The client's request is over: it sends its next one after `pause_us`.
+    fn client_waits(&mut self, client: usize, pause_us: u64) {
         let state = &mut self.clients[client];
         state.pending = None;
         state.timer_token += 1;
         let token = state.timer_token;
-        let think = between(&mut self.rng, 0, self.knobs.think_us);
-        self.schedule(think, Event::ClientWake { client, token, resend: false });
+        self.schedule(pause_us, Event::ClientWake { client, token, resend: false });
     }
 
     /// A client's read was answered at `slot` with `result`: counts it, keeps a stale one
