@@ -1,7 +1,8 @@
 //! The coordination API on real processes (issue #18, docs/coordination.md): a lock whose
 //! first holder is paused past its lease, so the second takes it and the first's fenced write
 //! is refused; a watcher across a `kill -9` of a leader that sees every acknowledged write
-//! exactly once, in revision order; leases that end when nobody keeps them alive.
+//! exactly once, in revision order; leases that end when nobody keeps them alive; a key's
+//! watch held at its shard's leader until the key changes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, quorum};
 use quorum::client::RangeOptions;
-use quorum::machine::kv::KeyRange;
+use quorum::core::ReadOptions;
+use quorum::machine::kv::{CoordCommand, CoordReply, KeyRange};
+use quorum::machine::shard_for_key;
 
 fn start(dir: &Path, cluster_id: u64) -> Cluster {
     let dirs = (1..=3).map(|n| dir.join(format!("node-{n}"))).collect();
@@ -337,4 +340,41 @@ fn an_election_passes_to_the_next_candidate_when_its_leader_resigns_and_observer
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// A key's watch waits at its shard's leader (`CoordCommand::ChangesWait`): held while nothing
+/// changes, answered as soon as the key does. (A node that answered every wait at once, empty,
+/// made each watcher spin on its shard: 1,000 watchers saw 40 ms delivery at 10 puts/s.)
+#[test]
+fn a_key_watch_is_held_at_the_leader_until_its_key_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 83);
+    let client = cluster.client(Duration::from_secs(10)).unwrap();
+    let key = b"held/k".to_vec();
+    let shard = shard_for_key(&key, usize::from(client.shards())) as u16;
+    let written = client.put_leased(&key, b"0", 0).unwrap();
+    let wait = |from: u64, wait_ms: u32| {
+        let range = KeyRange::Key(key.clone());
+        let command = CoordCommand::ChangesWait { range, from, limit: 0, locks: false, wait_ms };
+        let began = Instant::now();
+        let (reply, _) = client.coordinate(shard, &command, ReadOptions::default()).unwrap();
+        let CoordReply::Changes(found) = reply else { panic!("a change feed: {reply:?}") };
+        (found.changes, began.elapsed())
+    };
+
+    let (changes, took) = wait(written + 1, 1_500);
+    assert!(changes.is_empty(), "nothing changed: {changes:?}");
+    assert!(took >= Duration::from_millis(1_200), "held for its wait, not answered in {took:?}");
+
+    let writer = cluster.client(Duration::from_secs(10)).unwrap();
+    let key_again = key.clone();
+    let put = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        writer.put_leased(&key_again, b"1", 0).unwrap()
+    });
+    let (changes, took) = wait(written + 1, 5_000);
+    let revision = put.join().unwrap();
+    assert_eq!(changes.iter().map(|change| change.revision).collect::<Vec<_>>(), vec![revision]);
+    assert!(took >= Duration::from_millis(250), "it waited for the put: {took:?}");
+    assert!(took < Duration::from_millis(4_000), "answered by the put, not its deadline: {took:?}");
 }

@@ -383,7 +383,8 @@ fn open_loop(
     let mut scheduled: u64 = 0;
     while Instant::now() < window.end && !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let due = (now.duration_since(begin).as_secs_f64() * rate) as u64;
+        // Requests 0..due are due by now: request k at k · interval.
+        let due = (now.duration_since(begin).as_secs_f64() * rate) as u64 + 1;
         if due > scheduled {
             let count = (due - scheduled) as usize;
             let room = OPEN_LOOP_OUTSTANDING_MAX.saturating_sub(in_flight.len());
@@ -404,7 +405,7 @@ fn open_loop(
             }
             scheduled = due;
         }
-        let next_due = begin + interval.mul_f64((scheduled + 1) as f64);
+        let next_due = begin + interval.mul_f64(scheduled as f64);
         let wait =
             next_due.saturating_duration_since(Instant::now()).max(Duration::from_micros(50));
         if let Ok(completion) = completions.recv_timeout(wait) {

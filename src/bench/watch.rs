@@ -279,7 +279,8 @@ fn write(client: &Client, shared: &Shared<'_>, rate: f64, bytes: usize) -> Writt
     let mut scheduled: u64 = 0;
     while Instant::now() < window.end {
         let now = Instant::now();
-        let due = (now.duration_since(*begin).as_secs_f64() * rate) as u64;
+        // Puts 0..due are due by now: put k at k / rate.
+        let due = (now.duration_since(*begin).as_secs_f64() * rate) as u64 + 1;
         let room = OPEN_LOOP_OUTSTANDING_MAX.saturating_sub(in_flight.len()) as u64;
         let send_to = due.min(scheduled + room);
         if send_to < due && window.contains(now) {
@@ -287,7 +288,7 @@ fn write(client: &Client, shared: &Shared<'_>, rate: f64, bytes: usize) -> Writt
         }
         send_due(client, shared, (scheduled, send_to), (rate, bytes), &mut in_flight, &sender);
         scheduled = due;
-        let next_due = *begin + Duration::from_secs_f64((scheduled + 1) as f64 / rate);
+        let next_due = *begin + Duration::from_secs_f64(scheduled as f64 / rate);
         let wait =
             next_due.saturating_duration_since(Instant::now()).max(Duration::from_micros(50));
         if let Ok(completion) = completions.recv_timeout(wait) {

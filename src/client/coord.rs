@@ -457,6 +457,7 @@ impl Watch<'_> {
             } else {
                 0
             };
+            let asked = Instant::now();
             let changes = match self.poll_waiting(wait_ms) {
                 Err(ClientError::Coordination(
                     CoordError::TooManyWatches { .. } | CoordError::Malformed,
@@ -469,7 +470,10 @@ impl Watch<'_> {
             if !changes.is_empty() || Instant::now() >= deadline {
                 return Ok(changes);
             }
-            if wait_ms == 0 {
+            // Not held (a node that answers a wait at once, empty, long before its time):
+            // paced as a poll, not asked again at once.
+            let unheld = asked.elapsed() < Duration::from_millis(u64::from(wait_ms) / 2);
+            if wait_ms == 0 || unheld {
                 std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
                 pause = (pause * 2).min(Duration::from_millis(10));
             }

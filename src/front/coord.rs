@@ -390,6 +390,7 @@ impl FrontWatch {
             } else {
                 0
             };
+            let asked = Instant::now();
             let changes = match self.round(wait_ms).await {
                 Err(RequestError::Coordination(
                     CoordError::TooManyWatches { .. } | CoordError::Malformed,
@@ -402,7 +403,10 @@ impl FrontWatch {
             if !changes.is_empty() || Instant::now() >= deadline {
                 return Ok(changes);
             }
-            if wait_ms == 0 {
+            // Not held (a node that answers a wait at once, empty, long before its time):
+            // paced as a poll, not asked again at once.
+            let unheld = asked.elapsed() < Duration::from_millis(u64::from(wait_ms) / 2);
+            if wait_ms == 0 || unheld {
                 tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
                     .await;
                 pause = (pause * 2).min(POLL_PAUSE_MAX);
