@@ -1,10 +1,11 @@
 //! The contract between Quorum and the database it replicates ([`StateMachine`]), and what sits
 //! on Quorum's side of it: the [`applier`] that keeps client sessions, the built-in key-value
-//! store ([`kv`]), and one total order over all shards ([`merge`], [`total_order`]).
+//! store ([`kv`]) and the node's wrapper of it ([`node`]), and one total order over all shards ([`merge`], [`total_order`]).
 
 pub mod applier;
 pub mod kv;
 pub mod merge;
+pub mod node;
 pub mod total_order;
 
 use crate::core::{RequestId, Slot};
@@ -15,6 +16,7 @@ pub use applier::{
     seal_register,
 };
 pub use kv::{CoordCommand, CoordReply, KvCommand, KvCommandRef, KvReply, KvStore, shard_for_key};
+pub use node::NodeMachine;
 
 /// What a database implements to be replicated by Quorum.
 ///

@@ -895,7 +895,7 @@ impl<S: Hosted> Host<S> {
 /// complete as it starts, and flushes on a timer, [`ACK_BEFORE_SYNC_DELAY`] after the first
 /// sync it has not flushed yet: it acknowledges writes before they are on disk. A bug on purpose, which `tests/power_loss.rs` must catch (a power cut loses
 /// acknowledged writes) while a plain `kill -9` does not (the kernel keeps the page cache).
-/// An environment variable, as `QUORUM_TEST_PANIC_ON_KEY` (src/runtime/machine.rs): not in
+/// An environment variable, as `QUORUM_TEST_PANIC_ON_KEY` (src/machine/node.rs): not in
 /// `--help`, not settable from a config file, and named for what it is.
 pub const ACK_BEFORE_SYNC_VARIABLE: &str = "QUORUM_TEST_ACK_BEFORE_SYNC";
 

@@ -9,7 +9,6 @@ mod apply;
 mod clock;
 pub mod config;
 mod host;
-mod machine;
 pub mod metrics;
 mod net;
 pub mod restore;
@@ -29,7 +28,7 @@ use crate::core::ClusterId;
 use crate::machine::StateMachine;
 use crate::runtime::config::{ApplyMode, NodeConfig};
 use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings, panic_message};
-pub use machine::NodeMachine;
+pub use crate::machine::NodeMachine;
 
 /// A state machine a node can host. Each shard's instance is made and used on that shard's
 /// executor; with `--apply total` the node's one instance is made on the starting thread and

@@ -7,7 +7,7 @@
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::core::{Consistency, ReadOptions, Slot, Value};
-use crate::machine::{Applier, KvCommand, KvReply, KvStore, SessionLimits, StateMachine as _};
+use crate::machine::{Applier, KvCommand, KvReply, NodeMachine, SessionLimits, StateMachine as _};
 
 use super::checkers::Violation;
 use super::client::key_bytes;
@@ -94,7 +94,7 @@ pub fn check_stale_reads(
     let invariant = "I12 stale reads reflect a prefix at their position, never going back";
     reads.sort_by_key(|read| (read.shard, read.slot));
     for shard in 0..shards {
-        let mut applier = Applier::new(KvStore::default(), sessions);
+        let mut applier = Applier::new(NodeMachine::default(), sessions);
         let mut applied = 0u64;
         for read in reads.iter().filter(|read| read.shard == shard) {
             while applied < read.slot.0 {

@@ -19,7 +19,7 @@ use crate::core::{
 use crate::machine::kv::{CoordCommand, CoordReply, KeyRange};
 use crate::machine::merge::MergedBatch;
 use crate::machine::{
-    AppliedCommand, KvReply, KvStore, Outcome, SessionLimits, StateMachine as _, register_request,
+    AppliedCommand, KvReply, NodeMachine, Outcome, SessionLimits, StateMachine as _, register_request,
     shard_for_key,
 };
 use crate::shard::{PendingSnapshot, Shard, ShardError, ShardSettings};
@@ -137,7 +137,7 @@ impl Ord for Scheduled {
 }
 
 /// The shard the node runs, over the simulated disk, with the simulator's hooks.
-type SimShard = Shard<SimBackend, KvStore, Recorder>;
+type SimShard = Shard<SimBackend, NodeMachine, Recorder>;
 
 struct ShardReplica {
     /// The running shard (none while its node is down).
@@ -161,7 +161,7 @@ struct SimNode {
     shards: Vec<ShardReplica>,
     /// This node's shards' commits merged into one order and applied in it to one state
     /// machine (apply mode `total`); restarts with the replicas.
-    total: TotalApplier<KvStore>,
+    total: TotalApplier<NodeMachine>,
     /// A replica of this node started from a snapshot: its commits no longer start at slot
     /// 0, so the merge (which needs every slot) is not fed or checked from then on.
     merge_off: bool,
@@ -369,7 +369,7 @@ impl World {
             incarnation: 0,
             paused_until_us: 0,
             shards,
-            total: TotalApplier::new(self.knobs.shards as u16, KvStore::default(), SIM_SESSIONS),
+            total: TotalApplier::new(self.knobs.shards as u16, NodeMachine::default(), SIM_SESSIONS),
             merge_off: false,
             failing: false,
             damaged: false,
@@ -444,7 +444,7 @@ impl World {
         // The simulated disk only loses or tears unsynced writes, or is damaged where the
         // WAL tells (then the replica repairs): recovery never fails.
         let opened =
-            Shard::open_hooked(config, backend, options, KvStore::default(), settings, hooks)
+            Shard::open_hooked(config, backend, options, NodeMachine::default(), settings, hooks)
                 .unwrap_or_else(|error| panic!("n{} s{shard} cannot start: {error}", node + 1));
         let from_slot = opened.snapshot_stats().current.map_or(Slot(0), |(slot, _)| slot);
         let promised = opened.replica().promised();
@@ -1693,7 +1693,7 @@ impl World {
         self.nodes[node].up = true;
         // The replicas commit again from slot 0, so the merge starts over too.
         self.nodes[node].total =
-            TotalApplier::new(self.knobs.shards as u16, KvStore::default(), SIM_SESSIONS);
+            TotalApplier::new(self.knobs.shards as u16, NodeMachine::default(), SIM_SESSIONS);
         let id = self.nodes[node].id;
         self.checker.on_merge_start(id);
         for shard in 0..self.knobs.shards {

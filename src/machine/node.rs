@@ -1,4 +1,5 @@
-//! The state machine a node runs: the built-in key-value store, with one test-only trap.
+//! The state machine a node runs (and the simulator): the built-in key-value store, with one
+//! test-only trap.
 //!
 //! `quorum node` has no way to load another state machine, yet the runtime must be tested
 //! with one that panics (a shard whose executor dies must stop the node). With the
@@ -7,9 +8,7 @@
 //! put in a config file by mistake, and says what it is for in its name. Unset, the store is
 //! the plain [`KvStore`] (one branch per command).
 
-use crate::machine::{
-    KvCommandRef, KvReply, KvStore, QueryWait, StateMachine, StateSummary, Timer,
-};
+use super::{KvCommandRef, KvReply, KvStore, QueryWait, StateMachine, StateSummary, Timer};
 use crate::storage::snapshot::SnapshotError;
 
 /// Test-only: a node whose environment sets this makes its key-value store panic when it
