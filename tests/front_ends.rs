@@ -1,11 +1,13 @@
 //! The front ends with real, unmodified clients against one cluster of three real `quorum
 //! node` processes (two shards, each node serving HTTP and the Redis protocol): the curl
 //! examples of docs/http.md, exactly as written; redis-cli; the programs of clients/ (Python
-//! urllib, requests and redis-py; C libcurl and hiredis; Go redigo and net/http; Java
-//! HttpClient). Values written through one front end are read through another and through the
-//! native client. Malformed and oversized input is refused without harm to anyone else. Last,
-//! the leader of a shard is killed while redis-py and curl write through it and the other
-//! nodes: every write they saw acknowledged is there afterwards.
+//! urllib, http.client, requests and redis-py; C libcurl and hiredis; Go redigo and net/http;
+//! Java HttpClient). Values written through one front end are read through another and through
+//! the native client. Malformed and oversized input is refused without harm to anyone else.
+//! Last, the leader of a shard is killed while redis-py and curl write through it and the other
+//! nodes: every write they saw acknowledged is there afterwards, and the HTTP coordination
+//! scenario runs again through a survivor. docs/redis.md, "Real clients", says which client
+//! runs which part.
 //!
 //! A client whose tool is not installed is reported SKIPPED (with the package to install) and
 //! not run; .ci/run installs them all, so in CI none is skipped. One cluster serves the whole
@@ -384,6 +386,7 @@ fn redis_cli(cluster: &Cluster) -> Result<(), String> {
         return Err(format!("scripted session printed {session:?}"));
     }
     redis_cli_coordination(&host, &port)?;
+    redis_cli_subscribe(cluster)?;
     // redis-benchmark, briefly: pipelining works end to end.
     if installed("redis-benchmark") {
         run(Command::new("redis-benchmark").args([
@@ -424,6 +427,47 @@ fn redis_cli_coordination(host: &str, port: &str) -> Result<(), String> {
     let want = "ERR EXEC without MULTI\n\nOK\nQUEUED\nQUEUED\nQUEUED\nOK\n2\n2\nOK\n";
     if !typed.starts_with(want) || !typed.contains("EXECABORT") {
         return Err(format!("a typed transaction printed {typed:?}"));
+    }
+    Ok(())
+}
+
+/// redis-cli SUBSCRIBE to a key's keyspace channel on one node sees a SET made through another
+/// after the confirmation (Redis's watch; it has no lock with a fencing token).
+fn redis_cli_subscribe(cluster: &Cluster) -> Result<(), String> {
+    let address = |index| {
+        let (host, port) = redis(cluster, index)
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .unwrap();
+        ["-h".to_string(), host, "-p".into(), port]
+    };
+    let channel = "__keyspace@0__:cli:watched";
+    let mut subscriber = Command::new("redis-cli")
+        .args(address(1))
+        .args(["SUBSCRIBE", channel])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| error.to_string())?;
+    let lines = collect_lines(&mut subscriber);
+    let printed = |count: usize| -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lines.lock().unwrap().len() < count && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lines.lock().unwrap().iter().map(|(_, line)| line.clone()).collect()
+    };
+    let confirmed = printed(3);
+    let written =
+        run(Command::new("redis-cli").args(address(0)).args(["SET", "cli:watched", "later"]));
+    let seen = printed(6);
+    subscriber.kill().ok();
+    subscriber.wait().ok();
+    written?;
+    if confirmed != ["subscribe", channel, "1"]
+        || seen.len() != 6
+        || seen[3..] != ["message", channel, "set"]
+    {
+        return Err(format!("redis-cli SUBSCRIBE printed {seen:?}"));
     }
     Ok(())
 }
@@ -718,6 +762,19 @@ fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_ac
             "SKIPPED: Python: no python3 with redis-py and requests (apt-get install python3-redis python3-requests)"
         ),
     }
+    // The standard library alone: any python3 runs it, with or without redis-py and requests.
+    steps.run_with(
+        "Python: urllib, http.client: a lease that expires, a lock with fenced writes, a watch from a revision (clients/python/http_coordination.py)",
+        &[("python3", "python3")],
+        || {
+            client_program(
+                Command::new("python3")
+                    .arg(clients.join("python/http_coordination.py"))
+                    .args([http(&cluster, 1), "urllib".into()]),
+                "urllib",
+            )
+        },
+    );
     steps.run_with(
         "C: hiredis (clients/c/kv_hiredis.c)",
         &[
@@ -818,6 +875,20 @@ fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_ac
             steps.run("a shard leader killed under redis-py and curl writers", || {
                 leader_killed(&mut cluster, &python)
             });
+            // The coordination scenario again on the shards whose leader moved: leases, locks
+            // and watches are the new leader's after the kill.
+            let survivor = cluster.nodes.iter().position(|node| node.child.is_some()).unwrap();
+            steps.run(
+                "urllib coordination after the kill (clients/python/http_coordination.py)",
+                || {
+                    client_program(
+                        Command::new(&python)
+                            .arg(clients.join("python/http_coordination.py"))
+                            .args([http(&cluster, survivor), "urllib-after-kill".into()]),
+                        "urllib-after-kill",
+                    )
+                },
+            );
         }
         _ => println!("SKIPPED: the leader kill: it needs curl and python3-redis"),
     }

@@ -4,8 +4,10 @@
 //	GO111MODULE=off GOPATH=/usr/share/gocode go run kv_redigo.go HTTP_HOST:PORT REDIS_HOST:PORT NAME
 //
 // Sets NAME:redis with redigo, reads it and a key another client wrote, pipelines SETs,
-// runs SET NX; puts NAME:http over HTTP and reads it back through redigo. Then the
-// coordination API over HTTP: a key living by a lease disappears when the lease expires; a
+// runs SET NX; a key SET with PX 1000 is gone once it expires, and a SUBSCRIBE to a key's
+// keyspace channel sees a later SET (Redis has no lock with a fencing token). Puts NAME:http
+// over HTTP, reads it back through redigo, and runs a compare-and-set that succeeds and one
+// refused (409). Then the coordination API over HTTP: a key living by a lease disappears when the lease expires; a
 // lock whose holder's lease expires passes to another lease with a larger fencing token, and
 // a fenced write with the old token is refused (412); a watch started from an earlier
 // revision sees a later put. Prints one line per check, exits 1 at the first wrong answer.
@@ -131,6 +133,49 @@ func watchFromRevision(client *http.Client, base, name string) {
 		status == 200 && event.Type == "put" && event.Value == "after" && event.Revision > before, true)
 }
 
+// A key SET with PX 1000 lives by a lease of the store: gone within 10 s (no keep-alive).
+func redisExpiry(conn redis.Conn, name string) {
+	reply, _ := redis.String(conn.Do("SET", name+":expiring", "v", "PX", 1000))
+	check("redigo set px", reply, "OK")
+	pttl, _ := redis.Int(conn.Do("PTTL", name+":expiring"))
+	check("redigo pttl counts down", pttl > 0 && pttl <= 1000, true)
+	_, err := redis.String(conn.Do("GET", name+":expiring"))
+	for waited := 0; err == nil && waited < 10000; waited += 100 {
+		time.Sleep(100 * time.Millisecond)
+		_, err = redis.String(conn.Do("GET", name+":expiring"))
+	}
+	check("redigo the key is gone once it expires", err, redis.ErrNil)
+}
+
+// A watch, as Redis names one: SUBSCRIBE to the key's keyspace channel on a connection of its
+// own; a SET by the other connection after the confirmation arrives as a message.
+func redisSubscription(address string, conn redis.Conn, name string) {
+	other, err := redis.Dial("tcp", address)
+	if err != nil {
+		fmt.Printf("FAILED dial the subscriber: %v\n", err)
+		os.Exit(1)
+	}
+	subscriber := redis.PubSubConn{Conn: other}
+	defer subscriber.Close()
+	channel := "__keyspace@0__:" + name + ":watched"
+	subscriber.Subscribe(channel)
+	confirmed, _ := subscriber.ReceiveWithTimeout(15 * time.Second).(redis.Subscription)
+	check("redigo subscribe is confirmed", confirmed.Kind+" "+confirmed.Channel, "subscribe "+channel)
+	reply, _ := redis.String(conn.Do("SET", name+":watched", "after"))
+	check("redigo a later set", reply, "OK")
+	message, _ := subscriber.ReceiveWithTimeout(15 * time.Second).(redis.Message)
+	check("redigo the subscription sees the later set", message.Channel+" "+string(message.Data), channel+" set")
+}
+
+// Compare-and-set over HTTP: from absent, then a stale expectation refused with the current value.
+func httpCas(client *http.Client, base, name string) {
+	url := base + "/cas/" + name + ":cas"
+	status, body := call(client, "POST", url, `{"expected":null,"value":"one"}`)
+	check("net/http cas from absent", status == 200 && strings.Contains(body, `"succeeded":true`), true)
+	status, body = call(client, "POST", url, `{"expected":"zero","value":"two"}`)
+	check("net/http cas mismatch is 409", status == 409 && strings.Contains(body, `"current":"one"`), true)
+}
+
 func main() {
 	httpAddress, redisAddress, name := os.Args[1], os.Args[2], os.Args[3]
 	conn, err := redis.Dial("tcp", redisAddress, redis.DialReadTimeout(15*time.Second))
@@ -165,6 +210,8 @@ func main() {
 	check("redigo set nx", err, nil)
 	_, err = redis.String(conn.Do("SET", name+":nx", "second", "NX"))
 	check("redigo set nx again is nil", err, redis.ErrNil)
+	redisExpiry(conn, name)
+	redisSubscription(redisAddress, conn, name)
 
 	url := "http://" + httpAddress + "/v1/kv/" + name + ":http"
 	request, _ := http.NewRequest("PUT", url, strings.NewReader("written by "+name+" over HTTP"))
@@ -190,6 +237,7 @@ func main() {
 	check("redigo reads the HTTP write", value, "written by "+name+" over HTTP")
 
 	base := "http://" + httpAddress + "/v1"
+	httpCas(client, base, name)
 	leaseExpires(client, base, name)
 	lockAndFence(client, base, name)
 	watchFromRevision(client, base, name)

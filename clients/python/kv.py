@@ -6,12 +6,15 @@ for the HTTP/JSON API, redis-py for the Redis protocol.
 
 Writes NAME:http over HTTP and NAME:redis over the Redis protocol, reads back a key another
 client wrote (native:greeting), runs a compare-and-set that succeeds and one that fails,
-stores a binary value through the base64 envelope, and prints one line per check; exits 1 at
-the first wrong answer.
+stores a binary value through the base64 envelope; through redis-py, a key SET with PX 1000
+is gone once it expires. Prints one line per check; exits 1 at the first wrong answer.
+(http_coordination.py runs leases, locks and watches over HTTP; coordination.py the
+keyspace subscriptions over RESP.)
 """
 import base64
 import json
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -87,6 +90,13 @@ def main():
     check("redis-py pipeline", pipe.execute()[-1], b"49")
     check("redis-py mget", client.mget([f"{name}:pipe:1", f"{name}:absent"]), [b"1", None])
     check("redis-py delete", client.delete(f"{name}:pipe:1", f"{name}:absent"), 1)
+    # An expiry lives by a lease of the store: the key is gone within 10 s (no keep-alive).
+    check("redis-py set px", client.set(f"{name}:expiring", "v", px=1000), True)
+    check("redis-py pttl counts down", 0 < client.pttl(f"{name}:expiring") <= 1000, True)
+    deadline = time.monotonic() + 10
+    while client.get(f"{name}:expiring") is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    check("redis-py the key is gone once it expires", client.exists(f"{name}:expiring"), 0)
     try:
         client.execute_command("FROBNICATE", "x")
         check("redis-py unknown command", "no error", "an error")
