@@ -1,13 +1,14 @@
 //! The coordination API in the simulated workload (docs/simulator.md, "Coordination"):
-//! clients that take locks under leases and write through their fencing tokens, watchers that
+//! clients that take locks under leases and write through their fencing tokens (fenced puts,
+//! and values proclaimed as an election's leader would, `Proclaim`), watchers that
 //! follow every key's changes across shards with the client's own merge
 //! ([`WatchRound`]), and compare-and-sets and gets sent as transactions (checked with the
 //! key-value history, I10). What their checkers hold:
 //!
 //! - **C1 leases**: no lease ends before its TTL, measured from the invocation of its last
 //!   acknowledged grant or keep-alive, in real (simulated) time.
-//! - **C2 fencing**: per lock, the acknowledged fenced writes, in revision order, carry
-//!   fencing tokens that never go down; no token is handed to two leases.
+//! - **C2 fencing**: per lock, the acknowledged fenced writes and proclamations, in revision
+//!   order, carry fencing tokens that never go down; no token is handed to two leases.
 //! - **C3 watches**: a watcher receives exactly the changes of its range in
 //!   `[start, next)`, in revision order, each once: the final store's change feed.
 
@@ -46,6 +47,9 @@ pub enum CoordStep {
     Holder { lock: usize },
     /// Writes lock `lock`'s fenced key if the lock is still held with `token`.
     Fenced { lock: usize, token: u64, value: u64 },
+    /// Proclaims a value as lock `lock`'s holder with `token` (an election's leader,
+    /// `CoordCommand::Proclaim`): refused once the lock moved on, as a fenced write is.
+    Proclaim { lock: usize, token: u64, value: u64 },
     /// Releases lock `lock`.
     Unlock { lock: usize, lease: u64 },
     /// Revokes lease `lease`.
@@ -110,6 +114,11 @@ pub fn command(step: &CoordStep, key: &[u8], op: &KvOp, unfenced: bool) -> Coord
             };
             CoordCommand::Txn(Txn { compares, success: vec![put], failure: Vec::new() })
         }
+        CoordStep::Proclaim { lock, token, value } => CoordCommand::Proclaim {
+            name: lock_name(*lock),
+            token: *token,
+            value: value_bytes(*value),
+        },
         CoordStep::Unlock { lock, lease } => {
             CoordCommand::Unlock { name: lock_name(*lock), lease: *lease }
         }
@@ -209,7 +218,11 @@ impl Locker {
                 return Next::Sleep(until_us - now_us);
             }
             self.phase = Phase::Unleased;
-            return Next::Send(CoordStep::Fenced { lock, token, value: fresh(client, rng) });
+            let value = fresh(client, rng);
+            if rng.next_u64() % 3 == 0 {
+                return Next::Send(CoordStep::Proclaim { lock, token, value });
+            }
+            return Next::Send(CoordStep::Fenced { lock, token, value });
         }
         if self.phase == Phase::Unleased {
             self.leases_granted += 1;
@@ -228,7 +241,13 @@ impl Locker {
             Phase::Waiting => Next::Send(CoordStep::Holder { lock }),
             Phase::Holding { token, writes } if writes > 0 => {
                 self.phase = Phase::Holding { token, writes: writes - 1 };
-                Next::Send(CoordStep::Fenced { lock, token, value: fresh(client, rng) })
+                let value = fresh(client, rng);
+                // One in four as an election's leader would write: a proclaimed value.
+                if rng.next_u64() % 4 == 0 {
+                    Next::Send(CoordStep::Proclaim { lock, token, value })
+                } else {
+                    Next::Send(CoordStep::Fenced { lock, token, value })
+                }
             }
             Phase::Holding { token, .. } => self.let_go(token, now_us, rng),
             Phase::Unleased | Phase::Paused { .. } => unreachable!("handled above"),
@@ -283,7 +302,8 @@ impl Locker {
             // Out of line (the lease ended and took its place with it): ask again.
             (CoordStep::Holder { .. }, CoordReply::Holder(None)) => self.phase = Phase::Leased,
             // The lock moved on: the lease must have ended.
-            (CoordStep::Fenced { .. }, CoordReply::Txn { succeeded: false, .. }) => {
+            (CoordStep::Fenced { .. }, CoordReply::Txn { succeeded: false, .. })
+            | (CoordStep::Proclaim { .. }, CoordReply::Refused(CoordError::NotHolder { .. })) => {
                 self.phase = Phase::Unleased;
             }
             _ => {}
@@ -400,6 +420,10 @@ pub struct CoordCounts {
     pub fenced: u64,
     /// Fenced writes refused: the lock had moved on.
     pub fenced_refused: u64,
+    /// Values proclaimed by a lock's holder (elections), acknowledged.
+    pub proclaimed: u64,
+    /// Proclamations refused: the lock had moved on.
+    pub proclaims_refused: u64,
     /// Transactions (compare-and-sets and gets) acknowledged.
     pub txns: u64,
     /// Watch rounds finished, all watchers.
@@ -416,6 +440,8 @@ impl CoordCounts {
         self.locks += other.locks;
         self.fenced += other.fenced;
         self.fenced_refused += other.fenced_refused;
+        self.proclaimed += other.proclaimed;
+        self.proclaims_refused += other.proclaims_refused;
         self.txns += other.txns;
         self.watch_rounds += other.watch_rounds;
         self.watched += other.watched;
@@ -471,6 +497,14 @@ impl CoordChecker {
                 } else {
                     self.counts.fenced_refused += 1;
                 }
+            }
+            // A proclaimed value is a write fenced by the token too: it joins C2's order.
+            (CoordStep::Proclaim { lock, token, .. }, CoordReply::Proclaimed { revision }) => {
+                self.counts.proclaimed += 1;
+                self.fenced.entry(*lock).or_default().push((*revision, *token));
+            }
+            (CoordStep::Proclaim { .. }, CoordReply::Refused(CoordError::NotHolder { .. })) => {
+                self.counts.proclaims_refused += 1;
             }
             _ => {}
         }

@@ -206,8 +206,8 @@ impl Summary {
         let coord = &self.coord;
         format!(
             "coordination: leases granted {}, expired {} (in {} seeds); locks taken {}; fenced \
-             writes applied {}, refused {} (in {} seeds); transactions {}; watch rounds {}, \
-             changes watched and checked {}",
+             writes applied {}, refused {} (in {} seeds); values proclaimed {}, refused {}; \
+             transactions {}; watch rounds {}, changes watched and checked {}",
             coord.leases,
             coord.expired,
             self.seeds_with_expiries,
@@ -215,6 +215,8 @@ impl Summary {
             coord.fenced,
             coord.fenced_refused,
             self.seeds_with_fenced_refusals,
+            coord.proclaimed,
+            coord.proclaims_refused,
             coord.txns,
             coord.watch_rounds,
             coord.watched

@@ -323,6 +323,8 @@ fn summary_json(
             "locks": summary.coord.locks,
             "fenced": summary.coord.fenced,
             "fenced_refused": summary.coord.fenced_refused,
+            "proclaimed": summary.coord.proclaimed,
+            "proclaims_refused": summary.coord.proclaims_refused,
             "txns": summary.coord.txns,
             "watch_rounds": summary.coord.watch_rounds,
             "watched": summary.coord.watched,
