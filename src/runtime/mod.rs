@@ -25,10 +25,10 @@ use quorum_wal::{MmapBackend, Options};
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::core::ClusterId;
+pub use crate::machine::NodeMachine;
 use crate::machine::StateMachine;
 use crate::runtime::config::{ApplyMode, NodeConfig};
 use crate::shard::{ApplyTo, Shard, ShardError, ShardSettings, panic_message};
-pub use crate::machine::NodeMachine;
 
 /// A state machine a node can host. Each shard's instance is made and used on that shard's
 /// executor; with `--apply total` the node's one instance is made on the starting thread and

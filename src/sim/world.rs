@@ -19,8 +19,8 @@ use crate::core::{
 use crate::machine::kv::{CoordCommand, CoordReply, KeyRange};
 use crate::machine::merge::MergedBatch;
 use crate::machine::{
-    AppliedCommand, KvReply, NodeMachine, Outcome, SessionLimits, StateMachine as _, register_request,
-    shard_for_key,
+    AppliedCommand, KvReply, NodeMachine, Outcome, SessionLimits, StateMachine as _,
+    register_request, shard_for_key,
 };
 use crate::shard::{PendingSnapshot, Shard, ShardError, ShardSettings};
 
@@ -369,7 +369,11 @@ impl World {
             incarnation: 0,
             paused_until_us: 0,
             shards,
-            total: TotalApplier::new(self.knobs.shards as u16, NodeMachine::default(), SIM_SESSIONS),
+            total: TotalApplier::new(
+                self.knobs.shards as u16,
+                NodeMachine::default(),
+                SIM_SESSIONS,
+            ),
             merge_off: false,
             failing: false,
             damaged: false,
