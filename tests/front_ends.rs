@@ -4,10 +4,12 @@
 //! urllib, http.client, requests and redis-py; C libcurl and hiredis; Go redigo and net/http;
 //! Java HttpClient). Values written through one front end are read through another and through
 //! the native client. Malformed and oversized input is refused without harm to anyone else.
-//! Last, the leader of a shard is killed while redis-py and curl write through it and the other
-//! nodes: every write they saw acknowledged is there afterwards, and the HTTP coordination
-//! scenario runs again through a survivor. docs/redis.md, "Real clients", says which client
-//! runs which part.
+//! Last, the leader of a shard is killed while every client above but requests writes through
+//! it (the writers of clients/: a shell loop of curl and one of redis-cli, redis-py, urllib,
+//! hiredis, libcurl, redigo, net/http, Java HttpClient, all at once): each retries or
+//! reconnects to the other nodes as an application would and goes on writing; every write any
+//! of them saw acknowledged is there afterwards, and the HTTP coordination scenario runs again
+//! through a survivor. docs/redis.md, "Real clients", says which client runs which part.
 //!
 //! A client whose tool is not installed is reported SKIPPED (with the package to install) and
 //! not run; .ci/run installs them all, so in CI none is skipped. One cluster serves the whole
@@ -99,12 +101,19 @@ impl Steps {
         tools: &[(&str, &str)],
         step: impl FnOnce() -> Result<(), String>,
     ) {
+        if self.have(name, tools) {
+            self.run(name, step);
+        }
+    }
+
+    /// True if every tool is installed; else says SKIPPED and which package to get.
+    fn have(&mut self, name: &str, tools: &[(&str, &str)]) -> bool {
         if let Some((tool, package)) = tools.iter().find(|(tool, _)| !installed(tool)) {
             println!("SKIPPED: {name}: `{tool}` is not installed (apt-get install {package})");
             self.skipped.push(name.to_string());
-            return;
+            return false;
         }
-        self.run(name, step);
+        true
     }
 }
 
@@ -610,80 +619,120 @@ fn collect_lines(child: &mut std::process::Child) -> Arc<Mutex<Vec<(Instant, Str
     lines
 }
 
-/// Kills the leader of shard 0 while redis-py (through the victim first, then the others) and
-/// curl (through a survivor) write; every write either saw acknowledged is read back.
-fn leader_killed(cluster: &mut Cluster, python: &str) -> Result<(), String> {
+/// The front end a client speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Front {
+    Resp,
+    Http,
+}
+
+/// A client program of the leader kill: `build`, if any, compiles it, then `program SECONDS
+/// failover-NAME ADDRESS...` writes through the addresses of its front end, the victim's
+/// first, and prints each key it saw acknowledged (clients/python/writer.py's interface).
+struct Writer {
+    name: &'static str,
+    front: Front,
+    build: Option<Command>,
+    program: Command,
+}
+
+/// Kills the leader of shard 0 while every writer writes through it and then, once their
+/// connection to it fails, through the others: each must write both before the kill and more
+/// than 1 s after it, and every write any of them saw acknowledged must be there afterwards.
+fn leader_killed(cluster: &mut Cluster, mut writers: Vec<Writer>) -> Result<(), String> {
+    for build in writers.iter_mut().filter_map(|writer| writer.build.as_mut()) {
+        run(build)?;
+    }
     let victim = cluster.shard_leader(0).ok_or("shard 0 has no leader")?;
     let survivors: Vec<usize> = (0..3).filter(|index| *index != victim).collect();
-    let seconds = 6;
-    let mut addresses = vec![redis(cluster, victim)];
-    addresses.extend(survivors.iter().map(|index| redis(cluster, *index)));
-    let mut writer = Command::new(python)
-        .arg(root().join("clients/python/writer.py"))
-        .args([&seconds.to_string(), "failover-py"])
-        .args(&addresses)
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|error| error.to_string())?;
-    let script = format!(
-        "while [ $SECONDS -lt {seconds} ]; do i=$((i+1)); \
-         code=$(curl -s -m 12 -o /dev/null -w '%{{http_code}}' -X PUT --data-binary \"value $i\" http://{}/v1/kv/failover-curl:$i) || true; \
-         [ \"$code\" = 200 ] && echo failover-curl:$i; done; true",
-        http(cluster, survivors[0])
-    );
-    let mut curl = Command::new("bash")
-        .args(["-c", &format!("i=0; {script}")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let (py_lines, curl_lines) = (collect_lines(&mut writer), collect_lines(&mut curl));
-    std::thread::sleep(Duration::from_secs(2));
+    let mut running = Vec::new();
+    for writer in &mut writers {
+        let addresses: Vec<String> = std::iter::once(victim)
+            .chain(survivors.iter().copied())
+            .map(|index| match writer.front {
+                Front::Resp => redis(cluster, index),
+                Front::Http => http(cluster, index),
+            })
+            .collect();
+        let mut child = writer
+            .program
+            .arg("8")
+            .arg(format!("failover-{}", writer.name))
+            .args(&addresses)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| format!("{}: {error}", writer.name))?;
+        let lines = collect_lines(&mut child);
+        running.push((writer.name, child, lines));
+    }
+    // The kill comes once every writer writes through the victim (a JVM starts slower than a
+    // C program), 2 s in or up to 4 s, with 4 s or more of the writers' 8 s left after it.
+    let started = Instant::now();
+    let writing = |running: &[(_, _, Arc<Mutex<Vec<_>>>)]| {
+        running.iter().all(|(_, _, lines)| !lines.lock().unwrap().is_empty())
+    };
+    while started.elapsed() < Duration::from_secs(2)
+        || !writing(&running) && started.elapsed() < Duration::from_secs(4)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     cluster.kill(victim);
     let killed = Instant::now();
-    println!("killed node {} (shard 0's leader)", victim + 1);
-    writer.wait().map_err(|error| error.to_string())?;
-    curl.wait().map_err(|error| error.to_string())?;
-    std::thread::sleep(Duration::from_millis(200));
+    println!("killed node {} (shard 0's leader), {:?} in", victim + 1, killed - started);
     let mut acked: Vec<(String, String)> = Vec::new();
-    for (what, lines, prefix) in
-        [("redis-py", &py_lines, "failover-py:"), ("curl", &curl_lines, "failover-curl:")]
-    {
+    let mut failures = Vec::new();
+    for (name, mut child, lines) in running {
+        let status = child.wait().map_err(|error| error.to_string())?;
+        // Its own count of acknowledgements and errors, or why it failed.
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).ok();
+        let stderr = stderr.trim();
+        // The reader thread may still hold the last lines.
+        std::thread::sleep(Duration::from_millis(100));
         let lines = lines.lock().unwrap();
+        let before = lines.iter().filter(|(at, _)| *at < killed).count();
         let after = lines.iter().filter(|(at, _)| *at > killed + Duration::from_secs(1)).count();
         println!(
-            "{what}: {} writes acknowledged, {after} of them more than 1 s after the kill",
+            "{name}: {} writes acknowledged, {before} before the kill, {after} more than 1 s \
+             after it ({stderr})",
             lines.len()
         );
-        if lines.is_empty() || after == 0 {
-            return Err(format!(
-                "{what} made no progress across the kill ({} acknowledged, {after} after)",
-                lines.len()
+        if !status.success() || before == 0 || after == 0 {
+            failures.push(format!(
+                "{name} exited {status}, {before} acknowledged before the kill and {after} more \
+                 than 1 s after it: {stderr}"
             ));
         }
+        let prefix = format!("failover-{name}:");
         for (_, key) in lines.iter() {
-            let n = key.strip_prefix(prefix).ok_or(format!("odd line {key}"))?;
+            let n = key.strip_prefix(&prefix).ok_or(format!("{name} printed {key}"))?;
             acked.push((key.clone(), format!("value {n}")));
+        }
+        // And the last of each through a survivor's HTTP front end, raw.
+        for (_, key) in lines.iter().rev().take(3) {
+            let url = format!("http://{}/v1/kv/{key}", http(cluster, survivors[1]));
+            let raw = run(Command::new("curl").args([
+                "-s",
+                "-H",
+                "Accept: application/octet-stream",
+                &url,
+            ]))?;
+            if raw != format!("value {}", &key[prefix.len()..]) {
+                failures.push(format!("after the kill curl reads {key} as {raw:?}"));
+            }
         }
     }
     let lost = common::lost_writes(cluster, &acked, 4);
     if !lost.is_empty() {
-        return Err(format!(
+        failures.push(format!(
             "{} of {} acknowledged writes lost, e.g. {:?}",
             lost.len(),
             acked.len(),
             &lost[..lost.len().min(5)]
         ));
     }
-    // And through a survivor's front ends, the last of each.
-    for (key, value) in acked.iter().rev().take(20) {
-        let url = format!("http://{}/v1/kv/{key}", http(cluster, survivors[1]));
-        let raw =
-            run(Command::new("curl").args(["-s", "-H", "Accept: application/octet-stream", &url]))?;
-        if raw != *value {
-            return Err(format!("after the kill curl reads {key} as {raw:?}"));
-        }
-    }
-    Ok(())
+    if failures.is_empty() { Ok(()) } else { Err(failures.join("; ")) }
 }
 
 /// Waits until every node's HTTP front end answers /health.
@@ -704,6 +753,141 @@ fn await_front_ends(cluster: &Cluster) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+const HIREDIS: &[(&str, &str)] = &[
+    ("cc", "build-essential"),
+    ("pkg-config --exists hiredis || test -e /usr/include/hiredis/hiredis.h", "libhiredis-dev"),
+];
+const LIBCURL: &[(&str, &str)] =
+    &[("cc", "build-essential"), ("curl-config", "libcurl4-openssl-dev")];
+const REDIGO: &[(&str, &str)] = &[
+    ("go", "golang-go"),
+    (
+        "test -d /usr/share/gocode/src/github.com/gomodule/redigo",
+        "golang-github-gomodule-redigo-dev",
+    ),
+];
+
+/// `go` as the Go programs of clients/ are built: GOPATH mode, Debian's redigo.
+fn go(build: &std::path::Path) -> Command {
+    let mut go = Command::new("go");
+    go.env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", build.join("gocache"));
+    go
+}
+
+/// The leader kill's writers whose tools are installed (the others are SKIPPED), one per
+/// client.
+fn writers(steps: &mut Steps, build: &std::path::Path) -> Vec<Writer> {
+    use Front::{Http, Resp};
+    let clients = root().join("clients");
+    let command = |program: &str, args: &[&str]| {
+        let mut command = Command::new(program);
+        command.args(args);
+        command
+    };
+    let shell = |tool| command("bash", &[clients.join("shell/writer.sh").to_str().unwrap(), tool]);
+    let binary = |name| build.join(name).to_str().unwrap().to_string();
+    let cc = |source: &str, library, name| {
+        let source = clients.join(source);
+        command("cc", &[source.to_str().unwrap(), "-O1", library, "-o", &binary(name)])
+    };
+    let mut go_build = go(build);
+    go_build.args(["build", "-o", &binary("writer_go"), "writer.go"]);
+    go_build.current_dir(clients.join("go/writer"));
+    let java = binary("java");
+    let javac =
+        command("javac", &["-d", &java, clients.join("java/Writer.java").to_str().unwrap()]);
+    let python = |python: &str, script| {
+        command(python, &[clients.join("python").join(script).to_str().unwrap()])
+    };
+    // (name, source under clients/, front end, tools, program, build)
+    let mut candidates = vec![
+        ("curl", "shell/writer.sh", Http, &[("curl", "curl")][..], shell("curl"), None),
+        (
+            "redis-cli",
+            "shell/writer.sh",
+            Resp,
+            &[("redis-cli", "redis-tools")],
+            shell("redis-cli"),
+            None,
+        ),
+        (
+            "urllib",
+            "python/http_writer.py",
+            Http,
+            &[("python3", "python3")],
+            python("python3", "http_writer.py"),
+            None,
+        ),
+        (
+            "hiredis",
+            "c/writer_hiredis.c",
+            Resp,
+            HIREDIS,
+            command(&binary("writer_hiredis"), &[]),
+            Some(cc("c/writer_hiredis.c", "-lhiredis", "writer_hiredis")),
+        ),
+        (
+            "libcurl",
+            "c/writer_curl.c",
+            Http,
+            LIBCURL,
+            command(&binary("writer_curl"), &[]),
+            Some(cc("c/writer_curl.c", "-lcurl", "writer_curl")),
+        ),
+        // One Go program, built once (by the first), for both.
+        (
+            "redigo",
+            "go/writer/writer.go",
+            Resp,
+            REDIGO,
+            command(&binary("writer_go"), &["resp"]),
+            Some(go_build),
+        ),
+        (
+            "nethttp",
+            "go/writer/writer.go",
+            Http,
+            REDIGO,
+            command(&binary("writer_go"), &["http"]),
+            None,
+        ),
+        (
+            "java",
+            "java/Writer.java",
+            Http,
+            &[("javac", "default-jdk-headless")],
+            command("java", &["-cp", &java, "Writer"]),
+            Some(javac),
+        ),
+    ];
+    match self::python() {
+        Some(interpreter) => candidates.push((
+            "redis-py",
+            "python/writer.py",
+            Resp,
+            &[],
+            python(&interpreter, "writer.py"),
+            None,
+        )),
+        None => {
+            println!(
+                "SKIPPED: the leader kill's redis-py writer: no python3 with redis-py (apt-get install python3-redis)"
+            );
+            steps.skipped.push("the leader kill's redis-py writer".into());
+        }
+    }
+    candidates
+        .into_iter()
+        .filter(|(name, source, _, tools, _, _)| {
+            steps.have(&format!("the leader kill's {name} writer (clients/{source})"), tools)
+        })
+        .map(|(name, _, front, _, program, build)| Writer { name, front, build, program })
+        .collect()
 }
 
 #[test]
@@ -775,73 +959,36 @@ fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_ac
             )
         },
     );
-    steps.run_with(
-        "C: hiredis (clients/c/kv_hiredis.c)",
-        &[
-            ("cc", "build-essential"),
-            (
-                "pkg-config --exists hiredis || test -e /usr/include/hiredis/hiredis.h",
-                "libhiredis-dev",
-            ),
-        ],
-        || {
-            let binary = build.join("kv_hiredis");
-            run(Command::new("cc")
-                .arg(clients.join("c/kv_hiredis.c"))
-                .args(["-O1", "-lhiredis", "-o"])
-                .arg(&binary))?;
-            let (host, port) = redis(&cluster, 2)
-                .rsplit_once(':')
-                .map(|(h, p)| (h.to_string(), p.to_string()))
-                .unwrap();
-            client_program(Command::new(&binary).args([host, port, "hiredis".into()]), "hiredis")
-        },
-    );
+    steps.run_with("C: hiredis (clients/c/kv_hiredis.c)", HIREDIS, || {
+        let binary = build.join("kv_hiredis");
+        run(Command::new("cc")
+            .arg(clients.join("c/kv_hiredis.c"))
+            .args(["-O1", "-lhiredis", "-o"])
+            .arg(&binary))?;
+        let (host, port) = redis(&cluster, 2)
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .unwrap();
+        client_program(Command::new(&binary).args([host, port, "hiredis".into()]), "hiredis")
+    });
     written.push(("hiredis", false, true));
-    steps.run_with(
-        "C: libcurl (clients/c/kv_curl.c)",
-        &[("cc", "build-essential"), ("curl-config", "libcurl4-openssl-dev")],
-        || {
-            let binary = build.join("kv_curl");
-            run(Command::new("cc")
-                .arg(clients.join("c/kv_curl.c"))
-                .args(["-O1", "-lcurl", "-o"])
-                .arg(&binary))?;
-            client_program(
-                Command::new(&binary).args([http(&cluster, 1), "libcurl".into()]),
-                "libcurl",
-            )
-        },
-    );
+    steps.run_with("C: libcurl (clients/c/kv_curl.c)", LIBCURL, || {
+        let binary = build.join("kv_curl");
+        run(Command::new("cc")
+            .arg(clients.join("c/kv_curl.c"))
+            .args(["-O1", "-lcurl", "-o"])
+            .arg(&binary))?;
+        client_program(Command::new(&binary).args([http(&cluster, 1), "libcurl".into()]), "libcurl")
+    });
     written.push(("libcurl", true, false));
-    steps.run_with(
-        "Go: redigo and net/http (clients/go/kv_redigo.go)",
-        &[
-            ("go", "golang-go"),
-            (
-                "test -d /usr/share/gocode/src/github.com/gomodule/redigo",
-                "golang-github-gomodule-redigo-dev",
-            ),
-        ],
-        || {
-            client_program(
-                Command::new("go")
-                    .args([
-                        "run",
-                        "kv_redigo.go",
-                        &http(&cluster, 2),
-                        &redis(&cluster, 0),
-                        "redigo",
-                    ])
-                    .current_dir(clients.join("go"))
-                    .env("GO111MODULE", "off")
-                    .env("GOPATH", "/usr/share/gocode")
-                    .env("GOFLAGS", "")
-                    .env("GOCACHE", build.join("gocache")),
-                "redigo",
-            )
-        },
-    );
+    steps.run_with("Go: redigo and net/http (clients/go/kv_redigo.go)", REDIGO, || {
+        client_program(
+            go(&build)
+                .args(["run", "kv_redigo.go", &http(&cluster, 2), &redis(&cluster, 0), "redigo"])
+                .current_dir(clients.join("go")),
+            "redigo",
+        )
+    });
     written.push(("redigo", true, true));
     steps.run_with(
         "Java: java.net.http.HttpClient (clients/java/Kv.java)",
@@ -870,28 +1017,27 @@ fn real_clients_through_every_front_end_read_each_others_writes_and_keep_them_ac
     steps.run_with("malformed, oversized and idle connections", &[("curl", "curl")], || {
         hostile_input(&cluster)
     });
-    match python() {
-        Some(python) if installed("curl") => {
-            steps.run("a shard leader killed under redis-py and curl writers", || {
-                leader_killed(&mut cluster, &python)
-            });
-            // The coordination scenario again on the shards whose leader moved: leases, locks
-            // and watches are the new leader's after the kill.
-            let survivor = cluster.nodes.iter().position(|node| node.child.is_some()).unwrap();
-            steps.run(
-                "urllib coordination after the kill (clients/python/http_coordination.py)",
-                || {
-                    client_program(
-                        Command::new(&python)
-                            .arg(clients.join("python/http_coordination.py"))
-                            .args([http(&cluster, survivor), "urllib-after-kill".into()]),
-                        "urllib-after-kill",
-                    )
-                },
-            );
-        }
-        _ => println!("SKIPPED: the leader kill: it needs curl and python3-redis"),
-    }
+    let writers = writers(&mut steps, &build);
+    steps.run_with(
+        &format!("a shard leader killed under {} writers, one per client", writers.len()),
+        &[("curl", "curl")],
+        || leader_killed(&mut cluster, writers),
+    );
+    // The coordination scenario again on the shards whose leader moved: leases, locks and
+    // watches are the new leader's after the kill.
+    let survivor = cluster.nodes.iter().position(|node| node.child.is_some()).unwrap();
+    steps.run_with(
+        "urllib coordination after the kill (clients/python/http_coordination.py)",
+        &[("python3", "python3")],
+        || {
+            client_program(
+                Command::new("python3")
+                    .arg(clients.join("python/http_coordination.py"))
+                    .args([http(&cluster, survivor), "urllib-after-kill".into()]),
+                "urllib-after-kill",
+            )
+        },
+    );
     println!(
         "{} passed, {} failed, {} skipped",
         steps.passed,
