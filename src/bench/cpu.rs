@@ -42,13 +42,15 @@ impl CpuScope {
 }
 
 /// CPU ticks at one instant.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CpuSample {
     at: Instant,
-    /// The nodes' ticks, if they can be read.
+    /// This process's ticks, every thread's, ended ones' included.
+    own: u64,
+    /// The nodes' ticks, if they run in other processes that can be read.
     nodes: Option<u64>,
-    /// The load's ticks.
-    client: u64,
+    /// The embedded load's threads' ticks, by thread id.
+    client: HashMap<u32, u64>,
 }
 
 /// What the window cost, per committed write and in cores kept busy.
@@ -85,19 +87,20 @@ fn stat_ticks(path: &str) -> Option<(String, u64)> {
     Some((name, user + system))
 }
 
-/// Ticks of this process's threads that belong to the load, the main thread included.
-fn client_thread_ticks() -> u64 {
-    let main = std::process::id().to_string();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+/// Ticks of this process's threads that belong to the load, the main thread included, by
+/// thread id.
+fn client_thread_ticks() -> HashMap<u32, u64> {
+    let main = std::process::id();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return HashMap::new() };
     tasks
         .filter_map(Result::ok)
         .filter_map(|task| {
-            let tid = task.file_name().to_string_lossy().into_owned();
+            let tid: u32 = task.file_name().to_string_lossy().parse().ok()?;
             let (name, ticks) = stat_ticks(&format!("/proc/self/task/{tid}/stat"))?;
             let client = tid == main || CLIENT_THREAD_PREFIXES.iter().any(|p| name.starts_with(p));
-            client.then_some(ticks)
+            client.then_some((tid, ticks))
         })
-        .sum()
+        .collect()
 }
 
 /// Reads the ticks of `scope` now.
@@ -106,18 +109,28 @@ pub fn sample(scope: &CpuScope) -> CpuSample {
     let at = Instant::now();
     let own = stat_ticks("/proc/self/stat").map_or(0, |(_, ticks)| ticks);
     let (nodes, client) = match scope {
-        CpuScope::Embedded => {
-            let client = client_thread_ticks();
-            (Some(own.saturating_sub(client)), client)
-        }
+        CpuScope::Embedded => (None, client_thread_ticks()),
         CpuScope::Local(pids) => {
             let each = pids.iter().map(|pid| stat_ticks(&format!("/proc/{pid}/stat")));
-            let nodes: Option<u64> = each.map(|read| read.map(|(_, ticks)| ticks)).sum();
-            (nodes, own)
+            (each.map(|read| read.map(|(_, ticks)| ticks)).sum(), HashMap::new())
         }
-        CpuScope::Unknown(_) => (None, own),
+        CpuScope::Unknown(_) => (None, HashMap::new()),
     };
-    CpuSample { at, nodes, client }
+    CpuSample { at, own, nodes, client }
+}
+
+/// The load's ticks between two samples: the embedded load's threads one by one (a thread
+/// that ended between them takes its ticks with it, so a sum of sums could go backwards),
+/// otherwise this whole process.
+fn client_ticks(scope: &CpuScope, before: &CpuSample, after: &CpuSample) -> u64 {
+    match scope {
+        CpuScope::Embedded => after
+            .client
+            .iter()
+            .map(|(tid, ticks)| ticks.saturating_sub(before.client.get(tid).copied().unwrap_or(0)))
+            .sum(),
+        _ => after.own.saturating_sub(before.own),
+    }
 }
 
 /// The figures between two samples, for `writes` committed in `window_seconds`. The rate
@@ -134,8 +147,12 @@ pub fn figures(
     let cores = |from: u64, to: u64| {
         (span > 0.0).then(|| to.saturating_sub(from) as f64 / ticks_per_second() / span)
     };
-    let nodes = before.nodes.zip(after.nodes).and_then(|(from, to)| cores(from, to));
-    let client = cores(before.client, after.client);
+    let client_ticks = client_ticks(scope, before, after);
+    let nodes = match scope {
+        CpuScope::Embedded => cores(0, after.own.saturating_sub(before.own + client_ticks)),
+        _ => before.nodes.zip(after.nodes).and_then(|(from, to)| cores(from, to)),
+    };
+    let client = cores(0, client_ticks);
     let per_write = |cores: Option<f64>| {
         cores.filter(|_| writes > 0).map(|cores| cores * window_seconds / writes as f64 * 1e6)
     };

@@ -262,83 +262,118 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         (0..count).map(|_| connect().map(Arc::new)).collect::<Result<_, _>>()?;
     let progress = Arc::new(Progress::default());
     let begin = Instant::now();
-    let runner = {
-        let (client, pipelined, progress) = (client.clone(), pipelined.clone(), progress.clone());
-        let load = spec.load.clone();
-        // Named, so that its CPU time (the lock and watch workloads' driver) is the client's.
-        std::thread::Builder::new()
-            .name("quorum-load".into())
-            .spawn(move || {
-                if pipelined.is_empty() {
-                    load::run(&client, &load, &progress)
-                } else {
-                    pipeline::run(&pipelined, &load, &progress)
-                }
-            })
-            .map_err(|error| format!("spawning the load: {error}"))?
-    };
-    let edges = watch_window(spec, &runner, &progress, begin, &|| {
-        (server_counters(&addresses, cluster_id), cpu::sample(&scope))
-    });
+    let runner = spawn_load(spec, &client, &pipelined, &progress)?;
+    let edges = watch_window(
+        spec,
+        &runner,
+        &progress,
+        begin,
+        &Sampler {
+            counters: &|| server_counters(&addresses, cluster_id),
+            cpu: &|| cpu::sample(&scope),
+        },
+    );
     let result = runner.join().map_err(|_| "the load panicked".to_string())??;
-    let after = edges
-        .after
-        .unwrap_or_else(|| (server_counters(&addresses, cluster_id), cpu::sample(&scope)));
+    let after = edges.after.unwrap_or_else(|| server_counters(&addresses, cluster_id));
     drop((client, pipelined));
     let peak_rss_mib =
         embedded.as_ref().and_then(|_| proc_status_kib("VmHWM:")).map(|k| k / 1024.0);
     if let Some(cluster) = embedded {
         cluster.stop()?;
     }
-    let cpu = match &edges.before {
-        Some((_, before)) => cpu::figures(&scope, before, &after.1, result.writes, result.seconds),
-        None => CpuFigures {
-            cpu_measured: "the window was not sampled".into(),
-            ..CpuFigures::default()
-        },
-    };
-    let before = edges.before.map(|(counters, _)| counters).unwrap_or_default();
-    let mut row = bench_row(spec, target.as_ref(), &result, &before, &after.0);
+    let cpu = cpu_of(&scope, &edges, &result);
+    let before = edges.before.unwrap_or_default();
+    let mut row = bench_row(spec, target.as_ref(), &result, &before, &after);
     row.peak_rss_mib = peak_rss_mib;
     row.rss_mib_by_second = edges.rss;
     row.cpu = cpu;
     Ok(row)
 }
 
-/// The server counters and CPU ticks at one instant.
-type Snapshot = (ServerCounters, cpu::CpuSample);
+/// Starts the load on a thread of its own: through `client`, or pipelined through each of
+/// `pipelined` if there are any.
+fn spawn_load(
+    spec: &BenchSpec,
+    client: &Arc<Client>,
+    pipelined: &[Arc<Client>],
+    progress: &Arc<Progress>,
+) -> Result<std::thread::JoinHandle<Result<load::LoadResult, String>>, String> {
+    let (client, pipelined, progress) = (client.clone(), pipelined.to_vec(), progress.clone());
+    let load = spec.load.clone();
+    // Named, so that its CPU time (the lock and watch workloads' driver) is the client's.
+    std::thread::Builder::new()
+        .name("quorum-load".into())
+        .spawn(move || {
+            if pipelined.is_empty() {
+                load::run(&client, &load, &progress)
+            } else {
+                pipeline::run(&pipelined, &load, &progress)
+            }
+        })
+        .map_err(|error| format!("spawning the load: {error}"))
+}
+
+/// The CPU figures of the window the edges bracket.
+fn cpu_of(scope: &CpuScope, edges: &Edges, result: &load::LoadResult) -> CpuFigures {
+    match (&edges.cpu_before, &edges.cpu_after) {
+        (Some(before), Some(after)) => {
+            cpu::figures(scope, before, after, result.writes, result.seconds)
+        }
+        _ => CpuFigures {
+            cpu_measured: "the window was not sampled".into(),
+            ..CpuFigures::default()
+        },
+    }
+}
+
+/// What is sampled at the window's edges.
+struct Sampler<'a> {
+    counters: &'a dyn Fn() -> ServerCounters,
+    cpu: &'a dyn Fn() -> cpu::CpuSample,
+}
 
 /// What was sampled while the load ran.
 struct Edges {
-    /// At the window's start and end.
-    before: Option<Snapshot>,
-    after: Option<Snapshot>,
+    /// The server counters at the window's start and end.
+    before: Option<ServerCounters>,
+    after: Option<ServerCounters>,
+    /// CPU ticks at the window's start and just before its end, while the load's threads
+    /// live (the ticks of a thread that has ended can no longer be told apart).
+    cpu_before: Option<cpu::CpuSample>,
+    cpu_after: Option<cpu::CpuSample>,
     /// Resident memory each second, MiB.
     rss: Vec<f64>,
 }
 
-/// Waits for the load, taking `snapshot` at the window's edges (CPU first: the counters
-/// take a round trip), memory each second, and printing progress if asked.
+/// Waits for the load, sampling at the window's edges (CPU first: the counters take a round
+/// trip), memory each second, and printing progress if asked.
 fn watch_window<T>(
     spec: &BenchSpec,
     runner: &std::thread::JoinHandle<T>,
     progress: &Progress,
     begin: Instant,
-    snapshot: &dyn Fn() -> Snapshot,
+    sampler: &Sampler<'_>,
 ) -> Edges {
-    let mut edges = Edges { before: None, after: None, rss: Vec::new() };
+    let mut edges =
+        Edges { before: None, after: None, cpu_before: None, cpu_after: None, rss: Vec::new() };
     let mut last_completed = 0;
     let mut second = 1;
     let window_start = spec.load.warmup;
     let window_end = spec.load.warmup + spec.load.duration;
+    // The load's drivers stop at the window's end (theirs starts a little after this one).
+    let cpu_end = window_end - (spec.load.duration / 10).min(Duration::from_millis(100));
     while !runner.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
         let elapsed = begin.elapsed();
         if edges.before.is_none() && elapsed >= window_start {
-            edges.before = Some(snapshot());
+            edges.cpu_before = Some((sampler.cpu)());
+            edges.before = Some((sampler.counters)());
+        }
+        if edges.cpu_after.is_none() && elapsed >= cpu_end {
+            edges.cpu_after = Some((sampler.cpu)());
         }
         if edges.after.is_none() && elapsed >= window_end {
-            edges.after = Some(snapshot());
+            edges.after = Some((sampler.counters)());
         }
         if elapsed >= Duration::from_secs(second) {
             second += 1;
