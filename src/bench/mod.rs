@@ -256,8 +256,9 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     // Server counters come from every member, not only the addresses given.
     let addresses: Vec<String> = client.members().into_iter().map(|(_, address)| address).collect();
     let scope = if embedded.is_some() { CpuScope::Embedded } else { cpu::target_scope(&addresses) };
-    // Pipelined, every client has connections of its own.
-    let count = if spec.load.pipeline.is_some() { spec.load.clients } else { 0 };
+    // Pipelined (the kv closed loop only), every client has connections of its own.
+    let pipelined_kv = spec.load.workload == load::Workload::Kv && spec.load.rate.is_none();
+    let count = if spec.load.pipeline.is_some() && pipelined_kv { spec.load.clients } else { 0 };
     let pipelined: Vec<Arc<Client>> =
         (0..count).map(|_| connect().map(Arc::new)).collect::<Result<_, _>>()?;
     let progress = Arc::new(Progress::default());
