@@ -24,6 +24,7 @@ fn the_watch_workload_delivers_every_acknowledged_put_once_and_in_order() {
             only_shard: None,
             workload: Workload::Watch,
             watchers: 20,
+            pipeline: None,
         },
         shards: 2,
         voters: 3,

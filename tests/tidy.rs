@@ -375,8 +375,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("src/transport/codec.rs", "encode_message", 112),
     ("src/transport/codec.rs", "decode", 233),
     ("src/shard/journal.rs", "open", 72),
-    ("src/bin/quorum/bench.rs", "run", 100),
-    ("src/bench/mod.rs", "run", 132),
     ("wal/src/log.rs", "recover", 127),
 ];
 

@@ -45,6 +45,10 @@ pub struct LoadSpec {
     pub workload: Workload,
     /// Watchers, one key each ([`Workload::Watch`] only).
     pub watchers: usize,
+    /// `Some(n)`: `clients` are clients with connections of their own, each keeping `n`
+    /// requests outstanding (`super::pipeline`); `None`: `clients` concurrent requests over
+    /// the bench's one client.
+    pub pipeline: Option<usize>,
 }
 
 /// What a load's requests are.
@@ -102,7 +106,7 @@ fn key_name(index: u64) -> Vec<u8> {
 }
 
 /// Keys that live on each shard.
-fn keys_by_shard(keys: u64, shards: u16) -> Vec<Vec<Vec<u8>>> {
+pub(super) fn keys_by_shard(keys: u64, shards: u16) -> Vec<Vec<Vec<u8>>> {
     let mut by_shard = vec![Vec::new(); usize::from(shards)];
     for index in 0..keys {
         let key = key_name(index);
@@ -111,20 +115,20 @@ fn keys_by_shard(keys: u64, shards: u16) -> Vec<Vec<Vec<u8>>> {
     by_shard
 }
 
-struct Driver {
-    shard: u16,
-    window: usize,
-    keys: Vec<Vec<u8>>,
-    value: Vec<u8>,
-    read_ratio: f64,
+pub(super) struct Driver {
+    pub(super) shard: u16,
+    pub(super) window: usize,
+    pub(super) keys: Vec<Vec<u8>>,
+    pub(super) value: Vec<u8>,
+    pub(super) read_ratio: f64,
     /// `None`: gets are sent as commands, through the log.
-    read: Option<ReadOptions>,
-    rng: Xoshiro256PlusPlus,
+    pub(super) read: Option<ReadOptions>,
+    pub(super) rng: Xoshiro256PlusPlus,
 }
 
 impl Driver {
     /// One command, and whether it writes.
-    fn command(&mut self) -> (Vec<u8>, bool) {
+    pub(super) fn command(&mut self) -> (Vec<u8>, bool) {
         let key = &self.keys[(self.rng.next_u64() % self.keys.len() as u64) as usize];
         let read = (self.rng.next_u64() as f64 / u64::MAX as f64) < self.read_ratio;
         if read {
@@ -169,7 +173,11 @@ impl Driver {
 
 /// Writes every key of the loaded shards once, so that the load's gets find values (not
 /// counted).
-fn preload(client: &Client, spec: &LoadSpec, by_shard: &[Vec<Vec<u8>>]) -> Result<(), String> {
+pub(super) fn preload(
+    client: &Client,
+    spec: &LoadSpec,
+    by_shard: &[Vec<Vec<u8>>],
+) -> Result<(), String> {
     let value = vec![0x5A; spec.payload_bytes];
     for (shard, keys) in by_shard.iter().enumerate() {
         let shard = shard as u16;
@@ -207,6 +215,27 @@ impl Window {
     }
 }
 
+/// Every shard has keys, and `--only-shard` names one of them.
+pub(super) fn check_shards(
+    spec: &LoadSpec,
+    shards: u16,
+    by_shard: &[Vec<Vec<u8>>],
+) -> Result<(), String> {
+    if let Some(shard) = by_shard.iter().position(Vec::is_empty) {
+        return Err(format!(
+            "--keys {} leaves shard {shard} without keys; use more keys",
+            spec.keys
+        ));
+    }
+    if let Some(only) = spec.only_shard.filter(|only| *only >= shards) {
+        return Err(format!(
+            "--only-shard {only}: the cluster has {shards} shards (0 to {})",
+            shards - 1
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the load against `client`'s cluster.
 ///
 /// # Errors
@@ -223,18 +252,7 @@ pub fn run(
     }
     let shards = client.shards();
     let by_shard = keys_by_shard(spec.keys.max(1), shards);
-    if let Some(shard) = by_shard.iter().position(Vec::is_empty) {
-        return Err(format!(
-            "--keys {} leaves shard {shard} without keys; use more keys",
-            spec.keys
-        ));
-    }
-    if let Some(only) = spec.only_shard.filter(|only| *only >= shards) {
-        return Err(format!(
-            "--only-shard {only}: the cluster has {shards} shards (0 to {})",
-            shards - 1
-        ));
-    }
+    check_shards(spec, shards, &by_shard)?;
     if spec.read_ratio > 0.0 {
         preload(client, spec, &by_shard)?;
     }
@@ -267,10 +285,15 @@ pub fn run(
         let rate = spec.rate.map(|rate| rate / f64::from(loaded));
         let (client, window, stop, progress) =
             (client.clone(), window.clone(), stop.clone(), progress.clone());
-        handles.push(std::thread::spawn(move || match rate {
-            None => closed_loop(&client, &mut driver, &window, &stop, &progress),
-            Some(rate) => open_loop(&client, &mut driver, rate, &window, &stop, &progress),
-        }));
+        // Named, so that its CPU time counts as the client's (`super::cpu`).
+        let handle =
+            std::thread::Builder::new().name(format!("quorum-load-{shard}")).spawn(move || {
+                match rate {
+                    None => closed_loop(&client, &mut driver, &window, &stop, &progress),
+                    Some(rate) => open_loop(&client, &mut driver, rate, &window, &stop, &progress),
+                }
+            });
+        handles.push(handle.map_err(|error| format!("spawning a load driver: {error}"))?);
     }
     let mut total = LoadResult::empty(spec.duration.as_secs_f64());
     for handle in handles {

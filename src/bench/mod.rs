@@ -2,10 +2,12 @@
 //! one), applies a load through the client library, and reports throughput and latency with
 //! every condition that produced them.
 
+pub mod cpu;
 pub mod embedded;
 pub mod limits;
 pub mod load;
 mod locks;
+pub mod pipeline;
 pub mod report;
 pub mod watch;
 
@@ -19,6 +21,7 @@ use serde::Serialize;
 use crate::client::{Client, ClientOptions, Consistency, node_status};
 use crate::core::{ClusterId, RoleKind};
 use crate::runtime::config::{ApplyMode, Durability};
+use cpu::{CpuFigures, CpuScope};
 use embedded::{EmbeddedCluster, EmbeddedSpec};
 use load::{LoadSpec, Progress};
 
@@ -59,8 +62,13 @@ pub struct BenchRow {
     pub durability: String,
     /// "shard" or "total" (embedded cluster; "as configured" for a target).
     pub apply: String,
-    /// Concurrent requests (closed loop).
+    /// Closed loop without `pipeline`: concurrent requests, all over the bench's one client
+    /// (one connection per shard). With it: clients, each with connections of its own.
     pub clients: usize,
+    /// Requests each client keeps outstanding (`--pipeline`); `None`: not pipelined.
+    pub pipeline: Option<usize>,
+    /// Requests outstanding in all: `clients` × `pipeline` (closed loop).
+    pub concurrency: usize,
     /// Open-loop rate, if any.
     pub rate: Option<f64>,
     /// Value bytes per write.
@@ -113,6 +121,9 @@ pub struct BenchRow {
     pub rss_mib_by_second: Vec<f64>,
     /// The machine's limits, measured in the same invocation.
     pub limits: Option<limits::Limits>,
+    /// CPU time over the window, per committed write (`cpu_…` fields; see `cpu`).
+    #[serde(flatten)]
+    pub cpu: CpuFigures,
     /// Reads and writes apart.
     #[serde(flatten)]
     pub split: ReadWriteSplit,
@@ -229,7 +240,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let lease = spec.load.consistency == Some(Consistency::Lease);
     let embedded = start_embedded(spec, lease)?;
-    let (addresses, cluster_id) = match (&embedded, &spec.target) {
+    let (seeds, cluster_id) = match (&embedded, &spec.target) {
         (Some(cluster), _) => (cluster.addresses().to_vec(), cluster.cluster_id()),
         (None, Some(target)) => (target.clone(), ClusterId(spec.cluster_id)),
         (None, None) => unreachable!("one of the two is set"),
@@ -239,40 +250,136 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         request_timeout: Duration::from_secs(30),
         ..ClientOptions::default()
     };
-    let client = Arc::new(Client::connect(&addresses, options).map_err(|e| e.to_string())?);
-    let target_facts =
-        if spec.target.is_some() { Some(target_facts(&addresses, cluster_id)?) } else { None };
-    let target = target_facts.as_ref();
+    let connect = || Client::connect(&seeds, options.clone()).map_err(|e| e.to_string());
+    let client = Arc::new(connect()?);
+    let target = if spec.target.is_some() { Some(target_facts(&seeds, cluster_id)?) } else { None };
     // Server counters come from every member, not only the addresses given.
     let addresses: Vec<String> = client.members().into_iter().map(|(_, address)| address).collect();
+    let scope = if embedded.is_some() { CpuScope::Embedded } else { cpu::target_scope(&addresses) };
+    // Pipelined (the kv closed loop only), every client has connections of its own.
+    let pipelined_kv = spec.load.workload == load::Workload::Kv && spec.load.rate.is_none();
+    let count = if spec.load.pipeline.is_some() && pipelined_kv { spec.load.clients } else { 0 };
+    let pipelined: Vec<Arc<Client>> =
+        (0..count).map(|_| connect().map(Arc::new)).collect::<Result<_, _>>()?;
     let progress = Arc::new(Progress::default());
     let begin = Instant::now();
+    let runner = spawn_load(spec, &client, &pipelined, &progress)?;
+    let edges = watch_window(
+        spec,
+        &runner,
+        &progress,
+        begin,
+        &Sampler {
+            counters: &|| server_counters(&addresses, cluster_id),
+            cpu: &|| cpu::sample(&scope),
+        },
+    );
+    let result = runner.join().map_err(|_| "the load panicked".to_string())??;
+    let after = edges.after.unwrap_or_else(|| server_counters(&addresses, cluster_id));
+    drop((client, pipelined));
+    let peak_rss_mib =
+        embedded.as_ref().and_then(|_| proc_status_kib("VmHWM:")).map(|k| k / 1024.0);
+    if let Some(cluster) = embedded {
+        cluster.stop()?;
+    }
+    let cpu = cpu_of(&scope, &edges, &result);
+    let before = edges.before.unwrap_or_default();
+    let mut row = bench_row(spec, target.as_ref(), &result, &before, &after);
+    row.peak_rss_mib = peak_rss_mib;
+    row.rss_mib_by_second = edges.rss;
+    row.cpu = cpu;
+    Ok(row)
+}
+
+/// Starts the load on a thread of its own: through `client`, or pipelined through each of
+/// `pipelined` if there are any.
+fn spawn_load(
+    spec: &BenchSpec,
+    client: &Arc<Client>,
+    pipelined: &[Arc<Client>],
+    progress: &Arc<Progress>,
+) -> Result<std::thread::JoinHandle<Result<load::LoadResult, String>>, String> {
+    let (client, pipelined, progress) = (client.clone(), pipelined.to_vec(), progress.clone());
     let load = spec.load.clone();
-    let runner = {
-        let (client, progress) = (client.clone(), progress.clone());
-        std::thread::spawn(move || load::run(&client, &load, &progress))
-    };
-    // Sample progress, memory and the server counters at the window's edges.
-    let mut rss = Vec::new();
-    let mut before = None;
-    let mut after = None;
+    // Named, so that its CPU time (the lock and watch workloads' driver) is the client's.
+    std::thread::Builder::new()
+        .name("quorum-load".into())
+        .spawn(move || {
+            if pipelined.is_empty() {
+                load::run(&client, &load, &progress)
+            } else {
+                pipeline::run(&pipelined, &load, &progress)
+            }
+        })
+        .map_err(|error| format!("spawning the load: {error}"))
+}
+
+/// The CPU figures of the window the edges bracket.
+fn cpu_of(scope: &CpuScope, edges: &Edges, result: &load::LoadResult) -> CpuFigures {
+    match (&edges.cpu_before, &edges.cpu_after) {
+        (Some(before), Some(after)) => {
+            cpu::figures(scope, before, after, result.writes, result.seconds)
+        }
+        _ => CpuFigures {
+            cpu_measured: "the window was not sampled".into(),
+            ..CpuFigures::default()
+        },
+    }
+}
+
+/// What is sampled at the window's edges.
+struct Sampler<'a> {
+    counters: &'a dyn Fn() -> ServerCounters,
+    cpu: &'a dyn Fn() -> cpu::CpuSample,
+}
+
+/// What was sampled while the load ran.
+struct Edges {
+    /// The server counters at the window's start and end.
+    before: Option<ServerCounters>,
+    after: Option<ServerCounters>,
+    /// CPU ticks at the window's start and just before its end, while the load's threads
+    /// live (the ticks of a thread that has ended can no longer be told apart).
+    cpu_before: Option<cpu::CpuSample>,
+    cpu_after: Option<cpu::CpuSample>,
+    /// Resident memory each second, MiB.
+    rss: Vec<f64>,
+}
+
+/// Waits for the load, sampling at the window's edges (CPU first: the counters take a round
+/// trip), memory each second, and printing progress if asked.
+fn watch_window<T>(
+    spec: &BenchSpec,
+    runner: &std::thread::JoinHandle<T>,
+    progress: &Progress,
+    begin: Instant,
+    sampler: &Sampler<'_>,
+) -> Edges {
+    let mut edges =
+        Edges { before: None, after: None, cpu_before: None, cpu_after: None, rss: Vec::new() };
     let mut last_completed = 0;
     let mut second = 1;
     let window_start = spec.load.warmup;
     let window_end = spec.load.warmup + spec.load.duration;
+    // The load's drivers stop at the window's end (theirs starts a little after this one).
+    let cpu_end = window_end - (spec.load.duration / 10).min(Duration::from_millis(100));
     while !runner.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
         let elapsed = begin.elapsed();
-        if before.is_none() && elapsed >= window_start {
-            before = Some(server_counters(&addresses, cluster_id));
+        if edges.before.is_none() && elapsed >= window_start {
+            edges.cpu_before = Some((sampler.cpu)());
+            edges.before = Some((sampler.counters)());
         }
-        if after.is_none() && elapsed >= window_end {
-            after = Some(server_counters(&addresses, cluster_id));
+        if edges.cpu_after.is_none() && elapsed >= cpu_end {
+            edges.cpu_after = Some((sampler.cpu)());
+        }
+        if edges.after.is_none() && elapsed >= window_end {
+            edges.after = Some((sampler.counters)());
         }
         if elapsed >= Duration::from_secs(second) {
             second += 1;
             if let Some(kib) = proc_status_kib("VmRSS:") {
-                rss.push(kib / 1024.0);
+                edges.rss.push(kib / 1024.0);
             }
             let completed = progress.completed.load(Ordering::Relaxed);
             if spec.progress {
@@ -290,15 +397,17 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
     if spec.progress {
         eprintln!();
     }
-    let result = runner.join().map_err(|_| "the load panicked".to_string())??;
-    let after = after.unwrap_or_else(|| server_counters(&addresses, cluster_id));
-    let before = before.unwrap_or_default();
-    drop(client);
-    let peak_rss_mib =
-        embedded.as_ref().and_then(|_| proc_status_kib("VmHWM:")).map(|k| k / 1024.0);
-    if let Some(cluster) = embedded {
-        cluster.stop()?;
-    }
+    edges
+}
+
+/// The row of a run, from its spec, the load's result and the counters at the window's edges.
+fn bench_row(
+    spec: &BenchSpec,
+    target: Option<&TargetFacts>,
+    result: &load::LoadResult,
+    before: &ServerCounters,
+    after: &ServerCounters,
+) -> BenchRow {
     let batches = after.batches_on_leaders.saturating_sub(before.batches_on_leaders);
     let applied = after.applied_on_leaders.saturating_sub(before.applied_on_leaders);
     let micros = |quantile: f64| result.latency.value_at_quantile(quantile) as f64 / 1000.0;
@@ -310,7 +419,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         }
     };
     let seconds = result.seconds;
-    Ok(BenchRow {
+    BenchRow {
         cluster: spec.target.as_ref().map_or("embedded".to_string(), |t| t.join(",")),
         workload: spec.load.workload.name().to_string(),
         voters: target.map_or(spec.voters, |status| status.voters),
@@ -320,11 +429,16 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
         ),
         apply: if spec.target.is_some() { "as configured".into() } else { spec.apply.to_string() },
         clients: spec.load.clients,
+        pipeline: spec.load.pipeline,
+        concurrency: spec.load.clients * spec.load.pipeline.unwrap_or(1),
         rate: spec.load.rate,
         payload_bytes: spec.load.payload_bytes,
         read_ratio: spec.load.read_ratio,
         consistency: consistency_name(spec.load.consistency),
-        read_lease: spec.target.is_none().then_some(lease),
+        read_lease: spec
+            .target
+            .is_none()
+            .then_some(spec.load.consistency == Some(Consistency::Lease)),
         keys: spec.load.keys,
         only_shard: spec.load.only_shard,
         seconds,
@@ -345,12 +459,13 @@ pub fn run(spec: &BenchSpec) -> Result<BenchRow, String> {
             after.chosen_egress_on_leaders,
             before.chosen_egress_on_leaders,
         ),
-        peak_rss_mib,
-        rss_mib_by_second: rss,
+        peak_rss_mib: None,
+        rss_mib_by_second: Vec::new(),
         limits: None,
-        split: ReadWriteSplit::of(&result),
+        cpu: CpuFigures::default(),
+        split: ReadWriteSplit::of(result),
         watch: result.watch.clone(),
-    })
+    }
 }
 
 /// What a target cluster reports about itself.

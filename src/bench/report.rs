@@ -17,7 +17,7 @@ pub fn conditions(row: &BenchRow) -> String {
     };
     let load = match row.rate {
         Some(rate) => format!("open loop at {rate:.0} req/s"),
-        None => format!("closed loop, {} concurrent requests", row.clients),
+        None => format!("closed loop, {}", concurrency(row.clients, row.pipeline)),
     };
     format!(
         "cluster {} ({} voters, apply {}), {durability}, {load}, {}-byte values, read ratio {} \
@@ -31,6 +31,24 @@ pub fn conditions(row: &BenchRow) -> String {
         row.seconds,
         row.warmup_seconds
     )
+}
+
+/// What `clients` and `pipeline` put in flight, in words.
+#[must_use]
+pub fn concurrency(clients: usize, pipeline: Option<usize>) -> String {
+    match pipeline {
+        None => format!("{clients} concurrent requests over one client"),
+        Some(depth) => format!(
+            "{clients} clients with connections of their own, {depth} requests outstanding \
+             each ({} concurrent)",
+            clients * depth
+        ),
+    }
+}
+
+/// A CPU figure, or `-` where it was not measured.
+fn cpu_cell(value: Option<f64>) -> String {
+    value.map_or("-".to_string(), |micros| format!("{micros:.2}"))
 }
 
 /// The limits line, and where the payload rate stands against them.
@@ -131,9 +149,10 @@ pub fn watch_line(row: &BenchRow) -> String {
 #[must_use]
 pub fn header() -> String {
     format!(
-        "{:>6} {:>7} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+        "{:>6} {:>7} {:>5} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12} {:>6}",
         "shards",
         "clients",
+        "pipe",
         "ops/s",
         "MB/s",
         "p50 µs",
@@ -144,6 +163,8 @@ pub fn header() -> String {
         "cmd/batch",
         "fsync/s",
         "peak MiB",
+        "cpu µs/write",
+        "client µs/w",
         "errors"
     )
 }
@@ -152,9 +173,10 @@ pub fn header() -> String {
 #[must_use]
 pub fn line(row: &BenchRow) -> String {
     format!(
-        "{:>6} {:>7} {:>12.0} {:>8.2} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.1} {:>8.0} {:>8} {:>6}",
+        "{:>6} {:>7} {:>5} {:>12.0} {:>8.2} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.1} {:>8.0} {:>8} {:>12} {:>12} {:>6}",
         row.shards,
         row.clients,
+        row.pipeline.map_or("-".to_string(), |depth| depth.to_string()),
         row.ops_per_sec,
         row.payload_mb_per_sec,
         row.p50_us,
@@ -165,6 +187,8 @@ pub fn line(row: &BenchRow) -> String {
         row.commands_per_batch,
         row.fsyncs_per_sec,
         row.peak_rss_mib.map_or("-".to_string(), |mib| format!("{mib:.0}")),
+        cpu_cell(row.cpu.cpu_us_per_write),
+        cpu_cell(row.cpu.cpu_us_per_write_client),
         row.errors
     )
 }

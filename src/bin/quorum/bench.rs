@@ -13,9 +13,19 @@ use quorum::runtime::config::{ApplyMode, Durability};
 /// 10 s of 16-byte writes from 256 concurrent requests after 2 s of warm-up, then a table.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Concurrent requests (closed loop); a comma list sweeps them, one row each.
+    /// Without --pipeline: concurrent requests (closed loop), all over the bench's one client
+    /// (one connection to each shard's leader, its requests sent many to a frame). With
+    /// --pipeline: clients, each a client of its own with its own connections. A comma list
+    /// sweeps them, one row each.
     #[arg(long, value_delimiter = ',', default_value = "256")]
     clients: Vec<usize>,
+    /// Make each of --clients a client with connections of its own (its own session and
+    /// connection threads) that keeps N requests outstanding on its connection to one shard's
+    /// leader (client k to the k-th shard, round robin), sending a new one as each completes,
+    /// like `redis-benchmark -P`. Concurrency is then clients × N. Without it (the default):
+    /// --clients concurrent requests over one shared client. Closed-loop kv only.
+    #[arg(long, value_name = "N")]
+    pipeline: Option<usize>,
     /// Bytes of each written value.
     #[arg(long, default_value_t = 16)]
     payload_bytes: usize,
@@ -173,6 +183,7 @@ fn spec(args: &BenchArgs, (shards, clients, read_ratio, consistency): Run) -> Be
             only_shard: args.only_shard,
             workload: args.workload.workload(),
             watchers: args.watchers,
+            pipeline: args.pipeline,
         },
         shards,
         voters: args.voters,
@@ -196,6 +207,12 @@ fn check(args: &BenchArgs) -> Result<(), String> {
     }
     if args.clients.contains(&0) {
         return Err("--clients must be at least 1".into());
+    }
+    if args.pipeline == Some(0) {
+        return Err("--pipeline must be at least 1".into());
+    }
+    if args.pipeline.is_some() && (args.open_loop || !matches!(args.workload, WorkloadArg::Kv)) {
+        return Err("--pipeline drives the closed-loop kv workload only".into());
     }
     if args.shards.iter().any(|shards| !(1..=256).contains(shards)) {
         return Err("--shards must be from 1 to 256".into());
@@ -255,11 +272,11 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         let (shards, clients, read_ratio, consistency) = run;
         if !args.json {
             eprintln!(
-                "run {}/{}: {} shards, {} concurrent requests, read ratio {} ({}){}",
+                "run {}/{}: {} shards, {}, read ratio {} ({}){}",
                 index + 1,
                 runs.len(),
                 shards,
-                clients,
+                report::concurrency(*clients, args.pipeline),
                 read_ratio,
                 consistency.map_or("log".into(), |c| format!("{c:?}").to_lowercase()),
                 if args.durability == Durability::None { ", DURABILITY OFF" } else { "" }
@@ -302,6 +319,7 @@ fn print_table(args: &BenchArgs, rows: &[BenchRow], limits: Option<&bench::limit
     if let Some(limits) = limits {
         println!("{}", report::limits_line(limits));
     }
+    println!("cpu: {}", rows[0].cpu.cpu_measured);
     println!("{}", report::header());
     for row in rows {
         println!("{}", report::line(row));
