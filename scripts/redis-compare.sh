@@ -36,11 +36,13 @@ measure() {
 }
 
 start_redis() {
+    # A fresh log each round: loading the last round's would answer -LOADING for a while.
+    rm -rf "$DATA/appendonlydir"
     redis-server --port 26999 --appendonly yes --appendfsync always --save "" --dir "$DATA" \
         --daemonize no >"$DATA/redis.log" 2>&1 &
     REDIS_PID=$!
     pids+=("$REDIS_PID")
-    until redis-cli -p 26999 PING >/dev/null 2>&1; do sleep 0.1; done
+    until [ "$(redis-cli -p 26999 PING 2>/dev/null)" = PONG ]; do sleep 0.1; done
 }
 
 start_quorum() {
