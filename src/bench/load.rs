@@ -127,6 +127,21 @@ pub(super) struct Driver {
 }
 
 impl Driver {
+    /// Shard `shard`'s driver: `window` requests outstanding, over `keys`, as `spec` says.
+    pub(super) fn new(shard: u16, window: usize, keys: Vec<Vec<u8>>, spec: &LoadSpec) -> Driver {
+        Driver {
+            shard,
+            window: window.max(1),
+            keys,
+            value: vec![0xA5; spec.payload_bytes],
+            read_ratio: spec.read_ratio,
+            read: spec
+                .consistency
+                .map(|consistency| ReadOptions { consistency, ..ReadOptions::default() }),
+            rng: Xoshiro256PlusPlus::seed_from_u64(u64::from(shard) + 1),
+        }
+    }
+
     /// One command, and whether it writes.
     pub(super) fn command(&mut self) -> (Vec<u8>, bool) {
         let key = &self.keys[(self.rng.next_u64() % self.keys.len() as u64) as usize];
@@ -271,17 +286,7 @@ pub fn run(
         let rank = spec.only_shard.map_or(shard, |_| 0);
         let share = spec.clients / usize::from(loaded)
             + usize::from(usize::from(rank) < spec.clients % usize::from(loaded));
-        let mut driver = Driver {
-            shard,
-            window: share.max(1),
-            keys,
-            value: vec![0xA5; spec.payload_bytes],
-            read_ratio: spec.read_ratio,
-            read: spec
-                .consistency
-                .map(|consistency| ReadOptions { consistency, ..ReadOptions::default() }),
-            rng: Xoshiro256PlusPlus::seed_from_u64(u64::from(shard) + 1),
-        };
+        let mut driver = Driver::new(shard, share, keys, spec);
         let rate = spec.rate.map(|rate| rate / f64::from(loaded));
         let (client, window, stop, progress) =
             (client.clone(), window.clone(), stop.clone(), progress.clone());

@@ -11,11 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rand_core::SeedableRng;
-use rand_xoshiro::Xoshiro256PlusPlus;
-
 use super::load::{Driver, LoadResult, LoadSpec, Progress, Window, keys_by_shard, preload};
-use crate::client::{Callback, Client, ReadOptions};
+use crate::client::{Callback, Client};
 
 /// A request's outcome, as its client's callback reports it to the driver.
 struct Done {
@@ -52,17 +49,8 @@ pub fn run(
         if mine.is_empty() {
             continue;
         }
-        let driver = Driver {
-            shard,
-            window: spec.pipeline.unwrap_or(1).max(1),
-            keys: by_shard[usize::from(shard)].clone(),
-            value: vec![0xA5; spec.payload_bytes],
-            read_ratio: spec.read_ratio,
-            read: spec
-                .consistency
-                .map(|consistency| ReadOptions { consistency, ..ReadOptions::default() }),
-            rng: Xoshiro256PlusPlus::seed_from_u64(u64::from(shard) + 1),
-        };
+        let keys = by_shard[usize::from(shard)].clone();
+        let driver = Driver::new(shard, spec.pipeline.unwrap_or(1), keys, spec);
         let (window, progress) = (window.clone(), progress.clone());
         let handle = std::thread::Builder::new()
             .name(format!("quorum-load-{shard}"))
