@@ -14,6 +14,12 @@ use super::entry::Entry;
 /// 300,000 changes; at the coordination rates of a few thousand writes a second, minutes.
 pub const HISTORY_BYTES_DEFAULT: usize = 64 << 20;
 
+/// What the key index takes per change it numbers, and per key it holds (the map's entry and
+/// the numbers' own allocation): counted in the bound, so that `--history-mib` bounds the
+/// history with its index. Estimates from the types' sizes; the same on every replica.
+const INDEX_BYTES_PER_CHANGE: usize = 16;
+const INDEX_BYTES_PER_KEY: usize = 128;
+
 /// One change, with what it replaced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Event {
@@ -129,16 +135,20 @@ impl History {
     /// Records a change; drops the oldest whole revisions past the bound.
     pub(super) fn push(&mut self, event: Event) {
         debug_assert!(self.events.back().is_none_or(|last| last.revision <= event.revision));
-        self.bytes += event.bytes();
+        self.bytes += event.bytes() + INDEX_BYTES_PER_CHANGE;
         let number = self.dropped + self.events.len() as u64;
-        self.by_key.entry(event.key.clone()).or_default().push_back(number);
+        let numbers = self.by_key.entry(event.key.clone()).or_insert_with(|| {
+            self.bytes += INDEX_BYTES_PER_KEY;
+            VecDeque::new()
+        });
+        numbers.push_back(number);
         self.events.push_back(event);
         while self.bytes > self.bytes_max {
             let Some(oldest) = self.events.front().map(|event| event.revision) else { break };
             // A whole revision at a time: a watch never sees half of a command.
             while self.events.front().is_some_and(|event| event.revision == oldest) {
                 let Some(dropped) = self.events.pop_front() else { break };
-                self.bytes -= dropped.bytes();
+                self.bytes -= dropped.bytes() + INDEX_BYTES_PER_CHANGE;
                 self.forget(&dropped.key);
             }
             self.compacted = oldest;
@@ -152,6 +162,7 @@ impl History {
             numbers.pop_front();
             if numbers.is_empty() {
                 self.by_key.remove(key);
+                self.bytes -= INDEX_BYTES_PER_KEY;
             }
         }
     }
