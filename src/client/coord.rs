@@ -470,10 +470,7 @@ impl Watch<'_> {
             if !changes.is_empty() || Instant::now() >= deadline {
                 return Ok(changes);
             }
-            // Not held (a node that answers a wait at once, empty, long before its time):
-            // paced as a poll, not asked again at once.
-            let unheld = asked.elapsed() < Duration::from_millis(u64::from(wait_ms) / 2);
-            if wait_ms == 0 || unheld {
+            if paced_as_poll(wait_ms, asked.elapsed()) {
                 std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
                 pause = (pause * 2).min(Duration::from_millis(10));
             }
@@ -483,6 +480,14 @@ impl Watch<'_> {
 
 // The pure parts of the coordination calls, shared with the front ends' async versions
 // (`front::coord`), so that both read the same cut and merge the same way.
+
+/// True if a watch round that found nothing is followed by a pause before the next: it did
+/// not wait at the shards (`wait_ms` 0), or they did not hold it (a node that answers a wait
+/// at once, empty, long before its time), so asking again at once would spin.
+#[must_use]
+pub fn paced_as_poll(wait_ms: u32, took: Duration) -> bool {
+    wait_ms == 0 || took < Duration::from_millis(u64::from(wait_ms) / 2)
+}
 
 /// The shards a range spans: a key's own, else every shard.
 #[must_use]

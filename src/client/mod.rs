@@ -53,7 +53,7 @@ pub use backup::{BackupSaveError, SavedBackup, save_backup};
 pub use cluster::{ClusterStatus, MemberStatus, Problem, cluster_status, move_leader};
 pub use coord::{
     Lease, RangeOptions, TxnOutcome, Watch, at_cut, lease_id_random, merge_leases, merge_range,
-    range_cut, range_shards, txn_shard,
+    paced_as_poll, range_cut, range_shards, txn_shard,
 };
 pub use lane::{Callback, Completion};
 use lane::{Lane, Notify, Target};

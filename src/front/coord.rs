@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use super::{Gateway, RequestError};
 use crate::client::{
-    Lease, RangeOptions, TxnOutcome, at_cut, lease_id_random, merge_leases, merge_range, range_cut,
-    range_shards, txn_shard,
+    Lease, RangeOptions, TxnOutcome, at_cut, lease_id_random, merge_leases, merge_range,
+    paced_as_poll, range_cut, range_shards, txn_shard,
 };
 use crate::core::ReadOptions;
 use crate::machine::kv::coord::{CHANGES_WAIT_MS_MAX, KeyValue};
@@ -403,10 +403,7 @@ impl FrontWatch {
             if !changes.is_empty() || Instant::now() >= deadline {
                 return Ok(changes);
             }
-            // Not held (a node that answers a wait at once, empty, long before its time):
-            // paced as a poll, not asked again at once.
-            let unheld = asked.elapsed() < Duration::from_millis(u64::from(wait_ms) / 2);
-            if wait_ms == 0 || unheld {
+            if paced_as_poll(wait_ms, asked.elapsed()) {
                 tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
                     .await;
                 pause = (pause * 2).min(POLL_PAUSE_MAX);

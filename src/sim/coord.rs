@@ -218,11 +218,7 @@ impl Locker {
                 return Next::Sleep(until_us - now_us);
             }
             self.phase = Phase::Unleased;
-            let value = fresh(client, rng);
-            if rng.next_u64() % 3 == 0 {
-                return Next::Send(CoordStep::Proclaim { lock, token, value });
-            }
-            return Next::Send(CoordStep::Fenced { lock, token, value });
+            return Next::Send(fenced_step(lock, token, client, 3, rng));
         }
         if self.phase == Phase::Unleased {
             self.leases_granted += 1;
@@ -241,13 +237,7 @@ impl Locker {
             Phase::Waiting => Next::Send(CoordStep::Holder { lock }),
             Phase::Holding { token, writes } if writes > 0 => {
                 self.phase = Phase::Holding { token, writes: writes - 1 };
-                let value = fresh(client, rng);
-                // One in four as an election's leader would write: a proclaimed value.
-                if rng.next_u64() % 4 == 0 {
-                    Next::Send(CoordStep::Proclaim { lock, token, value })
-                } else {
-                    Next::Send(CoordStep::Fenced { lock, token, value })
-                }
+                Next::Send(fenced_step(lock, token, client, 4, rng))
             }
             Phase::Holding { token, .. } => self.let_go(token, now_us, rng),
             Phase::Unleased | Phase::Paused { .. } => unreachable!("handled above"),
@@ -317,6 +307,23 @@ impl Locker {
     /// True while a locker waits in line (it polls, so it should not think long).
     pub fn waiting(&self) -> bool {
         self.phase == Phase::Waiting
+    }
+}
+
+/// A write of a fresh value through lock `lock`'s token `token`: a fenced put, or one time in
+/// `one_in` a value proclaimed as an election's leader would.
+fn fenced_step(
+    lock: usize,
+    token: u64,
+    client: u64,
+    one_in: u64,
+    rng: &mut Xoshiro256PlusPlus,
+) -> CoordStep {
+    let value = fresh(client, rng);
+    if rng.next_u64() % one_in == 0 {
+        CoordStep::Proclaim { lock, token, value }
+    } else {
+        CoordStep::Fenced { lock, token, value }
     }
 }
 
